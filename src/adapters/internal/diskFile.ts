@@ -1,0 +1,110 @@
+/**
+ * The file-backed VirtualDisk: a raw image file, created sparse at the geometry's
+ * size when absent. Every request is positional I/O (pread/pwrite) on one handle,
+ * so concurrent fibers never share a seek cursor.
+ */
+import * as fs from "node:fs/promises"
+import { Effect, type Scope } from "effect"
+import * as Geometry from "../../domain/Geometry.js"
+import type { VirtualDisk } from "../VirtualDisk.js"
+import { checkBlock, checkRange, DiskGeometryMismatch, DiskIoError, type DiskOp } from "./disk.js"
+
+export interface FileOptions {
+  readonly path: string
+  readonly geometry: Geometry.Geometry
+  /** Create the image (sparse, zero-filled) when the file does not exist. */
+  readonly create: boolean
+}
+
+const errnoOf = (cause: unknown): string | undefined =>
+  typeof cause === "object" && cause !== null && "code" in cause ? String(cause.code) : undefined
+
+/** Reads exactly `out.length` bytes at `position`; pread may return short counts. */
+const preadFully = async (handle: fs.FileHandle, out: Uint8Array, position: number): Promise<void> => {
+  let done = 0
+  while (done < out.length) {
+    const { bytesRead } = await handle.read(out, done, out.length - done, position + done)
+    if (bytesRead === 0) throw new Error(`unexpected end of file at byte ${position + done}`)
+    done += bytesRead
+  }
+}
+
+const pwriteFully = async (handle: fs.FileHandle, bytes: Uint8Array, position: number): Promise<void> => {
+  let done = 0
+  while (done < bytes.length) {
+    const { bytesWritten } = await handle.write(bytes, done, bytes.length - done, position + done)
+    done += bytesWritten
+  }
+}
+
+/** Opens an existing image, or creates a sparse one; `EEXIST` races fall back to opening. */
+const openImage = async (path: string, bytes: number, create: boolean): Promise<fs.FileHandle> => {
+  try {
+    return await fs.open(path, "r+")
+  } catch (cause) {
+    if (!create || errnoOf(cause) !== "ENOENT") throw cause
+  }
+  let handle: fs.FileHandle
+  try {
+    handle = await fs.open(path, "wx+")
+  } catch (cause) {
+    if (errnoOf(cause) === "EEXIST") return fs.open(path, "r+")
+    throw cause
+  }
+  try {
+    await handle.truncate(bytes)
+    await handle.sync()
+    return handle
+  } catch (cause) {
+    // Leave no half-made image behind: the next open would see a geometry mismatch.
+    await handle.close().catch(() => undefined)
+    await fs.unlink(path).catch(() => undefined)
+    throw cause
+  }
+}
+
+export const make = (
+  options: FileOptions
+): Effect.Effect<VirtualDisk.Service, DiskIoError | DiskGeometryMismatch, Scope.Scope> =>
+  Effect.gen(function* () {
+    const { path, geometry } = options
+    const diskBytes = Geometry.diskBytes(geometry)
+    const io = <A>(op: DiskOp, f: () => Promise<A>) =>
+      Effect.tryPromise({ try: f, catch: (cause) => new DiskIoError({ op, path, cause }) })
+
+    const handle = yield* Effect.acquireRelease(
+      io("open", () => openImage(path, diskBytes, options.create)),
+      (h) => Effect.promise(() => h.close().catch(() => undefined))
+    )
+    const stat = yield* io("stat", () => handle.stat())
+    if (stat.size !== diskBytes)
+      return yield* new DiskGeometryMismatch({ path, expectedBytes: diskBytes, actualBytes: stat.size })
+
+    const service: VirtualDisk.Service = {
+      geometry,
+      read: Effect.fn("VirtualDisk.read")(function* (offset: number, length: number) {
+        const invalid = checkRange(geometry, offset, length)
+        if (invalid !== undefined) return yield* invalid
+        const out = new Uint8Array(length)
+        yield* io("read", () => preadFully(handle, out, offset))
+        return out
+      }),
+      write: Effect.fn("VirtualDisk.write")(function* (offset: number, bytes: Uint8Array) {
+        const invalid = checkRange(geometry, offset, bytes.length)
+        if (invalid !== undefined) return yield* invalid
+        yield* io("write", () => pwriteFully(handle, bytes, offset))
+      }),
+      readBlock: Effect.fn("VirtualDisk.readBlock")(function* (block: number) {
+        const invalid = checkBlock(geometry, block)
+        if (invalid !== undefined) return yield* invalid
+        const out = new Uint8Array(geometry.blockSize)
+        yield* io("read", () => preadFully(handle, out, Geometry.blockOffset(geometry, block)))
+        return out
+      }),
+      flush: Effect.withSpan(
+        io("flush", () => handle.sync()),
+        "VirtualDisk.flush"
+      )
+    }
+    return service
+  })

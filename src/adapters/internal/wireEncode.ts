@@ -1,0 +1,121 @@
+/**
+ * Frame encoder: one allocation per frame (header and payload together), one CRC pass
+ * over the payload and one over the header.
+ */
+import { crc32c } from "./crc32c.js"
+import {
+  type Frame,
+  HEADER_BYTES,
+  HEADER_CRC_SPAN,
+  Kind,
+  MAGIC,
+  MAX_U32,
+  Offset,
+  VERSION
+} from "./wireFrame.js"
+
+const text = new TextEncoder()
+const EMPTY = new Uint8Array(0)
+
+export const writeU32 = (bytes: Uint8Array, at: number, n: number): void => {
+  bytes[at] = n >>> 24
+  bytes[at + 1] = n >>> 16
+  bytes[at + 2] = n >>> 8
+  bytes[at + 3] = n
+}
+
+/** `n` is a non-negative safe integer: split into exact high and low words. */
+const writeU64 = (bytes: Uint8Array, at: number, n: number): void => {
+  writeU32(bytes, at, Math.floor(n / 0x1_0000_0000))
+  writeU32(bytes, at + 4, n >>> 0)
+}
+
+// Invalid fields are a bug in the caller (a defect), never silently truncated on the wire.
+const count = (field: string, n: number): number => {
+  if (!Number.isSafeInteger(n) || n < 0) throw new RangeError(`wire: ${field} must be a non-negative safe integer, got ${n}`)
+  return n
+}
+const u32 = (field: string, n: number): number => {
+  if (!Number.isInteger(n) || n < 0 || n > MAX_U32) throw new RangeError(`wire: ${field} must be a u32, got ${n}`)
+  return n
+}
+
+const json = (value: unknown): Uint8Array => text.encode(JSON.stringify(value))
+
+/**
+ * Encodes one frame. Throws a `RangeError` (a defect) for a field outside its wire range:
+ * a negative or unsafe seq/offset/block, an epoch beyond u32.
+ */
+export const encode = (frame: Frame): Uint8Array => {
+  let kind: number
+  let seq = 0
+  let epoch = 0
+  let position = 0
+  let payload: Uint8Array = EMPTY
+  switch (frame._tag) {
+    case "Hello":
+      kind = Kind.Hello
+      payload = json({
+        diskId: frame.diskId,
+        blockSize: frame.blockSize,
+        blockCount: frame.blockCount,
+        watermark: frame.watermark
+      })
+      break
+    case "Welcome":
+      kind = Kind.Welcome
+      seq = count("durableSeq", frame.durableSeq)
+      break
+    case "Write":
+      kind = Kind.Write
+      seq = count("seq", frame.seq)
+      epoch = u32("epoch", frame.epoch)
+      position = count("offset", frame.offset)
+      payload = frame.data
+      break
+    case "Block":
+      kind = Kind.Block
+      seq = count("seq", frame.seq)
+      epoch = u32("epoch", frame.epoch)
+      position = count("block", frame.block)
+      payload = frame.data
+      break
+    case "ResyncBegin":
+      kind = Kind.ResyncBegin
+      seq = count("seq", frame.seq)
+      epoch = u32("epoch", frame.epoch)
+      break
+    case "ResyncEnd":
+      kind = Kind.ResyncEnd
+      seq = count("seq", frame.seq)
+      epoch = u32("epoch", frame.epoch)
+      break
+    case "Ack":
+      kind = Kind.Ack
+      seq = count("seq", frame.seq)
+      break
+    case "Gap":
+      kind = Kind.Gap
+      seq = count("expected", frame.expected)
+      break
+    case "Refuse":
+      kind = Kind.Refuse
+      payload = json({ reason: frame.reason, detail: frame.detail })
+      break
+  }
+  const length = u32("payload length", payload.byteLength)
+  const bytes = Buffer.allocUnsafe(HEADER_BYTES + length)
+  writeU32(bytes, Offset.magic, MAGIC)
+  bytes[Offset.version] = VERSION
+  bytes[Offset.kind] = kind
+  bytes[Offset.flags] = 0
+  bytes[Offset.flags + 1] = 0
+  writeU64(bytes, Offset.seq, seq)
+  writeU32(bytes, Offset.epoch, epoch)
+  writeU64(bytes, Offset.offsetOrBlock, position)
+  writeU32(bytes, Offset.length, length)
+  writeU32(bytes, Offset.payloadCrc, length === 0 ? 0 : crc32c(payload))
+  writeU32(bytes, Offset.headerCrc, crc32c(bytes.subarray(0, HEADER_CRC_SPAN)))
+  if (length > 0) bytes.set(payload, HEADER_BYTES)
+  return bytes
+}

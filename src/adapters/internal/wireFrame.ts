@@ -1,0 +1,151 @@
+/**
+ * Wire frames (design §6): the header layout, the frame union and the codec's error.
+ * Shared by the encoder and the decoder; `Wire.ts` is the public face.
+ */
+import { Schema } from "effect"
+
+/** "CDPS" */
+export const MAGIC = 0x43445053
+export const VERSION = 1
+export const HEADER_BYTES = 40
+/** The header CRC covers bytes 0..35: everything before itself. */
+export const HEADER_CRC_SPAN = 36
+/** Default cap on a whole frame (header + payload): room for a 16 MiB write and more. */
+export const DEFAULT_MAX_FRAME_BYTES = 32 * 1024 * 1024
+/** u64 fields must stay exact in a JS number: the high word is at most 2^21 - 1. */
+export const MAX_SAFE_HIGH_WORD = 0x1f_ffff
+export const MAX_U32 = 0xffff_ffff
+
+export const Kind = {
+  Hello: 1,
+  Welcome: 2,
+  Write: 3,
+  Block: 4,
+  ResyncBegin: 5,
+  ResyncEnd: 6,
+  Ack: 7,
+  Gap: 8,
+  Refuse: 9
+} as const
+export type Kind = (typeof Kind)[keyof typeof Kind]
+
+/** Byte offsets of the header fields (big-endian). */
+export const Offset = {
+  magic: 0,
+  version: 4,
+  kind: 5,
+  flags: 6,
+  seq: 8,
+  epoch: 16,
+  offsetOrBlock: 20,
+  length: 28,
+  payloadCrc: 32,
+  headerCrc: 36
+} as const
+
+// ---------------------------------------------------------------------------------------------
+// Frames: plain objects, cheap to build on the hot path.
+
+/** Filter → receiver, first frame of a connection: disk identity, geometry, the filter's watermark. */
+export interface Hello {
+  readonly _tag: "Hello"
+  readonly diskId: string
+  readonly blockSize: number
+  readonly blockCount: number
+  readonly watermark: number
+}
+/** Receiver → filter: the handshake succeeded; the receiver's durable seq. */
+export interface Welcome {
+  readonly _tag: "Welcome"
+  readonly durableSeq: number
+}
+/** A completed guest write, streamed live: `data` lands at byte `offset`. */
+export interface Write {
+  readonly _tag: "Write"
+  readonly seq: number
+  readonly epoch: number
+  readonly offset: number
+  readonly data: Uint8Array
+}
+/** A tracking block read during a resync drain: `data` is the whole block. */
+export interface Block {
+  readonly _tag: "Block"
+  readonly seq: number
+  readonly epoch: number
+  readonly block: number
+  readonly data: Uint8Array
+}
+export interface ResyncBegin {
+  readonly _tag: "ResyncBegin"
+  readonly seq: number
+  readonly epoch: number
+}
+export interface ResyncEnd {
+  readonly _tag: "ResyncEnd"
+  readonly seq: number
+  readonly epoch: number
+}
+/** Receiver → filter: every record through `seq` is durable. */
+export interface Ack {
+  readonly _tag: "Ack"
+  readonly seq: number
+}
+/** Receiver → filter: a gap; the receiver expected `expected`. */
+export interface Gap {
+  readonly _tag: "Gap"
+  readonly expected: number
+}
+/** Receiver → filter: the hello is refused (the receiver then closes the connection). */
+export interface Refuse {
+  readonly _tag: "Refuse"
+  readonly reason: string
+  readonly detail: string
+}
+
+/** The records the filter streams, in seq order. */
+export type Record = Write | Block | ResyncBegin | ResyncEnd
+export type Frame = Hello | Welcome | Record | Ack | Gap | Refuse
+
+// ---------------------------------------------------------------------------------------------
+// JSON payloads, decoded with a Schema.
+
+const Count = Schema.NonNegativeInt.pipe(Schema.filter((n) => Number.isSafeInteger(n) || "must be a safe integer"))
+
+export const HelloPayload = Schema.Struct({
+  diskId: Schema.String.pipe(Schema.minLength(1), Schema.maxLength(1024)),
+  blockSize: Count,
+  blockCount: Count,
+  watermark: Count
+})
+export const RefusePayload = Schema.Struct({ reason: Schema.String, detail: Schema.String })
+
+// ---------------------------------------------------------------------------------------------
+
+export const WireErrorReason = Schema.Literal(
+  "bad-magic",
+  "bad-version",
+  "header-crc",
+  "bad-flags",
+  "unsafe-integer",
+  "unknown-kind",
+  "too-large",
+  "payload-crc",
+  "bad-payload",
+  /** The stream ended inside a frame. */
+  "truncated",
+  /** A well-formed frame where the protocol does not allow it (e.g. a record before the hello). */
+  "unexpected-frame",
+  /** A record that does not fit the disk announced in the hello. */
+  "bad-record"
+)
+export type WireErrorReason = typeof WireErrorReason.Type
+
+/** A violation of the wire protocol. It closes the connection; the offending frame never reaches the log. */
+export class WireError extends Schema.TaggedError<WireError>()("WireError", {
+  reason: WireErrorReason,
+  detail: Schema.String
+}) {
+  override get message() {
+    return `wire protocol error (${this.reason}): ${this.detail}`
+  }
+}

@@ -1,0 +1,348 @@
+/**
+ * The filter as a decider (design §3): `initialState`, `decide`, `evolve`.
+ *
+ * `evolve` keeps the *least* obligation set a correct filter must honour, so the
+ * same fold serves the legality checker for other implementations (Legality.ts).
+ */
+import { Data, Either } from "effect"
+import * as Bitmap from "./Bitmap.js"
+import type { Config } from "./Config.js"
+import type * as Event from "./Event.js"
+import { Flight, blockRecord, markerRecord, writeRecord } from "./Flight.js"
+import * as Geometry from "./Geometry.js"
+import type { Input } from "./Input.js"
+import * as State from "./State.js"
+
+// ---------------------------------------------------------------------------
+// Rejections: inputs the filter refuses, as values.
+
+export class AckBeyondSent extends Data.TaggedError("AckBeyondSent")<{
+  readonly seq: number
+  readonly nextSeq: number
+}> {
+  override get message() {
+    return `ack for seq ${this.seq}, but the last record sent is ${this.nextSeq - 1}`
+  }
+}
+
+export class GapOutOfRange extends Data.TaggedError("GapOutOfRange")<{
+  readonly expected: number
+  readonly watermark: number
+  readonly nextSeq: number
+}> {
+  override get message() {
+    return `gap report expects seq ${this.expected}, outside the unacked range (${this.watermark}, ${this.nextSeq})`
+  }
+}
+
+export class ReceiverAhead extends Data.TaggedError("ReceiverAhead")<{
+  readonly receiverSeq: number
+  readonly nextSeq: number
+}> {
+  override get message() {
+    return `receiver claims durable seq ${this.receiverSeq}, but the last record sent is ${this.nextSeq - 1}`
+  }
+}
+
+export class LinkAlreadyUp extends Data.TaggedError("LinkAlreadyUp")<{}> {
+  override get message() {
+    return "link reestablished while it is up"
+  }
+}
+
+export type Rejection = Geometry.InvalidRange | AckBeyondSent | GapOutOfRange | ReceiverAhead | LinkAlreadyUp
+
+// ---------------------------------------------------------------------------
+// evolve
+
+/** The blocks of every record in flight, added to `dirty` (they are assumed lost). */
+const remarkFlight = (state: State.State): Bitmap.Bitmap => {
+  if (state.flight.size === 0) return state.dirty
+  return Bitmap.mutate(state.dirty, (m) => {
+    state.flight.forEach((r) => {
+      if (r.kind === "write") m.setRange(r.first, r.last)
+      else if (r.kind === "block") m.set(r.block)
+    })
+  })
+}
+
+const geometryOf = (state: State.State): Geometry.Geometry => state.config
+
+export const evolve = (state: State.State, event: Event.Event): State.State => {
+  switch (event.type) {
+    case "WriteStreamed": {
+      const g = geometryOf(state)
+      return State.make({
+        ...state,
+        nextSeq: event.seq + 1,
+        flight: state.flight.push(
+          writeRecord(
+            Geometry.firstBlock(g, event.offset),
+            Geometry.lastBlock(g, event.offset, event.length),
+            event.length
+          )
+        )
+      })
+    }
+    case "WriteTracked": {
+      const g = geometryOf(state)
+      const first = Geometry.firstBlock(g, event.offset)
+      const last = Geometry.lastBlock(g, event.offset, event.length)
+      const dirty =
+        first === last ? Bitmap.set(state.dirty, first) : Bitmap.setRange(state.dirty, first, last)
+      return dirty === state.dirty ? state : State.make({ ...state, dirty })
+    }
+    case "Acked":
+      return State.make({
+        ...state,
+        watermark: event.seq,
+        relied: event.seq,
+        flight: state.flight.ackThrough(event.seq)
+      })
+    case "LinkLost":
+      return State.make({
+        ...state,
+        link: "down",
+        dirty: remarkFlight(state),
+        flight: Flight.empty(state.nextSeq),
+        markerSent: false,
+        owed: state.mode === "sync" ? "interruption" : state.owed
+      })
+    case "DiscontinuityReported":
+      return State.make({
+        ...state,
+        dirty: remarkFlight(state),
+        flight: Flight.empty(state.nextSeq),
+        markerSent: false,
+        owed: state.mode === "sync" ? "discontinuity" : state.owed
+      })
+    case "ResyncActivated": {
+      const rollback = event.reason === "receiver-rollback"
+      return State.make({
+        ...state,
+        mode: "resync",
+        epoch: event.epoch,
+        relied: rollback ? 0 : state.relied,
+        dirty: rollback ? Bitmap.full(state.config.blockCount) : state.dirty,
+        draining: rollback ? Bitmap.empty(state.config.blockCount) : state.draining,
+        cursor: rollback ? 0 : state.cursor,
+        markerSent: false,
+        owed: null
+      })
+    }
+    case "LinkRestored":
+      return State.make({
+        ...state,
+        link: "up",
+        markerSent: false,
+        owed: event.receiverSeq < state.watermark ? "receiver-rollback" : state.owed
+      })
+    case "ResyncBegun":
+      return State.make({
+        ...state,
+        nextSeq: event.seq + 1,
+        flight: state.flight.push(markerRecord),
+        markerSent: true
+      })
+    case "PassStarted":
+      return State.make({
+        ...state,
+        dirty: Bitmap.empty(state.config.blockCount),
+        draining: state.draining.count === 0 ? state.dirty : Bitmap.union(state.draining, state.dirty),
+        cursor: 0
+      })
+    case "BlockSent":
+      // Cleared when the send is decided, before the read: a write completing later marks it again.
+      return State.make({
+        ...state,
+        nextSeq: event.seq + 1,
+        flight: state.flight.push(blockRecord(event.block)),
+        dirty: Bitmap.clear(state.dirty, event.block),
+        draining: Bitmap.clear(state.draining, event.block),
+        cursor: event.block + 1
+      })
+    case "SyncActivated":
+      return State.make({
+        ...state,
+        mode: "sync",
+        nextSeq: event.seq + 1,
+        flight: state.flight.push(markerRecord)
+      })
+  }
+}
+
+/**
+ * Folds a batch of events. Equivalent to `events.reduce(evolve, state)`, but runs of
+ * `WriteTracked` mark a private transient bitmap that is frozen once.
+ */
+export const evolveAll = (state: State.State, events: Iterable<Event.Event>): State.State => {
+  let mutable: Bitmap.MutableBitmap | undefined
+  const g = geometryOf(state)
+  for (const event of events) {
+    if (event.type === "WriteTracked") {
+      if (mutable === undefined) mutable = Bitmap.beginMutation(state.dirty)
+      mutable.setRange(
+        Geometry.firstBlock(g, event.offset),
+        Geometry.lastBlock(g, event.offset, event.length)
+      )
+      continue
+    }
+    if (mutable !== undefined) {
+      state = State.make({ ...state, dirty: Bitmap.endMutation(mutable) })
+      mutable = undefined
+    }
+    state = evolve(state, event)
+  }
+  if (mutable !== undefined) {
+    const dirty = Bitmap.endMutation(mutable)
+    if (dirty !== state.dirty) state = State.make({ ...state, dirty })
+  }
+  return state
+}
+
+/**
+ * What a resync-begin marker tells the receiver: it must hold every record through
+ * this seq, and everything after it up to the marker is superseded. Records still in
+ * flight (a congestion pull-ahead keeps them) must arrive, so then nothing is skipped.
+ */
+export const markerBase = (state: State.State): number =>
+  state.flight.size > 0 ? state.nextSeq - 1 : state.relied
+
+// ---------------------------------------------------------------------------
+// decide
+
+const none: ReadonlyArray<Event.Event> = []
+
+/** The resync-complete rule (design §3): nothing dirty, nothing left in the pass, no block record unacked. */
+export const canResumeSync = (state: State.State): boolean =>
+  state.mode === "resync" &&
+  state.link === "up" &&
+  state.markerSent &&
+  state.owed === null &&
+  !State.hasObligations(state) &&
+  state.flight.blockRecords === 0
+
+const syncActivated = (state: State.State): Event.Event => ({
+  type: "SyncActivated",
+  epoch: state.epoch,
+  seq: state.nextSeq
+})
+
+/** Decides and folds as it goes, so each event is decided against the state it will meet. */
+class Batch {
+  readonly events: Array<Event.Event> = []
+  constructor(public state: State.State) {}
+  emit(event: Event.Event): void {
+    this.events.push(event)
+    this.state = evolve(this.state, event)
+  }
+}
+
+const decideWrite = (
+  state: State.State,
+  offset: number,
+  length: number
+): Either.Either<ReadonlyArray<Event.Event>, Rejection> => {
+  const invalid = Geometry.validateRange(state.config, offset, length)
+  if (invalid !== undefined) return Either.left(invalid)
+  if (state.mode === "resync") return Either.right([{ type: "WriteTracked", offset, length }])
+  // Sync mode implies link up: a loss in sync always activates resync at once.
+  if (state.flight.liveBytes + length > state.config.congestionLimit) {
+    // Pull-ahead (DRBD's Ahead/Behind): records already in flight stay in flight.
+    return Either.right([
+      { type: "ResyncActivated", epoch: state.epoch + 1, reason: "congestion" },
+      { type: "WriteTracked", offset, length }
+    ])
+  }
+  return Either.right([{ type: "WriteStreamed", seq: state.nextSeq, offset, length }])
+}
+
+/** Drains the active bitmap, swapping in the passive one when it empties. */
+const pump = (batch: Batch, budget: number): void => {
+  let state = batch.state
+  if (state.mode !== "resync" || state.link === "down" || state.owed !== null) return
+  if (!state.markerSent) {
+    batch.emit({ type: "ResyncBegun", epoch: state.epoch, seq: state.nextSeq })
+    state = batch.state
+  }
+  let room = Math.min(budget, state.config.window - state.flight.blockRecords)
+  while (room > 0) {
+    if (state.draining.count === 0) {
+      if (state.dirty.count === 0) break
+      batch.emit({ type: "PassStarted", epoch: state.epoch, blocks: state.dirty.count })
+      state = batch.state
+    }
+    let block = Bitmap.findNext(state.draining, state.cursor)
+    if (block < 0) block = Bitmap.findNext(state.draining, 0)
+    batch.emit({ type: "BlockSent", seq: state.nextSeq, block })
+    state = batch.state
+    room--
+  }
+  if (canResumeSync(state)) batch.emit(syncActivated(state))
+}
+
+export const decide = (
+  state: State.State,
+  input: Input
+): Either.Either<ReadonlyArray<Event.Event>, Rejection> => {
+  switch (input._tag) {
+    case "WriteCompleted":
+      return decideWrite(state, input.offset, input.length)
+    case "AckReceived": {
+      if (state.link === "down") return Either.right(none) // from a dead connection: its records are re-marked
+      if (input.seq >= state.nextSeq)
+        return Either.left(new AckBeyondSent({ seq: input.seq, nextSeq: state.nextSeq }))
+      if (input.seq <= state.watermark) return Either.right(none) // stale or duplicate
+      const batch = new Batch(state)
+      batch.emit({ type: "Acked", seq: input.seq })
+      if (canResumeSync(batch.state)) batch.emit(syncActivated(batch.state))
+      return Either.right(batch.events)
+    }
+    case "LinkFailed": {
+      if (state.link === "down") return Either.right(none)
+      const lost: Event.Event = { type: "LinkLost", reason: input.reason }
+      if (state.mode === "resync") return Either.right([lost])
+      return Either.right([lost, { type: "ResyncActivated", epoch: state.epoch + 1, reason: "interruption" }])
+    }
+    case "GapReceived": {
+      if (state.link === "down") return Either.right(none)
+      if (input.expected <= state.watermark || input.expected >= state.nextSeq)
+        return Either.left(
+          new GapOutOfRange({ expected: input.expected, watermark: state.watermark, nextSeq: state.nextSeq })
+        )
+      const gap: Event.Event = { type: "DiscontinuityReported", expected: input.expected }
+      if (state.mode === "resync") return Either.right([gap])
+      return Either.right([gap, { type: "ResyncActivated", epoch: state.epoch + 1, reason: "discontinuity" }])
+    }
+    case "LinkReestablished": {
+      if (state.link === "up") return Either.left(new LinkAlreadyUp())
+      if (input.receiverSeq >= state.nextSeq)
+        return Either.left(new ReceiverAhead({ receiverSeq: input.receiverSeq, nextSeq: state.nextSeq }))
+      const batch = new Batch(state)
+      batch.emit({ type: "LinkRestored", receiverSeq: input.receiverSeq })
+      if (batch.state.owed === "receiver-rollback")
+        batch.emit({ type: "ResyncActivated", epoch: state.epoch + 1, reason: "receiver-rollback" })
+      return Either.right(batch.events)
+    }
+    case "PumpTick": {
+      const batch = new Batch(state)
+      pump(batch, input.budget)
+      return Either.right(batch.events)
+    }
+  }
+}
+
+/** The decider, as one value (emmett / fmodel shape). */
+export interface Decider<S, I, E, R> {
+  readonly initialState: S
+  readonly decide: (state: S, input: I) => Either.Either<ReadonlyArray<E>, R>
+  readonly evolve: (state: S, event: E) => S
+}
+
+export const make = (config: Config): Decider<State.State, Input, Event.Event, Rejection> => ({
+  initialState: State.initial(config),
+  decide,
+  evolve
+})
+
+export const initialState = State.initial

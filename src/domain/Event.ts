@@ -1,0 +1,134 @@
+/**
+ * Events: the facts the filter records, exactly the trace events of design §5.
+ * Plain objects discriminated by `type` so they are cheap to build on the hot path
+ * and identical to their JSON Lines form.
+ */
+import { Schema } from "effect"
+
+/** A non-negative safe integer (sequence numbers, offsets, lengths, blocks, epochs). */
+export const Count = Schema.NonNegativeInt.pipe(
+  Schema.filter((n) => Number.isSafeInteger(n) || "must be a safe integer")
+)
+
+/** Why the stream went down; an open set (`connection-lost`, `ack-timeout`, …). */
+export const LinkLossReason = Schema.String.pipe(Schema.minLength(1))
+
+export const ResyncReason = Schema.Literal(
+  "interruption",
+  "discontinuity",
+  "congestion",
+  "receiver-rollback",
+  "initial"
+)
+export type ResyncReason = typeof ResyncReason.Type
+
+export const WriteStreamed = Schema.Struct({
+  type: Schema.Literal("WriteStreamed"),
+  seq: Count,
+  offset: Count,
+  length: Count
+})
+export type WriteStreamed = typeof WriteStreamed.Type
+
+export const WriteTracked = Schema.Struct({
+  type: Schema.Literal("WriteTracked"),
+  offset: Count,
+  length: Count
+})
+export type WriteTracked = typeof WriteTracked.Type
+
+export const Acked = Schema.Struct({ type: Schema.Literal("Acked"), seq: Count })
+export type Acked = typeof Acked.Type
+
+export const LinkLost = Schema.Struct({ type: Schema.Literal("LinkLost"), reason: LinkLossReason })
+export type LinkLost = typeof LinkLost.Type
+
+export const LinkRestored = Schema.Struct({ type: Schema.Literal("LinkRestored"), receiverSeq: Count })
+export type LinkRestored = typeof LinkRestored.Type
+
+export const ResyncActivated = Schema.Struct({
+  type: Schema.Literal("ResyncActivated"),
+  epoch: Count,
+  reason: ResyncReason
+})
+export type ResyncActivated = typeof ResyncActivated.Type
+
+export const ResyncBegun = Schema.Struct({ type: Schema.Literal("ResyncBegun"), epoch: Count, seq: Count })
+export type ResyncBegun = typeof ResyncBegun.Type
+
+export const PassStarted = Schema.Struct({ type: Schema.Literal("PassStarted"), epoch: Count, blocks: Count })
+export type PassStarted = typeof PassStarted.Type
+
+export const BlockSent = Schema.Struct({ type: Schema.Literal("BlockSent"), seq: Count, block: Count })
+export type BlockSent = typeof BlockSent.Type
+
+export const SyncActivated = Schema.Struct({
+  type: Schema.Literal("SyncActivated"),
+  epoch: Count,
+  seq: Count
+})
+export type SyncActivated = typeof SyncActivated.Type
+
+export const DiscontinuityReported = Schema.Struct({
+  type: Schema.Literal("DiscontinuityReported"),
+  expected: Count
+})
+export type DiscontinuityReported = typeof DiscontinuityReported.Type
+
+export const Event = Schema.Union(
+  WriteStreamed,
+  WriteTracked,
+  Acked,
+  LinkLost,
+  LinkRestored,
+  ResyncActivated,
+  ResyncBegun,
+  PassStarted,
+  BlockSent,
+  SyncActivated,
+  DiscontinuityReported
+)
+export type Event = typeof Event.Type
+export type EventType = Event["type"]
+
+export const eventTypes: ReadonlyArray<EventType> = [
+  "WriteStreamed",
+  "WriteTracked",
+  "Acked",
+  "LinkLost",
+  "LinkRestored",
+  "ResyncActivated",
+  "ResyncBegun",
+  "PassStarted",
+  "BlockSent",
+  "SyncActivated",
+  "DiscontinuityReported"
+]
+
+/** The schema of one event type, for decoding with precise errors once the type is known. */
+export const schemaOf: { readonly [K in EventType]: Schema.Schema<Extract<Event, { type: K }>> } = {
+  WriteStreamed,
+  WriteTracked,
+  Acked,
+  LinkLost,
+  LinkRestored,
+  ResyncActivated,
+  ResyncBegun,
+  PassStarted,
+  BlockSent,
+  SyncActivated,
+  DiscontinuityReported
+}
+
+/** Whether the event is a record on the wire (it consumes a sequence number). */
+export const recordSeq = (event: Event): number | undefined => {
+  switch (event.type) {
+    case "WriteStreamed":
+    case "ResyncBegun":
+    case "BlockSent":
+    case "SyncActivated":
+      return event.seq
+    default:
+      return undefined
+  }
+}

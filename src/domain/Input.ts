@@ -1,0 +1,50 @@
+/**
+ * Inputs: what the filter observes. `decide` turns each into events.
+ */
+import { Schema } from "effect"
+import { Count, LinkLossReason } from "./Event.js"
+
+/** A guest write completed on the disk (folded post-op, design §3). */
+export const WriteCompleted = Schema.TaggedStruct("WriteCompleted", { offset: Count, length: Count })
+export type WriteCompleted = typeof WriteCompleted.Type
+
+/** The receiver acked every record through `seq` durably (cumulative). */
+export const AckReceived = Schema.TaggedStruct("AckReceived", { seq: Count })
+export type AckReceived = typeof AckReceived.Type
+
+/** The stream failed: connection error, ack timeout, receiver gone. */
+export const LinkFailed = Schema.TaggedStruct("LinkFailed", { reason: LinkLossReason })
+export type LinkFailed = typeof LinkFailed.Type
+
+/** The receiver saw a gap in the sequence and expects `expected`. */
+export const GapReceived = Schema.TaggedStruct("GapReceived", { expected: Count })
+export type GapReceived = typeof GapReceived.Type
+
+/** A new connection's handshake completed; `receiverSeq` is the receiver's durable seq. */
+export const LinkReestablished = Schema.TaggedStruct("LinkReestablished", { receiverSeq: Count })
+export type LinkReestablished = typeof LinkReestablished.Type
+
+/** Drain capacity is available: the send buffer can take `budget` more block records. */
+export const PumpTick = Schema.TaggedStruct("PumpTick", { budget: Count })
+export type PumpTick = typeof PumpTick.Type
+
+export const Input = Schema.Union(
+  WriteCompleted,
+  AckReceived,
+  LinkFailed,
+  GapReceived,
+  LinkReestablished,
+  PumpTick
+)
+export type Input = typeof Input.Type
+
+export const writeCompleted = (offset: number, length: number): Input => ({
+  _tag: "WriteCompleted",
+  offset,
+  length
+})
+export const ackReceived = (seq: number): Input => ({ _tag: "AckReceived", seq })
+export const linkFailed = (reason: string): Input => ({ _tag: "LinkFailed", reason })
+export const gapReceived = (expected: number): Input => ({ _tag: "GapReceived", expected })
+export const linkReestablished = (receiverSeq: number): Input => ({ _tag: "LinkReestablished", receiverSeq })
+export const pumpTick = (budget: number): Input => ({ _tag: "PumpTick", budget })

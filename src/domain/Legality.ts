@@ -1,0 +1,277 @@
+/**
+ * The legality rules of design §5: which events a correct filter may record next.
+ * Used to check traces from other implementations, and to prove `decide` only
+ * emits legal events. The model keeps the least obligation set, so redundant
+ * sends are legal and missing ones are not.
+ */
+import { Data } from "effect"
+import * as Bitmap from "./Bitmap.js"
+import { evolve } from "./Decider.js"
+import type * as Event from "./Event.js"
+import * as Geometry from "./Geometry.js"
+import * as State from "./State.js"
+
+export type Rule =
+  | "owed-resync"
+  | "mode-not-sync"
+  | "mode-not-resync"
+  | "link-down"
+  | "link-up"
+  | "seq-not-next"
+  | "range-invalid"
+  | "ack-regress"
+  | "ack-unsent"
+  | "gap-out-of-range"
+  | "epoch-not-next"
+  | "epoch-not-current"
+  | "receiver-ahead"
+  | "marker-not-needed"
+  | "marker-not-sent"
+  | "block-invalid"
+  | "obligations-left"
+  | "block-record-unacked"
+  | "owed-at-end"
+  | "not-quiescent"
+
+/** Why an event (or the end of a trace) is not allowed, with the model state that says so. */
+export class Violation extends Data.TaggedError("Violation")<{
+  readonly rule: Rule
+  readonly reason: string
+  readonly event: Event.Event | undefined
+  readonly context: Readonly<Record<string, unknown>>
+}> {
+  override get message() {
+    return `${this.rule}: ${this.reason}`
+  }
+}
+
+/** A short picture of the model state that explains a violation. */
+export const describeState = (state: State.State): Record<string, unknown> => {
+  const unackedBlocks: Array<number> = []
+  state.flight.forEach((r, seq) => {
+    if (r.kind === "block" && unackedBlocks.length < 16) unackedBlocks.push(seq)
+  })
+  const sample: Array<number> = []
+  for (
+    let b = Bitmap.findNext(state.dirty, 0);
+    b >= 0 && sample.length < 16;
+    b = Bitmap.findNext(state.dirty, b + 1)
+  )
+    sample.push(b)
+  for (
+    let b = Bitmap.findNext(state.draining, 0);
+    b >= 0 && sample.length < 32;
+    b = Bitmap.findNext(state.draining, b + 1)
+  )
+    if (!sample.includes(b)) sample.push(b)
+  return {
+    mode: state.mode,
+    link: state.link,
+    epoch: state.epoch,
+    nextSeq: state.nextSeq,
+    watermark: state.watermark,
+    inFlight: state.flight.size,
+    blockRecordsUnacked: state.flight.blockRecords,
+    unackedBlockRecordSeqs: unackedBlocks,
+    obligations: State.obligationCount(state),
+    obligationSample: sample.sort((a, b) => a - b),
+    markerSent: state.markerSent,
+    owed: state.owed
+  }
+}
+
+const violation = (
+  rule: Rule,
+  reason: string,
+  event: Event.Event | undefined,
+  state: State.State,
+  extra: Record<string, unknown> = {}
+) => new Violation({ rule, reason, event, context: { ...describeState(state), ...extra } })
+
+const rangeProblem = (state: State.State, offset: number, length: number): string | undefined =>
+  Geometry.validateRange(state.config, offset, length)?.message
+
+/** `undefined` when `event` may follow `state`; otherwise the first rule it breaks. */
+export const check = (state: State.State, event: Event.Event): Violation | undefined => {
+  const v = (rule: Rule, reason: string, extra?: Record<string, unknown>) =>
+    violation(rule, reason, event, state, extra)
+  if (state.owed !== null && !(event.type === "ResyncActivated" && event.reason === state.owed))
+    return v("owed-resync", `a ResyncActivated with reason "${state.owed}" must come next, not ${event.type}`)
+  const seqIsNext = (seq: number) =>
+    seq === state.nextSeq
+      ? undefined
+      : v("seq-not-next", `seq ${seq} but the next record is ${state.nextSeq}`)
+  const linkUp = () =>
+    state.link === "up" ? undefined : v("link-down", `${event.type} while the link is down`)
+  const inResync = () =>
+    state.mode === "resync" ? undefined : v("mode-not-resync", `${event.type} while in sync mode`)
+  const epochIsCurrent = (epoch: number) =>
+    epoch === state.epoch
+      ? undefined
+      : v("epoch-not-current", `epoch ${epoch} but the current epoch is ${state.epoch}`)
+  switch (event.type) {
+    case "WriteStreamed": {
+      if (state.mode !== "sync") return v("mode-not-sync", "a write was streamed live while in resync mode")
+      const bad = rangeProblem(state, event.offset, event.length)
+      return linkUp() ?? seqIsNext(event.seq) ?? (bad === undefined ? undefined : v("range-invalid", bad))
+    }
+    case "WriteTracked": {
+      if (state.mode !== "resync") return v("mode-not-resync", "a write was only marked while in sync mode")
+      const bad = rangeProblem(state, event.offset, event.length)
+      return bad === undefined ? undefined : v("range-invalid", bad)
+    }
+    case "Acked":
+      return (
+        linkUp() ??
+        (event.seq < state.watermark
+          ? v("ack-regress", `ack ${event.seq} is below the watermark ${state.watermark}`)
+          : event.seq >= state.nextSeq
+            ? v("ack-unsent", `ack ${event.seq} but the last record sent is ${state.nextSeq - 1}`)
+            : undefined)
+      )
+    case "LinkLost":
+      return state.link === "up" ? undefined : v("link-down", "LinkLost while the link is already down")
+    case "DiscontinuityReported":
+      return (
+        linkUp() ??
+        (event.expected > state.watermark && event.expected < state.nextSeq
+          ? undefined
+          : v(
+              "gap-out-of-range",
+              `expected ${event.expected} is outside the unacked range (${state.watermark}, ${state.nextSeq})`
+            ))
+      )
+    case "ResyncActivated":
+      return event.epoch === state.epoch + 1
+        ? undefined
+        : v("epoch-not-next", `epoch ${event.epoch} but the next epoch is ${state.epoch + 1}`)
+    case "LinkRestored":
+      if (state.link === "up") return v("link-up", "LinkRestored while the link is up")
+      return event.receiverSeq < state.nextSeq
+        ? undefined
+        : v(
+            "receiver-ahead",
+            `receiver seq ${event.receiverSeq} but the last record sent is ${state.nextSeq - 1}`
+          )
+    case "ResyncBegun":
+      return (
+        inResync() ??
+        linkUp() ??
+        epochIsCurrent(event.epoch) ??
+        seqIsNext(event.seq) ??
+        (state.markerSent ? v("marker-not-needed", "a resync-begin marker was already sent") : undefined)
+      )
+    case "PassStarted":
+      return inResync()
+    case "BlockSent":
+      return (
+        inResync() ??
+        linkUp() ??
+        (state.markerSent
+          ? undefined
+          : v("marker-not-sent", "a block was sent before the resync-begin marker")) ??
+        seqIsNext(event.seq) ??
+        (Geometry.isBlock(state.config, event.block)
+          ? undefined
+          : v("block-invalid", `block ${event.block} is not on a disk of ${state.config.blockCount} blocks`))
+      )
+    case "SyncActivated":
+      return (
+        inResync() ??
+        linkUp() ??
+        (state.markerSent ? undefined : v("marker-not-sent", "sync resumed without a resync-begin marker")) ??
+        epochIsCurrent(event.epoch) ??
+        seqIsNext(event.seq) ??
+        (State.hasObligations(state)
+          ? v("obligations-left", `sync resumed with ${State.obligationCount(state)} block(s) still owed`)
+          : undefined) ??
+        (state.flight.blockRecords > 0
+          ? v(
+              "block-record-unacked",
+              `sync resumed with ${state.flight.blockRecords} block record(s) unacked`
+            )
+          : undefined)
+      )
+  }
+}
+
+/** What a trace may not end with: an owed event, or (with `quiescent`) anything but a quiet sync. */
+export const checkEnd = (
+  state: State.State,
+  options: { readonly quiescent: boolean }
+): Violation | undefined => {
+  if (state.owed !== null)
+    return violation(
+      "owed-at-end",
+      `the trace ends while a ResyncActivated ("${state.owed}") is owed`,
+      undefined,
+      state
+    )
+  if (options.quiescent && !State.isQuiescent(state))
+    return violation(
+      "not-quiescent",
+      "the trace must end in sync mode, link up, nothing in flight",
+      undefined,
+      state
+    )
+  return undefined
+}
+
+// ---------------------------------------------------------------------------
+// A running check: fold events one at a time, stop at the first violation.
+
+export interface Summary {
+  readonly events: number
+  readonly epochs: number
+  readonly modeChanges: number
+  readonly finalMode: State.Mode
+  readonly finalLink: State.Link
+}
+
+export class Checker {
+  state: State.State
+  events = 0
+  modeChanges = 0
+  constructor(initial: State.State) {
+    this.state = initial
+  }
+  /** Checks and folds one event; the violation if it is illegal (the state is then left as it was). */
+  step(event: Event.Event): Violation | undefined {
+    const bad = check(this.state, event)
+    if (bad !== undefined) return bad
+    const before = this.state.mode
+    this.state = evolve(this.state, event)
+    this.events++
+    if (this.state.mode !== before) this.modeChanges++
+    return undefined
+  }
+  end(options: { readonly quiescent: boolean }): Violation | undefined {
+    return checkEnd(this.state, options)
+  }
+  summary(): Summary {
+    return {
+      events: this.events,
+      epochs: this.state.epoch,
+      modeChanges: this.modeChanges,
+      finalMode: this.state.mode,
+      finalLink: this.state.link
+    }
+  }
+}
+
+/** Checks a whole sequence of events from `initial`; the index of the first illegal one. */
+export const checkAll = (
+  initial: State.State,
+  events: Iterable<Event.Event>,
+  options: { readonly quiescent: boolean } = { quiescent: false }
+): { readonly index: number; readonly violation: Violation } | undefined => {
+  const checker = new Checker(initial)
+  let index = 0
+  for (const event of events) {
+    const bad = checker.step(event)
+    if (bad !== undefined) return { index, violation: bad }
+    index++
+  }
+  const bad = checker.end(options)
+  return bad === undefined ? undefined : { index, violation: bad }
+}

@@ -1,0 +1,160 @@
+/**
+ * The filter's state (design §3): immutable; every change is `evolve(state, event)`.
+ */
+import { Schema } from "effect"
+import * as Bitmap from "./Bitmap.js"
+import { Config } from "./Config.js"
+import { Count, ResyncReason } from "./Event.js"
+import { Flight, type FlightRecord } from "./Flight.js"
+
+export type Mode = "sync" | "resync"
+export type Link = "up" | "down"
+
+export interface State {
+  readonly config: Config
+  readonly mode: Mode
+  readonly link: Link
+  /** Count of resync activations. */
+  readonly epoch: number
+  /** Seq of the next record sent. */
+  readonly nextSeq: number
+  /** Every record with `seq <= watermark` is acked. */
+  readonly watermark: number
+  /**
+   * The filter relies on the receiver holding every record through this seq: the
+   * watermark, or 0 after a receiver rollback (everything is sent again).
+   */
+  readonly relied: number
+  /** Records sent and not acked that are still assumed to be on their way. */
+  readonly flight: Flight
+  /** The passive bitmap: writes tracked since the current pass began (obligations). */
+  readonly dirty: Bitmap.Bitmap
+  /** The active bitmap: blocks of the current pass not yet sent (obligations). */
+  readonly draining: Bitmap.Bitmap
+  /** Where the drain looks next in the active bitmap. */
+  readonly cursor: number
+  /** Whether the resync-begin marker was sent since resync was (re)entered or the link came back. */
+  readonly markerSent: boolean
+  /** A `ResyncActivated` the next event must be (forced by a loss in sync mode or a receiver rollback). */
+  readonly owed: ResyncReason | null
+}
+
+export const make = (fields: State): State => ({
+  config: fields.config,
+  mode: fields.mode,
+  link: fields.link,
+  epoch: fields.epoch,
+  nextSeq: fields.nextSeq,
+  watermark: fields.watermark,
+  relied: fields.relied,
+  flight: fields.flight,
+  dirty: fields.dirty,
+  draining: fields.draining,
+  cursor: fields.cursor,
+  markerSent: fields.markerSent,
+  owed: fields.owed
+})
+
+/** Design §5 "Legality rules": the initial state for a configuration. */
+export const initial = (config: Config): State =>
+  make({
+    config,
+    mode: config.initial === "in-sync" ? "sync" : "resync",
+    link: "up",
+    epoch: config.initial === "in-sync" ? 0 : 1,
+    nextSeq: 1,
+    watermark: 0,
+    relied: 0,
+    flight: Flight.empty(1),
+    dirty: config.initial === "in-sync" ? Bitmap.empty(config.blockCount) : Bitmap.full(config.blockCount),
+    draining: Bitmap.empty(config.blockCount),
+    cursor: 0,
+    markerSent: false,
+    owed: null
+  })
+
+/** The obligations: blocks the receiver may lack that no unacked record will deliver. */
+export const obligationCount = (state: State): number =>
+  state.draining.count === 0
+    ? state.dirty.count
+    : state.dirty.count === 0
+      ? state.draining.count
+      : Bitmap.union(state.dirty, state.draining).count
+
+export const hasObligations = (state: State): boolean => state.dirty.count > 0 || state.draining.count > 0
+
+export const isObligation = (state: State, block: number): boolean =>
+  Bitmap.has(state.dirty, block) || Bitmap.has(state.draining, block)
+
+/** In sync, link up, nothing in flight: the replica equals the disk. */
+export const isQuiescent = (state: State): boolean =>
+  state.mode === "sync" && state.link === "up" && state.flight.size === 0 && state.owed === null
+
+// ---------------------------------------------------------------------------
+// Snapshots: a JSON-able encoding, so a journal can start from one.
+
+const Runs = Schema.Array(Schema.Tuple(Count, Count))
+
+const FlightRecordSchema = Schema.Union(
+  Schema.Struct({ kind: Schema.Literal("write"), first: Count, last: Count, bytes: Count }),
+  Schema.Struct({ kind: Schema.Literal("block"), block: Count }),
+  Schema.Struct({ kind: Schema.Literal("marker") })
+)
+
+export const Snapshot = Schema.Struct({
+  version: Schema.Literal(1),
+  config: Config,
+  mode: Schema.Literal("sync", "resync"),
+  link: Schema.Literal("up", "down"),
+  epoch: Count,
+  nextSeq: Count,
+  watermark: Count,
+  relied: Count,
+  flightFirstSeq: Count,
+  flight: Schema.Array(FlightRecordSchema),
+  dirty: Runs,
+  draining: Runs,
+  cursor: Count,
+  markerSent: Schema.Boolean,
+  owed: Schema.NullOr(ResyncReason)
+})
+export type Snapshot = typeof Snapshot.Type
+
+export const toSnapshot = (state: State): Snapshot => ({
+  version: 1,
+  config: state.config,
+  mode: state.mode,
+  link: state.link,
+  epoch: state.epoch,
+  nextSeq: state.nextSeq,
+  watermark: state.watermark,
+  relied: state.relied,
+  flightFirstSeq: state.flight.firstSeq,
+  flight: state.flight.toArray(),
+  dirty: Bitmap.runs(state.dirty),
+  draining: Bitmap.runs(state.draining),
+  cursor: state.cursor,
+  markerSent: state.markerSent,
+  owed: state.owed
+})
+
+export const fromSnapshot = (snapshot: Snapshot): State =>
+  make({
+    config: snapshot.config,
+    mode: snapshot.mode,
+    link: snapshot.link,
+    epoch: snapshot.epoch,
+    nextSeq: snapshot.nextSeq,
+    watermark: snapshot.watermark,
+    relied: snapshot.relied,
+    flight: Flight.fromArray(snapshot.flightFirstSeq, snapshot.flight as ReadonlyArray<FlightRecord>),
+    dirty: Bitmap.fromRuns(snapshot.config.blockCount, snapshot.dirty),
+    draining: Bitmap.fromRuns(snapshot.config.blockCount, snapshot.draining),
+    cursor: snapshot.cursor,
+    markerSent: snapshot.markerSent,
+    owed: snapshot.owed
+  })
+
+/** Structural equality of two states (for replay checks). */
+export const equals = (a: State, b: State): boolean =>
+  JSON.stringify(toSnapshot(a)) === JSON.stringify(toSnapshot(b))

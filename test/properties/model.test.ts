@@ -1,0 +1,117 @@
+/**
+ * The invariants of design §4 over the pure core, against a simulated world with
+ * faults drawn by fast-check. See docs/model.md for the map from invariant to test.
+ */
+import { Either, Schema } from "effect"
+import fc from "fast-check"
+import { describe, expect, it } from "vitest"
+import * as Decider from "../../src/domain/Decider.js"
+import * as Legality from "../../src/domain/Legality.js"
+import { reference, run } from "../../src/domain/Simulation.js"
+import * as State from "../../src/domain/State.js"
+import * as Trace from "../../src/domain/Trace.js"
+import { numRuns, scenario, stepsOf } from "../support/arbitraries.js"
+import { invariantHolds } from "../support/properties.js"
+
+const runs = { numRuns: numRuns(400) }
+
+describe("design §4 invariants (reference filter)", () => {
+  it("1. no write is lost: whenever quiescent in sync, the replica equals the disk, block for block", () => {
+    fc.assert(invariantHolds(reference, ["no-write-lost"]), runs)
+  })
+
+  it("2. sync only when clean: no live write in resync, no marked-only write in sync, no early sync", () => {
+    fc.assert(invariantHolds(reference, ["sync-only-when-clean"]), runs)
+  })
+
+  it("3. sequence: contiguous seqs, a watermark that never decreases nor passes the last record", () => {
+    fc.assert(invariantHolds(reference, ["sequence"]), runs)
+  })
+
+  it("4. coverage: every block that may differ on the replica is dirty or covered by an unacked record", () => {
+    fc.assert(invariantHolds(reference, ["coverage"]), runs)
+  })
+
+  it("legality: every event decide emits is allowed by the rules of design §5", () => {
+    fc.assert(invariantHolds(reference, ["legality", "rejected-input"]), runs)
+  })
+
+  it("liveness: once the link is healthy the filter converges back to sync", () => {
+    fc.assert(invariantHolds(reference, ["convergence"]), runs)
+  })
+
+  it("3. an ack for an unsent record is rejected", () => {
+    fc.assert(
+      fc.property(scenario, fc.nat({ max: 5 }), (s, extra) => {
+        const world = run(s.config, reference, stepsOf(s), { checks: [] })
+        const state = world.fs
+        if (state.link === "down") return
+        const decided = Decider.decide(state, { _tag: "AckReceived", seq: state.nextSeq + extra })
+        expect(Either.isLeft(decided) && decided.left._tag).toBe("AckBeyondSent")
+      }),
+      runs
+    )
+  })
+})
+
+describe("5. replay", () => {
+  it("folding the journal from the initial state yields the live state, with or without a snapshot midway", () => {
+    fc.assert(
+      fc.property(scenario, fc.double({ min: 0, max: 1, noNaN: true }), (s, cut) => {
+        const world = run(s.config, reference, stepsOf(s), { checks: [] })
+        const events = world.events
+        const initial = State.initial(s.config)
+        expect(State.equals(events.reduce(Decider.evolve, initial), world.fs)).toBe(true)
+        expect(State.equals(Decider.evolveAll(initial, events), world.fs)).toBe(true)
+        // A snapshot taken midway, through its encoded JSON form, then the rest of the journal.
+        const k = Math.floor(cut * events.length)
+        const mid = events.slice(0, k).reduce(Decider.evolve, initial)
+        const json = JSON.stringify(Schema.encodeSync(State.Snapshot)(State.toSnapshot(mid)))
+        const restored = State.fromSnapshot(Schema.decodeUnknownSync(State.Snapshot)(JSON.parse(json)))
+        expect(State.equals(restored, mid)).toBe(true)
+        expect(State.equals(events.slice(k).reduce(Decider.evolve, restored), world.fs)).toBe(true)
+        expect(State.equals(Decider.evolveAll(restored, events.slice(k)), world.fs)).toBe(true)
+      }),
+      runs
+    )
+  })
+
+  it("old states never change when later events are folded", () => {
+    fc.assert(
+      fc.property(scenario, (s) => {
+        const world = run(s.config, reference, stepsOf(s), { checks: [] })
+        const states: Array<State.State> = [State.initial(s.config)]
+        for (const e of world.events) states.push(Decider.evolve(states[states.length - 1]!, e))
+        const pictures = states.map((st) => JSON.stringify(State.toSnapshot(st)))
+        // Branch from every old state (the append-only flight log must not leak between versions).
+        for (const st of states) Decider.evolveAll(st, world.events.slice(0, 5))
+        for (const [i, st] of states.entries()) expect(JSON.stringify(State.toSnapshot(st))).toBe(pictures[i])
+      }),
+      { numRuns: numRuns(60) }
+    )
+  })
+})
+
+describe("traces of decide check clean", () => {
+  it("through the trace codec: encode, decode line by line in random chunks, check", () => {
+    fc.assert(
+      fc.property(scenario, fc.array(fc.integer({ min: 1, max: 97 }), { minLength: 1 }), (s, chunkSizes) => {
+        const world = run(s.config, reference, stepsOf(s), { checks: [] })
+        const text = [Trace.encodeHeader(s.config), ...world.events.map(Trace.encodeEvent)].join("\n")
+        const decoder = new Trace.Decoder()
+        const decoded: Array<Trace.Decoded> = []
+        let at = 0
+        for (let i = 0; at < text.length; i++) {
+          const n = chunkSizes[i % chunkSizes.length]!
+          for (const d of decoder.push(text.slice(at, at + n))) decoded.push(Either.getOrThrow(d))
+          at += n
+        }
+        for (const d of decoder.end()) decoded.push(Either.getOrThrow(d))
+        const events = decoded.flatMap((d) => (d._tag === "Event" ? [d.event] : []))
+        expect(events).toEqual(world.events)
+        expect(Legality.checkAll(State.initial(s.config), events)).toBeUndefined()
+      }),
+      runs
+    )
+  })
+})

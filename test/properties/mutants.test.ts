@@ -1,0 +1,55 @@
+/**
+ * Each deliberately broken filter must be caught by the property that guards the
+ * rule it breaks. A property that cannot fail proves nothing: these tests fail if
+ * a mutant slips through.
+ */
+import fc from "fast-check"
+import { describe, expect, it } from "vitest"
+import type { Filter, InvariantName } from "../../src/domain/Simulation.js"
+import * as Mutants from "../support/mutants.js"
+import { invariantHolds } from "../support/properties.js"
+
+/** fast-check searches for a counterexample; the mutant must not survive this many runs. */
+const budget = { numRuns: 5000 }
+
+const caught = <S>(filter: Filter<S>, invariants: ReadonlyArray<InvariantName>) => {
+  const details = fc.check(invariantHolds(filter, invariants), budget)
+  expect(details.failed, `${filter.name} survived ${details.numRuns} runs of ${invariants.join(", ")}`).toBe(
+    true
+  )
+  return String(details.errorInstance)
+}
+
+describe("mutants are caught", () => {
+  it("clearing a bit only when the read completes loses a write racing the read", () => {
+    expect(caught(Mutants.clearOnReadCompletion, ["no-write-lost"])).toMatch(/no-write-lost/)
+    expect(caught(Mutants.clearOnReadCompletion, ["coverage"])).toMatch(/coverage/)
+    expect(caught(Mutants.clearOnReadCompletion, ["legality"])).toMatch(/obligations-left/)
+  })
+
+  it("not marking in-flight records dirty on link loss breaks coverage and loses writes", () => {
+    expect(caught(Mutants.noRemarkOnLinkLoss, ["coverage"])).toMatch(/coverage/)
+    expect(caught(Mutants.noRemarkOnLinkLoss, ["no-write-lost"])).toMatch(/no-write-lost/)
+    expect(caught(Mutants.noRemarkOnLinkLoss, ["legality"])).toMatch(/obligations-left/)
+  })
+
+  it("resuming sync with a block record unacked breaks sync-only-when-clean", () => {
+    expect(caught(Mutants.syncWithBlockUnacked, ["sync-only-when-clean"])).toMatch(/block record/)
+    expect(caught(Mutants.syncWithBlockUnacked, ["legality"])).toMatch(/block-record-unacked/)
+  })
+
+  it("streaming a write while in resync breaks sync-only-when-clean", () => {
+    expect(caught(Mutants.streamDuringResync, ["sync-only-when-clean"])).toMatch(/streamed live in resync/)
+    expect(caught(Mutants.streamDuringResync, ["legality"])).toMatch(/mode-not-sync/)
+  })
+
+  it("letting the watermark go backwards breaks sequence", () => {
+    expect(caught(Mutants.watermarkRegression, ["sequence"])).toMatch(/watermark went back/)
+    expect(caught(Mutants.watermarkRegression, ["legality"])).toMatch(/ack-regress/)
+  })
+
+  it("skipping the resync after a receiver rollback breaks coverage and loses writes", () => {
+    expect(caught(Mutants.skipRollbackResync, ["coverage"])).toMatch(/coverage/)
+    expect(caught(Mutants.skipRollbackResync, ["legality"])).toMatch(/owed-resync/)
+  })
+})

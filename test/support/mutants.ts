@@ -1,0 +1,102 @@
+/**
+ * Deliberately broken filters. Each breaks one rule of design §3; the property
+ * suite must catch every one (test/properties/mutants.test.ts proves it does).
+ */
+import { Either } from "effect"
+import * as Bitmap from "../../src/domain/Bitmap.js"
+import * as Decider from "../../src/domain/Decider.js"
+import type * as Event from "../../src/domain/Event.js"
+import { Flight, blockRecord } from "../../src/domain/Flight.js"
+import type { Filter } from "../../src/domain/Simulation.js"
+import { reference } from "../../src/domain/Simulation.js"
+import * as State from "../../src/domain/State.js"
+
+const stateFilter = (name: string, overrides: Partial<Filter<State.State>>): Filter<State.State> => ({
+  ...reference,
+  name,
+  ...overrides
+})
+
+/** Clears a block's dirty mark when its read completes, not when its send is decided. */
+export const clearOnReadCompletion = stateFilter("clear-on-read-completion", {
+  evolve: (state, event) =>
+    event.type === "BlockSent"
+      ? State.make({
+          ...state,
+          nextSeq: event.seq + 1,
+          flight: state.flight.push(blockRecord(event.block)),
+          // the active bit goes (so the pump moves on), the passive mark waits for the read
+          draining: Bitmap.clear(state.draining, event.block),
+          cursor: event.block + 1
+        })
+      : Decider.evolve(state, event),
+  readCompleted: (state, block) => State.make({ ...state, dirty: Bitmap.clear(state.dirty, block) })
+})
+
+/** Forgets the records in flight on link loss or a gap instead of marking their blocks dirty. */
+export const noRemarkOnLinkLoss = stateFilter("no-remark-on-link-loss", {
+  evolve: (state, event) =>
+    event.type === "LinkLost" || event.type === "DiscontinuityReported"
+      ? Decider.evolve(State.make({ ...state, flight: Flight.empty(state.nextSeq) }), event)
+      : Decider.evolve(state, event)
+})
+
+const foldAll = (state: State.State, events: ReadonlyArray<Event.Event>) =>
+  events.reduce(Decider.evolve, state)
+
+/** Resumes sync as soon as nothing is dirty, while block records are still unacked. */
+export const syncWithBlockUnacked = stateFilter("sync-with-block-unacked", {
+  decide: (state, input) =>
+    Either.map(Decider.decide(state, input), (events) => {
+      const after = foldAll(state, events)
+      const early =
+        after.mode === "resync" &&
+        after.link === "up" &&
+        after.markerSent &&
+        after.owed === null &&
+        !State.hasObligations(after) &&
+        after.flight.blockRecords > 0
+      return early
+        ? [...events, { type: "SyncActivated" as const, epoch: after.epoch, seq: after.nextSeq }]
+        : events
+    })
+})
+
+/** Streams a completed write live while in resync mode (when the link is up). */
+export const streamDuringResync = stateFilter("stream-during-resync", {
+  decide: (state, input) =>
+    input._tag === "WriteCompleted" && state.mode === "resync" && state.link === "up" && state.markerSent
+      ? Either.right([
+          { type: "WriteStreamed" as const, seq: state.nextSeq, offset: input.offset, length: input.length }
+        ])
+      : Decider.decide(state, input)
+})
+
+/** Takes every ack at its word, so a stale one moves the watermark backwards. */
+export const watermarkRegression = stateFilter("watermark-regression", {
+  decide: (state, input) =>
+    input._tag === "AckReceived" && state.link === "up" && input.seq < state.watermark
+      ? Either.right([{ type: "Acked" as const, seq: input.seq }])
+      : Decider.decide(state, input)
+})
+
+/** Ignores a receiver rollback: the link comes back and the drain carries on as if nothing was lost. */
+export const skipRollbackResync = stateFilter("skip-rollback-resync", {
+  decide: (state, input) =>
+    input._tag === "LinkReestablished" && state.link === "down" && input.receiverSeq < state.nextSeq
+      ? Either.right([{ type: "LinkRestored" as const, receiverSeq: input.receiverSeq }])
+      : Decider.decide(state, input),
+  evolve: (state, event) =>
+    event.type === "LinkRestored"
+      ? State.make({ ...state, link: "up", markerSent: false })
+      : Decider.evolve(state, event)
+})
+
+export const all = [
+  clearOnReadCompletion,
+  noRemarkOnLinkLoss,
+  syncWithBlockUnacked,
+  streamDuringResync,
+  watermarkRegression,
+  skipRollbackResync
+] as const
