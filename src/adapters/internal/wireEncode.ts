@@ -32,11 +32,13 @@ const writeU64 = (bytes: Uint8Array, at: number, n: number): void => {
 
 // Invalid fields are a bug in the caller (a defect), never silently truncated on the wire.
 const count = (field: string, n: number): number => {
-  if (!Number.isSafeInteger(n) || n < 0) throw new RangeError(`wire: ${field} must be a non-negative safe integer, got ${n}`)
+  if (!Number.isSafeInteger(n) || n < 0)
+    throw new RangeError(`wire: ${field} must be a non-negative safe integer, got ${n}`)
   return n
 }
 const u32 = (field: string, n: number): number => {
-  if (!Number.isInteger(n) || n < 0 || n > MAX_U32) throw new RangeError(`wire: ${field} must be a u32, got ${n}`)
+  if (!Number.isInteger(n) || n < 0 || n > MAX_U32)
+    throw new RangeError(`wire: ${field} must be a u32, got ${n}`)
   return n
 }
 
@@ -84,6 +86,7 @@ export const encode = (frame: Frame): Uint8Array => {
       kind = Kind.ResyncBegin
       seq = count("seq", frame.seq)
       epoch = u32("epoch", frame.epoch)
+      position = count("base", frame.base)
       break
     case "ResyncEnd":
       kind = Kind.ResyncEnd

@@ -75,10 +75,16 @@ export interface Block {
   readonly block: number
   readonly data: Uint8Array
 }
+/**
+ * Resync-begin marker. `base` (in the header's offset/block field): the filter relies on
+ * the receiver holding every record through `base`; records after it and before the
+ * marker are superseded, so the receiver may accept the marker across a gap.
+ */
 export interface ResyncBegin {
   readonly _tag: "ResyncBegin"
   readonly seq: number
   readonly epoch: number
+  readonly base: number
 }
 export interface ResyncEnd {
   readonly _tag: "ResyncEnd"
@@ -109,7 +115,9 @@ export type Frame = Hello | Welcome | Record | Ack | Gap | Refuse
 // ---------------------------------------------------------------------------------------------
 // JSON payloads, decoded with a Schema.
 
-const Count = Schema.NonNegativeInt.pipe(Schema.filter((n) => Number.isSafeInteger(n) || "must be a safe integer"))
+const Count = Schema.NonNegativeInt.pipe(
+  Schema.filter((n) => Number.isSafeInteger(n) || "must be a safe integer")
+)
 
 export const HelloPayload = Schema.Struct({
   diskId: Schema.String.pipe(Schema.minLength(1), Schema.maxLength(1024)),

@@ -1,0 +1,81 @@
+/**
+ * The wire codec between the filter and the log receiver (design §6, docs/wire.md):
+ * length-prefixed binary frames with a fixed 40-byte big-endian header, a CRC32C over
+ * the payload and one over the header.
+ *
+ * `encode` turns a frame into bytes; a `Decoder` turns bytes that arrive in arbitrary
+ * chunks back into frames, or into a typed `WireError` (never a throw, never a hang).
+ */
+import { Channel, Chunk, Stream } from "effect"
+import { Decoder, type DecoderOptions, makeDecoder } from "./internal/wireDecoder.js"
+import { encode } from "./internal/wireEncode.js"
+import { type Frame, WireError } from "./internal/wireFrame.js"
+
+export {
+  DEFAULT_MAX_FRAME_BYTES,
+  HEADER_BYTES,
+  Kind,
+  MAGIC,
+  VERSION,
+  WireError,
+  WireErrorReason
+} from "./internal/wireFrame.js"
+export type {
+  Ack,
+  Block,
+  Frame,
+  Gap,
+  Hello,
+  Record,
+  Refuse,
+  ResyncBegin,
+  ResyncEnd,
+  Welcome,
+  Write
+} from "./internal/wireFrame.js"
+export { Decoder, type DecoderOptions, encode, makeDecoder }
+
+/**
+ * Decodes a byte stream into frames. Frames that precede a corruption are emitted, then
+ * the stream fails with the `WireError`; a stream that ends inside a frame fails with
+ * `truncated`.
+ */
+export const decodeStream =
+  (options?: DecoderOptions) =>
+  <E, R>(self: Stream.Stream<Uint8Array, E, R>): Stream.Stream<Frame, E | WireError, R> =>
+    Stream.pipeThroughChannel(
+      self,
+      Channel.suspend(() => {
+        const decoder = makeDecoder(options)
+        const loop: Channel.Channel<
+          Chunk.Chunk<Frame>,
+          Chunk.Chunk<Uint8Array>,
+          E | WireError,
+          E,
+          unknown,
+          unknown
+        > = Channel.readWithCause({
+          onInput: (input: Chunk.Chunk<Uint8Array>) => {
+            const out: Array<Frame> = []
+            let error: WireError | undefined
+            for (const bytes of input) {
+              error = decoder.pushInto(bytes, out)
+              if (error !== undefined) break
+            }
+            const next = error === undefined ? loop : Channel.fail(error)
+            return out.length === 0 ? next : Channel.zipRight(Channel.write(Chunk.unsafeFromArray(out)), next)
+          },
+          onFailure: Channel.failCause,
+          onDone: () =>
+            decoder.buffered === 0
+              ? Channel.void
+              : Channel.fail(
+                  new WireError({
+                    reason: "truncated",
+                    detail: `the stream ended ${decoder.buffered} bytes into a frame`
+                  })
+                )
+        })
+        return loop
+      })
+    )

@@ -1,0 +1,53 @@
+/**
+ * The client side of one connection, shared by every LogReceiver layer: a bounded
+ * outbox (backpressure), the receiver's messages, and the one-way "lost" state that
+ * fails `send` and `messages` with `ConnectionLost`.
+ */
+import { Deferred, Effect, Exit, Mailbox, Queue } from "effect"
+import type { Message } from "./receiverStore.js"
+import { ConnectionLost } from "./receiverErrors.js"
+
+export interface Link<A> {
+  readonly outbox: Queue.Queue<A>
+  readonly messages: Mailbox.Mailbox<Message, ConnectionLost>
+  readonly lost: Deferred.Deferred<never, ConnectionLost>
+  /** Enqueues for the writer; suspends while the outbox is full; fails once the connection is lost. */
+  readonly send: (item: A) => Effect.Effect<void, ConnectionLost>
+  readonly deliver: (message: Message) => void
+  /** Idempotent: the first cause wins. */
+  readonly markLost: (cause: unknown) => void
+  readonly isLost: () => boolean
+}
+
+export const makeLink = <A>(capacity: number): Effect.Effect<Link<A>> =>
+  Effect.gen(function* () {
+    const outbox = yield* Queue.bounded<A>(capacity)
+    const messages = yield* Mailbox.make<Message, ConnectionLost>()
+    const lost = yield* Deferred.make<never, ConnectionLost>()
+    let error: ConnectionLost | undefined
+    const markLost = (cause: unknown) => {
+      if (error !== undefined) return
+      error = new ConnectionLost({ cause })
+      // Messages already delivered stay readable before the failure.
+      messages.unsafeDone(Exit.fail(error))
+      Deferred.unsafeDone(lost, Exit.fail(error))
+    }
+    const send = (item: A): Effect.Effect<void, ConnectionLost> =>
+      Effect.suspend(() => {
+        if (error !== undefined) return Effect.fail(error)
+        // Fast path without forking; only a full outbox races the offer against the loss.
+        if (outbox.unsafeOffer(item)) return Effect.void
+        return Effect.asVoid(Effect.raceFirst(Queue.offer(outbox, item), Deferred.await(lost)))
+      })
+    return {
+      outbox,
+      messages,
+      lost,
+      send,
+      deliver: (message) => {
+        messages.unsafeOffer(message)
+      },
+      markLost,
+      isLost: () => error !== undefined
+    }
+  })

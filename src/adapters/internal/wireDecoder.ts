@@ -1,0 +1,288 @@
+/**
+ * Incremental frame decoder. Bytes arrive in arbitrary chunks; the decoder keeps the
+ * chunks it has not consumed yet and copies each byte at most once (a field or payload
+ * that lies inside one chunk is a zero-copy view). Every failure is a typed `WireError`,
+ * returned, never thrown; once failed, the decoder stays failed.
+ *
+ * Pushed chunks are kept by reference, not copied: do not mutate a chunk after pushing
+ * it (socket chunks are never reused, so this holds for `data` events).
+ */
+import { Either, Schema } from "effect"
+import { crc32c } from "./crc32c.js"
+import {
+  DEFAULT_MAX_FRAME_BYTES,
+  type Frame,
+  HEADER_BYTES,
+  HEADER_CRC_SPAN,
+  HelloPayload,
+  Kind,
+  MAGIC,
+  MAX_SAFE_HIGH_WORD,
+  Offset,
+  RefusePayload,
+  VERSION,
+  WireError,
+  type WireErrorReason
+} from "./wireFrame.js"
+
+export interface DecoderOptions {
+  /** Largest frame accepted (header + payload), checked from the header before the payload is buffered. */
+  readonly maxFrameBytes?: number | undefined
+}
+
+/** Internal knobs for mutation testing only; never exposed by `Wire`. */
+export interface DecoderTestOptions extends DecoderOptions {
+  readonly unsafeSkipPayloadCrc?: boolean
+}
+
+interface Header {
+  readonly kind: number
+  readonly seq: number
+  readonly epoch: number
+  readonly offsetOrBlock: number
+  readonly length: number
+  readonly payloadCrc: number
+}
+
+const SLAB_BYTES = 1 << 20
+
+const readU32 = (b: Uint8Array, at: number): number =>
+  ((b[at]! << 24) | (b[at + 1]! << 16) | (b[at + 2]! << 8) | b[at + 3]!) >>> 0
+
+const utf8 = new TextDecoder("utf-8", { fatal: true })
+const decodeHello = Schema.decodeUnknownEither(Schema.parseJson(HelloPayload))
+const decodeRefuse = Schema.decodeUnknownEither(Schema.parseJson(RefusePayload))
+
+const fail = (reason: WireErrorReason, detail: string) => new WireError({ reason, detail })
+
+const hex = (n: number) => `0x${n.toString(16).padStart(8, "0")}`
+const badMagic = (magic: number) => fail("bad-magic", `expected ${hex(MAGIC)}, got ${hex(magic)}`)
+
+/** Kinds whose payload must be empty. */
+const emptyPayload = (kind: number) =>
+  kind === Kind.Welcome ||
+  kind === Kind.ResyncBegin ||
+  kind === Kind.ResyncEnd ||
+  kind === Kind.Ack ||
+  kind === Kind.Gap
+
+export class Decoder {
+  private readonly maxFrameBytes: number
+  private readonly checkPayloadCrc: boolean
+  private chunks: Array<Uint8Array> = []
+  /** Index of the first unconsumed chunk and bytes already consumed from it. */
+  private head = 0
+  private headOffset = 0
+  private available = 0
+  /** Set while waiting for the payload of a parsed header. */
+  private pending: Header | undefined = undefined
+  private failure: WireError | undefined = undefined
+  private readonly scratch = new Uint8Array(HEADER_BYTES)
+  private slab: Uint8Array | undefined = undefined
+  private slabUsed = 0
+
+  constructor(options: DecoderTestOptions = {}) {
+    this.maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES
+    this.checkPayloadCrc = options.unsafeSkipPayloadCrc !== true
+  }
+
+  /** Bytes received but not yet part of a decoded frame. */
+  get buffered(): number {
+    return this.available + (this.pending === undefined ? 0 : HEADER_BYTES)
+  }
+
+  /** The error the decoder failed with, if it has. */
+  get failed(): WireError | undefined {
+    return this.failure
+  }
+
+  /** Feeds bytes; returns every frame they complete, or the error (frames decoded before it are dropped). */
+  push(chunk: Uint8Array): Either.Either<ReadonlyArray<Frame>, WireError> {
+    const out: Array<Frame> = []
+    const error = this.pushInto(chunk, out)
+    return error === undefined ? Either.right(out) : Either.left(error)
+  }
+
+  /**
+   * Feeds bytes and appends the frames they complete to `out`. Returns the error, if any;
+   * frames appended before it are intact (they precede the corruption).
+   */
+  pushInto(chunk: Uint8Array, out: Array<Frame>): WireError | undefined {
+    if (this.failure !== undefined) return this.failure
+    if (chunk.byteLength > 0) {
+      this.chunks.push(chunk)
+      this.available += chunk.byteLength
+    }
+    for (;;) {
+      if (this.pending === undefined) {
+        if (this.available < HEADER_BYTES) {
+          // A peer speaking another protocol is told off without waiting for a whole header.
+          const magic = this.available >= 4 ? this.peekMagic() : MAGIC
+          return magic === MAGIC ? undefined : (this.failure = badMagic(magic))
+        }
+        const header = this.parseHeader(this.take(HEADER_BYTES, this.scratch))
+        if (header instanceof WireError) return (this.failure = header)
+        this.pending = header
+      }
+      const header = this.pending
+      if (this.available < header.length) return undefined
+      this.pending = undefined
+      const frame = this.frame(header, this.take(header.length, undefined))
+      if (frame instanceof WireError) return (this.failure = frame)
+      out.push(frame)
+    }
+  }
+
+  private peekMagic(): number {
+    let magic = 0
+    let index = this.head
+    let at = this.headOffset
+    for (let i = 0; i < 4; i++) {
+      let chunk = this.chunks[index]!
+      while (at >= chunk.byteLength) {
+        chunk = this.chunks[++index]!
+        at = 0
+      }
+      magic = magic * 256 + chunk[at++]!
+    }
+    return magic
+  }
+
+  /** Consumes `n` buffered bytes: a view when they lie in one chunk, else one copy. */
+  private take(n: number, into: Uint8Array | undefined): Uint8Array {
+    this.available -= n
+    if (n === 0) return into === undefined ? new Uint8Array(0) : into.subarray(0, 0)
+    const first = this.chunks[this.head]!
+    if (first.byteLength - this.headOffset >= n) {
+      const view = first.subarray(this.headOffset, this.headOffset + n)
+      this.headOffset += n
+      if (this.headOffset === first.byteLength) this.advance()
+      return view
+    }
+    const target = into ?? this.allocate(n)
+    let filled = 0
+    while (filled < n) {
+      const chunk = this.chunks[this.head]!
+      const count = Math.min(n - filled, chunk.byteLength - this.headOffset)
+      target.set(chunk.subarray(this.headOffset, this.headOffset + count), filled)
+      filled += count
+      this.headOffset += count
+      if (this.headOffset === chunk.byteLength) this.advance()
+    }
+    return target
+  }
+
+  /**
+   * Room for a payload copy. Small and medium payloads are carved from a shared slab (as
+   * Node's Buffer pool does): one allocation per megabyte instead of one per frame.
+   * Every byte is overwritten by the caller, so no zero fill.
+   */
+  private allocate(n: number): Uint8Array {
+    if (n > SLAB_BYTES / 4) return Buffer.allocUnsafe(n)
+    if (this.slab === undefined || this.slab.byteLength - this.slabUsed < n) {
+      this.slab = Buffer.allocUnsafeSlow(SLAB_BYTES)
+      this.slabUsed = 0
+    }
+    const view = this.slab.subarray(this.slabUsed, this.slabUsed + n)
+    // Keep views 8-byte aligned, like Node's pool.
+    this.slabUsed = (this.slabUsed + n + 7) & ~7
+    return view
+  }
+
+  private advance(): void {
+    this.chunks[this.head] = undefined as never // let the chunk be collected
+    this.head++
+    this.headOffset = 0
+    if (this.head === this.chunks.length) {
+      this.chunks = []
+      this.head = 0
+    } else if (this.head >= 1024 && this.head * 2 >= this.chunks.length) {
+      // Amortised O(1): compact only when the consumed prefix dominates.
+      this.chunks = this.chunks.slice(this.head)
+      this.head = 0
+    }
+  }
+
+  private parseHeader(h: Uint8Array): Header | WireError {
+    const magic = readU32(h, Offset.magic)
+    if (magic !== MAGIC) return badMagic(magic)
+    const version = h[Offset.version]!
+    if (version !== VERSION) return fail("bad-version", `expected version ${VERSION}, got ${version}`)
+    const headerCrc = readU32(h, Offset.headerCrc)
+    const actual = crc32c(h.subarray(0, HEADER_CRC_SPAN))
+    if (headerCrc !== actual)
+      return fail("header-crc", `header CRC ${hex(headerCrc)}, computed ${hex(actual)}`)
+    const kind = h[Offset.kind]!
+    if (kind < Kind.Hello || kind > Kind.Refuse) return fail("unknown-kind", `unknown frame kind ${kind}`)
+    const flags = (h[Offset.flags]! << 8) | h[Offset.flags + 1]!
+    if (flags !== 0) return fail("bad-flags", `flags must be 0, got ${flags}`)
+    const seqHigh = readU32(h, Offset.seq)
+    const positionHigh = readU32(h, Offset.offsetOrBlock)
+    if (seqHigh > MAX_SAFE_HIGH_WORD) return fail("unsafe-integer", "seq exceeds 2^53 - 1")
+    if (positionHigh > MAX_SAFE_HIGH_WORD) return fail("unsafe-integer", "offset/block exceeds 2^53 - 1")
+    const length = readU32(h, Offset.length)
+    if (HEADER_BYTES + length > this.maxFrameBytes)
+      return fail(
+        "too-large",
+        `frame of ${HEADER_BYTES + length} bytes exceeds the maximum of ${this.maxFrameBytes}`
+      )
+    if (length > 0 && emptyPayload(kind)) return fail("bad-payload", `frame kind ${kind} carries no payload`)
+    return {
+      kind,
+      seq: seqHigh * 0x1_0000_0000 + readU32(h, Offset.seq + 4),
+      epoch: readU32(h, Offset.epoch),
+      offsetOrBlock: positionHigh * 0x1_0000_0000 + readU32(h, Offset.offsetOrBlock + 4),
+      length,
+      payloadCrc: readU32(h, Offset.payloadCrc)
+    }
+  }
+
+  private frame(header: Header, payload: Uint8Array): Frame | WireError {
+    if (this.checkPayloadCrc) {
+      const actual = header.length === 0 ? 0 : crc32c(payload)
+      if (actual !== header.payloadCrc)
+        return fail("payload-crc", `payload CRC ${hex(header.payloadCrc)}, computed ${hex(actual)}`)
+    }
+    const { seq, epoch } = header
+    switch (header.kind) {
+      case Kind.Hello: {
+        const text = this.text(payload)
+        if (text instanceof WireError) return text
+        const decoded = decodeHello(text)
+        if (Either.isLeft(decoded)) return fail("bad-payload", `hello: ${decoded.left.message}`)
+        return { _tag: "Hello", ...decoded.right }
+      }
+      case Kind.Welcome:
+        return { _tag: "Welcome", durableSeq: seq }
+      case Kind.Write:
+        return { _tag: "Write", seq, epoch, offset: header.offsetOrBlock, data: payload }
+      case Kind.Block:
+        return { _tag: "Block", seq, epoch, block: header.offsetOrBlock, data: payload }
+      case Kind.ResyncBegin:
+        return { _tag: "ResyncBegin", seq, epoch, base: header.offsetOrBlock }
+      case Kind.ResyncEnd:
+        return { _tag: "ResyncEnd", seq, epoch }
+      case Kind.Ack:
+        return { _tag: "Ack", seq }
+      case Kind.Gap:
+        return { _tag: "Gap", expected: seq }
+      default: {
+        const text = this.text(payload)
+        if (text instanceof WireError) return text
+        const decoded = decodeRefuse(text)
+        if (Either.isLeft(decoded)) return fail("bad-payload", `refuse: ${decoded.left.message}`)
+        return { _tag: "Refuse", ...decoded.right }
+      }
+    }
+  }
+
+  private text(payload: Uint8Array): string | WireError {
+    try {
+      return utf8.decode(payload)
+    } catch {
+      return fail("bad-payload", "payload is not valid UTF-8")
+    }
+  }
+}
+
+export const makeDecoder = (options?: DecoderOptions): Decoder => new Decoder(options)

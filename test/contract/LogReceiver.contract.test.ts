@@ -1,0 +1,581 @@
+/**
+ * The LogReceiver port's contract, run against every layer: the in-memory receiver and
+ * the TCP client talking to the test server on loopback. Plus TCP-only checks on real
+ * sockets: a corrupted frame closes only its own connection with a typed error.
+ */
+import * as Net from "node:net"
+import { assert, describe, it } from "@effect/vitest"
+import {
+  Cause,
+  Deferred,
+  Effect,
+  Exit,
+  Fiber,
+  type Layer,
+  Queue,
+  Ref,
+  Schedule,
+  type Scope,
+  Stream
+} from "effect"
+import * as LogReceiver from "../../src/adapters/LogReceiver.js"
+import type { MemoryOptions } from "../../src/adapters/internal/receiverMemory.js"
+import * as Wire from "../../src/adapters/Wire.js"
+import * as TcpReceiver from "../support/tcpReceiver.js"
+
+const {
+  ConnectionLost,
+  LogReceiver: Port,
+  MemoryReceiver,
+  ReceiverRefused,
+  ReceiverUnreachable
+} = LogReceiver
+
+type Options = MemoryOptions
+type Env = LogReceiver.LogReceiver | LogReceiver.MemoryReceiver
+
+interface Harness {
+  readonly name: string
+  readonly layer: (options?: Options) => Layer.Layer<Env>
+  /** Records of this size and count surely overflow the buffers between filter and receiver. */
+  readonly overflow: { readonly records: number; readonly bytes: number }
+}
+
+const BLOCK = 65536
+const hello = (diskId: string, watermark = 0): LogReceiver.Hello => ({
+  diskId,
+  blockSize: BLOCK,
+  blockCount: 1024,
+  watermark
+})
+const bytes = (length: number, fill: number) => new Uint8Array(length).fill(fill)
+const write = (seq: number, offset: number, fill: number, length = 512): LogReceiver.OutRecord => ({
+  _tag: "Write",
+  seq,
+  epoch: 0,
+  offset,
+  data: bytes(length, fill)
+})
+
+/** Polls until `condition` holds (5 s at most). */
+const eventually = <E, R>(condition: Effect.Effect<boolean, E, R>) =>
+  condition.pipe(
+    Effect.flatMap((ok) => (ok ? Effect.void : Effect.fail("not yet" as const))),
+    Effect.retry({ schedule: Schedule.spaced("10 millis"), times: 500 }),
+    Effect.orDie
+  )
+
+/** Consumes a connection's messages in the background. */
+const listen = (connection: LogReceiver.Connection) =>
+  Effect.gen(function* () {
+    const queue = yield* Queue.unbounded<LogReceiver.Message>()
+    const ended = yield* Deferred.make<Exit.Exit<void, LogReceiver.ConnectionLost>>()
+    yield* connection.messages.pipe(
+      Stream.runForEach((m) => Queue.offer(queue, m)),
+      Effect.exit,
+      Effect.flatMap((exit) => Deferred.succeed(ended, exit)),
+      Effect.forkScoped
+    )
+    const next = Queue.take(queue).pipe(
+      Effect.timeoutFail({ duration: "5 seconds", onTimeout: () => "no message" })
+    )
+    return {
+      next,
+      /** Takes messages until an ack through `seq`; returns them all. */
+      ackedThrough: (seq: number) =>
+        Effect.gen(function* () {
+          const seen: Array<LogReceiver.Message> = []
+          for (;;) {
+            const m = yield* next
+            seen.push(m)
+            if (m._tag === "Ack" && m.seq >= seq) return seen
+          }
+        }),
+      pending: Queue.takeAll(queue),
+      lost: Deferred.await(ended).pipe(
+        Effect.timeoutFail({ duration: "5 seconds", onTimeout: () => "still up" })
+      )
+    }
+  })
+
+const contract = (harness: Harness) =>
+  describe(`LogReceiver contract: ${harness.name}`, () => {
+    const run = <A, E>(body: Effect.Effect<A, E, Env | Scope.Scope>, options?: Options) =>
+      Effect.scoped(body).pipe(Effect.provide(harness.layer(options)))
+
+    it.scopedLive("the handshake returns the receiver's durable seq", () =>
+      run(
+        Effect.gen(function* () {
+          const port = yield* Port
+          const control = yield* MemoryReceiver
+          yield* Effect.scoped(
+            Effect.gen(function* () {
+              const connection = yield* port.connect(hello("d1"))
+              assert.strictEqual(connection.durableSeq, 0)
+              const inbox = yield* listen(connection)
+              for (let seq = 1; seq <= 3; seq++) yield* connection.send(write(seq, seq * 4096, seq))
+              yield* inbox.ackedThrough(3)
+            })
+          )
+          yield* eventually(Effect.map(control.isConnected("d1"), (c) => !c))
+          const again = yield* port.connect(hello("d1", 3))
+          assert.strictEqual(again.durableSeq, 3)
+          // Another disk has its own log.
+          const other = yield* port.connect(hello("d2"))
+          assert.strictEqual(other.durableSeq, 0)
+        })
+      )
+    )
+
+    it.scopedLive("records in order are applied and acked cumulatively", () =>
+      run(
+        Effect.gen(function* () {
+          const port = yield* Port
+          const control = yield* MemoryReceiver
+          const connection = yield* port.connect(hello("d"))
+          const inbox = yield* listen(connection)
+          const n = 20
+          for (let seq = 1; seq <= n; seq++) yield* connection.send(write(seq, (seq - 1) * 1000, seq, 1000))
+          const seen = yield* inbox.ackedThrough(n)
+          let last = 0
+          for (const m of seen) {
+            assert.strictEqual(m._tag, "Ack")
+            if (m._tag !== "Ack") continue
+            assert.isTrue(m.seq >= last && m.seq <= n, `ack ${m.seq} after ${last}`)
+            last = m.seq
+          }
+          assert.deepStrictEqual(
+            (yield* control.log("d")).map((e) => e.seq),
+            Array.from({ length: n }, (_, i) => i + 1)
+          )
+          assert.strictEqual(yield* control.durableSeq("d"), n)
+          // Writes straddle blocks: the replica holds every byte where it was written.
+          const image = yield* control.image("d")
+          for (let seq = 1; seq <= n; seq++)
+            assert.isTrue(
+              image.subarray((seq - 1) * 1000, seq * 1000).every((b) => b === seq),
+              `write ${seq} on the replica`
+            )
+          assert.deepStrictEqual(
+            yield* control.recoveryPoints("d"),
+            Array.from({ length: n }, (_, i) => i + 1)
+          )
+        })
+      )
+    )
+
+    it.scopedLive("a gap is reported; later records are rejected until a resync-begin", () =>
+      run(
+        Effect.gen(function* () {
+          const port = yield* Port
+          const control = yield* MemoryReceiver
+          const connection = yield* port.connect(hello("d"))
+          const inbox = yield* listen(connection)
+          yield* connection.send(write(1, 0, 1))
+          yield* inbox.ackedThrough(1)
+          yield* connection.send(write(3, 0, 3))
+          assert.deepStrictEqual(yield* inbox.next, { _tag: "Gap", expected: 2 })
+          yield* connection.send(write(4, 0, 4))
+          // A marker relying on records the receiver lacks (base 4) is no resync-begin for it.
+          yield* connection.send({ _tag: "ResyncBegin", seq: 5, epoch: 1, base: 4 })
+          // The filter relies on what was acked (base 1): the marker is accepted across the gap.
+          yield* connection.send({ _tag: "ResyncBegin", seq: 6, epoch: 1, base: 1 })
+          yield* connection.send({ _tag: "Block", seq: 7, epoch: 1, block: 1, data: bytes(BLOCK, 7) })
+          yield* connection.send({ _tag: "ResyncEnd", seq: 8, epoch: 1 })
+          const seen = yield* inbox.ackedThrough(8)
+          assert.isTrue(
+            seen.every((m) => m._tag === "Ack" && m.seq >= 6),
+            "rejected records are neither acked nor new gaps"
+          )
+          assert.deepStrictEqual(
+            (yield* control.log("d")).map((e) => e.seq),
+            [1, 6, 7, 8]
+          )
+          const block0 = yield* control.replicaBlock("d", 0)
+          assert.isTrue(
+            block0.subarray(0, 512).every((b) => b === 1),
+            "records 3 and 4 were not applied"
+          )
+          assert.isTrue((yield* control.replicaBlock("d", 1)).every((b) => b === 7))
+          // Recovery points: the write in sync and the resync-end, never inside the resync.
+          assert.deepStrictEqual(yield* control.recoveryPoints("d"), [1, 8])
+        })
+      )
+    )
+
+    it.scopedLive("a record lost on the way makes the next one a gap", () =>
+      run(
+        Effect.gen(function* () {
+          const port = yield* Port
+          const control = yield* MemoryReceiver
+          const connection = yield* port.connect(hello("d"))
+          const inbox = yield* listen(connection)
+          yield* connection.send(write(1, 0, 1))
+          yield* inbox.ackedThrough(1)
+          yield* control.dropNextRecord
+          yield* connection.send(write(2, 0, 2))
+          yield* connection.send(write(3, 0, 3))
+          assert.deepStrictEqual(yield* inbox.next, { _tag: "Gap", expected: 2 })
+        })
+      )
+    )
+
+    it.scopedLive("duplicates are acked again and not applied twice", () =>
+      run(
+        Effect.gen(function* () {
+          const port = yield* Port
+          const control = yield* MemoryReceiver
+          const connection = yield* port.connect(hello("d"))
+          const inbox = yield* listen(connection)
+          yield* connection.send(write(1, 0, 1))
+          yield* connection.send(write(2, 4096, 2))
+          yield* inbox.ackedThrough(2)
+          // Same seq, different bytes: a duplicate must not overwrite.
+          yield* connection.send(write(2, 4096, 9))
+          assert.deepStrictEqual(yield* inbox.next, { _tag: "Ack", seq: 2 })
+          yield* connection.send(write(1, 0, 9))
+          assert.deepStrictEqual(yield* inbox.next, { _tag: "Ack", seq: 2 })
+          assert.deepStrictEqual(
+            (yield* control.log("d")).map((e) => e.seq),
+            [1, 2]
+          )
+          const image = yield* control.image("d")
+          assert.isTrue(image.subarray(0, 512).every((b) => b === 1))
+          assert.isTrue(image.subarray(4096, 4096 + 512).every((b) => b === 2))
+        })
+      )
+    )
+
+    it.scopedLive("send suspends when the buffer is full and resumes when drained", () =>
+      run(
+        Effect.gen(function* () {
+          const port = yield* Port
+          const control = yield* MemoryReceiver
+          const connection = yield* port.connect(hello("d"))
+          const inbox = yield* listen(connection)
+          const { records, bytes: size } = harness.overflow
+          yield* control.stallIntake(true)
+          const sent = yield* Ref.make(0)
+          const sender = yield* Effect.forkScoped(
+            Effect.forEach(
+              Array.from({ length: records }, (_, i) => i + 1),
+              (seq) =>
+                Effect.zipRight(
+                  connection.send(write(seq, ((seq - 1) * size) % (BLOCK * 1024), seq % 251, size)),
+                  Ref.update(sent, (n) => n + 1)
+                ),
+              { discard: true }
+            )
+          )
+          // Wait until sending stops making progress.
+          let before = -1
+          let now = yield* Ref.get(sent)
+          while (now !== before) {
+            before = now
+            yield* Effect.sleep("300 millis")
+            now = yield* Ref.get(sent)
+          }
+          assert.isBelow(now, records, "send must suspend while the receiver does not read")
+          assert.isUndefined(
+            yield* Fiber.poll(sender).pipe(Effect.map((o) => (o._tag === "Some" ? o : undefined)))
+          )
+          yield* control.stallIntake(false)
+          yield* Fiber.join(sender)
+          yield* inbox.ackedThrough(records)
+          assert.strictEqual(yield* control.durableSeq("d"), records)
+        }),
+        { sendBuffer: 4 }
+      )
+    )
+
+    it.scopedLive("a hello is refused on geometry mismatch, bad geometry, or a second connection", () =>
+      run(
+        Effect.gen(function* () {
+          const port = yield* Port
+          yield* port.connect(hello("d"))
+          const second = yield* Effect.flip(Effect.scoped(port.connect(hello("d"))))
+          assert.instanceOf(second, ReceiverRefused)
+          assert.strictEqual((second as LogReceiver.ReceiverRefused).reason, "already-connected")
+          const mismatch = yield* Effect.flip(Effect.scoped(port.connect({ ...hello("d"), blockCount: 7 })))
+          assert.strictEqual(mismatch._tag, "ReceiverRefused")
+          assert.strictEqual((mismatch as LogReceiver.ReceiverRefused).reason, "geometry-mismatch")
+          const bad = yield* Effect.flip(Effect.scoped(port.connect({ ...hello("e"), blockSize: 1000 })))
+          assert.strictEqual((bad as LogReceiver.ReceiverRefused).reason, "bad-geometry")
+        })
+      )
+    )
+
+    it.scopedLive("a dropped connection fails messages and send with ConnectionLost", () =>
+      run(
+        Effect.gen(function* () {
+          const port = yield* Port
+          const control = yield* MemoryReceiver
+          const connection = yield* port.connect(hello("d"))
+          const inbox = yield* listen(connection)
+          yield* connection.send(write(1, 0, 1))
+          yield* inbox.ackedThrough(1)
+          yield* control.dropConnection("d")
+          const exit = yield* inbox.lost
+          assert.isTrue(Exit.isFailure(exit))
+          if (Exit.isFailure(exit)) assert.instanceOf(Cause.squash(exit.cause), ConnectionLost)
+          const error = yield* Effect.flip(connection.send(write(2, 0, 2)))
+          assert.instanceOf(error, ConnectionLost)
+          // The disk is free for a new connection.
+          yield* eventually(Effect.map(control.isConnected("d"), (c) => !c))
+          const again = yield* port.connect(hello("d", 1))
+          assert.strictEqual(again.durableSeq, 1)
+        })
+      )
+    )
+
+    it.scopedLive("closing the scope closes the connection", () =>
+      run(
+        Effect.gen(function* () {
+          const port = yield* Port
+          const control = yield* MemoryReceiver
+          const connection = yield* Effect.scoped(port.connect(hello("d")))
+          const error = yield* Effect.flip(connection.send(write(1, 0, 1)))
+          assert.instanceOf(error, ConnectionLost)
+          yield* eventually(Effect.map(control.isConnected("d"), (c) => !c))
+        })
+      )
+    )
+
+    it.scopedLive("a record outside the disk closes the connection and never reaches the log", () =>
+      run(
+        Effect.gen(function* () {
+          const port = yield* Port
+          const control = yield* MemoryReceiver
+          const connection = yield* port.connect(hello("d"))
+          const inbox = yield* listen(connection)
+          yield* connection.send(write(1, BLOCK * 1024 - 100, 1, 512))
+          const exit = yield* inbox.lost
+          assert.isTrue(Exit.isFailure(exit))
+          assert.deepStrictEqual(yield* control.log("d"), [])
+        })
+      )
+    )
+
+    it.scopedLive("acks wait for durability: on-flush, stalled acks, restart losing unacked records", () =>
+      run(
+        Effect.gen(function* () {
+          const port = yield* Port
+          const control = yield* MemoryReceiver
+          yield* Effect.scoped(
+            Effect.gen(function* () {
+              const connection = yield* port.connect(hello("d"))
+              const inbox = yield* listen(connection)
+              yield* connection.send(write(1, 0, 1))
+              yield* connection.send(write(2, 0, 2))
+              yield* Effect.sleep("100 millis")
+              assert.deepStrictEqual(yield* inbox.pending.pipe(Effect.map((c) => [...c])), [])
+              yield* control.flush
+              assert.deepStrictEqual(yield* inbox.next, { _tag: "Ack", seq: 2 })
+              yield* control.stallAcks(true)
+              yield* connection.send(write(3, 0, 3))
+              yield* Effect.sleep("100 millis")
+              yield* control.flush
+              assert.deepStrictEqual(yield* inbox.pending.pipe(Effect.map((c) => [...c])), [])
+              yield* control.restart({ loseUnacked: true })
+              yield* inbox.lost
+            })
+          )
+          yield* control.stallAcks(false)
+          yield* eventually(Effect.map(control.isConnected("d"), (c) => !c))
+          const again = yield* port.connect(hello("d", 2))
+          assert.strictEqual(again.durableSeq, 2)
+          assert.deepStrictEqual(
+            (yield* control.log("d")).map((e) => e.seq),
+            [1, 2]
+          )
+          // The receiver expects seq 3 again: the lost record is accepted anew.
+          const inbox = yield* listen(again)
+          yield* again.send(write(3, 0, 7))
+          yield* eventually(
+            Effect.succeed(true).pipe(
+              Effect.zipLeft(control.flush),
+              Effect.zipRight(control.durableSeq("d")),
+              Effect.map((s) => s === 3)
+            )
+          )
+          assert.deepStrictEqual(yield* inbox.next, { _tag: "Ack", seq: 3 })
+        }),
+        { ack: "on-flush" }
+      )
+    )
+  })
+
+// ---------------------------------------------------------------------------------------------
+
+contract({
+  name: "layerMemory",
+  layer: (options) => LogReceiver.layerMemory(options),
+  overflow: { records: 64, bytes: 4096 }
+})
+
+contract({
+  name: "layerTcp (loopback)",
+  layer: (options = {}) =>
+    TcpReceiver.layerWithClient({ ...options, client: { sendBuffer: options.sendBuffer } }),
+  // Kernel socket buffers on loopback hold megabytes (here it stalls after ~9 MiB): send enough to overflow them.
+  overflow: { records: 48, bytes: 1 << 20 }
+})
+
+// ---------------------------------------------------------------------------------------------
+// TCP only: real sockets on loopback.
+
+/** A raw TCP server whose behaviour the test scripts; returns its port. */
+const rawServer = (onConnection: (socket: Net.Socket) => void) =>
+  Effect.acquireRelease(
+    Effect.async<{ server: Net.Server; sockets: Set<Net.Socket> }>((resume) => {
+      const sockets = new Set<Net.Socket>()
+      const server = Net.createServer((socket) => {
+        sockets.add(socket)
+        socket.on("error", () => {})
+        socket.on("close", () => sockets.delete(socket))
+        onConnection(socket)
+      })
+      server.listen(0, "127.0.0.1", () => resume(Effect.succeed({ server, sockets })))
+    }),
+    ({ server, sockets }) =>
+      Effect.async<void>((resume) => {
+        server.close(() => resume(Effect.void))
+        for (const socket of sockets) socket.destroy()
+      })
+  ).pipe(Effect.map(({ server }) => (server.address() as Net.AddressInfo).port))
+
+/** A raw client socket: frames it receives, and whether the server closed it. */
+const rawClient = (port: number) =>
+  Effect.acquireRelease(
+    Effect.async<{ socket: Net.Socket; frames: Array<Wire.Frame>; closed: Deferred.Deferred<void> }>(
+      (resume) => {
+        const closed = Deferred.unsafeMake<void>(undefined as never)
+        const frames: Array<Wire.Frame> = []
+        const decoder = Wire.makeDecoder()
+        const socket = Net.createConnection({ host: "127.0.0.1", port }, () =>
+          resume(Effect.succeed({ socket, frames, closed }))
+        )
+        socket.on("data", (chunk) => decoder.pushInto(chunk, frames))
+        socket.on("error", () => {})
+        socket.on("close", () => Deferred.unsafeDone(closed, Exit.void))
+      }
+    ),
+    ({ socket }) => Effect.sync(() => socket.destroy())
+  )
+
+describe("LogReceiver over TCP: real sockets", () => {
+  it.scopedLive("a corrupted frame closes only its own connection, with a typed error", () =>
+    Effect.gen(function* () {
+      const server = yield* TcpReceiver.TestTcpReceiver
+      const port = yield* Port
+      // A healthy connection for another disk, through the TCP layer.
+      const healthy = yield* port.connect(hello("healthy"))
+      const inbox = yield* listen(healthy)
+      yield* healthy.send(write(1, 0, 1))
+      yield* inbox.ackedThrough(1)
+
+      const raw = yield* rawClient(server.port)
+      raw.socket.write(Wire.encode({ _tag: "Hello", ...hello("raw") }))
+      yield* eventually(Effect.sync(() => raw.frames.length > 0))
+      assert.deepStrictEqual(raw.frames[0], { _tag: "Welcome", durableSeq: 0 })
+      const good = Wire.encode(write(1, 0, 5))
+      const bad = Buffer.from(Wire.encode(write(2, 0, 6)))
+      bad[Wire.HEADER_BYTES + 10] = bad[Wire.HEADER_BYTES + 10]! ^ 0xff // payload byte: only its CRC can tell
+      raw.socket.write(Buffer.concat([good, bad]))
+      yield* Deferred.await(raw.closed).pipe(Effect.timeout("5 seconds"))
+      assert.strictEqual(server.errors.length, 1)
+      assert.instanceOf(server.errors[0], Wire.WireError)
+      assert.strictEqual(server.errors[0]!.reason, "payload-crc")
+      // The corrupt record never reached the log; the good one before it did.
+      assert.deepStrictEqual(
+        server.store.log("raw").map((e) => e.seq),
+        [1]
+      )
+      // The other connection is untouched.
+      yield* healthy.send(write(2, 0, 2))
+      yield* inbox.ackedThrough(2)
+      assert.strictEqual(server.store.durableSeq("healthy"), 2)
+    }).pipe(Effect.provide(TcpReceiver.layerWithClient()))
+  )
+
+  it.scopedLive("a frame beyond the server's maximum closes the connection with too-large", () =>
+    Effect.gen(function* () {
+      const server = yield* TcpReceiver.TestTcpReceiver
+      const port = yield* Port
+      const connection = yield* port.connect(hello("d"))
+      const inbox = yield* listen(connection)
+      yield* connection.send(write(1, 0, 1, 8192))
+      const exit = yield* inbox.lost
+      assert.isTrue(Exit.isFailure(exit))
+      assert.strictEqual(server.errors[0]?.reason, "too-large")
+      assert.deepStrictEqual(server.store.log("d"), [])
+    }).pipe(Effect.provide(TcpReceiver.layerWithClient({ maxFrameBytes: 4096 })))
+  )
+
+  it.scopedLive("nobody listening → ReceiverUnreachable", () =>
+    Effect.gen(function* () {
+      const port = yield* Effect.scoped(rawServer(() => {}))
+      const error = yield* Effect.flip(
+        Effect.scoped(
+          Effect.flatMap(Port, (p) => p.connect(hello("d"))).pipe(
+            Effect.provide(LogReceiver.layerTcp({ host: "127.0.0.1", port }))
+          )
+        )
+      )
+      assert.instanceOf(error, ReceiverUnreachable)
+    })
+  )
+
+  it.scopedLive("no welcome in time → ReceiverUnreachable (handshake timeout)", () =>
+    Effect.gen(function* () {
+      const port = yield* rawServer(() => {})
+      const error = yield* Effect.flip(
+        Effect.scoped(
+          Effect.flatMap(Port, (p) => p.connect(hello("d"))).pipe(
+            Effect.provide(LogReceiver.layerTcp({ host: "127.0.0.1", port, connectTimeout: "200 millis" }))
+          )
+        )
+      )
+      assert.instanceOf(error, ReceiverUnreachable)
+      assert.instanceOf((error as LogReceiver.ReceiverUnreachable).cause, Cause.TimeoutException)
+    })
+  )
+
+  it.scopedLive("garbage instead of a welcome → ReceiverUnreachable with the WireError", () =>
+    Effect.gen(function* () {
+      const port = yield* rawServer((socket) =>
+        socket.write(Buffer.from("HTTP/1.1 400 Bad Request\r\n\r\n......"))
+      )
+      const error = yield* Effect.flip(
+        Effect.scoped(
+          Effect.flatMap(Port, (p) => p.connect(hello("d"))).pipe(
+            Effect.provide(LogReceiver.layerTcp({ host: "127.0.0.1", port }))
+          )
+        )
+      )
+      assert.instanceOf(error, ReceiverUnreachable)
+      const cause = (error as LogReceiver.ReceiverUnreachable).cause
+      assert.instanceOf(cause, Wire.WireError)
+      assert.strictEqual((cause as Wire.WireError).reason, "bad-magic")
+    })
+  )
+
+  it.scopedLive("a corrupted frame from the receiver → ConnectionLost with the WireError", () =>
+    Effect.gen(function* () {
+      const port = yield* rawServer((socket) => {
+        socket.once("data", () => {
+          const ack = Buffer.from(Wire.encode({ _tag: "Ack", seq: 1 }))
+          ack[9] = ack[9]! ^ 1 // inside seq: the header CRC catches it
+          socket.write(Buffer.concat([Wire.encode({ _tag: "Welcome", durableSeq: 0 }), ack]))
+        })
+      })
+      const error = yield* Effect.gen(function* () {
+        const connection = yield* (yield* Port).connect(hello("d"))
+        return yield* Effect.flip(Stream.runDrain(connection.messages))
+      }).pipe(Effect.scoped, Effect.provide(LogReceiver.layerTcp({ host: "127.0.0.1", port })))
+      assert.instanceOf(error, ConnectionLost)
+      assert.instanceOf(error.cause, Wire.WireError)
+      assert.strictEqual((error.cause as Wire.WireError).reason, "header-crc")
+    })
+  )
+})

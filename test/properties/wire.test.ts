@@ -1,0 +1,202 @@
+/**
+ * Properties of the wire codec (docs/wire.md): round trips through arbitrary chunkings,
+ * corruption always surfaces as a typed error, truncation waits, oversize is refused from
+ * the header alone. A mutant decoder that skips the payload CRC must be caught.
+ */
+import { Either } from "effect"
+import fc from "fast-check"
+import { describe, expect, it } from "vitest"
+import * as Wire from "../../src/adapters/Wire.js"
+import { Decoder, type DecoderTestOptions } from "../../src/adapters/internal/wireDecoder.js"
+
+const RUNS = Math.round(200 * Number(process.env.CDP_SYNC_RUNS_FACTOR ?? 1))
+
+// ---------------------------------------------------------------------------------------------
+// Generators
+
+const seq = fc.maxSafeNat()
+const epoch = fc.integer({ min: 0, max: 0xffff_ffff })
+const data = fc.uint8Array({ maxLength: 300, size: "medium" })
+const text = fc.string({ unit: "binary", maxLength: 40 })
+
+const frame: fc.Arbitrary<Wire.Frame> = fc.oneof(
+  fc.record({
+    _tag: fc.constant("Hello" as const),
+    diskId: fc.string({ unit: "binary", minLength: 1, maxLength: 40 }),
+    blockSize: fc.maxSafeNat(),
+    blockCount: fc.maxSafeNat(),
+    watermark: fc.maxSafeNat()
+  }),
+  fc.record({ _tag: fc.constant("Welcome" as const), durableSeq: seq }),
+  fc.record({ _tag: fc.constant("Write" as const), seq, epoch, offset: fc.maxSafeNat(), data }),
+  fc.record({ _tag: fc.constant("Block" as const), seq, epoch, block: fc.maxSafeNat(), data }),
+  fc.record({ _tag: fc.constant("ResyncBegin" as const), seq, epoch, base: fc.maxSafeNat() }),
+  fc.record({ _tag: fc.constant("ResyncEnd" as const), seq, epoch }),
+  fc.record({ _tag: fc.constant("Ack" as const), seq }),
+  fc.record({ _tag: fc.constant("Gap" as const), expected: seq }),
+  fc.record({ _tag: fc.constant("Refuse" as const), reason: text, detail: text })
+)
+const frames = fc.array(frame, { minLength: 1, maxLength: 12 })
+/** Positions are reduced modulo the stream length, so one generator fits every stream. */
+const position = fc.nat()
+const cuts = fc.array(position, { maxLength: 30 })
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+const concat = (parts: ReadonlyArray<Uint8Array>): Uint8Array => Buffer.concat(parts)
+
+/** Splits `bytes` at the given positions (empty chunks included). */
+const chunk = (bytes: Uint8Array, positions: ReadonlyArray<number>): Array<Uint8Array> => {
+  const points = positions.map((p) => p % (bytes.byteLength + 1)).sort((a, b) => a - b)
+  const out: Array<Uint8Array> = []
+  let from = 0
+  for (const p of points) {
+    out.push(bytes.subarray(from, p))
+    from = p
+  }
+  out.push(bytes.subarray(from))
+  return out
+}
+
+const sameBytes = (a: Uint8Array, b: Uint8Array) => Buffer.from(a).equals(Buffer.from(b))
+
+const sameFrame = (a: Wire.Frame, b: Wire.Frame): boolean => {
+  if (a._tag !== b._tag) return false
+  for (const key of Object.keys(a) as Array<keyof typeof a>) {
+    const x = a[key] as unknown
+    const y = b[key] as unknown
+    if (x instanceof Uint8Array && y instanceof Uint8Array) {
+      if (!sameBytes(x, y)) return false
+    } else if (x !== y) return false
+  }
+  return Object.keys(a).length === Object.keys(b).length
+}
+
+interface Outcome {
+  readonly frames: Array<Wire.Frame>
+  readonly error: Wire.WireError | undefined
+  readonly decoder: Decoder
+}
+
+const decodeChunks = (chunks: ReadonlyArray<Uint8Array>, options: DecoderTestOptions = {}): Outcome => {
+  const decoder = new Decoder(options)
+  const out: Array<Wire.Frame> = []
+  let error: Wire.WireError | undefined
+  for (const c of chunks) {
+    error = decoder.pushInto(c, out)
+    if (error !== undefined) break
+  }
+  return { frames: out, error, decoder }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+describe("wire codec", () => {
+  it("round-trips random frame sequences through random chunkings", () => {
+    fc.assert(
+      fc.property(frames, cuts, (fs, positions) => {
+        const stream = concat(fs.map(Wire.encode))
+        const { frames: decoded, error, decoder } = decodeChunks(chunk(stream, positions))
+        expect(error).toBeUndefined()
+        expect(decoded.length).toBe(fs.length)
+        decoded.forEach((f, i) => {
+          expect(sameFrame(f, fs[i]!)).toBe(true)
+        })
+        expect(decoder.buffered).toBe(0)
+        // `push` agrees with `pushInto`.
+        const whole = new Decoder().push(stream)
+        expect(Either.isRight(whole) && whole.right.length === fs.length).toBe(true)
+      }),
+      { numRuns: RUNS }
+    )
+  })
+
+  /** Corrupts 1–3 bytes (non-zero XOR); the decoder must report it or yield only originals. */
+  const corruptionProperty = (options: DecoderTestOptions) =>
+    fc.property(
+      frames,
+      fc.array(fc.tuple(position, fc.integer({ min: 1, max: 255 })), { minLength: 1, maxLength: 3 }),
+      cuts,
+      (fs, hits, positions) => {
+        const stream = Buffer.from(concat(fs.map(Wire.encode)))
+        for (const [at, mask] of hits) {
+          const i = at % stream.byteLength
+          stream[i] = stream[i]! ^ mask
+        }
+        const changed = !stream.equals(concat(fs.map(Wire.encode)))
+        const { frames: decoded, error } = decodeChunks(chunk(stream, positions), options)
+        // Never a frame different from the original.
+        decoded.forEach((f, i) => {
+          if (!sameFrame(f, fs[i]!)) throw new Error(`frame ${i} altered without an error: ${f._tag}`)
+        })
+        // Never a silent acceptance or a hang: a changed stream ends in a typed error.
+        if (changed && error === undefined) throw new Error("corruption went unnoticed")
+        if (error !== undefined && !(error instanceof Wire.WireError)) throw new Error("untyped error")
+      }
+    )
+
+  it("reports random corruption as a typed error, never a different frame or a throw", () => {
+    fc.assert(corruptionProperty({}), { numRuns: RUNS })
+  })
+
+  it("MUTANT: a decoder that skips the payload CRC is caught by the corruption property", () => {
+    const result = fc.check(corruptionProperty({ unsafeSkipPayloadCrc: true }), { numRuns: RUNS })
+    expect(result.failed).toBe(true)
+  })
+
+  it("truncation yields exactly the complete frames, no error, and resumes with the rest", () => {
+    fc.assert(
+      fc.property(frames, position, cuts, (fs, at, positions) => {
+        const encoded = fs.map(Wire.encode)
+        const stream = concat(encoded)
+        const cut = at % stream.byteLength
+        const { frames: decoded, error, decoder } = decodeChunks(chunk(stream.subarray(0, cut), positions))
+        expect(error).toBeUndefined()
+        let complete = 0
+        let end = 0
+        while (complete < encoded.length && end + encoded[complete]!.byteLength <= cut)
+          end += encoded[complete++]!.byteLength
+        expect(decoded.length).toBe(complete)
+        decoded.forEach((f, i) => {
+          expect(sameFrame(f, fs[i]!)).toBe(true)
+        })
+        expect(decoder.buffered).toBe(cut - end)
+        // The decoder just waits: the rest completes the stream.
+        const rest: Array<Wire.Frame> = []
+        expect(decoder.pushInto(stream.subarray(cut), rest)).toBeUndefined()
+        expect(decoded.length + rest.length).toBe(fs.length)
+        rest.forEach((f, i) => {
+          expect(sameFrame(f, fs[complete + i]!)).toBe(true)
+        })
+      }),
+      { numRuns: RUNS }
+    )
+  })
+
+  it("refuses an oversize frame from its header, before the payload arrives", () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 0, max: 1 << 20 }),
+        fc.integer({ min: Wire.HEADER_BYTES, max: Wire.HEADER_BYTES + (1 << 20) }),
+        (size, max) => {
+          const bytes = Wire.encode({ _tag: "Block", seq: 1, epoch: 1, block: 0, data: new Uint8Array(size) })
+          const decoder = new Decoder({ maxFrameBytes: max })
+          const header = decoder.push(bytes.subarray(0, Wire.HEADER_BYTES))
+          if (Wire.HEADER_BYTES + size > max) {
+            expect(Either.isLeft(header) && header.left.reason).toBe("too-large")
+            // Stays failed.
+            const more = decoder.push(bytes.subarray(Wire.HEADER_BYTES))
+            expect(Either.isLeft(more) && more.left.reason).toBe("too-large")
+          } else {
+            const rest = decoder.push(bytes.subarray(Wire.HEADER_BYTES))
+            // An empty payload completes with the header.
+            const count = Either.getOrThrow(header).length + Either.getOrThrow(rest).length
+            expect(count).toBe(1)
+          }
+        }
+      ),
+      { numRuns: RUNS }
+    )
+  })
+})
