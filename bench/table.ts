@@ -12,8 +12,12 @@ export interface BenchRow {
   readonly baselineName: string
   /** Whether a larger value is better (throughput) or a smaller one (time, memory). */
   readonly higherIsBetter: boolean
-  /** The target, as a fraction of the baseline (e.g. 1/50), if the issue sets one. */
-  readonly target?: { readonly ratio: number; readonly text: string }
+  /**
+   * The target, if the issue sets one: a fraction of the baseline (e.g. 1/50, as
+   * `ratio`) and/or an absolute figure in the row's unit (`min` for throughput,
+   * `max` for time and memory).
+   */
+  readonly target?: { readonly ratio?: number; readonly min?: number; readonly max?: number; readonly text: string }
 }
 
 export const ratioOf = (row: BenchRow): number =>
@@ -30,12 +34,22 @@ const fmt = (n: number): string => {
   return n.toPrecision(3)
 }
 
+export const targetMet = (row: BenchRow, ratio = ratioOf(row)): boolean => {
+  const t = row.target
+  if (t === undefined) return true
+  return (
+    (t.ratio === undefined || ratio >= t.ratio) &&
+    (t.min === undefined || row.value >= t.min) &&
+    (t.max === undefined || row.value <= t.max)
+  )
+}
+
 /** Renders rows as a plain-text table: figure, baseline, ratio (value/baseline, >1 is better), target. */
 export const renderTable = (title: string, rows: ReadonlyArray<BenchRow>): string => {
   const header = ["benchmark", "value", "baseline", "ratio", "target", "ok"]
   const body = rows.map((row) => {
     const ratio = ratioOf(row)
-    const met = row.target === undefined ? "" : ratio >= row.target.ratio ? "yes" : "NO"
+    const met = row.target === undefined ? "" : targetMet(row, ratio) ? "yes" : "NO"
     return [
       row.name,
       `${fmt(row.value)} ${row.unit}`,

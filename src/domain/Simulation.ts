@@ -26,9 +26,28 @@ export interface Filter<S> {
   readonly evolve: (state: S, event: Event.Event) => S
   /** A block read finished (the reference filter has nothing to do here). */
   readonly readCompleted?: (state: S, block: number) => S
-  /** The filter's state in the model's terms, for the invariant checks. */
-  readonly view: (state: S) => State.State
+  /**
+   * The filter's state in the model's terms, for the invariant checks. Without it
+   * (a foreign implementation) the checks use the model's own fold of the events
+   * it emitted: the least obligations a correct filter must honour.
+   */
+  readonly view?: (state: S) => State.State
 }
+
+/**
+ * Wraps an implementation that is fed inputs and reports the events it recorded
+ * (state kept inside it) as a `Filter`, so the world can drive it.
+ */
+export const foreign = <H>(
+  name: string,
+  start: (config: Config) => H,
+  feed: (handle: H, input: Input.Input) => ReadonlyArray<Event.Event>
+): Filter<H> => ({
+  name,
+  initial: start,
+  decide: (handle, input) => Either.right(feed(handle, input)),
+  evolve: (handle) => handle
+})
 
 export const reference: Filter<State.State> = {
   name: "reference",
@@ -106,6 +125,8 @@ export interface WorldOptions {
   readonly recordEvents?: boolean
   /** The invariants to check; default all. A property about one invariant checks only that one. */
   readonly checks?: ReadonlyArray<InvariantName>
+  /** Run the whole-disk checks (coverage, replica = disk) every N steps; default 1 (every step). */
+  readonly diskCheckEvery?: number
 }
 
 export interface Stats {
@@ -173,7 +194,7 @@ export class World<S> {
   }
 
   get view(): State.State {
-    return this.filter.view(this.fs)
+    return this.filter.view === undefined ? this.checker.state : this.filter.view(this.fs)
   }
 
   /** The receiver's durable replica, one version per block. */
@@ -481,14 +502,8 @@ export class World<S> {
     this.stats.timeline.push(view.mode)
     this.stats.dirtyCurve.push(State.obligationCount(view))
     if (this.failure !== undefined) return
-    if (this.checks.has("no-write-lost") && this.quiescent) {
-      const b = this.firstDifference()
-      if (b >= 0)
-        this.fail(
-          "no-write-lost",
-          `quiescent in sync mode, but block ${b} of the replica (version ${this.durable[b]}) differs from the disk (version ${this.disk[b]})`
-        )
-    }
+    if (this.stats.steps % (this.options.diskCheckEvery ?? 1) !== 0) return
+    this.checkReplica()
     if (this.checks.has("coverage") && !this.rollbackUnknown) {
       let covered: Bitmap.Bitmap | undefined
       for (let b = 0; b < this.disk.length; b++) {
@@ -503,6 +518,17 @@ export class World<S> {
         }
       }
     }
+  }
+
+  /** Invariant 1 on the data: quiescent in sync means the replica equals the disk. */
+  private checkReplica(): void {
+    if (!this.checks.has("no-write-lost") || !this.quiescent) return
+    const b = this.firstDifference()
+    if (b >= 0)
+      this.fail(
+        "no-write-lost",
+        `quiescent in sync mode, but block ${b} of the replica (version ${this.durable[b]}) differs from the disk (version ${this.disk[b]})`
+      )
   }
 
   private flightCoverage(view: State.State): Bitmap.Bitmap {
@@ -526,7 +552,7 @@ export class World<S> {
   settle(maxRounds = 64): void {
     let idle = 0
     for (let round = 0; round < maxRounds && this.failure === undefined; round++) {
-      if (this.quiescent && this.inbox.length === 0) return
+      if (this.quiescent && this.inbox.length === 0) break
       const before = `${this.stats.events}/${this.wire.length}/${this.inbox.length}/${this.pending.length}`
       if (!this.connected) this.step({ _tag: "Reconnect" })
       for (
@@ -551,6 +577,7 @@ export class World<S> {
     }
     if (this.failure === undefined && !this.quiescent)
       this.fail("convergence", `not back in sync after ${maxRounds} healing rounds: mode ${this.view.mode}`)
+    this.checkReplica()
   }
 }
 
@@ -587,28 +614,44 @@ export const prng = (seed: number): (() => number) => {
 
 export type FaultLevel = "none" | "some" | "chaos"
 
-/** A mixed workload (random, sequential, hot spot) with faults at the given level. */
+/**
+ * A mixed workload (random, sequential, hot spot) with faults at the given level.
+ * Write pressure rises and falls in waves, so the filter goes through calm periods
+ * (live sync) and bursts that overrun the link (congestion pull-ahead, drains).
+ * Each of the `count` ticks is a write, a fault, or one round of the program's
+ * service loop (pump, reads, sends, receiver flush, acks).
+ */
 export function* workload(config: Config, seed: number, count: number, faults: FaultLevel): Generator<Step> {
+  for (const tick of workloadTicks(config, seed, count, faults)) yield* tick
+}
+
+/** The same workload, one array of steps per tick (for progress reporting). */
+export function* workloadTicks(
+  config: Config,
+  seed: number,
+  count: number,
+  faults: FaultLevel
+): Generator<ReadonlyArray<Step>> {
   const random = prng(seed)
   const bs = config.blockSize
   const diskBytes = bs * config.blockCount
   const int = (n: number) => Math.floor(random() * n)
-  const faultRate = faults === "none" ? 0 : faults === "some" ? 0.004 : 0.03
+  const faultRate = faults === "none" ? 0 : faults === "some" ? 0.002 : 0.02
   let cursor = 0
   const hot = int(Math.max(1, config.blockCount - 8))
+  const period = Math.max(2000, count / 6)
   for (let i = 0; i < count; i++) {
-    const r = random()
-    if (r < faultRate) {
+    if (random() < faultRate) {
       const f = random()
-      if (f < 0.35) yield { _tag: "Cut", reason: random() < 0.5 ? "connection-lost" : "ack-timeout" }
-      else if (f < 0.55) yield { _tag: "Drop" }
+      if (f < 0.35) yield [{ _tag: "Cut", reason: random() < 0.5 ? "connection-lost" : "ack-timeout" }]
+      else if (f < 0.55) yield [{ _tag: "Drop" }]
       else if (f < 0.8)
-        yield { _tag: "Restart", lose: random() < 0.5, rollback: random() < 0.2 ? int(8) : undefined }
-      else yield { _tag: "Reconnect" }
+        yield [{ _tag: "Restart", lose: random() < 0.5, rollback: random() < 0.1 ? int(8) : undefined }]
+      else yield [{ _tag: "Reconnect" }]
       continue
     }
-    const s = random()
-    if (s < 0.4) {
+    const pressure = 0.25 + 0.6 * ((Math.sin((2 * Math.PI * i) / period) + 1) / 2) ** 3
+    if (random() < pressure) {
       const kind = random()
       const length = Math.min(diskBytes, (1 + int(4)) * (random() < 0.5 ? 4096 : 512))
       // Sector-aligned (512 B), so the same workload can drive a real disk.
@@ -619,12 +662,17 @@ export function* workload(config: Config, seed: number, count: number, faults: F
         cursor = offset + length >= diskBytes ? 0 : offset + length
       } else offset = Math.min(diskBytes - length, hot * bs + int(8 * bs))
       offset -= offset % 512
-      yield { _tag: "Write", offset, length }
-    } else if (s < 0.55) yield { _tag: "Pump", budget: 1 + int(config.window) }
-    else if (s < 0.7) yield { _tag: "Read" }
-    else if (s < 0.82) yield { _tag: "Send" }
-    else if (s < 0.9) yield { _tag: "Flush" }
-    else if (s < 0.99) yield { _tag: "Deliver" }
-    else yield { _tag: "Reconnect" }
+      yield [{ _tag: "Write", offset, length }]
+      continue
+    }
+    const service: Array<Step> = []
+    if (random() < 0.02) service.push({ _tag: "Reconnect" })
+    service.push({ _tag: "Pump", budget: 1 + int(config.window) })
+    const n = 1 + int(2 * config.window)
+    for (let k = 0; k < n; k++) service.push({ _tag: "Read" })
+    for (let k = 0; k < n; k++) service.push({ _tag: "Send" })
+    if (random() < 0.7) service.push({ _tag: "Flush" })
+    for (let k = 0; k < 3; k++) service.push({ _tag: "Deliver" })
+    yield service
   }
 }

@@ -1,0 +1,25 @@
+/**
+ * `npm run bench`: every benchmark group, each figure beside its baseline (the
+ * same work done the plainest fast way) and the ratio. Not a test: targets are
+ * marked yes/NO, and the exit code is 0 either way.
+ * Run one group with `npm run bench -- core` (names: see `groups`).
+ */
+import * as bitmap from "./bitmap.js"
+import * as core from "./core.js"
+import { type BenchRow, renderTable, targetMet } from "./table.js"
+
+const groups: ReadonlyArray<readonly [string, string, () => Promise<ReadonlyArray<BenchRow>>]> = [
+  ["bitmap", "persistent bitmap (2^30 blocks)", bitmap.run],
+  ["core", "core: decide / evolve (2^30 blocks of 64 KiB)", core.run]
+]
+
+const wanted = process.argv.slice(2)
+const missed: Array<string> = []
+for (const [name, title, run] of groups) {
+  if (wanted.length > 0 && !wanted.includes(name)) continue
+  process.stderr.write(`running ${name} …\n`)
+  const rows = await run()
+  console.log(renderTable(title, rows))
+  for (const row of rows) if (!targetMet(row)) missed.push(`${name}: ${row.name} (${row.target?.text})`)
+}
+console.log(missed.length === 0 ? "\nall targets met" : `\ntargets missed:\n  ${missed.join("\n  ")}`)

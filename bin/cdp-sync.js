@@ -1,0 +1,11 @@
+#!/usr/bin/env node
+// The package is built by `npm ci` / `npm install` (the `prepare` script).
+import { existsSync } from "node:fs"
+import { fileURLToPath } from "node:url"
+
+const main = new URL("../dist/programs/main.js", import.meta.url)
+if (!existsSync(fileURLToPath(main))) {
+  console.error("cdp-sync is not built yet: run `npm run build` (npm ci does it for you).")
+  process.exit(2)
+}
+await import(main.href)
