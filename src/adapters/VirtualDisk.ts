@@ -13,11 +13,9 @@
  *
  * @since 0.1.0
  */
-import { Context, Layer } from "effect"
-import type { Effect } from "effect"
+import { Context, type Effect, Layer } from "effect"
 import type * as Geometry from "../domain/Geometry.js"
-import type { DiskError } from "./internal/disk.js"
-import type { DiskGeometryMismatch, DiskIoError } from "./internal/disk.js"
+import type { DiskError, DiskGeometryMismatch, DiskIoError } from "./internal/disk.js"
 import * as diskFile from "./internal/diskFile.js"
 import * as diskMemory from "./internal/diskMemory.js"
 
@@ -62,5 +60,7 @@ export type FileOptions = diskFile.FileOptions
 /** A scoped file-backed disk (the handle closes when the scope ends). */
 export const makeFile = diskFile.make
 
-export const layerFile = (options: FileOptions): Layer.Layer<VirtualDisk, DiskIoError | DiskGeometryMismatch> =>
+export const layerFile = (
+  options: FileOptions
+): Layer.Layer<VirtualDisk, DiskIoError | DiskGeometryMismatch> =>
   Layer.scoped(VirtualDisk, diskFile.make(options))

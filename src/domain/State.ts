@@ -122,7 +122,14 @@ export type Snapshot = typeof Snapshot.Type
 
 export const toSnapshot = (state: State): Snapshot => ({
   version: 1,
-  config: state.config,
+  // Fixed key order: snapshots of equal states are equal as JSON text.
+  config: {
+    blockSize: state.config.blockSize,
+    blockCount: state.config.blockCount,
+    window: state.config.window,
+    congestionLimit: state.config.congestionLimit,
+    initial: state.config.initial
+  },
   mode: state.mode,
   link: state.link,
   epoch: state.epoch,

@@ -7,7 +7,13 @@ import * as Geometry from "../../domain/Geometry.js"
 /** Every request is aligned to 512-byte sectors (offset and length). */
 export const SECTOR_SIZE = 512
 
-export type DiskRangeReason = "not-an-integer" | "negative" | "empty" | "misaligned" | "beyond-disk" | "not-a-block"
+export type DiskRangeReason =
+  | "not-an-integer"
+  | "negative"
+  | "empty"
+  | "misaligned"
+  | "beyond-disk"
+  | "not-a-block"
 
 /** A request outside the disk or not sector aligned: rejected before any I/O. */
 export class DiskRangeError extends Data.TaggedError("DiskRangeError")<{

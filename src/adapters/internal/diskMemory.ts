@@ -3,7 +3,7 @@
  * its first write. Untouched blocks read as zeros and cost nothing.
  */
 import { Effect } from "effect"
-import * as Geometry from "../../domain/Geometry.js"
+import type * as Geometry from "../../domain/Geometry.js"
 import type { VirtualDisk } from "../VirtualDisk.js"
 import { checkBlock, checkRange } from "./disk.js"
 
@@ -70,4 +70,3 @@ export const make = (geometry: Geometry.Geometry): MemoryDisk => {
     allocatedBlocks: () => blocks.size
   }
 }
-

@@ -1,0 +1,230 @@
+/**
+ * Shared pieces of the EventJournal layers: errors, the record format and the
+ * snapshot file schema.
+ *
+ * A record is `[u32 LE payload length][u32 LE CRC32C of payload][payload]`, the
+ * payload being the event's trace line (`Trace.encodeEvent`, UTF-8, no newline).
+ */
+import { Data, Either, Schema } from "effect"
+import * as Event from "../../domain/Event.js"
+import * as State from "../../domain/State.js"
+import * as Trace from "../../domain/Trace.js"
+import { crc32c } from "./crc32c.js"
+
+export const HEADER_BYTES = 8
+/** Events encode to a few hundred bytes; anything longer is refused, and read back as corruption. */
+export const MAX_PAYLOAD = 1024 * 1024
+/** The shortest payload that can be an event (`{}` is not one, but nothing shorter is JSON). */
+export const MIN_PAYLOAD = 2
+
+export type JournalOp = "open" | "scan" | "append" | "read" | "truncate" | "snapshot" | "close"
+
+/** The operating system failed an I/O call, or the journal can no longer accept appends. */
+export class JournalIoError extends Data.TaggedError("JournalIoError")<{
+  readonly op: JournalOp
+  readonly cause: unknown
+}> {
+  override get message() {
+    return `journal ${this.op} failed: ${this.cause instanceof Error ? this.cause.message : String(this.cause)}`
+  }
+}
+
+/** Damage the journal will not repair by itself: it names the file and the byte offset. */
+export class JournalCorrupt extends Data.TaggedError("JournalCorrupt")<{
+  readonly file: string
+  readonly offset: number
+  readonly reason: string
+}> {
+  override get message() {
+    return `journal corrupt: ${this.file} at byte ${this.offset}: ${this.reason}`
+  }
+}
+
+/** A request the journal refuses: a position beyond its end, an event it cannot encode. */
+export class JournalInvalidRequest extends Data.TaggedError("JournalInvalidRequest")<{
+  readonly reason: string
+}> {
+  override get message() {
+    return `journal request refused: ${this.reason}`
+  }
+}
+
+export type JournalError = JournalIoError | JournalCorrupt | JournalInvalidRequest
+
+export interface Entry {
+  /** The event's index: folding it brings the journal's state to `position + 1`. */
+  readonly position: number
+  readonly event: Event.Event
+}
+
+export interface SavedSnapshot {
+  /** The snapshot is the state after folding the first `position` events. */
+  readonly position: number
+  readonly snapshot: State.Snapshot
+}
+
+/** What opening found and repaired: a torn last record cut off at byte `at`. */
+export interface Recovery {
+  readonly at: number
+  readonly truncatedBytes: number
+  readonly reason: string
+}
+
+// ---------------------------------------------------------------------------
+// Events: checked both ways, so the journal never holds a record it cannot read back.
+
+const decoder = new TextDecoder("utf-8", { fatal: true })
+
+export interface Checked {
+  /** Each event's trace line. */
+  readonly texts: ReadonlyArray<string>
+  /** The events as they will read back (decoded from their own encoding). */
+  readonly events: ReadonlyArray<Event.Event>
+}
+
+/** Encodes each event and decodes it back; why the first bad one is refused. */
+export const checkEvents = (
+  events: ReadonlyArray<Event.Event>,
+  firstPosition: number
+): Either.Either<Checked, JournalInvalidRequest> => {
+  const texts: Array<string> = []
+  const checkedEvents: Array<Event.Event> = []
+  for (let i = 0; i < events.length; i++) {
+    const text = Trace.encodeEvent(events[i]!)
+    const checked = Trace.decodeEvent(text, firstPosition + i + 1)
+    if (Either.isLeft(checked))
+      return Either.left(
+        new JournalInvalidRequest({
+          reason: `event ${firstPosition + i} is not a valid event: ${checked.left.detail}`
+        })
+      )
+    // UTF-16 length bounds the UTF-8 length from below, so only long lines need counting.
+    if (text.length * 3 > MAX_PAYLOAD && Buffer.byteLength(text, "utf8") > MAX_PAYLOAD)
+      return Either.left(
+        new JournalInvalidRequest({
+          reason: `event ${firstPosition + i} encodes to ${Buffer.byteLength(text, "utf8")} bytes (max ${MAX_PAYLOAD})`
+        })
+      )
+    texts.push(text)
+    checkedEvents.push(checked.right)
+  }
+  return Either.right({ texts, events: checkedEvents })
+}
+
+export interface Framed {
+  readonly bytes: Uint8Array
+  /** Each record's size in bytes (header included). */
+  readonly sizes: ReadonlyArray<number>
+}
+
+/** Frames trace lines as consecutive records in one buffer. */
+export const frame = (texts: ReadonlyArray<string>): Framed => {
+  const sizes: Array<number> = []
+  let total = 0
+  for (const text of texts) {
+    const size = HEADER_BYTES + Buffer.byteLength(text, "utf8")
+    sizes.push(size)
+    total += size
+  }
+  const out = Buffer.allocUnsafe(total)
+  let at = 0
+  for (let i = 0; i < texts.length; i++) {
+    const size = sizes[i]!
+    out.write(texts[i]!, at + HEADER_BYTES, "utf8")
+    out.writeUInt32LE(size - HEADER_BYTES, at)
+    out.writeUInt32LE(crc32c(out.subarray(at + HEADER_BYTES, at + size)), at + 4)
+    at += size
+  }
+  return { bytes: out, sizes }
+}
+
+/** Decodes a payload whose CRC matched; the reason when it is no event. */
+export const decodePayload = (payload: Uint8Array, position: number): Either.Either<Event.Event, string> => {
+  let text: string
+  try {
+    text = decoder.decode(payload)
+  } catch {
+    return Either.left("payload is not UTF-8")
+  }
+  return Either.mapLeft(Trace.decodeEvent(text, position + 1), (e) => `undecodable event: ${e.detail}`)
+}
+
+/** `from` must be a position the journal has reached. */
+export const checkFrom = (from: number, position: number): JournalInvalidRequest | undefined =>
+  Number.isSafeInteger(from) && from >= 0 && from <= position
+    ? undefined
+    : new JournalInvalidRequest({
+        reason: `cannot read from position ${from}: the journal holds ${position} events`
+      })
+
+export const checkSnapshotPosition = (at: number, position: number): JournalInvalidRequest | undefined =>
+  Number.isSafeInteger(at) && at >= 0 && at <= position
+    ? undefined
+    : new JournalInvalidRequest({
+        reason: `cannot save a snapshot at position ${at}: the journal holds ${position} durable events`
+      })
+
+// ---------------------------------------------------------------------------
+// Parsing one record out of a buffer.
+
+export type Parsed =
+  | { readonly _tag: "Record"; readonly payload: Uint8Array; readonly size: number }
+  /** More bytes are needed: `need` from the record's start. */
+  | { readonly _tag: "Short"; readonly need: number }
+  | { readonly _tag: "Bad"; readonly reason: string; readonly size: number }
+
+/**
+ * Parses the record at `at` in `buf` (holding bytes up to `buf.length`). A record is
+ * `Bad` when its length is implausible or its CRC does not match; `size` is then the
+ * extent its header claims.
+ */
+export const parseAt = (buf: Uint8Array, at: number): Parsed => {
+  const available = buf.length - at
+  if (available < HEADER_BYTES) return { _tag: "Short", need: HEADER_BYTES }
+  const view = new DataView(buf.buffer, buf.byteOffset + at, HEADER_BYTES)
+  const length = view.getUint32(0, true)
+  const crc = view.getUint32(4, true)
+  const size = HEADER_BYTES + length
+  if (length < MIN_PAYLOAD || length > MAX_PAYLOAD)
+    return { _tag: "Bad", reason: `implausible payload length ${length}`, size }
+  if (available < size) return { _tag: "Short", need: size }
+  const payload = buf.subarray(at + HEADER_BYTES, at + size)
+  if (crc32c(payload) !== crc) return { _tag: "Bad", reason: "CRC32C mismatch", size }
+  return { _tag: "Record", payload, size }
+}
+
+/** Whether a whole, checked, decodable record starts at `at` (used to tell a torn tail from damage). */
+export const isValidRecordAt = (buf: Uint8Array, at: number): boolean => {
+  const parsed = parseAt(buf, at)
+  return parsed._tag === "Record" && Either.isRight(decodePayload(parsed.payload, 0))
+}
+
+// ---------------------------------------------------------------------------
+// The snapshot file: `{ position, snapshot }` as JSON.
+
+export const SnapshotFile = Schema.Struct({ position: Event.Count, snapshot: State.Snapshot })
+
+export const encodeSnapshotFile = (saved: SavedSnapshot): Either.Either<string, JournalInvalidRequest> =>
+  Either.match(Schema.encodeEither(SnapshotFile)(saved), {
+    onLeft: (e) =>
+      Either.left(new JournalInvalidRequest({ reason: `snapshot does not encode: ${e.message}` })),
+    onRight: (encoded) => Either.right(JSON.stringify(encoded))
+  })
+
+export const decodeSnapshotFile = (
+  text: string,
+  file: string
+): Either.Either<SavedSnapshot, JournalCorrupt> => {
+  let json: unknown
+  try {
+    json = JSON.parse(text)
+  } catch (e) {
+    return Either.left(
+      new JournalCorrupt({ file, offset: 0, reason: `snapshot is not JSON: ${(e as Error).message}` })
+    )
+  }
+  return Either.mapLeft(
+    Schema.decodeUnknownEither(SnapshotFile)(json),
+    (e) => new JournalCorrupt({ file, offset: 0, reason: `snapshot does not decode: ${e.message}` })
+  )
+}

@@ -1,0 +1,441 @@
+/**
+ * The file-backed EventJournal: `events.log` (length + CRC32C framed trace lines)
+ * and `snapshot.json` (written atomically) in one directory. See `EventJournal.ts`
+ * and docs/adapters.md for the format and the recovery rules.
+ *
+ * One writer fiber owns the end of the log: it takes every batch queued while the
+ * previous fsync ran, writes them with one positional write, fsyncs once, then
+ * completes them all (group commit). Readers use positional reads below the
+ * committed end, so they never see a batch before it is durable.
+ */
+import * as fs from "node:fs/promises"
+import * as path from "node:path"
+import { Chunk, Deferred, Effect, Either, Fiber, Option, Queue, type Scope, Stream } from "effect"
+import type * as Event from "../../domain/Event.js"
+import type * as State from "../../domain/State.js"
+import type { EventJournal } from "../EventJournal.js"
+import {
+  checkEvents,
+  checkFrom,
+  checkSnapshotPosition,
+  decodePayload,
+  decodeSnapshotFile,
+  encodeSnapshotFile,
+  type Entry,
+  frame,
+  HEADER_BYTES,
+  isValidRecordAt,
+  JournalCorrupt,
+  type JournalError,
+  JournalIoError,
+  type JournalOp,
+  parseAt,
+  type Recovery,
+  type SavedSnapshot
+} from "./journal.js"
+
+export const LOG_FILE = "events.log"
+export const SNAPSHOT_FILE = "snapshot.json"
+const SNAPSHOT_TEMP = "snapshot.json.tmp"
+/** One index entry (byte offset) every this many events, so `read(from)` seeks close to `from`. */
+const INDEX_EVERY = 1024
+const CHUNK = 256 * 1024
+
+export interface FileOptions {
+  readonly directory: string
+}
+
+/** The calls that change the log after it is open; replaceable in tests to inject faults. */
+export interface LogIo {
+  readonly write: (handle: fs.FileHandle, bytes: Uint8Array, position: number) => Promise<void>
+  readonly sync: (handle: fs.FileHandle) => Promise<void>
+  readonly truncate: (handle: fs.FileHandle, length: number) => Promise<void>
+}
+
+const preadFully = async (handle: fs.FileHandle, out: Uint8Array, position: number): Promise<void> => {
+  let done = 0
+  while (done < out.length) {
+    const { bytesRead } = await handle.read(out, done, out.length - done, position + done)
+    if (bytesRead === 0) throw new Error(`unexpected end of file at byte ${position + done}`)
+    done += bytesRead
+  }
+}
+
+export const nodeIo: LogIo = {
+  write: async (handle, bytes, position) => {
+    let done = 0
+    while (done < bytes.length) {
+      const { bytesWritten } = await handle.write(bytes, done, bytes.length - done, position + done)
+      done += bytesWritten
+    }
+  },
+  sync: (handle) => handle.sync(),
+  truncate: (handle, length) => handle.truncate(length)
+}
+
+const syncDirectory = async (directory: string): Promise<void> => {
+  const handle = await fs.open(directory, "r")
+  try {
+    await handle.sync()
+  } finally {
+    await handle.close()
+  }
+}
+
+const isEnoent = (cause: unknown) =>
+  typeof cause === "object" && cause !== null && "code" in cause && cause.code === "ENOENT"
+
+const concat = (a: Uint8Array, b: Uint8Array): Uint8Array => {
+  if (a.length === 0) return b
+  const out = new Uint8Array(a.length + b.length)
+  out.set(a)
+  out.set(b, a.length)
+  return out
+}
+
+// ---------------------------------------------------------------------------
+// Opening: scan the log, find its end, tell a torn tail from damage.
+
+interface Scanned {
+  /** Byte offset of the end of the last good record. */
+  readonly end: number
+  readonly count: number
+  /** `index[i]` is the byte offset of event `i * INDEX_EVERY`. */
+  readonly index: Array<number>
+}
+
+type ScanOutcome =
+  | { readonly _tag: "Clean"; readonly scanned: Scanned }
+  | { readonly _tag: "Torn"; readonly scanned: Scanned; readonly reason: string; readonly size: number }
+  | { readonly _tag: "Corrupt"; readonly offset: number; readonly reason: string }
+
+/** Whether the file holds only zero bytes from `from` to `size` (a zero-filled tail after a crash). */
+const zeroFrom = async (handle: fs.FileHandle, from: number, size: number): Promise<boolean> => {
+  const buf = new Uint8Array(Math.min(CHUNK, size - from))
+  for (let at = from; at < size; at += buf.length) {
+    const part = buf.subarray(0, Math.min(buf.length, size - at))
+    await preadFully(handle, part, at)
+    if (part.some((b) => b !== 0)) return false
+  }
+  return true
+}
+
+const scan = async (handle: fs.FileHandle, size: number): Promise<ScanOutcome> => {
+  let buf: Uint8Array = new Uint8Array(0)
+  let bufStart = 0
+  let offset = 0
+  let count = 0
+  const index = [0]
+  // Makes `buf` cover [offset, offset + need) or up to the end of the file.
+  const fill = async (need: number) => {
+    const want = Math.min(size, offset + Math.max(need, CHUNK))
+    if (bufStart + buf.length >= want) return
+    const keep = buf.subarray(offset - bufStart)
+    const next = new Uint8Array(want - offset)
+    next.set(keep)
+    await preadFully(handle, next.subarray(keep.length), offset + keep.length)
+    buf = next
+    bufStart = offset
+  }
+  while (offset < size) {
+    let parsed = parseAt(buf, offset - bufStart)
+    while (parsed._tag === "Short" && bufStart + buf.length < size) {
+      await fill(parsed.need)
+      parsed = parseAt(buf, offset - bufStart)
+    }
+    if (parsed._tag === "Record") {
+      const event = decodePayload(parsed.payload, count)
+      // The CRC matched, so these are the bytes that were written: no crash makes them.
+      if (Either.isLeft(event)) return { _tag: "Corrupt", offset, reason: event.left }
+      count++
+      offset += parsed.size
+      if (count % INDEX_EVERY === 0) index.push(offset)
+      continue
+    }
+    const scanned: Scanned = { end: offset, count, index }
+    let reason: string
+    if (parsed._tag === "Short") {
+      reason = size - offset < HEADER_BYTES ? "short header" : "short payload"
+    } else if (offset + parsed.size === size) {
+      reason = `${parsed.reason} on the last record`
+    } else if (await zeroFrom(handle, offset, size)) {
+      return { _tag: "Torn", scanned, reason: "zero-filled tail", size }
+    } else {
+      return { _tag: "Corrupt", offset, reason: `${parsed.reason}, followed by more data` }
+    }
+    // A torn tail runs to the end of the file (at most one record) and hides no whole record.
+    const rest = new Uint8Array(size - offset)
+    await preadFully(handle, rest, offset)
+    for (let at = 1; at < rest.length; at++)
+      if (isValidRecordAt(rest, at))
+        return {
+          _tag: "Corrupt",
+          offset,
+          reason: `${reason}, yet a valid record follows at byte ${offset + at}`
+        }
+    return { _tag: "Torn", scanned, reason, size }
+  }
+  return { _tag: "Clean", scanned: { end: offset, count, index } }
+}
+
+// ---------------------------------------------------------------------------
+
+interface Pending {
+  readonly bytes: Uint8Array
+  readonly sizes: ReadonlyArray<number>
+  readonly deferred: Deferred.Deferred<number, JournalError>
+}
+
+export const make = (
+  options: FileOptions & { readonly io?: LogIo }
+): Effect.Effect<EventJournal.Service, JournalError, Scope.Scope> =>
+  Effect.gen(function* () {
+    const io = options.io ?? nodeIo
+    const { directory } = options
+    const logPath = path.join(directory, LOG_FILE)
+    const snapshotPath = path.join(directory, SNAPSHOT_FILE)
+    const tempPath = path.join(directory, SNAPSHOT_TEMP)
+    const attempt = <A>(op: JournalOp, f: () => Promise<A>) =>
+      Effect.tryPromise({
+        try: f,
+        catch: (cause) =>
+          cause instanceof JournalCorrupt || cause instanceof JournalIoError
+            ? cause
+            : new JournalIoError({ op, cause })
+      })
+
+    yield* attempt("open", () => fs.mkdir(directory, { recursive: true }))
+    const handle = yield* Effect.acquireRelease(
+      attempt("open", () => fs.open(logPath, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o644)),
+      (h) => Effect.promise(() => h.close().catch(() => undefined))
+    )
+    // The log's directory entry must be durable too (it may have just been created).
+    yield* attempt("open", () => syncDirectory(directory))
+    const size = (yield* attempt("open", () => handle.stat())).size
+    const outcome = yield* attempt("scan", () => scan(handle, size))
+    if (outcome._tag === "Corrupt")
+      return yield* new JournalCorrupt({ file: logPath, offset: outcome.offset, reason: outcome.reason })
+    const scanned = outcome.scanned
+
+    yield* attempt("open", () =>
+      fs.unlink(tempPath).catch((e) => (isEnoent(e) ? undefined : Promise.reject(e)))
+    )
+    const snapshotText = yield* attempt("open", () =>
+      fs.readFile(snapshotPath, "utf8").catch((e) => (isEnoent(e) ? undefined : Promise.reject(e)))
+    )
+    let saved: SavedSnapshot | undefined
+    if (snapshotText !== undefined) {
+      const decoded = decodeSnapshotFile(snapshotText, snapshotPath)
+      if (Either.isLeft(decoded)) return yield* decoded.left
+      saved = decoded.right
+      // Snapshots are only taken of durable events, so this means the log lost durable data.
+      if (saved.position > scanned.count)
+        return yield* new JournalCorrupt({
+          file: snapshotPath,
+          offset: 0,
+          reason: `the snapshot is at position ${saved.position} but the log holds only ${scanned.count} events`
+        })
+    }
+
+    let recovery: Recovery | undefined
+    if (outcome._tag === "Torn") {
+      recovery = { at: scanned.end, truncatedBytes: outcome.size - scanned.end, reason: outcome.reason }
+      yield* attempt("truncate", async () => {
+        await io.truncate(handle, scanned.end)
+        await io.sync(handle)
+      })
+      yield* Effect.logWarning("EventJournal: cut off a torn last record").pipe(
+        Effect.annotateLogs({
+          file: logPath,
+          at: recovery.at,
+          truncatedBytes: recovery.truncatedBytes,
+          reason: recovery.reason
+        })
+      )
+    }
+
+    // The committed state: only the writer changes it, after each durable batch.
+    let end = scanned.end
+    let count = scanned.count
+    const index = scanned.index
+    let unusable: JournalIoError | undefined
+    let closed = false
+
+    const commit = (batch: ReadonlyArray<Pending>) =>
+      Effect.gen(function* () {
+        const bytes = batch.length === 1 ? batch[0]!.bytes : Buffer.concat(batch.map((p) => p.bytes))
+        const written = yield* Effect.either(
+          attempt("append", async () => {
+            await io.write(handle, bytes, end)
+            await io.sync(handle)
+          })
+        )
+        if (Either.isLeft(written)) {
+          // Cut whatever reached the file so the log still ends on a record boundary.
+          const undone = yield* Effect.either(
+            attempt("append", async () => {
+              await io.truncate(handle, end)
+              await io.sync(handle)
+            })
+          )
+          if (Either.isLeft(undone))
+            unusable = new JournalIoError({
+              op: "append",
+              cause: new Error("a failed append could not be rolled back; reopen the journal to recover", {
+                cause: undone.left.cause
+              })
+            })
+          for (const p of batch) yield* Deferred.fail(p.deferred, written.left)
+          return
+        }
+        for (const p of batch) {
+          for (const recordSize of p.sizes) {
+            end += recordSize
+            count++
+            if (count % INDEX_EVERY === 0) index.push(end)
+          }
+          yield* Deferred.succeed(p.deferred, count)
+        }
+      }).pipe(
+        // A defect here must not leave appenders waiting forever.
+        Effect.catchAllDefect((defect) =>
+          Effect.gen(function* () {
+            unusable = new JournalIoError({ op: "append", cause: defect })
+            for (const p of batch) yield* Deferred.fail(p.deferred, unusable)
+          })
+        ),
+        Effect.uninterruptible
+      )
+
+    // `close` is offered once, after `closed` is set, so no batch can queue behind it.
+    const queue = yield* Queue.unbounded<Pending | "close">()
+    // Never interrupted: a take that loses a race with interruption would drop a batch.
+    const writer = yield* Effect.forkDaemon(
+      Effect.gen(function* () {
+        while (true) {
+          const taken = [yield* Queue.take(queue), ...Chunk.toReadonlyArray(yield* Queue.takeAll(queue))]
+          const batch = taken.filter((p): p is Pending => p !== "close")
+          if (batch.length > 0) yield* commit(batch)
+          if (batch.length < taken.length) return
+        }
+      })
+    )
+    // Runs before the handle closes: refuse new appends, let the writer commit what is queued.
+    yield* Effect.addFinalizer(() =>
+      Effect.gen(function* () {
+        closed = true
+        yield* Queue.offer(queue, "close")
+        yield* Fiber.await(writer)
+        yield* Queue.shutdown(queue)
+      })
+    )
+
+    const append = Effect.fn("EventJournal.append")(function* (events: ReadonlyArray<Event.Event>) {
+      if (events.length === 0) return count
+      const checked = checkEvents(events, count)
+      if (Either.isLeft(checked)) return yield* checked.left
+      const { bytes, sizes } = frame(checked.right.texts)
+      const deferred = yield* Deferred.make<number, JournalError>()
+      const pending: Pending = { bytes, sizes, deferred }
+      const refused = yield* Effect.sync(() => {
+        if (closed) return new JournalIoError({ op: "append", cause: new Error("the journal is closed") })
+        if (unusable !== undefined) return unusable
+        queue.unsafeOffer(pending)
+        return undefined
+      })
+      if (refused !== undefined) return yield* refused
+      return yield* Deferred.await(deferred)
+    })
+
+    const read = (from: number): Stream.Stream<Entry, JournalError> =>
+      Stream.suspend((): Stream.Stream<Entry, JournalError> => {
+        const invalid = checkFrom(from, count)
+        if (invalid !== undefined) return Stream.fail(invalid)
+        // Only what is durable when the stream starts.
+        const stopCount = count
+        const stopEnd = end
+        if (from === stopCount) return Stream.empty
+        const slot = Math.floor(from / INDEX_EVERY)
+        interface Cursor {
+          readonly offset: number
+          readonly position: number
+          readonly carry: Uint8Array
+        }
+        const pull = async (
+          cursor: Cursor
+        ): Promise<readonly [Chunk.Chunk<Entry>, Option.Option<Cursor>]> => {
+          const readAt = cursor.offset + cursor.carry.length
+          const fresh = new Uint8Array(Math.min(CHUNK, stopEnd - readAt))
+          await preadFully(handle, fresh, readAt)
+          const buf = concat(cursor.carry, fresh)
+          const entries: Array<Entry> = []
+          let at = 0
+          let position = cursor.position
+          while (position < stopCount) {
+            const parsed = parseAt(buf, at)
+            if (parsed._tag === "Short") {
+              if (readAt + fresh.length >= stopEnd)
+                throw new JournalCorrupt({
+                  file: logPath,
+                  offset: cursor.offset + at,
+                  reason: "the log ends inside a record"
+                })
+              break
+            }
+            if (parsed._tag === "Bad")
+              throw new JournalCorrupt({ file: logPath, offset: cursor.offset + at, reason: parsed.reason })
+            if (position >= from) {
+              const event = decodePayload(parsed.payload, position)
+              if (Either.isLeft(event))
+                throw new JournalCorrupt({ file: logPath, offset: cursor.offset + at, reason: event.left })
+              entries.push({ position, event: event.right })
+            }
+            position++
+            at += parsed.size
+          }
+          const next: Cursor = { offset: cursor.offset + at, position, carry: buf.subarray(at) }
+          return [Chunk.unsafeFromArray(entries), position < stopCount ? Option.some(next) : Option.none()]
+        }
+        return Stream.paginateChunkEffect(
+          { offset: index[slot]!, position: slot * INDEX_EVERY, carry: new Uint8Array(0) } as Cursor,
+          (cursor) => attempt("read", () => pull(cursor))
+        )
+      })
+
+    const snapshotLock = yield* Effect.makeSemaphore(1)
+    const saveSnapshot = Effect.fn("EventJournal.saveSnapshot")(function* (
+      snapshot: State.Snapshot,
+      position: number
+    ) {
+      const invalid = checkSnapshotPosition(position, count)
+      if (invalid !== undefined) return yield* invalid
+      const text = encodeSnapshotFile({ position, snapshot })
+      if (Either.isLeft(text)) return yield* text.left
+      const decoded = decodeSnapshotFile(text.right, snapshotPath)
+      if (Either.isLeft(decoded)) return yield* decoded.left
+      // Write aside, make it durable, then swap it in: a crash leaves the old or the new snapshot.
+      yield* snapshotLock.withPermits(1)(
+        attempt("snapshot", async () => {
+          const temp = await fs.open(tempPath, "w", 0o644)
+          try {
+            await temp.writeFile(text.right, "utf8")
+            await temp.sync()
+          } finally {
+            await temp.close()
+          }
+          await fs.rename(tempPath, snapshotPath)
+          await syncDirectory(directory)
+        }).pipe(Effect.tap(() => Effect.sync(() => (saved = decoded.right))))
+      )
+    })
+
+    const service: EventJournal.Service = {
+      append,
+      read,
+      position: Effect.sync(() => count),
+      saveSnapshot,
+      loadSnapshot: Effect.sync(() => Option.fromNullable(saved)),
+      recovery
+    }
+    return service
+  })
