@@ -1,40 +1,46 @@
 /**
  * Persistent bitmap of dirty disk blocks (up to 2^30 bits).
  *
- * A fixed-depth 32-way trie with per-node counts and non-empty masks, over leaves of 4096 bits
- * (see internal/bitmapLeaf.ts). Empty subtrees are `null`, full ones a shared canonical node per level,
- * so `full`, huge ranges and snapshots are cheap. Updates copy the path (old versions never change);
- * transients (`mutate`) edit the nodes they own in place for bulk work.
+ * A fixed-depth 32-way trie (internal/bitmapTree.ts) with per-node counts and non-empty masks, over
+ * leaves of 8192 bits kept sparse, as runs or dense (internal/bitmapLeaf.ts). Empty subtrees are
+ * `null` and full ones a shared canonical node per level, so `full`, huge ranges and snapshots are
+ * cheap. Updates copy one path (old versions never change); transients (`mutate`) edit in place the
+ * nodes they created, for bulk work.
  */
 import * as Equal from "effect/Equal"
 import * as Hash from "effect/Hash"
 import { NodeInspectSymbol } from "effect/Inspectable"
 import {
-  COUNT,
-  copyLeaf,
-  FULL_LEAF,
-  LEAF_BITS,
   LEAF_MASK,
   type Leaf,
-  leafClearBit,
+  leafFindNext,
   leafHas,
-  leafSetBit,
-  newLeaf,
-  RunCollector
+  RunCollector,
+  singletonLeaf,
+  withBit,
+  withoutBit
 } from "./internal/bitmapLeaf.js"
 import {
   CAP,
   clearRangeRec,
+  copyNode,
   countOf,
   depthFor,
-  emptyKids,
   equalsRec,
+  FANOUT,
   FULL,
   findNextRec,
   forEachRec,
+  K0,
   type Kid,
+  leafAt,
   MAX_SIZE,
-  Node,
+  N_COUNT,
+  N_MASK,
+  N_OWNER,
+  type Node,
+  newNode,
+  rootWidth,
   runsRec,
   SHIFT,
   setRangeRec,
@@ -54,7 +60,8 @@ export interface Bitmap {
 const SUMMARY_RUNS = 16
 
 class BitmapImpl implements Bitmap, Equal.Equal {
-  readonly [TypeId]: TypeId = TypeId
+  // On the prototype: one less store per update.
+  declare readonly [TypeId]: TypeId
   readonly size: number
   readonly count: number
   readonly depth: number
@@ -73,15 +80,17 @@ class BitmapImpl implements Bitmap, Equal.Equal {
     return Hash.cached(this, Hash.combine(Hash.number(this.count))(Hash.number(this.size)))
   }
   toJSON(): unknown {
-    const all = this.count === 0 ? [] : runs(this)
-    return all.length <= SUMMARY_RUNS
-      ? { _id: "Bitmap", size: this.size, count: this.count, runs: all }
+    const acc = new RunCollector(SUMMARY_RUNS)
+    runsRec(this.root, this.depth, 0, acc)
+    const first = acc.finish()
+    return first.length <= SUMMARY_RUNS
+      ? { _id: "Bitmap", size: this.size, count: this.count, runs: first }
       : {
           _id: "Bitmap",
           size: this.size,
           count: this.count,
-          runs: all.slice(0, SUMMARY_RUNS),
-          moreRuns: all.length - SUMMARY_RUNS
+          runs: first.slice(0, SUMMARY_RUNS),
+          moreRuns: true
         }
   }
   toString(): string {
@@ -91,6 +100,8 @@ class BitmapImpl implements Bitmap, Equal.Equal {
     return this.toJSON()
   }
 }
+
+Object.defineProperty(BitmapImpl.prototype, TypeId, { value: TypeId })
 
 const impl = (self: Bitmap): BitmapImpl => self as BitmapImpl
 
@@ -119,106 +130,117 @@ export const full = (size: number): Bitmap => setRange(empty(size), 0, size - 1)
 export const has = (self: Bitmap, index: number): boolean => {
   const b = impl(self)
   checkIndex(b.size, index)
-  let kid = b.root
-  for (let h = b.depth; h > 0; h--) {
+  return hasIn(b.root, b.depth, index)
+}
+
+const hasIn = (root: Kid, depth: number, index: number): boolean => {
+  let kid = root
+  for (let h = depth; h > 0; h--) {
     if (kid === null) return false
-    const node = kid as Node
-    if (node.count === CAP[h]) return true
-    kid = node.kids[(index >>> SHIFT[h]!) & 31]!
+    if (kid === FULL[h]) return true
+    kid = (kid as Node)[K0 + ((index >>> SHIFT[h]!) & 31)] as Kid
   }
   return kid !== null && leafHas(kid as Leaf, index & LEAF_MASK)
 }
 
-// Path of the last update, reused to avoid allocating it per call.
+// Path of the current update, reused to avoid allocating it per call.
 const PATH: Array<Node | null> = Array.from({ length: 8 }, () => null)
 
-/** Drops the recorded path (so it does not keep old versions alive) and returns `self`. */
-const unwind = (self: Bitmap, depth: number, h: number): Bitmap => {
+/** Returned by setBit/clearBit when the bit already had the wanted value. */
+const UNCHANGED: Kid = []
+
+const unwind = (depth: number, h: number): Kid => {
+  // Drop the recorded path so it does not keep old versions alive.
   for (let l = depth; l > h; l--) PATH[l] = null
-  return self
+  return UNCHANGED
 }
 
-export const set = (self: Bitmap, index: number): Bitmap => {
-  const b = impl(self)
-  checkIndex(b.size, index)
-  const depth = b.depth
-  let kid = b.root
+/**
+ * The root after setting `index`, or UNCHANGED. One descent records the path; the way back up copies
+ * each node (edits it in place if `owner` owns it) and collapses subtrees that become full.
+ */
+const setBit = (root: Kid, depth: number, size: number, index: number, owner: number): Kid => {
+  let kid = root
   let h = depth
   for (; h > 0 && kid !== null; h--) {
-    const node = kid as Node
-    if (node.count === CAP[h]) return unwind(self, depth, h)
-    PATH[h] = node
-    kid = node.kids[(index >>> SHIFT[h]!) & 31]!
+    if (kid === FULL[h]) return unwind(depth, h)
+    PATH[h] = kid as Node
+    kid = (kid as Node)[K0 + ((index >>> SHIFT[h]!) & 31)] as Kid
   }
   let child: Kid
   if (kid === null) {
     // Levels h..0 are empty: build a fresh single-bit chain.
-    const leaf = newLeaf(0)
-    leafSetBit(leaf, index & LEAF_MASK)
-    child = leaf
+    child = singletonLeaf(index & LEAF_MASK, owner)
     for (let l = 1; l <= h; l++) {
       const k = (index >>> SHIFT[l]!) & 31
-      const kids = emptyKids()
-      kids[k] = child
-      child = new Node(1, 1 << k, 0, kids)
+      const node = newNode(owner, l === depth ? rootWidth(size, depth) : FANOUT)
+      node[K0 + k] = child
+      node[N_COUNT] = 1
+      node[N_MASK] = 1 << k
+      child = node
     }
   } else {
-    const leaf = kid as Leaf
-    if (leafHas(leaf, index & LEAF_MASK)) return unwind(self, depth, 0)
-    if (leaf[COUNT] === LEAF_BITS - 1) child = FULL_LEAF
-    else {
-      const copy = copyLeaf(leaf, 0)
-      leafSetBit(copy, index & LEAF_MASK)
-      child = copy
-    }
+    if (leafHas(kid as Leaf, index & LEAF_MASK)) return unwind(depth, 0)
+    child = withBit(kid as Leaf, index & LEAF_MASK, owner)
   }
   for (let l = h + 1; l <= depth; l++) {
     const node = PATH[l]!
     PATH[l] = null
-    const count = node.count + 1
+    const count = (node[N_COUNT] as number) + 1
     if (count === CAP[l]) child = FULL[l]!
     else {
       const k = (index >>> SHIFT[l]!) & 31
-      const kids = node.kids.slice()
-      kids[k] = child
-      child = new Node(count, node.mask | (1 << k), 0, kids)
+      const edit = owner !== 0 && node[N_OWNER] === owner ? node : copyNode(node, owner)
+      edit[K0 + k] = child
+      edit[N_COUNT] = count
+      edit[N_MASK] = (node[N_MASK] as number) | (1 << k)
+      child = edit
     }
   }
-  return new BitmapImpl(b.size, depth, child, b.count + 1)
+  return child
 }
 
-export const clear = (self: Bitmap, index: number): Bitmap => {
-  const b = impl(self)
-  checkIndex(b.size, index)
-  const depth = b.depth
-  let kid = b.root
+/** The root after clearing `index`, or UNCHANGED. */
+const clearBit = (root: Kid, depth: number, index: number, owner: number): Kid => {
+  let kid = root
   for (let h = depth; h > 0; h--) {
-    if (kid === null) return unwind(self, depth, h)
-    const node = kid as Node
-    PATH[h] = node
-    kid = node.kids[(index >>> SHIFT[h]!) & 31]!
+    if (kid === null) return unwind(depth, h)
+    PATH[h] = kid as Node
+    kid = (kid as Node)[K0 + ((index >>> SHIFT[h]!) & 31)] as Kid
   }
-  if (kid === null || !leafHas(kid as Leaf, index & LEAF_MASK)) return unwind(self, depth, 0)
-  const leaf = kid as Leaf
-  let child: Kid = null
-  if (leaf[COUNT] !== 1) {
-    const copy = copyLeaf(leaf, 0)
-    leafClearBit(copy, index & LEAF_MASK)
-    child = copy
-  }
+  if (kid === null || !leafHas(kid as Leaf, index & LEAF_MASK)) return unwind(depth, 0)
+  let child = withoutBit(kid as Leaf, index & LEAF_MASK, owner) as Kid
   for (let l = 1; l <= depth; l++) {
     const node = PATH[l]!
     PATH[l] = null
-    const count = node.count - 1
+    const count = (node[N_COUNT] as number) - 1
     if (count === 0) child = null
     else {
       const k = (index >>> SHIFT[l]!) & 31
-      const kids = node.kids.slice()
-      kids[k] = child
-      child = new Node(count, child === null ? node.mask & ~(1 << k) : node.mask, 0, kids)
+      const edit = owner !== 0 && node[N_OWNER] === owner ? node : copyNode(node, owner)
+      edit[K0 + k] = child
+      edit[N_COUNT] = count
+      if (child === null) edit[N_MASK] = (node[N_MASK] as number) & ~(1 << k)
+      child = edit
     }
   }
-  return new BitmapImpl(b.size, depth, child, b.count - 1)
+  return child
+}
+
+/** Sets `index`; returns `self` (the same object) if it was already set. */
+export const set = (self: Bitmap, index: number): Bitmap => {
+  const b = impl(self)
+  checkIndex(b.size, index)
+  const root = setBit(b.root, b.depth, b.size, index, 0)
+  return root === UNCHANGED ? self : new BitmapImpl(b.size, b.depth, root, b.count + 1)
+}
+
+/** Clears `index`; returns `self` (the same object) if it was already clear. */
+export const clear = (self: Bitmap, index: number): Bitmap => {
+  const b = impl(self)
+  checkIndex(b.size, index)
+  const root = clearBit(b.root, b.depth, index, 0)
+  return root === UNCHANGED ? self : new BitmapImpl(b.size, b.depth, root, b.count - 1)
 }
 
 const checkRange = (size: number, first: number, last: number): void => {
@@ -231,7 +253,7 @@ export const setRange = (self: Bitmap, first: number, last: number): Bitmap => {
   const b = impl(self)
   if (first > last) return self
   checkRange(b.size, first, last)
-  const root = setRangeRec(b.root, b.depth, 0, first, last, 0)
+  const root = setRangeRec(b.root ?? newNode(0, rootWidth(b.size, b.depth)), b.depth, 0, first, last, 0)
   const count = countOf(root, b.depth)
   return count === b.count ? self : new BitmapImpl(b.size, b.depth, root, count)
 }
@@ -270,12 +292,19 @@ export const equals = (self: Bitmap, that: Bitmap): boolean => {
   return a.size === b.size && a.count === b.count && equalsRec(a.root, b.root, a.depth)
 }
 
-/** Set indices >= from, ascending. */
-export const values = function* (self: Bitmap, from = 0): IterableIterator<number> {
-  let i = findNext(self, from)
+/** Set indices >= from, ascending (from is checked now, not at the first `next`). */
+export const values = (self: Bitmap, from = 0): IterableIterator<number> =>
+  valuesFrom(impl(self), findNext(self, from))
+
+const valuesFrom = function* (b: BitmapImpl, i: number): Generator<number, void, unknown> {
+  // One tree search per leaf, then a walk inside the leaf (versions never change under us).
   while (i >= 0) {
-    yield i
-    i = findNext(self, i + 1)
+    const leaf = leafAt(b.root, b.depth, i)!
+    const base = i - (i & LEAF_MASK)
+    for (let off = i - base; off >= 0; off = off < LEAF_MASK ? leafFindNext(leaf, off + 1) : -1) {
+      yield base + off
+    }
+    i = base + LEAF_MASK + 1 < b.size ? findNext(b, base + LEAF_MASK + 1) : -1
   }
 }
 
@@ -335,25 +364,31 @@ class MutableBitmapImpl implements MutableBitmap {
   }
   has(index: number): boolean {
     this.live()
-    return hasIn(this.root, this.depth, this.size, index)
+    checkIndex(this.size, index)
+    return hasIn(this.root, this.depth, index)
   }
   set(index: number): void {
     const owner = this.live()
-    if (hasIn(this.root, this.depth, this.size, index)) return
-    this.root = setRangeRec(this.root, this.depth, 0, index, index, owner)
+    checkIndex(this.size, index)
+    const root = setBit(this.root, this.depth, this.size, index, owner)
+    if (root === UNCHANGED) return
+    this.root = root
     this.count++
   }
   clear(index: number): void {
     const owner = this.live()
-    if (!hasIn(this.root, this.depth, this.size, index)) return
-    this.root = clearRangeRec(this.root, this.depth, 0, index, index, owner)
+    checkIndex(this.size, index)
+    const root = clearBit(this.root, this.depth, index, owner)
+    if (root === UNCHANGED) return
+    this.root = root
     this.count--
   }
   setRange(first: number, last: number): void {
     const owner = this.live()
     if (first > last) return
     checkRange(this.size, first, last)
-    this.root = setRangeRec(this.root, this.depth, 0, first, last, owner)
+    const root = this.root ?? newNode(owner, rootWidth(this.size, this.depth))
+    this.root = setRangeRec(root, this.depth, 0, first, last, owner)
     this.count = countOf(this.root, this.depth)
   }
   clearRange(first: number, last: number): void {
@@ -363,18 +398,6 @@ class MutableBitmapImpl implements MutableBitmap {
     this.root = clearRangeRec(this.root, this.depth, 0, first, last, owner)
     this.count = countOf(this.root, this.depth)
   }
-}
-
-const hasIn = (root: Kid, depth: number, size: number, index: number): boolean => {
-  checkIndex(size, index)
-  let kid = root
-  for (let h = depth; h > 0; h--) {
-    if (kid === null) return false
-    const node = kid as Node
-    if (node.count === CAP[h]) return true
-    kid = node.kids[(index >>> SHIFT[h]!) & 31]!
-  }
-  return kid !== null && leafHas(kid as Leaf, index & LEAF_MASK)
 }
 
 export const beginMutation = (self: Bitmap): MutableBitmap => {

@@ -2,15 +2,8 @@ import * as Equal from "effect/Equal"
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
 import * as Bitmap from "../../src/domain/Bitmap.js"
-import {
-  COUNT,
-  LEAF_BITS,
-  LEAF_MASK,
-  type Leaf,
-  leafHas,
-  leafSetBit
-} from "../../src/domain/internal/bitmapLeaf.js"
-import { CAP, type Kid, type Node, SHIFT } from "../../src/domain/internal/bitmapTree.js"
+import { LEAF_BITS, LEAF_MASK, type Leaf, SPARSE_MAX, withBit } from "../../src/domain/internal/bitmapLeaf.js"
+import { CAP, FULL, K0, type Kid, type Node, SHIFT } from "../../src/domain/internal/bitmapTree.js"
 
 const RUNS = 200 * Number(process.env.CDP_SYNC_RUNS_FACTOR ?? 1)
 
@@ -30,20 +23,50 @@ const normalize = (runs: ReadonlyArray<Run>): Array<Run> => {
   }
   return out
 }
-const mAdd = (m: ReadonlyArray<Run>, a: number, b: number) => normalize([...m, [a, b]])
-const mRemove = (m: ReadonlyArray<Run>, a: number, b: number): Array<Run> =>
-  m.flatMap(([x, y]): Array<Run> => {
-    if (y < a || x > b) return [[x, y]]
-    const out: Array<Run> = []
-    if (x < a) out.push([x, a - 1])
-    if (y > b) out.push([b + 1, y])
-    return out
-  })
-const mHas = (m: ReadonlyArray<Run>, i: number) => m.some(([x, y]) => x <= i && i <= y)
+/** Index of the first run ending at or after i. */
+const mFirstEndingAtOrAfter = (m: ReadonlyArray<Run>, i: number): number => {
+  let lo = 0
+  let hi = m.length
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1
+    if (m[mid]![1] < i) lo = mid + 1
+    else hi = mid
+  }
+  return lo
+}
+const mAdd = (m: ReadonlyArray<Run>, a: number, b: number): Array<Run> => {
+  // Runs touching [a - 1, b + 1] merge with it; the rest stay.
+  const from = mFirstEndingAtOrAfter(m, a - 1)
+  let to = from
+  let first = a
+  let last = b
+  while (to < m.length && m[to]![0] <= b + 1) {
+    first = Math.min(first, m[to]![0])
+    last = Math.max(last, m[to]![1])
+    to++
+  }
+  return [...m.slice(0, from), [first, last], ...m.slice(to)]
+}
+const mRemove = (m: ReadonlyArray<Run>, a: number, b: number): Array<Run> => {
+  const from = mFirstEndingAtOrAfter(m, a)
+  let to = from
+  const mid: Array<Run> = []
+  while (to < m.length && m[to]![0] <= b) {
+    const [x, y] = m[to]!
+    if (x < a) mid.push([x, a - 1])
+    if (y > b) mid.push([b + 1, y])
+    to++
+  }
+  return [...m.slice(0, from), ...mid, ...m.slice(to)]
+}
+const mHas = (m: ReadonlyArray<Run>, i: number) => {
+  const r = m[mFirstEndingAtOrAfter(m, i)]
+  return r !== undefined && r[0] <= i
+}
 const mCount = (m: ReadonlyArray<Run>) => m.reduce((n, [x, y]) => n + y - x + 1, 0)
 const mFindNext = (m: ReadonlyArray<Run>, i: number) => {
-  for (const [x, y] of m) if (y >= i) return Math.max(x, i)
-  return -1
+  const r = m[mFirstEndingAtOrAfter(m, i)]
+  return r === undefined ? -1 : Math.max(r[0], i)
 }
 const mTake = (m: ReadonlyArray<Run>, from: number, k: number): Array<number> => {
   const out: Array<number> = []
@@ -97,7 +120,15 @@ const rangeArb = (size: number): fc.Arbitrary<Run> =>
 
 type PointOp = { readonly op: "set" | "clear"; readonly i: number }
 type RangeOp = { readonly op: "setRange" | "clearRange"; readonly r: Run }
-type SimpleOp = PointOp | RangeOp
+/** Many point ops in one leaf: crosses the sparse/dense leaf threshold one bit at a time. */
+type BurstOp = {
+  readonly op: "burst"
+  readonly on: boolean
+  readonly start: number
+  readonly n: number
+  readonly stride: number
+}
+type SimpleOp = PointOp | RangeOp | BurstOp
 type Op =
   | SimpleOp
   | { readonly op: "union"; readonly fromCurrent: boolean; readonly ops: ReadonlyArray<SimpleOp> }
@@ -108,8 +139,25 @@ const simpleOpArb = (size: number): fc.Arbitrary<SimpleOp> =>
     { weight: 4, arbitrary: indexArb(size).map((i): SimpleOp => ({ op: "set", i })) },
     { weight: 2, arbitrary: indexArb(size).map((i): SimpleOp => ({ op: "clear", i })) },
     { weight: 1, arbitrary: rangeArb(size).map((r): SimpleOp => ({ op: "setRange", r })) },
-    { weight: 1, arbitrary: rangeArb(size).map((r): SimpleOp => ({ op: "clearRange", r })) }
+    { weight: 1, arbitrary: rangeArb(size).map((r): SimpleOp => ({ op: "clearRange", r })) },
+    {
+      weight: 1,
+      arbitrary: fc
+        .record({
+          on: fc.boolean(),
+          start: indexArb(size),
+          n: fc.integer({ min: SPARSE_MAX - 4, max: SPARSE_MAX + 80 }),
+          stride: fc.constantFrom(1, 2, 3, 7, 61)
+        })
+        .map((r): SimpleOp => ({ op: "burst", ...r }))
+    }
   )
+
+const burstPoints = (o: BurstOp, size: number): Array<number> => {
+  const out: Array<number> = []
+  for (let j = 0, i = o.start; j < o.n && i < size; j++, i += o.stride) out.push(i)
+  return out
+}
 
 const opArb = (size: number): fc.Arbitrary<Op> =>
   fc.oneof(
@@ -141,6 +189,9 @@ const ensure = (cond: boolean, msg: () => string): void => {
 
 const applySimple = (B: Impl, b: Bitmap.Bitmap, o: SimpleOp): Bitmap.Bitmap => {
   switch (o.op) {
+    case "burst":
+      for (const i of burstPoints(o, b.size)) b = o.on ? B.set(b, i) : B.clear(b, i)
+      return b
     case "set":
       return B.set(b, o.i)
     case "clear":
@@ -151,8 +202,11 @@ const applySimple = (B: Impl, b: Bitmap.Bitmap, o: SimpleOp): Bitmap.Bitmap => {
       return B.clearRange(b, o.r[0], o.r[1])
   }
 }
-const applyModel = (m: ReadonlyArray<Run>, o: SimpleOp): ReadonlyArray<Run> => {
+const applyModel = (m: ReadonlyArray<Run>, o: SimpleOp, size: number): ReadonlyArray<Run> => {
   switch (o.op) {
+    case "burst":
+      for (const i of burstPoints(o, size)) m = o.on ? mAdd(m, i, i) : mRemove(m, i, i)
+      return m
     case "set":
       return mAdd(m, o.i, o.i)
     case "clear":
@@ -165,6 +219,9 @@ const applyModel = (m: ReadonlyArray<Run>, o: SimpleOp): ReadonlyArray<Run> => {
 }
 const applyMutable = (mb: Bitmap.MutableBitmap, o: SimpleOp): void => {
   switch (o.op) {
+    case "burst":
+      for (const i of burstPoints(o, mb.size)) o.on ? mb.set(i) : mb.clear(i)
+      break
     case "set":
       mb.set(o.i)
       break
@@ -196,7 +253,12 @@ const checkAgainst = (
     () => `runs ${JSON.stringify(runs)} !== ${JSON.stringify(m)}`
   )
   const points = new Set<number>([0, size - 1, ...probes])
-  for (const [x, y] of m) for (const p of [x - 1, x, y, y + 1]) points.add(clamp(size, p))
+  // Run edges: all of them for few runs, else an even sample.
+  const step = Math.max(1, Math.floor(m.length / 24))
+  for (let r = 0; r < m.length; r += step) {
+    const [x, y] = m[r]!
+    for (const p of [x - 1, x, y, y + 1]) points.add(clamp(size, p))
+  }
   for (const p of points) {
     ensure(B.has(b, p) === mHas(m, p), () => `has(${p})`)
     ensure(B.findNext(b, p) === mFindNext(m, p), () => `findNext(${p}) = ${B.findNext(b, p)}`)
@@ -227,13 +289,32 @@ const probesOf = (o: Op): Array<number> => {
     case "setRange":
     case "clearRange":
       return [o.r[0], o.r[1]]
+    case "burst":
+      return [o.start]
     default:
       return o.ops.flatMap(probesOf)
   }
 }
 
-const modelProperty = (B: Impl) =>
-  fc.property(scenarioArb, ({ size, ops }) => {
+/** Dense activity inside a few leaves: walks leaves through the sparse, runs and dense forms. */
+const leafScenarioArb = fc.integer({ min: 1, max: 3 * LEAF_BITS }).chain((size) =>
+  fc.record({
+    size: fc.constant(size),
+    ops: fc.array(
+      fc.oneof(
+        { weight: 3, arbitrary: simpleOpArb(size).filter((o) => o.op === "burst") },
+        { weight: 2, arbitrary: opArb(size) }
+      ),
+      { minLength: 5, maxLength: 30 }
+    )
+  })
+)
+
+const modelProperty = (
+  B: Impl,
+  scenarios: fc.Arbitrary<{ size: number; ops: ReadonlyArray<Op> }> = scenarioArb
+) =>
+  fc.property(scenarios, ({ size, ops }) => {
     let b = B.empty(size)
     let m: ReadonlyArray<Run> = []
     const history: Array<{ b: Bitmap.Bitmap; m: ReadonlyArray<Run>; probes: Array<number> }> = []
@@ -248,7 +329,7 @@ const modelProperty = (B: Impl) =>
           let om = o.fromCurrent ? m : []
           for (const s of o.ops) {
             other = applySimple(B, other, s)
-            om = applyModel(om, s)
+            om = applyModel(om, s, size)
           }
           history.push({ b: other, m: om, probes })
           const u = B.union(b, other)
@@ -267,7 +348,7 @@ const modelProperty = (B: Impl) =>
             const mb = B.beginMutation(b)
             for (const s of o.ops) {
               applyMutable(mb, s)
-              bm = applyModel(bm, s)
+              bm = applyModel(bm, s, size)
               ensure(mb.count === mCount(bm), () => "transient count")
               for (const p of probesOf(s)) ensure(mb.has(p) === mHas(bm, p), () => `transient has(${p})`)
             }
@@ -284,7 +365,7 @@ const modelProperty = (B: Impl) =>
             b = B.mutate(b, (mb) => {
               for (const s of o.ops) applyMutable(mb, s)
             })
-            for (const s of o.ops) bm = applyModel(bm, s)
+            for (const s of o.ops) bm = applyModel(bm, s, size)
           }
           m = bm
           // The version from before the batch is still intact right away.
@@ -293,7 +374,7 @@ const modelProperty = (B: Impl) =>
         }
         default: {
           const next = applySimple(B, b, o)
-          const nm = applyModel(m, o)
+          const nm = applyModel(m, o, size)
           if (o.op === "set" && mHas(m, o.i)) ensure(next === b, () => "set of a set bit returns self")
           if (o.op === "clear" && !mHas(m, o.i)) ensure(next === b, () => "clear of a clear bit returns self")
           b = next
@@ -316,20 +397,19 @@ const internals = (b: Bitmap.Bitmap) => b as unknown as { readonly root: Kid; re
 const leafOf = (b: Bitmap.Bitmap, index: number): Leaf | null => {
   const { depth, root } = internals(b)
   let kid = root
-  for (let h = depth; h > 0 && kid !== null; h--) kid = (kid as Node).kids[(index >>> SHIFT[h]!) & 31]!
+  for (let h = depth; h > 0 && kid !== null; h--)
+    kid = (kid as Node)[K0 + ((index >>> SHIFT[h]!) & 31)] as Kid
   return kid as Leaf | null
 }
 
 const mutantSet = (self: Bitmap.Bitmap, index: number): Bitmap.Bitmap => {
   const next = Bitmap.set(self, index)
   const shared = leafOf(self, index)
-  if (
-    next !== self &&
-    shared !== null &&
-    shared[COUNT] !== LEAF_BITS &&
-    !leafHas(shared, index & LEAF_MASK)
-  ) {
-    leafSetBit(shared, index & LEAF_MASK)
+  if (next !== self && shared !== null && shared !== FULL[0]) {
+    // Overwrite the old version's leaf object with the updated contents: an in-place edit of a shared leaf.
+    const updated = withBit(shared, index & LEAF_MASK, 0).slice()
+    shared.length = 0
+    shared.push(...updated)
   }
   return next
 }
@@ -339,6 +419,10 @@ const mutant: Impl = { ...Bitmap, set: mutantSet }
 describe("Bitmap", () => {
   it("agrees with a run-list model under every sequence of operations; old versions never change", () => {
     fc.assert(modelProperty(Bitmap), { numRuns: RUNS * 5 })
+  })
+
+  it("agrees with the model through leaf form changes (sparse, runs, dense)", () => {
+    fc.assert(modelProperty(Bitmap, leafScenarioArb), { numRuns: RUNS })
   })
 
   it("the model property catches a set that mutates a shared leaf in place (mutant)", () => {
@@ -407,6 +491,15 @@ describe("Bitmap", () => {
     expect(() => Bitmap.setRange(b, 0, 100)).toThrow(RangeError)
     expect(() => Bitmap.findNext(b, -1)).toThrow(RangeError)
     expect(Bitmap.findNext(b, 100)).toBe(-1)
+    expect(() => Bitmap.values(b, -1)).toThrow(RangeError)
+    expect([...Bitmap.values(Bitmap.set(b, 99), 100)]).toEqual([])
+    const m = Bitmap.beginMutation(b)
+    m.set(3)
+    const ended = Bitmap.endMutation(m)
+    expect(() => m.set(4)).toThrow()
+    expect(() => Bitmap.endMutation(m)).toThrow()
+    expect(ended.count).toBe(1)
+    expect(Bitmap.mutate(b, () => {})).toBe(b)
     for (const s of [0, -1, 2 ** 30 + 1, 1.5]) expect(() => Bitmap.empty(s)).toThrow(RangeError)
     expect(() => Bitmap.union(b, Bitmap.empty(101))).toThrow(RangeError)
     expect(Bitmap.full(2 ** 30).count).toBe(2 ** 30)

@@ -1,74 +1,83 @@
 /**
- * The fixed-depth 32-way trie above the leaves. Level 0 is a leaf, level h >= 1 an internal `Node`.
- * `null` is an empty subtree, `FULL[h]` the one shared full subtree of level h: both are canonical, so
- * a subtree's count alone tells whether it is empty or full.
+ * The fixed-depth 32-way trie above the leaves. Level 0 is a leaf, level h >= 1 a `Node`.
+ * `null` is an empty subtree and `FULL[h]` the one shared full subtree of level h: both are canonical,
+ * so a subtree's count alone tells whether it is empty or full.
  *
- * Nodes and leaves carry an owner token: 0 for persistent ones, a transient's id for those it created,
- * which it may mutate in place. Every function takes the owner it edits for (0: always copy).
+ * A node is a single JS array `[count, mask, owner, kid0 .. kid31]`: one object per level keeps a lookup
+ * to about one cache miss per level (a class wrapping a kids array costs three). The root holds only
+ * the kids the size needs (4 for 2^30 bits), which saves most of a node copy per update. `mask` has bit k set iff
+ * kid k is not null, so searches skip empty kids without scanning them (HBitmap-like summaries).
+ * The owner is 0 for persistent nodes, or the id of the transient that created the node and may mutate
+ * it in place. Functions taking an owner edit for it (0: always copy).
  */
 import {
-  COUNT,
-  copyLeaf,
   ctz32,
   FULL_LEAF,
-  LEAF_BITS,
   LEAF_SHIFT,
   type Leaf,
   leafClearRange,
+  leafCount,
   leafEquals,
   leafFindNext,
   leafForEach,
   leafRuns,
   leafSetRange,
   leafUnion,
-  newLeaf,
-  OWNER,
   type RunCollector
 } from "./bitmapLeaf.js"
 
+export type Node = Array<Kid | number>
 export type Kid = Node | Leaf | null
-
-export class Node {
-  count: number
-  /** Bit k set iff kids[k] is not null: finds the next non-empty kid without scanning. */
-  mask: number
-  readonly owner: number
-  readonly kids: Array<Kid>
-  constructor(count: number, mask: number, owner: number, kids: Array<Kid>) {
-    this.count = count
-    this.mask = mask
-    this.owner = owner
-    this.kids = kids
-  }
-}
 
 export const FANOUT_SHIFT = 5
 export const FANOUT = 1 << FANOUT_SHIFT
+export const N_COUNT = 0
+export const N_MASK = 1
+export const N_OWNER = 2
+/** Slot of kid 0. */
+export const K0 = 3
 export const MAX_SIZE = 2 ** 30
 
 /** CAP[h]: bits covered by a subtree of level h. */
 export const CAP: Array<number> = []
 /** SHIFT[h]: kid index of bit i in a node of level h is (i >>> SHIFT[h]) & 31. */
 export const SHIFT: Array<number> = [0]
-for (let h = 0; CAP[h - 1] === undefined || CAP[h - 1]! < MAX_SIZE; h++) {
+for (let h = 0; h === 0 || CAP[h - 1]! < MAX_SIZE; h++) {
   CAP.push(2 ** (LEAF_SHIFT + FANOUT_SHIFT * h))
   if (h > 0) SHIFT.push(LEAF_SHIFT + FANOUT_SHIFT * (h - 1))
 }
 export const MAX_DEPTH = CAP.length - 1
 
-const EMPTY_KIDS: Array<Kid> = Array.from({ length: FANOUT }, () => null)
-export const emptyKids = (): Array<Kid> => EMPTY_KIDS.slice()
+const NODE_TEMPLATES: Array<Node> = []
+for (let width = 0; width <= FANOUT; width++) {
+  const node: Node = [0, 0, 0]
+  for (let k = 0; k < width; k++) node.push(null)
+  NODE_TEMPLATES.push(node)
+}
+
+/** An empty node (count 0) with `width` kid slots. */
+export const newNode = (owner: number, width: number = FANOUT): Node => {
+  const node = NODE_TEMPLATES[width]!.slice()
+  node[N_OWNER] = owner
+  return node
+}
+
+export const copyNode = (node: Node, owner: number): Node => {
+  const copy = node.slice()
+  copy[N_OWNER] = owner
+  return copy
+}
+
+export const editNode = (node: Node | null, owner: number): Node =>
+  node === null ? newNode(owner) : owner !== 0 && node[N_OWNER] === owner ? node : copyNode(node, owner)
 
 export const FULL: Array<Kid> = [FULL_LEAF]
 for (let h = 1; h <= MAX_DEPTH; h++) {
-  FULL.push(
-    new Node(
-      CAP[h]!,
-      -1,
-      0,
-      Array.from({ length: FANOUT }, () => FULL[h - 1]!)
-    )
-  )
+  const node = newNode(0)
+  for (let k = 0; k < FANOUT; k++) node[K0 + k] = FULL[h - 1]!
+  node[N_COUNT] = CAP[h]!
+  node[N_MASK] = -1
+  FULL.push(node)
 }
 
 /** Smallest depth (>= 1, so the root is always a node) whose capacity holds `size` bits. */
@@ -78,77 +87,62 @@ export const depthFor = (size: number): number => {
   return h
 }
 
+/** Kid slots of the root of a `size`-bit trie of depth `depth`. */
+export const rootWidth = (size: number, depth: number): number => Math.ceil(size / CAP[depth - 1]!)
+
 export const countOf = (kid: Kid, h: number): number =>
-  kid === null ? 0 : h === 0 ? (kid as Leaf)[COUNT]! : (kid as Node).count
-
-export const editNode = (node: Node | null, owner: number): Node =>
-  node === null
-    ? new Node(0, 0, owner, emptyKids())
-    : owner !== 0 && node.owner === owner
-      ? node
-      : new Node(node.count, node.mask, owner, node.kids.slice())
-
-export const editLeaf = (leaf: Leaf | null, owner: number): Leaf =>
-  leaf === null ? newLeaf(owner) : owner !== 0 && leaf[OWNER] === owner ? leaf : copyLeaf(leaf, owner)
+  kid === null ? 0 : h === 0 ? leafCount(kid as Leaf) : ((kid as Node)[N_COUNT] as number)
 
 /** Sets bits a..b (inclusive, within the subtree [lo, lo + CAP[h])). */
 export const setRangeRec = (kid: Kid, h: number, lo: number, a: number, b: number, owner: number): Kid => {
+  if (kid === FULL[h]) return kid
+  if (h === 0) return leafSetRange(kid as Leaf | null, a - lo, b - lo, owner)
   const cap = CAP[h]!
   if (a === lo && b === lo + cap - 1) return FULL[h]!
-  if (countOf(kid, h) === cap) return kid
-  if (h === 0) {
-    const leaf = editLeaf(kid as Leaf | null, owner)
-    leafSetRange(leaf, a - lo, b - lo)
-    return leaf[COUNT] === LEAF_BITS ? FULL_LEAF : leaf
-  }
   const node = editNode(kid as Node | null, owner)
   const sh = SHIFT[h]!
   const kcap = CAP[h - 1]!
   const k2 = (b - lo) >>> sh
-  let count = node.count
-  let mask = node.mask
+  let count = node[N_COUNT] as number
+  let mask = node[N_MASK] as number
   for (let k = (a - lo) >>> sh; k <= k2; k++) {
     const klo = lo + k * kcap
-    const old = node.kids[k]!
+    const old = node[K0 + k] as Kid
     const before = countOf(old, h - 1)
     const nk = setRangeRec(old, h - 1, klo, Math.max(a, klo), Math.min(b, klo + kcap - 1), owner)
     count += countOf(nk, h - 1) - before
-    node.kids[k] = nk
+    node[K0 + k] = nk
     mask |= 1 << k
   }
-  node.count = count
-  node.mask = mask
+  node[N_COUNT] = count
+  node[N_MASK] = mask
   return count === cap ? FULL[h]! : node
 }
 
 /** Clears bits a..b (inclusive, within the subtree [lo, lo + CAP[h])). */
 export const clearRangeRec = (kid: Kid, h: number, lo: number, a: number, b: number, owner: number): Kid => {
   if (kid === null) return null
+  if (h === 0) return leafClearRange(kid as Leaf, a - lo, b - lo, owner)
   const cap = CAP[h]!
   if (a === lo && b === lo + cap - 1) return null
-  if (h === 0) {
-    const leaf = editLeaf(kid as Leaf, owner)
-    leafClearRange(leaf, a - lo, b - lo)
-    return leaf[COUNT] === 0 ? null : leaf
-  }
   const node = editNode(kid as Node, owner)
   const sh = SHIFT[h]!
   const kcap = CAP[h - 1]!
   const k2 = (b - lo) >>> sh
-  let count = node.count
-  let mask = node.mask
+  let count = node[N_COUNT] as number
+  let mask = node[N_MASK] as number
   for (let k = (a - lo) >>> sh; k <= k2; k++) {
-    const old = node.kids[k]!
+    const old = node[K0 + k] as Kid
     if (old === null) continue
     const klo = lo + k * kcap
     const before = countOf(old, h - 1)
     const nk = clearRangeRec(old, h - 1, klo, Math.max(a, klo), Math.min(b, klo + kcap - 1), owner)
     count += countOf(nk, h - 1) - before
-    node.kids[k] = nk
+    node[K0 + k] = nk
     if (nk === null) mask &= ~(1 << k)
   }
-  node.count = count
-  node.mask = mask
+  node[N_COUNT] = count
+  node[N_MASK] = mask
   return count === 0 ? null : node
 }
 
@@ -157,76 +151,75 @@ export const unionRec = (a: Kid, b: Kid, h: number): Kid => {
   if (a === b || b === null) return a
   if (a === null) return b
   if (h === 0) return leafUnion(a as Leaf, b as Leaf)
+  if (a === FULL[h]) return a
+  if (b === FULL[h]) return b
   const na = a as Node
   const nb = b as Node
-  const cap = CAP[h]!
-  if (na.count === cap) return a
-  if (nb.count === cap) return b
-  const kids = emptyKids()
+  const node = newNode(0, na.length - K0)
   let sameA = true
   let sameB = true
   let count = 0
-  let m = na.mask | nb.mask
+  const mask = (na[N_MASK] as number) | (nb[N_MASK] as number)
+  let m = mask
   while (m !== 0) {
     const k = ctz32(m)
     m &= m - 1
-    const ka = na.kids[k]!
-    const kb = nb.kids[k]!
+    const ka = na[K0 + k] as Kid
+    const kb = nb[K0 + k] as Kid
     const u = unionRec(ka, kb, h - 1)
-    kids[k] = u
+    node[K0 + k] = u
     if (u !== ka) sameA = false
     if (u !== kb) sameB = false
     count += countOf(u, h - 1)
   }
   // The union contains both operands, so an equal count means equal contents.
-  if (sameA || count === na.count) return a
-  if (sameB || count === nb.count) return b
-  if (count === cap) return FULL[h]!
-  return new Node(count, na.mask | nb.mask, 0, kids)
+  if (sameA || count === na[N_COUNT]) return a
+  if (sameB || count === nb[N_COUNT]) return b
+  if (count === CAP[h]) return FULL[h]!
+  node[N_COUNT] = count
+  node[N_MASK] = mask
+  return node
 }
 
 export const equalsRec = (a: Kid, b: Kid, h: number): boolean => {
   if (a === b) return true
   if (a === null || b === null) return false
-  if (countOf(a, h) !== countOf(b, h)) return false
   if (h === 0) return leafEquals(a as Leaf, b as Leaf)
   const na = a as Node
   const nb = b as Node
-  if (na.mask !== nb.mask) return false
-  for (let k = 0; k < FANOUT; k++) if (!equalsRec(na.kids[k]!, nb.kids[k]!, h - 1)) return false
+  if (na[N_COUNT] !== nb[N_COUNT] || na[N_MASK] !== nb[N_MASK]) return false
+  if (na.length !== nb.length) return false
+  for (let k = K0; k < na.length; k++) if (!equalsRec(na[k] as Kid, nb[k] as Kid, h - 1)) return false
   return true
 }
 
 /** Least set index >= from (from inside the subtree starting at lo), or -1. */
 export const findNextRec = (kid: Kid, h: number, lo: number, from: number): number => {
   if (kid === null) return -1
+  if (kid === FULL[h]) return from
   if (h === 0) {
-    const leaf = kid as Leaf
-    if (leaf[COUNT] === LEAF_BITS) return from
-    const off = leafFindNext(leaf, from - lo)
+    const off = leafFindNext(kid as Leaf, from - lo)
     return off < 0 ? -1 : lo + off
   }
   const node = kid as Node
-  if (node.count === CAP[h]) return from
   const k = (from - lo) >>> SHIFT[h]!
   const kcap = CAP[h - 1]!
-  const first = node.kids[k]!
+  const first = node[K0 + k] as Kid
   if (first !== null) {
     const r = findNextRec(first, h - 1, lo + k * kcap, from)
     if (r >= 0) return r
   }
   // Every non-empty subtree after k holds a bit at or after its start.
-  const m = k === 31 ? 0 : node.mask & (-1 << (k + 1))
+  const m = k === FANOUT - 1 ? 0 : (node[N_MASK] as number) & (-1 << (k + 1))
   if (m === 0) return -1
   const k2 = ctz32(m)
-  return findNextRec(node.kids[k2]!, h - 1, lo + k2 * kcap, lo + k2 * kcap)
+  return findNextRec(node[K0 + k2] as Kid, h - 1, lo + k2 * kcap, lo + k2 * kcap)
 }
 
 export const forEachRec = (kid: Kid, h: number, lo: number, f: (index: number) => void): void => {
   if (kid === null) return
-  const cap = CAP[h]!
-  if (countOf(kid, h) === cap) {
-    for (let i = lo, end = lo + cap; i < end; i++) f(i)
+  if (kid === FULL[h]) {
+    for (let i = lo, end = lo + CAP[h]!; i < end; i++) f(i)
     return
   }
   if (h === 0) {
@@ -235,19 +228,18 @@ export const forEachRec = (kid: Kid, h: number, lo: number, f: (index: number) =
   }
   const node = kid as Node
   const kcap = CAP[h - 1]!
-  let m = node.mask
+  let m = node[N_MASK] as number
   while (m !== 0) {
     const k = ctz32(m)
     m &= m - 1
-    forEachRec(node.kids[k]!, h - 1, lo + k * kcap, f)
+    forEachRec(node[K0 + k] as Kid, h - 1, lo + k * kcap, f)
   }
 }
 
 export const runsRec = (kid: Kid, h: number, lo: number, acc: RunCollector): void => {
   if (kid === null) return
-  const cap = CAP[h]!
-  if (countOf(kid, h) === cap) {
-    acc.add(lo, lo + cap - 1)
+  if (kid === FULL[h]) {
+    acc.add(lo, lo + CAP[h]! - 1)
     return
   }
   if (h === 0) {
@@ -256,10 +248,21 @@ export const runsRec = (kid: Kid, h: number, lo: number, acc: RunCollector): voi
   }
   const node = kid as Node
   const kcap = CAP[h - 1]!
-  let m = node.mask
-  while (m !== 0) {
+  let m = node[N_MASK] as number
+  while (m !== 0 && !acc.done) {
     const k = ctz32(m)
     m &= m - 1
-    runsRec(node.kids[k]!, h - 1, lo + k * kcap, acc)
+    runsRec(node[K0 + k] as Kid, h - 1, lo + k * kcap, acc)
   }
+}
+
+/** The leaf holding `index` (FULL_LEAF inside a full subtree), or null. */
+export const leafAt = (root: Kid, depth: number, index: number): Leaf | null => {
+  let kid = root
+  for (let h = depth; h > 0; h--) {
+    if (kid === null) return null
+    if (kid === FULL[h]) return FULL_LEAF
+    kid = (kid as Node)[K0 + ((index >>> SHIFT[h]!) & 31)] as Kid
+  }
+  return kid as Leaf | null
 }

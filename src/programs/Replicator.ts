@@ -1,0 +1,690 @@
+/**
+ * The replicator: the filter as a running program (design §1, §3).
+ *
+ * One serialized decision loop owns the state: inputs arrive on a queue, a batch
+ * is decided, its events are journaled (one fsync), folded, and then acted on —
+ * records go to the sender in seq order, block reads start only after their
+ * `BlockSent` is durable. Guest writes wait for the disk and the journal, never
+ * for the network. The link supervisor connects with capped exponential backoff
+ * and jitter, turns acks and gaps into inputs, and watches for ack timeouts.
+ */
+import {
+  Chunk,
+  Clock,
+  Context,
+  Data,
+  Deferred,
+  Duration,
+  Effect,
+  Either,
+  Fiber,
+  Layer,
+  Metric,
+  Option,
+  Queue,
+  Schedule,
+  type Scope,
+  Stream,
+  SubscriptionRef
+} from "effect"
+import { EventJournal } from "../adapters/EventJournal.js"
+import type { JournalError } from "../adapters/internal/journal.js"
+import { type Connection, LogReceiver } from "../adapters/LogReceiver.js"
+import { type DiskError, SECTOR_SIZE, VirtualDisk } from "../adapters/VirtualDisk.js"
+import type * as Wire from "../adapters/Wire.js"
+import type { Config } from "../domain/Config.js"
+import * as Decider from "../domain/Decider.js"
+import type * as Event from "../domain/Event.js"
+import * as Geometry from "../domain/Geometry.js"
+import * as Input from "../domain/Input.js"
+import * as State from "../domain/State.js"
+
+// ---------------------------------------------------------------------------
+// Errors
+
+/** A guest write the filter refuses before touching the disk. */
+export class WriteRejected extends Data.TaggedError("WriteRejected")<{
+  readonly offset: number
+  readonly length: number
+  readonly reason: string
+}> {
+  override get message() {
+    return `write rejected (offset ${this.offset}, length ${this.length}): ${this.reason}`
+  }
+}
+
+/** The replicator stopped: its journal or its disk failed, or the receiver contradicts the journal. */
+export class ReplicatorStopped extends Data.TaggedError("ReplicatorStopped")<{
+  readonly reason: string
+  readonly cause: unknown
+}> {
+  override get message() {
+    return `the replicator stopped: ${this.reason}`
+  }
+}
+
+export type ReplicatorError = WriteRejected | ReplicatorStopped | DiskError
+
+// ---------------------------------------------------------------------------
+// The port
+
+export interface Options {
+  readonly diskId: string
+  readonly config: Config
+  /** No ack for this long while records are in flight: the link is declared lost. */
+  readonly ackTimeout?: Duration.DurationInput
+  /** Backoff between reconnection attempts (default: exponential from 50 ms, capped at 2 s, jittered). */
+  readonly reconnect?: Schedule.Schedule<unknown, unknown>
+  /** Optional drain rate limit in bytes per second. */
+  readonly drainBytesPerSecond?: number
+  /** Save a state snapshot every N journaled events, so start-up stays fast. */
+  readonly snapshotEvery?: number
+  /** Called with every journaled batch, in order (e.g. to write a trace). */
+  readonly onEvents?: (events: ReadonlyArray<Event.Event>) => Effect.Effect<void>
+  /**
+   * The previous run did not shut down cleanly: a guest write may have reached the disk
+   * without reaching the journal, so every block becomes an obligation (a full resync).
+   */
+  readonly uncleanStart?: boolean
+}
+
+export interface Status {
+  readonly mode: State.Mode
+  readonly link: State.Link
+  readonly epoch: number
+  readonly nextSeq: number
+  readonly watermark: number
+  /** Blocks the receiver may lack that no unacked record will deliver. */
+  readonly dirtyBlocks: number
+  /** Records sent and not acked. */
+  readonly inFlight: number
+  /** Records the receiver has not acked (the live RPO in records). */
+  readonly lagRecords: number
+  /** Age of the oldest unacked record in milliseconds (the live RPO in time). */
+  readonly lagMillis: number
+  readonly quiescent: boolean
+}
+
+export class Replicator extends Context.Tag("cdp-sync/Replicator")<Replicator, Replicator.Service>() {}
+
+export declare namespace Replicator {
+  interface Service {
+    /**
+     * Writes `bytes` at `offset` (sector aligned) on the disk, then folds it as a
+     * completed write; returns once the disk write and its journal entry are durable.
+     */
+    readonly write: (offset: number, bytes: Uint8Array) => Effect.Effect<void, ReplicatorError>
+    readonly state: Effect.Effect<State.State>
+    readonly status: Effect.Effect<Status>
+    /** Status after every decided batch. */
+    readonly changes: Stream.Stream<Status>
+    /** Waits until the filter is in sync, the link up and nothing in flight. */
+    readonly quiesce: Effect.Effect<void, ReplicatorStopped>
+    /** Declares the link lost (as an ack timeout would); the supervisor reconnects. */
+    readonly dropLink: (reason: string) => Effect.Effect<void>
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Metrics
+
+export const metrics = {
+  mode: Metric.gauge("cdp_sync_mode", { description: "0 sync, 1 resync" }),
+  epoch: Metric.gauge("cdp_sync_epoch", { description: "resync activations" }),
+  dirtyBlocks: Metric.gauge("cdp_sync_dirty_blocks", { description: "blocks owed to the receiver" }),
+  drainSent: Metric.counter("cdp_sync_drain_blocks_sent", { description: "block records sent" }),
+  lagRecords: Metric.gauge("cdp_sync_lag_records", { description: "records not yet acked" }),
+  lagSeconds: Metric.gauge("cdp_sync_lag_seconds", { description: "age of the oldest unacked record" }),
+  bytesWritten: Metric.counter("cdp_sync_guest_bytes", { description: "guest bytes written" }),
+  bytesSent: Metric.counter("cdp_sync_bytes_sent", { description: "record payload bytes sent" })
+}
+
+// ---------------------------------------------------------------------------
+// Implementation
+
+type Command =
+  | {
+      readonly _tag: "Input"
+      readonly input: Input.Input
+      readonly data?: Uint8Array
+      readonly done?: Deferred.Deferred<void, ReplicatorError>
+    }
+  | { readonly _tag: "Connected"; readonly connection: Connection }
+  /** `link` names the connection a message came from, so stale ones are dropped. */
+  | { readonly _tag: "Message"; readonly input: Input.Input; readonly link: number }
+  | { readonly _tag: "Disconnected"; readonly reason: string; readonly link: number }
+
+/** A record bound for the wire: built (a block is read) after its event is journaled. */
+interface Outgoing {
+  readonly session: number
+  readonly seq: number
+  readonly record: Effect.Effect<Wire.Record, DiskError>
+  /** A block to read once the batch is journaled. */
+  readonly read?: { readonly block: number; readonly epoch: number }
+}
+
+/** Serialises guest writes whose ranges overlap, so completion order is queue order. */
+const makeOverlapGate = () => {
+  const active = new Set<{ first: number; last: number; done: Deferred.Deferred<void> }>()
+  return <A, E, R>(first: number, last: number, body: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+    Effect.gen(function* () {
+      for (;;) {
+        let blocker: Deferred.Deferred<void> | undefined
+        for (const r of active) if (r.first <= last && first <= r.last) blocker = r.done
+        if (blocker === undefined) break
+        yield* Deferred.await(blocker)
+      }
+      const entry = { first, last, done: yield* Deferred.make<void>() }
+      active.add(entry)
+      return yield* body.pipe(
+        Effect.ensuring(
+          Effect.suspend(() => {
+            active.delete(entry)
+            return Deferred.succeed(entry.done, undefined)
+          })
+        )
+      )
+    })
+}
+
+const statusOf = (state: State.State, oldestUnackedAt: number | undefined, now: number): Status => ({
+  mode: state.mode,
+  link: state.link,
+  epoch: state.epoch,
+  nextSeq: state.nextSeq,
+  watermark: state.watermark,
+  dirtyBlocks: State.obligationCount(state),
+  inFlight: state.flight.size,
+  lagRecords: state.nextSeq - 1 - state.watermark,
+  lagMillis: oldestUnackedAt === undefined ? 0 : now - oldestUnackedAt,
+  quiescent: State.isQuiescent(state)
+})
+
+/** Rebuilds the state: the latest snapshot, then the journal after it. */
+const recover = (journal: EventJournal.Service, config: Config) =>
+  Effect.gen(function* () {
+    const saved = yield* journal.loadSnapshot
+    let state = Option.match(saved, {
+      onNone: () => State.initial(config),
+      onSome: (s) => State.fromSnapshot(s.snapshot)
+    })
+    const from = Option.match(saved, { onNone: () => 0, onSome: (s) => s.position })
+    yield* journal.read(from).pipe(
+      Stream.runForEach((entry) =>
+        Effect.sync(() => {
+          state = Decider.evolve(state, entry.event)
+        })
+      )
+    )
+    return state
+  })
+
+export const make = (
+  options: Options
+): Effect.Effect<
+  Replicator.Service,
+  JournalError | ReplicatorStopped,
+  VirtualDisk | EventJournal | LogReceiver | Scope.Scope
+> =>
+  Effect.gen(function* () {
+    const disk = yield* VirtualDisk
+    const journal = yield* EventJournal
+    const receiver = yield* LogReceiver
+    const config = options.config
+    const ackTimeout = Duration.decode(options.ackTimeout ?? "5 seconds")
+    const reconnect =
+      options.reconnect ??
+      Schedule.exponential("50 millis", 2).pipe(
+        Schedule.union(Schedule.spaced("2 seconds")),
+        Schedule.jittered
+      )
+    const snapshotEvery = options.snapshotEvery ?? 10_000
+
+    let state = yield* recover(journal, config)
+    let position = yield* journal.position
+    let sinceSnapshot = 0
+    const stateRef = yield* SubscriptionRef.make(state)
+    const statusRef = yield* SubscriptionRef.make(statusOf(state, undefined, yield* Clock.currentTimeMillis))
+    const inbox = yield* Queue.unbounded<Command>()
+    const outbox = yield* Queue.unbounded<Outgoing>()
+    const stopped = yield* Deferred.make<void, ReplicatorStopped>()
+    const gate = makeOverlapGate()
+
+    // `session` changes whenever the link is lost, shows a gap, or is restored: records
+    // decided in an older session are not sent. `link` numbers adopted connections.
+    let session = 0
+    let link = 0
+    let connection: Connection | undefined
+    const connectionRef = yield* SubscriptionRef.make<
+      { readonly link: number; readonly conn: Connection } | undefined
+    >(undefined)
+    let pumpPending = false
+    // Send time of each unacked record, for the lag in seconds.
+    const sentAt = new Map<number, number>()
+    let lastProgress = yield* Clock.currentTimeMillis
+
+    const stop = (reason: string, cause: unknown) =>
+      Effect.logError(`replicator stopping: ${reason}`, cause).pipe(
+        Effect.zipRight(Deferred.fail(stopped, new ReplicatorStopped({ reason, cause })))
+      )
+
+    const recordOf = (
+      event: Event.Event,
+      before: State.State,
+      data: Uint8Array | undefined
+    ): Outgoing | undefined => {
+      switch (event.type) {
+        case "WriteStreamed":
+          return {
+            session,
+            seq: event.seq,
+            record: Effect.succeed({
+              _tag: "Write",
+              seq: event.seq,
+              epoch: before.epoch,
+              offset: event.offset,
+              data: data!
+            })
+          }
+        case "BlockSent":
+          // Read after the event is durable (see decideBatch); the sender waits for it in seq order.
+          return {
+            session,
+            seq: event.seq,
+            record: Effect.die("unread block"),
+            read: { block: event.block, epoch: before.epoch }
+          }
+        case "ResyncBegun":
+          return {
+            session,
+            seq: event.seq,
+            record: Effect.succeed({
+              _tag: "ResyncBegin",
+              seq: event.seq,
+              epoch: event.epoch,
+              base: Decider.markerBase(before)
+            })
+          }
+        case "SyncActivated":
+          return {
+            session,
+            seq: event.seq,
+            record: Effect.succeed({ _tag: "ResyncEnd", seq: event.seq, epoch: event.epoch })
+          }
+        default:
+          return undefined
+      }
+    }
+
+    const needsPump = (s: State.State) =>
+      s.mode === "resync" &&
+      s.link === "up" &&
+      s.owed === null &&
+      (!s.markerSent ||
+        (State.hasObligations(s) && s.flight.blockRecords < config.window) ||
+        Decider.canResumeSync(s))
+
+    // --- the decision loop -------------------------------------------------
+    const decideBatch = (commands: ReadonlyArray<Command>) =>
+      Effect.gen(function* () {
+        const events: Array<Event.Event> = []
+        const outgoing: Array<Outgoing> = []
+        const done: Array<Deferred.Deferred<void, ReplicatorError>> = []
+        const rejected: Array<[Deferred.Deferred<void, ReplicatorError> | undefined, unknown]> = []
+        const before = state
+        let s = state
+        for (const command of commands) {
+          let input: Input.Input
+          let data: Uint8Array | undefined
+          switch (command._tag) {
+            case "Input":
+              input = command.input
+              data = command.data
+              if (command.input._tag === "PumpTick") pumpPending = false
+              break
+            case "Connected":
+              if (s.link === "up") continue // a stale handshake; the supervisor will retry
+              input = Input.linkReestablished(command.connection.durableSeq)
+              break
+            case "Message":
+              if (command.link !== link || s.link === "down") continue // from a connection already given up
+              input = command.input
+              break
+            case "Disconnected":
+              if (command.link !== link) continue
+              input = Input.linkFailed(command.reason)
+              break
+          }
+          let decided = Decider.decide(s, input)
+          if (Either.isLeft(decided)) {
+            if (command._tag === "Input") {
+              rejected.push([command.done, decided.left])
+              continue
+            }
+            if (command._tag !== "Message" || input._tag !== "GapReceived") {
+              yield* stop("the receiver contradicts the journal", decided.left)
+              continue
+            }
+            // A gap we cannot place: the receiver lost acked data mid-connection. Start over.
+            decided = Decider.decide(s, Input.linkFailed("protocol-error"))
+            if (Either.isLeft(decided)) continue
+          }
+          for (const event of decided.right) {
+            const out = recordOf(event, s, data)
+            if (out !== undefined) outgoing.push(out)
+            events.push(event)
+            const wasUp = s.link
+            s = Decider.evolve(s, event)
+            if (event.type === "LinkLost" || event.type === "DiscontinuityReported") session++
+            if (event.type === "LinkRestored" && command._tag === "Connected") {
+              session++
+              link++
+              connection = command.connection
+              yield* SubscriptionRef.set(connectionRef, { link, conn: command.connection })
+            }
+            if (wasUp === "up" && s.link === "down") {
+              // The supervisor sees this and closes the connection.
+              connection = undefined
+              yield* SubscriptionRef.set(connectionRef, undefined)
+            }
+          }
+          if (command._tag === "Input" && command.done !== undefined) done.push(command.done)
+        }
+        if (events.length > 0) {
+          position = yield* journal.append(events).pipe(
+            Effect.tapError((e) => stop("the journal failed", e)),
+            Effect.orDie
+          )
+          sinceSnapshot += events.length
+          if (options.onEvents !== undefined) yield* options.onEvents(events)
+        }
+        state = s
+        // Each record keeps the session it was decided in; the sender drops stale ones.
+        for (const out of outgoing) {
+          let ready = out
+          if (out.read !== undefined) {
+            const { block, epoch } = out.read
+            const reading = yield* Effect.fork(disk.readBlock(block))
+            ready = {
+              ...ready,
+              record: Fiber.join(reading).pipe(
+                Effect.map((data): Wire.Record => ({ _tag: "Block", seq: out.seq, epoch, block, data }))
+              )
+            }
+          }
+          yield* Queue.offer(outbox, ready)
+        }
+        for (const d of done) yield* Deferred.succeed(d, undefined)
+        for (const [d, why] of rejected)
+          if (d !== undefined)
+            yield* Deferred.fail(
+              d,
+              new WriteRejected({
+                offset: 0,
+                length: 0,
+                reason: why instanceof Error ? why.message : String(why)
+              })
+            )
+        yield* afterBatch(before, s, events)
+      })
+
+    const afterBatch = (before: State.State, after: State.State, events: ReadonlyArray<Event.Event>) =>
+      Effect.gen(function* () {
+        const now = yield* Clock.currentTimeMillis
+        for (const e of events) {
+          if (e.type === "Acked") {
+            for (const seq of sentAt.keys()) if (seq <= e.seq) sentAt.delete(seq)
+            lastProgress = now
+          }
+          if (e.type === "LinkLost" || e.type === "DiscontinuityReported") sentAt.clear()
+          if (e.type === "ResyncActivated")
+            yield* Effect.logWarning(`resync activated: epoch ${e.epoch}, reason ${e.reason}`)
+          if (e.type === "SyncActivated")
+            yield* Effect.logInfo(`sync resumed: epoch ${e.epoch}, marker seq ${e.seq}`)
+          if (e.type === "LinkLost") yield* Effect.logWarning(`link lost: ${e.reason}`)
+          if (e.type === "LinkRestored")
+            yield* Effect.logInfo(`link restored: receiver durable seq ${e.receiverSeq}`)
+          if (e.type === "BlockSent") yield* Metric.increment(metrics.drainSent)
+        }
+        if (before.flight.size === 0 && after.flight.size > 0) lastProgress = now
+        if (sinceSnapshot >= snapshotEvery) {
+          yield* journal
+            .saveSnapshot(State.toSnapshot(after), position)
+            .pipe(
+              Effect.catchAll((e) =>
+                Effect.logWarning("snapshot failed; the journal still has everything", e)
+              )
+            )
+          sinceSnapshot = 0
+        }
+        let oldest: number | undefined
+        for (const t of sentAt.values()) {
+          oldest = t
+          break
+        }
+        const status = statusOf(after, oldest, now)
+        yield* SubscriptionRef.set(stateRef, after)
+        yield* SubscriptionRef.set(statusRef, status)
+        yield* Metric.set(metrics.mode, after.mode === "sync" ? 0 : 1)
+        yield* Metric.set(metrics.epoch, after.epoch)
+        yield* Metric.set(metrics.dirtyBlocks, status.dirtyBlocks)
+        yield* Metric.set(metrics.lagRecords, status.lagRecords)
+        yield* Metric.set(metrics.lagSeconds, status.lagMillis / 1000)
+        if (!pumpPending && needsPump(after)) {
+          pumpPending = true
+          yield* pumpSignal.offer(undefined)
+        }
+      })
+
+    // --- the pump: drain capacity, with an optional rate limit -------------
+    const pumpSignal = yield* Queue.sliding<void>(1)
+    const pump = Effect.gen(function* () {
+      let tokens = 0
+      let refilledAt = yield* Clock.currentTimeMillis
+      for (;;) {
+        yield* Queue.take(pumpSignal)
+        let budget = config.window
+        if (options.drainBytesPerSecond !== undefined) {
+          const rate = options.drainBytesPerSecond
+          for (;;) {
+            const now = yield* Clock.currentTimeMillis
+            tokens = Math.min(rate, tokens + ((now - refilledAt) / 1000) * rate)
+            refilledAt = now
+            budget = Math.min(config.window, Math.floor(tokens / config.blockSize))
+            if (budget > 0) break
+            yield* Effect.sleep(Duration.millis(Math.max(1, ((config.blockSize - tokens) / rate) * 1000)))
+          }
+          tokens -= budget * config.blockSize
+        }
+        yield* Queue.offer(inbox, { _tag: "Input", input: Input.pumpTick(budget) })
+      }
+    })
+
+    // --- the sender: records in seq order, on the connection of their session ---
+    const sender = Effect.gen(function* () {
+      for (;;) {
+        const out = yield* Queue.take(outbox)
+        if (out.session !== session) continue
+        const record = yield* out.record.pipe(
+          Effect.tapError((e) => stop("a block read failed", e)),
+          Effect.orDie
+        )
+        const conn = connection
+        if (conn === undefined || out.session !== session) continue
+        sentAt.set(out.seq, yield* Clock.currentTimeMillis)
+        yield* conn.send(record).pipe(
+          Effect.tap(() =>
+            Metric.incrementBy(
+              metrics.bytesSent,
+              record._tag === "Write" || record._tag === "Block" ? record.data.length : 0
+            )
+          ),
+          // The supervisor sees the loss too; make sure the loop hears of it once.
+          Effect.catchAll(() => Queue.offer(inbox, { _tag: "Disconnected", reason: "connection-lost", link }))
+        )
+      }
+    })
+
+    // --- the link supervisor --------------------------------------------
+    const hello = () => ({
+      diskId: options.diskId,
+      blockSize: config.blockSize,
+      blockCount: config.blockCount,
+      watermark: state.watermark
+    })
+    const runConnection = Effect.scoped(
+      Effect.gen(function* () {
+        const conn = yield* receiver.connect(hello())
+        yield* Queue.offer(inbox, { _tag: "Connected", connection: conn })
+        // Wait until the loop has adopted this connection.
+        const adopted = yield* connectionRef.changes.pipe(
+          Stream.filter((c) => c?.conn === conn),
+          Stream.take(1),
+          Stream.runHead,
+          Effect.timeout("5 seconds"),
+          Effect.option
+        )
+        if (Option.isNone(adopted) || Option.isNone(adopted.value)) return "handshake-not-adopted"
+        const myLink = adopted.value.value!.link
+        const messages = conn.messages.pipe(
+          Stream.runForEach((m) =>
+            Queue.offer(inbox, {
+              _tag: "Message",
+              link: myLink,
+              input: m._tag === "Ack" ? Input.ackReceived(m.seq) : Input.gapReceived(m.expected)
+            })
+          ),
+          Effect.as("connection-lost"),
+          Effect.catchAll(() => Effect.succeed("connection-lost"))
+        )
+        const watchdog = Effect.gen(function* () {
+          for (;;) {
+            yield* Effect.sleep(Duration.millis(Math.max(10, Duration.toMillis(ackTimeout) / 4)))
+            if (link !== myLink) return "superseded"
+            const now = yield* Clock.currentTimeMillis
+            if (state.flight.size > 0 && now - lastProgress > Duration.toMillis(ackTimeout))
+              return "ack-timeout"
+          }
+        })
+        const closedByFilter = connectionRef.changes.pipe(
+          Stream.filter((c) => c?.link !== myLink),
+          Stream.take(1),
+          Stream.runDrain,
+          Effect.as("closed-by-filter")
+        )
+        const reason = yield* Effect.raceAll([messages, watchdog, closedByFilter])
+        yield* Queue.offer(inbox, { _tag: "Disconnected", reason, link: myLink })
+        return reason
+      })
+    )
+    const supervisor = Effect.gen(function* () {
+      for (;;) {
+        // Connect only while the model says the link is down.
+        yield* stateRef.changes.pipe(
+          Stream.filter((s) => s.link === "down"),
+          Stream.take(1),
+          Stream.runDrain
+        )
+        yield* runConnection.pipe(
+          Effect.tapError((e) => Effect.logDebug(`connect failed: ${e.message}`)),
+          Effect.retry(reconnect),
+          Effect.catchAll((e) => Effect.logWarning("giving up a connection attempt", e))
+        )
+        // Wait for the loop to hear of the loss before connecting again.
+        yield* stateRef.changes.pipe(
+          Stream.filter((s) => s.link === "down"),
+          Stream.take(1),
+          Stream.runDrain
+        )
+      }
+    })
+
+    const loop = Effect.gen(function* () {
+      for (;;) {
+        const commands = yield* Queue.takeBetween(inbox, 1, 4096)
+        yield* decideBatch(Chunk.toReadonlyArray(commands))
+      }
+    })
+
+    // A (re)started filter has no connection: whatever was in flight is assumed lost.
+    const startup: Array<Event.Event> = []
+    if (state.link === "up") {
+      const lost = Decider.decide(state, Input.linkFailed("filter-restart"))
+      if (Either.isRight(lost)) startup.push(...lost.right)
+    }
+    if (options.uncleanStart === true && position > 0) {
+      const s = Decider.evolveAll(state, startup)
+      if (s.mode === "sync")
+        startup.push({ type: "ResyncActivated", epoch: s.epoch + 1, reason: "interruption" })
+      startup.push({ type: "WriteTracked", offset: 0, length: Geometry.diskBytes(config) })
+    }
+    if (startup.length > 0) {
+      position = yield* journal.append(startup)
+      state = Decider.evolveAll(state, startup)
+      if (options.onEvents !== undefined) yield* options.onEvents(startup)
+      yield* SubscriptionRef.set(stateRef, state)
+      yield* SubscriptionRef.set(statusRef, statusOf(state, undefined, yield* Clock.currentTimeMillis))
+    }
+
+    const runtime = Effect.all([loop, sender, pump, supervisor], {
+      concurrency: "unbounded",
+      discard: true
+    }).pipe(Effect.catchAllCause((cause) => stop("a replicator fiber failed", cause)))
+    yield* Effect.forkScoped(runtime)
+
+    const write = Effect.fn("Replicator.write")(function* (offset: number, bytes: Uint8Array) {
+      const length = bytes.length
+      const invalid = Geometry.validateRange(config, offset, length)
+      if (invalid !== undefined) return yield* new WriteRejected({ offset, length, reason: invalid.reason })
+      if (offset % SECTOR_SIZE !== 0 || length % SECTOR_SIZE !== 0)
+        return yield* new WriteRejected({
+          offset,
+          length,
+          reason: `not aligned to ${SECTOR_SIZE}-byte sectors`
+        })
+      const first = Geometry.firstBlock(config, offset)
+      const last = Geometry.lastBlock(config, offset, length)
+      const done = yield* Deferred.make<void, ReplicatorError>()
+      // The data streamed live must be what was written, even if the caller reuses its buffer.
+      const data = bytes.slice()
+      yield* gate(
+        first,
+        last,
+        Effect.gen(function* () {
+          yield* disk.write(offset, data)
+          yield* Queue.offer(inbox, {
+            _tag: "Input",
+            input: Input.writeCompleted(offset, length),
+            data,
+            done
+          })
+        })
+      )
+      yield* Metric.incrementBy(metrics.bytesWritten, length)
+      yield* Effect.raceFirst(Deferred.await(done), Deferred.await(stopped))
+    })
+
+    const quiesce = Effect.raceFirst(
+      stateRef.changes.pipe(
+        Stream.filter((s) => State.isQuiescent(s)),
+        Stream.take(1),
+        Stream.runDrain
+      ),
+      Deferred.await(stopped)
+    )
+
+    return {
+      write,
+      state: SubscriptionRef.get(stateRef),
+      status: SubscriptionRef.get(statusRef),
+      changes: statusRef.changes,
+      quiesce,
+      dropLink: (reason) =>
+        Effect.suspend(() => Queue.offer(inbox, { _tag: "Disconnected", reason, link }).pipe(Effect.asVoid))
+    } satisfies Replicator.Service
+  })
+
+export const layer = (
+  options: Options
+): Layer.Layer<Replicator, JournalError | ReplicatorStopped, VirtualDisk | EventJournal | LogReceiver> =>
+  Layer.scoped(Replicator, make(options))
