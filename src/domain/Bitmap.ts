@@ -252,6 +252,8 @@ const checkRange = (size: number, first: number, last: number): void => {
 export const setRange = (self: Bitmap, first: number, last: number): Bitmap => {
   const b = impl(self)
   if (first > last) return self
+  // A write usually touches one or two blocks: the single-bit path is much cheaper.
+  if (first === last) return set(self, first)
   checkRange(b.size, first, last)
   const root = setRangeRec(b.root ?? newNode(0, rootWidth(b.size, b.depth)), b.depth, 0, first, last, 0)
   const count = countOf(root, b.depth)
@@ -386,6 +388,11 @@ class MutableBitmapImpl implements MutableBitmap {
   setRange(first: number, last: number): void {
     const owner = this.live()
     if (first > last) return
+    // Short ranges (the usual write) go bit by bit: counting the whole tree after a range is dear.
+    if (last - first < 16) {
+      for (let i = first; i <= last; i++) this.set(i)
+      return
+    }
     checkRange(this.size, first, last)
     const root = this.root ?? newNode(owner, rootWidth(this.size, this.depth))
     this.root = setRangeRec(root, this.depth, 0, first, last, owner)
