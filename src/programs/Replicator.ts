@@ -647,18 +647,22 @@ export const make = (
       const done = yield* Deferred.make<void, ReplicatorError>()
       // The data streamed live must be what was written, even if the caller reuses its buffer.
       const data = bytes.slice()
+      // Once the disk write starts it must be folded: an interruption in between would leave
+      // data on the disk that no event accounts for.
       yield* gate(
         first,
         last,
-        Effect.gen(function* () {
-          yield* disk.write(offset, data)
-          yield* Queue.offer(inbox, {
-            _tag: "Input",
-            input: Input.writeCompleted(offset, length),
-            data,
-            done
+        Effect.uninterruptible(
+          Effect.gen(function* () {
+            yield* disk.write(offset, data)
+            yield* Queue.offer(inbox, {
+              _tag: "Input",
+              input: Input.writeCompleted(offset, length),
+              data,
+              done
+            })
           })
-        })
+        )
       )
       yield* Metric.incrementBy(metrics.bytesWritten, length)
       yield* Effect.raceFirst(Deferred.await(done), Deferred.await(stopped))

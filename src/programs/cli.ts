@@ -4,6 +4,8 @@
 import { Args, Command, Options } from "@effect/cli"
 import { Console, Effect } from "effect"
 import * as CheckTrace from "./CheckTrace.js"
+import { points, receiver, restore } from "./receiver/commands.js"
+import { replicate, simulate } from "./ReplicatorCommands.js"
 import * as ModelSimulation from "./ModelSimulation.js"
 import { modeTimeline, progressBar, sparkline } from "./internal/charts.js"
 
@@ -33,8 +35,13 @@ const render = (report: ModelSimulation.Report): string => {
     ""
   ]
   if (report.failure !== undefined)
-    lines.push(`  INVARIANT BROKEN at step ${report.failure.step}: ${report.failure.invariant}: ${report.failure.detail}`)
-  else lines.push("  invariants        all held (no write lost, sync only when clean, sequence, coverage, legality)")
+    lines.push(
+      `  INVARIANT BROKEN at step ${report.failure.step}: ${report.failure.invariant}: ${report.failure.detail}`
+    )
+  else
+    lines.push(
+      "  invariants        all held (no write lost, sync only when clean, sequence, coverage, legality)"
+    )
   lines.push(
     `  verdict           ${report.verdict === "match" ? "MATCH: the healed replica equals the disk, block for block" : "MISMATCH"}`,
     ""
@@ -74,7 +81,9 @@ const seed = Options.integer("seed").pipe(
   Options.withDefault(ModelSimulation.defaults.seed),
   Options.withDescription("Seed of the workload (same seed, same run)")
 )
-const json = Options.boolean("json").pipe(Options.withDescription("Print one JSON object on stdout, nothing else"))
+const json = Options.boolean("json").pipe(
+  Options.withDescription("Print one JSON object on stdout, nothing else")
+)
 
 export const model = Command.make(
   "model",
@@ -108,7 +117,8 @@ export const model = Command.make(
         const { timeline: _t, dirtyCurve: _d, ...rest } = report
         yield* Console.log(JSON.stringify(rest))
       } else yield* Console.log(render(report))
-      if (report.verdict !== "match" || report.failure !== undefined) return yield* Effect.fail(new SimulationFailed())
+      if (report.verdict !== "match" || report.failure !== undefined)
+        return yield* Effect.fail(new SimulationFailed())
     })
 ).pipe(
   Command.withDescription(
@@ -150,13 +160,28 @@ export const checkTrace = Command.make(
     )
 ).pipe(
   Command.withDescription(
-    "Check a trace from another implementation against the model (design §5). Exit 0 valid, 1 invalid (the first offending line is named), 2 usage. Example: cdp-sync check-trace run.jsonl --quiescent"
+    "Check a trace from another implementation against the model (design §5). Exit 0 valid, 1 invalid (the first offending line is named), 2 the file cannot be read. Example: cdp-sync check-trace run.jsonl --quiescent"
   )
 )
 
 export const root = Command.make("cdp-sync").pipe(
-  Command.withDescription("Continuous data protection for a virtual machine's disk: the reference model and its tools."),
-  Command.withSubcommands([model, checkTrace])
+  Command.withDescription(
+    "Continuous data protection for a virtual machine's disk: the reference model and its tools."
+  ),
+  Command.withSubcommands([simulate, replicate, receiver, restore, points, checkTrace, model])
 )
 
-export const cli = Command.run(root, { name: "cdp-sync", version: "0.1.0" })
+/**
+ * `check-trace - --json`: @effect/cli stops matching options at a bare "-" (it
+ * looks like a flag), so the options after it were rejected; the "-" (standard
+ * input) is moved after them.
+ */
+const stdinLast = (argv: ReadonlyArray<string>): ReadonlyArray<string> => {
+  const rest = argv.slice(3)
+  if (argv[2] !== "check-trace" || !rest.includes("-") || rest.includes("--")) return argv
+  return [...argv.slice(0, 3), ...rest.filter((a) => a !== "-"), "-"]
+}
+
+const run = Command.run(root, { name: "cdp-sync", version: "0.1.0" })
+
+export const cli = (argv: ReadonlyArray<string>) => run(stdinLast(argv))

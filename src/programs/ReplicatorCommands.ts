@@ -1,0 +1,374 @@
+/**
+ * The `simulate` and `replicate` commands: the replicator as people run it.
+ */
+import * as fs from "node:fs/promises"
+import * as path from "node:path"
+import { Command, Options } from "@effect/cli"
+import { Console, Data, Duration, Effect, Fiber, Layer, Option, Ref } from "effect"
+import * as EventJournal from "../adapters/EventJournal.js"
+import * as LogReceiver from "../adapters/LogReceiver.js"
+import * as VirtualDisk from "../adapters/VirtualDisk.js"
+import * as Config from "../domain/Config.js"
+import * as Trace from "../domain/Trace.js"
+import { progressBar, sparkline } from "./internal/charts.js"
+import * as Replicator from "./Replicator.js"
+import * as Simulate from "./Simulate.js"
+import * as Workload from "./Workload.js"
+
+export class CommandFailed extends Data.TaggedError("CommandFailed")<{ readonly detail: string }> {
+  override get message() {
+    return this.detail
+  }
+}
+
+const units: Record<string, number> = {
+  "": 1,
+  b: 1,
+  k: 1024,
+  kib: 1024,
+  m: 1024 ** 2,
+  mib: 1024 ** 2,
+  g: 1024 ** 3,
+  gib: 1024 ** 3
+}
+
+/** "256MiB", "64k", "1048576" → bytes. */
+export const parseSize = (text: string): Either<number> => {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(text)
+  const unit = m === null ? undefined : units[m[2]!.toLowerCase()]
+  if (m === null || unit === undefined)
+    return { ok: false, error: `not a size: ${JSON.stringify(text)} (e.g. 256MiB, 64KiB)` }
+  return { ok: true, value: Math.round(Number(m[1]) * unit) }
+}
+type Either<A> = { readonly ok: true; readonly value: A } | { readonly ok: false; readonly error: string }
+
+const size = (name: string, fallback: string, description: string) =>
+  Options.text(name).pipe(
+    Options.withDefault(fallback),
+    Options.mapEffect((text) => {
+      const parsed = parseSize(text)
+      return parsed.ok
+        ? Effect.succeed(parsed.value)
+        : Effect.fail(new CommandFailed({ detail: parsed.error }) as never)
+    }),
+    Options.withDescription(description)
+  )
+
+const mib = (bytes: number) => `${(bytes / 1024 / 1024).toFixed(1)} MiB`
+
+// ---------------------------------------------------------------------------
+// simulate
+
+const statusLine = (t: Simulate.Tick, peakDirty: number, rate: number): string => {
+  const s = t.status
+  const mode = s.mode === "sync" ? "SYNC  " : "RESYNC"
+  const drain =
+    s.mode === "resync" && peakDirty > 0
+      ? `drain ${progressBar(peakDirty - s.dirtyBlocks, peakDirty, 16)}`
+      : "drain [ live stream    ]     "
+  const fault = t.fault === undefined ? "" : `  fault: ${t.fault}`
+  return `${(t.at / 1000).toFixed(1).padStart(5)}s ${mode} epoch ${String(s.epoch).padStart(3)} link ${s.link.padEnd(4)} dirty ${String(s.dirtyBlocks).padStart(6)} ${drain} lag ${String(s.lagRecords).padStart(5)} rec ${String(s.lagMillis).padStart(5)} ms  ${rate.toFixed(1).padStart(6)} MB/s${fault}`
+}
+
+const renderTimeline = (report: Simulate.Report, width: number): Array<string> => {
+  const total = Math.max(1, report.seconds * 1000)
+  const cells: Array<string> = Array.from({ length: width }, () => " ")
+  const dirty: Array<number> = Array.from({ length: width }, () => 0)
+  let last: "sync" | "resync" = "resync"
+  for (let c = 0; c < width; c++) {
+    const from = (c / width) * total
+    const to = ((c + 1) / width) * total
+    const inCell = report.timeline.filter((p) => p.at >= from && p.at < to)
+    const modes = new Set(inCell.map((p) => p.mode))
+    if (modes.size === 0) modes.add(last)
+    cells[c] = modes.size === 2 ? "▒" : modes.has("sync") ? "─" : "█"
+    for (const p of inCell) dirty[c] = Math.max(dirty[c]!, p.dirty)
+    last = inCell.at(-1)?.mode ?? last
+  }
+  return [
+    "  mode timeline (─ sync, █ resync, ▒ both)",
+    `  ${cells.join("")}`,
+    "  dirty blocks",
+    `  ${sparkline(dirty, width)}`,
+    `  0s${" ".repeat(Math.max(1, width - 8))}${report.seconds.toFixed(0)}s`
+  ]
+}
+
+export const renderReport = (options: Simulate.Options, report: Simulate.Report): string => {
+  const lines = [
+    "",
+    `cdp-sync simulate  ${options.seconds}s  disk ${mib(options.diskBytes)} in ${options.blockSize / 1024} KiB blocks  faults ${options.faults}  seed ${options.seed}`,
+    "",
+    `  guest writes      ${report.writes} (${mib(report.bytes)}, ${(report.bytes / 1024 / 1024 / report.seconds).toFixed(1)} MB/s)`,
+    `  faults injected   ${
+      Object.entries(report.faults)
+        .map(([k, v]) => `${k} ${v}`)
+        .join(", ") || "none"
+    }`,
+    `  mode changes      ${
+      Object.entries(report.modeChanges)
+        .map(([k, v]) => `${k} ${v}`)
+        .join(", ") || "none"
+    }`,
+    `  epochs            ${report.epochs}`,
+    `  recovery points   ${report.recoveryPoints} (restored: seq ${report.restoredSeq})`,
+    "",
+    ...renderTimeline(report, 72),
+    "",
+    `  disk     sha256   ${report.diskSha256}`,
+    `  replica  sha256   ${report.replicaSha256}`,
+    `  verdict           ${report.verdict === "match" ? "MATCH: the restored recovery point equals the disk" : "MISMATCH"}`
+  ]
+  if (report.diskImage !== undefined)
+    lines.push(`  kept              ${report.diskImage}, ${report.receiverDir}`)
+  return `${lines.join("\n")}\n`
+}
+
+export const simulate = Command.make(
+  "simulate",
+  {
+    seconds: Options.integer("seconds").pipe(
+      Options.withDefault(20),
+      Options.withDescription("How long the workload runs")
+    ),
+    diskSize: size("disk-size", "256MiB", "Size of the simulated disk (e.g. 256MiB, 1GiB)"),
+    blockSize: size("block-size", "64KiB", "Tracking-block size (power of two, 4 KiB … 1 MiB)"),
+    faults: Options.choice("faults", ["none", "some", "chaos"]).pipe(
+      Options.withDefault("some"),
+      Options.withDescription(
+        "Fault schedule: none; some (each kind in turn every ~3.5 s); chaos (random, every ~1.2 s)"
+      )
+    ),
+    seed: Options.integer("seed").pipe(
+      Options.withDefault(1),
+      Options.withDescription("Seed of the workload and the faults")
+    ),
+    keep: Options.text("keep").pipe(
+      Options.optional,
+      Options.withDescription("Keep the disk image and the receiver's directory in DIR")
+    ),
+    json: Options.boolean("json").pipe(
+      Options.withDescription("One JSON object on stdout, nothing else there")
+    ),
+    trace: Options.text("trace").pipe(
+      Options.optional,
+      Options.withDescription("Write the filter's events as a trace (design §5)")
+    )
+  },
+  (o) =>
+    Effect.gen(function* () {
+      const options: Simulate.Options = {
+        seconds: o.seconds,
+        diskBytes: o.diskSize,
+        blockSize: o.blockSize,
+        faults: o.faults,
+        seed: o.seed,
+        keep: Option.getOrUndefined(o.keep),
+        json: o.json,
+        trace: Option.getOrUndefined(o.trace)
+      }
+      const tty = process.stderr.isTTY === true
+      let peakDirty = 0
+      let lastBytes = 0
+      let lastAt = 0
+      let lastPrinted = -1
+      const report = yield* Simulate.run(options, (t) =>
+        Effect.sync(() => {
+          if (t.status.mode === "sync") peakDirty = 0
+          peakDirty = Math.max(peakDirty, t.status.dirtyBlocks)
+          const rate = t.at > lastAt ? ((t.bytes - lastBytes) / 1024 / 1024 / (t.at - lastAt)) * 1000 : 0
+          lastBytes = t.bytes
+          lastAt = t.at
+          const line = statusLine(t, peakDirty, rate)
+          if (tty) process.stderr.write(`\r${line}\u001b[K`)
+          else if (Math.floor(t.at / 2000) !== lastPrinted) {
+            lastPrinted = Math.floor(t.at / 2000)
+            process.stderr.write(`${line}\n`)
+          }
+        })
+      )
+      if (tty) process.stderr.write("\n")
+      if (o.json) {
+        const { timeline: _, ...rest } = report
+        yield* Console.log(JSON.stringify(rest))
+      } else yield* Console.log(renderReport(options, report))
+      if (report.verdict !== "match") process.exitCode = 1
+    })
+).pipe(
+  Command.withDescription(
+    "Run the whole system on this machine: a disk image, the log receiver as a child process on loopback, faults on a schedule, a mixed guest workload; then restore the latest recovery point and compare it with the disk (exit 1 on a mismatch). Example: cdp-sync simulate --seconds 30 --faults chaos --seed 7 --keep ./sim"
+  )
+)
+
+// ---------------------------------------------------------------------------
+// replicate
+
+const CLEAN = "clean-shutdown"
+
+export const replicate = Command.make(
+  "replicate",
+  {
+    disk: Options.text("disk").pipe(Options.withDescription("The disk image (a raw file)")),
+    receiver: Options.text("receiver").pipe(Options.withDescription("The log receiver, HOST:PORT")),
+    journal: Options.text("journal").pipe(Options.withDescription("The filter's journal directory")),
+    diskId: Options.text("disk-id").pipe(
+      Options.withDefault("disk"),
+      Options.withDescription("The disk's identity at the receiver")
+    ),
+    blockSize: size("block-size", "64KiB", "Tracking-block size"),
+    diskSize: Options.text("disk-size").pipe(
+      Options.optional,
+      Options.withDescription("Create the image at this size if it does not exist (e.g. 256MiB)")
+    ),
+    seconds: Options.integer("seconds").pipe(
+      Options.withDefault(0),
+      Options.withDescription("Run the built-in guest workload this long (0: none)")
+    ),
+    seed: Options.integer("seed").pipe(
+      Options.withDefault(1),
+      Options.withDescription("Seed of the workload")
+    ),
+    quiesce: Options.boolean("quiesce").pipe(
+      Options.withDescription("Then wait until the replica is whole (sync, nothing in flight) and exit")
+    ),
+    window: Options.integer("window").pipe(
+      Options.withDefault(32),
+      Options.withDescription("Block records in flight during a drain")
+    ),
+    congestionLimit: size("congestion-limit", "8MiB", "Unacked live bytes before pull-ahead into resync"),
+    ackTimeout: Options.integer("ack-timeout-ms").pipe(
+      Options.withDefault(2000),
+      Options.withDescription("Ack timeout")
+    ),
+    rate: Options.text("drain-rate").pipe(
+      Options.optional,
+      Options.withDescription("Drain rate limit per second (e.g. 100MiB)")
+    ),
+    trace: Options.text("trace").pipe(
+      Options.optional,
+      Options.withDescription("Append the filter's events as a trace")
+    )
+  },
+  (o) =>
+    Effect.gen(function* () {
+      const [host, portText] = o.receiver.split(/:(?=\d+$)/)
+      const port = Number(portText)
+      if (host === undefined || !Number.isInteger(port))
+        return yield* new CommandFailed({ detail: `--receiver must be HOST:PORT, not ${o.receiver}` })
+      let diskBytes: number
+      const existing = yield* Effect.promise(() => fs.stat(o.disk).catch(() => undefined))
+      if (existing !== undefined) diskBytes = existing.size
+      else {
+        const wanted = Option.map(o.diskSize, parseSize)
+        if (Option.isNone(wanted) || !wanted.value.ok)
+          return yield* new CommandFailed({
+            detail: `${o.disk} does not exist; give --disk-size to create it`
+          })
+        diskBytes = wanted.value.value
+      }
+      const config = yield* Config.make({
+        blockSize: o.blockSize,
+        blockCount: Math.ceil(diskBytes / o.blockSize),
+        window: o.window,
+        congestionLimit: o.congestionLimit,
+        initial: "in-sync"
+      })
+      if (config.blockCount * config.blockSize !== diskBytes)
+        return yield* new CommandFailed({
+          detail: `the disk size ${diskBytes} is not a multiple of the block size`
+        })
+      yield* Effect.promise(() => fs.mkdir(o.journal, { recursive: true }))
+      const marker = path.join(o.journal, CLEAN)
+      const journalExists = yield* Effect.promise(() =>
+        fs.readdir(o.journal).then((names) => names.some((n) => n !== CLEAN))
+      )
+      const clean = yield* Effect.promise(() =>
+        fs.stat(marker).then(
+          () => true,
+          () => false
+        )
+      )
+      // From here until a clean exit, a crash may leave disk writes the journal lacks.
+      yield* Effect.promise(() => fs.rm(marker, { force: true }))
+      const rate = Option.map(o.rate, parseSize)
+      const traceFile = Option.getOrUndefined(o.trace)
+      if (
+        traceFile !== undefined &&
+        !(yield* Effect.promise(() =>
+          fs.stat(traceFile).then(
+            () => true,
+            () => false
+          )
+        ))
+      )
+        yield* Effect.promise(() =>
+          fs.writeFile(
+            traceFile,
+            `${Trace.encodeHeader({ blockSize: config.blockSize, blockCount: config.blockCount, initial: config.initial })}\n`
+          )
+        )
+      const layer = Replicator.layer({
+        diskId: o.diskId,
+        config,
+        ackTimeout: Duration.millis(o.ackTimeout),
+        uncleanStart: journalExists && !clean,
+        ...(Option.isSome(rate) && rate.value.ok ? { drainBytesPerSecond: rate.value.value } : {}),
+        ...(traceFile === undefined
+          ? {}
+          : {
+              onEvents: (events) =>
+                Effect.promise(() =>
+                  fs.appendFile(traceFile, `${events.map(Trace.encodeEvent).join("\n")}\n`)
+                )
+            })
+      }).pipe(
+        Layer.provideMerge(
+          Layer.mergeAll(
+            VirtualDisk.layerFile({ path: o.disk, geometry: config, create: true }),
+            EventJournal.layerFile({ directory: o.journal }),
+            LogReceiver.layerTcp({ host, port })
+          )
+        )
+      )
+      yield* Effect.scoped(
+        Effect.gen(function* () {
+          const context = yield* Layer.build(layer)
+          const replicator = yield* Effect.provide(Replicator.Replicator, context)
+          const disk = yield* Effect.provide(VirtualDisk.VirtualDisk, context)
+          const totals = yield* Ref.make<Workload.Totals>({ writes: 0, bytes: 0 })
+          const report = yield* Effect.fork(
+            Effect.gen(function* () {
+              for (;;) {
+                yield* Effect.sleep("500 millis")
+                const s = yield* replicator.status
+                const t = yield* Ref.get(totals)
+                process.stderr.write(
+                  `status mode=${s.mode} link=${s.link} epoch=${s.epoch} dirty=${s.dirtyBlocks} watermark=${s.watermark} lag=${s.lagRecords} writes=${t.writes}\n`
+                )
+              }
+            })
+          )
+          if (o.seconds > 0) {
+            const burst = yield* Ref.make(false)
+            const workload = yield* Effect.fork(
+              Workload.run(replicator, config, { seed: o.seed, writers: 4, pause: "1 millis" }, totals, burst)
+            )
+            yield* Effect.sleep(Duration.seconds(o.seconds))
+            yield* Fiber.interrupt(workload)
+          }
+          if (o.quiesce) yield* replicator.quiesce
+          yield* Fiber.interrupt(report)
+          yield* disk.flush
+          const s = yield* replicator.status
+          const t = yield* Ref.get(totals)
+          yield* Console.log(JSON.stringify({ ...s, writes: t.writes, bytes: t.bytes }))
+        })
+      )
+      // Every disk write is journaled and the scope closed in order: the next start is clean.
+      yield* Effect.promise(() => fs.writeFile(marker, `${new Date().toISOString()}\n`))
+    })
+).pipe(
+  Command.withDescription(
+    "Run the filter for a disk image against a log receiver, with an optional built-in guest workload (the simulator runs the same replicator in-process through its embedding API). After a crash the next start resyncs every block. Example: cdp-sync replicate --disk disk.img --disk-size 256MiB --receiver 127.0.0.1:7070 --journal ./journal --seconds 30 --quiesce"
+  )
+)
