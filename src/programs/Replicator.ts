@@ -82,6 +82,13 @@ export interface Options {
   /** Called with every journaled batch, in order (e.g. to write a trace). */
   readonly onEvents?: (events: ReadonlyArray<Event.Event>) => Effect.Effect<void>
   /**
+   * Convergence assist (like a migration's switchover): when the drain is nearly done,
+   * hold new guest writes for at most this long so the last blocks can be acked and
+   * sync can resume under a steady write load. At most one hold per five such periods.
+   * 0 turns it off. Default 100 ms.
+   */
+  readonly switchoverHold?: Duration.DurationInput
+  /**
    * The previous run did not shut down cleanly: a guest write may have reached the disk
    * without reaching the journal, so every block becomes an obligation (a full resync).
    */
@@ -239,6 +246,7 @@ export const make = (
         Schedule.jittered
       )
     const snapshotEvery = options.snapshotEvery ?? 10_000
+    const holdMillis = Duration.toMillis(Duration.decode(options.switchoverHold ?? "100 millis"))
 
     let state = yield* recover(journal, config)
     let position = yield* journal.position
@@ -249,6 +257,10 @@ export const make = (
     const outbox = yield* Queue.unbounded<Outgoing>()
     const stopped = yield* Deferred.make<void, ReplicatorStopped>()
     const gate = makeOverlapGate()
+    // While true, new guest writes wait (the switchover hold).
+    const writesHeld = yield* SubscriptionRef.make(false)
+    let holdId = 0
+    let lastHoldAt = Number.NEGATIVE_INFINITY
 
     // `session` changes whenever the link is lost, shows a gap, or is restored: records
     // decided in an older session are not sent. `link` numbers adopted connections.
@@ -470,9 +482,37 @@ export const make = (
         yield* Metric.set(metrics.dirtyBlocks, status.dirtyBlocks)
         yield* Metric.set(metrics.lagRecords, status.lagRecords)
         yield* Metric.set(metrics.lagSeconds, status.lagMillis / 1000)
+        yield* switchover(after, now)
         if (!pumpPending && needsPump(after)) {
           pumpPending = true
           yield* pumpSignal.offer(undefined)
+        }
+      })
+
+    // --- the switchover hold --------------------------------------------------
+    const switchover = (s: State.State, now: number) =>
+      Effect.gen(function* () {
+        if (holdMillis <= 0) return
+        const held = yield* SubscriptionRef.get(writesHeld)
+        const nearlyDone =
+          s.mode === "resync" &&
+          s.link === "up" &&
+          s.markerSent &&
+          s.owed === null &&
+          State.obligationCount(s) <= config.window
+        if (held && !nearlyDone) {
+          yield* SubscriptionRef.set(writesHeld, false)
+          return
+        }
+        if (!held && nearlyDone && now - lastHoldAt >= 5 * holdMillis) {
+          lastHoldAt = now
+          const id = ++holdId
+          yield* SubscriptionRef.set(writesHeld, true)
+          yield* Effect.forkDaemon(
+            Effect.sleep(Duration.millis(holdMillis)).pipe(
+              Effect.zipRight(Effect.suspend(() => (holdId === id ? SubscriptionRef.set(writesHeld, false) : Effect.void)))
+            )
+          )
         }
       })
 
@@ -645,6 +685,8 @@ export const make = (
       const first = Geometry.firstBlock(config, offset)
       const last = Geometry.lastBlock(config, offset, length)
       const done = yield* Deferred.make<void, ReplicatorError>()
+      if (yield* SubscriptionRef.get(writesHeld))
+        yield* writesHeld.changes.pipe(Stream.filter((h) => !h), Stream.take(1), Stream.runDrain)
       // The data streamed live must be what was written, even if the caller reuses its buffer.
       const data = bytes.slice()
       // Once the disk write starts it must be folded: an interruption in between would leave

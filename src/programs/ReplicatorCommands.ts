@@ -136,7 +136,7 @@ export const simulate = Command.make(
     faults: Options.choice("faults", ["none", "some", "chaos"]).pipe(
       Options.withDefault("some"),
       Options.withDescription(
-        "Fault schedule: none; some (each kind in turn every ~3.5 s); chaos (random, every ~1.2 s)"
+        "Fault schedule: none; some (each kind in turn every ~3 s); chaos (random, every ~1.2 s)"
       )
     ),
     seed: Options.integer("seed").pipe(

@@ -161,7 +161,7 @@ export const run = (options: Options, onTick: (tick: Tick) => Effect.Effect<void
       const injector = yield* Effect.fork(
         Effect.gen(function* () {
           if (options.faults === "none") return
-          const gap = options.faults === "chaos" ? 1200 : 3500
+          const gap = options.faults === "chaos" ? 1200 : 3000
           let i = 0
           for (;;) {
             yield* Effect.sleep(Duration.millis(gap * (0.6 + 0.8 * random())))

@@ -1,0 +1,9 @@
+/**
+ * cdp-sync's programs for embedding: the replicator (the filter), its guest
+ * workload driver, trace checking and the simulations.
+ */
+export * as CheckTrace from "./CheckTrace.js"
+export * as ModelSimulation from "./ModelSimulation.js"
+export * as Replicator from "./Replicator.js"
+export * as Simulate from "./Simulate.js"
+export * as Workload from "./Workload.js"
