@@ -2,15 +2,22 @@
  * `npm run bench`: every benchmark group, each figure beside its baseline (the
  * same work done the plainest fast way) and the ratio. Not a test: targets are
  * marked yes/NO, and the exit code is 0 either way.
- * Run one group with `npm run bench -- core` (names: see `groups`).
+ * Run one group with `npm run bench -- core` (names: see `groups`). The end-to-end
+ * groups run the built CLI (dist/): `npm run build` first (npm ci does it).
  */
+import * as journal from "./adapters-journal.js"
+import * as wire from "./adapters-wire.js"
 import * as bitmap from "./bitmap.js"
 import * as core from "./core.js"
+import * as replicator from "./replicator.js"
 import { type BenchRow, renderTable, targetMet } from "./table.js"
 
 const groups: ReadonlyArray<readonly [string, string, () => Promise<ReadonlyArray<BenchRow>>]> = [
   ["bitmap", "persistent bitmap (2^30 blocks)", bitmap.run],
-  ["core", "core: decide / evolve (2^30 blocks of 64 KiB)", core.run]
+  ["core", "core: decide / evolve (2^30 blocks of 64 KiB)", core.run],
+  ["journal", "event journal: append with fsync per batch", journal.run],
+  ["wire", "wire codec: encode / decode", wire.run],
+  ["replicator", "replicator: end to end on loopback (the real receiver process)", replicator.run]
 ]
 
 const wanted = process.argv.slice(2)
