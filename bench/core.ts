@@ -14,7 +14,13 @@ import { type BenchRow, opsPerSecond, renderTable } from "./table.js"
 const BLOCKS = 2 ** 30
 const BS = 65536
 const config = Either.getOrThrow(
-  Config.make({ blockSize: BS, blockCount: BLOCKS, window: 64, congestionLimit: Number.MAX_SAFE_INTEGER, initial: "in-sync" })
+  Config.make({
+    blockSize: BS,
+    blockCount: BLOCKS,
+    window: 64,
+    congestionLimit: Number.MAX_SAFE_INTEGER,
+    initial: "in-sync"
+  })
 )
 
 type Pattern = "uniform" | "sequential" | "hot-region"
@@ -31,7 +37,11 @@ const blocksOf = (pattern: Pattern): Uint32Array => {
   const hotBase = 123 * 65536
   for (let i = 0; i < N; i++)
     out[i] =
-      pattern === "uniform" ? (rnd() * 4 + (rnd() & 3)) % BLOCKS : pattern === "sequential" ? i : hotBase + (rnd() % 65536)
+      pattern === "uniform"
+        ? (rnd() * 4 + (rnd() & 3)) % BLOCKS
+        : pattern === "sequential"
+          ? i
+          : hotBase + (rnd() % 65536)
   return out
 }
 
@@ -168,7 +178,10 @@ export const run = async (): Promise<ReadonlyArray<BenchRow>> => {
       value: stormRate(blocks, "sync"),
       unit: "events/s",
       baseline: floorRate(
-        Array.from(blocks, (b, i) => ({ type: "WriteStreamed", seq: i + 1, offset: b * BS, length: 4096 }) as Event.Event)
+        Array.from(
+          blocks,
+          (b, i) => ({ type: "WriteStreamed", seq: i + 1, offset: b * BS, length: 4096 }) as Event.Event
+        )
       ),
       baselineName: "reducer floor",
       higherIsBetter: true

@@ -17,7 +17,12 @@ export interface BenchRow {
    * `ratio`) and/or an absolute figure in the row's unit (`min` for throughput,
    * `max` for time and memory).
    */
-  readonly target?: { readonly ratio?: number; readonly min?: number; readonly max?: number; readonly text: string }
+  readonly target?: {
+    readonly ratio?: number
+    readonly min?: number
+    readonly max?: number
+    readonly text: string
+  }
 }
 
 export const ratioOf = (row: BenchRow): number =>

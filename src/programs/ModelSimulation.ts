@@ -6,7 +6,7 @@
 import { Effect, Either } from "effect"
 import * as Config from "../domain/Config.js"
 import * as Simulation from "../domain/Simulation.js"
-import * as State from "../domain/State.js"
+import type * as State from "../domain/State.js"
 
 export interface Options {
   readonly steps: number

@@ -27,7 +27,12 @@ import * as Workload from "../../src/programs/Workload.js"
 const CLI = path.resolve(import.meta.dirname, "../../dist/programs/main.js")
 const DISK_BYTES = 16 * 1024 * 1024
 const config = Either.getOrThrow(
-  Config.make({ blockSize: 65536, blockCount: DISK_BYTES / 65536, window: 16, congestionLimit: 2 * 1024 * 1024 })
+  Config.make({
+    blockSize: 65536,
+    blockCount: DISK_BYTES / 65536,
+    window: 16,
+    congestionLimit: 2 * 1024 * 1024
+  })
 )
 
 const dirs: Array<string> = []
@@ -40,7 +45,10 @@ afterEach(async () => {
   for (const dir of dirs.splice(0)) await fs.rm(dir, { recursive: true, force: true })
 })
 
-const sha256 = async (file: string) => createHash("sha256").update(await fs.readFile(file)).digest("hex")
+const sha256 = async (file: string) =>
+  createHash("sha256")
+    .update(await fs.readFile(file))
+    .digest("hex")
 
 /** Restores the latest recovery point and compares it with the disk image. */
 const restoredEqualsDisk = async (receiverDir: string, diskId: string, diskImage: string) => {
@@ -77,7 +85,13 @@ describe("the replicator against the real receiver on loopback", () => {
         const replicator = yield* Effect.provide(Replicator.Replicator, context)
         const totals = yield* Ref.make<Workload.Totals>({ writes: 0, bytes: 0 })
         const workload = yield* Effect.fork(
-          Workload.run(replicator, config, { seed: 11, writers: 4, pause: "1 millis" }, totals, yield* Ref.make(false))
+          Workload.run(
+            replicator,
+            config,
+            { seed: 11, writers: 4, pause: "1 millis" },
+            totals,
+            yield* Ref.make(false)
+          )
         )
         // Kill points spread over the stream, at uneven intervals.
         for (const wait of [400, 650, 300, 900, 500]) {
@@ -136,7 +150,9 @@ describe("the replicator against the real receiver on loopback", () => {
           ]
           const runFor = (extra: ReadonlyArray<string>, killAfterMs: number | undefined) =>
             Effect.async<{ code: number | null; signal: string | null; stdout: string }>((resume) => {
-              const child: ChildProcess = spawn(process.execPath, [...args, ...extra], { stdio: ["ignore", "pipe", "pipe"] })
+              const child: ChildProcess = spawn(process.execPath, [...args, ...extra], {
+                stdio: ["ignore", "pipe", "pipe"]
+              })
               let stdout = ""
               let sawStatus = false
               child.stdout!.on("data", (c) => {
@@ -160,7 +176,9 @@ describe("the replicator against the real receiver on loopback", () => {
           const status = JSON.parse(last.stdout.trim().split("\n").at(-1)!)
           expect(status).toMatchObject({ mode: "sync", link: "up", inFlight: 0, quiescent: true })
           // The last, clean exit left the marker: the next start would not resync everything.
-          const marked = yield* Effect.promise(() => fs.stat(path.join(journal, "clean-shutdown")).then(() => true))
+          const marked = yield* Effect.promise(() =>
+            fs.stat(path.join(journal, "clean-shutdown")).then(() => true)
+          )
           expect(marked).toBe(true)
         })
       )
@@ -170,6 +188,8 @@ describe("the replicator against the real receiver on loopback", () => {
     // Every start after a kill resynced the whole disk, and the trace (appended across runs) checks clean.
     const text = await fs.readFile(traceFile, "utf8")
     expect(text.match(/"type":"LinkLost","reason":"filter-restart"/g)?.length).toBeGreaterThanOrEqual(3)
-    expect(text.match(new RegExp(`"type":"WriteTracked","offset":0,"length":${DISK_BYTES}`, "g"))?.length).toBe(3)
+    expect(
+      text.match(new RegExp(`"type":"WriteTracked","offset":0,"length":${DISK_BYTES}`, "g"))?.length
+    ).toBe(3)
   })
 })

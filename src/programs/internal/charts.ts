@@ -18,7 +18,9 @@ export const sparkline = (values: ReadonlyArray<number>, width: number): string 
     peaks.push(peak)
   }
   const top = Math.max(...peaks)
-  return peaks.map((p) => (top === 0 || p === 0 ? " " : bars[Math.min(7, Math.floor((p / top) * 7.999))]!)).join("")
+  return peaks
+    .map((p) => (top === 0 || p === 0 ? " " : bars[Math.min(7, Math.floor((p / top) * 7.999))]!))
+    .join("")
 }
 
 /**
