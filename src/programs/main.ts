@@ -2,10 +2,14 @@
  * Entry point of the `cdp-sync` binary.
  */
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
-import { Effect } from "effect"
+import { Effect, Logger } from "effect"
 import { cli } from "./cli.js"
+
+// Logs go to stderr: stdout is for results (`--json` prints one object there and nothing else).
+const stderrLogger = Logger.replace(Logger.defaultLogger, Logger.withConsoleError(Logger.prettyLogger({ stderr: true })))
 
 cli(process.argv).pipe(
   Effect.provide(NodeContext.layer),
-  NodeRuntime.runMain({ disableErrorReporting: false })
+  Effect.provide(stderrLogger),
+  NodeRuntime.runMain({ disableErrorReporting: false, disablePrettyLogger: true })
 )
