@@ -6,7 +6,7 @@ import { Effect, Logger } from "effect"
 import { cli } from "./cli.js"
 
 // Logs go to stderr: stdout is for results (`--json` prints one object there and nothing else).
-const stderrLogger = Logger.replace(Logger.defaultLogger, Logger.withConsoleError(Logger.prettyLogger({ stderr: true })))
+const stderrLogger = Logger.replace(Logger.defaultLogger, Logger.prettyLogger({ stderr: true }))
 
 cli(process.argv).pipe(
   Effect.provide(NodeContext.layer),
