@@ -91,104 +91,167 @@ const violation = (
 const rangeProblem = (state: State.State, offset: number, length: number): string | undefined =>
   Geometry.validateRange(state.config, offset, length)?.message
 
+// The checks below run once per event of a trace (millions per second): plain
+// functions and early returns, no closures built per call.
+
+const seqNotNext = (state: State.State, event: Event.Event, seq: number): Violation | undefined =>
+  seq === state.nextSeq
+    ? undefined
+    : violation("seq-not-next", `seq ${seq} but the next record is ${state.nextSeq}`, event, state)
+
+const linkDown = (state: State.State, event: Event.Event): Violation | undefined =>
+  state.link === "up"
+    ? undefined
+    : violation("link-down", `${event.type} while the link is down`, event, state)
+
+const notResync = (state: State.State, event: Event.Event): Violation | undefined =>
+  state.mode === "resync"
+    ? undefined
+    : violation("mode-not-resync", `${event.type} while in sync mode`, event, state)
+
+const epochNotCurrent = (state: State.State, event: Event.Event, epoch: number): Violation | undefined =>
+  epoch === state.epoch
+    ? undefined
+    : violation("epoch-not-current", `epoch ${epoch} but the current epoch is ${state.epoch}`, event, state)
+
+const rangeInvalid = (
+  state: State.State,
+  event: Event.Event,
+  offset: number,
+  length: number
+): Violation | undefined => {
+  const bad = rangeProblem(state, offset, length)
+  return bad === undefined ? undefined : violation("range-invalid", bad, event, state)
+}
+
 /** `undefined` when `event` may follow `state`; otherwise the first rule it breaks. */
 export const check = (state: State.State, event: Event.Event): Violation | undefined => {
-  const v = (rule: Rule, reason: string, extra?: Record<string, unknown>) =>
-    violation(rule, reason, event, state, extra)
   if (state.owed !== null && !(event.type === "ResyncActivated" && event.reason === state.owed))
-    return v("owed-resync", `a ResyncActivated with reason "${state.owed}" must come next, not ${event.type}`)
-  const seqIsNext = (seq: number) =>
-    seq === state.nextSeq
-      ? undefined
-      : v("seq-not-next", `seq ${seq} but the next record is ${state.nextSeq}`)
-  const linkUp = () =>
-    state.link === "up" ? undefined : v("link-down", `${event.type} while the link is down`)
-  const inResync = () =>
-    state.mode === "resync" ? undefined : v("mode-not-resync", `${event.type} while in sync mode`)
-  const epochIsCurrent = (epoch: number) =>
-    epoch === state.epoch
-      ? undefined
-      : v("epoch-not-current", `epoch ${epoch} but the current epoch is ${state.epoch}`)
+    return violation(
+      "owed-resync",
+      `a ResyncActivated with reason "${state.owed}" must come next, not ${event.type}`,
+      event,
+      state
+    )
   switch (event.type) {
-    case "WriteStreamed": {
-      if (state.mode !== "sync") return v("mode-not-sync", "a write was streamed live while in resync mode")
-      const bad = rangeProblem(state, event.offset, event.length)
-      return linkUp() ?? seqIsNext(event.seq) ?? (bad === undefined ? undefined : v("range-invalid", bad))
-    }
-    case "WriteTracked": {
-      if (state.mode !== "resync") return v("mode-not-resync", "a write was only marked while in sync mode")
-      const bad = rangeProblem(state, event.offset, event.length)
-      return bad === undefined ? undefined : v("range-invalid", bad)
-    }
+    case "WriteStreamed":
+      if (state.mode !== "sync")
+        return violation("mode-not-sync", "a write was streamed live while in resync mode", event, state)
+      return (
+        linkDown(state, event) ??
+        seqNotNext(state, event, event.seq) ??
+        rangeInvalid(state, event, event.offset, event.length)
+      )
+    case "WriteTracked":
+      if (state.mode !== "resync")
+        return violation("mode-not-resync", "a write was only marked while in sync mode", event, state)
+      return rangeInvalid(state, event, event.offset, event.length)
     case "Acked":
       return (
-        linkUp() ??
+        linkDown(state, event) ??
         (event.seq < state.watermark
-          ? v("ack-regress", `ack ${event.seq} is below the watermark ${state.watermark}`)
+          ? violation(
+              "ack-regress",
+              `ack ${event.seq} is below the watermark ${state.watermark}`,
+              event,
+              state
+            )
           : event.seq >= state.nextSeq
-            ? v("ack-unsent", `ack ${event.seq} but the last record sent is ${state.nextSeq - 1}`)
+            ? violation(
+                "ack-unsent",
+                `ack ${event.seq} but the last record sent is ${state.nextSeq - 1}`,
+                event,
+                state
+              )
             : undefined)
       )
     case "LinkLost":
-      return state.link === "up" ? undefined : v("link-down", "LinkLost while the link is already down")
+      return state.link === "up"
+        ? undefined
+        : violation("link-down", "LinkLost while the link is already down", event, state)
     case "DiscontinuityReported":
       return (
-        linkUp() ??
+        linkDown(state, event) ??
         (event.expected > state.watermark && event.expected < state.nextSeq
           ? undefined
-          : v(
+          : violation(
               "gap-out-of-range",
-              `expected ${event.expected} is outside the unacked range (${state.watermark}, ${state.nextSeq})`
+              `expected ${event.expected} is outside the unacked range (${state.watermark}, ${state.nextSeq})`,
+              event,
+              state
             ))
       )
     case "ResyncActivated":
       return event.epoch === state.epoch + 1
         ? undefined
-        : v("epoch-not-next", `epoch ${event.epoch} but the next epoch is ${state.epoch + 1}`)
+        : violation(
+            "epoch-not-next",
+            `epoch ${event.epoch} but the next epoch is ${state.epoch + 1}`,
+            event,
+            state
+          )
     case "LinkRestored":
-      if (state.link === "up") return v("link-up", "LinkRestored while the link is up")
+      if (state.link === "up") return violation("link-up", "LinkRestored while the link is up", event, state)
       return event.receiverSeq < state.nextSeq
         ? undefined
-        : v(
+        : violation(
             "receiver-ahead",
-            `receiver seq ${event.receiverSeq} but the last record sent is ${state.nextSeq - 1}`
+            `receiver seq ${event.receiverSeq} but the last record sent is ${state.nextSeq - 1}`,
+            event,
+            state
           )
     case "ResyncBegun":
       return (
-        inResync() ??
-        linkUp() ??
-        epochIsCurrent(event.epoch) ??
-        seqIsNext(event.seq) ??
-        (state.markerSent ? v("marker-not-needed", "a resync-begin marker was already sent") : undefined)
+        notResync(state, event) ??
+        linkDown(state, event) ??
+        epochNotCurrent(state, event, event.epoch) ??
+        seqNotNext(state, event, event.seq) ??
+        (state.markerSent
+          ? violation("marker-not-needed", "a resync-begin marker was already sent", event, state)
+          : undefined)
       )
     case "PassStarted":
-      return inResync()
+      return notResync(state, event)
     case "BlockSent":
       return (
-        inResync() ??
-        linkUp() ??
+        notResync(state, event) ??
+        linkDown(state, event) ??
         (state.markerSent
           ? undefined
-          : v("marker-not-sent", "a block was sent before the resync-begin marker")) ??
-        seqIsNext(event.seq) ??
+          : violation("marker-not-sent", "a block was sent before the resync-begin marker", event, state)) ??
+        seqNotNext(state, event, event.seq) ??
         (Geometry.isBlock(state.config, event.block)
           ? undefined
-          : v("block-invalid", `block ${event.block} is not on a disk of ${state.config.blockCount} blocks`))
+          : violation(
+              "block-invalid",
+              `block ${event.block} is not on a disk of ${state.config.blockCount} blocks`,
+              event,
+              state
+            ))
       )
     case "SyncActivated":
       return (
-        inResync() ??
-        linkUp() ??
-        (state.markerSent ? undefined : v("marker-not-sent", "sync resumed without a resync-begin marker")) ??
-        epochIsCurrent(event.epoch) ??
-        seqIsNext(event.seq) ??
+        notResync(state, event) ??
+        linkDown(state, event) ??
+        (state.markerSent
+          ? undefined
+          : violation("marker-not-sent", "sync resumed without a resync-begin marker", event, state)) ??
+        epochNotCurrent(state, event, event.epoch) ??
+        seqNotNext(state, event, event.seq) ??
         (State.hasObligations(state)
-          ? v("obligations-left", `sync resumed with ${State.obligationCount(state)} block(s) still owed`)
+          ? violation(
+              "obligations-left",
+              `sync resumed with ${State.obligationCount(state)} block(s) still owed`,
+              event,
+              state
+            )
           : undefined) ??
         (state.flight.blockRecords > 0
-          ? v(
+          ? violation(
               "block-record-unacked",
-              `sync resumed with ${state.flight.blockRecords} block record(s) unacked`
+              `sync resumed with ${state.flight.blockRecords} block record(s) unacked`,
+              event,
+              state
             )
           : undefined)
       )

@@ -32,48 +32,77 @@ export type Outcome =
       readonly summary?: Legality.Summary
     }
 
-/** Checks a stream of text chunks. Pure apart from pulling the chunks. */
+const encoder = new TextEncoder()
+
+/**
+ * Checks a stream of chunks: UTF-8 bytes (the fast way, as read from a file) or
+ * text. Pure apart from pulling the chunks.
+ */
 export const checkChunks = async (
-  chunks: AsyncIterable<string>,
+  chunks: AsyncIterable<string | Uint8Array>,
   options: { readonly quiescent: boolean }
 ): Promise<Outcome> => {
-  const decoder = new Trace.Decoder()
   let checker: Legality.Checker | undefined
   let lastLine = 0
-  const feed = (decoded: ReadonlyArray<Either.Either<Trace.Decoded, Trace.TraceError>>): Outcome | undefined => {
-    for (const item of decoded) {
-      if (Either.isLeft(item)) {
-        const e = item.left
-        return { valid: false, line: e.line, rule: e.kind, reason: e.detail, event: e.text }
-      }
-      const d = item.right
-      lastLine = d.line
-      if (d._tag === "Header") {
-        const h = d.header
-        const config = Config.make({ blockSize: h.blockSize, blockCount: h.blockCount, initial: h.initial })
-        if (Either.isLeft(config)) return { valid: false, line: d.line, rule: "bad-header", reason: config.left.message }
-        checker = new Legality.Checker(State.initial(config.right))
-        continue
-      }
-      const violation = checker!.step(d.event)
-      if (violation !== undefined)
-        return {
-          valid: false,
-          line: d.line,
-          rule: violation.rule,
-          reason: violation.reason,
-          event: d.event,
-          state: violation.context,
-          summary: checker!.summary()
-        }
+  // The hot loop: one call per event, no allocation beyond the event and the model's fold.
+  const decoder = new Trace.StreamDecoder<Outcome>({
+    header: (h, line) => {
+      lastLine = line
+      const config = Config.make({ blockSize: h.blockSize, blockCount: h.blockCount, initial: h.initial })
+      if (Either.isLeft(config))
+        return { valid: false, line, rule: "bad-header", reason: config.left.message }
+      checker = new Legality.Checker(State.initial(config.right))
+      return undefined
+    },
+    event: (event, line) => {
+      lastLine = line
+      const violation = checker!.step(event)
+      return violation === undefined
+        ? undefined
+        : {
+            valid: false,
+            line,
+            rule: violation.rule,
+            reason: violation.reason,
+            event,
+            state: violation.context,
+            summary: checker!.summary()
+          }
     }
-    return undefined
-  }
-  for await (const chunk of chunks) {
-    const bad = feed(decoder.push(chunk))
+  })
+  const stopped = (stop: Outcome | Trace.TraceError | undefined): Outcome | undefined =>
+    stop instanceof Trace.TraceError
+      ? { valid: false, line: stop.line, rule: stop.kind, reason: stop.detail, event: stop.text }
+      : stop
+  let first = true
+  // Text cut inside a surrogate pair: hold the high half back for the next piece.
+  let pending = ""
+  for await (const piece of chunks) {
+    let chunk: Uint8Array
+    if (typeof piece === "string") {
+      let text = pending + piece
+      pending = ""
+      const last = text.charCodeAt(text.length - 1)
+      if (last >= 0xd800 && last <= 0xdbff) {
+        pending = text.slice(-1)
+        text = text.slice(0, -1)
+      }
+      chunk = encoder.encode(text)
+    } else chunk = piece
+    // A byte-order mark (some Windows tools write one) is not part of the header line.
+    if (first) {
+      if (chunk.length === 0) continue
+      if (chunk[0] === 0xef && chunk[1] === 0xbb && chunk[2] === 0xbf) chunk = chunk.subarray(3)
+      first = false
+    }
+    const bad = stopped(decoder.push(chunk))
     if (bad !== undefined) return bad
   }
-  const bad = feed(decoder.end())
+  if (pending !== "") {
+    const bad = stopped(decoder.push(encoder.encode(pending)))
+    if (bad !== undefined) return bad
+  }
+  const bad = stopped(decoder.end())
   if (bad !== undefined) return bad
   const end = checker!.end(options)
   if (end !== undefined)
@@ -92,11 +121,9 @@ export const checkChunks = async (
 export const checkFile = (path: string, options: { readonly quiescent: boolean }) =>
   Effect.tryPromise({
     try: () => {
-      const stream =
-        path === "-"
-          ? process.stdin.setEncoding("utf8")
-          : createReadStream(path, { encoding: "utf8", highWaterMark: 1 << 20 })
-      return checkChunks(stream as AsyncIterable<string>, options)
+      // Bytes, not text: the decoder scans UTF-8 directly.
+      const stream = path === "-" ? process.stdin : createReadStream(path, { highWaterMark: 1 << 20 })
+      return checkChunks(stream as AsyncIterable<Uint8Array>, options)
     },
     catch: (cause) => new TraceUnreadable({ path, cause })
   }).pipe(Effect.withSpan("CheckTrace.checkFile", { attributes: { path } }))
@@ -109,7 +136,9 @@ export const render = (outcome: Outcome): string => {
   }
   const lines = [`invalid: line ${outcome.line}: ${outcome.rule}: ${outcome.reason}`]
   if (outcome.event !== undefined)
-    lines.push(`  event: ${typeof outcome.event === "string" ? outcome.event : JSON.stringify(outcome.event)}`)
+    lines.push(
+      `  event: ${typeof outcome.event === "string" ? outcome.event : JSON.stringify(outcome.event)}`
+    )
   if (outcome.state !== undefined) {
     const st = outcome.state
     lines.push(
