@@ -8,6 +8,7 @@
 import * as journal from "./adapters-journal.js"
 import * as wire from "./adapters-wire.js"
 import * as bitmap from "./bitmap.js"
+import * as checkTrace from "./check-trace.js"
 import * as core from "./core.js"
 import * as replicator from "./replicator.js"
 import { type BenchRow, renderTable, targetMet } from "./table.js"
@@ -17,6 +18,7 @@ const groups: ReadonlyArray<readonly [string, string, () => Promise<ReadonlyArra
   ["core", "core: decide / evolve (2^30 blocks of 64 KiB)", core.run],
   ["journal", "event journal: append with fsync per batch", journal.run],
   ["wire", "wire codec: encode / decode", wire.run],
+  ["check-trace", "check-trace: streaming legality check of a trace", checkTrace.run],
   ["replicator", "replicator: end to end on loopback (the real receiver process)", replicator.run]
 ]
 

@@ -5,7 +5,7 @@
  * resumes after every fault once the link is healthy, every journaled event is
  * legal, and a restart of the filter mid-resync loses nothing.
  */
-import { Effect, Either, Exit, Layer, Scope, TestClock, TestContext } from "effect"
+import { Duration, Effect, Either, Exit, Fiber, Layer, Scope, TestClock, TestContext } from "effect"
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
 import * as EventJournal from "../../src/adapters/EventJournal.js"
@@ -34,6 +34,8 @@ type Op =
   | { readonly _tag: "StallAcks"; readonly on: boolean }
   | { readonly _tag: "ReceiverRestart"; readonly loseUnacked: boolean }
   | { readonly _tag: "FilterRestart" }
+  /** The filter dies while guest writes are in progress: the next start is unclean. */
+  | { readonly _tag: "CrashDuringBurst"; readonly blocks: ReadonlyArray<number>; readonly fill: number }
 
 const op: fc.Arbitrary<Op> = fc.oneof(
   {
@@ -66,7 +68,15 @@ const op: fc.Arbitrary<Op> = fc.oneof(
     weight: 2,
     arbitrary: fc.record({ _tag: fc.constant("ReceiverRestart" as const), loseUnacked: fc.boolean() })
   },
-  { weight: 2, arbitrary: fc.constant({ _tag: "FilterRestart" as const }) }
+  { weight: 2, arbitrary: fc.constant({ _tag: "FilterRestart" as const }) },
+  {
+    weight: 2,
+    arbitrary: fc.record({
+      _tag: fc.constant("CrashDuringBurst" as const),
+      blocks: fc.array(fc.nat(), { minLength: 1, maxLength: 8 }),
+      fill: fc.integer({ min: 1, max: 255 })
+    })
+  }
 )
 
 const scenario = fc.record({
@@ -74,6 +84,8 @@ const scenario = fc.record({
   window: fc.integer({ min: 1, max: 4 }),
   congestionLimit: fc.constantFrom(8192, 32768, 1 << 20),
   ack: fc.constantFrom("immediate" as const, "on-flush" as const),
+  // 0 turns the switchover hold off; otherwise guest writes may wait for the clock.
+  switchoverHold: fc.constantFrom(0, 30),
   ops: fc.array(op, { maxLength: 40 })
 })
 type Scenario = typeof scenario extends fc.Arbitrary<infer A> ? A : never
@@ -101,39 +113,50 @@ const runScenario = (s: Scenario) =>
     const disk = yield* Effect.provide(VirtualDisk.VirtualDisk, world)
 
     /** Starts a filter over the same disk, journal and receiver (a restart reuses the journal). */
-    const start = Effect.gen(function* () {
-      const scope = yield* Scope.make()
-      const layer = Replicator.layer({
-        diskId: DISK,
-        config,
-        ackTimeout: "1 second",
-        onEvents: (events) => Effect.sync(() => trace.push(...events))
-      }).pipe(
-        Layer.provide(
-          Layer.merge(Layer.succeedContext(world), EventJournal.layerMemory({ store: journalStore }))
+    const start = (uncleanStart: boolean) =>
+      Effect.gen(function* () {
+        const scope = yield* Scope.make()
+        const layer = Replicator.layer({
+          diskId: DISK,
+          config,
+          uncleanStart,
+          ackTimeout: "1 second",
+          switchoverHold: Duration.millis(s.switchoverHold),
+          onEvents: (events) => Effect.sync(() => trace.push(...events))
+        }).pipe(
+          Layer.provide(
+            Layer.merge(Layer.succeedContext(world), EventJournal.layerMemory({ store: journalStore }))
+          )
         )
-      )
-      const context = yield* Layer.buildWithScope(layer, scope)
-      return { scope, replicator: yield* Effect.provide(Replicator.Replicator, context) }
-    })
+        const context = yield* Layer.buildWithScope(layer, scope)
+        return { scope, replicator: yield* Effect.provide(Replicator.Replicator, context) }
+      })
 
-    let filter = yield* start
+    let filter = yield* start(false)
     const settle = TestClock.adjust("5 millis")
+    // Virtual time moves on while a guest write waits (e.g. for a switchover hold).
+    const withTime = <A, E>(effect: Effect.Effect<A, E>) =>
+      Effect.raceFirst(
+        effect,
+        Effect.forever(TestClock.adjust("10 millis")).pipe(Effect.as(undefined as never))
+      )
     for (const o of s.ops) {
       switch (o._tag) {
         case "Write": {
           const offset = (o.block % s.blockCount) * BS + o.at * 512
           const length = Math.min(o.sectors * 512, s.blockCount * BS - offset)
-          yield* filter.replicator.write(offset, new Uint8Array(length).fill(o.fill))
+          yield* withTime(filter.replicator.write(offset, new Uint8Array(length).fill(o.fill)))
           break
         }
         case "Burst":
           // Concurrent guest writes, some overlapping.
-          yield* Effect.all(
-            o.blocks.map((b, i) =>
-              filter.replicator.write((b % s.blockCount) * BS, new Uint8Array(BS).fill((o.fill + i) % 256))
-            ),
-            { concurrency: "unbounded", discard: true }
+          yield* withTime(
+            Effect.all(
+              o.blocks.map((b, i) =>
+                filter.replicator.write((b % s.blockCount) * BS, new Uint8Array(BS).fill((o.fill + i) % 256))
+              ),
+              { concurrency: "unbounded", discard: true }
+            )
           )
           break
         case "Tick":
@@ -157,8 +180,24 @@ const runScenario = (s: Scenario) =>
         case "FilterRestart":
           // The process dies between guest writes: the journal and the disk survive.
           yield* Scope.close(filter.scope, Exit.void)
-          filter = yield* start
+          filter = yield* start(false)
           break
+        case "CrashDuringBurst": {
+          const replicator = filter.replicator
+          const burst = yield* Effect.fork(
+            Effect.all(
+              o.blocks.map((b, i) =>
+                replicator.write((b % s.blockCount) * BS, new Uint8Array(BS).fill((o.fill + i) % 256))
+              ),
+              { concurrency: "unbounded", discard: true }
+            )
+          )
+          yield* Effect.yieldNow()
+          yield* Scope.close(filter.scope, Exit.void)
+          yield* Fiber.interrupt(burst)
+          filter = yield* start(true)
+          break
+        }
       }
       yield* settle
     }
