@@ -510,7 +510,9 @@ export const make = (
           yield* SubscriptionRef.set(writesHeld, true)
           yield* Effect.forkDaemon(
             Effect.sleep(Duration.millis(holdMillis)).pipe(
-              Effect.zipRight(Effect.suspend(() => (holdId === id ? SubscriptionRef.set(writesHeld, false) : Effect.void)))
+              Effect.zipRight(
+                Effect.suspend(() => (holdId === id ? SubscriptionRef.set(writesHeld, false) : Effect.void))
+              )
             )
           )
         }
@@ -686,7 +688,11 @@ export const make = (
       const last = Geometry.lastBlock(config, offset, length)
       const done = yield* Deferred.make<void, ReplicatorError>()
       if (yield* SubscriptionRef.get(writesHeld))
-        yield* writesHeld.changes.pipe(Stream.filter((h) => !h), Stream.take(1), Stream.runDrain)
+        yield* writesHeld.changes.pipe(
+          Stream.filter((h) => !h),
+          Stream.take(1),
+          Stream.runDrain
+        )
       // The data streamed live must be what was written, even if the caller reuses its buffer.
       const data = bytes.slice()
       // Once the disk write starts it must be folded: an interruption in between would leave

@@ -19,8 +19,12 @@ export default function setup(): void {
   const root = path.resolve(import.meta.dirname, "../..")
   const main = path.join(root, "dist/programs/main.js")
   if (existsSync(main) && statSync(main).mtimeMs >= newest(path.join(root, "src"))) return
-  execFileSync(process.execPath, [path.join(root, "node_modules/typescript/bin/tsc"), "-p", "tsconfig.build.json"], {
-    cwd: root,
-    stdio: "inherit"
-  })
+  execFileSync(
+    process.execPath,
+    [path.join(root, "node_modules/typescript/bin/tsc"), "-p", "tsconfig.build.json"],
+    {
+      cwd: root,
+      stdio: "inherit"
+    }
+  )
 }
