@@ -10,6 +10,7 @@ import * as wire from "./adapters-wire.js"
 import * as bitmap from "./bitmap.js"
 import * as checkTrace from "./check-trace.js"
 import * as core from "./core.js"
+import * as receiver from "./receiver.js"
 import * as replicator from "./replicator.js"
 import { type BenchRow, renderTable, targetMet } from "./table.js"
 
@@ -19,6 +20,7 @@ const groups: ReadonlyArray<readonly [string, string, () => Promise<ReadonlyArra
   ["journal", "event journal: append with fsync per batch", journal.run],
   ["wire", "wire codec: encode / decode", wire.run],
   ["check-trace", "check-trace: streaming legality check of a trace", checkTrace.run],
+  ["receiver", "log receiver: ingest with fsync before ack", receiver.run],
   ["replicator", "replicator: end to end on loopback (the real receiver process)", replicator.run]
 ]
 

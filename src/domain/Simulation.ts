@@ -242,10 +242,11 @@ export class World<S> {
   private record(event: Event.Event): void {
     if (this.failure !== undefined) return
     const before = this.view
-    this.checkEvent(before, event)
+    // Legality first: for a foreign filter it names the rule of design §5 that broke.
     const violation = this.checker.step(event)
     if (violation !== undefined)
       this.fail("legality", `illegal ${event.type}: ${violation.message}`, violation)
+    this.checkEvent(before, event)
     this.fs = this.filter.evolve(this.fs, event)
     this.stats.events++
     if (this.options.recordEvents !== false) this.events.push(event)

@@ -1,0 +1,731 @@
+/**
+ * The log receiver's store (docs/receiver.md): per disk, a base image and a chain of
+ * segment files holding every accepted record, fsynced before it is acked.
+ *
+ * One writer fiber per disk owns the end of its log. Records are appended to a queue as
+ * they are accepted; the writer takes everything queued while the previous fsync ran,
+ * writes it with one positional write per segment, fsyncs once and then reports the
+ * whole batch durable (group commit: one cumulative ack per fsync). Segments roll at
+ * `segmentBytes`; a sealed segment gets an index. Retention folds old segments into a
+ * new base image, atomically (write aside, fsync, rename, fsync the directory).
+ *
+ * One process owns a receiver directory at a time (`DIR/.lock`).
+ */
+import * as fs from "node:fs/promises"
+import * as path from "node:path"
+import { Duration, Effect, Either, Fiber, Queue, Scope } from "effect"
+import type * as Wire from "../../adapters/Wire.js"
+import * as Geometry from "../../domain/Geometry.js"
+import {
+  BASE_FILE,
+  type Chain,
+  type DiskMeta,
+  diskDirName,
+  emptySegment,
+  LOCK_FILE,
+  META_FILE,
+  noteRecord,
+  openChain,
+  readMeta,
+  type Segment
+} from "./internal/chain.js"
+import {
+  HelloRefused,
+  type LogError,
+  LogCorrupt,
+  LogIoError,
+  type LogOp,
+  ReceiverLocked
+} from "./internal/errors.js"
+import {
+  isEnoent,
+  pwriteFully,
+  pwritevFully,
+  readIfExists,
+  removeIfExists,
+  sparseCopy,
+  syncDirectory,
+  writeFileAtomic
+} from "./internal/files.js"
+import {
+  BASE_TRAILER_BYTES,
+  type BaseTrailer,
+  encodeBaseTrailer,
+  encodeIndex,
+  encodeRecordHeader,
+  encodeSegmentHeader,
+  FLAG_RECOVERY_POINT,
+  type IndexEntry,
+  indexName,
+  Kind,
+  RECORD_HEADER_BYTES,
+  type RecordHeader,
+  SEGMENT_HEADER_BYTES,
+  segmentName,
+  withBatchStart
+} from "./internal/format.js"
+import { readRange } from "./internal/segment.js"
+import * as Retention from "./Retention.js"
+
+export { HelloRefused, LogCorrupt, LogIoError, ReceiverLocked }
+export type { LogError }
+
+export const DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+/** Above this many queued bytes a connection stops reading until the writer catches up. */
+const HIGH_WATER_BYTES = 64 * 1024 * 1024
+const LOW_WATER_BYTES = 16 * 1024 * 1024
+
+export interface StoreOptions {
+  readonly dir: string
+  /** A segment is sealed once it holds this many bytes (default 64 MiB). */
+  readonly segmentBytes?: number | undefined
+  readonly retain?: Retention.Policy | undefined
+  /** Wall clock for receive times (default `Date.now`). */
+  readonly now?: (() => number) | undefined
+  /** How often retention is checked besides after each segment roll (default 10 seconds). */
+  readonly retentionInterval?: Duration.DurationInput | undefined
+}
+
+export interface Stats {
+  /** Group commits (one write + one fsync each, per segment touched). */
+  commits: number
+  records: number
+  bytes: number
+  rolls: number
+  folds: number
+}
+
+export type HelloInfo = Omit<Wire.Hello, "_tag">
+
+const attempt = <A>(op: LogOp, file: string, f: () => Promise<A>): Effect.Effect<A, LogError> =>
+  Effect.tryPromise({
+    try: f,
+    catch: (cause) =>
+      cause instanceof LogCorrupt || cause instanceof LogIoError
+        ? cause
+        : new LogIoError({ op, path: file, cause })
+  })
+
+const kindOf = (record: Wire.Record): Kind =>
+  record._tag === "Write"
+    ? Kind.Write
+    : record._tag === "Block"
+      ? Kind.Block
+      : record._tag === "ResyncBegin"
+        ? Kind.ResyncBegin
+        : Kind.ResyncEnd
+
+const EMPTY = new Uint8Array(0)
+
+interface Pending {
+  readonly header: Buffer
+  readonly payload: Uint8Array
+  readonly fields: RecordHeader
+}
+
+/** One disk's log: the chain on disk, the writer's queue and the durable seq. */
+export class DiskLog {
+  readonly diskId: string
+  readonly geometry: Geometry.Geometry
+  readonly diskDir: string
+  base: BaseTrailer
+  readonly segments: Array<Segment>
+  /** The log ended inside a resync when it was opened. */
+  readonly openedInResync: boolean
+  /** Seq of the last record handed to `append`. */
+  accepted: number
+  /** Seq of the last durable record. */
+  durable: number
+  pendingBytes = 0
+  failure: LogError | undefined = undefined
+
+  private active: fs.FileHandle | undefined = undefined
+  private lastTime = 0
+  private readonly waiters = new Set<() => boolean>()
+  private readonly listeners = new Set<(seq: number) => void>()
+
+  constructor(
+    chain: Chain,
+    private readonly queue: Queue.Queue<Pending | "close">,
+    private readonly options: {
+      readonly segmentBytes: number
+      readonly now: () => number
+      readonly stats: Stats
+      readonly onRoll: () => void
+    }
+  ) {
+    this.diskId = chain.meta.diskId
+    this.geometry = { blockSize: chain.meta.blockSize, blockCount: chain.meta.blockCount }
+    this.diskDir = chain.diskDir
+    this.base = chain.base
+    this.segments = chain.segments
+    this.openedInResync = chain.inResync
+    this.accepted = chain.lastSeq
+    this.durable = chain.lastSeq
+    this.lastTime = Math.max(chain.base.time, chain.segments[chain.segments.length - 1]?.lastTime ?? 0)
+  }
+
+  /** Queues an accepted record for the writer; its receive time is taken now. Synchronous. */
+  append(record: Wire.Record, recoveryPoint: boolean): void {
+    const payload = record._tag === "Write" || record._tag === "Block" ? record.data : EMPTY
+    // Receive times never go backwards in the log, whatever the wall clock does.
+    this.lastTime = Math.max(this.lastTime, this.options.now())
+    const fields: RecordHeader = {
+      length: payload.byteLength,
+      kind: kindOf(record),
+      flags: recoveryPoint ? FLAG_RECOVERY_POINT : 0,
+      epoch: record.epoch,
+      seq: record.seq,
+      position:
+        record._tag === "Write"
+          ? record.offset
+          : record._tag === "Block"
+            ? record.block
+            : record._tag === "ResyncBegin"
+              ? record.base
+              : 0,
+      time: this.lastTime
+    }
+    this.queue.unsafeOffer({ header: encodeRecordHeader(fields, payload), payload, fields })
+    this.pendingBytes += RECORD_HEADER_BYTES + payload.byteLength
+    this.accepted = record.seq
+  }
+
+  /** Calls `listener` with the durable seq after every group commit; returns the unsubscribe. */
+  onDurable(listener: (seq: number) => void): () => void {
+    this.listeners.add(listener)
+    return () => this.listeners.delete(listener)
+  }
+
+  /** Suspends while too many bytes wait for the writer (the caller stops reading its socket). */
+  readonly backpressure: Effect.Effect<void> = Effect.suspend(() =>
+    this.pendingBytes <= HIGH_WATER_BYTES
+      ? Effect.void
+      : this.wait(() => this.pendingBytes <= LOW_WATER_BYTES || this.failure !== undefined)
+  )
+
+  /** Every accepted record is durable (or the log failed). */
+  readonly flushed: Effect.Effect<void, LogError> = Effect.suspend(() =>
+    this.wait(() => this.durable >= this.accepted || this.failure !== undefined)
+  ).pipe(Effect.flatMap(() => (this.failure === undefined ? Effect.void : Effect.fail(this.failure))))
+
+  private wait(done: () => boolean): Effect.Effect<void> {
+    return Effect.async<void>((resume) => {
+      if (done()) return resume(Effect.void)
+      const waiter = () => {
+        if (!done()) return false
+        resume(Effect.void)
+        return true
+      }
+      this.waiters.add(waiter)
+      return Effect.sync(() => {
+        this.waiters.delete(waiter)
+      })
+    })
+  }
+
+  private notify(): void {
+    for (const waiter of [...this.waiters]) if (waiter()) this.waiters.delete(waiter)
+  }
+
+  fail(error: LogError): void {
+    this.failure ??= error
+    this.notify()
+    for (const listener of this.listeners) listener(this.durable)
+  }
+
+  /** Summaries for retention: every segment but the last is sealed. */
+  summaries(): ReadonlyArray<Retention.SegmentSummary> {
+    return this.segments.map((s, i) => ({
+      lastSeq: s.lastSeq,
+      bytes: s.bytes,
+      lastTime: s.lastTime,
+      lastPoint: s.lastPoint?.seq,
+      sealed: i < this.segments.length - 1
+    }))
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // The writer (one fiber per disk).
+
+  /** Writes and fsyncs a batch; returns whether a segment was sealed. */
+  async commit(batch: ReadonlyArray<Pending>): Promise<boolean> {
+    const { segmentBytes, stats } = this.options
+    let rolled = false
+    let i = 0
+    while (i < batch.length) {
+      let segment = this.segments[this.segments.length - 1]
+      const first = batch[i]!
+      const firstSize = RECORD_HEADER_BYTES + first.payload.byteLength
+      let fresh = false
+      if (segment === undefined || segment.bytes + firstSize > segmentBytes) {
+        if (segment !== undefined) {
+          await this.seal(segment)
+          rolled = true
+        }
+        segment = emptySegment(segmentName(first.fields.seq), first.fields.seq, 0, true)
+        fresh = true
+      }
+      // The records that still fit (at least one: a record larger than a segment gets its own).
+      let end = i + 1
+      let size = firstSize
+      while (end < batch.length) {
+        const next = RECORD_HEADER_BYTES + batch[end]!.payload.byteLength
+        if (segment.bytes + (fresh ? SEGMENT_HEADER_BYTES : 0) + size + next > segmentBytes) break
+        size += next
+        end++
+      }
+      const file = path.join(this.diskDir, segment.name)
+      // Headers and payloads go out as they are (one pwritev): no copy of the batch.
+      const buffers: Array<Uint8Array> = []
+      let at = segment.bytes
+      if (fresh) {
+        buffers.push(encodeSegmentHeader({ firstSeq: first.fields.seq, created: first.fields.time }))
+        at += SEGMENT_HEADER_BYTES
+      }
+      const offsets: Array<number> = []
+      for (let k = i; k < end; k++) {
+        const p = batch[k]!
+        // The first record of each commit's write says so: it tells a torn tail from damage.
+        withBatchStart(p.header, p.payload, k === i)
+        offsets.push(at)
+        buffers.push(p.header)
+        if (p.payload.byteLength > 0) buffers.push(p.payload)
+        at += RECORD_HEADER_BYTES + p.payload.byteLength
+      }
+      if (fresh) {
+        this.active = await fs.open(file, "wx+", 0o644)
+      } else if (this.active === undefined) {
+        this.active = await fs.open(file, "r+")
+      }
+      await pwritevFully(this.active, buffers, segment.bytes)
+      await this.active.datasync()
+      // A new file's directory entry must be durable before its records are acked.
+      if (fresh) {
+        await syncDirectory(this.diskDir)
+        this.segments.push(segment)
+      }
+      for (let k = i; k < end; k++) {
+        const p = batch[k]!
+        const entry: IndexEntry = { ...p.fields, flags: p.header[5]!, offset: offsets[k - i]! }
+        segment.entries?.push(entry)
+        noteRecord(segment, entry)
+      }
+      segment.bytes = at
+      stats.commits++
+      i = end
+    }
+    return rolled
+  }
+
+  /** Seals the active segment: its index is written (not fsynced: it is checked and rebuilt if torn). */
+  private async seal(segment: Segment): Promise<void> {
+    await fs.writeFile(
+      path.join(this.diskDir, indexName(segment.name)),
+      encodeIndex(segment.bytes, segment.entries ?? [])
+    )
+    segment.entries = undefined
+    await this.active?.close()
+    this.active = undefined
+    this.options.stats.rolls++
+  }
+
+  /** Reports a committed batch durable. */
+  committed(batch: ReadonlyArray<Pending>, rolled: boolean): void {
+    let bytes = 0
+    for (const p of batch) bytes += RECORD_HEADER_BYTES + p.payload.byteLength
+    this.pendingBytes -= bytes
+    this.durable = batch[batch.length - 1]!.fields.seq
+    this.options.stats.records += batch.length
+    this.options.stats.bytes += bytes
+    this.notify()
+    for (const listener of this.listeners) listener(this.durable)
+    if (rolled) this.options.onRoll()
+  }
+
+  async close(): Promise<void> {
+    await this.active?.close()
+    this.active = undefined
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Retention
+
+  /**
+   * Folds every record through the recovery point `seq` into a new base image, then drops
+   * the sealed segments it covers. Only sealed segments are read; the writer carries on.
+   */
+  async foldTo(seq: number): Promise<number> {
+    const sealed = this.segments.slice(0, -1)
+    const from = this.base.seq
+    const reading = sealed.filter((s) => s.lastSeq > from && s.firstSeq <= seq)
+    if (reading.length === 0 || reading[reading.length - 1]!.lastSeq < seq)
+      throw new Error(`cannot fold to seq ${seq}: it is not in a sealed segment`)
+    const diskBytes = Geometry.diskBytes(this.geometry)
+    const baseFile = path.join(this.diskDir, BASE_FILE)
+    const temp = `${baseFile}.tmp`
+    const out = await fs.open(temp, "w+", 0o644)
+    let time = 0
+    try {
+      await out.truncate(diskBytes + BASE_TRAILER_BYTES)
+      const old = await fs.open(baseFile, "r")
+      try {
+        await sparseCopy(old, out, diskBytes)
+      } finally {
+        await old.close()
+      }
+      for (const segment of reading) {
+        const file = path.join(this.diskDir, segment.name)
+        const handle = await fs.open(file, "r")
+        try {
+          await readRange(
+            handle,
+            file,
+            SEGMENT_HEADER_BYTES,
+            segment.bytes,
+            undefined,
+            async (h, payload) => {
+              if (h.seq <= from) return false
+              if (h.seq > seq) return true
+              await applyRecord(out, this.geometry, h, payload)
+              if (h.seq === seq) {
+                time = h.time
+                return true
+              }
+              return false
+            }
+          )
+        } finally {
+          await handle.close()
+        }
+      }
+      await pwriteFully(out, encodeBaseTrailer({ seq, time }), diskBytes)
+      await out.sync()
+    } finally {
+      await out.close()
+    }
+    await fs.rename(temp, baseFile)
+    await syncDirectory(this.diskDir)
+    this.base = { seq, time }
+    // Oldest first, so a crash in between leaves a chain that opening tidies up.
+    const dropped = sealed.filter((s) => s.lastSeq <= seq)
+    for (const segment of dropped) {
+      await removeIfExists(path.join(this.diskDir, segment.name))
+      await removeIfExists(path.join(this.diskDir, indexName(segment.name)))
+      const at = this.segments.indexOf(segment)
+      if (at >= 0) this.segments.splice(at, 1)
+    }
+    await syncDirectory(this.diskDir)
+    this.options.stats.folds++
+    return dropped.length
+  }
+}
+
+/** Applies a record's data to an image file (markers carry none). */
+export const applyRecord = async (
+  image: fs.FileHandle,
+  geometry: Geometry.Geometry,
+  h: RecordHeader,
+  payload: Uint8Array
+): Promise<void> => {
+  if (h.kind === Kind.Write) await pwriteFully(image, payload, h.position)
+  else if (h.kind === Kind.Block)
+    await pwriteFully(image, payload, Geometry.blockOffset(geometry, h.position))
+}
+
+// ---------------------------------------------------------------------------------------------
+
+export interface Store {
+  readonly dir: string
+  /**
+   * The disk a hello names, created on first contact; refused when its geometry is invalid
+   * or differs from the one the directory holds, or when its log failed.
+   */
+  readonly disk: (hello: HelloInfo) => Effect.Effect<DiskLog, HelloRefused | LogError>
+  readonly disks: () => ReadonlyArray<DiskLog>
+  readonly stats: Stats
+}
+
+/** The process's start time (clock ticks since boot, Linux), to tell a live owner from a reused pid. */
+const startTimeOf = async (pid: number): Promise<string | undefined> => {
+  const stat = await readIfExists(`/proc/${pid}/stat`).catch(() => undefined)
+  // Fields after the command name (which may hold spaces): state is field 3, starttime field 22.
+  const fields = stat?.toString("utf8").split(") ").at(-1)?.split(" ")
+  return fields?.[19]
+}
+
+const isAlive = async (pid: number, started: string | undefined): Promise<boolean> => {
+  try {
+    process.kill(pid, 0)
+  } catch (e) {
+    if (!(typeof e === "object" && e !== null && "code" in e && e.code === "EPERM")) return false
+  }
+  if (started === undefined) return true
+  const now = await startTimeOf(pid)
+  return now === undefined || now === started
+}
+
+/**
+ * Takes `DIR/.lock` (`pid starttime`); a lock whose process is gone (a crash) is taken over.
+ * Advisory: it keeps a second receiver from sharing the directory by mistake.
+ */
+const lock = async (dir: string): Promise<ReceiverLocked | undefined> => {
+  const file = path.join(dir, LOCK_FILE)
+  const mine = `${process.pid} ${(await startTimeOf(process.pid)) ?? "-"}\n`
+  for (let round = 0; round < 3; round++) {
+    try {
+      const handle = await fs.open(file, "wx", 0o644)
+      try {
+        await handle.writeFile(mine)
+      } finally {
+        await handle.close()
+      }
+      return undefined
+    } catch (e) {
+      if (!(typeof e === "object" && e !== null && "code" in e && e.code === "EEXIST")) throw e
+    }
+    const [pidText, started] = ((await readIfExists(file))?.toString("utf8") ?? "").trim().split(" ")
+    const pid = Number(pidText)
+    if (
+      Number.isSafeInteger(pid) &&
+      pid > 0 &&
+      pid !== process.pid &&
+      (await isAlive(pid, started === "-" ? undefined : started))
+    )
+      return new ReceiverLocked({ dir, pid })
+    await removeIfExists(file)
+  }
+  return new ReceiverLocked({ dir, pid: 0 })
+}
+
+const createDisk = async (dir: string, hello: HelloInfo, geometry: Geometry.Geometry): Promise<string> => {
+  const diskDir = path.join(dir, diskDirName(hello.diskId))
+  // No disk.json: a creation cut short, and nothing of it was ever acked.
+  await fs.rm(diskDir, { recursive: true, force: true })
+  await fs.mkdir(diskDir)
+  await syncDirectory(dir)
+  const diskBytes = Geometry.diskBytes(geometry)
+  const temp = path.join(diskDir, `${BASE_FILE}.tmp`)
+  const handle = await fs.open(temp, "w", 0o644)
+  try {
+    // A sparse file of zeros: the disk before any record.
+    await handle.truncate(diskBytes + BASE_TRAILER_BYTES)
+    await pwriteFully(handle, encodeBaseTrailer({ seq: 0, time: 0 }), diskBytes)
+    await handle.sync()
+  } finally {
+    await handle.close()
+  }
+  await fs.rename(temp, path.join(diskDir, BASE_FILE))
+  const meta: DiskMeta = {
+    format: 1,
+    diskId: hello.diskId,
+    blockSize: geometry.blockSize,
+    blockCount: geometry.blockCount,
+    createdAt: new Date().toISOString()
+  }
+  // Written last: its presence means the disk is complete.
+  await writeFileAtomic(path.join(diskDir, META_FILE), Buffer.from(`${JSON.stringify(meta)}\n`, "utf8"))
+  return diskDir
+}
+
+const logNotes = (chain: Chain) =>
+  Effect.forEach(chain.notes, (note) =>
+    Effect.logWarning(`${chain.meta.diskId}: ${note.message}`).pipe(Effect.annotateLogs(note.annotations))
+  )
+
+/**
+ * Opens (creating it if needed) a receiver directory: takes its lock, recovers every disk
+ * in it (cutting off torn tails, logged) and starts their writers. Closing the scope lets the
+ * writers commit what is queued, then releases the lock.
+ */
+export const open = (options: StoreOptions): Effect.Effect<Store, LogError | ReceiverLocked, Scope.Scope> =>
+  Effect.gen(function* () {
+    const dir = path.resolve(options.dir)
+    const segmentBytes = options.segmentBytes ?? DEFAULT_SEGMENT_BYTES
+    const now = options.now ?? Date.now
+    const stats: Stats = { commits: 0, records: 0, bytes: 0, rolls: 0, folds: 0 }
+    const scope = yield* Effect.scope
+
+    yield* attempt("open", dir, () => fs.mkdir(dir, { recursive: true }))
+    // Its entry in the parent must be durable too (it may have just been created).
+    yield* attempt("open", dir, () => syncDirectory(path.dirname(dir)))
+    const locked = yield* attempt("lock", dir, () => lock(dir))
+    if (locked !== undefined) return yield* locked
+    yield* Effect.addFinalizer(() =>
+      Effect.promise(() => removeIfExists(path.join(dir, LOCK_FILE)).catch(() => false))
+    )
+
+    const rollSignal = yield* Queue.sliding<void>(1)
+    const disks = new Map<string, DiskLog>()
+    const failedWriter = (disk: DiskLog, error: LogError) =>
+      Effect.zipRight(
+        Effect.logError(
+          `${disk.diskId}: the log failed; its connections are refused until the receiver restarts`
+        ).pipe(Effect.annotateLogs({ error: error.message })),
+        Effect.sync(() => disk.fail(error))
+      )
+
+    const start = (chain: Chain) =>
+      Effect.gen(function* () {
+        const queue = yield* Queue.unbounded<Pending | "close">()
+        const disk = new DiskLog(chain, queue, {
+          segmentBytes,
+          now,
+          stats,
+          onRoll: () => rollSignal.unsafeOffer(undefined)
+        })
+        // Never interrupted: a take that lost a race with interruption would drop records.
+        const writer = yield* Effect.forkDaemon(
+          Effect.gen(function* () {
+            for (;;) {
+              const taken = [yield* Queue.take(queue), ...(yield* Queue.takeAll(queue))]
+              const batch = taken.filter((p): p is Pending => p !== "close")
+              if (batch.length > 0 && disk.failure === undefined) {
+                const result = yield* Effect.either(attempt("append", disk.diskDir, () => disk.commit(batch)))
+                if (Either.isLeft(result)) yield* failedWriter(disk, result.left)
+                else disk.committed(batch, result.right)
+              }
+              if (batch.length < taken.length) return
+            }
+          })
+        )
+        yield* Effect.addFinalizer(() =>
+          Effect.gen(function* () {
+            yield* Queue.offer(queue, "close")
+            yield* Fiber.await(writer)
+            yield* Effect.promise(() => disk.close().catch(() => undefined))
+          })
+        )
+        disks.set(disk.diskId, disk)
+        return disk
+      }).pipe(Scope.extend(scope))
+
+    const recover = (diskDir: string, meta: DiskMeta) =>
+      Effect.gen(function* () {
+        const chain = yield* attempt("open", diskDir, () => openChain(diskDir, meta, "recover"))
+        yield* logNotes(chain)
+        return yield* start(chain)
+      })
+
+    // Every disk found is recovered now (torn tails cut off and logged). One whose log cannot be
+    // opened is logged and refused, and the others are served.
+    const broken = new Map<string, LogError>()
+    const names = yield* attempt("open", dir, () => fs.readdir(dir))
+    for (const name of names.sort()) {
+      if (name.startsWith(".")) continue
+      const diskDir = path.join(dir, name)
+      const opened = yield* Effect.either(
+        Effect.gen(function* () {
+          const isDirectory = yield* attempt("open", diskDir, () =>
+            fs.stat(diskDir).then((s) => s.isDirectory())
+          )
+          // No disk.json: a creation cut short; the disk's next hello creates it again.
+          const meta = isDirectory ? yield* attempt("open", diskDir, () => readMeta(diskDir)) : undefined
+          return meta === undefined ? undefined : yield* recover(diskDir, meta)
+        })
+      )
+      if (Either.isLeft(opened)) {
+        broken.set(diskDir, opened.left)
+        yield* Effect.logError(`${name}: cannot open the log; its connections are refused`).pipe(
+          Effect.annotateLogs({ error: opened.left.message })
+        )
+      } else if (opened.right !== undefined) {
+        const disk = opened.right
+        yield* Effect.logInfo(`${disk.diskId}: opened`).pipe(
+          Effect.annotateLogs({
+            durableSeq: disk.durable,
+            baseSeq: disk.base.seq,
+            segments: disk.segments.length,
+            inResync: disk.openedInResync
+          })
+        )
+      }
+    }
+
+    const refuse = (diskId: string, reason: HelloRefused["reason"], detail: string) =>
+      Effect.fail(new HelloRefused({ diskId, reason, detail }))
+
+    const disk = (hello: HelloInfo): Effect.Effect<DiskLog, HelloRefused | LogError> =>
+      Effect.gen(function* () {
+        const geometry = Geometry.make(hello.blockSize, hello.blockCount)
+        if (Either.isLeft(geometry)) return yield* refuse(hello.diskId, "bad-geometry", geometry.left.message)
+        const diskDir = path.join(dir, diskDirName(hello.diskId))
+        const failed = broken.get(diskDir)
+        if (failed !== undefined) return yield* refuse(hello.diskId, "log-failed", failed.message)
+        let found = disks.get(hello.diskId)
+        if (found === undefined) {
+          const meta = yield* attempt("open", diskDir, () =>
+            readMeta(diskDir).catch((e) => (isEnoent(e) ? undefined : Promise.reject(e)))
+          )
+          if (meta !== undefined && meta.diskId !== hello.diskId)
+            return yield* refuse(
+              hello.diskId,
+              "log-failed",
+              `directory ${diskDir} holds disk ${JSON.stringify(meta.diskId)}`
+            )
+          const created =
+            meta === undefined
+              ? yield* attempt("create", diskDir, () => createDisk(dir, hello, geometry.right))
+              : diskDir
+          const reread = yield* attempt("open", created, () => readMeta(created))
+          if (reread === undefined)
+            return yield* new LogCorrupt({
+              file: path.join(created, META_FILE),
+              offset: 0,
+              reason: "missing"
+            })
+          found = yield* recover(created, reread)
+          yield* Effect.logInfo(`${found.diskId}: created`).pipe(
+            Effect.annotateLogs({ blockSize: hello.blockSize, blockCount: hello.blockCount })
+          )
+        }
+        const g = found.geometry
+        if (g.blockSize !== hello.blockSize || g.blockCount !== hello.blockCount)
+          return yield* refuse(
+            hello.diskId,
+            "geometry-mismatch",
+            `disk ${hello.diskId} has ${g.blockCount} blocks of ${g.blockSize} bytes, the hello says ${hello.blockCount} of ${hello.blockSize}`
+          )
+        if (found.failure !== undefined)
+          return yield* refuse(hello.diskId, "log-failed", found.failure.message)
+        return found
+      })
+
+    if (options.retain !== undefined) {
+      const policy = options.retain
+      const interval = options.retentionInterval ?? "10 seconds"
+      const retain = (d: DiskLog) =>
+        Effect.gen(function* () {
+          if (d.failure !== undefined) return
+          const seq = Retention.planFold(policy, d.base.seq, d.summaries(), now())
+          if (seq === undefined) return
+          yield* attempt("fold", d.diskDir, () => d.foldTo(seq)).pipe(
+            Effect.tap((dropped) =>
+              Effect.logInfo(`${d.diskId}: folded the log into the base image`).pipe(
+                Effect.annotateLogs({ baseSeq: seq, segmentsDropped: dropped })
+              )
+            ),
+            // A failed fold leaves the chain as it was (its temporary file is removed on the next open).
+            Effect.catchAll((error) =>
+              Effect.logError(`${d.diskId}: retention fold failed`).pipe(
+                Effect.annotateLogs({ error: error.message })
+              )
+            )
+          )
+        })
+      yield* Effect.forkIn(
+        Effect.forever(
+          Effect.zipRight(
+            // Suspended: the disks opened since the last round count too.
+            Effect.suspend(() => Effect.forEach([...disks.values()], retain, { discard: true })),
+            // The next round: after a segment roll, or on the timer (age-based horizons move by themselves).
+            Effect.raceFirst(Queue.take(rollSignal), Effect.sleep(Duration.decode(interval)))
+          )
+        ),
+        scope
+      )
+    }
+
+    const store: Store = { dir, disk, disks: () => [...disks.values()], stats }
+    return store
+  })

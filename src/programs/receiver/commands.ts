@@ -1,0 +1,155 @@
+/**
+ * The log receiver's commands: `receiver` (the TCP service), `restore` (a disk image at
+ * a recovery point) and `points` (the recovery points). The root command (`cli.ts`)
+ * adds them as subcommands; `main.ts` runs them on their own.
+ */
+import { Command, HelpDoc, Options, ValidationError } from "@effect/cli"
+import { Console, Effect, Either, Layer, Logger, LogLevel, Option } from "effect"
+import * as Wire from "../../adapters/Wire.js"
+import type { InvalidOption } from "./internal/errors.js"
+import * as LogStore from "./LogStore.js"
+import * as ReceiverService from "./ReceiverService.js"
+import * as Restore from "./Restore.js"
+import * as Retention from "./Retention.js"
+
+const invalid = (error: InvalidOption) => ValidationError.invalidValue(HelpDoc.p(error.message))
+const fromEither = <A>(either: Either.Either<A, InvalidOption>) =>
+  Either.isRight(either) ? Effect.succeed(either.right) : Effect.fail(invalid(either.left))
+
+const dir = Options.text("dir").pipe(
+  Options.withDescription("The receiver directory: one subdirectory per protected disk")
+)
+const disk = Options.text("disk").pipe(
+  Options.optional,
+  Options.withDescription("The disk id (may be left out when the directory holds one disk)")
+)
+
+/** Logs go to stderr (logfmt), so stdout carries only the ready line and results. */
+const stderrLogger = Logger.withConsoleError(Logger.logfmtLogger)
+const logging = <A, E, R>(self: Effect.Effect<A, E, R>) =>
+  self.pipe(
+    // Whichever console logger the runtime installed (runMain swaps in the pretty one).
+    Effect.provide(
+      Layer.merge(
+        Logger.replace(Logger.defaultLogger, stderrLogger),
+        Logger.replace(Logger.prettyLoggerDefault, stderrLogger)
+      )
+    ),
+    Logger.withMinimumLogLevel(LogLevel.Info)
+  )
+
+/** Prints a failure as `cdp-sync <command>: <message>` and sets exit code 1. */
+const reportFailure =
+  (command: string) =>
+  <A, E extends { readonly message: string }, R>(self: Effect.Effect<A, E, R>) =>
+    Effect.catchAll(self, (error) =>
+      Effect.zipRight(
+        Console.error(`cdp-sync ${command}: ${error.message}`),
+        Effect.sync(() => {
+          process.exitCode = 1
+        })
+      )
+    )
+
+export const receiver = Command.make(
+  "receiver",
+  {
+    dir,
+    port: Options.integer("port").pipe(
+      Options.withDescription("TCP port; 0 picks a free one (see the ready line)")
+    ),
+    host: Options.text("host").pipe(
+      Options.withDefault("127.0.0.1"),
+      Options.withDescription("Address to listen on (loopback unless told otherwise)")
+    ),
+    segmentBytes: Options.text("segment-bytes").pipe(
+      Options.withDefault(String(LogStore.DEFAULT_SEGMENT_BYTES)),
+      Options.mapEffect((text) => fromEither(Retention.parseSize("segment-bytes", text))),
+      Options.withDescription("Seal a segment file once it holds this many bytes (e.g. 67108864, 64MiB)")
+    ),
+    retain: Options.text("retain").pipe(
+      Options.optional,
+      Options.mapEffect((text) =>
+        Option.isNone(text)
+          ? Effect.succeed(Option.none<Retention.Policy>())
+          : Effect.map(fromEither(Retention.parsePolicy(text.value)), Option.some)
+      ),
+      Options.withDescription(
+        "Fold older segments into the base image, keeping every recovery point of the last AGE (7d, 12h) or of the newest SIZE of log (10GiB)"
+      )
+    ),
+    maxFrameBytes: Options.integer("max-frame-bytes").pipe(
+      Options.withDefault(Wire.DEFAULT_MAX_FRAME_BYTES),
+      Options.withDescription("Largest frame accepted (header included); a larger one closes the connection")
+    )
+  },
+  (o) =>
+    ReceiverService.run({
+      dir: o.dir,
+      host: o.host,
+      port: o.port,
+      segmentBytes: o.segmentBytes,
+      retain: Option.getOrUndefined(o.retain),
+      maxFrameBytes: o.maxFrameBytes
+    }).pipe(reportFailure("receiver"), logging)
+).pipe(
+  Command.withDescription(
+    "Run the log receiver: one TCP connection per protected disk, records fsynced before they are acked. Prints `listening HOST:PORT` when ready. Example: cdp-sync receiver --dir /backup --port 7070 --retain 7d"
+  )
+)
+
+const at = Options.text("at").pipe(
+  Options.mapEffect((text) => {
+    if (text === "latest") return Effect.succeed<Restore.At>("latest")
+    const n = Number(text)
+    return /^\d+$/.test(text) && Number.isSafeInteger(n)
+      ? Effect.succeed<Restore.At>(n)
+      : Effect.fail(
+          ValidationError.invalidValue(HelpDoc.p(`--at ${JSON.stringify(text)}: expected a seq or "latest"`))
+        )
+  }),
+  Options.withDescription("The recovery point: a seq (see `points`) or `latest`")
+)
+
+export const restore = Command.make(
+  "restore",
+  {
+    dir,
+    disk,
+    at,
+    out: Options.text("out").pipe(Options.withDescription("The image file to write (replaced atomically)"))
+  },
+  (o) =>
+    Restore.restore({ dir: o.dir, diskId: Option.getOrUndefined(o.disk), at: o.at, out: o.out }).pipe(
+      Effect.flatMap((r) =>
+        Console.log(
+          `restored disk ${r.diskId} at seq ${r.seq} (received ${Restore.formatTime(r.time)}): ${r.records} records over the base, ${r.bytes} bytes to ${r.out}`
+        )
+      ),
+      reportFailure("restore"),
+      logging
+    )
+).pipe(
+  Command.withDescription(
+    "Write the disk image at a recovery point: the base image plus the log through that seq. A seq that is no recovery point is refused and the nearest ones named. Example: cdp-sync restore --dir /backup --disk vm1 --at latest --out vm1.img"
+  )
+)
+
+export const points = Command.make(
+  "points",
+  {
+    dir,
+    disk,
+    json: Options.boolean("json").pipe(Options.withDescription("Print one JSON object on stdout"))
+  },
+  (o) =>
+    Restore.points(o.dir, Option.getOrUndefined(o.disk)).pipe(
+      Effect.flatMap((disks) => Console.log(o.json ? JSON.stringify({ disks }) : Restore.render(disks))),
+      reportFailure("points"),
+      logging
+    )
+).pipe(
+  Command.withDescription(
+    "List the recovery points of the disks in a receiver directory (seq, receive time, kind). Example: cdp-sync points --dir /backup --disk vm1"
+  )
+)

@@ -1,0 +1,366 @@
+/**
+ * One disk's directory: `disk.json` (identity and geometry), `base.img` (the base
+ * image with its trailer) and the segments, `<first seq>.seg`, each sealed one with a
+ * `<first seq>.idx`. `openChain` reads it back — in `recover` mode (the receiver, the
+ * only writer) it also repairs what a crash can leave: leftover temporary files,
+ * segments already folded into the base, a torn tail (cut off), an index that does not
+ * match its segment (rebuilt). In `read` mode (points, restore; possibly while the
+ * receiver runs) it changes nothing and ignores a torn tail.
+ */
+import { createHash } from "node:crypto"
+import * as fs from "node:fs/promises"
+import * as path from "node:path"
+import { Either, Schema } from "effect"
+import { LogCorrupt } from "./errors.js"
+import { isEnoent, preadFully, readIfExists, removeIfExists, syncDirectory } from "./files.js"
+import {
+  BASE_TRAILER_BYTES,
+  type BaseTrailer,
+  continues,
+  decodeBaseTrailer,
+  encodeIndex,
+  type IndexEntry,
+  indexName,
+  isRecoveryPoint,
+  Kind,
+  parseSegmentName
+} from "./format.js"
+import { describeDamage, isTorn, readIndex, scanSegment } from "./segment.js"
+
+export const META_FILE = "disk.json"
+export const BASE_FILE = "base.img"
+export const LOCK_FILE = ".lock"
+
+const Count = Schema.Int.pipe(Schema.nonNegative())
+export const DiskMeta = Schema.Struct({
+  format: Schema.Literal(1),
+  diskId: Schema.String.pipe(Schema.minLength(1)),
+  blockSize: Count,
+  blockCount: Count,
+  createdAt: Schema.String
+})
+export type DiskMeta = typeof DiskMeta.Type
+
+const decodeMeta = Schema.decodeUnknownEither(Schema.parseJson(DiskMeta))
+
+/** Directory name of a disk: the id itself when it is a plain name, else a digest of it. */
+export const diskDirName = (diskId: string): string =>
+  /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/.test(diskId)
+    ? diskId
+    : `_${createHash("sha256").update(diskId, "utf8").digest("hex").slice(0, 40)}`
+
+export const diskBytesOf = (meta: DiskMeta): number => meta.blockSize * meta.blockCount
+
+/** `disk.json` of a disk directory; `undefined` when it is missing (an unfinished creation). */
+export const readMeta = async (diskDir: string): Promise<DiskMeta | undefined> => {
+  const file = path.join(diskDir, META_FILE)
+  const bytes = await readIfExists(file)
+  if (bytes === undefined) return undefined
+  const decoded = decodeMeta(bytes.toString("utf8"))
+  if (Either.isLeft(decoded))
+    throw new LogCorrupt({ file, offset: 0, reason: `unreadable: ${decoded.left.message}` })
+  return decoded.right
+}
+
+/** The disks a receiver directory holds, by id. */
+export const listDisks = async (
+  dir: string
+): Promise<ReadonlyArray<{ readonly diskDir: string; readonly meta: DiskMeta }>> => {
+  let names: Array<string>
+  try {
+    names = await fs.readdir(dir)
+  } catch (e) {
+    if (isEnoent(e)) return []
+    throw e
+  }
+  const disks: Array<{ diskDir: string; meta: DiskMeta }> = []
+  for (const name of names.sort()) {
+    if (name.startsWith(".")) continue
+    const diskDir = path.join(dir, name)
+    const stat = await fs.stat(diskDir).catch(() => undefined)
+    if (stat === undefined || !stat.isDirectory()) continue
+    const meta = await readMeta(diskDir)
+    if (meta !== undefined) disks.push({ diskDir, meta })
+  }
+  return disks
+}
+
+export const readBase = async (
+  handle: fs.FileHandle,
+  file: string,
+  diskBytes: number
+): Promise<BaseTrailer> => {
+  const { size } = await handle.stat()
+  if (size !== diskBytes + BASE_TRAILER_BYTES)
+    throw new LogCorrupt({
+      file,
+      offset: 0,
+      reason: `${size} bytes, expected ${diskBytes + BASE_TRAILER_BYTES} (the image and its trailer)`
+    })
+  const trailer = Buffer.allocUnsafe(BASE_TRAILER_BYTES)
+  await preadFully(handle, trailer, diskBytes)
+  const decoded = decodeBaseTrailer(trailer)
+  if (typeof decoded === "string") throw new LogCorrupt({ file, offset: diskBytes, reason: decoded })
+  return decoded
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/** What the chain knows of one segment. */
+export interface Segment {
+  readonly name: string
+  readonly firstSeq: number
+  lastSeq: number
+  /** Committed size of the file. */
+  bytes: number
+  records: number
+  lastTime: number
+  /** Last recovery point in this segment (seq and receive time). */
+  lastPoint: { readonly seq: number; readonly time: number } | undefined
+  /** Last resync marker in this segment: whether it begins a resync. */
+  lastMarker: { readonly seq: number; readonly begin: boolean } | undefined
+  /** The records (kept in `read` mode, and for the last segment in `recover` mode). */
+  entries: Array<IndexEntry> | undefined
+}
+
+export interface Note {
+  readonly message: string
+  readonly annotations: Record<string, unknown>
+}
+
+export interface Chain {
+  readonly diskDir: string
+  readonly meta: DiskMeta
+  readonly base: BaseTrailer
+  readonly segments: Array<Segment>
+  /** Seq of the last record held (the base's when the log is empty). */
+  readonly lastSeq: number
+  /** The log ends between a resync-begin and its resync-end. */
+  readonly inResync: boolean
+  /** Read mode: damage where the readable chain stops (recover mode throws it instead). */
+  readonly damaged?: LogCorrupt | undefined
+  /** What recovery repaired (recover mode) or ignored (read mode), to be logged. */
+  readonly notes: ReadonlyArray<Note>
+}
+
+export const emptySegment = (name: string, firstSeq: number, bytes: number, keep: boolean): Segment => ({
+  name,
+  firstSeq,
+  lastSeq: firstSeq - 1,
+  bytes,
+  records: 0,
+  lastTime: 0,
+  lastPoint: undefined,
+  lastMarker: undefined,
+  entries: keep ? [] : undefined
+})
+
+/** Folds one record into a segment's summary (the caller appends to `entries`). */
+export const noteRecord = (segment: Segment, e: IndexEntry): void => {
+  segment.lastSeq = e.seq
+  segment.records++
+  segment.lastTime = e.time
+  if (isRecoveryPoint(e)) segment.lastPoint = { seq: e.seq, time: e.time }
+  if (e.kind === Kind.ResyncBegin || e.kind === Kind.ResyncEnd)
+    segment.lastMarker = { seq: e.seq, begin: e.kind === Kind.ResyncBegin }
+}
+
+export const summarize = (
+  name: string,
+  entries: ReadonlyArray<IndexEntry>,
+  bytes: number,
+  keep: boolean
+): Segment => {
+  const segment = emptySegment(name, entries[0]!.seq, bytes, false)
+  for (const e of entries) noteRecord(segment, e)
+  segment.entries = keep ? [...entries] : undefined
+  return segment
+}
+
+/** Whether the log after `baseSeq` ends inside a resync (the base itself is a recovery point). */
+export const endsInResync = (segments: ReadonlyArray<Segment>, baseSeq: number): boolean => {
+  for (let i = segments.length - 1; i >= 0; i--) {
+    const marker = segments[i]!.lastMarker
+    if (marker !== undefined) return marker.seq > baseSeq && marker.begin
+  }
+  return false
+}
+
+/**
+ * Opens a disk's chain. `recover`: repairs (see the module comment); `read`: read-only.
+ * Throws `LogCorrupt` for damage it must not repair.
+ */
+export const openChain = async (
+  diskDir: string,
+  meta: DiskMeta,
+  mode: "read" | "recover"
+): Promise<Chain> => {
+  const recover = mode === "recover"
+  const notes: Array<Note> = []
+  const names = await fs.readdir(diskDir)
+  if (recover)
+    for (const name of names)
+      if (name.endsWith(".tmp")) {
+        await removeIfExists(path.join(diskDir, name))
+        notes.push({ message: "removed a leftover temporary file", annotations: { file: name } })
+      }
+
+  const baseFile = path.join(diskDir, BASE_FILE)
+  const baseHandle = await fs.open(baseFile, "r")
+  let base: BaseTrailer
+  try {
+    base = await readBase(baseHandle, baseFile, diskBytesOf(meta))
+  } finally {
+    await baseHandle.close()
+  }
+
+  let files = names
+    .map((name) => ({ name, firstSeq: parseSegmentName(name) }))
+    .filter((f): f is { name: string; firstSeq: number } => f.firstSeq !== undefined)
+    .sort((a, b) => a.firstSeq - b.firstSeq)
+  // A segment whose successor starts at or below base + 1 holds only folded records.
+  const folded = files.filter((_, i) => i + 1 < files.length && files[i + 1]!.firstSeq <= base.seq + 1)
+  if (folded.length > 0) {
+    files = files.filter((f) => !folded.includes(f))
+    if (recover) {
+      for (const f of folded) {
+        await removeIfExists(path.join(diskDir, f.name))
+        await removeIfExists(path.join(diskDir, indexName(f.name)))
+      }
+      await syncDirectory(diskDir)
+      notes.push({
+        message: "removed segments already folded into the base",
+        annotations: { segments: folded.map((f) => f.name).join(","), baseSeq: base.seq }
+      })
+    }
+  }
+
+  const segments: Array<Segment> = []
+  let baseChecked = false
+  // Checks continuity (with the previous segment and with the base) and keeps the summary.
+  const admit = (name: string, entries: ReadonlyArray<IndexEntry>, bytes: number, keep: boolean) => {
+    const file = path.join(diskDir, name)
+    const prevSeq = segments[segments.length - 1]?.lastSeq
+    if (prevSeq !== undefined && !continues(prevSeq, entries[0]!))
+      throw new LogCorrupt({
+        file,
+        offset: entries[0]!.offset,
+        reason: `seq ${entries[0]!.seq} does not follow ${prevSeq}`
+      })
+    if (!baseChecked) {
+      const first = entries.find((e) => e.seq > base.seq)
+      if (first !== undefined) {
+        baseChecked = true
+        if (!continues(base.seq, first))
+          throw new LogCorrupt({
+            file,
+            offset: first.offset,
+            reason: `seq ${first.seq} does not follow the base image at seq ${base.seq}`
+          })
+      }
+    }
+    segments.push(summarize(name, entries, bytes, keep))
+  }
+
+  // Read mode stops at damage instead: the points before it stay listable and restorable.
+  let damaged: LogCorrupt | undefined
+  for (let i = 0; i < files.length; i++) {
+    const { name, firstSeq } = files[i]!
+    const file = path.join(diskDir, name)
+    const last = i === files.length - 1
+    const prevSeq = segments[segments.length - 1]?.lastSeq
+    const handle = await fs.open(file, recover && last ? "r+" : "r")
+    try {
+      const { size } = await handle.stat()
+      if (!last) {
+        const indexed = await readIndex(path.join(diskDir, indexName(name)), size)
+        if (indexed !== undefined && indexed.length > 0 && indexed[0]!.seq === firstSeq) {
+          admit(name, indexed, size, !recover)
+          continue
+        }
+      }
+      const scan = await scanSegment(handle, size, { firstSeq, prevSeq })
+      if (scan.damage !== undefined) {
+        if (!last || !isTorn(scan.damage)) {
+          if (!recover && scan.entries.length > 0) admit(name, scan.entries, scan.end, true)
+          throw new LogCorrupt({ file, offset: scan.damage.offset, reason: describeDamage(scan.damage) })
+        }
+        notes.push({
+          message: recover
+            ? "cut off a torn tail"
+            : "ignored a torn tail (the receiver cuts it off when it restarts)",
+          annotations: {
+            file,
+            at: scan.damage.offset,
+            truncatedBytes: size - scan.end,
+            reason: scan.damage.reason,
+            wholeRecordsDropped: scan.damage.validAfter
+          }
+        })
+        if (recover && scan.entries.length > 0) await handle.truncate(scan.end)
+      } else if (!last) {
+        if (scan.entries.length === 0)
+          throw new LogCorrupt({ file, offset: scan.end, reason: "a sealed segment holds no record" })
+        if (recover) await fs.writeFile(path.join(diskDir, indexName(name)), encodeIndex(size, scan.entries))
+      }
+      // What a killed receiver wrote may not have been fsynced yet: it is about to be reported durable.
+      if (recover && last && scan.entries.length > 0) await handle.sync()
+      if (scan.entries.length > 0) admit(name, scan.entries, scan.end, !recover || last)
+      else if (recover) {
+        // A segment is created with its first commit: an empty one is a creation cut short.
+        await fs.unlink(file)
+        if (scan.damage === undefined)
+          notes.push({ message: "removed an empty segment", annotations: { file } })
+      }
+    } catch (e) {
+      if (recover || !(e instanceof LogCorrupt)) throw e
+      damaged = e
+      notes.push({
+        message: "the log is damaged: recovery points after the damage are unavailable",
+        annotations: { file: e.file, at: e.offset, reason: e.reason }
+      })
+      break
+    } finally {
+      await handle.close()
+    }
+  }
+  // Also makes a segment created just before a crash durable, before its records are reported so.
+  if (recover) await syncDirectory(diskDir)
+
+  // Every record of the last segment folded too (a fold's clean-up cut short): drop it.
+  if (segments.length > 0 && segments[segments.length - 1]!.lastSeq < base.seq) {
+    const gone = segments.pop()!
+    if (recover) {
+      await removeIfExists(path.join(diskDir, gone.name))
+      await removeIfExists(path.join(diskDir, indexName(gone.name)))
+      await syncDirectory(diskDir)
+    }
+  }
+  const tail = segments[segments.length - 1]
+  if (recover && tail !== undefined) {
+    // The last segment is the active one again; its index is rewritten when it is sealed.
+    const indexFile = path.join(diskDir, indexName(tail.name))
+    if (tail.entries === undefined) {
+      const indexed = await readIndex(indexFile, tail.bytes)
+      if (indexed === undefined)
+        throw new LogCorrupt({
+          file: indexFile,
+          offset: 0,
+          reason: "the index changed while the log was opened"
+        })
+      tail.entries = [...indexed]
+    }
+    await removeIfExists(indexFile)
+  }
+
+  return {
+    diskDir,
+    meta,
+    base,
+    segments,
+    lastSeq: Math.max(base.seq, tail?.lastSeq ?? 0),
+    inResync: endsInResync(segments, base.seq),
+    damaged,
+    notes
+  }
+}

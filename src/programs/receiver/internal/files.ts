@@ -1,0 +1,149 @@
+/**
+ * File helpers for the log store: whole reads and writes at a position, durable
+ * renames, a buffered forward reader and sparse copies. Plain promises; the callers
+ * wrap them in Effects and map failures to `LogIoError` / `LogCorrupt`.
+ */
+import * as fs from "node:fs/promises"
+import * as path from "node:path"
+
+export const preadFully = async (handle: fs.FileHandle, out: Uint8Array, position: number): Promise<void> => {
+  let done = 0
+  while (done < out.length) {
+    const { bytesRead } = await handle.read(out, done, out.length - done, position + done)
+    if (bytesRead === 0) throw new Error(`unexpected end of file at byte ${position + done}`)
+    done += bytesRead
+  }
+}
+
+export const pwriteFully = async (
+  handle: fs.FileHandle,
+  bytes: Uint8Array,
+  position: number
+): Promise<void> => {
+  let done = 0
+  while (done < bytes.length) {
+    const { bytesWritten } = await handle.write(bytes, done, bytes.length - done, position + done)
+    done += bytesWritten
+  }
+}
+
+/** Writes `buffers` back to back at `position` with as few `pwritev` calls as it takes (no copy). */
+export const pwritevFully = async (
+  handle: fs.FileHandle,
+  buffers: ReadonlyArray<Uint8Array>,
+  position: number
+): Promise<void> => {
+  let rest = buffers.filter((b) => b.byteLength > 0)
+  while (rest.length > 0) {
+    const { bytesWritten } = await handle.writev(rest as Array<Uint8Array>, position)
+    position += bytesWritten
+    // A short write (rare): drop what was written and go on from there.
+    let skip = bytesWritten
+    let i = 0
+    while (i < rest.length && skip >= rest[i]!.byteLength) skip -= rest[i++]!.byteLength
+    rest = rest.slice(i)
+    if (rest.length > 0 && skip > 0) rest[0] = rest[0]!.subarray(skip)
+  }
+}
+
+/** fsync of a directory: makes the entries created, renamed or removed in it durable. */
+export const syncDirectory = async (directory: string): Promise<void> => {
+  const handle = await fs.open(directory, "r")
+  try {
+    await handle.sync()
+  } finally {
+    await handle.close()
+  }
+}
+
+export const isEnoent = (cause: unknown): boolean =>
+  typeof cause === "object" && cause !== null && "code" in cause && cause.code === "ENOENT"
+
+export const removeIfExists = async (file: string): Promise<boolean> => {
+  try {
+    await fs.unlink(file)
+    return true
+  } catch (e) {
+    if (isEnoent(e)) return false
+    throw e
+  }
+}
+
+export const readIfExists = async (file: string): Promise<Buffer | undefined> => {
+  try {
+    return await fs.readFile(file)
+  } catch (e) {
+    if (isEnoent(e)) return undefined
+    throw e
+  }
+}
+
+/** Write aside, fsync, rename over `file`, fsync the directory: a crash leaves the old or the new file. */
+export const writeFileAtomic = async (file: string, bytes: Uint8Array): Promise<void> => {
+  const temp = `${file}.tmp`
+  const handle = await fs.open(temp, "w", 0o644)
+  try {
+    await pwriteFully(handle, bytes, 0)
+    await handle.sync()
+  } finally {
+    await handle.close()
+  }
+  await fs.rename(temp, file)
+  await syncDirectory(path.dirname(file))
+}
+
+const COPY_CHUNK = 1 << 20
+const ZEROS = Buffer.alloc(COPY_CHUNK)
+
+/**
+ * Copies `length` bytes from `from` to `to` (both at offset 0), skipping chunks that are all
+ * zeros: `to` must already be `length` bytes long and zero there (e.g. freshly truncated), so
+ * holes stay holes.
+ */
+export const sparseCopy = async (from: fs.FileHandle, to: fs.FileHandle, length: number): Promise<void> => {
+  const buf = Buffer.allocUnsafe(Math.min(COPY_CHUNK, Math.max(1, length)))
+  for (let at = 0; at < length; at += buf.length) {
+    const part = buf.subarray(0, Math.min(buf.length, length - at))
+    await preadFully(from, part, at)
+    if (!part.equals(ZEROS.subarray(0, part.length))) await pwriteFully(to, part, at)
+  }
+}
+
+/**
+ * Reads a file forward through a window: `ensure(offset, need)` makes `[offset, offset + need)`
+ * (or as much of it as the file holds below `end`) available in `buf` from `buf[offset - start]`.
+ */
+export class ForwardReader {
+  buf: Buffer = Buffer.alloc(0)
+  start = 0
+  constructor(
+    private readonly handle: fs.FileHandle,
+    readonly end: number,
+    private readonly window = 4 << 20
+  ) {}
+
+  /** Bytes available from `offset` after the call (may be fewer than `need` at the end). */
+  async ensure(offset: number, need: number): Promise<number> {
+    const want = Math.min(this.end, offset + need)
+    if (offset >= this.start && this.start + this.buf.length >= want)
+      return this.start + this.buf.length - offset
+    const readTo = Math.min(this.end, Math.max(want, offset + this.window))
+    const keepFrom = offset >= this.start && offset <= this.start + this.buf.length ? offset : undefined
+    const next = Buffer.allocUnsafe(readTo - offset)
+    let have = 0
+    if (keepFrom !== undefined) {
+      const kept = this.buf.subarray(keepFrom - this.start)
+      kept.copy(next, 0)
+      have = kept.length
+    }
+    if (readTo - offset > have) await preadFully(this.handle, next.subarray(have), offset + have)
+    this.buf = next
+    this.start = offset
+    return this.buf.length
+  }
+
+  /** A view of `[offset, offset + length)`; call `ensure` first. */
+  view(offset: number, length: number): Buffer {
+    return this.buf.subarray(offset - this.start, offset - this.start + length)
+  }
+}

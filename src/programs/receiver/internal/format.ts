@@ -1,0 +1,306 @@
+/**
+ * The receiver's on-disk formats (docs/receiver.md), pure: segment records, the
+ * segment file header, the base image trailer and the segment index. Little-endian;
+ * u64 fields hold safe integers (the high word is at most 2^21 - 1).
+ *
+ * A record is a 40-byte header followed by the payload:
+ *
+ * | offset | size | field |
+ * | ---: | ---: | --- |
+ * | 0 | 4 | payload length |
+ * | 4 | 1 | kind (the wire's: 3 write, 4 block, 5 resync-begin, 6 resync-end) |
+ * | 5 | 1 | flags: bit 0 recovery point, bit 1 first record of a commit (batch start) |
+ * | 6 | 2 | reserved, 0 |
+ * | 8 | 4 | epoch |
+ * | 12 | 8 | seq |
+ * | 20 | 8 | position: write byte offset, block index, resync-begin base, else 0 |
+ * | 28 | 8 | receive time, ms since the Unix epoch |
+ * | 36 | 4 | CRC32C of bytes 0..35 and the payload |
+ */
+import { crc32c } from "../../../adapters/internal/crc32c.js"
+
+export const RECORD_HEADER_BYTES = 40
+export const SEGMENT_HEADER_BYTES = 32
+export const BASE_TRAILER_BYTES = 32
+export const INDEX_HEADER_BYTES = 24
+export const INDEX_ENTRY_BYTES = 48
+
+/** Records larger than this are implausible (the wire caps a frame at a u32 length anyway). */
+export const MAX_RECORD_PAYLOAD = 0xffff_ffff - RECORD_HEADER_BYTES
+
+export const Kind = { Write: 3, Block: 4, ResyncBegin: 5, ResyncEnd: 6 } as const
+export type Kind = (typeof Kind)[keyof typeof Kind]
+
+export const FLAG_RECOVERY_POINT = 1
+/** The first record of each commit's write to a segment: tells a torn tail from damage. */
+export const FLAG_BATCH_START = 2
+const KNOWN_FLAGS = FLAG_RECOVERY_POINT | FLAG_BATCH_START
+
+const SEGMENT_MAGIC = Buffer.from("CDPSSEG1", "latin1")
+const BASE_MAGIC = Buffer.from("CDPSBASE", "latin1")
+const INDEX_MAGIC = Buffer.from("CDPSIDX1", "latin1")
+
+const MAX_HIGH_WORD = 0x1f_ffff
+const TWO_32 = 0x1_0000_0000
+
+export const putU64 = (b: Buffer, at: number, n: number): void => {
+  b.writeUInt32LE(n >>> 0, at)
+  b.writeUInt32LE(Math.floor(n / TWO_32), at + 4)
+}
+/** A u64 that must be a safe integer; `-1` when it is not (treated as damage by the callers). */
+export const getU64 = (b: Uint8Array, at: number): number => {
+  const low = readU32(b, at)
+  const high = readU32(b, at + 4)
+  return high > MAX_HIGH_WORD ? -1 : high * TWO_32 + low
+}
+const readU32 = (b: Uint8Array, at: number): number =>
+  (b[at]! | (b[at + 1]! << 8) | (b[at + 2]! << 16) | (b[at + 3]! << 24)) >>> 0
+
+const asBuffer = (bytes: Uint8Array): Buffer =>
+  Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+
+// ---------------------------------------------------------------------------------------------
+// Records
+
+export interface RecordHeader {
+  readonly length: number
+  readonly kind: Kind
+  readonly flags: number
+  readonly epoch: number
+  readonly seq: number
+  readonly position: number
+  readonly time: number
+}
+
+export const isRecoveryPoint = (h: RecordHeader): boolean => (h.flags & FLAG_RECOVERY_POINT) !== 0
+export const isBatchStart = (h: RecordHeader): boolean => (h.flags & FLAG_BATCH_START) !== 0
+
+export const kindName = (kind: Kind): "write" | "block" | "resync-begin" | "resync-end" =>
+  kind === Kind.Write
+    ? "write"
+    : kind === Kind.Block
+      ? "block"
+      : kind === Kind.ResyncBegin
+        ? "resync-begin"
+        : "resync-end"
+
+/** The 40-byte header of a record; the CRC covers the header and `payload`. */
+export const encodeRecordHeader = (h: RecordHeader, payload: Uint8Array): Buffer => {
+  const b = Buffer.allocUnsafe(RECORD_HEADER_BYTES)
+  b.writeUInt32LE(payload.byteLength, 0)
+  b[4] = h.kind
+  b[5] = h.flags
+  b.writeUInt16LE(0, 6)
+  b.writeUInt32LE(h.epoch >>> 0, 8)
+  putU64(b, 12, h.seq)
+  putU64(b, 20, h.position)
+  putU64(b, 28, h.time)
+  const crc =
+    payload.byteLength === 0
+      ? crc32c(b.subarray(0, 36))
+      : crc32c(asBuffer(payload), crc32c(b.subarray(0, 36)))
+  b.writeUInt32LE(crc, 36)
+  return b
+}
+
+/** Sets or clears the batch-start flag of an encoded header (and fixes its CRC). */
+export const withBatchStart = (header: Buffer, payload: Uint8Array, on: boolean): void => {
+  const flags = on ? header[5]! | FLAG_BATCH_START : header[5]! & ~FLAG_BATCH_START
+  if (flags === header[5]) return
+  header[5] = flags
+  const crc =
+    payload.byteLength === 0
+      ? crc32c(header.subarray(0, 36))
+      : crc32c(asBuffer(payload), crc32c(header.subarray(0, 36)))
+  header.writeUInt32LE(crc, 36)
+}
+
+export type Parsed =
+  | { readonly _tag: "Record"; readonly header: RecordHeader; readonly size: number }
+  /** More bytes are needed: `need` from the record's start. */
+  | { readonly _tag: "Short"; readonly need: number }
+  | { readonly _tag: "Bad"; readonly reason: string }
+
+/** Header fields alone (no CRC): the reason they are implausible, or the header. */
+export const parseHeaderFields = (buf: Uint8Array, at: number): RecordHeader | string => {
+  const length = readU32(buf, at)
+  const kind = buf[at + 4]!
+  const flags = buf[at + 5]!
+  if (kind < Kind.Write || kind > Kind.ResyncEnd) return `unknown record kind ${kind}`
+  if ((flags & ~KNOWN_FLAGS) !== 0) return `unknown record flags ${flags}`
+  if (buf[at + 6] !== 0 || buf[at + 7] !== 0) return "reserved bytes are not zero"
+  const seq = getU64(buf, at + 12)
+  const position = getU64(buf, at + 20)
+  const time = getU64(buf, at + 28)
+  if (seq < 1 || position < 0 || time < 0) return "a seq, position or time out of range"
+  const carriesData = kind === Kind.Write || kind === Kind.Block
+  if (carriesData ? length === 0 || length > MAX_RECORD_PAYLOAD : length !== 0)
+    return `implausible payload length ${length} for a ${kindName(kind as Kind)} record`
+  return { length, kind: kind as Kind, flags, epoch: readU32(buf, at + 8), seq, position, time }
+}
+
+/** Parses the record at `at` in `buf` (which holds bytes up to `buf.length`), checking its CRC. */
+export const parseRecord = (buf: Uint8Array, at: number): Parsed => {
+  if (buf.length - at < RECORD_HEADER_BYTES) return { _tag: "Short", need: RECORD_HEADER_BYTES }
+  const header = parseHeaderFields(buf, at)
+  if (typeof header === "string") return { _tag: "Bad", reason: header }
+  const size = RECORD_HEADER_BYTES + header.length
+  if (buf.length - at < size) return { _tag: "Short", need: size }
+  const b = asBuffer(buf)
+  let crc = crc32c(b.subarray(at, at + 36))
+  if (header.length > 0) crc = crc32c(b.subarray(at + RECORD_HEADER_BYTES, at + size), crc)
+  if (crc !== readU32(buf, at + 36)) return { _tag: "Bad", reason: "CRC32C mismatch" }
+  return { _tag: "Record", header, size }
+}
+
+/**
+ * Whether `next` may follow `previous` in the log: the next seq, or a resync-begin
+ * marker that skipped seqs (accepted across a gap, `domain/Receiver`).
+ */
+export const continues = (previous: number, next: RecordHeader): boolean =>
+  next.seq === previous + 1 || (next.kind === Kind.ResyncBegin && next.seq > previous)
+
+// ---------------------------------------------------------------------------------------------
+// Segment file header: magic, first seq, creation time, CRC.
+
+export interface SegmentHeader {
+  readonly firstSeq: number
+  readonly created: number
+}
+
+export const encodeSegmentHeader = (h: SegmentHeader): Buffer => {
+  const b = Buffer.alloc(SEGMENT_HEADER_BYTES)
+  SEGMENT_MAGIC.copy(b, 0)
+  putU64(b, 8, h.firstSeq)
+  putU64(b, 16, h.created)
+  b.writeUInt32LE(crc32c(b.subarray(0, 28)), 28)
+  return b
+}
+
+export const decodeSegmentHeader = (b: Uint8Array): SegmentHeader | string => {
+  if (b.length < SEGMENT_HEADER_BYTES) return "short segment header"
+  const buf = asBuffer(b)
+  if (!buf.subarray(0, 8).equals(SEGMENT_MAGIC)) return "bad segment magic"
+  if (crc32c(buf.subarray(0, 28)) !== readU32(b, 28)) return "segment header CRC32C mismatch"
+  const firstSeq = getU64(b, 8)
+  const created = getU64(b, 16)
+  if (firstSeq < 1 || created < 0) return "segment header fields out of range"
+  return { firstSeq, created }
+}
+
+/** Segment files are named by their first seq, zero-padded so names sort in seq order. */
+export const segmentName = (firstSeq: number): string => `${String(firstSeq).padStart(16, "0")}.seg`
+export const indexName = (segment: string): string => segment.replace(/\.seg$/, ".idx")
+export const parseSegmentName = (name: string): number | undefined => {
+  const m = /^(\d{16})\.seg$/.exec(name)
+  if (m === null) return undefined
+  const n = Number(m[1])
+  return Number.isSafeInteger(n) && n >= 1 ? n : undefined
+}
+
+// ---------------------------------------------------------------------------------------------
+// Base image trailer: the image is `diskBytes` raw bytes, then this trailer.
+
+export interface BaseTrailer {
+  /** The base is the disk after record `seq` (0: the empty disk). */
+  readonly seq: number
+  /** Receive time of record `seq` (0 for the empty disk). */
+  readonly time: number
+}
+
+export const encodeBaseTrailer = (t: BaseTrailer): Buffer => {
+  const b = Buffer.alloc(BASE_TRAILER_BYTES)
+  BASE_MAGIC.copy(b, 0)
+  putU64(b, 8, t.seq)
+  putU64(b, 16, t.time)
+  b.writeUInt32LE(crc32c(b.subarray(0, 28)), 28)
+  return b
+}
+
+export const decodeBaseTrailer = (b: Uint8Array): BaseTrailer | string => {
+  if (b.length < BASE_TRAILER_BYTES) return "short base trailer"
+  const buf = asBuffer(b)
+  if (!buf.subarray(0, 8).equals(BASE_MAGIC)) return "bad base trailer magic"
+  if (crc32c(buf.subarray(0, 28)) !== readU32(b, 28)) return "base trailer CRC32C mismatch"
+  const seq = getU64(b, 8)
+  const time = getU64(b, 16)
+  if (seq < 0 || time < 0) return "base trailer fields out of range"
+  return { seq, time }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Segment index: what a sealed segment holds, without reading its payloads.
+
+export interface IndexEntry extends RecordHeader {
+  /** Byte offset of the record in its segment. */
+  readonly offset: number
+}
+
+/** One entry: the record's offset in its segment and its header fields (48 bytes). */
+export const encodeIndexEntry = (b: Buffer, at: number, e: IndexEntry): void => {
+  putU64(b, at, e.offset)
+  putU64(b, at + 8, e.seq)
+  putU64(b, at + 16, e.position)
+  putU64(b, at + 24, e.time)
+  b.writeUInt32LE(e.length, at + 32)
+  b.writeUInt32LE(e.epoch >>> 0, at + 36)
+  b[at + 40] = e.kind
+  b[at + 41] = e.flags
+  b.fill(0, at + 42, at + INDEX_ENTRY_BYTES)
+}
+
+const decodeIndexEntry = (b: Uint8Array, at: number): IndexEntry | undefined => {
+  const offset = getU64(b, at)
+  const seq = getU64(b, at + 8)
+  const position = getU64(b, at + 16)
+  const time = getU64(b, at + 24)
+  const kind = b[at + 40]!
+  const flags = b[at + 41]!
+  if (offset < SEGMENT_HEADER_BYTES || seq < 1 || position < 0 || time < 0) return undefined
+  if (kind < Kind.Write || kind > Kind.ResyncEnd || (flags & ~KNOWN_FLAGS) !== 0) return undefined
+  return {
+    offset,
+    seq,
+    position,
+    time,
+    length: readU32(b, at + 32),
+    epoch: readU32(b, at + 36),
+    kind: kind as Kind,
+    flags
+  }
+}
+
+export const encodeIndex = (segmentBytes: number, entries: ReadonlyArray<IndexEntry>): Buffer => {
+  const total = INDEX_HEADER_BYTES + entries.length * INDEX_ENTRY_BYTES + 4
+  const b = Buffer.allocUnsafe(total)
+  INDEX_MAGIC.copy(b, 0)
+  putU64(b, 8, segmentBytes)
+  b.writeUInt32LE(entries.length, 16)
+  b.writeUInt32LE(0, 20)
+  let at = INDEX_HEADER_BYTES
+  for (const entry of entries) {
+    encodeIndexEntry(b, at, entry)
+    at += INDEX_ENTRY_BYTES
+  }
+  b.writeUInt32LE(crc32c(b.subarray(0, at)), at)
+  return b
+}
+
+/** Decodes an index; a reason when it is damaged or does not describe a segment of `segmentBytes`. */
+export const decodeIndex = (b: Uint8Array, segmentBytes: number): ReadonlyArray<IndexEntry> | string => {
+  if (b.length < INDEX_HEADER_BYTES + 4) return "short index"
+  const buf = asBuffer(b)
+  if (!buf.subarray(0, 8).equals(INDEX_MAGIC)) return "bad index magic"
+  const count = readU32(b, 16)
+  const end = INDEX_HEADER_BYTES + count * INDEX_ENTRY_BYTES
+  if (b.length !== end + 4) return "index length does not match its entry count"
+  if (crc32c(buf.subarray(0, end)) !== readU32(b, end)) return "index CRC32C mismatch"
+  if (getU64(b, 8) !== segmentBytes) return "index describes another segment size"
+  const entries: Array<IndexEntry> = []
+  for (let at = INDEX_HEADER_BYTES; at < end; at += INDEX_ENTRY_BYTES) {
+    const entry = decodeIndexEntry(b, at)
+    if (entry === undefined) return "implausible index entry"
+    entries.push(entry)
+  }
+  return entries
+}

@@ -1,0 +1,212 @@
+/**
+ * Reading segment files: a full scan that tells a torn tail from damage, a verified
+ * read of a byte range (restore, fold), and the sidecar index of sealed segments.
+ *
+ * Torn tail or damage? Each commit is one write per segment followed by one fsync,
+ * and the next commit starts only after that fsync. So after a crash only the last
+ * commit of the last segment can be incomplete — and on power loss its pages may
+ * reach the disk in any order. The first record of every commit carries the
+ * batch-start flag: damage followed by a whole record that starts a *later* commit
+ * (a batch start with a higher seq) sat in a durable commit — that is corruption.
+ * Damage with no later commit after it lies in the last commit: a torn tail, cut off.
+ */
+import type * as fs from "node:fs/promises"
+import { LogCorrupt } from "./errors.js"
+import { ForwardReader, preadFully, readIfExists } from "./files.js"
+import {
+  continues,
+  decodeIndex,
+  decodeSegmentHeader,
+  FLAG_BATCH_START,
+  type IndexEntry,
+  isBatchStart,
+  Kind,
+  parseRecord,
+  RECORD_HEADER_BYTES,
+  type RecordHeader,
+  SEGMENT_HEADER_BYTES,
+  type SegmentHeader
+} from "./format.js"
+
+export interface Damage {
+  /** Byte offset of the first byte that is not part of a good record. */
+  readonly offset: number
+  readonly reason: string
+  /** Offset of a whole record starting a later commit after the damage: then it is no torn tail. */
+  readonly laterCommitAt: number | undefined
+  /** Whole records of the same (last) commit found after the damage; dropped with a torn tail. */
+  readonly validAfter: number
+}
+
+export interface ScanResult {
+  /** `undefined` when the segment header itself is damaged. */
+  readonly header: SegmentHeader | undefined
+  readonly entries: Array<IndexEntry>
+  /** End of the last good record (the header's end when there is none, 0 when the header is bad). */
+  readonly end: number
+  readonly fileBytes: number
+  readonly damage: Damage | undefined
+}
+
+export interface ScanOptions {
+  /** The seq the file name promises for the first record. */
+  readonly firstSeq: number
+  /** Last seq of the previous segment, to check continuity across files; `undefined` when none is kept. */
+  readonly prevSeq: number | undefined
+}
+
+/** Scans a whole segment, checking every CRC and the seq continuity. */
+export const scanSegment = async (
+  handle: fs.FileHandle,
+  fileBytes: number,
+  options: ScanOptions
+): Promise<ScanResult> => {
+  const reader = new ForwardReader(handle, fileBytes)
+  const entries: Array<IndexEntry> = []
+  let header: SegmentHeader | undefined
+  let last = options.prevSeq ?? 0
+  let end = 0
+  let damage: { offset: number; reason: string } | undefined
+  await reader.ensure(0, SEGMENT_HEADER_BYTES)
+  const decoded = decodeSegmentHeader(reader.view(0, Math.min(SEGMENT_HEADER_BYTES, fileBytes)))
+  if (typeof decoded === "string") damage = { offset: 0, reason: decoded }
+  else if (decoded.firstSeq !== options.firstSeq)
+    damage = {
+      offset: 0,
+      reason: `the header names first seq ${decoded.firstSeq}, the file name ${options.firstSeq}`
+    }
+  else {
+    header = decoded
+    end = SEGMENT_HEADER_BYTES
+    let offset = SEGMENT_HEADER_BYTES
+    while (offset < fileBytes) {
+      let parsed = parseRecord(reader.view(offset, fileBytes - offset), 0)
+      if (parsed._tag === "Short" && (await reader.ensure(offset, parsed.need)) >= parsed.need)
+        parsed = parseRecord(reader.view(offset, parsed.need), 0)
+      if (parsed._tag === "Short") {
+        damage = {
+          offset,
+          reason: fileBytes - offset < RECORD_HEADER_BYTES ? "short record header" : "short record payload"
+        }
+        break
+      }
+      if (parsed._tag === "Bad") {
+        damage = { offset, reason: parsed.reason }
+        break
+      }
+      const h = parsed.header
+      const reason = order(h, entries.length === 0, options, last)
+      if (reason !== undefined) {
+        damage = { offset, reason }
+        break
+      }
+      entries.push({ ...h, offset })
+      last = h.seq
+      offset += parsed.size
+      end = offset
+    }
+  }
+  if (damage === undefined) return { header, entries, end, fileBytes, damage: undefined }
+  const after = await lookPast(
+    handle,
+    damage.offset,
+    fileBytes,
+    entries.length > 0 ? last : options.firstSeq - 1
+  )
+  return { header, entries, end, fileBytes, damage: { ...damage, ...after } }
+}
+
+const order = (h: RecordHeader, first: boolean, options: ScanOptions, last: number): string | undefined => {
+  if (first) {
+    if (h.seq !== options.firstSeq)
+      return `first record has seq ${h.seq}, the segment starts at ${options.firstSeq}`
+    if (!isBatchStart(h)) return "first record of the segment does not start a commit"
+    if (options.prevSeq !== undefined && !continues(options.prevSeq, h))
+      return `seq ${h.seq} does not follow ${options.prevSeq}, the end of the previous segment`
+    return undefined
+  }
+  return continues(last, h) ? undefined : `seq ${h.seq} does not follow ${last}`
+}
+
+/** Searches past damage for whole records with a seq above `afterSeq` (see the module comment). */
+const lookPast = async (
+  handle: fs.FileHandle,
+  from: number,
+  fileBytes: number,
+  afterSeq: number
+): Promise<{ laterCommitAt: number | undefined; validAfter: number }> => {
+  const rest = Buffer.allocUnsafe(fileBytes - from)
+  if (rest.length > 0) await preadFully(handle, rest, from)
+  let validAfter = 0
+  for (let at = 1; at + RECORD_HEADER_BYTES <= rest.length; at++) {
+    const kind = rest[at + 4]!
+    // Cheap filter before the CRC: a known kind and zero reserved bytes.
+    if (kind < Kind.Write || kind > Kind.ResyncEnd || rest[at + 6] !== 0 || rest[at + 7] !== 0) continue
+    const parsed = parseRecord(rest, at)
+    if (parsed._tag !== "Record" || parsed.header.seq <= afterSeq) continue
+    if ((parsed.header.flags & FLAG_BATCH_START) !== 0) return { laterCommitAt: from + at, validAfter }
+    validAfter++
+    at += parsed.size - 1
+  }
+  return { laterCommitAt: undefined, validAfter }
+}
+
+/** Whether damage found by a scan may be cut off as a torn tail (only ever in the last segment). */
+export const isTorn = (damage: Damage): boolean => damage.laterCommitAt === undefined
+
+export const describeDamage = (damage: Damage): string =>
+  damage.laterCommitAt === undefined
+    ? damage.reason
+    : `${damage.reason}, yet a later commit follows at byte ${damage.laterCommitAt}`
+
+/**
+ * Reads the records in `[from, to)` of a segment, every one checked (CRC and continuity
+ * from `prevSeq`, when given), and hands each to `onRecord` with a view of its payload
+ * (valid until the callback's promise settles).
+ */
+export const readRange = async (
+  handle: fs.FileHandle,
+  file: string,
+  from: number,
+  to: number,
+  prevSeq: number | undefined,
+  onRecord: (
+    header: RecordHeader,
+    payload: Buffer,
+    offset: number
+  ) => Promise<boolean | undefined> | boolean | undefined
+): Promise<void> => {
+  const reader = new ForwardReader(handle, to)
+  let last = prevSeq
+  let offset = from
+  while (offset < to) {
+    const available = await reader.ensure(offset, RECORD_HEADER_BYTES)
+    let parsed = parseRecord(reader.view(offset, available), 0)
+    if (parsed._tag === "Short" && (await reader.ensure(offset, parsed.need)) >= parsed.need)
+      parsed = parseRecord(reader.view(offset, parsed.need), 0)
+    if (parsed._tag !== "Record")
+      throw new LogCorrupt({
+        file,
+        offset,
+        reason: parsed._tag === "Short" ? "the segment ends inside a record" : parsed.reason
+      })
+    const h = parsed.header
+    if (last !== undefined && !continues(last, h))
+      throw new LogCorrupt({ file, offset, reason: `seq ${h.seq} does not follow ${last}` })
+    last = h.seq
+    const stop = await onRecord(h, reader.view(offset + RECORD_HEADER_BYTES, h.length), offset)
+    if (stop === true) return
+    offset += parsed.size
+  }
+}
+
+/** The index of a sealed segment, or `undefined` when it is missing or does not match the segment. */
+export const readIndex = async (
+  file: string,
+  segmentBytes: number
+): Promise<ReadonlyArray<IndexEntry> | undefined> => {
+  const bytes = await readIfExists(file)
+  if (bytes === undefined) return undefined
+  const decoded = decodeIndex(bytes, segmentBytes)
+  return typeof decoded === "string" ? undefined : decoded
+}

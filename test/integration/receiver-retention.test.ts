@@ -1,0 +1,152 @@
+/**
+ * Retention: with a tiny segment size and a horizon, the receiver folds old segments
+ * into a new base image — only up to a recovery point at or before the horizon, so every
+ * recovery point inside it stays listed and restorable — and the log stays bounded.
+ */
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import { Effect, Exit } from "effect"
+import { afterAll, describe, expect, it } from "vitest"
+import * as Restore from "../../src/programs/receiver/Restore.js"
+import * as Proc from "../support/receiverProcess.js"
+
+const dirs: Array<string> = []
+afterAll(() => {
+  for (const dir of dirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true })
+})
+const tempDir = () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cdp-receiver-retention-"))
+  dirs.push(dir)
+  return dir
+}
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+
+const geometry = { blockSize: 4096, blockCount: 32 }
+const hello = { diskId: "vm", ...geometry, watermark: 0 }
+const RECORD_HEADER = 40
+
+const restoresMatch = async (dir: string, plan: ReadonlyArray<Proc.Planned>, seqs: ReadonlyArray<number>) => {
+  const expected = Proc.imagesAt(plan, geometry, seqs)
+  for (const seq of seqs) {
+    const out = path.join(dir, `at-${seq}.img`)
+    await Effect.runPromise(Restore.restore({ dir, diskId: "vm", at: seq, out }))
+    expect(fs.readFileSync(out).equals(Buffer.from(expected.get(seq)!)), `restore at ${seq}`).toBe(true)
+    fs.rmSync(out)
+  }
+}
+
+describe("receiver retention", () => {
+  it("by size: folds old segments into the base without losing a recovery point inside the horizon", async () => {
+    const dir = tempDir()
+    const keep = 64 * 1024
+    const receiver = await Proc.start(dir, ["--segment-bytes", "16KiB", "--retain", "64KiB"])
+    const plan = Proc.makePlan({ seed: 5, records: 700, ...geometry, maxWrite: 2000, resyncChance: 0.06 })
+    try {
+      const result = await Proc.streamPlan({ host: receiver.host, port: receiver.port, hello, plan })
+      expect(result.outcome).toBe("complete")
+      await sleep(300)
+    } finally {
+      await receiver.kill("SIGTERM")
+    }
+    expect(receiver.stderr()).toMatch(/folded the log into the base image/)
+
+    const [listed] = await Effect.runPromise(Restore.points(dir, "vm"))
+    const { baseSeq, logBytes, segments, points } = listed!
+    // Folded, to a recovery point of the plan.
+    expect(baseSeq).toBeGreaterThan(0)
+    expect(plan[baseSeq - 1]!.recoveryPoint).toBe(true)
+    // The log keeps at least the horizon, and old segments are gone.
+    const written = plan.reduce(
+      (n, p) => n + RECORD_HEADER + ("data" in p.record ? p.record.data.length : 0),
+      0
+    )
+    expect(logBytes).toBeGreaterThanOrEqual(keep)
+    expect(logBytes).toBeLessThan(written / 2)
+    const files = fs.readdirSync(path.join(dir, "vm")).filter((n) => n.endsWith(".seg"))
+    expect(files).toHaveLength(segments)
+
+    // Every recovery point inside the horizon — records within the newest 64 KiB of log
+    // (less room for segment headers) — is after the base and listed.
+    const room = keep - 512
+    let trailing = 0
+    const inside: Array<number> = []
+    for (let i = plan.length - 1; i >= 0; i--) {
+      const p = plan[i]!
+      const size = RECORD_HEADER + ("data" in p.record ? p.record.data.length : 0)
+      if (trailing + size > room) break
+      trailing += size
+      if (p.recoveryPoint) inside.push(p.record.seq)
+    }
+    expect(inside.length).toBeGreaterThan(10)
+    expect(Math.min(...inside)).toBeGreaterThan(baseSeq)
+    const listedSeqs = points.map((p) => p.seq)
+    expect(listedSeqs).toEqual([
+      baseSeq,
+      ...plan.filter((p) => p.recoveryPoint && p.record.seq > baseSeq).map((p) => p.record.seq)
+    ])
+    for (const seq of inside) expect(listedSeqs).toContain(seq)
+
+    // The log from the base on is the plan, byte for byte; restores match, the base included.
+    const { records } = await Proc.readLog(dir, "vm")
+    for (const r of records.filter((r) => r.seq > baseSeq))
+      expect(Proc.compare(r, plan[r.seq - 1]!)).toBeUndefined()
+    await restoresMatch(dir, plan, [baseSeq, inside.at(-1)!, inside[0]!, listedSeqs[1]!])
+
+    // A point folded into the base is refused, and the base named as the nearest one.
+    const folded = plan.filter((p) => p.recoveryPoint && p.record.seq < baseSeq).at(-1)!.record.seq
+    const exit = await Effect.runPromiseExit(
+      Restore.restore({ dir, diskId: "vm", at: folded, out: path.join(dir, "x.img") })
+    )
+    expect(Exit.isFailure(exit)).toBe(true)
+    expect(String(Exit.isFailure(exit) && exit.cause)).toMatch(
+      new RegExp(
+        `folded into the base image \\(at seq ${baseSeq}\\); nearest recovery points: ${baseSeq} \\(after\\)`
+      )
+    )
+
+    // After a restart (recovery reads the new base and the remaining chain) the disk carries on.
+    const again = await Proc.start(dir, ["--segment-bytes", "16KiB", "--retain", "64KiB"])
+    try {
+      const more = Proc.makePlan({ seed: 5, records: 760, ...geometry, maxWrite: 2000, resyncChance: 0.06 })
+      const result = await Proc.streamPlan({
+        host: again.host,
+        port: again.port,
+        hello: { ...hello, watermark: 700 },
+        plan: more
+      })
+      expect(result).toMatchObject({ welcome: 700, lastAck: 760, outcome: "complete" })
+    } finally {
+      await again.kill("SIGTERM")
+    }
+  })
+
+  it("by age: folds only records older than the horizon", async () => {
+    const dir = tempDir()
+    const receiver = await Proc.start(dir, ["--segment-bytes", "8KiB", "--retain", "1500ms"])
+    const plan = Proc.makePlan({ seed: 9, records: 300, ...geometry, maxWrite: 1500, resyncChance: 0.05 })
+    try {
+      await Proc.streamPlan({ host: receiver.host, port: receiver.port, hello, plan: plan.slice(0, 150) })
+      await sleep(1700)
+      // New records roll segments, and each roll checks retention.
+      const result = await Proc.streamPlan({
+        host: receiver.host,
+        port: receiver.port,
+        hello: { ...hello, watermark: 150 },
+        plan
+      })
+      expect(result.outcome).toBe("complete")
+      await sleep(200)
+    } finally {
+      await receiver.kill("SIGTERM")
+    }
+    const [listed] = await Effect.runPromise(Restore.points(dir, "vm"))
+    const { baseSeq, points } = listed!
+    // Folded into the first batch only: everything received after the pause is kept.
+    expect(baseSeq).toBeGreaterThan(0)
+    expect(baseSeq).toBeLessThanOrEqual(150)
+    const recent = plan.filter((p) => p.recoveryPoint && p.record.seq > 150).map((p) => p.record.seq)
+    for (const seq of recent) expect(points.map((p) => p.seq)).toContain(seq)
+    await restoresMatch(dir, plan, [baseSeq, recent[0]!, recent.at(-1)!])
+  })
+})
