@@ -12,6 +12,7 @@ import { encode } from "./internal/wireEncode.js"
 import { type Frame, WireError } from "./internal/wireFrame.js"
 
 export {
+  checkRecord,
   DEFAULT_MAX_FRAME_BYTES,
   HEADER_BYTES,
   Kind,

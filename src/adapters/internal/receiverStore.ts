@@ -9,7 +9,7 @@ import { Either } from "effect"
 import * as Geometry from "../../domain/Geometry.js"
 import * as Receiver from "../../domain/Receiver.js"
 import type { Ack, Gap, Hello, Record } from "./wireFrame.js"
-import { WireError } from "./wireFrame.js"
+import { checkRecord } from "./wireFrame.js"
 import { ConnectionClosed } from "./receiverErrors.js"
 
 export type Message = Ack | Gap
@@ -49,25 +49,6 @@ const kindOf = (record: Record): Receiver.RecordKind => {
     case "ResyncEnd":
       return "resync-end"
   }
-}
-
-const badRecord = (detail: string) => new WireError({ reason: "bad-record", detail })
-
-/** A record that does not fit the disk never reaches the log: it closes the connection. */
-const validate = (geometry: Geometry.Geometry, record: Record): WireError | undefined => {
-  if (record._tag === "Write") {
-    const invalid = Geometry.validateRange(geometry, record.offset, record.data.byteLength)
-    return invalid === undefined ? undefined : badRecord(`write ${record.seq}: ${invalid.message}`)
-  }
-  if (record._tag === "Block") {
-    if (!Geometry.isBlock(geometry, record.block))
-      return badRecord(`block ${record.seq}: block ${record.block} is outside the disk`)
-    if (record.data.byteLength !== geometry.blockSize)
-      return badRecord(
-        `block ${record.seq}: ${record.data.byteLength} bytes, the block size is ${geometry.blockSize}`
-      )
-  }
-  return undefined
 }
 
 class Disk {
@@ -168,7 +149,7 @@ export class ReceiverStore {
       return
     }
     const disk = session.disk
-    const invalid = validate(disk.geometry, record)
+    const invalid = checkRecord(disk.geometry, record)
     if (invalid !== undefined) {
       this.closeSession(session, invalid)
       return

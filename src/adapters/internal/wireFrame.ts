@@ -2,6 +2,7 @@
  * Wire frames (design §6): the header layout, the frame union and the codec's error.
  * Shared by the encoder and the decoder; `Wire.ts` is the public face.
  */
+import * as Geometry from "../../domain/Geometry.js"
 import { Schema } from "effect"
 
 /** "CDPS" */
@@ -156,4 +157,23 @@ export class WireError extends Schema.TaggedError<WireError>()("WireError", {
   override get message() {
     return `wire protocol error (${this.reason}): ${this.detail}`
   }
+}
+
+const badRecord = (detail: string) => new WireError({ reason: "bad-record", detail })
+
+/** A record that does not fit the disk never reaches a log: the receiver closes the connection. */
+export const checkRecord = (geometry: Geometry.Geometry, record: Record): WireError | undefined => {
+  if (record._tag === "Write") {
+    const invalid = Geometry.validateRange(geometry, record.offset, record.data.byteLength)
+    return invalid === undefined ? undefined : badRecord(`write ${record.seq}: ${invalid.message}`)
+  }
+  if (record._tag === "Block") {
+    if (!Geometry.isBlock(geometry, record.block))
+      return badRecord(`block ${record.seq}: block ${record.block} is outside the disk`)
+    if (record.data.byteLength !== geometry.blockSize)
+      return badRecord(
+        `block ${record.seq}: ${record.data.byteLength} bytes, the block size is ${geometry.blockSize}`
+      )
+  }
+  return undefined
 }

@@ -16,7 +16,6 @@ import * as Net from "node:net"
 import * as NodeStream from "@effect/platform-node/NodeStream"
 import { Console, Data, Deferred, Effect, Exit, FiberSet, type Scope, Stream } from "effect"
 import * as Wire from "../../adapters/Wire.js"
-import * as Geometry from "../../domain/Geometry.js"
 import * as Receiver from "../../domain/Receiver.js"
 import { HelloRefused } from "./internal/errors.js"
 import * as LogStore from "./LogStore.js"
@@ -64,25 +63,6 @@ const kindOf = (record: Wire.Record): Receiver.RecordKind =>
       : record._tag === "ResyncBegin"
         ? "resync-begin"
         : "resync-end"
-
-const badRecord = (detail: string) => new Wire.WireError({ reason: "bad-record", detail })
-
-/** A record that does not fit the disk never reaches the log: it closes the connection. */
-const validate = (geometry: Geometry.Geometry, record: Wire.Record): Wire.WireError | undefined => {
-  if (record._tag === "Write") {
-    const invalid = Geometry.validateRange(geometry, record.offset, record.data.byteLength)
-    return invalid === undefined ? undefined : badRecord(`write ${record.seq}: ${invalid.message}`)
-  }
-  if (record._tag === "Block") {
-    if (!Geometry.isBlock(geometry, record.block))
-      return badRecord(`block ${record.seq}: block ${record.block} is outside the disk`)
-    if (record.data.byteLength !== geometry.blockSize)
-      return badRecord(
-        `block ${record.seq}: ${record.data.byteLength} bytes, the block size is ${geometry.blockSize}`
-      )
-  }
-  return undefined
-}
 
 /** Per disk, across connections: the sequencing state and the one connection allowed. */
 interface Entry {
@@ -176,7 +156,7 @@ export const serve = (
         ).pipe(Wire.decodeStream({ maxFrameBytes }))
 
         const onRecord = (current: Entry, record: Wire.Record): Wire.WireError | undefined => {
-          const invalid = validate(current.log.geometry, record)
+          const invalid = Wire.checkRecord(current.log.geometry, record)
           if (invalid !== undefined) return invalid
           const { state, verdict } = Receiver.receive(
             current.receiver,
