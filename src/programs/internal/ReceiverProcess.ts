@@ -90,6 +90,11 @@ export const make = (options: {
     })
     yield* start
     yield* Effect.addFinalizer(() => kill)
+    // If this process dies without running finalizers (an uncaught error, a broken pipe),
+    // do not leave the receiver behind.
+    const orphanGuard = () => child?.kill("SIGKILL")
+    process.once("exit", orphanGuard)
+    yield* Effect.addFinalizer(() => Effect.sync(() => process.removeListener("exit", orphanGuard)))
     return {
       get port() {
         return port
