@@ -65,6 +65,11 @@ const launch = (entry: string, args: ReadonlyArray<string>) =>
         )
       )
     })
+    // Interrupted before the ready line (e.g. the run ends during a restart): no orphan.
+    return Effect.sync(() => {
+      clearTimeout(timer)
+      child.kill("SIGKILL")
+    })
   })
 
 export const make = (options: {
