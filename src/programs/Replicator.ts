@@ -166,9 +166,12 @@ interface Outgoing {
   readonly session: number
   readonly seq: number
   readonly record: Effect.Effect<Wire.Record, DiskError>
-  /** A block to read once the batch is journaled. */
-  readonly read?: { readonly block: number; readonly epoch: number }
 }
+
+/** What an event puts on the wire: a record, or a block to read once the batch is journaled. */
+type Decided =
+  | { readonly session: number; readonly record: Wire.Record }
+  | { readonly session: number; readonly seq: number; readonly block: number; readonly epoch: number }
 
 /** Serialises guest writes whose ranges overlap, so completion order is queue order. */
 const makeOverlapGate = () => {
@@ -284,45 +287,28 @@ export const make = (
       event: Event.Event,
       before: State.State,
       data: Uint8Array | undefined
-    ): Outgoing | undefined => {
+    ): Decided | undefined => {
       switch (event.type) {
         case "WriteStreamed":
           return {
             session,
-            seq: event.seq,
-            record: Effect.succeed({
-              _tag: "Write",
-              seq: event.seq,
-              epoch: before.epoch,
-              offset: event.offset,
-              data: data!
-            })
+            record: { _tag: "Write", seq: event.seq, epoch: before.epoch, offset: event.offset, data: data! }
           }
         case "BlockSent":
           // Read after the event is durable (see decideBatch); the sender waits for it in seq order.
-          return {
-            session,
-            seq: event.seq,
-            record: Effect.die("unread block"),
-            read: { block: event.block, epoch: before.epoch }
-          }
+          return { session, seq: event.seq, block: event.block, epoch: before.epoch }
         case "ResyncBegun":
           return {
             session,
-            seq: event.seq,
-            record: Effect.succeed({
+            record: {
               _tag: "ResyncBegin",
               seq: event.seq,
               epoch: event.epoch,
               base: Decider.markerBase(before)
-            })
+            }
           }
         case "SyncActivated":
-          return {
-            session,
-            seq: event.seq,
-            record: Effect.succeed({ _tag: "ResyncEnd", seq: event.seq, epoch: event.epoch })
-          }
+          return { session, record: { _tag: "ResyncEnd", seq: event.seq, epoch: event.epoch } }
         default:
           return undefined
       }
@@ -340,9 +326,10 @@ export const make = (
     const decideBatch = (commands: ReadonlyArray<Command>) =>
       Effect.gen(function* () {
         const events: Array<Event.Event> = []
-        const outgoing: Array<Outgoing> = []
+        const outgoing: Array<Decided> = []
         const done: Array<Deferred.Deferred<void, ReplicatorError>> = []
-        const rejected: Array<[Deferred.Deferred<void, ReplicatorError> | undefined, unknown]> = []
+        const rejected: Array<[Deferred.Deferred<void, ReplicatorError> | undefined, Input.Input, unknown]> =
+          []
         const before = state
         let s = state
         for (const command of commands) {
@@ -370,7 +357,7 @@ export const make = (
           let decided = Decider.decide(s, input)
           if (Either.isLeft(decided)) {
             if (command._tag === "Input") {
-              rejected.push([command.done, decided.left])
+              rejected.push([command.done, input, decided.left])
               continue
             }
             if (command._tag !== "Message" || input._tag !== "GapReceived") {
@@ -413,27 +400,32 @@ export const make = (
         state = s
         // Each record keeps the session it was decided in; the sender drops stale ones.
         for (const out of outgoing) {
-          let ready = out
-          if (out.read !== undefined) {
-            const { block, epoch } = out.read
-            const reading = yield* Effect.fork(disk.readBlock(block))
-            ready = {
-              ...ready,
-              record: Fiber.join(reading).pipe(
-                Effect.map((data): Wire.Record => ({ _tag: "Block", seq: out.seq, epoch, block, data }))
-              )
-            }
+          if ("record" in out) {
+            yield* Queue.offer(outbox, {
+              session: out.session,
+              seq: out.record.seq,
+              record: Effect.succeed(out.record)
+            })
+            continue
           }
-          yield* Queue.offer(outbox, ready)
+          const { seq, block, epoch } = out
+          const reading = yield* Effect.fork(disk.readBlock(block))
+          yield* Queue.offer(outbox, {
+            session: out.session,
+            seq,
+            record: Fiber.join(reading).pipe(
+              Effect.map((data): Wire.Record => ({ _tag: "Block", seq, epoch, block, data }))
+            )
+          })
         }
         for (const d of done) yield* Deferred.succeed(d, undefined)
-        for (const [d, why] of rejected)
+        for (const [d, input, why] of rejected)
           if (d !== undefined)
             yield* Deferred.fail(
               d,
               new WriteRejected({
-                offset: 0,
-                length: 0,
+                offset: input._tag === "WriteCompleted" ? input.offset : 0,
+                length: input._tag === "WriteCompleted" ? input.length : 0,
                 reason: why instanceof Error ? why.message : String(why)
               })
             )
