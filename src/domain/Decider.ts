@@ -55,16 +55,19 @@ export type Rejection = Geometry.InvalidRange | AckBeyondSent | GapOutOfRange | 
 // ---------------------------------------------------------------------------
 // evolve
 
-/** The blocks of every record in flight, added to `dirty` (they are assumed lost). */
-const remarkFlight = (state: State.State): Bitmap.Bitmap => {
-  if (state.flight.size === 0) return state.dirty
-  return Bitmap.mutate(state.dirty, (m) => {
-    state.flight.forEach((r) => {
+/** `onto` with the blocks of every record in `flight` set. */
+export const markFlight = (flight: Flight, onto: Bitmap.Bitmap): Bitmap.Bitmap => {
+  if (flight.size === 0) return onto
+  return Bitmap.mutate(onto, (m) => {
+    flight.forEach((r) => {
       if (r.kind === "write") m.setRange(r.first, r.last)
       else if (r.kind === "block") m.set(r.block)
     })
   })
 }
+
+/** The blocks of every record in flight, added to `dirty` (they are assumed lost). */
+const remarkFlight = (state: State.State): Bitmap.Bitmap => markFlight(state.flight, state.dirty)
 
 const geometryOf = (state: State.State): Geometry.Geometry => state.config
 

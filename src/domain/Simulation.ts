@@ -509,7 +509,7 @@ export class World<S> {
       let covered: Bitmap.Bitmap | undefined
       for (let b = 0; b < this.disk.length; b++) {
         if (this.durable[b] === this.disk[b] || State.isObligation(view, b)) continue
-        covered ??= this.flightCoverage(view)
+        covered ??= Decider.markFlight(view.flight, Bitmap.empty(this.config.blockCount))
         if (!Bitmap.has(covered, b)) {
           this.fail(
             "coverage",
@@ -530,15 +530,6 @@ export class World<S> {
         "no-write-lost",
         `quiescent in sync mode, but block ${b} of the replica (version ${this.durable[b]}) differs from the disk (version ${this.disk[b]})`
       )
-  }
-
-  private flightCoverage(view: State.State): Bitmap.Bitmap {
-    return Bitmap.mutate(Bitmap.empty(this.config.blockCount), (m) =>
-      view.flight.forEach((r) => {
-        if (r.kind === "write") m.setRange(r.first, r.last)
-        else if (r.kind === "block") m.set(r.block)
-      })
-    )
   }
 
   firstDifference(): number {
