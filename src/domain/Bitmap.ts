@@ -31,6 +31,7 @@ import {
   FULL,
   findNextRec,
   forEachRec,
+  hasBit,
   K0,
   type Kid,
   leafAt,
@@ -43,6 +44,10 @@ import {
   rootWidth,
   runsRec,
   SHIFT,
+  SHIFT1,
+  SHIFT2,
+  SHIFT3,
+  SHIFT4,
   setRangeRec,
   unionRec
 } from "./internal/bitmapTree.js"
@@ -130,20 +135,10 @@ export const full = (size: number): Bitmap => setRange(empty(size), 0, size - 1)
 export const has = (self: Bitmap, index: number): boolean => {
   const b = impl(self)
   checkIndex(b.size, index)
-  return hasIn(b.root, b.depth, index)
+  return hasBit(b.root, b.depth, index)
 }
 
-const hasIn = (root: Kid, depth: number, index: number): boolean => {
-  let kid = root
-  for (let h = depth; h > 0; h--) {
-    if (kid === null) return false
-    if (kid === FULL[h]) return true
-    kid = (kid as Node)[K0 + ((index >>> SHIFT[h]!) & 31)] as Kid
-  }
-  return kid !== null && leafHas(kid as Leaf, index & LEAF_MASK)
-}
-
-// Path of the current update, reused to avoid allocating it per call.
+// Path of the current clear, reused to avoid allocating it per call (setBit keeps its path in locals).
 const PATH: Array<Node | null> = Array.from({ length: 8 }, () => null)
 
 /** Returned by setBit/clearBit when the bit already had the wanted value. */
@@ -156,47 +151,93 @@ const unwind = (depth: number, h: number): Kid => {
 }
 
 /**
- * The root after setting `index`, or UNCHANGED. One descent records the path; the way back up copies
- * each node (edits it in place if `owner` owns it) and collapses subtrees that become full.
+ * Level-`l` node on the way up from setting bit `index`, whose kid toward it is now `child` (holding
+ * one more bit): `node` copied (edited in place if `owner` owns it), a new node if it was empty, or
+ * the shared full subtree once it is full.
+ */
+const withKid = (
+  node: Node | null,
+  l: number,
+  depth: number,
+  size: number,
+  index: number,
+  child: Kid,
+  owner: number
+): Kid => {
+  const k = (index >>> SHIFT[l]!) & 31
+  if (node === null) {
+    const fresh = newNode(owner, l === depth ? rootWidth(size, depth) : FANOUT)
+    fresh[K0 + k] = child
+    fresh[N_COUNT] = 1
+    fresh[N_MASK] = 1 << k
+    return fresh
+  }
+  const count = (node[N_COUNT] as number) + 1
+  if (count === CAP[l]) return FULL[l]!
+  const edit = owner !== 0 && node[N_OWNER] === owner ? node : copyNode(node, owner)
+  edit[K0 + k] = child
+  edit[N_COUNT] = count
+  edit[N_MASK] = (node[N_MASK] as number) | (1 << k)
+  return edit
+}
+
+// Module-private copies for setBit's descent: V8 reads an imported binding through a cell (a load
+// and a hole test at every use) but folds a private constant.
+const KID0 = K0
+const S1 = SHIFT1
+const S2 = SHIFT2
+const S3 = SHIFT3
+const S4 = SHIFT4
+const OFF_MASK = LEAF_MASK
+
+/**
+ * The root after setting `index`, or UNCHANGED. The descent is unrolled (at most 4 levels) and keeps
+ * the path in locals: setting a bit that is already set (the common case for writes to dirty blocks)
+ * is then a plain lookup, short enough for the CPU to overlap the cache misses of successive calls.
+ * A full subtree needs no test: its kids are full down to FULL_LEAF, which holds every bit. The way
+ * back up copies each node (edits it in place if `owner` owns it) and collapses full subtrees.
  */
 const setBit = (root: Kid, depth: number, size: number, index: number, owner: number): Kid => {
+  let n4: Node | null = null
+  let n3: Node | null = null
+  let n2: Node | null = null
   let kid = root
-  let h = depth
-  for (; h > 0 && kid !== null; h--) {
-    if (kid === FULL[h]) return unwind(depth, h)
-    PATH[h] = kid as Node
-    kid = (kid as Node)[K0 + ((index >>> SHIFT[h]!) & 31)] as Kid
+  if (depth >= 4) {
+    n4 = kid as Node | null
+    kid = n4 === null ? null : (n4[KID0 + ((index >>> S4) & 31)] as Kid)
   }
-  let child: Kid
-  if (kid === null) {
-    // Levels h..0 are empty: build a fresh single-bit chain.
-    child = singletonLeaf(index & LEAF_MASK, owner)
-    for (let l = 1; l <= h; l++) {
-      const k = (index >>> SHIFT[l]!) & 31
-      const node = newNode(owner, l === depth ? rootWidth(size, depth) : FANOUT)
-      node[K0 + k] = child
-      node[N_COUNT] = 1
-      node[N_MASK] = 1 << k
-      child = node
-    }
-  } else {
-    if (leafHas(kid as Leaf, index & LEAF_MASK)) return unwind(depth, 0)
-    child = withBit(kid as Leaf, index & LEAF_MASK, owner)
+  if (depth >= 3) {
+    n3 = kid as Node | null
+    kid = n3 === null ? null : (n3[KID0 + ((index >>> S3) & 31)] as Kid)
   }
-  for (let l = h + 1; l <= depth; l++) {
-    const node = PATH[l]!
-    PATH[l] = null
-    const count = (node[N_COUNT] as number) + 1
-    if (count === CAP[l]) child = FULL[l]!
-    else {
-      const k = (index >>> SHIFT[l]!) & 31
-      const edit = owner !== 0 && node[N_OWNER] === owner ? node : copyNode(node, owner)
-      edit[K0 + k] = child
-      edit[N_COUNT] = count
-      edit[N_MASK] = (node[N_MASK] as number) | (1 << k)
-      child = edit
-    }
+  if (depth >= 2) {
+    n2 = kid as Node | null
+    kid = n2 === null ? null : (n2[KID0 + ((index >>> S2) & 31)] as Kid)
   }
+  const n1 = kid as Node | null
+  const leaf = n1 === null ? null : (n1[KID0 + ((index >>> S1) & 31)] as Leaf | null)
+  if (leaf !== null && leafHas(leaf, index & OFF_MASK)) return UNCHANGED
+  return setBitUp(leaf, n1, n2, n3, n4, depth, size, index, owner)
+}
+
+/** The way back up of setBit (kept out of it so that the lookup stays small enough to inline). */
+const setBitUp = (
+  leaf: Leaf | null,
+  n1: Node | null,
+  n2: Node | null,
+  n3: Node | null,
+  n4: Node | null,
+  depth: number,
+  size: number,
+  index: number,
+  owner: number
+): Kid => {
+  const off = index & LEAF_MASK
+  let child: Kid = leaf === null ? singletonLeaf(off, owner) : withBit(leaf, off, owner)
+  child = withKid(n1, 1, depth, size, index, child, owner)
+  if (depth >= 2) child = withKid(n2, 2, depth, size, index, child, owner)
+  if (depth >= 3) child = withKid(n3, 3, depth, size, index, child, owner)
+  if (depth >= 4) child = withKid(n4, 4, depth, size, index, child, owner)
   return child
 }
 
@@ -367,7 +408,7 @@ class MutableBitmapImpl implements MutableBitmap {
   has(index: number): boolean {
     this.live()
     checkIndex(this.size, index)
-    return hasIn(this.root, this.depth, index)
+    return hasBit(this.root, this.depth, index)
   }
   set(index: number): void {
     const owner = this.live()

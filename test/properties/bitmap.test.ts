@@ -425,6 +425,44 @@ describe("Bitmap", () => {
     fc.assert(modelProperty(Bitmap, leafScenarioArb), { numRuns: RUNS })
   })
 
+  it("lookups in a sparse leaf agree with a set, for spread and clustered offsets", () => {
+    // Offsets in [from, from + width) of one leaf: a narrow width puts them far from where evenly
+    // spread offsets would be, so the search falls back from its first guess.
+    const leafArb = fc
+      .record({
+        leaf: fc.integer({ min: 0, max: 2 ** 30 / LEAF_BITS - 1 }),
+        width: fc.integer({ min: 1, max: LEAF_BITS }),
+        start: fc.double({ min: 0, max: 1, noNaN: true })
+      })
+      .chain(({ leaf, width, start }) => {
+        const from = Math.min(LEAF_BITS - width, Math.floor(start * LEAF_BITS))
+        return fc.record({
+          base: fc.constant(leaf * LEAF_BITS),
+          offsets: fc.uniqueArray(fc.integer({ min: from, max: from + width - 1 }), {
+            minLength: 1,
+            maxLength: SPARSE_MAX
+          }),
+          probes: fc.array(fc.integer({ min: 0, max: LEAF_MASK }), { maxLength: 64 })
+        })
+      })
+    fc.assert(
+      fc.property(leafArb, ({ base, offsets, probes }) => {
+        let b = Bitmap.empty(2 ** 30)
+        for (const off of offsets) b = Bitmap.set(b, base + off)
+        const held = new Set(offsets)
+        const queries = [...offsets, ...offsets.map((o) => o - 1), ...offsets.map((o) => o + 1), ...probes]
+        for (const off of queries) {
+          if (off < 0 || off > LEAF_MASK) continue
+          expect(Bitmap.has(b, base + off)).toBe(held.has(off))
+          const after = Bitmap.set(b, base + off)
+          if (held.has(off)) expect(after).toBe(b)
+          else expect(after.count).toBe(b.count + 1)
+        }
+      }),
+      { numRuns: RUNS }
+    )
+  })
+
   it("the model property catches a set that mutates a shared leaf in place (mutant)", () => {
     const result = fc.check(modelProperty(mutant), { numRuns: Math.max(RUNS, 500) })
     expect(result.failed).toBe(true)

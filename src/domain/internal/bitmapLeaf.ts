@@ -33,6 +33,12 @@ export const SPARSE_MAX = 128
 /** Most runs kept in the runs form. */
 export const RUNS_MAX = 32
 
+// Module-private copies for the lookup path: V8 reads an exported binding through a cell (a load
+// and a hole test at every use, even inside this module) but folds a private constant.
+const DENSE_LENGTH = DENSE_LEN
+const ELEMENT_BITS = EB
+const SHIFT_OF_LEAF = LEAF_SHIFT
+
 const TWO32 = 4294967296
 
 const POW2: Array<number> = []
@@ -90,8 +96,8 @@ export const ctz32 = (x: number): number => 31 - Math.clz32(x & -x)
 const bits32 = (from: number, to: number): number => (-1 >>> (31 - to)) & (-1 << from)
 
 const denseHas = (leaf: Leaf, off: number): boolean => {
-  const e = (off / EB) | 0
-  const p = off - e * EB
+  const e = (off / ELEMENT_BITS) | 0
+  const p = off - e * ELEMENT_BITS
   const v = leaf[e]!
   return p < 32 ? ((v | 0) & (1 << p)) !== 0 : (hiOf(v) & (1 << (p - 32))) !== 0
 }
@@ -155,10 +161,33 @@ denseRange(FULL_LEAF, 0, LEAF_BITS - 1, true)
 // ---------------------------------------------------------------------------------------------
 // Searches in the small forms.
 
-/** Position of the first offset >= off in a sparse leaf (1..length). */
+/** Steps taken from the guessed slot before falling back to a binary search. */
+const NEAR = 4
+
+/**
+ * Position of the first offset >= off in a sparse leaf (1..length). Starts at the slot `off` would
+ * have if the offsets were spread evenly (random dirt: one cache line, not a binary search's chain
+ * of dependent loads), steps a few slots from there, then bisects what is left (O(log n) anyway).
+ */
 const lowerBound = (leaf: Leaf, off: number): number => {
-  let lo = 1
-  let hi = leaf.length
+  const n = leaf.length
+  // In 1..n-1: a sparse leaf holds at least one offset, and off < LEAF_BITS.
+  let g = 1 + (((n - 1) * off) >>> SHIFT_OF_LEAF)
+  let lo: number
+  let hi: number
+  if (leaf[g]! < off) {
+    for (let k = 0; k < NEAR; k++) if (++g === n || leaf[g]! >= off) return g
+    lo = g + 1
+    hi = n
+  } else {
+    for (let k = 0; k < NEAR; k++) {
+      if (g === 1 || leaf[g - 1]! < off) return g
+      g--
+    }
+    lo = 1
+    hi = g
+  }
+  // The answer is in lo..hi.
   while (lo < hi) {
     const mid = (lo + hi) >>> 1
     if (leaf[mid]! < off) lo = mid + 1
@@ -268,7 +297,7 @@ const normalizeDense = (leaf: Leaf, owner: number): Leaf | null => {
 // Operations. Those taking an owner mutate leaves that owner owns and copy the others.
 
 export const leafHas = (leaf: Leaf, off: number): boolean => {
-  if (leaf.length === DENSE_LEN) return denseHas(leaf, off)
+  if (leaf.length === DENSE_LENGTH) return denseHas(leaf, off)
   if (leaf[1]! < 0) {
     const at = runAt(leaf, off)
     return at !== 0 && off <= leaf[at + 1]!

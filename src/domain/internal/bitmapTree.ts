@@ -18,8 +18,10 @@ import {
   leafClearRange,
   leafCount,
   leafEquals,
+  LEAF_MASK,
   leafFindNext,
   leafForEach,
+  leafHas,
   leafRuns,
   leafSetRange,
   leafUnion,
@@ -256,13 +258,47 @@ export const runsRec = (kid: Kid, h: number, lo: number, acc: RunCollector): voi
   }
 }
 
-/** The leaf holding `index` (FULL_LEAF inside a full subtree), or null. */
+// SHIFT[1..4], for code that unrolls the (at most 4) levels. In the lookup below, module-private
+// copies: V8 reads an exported binding through a cell (a load and a hole test at every use, even
+// inside this module) but folds a private constant.
+export const SHIFT1 = SHIFT[1]!
+export const SHIFT2 = SHIFT[2]!
+export const SHIFT3 = SHIFT[3]!
+export const SHIFT4 = SHIFT[4]!
+if (MAX_DEPTH !== 4) throw new Error("bitmapTree: the unrolled lookups assume a trie of depth at most 4")
+const S1 = SHIFT1
+const S2 = SHIFT2
+const S3 = SHIFT3
+const S4 = SHIFT4
+const KID0 = K0
+const OFF_MASK = LEAF_MASK
+
+/**
+ * The leaf holding `index` (FULL_LEAF inside a full subtree: its kids are full down to FULL_LEAF), or
+ * null. Unrolled, with folded constants and without the FULL tests of the update paths: the fewer
+ * instructions per lookup, the more the CPU overlaps the cache misses of successive lookups (a random
+ * lookup in a large bitmap misses at the leaf).
+ */
 export const leafAt = (root: Kid, depth: number, index: number): Leaf | null => {
-  let kid = root
-  for (let h = depth; h > 0; h--) {
+  if (root === null) return null
+  let kid: Kid = root
+  if (depth >= 4) {
+    kid = (kid as Node)[KID0 + ((index >>> S4) & 31)] as Kid
     if (kid === null) return null
-    if (kid === FULL[h]) return FULL_LEAF
-    kid = (kid as Node)[K0 + ((index >>> SHIFT[h]!) & 31)] as Kid
   }
-  return kid as Leaf | null
+  if (depth >= 3) {
+    kid = (kid as Node)[KID0 + ((index >>> S3) & 31)] as Kid
+    if (kid === null) return null
+  }
+  if (depth >= 2) {
+    kid = (kid as Node)[KID0 + ((index >>> S2) & 31)] as Kid
+    if (kid === null) return null
+  }
+  return (kid as Node)[KID0 + ((index >>> S1) & 31)] as Leaf | null
+}
+
+/** Whether bit `index` is set. */
+export const hasBit = (root: Kid, depth: number, index: number): boolean => {
+  const leaf = leafAt(root, depth, index)
+  return leaf !== null && leafHas(leaf, index & OFF_MASK)
 }
