@@ -2,11 +2,15 @@
  * The replicator: the filter as a running program (design §1, §3).
  *
  * One serialized decision loop owns the state: inputs arrive on a queue, a batch
- * is decided, its events are journaled (one fsync), folded, and then acted on —
- * records go to the sender in seq order, block reads start only after their
- * `BlockSent` is durable. Guest writes wait for the disk and the journal, never
- * for the network. The link supervisor connects with capped exponential backoff
- * and jitter, turns acks and gaps into inputs, and watches for ack timeouts.
+ * is decided and folded, and handed to the journal stage, which makes the events
+ * of every batch waiting durable with one append (one fsync) and only then acts on
+ * them in order — records go to the sender in seq order, block reads start only
+ * after their `BlockSent` is durable. The loop decides the next batch while the
+ * journal syncs. A guest write returns once the disk has it; it waits for the
+ * journal only when too many writes are not yet journaled (`maxPendingWrites`),
+ * and never for the network. Closing the replicator journals every write the
+ * disk took before it. The link supervisor connects with capped exponential
+ * backoff and jitter, turns acks and gaps into inputs, and watches for ack timeouts.
  */
 import {
   Chunk,
@@ -93,6 +97,16 @@ export interface Options {
    * without reaching the journal, so every block becomes an obligation (a full resync).
    */
   readonly uncleanStart?: boolean
+  /**
+   * Guest writes on the disk whose events are not yet journaled; a write beyond this
+   * waits for the journal (not for the network). Default 1024.
+   */
+  readonly maxPendingWrites?: number
+  /**
+   * A deliberately broken variant for the test suite's mutants: closing does not wait
+   * for the writes the disk took to be journaled. Never set it otherwise.
+   */
+  readonly unsafeSkipDrainOnClose?: boolean
 }
 
 export interface Status {
@@ -117,15 +131,19 @@ export class Replicator extends Context.Tag("cdp-sync/Replicator")<Replicator, R
 export declare namespace Replicator {
   interface Service {
     /**
-     * Writes `bytes` at `offset` (sector aligned) on the disk, then folds it as a
-     * completed write; returns once the disk write and its journal entry are durable.
+     * Writes `bytes` at `offset` (sector aligned) on the disk and returns once the disk
+     * write has completed; the filter then folds it as a completed write and journals
+     * it (see `flush`). Fails with `ReplicatorStopped` once the replicator stopped or
+     * is closing, before touching the disk.
      */
     readonly write: (offset: number, bytes: Uint8Array) => Effect.Effect<void, ReplicatorError>
+    /** Waits until every write that returned before it is folded and its event durable in the journal. */
+    readonly flush: Effect.Effect<void, ReplicatorStopped>
     readonly state: Effect.Effect<State.State>
     readonly status: Effect.Effect<Status>
     /** Status after every decided batch. */
     readonly changes: Stream.Stream<Status>
-    /** Waits until the filter is in sync, the link up and nothing in flight. */
+    /** Waits until every earlier write is folded and the filter is in sync, the link up and nothing in flight. */
     readonly quiesce: Effect.Effect<void, ReplicatorStopped>
     /** Declares the link lost (as an ack timeout would); the supervisor reconnects. */
     readonly dropLink: (reason: string) => Effect.Effect<void>
@@ -150,16 +168,25 @@ export const metrics = {
 // Implementation
 
 type Command =
-  | {
-      readonly _tag: "Input"
-      readonly input: Input.Input
-      readonly data?: Uint8Array
-      readonly done?: Deferred.Deferred<void, ReplicatorError>
-    }
+  /** A guest write (with its data) or a pump tick. */
+  | { readonly _tag: "Input"; readonly input: Input.Input; readonly data?: Uint8Array }
+  /** Completed once everything queued before it is journaled. */
+  | { readonly _tag: "Barrier"; readonly done: Deferred.Deferred<void> }
   | { readonly _tag: "Connected"; readonly connection: Connection }
   /** `link` names the connection a message came from, so stale ones are dropped. */
   | { readonly _tag: "Message"; readonly input: Input.Input; readonly link: number }
   | { readonly _tag: "Disconnected"; readonly reason: string; readonly link: number }
+
+/** A decided batch on its way to the journal: acted on only once its events are durable. */
+interface Decision {
+  readonly events: ReadonlyArray<Event.Event>
+  readonly outgoing: ReadonlyArray<Decided>
+  readonly barriers: ReadonlyArray<Deferred.Deferred<void>>
+  /** Guest writes folded in this batch (their pending slots are freed once journaled). */
+  readonly writes: number
+  /** The state after the batch, for snapshots. */
+  readonly after: State.State
+}
 
 /** A record bound for the wire: built (a block is read) after its event is journaled. */
 interface Outgoing {
@@ -196,6 +223,57 @@ const makeOverlapGate = () => {
       )
     })
 }
+
+/**
+ * `wait`, or the replicator's failure if it stops first. Interruptible even inside a
+ * finalizer, so the loser of the race can be interrupted.
+ */
+const orStopped = <E>(
+  wait: Effect.Effect<unknown, E>,
+  stopped: Deferred.Deferred<void, ReplicatorStopped>
+): Effect.Effect<void, E | ReplicatorStopped> =>
+  Effect.interruptible(Effect.raceFirst(Effect.asVoid(wait), Deferred.await(stopped)))
+
+/**
+ * Admission of guest writes: at most `max` on the disk and not yet journaled. Closing
+ * refuses new writes and waits until those admitted are journaled.
+ */
+const makeAdmission = (max: number, stopped: Deferred.Deferred<void, ReplicatorStopped>) =>
+  Effect.gen(function* () {
+    let pending = 0
+    let closing = false
+    let changed = yield* Deferred.make<void>()
+    const waitForChange = Effect.suspend(() => orStopped(Deferred.await(changed), stopped))
+    const closed = new ReplicatorStopped({ reason: "the replicator is closing", cause: undefined })
+    const admit: Effect.Effect<void, ReplicatorStopped> = Effect.suspend(() => {
+      if (closing) return Effect.fail(closed)
+      if (pending < max) {
+        pending++
+        return Effect.void
+      }
+      return Effect.zipRight(waitForChange, admit)
+    })
+    const release = (n: number) =>
+      Effect.suspend(() => {
+        if (n === 0) return Effect.void
+        pending -= n
+        const was = changed
+        return Deferred.make<void>().pipe(
+          Effect.tap((next) => {
+            changed = next
+          }),
+          Effect.zipRight(Deferred.succeed(was, undefined))
+        )
+      })
+    const drained: Effect.Effect<void, ReplicatorStopped> = Effect.suspend(() =>
+      pending === 0 ? Effect.void : Effect.zipRight(waitForChange, drained)
+    )
+    const close = Effect.suspend(() => {
+      closing = true
+      return drained
+    })
+    return { admit, release, close }
+  })
 
 const statusOf = (state: State.State, oldestUnackedAt: number | undefined, now: number): Status => ({
   mode: state.mode,
@@ -259,6 +337,7 @@ export const make = (
     const inbox = yield* Queue.unbounded<Command>()
     const outbox = yield* Queue.unbounded<Outgoing>()
     const stopped = yield* Deferred.make<void, ReplicatorStopped>()
+    const pendingWrites = yield* makeAdmission(options.maxPendingWrites ?? 1024, stopped)
     const gate = makeOverlapGate()
     // While true, new guest writes wait (the switchover hold).
     const writesHeld = yield* SubscriptionRef.make(false)
@@ -327,19 +406,22 @@ export const make = (
       Effect.gen(function* () {
         const events: Array<Event.Event> = []
         const outgoing: Array<Decided> = []
-        const done: Array<Deferred.Deferred<void, ReplicatorError>> = []
-        const rejected: Array<[Deferred.Deferred<void, ReplicatorError> | undefined, Input.Input, unknown]> =
-          []
+        const barriers: Array<Deferred.Deferred<void>> = []
+        let writes = 0
         const before = state
         let s = state
         for (const command of commands) {
           let input: Input.Input
           let data: Uint8Array | undefined
           switch (command._tag) {
+            case "Barrier":
+              barriers.push(command.done)
+              continue
             case "Input":
               input = command.input
               data = command.data
-              if (command.input._tag === "PumpTick") pumpPending = false
+              if (input._tag === "PumpTick") pumpPending = false
+              else writes++
               break
             case "Connected":
               if (s.link === "up") continue // a stale handshake; the supervisor will retry
@@ -357,7 +439,8 @@ export const make = (
           let decided = Decider.decide(s, input)
           if (Either.isLeft(decided)) {
             if (command._tag === "Input") {
-              rejected.push([command.done, input, decided.left])
+              // Checked before the disk write, so this is a bug; the disk already holds the write.
+              yield* stop("a completed guest write was rejected", decided.left)
               continue
             }
             if (command._tag !== "Message" || input._tag !== "GapReceived") {
@@ -387,8 +470,19 @@ export const make = (
               yield* SubscriptionRef.set(connectionRef, undefined)
             }
           }
-          if (command._tag === "Input" && command.done !== undefined) done.push(command.done)
         }
+        state = s
+        if (events.length > 0 || barriers.length > 0 || writes > 0)
+          yield* Queue.offer(decisions, { events, outgoing, barriers, writes, after: s })
+        yield* afterBatch(before, s, events)
+      })
+
+    // --- the journal stage: durable first, then act, in decision order -------
+    const decisions = yield* Queue.unbounded<Decision>()
+    const journaler = Effect.gen(function* () {
+      for (;;) {
+        const taken = Chunk.toReadonlyArray(yield* Queue.takeBetween(decisions, 1, 256))
+        const events = taken.length === 1 ? taken[0]!.events : taken.flatMap((d) => d.events)
         if (events.length > 0) {
           position = yield* journal.append(events).pipe(
             Effect.tapError((e) => stop("the journal failed", e)),
@@ -397,8 +491,29 @@ export const make = (
           sinceSnapshot += events.length
           if (options.onEvents !== undefined) yield* options.onEvents(events)
         }
-        state = s
-        // Each record keeps the session it was decided in; the sender drops stale ones.
+        let writes = 0
+        for (const decision of taken) {
+          yield* act(decision.outgoing)
+          writes += decision.writes
+          for (const done of decision.barriers) yield* Deferred.succeed(done, undefined)
+        }
+        yield* pendingWrites.release(writes)
+        if (sinceSnapshot >= snapshotEvery) {
+          yield* journal
+            .saveSnapshot(State.toSnapshot(taken[taken.length - 1]!.after), position)
+            .pipe(
+              Effect.catchAll((e) =>
+                Effect.logWarning("snapshot failed; the journal still has everything", e)
+              )
+            )
+          sinceSnapshot = 0
+        }
+      }
+    })
+
+    /** Each record keeps the session it was decided in; the sender drops stale ones. */
+    const act = (outgoing: ReadonlyArray<Decided>) =>
+      Effect.gen(function* () {
         for (const out of outgoing) {
           if ("record" in out) {
             yield* Queue.offer(outbox, {
@@ -418,18 +533,6 @@ export const make = (
             )
           })
         }
-        for (const d of done) yield* Deferred.succeed(d, undefined)
-        for (const [d, input, why] of rejected)
-          if (d !== undefined)
-            yield* Deferred.fail(
-              d,
-              new WriteRejected({
-                offset: input._tag === "WriteCompleted" ? input.offset : 0,
-                length: input._tag === "WriteCompleted" ? input.length : 0,
-                reason: why instanceof Error ? why.message : String(why)
-              })
-            )
-        yield* afterBatch(before, s, events)
       })
 
     const afterBatch = (before: State.State, after: State.State, events: ReadonlyArray<Event.Event>) =>
@@ -451,16 +554,6 @@ export const make = (
           if (e.type === "BlockSent") yield* Metric.increment(metrics.drainSent)
         }
         if (before.flight.size === 0 && after.flight.size > 0) lastProgress = now
-        if (sinceSnapshot >= snapshotEvery) {
-          yield* journal
-            .saveSnapshot(State.toSnapshot(after), position)
-            .pipe(
-              Effect.catchAll((e) =>
-                Effect.logWarning("snapshot failed; the journal still has everything", e)
-              )
-            )
-          sinceSnapshot = 0
-        }
         let oldest: number | undefined
         for (const t of sentAt.values()) {
           oldest = t
@@ -537,25 +630,30 @@ export const make = (
     // --- the sender: records in seq order, on the connection of their session ---
     const sender = Effect.gen(function* () {
       for (;;) {
-        const out = yield* Queue.take(outbox)
-        if (out.session !== session) continue
-        const record = yield* out.record.pipe(
-          Effect.tapError((e) => stop("a block read failed", e)),
-          Effect.orDie
-        )
-        const conn = connection
-        if (conn === undefined || out.session !== session) continue
-        sentAt.set(out.seq, yield* Clock.currentTimeMillis)
-        yield* conn.send(record).pipe(
-          Effect.tap(() =>
-            Metric.incrementBy(
-              metrics.bytesSent,
-              record._tag === "Write" || record._tag === "Block" ? record.data.length : 0
+        const batch = yield* Queue.takeBetween(outbox, 1, 256)
+        const now = yield* Clock.currentTimeMillis
+        let bytes = 0
+        for (const out of batch) {
+          if (out.session !== session) continue
+          const record = yield* out.record.pipe(
+            Effect.tapError((e) => stop("a block read failed", e)),
+            Effect.orDie
+          )
+          const conn = connection
+          if (conn === undefined || out.session !== session) continue
+          sentAt.set(out.seq, now)
+          const sent = yield* conn.send(record).pipe(
+            Effect.as(true),
+            // The supervisor sees the loss too; make sure the loop hears of it once.
+            Effect.catchAll(() =>
+              Queue.offer(inbox, { _tag: "Disconnected", reason: "connection-lost", link }).pipe(
+                Effect.as(false)
+              )
             )
-          ),
-          // The supervisor sees the loss too; make sure the loop hears of it once.
-          Effect.catchAll(() => Queue.offer(inbox, { _tag: "Disconnected", reason: "connection-lost", link }))
-        )
+          )
+          if (sent && (record._tag === "Write" || record._tag === "Block")) bytes += record.data.length
+        }
+        if (bytes > 0) yield* Metric.incrementBy(metrics.bytesSent, bytes)
       }
     })
 
@@ -660,7 +758,7 @@ export const make = (
       yield* SubscriptionRef.set(statusRef, statusOf(state, undefined, yield* Clock.currentTimeMillis))
     }
 
-    const runtime = Effect.all([loop, sender, pump, supervisor], {
+    const runtime = Effect.all([loop, journaler, sender, pump, supervisor], {
       concurrency: "unbounded",
       discard: true
     }).pipe(Effect.catchAllCause((cause) => stop("a replicator fiber failed", cause)))
@@ -678,15 +776,16 @@ export const make = (
         })
       const first = Geometry.firstBlock(config, offset)
       const last = Geometry.lastBlock(config, offset, length)
-      const done = yield* Deferred.make<void, ReplicatorError>()
       if (yield* SubscriptionRef.get(writesHeld))
         yield* writesHeld.changes.pipe(
           Stream.filter((h) => !h),
           Stream.take(1),
           Stream.runDrain
         )
+      yield* pendingWrites.admit
       // The data streamed live must be what was written, even if the caller reuses its buffer.
       const data = bytes.slice()
+      let queued = false
       // Once the disk write starts it must be folded: an interruption in between would leave
       // data on the disk that no event accounts for.
       yield* gate(
@@ -695,30 +794,43 @@ export const make = (
         Effect.uninterruptible(
           Effect.gen(function* () {
             yield* disk.write(offset, data)
-            yield* Queue.offer(inbox, {
-              _tag: "Input",
-              input: Input.writeCompleted(offset, length),
-              data,
-              done
-            })
+            yield* Queue.offer(inbox, { _tag: "Input", input: Input.writeCompleted(offset, length), data })
+            queued = true
           })
         )
-      )
+      ).pipe(Effect.ensuring(Effect.suspend(() => (queued ? Effect.void : pendingWrites.release(1)))))
       yield* Metric.incrementBy(metrics.bytesWritten, length)
-      yield* Effect.raceFirst(Deferred.await(done), Deferred.await(stopped))
     })
 
-    const quiesce = Effect.raceFirst(
-      stateRef.changes.pipe(
-        Stream.filter((s) => State.isQuiescent(s)),
-        Stream.take(1),
-        Stream.runDrain
+    const flush = Effect.gen(function* () {
+      const done = yield* Deferred.make<void>()
+      yield* Queue.offer(inbox, { _tag: "Barrier", done })
+      yield* orStopped(Deferred.await(done), stopped)
+    })
+
+    // The state is published when decided; the second flush makes the quiescent state durable.
+    const quiesce = flush.pipe(
+      Effect.zipRight(
+        orStopped(
+          stateRef.changes.pipe(
+            Stream.filter((s) => State.isQuiescent(s)),
+            Stream.take(1),
+            Stream.runDrain
+          ),
+          stopped
+        )
       ),
-      Deferred.await(stopped)
+      Effect.zipRight(flush)
     )
+
+    // Runs before the fibers are interrupted: every write the disk took, and every event
+    // decided, gets journaled.
+    if (options.unsafeSkipDrainOnClose !== true)
+      yield* Effect.addFinalizer(() => pendingWrites.close.pipe(Effect.zipRight(flush), Effect.ignore))
 
     return {
       write,
+      flush,
       state: SubscriptionRef.get(stateRef),
       status: SubscriptionRef.get(statusRef),
       changes: statusRef.changes,

@@ -358,6 +358,8 @@ export const replicate = Command.make(
           }
           if (o.quiesce) yield* replicator.quiesce
           yield* Fiber.interrupt(report)
+          // Fails if the replicator stopped: then the next start must not count as clean.
+          yield* replicator.flush
           yield* disk.flush
           const s = yield* replicator.status
           const t = yield* Ref.get(totals)

@@ -1,0 +1,187 @@
+/**
+ * How guest writes reach the filter's journal (design §3, docs/replicator.md):
+ * - a write returns once the disk has it, without waiting for the journal, but
+ *   closing the replicator journals every write that returned (a clean shutdown
+ *   loses nothing), on the real file journal; the mutant that closes without
+ *   draining fails the same property;
+ * - `flush` makes every earlier write durable in the journal;
+ * - a write waits for the journal only beyond `maxPendingWrites`, and never for
+ *   the network (a receiver that never acks does not hold it);
+ * - after closing, a write is refused before it touches the disk.
+ */
+import * as fs from "node:fs/promises"
+import * as os from "node:os"
+import * as path from "node:path"
+import * as fc from "fast-check"
+import { Effect, Either, Exit, Fiber, Layer, Scope, Stream } from "effect"
+import { describe, expect, it } from "vitest"
+import * as EventJournal from "../../src/adapters/EventJournal.js"
+import * as LogReceiver from "../../src/adapters/LogReceiver.js"
+import * as VirtualDisk from "../../src/adapters/VirtualDisk.js"
+import * as Config from "../../src/domain/Config.js"
+import type * as Event from "../../src/domain/Event.js"
+import * as Replicator from "../../src/programs/Replicator.js"
+import { numRuns } from "../support/arbitraries.js"
+
+const BS = 4096
+const BLOCKS = 64
+const config = Either.getOrThrow(
+  Config.make({ blockSize: BS, blockCount: BLOCKS, window: 4, congestionLimit: 1 << 20, initial: "in-sync" })
+)
+
+const writeEvents = (events: ReadonlyArray<Event.Event>) =>
+  events.flatMap((e) =>
+    e.type === "WriteStreamed" || e.type === "WriteTracked" ? [`${e.offset}+${e.length}`] : []
+  )
+
+const readJournal = (directory: string) =>
+  Effect.scoped(
+    Effect.gen(function* () {
+      const journal = yield* EventJournal.makeFile({ directory })
+      return yield* journal.read(0).pipe(
+        Stream.map((entry) => entry.event),
+        Stream.runCollect
+      )
+    })
+  ).pipe(Effect.map((chunk) => [...chunk]))
+
+interface Burst {
+  readonly writes: ReadonlyArray<{ readonly block: number; readonly sectors: number }>
+  /** The receiver never acks: the network must not hold guest writes. */
+  readonly stalled: boolean
+}
+
+const burst: fc.Arbitrary<Burst> = fc.record({
+  writes: fc.array(
+    fc.record({ block: fc.integer({ min: 0, max: BLOCKS - 1 }), sectors: fc.integer({ min: 1, max: 8 }) }),
+    { minLength: 1, maxLength: 60 }
+  ),
+  stalled: fc.boolean()
+})
+
+/** Runs the burst on a fresh file journal, closes without a flush, returns what the journal holds. */
+const runBurst = (b: Burst, mutant: boolean) =>
+  Effect.gen(function* () {
+    const directory = yield* Effect.promise(() => fs.mkdtemp(path.join(os.tmpdir(), "cdp-sync-jw-")))
+    try {
+      const scope = yield* Scope.make()
+      const context = yield* Layer.buildWithScope(
+        Replicator.layer({ diskId: "d", config, unsafeSkipDrainOnClose: mutant }).pipe(
+          Layer.provideMerge(
+            Layer.mergeAll(
+              VirtualDisk.layerMemory(config),
+              EventJournal.layerFile({ directory }),
+              LogReceiver.layerMemory({ ack: b.stalled ? "on-flush" : "immediate" })
+            )
+          )
+        ),
+        scope
+      )
+      const replicator = yield* Effect.provide(Replicator.Replicator, context)
+      const returned: Array<string> = []
+      yield* Effect.forEach(
+        b.writes,
+        (w, i) =>
+          replicator
+            .write(w.block * BS, new Uint8Array(w.sectors * 512).fill(i % 251))
+            .pipe(Effect.tap(() => Effect.sync(() => returned.push(`${w.block * BS}+${w.sectors * 512}`)))),
+        { concurrency: 8, discard: true }
+      )
+      yield* Scope.close(scope, Exit.void)
+      const journaled = writeEvents(yield* readJournal(directory))
+      return { returned: returned.sort(), journaled: journaled.sort() }
+    } finally {
+      yield* Effect.promise(() => fs.rm(directory, { recursive: true, force: true }))
+    }
+  })
+
+const property = (mutant: boolean) =>
+  fc.asyncProperty(burst, async (b) => {
+    const { returned, journaled } = await Effect.runPromise(runBurst(b, mutant))
+    expect(journaled).toEqual(returned)
+  })
+
+describe("guest writes and the filter's journal", () => {
+  it("closing journals every write that returned, on the file journal", async () => {
+    await fc.assert(property(false), { numRuns: numRuns(25) })
+  }, 120_000)
+
+  it("mutant: closing without draining loses returned writes from the journal", async () => {
+    // No shrinking: only the failure matters here.
+    await expect(fc.assert(property(true), { numRuns: numRuns(25), endOnFailure: true })).rejects.toThrow()
+  }, 120_000)
+
+  it("flush makes the earlier writes durable; writes wait only for a full journal stage, never the network", async () => {
+    const program = Effect.gen(function* () {
+      const store = EventJournal.makeMemoryStore()
+      const memory = EventJournal.makeMemory(store)
+      // A journal whose appends wait while the latch is closed.
+      const open = yield* Effect.makeLatch(true)
+      const gated = Layer.succeed(EventJournal.EventJournal, {
+        ...memory,
+        append: (events) => open.await.pipe(Effect.zipRight(memory.append(events)))
+      })
+      const context = yield* Layer.build(
+        Replicator.layer({ diskId: "d", config, maxPendingWrites: 3 }).pipe(
+          Layer.provideMerge(
+            Layer.mergeAll(
+              VirtualDisk.layerMemory(config),
+              gated,
+              // Never acks: guest writes must not notice.
+              LogReceiver.layerMemory({ ack: "on-flush" })
+            )
+          )
+        )
+      )
+      const replicator = yield* Effect.provide(Replicator.Replicator, context)
+      const disk = yield* Effect.provide(VirtualDisk.VirtualDisk, context)
+      // Start-up journals the link loss of a fresh start; from here on nothing becomes durable.
+      yield* open.close
+      // Three writes return with nothing journaled: they are on the disk.
+      for (let i = 0; i < 3; i++) yield* replicator.write(i * BS, new Uint8Array(BS).fill(i + 1))
+      expect((yield* disk.read(2 * BS, 512))[0]).toBe(3)
+      // The fourth waits for the journal, and so does a flush.
+      const fourth = yield* Effect.fork(replicator.write(3 * BS, new Uint8Array(BS).fill(4)))
+      const flushed = yield* Effect.fork(replicator.flush)
+      yield* Effect.sleep("50 millis")
+      expect(fourth.unsafePoll()).toBeNull()
+      expect(flushed.unsafePoll()).toBeNull()
+      yield* open.open
+      yield* Fiber.join(fourth)
+      yield* Fiber.join(flushed)
+      const events = [...(yield* Stream.runCollect(memory.read(0)))].map((e) => e.event)
+      // The flush was queued before the fourth write was admitted: the first three are durable.
+      expect(writeEvents(events)).toEqual(expect.arrayContaining(["0+4096", "4096+4096", "8192+4096"]))
+      yield* replicator.flush
+      const after = [...(yield* Stream.runCollect(memory.read(0)))].map((e) => e.event)
+      expect(writeEvents(after)).toHaveLength(4)
+    })
+    await Effect.runPromise(Effect.scoped(program))
+  })
+
+  it("after closing, a write is refused before it touches the disk", async () => {
+    const program = Effect.gen(function* () {
+      const scope = yield* Scope.make()
+      const context = yield* Layer.buildWithScope(
+        Replicator.layer({ diskId: "d", config }).pipe(
+          Layer.provideMerge(
+            Layer.mergeAll(
+              VirtualDisk.layerMemory(config),
+              EventJournal.layerMemory(),
+              LogReceiver.layerMemory()
+            )
+          )
+        ),
+        scope
+      )
+      const replicator = yield* Effect.provide(Replicator.Replicator, context)
+      const disk = yield* Effect.provide(VirtualDisk.VirtualDisk, context)
+      yield* replicator.write(0, new Uint8Array(BS).fill(9))
+      yield* Scope.close(scope, Exit.void)
+      const refused = yield* Effect.either(replicator.write(BS, new Uint8Array(BS).fill(7)))
+      expect(Either.isLeft(refused) && refused.left._tag).toBe("ReplicatorStopped")
+      expect((yield* disk.read(BS, 512))[0]).toBe(0)
+    })
+    await Effect.runPromise(program)
+  })
+})
