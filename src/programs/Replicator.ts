@@ -764,7 +764,8 @@ export const make = (
     }).pipe(Effect.catchAllCause((cause) => stop("a replicator fiber failed", cause)))
     yield* Effect.forkScoped(runtime)
 
-    const write = Effect.fn("Replicator.write")(function* (offset: number, bytes: Uint8Array) {
+    // Untraced: a span per guest write would cost more than the filter's own work for it.
+    const write = Effect.fnUntraced(function* (offset: number, bytes: Uint8Array) {
       const length = bytes.length
       const invalid = Geometry.validateRange(config, offset, length)
       if (invalid !== undefined) return yield* new WriteRejected({ offset, length, reason: invalid.reason })

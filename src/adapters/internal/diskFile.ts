@@ -80,21 +80,23 @@ export const make = (
     if (stat.size !== diskBytes)
       return yield* new DiskGeometryMismatch({ path, expectedBytes: diskBytes, actualBytes: stat.size })
 
+    // Untraced: these run per guest write and per drained block, and a span each
+    // (`Effect.fn`) costs several times an in-memory write.
     const service: VirtualDisk.Service = {
       geometry,
-      read: Effect.fn("VirtualDisk.read")(function* (offset: number, length: number) {
+      read: Effect.fnUntraced(function* (offset: number, length: number) {
         const invalid = checkRange(geometry, offset, length)
         if (invalid !== undefined) return yield* invalid
         const out = new Uint8Array(length)
         yield* io("read", () => preadFully(handle, out, offset))
         return out
       }),
-      write: Effect.fn("VirtualDisk.write")(function* (offset: number, bytes: Uint8Array) {
+      write: Effect.fnUntraced(function* (offset: number, bytes: Uint8Array) {
         const invalid = checkRange(geometry, offset, bytes.length)
         if (invalid !== undefined) return yield* invalid
         yield* io("write", () => pwriteFully(handle, bytes, offset))
       }),
-      readBlock: Effect.fn("VirtualDisk.readBlock")(function* (block: number) {
+      readBlock: Effect.fnUntraced(function* (block: number) {
         const invalid = checkBlock(geometry, block)
         if (invalid !== undefined) return yield* invalid
         const out = new Uint8Array(geometry.blockSize)

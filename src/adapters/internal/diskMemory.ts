@@ -48,19 +48,20 @@ export const make = (geometry: Geometry.Geometry): MemoryDisk => {
     }
   }
 
+  // Untraced: per guest write and per drained block (see diskFile.ts).
   return {
     geometry,
-    read: Effect.fn("VirtualDisk.read")(function* (offset: number, length: number) {
+    read: Effect.fnUntraced(function* (offset: number, length: number) {
       const invalid = checkRange(geometry, offset, length)
       if (invalid !== undefined) return yield* invalid
       return copyOut(offset, new Uint8Array(length))
     }),
-    write: Effect.fn("VirtualDisk.write")(function* (offset: number, bytes: Uint8Array) {
+    write: Effect.fnUntraced(function* (offset: number, bytes: Uint8Array) {
       const invalid = checkRange(geometry, offset, bytes.length)
       if (invalid !== undefined) return yield* invalid
       copyIn(offset, bytes)
     }),
-    readBlock: Effect.fn("VirtualDisk.readBlock")(function* (block: number) {
+    readBlock: Effect.fnUntraced(function* (block: number) {
       const invalid = checkBlock(geometry, block)
       if (invalid !== undefined) return yield* invalid
       const data = blocks.get(block)

@@ -1,15 +1,14 @@
 /**
- * `LogReceiver.layerTcp`: the wire codec over an @effect/platform socket. Per connection:
- * a reader (socket `run` handler) decoding frames into the handshake and `messages`, and
- * a writer fiber draining the bounded outbox of encoded frames. A write completes only
- * when the socket has taken the bytes, so a receiver that stops reading fills the outbox
- * and `send` suspends. Any wire error or socket end marks the connection lost.
+ * `LogReceiver.layerTcp`: the wire codec over a `node:net` socket. Per connection: the
+ * socket's `data` events decode frames into the handshake and `messages`, and a writer
+ * fiber drains the bounded outbox of encoded frames, a batch at a time in one corked
+ * write (one `writev`, no copy). The writer waits only when the socket's buffer is
+ * above its high-water mark (Node's `drain`), so a receiver that stops reading fills
+ * the outbox and `send` suspends. Any wire error or socket end marks the connection lost.
  */
-import * as NodeSocket from "@effect/platform-node/NodeSocket"
-import type * as Socket from "@effect/platform/Socket"
+import * as Net from "node:net"
 import {
   Cause,
-  type Chunk,
   Deferred,
   type Duration,
   Effect,
@@ -42,33 +41,48 @@ export interface TcpOptions {
   readonly sendBuffer?: number | undefined
 }
 
-/** Small frames are coalesced into one socket write up to this size. */
-const GROUP_BYTES = 64 * 1024
 /** Frames the writer takes from the outbox at once (buffered on top of `sendBuffer`). */
-const WRITE_BATCH = 32
+const WRITE_BATCH = 256
 
 const unexpected = (frame: Frame, when: string) =>
   new WireError({ reason: "unexpected-frame", detail: `${frame._tag} ${when}` })
 
-const writeFrames = (
-  write: (bytes: Uint8Array) => Effect.Effect<void, Socket.SocketError>,
-  frames: Chunk.Chunk<Uint8Array>
-): Effect.Effect<void, Socket.SocketError> =>
-  Effect.gen(function* () {
-    let group: Array<Uint8Array> = []
-    let size = 0
-    const flush = () => {
-      const bytes = group.length === 1 ? group[0]! : Buffer.concat(group, size)
-      group = []
-      size = 0
-      return write(bytes)
+/** Connects, failing with the socket's error (refused, unreachable). Interruption destroys the socket. */
+const connectSocket = (host: string, port: number) =>
+  Effect.async<Net.Socket, ReceiverUnreachable>((resume) => {
+    const socket = Net.connect({ host, port, noDelay: true })
+    const onError = (cause: Error) => {
+      socket.destroy()
+      resume(Effect.fail(new ReceiverUnreachable({ cause })))
     }
-    for (const frame of frames) {
-      if (group.length > 0 && size + frame.byteLength > GROUP_BYTES) yield* flush()
-      group.push(frame)
-      size += frame.byteLength
+    socket.once("error", onError)
+    socket.once("connect", () => {
+      socket.off("error", onError)
+      resume(Effect.succeed(socket))
+    })
+    return Effect.sync(() => socket.destroy())
+  })
+
+/** Writes a batch of frames in one corked write; waits only while the socket is above its high-water mark. */
+const writeFrames = (socket: Net.Socket, frames: Iterable<Uint8Array>) =>
+  Effect.async<void>((resume) => {
+    if (socket.destroyed) return resume(Effect.void)
+    socket.cork()
+    let below = true
+    for (const frame of frames) below = socket.write(frame)
+    socket.uncork()
+    if (below) return resume(Effect.void)
+    const done = () => {
+      socket.off("drain", done)
+      socket.off("close", done)
+      resume(Effect.void)
     }
-    if (group.length > 0) yield* flush()
+    socket.on("drain", done)
+    socket.on("close", done)
+    return Effect.sync(() => {
+      socket.off("drain", done)
+      socket.off("close", done)
+    })
   })
 
 const open = (
@@ -87,8 +101,23 @@ const open = (
       link.markLost(cause)
     }
 
-    // Runs synchronously for each chunk; a returned failure ends the socket's `run`.
-    const onChunk = (chunk: Uint8Array) => {
+    const socket = yield* connectSocket(options.host, options.port)
+    // Added first, so it runs last: the loss below reads "closed by the filter" rather than a reset.
+    yield* Scope.addFinalizer(
+      scope,
+      Effect.sync(() => socket.destroy())
+    )
+    yield* Scope.addFinalizer(
+      scope,
+      Effect.sync(() => lose(new ConnectionClosed({ by: "filter", detail: "connection scope closed" })))
+    )
+
+    const lost = (cause: unknown) => {
+      lose(cause)
+      socket.destroy()
+    }
+    // Runs synchronously for each chunk; any failure ends the connection.
+    socket.on("data", (chunk: Uint8Array) => {
       const frames: Array<Frame> = []
       const error = decoder.pushInto(chunk, frames)
       for (const frame of frames) {
@@ -104,41 +133,14 @@ const open = (
           return lost(refused)
         } else return lost(unexpected(frame, "before the welcome"))
       }
-      if (error !== undefined) return lost(error)
-    }
-    const lost = (cause: unknown) => {
-      lose(cause)
-      return Effect.fail(cause)
-    }
+      if (error !== undefined) lost(error)
+    })
+    socket.on("error", (cause) => lose(cause))
+    socket.on("close", () => lose(new ConnectionClosed({ by: "receiver", detail: "end of stream" })))
 
-    const socket = yield* NodeSocket.makeNet({ host: options.host, port: options.port }).pipe(
-      Effect.mapError((cause) => new ReceiverUnreachable({ cause }))
-    )
-    yield* socket.run(onChunk).pipe(
-      Effect.onExit((exit) =>
-        Effect.sync(() =>
-          lose(
-            Exit.isFailure(exit)
-              ? Cause.squash(exit.cause)
-              : new ConnectionClosed({ by: "receiver", detail: "end of stream" })
-          )
-        )
-      ),
-      Effect.forkIn(scope)
-    )
-
-    const write = yield* Scope.extend(socket.writer, scope)
     yield* Effect.gen(function* () {
-      for (;;) yield* writeFrames(write, yield* Queue.takeBetween(link.outbox, 1, WRITE_BATCH))
-    }).pipe(
-      Effect.catchAll((error) => Effect.sync(() => lose(error))),
-      Effect.forkIn(scope)
-    )
-    // Runs first on close, so the loss reads "closed by the filter" rather than an interruption.
-    yield* Scope.addFinalizer(
-      scope,
-      Effect.sync(() => lose(new ConnectionClosed({ by: "filter", detail: "connection scope closed" })))
-    )
+      for (;;) yield* writeFrames(socket, yield* Queue.takeBetween(link.outbox, 1, WRITE_BATCH))
+    }).pipe(Effect.forkIn(scope))
 
     link.outbox.unsafeOffer(encode({ _tag: "Hello", ...hello }))
     const durableSeq = yield* Deferred.await(handshake).pipe(
