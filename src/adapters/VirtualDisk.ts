@@ -8,8 +8,9 @@
  *
  * Layers:
  * - `layerMemory(geometry)`: sparse in-memory disk; untouched blocks read as zeros.
- * - `layerFile({ path, geometry, create })`: a raw image file, positional I/O,
- *   `flush` is fsync; the file handle closes with the layer's scope.
+ * - `layerFile({ path, geometry, create, blockingWrites? })`: a raw image file,
+ *   positional I/O, `flush` is fsync; the file handle closes with the layer's scope.
+ *   `blockingWrites` trades event-loop latency for per-write cost (see `FileOptions`).
  *
  * @since 0.1.0
  */

@@ -36,6 +36,20 @@ const layers: ReadonlyArray<readonly [string, Open]> = [
       Effect.flatMap(tempDir, (dir) =>
         fromLayer(VirtualDisk.layerFile({ path: path.join(dir, "disk.img"), geometry: g, create: true }))
       )
+  ],
+  [
+    "layerFile (blocking writes)",
+    (g) =>
+      Effect.flatMap(tempDir, (dir) =>
+        fromLayer(
+          VirtualDisk.layerFile({
+            path: path.join(dir, "disk.img"),
+            geometry: g,
+            create: true,
+            blockingWrites: true
+          })
+        )
+      )
   ]
 ]
 
