@@ -123,7 +123,7 @@ const withSystem = <A>(
  * Writes of `size` bytes from 16 fibers for `seconds`, in sync mode, then until all
  * is acked. A writer waits while more than a quarter of the congestion limit is unacked.
  */
-const liveStream = (size: number, seconds: number, setup: Setup) =>
+export const liveStream = (size: number, seconds: number, setup: Setup) =>
   withSystem(256 * MiB, "in-sync", setup, (replicator) =>
     Effect.gen(function* () {
       yield* replicator.quiesce.pipe(Effect.orDie)
@@ -159,7 +159,7 @@ const liveStream = (size: number, seconds: number, setup: Setup) =>
   )
 
 /** A full sync of the disk: the time from start until sync with nothing in flight. */
-const drain = (diskBytes: number, loadBytesPerSecond: number, setup: Setup = DEFAULT_SETUP) =>
+export const drain = (diskBytes: number, loadBytesPerSecond: number, setup: Setup = DEFAULT_SETUP) =>
   withSystem(diskBytes, "full-sync", setup, (replicator) =>
     Effect.gen(function* () {
       const start = performance.now()
