@@ -200,6 +200,9 @@ type Decided =
   | { readonly session: number; readonly record: Wire.Record }
   | { readonly session: number; readonly seq: number; readonly block: number; readonly epoch: number }
 
+/** Consecutive drained blocks read with one disk request, at most. */
+const READ_RUN = 16
+
 /** Serialises guest writes whose ranges overlap, so completion order is queue order. */
 const makeOverlapGate = () => {
   const active = new Set<{ first: number; last: number; done: Deferred.Deferred<void> }>()
@@ -511,27 +514,52 @@ export const make = (
       }
     })
 
-    /** Each record keeps the session it was decided in; the sender drops stale ones. */
+    /**
+     * Each record keeps the session it was decided in; the sender drops stale ones.
+     * Blocks drained in a row are read with one request (up to `READ_RUN` blocks), so a
+     * full sync costs one thread-pool hop per run rather than per block.
+     */
     const act = (outgoing: ReadonlyArray<Decided>) =>
       Effect.gen(function* () {
-        for (const out of outgoing) {
+        for (let i = 0; i < outgoing.length; ) {
+          const out = outgoing[i]!
           if ("record" in out) {
             yield* Queue.offer(outbox, {
               session: out.session,
               seq: out.record.seq,
               record: Effect.succeed(out.record)
             })
+            i++
             continue
           }
-          const { seq, block, epoch } = out
-          const reading = yield* Effect.fork(disk.readBlock(block))
-          yield* Queue.offer(outbox, {
-            session: out.session,
-            seq,
-            record: Fiber.join(reading).pipe(
-              Effect.map((data): Wire.Record => ({ _tag: "Block", seq, epoch, block, data }))
-            )
-          })
+          let run = 1
+          while (run < READ_RUN && i + run < outgoing.length) {
+            const next = outgoing[i + run]!
+            if ("record" in next || next.block !== out.block + run || next.session !== out.session) break
+            run++
+          }
+          const reading = yield* Effect.fork(
+            disk.read(Geometry.blockOffset(config, out.block), run * config.blockSize)
+          )
+          for (let k = 0; k < run; k++) {
+            const { seq, block, epoch, session } = outgoing[i + k] as Extract<Decided, { block: number }>
+            yield* Queue.offer(outbox, {
+              session,
+              seq,
+              record: Fiber.join(reading).pipe(
+                Effect.map(
+                  (bytes): Wire.Record => ({
+                    _tag: "Block",
+                    seq,
+                    epoch,
+                    block,
+                    data: bytes.subarray(k * config.blockSize, (k + 1) * config.blockSize)
+                  })
+                )
+              )
+            })
+          }
+          i += run
         }
       })
 
