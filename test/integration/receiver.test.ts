@@ -309,6 +309,21 @@ describe("receiver service", () => {
     expect(Exit.isFailure(mismatch) && refusalOf(mismatch.cause)).toBe("geometry-mismatch")
   })
 
+  it("closes a connection that sends no hello in time, and keeps one that did", async () => {
+    const receiver = await start(tempDir(), ["--hello-timeout", "300"])
+    const silent = await raw(receiver)
+    const startedAt = Date.now()
+    await silent.closed
+    expect(Date.now() - startedAt).toBeGreaterThanOrEqual(250)
+    const talker = await raw(receiver)
+    talker.socket.write(Wire.encode({ _tag: "Hello", ...hello("d1") }))
+    expect((await talker.next(1))[0]).toEqual({ _tag: "Welcome", durableSeq: 0 })
+    await new Promise((done) => setTimeout(done, 600))
+    talker.socket.write(Wire.encode(write(1, 0, 7)))
+    expect((await talker.next(2))[1]).toEqual({ _tag: "Ack", seq: 1 })
+    talker.socket.destroy()
+  })
+
   it("points lists every disk; restore needs --disk when there are several and refuses an unknown one", async () => {
     const dir = tempDir()
     const receiver = await start(dir)

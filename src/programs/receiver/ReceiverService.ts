@@ -14,7 +14,7 @@
  */
 import * as Net from "node:net"
 import * as NodeStream from "@effect/platform-node/NodeStream"
-import { Console, Data, Deferred, Effect, Exit, FiberSet, type Scope, Stream } from "effect"
+import { Console, Data, Deferred, Duration, Effect, Exit, Fiber, FiberSet, type Scope, Stream } from "effect"
 import * as Wire from "../../adapters/Wire.js"
 import * as Receiver from "../../domain/Receiver.js"
 import { HelloRefused } from "./internal/errors.js"
@@ -30,6 +30,8 @@ export interface ServeOptions {
   readonly retain?: Retention.Policy | undefined
   /** Largest frame accepted, header included (default `Wire.DEFAULT_MAX_FRAME_BYTES`). */
   readonly maxFrameBytes?: number | undefined
+  /** A connection that has not sent its hello by then is closed (default 10 seconds). */
+  readonly helloTimeout?: Duration.DurationInput | undefined
   readonly now?: (() => number) | undefined
 }
 
@@ -88,6 +90,7 @@ export const serve = (
       now: options.now
     })
     const maxFrameBytes = options.maxFrameBytes ?? Wire.DEFAULT_MAX_FRAME_BYTES
+    const helloTimeout = Duration.decode(options.helloTimeout ?? "10 seconds")
     const entries = new Map<string, Entry>()
     const hellos = yield* Effect.makeSemaphore(1)
 
@@ -146,8 +149,24 @@ export const serve = (
       Effect.gen(function* () {
         const peer = `${socket.remoteAddress}:${socket.remotePort}`
         let entry: Entry | undefined
+        let helloSeen = false
         let unsubscribe = () => {}
         let rejected = 0
+        // A peer that connects and says nothing would hold its socket for ever.
+        const silence = yield* Effect.fork(
+          Effect.sleep(helloTimeout).pipe(
+            Effect.zipRight(
+              Effect.suspend(() =>
+                helloSeen
+                  ? Effect.void
+                  : Effect.logWarning("connection closed: no hello in time").pipe(
+                      Effect.annotateLogs({ peer, helloTimeout: Duration.format(helloTimeout) }),
+                      Effect.zipRight(Effect.sync(() => socket.destroy()))
+                    )
+              )
+            )
+          )
+        )
         const frames = NodeStream.fromReadable<SocketFailed, Uint8Array>(
           () => socket,
           (cause) => new SocketFailed({ cause }),
@@ -186,6 +205,7 @@ export const serve = (
           Effect.gen(function* () {
             for (const frame of chunk) {
               if (entry === undefined) {
+                helloSeen = true
                 if (frame._tag !== "Hello")
                   return yield* new Wire.WireError({
                     reason: "unexpected-frame",
@@ -252,6 +272,7 @@ export const serve = (
             Finished: (finished) =>
               Effect.logWarning(`connection closed: ${finished.detail}`).pipe(Effect.annotateLogs({ peer }))
           }),
+          Effect.ensuring(Fiber.interrupt(silence)),
           Effect.ensuring(
             Effect.sync(() => {
               unsubscribe()

@@ -4,7 +4,7 @@
  * adds them as subcommands; `main.ts` runs them on their own.
  */
 import { Command, HelpDoc, Options, ValidationError } from "@effect/cli"
-import { Console, Effect, Either, Layer, Logger, LogLevel, Option } from "effect"
+import { Console, Duration, Effect, Either, Layer, Logger, LogLevel, Option } from "effect"
 import * as Wire from "../../adapters/Wire.js"
 import type { InvalidOption } from "./internal/errors.js"
 import * as LogStore from "./LogStore.js"
@@ -81,6 +81,10 @@ export const receiver = Command.make(
     maxFrameBytes: Options.integer("max-frame-bytes").pipe(
       Options.withDefault(Wire.DEFAULT_MAX_FRAME_BYTES),
       Options.withDescription("Largest frame accepted (header included); a larger one closes the connection")
+    ),
+    helloTimeout: Options.integer("hello-timeout").pipe(
+      Options.withDefault(10_000),
+      Options.withDescription("Milliseconds a new connection may take to send its hello before it is closed")
     )
   },
   (o) =>
@@ -90,7 +94,8 @@ export const receiver = Command.make(
       port: o.port,
       segmentBytes: o.segmentBytes,
       retain: Option.getOrUndefined(o.retain),
-      maxFrameBytes: o.maxFrameBytes
+      maxFrameBytes: o.maxFrameBytes,
+      helloTimeout: Duration.millis(Math.max(1, o.helloTimeout))
     }).pipe(reportFailure("receiver"), logging)
 ).pipe(
   Command.withDescription(
