@@ -811,6 +811,8 @@ export const make = (
           Stream.take(1),
           Stream.runDrain
         )
+      // A stopped replicator folds nothing: refuse before the disk is touched.
+      if (yield* Deferred.isDone(stopped)) return yield* Deferred.await(stopped)
       yield* pendingWrites.admit
       // The data streamed live must be what was written, even if the caller reuses its buffer.
       const data = bytes.slice()

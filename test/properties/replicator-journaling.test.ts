@@ -7,7 +7,8 @@
  * - `flush` makes every earlier write durable in the journal;
  * - a write waits for the journal only beyond `maxPendingWrites`, and never for
  *   the network (a receiver that never acks does not hold it);
- * - after closing, a write is refused before it touches the disk.
+ * - after closing, or once the journal failed, a write is refused before it touches
+ *   the disk.
  */
 import * as fs from "node:fs/promises"
 import * as os from "node:os"
@@ -183,5 +184,37 @@ describe("guest writes and the filter's journal", () => {
       expect((yield* disk.read(BS, 512))[0]).toBe(0)
     })
     await Effect.runPromise(program)
+  })
+
+  it("once the journal fails, the replicator stops and refuses writes before they touch the disk", async () => {
+    const program = Effect.gen(function* () {
+      const memory = EventJournal.makeMemory(EventJournal.makeMemoryStore())
+      let failing = false
+      const flaky = Layer.succeed(EventJournal.EventJournal, {
+        ...memory,
+        append: (events) =>
+          failing
+            ? Effect.fail(new EventJournal.JournalIoError({ op: "append", cause: new Error("disk full") }))
+            : memory.append(events)
+      })
+      const context = yield* Layer.build(
+        Replicator.layer({ diskId: "d", config }).pipe(
+          Layer.provideMerge(
+            Layer.mergeAll(VirtualDisk.layerMemory(config), flaky, LogReceiver.layerMemory())
+          )
+        )
+      )
+      const replicator = yield* Effect.provide(Replicator.Replicator, context)
+      const disk = yield* Effect.provide(VirtualDisk.VirtualDisk, context)
+      yield* replicator.flush
+      failing = true
+      yield* replicator.write(0, new Uint8Array(BS).fill(1))
+      const flushed = yield* Effect.either(replicator.flush)
+      expect(Either.isLeft(flushed) && flushed.left.reason).toBe("the journal failed")
+      const refused = yield* Effect.either(replicator.write(BS, new Uint8Array(BS).fill(2)))
+      expect(Either.isLeft(refused) && refused.left._tag).toBe("ReplicatorStopped")
+      expect((yield* disk.read(BS, 512))[0]).toBe(0)
+    })
+    await Effect.runPromise(Effect.scoped(program))
   })
 })
