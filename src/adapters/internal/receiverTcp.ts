@@ -9,8 +9,9 @@
 import * as Net from "node:net"
 import {
   Cause,
+  Clock,
   Deferred,
-  type Duration,
+  Duration,
   Effect,
   ExecutionStrategy,
   Exit,
@@ -101,7 +102,16 @@ const open = (
       link.markLost(cause)
     }
 
-    const socket = yield* connectSocket(options.host, options.port)
+    // One deadline for the socket open and the handshake together.
+    const budget = Duration.toMillis(Duration.decode(options.connectTimeout ?? "5 seconds"))
+    const startedAt = yield* Clock.currentTimeMillis
+    const tooLate = (what: string) => () =>
+      new ReceiverUnreachable({
+        cause: new Cause.TimeoutException(`${what} ${options.host}:${options.port} in time`)
+      })
+    const socket = yield* connectSocket(options.host, options.port).pipe(
+      Effect.timeoutFail({ duration: Duration.millis(budget), onTimeout: tooLate("could not connect to") })
+    )
     // Added first, so it runs last: the loss below reads "closed by the filter" rather than a reset.
     yield* Scope.addFinalizer(
       scope,
@@ -143,14 +153,9 @@ const open = (
     }).pipe(Effect.forkIn(scope))
 
     link.outbox.unsafeOffer(encode({ _tag: "Hello", ...hello }))
+    const left = Math.max(0, budget - ((yield* Clock.currentTimeMillis) - startedAt))
     const durableSeq = yield* Deferred.await(handshake).pipe(
-      Effect.timeoutFail({
-        duration: options.connectTimeout ?? "5 seconds",
-        onTimeout: () =>
-          new ReceiverUnreachable({
-            cause: new Cause.TimeoutException(`no welcome from ${options.host}:${options.port} in time`)
-          })
-      })
+      Effect.timeoutFail({ duration: Duration.millis(left), onTimeout: tooLate("no welcome from") })
     )
     const connection: LogReceiver.Connection = {
       durableSeq,
