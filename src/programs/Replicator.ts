@@ -33,6 +33,7 @@ import {
 } from "effect"
 import { EventJournal } from "../adapters/EventJournal.js"
 import type { JournalError } from "../adapters/internal/journal.js"
+import { makeSlabAllocator } from "../adapters/internal/slab.js"
 import { type Connection, LogReceiver } from "../adapters/LogReceiver.js"
 import { type DiskError, SECTOR_SIZE, VirtualDisk } from "../adapters/VirtualDisk.js"
 import type * as Wire from "../adapters/Wire.js"
@@ -201,28 +202,13 @@ type Decided =
   | { readonly session: number; readonly seq: number; readonly block: number; readonly epoch: number }
 
 /**
- * Copies of guest data, carved from 1 MiB slabs as Node's Buffer pool and the wire
- * decoder do: one allocation per slab rather than one small ArrayBuffer per write
- * (each with its own external-memory accounting, which made `slice` a tenth of a
- * small write's cost). A slab lives while any copy in it is referenced.
+ * Copies of guest data, carved from 1 MiB slabs: one small ArrayBuffer per write made
+ * `slice` a tenth of an in-memory 4 KiB write's cost.
  */
-const SLAB_BYTES = 1 << 20
-let slab = Buffer.allocUnsafeSlow(SLAB_BYTES)
-let slabUsed = 0
+const allocateCopy = makeSlabAllocator({ slabBytes: 1 << 20, largest: 1 << 17 })
 const copyOf = (bytes: Uint8Array): Uint8Array => {
-  const n = bytes.byteLength
-  if (n > SLAB_BYTES / 8) {
-    const out = Buffer.allocUnsafeSlow(n)
-    out.set(bytes)
-    return out
-  }
-  if (SLAB_BYTES - slabUsed < n) {
-    slab = Buffer.allocUnsafeSlow(SLAB_BYTES)
-    slabUsed = 0
-  }
-  const out = slab.subarray(slabUsed, slabUsed + n)
+  const out = allocateCopy(bytes.byteLength)
   out.set(bytes)
-  slabUsed = (slabUsed + n + 7) & ~7
   return out
 }
 

@@ -73,17 +73,17 @@ const writeFrames = (socket: Net.Socket, frames: Iterable<Uint8Array>) =>
     for (const frame of frames) below = socket.write(frame)
     socket.uncork()
     if (below) return resume(Effect.void)
-    const done = () => {
+    const unlisten = () => {
       socket.off("drain", done)
       socket.off("close", done)
+    }
+    const done = () => {
+      unlisten()
       resume(Effect.void)
     }
     socket.on("drain", done)
     socket.on("close", done)
-    return Effect.sync(() => {
-      socket.off("drain", done)
-      socket.off("close", done)
-    })
+    return Effect.sync(unlisten)
   })
 
 const open = (

@@ -9,6 +9,7 @@
  */
 import { Either, Schema } from "effect"
 import { crc32c } from "./crc32c.js"
+import { makeSlabAllocator } from "./slab.js"
 import {
   DEFAULT_MAX_FRAME_BYTES,
   type Frame,
@@ -78,8 +79,8 @@ export class Decoder {
   private pending: Header | undefined = undefined
   private failure: WireError | undefined = undefined
   private readonly scratch = new Uint8Array(HEADER_BYTES)
-  private slab: Uint8Array | undefined = undefined
-  private slabUsed = 0
+  /** Payload copies: small and medium ones share 1 MiB slabs. */
+  private readonly allocate = makeSlabAllocator({ slabBytes: SLAB_BYTES, largest: SLAB_BYTES / 4 })
 
   constructor(options: DecoderTestOptions = {}) {
     this.maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES
@@ -170,23 +171,6 @@ export class Decoder {
       if (this.headOffset === chunk.byteLength) this.advance()
     }
     return target
-  }
-
-  /**
-   * Room for a payload copy. Small and medium payloads are carved from a shared slab (as
-   * Node's Buffer pool does): one allocation per megabyte instead of one per frame.
-   * Every byte is overwritten by the caller, so no zero fill.
-   */
-  private allocate(n: number): Uint8Array {
-    if (n > SLAB_BYTES / 4) return Buffer.allocUnsafe(n)
-    if (this.slab === undefined || this.slab.byteLength - this.slabUsed < n) {
-      this.slab = Buffer.allocUnsafeSlow(SLAB_BYTES)
-      this.slabUsed = 0
-    }
-    const view = this.slab.subarray(this.slabUsed, this.slabUsed + n)
-    // Keep views 8-byte aligned, like Node's pool.
-    this.slabUsed = (this.slabUsed + n + 7) & ~7
-    return view
   }
 
   private advance(): void {
