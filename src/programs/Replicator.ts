@@ -215,28 +215,51 @@ const copyOf = (bytes: Uint8Array): Uint8Array => {
 /** Consecutive drained blocks read with one disk request, at most. */
 const READ_RUN = 16
 
-/** Serialises guest writes whose ranges overlap, so completion order is queue order. */
+/**
+ * Serialises guest writes whose ranges overlap, so completion order is queue order.
+ * Writes that overlap nothing (the usual case) allocate no waiter.
+ */
 const makeOverlapGate = () => {
-  const active = new Set<{ first: number; last: number; done: Deferred.Deferred<void> }>()
-  return <A, E, R>(first: number, last: number, body: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
-    Effect.gen(function* () {
-      for (;;) {
-        let blocker: Deferred.Deferred<void> | undefined
-        for (const r of active) if (r.first <= last && first <= r.last) blocker = r.done
-        if (blocker === undefined) break
-        yield* Deferred.await(blocker)
-      }
-      const entry = { first, last, done: yield* Deferred.make<void>() }
+  interface Range {
+    readonly first: number
+    readonly last: number
+    waiters: Array<() => void> | undefined
+  }
+  const active = new Set<Range>()
+  const blockerOf = (first: number, last: number): Range | undefined => {
+    for (const r of active) if (r.first <= last && first <= r.last) return r
+    return undefined
+  }
+  const waitFor = (blocker: Range) =>
+    Effect.async<void>((resume) => {
+      const wake = () => resume(Effect.void)
+      const waiters = blocker.waiters ?? []
+      blocker.waiters = waiters
+      waiters.push(wake)
+      return Effect.sync(() => {
+        const i = waiters.indexOf(wake)
+        if (i >= 0) waiters.splice(i, 1)
+      })
+    })
+  const through = <A, E, R>(
+    first: number,
+    last: number,
+    body: Effect.Effect<A, E, R>
+  ): Effect.Effect<A, E, R> =>
+    Effect.suspend(() => {
+      const blocker = blockerOf(first, last)
+      if (blocker !== undefined) return Effect.zipRight(waitFor(blocker), through(first, last, body))
+      const entry: Range = { first, last, waiters: undefined }
       active.add(entry)
-      return yield* body.pipe(
-        Effect.ensuring(
-          Effect.suspend(() => {
-            active.delete(entry)
-            return Deferred.succeed(entry.done, undefined)
-          })
-        )
+      return Effect.ensuring(
+        body,
+        Effect.sync(() => {
+          active.delete(entry)
+          if (entry.waiters !== undefined) for (const wake of entry.waiters) wake()
+        })
       )
     })
+  return through
 }
 
 /**
@@ -356,6 +379,13 @@ export const make = (
     const gate = makeOverlapGate()
     // While true, new guest writes wait (the switchover hold).
     const writesHeld = yield* SubscriptionRef.make(false)
+    // Mirrors `writesHeld` for the write path's synchronous check.
+    let held = false
+    const setHeld = (value: boolean) =>
+      Effect.suspend(() => {
+        held = value
+        return SubscriptionRef.set(writesHeld, value)
+      })
     let holdId = 0
     let lastHoldAt = Number.NEGATIVE_INFINITY
 
@@ -372,9 +402,16 @@ export const make = (
     const sentAt = new Map<number, number>()
     let lastProgress = yield* Clock.currentTimeMillis
 
+    // Mirrors `stopped` for the write path's synchronous check.
+    let hasStopped = false
     const stop = (reason: string, cause: unknown) =>
       Effect.logError(`replicator stopping: ${reason}`, cause).pipe(
-        Effect.zipRight(Deferred.fail(stopped, new ReplicatorStopped({ reason, cause })))
+        Effect.zipRight(
+          Effect.suspend(() => {
+            hasStopped = true
+            return Deferred.fail(stopped, new ReplicatorStopped({ reason, cause }))
+          })
+        )
       )
 
     const recordOf = (
@@ -423,6 +460,7 @@ export const make = (
         const outgoing: Array<Decided> = []
         const barriers: Array<Deferred.Deferred<void>> = []
         let writes = 0
+        let writtenBytes = 0
         const before = state
         let s = state
         for (const command of commands) {
@@ -436,7 +474,10 @@ export const make = (
               input = command.input
               data = command.data
               if (input._tag === "PumpTick") pumpPending = false
-              else writes++
+              else {
+                writes++
+                if (input._tag === "WriteCompleted") writtenBytes += input.length
+              }
               break
             case "Connected":
               if (s.link === "up") continue // a stale handshake; the supervisor will retry
@@ -489,6 +530,7 @@ export const make = (
         state = s
         if (events.length > 0 || barriers.length > 0 || writes > 0)
           yield* Queue.offer(decisions, { events, outgoing, barriers, writes, after: s })
+        if (writtenBytes > 0) yield* Metric.incrementBy(metrics.bytesWritten, writtenBytes)
         yield* afterBatch(before, s, events)
       })
 
@@ -580,7 +622,11 @@ export const make = (
         const now = yield* Clock.currentTimeMillis
         for (const e of events) {
           if (e.type === "Acked") {
-            for (const seq of sentAt.keys()) if (seq <= e.seq) sentAt.delete(seq)
+            // Sent in seq order, so the acked ones come first: stop at the first unacked.
+            for (const seq of sentAt.keys()) {
+              if (seq > e.seq) break
+              sentAt.delete(seq)
+            }
             lastProgress = now
           }
           if (e.type === "LinkLost" || e.type === "DiscontinuityReported") sentAt.clear()
@@ -618,7 +664,6 @@ export const make = (
     const switchover = (s: State.State, now: number) =>
       Effect.gen(function* () {
         if (holdMillis <= 0) return
-        const held = yield* SubscriptionRef.get(writesHeld)
         const nearlyDone =
           s.mode === "resync" &&
           s.link === "up" &&
@@ -626,18 +671,16 @@ export const make = (
           s.owed === null &&
           State.obligationCount(s) <= config.window
         if (held && !nearlyDone) {
-          yield* SubscriptionRef.set(writesHeld, false)
+          yield* setHeld(false)
           return
         }
         if (!held && nearlyDone && now - lastHoldAt >= 5 * holdMillis) {
           lastHoldAt = now
           const id = ++holdId
-          yield* SubscriptionRef.set(writesHeld, true)
+          yield* setHeld(true)
           yield* Effect.forkDaemon(
             Effect.sleep(Duration.millis(holdMillis)).pipe(
-              Effect.zipRight(
-                Effect.suspend(() => (holdId === id ? SubscriptionRef.set(writesHeld, false) : Effect.void))
-              )
+              Effect.zipRight(Effect.suspend(() => (holdId === id ? setHeld(false) : Effect.void)))
             )
           )
         }
@@ -804,46 +847,49 @@ export const make = (
     }).pipe(Effect.catchAllCause((cause) => stop("a replicator fiber failed", cause)))
     yield* Effect.forkScoped(runtime)
 
-    // Untraced: a span per guest write would cost more than the filter's own work for it.
-    const write = Effect.fnUntraced(function* (offset: number, bytes: Uint8Array) {
-      const length = bytes.length
-      const invalid = Geometry.validateRange(config, offset, length)
-      if (invalid !== undefined) return yield* new WriteRejected({ offset, length, reason: invalid.reason })
-      if (offset % SECTOR_SIZE !== 0 || length % SECTOR_SIZE !== 0)
-        return yield* new WriteRejected({
-          offset,
-          length,
-          reason: `not aligned to ${SECTOR_SIZE}-byte sectors`
-        })
-      const first = Geometry.firstBlock(config, offset)
-      const last = Geometry.lastBlock(config, offset, length)
-      if (yield* SubscriptionRef.get(writesHeld))
-        yield* writesHeld.changes.pipe(
-          Stream.filter((h) => !h),
-          Stream.take(1),
-          Stream.runDrain
-        )
-      // A stopped replicator folds nothing: refuse before the disk is touched.
-      if (yield* Deferred.isDone(stopped)) return yield* Deferred.await(stopped)
-      yield* pendingWrites.admit
+    const waitWhileHeld = writesHeld.changes.pipe(
+      Stream.filter((h) => !h),
+      Stream.take(1),
+      Stream.runDrain
+    )
+    // Untraced and built from plain combinators: the filter's own cost per guest write
+    // must stay small beside a 4 KiB disk write (a span alone cost more).
+    const write = (offset: number, bytes: Uint8Array): Effect.Effect<void, ReplicatorError> =>
+      Effect.suspend(() => {
+        const length = bytes.length
+        const invalid = Geometry.validateRange(config, offset, length)
+        if (invalid !== undefined)
+          return Effect.fail(new WriteRejected({ offset, length, reason: invalid.reason }))
+        if (offset % SECTOR_SIZE !== 0 || length % SECTOR_SIZE !== 0)
+          return Effect.fail(
+            new WriteRejected({ offset, length, reason: `not aligned to ${SECTOR_SIZE}-byte sectors` })
+          )
+        if (held) return Effect.zipRight(waitWhileHeld, write(offset, bytes))
+        // A stopped replicator folds nothing: refuse before the disk is touched.
+        if (hasStopped) return Deferred.await(stopped)
+        return Effect.zipRight(pendingWrites.admit, admitted(offset, bytes))
+      })
+    const admitted = (offset: number, bytes: Uint8Array) => {
       // The data streamed live must be what was written, even if the caller reuses its buffer.
       const data = copyOf(bytes)
+      const length = data.length
       let queued = false
-      // Once the disk write starts it must be folded: an interruption in between would leave
-      // data on the disk that no event accounts for.
-      yield* gate(
-        first,
-        last,
+      // Once the disk write starts it must be folded: an interruption in between would
+      // leave data on the disk that no event accounts for.
+      return gate(
+        Geometry.firstBlock(config, offset),
+        Geometry.lastBlock(config, offset, length),
         Effect.uninterruptible(
-          Effect.gen(function* () {
-            yield* disk.write(offset, data)
-            yield* Queue.offer(inbox, { _tag: "Input", input: Input.writeCompleted(offset, length), data })
-            queued = true
-          })
+          Effect.zipRight(
+            disk.write(offset, data),
+            Effect.suspend(() => {
+              queued = true
+              return Queue.offer(inbox, { _tag: "Input", input: Input.writeCompleted(offset, length), data })
+            })
+          )
         )
       ).pipe(Effect.ensuring(Effect.suspend(() => (queued ? Effect.void : pendingWrites.release(1)))))
-      yield* Metric.incrementBy(metrics.bytesWritten, length)
-    })
+    }
 
     const flush = Effect.gen(function* () {
       const done = yield* Deferred.make<void>()
