@@ -27,6 +27,7 @@ import {
   Option,
   Queue,
   Schedule,
+  type Scheduler,
   type Scope,
   Stream,
   SubscriptionRef
@@ -43,6 +44,7 @@ import type * as Event from "../domain/Event.js"
 import * as Geometry from "../domain/Geometry.js"
 import * as Input from "../domain/Input.js"
 import * as State from "../domain/State.js"
+import * as IoScheduler from "./IoScheduler.js"
 
 // ---------------------------------------------------------------------------
 // Errors
@@ -103,6 +105,13 @@ export interface Options {
    * waits for the journal (not for the network). Default 1024.
    */
   readonly maxPendingWrites?: number
+  /**
+   * Where the replicator's own fibers (decision loop, journal stage, sender, link) run:
+   * by default the I/O scheduler (`IoScheduler`), which lets socket and disk callbacks
+   * in between batches of work; `"inherit"` keeps the caller's scheduler. Tests that
+   * drive a `TestClock` want `"inherit"`, so the filter's fibers keep pace with the clock.
+   */
+  readonly scheduler?: Scheduler.Scheduler | "inherit"
   /**
    * A deliberately broken variant for the test suite's mutants: closing does not wait
    * for the writes the disk took to be journaled. Never set it otherwise.
@@ -845,7 +854,8 @@ export const make = (
       concurrency: "unbounded",
       discard: true
     }).pipe(Effect.catchAllCause((cause) => stop("a replicator fiber failed", cause)))
-    yield* Effect.forkScoped(runtime)
+    const scheduler = options.scheduler ?? IoScheduler.scheduler
+    yield* Effect.forkScoped(scheduler === "inherit" ? runtime : Effect.withScheduler(runtime, scheduler))
 
     const waitWhileHeld = writesHeld.changes.pipe(
       Stream.filter((h) => !h),

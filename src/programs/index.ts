@@ -3,6 +3,7 @@
  * workload driver, trace checking and the simulations.
  */
 export * as CheckTrace from "./CheckTrace.js"
+export * as IoScheduler from "./IoScheduler.js"
 export * as ModelSimulation from "./ModelSimulation.js"
 export * as Replicator from "./Replicator.js"
 export * as Simulate from "./Simulate.js"

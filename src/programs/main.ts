@@ -4,11 +4,14 @@
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import { Effect, Logger } from "effect"
 import { cli } from "./cli.js"
+import { withIoScheduler } from "./IoScheduler.js"
 
 // Logs go to stderr: stdout is for results (`--json` prints one object there and nothing else).
 const stderrLogger = Logger.replace(Logger.defaultLogger, Logger.prettyLogger({ stderr: true }))
 
+// Every command is I/O-bound: let socket and file callbacks run between batches of fiber work.
 cli(process.argv).pipe(
+  withIoScheduler,
   Effect.provide(NodeContext.layer),
   Effect.provide(stderrLogger),
   NodeRuntime.runMain({ disableErrorReporting: false, disablePrettyLogger: true })

@@ -14,9 +14,22 @@
  */
 import * as Net from "node:net"
 import * as NodeStream from "@effect/platform-node/NodeStream"
-import { Console, Data, Deferred, Duration, Effect, Exit, Fiber, FiberSet, type Scope, Stream } from "effect"
+import {
+  Console,
+  Data,
+  Deferred,
+  Duration,
+  Effect,
+  Exit,
+  Fiber,
+  FiberSet,
+  type Scheduler,
+  type Scope,
+  Stream
+} from "effect"
 import * as Wire from "../../adapters/Wire.js"
 import * as Receiver from "../../domain/Receiver.js"
+import * as IoScheduler from "../IoScheduler.js"
 import { HelloRefused } from "./internal/errors.js"
 import * as LogStore from "./LogStore.js"
 import type * as Retention from "./Retention.js"
@@ -33,6 +46,11 @@ export interface ServeOptions {
   /** A connection that has not sent its hello by then is closed (default 10 seconds). */
   readonly helloTimeout?: Duration.DurationInput | undefined
   readonly now?: (() => number) | undefined
+  /**
+   * Where the service's fibers (connections, log writers) run: by default the I/O
+   * scheduler (`IoScheduler`); `"inherit"` keeps the caller's.
+   */
+  readonly scheduler?: Scheduler.Scheduler | "inherit" | undefined
 }
 
 export interface Server {
@@ -81,7 +99,13 @@ const endpoint = (host: string, port: number) => `${host.includes(":") ? `[${hos
  */
 export const serve = (
   options: ServeOptions
-): Effect.Effect<Server, ListenFailed | LogStore.LogError | LogStore.ReceiverLocked, Scope.Scope> =>
+): Effect.Effect<Server, ListenFailed | LogStore.LogError | LogStore.ReceiverLocked, Scope.Scope> => {
+  const scheduler = options.scheduler ?? IoScheduler.scheduler
+  const body = serveOn(options)
+  return scheduler === "inherit" ? body : Effect.withScheduler(body, scheduler)
+}
+
+const serveOn = (options: ServeOptions) =>
   Effect.gen(function* () {
     const store = yield* LogStore.open({
       dir: options.dir,

@@ -7,6 +7,7 @@ import * as NodeContext from "@effect/platform-node/NodeContext"
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { Command } from "@effect/cli"
 import { Effect } from "effect"
+import { withIoScheduler } from "../IoScheduler.js"
 import { points, receiver, restore } from "./commands.js"
 
 const root = Command.make("cdp-sync").pipe(
@@ -15,6 +16,7 @@ const root = Command.make("cdp-sync").pipe(
 )
 
 Command.run(root, { name: "cdp-sync", version: "0.1.0" })(process.argv).pipe(
+  withIoScheduler,
   Effect.provide(NodeContext.layer),
   NodeRuntime.runMain({ disableErrorReporting: false })
 )
