@@ -10,7 +10,8 @@
  * - `layerMemory(geometry)`: sparse in-memory disk; untouched blocks read as zeros.
  * - `layerFile({ path, geometry, create, blockingWrites? })`: a raw image file,
  *   positional I/O, `flush` is fsync; the file handle closes with the layer's scope.
- *   `blockingWrites` trades event-loop latency for per-write cost (see `FileOptions`).
+ *   Writes block the calling thread by default (cheap into the page cache);
+ *   `blockingWrites: false` sends them through the thread pool (see `FileOptions`).
  *
  * @since 0.1.0
  */

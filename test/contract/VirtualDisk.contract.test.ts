@@ -38,7 +38,7 @@ const layers: ReadonlyArray<readonly [string, Open]> = [
       )
   ],
   [
-    "layerFile (blocking writes)",
+    "layerFile (thread-pool writes)",
     (g) =>
       Effect.flatMap(tempDir, (dir) =>
         fromLayer(
@@ -46,7 +46,7 @@ const layers: ReadonlyArray<readonly [string, Open]> = [
             path: path.join(dir, "disk.img"),
             geometry: g,
             create: true,
-            blockingWrites: true
+            blockingWrites: false
           })
         )
       )
