@@ -164,6 +164,24 @@ const fieldOk = (value: unknown, kind: FieldKind): boolean => {
   }
 }
 
+/**
+ * Whether `event` has exactly the fields of its type, each in range: then its encoded
+ * line decodes back to an equal event, and the journal can skip the round trip. The
+ * answer is only yes or no; `decodeEvent` explains a no.
+ */
+export const isWellFormedEvent = (event: Event.Event): boolean => {
+  const type = (event as { readonly type: unknown }).type
+  if (typeof type !== "string" || !Object.hasOwn(fields, type)) return false
+  const spec = fields[type as Event.EventType]
+  let keys = 0
+  for (const key in event) if (Object.hasOwn(event, key)) keys++
+  if (keys !== spec.length + 1) return false
+  const record = event as unknown as Record<string, unknown>
+  for (const [name, kind] of spec)
+    if (!Object.hasOwn(record, name) || !fieldOk(record[name], kind)) return false
+  return true
+}
+
 /** Decodes one event line (`line` is its 1-based number in the trace). */
 export const decodeEvent = (text: string, line: number): Either.Either<Event.Event, TraceError> =>
   Either.flatMap(parseJson(text, line), (obj) => {

@@ -117,4 +117,36 @@ describe("traces of decide check clean", () => {
       runs
     )
   })
+
+  it("the journal's fast check: an event the decider emits is well formed and reads back as itself; a damaged one is not", () => {
+    // The journal skips the encode-decode round trip for well-formed events, so the two must agree.
+    const damage = fc.oneof(
+      fc.constant((e: Record<string, unknown>) => ({ ...e, extra: 1 })),
+      fc.constant((e: Record<string, unknown>) => ({ ...e, type: "NoSuchEvent" })),
+      fc.constant((e: Record<string, unknown>) => {
+        const { type, ...rest } = e
+        const [first] = Object.keys(rest)
+        if (first === undefined) return { ...e, type: 7 }
+        const { [first]: _dropped, ...kept } = rest
+        return { type, ...kept }
+      }),
+      fc.constant((e: Record<string, unknown>) => {
+        const key = Object.keys(e).find((k) => typeof e[k] === "number")
+        return key === undefined ? { ...e, reason: 42 } : { ...e, [key]: -1 }
+      })
+    )
+    fc.assert(
+      fc.property(scenario, damage, (s, damaged) => {
+        const world = run(s.config, reference, stepsOf(s), { checks: [] })
+        for (const [i, event] of world.events.entries()) {
+          expect(Trace.isWellFormedEvent(event)).toBe(true)
+          expect(Either.getOrThrow(Trace.decodeEvent(Trace.encodeEvent(event), i + 1))).toEqual(event)
+          const bad = damaged(event as unknown as Record<string, unknown>) as unknown as typeof event
+          expect(Trace.isWellFormedEvent(bad)).toBe(false)
+          expect(Either.isLeft(Trace.decodeEvent(Trace.encodeEvent(bad), i + 1)) || "extra" in bad).toBe(true)
+        }
+      }),
+      { numRuns: numRuns(100) }
+    )
+  })
 })
