@@ -59,6 +59,12 @@ export declare namespace LogReceiver {
      */
     readonly send: (record: OutRecord) => Effect.Effect<void, ConnectionLost>
     /**
+     * `send` for a caller that hands the record's data over: it will never change those
+     * bytes again, so a layer may write them from the caller's buffer instead of a copy
+     * (a 64 KiB copy per drained block). Same order, backpressure and failures as `send`.
+     */
+    readonly sendOwned: (record: OutRecord) => Effect.Effect<void, ConnectionLost>
+    /**
      * Acks (cumulative durable seq) and gaps (expected seq), in the receiver's order; fails
      * with `ConnectionLost` after the messages received before the loss. Consume it once.
      */

@@ -734,7 +734,9 @@ export const make = (
           const conn = connection
           if (conn === undefined || out.session !== session) continue
           sentAt.set(out.seq, now)
-          const sent = yield* conn.send(record).pipe(
+          // The data is the filter's own (a copy of the guest's buffer, or a fresh block
+          // read) and never changes: the connection may write it without copying.
+          const sent = yield* conn.sendOwned(record).pipe(
             Effect.as(true),
             // The supervisor sees the loss too; make sure the loop hears of it once.
             Effect.catchAll(() =>

@@ -164,6 +164,42 @@ const contract = (harness: Harness) =>
       )
     )
 
+    it.scopedLive("sendOwned and send interleave: one order, the same bytes on the replica", () =>
+      run(
+        Effect.gen(function* () {
+          const port = yield* Port
+          const control = yield* MemoryReceiver
+          const connection = yield* port.connect(hello("d"))
+          const inbox = yield* listen(connection)
+          yield* connection.sendOwned(write(1, 0, 1))
+          yield* connection.send(write(2, 4096, 2, 4096))
+          yield* connection.sendOwned({ _tag: "ResyncBegin", seq: 3, epoch: 1, base: 2 })
+          yield* connection.sendOwned({ _tag: "Block", seq: 4, epoch: 1, block: 1, data: bytes(BLOCK, 4) })
+          // A payload that is a view into a larger buffer is sent as exactly the view.
+          const big = bytes(3 * BLOCK, 0)
+          big.fill(5, BLOCK, 2 * BLOCK)
+          yield* connection.sendOwned({
+            _tag: "Block",
+            seq: 5,
+            epoch: 1,
+            block: 2,
+            data: big.subarray(BLOCK, 2 * BLOCK)
+          })
+          yield* connection.send({ _tag: "ResyncEnd", seq: 6, epoch: 1 })
+          yield* inbox.ackedThrough(6)
+          assert.deepStrictEqual(
+            (yield* control.log("d")).map((e) => e.seq),
+            [1, 2, 3, 4, 5, 6]
+          )
+          const block0 = yield* control.replicaBlock("d", 0)
+          assert.isTrue(block0.subarray(0, 512).every((b) => b === 1))
+          assert.isTrue(block0.subarray(4096, 8192).every((b) => b === 2))
+          assert.isTrue((yield* control.replicaBlock("d", 1)).every((b) => b === 4))
+          assert.isTrue((yield* control.replicaBlock("d", 2)).every((b) => b === 5))
+        })
+      )
+    )
+
     it.scopedLive("a gap is reported; later records are rejected until a resync-begin", () =>
       run(
         Effect.gen(function* () {

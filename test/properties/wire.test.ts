@@ -8,6 +8,7 @@ import fc from "fast-check"
 import { describe, expect, it } from "vitest"
 import * as Wire from "../../src/adapters/Wire.js"
 import { Decoder, type DecoderTestOptions } from "../../src/adapters/internal/wireDecoder.js"
+import { encodePartsWith, encodeWith } from "../../src/adapters/internal/wireEncode.js"
 
 const RUNS = Math.round(200 * Number(process.env.CDP_SYNC_RUNS_FACTOR ?? 1))
 
@@ -135,6 +136,28 @@ describe("wire codec", () => {
         if (error !== undefined && !(error instanceof Wire.WireError)) throw new Error("untyped error")
       }
     )
+
+  it("the zero-copy parts (header, then the payload itself) are byte for byte the frame, from any allocator", () => {
+    // A slab-like allocator: views at odd offsets into a shared buffer, garbage left in it.
+    const slab = new Uint8Array(1 << 16).fill(0xee)
+    let at = 0
+    const carve = (n: number) => {
+      if (at + n > slab.length) at = 0
+      const view = slab.subarray(at, at + n)
+      at += n + 3
+      return view
+    }
+    fc.assert(
+      fc.property(frame, (f) => {
+        const whole = Wire.encode(f)
+        const parts = encodePartsWith(carve)(f)
+        expect(Buffer.concat(parts.map((p) => Buffer.from(p)))).toEqual(Buffer.from(whole))
+        expect(Buffer.from(encodeWith(carve)(f))).toEqual(Buffer.from(whole))
+        if ((f._tag === "Write" || f._tag === "Block") && f.data.length > 0) expect(parts[1]).toBe(f.data)
+      }),
+      { numRuns: RUNS }
+    )
+  })
 
   it("reports random corruption as a typed error, never a different frame or a throw", () => {
     fc.assert(corruptionProperty({}), { numRuns: RUNS })

@@ -103,7 +103,8 @@ export const make = (
       read: Effect.fnUntraced(function* (offset: number, length: number) {
         const invalid = checkRange(geometry, offset, length)
         if (invalid !== undefined) return yield* invalid
-        const out = new Uint8Array(length)
+        // Not zero-filled: preadFully fills every byte or fails.
+        const out = Buffer.allocUnsafeSlow(length)
         yield* io("read", () => preadFully(handle, out, offset))
         return out
       }),
@@ -120,7 +121,7 @@ export const make = (
       readBlock: Effect.fnUntraced(function* (block: number) {
         const invalid = checkBlock(geometry, block)
         if (invalid !== undefined) return yield* invalid
-        const out = new Uint8Array(geometry.blockSize)
+        const out = Buffer.allocUnsafeSlow(geometry.blockSize)
         yield* io("read", () => preadFully(handle, out, Geometry.blockOffset(geometry, block)))
         return out
       }),

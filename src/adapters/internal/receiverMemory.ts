@@ -61,6 +61,8 @@ export const makeClient = (store: ReceiverStore, options: MemoryOptions = {}): L
     const connection: LogReceiver.Connection = {
       durableSeq: result.durableSeq,
       send: (record) => Effect.suspend(() => link.send(copy(record))),
+      // Kept by reference: a caller that changed the bytes would corrupt the replica here.
+      sendOwned: (record) => link.send(record),
       messages: Mailbox.toStream(link.messages)
     }
     return connection

@@ -29,7 +29,7 @@ import {
 import { makeLink } from "./receiverLink.js"
 import { makeDecoder } from "./wireDecoder.js"
 import { makeSlabAllocator } from "./slab.js"
-import { encode, encodeWith } from "./wireEncode.js"
+import { encode, encodePartsWith, encodeWith } from "./wireEncode.js"
 import { type Frame, WireError } from "./wireFrame.js"
 
 export interface TcpOptions {
@@ -47,7 +47,13 @@ export interface TcpOptions {
  * Outgoing frames are carved from 1 MiB slabs: a 4 KiB write's frame was an ArrayBuffer
  * of its own, a tenth of the filter's cost per small write with the garbage it made.
  */
-const encodeRecord = encodeWith(makeSlabAllocator({ slabBytes: 1 << 20, largest: 1 << 17 }))
+const allocateFrame = makeSlabAllocator({ slabBytes: 1 << 20, largest: 1 << 17 })
+const encodeRecord = encodeWith(allocateFrame)
+/** `sendOwned`: the header from a slab, the payload written from the caller's buffer. */
+const encodeOwned = encodePartsWith(allocateFrame)
+
+/** What the writer puts on the socket for one record: a frame, or its parts in order. */
+type Outgoing = Uint8Array | ReadonlyArray<Uint8Array>
 
 /** Frames the writer takes from the outbox at once (buffered on top of `sendBuffer`). */
 const WRITE_BATCH = 256
@@ -72,12 +78,14 @@ const connectSocket = (host: string, port: number) =>
   })
 
 /** Writes a batch of frames in one corked write; waits only while the socket is above its high-water mark. */
-const writeFrames = (socket: Net.Socket, frames: Iterable<Uint8Array>) =>
+const writeFrames = (socket: Net.Socket, frames: Iterable<Outgoing>) =>
   Effect.async<void>((resume) => {
     if (socket.destroyed) return resume(Effect.void)
     socket.cork()
     let below = true
-    for (const frame of frames) below = socket.write(frame)
+    for (const frame of frames)
+      if (frame instanceof Uint8Array) below = socket.write(frame)
+      else for (const part of frame) below = socket.write(part)
     socket.uncork()
     if (below) return resume(Effect.void)
     const unlisten = () => {
@@ -99,7 +107,7 @@ const open = (
   scope: Scope.Scope
 ): Effect.Effect<LogReceiver.Connection, ConnectError> =>
   Effect.gen(function* () {
-    const link = yield* makeLink<Uint8Array>(Math.max(1, options.sendBuffer ?? 64))
+    const link = yield* makeLink<Outgoing>(Math.max(1, options.sendBuffer ?? 64))
     const handshake = yield* Deferred.make<number, ConnectError>()
     const decoder = makeDecoder({ maxFrameBytes: options.maxFrameBytes })
     let welcomed = false
@@ -167,6 +175,7 @@ const open = (
     const connection: LogReceiver.Connection = {
       durableSeq,
       send: (record) => Effect.suspend(() => link.send(encodeRecord(record))),
+      sendOwned: (record) => Effect.suspend(() => link.send(encodeOwned(record))),
       messages: Mailbox.toStream(link.messages)
     }
     return connection

@@ -46,85 +46,103 @@ const u32 = (field: string, n: number): number => {
 const json = (value: unknown): Uint8Array => text.encode(JSON.stringify(value))
 
 /**
- * An encoder whose frames are carved by `allocate`. It throws a `RangeError` (a defect)
- * for a field outside its wire range: a negative or unsafe seq/offset/block, an epoch
- * beyond u32.
+ * Writes `frame`'s header into `header` (`HEADER_BYTES` long, from `allocate`) and returns
+ * its payload (empty for frames without one). Throws a `RangeError` (a defect) for a
+ * field outside its wire range: a negative or unsafe seq/offset/block, an epoch beyond u32.
  */
+const encodeHeader = (frame: Frame, allocate: (bytes: number) => Uint8Array, extra: number) => {
+  let kind: number
+  let seq = 0
+  let epoch = 0
+  let position = 0
+  let payload: Uint8Array = EMPTY
+  switch (frame._tag) {
+    case "Hello":
+      kind = Kind.Hello
+      payload = json({
+        diskId: frame.diskId,
+        blockSize: frame.blockSize,
+        blockCount: frame.blockCount,
+        watermark: frame.watermark
+      })
+      break
+    case "Welcome":
+      kind = Kind.Welcome
+      seq = count("durableSeq", frame.durableSeq)
+      break
+    case "Write":
+      kind = Kind.Write
+      seq = count("seq", frame.seq)
+      epoch = u32("epoch", frame.epoch)
+      position = count("offset", frame.offset)
+      payload = frame.data
+      break
+    case "Block":
+      kind = Kind.Block
+      seq = count("seq", frame.seq)
+      epoch = u32("epoch", frame.epoch)
+      position = count("block", frame.block)
+      payload = frame.data
+      break
+    case "ResyncBegin":
+      kind = Kind.ResyncBegin
+      seq = count("seq", frame.seq)
+      epoch = u32("epoch", frame.epoch)
+      position = count("base", frame.base)
+      break
+    case "ResyncEnd":
+      kind = Kind.ResyncEnd
+      seq = count("seq", frame.seq)
+      epoch = u32("epoch", frame.epoch)
+      break
+    case "Ack":
+      kind = Kind.Ack
+      seq = count("seq", frame.seq)
+      break
+    case "Gap":
+      kind = Kind.Gap
+      seq = count("expected", frame.expected)
+      break
+    case "Refuse":
+      kind = Kind.Refuse
+      payload = json({ reason: frame.reason, detail: frame.detail })
+      break
+  }
+  const length = u32("payload length", payload.byteLength)
+  const bytes = allocate(HEADER_BYTES + (extra === 0 ? 0 : length))
+  writeU32(bytes, Offset.magic, MAGIC)
+  bytes[Offset.version] = VERSION
+  bytes[Offset.kind] = kind
+  bytes[Offset.flags] = 0
+  bytes[Offset.flags + 1] = 0
+  writeU64(bytes, Offset.seq, seq)
+  writeU32(bytes, Offset.epoch, epoch)
+  writeU64(bytes, Offset.offsetOrBlock, position)
+  writeU32(bytes, Offset.length, length)
+  writeU32(bytes, Offset.payloadCrc, length === 0 ? 0 : crc32c(payload))
+  writeU32(bytes, Offset.headerCrc, crc32c(bytes.subarray(0, HEADER_CRC_SPAN)))
+  return { bytes, payload }
+}
+
+/** An encoder whose frames (header and payload in one buffer) are carved by `allocate`. */
 export const encodeWith =
   (allocate: (bytes: number) => Uint8Array) =>
   (frame: Frame): Uint8Array => {
-    let kind: number
-    let seq = 0
-    let epoch = 0
-    let position = 0
-    let payload: Uint8Array = EMPTY
-    switch (frame._tag) {
-      case "Hello":
-        kind = Kind.Hello
-        payload = json({
-          diskId: frame.diskId,
-          blockSize: frame.blockSize,
-          blockCount: frame.blockCount,
-          watermark: frame.watermark
-        })
-        break
-      case "Welcome":
-        kind = Kind.Welcome
-        seq = count("durableSeq", frame.durableSeq)
-        break
-      case "Write":
-        kind = Kind.Write
-        seq = count("seq", frame.seq)
-        epoch = u32("epoch", frame.epoch)
-        position = count("offset", frame.offset)
-        payload = frame.data
-        break
-      case "Block":
-        kind = Kind.Block
-        seq = count("seq", frame.seq)
-        epoch = u32("epoch", frame.epoch)
-        position = count("block", frame.block)
-        payload = frame.data
-        break
-      case "ResyncBegin":
-        kind = Kind.ResyncBegin
-        seq = count("seq", frame.seq)
-        epoch = u32("epoch", frame.epoch)
-        position = count("base", frame.base)
-        break
-      case "ResyncEnd":
-        kind = Kind.ResyncEnd
-        seq = count("seq", frame.seq)
-        epoch = u32("epoch", frame.epoch)
-        break
-      case "Ack":
-        kind = Kind.Ack
-        seq = count("seq", frame.seq)
-        break
-      case "Gap":
-        kind = Kind.Gap
-        seq = count("expected", frame.expected)
-        break
-      case "Refuse":
-        kind = Kind.Refuse
-        payload = json({ reason: frame.reason, detail: frame.detail })
-        break
-    }
-    const length = u32("payload length", payload.byteLength)
-    const bytes = allocate(HEADER_BYTES + length)
-    writeU32(bytes, Offset.magic, MAGIC)
-    bytes[Offset.version] = VERSION
-    bytes[Offset.kind] = kind
-    bytes[Offset.flags] = 0
-    bytes[Offset.flags + 1] = 0
-    writeU64(bytes, Offset.seq, seq)
-    writeU32(bytes, Offset.epoch, epoch)
-    writeU64(bytes, Offset.offsetOrBlock, position)
-    writeU32(bytes, Offset.length, length)
-    writeU32(bytes, Offset.payloadCrc, length === 0 ? 0 : crc32c(payload))
-    writeU32(bytes, Offset.headerCrc, crc32c(bytes.subarray(0, HEADER_CRC_SPAN)))
-    if (length > 0) bytes.set(payload, HEADER_BYTES)
+    const { bytes, payload } = encodeHeader(frame, allocate, 1)
+    if (payload.byteLength > 0) bytes.set(payload, HEADER_BYTES)
     return bytes
+  }
+
+/**
+ * An encoder that copies no payload: the header (from `allocate`), then the payload
+ * itself when there is one. Written back to back they are the frame `encodeWith` makes;
+ * the payload must not change until it has been written.
+ */
+export const encodePartsWith =
+  (allocate: (bytes: number) => Uint8Array) =>
+  (frame: Frame): ReadonlyArray<Uint8Array> => {
+    const { bytes, payload } = encodeHeader(frame, allocate, 0)
+    return payload.byteLength === 0 ? [bytes] : [bytes, payload]
   }
 
 /** Encodes one frame into a buffer of its own (see `encodeWith`). */
