@@ -4,10 +4,10 @@
  *
  * Effect 3's default scheduler runs scheduled work on microtasks and falls back to a
  * timer only after 2048 rounds in a row; until then no I/O callback runs, and the
- * timer costs at least a millisecond. Under a steady stream of writes and acks that
- * starved the replicator's sockets and its disk: with this scheduler the end-to-end
- * live stream at 64 KiB writes is about twice as fast (see docs/replicator.md).
- * Effect 4's default scheduler makes the same choice.
+ * timer costs at least a millisecond. Under a steady stream of guest writes that
+ * starves the replicator's sockets and lets undecided writes pile up; with this
+ * scheduler the end-to-end live stream gained 10-20 % in the bench (see
+ * docs/replicator.md). Effect 4's default scheduler makes the same choice.
  */
 import { Effect, Scheduler } from "effect"
 
