@@ -117,6 +117,12 @@ export interface Options {
    * for the writes the disk took to be journaled. Never set it otherwise.
    */
   readonly unsafeSkipDrainOnClose?: boolean
+  /**
+   * A deliberately broken variant for the test suite's mutants: overlapping guest writes
+   * are not serialised, so a disk may apply them in one order and report them in the
+   * other. Never set it otherwise.
+   */
+  readonly unsafeSkipOverlapGate?: boolean
 }
 
 export interface Status {
@@ -385,7 +391,10 @@ export const make = (
     const outbox = yield* Queue.unbounded<Outgoing>()
     const stopped = yield* Deferred.make<void, ReplicatorStopped>()
     const pendingWrites = yield* makeAdmission(options.maxPendingWrites ?? 1024, stopped)
-    const gate = makeOverlapGate()
+    const gate =
+      options.unsafeSkipOverlapGate === true
+        ? <A, E, R>(_first: number, _last: number, body: Effect.Effect<A, E, R>) => body
+        : makeOverlapGate()
     // While true, new guest writes wait (the switchover hold).
     const writesHeld = yield* SubscriptionRef.make(false)
     // Mirrors `writesHeld` for the write path's synchronous check.
