@@ -98,6 +98,14 @@ const listen = (connection: LogReceiver.Connection) =>
     }
   })
 
+/** A connection to disk `diskId` whose messages are consumed in the background, and the control. */
+const connected = (diskId: string) =>
+  Effect.gen(function* () {
+    const port = yield* Port
+    const connection = yield* port.connect(hello(diskId))
+    return { control: yield* MemoryReceiver, connection, inbox: yield* listen(connection) }
+  })
+
 const contract = (harness: Harness) =>
   describe(`LogReceiver contract: ${harness.name}`, () => {
     const run = <A, E>(body: Effect.Effect<A, E, Env | Scope.Scope>, options?: Options) =>
@@ -130,10 +138,7 @@ const contract = (harness: Harness) =>
     it.scopedLive("records in order are applied and acked cumulatively", () =>
       run(
         Effect.gen(function* () {
-          const port = yield* Port
-          const control = yield* MemoryReceiver
-          const connection = yield* port.connect(hello("d"))
-          const inbox = yield* listen(connection)
+          const { control, connection, inbox } = yield* connected("d")
           const n = 20
           for (let seq = 1; seq <= n; seq++) yield* connection.send(write(seq, (seq - 1) * 1000, seq, 1000))
           const seen = yield* inbox.ackedThrough(n)
@@ -167,10 +172,7 @@ const contract = (harness: Harness) =>
     it.scopedLive("sendOwned and send interleave: one order, the same bytes on the replica", () =>
       run(
         Effect.gen(function* () {
-          const port = yield* Port
-          const control = yield* MemoryReceiver
-          const connection = yield* port.connect(hello("d"))
-          const inbox = yield* listen(connection)
+          const { control, connection, inbox } = yield* connected("d")
           yield* connection.sendOwned(write(1, 0, 1))
           yield* connection.send(write(2, 4096, 2, 4096))
           yield* connection.sendOwned({ _tag: "ResyncBegin", seq: 3, epoch: 1, base: 2 })
@@ -203,10 +205,7 @@ const contract = (harness: Harness) =>
     it.scopedLive("a gap is reported; later records are rejected until a resync-begin", () =>
       run(
         Effect.gen(function* () {
-          const port = yield* Port
-          const control = yield* MemoryReceiver
-          const connection = yield* port.connect(hello("d"))
-          const inbox = yield* listen(connection)
+          const { control, connection, inbox } = yield* connected("d")
           yield* connection.send(write(1, 0, 1))
           yield* inbox.ackedThrough(1)
           yield* connection.send(write(3, 0, 3))
@@ -242,10 +241,7 @@ const contract = (harness: Harness) =>
     it.scopedLive("a record lost on the way makes the next one a gap", () =>
       run(
         Effect.gen(function* () {
-          const port = yield* Port
-          const control = yield* MemoryReceiver
-          const connection = yield* port.connect(hello("d"))
-          const inbox = yield* listen(connection)
+          const { control, connection, inbox } = yield* connected("d")
           yield* connection.send(write(1, 0, 1))
           yield* inbox.ackedThrough(1)
           yield* control.dropNextRecord
@@ -259,10 +255,7 @@ const contract = (harness: Harness) =>
     it.scopedLive("duplicates are acked again and not applied twice", () =>
       run(
         Effect.gen(function* () {
-          const port = yield* Port
-          const control = yield* MemoryReceiver
-          const connection = yield* port.connect(hello("d"))
-          const inbox = yield* listen(connection)
+          const { control, connection, inbox } = yield* connected("d")
           yield* connection.send(write(1, 0, 1))
           yield* connection.send(write(2, 4096, 2))
           yield* inbox.ackedThrough(2)
@@ -285,10 +278,7 @@ const contract = (harness: Harness) =>
     it.scopedLive("send suspends when the buffer is full and resumes when drained", () =>
       run(
         Effect.gen(function* () {
-          const port = yield* Port
-          const control = yield* MemoryReceiver
-          const connection = yield* port.connect(hello("d"))
-          const inbox = yield* listen(connection)
+          const { control, connection, inbox } = yield* connected("d")
           const { records, bytes: size } = harness.overflow
           yield* control.stallIntake(true)
           const sent = yield* Ref.make(0)
@@ -345,9 +335,7 @@ const contract = (harness: Harness) =>
       run(
         Effect.gen(function* () {
           const port = yield* Port
-          const control = yield* MemoryReceiver
-          const connection = yield* port.connect(hello("d"))
-          const inbox = yield* listen(connection)
+          const { control, connection, inbox } = yield* connected("d")
           yield* connection.send(write(1, 0, 1))
           yield* inbox.ackedThrough(1)
           yield* control.dropConnection("d")
@@ -380,10 +368,7 @@ const contract = (harness: Harness) =>
     it.scopedLive("a record outside the disk closes the connection and never reaches the log", () =>
       run(
         Effect.gen(function* () {
-          const port = yield* Port
-          const control = yield* MemoryReceiver
-          const connection = yield* port.connect(hello("d"))
-          const inbox = yield* listen(connection)
+          const { control, connection, inbox } = yield* connected("d")
           yield* connection.send(write(1, BLOCK * 1024 - 100, 1, 512))
           const exit = yield* inbox.lost
           assert.isTrue(Exit.isFailure(exit))
