@@ -9,10 +9,20 @@
  * scheduler the end-to-end live stream gained 10-20 % in the bench (see
  * docs/replicator.md). Effect 4's default scheduler makes the same choice.
  */
-import { Effect, Scheduler } from "effect"
+import { Effect, Option, Scheduler, TestClock } from "effect"
 
 export const scheduler: Scheduler.Scheduler = Scheduler.makeBatched((runBatch) => setImmediate(runBatch))
 
 /** Runs `self` (and the fibers it forks) on the I/O scheduler. */
 export const withIoScheduler = <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
   Effect.withScheduler(self, scheduler)
+
+/**
+ * The scheduler a program's own fibers should default to: this one, or the caller's
+ * (`"inherit"`) under a `TestClock`, where a test drives time and the fibers must keep
+ * pace with it (on `setImmediate` they would fall behind the clock).
+ */
+export const defaultFor: Effect.Effect<Scheduler.Scheduler | "inherit"> = Effect.map(
+  Effect.serviceOption(TestClock.TestClock),
+  (testClock): Scheduler.Scheduler | "inherit" => (Option.isSome(testClock) ? "inherit" : scheduler)
+)

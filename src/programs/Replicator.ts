@@ -108,8 +108,9 @@ export interface Options {
   /**
    * Where the replicator's own fibers (decision loop, journal stage, sender, link) run:
    * by default the I/O scheduler (`IoScheduler`), which lets socket and disk callbacks
-   * in between batches of work; `"inherit"` keeps the caller's scheduler. Tests that
-   * drive a `TestClock` want `"inherit"`, so the filter's fibers keep pace with the clock.
+   * in between batches of work; `"inherit"` keeps the caller's scheduler. Under a
+   * `TestClock` the default is `"inherit"`: a test that drives the clock needs the
+   * filter's fibers to keep pace with it.
    */
   readonly scheduler?: Scheduler.Scheduler | "inherit"
   /**
@@ -865,7 +866,7 @@ export const make = (
       concurrency: "unbounded",
       discard: true
     }).pipe(Effect.catchAllCause((cause) => stop("a replicator fiber failed", cause)))
-    const scheduler = options.scheduler ?? IoScheduler.scheduler
+    const scheduler = options.scheduler ?? (yield* IoScheduler.defaultFor)
     yield* Effect.forkScoped(scheduler === "inherit" ? runtime : Effect.withScheduler(runtime, scheduler))
 
     const waitWhileHeld = writesHeld.changes.pipe(

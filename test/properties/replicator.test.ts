@@ -121,9 +121,6 @@ const runScenario = (s: Scenario) =>
           config,
           uncleanStart,
           ackTimeout: "1 second",
-          // The test drives the clock: the filter's fibers must share its scheduler, or the
-          // clock runs ahead of them (ack timeouts on every step).
-          scheduler: "inherit",
           switchoverHold: Duration.millis(s.switchoverHold),
           onEvents: (events) => Effect.sync(() => trace.push(...events))
         }).pipe(

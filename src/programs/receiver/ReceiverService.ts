@@ -48,7 +48,8 @@ export interface ServeOptions {
   readonly now?: (() => number) | undefined
   /**
    * Where the service's fibers (connections, log writers) run: by default the I/O
-   * scheduler (`IoScheduler`); `"inherit"` keeps the caller's.
+   * scheduler (`IoScheduler`), or the caller's under a `TestClock`; `"inherit"` keeps
+   * the caller's.
    */
   readonly scheduler?: Scheduler.Scheduler | "inherit" | undefined
 }
@@ -100,9 +101,11 @@ const endpoint = (host: string, port: number) => `${host.includes(":") ? `[${hos
 export const serve = (
   options: ServeOptions
 ): Effect.Effect<Server, ListenFailed | LogStore.LogError | LogStore.ReceiverLocked, Scope.Scope> => {
-  const scheduler = options.scheduler ?? IoScheduler.scheduler
   const body = serveOn(options)
-  return scheduler === "inherit" ? body : Effect.withScheduler(body, scheduler)
+  return Effect.flatMap(
+    options.scheduler === undefined ? IoScheduler.defaultFor : Effect.succeed(options.scheduler),
+    (scheduler) => (scheduler === "inherit" ? body : Effect.withScheduler(body, scheduler))
+  )
 }
 
 const serveOn = (options: ServeOptions) =>
