@@ -26,3 +26,15 @@ export const defaultFor: Effect.Effect<Scheduler.Scheduler | "inherit"> = Effect
   Effect.serviceOption(TestClock.TestClock),
   (testClock): Scheduler.Scheduler | "inherit" => (Option.isSome(testClock) ? "inherit" : scheduler)
 )
+
+/**
+ * Runs `self` where a program's `scheduler` option says: the given scheduler, the
+ * caller's for `"inherit"`, or `defaultFor` when the option is absent.
+ */
+export const runOn = <A, E, R>(
+  option: Scheduler.Scheduler | "inherit" | undefined,
+  self: Effect.Effect<A, E, R>
+): Effect.Effect<A, E, R> =>
+  Effect.flatMap(option === undefined ? defaultFor : Effect.succeed(option), (chosen) =>
+    chosen === "inherit" ? self : Effect.withScheduler(self, chosen)
+  )

@@ -866,8 +866,7 @@ export const make = (
       concurrency: "unbounded",
       discard: true
     }).pipe(Effect.catchAllCause((cause) => stop("a replicator fiber failed", cause)))
-    const scheduler = options.scheduler ?? (yield* IoScheduler.defaultFor)
-    yield* Effect.forkScoped(scheduler === "inherit" ? runtime : Effect.withScheduler(runtime, scheduler))
+    yield* Effect.forkScoped(IoScheduler.runOn(options.scheduler, runtime))
 
     const waitWhileHeld = writesHeld.changes.pipe(
       Stream.filter((h) => !h),

@@ -46,11 +46,12 @@ const u32 = (field: string, n: number): number => {
 const json = (value: unknown): Uint8Array => text.encode(JSON.stringify(value))
 
 /**
- * Writes `frame`'s header into `header` (`HEADER_BYTES` long, from `allocate`) and returns
- * its payload (empty for frames without one). Throws a `RangeError` (a defect) for a
+ * Encodes `frame`'s header into a buffer from `allocate` (with room for the payload after
+ * it when `roomForPayload`, left for the caller to fill) and returns it with the payload
+ * (empty for frames without one). Throws a `RangeError` (a defect) for a
  * field outside its wire range: a negative or unsafe seq/offset/block, an epoch beyond u32.
  */
-const encodeHeader = (frame: Frame, allocate: (bytes: number) => Uint8Array, extra: number) => {
+const encodeHeader = (frame: Frame, allocate: (bytes: number) => Uint8Array, roomForPayload: boolean) => {
   let kind: number
   let seq = 0
   let epoch = 0
@@ -109,7 +110,7 @@ const encodeHeader = (frame: Frame, allocate: (bytes: number) => Uint8Array, ext
       break
   }
   const length = u32("payload length", payload.byteLength)
-  const bytes = allocate(HEADER_BYTES + (extra === 0 ? 0 : length))
+  const bytes = allocate(HEADER_BYTES + (roomForPayload ? length : 0))
   writeU32(bytes, Offset.magic, MAGIC)
   bytes[Offset.version] = VERSION
   bytes[Offset.kind] = kind
@@ -128,7 +129,7 @@ const encodeHeader = (frame: Frame, allocate: (bytes: number) => Uint8Array, ext
 export const encodeWith =
   (allocate: (bytes: number) => Uint8Array) =>
   (frame: Frame): Uint8Array => {
-    const { bytes, payload } = encodeHeader(frame, allocate, 1)
+    const { bytes, payload } = encodeHeader(frame, allocate, true)
     if (payload.byteLength > 0) bytes.set(payload, HEADER_BYTES)
     return bytes
   }
@@ -141,7 +142,7 @@ export const encodeWith =
 export const encodePartsWith =
   (allocate: (bytes: number) => Uint8Array) =>
   (frame: Frame): ReadonlyArray<Uint8Array> => {
-    const { bytes, payload } = encodeHeader(frame, allocate, 0)
+    const { bytes, payload } = encodeHeader(frame, allocate, false)
     return payload.byteLength === 0 ? [bytes] : [bytes, payload]
   }
 

@@ -100,13 +100,8 @@ const endpoint = (host: string, port: number) => `${host.includes(":") ? `[${hos
  */
 export const serve = (
   options: ServeOptions
-): Effect.Effect<Server, ListenFailed | LogStore.LogError | LogStore.ReceiverLocked, Scope.Scope> => {
-  const body = serveOn(options)
-  return Effect.flatMap(
-    options.scheduler === undefined ? IoScheduler.defaultFor : Effect.succeed(options.scheduler),
-    (scheduler) => (scheduler === "inherit" ? body : Effect.withScheduler(body, scheduler))
-  )
-}
+): Effect.Effect<Server, ListenFailed | LogStore.LogError | LogStore.ReceiverLocked, Scope.Scope> =>
+  IoScheduler.runOn(options.scheduler, serveOn(options))
 
 const serveOn = (options: ServeOptions) =>
   Effect.gen(function* () {
