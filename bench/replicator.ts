@@ -129,7 +129,7 @@ const withSystem = <A>(
  * Writes of `size` bytes from 16 fibers for `seconds`, in sync mode, then until all
  * is acked. A writer waits while more than a quarter of the congestion limit is unacked.
  */
-export const liveStream = (size: number, seconds: number, setup: Setup) =>
+export const liveStream = (size: number, seconds: number, setup: Setup, batch = 1) =>
   withSystem(256 * MiB, "in-sync", setup, (replicator) =>
     Effect.gen(function* () {
       yield* replicator.quiesce.pipe(Effect.orDie)
@@ -152,9 +152,16 @@ export const liveStream = (size: number, seconds: number, setup: Setup) =>
                 yield* Effect.sleep("1 millis")
                 continue
               }
-              yield* replicator.write(((i * 7919) % slots) * size, data).pipe(Effect.orDie)
-              writes++
-              i += 16
+              if (batch === 1) {
+                yield* replicator.write(((i * 7919) % slots) * size, data).pipe(Effect.orDie)
+                i += 16
+              } else {
+                // A guest queue's worth of requests at once.
+                const requests: Array<Replicator.GuestWrite> = []
+                for (let k = 0; k < batch; k++, i += 16) requests.push({ offset: ((i * 7919) % slots) * size, bytes: data })
+                yield* replicator.writeAll(requests).pipe(Effect.orDie)
+              }
+              writes += batch
             }
           }),
         { concurrency: "unbounded", discard: true }

@@ -21,7 +21,8 @@ import {
   Duration,
   Effect,
   Either,
-  Fiber,
+  Exit,
+  FiberId,
   Layer,
   Metric,
   Option,
@@ -143,6 +144,12 @@ export interface Status {
   readonly quiescent: boolean
 }
 
+/** One guest write: `bytes` at `offset`, both sector aligned. */
+export interface GuestWrite {
+  readonly offset: number
+  readonly bytes: Uint8Array
+}
+
 export class Replicator extends Context.Tag("cdp-sync/Replicator")<Replicator, Replicator.Service>() {}
 
 export declare namespace Replicator {
@@ -154,6 +161,15 @@ export declare namespace Replicator {
      * is closing, before touching the disk.
      */
     readonly write: (offset: number, bytes: Uint8Array) => Effect.Effect<void, ReplicatorError>
+    /**
+     * `write` for a batch, such as the requests a guest queue hands over at once: each is
+     * applied and folded as `write` would, in array order (overlapping writes complete in
+     * that order), and the batch costs one trip through the filter rather than one per
+     * write. Every write is checked before any touches the disk: one `WriteRejected` and
+     * nothing is written. If the disk fails a write, the writes before it are on the disk
+     * and folded, the ones after it are not attempted, and the batch fails with that error.
+     */
+    readonly writeAll: (writes: ReadonlyArray<GuestWrite>) => Effect.Effect<void, ReplicatorError>
     /** Waits until every write that returned before it is folded and its event durable in the journal. */
     readonly flush: Effect.Effect<void, ReplicatorStopped>
     readonly state: Effect.Effect<State.State>
@@ -205,11 +221,12 @@ interface Decision {
   readonly after: State.State
 }
 
-/** A record bound for the wire: built (a block is read) after its event is journaled. */
+/** A record bound for the wire: ready, or a block read started after its event was journaled. */
 interface Outgoing {
   readonly session: number
   readonly seq: number
-  readonly record: Effect.Effect<Wire.Record, DiskError>
+  readonly record: Wire.Record | undefined
+  readonly read: Effect.Effect<Wire.Record, DiskError> | undefined
 }
 
 /** What an event puts on the wire: a record, or a block to read once the batch is journaled. */
@@ -233,49 +250,44 @@ const READ_RUN = 16
 
 /**
  * Serialises guest writes whose ranges overlap, so completion order is queue order.
- * Writes that overlap nothing (the usual case) allocate no waiter.
+ * Synchronous checks, so a write that overlaps nothing (the usual case) costs no effect
+ * step and allocates no waiter.
  */
+interface GateEntry {
+  readonly first: number
+  readonly last: number
+  waiters: Array<() => void> | undefined
+}
 const makeOverlapGate = () => {
-  interface Range {
-    readonly first: number
-    readonly last: number
-    waiters: Array<() => void> | undefined
-  }
+  type Range = GateEntry
   const active = new Set<Range>()
-  const blockerOf = (first: number, last: number): Range | undefined => {
-    for (const r of active) if (r.first <= last && first <= r.last) return r
-    return undefined
-  }
-  const waitFor = (blocker: Range) =>
-    Effect.async<void>((resume) => {
-      const wake = () => resume(Effect.void)
-      const waiters = blocker.waiters ?? []
-      blocker.waiters = waiters
-      waiters.push(wake)
-      return Effect.sync(() => {
-        const i = waiters.indexOf(wake)
-        if (i >= 0) waiters.splice(i, 1)
-      })
-    })
-  const through = <A, E, R>(
-    first: number,
-    last: number,
-    body: Effect.Effect<A, E, R>
-  ): Effect.Effect<A, E, R> =>
-    Effect.suspend(() => {
-      const blocker = blockerOf(first, last)
-      if (blocker !== undefined) return Effect.zipRight(waitFor(blocker), through(first, last, body))
+  return {
+    blockerOf: (first: number, last: number): Range | undefined => {
+      for (const r of active) if (r.first <= last && first <= r.last) return r
+      return undefined
+    },
+    enter: (first: number, last: number): Range => {
       const entry: Range = { first, last, waiters: undefined }
       active.add(entry)
-      return Effect.ensuring(
-        body,
-        Effect.sync(() => {
-          active.delete(entry)
-          if (entry.waiters !== undefined) for (const wake of entry.waiters) wake()
+      return entry
+    },
+    leave: (entry: Range): void => {
+      active.delete(entry)
+      if (entry.waiters !== undefined) for (const wake of entry.waiters) wake()
+    },
+    /** Until `blocker` leaves; the caller checks again (another may have entered). */
+    waitFor: (blocker: Range) =>
+      Effect.async<void>((resume) => {
+        const wake = () => resume(Effect.void)
+        const waiters = blocker.waiters ?? []
+        blocker.waiters = waiters
+        waiters.push(wake)
+        return Effect.sync(() => {
+          const i = waiters.indexOf(wake)
+          if (i >= 0) waiters.splice(i, 1)
         })
-      )
-    })
-  return through
+      })
+  }
 }
 
 /**
@@ -290,44 +302,40 @@ const orStopped = <E>(
 
 /**
  * Admission of guest writes: at most `max` on the disk and not yet journaled. Closing
- * refuses new writes and waits until those admitted are journaled.
+ * refuses new writes and waits until those admitted are journaled. Admitting and
+ * releasing are synchronous (they run per write); only waiting is an effect.
  */
-const makeAdmission = (max: number, stopped: Deferred.Deferred<void, ReplicatorStopped>) =>
-  Effect.gen(function* () {
-    let pending = 0
-    let closing = false
-    let changed = yield* Deferred.make<void>()
-    const waitForChange = Effect.suspend(() => orStopped(Deferred.await(changed), stopped))
-    const closed = new ReplicatorStopped({ reason: "the replicator is closing", cause: undefined })
-    const admit: Effect.Effect<void, ReplicatorStopped> = Effect.suspend(() => {
-      if (closing) return Effect.fail(closed)
-      if (pending < max) {
-        pending++
-        return Effect.void
-      }
-      return Effect.zipRight(waitForChange, admit)
-    })
-    const release = (n: number) =>
-      Effect.suspend(() => {
-        if (n === 0) return Effect.void
-        pending -= n
-        const was = changed
-        return Deferred.make<void>().pipe(
-          Effect.tap((next) => {
-            changed = next
-          }),
-          Effect.zipRight(Deferred.succeed(was, undefined))
-        )
-      })
-    const drained: Effect.Effect<void, ReplicatorStopped> = Effect.suspend(() =>
-      pending === 0 ? Effect.void : Effect.zipRight(waitForChange, drained)
-    )
-    const close = Effect.suspend(() => {
+const makeAdmission = (max: number, stopped: Deferred.Deferred<void, ReplicatorStopped>) => {
+  let pending = 0
+  let closing = false
+  let changed = Deferred.unsafeMake<void>(FiberId.none)
+  const waitForChange = Effect.suspend(() => orStopped(Deferred.await(changed), stopped))
+  const release = (n: number): void => {
+    if (n === 0) return
+    pending -= n
+    const was = changed
+    changed = Deferred.unsafeMake<void>(FiberId.none)
+    Deferred.unsafeDone(was, Exit.void)
+  }
+  const drained: Effect.Effect<void, ReplicatorStopped> = Effect.suspend(() =>
+    pending === 0 ? Effect.void : Effect.zipRight(waitForChange, drained)
+  )
+  return {
+    isClosing: () => closing,
+    /** Slots free now. */
+    free: (): number => Math.max(0, max - pending),
+    /** Takes `n` free slots. */
+    take: (n: number): void => {
+      pending += n
+    },
+    waitForChange,
+    release,
+    close: Effect.suspend(() => {
       closing = true
       return drained
     })
-    return { admit, release, close }
-  })
+  }
+}
 
 const statusOf = (state: State.State, oldestUnackedAt: number | undefined, now: number): Status => ({
   mode: state.mode,
@@ -391,11 +399,9 @@ export const make = (
     const inbox = yield* Queue.unbounded<Command>()
     const outbox = yield* Queue.unbounded<Outgoing>()
     const stopped = yield* Deferred.make<void, ReplicatorStopped>()
-    const pendingWrites = yield* makeAdmission(options.maxPendingWrites ?? 1024, stopped)
-    const gate =
-      options.unsafeSkipOverlapGate === true
-        ? <A, E, R>(_first: number, _last: number, body: Effect.Effect<A, E, R>) => body
-        : makeOverlapGate()
+    const pendingWrites = makeAdmission(options.maxPendingWrites ?? 1024, stopped)
+    const gate = makeOverlapGate()
+    const skipGate = options.unsafeSkipOverlapGate === true
     // While true, new guest writes wait (the switchover hold).
     const writesHeld = yield* SubscriptionRef.make(false)
     // Mirrors `writesHeld` for the write path's synchronous check.
@@ -573,7 +579,7 @@ export const make = (
           writes += decision.writes
           for (const done of decision.barriers) yield* Deferred.succeed(done, undefined)
         }
-        yield* pendingWrites.release(writes)
+        pendingWrites.release(writes)
         if (sinceSnapshot >= snapshotEvery) {
           yield* journal
             .saveSnapshot(State.toSnapshot(taken[taken.length - 1]!.after), position)
@@ -593,15 +599,13 @@ export const make = (
      * full sync costs one thread-pool hop per run rather than per block.
      */
     const act = (outgoing: ReadonlyArray<Decided>) =>
-      Effect.gen(function* () {
+      Effect.suspend(() => {
+        const items: Array<Outgoing> = []
+        const reads: Array<Effect.Effect<unknown>> = []
         for (let i = 0; i < outgoing.length; ) {
           const out = outgoing[i]!
           if ("record" in out) {
-            yield* Queue.offer(outbox, {
-              session: out.session,
-              seq: out.record.seq,
-              record: Effect.succeed(out.record)
-            })
+            items.push({ session: out.session, seq: out.record.seq, record: out.record, read: undefined })
             i++
             continue
           }
@@ -611,29 +615,38 @@ export const make = (
             if ("record" in next || next.block !== out.block + run || next.session !== out.session) break
             run++
           }
-          const reading = yield* Effect.fork(
-            disk.read(Geometry.blockOffset(config, out.block), run * config.blockSize)
+          // Started below, before the records go out, so the sender never waits on an unstarted read.
+          const reading = Deferred.unsafeMake<Uint8Array, DiskError>(FiberId.none)
+          reads.push(
+            Effect.fork(
+              Effect.intoDeferred(
+                disk.read(Geometry.blockOffset(config, out.block), run * config.blockSize),
+                reading
+              )
+            )
           )
           for (let k = 0; k < run; k++) {
             const { seq, block, epoch, session } = outgoing[i + k] as Extract<Decided, { block: number }>
-            yield* Queue.offer(outbox, {
+            items.push({
               session,
               seq,
-              record: Fiber.join(reading).pipe(
-                Effect.map(
-                  (bytes): Wire.Record => ({
-                    _tag: "Block",
-                    seq,
-                    epoch,
-                    block,
-                    data: bytes.subarray(k * config.blockSize, (k + 1) * config.blockSize)
-                  })
-                )
+              record: undefined,
+              read: Effect.map(
+                Deferred.await(reading),
+                (bytes): Wire.Record => ({
+                  _tag: "Block",
+                  seq,
+                  epoch,
+                  block,
+                  data: bytes.subarray(k * config.blockSize, (k + 1) * config.blockSize)
+                })
               )
             })
           }
           i += run
         }
+        const offered = Queue.offerAll(outbox, items)
+        return reads.length === 0 ? offered : Effect.zipRight(Effect.all(reads, { discard: true }), offered)
       })
 
     const afterBatch = (before: State.State, after: State.State, events: ReadonlyArray<Event.Event>) =>
@@ -732,30 +745,29 @@ export const make = (
     // --- the sender: records in seq order, on the connection of their session ---
     const sender = Effect.gen(function* () {
       for (;;) {
-        const batch = yield* Queue.takeBetween(outbox, 1, 256)
+        const batch = yield* Queue.takeBetween(outbox, 1, 1024)
         const now = yield* Clock.currentTimeMillis
         let bytes = 0
         for (const out of batch) {
           if (out.session !== session) continue
-          const record = yield* out.record.pipe(
-            Effect.tapError((e) => stop("a block read failed", e)),
-            Effect.orDie
-          )
+          const record =
+            out.record ??
+            (yield* out.read!.pipe(
+              Effect.tapError((e) => stop("a block read failed", e)),
+              Effect.orDie
+            ))
           const conn = connection
           if (conn === undefined || out.session !== session) continue
           sentAt.set(out.seq, now)
           // The data is the filter's own (a copy of the guest's buffer, or a fresh block
           // read) and never changes: the connection may write it without copying.
-          const sent = yield* conn.sendOwned(record).pipe(
-            Effect.as(true),
+          const sent = yield* Effect.either(conn.sendOwned(record))
+          if (Either.isLeft(sent)) {
             // The supervisor sees the loss too; make sure the loop hears of it once.
-            Effect.catchAll(() =>
-              Queue.offer(inbox, { _tag: "Disconnected", reason: "connection-lost", link }).pipe(
-                Effect.as(false)
-              )
-            )
-          )
-          if (sent && (record._tag === "Write" || record._tag === "Block")) bytes += record.data.length
+            yield* Queue.offer(inbox, { _tag: "Disconnected", reason: "connection-lost", link })
+            continue
+          }
+          if (record._tag === "Write" || record._tag === "Block") bytes += record.data.length
         }
         if (bytes > 0) yield* Metric.incrementBy(metrics.bytesSent, bytes)
       }
@@ -782,14 +794,25 @@ export const make = (
         )
         if (Option.isNone(adopted) || Option.isNone(adopted.value)) return "handshake-not-adopted"
         const myLink = adopted.value.value!.link
+        // Acks are cumulative: of a run of acks read together only the last is news.
         const messages = conn.messages.pipe(
-          Stream.runForEach((m) =>
-            Queue.offer(inbox, {
-              _tag: "Message",
-              link: myLink,
-              input: m._tag === "Ack" ? Input.ackReceived(m.seq) : Input.gapReceived(m.expected)
-            })
-          ),
+          Stream.runForEachChunk((chunk) => {
+            const commands: Array<Command> = []
+            let ack: number | undefined
+            for (const m of chunk) {
+              if (m._tag === "Ack") {
+                ack = m.seq
+                continue
+              }
+              if (ack !== undefined)
+                commands.push({ _tag: "Message", link: myLink, input: Input.ackReceived(ack) })
+              ack = undefined
+              commands.push({ _tag: "Message", link: myLink, input: Input.gapReceived(m.expected) })
+            }
+            if (ack !== undefined)
+              commands.push({ _tag: "Message", link: myLink, input: Input.ackReceived(ack) })
+            return Queue.offerAll(inbox, commands)
+          }),
           Effect.as("connection-lost"),
           Effect.catchAll(() => Effect.succeed("connection-lost"))
         )
@@ -873,44 +896,105 @@ export const make = (
       Stream.take(1),
       Stream.runDrain
     )
-    // Untraced and built from plain combinators: the filter's own cost per guest write
-    // must stay small beside a 4 KiB disk write (a span alone cost more).
-    const write = (offset: number, bytes: Uint8Array): Effect.Effect<void, ReplicatorError> =>
+    const closed = new ReplicatorStopped({ reason: "the replicator is closing", cause: undefined })
+
+    /** A checked guest write with its own copy of the data and the blocks it spans. */
+    interface Admissible {
+      readonly offset: number
+      readonly data: Uint8Array
+      readonly first: number
+      readonly last: number
+    }
+    const check = (offset: number, bytes: Uint8Array): Admissible | WriteRejected => {
+      const length = bytes.length
+      const invalid = Geometry.validateRange(config, offset, length)
+      if (invalid !== undefined) return new WriteRejected({ offset, length, reason: invalid.reason })
+      if (offset % SECTOR_SIZE !== 0 || length % SECTOR_SIZE !== 0)
+        return new WriteRejected({ offset, length, reason: `not aligned to ${SECTOR_SIZE}-byte sectors` })
+      return {
+        offset,
+        // The data streamed live must be what was written, even if the caller reuses its buffer.
+        data: copyOf(bytes),
+        first: Geometry.firstBlock(config, offset),
+        last: Geometry.lastBlock(config, offset, length)
+      }
+    }
+
+    /**
+     * Runs uninterruptibly, waits excepted: once a disk write starts it must be folded,
+     * and an interruption in between would leave data on the disk that no event accounts
+     * for. Admits the longest run from `from` that has pending slots and overlaps no write
+     * in progress (its own included), writes it, and goes on with the rest. Checks are
+     * synchronous: the filter's own cost per guest write must stay small beside a 4 KiB
+     * disk write.
+     */
+    const admitFrom = (
+      writes: ReadonlyArray<Admissible>,
+      from: number
+    ): Effect.Effect<void, ReplicatorError> =>
       Effect.suspend(() => {
-        const length = bytes.length
-        const invalid = Geometry.validateRange(config, offset, length)
-        if (invalid !== undefined)
-          return Effect.fail(new WriteRejected({ offset, length, reason: invalid.reason }))
-        if (offset % SECTOR_SIZE !== 0 || length % SECTOR_SIZE !== 0)
-          return Effect.fail(
-            new WriteRejected({ offset, length, reason: `not aligned to ${SECTOR_SIZE}-byte sectors` })
-          )
-        if (held) return Effect.zipRight(waitWhileHeld, write(offset, bytes))
         // A stopped replicator folds nothing: refuse before the disk is touched.
         if (hasStopped) return Deferred.await(stopped)
-        return Effect.zipRight(pendingWrites.admit, admitted(offset, bytes))
+        if (held) return Effect.zipRight(Effect.interruptible(waitWhileHeld), admitFrom(writes, from))
+        if (pendingWrites.isClosing()) return Effect.fail(closed)
+        const slots = pendingWrites.free()
+        if (slots === 0) return Effect.zipRight(pendingWrites.waitForChange, admitFrom(writes, from))
+        const entries: Array<GateEntry> = []
+        let to = from
+        for (; to < writes.length && to - from < slots; to++) {
+          const w = writes[to]!
+          const blocker = skipGate ? undefined : gate.blockerOf(w.first, w.last)
+          if (blocker !== undefined) {
+            if (to > from) break
+            return Effect.zipRight(Effect.interruptible(gate.waitFor(blocker)), admitFrom(writes, from))
+          }
+          entries.push(gate.enter(w.first, w.last))
+        }
+        pendingWrites.take(to - from)
+        const written = writeRun(writes, entries, from, from, to)
+        return to === writes.length ? written : Effect.zipRight(written, admitFrom(writes, to))
       })
-    const admitted = (offset: number, bytes: Uint8Array) => {
-      // The data streamed live must be what was written, even if the caller reuses its buffer.
-      const data = copyOf(bytes)
-      const length = data.length
-      let queued = false
-      // Once the disk write starts it must be folded: an interruption in between would
-      // leave data on the disk that no event accounts for.
-      return gate(
-        Geometry.firstBlock(config, offset),
-        Geometry.lastBlock(config, offset, length),
-        Effect.uninterruptible(
-          Effect.zipRight(
-            disk.write(offset, data),
-            Effect.suspend(() => {
-              queued = true
-              return Queue.offer(inbox, { _tag: "Input", input: Input.writeCompleted(offset, length), data })
-            })
-          )
-        )
-      ).pipe(Effect.ensuring(Effect.suspend(() => (queued ? Effect.void : pendingWrites.release(1)))))
+    /** Writes `writes[i, to)` in order, each queued for the loop once the disk has it. */
+    const writeRun = (
+      writes: ReadonlyArray<Admissible>,
+      entries: ReadonlyArray<GateEntry>,
+      from: number,
+      i: number,
+      to: number
+    ): Effect.Effect<void, DiskError> => {
+      const w = writes[i]!
+      return Effect.matchCauseEffect(disk.write(w.offset, w.data), {
+        onFailure: (cause) => {
+          for (let k = i - from; k < entries.length; k++) gate.leave(entries[k]!)
+          pendingWrites.release(to - i)
+          return Effect.failCause(cause)
+        },
+        onSuccess: () => {
+          const input = Input.writeCompleted(w.offset, w.data.length)
+          inbox.unsafeOffer({ _tag: "Input", input, data: w.data })
+          // Queued before the gate opens, so an overlapping write completes after it.
+          gate.leave(entries[i - from]!)
+          return i + 1 === to ? Effect.void : writeRun(writes, entries, from, i + 1, to)
+        }
+      })
     }
+
+    const write = (offset: number, bytes: Uint8Array): Effect.Effect<void, ReplicatorError> =>
+      Effect.suspend(() => {
+        const checked = check(offset, bytes)
+        if (checked instanceof WriteRejected) return Effect.fail(checked)
+        return Effect.uninterruptible(admitFrom([checked], 0))
+      })
+    const writeAll = (writes: ReadonlyArray<GuestWrite>): Effect.Effect<void, ReplicatorError> =>
+      Effect.suspend(() => {
+        const checked: Array<Admissible> = []
+        for (const w of writes) {
+          const c = check(w.offset, w.bytes)
+          if (c instanceof WriteRejected) return Effect.fail(c)
+          checked.push(c)
+        }
+        return checked.length === 0 ? Effect.void : Effect.uninterruptible(admitFrom(checked, 0))
+      })
 
     const flush = Effect.gen(function* () {
       const done = yield* Deferred.make<void>()
@@ -940,6 +1024,7 @@ export const make = (
 
     return {
       write,
+      writeAll,
       flush,
       state: SubscriptionRef.get(stateRef),
       status: SubscriptionRef.get(statusRef),

@@ -8,7 +8,10 @@
  * - a write waits for the journal only beyond `maxPendingWrites`, and never for
  *   the network (a receiver that never acks does not hold it);
  * - after closing, or once the journal failed, a write is refused before it touches
- *   the disk.
+ *   the disk;
+ * - `writeAll` (a guest queue's batch): the same, and a batch with one bad write is
+ *   refused whole before the disk; when the disk fails one write, the writes before
+ *   it are on the disk and journaled and none after it is attempted.
  */
 import * as fs from "node:fs/promises"
 import * as os from "node:os"
@@ -50,6 +53,8 @@ interface Burst {
   readonly writes: ReadonlyArray<{ readonly block: number; readonly sectors: number }>
   /** The receiver never acks: the network must not hold guest writes. */
   readonly stalled: boolean
+  /** Absent: writes one by one; else they arrive in guest queues (`writeAll`) of this size. */
+  readonly queue: number | undefined
 }
 
 const burst: fc.Arbitrary<Burst> = fc.record({
@@ -57,8 +62,12 @@ const burst: fc.Arbitrary<Burst> = fc.record({
     fc.record({ block: fc.integer({ min: 0, max: BLOCKS - 1 }), sectors: fc.integer({ min: 1, max: 8 }) }),
     { minLength: 1, maxLength: 60 }
   ),
-  stalled: fc.boolean()
+  stalled: fc.boolean(),
+  queue: fc.option(fc.integer({ min: 1, max: 12 }), { nil: undefined })
 })
+
+const chunks = <A>(items: ReadonlyArray<A>, size: number): ReadonlyArray<ReadonlyArray<A>> =>
+  Array.from({ length: Math.ceil(items.length / size) }, (_, i) => items.slice(i * size, (i + 1) * size))
 
 /** Runs the burst on a fresh file journal, closes without a flush, returns what the journal holds. */
 const runBurst = (b: Burst, mutant: boolean) =>
@@ -80,12 +89,21 @@ const runBurst = (b: Burst, mutant: boolean) =>
       )
       const replicator = yield* Effect.provide(Replicator.Replicator, context)
       const returned: Array<string> = []
+      const requests = b.writes.map((w, i) => ({
+        offset: w.block * BS,
+        bytes: new Uint8Array(w.sectors * 512).fill(i % 251)
+      }))
+      const noteReturned = (batch: ReadonlyArray<Replicator.GuestWrite>) =>
+        Effect.sync(() => {
+          for (const r of batch) returned.push(`${r.offset}+${r.bytes.length}`)
+        })
       yield* Effect.forEach(
-        b.writes,
-        (w, i) =>
-          replicator
-            .write(w.block * BS, new Uint8Array(w.sectors * 512).fill(i % 251))
-            .pipe(Effect.tap(() => Effect.sync(() => returned.push(`${w.block * BS}+${w.sectors * 512}`)))),
+        b.queue === undefined ? requests.map((r) => [r]) : chunks(requests, b.queue),
+        (batch) =>
+          (b.queue === undefined
+            ? replicator.write(batch[0]!.offset, batch[0]!.bytes)
+            : replicator.writeAll(batch)
+          ).pipe(Effect.zipRight(noteReturned(batch))),
         { concurrency: 8, discard: true }
       )
       yield* Scope.close(scope, Exit.void)
@@ -216,5 +234,99 @@ describe("guest writes and the filter's journal", () => {
       expect((yield* disk.read(BS, 512))[0]).toBe(0)
     })
     await Effect.runPromise(Effect.scoped(program))
+  })
+
+  it("writeAll refuses a batch with one bad write whole, before any write touches the disk", async () => {
+    const program = Effect.gen(function* () {
+      const journal = EventJournal.makeMemory(EventJournal.makeMemoryStore())
+      const context = yield* Layer.build(
+        Replicator.layer({ diskId: "d", config }).pipe(
+          Layer.provideMerge(
+            Layer.mergeAll(
+              VirtualDisk.layerMemory(config),
+              Layer.succeed(EventJournal.EventJournal, journal),
+              LogReceiver.layerMemory()
+            )
+          )
+        )
+      )
+      const replicator = yield* Effect.provide(Replicator.Replicator, context)
+      const disk = yield* Effect.provide(VirtualDisk.VirtualDisk, context)
+      const refused = yield* Effect.either(
+        replicator.writeAll([
+          { offset: 0, bytes: new Uint8Array(BS).fill(1) },
+          { offset: BS + 100, bytes: new Uint8Array(512).fill(2) },
+          { offset: 2 * BS, bytes: new Uint8Array(BS).fill(3) }
+        ])
+      )
+      expect(Either.isLeft(refused) && refused.left._tag === "WriteRejected" && refused.left.offset).toBe(
+        BS + 100
+      )
+      expect((yield* disk.read(0, 512))[0]).toBe(0)
+      yield* replicator.flush
+      const events = [...(yield* Stream.runCollect(journal.read(0)))].map((e) => e.event)
+      expect(writeEvents(events)).toEqual([])
+    })
+    await Effect.runPromise(Effect.scoped(program))
+  })
+
+  it("writeAll: when the disk fails a write, the ones before it are on the disk and journaled, none after it is tried", async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc
+          .array(fc.integer({ min: 0, max: BLOCKS - 1 }), { minLength: 1, maxLength: 24 })
+          .chain((blocks) =>
+            fc.record({ blocks: fc.constant(blocks), failAt: fc.nat({ max: blocks.length - 1 }) })
+          ),
+        async ({ blocks, failAt }) => {
+          const program = Effect.gen(function* () {
+            const memoryDisk = VirtualDisk.makeMemory(config)
+            const store = EventJournal.makeMemoryStore()
+            const journal = EventJournal.makeMemory(store)
+            let attempts = 0
+            const failing = Layer.succeed(VirtualDisk.VirtualDisk, {
+              ...memoryDisk,
+              write: (offset, bytes) =>
+                Effect.suspend(() =>
+                  attempts++ === failAt
+                    ? Effect.fail(
+                        new VirtualDisk.DiskIoError({ op: "write", path: "memory", cause: new Error("EIO") })
+                      )
+                    : memoryDisk.write(offset, bytes)
+                )
+            })
+            const context = yield* Layer.build(
+              Replicator.layer({ diskId: "d", config }).pipe(
+                Layer.provideMerge(
+                  Layer.mergeAll(
+                    failing,
+                    Layer.succeed(EventJournal.EventJournal, journal),
+                    LogReceiver.layerMemory()
+                  )
+                )
+              )
+            )
+            const replicator = yield* Effect.provide(Replicator.Replicator, context)
+            const batch = blocks.map((block, i) => ({
+              offset: block * BS,
+              bytes: new Uint8Array(BS).fill(i + 1)
+            }))
+            const result = yield* Effect.either(replicator.writeAll(batch))
+            expect(Either.isLeft(result) && result.left._tag).toBe("DiskIoError")
+            expect(attempts).toBe(failAt + 1)
+            yield* replicator.flush
+            const events = [...(yield* Stream.runCollect(journal.read(0)))].map((e) => e.event)
+            expect(writeEvents(events)).toEqual(batch.slice(0, failAt).map((w) => `${w.offset}+${BS}`))
+            // The disk holds the written prefix: the last writer of each block wins.
+            const expected = new Map<number, number>()
+            for (let i = 0; i < failAt; i++) expected.set(blocks[i]!, i + 1)
+            for (const block of new Set(blocks))
+              expect((yield* memoryDisk.read(block * BS, 512))[0]).toBe(expected.get(block) ?? 0)
+          })
+          await Effect.runPromise(Effect.scoped(program))
+        }
+      ),
+      { numRuns: numRuns(30) }
+    )
   })
 })

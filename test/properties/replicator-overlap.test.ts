@@ -4,8 +4,9 @@
  * thread-pool `pwrite`s, a device queue). The filter folds writes in completion order,
  * so it must not let a write overlap one still in progress: at quiescence the replica
  * must equal the disk, whatever the disk's timing. The disk here applies each write
- * after a drawn delay and reports it after another; the mutant without the overlap
- * gate fails the same property.
+ * after a drawn delay and reports it after another. A round's writes arrive one by one
+ * (`write`) or in guest queues (`writeAll` batches, themselves concurrent). The mutant
+ * without the overlap gate fails the same property.
  */
 import * as fc from "fast-check"
 import { Duration, Effect, Either, Layer } from "effect"
@@ -32,21 +33,46 @@ interface Write {
   readonly reportAfter: number
 }
 
+interface Round {
+  readonly writes: ReadonlyArray<Write>
+  /** Absent: each write on its own; else the sizes of the guest queues the writes arrive in. */
+  readonly queues: ReadonlyArray<number> | undefined
+}
+
 /** Rounds of concurrent writes crowded onto a small disk, so most of them overlap. */
-const rounds: fc.Arbitrary<ReadonlyArray<ReadonlyArray<Write>>> = fc.array(
-  fc.array(
-    fc
-      .record({
-        sector: fc.integer({ min: 0, max: SECTORS - 1 }),
-        sectors: fc.integer({ min: 1, max: 16 }),
-        applyAfter: fc.integer({ min: 0, max: 3 }),
-        reportAfter: fc.integer({ min: 0, max: 3 })
-      })
-      .map((w) => ({ ...w, sectors: Math.min(w.sectors, SECTORS - w.sector) })),
-    { minLength: 2, maxLength: 6 }
-  ),
+const rounds: fc.Arbitrary<ReadonlyArray<Round>> = fc.array(
+  fc.record({
+    writes: fc.array(
+      fc
+        .record({
+          sector: fc.integer({ min: 0, max: SECTORS - 1 }),
+          sectors: fc.integer({ min: 1, max: 16 }),
+          applyAfter: fc.integer({ min: 0, max: 3 }),
+          reportAfter: fc.integer({ min: 0, max: 3 })
+        })
+        .map((w) => ({ ...w, sectors: Math.min(w.sectors, SECTORS - w.sector) })),
+      { minLength: 2, maxLength: 6 }
+    ),
+    queues: fc.option(fc.array(fc.integer({ min: 1, max: 4 }), { minLength: 1, maxLength: 6 }), {
+      nil: undefined
+    })
+  }),
   { minLength: 1, maxLength: 5 }
 )
+
+/** The round's writes cut into consecutive batches of the drawn sizes (the last takes the rest). */
+const batchesOf = (round: Round): ReadonlyArray<ReadonlyArray<Write>> => {
+  if (round.queues === undefined) return round.writes.map((w) => [w])
+  const out: Array<ReadonlyArray<Write>> = []
+  let at = 0
+  for (const size of round.queues) {
+    if (at >= round.writes.length) break
+    out.push(round.writes.slice(at, at + size))
+    at += size
+  }
+  if (at < round.writes.length) out.push(round.writes.slice(at))
+  return out
+}
 
 /** A memory disk whose writes land after `applyAfter` and complete `reportAfter` later. */
 const slowDisk = (
@@ -67,7 +93,7 @@ const slowDisk = (
 }
 
 /** Runs the rounds, quiesces, and returns the disk and the restored replica. */
-const run = (writes: ReadonlyArray<ReadonlyArray<Write>>, mutant: boolean) =>
+const run = (writes: ReadonlyArray<Round>, mutant: boolean) =>
   Effect.scoped(
     Effect.gen(function* () {
       const memory = VirtualDisk.makeMemory(config)
@@ -88,13 +114,19 @@ const run = (writes: ReadonlyArray<ReadonlyArray<Write>>, mutant: boolean) =>
       const receiver = yield* Effect.provide(LogReceiver.MemoryReceiver, context)
       yield* replicator.quiesce
       let fill = 0
+      const request = (w: Write): Replicator.GuestWrite => {
+        fill = (fill % 250) + 1
+        byFill.set(fill, w)
+        return { offset: w.sector * 512, bytes: new Uint8Array(w.sectors * 512).fill(fill) }
+      }
       for (const round of writes)
         yield* Effect.forEach(
-          round,
-          (w) => {
-            fill = (fill % 250) + 1
-            byFill.set(fill, w)
-            return replicator.write(w.sector * 512, new Uint8Array(w.sectors * 512).fill(fill))
+          batchesOf(round),
+          (batch) => {
+            const requests = batch.map(request)
+            return round.queues === undefined
+              ? replicator.write(requests[0]!.offset, requests[0]!.bytes)
+              : replicator.writeAll(requests)
           },
           { concurrency: "unbounded", discard: true }
         )

@@ -8,7 +8,14 @@ import * as fs from "node:fs/promises"
 import { Effect, type Scope } from "effect"
 import * as Geometry from "../../domain/Geometry.js"
 import type { VirtualDisk } from "../VirtualDisk.js"
-import { checkBlock, checkRange, DiskGeometryMismatch, DiskIoError, type DiskOp } from "./disk.js"
+import {
+  checkBlock,
+  checkRange,
+  DiskGeometryMismatch,
+  DiskIoError,
+  type DiskOp,
+  type DiskRangeError
+} from "./disk.js"
 
 export interface FileOptions {
   readonly path: string
@@ -108,16 +115,18 @@ export const make = (
         yield* io("read", () => preadFully(handle, out, offset))
         return out
       }),
-      write: Effect.fnUntraced(function* (offset: number, bytes: Uint8Array) {
-        const invalid = checkRange(geometry, offset, bytes.length)
-        if (invalid !== undefined) return yield* invalid
-        if (options.blockingWrites !== false)
-          return yield* Effect.try({
-            try: () => pwriteFullySync(handle.fd, bytes, offset),
-            catch: (cause) => new DiskIoError({ op: "write", path, cause })
-          })
-        yield* io("write", () => pwriteFully(handle, bytes, offset))
-      }),
+      // Plain combinators: a generator per write cost as much as the rest of the call.
+      write: (offset: number, bytes: Uint8Array) =>
+        Effect.suspend((): Effect.Effect<void, DiskRangeError | DiskIoError> => {
+          const invalid = checkRange(geometry, offset, bytes.length)
+          if (invalid !== undefined) return Effect.fail(invalid)
+          if (options.blockingWrites !== false)
+            return Effect.try({
+              try: () => pwriteFullySync(handle.fd, bytes, offset),
+              catch: (cause) => new DiskIoError({ op: "write", path, cause })
+            })
+          return io("write", () => pwriteFully(handle, bytes, offset))
+        }),
       readBlock: Effect.fnUntraced(function* (block: number) {
         const invalid = checkBlock(geometry, block)
         if (invalid !== undefined) return yield* invalid
