@@ -10,8 +10,11 @@
  *   bitmap coalesce writes and flatter the figure; rows say if one happened).
  *   Rows: the default configuration (blocking disk writes); with writes through
  *   libuv's thread pool; the filter alone against a receiver that acks without
- *   storing (bench/internal/ackSink.mjs); and the plainest pipeline doing the same
- *   unavoidable work (pwrite, TCP, durable append) without the filter's protocol.
+ *   storing (bench/internal/ackSink.mjs); at 4 KiB, writes handed over in guest
+ *   queues of 32 (`writeAll`); and the plainest pipeline doing the same unavoidable
+ *   work (pwrite, TCP, durable append) without the filter's protocol. Beside them, the
+ *   filter journal's mean commit time during the 4 KiB run against a lone 4 KiB
+ *   append and fdatasync: live records wait for that commit before they are sent.
  * - the durable ceiling: the same bytes appended to a file with an fdatasync per
  *   4 MiB, the least any receiver that acks only durable records must do;
  * - resync drain rate (a full sync of the disk), against reading the same blocks
@@ -25,7 +28,7 @@ import * as fs from "node:fs/promises"
 import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
-import { Duration, Effect, Either, Fiber, Layer, Stream } from "effect"
+import { Duration, Effect, Either, Fiber, Layer, Metric, Stream } from "effect"
 import * as EventJournal from "../src/adapters/EventJournal.js"
 import * as LogReceiver from "../src/adapters/LogReceiver.js"
 import * as VirtualDisk from "../src/adapters/VirtualDisk.js"
@@ -134,6 +137,7 @@ export const liveStream = (size: number, seconds: number, setup: Setup, batch = 
     Effect.gen(function* () {
       yield* replicator.quiesce.pipe(Effect.orDie)
       const { epoch, watermark: base } = yield* replicator.status
+      const commitsBefore = yield* Metric.value(Replicator.metrics.journalCommit)
       let writes = 0
       const data = new Uint8Array(size).fill(0x5a)
       const slots = (256 * MiB) / size
@@ -158,7 +162,8 @@ export const liveStream = (size: number, seconds: number, setup: Setup, batch = 
               } else {
                 // A guest queue's worth of requests at once.
                 const requests: Array<Replicator.GuestWrite> = []
-                for (let k = 0; k < batch; k++, i += 16) requests.push({ offset: ((i * 7919) % slots) * size, bytes: data })
+                for (let k = 0; k < batch; k++, i += 16)
+                  requests.push({ offset: ((i * 7919) % slots) * size, bytes: data })
                 yield* replicator.writeAll(requests).pipe(Effect.orDie)
               }
               writes += batch
@@ -169,7 +174,10 @@ export const liveStream = (size: number, seconds: number, setup: Setup, batch = 
       yield* replicator.quiesce.pipe(Effect.orDie)
       const ms = performance.now() - start
       const status = yield* replicator.status
-      return { writes, bytes: writes * size, ms, pullAheads: status.epoch - epoch }
+      const commits = yield* Metric.value(Replicator.metrics.journalCommit)
+      const journalCommitMs =
+        (commits.sum - commitsBefore.sum) / Math.max(1, commits.count - commitsBefore.count)
+      return { writes, bytes: writes * size, ms, pullAheads: status.epoch - epoch, journalCommitMs }
     })
   )
 
@@ -235,6 +243,23 @@ const durableCeiling = async (bytes: number): Promise<number> => {
   return bytes / MiB / (ms / 1000)
 }
 
+/** Mean time of a 4 KiB append and its fdatasync on an otherwise idle disk: what a journal commit costs alone. */
+const lonelyCommitMs = async (): Promise<number> => {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), "cdp-sync-bench-fsync-"))
+  const handle = await fs.open(path.join(dir, "log"), "w")
+  const record = Buffer.alloc(4096, 0x5a)
+  const n = 200
+  const start = performance.now()
+  for (let i = 0; i < n; i++) {
+    await handle.write(record, 0, record.length, i * record.length)
+    await handle.datasync()
+  }
+  const ms = (performance.now() - start) / n
+  await handle.close()
+  await fs.rm(dir, { recursive: true, force: true })
+  return ms
+}
+
 /**
  * The plainest pipeline doing a live stream's unavoidable work: each write a blocking
  * pwrite into a 256 MiB image, then a 32-byte header and the payload over loopback
@@ -297,13 +322,15 @@ const plainPipeline = async (size: number, bytes: number): Promise<number> => {
 /** As the CLI runs: the guest writers share the replicator's I/O scheduler. */
 const runOnIoScheduler = <A>(effect: Effect.Effect<A>) => Effect.runPromise(withIoScheduler(effect))
 
-const liveRow = (
-  size: number,
-  label: string,
-  live: { writes: number; bytes: number; ms: number; pullAheads: number },
-  rawMBs: number,
-  target: boolean
-): BenchRow => ({
+interface LiveRun {
+  readonly writes: number
+  readonly bytes: number
+  readonly ms: number
+  readonly pullAheads: number
+  readonly journalCommitMs: number
+}
+
+const liveRow = (size: number, label: string, live: LiveRun, rawMBs: number, target: boolean): BenchRow => ({
   name: `live stream, ${size / 1024} KiB writes, ${label} (${Math.round((live.writes / live.ms) * 1000)} writes/s${live.pullAheads > 0 ? `, ${live.pullAheads} pull-aheads` : ""})`,
   value: live.bytes / MiB / (live.ms / 1000),
   unit: "MB/s",
@@ -321,13 +348,32 @@ export const run = async (): Promise<ReadonlyArray<BenchRow>> => {
     const raw = await rawTcp(Array.from({ length: (512 * MiB) / size }, () => payload))
     const rawMBs = raw.bytes / MiB / (raw.ms / 1000)
     if (size === 65536) rawLarge = rawMBs
-    const setups: ReadonlyArray<readonly [string, Setup, boolean]> = [
-      ["end to end", DEFAULT_SETUP, true],
-      ["end to end, thread-pool disk writes", { receiver: "log-receiver", blockingWrites: false }, false],
-      ["filter alone (acking sink)", { receiver: "ack-sink", blockingWrites: true }, false]
+    const sink: Setup = { receiver: "ack-sink", blockingWrites: true }
+    // [label, setup, writes per writeAll call (1: `write`), has the target]
+    const setups: ReadonlyArray<readonly [string, Setup, number, boolean]> = [
+      ["end to end", DEFAULT_SETUP, 1, true],
+      ["end to end, thread-pool disk writes", { receiver: "log-receiver", blockingWrites: false }, 1, false],
+      ["filter alone (acking sink)", sink, 1, false],
+      ...(size === 4096
+        ? ([
+            ["end to end, guest queues of 32 (writeAll)", DEFAULT_SETUP, 32, false],
+            ["filter alone, guest queues of 32 (writeAll)", sink, 32, false]
+          ] as const)
+        : [])
     ]
-    for (const [label, setup, target] of setups)
-      rows.push(liveRow(size, label, await runOnIoScheduler(liveStream(size, 4, setup)), rawMBs, target))
+    for (const [label, setup, batch, target] of setups) {
+      const live = await runOnIoScheduler(liveStream(size, 4, setup, batch))
+      rows.push(liveRow(size, label, live, rawMBs, target))
+      if (size === 4096 && label === "end to end")
+        rows.push({
+          name: "filter journal commit (append + fsync), mean during the 4 KiB end-to-end run",
+          value: live.journalCommitMs,
+          unit: "ms",
+          baseline: await lonelyCommitMs(),
+          baselineName: "4 KiB append + fdatasync, idle disk",
+          higherIsBetter: false
+        })
+    }
     rows.push({
       name: `plainest pipeline, ${size / 1024} KiB writes: pwrite + raw TCP + append with fdatasync per 4 MiB`,
       value: await plainPipeline(size, 512 * MiB),

@@ -194,7 +194,13 @@ export const metrics = {
   lagRecords: Metric.gauge("cdp_sync_lag_records", { description: "records not yet acked" }),
   lagSeconds: Metric.gauge("cdp_sync_lag_seconds", { description: "age of the oldest unacked record" }),
   bytesWritten: Metric.counter("cdp_sync_guest_bytes", { description: "guest bytes written" }),
-  bytesSent: Metric.counter("cdp_sync_bytes_sent", { description: "record payload bytes sent" })
+  bytesSent: Metric.counter("cdp_sync_bytes_sent", { description: "record payload bytes sent" }),
+  /** Live records wait for their events' commit before they are sent: its latency is theirs. */
+  journalCommit: Metric.timerWithBoundaries(
+    "cdp_sync_journal_commit",
+    [0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
+    "one group commit of the filter's journal (append and fsync), in milliseconds"
+  )
 }
 
 // ---------------------------------------------------------------------------
@@ -567,6 +573,7 @@ export const make = (
         const events = taken.length === 1 ? taken[0]!.events : taken.flatMap((d) => d.events)
         if (events.length > 0) {
           position = yield* journal.append(events).pipe(
+            Metric.trackDuration(metrics.journalCommit),
             Effect.tapError((e) => stop("the journal failed", e)),
             Effect.orDie
           )
