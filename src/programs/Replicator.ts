@@ -13,7 +13,6 @@
  * backoff and jitter, turns acks and gaps into inputs, and watches for ack timeouts.
  */
 import {
-  Chunk,
   Clock,
   Context,
   Data,
@@ -35,6 +34,7 @@ import {
 } from "effect"
 import { EventJournal } from "../adapters/EventJournal.js"
 import type { JournalError } from "../adapters/internal/journal.js"
+import * as Inbox from "../adapters/internal/inbox.js"
 import { makeSlabAllocator } from "../adapters/internal/slab.js"
 import { type Connection, LogReceiver } from "../adapters/LogReceiver.js"
 import { type DiskError, SECTOR_SIZE, VirtualDisk } from "../adapters/VirtualDisk.js"
@@ -402,8 +402,10 @@ export const make = (
     let sinceSnapshot = 0
     const stateRef = yield* SubscriptionRef.make(state)
     const statusRef = yield* SubscriptionRef.make(statusOf(state, undefined, yield* Clock.currentTimeMillis))
-    const inbox = yield* Queue.unbounded<Command>()
-    const outbox = yield* Queue.unbounded<Outgoing>()
+    // Inboxes, not Queues: a batch is taken as the array it was offered into, where a
+    // Queue's take built a chunk node per element (a quarter of the filter's garbage).
+    const inbox = Inbox.make<Command>()
+    const outbox = Inbox.make<Outgoing>()
     const stopped = yield* Deferred.make<void, ReplicatorStopped>()
     const pendingWrites = makeAdmission(options.maxPendingWrites ?? 1024, stopped)
     const gate = makeOverlapGate()
@@ -560,16 +562,16 @@ export const make = (
         }
         state = s
         if (events.length > 0 || barriers.length > 0 || writes > 0)
-          yield* Queue.offer(decisions, { events, outgoing, barriers, writes, after: s })
+          decisions.offer({ events, outgoing, barriers, writes, after: s })
         if (writtenBytes > 0) yield* Metric.incrementBy(metrics.bytesWritten, writtenBytes)
         yield* afterBatch(before, s, events)
       })
 
     // --- the journal stage: durable first, then act, in decision order -------
-    const decisions = yield* Queue.unbounded<Decision>()
+    const decisions = Inbox.make<Decision>()
     const journaler = Effect.gen(function* () {
       for (;;) {
-        const taken = Chunk.toReadonlyArray(yield* Queue.takeBetween(decisions, 1, 256))
+        const taken = yield* decisions.takeAll
         const events = taken.length === 1 ? taken[0]!.events : taken.flatMap((d) => d.events)
         if (events.length > 0) {
           position = yield* journal.append(events).pipe(
@@ -652,7 +654,7 @@ export const make = (
           }
           i += run
         }
-        const offered = Queue.offerAll(outbox, items)
+        const offered = Effect.sync(() => outbox.offerAll(items))
         return reads.length === 0 ? offered : Effect.zipRight(Effect.all(reads, { discard: true }), offered)
       })
 
@@ -745,14 +747,14 @@ export const make = (
           }
           tokens -= budget * config.blockSize
         }
-        yield* Queue.offer(inbox, { _tag: "Input", input: Input.pumpTick(budget) })
+        inbox.offer({ _tag: "Input", input: Input.pumpTick(budget) })
       }
     })
 
     // --- the sender: records in seq order, on the connection of their session ---
     const sender = Effect.gen(function* () {
       for (;;) {
-        const batch = yield* Queue.takeBetween(outbox, 1, 1024)
+        const batch = yield* outbox.takeAll
         const now = yield* Clock.currentTimeMillis
         let bytes = 0
         for (const out of batch) {
@@ -771,7 +773,7 @@ export const make = (
           const sent = yield* Effect.either(conn.sendOwned(record))
           if (Either.isLeft(sent)) {
             // The supervisor sees the loss too; make sure the loop hears of it once.
-            yield* Queue.offer(inbox, { _tag: "Disconnected", reason: "connection-lost", link })
+            inbox.offer({ _tag: "Disconnected", reason: "connection-lost", link })
             continue
           }
           if (record._tag === "Write" || record._tag === "Block") bytes += record.data.length
@@ -790,7 +792,7 @@ export const make = (
     const runConnection = Effect.scoped(
       Effect.gen(function* () {
         const conn = yield* receiver.connect(hello())
-        yield* Queue.offer(inbox, { _tag: "Connected", connection: conn })
+        inbox.offer({ _tag: "Connected", connection: conn })
         // Wait until the loop has adopted this connection.
         const adopted = yield* connectionRef.changes.pipe(
           Stream.filter((c) => c?.conn === conn),
@@ -818,7 +820,7 @@ export const make = (
             }
             if (ack !== undefined)
               commands.push({ _tag: "Message", link: myLink, input: Input.ackReceived(ack) })
-            return Queue.offerAll(inbox, commands)
+            return Effect.sync(() => inbox.offerAll(commands))
           }),
           Effect.as("connection-lost"),
           Effect.catchAll(() => Effect.succeed("connection-lost"))
@@ -839,7 +841,7 @@ export const make = (
           Effect.as("closed-by-filter")
         )
         const reason = yield* Effect.raceAll([messages, watchdog, closedByFilter])
-        yield* Queue.offer(inbox, { _tag: "Disconnected", reason, link: myLink })
+        inbox.offer({ _tag: "Disconnected", reason, link: myLink })
         return reason
       })
     )
@@ -867,8 +869,7 @@ export const make = (
 
     const loop = Effect.gen(function* () {
       for (;;) {
-        const commands = yield* Queue.takeBetween(inbox, 1, 4096)
-        yield* decideBatch(Chunk.toReadonlyArray(commands))
+        yield* decideBatch(yield* inbox.takeAll)
       }
     })
 
@@ -978,7 +979,7 @@ export const make = (
         },
         onSuccess: () => {
           const input = Input.writeCompleted(w.offset, w.data.length)
-          inbox.unsafeOffer({ _tag: "Input", input, data: w.data })
+          inbox.offer({ _tag: "Input", input, data: w.data })
           // Queued before the gate opens, so an overlapping write completes after it.
           gate.leave(entries[i - from]!)
           return i + 1 === to ? Effect.void : writeRun(writes, entries, from, i + 1, to)
@@ -1005,7 +1006,7 @@ export const make = (
 
     const flush = Effect.gen(function* () {
       const done = yield* Deferred.make<void>()
-      yield* Queue.offer(inbox, { _tag: "Barrier", done })
+      inbox.offer({ _tag: "Barrier", done })
       yield* orStopped(Deferred.await(done), stopped)
     })
 
@@ -1038,7 +1039,9 @@ export const make = (
       changes: statusRef.changes,
       quiesce,
       dropLink: (reason) =>
-        Effect.suspend(() => Queue.offer(inbox, { _tag: "Disconnected", reason, link }).pipe(Effect.asVoid))
+        Effect.sync(() => {
+          inbox.offer({ _tag: "Disconnected", reason, link })
+        })
     } satisfies Replicator.Service
   })
 

@@ -10,7 +10,7 @@
  */
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
-import { Chunk, Deferred, Effect, Either, Fiber, Option, Queue, type Scope, Stream } from "effect"
+import { Chunk, Deferred, Effect, Either, Fiber, Option, type Scope, Stream } from "effect"
 import type * as Event from "../../domain/Event.js"
 import type * as State from "../../domain/State.js"
 import type { EventJournal } from "../EventJournal.js"
@@ -33,6 +33,7 @@ import {
   type Recovery,
   type SavedSnapshot
 } from "./journal.js"
+import * as Inbox from "./inbox.js"
 
 export const LOG_FILE = "events.log"
 export const SNAPSHOT_FILE = "snapshot.json"
@@ -308,12 +309,12 @@ export const make = (
       )
 
     // `close` is offered once, after `closed` is set, so no batch can queue behind it.
-    const queue = yield* Queue.unbounded<Pending | "close">()
+    const queue = Inbox.make<Pending | "close">()
     // Never interrupted: a take that loses a race with interruption would drop a batch.
     const writer = yield* Effect.forkDaemon(
       Effect.gen(function* () {
         while (true) {
-          const taken = [yield* Queue.take(queue), ...Chunk.toReadonlyArray(yield* Queue.takeAll(queue))]
+          const taken = yield* queue.takeAll
           const batch = taken.filter((p): p is Pending => p !== "close")
           if (batch.length > 0) yield* commit(batch)
           if (batch.length < taken.length) return
@@ -324,9 +325,8 @@ export const make = (
     yield* Effect.addFinalizer(() =>
       Effect.gen(function* () {
         closed = true
-        yield* Queue.offer(queue, "close")
+        queue.offer("close")
         yield* Fiber.await(writer)
-        yield* Queue.shutdown(queue)
       })
     )
 
@@ -340,7 +340,7 @@ export const make = (
       const refused = yield* Effect.sync(() => {
         if (closed) return new JournalIoError({ op: "append", cause: new Error("the journal is closed") })
         if (unusable !== undefined) return unusable
-        queue.unsafeOffer(pending)
+        queue.offer(pending)
         return undefined
       })
       if (refused !== undefined) return yield* refused

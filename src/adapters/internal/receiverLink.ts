@@ -3,12 +3,12 @@
  * outbox (backpressure), the receiver's messages, and the one-way "lost" state that
  * fails `send` and `messages` with `ConnectionLost`.
  */
-import { Deferred, Effect, Exit, Mailbox, Queue } from "effect"
+import { Deferred, Effect, Exit, Mailbox } from "effect"
 import type { Message } from "./receiverStore.js"
 import { ConnectionLost } from "./receiverErrors.js"
 
 export interface Link<A> {
-  readonly outbox: Queue.Queue<A>
+  readonly outbox: Mailbox.Mailbox<A>
   readonly messages: Mailbox.Mailbox<Message, ConnectionLost>
   readonly lost: Deferred.Deferred<never, ConnectionLost>
   /** Enqueues for the writer; suspends while the outbox is full; fails once the connection is lost. */
@@ -21,7 +21,8 @@ export interface Link<A> {
 
 export const makeLink = <A>(capacity: number): Effect.Effect<Link<A>> =>
   Effect.gen(function* () {
-    const outbox = yield* Queue.bounded<A>(capacity)
+    // A mailbox: the writer takes a batch as the array it was offered into.
+    const outbox = yield* Mailbox.make<A>(capacity)
     const messages = yield* Mailbox.make<Message, ConnectionLost>()
     const lost = yield* Deferred.make<never, ConnectionLost>()
     let error: ConnectionLost | undefined
@@ -37,7 +38,7 @@ export const makeLink = <A>(capacity: number): Effect.Effect<Link<A>> =>
         if (error !== undefined) return Effect.fail(error)
         // Fast path without forking; only a full outbox races the offer against the loss.
         if (outbox.unsafeOffer(item)) return Effect.void
-        return Effect.asVoid(Effect.raceFirst(Queue.offer(outbox, item), Deferred.await(lost)))
+        return Effect.asVoid(Effect.raceFirst(outbox.offer(item), Deferred.await(lost)))
       })
     return {
       outbox,

@@ -3,7 +3,7 @@
  * `ReceiverStore`. A wire fiber per connection drains the bounded outbox into the
  * store, so a stalled intake backs up into `send` exactly like a full socket.
  */
-import { Effect, Mailbox, Queue } from "effect"
+import { Effect, Mailbox } from "effect"
 import type { LogReceiver, MemoryReceiver } from "../LogReceiver.js"
 import { ConnectionClosed, ReceiverRefused } from "./receiverErrors.js"
 import { makeLink } from "./receiverLink.js"
@@ -51,10 +51,12 @@ export const makeClient = (store: ReceiverStore, options: MemoryOptions = {}): L
     yield* Effect.forkScoped(
       Effect.gen(function* () {
         for (;;) {
-          const record = yield* Queue.take(link.outbox)
-          if (store.intakePaused) yield* intakeOpen(store)
-          if (link.isLost()) return
-          session.receive(record)
+          const [records] = yield* link.outbox.takeAll
+          for (const record of records) {
+            if (store.intakePaused) yield* intakeOpen(store)
+            if (link.isLost()) return
+            session.receive(record)
+          }
         }
       })
     )

@@ -7,18 +7,7 @@
  * the outbox and `send` suspends. Any wire error or socket end marks the connection lost.
  */
 import * as Net from "node:net"
-import {
-  Cause,
-  Clock,
-  Deferred,
-  Duration,
-  Effect,
-  ExecutionStrategy,
-  Exit,
-  Mailbox,
-  Queue,
-  Scope
-} from "effect"
+import { Cause, Clock, Deferred, Duration, Effect, ExecutionStrategy, Exit, Mailbox, Scope } from "effect"
 import type { LogReceiver } from "../LogReceiver.js"
 import {
   type ConnectError,
@@ -54,9 +43,6 @@ const encodeOwned = encodePartsWith(allocateFrame)
 
 /** What the writer puts on the socket for one record: a frame, or its parts in order. */
 type Outgoing = Uint8Array | ReadonlyArray<Uint8Array>
-
-/** Frames the writer takes from the outbox at once (buffered on top of `sendBuffer`). */
-const WRITE_BATCH = 256
 
 const unexpected = (frame: Frame, when: string) =>
   new WireError({ reason: "unexpected-frame", detail: `${frame._tag} ${when}` })
@@ -164,7 +150,7 @@ const open = (
     socket.on("close", () => lose(new ConnectionClosed({ by: "receiver", detail: "end of stream" })))
 
     yield* Effect.gen(function* () {
-      for (;;) yield* writeFrames(socket, yield* Queue.takeBetween(link.outbox, 1, WRITE_BATCH))
+      for (;;) yield* writeFrames(socket, (yield* link.outbox.takeAll)[0])
     }).pipe(Effect.forkIn(scope))
 
     link.outbox.unsafeOffer(encode({ _tag: "Hello", ...hello }))

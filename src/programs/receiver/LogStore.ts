@@ -14,6 +14,7 @@
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
 import { Duration, Effect, Either, Fiber, Queue, Scope } from "effect"
+import * as Inbox from "../../adapters/internal/inbox.js"
 import type * as Wire from "../../adapters/Wire.js"
 import * as Geometry from "../../domain/Geometry.js"
 import {
@@ -146,7 +147,7 @@ export class DiskLog {
 
   constructor(
     chain: Chain,
-    private readonly queue: Queue.Queue<Pending | "close">,
+    private readonly queue: Inbox.Inbox<Pending | "close">,
     private readonly options: {
       readonly segmentBytes: number
       readonly now: () => number
@@ -186,7 +187,7 @@ export class DiskLog {
               : 0,
       time: this.lastTime
     }
-    this.queue.unsafeOffer({ header: encodeRecordHeader(fields, payload), payload, fields })
+    this.queue.offer({ header: encodeRecordHeader(fields, payload), payload, fields })
     this.pendingBytes += RECORD_HEADER_BYTES + payload.byteLength
     this.accepted = record.seq
   }
@@ -567,7 +568,7 @@ export const open = (options: StoreOptions): Effect.Effect<Store, LogError | Rec
 
     const start = (chain: Chain) =>
       Effect.gen(function* () {
-        const queue = yield* Queue.unbounded<Pending | "close">()
+        const queue = Inbox.make<Pending | "close">()
         const disk = new DiskLog(chain, queue, {
           segmentBytes,
           now,
@@ -578,7 +579,7 @@ export const open = (options: StoreOptions): Effect.Effect<Store, LogError | Rec
         const writer = yield* Effect.forkDaemon(
           Effect.gen(function* () {
             for (;;) {
-              const taken = [yield* Queue.take(queue), ...(yield* Queue.takeAll(queue))]
+              const taken = yield* queue.takeAll
               const batch = taken.filter((p): p is Pending => p !== "close")
               if (batch.length > 0 && disk.failure === undefined) {
                 const result = yield* Effect.either(attempt("append", disk.diskDir, () => disk.commit(batch)))
@@ -591,7 +592,7 @@ export const open = (options: StoreOptions): Effect.Effect<Store, LogError | Rec
         )
         yield* Effect.addFinalizer(() =>
           Effect.gen(function* () {
-            yield* Queue.offer(queue, "close")
+            queue.offer("close")
             yield* Fiber.await(writer)
             yield* Effect.promise(() => disk.close().catch(() => undefined))
           })
