@@ -149,4 +149,57 @@ describe("traces of decide check clean", () => {
       { numRuns: numRuns(100) }
     )
   })
+
+  it("the journal's fast snapshot check: a snapshot of any reachable state is well formed and decodes back to itself; a damaged one is not", () => {
+    // The file journal saves a well-formed snapshot without a Schema pass, so the two must agree.
+    type Damage = (s: Record<string, unknown>) => Record<string, unknown>
+    // Each with whether the schema refuses it too (it accepts and drops an unknown key).
+    const damage = fc.constantFrom<readonly [Damage, boolean]>(
+      [(s) => ({ ...s, extra: 1 }), false],
+      [(s) => ({ ...s, epoch: -1 }), true],
+      [(s) => ({ ...s, nextSeq: 1.5 }), true],
+      [(s) => ({ ...s, mode: "paused" }), true],
+      [(s) => ({ ...s, owed: "boredom" }), true],
+      [(s) => ({ ...s, markerSent: 0 }), true],
+      [(s) => ({ ...s, version: 2 }), true],
+      [(s) => ({ ...s, config: { ...(s.config as object), window: 0 } }), true],
+      [(s) => ({ ...s, config: { ...(s.config as object), colour: "red" } }), false],
+      [
+        (s) => ({ ...s, flight: [...(s.flight as Array<unknown>), { kind: "write", first: 0, last: 0 }] }),
+        true
+      ],
+      [(s) => ({ ...s, flight: [...(s.flight as Array<unknown>), { kind: "block", block: -3 }] }), true],
+      [(s) => ({ ...s, flight: [...(s.flight as Array<unknown>), { kind: "marker", block: 1 }] }), false],
+      [(s) => ({ ...s, dirty: [[0, 1, 2]] }), true],
+      [(s) => ({ ...s, draining: [[0, "1"]] }), true],
+      [
+        (s) => {
+          const { cursor: _dropped, ...rest } = s
+          return rest
+        },
+        true
+      ]
+    )
+    const decode = Schema.decodeUnknownEither(State.Snapshot)
+    fc.assert(
+      fc.property(scenario, damage, (s, [damaged, schemaRefuses]) => {
+        const world = run(s.config, reference, stepsOf(s), { checks: [] })
+        let state = State.initial(s.config)
+        const states = [state]
+        for (const event of world.events) {
+          state = Decider.evolve(state, event)
+          states.push(state)
+        }
+        for (const reached of states.filter((_, i) => i % 7 === 0 || i === states.length - 1)) {
+          const snapshot = State.toSnapshot(reached)
+          expect(State.isWellFormedSnapshot(snapshot)).toBe(true)
+          expect(Either.getOrThrow(decode(JSON.parse(JSON.stringify(snapshot))))).toEqual(snapshot)
+          const bad = damaged(snapshot as unknown as Record<string, unknown>) as unknown as State.Snapshot
+          expect(State.isWellFormedSnapshot(bad)).toBe(false)
+          expect(Either.isLeft(decode(JSON.parse(JSON.stringify(bad))))).toBe(schemaRefuses)
+        }
+      }),
+      { numRuns: numRuns(100) }
+    )
+  })
 })

@@ -12,7 +12,7 @@ import * as fs from "node:fs/promises"
 import * as path from "node:path"
 import { Chunk, Deferred, Effect, Either, Fiber, Option, type Scope, Stream } from "effect"
 import type * as Event from "../../domain/Event.js"
-import type * as State from "../../domain/State.js"
+import * as State from "../../domain/State.js"
 import type { EventJournal } from "../EventJournal.js"
 import {
   checkEvents,
@@ -411,7 +411,10 @@ export const make = (
       if (invalid !== undefined) return yield* invalid
       const text = encodeSnapshotFile({ position, snapshot })
       if (Either.isLeft(text)) return yield* text.left
-      const decoded = decodeSnapshotFile(text.right, snapshotPath)
+      // Never write what would not load; the fast check spares the Schema pass.
+      const decoded = State.isWellFormedSnapshot(snapshot)
+        ? Either.right<SavedSnapshot>({ position, snapshot })
+        : decodeSnapshotFile(text.right, snapshotPath)
       if (Either.isLeft(decoded)) return yield* decoded.left
       // Write aside, make it durable, then swap it in: a crash leaves the old or the new snapshot.
       yield* snapshotLock.withPermits(1)(
