@@ -59,11 +59,14 @@ export declare namespace LogReceiver {
      */
     readonly send: (record: OutRecord) => Effect.Effect<void, ConnectionLost>
     /**
-     * `send` for a caller that hands the record's data over: it will never change those
-     * bytes again, so a layer may write them from the caller's buffer instead of a copy
-     * (a 64 KiB copy per drained block). Same order, backpressure and failures as `send`.
+     * `send` for a caller that lends the record's data: a layer may write it from the
+     * caller's buffer instead of a copy (a 64 KiB copy per drained block). Without
+     * `onWritten` the caller never changes those bytes again. With it, the layer calls
+     * `onWritten` once it no longer reads them (written to the socket, or copied), and
+     * from then on the caller may reuse them; if the connection is lost first it may
+     * never be called. Same order, backpressure and failures as `send`.
      */
-    readonly sendOwned: (record: OutRecord) => Effect.Effect<void, ConnectionLost>
+    readonly sendOwned: (record: OutRecord, onWritten?: () => void) => Effect.Effect<void, ConnectionLost>
     /**
      * Acks (cumulative durable seq) and gaps (expected seq), in the receiver's order; fails
      * with `ConnectionLost` after the messages received before the loss. Consume it once.

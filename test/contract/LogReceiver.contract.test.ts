@@ -202,6 +202,38 @@ const contract = (harness: Harness) =>
       )
     )
 
+    it.scopedLive(
+      "lent data: onWritten comes once per record, and scribbling after it changes nothing received",
+      () =>
+        run(
+          Effect.gen(function* () {
+            const { control, connection, inbox } = yield* connected("d")
+            const n = 40
+            const calls = new Array<number>(n + 1).fill(0)
+            // One buffer lent over and over, as a pool reuses its slabs: each record's bytes
+            // are overwritten the moment the layer says it is done with them.
+            for (let seq = 1; seq <= n; seq++) {
+              const data = bytes(BLOCK, seq)
+              yield* connection.sendOwned(
+                { _tag: "Write", seq, epoch: 0, offset: (seq % 4) * BLOCK, data },
+                () => {
+                  calls[seq]! += 1
+                  data.fill(0xee)
+                }
+              )
+            }
+            yield* inbox.ackedThrough(n)
+            assert.deepStrictEqual(calls.slice(1), new Array<number>(n).fill(1))
+            // Each of the last four writes is the last to its block: what was lent, not the scribble.
+            for (let seq = n - 3; seq <= n; seq++)
+              assert.isTrue(
+                (yield* control.replicaBlock("d", seq % 4)).every((b) => b === seq),
+                `block ${seq % 4} holds write ${seq}`
+              )
+          })
+        )
+    )
+
     it.scopedLive("a gap is reported; later records are rejected until a resync-begin", () =>
       run(
         Effect.gen(function* () {

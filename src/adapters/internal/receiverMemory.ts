@@ -64,7 +64,15 @@ export const makeClient = (store: ReceiverStore, options: MemoryOptions = {}): L
       durableSeq: result.durableSeq,
       send: (record) => Effect.suspend(() => link.send(copy(record))),
       // Kept by reference: a caller that changed the bytes would corrupt the replica here.
-      sendOwned: (record) => link.send(record),
+      // Lent data is copied at once: the store keeps what it receives.
+      sendOwned: (record, onWritten) =>
+        onWritten === undefined
+          ? link.send(record)
+          : Effect.suspend(() => {
+              const own = copy(record)
+              onWritten()
+              return link.send(own)
+            }),
       messages: Mailbox.toStream(link.messages)
     }
     return connection

@@ -41,8 +41,13 @@ const encodeRecord = encodeWith(allocateFrame)
 /** `sendOwned`: the header from a slab, the payload written from the caller's buffer. */
 const encodeOwned = encodePartsWith(allocateFrame)
 
-/** What the writer puts on the socket for one record: a frame, or its parts in order. */
-type Outgoing = Uint8Array | ReadonlyArray<Uint8Array>
+/**
+ * What the writer puts on the socket for one record: a frame, or its parts in order and
+ * the lender's `onWritten`, called once the socket has taken the last part.
+ */
+type Outgoing =
+  | Uint8Array
+  | { readonly parts: ReadonlyArray<Uint8Array>; readonly onWritten: (() => void) | undefined }
 
 const unexpected = (frame: Frame, when: string) =>
   new WireError({ reason: "unexpected-frame", detail: `${frame._tag} ${when}` })
@@ -71,7 +76,17 @@ const writeFrames = (socket: Net.Socket, frames: Iterable<Outgoing>) =>
     let below = true
     for (const frame of frames)
       if (frame instanceof Uint8Array) below = socket.write(frame)
-      else for (const part of frame) below = socket.write(part)
+      else {
+        const { parts, onWritten } = frame
+        for (let i = 0; i < parts.length; i++)
+          below =
+            i < parts.length - 1 || onWritten === undefined
+              ? socket.write(parts[i]!)
+              : // Only a clean write hands the bytes back; after an error they are left to the collector.
+                socket.write(parts[i]!, (error) => {
+                  if (error == null) onWritten()
+                })
+      }
     socket.uncork()
     if (below) return resume(Effect.void)
     const unlisten = () => {
@@ -161,7 +176,8 @@ const open = (
     const connection: LogReceiver.Connection = {
       durableSeq,
       send: (record) => Effect.suspend(() => link.send(encodeRecord(record))),
-      sendOwned: (record) => Effect.suspend(() => link.send(encodeOwned(record))),
+      sendOwned: (record, onWritten) =>
+        Effect.suspend(() => link.send({ parts: encodeOwned(record), onWritten })),
       messages: Mailbox.toStream(link.messages)
     }
     return connection

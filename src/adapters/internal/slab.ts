@@ -19,3 +19,80 @@ export const makeSlabAllocator = (options: { readonly slabBytes: number; readonl
     return view
   }
 }
+
+/** A copy carved from a pooled slab, and the call that hands its room back. */
+export interface Lease {
+  readonly bytes: Uint8Array
+  /** Idempotent. After it the bytes may be overwritten by another copy at any time. */
+  readonly release: () => void
+}
+
+const noRelease = () => {}
+
+/**
+ * Copies carved from slabs that are recycled, not left to the garbage collector: a slab
+ * goes back to the pool once it is full and every copy carved from it is released. A
+ * copy never released only keeps its slab out of the pool (the collector takes it then),
+ * so a missed release costs an allocation, never a wrong byte; a release while the copy
+ * is still read is the bug this design must not have. Requests over `largest` bytes get
+ * a buffer of their own. At most `keep` free slabs are held.
+ */
+export const makeSlabPool = (options: {
+  readonly slabBytes: number
+  readonly largest: number
+  readonly keep: number
+}) => {
+  interface Slab {
+    readonly memory: Uint8Array
+    used: number
+    live: number
+    full: boolean
+  }
+  const free: Array<Slab> = []
+  let current: Slab | undefined
+  const recycle = (slab: Slab) => {
+    if (free.length >= options.keep) return
+    slab.used = 0
+    slab.full = false
+    free.push(slab)
+  }
+  return {
+    copy: (bytes: Uint8Array): Lease => {
+      const n = bytes.byteLength
+      if (n > options.largest) {
+        const own = Buffer.allocUnsafeSlow(n)
+        own.set(bytes)
+        return { bytes: own, release: noRelease }
+      }
+      if (current === undefined || current.memory.byteLength - current.used < n) {
+        if (current !== undefined) {
+          current.full = true
+          if (current.live === 0) recycle(current)
+        }
+        current = free.pop() ?? {
+          memory: Buffer.allocUnsafeSlow(options.slabBytes),
+          used: 0,
+          live: 0,
+          full: false
+        }
+      }
+      const slab = current
+      const view = new Uint8Array(slab.memory.buffer, slab.memory.byteOffset + slab.used, n)
+      view.set(bytes)
+      slab.used = (slab.used + n + 7) & ~7
+      slab.live++
+      let released = false
+      return {
+        bytes: view,
+        release: () => {
+          if (released) return
+          released = true
+          slab.live--
+          if (slab.live === 0 && slab.full) recycle(slab)
+        }
+      }
+    },
+    /** Free slabs held (for tests). */
+    freeSlabs: () => free.length
+  }
+}
