@@ -10,3 +10,67 @@ export const crc32c = (bytes: Uint8Array, initial = 0): number =>
     Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength),
     initial
   ) >>> 0
+
+// ---------------------------------------------------------------------------
+// Combining: the CRC of `a ++ b` from the CRCs of `a` and `b` and the length of `b`
+// (zlib's crc32_combine, with Castagnoli's polynomial), so a receiver that verified
+// a payload's CRC on the wire need not pass over the payload again.
+
+const POLY = 0x82f63b78
+
+/** `mat` (32 columns over GF(2)) times the vector `vec`. */
+const times = (mat: Uint32Array, vec: number): number => {
+  let sum = 0
+  for (let i = 0; vec !== 0; i++, vec >>>= 1) if (vec & 1) sum ^= mat[i]!
+  return sum >>> 0
+}
+/** The operator `a` then `b`. */
+const compose = (a: Uint32Array, b: Uint32Array): Uint32Array => {
+  const out = new Uint32Array(32)
+  for (let n = 0; n < 32; n++) out[n] = times(b, a[n]!)
+  return out
+}
+
+/** `zeroBytes[k]`: the operator that feeds 2^k zero bytes through the CRC register. */
+const zeroBytes: Array<Uint32Array> = (() => {
+  let op: Uint32Array = new Uint32Array(32)
+  op[0] = POLY
+  for (let n = 1; n < 32; n++) op[n] = 1 << (n - 1)
+  for (let bit = 0; bit < 3; bit++) op = compose(op, op) // one zero bit, doubled to eight
+  const ops = [op]
+  for (let k = 1; k < 53; k++) ops.push(compose(ops[k - 1]!, ops[k - 1]!))
+  return ops
+})()
+
+/** Operators for whole lengths, kept for the lengths a stream repeats (block and write sizes). */
+const byLength = new Map<number, Uint32Array>()
+const operatorFor = (length: number): Uint32Array => {
+  let op = byLength.get(length)
+  if (op !== undefined) return op
+  let rest = length
+  for (let k = 0; rest > 0; k++, rest = Math.floor(rest / 2))
+    if (rest % 2 === 1) op = op === undefined ? zeroBytes[k]! : compose(op, zeroBytes[k]!)
+  op ??= new Uint32Array(32).map((_, n) => 1 << n)
+  if (byLength.size >= 64) byLength.clear()
+  byLength.set(length, op)
+  return op
+}
+
+/** CRC32C of `a ++ b`, given CRC32C of `a`, of `b`, and `b`'s length in bytes. */
+export const crc32cCombine = (crcA: number, crcB: number, lengthB: number): number =>
+  lengthB === 0 ? crcA >>> 0 : (times(operatorFor(lengthB), crcA >>> 0) ^ crcB) >>> 0
+
+/**
+ * CRCs already checked for byte views that will not change (a decoded wire payload):
+ * `crc32cContinuing` uses one instead of passing over the bytes again.
+ */
+const known = new WeakMap<Uint8Array, number>()
+export const rememberCrc32c = (bytes: Uint8Array, crc: number): void => {
+  known.set(bytes, crc >>> 0)
+}
+
+/** `crc32c(bytes, initial)`, from a remembered CRC of `bytes` when there is one. */
+export const crc32cContinuing = (bytes: Uint8Array, initial: number): number => {
+  const crc = known.get(bytes)
+  return crc === undefined ? crc32c(bytes, initial) : crc32cCombine(initial, crc, bytes.byteLength)
+}

@@ -8,7 +8,7 @@
  * it (socket chunks are never reused, so this holds for `data` events).
  */
 import { Either, Schema } from "effect"
-import { crc32c } from "./crc32c.js"
+import { crc32c, rememberCrc32c } from "./crc32c.js"
 import { makeSlabAllocator } from "./slab.js"
 import {
   DEFAULT_MAX_FRAME_BYTES,
@@ -226,6 +226,8 @@ export class Decoder {
       const actual = header.length === 0 ? 0 : crc32c(payload)
       if (actual !== header.payloadCrc)
         return fail("payload-crc", `payload CRC ${hex(header.payloadCrc)}, computed ${hex(actual)}`)
+      // A receiver's log record CRC continues from it instead of a second pass.
+      if (header.length > 0) rememberCrc32c(payload, actual)
     }
     const { seq, epoch } = header
     switch (header.kind) {

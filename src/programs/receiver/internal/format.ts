@@ -17,7 +17,7 @@
  * | 28 | 8 | receive time, ms since the Unix epoch |
  * | 36 | 4 | CRC32C of bytes 0..35 and the payload |
  */
-import { crc32c } from "../../../adapters/internal/crc32c.js"
+import { crc32c, crc32cContinuing } from "../../../adapters/internal/crc32c.js"
 
 export const RECORD_HEADER_BYTES = 40
 export const SEGMENT_HEADER_BYTES = 32
@@ -98,7 +98,8 @@ export const encodeRecordHeader = (h: RecordHeader, payload: Uint8Array): Buffer
   const crc =
     payload.byteLength === 0
       ? crc32c(b.subarray(0, 36))
-      : crc32c(asBuffer(payload), crc32c(b.subarray(0, 36)))
+      : // The wire payload's verified CRC, when the decoder left one: no second pass.
+        crc32cContinuing(payload, crc32c(b.subarray(0, 36)))
   b.writeUInt32LE(crc, 36)
   return b
 }
@@ -111,7 +112,7 @@ export const withBatchStart = (header: Buffer, payload: Uint8Array, on: boolean)
   const crc =
     payload.byteLength === 0
       ? crc32c(header.subarray(0, 36))
-      : crc32c(asBuffer(payload), crc32c(header.subarray(0, 36)))
+      : crc32cContinuing(payload, crc32c(header.subarray(0, 36)))
   header.writeUInt32LE(crc, 36)
 }
 

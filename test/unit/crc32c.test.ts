@@ -1,0 +1,39 @@
+import * as fc from "fast-check"
+import { describe, expect, it } from "vitest"
+import {
+  crc32c,
+  crc32cCombine,
+  crc32cContinuing,
+  rememberCrc32c
+} from "../../src/adapters/internal/crc32c.js"
+
+const bytes = (max: number) => fc.uint8Array({ maxLength: max })
+
+describe("CRC32C combining", () => {
+  it("the CRC of a ++ b from the CRCs of a and b and b's length, for any a and b", () => {
+    fc.assert(
+      fc.property(bytes(200), fc.oneof(bytes(300), bytes(70_000)), (a, b) => {
+        const whole = new Uint8Array(a.length + b.length)
+        whole.set(a)
+        whole.set(b, a.length)
+        expect(crc32cCombine(crc32c(a), crc32c(b), b.length)).toBe(crc32c(whole))
+        // The same length again takes the cached operator.
+        expect(crc32cCombine(crc32c(a), crc32c(b), b.length)).toBe(crc32c(whole))
+      }),
+      { numRuns: 300 }
+    )
+  })
+
+  it("continuing from a remembered CRC gives what a pass over the bytes gives", () => {
+    fc.assert(
+      fc.property(fc.nat(), bytes(5000), (initial, payload) => {
+        const direct = crc32c(payload, initial >>> 0)
+        rememberCrc32c(payload, crc32c(payload))
+        expect(crc32cContinuing(payload, initial >>> 0)).toBe(direct)
+        // Without a remembered CRC it passes over the bytes.
+        expect(crc32cContinuing(payload.slice(), initial >>> 0)).toBe(direct)
+      }),
+      { numRuns: 300 }
+    )
+  })
+})
