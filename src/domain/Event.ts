@@ -10,6 +10,9 @@ export const Count = Schema.NonNegativeInt.pipe(
   Schema.filter((n) => Number.isSafeInteger(n) || "must be a safe integer")
 )
 
+/** `Count` checked by hand, for the fast paths that skip a Schema pass. */
+export const isCount = (v: unknown): v is number => typeof v === "number" && Number.isSafeInteger(v) && v >= 0
+
 /** Why the stream went down; an open set (`connection-lost`, `ack-timeout`, …). */
 export const LinkLossReason = Schema.String.pipe(Schema.minLength(1))
 

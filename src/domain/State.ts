@@ -4,7 +4,7 @@
 import { Schema } from "effect"
 import * as Bitmap from "./Bitmap.js"
 import { Config } from "./Config.js"
-import { Count, ResyncReason } from "./Event.js"
+import { Count, isCount, ResyncReason } from "./Event.js"
 import { Flight, type FlightRecord } from "./Flight.js"
 
 export type Mode = "sync" | "resync"
@@ -162,7 +162,6 @@ export const fromSnapshot = (snapshot: Snapshot): State =>
     owed: snapshot.owed
   })
 
-const isCount = (v: unknown): boolean => typeof v === "number" && Number.isSafeInteger(v) && v >= 0
 const isConfig = Schema.is(Config)
 const isResyncReason = Schema.is(ResyncReason)
 

@@ -529,7 +529,7 @@ const scanFlat = (b: Uint8Array, from: number, n: number): boolean => {
   }
 }
 
-const isCount = (v: unknown): v is number => typeof v === "number" && Number.isSafeInteger(v) && v >= 0
+const isCount = Event.isCount
 
 /** The slot's value as a non-empty ASCII string; `undefined` if it is not one (then the general path decides). */
 const asciiText = (b: Uint8Array, slot: number): string | undefined => {

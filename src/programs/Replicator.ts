@@ -251,35 +251,36 @@ type Decided =
 /** Consecutive drained blocks read with one disk request, at most. */
 const READ_RUN = 16
 
-/**
- * Serialises guest writes whose ranges overlap, so completion order is queue order.
- * Synchronous checks, so a write that overlaps nothing (the usual case) costs no effect
- * step and allocates no waiter.
- */
+/** A guest write's blocks while it is on its way to the disk, and who waits for it. */
 interface GateEntry {
   readonly first: number
   readonly last: number
   waiters: Array<() => void> | undefined
 }
+
+/**
+ * Serialises guest writes whose ranges overlap, so completion order is queue order.
+ * Synchronous checks, so a write that overlaps nothing (the usual case) costs no effect
+ * step and allocates no waiter.
+ */
 const makeOverlapGate = () => {
-  type Range = GateEntry
-  const active = new Set<Range>()
+  const active = new Set<GateEntry>()
   return {
-    blockerOf: (first: number, last: number): Range | undefined => {
+    blockerOf: (first: number, last: number): GateEntry | undefined => {
       for (const r of active) if (r.first <= last && first <= r.last) return r
       return undefined
     },
-    enter: (first: number, last: number): Range => {
-      const entry: Range = { first, last, waiters: undefined }
+    enter: (first: number, last: number): GateEntry => {
+      const entry: GateEntry = { first, last, waiters: undefined }
       active.add(entry)
       return entry
     },
-    leave: (entry: Range): void => {
+    leave: (entry: GateEntry): void => {
       active.delete(entry)
       if (entry.waiters !== undefined) for (const wake of entry.waiters) wake()
     },
     /** Until `blocker` leaves; the caller checks again (another may have entered). */
-    waitFor: (blocker: Range) =>
+    waitFor: (blocker: GateEntry) =>
       Effect.async<void>((resume) => {
         const wake = () => resume(Effect.void)
         const waiters = blocker.waiters ?? []

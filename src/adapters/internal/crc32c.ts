@@ -47,13 +47,13 @@ const byLength = new Map<number, Uint32Array>()
 const operatorFor = (length: number): Uint32Array => {
   let op = byLength.get(length)
   if (op !== undefined) return op
+  // `length` > 0 (see `crc32cCombine`), so some bit is set and `op` is assigned.
   let rest = length
   for (let k = 0; rest > 0; k++, rest = Math.floor(rest / 2))
     if (rest % 2 === 1) op = op === undefined ? zeroBytes[k]! : compose(op, zeroBytes[k]!)
-  op ??= new Uint32Array(32).map((_, n) => 1 << n)
   if (byLength.size >= 64) byLength.clear()
-  byLength.set(length, op)
-  return op
+  byLength.set(length, op!)
+  return op!
 }
 
 /** CRC32C of `a ++ b`, given CRC32C of `a`, of `b`, and `b`'s length in bytes. */

@@ -28,8 +28,8 @@ export interface FileOptions {
    * the thread hand-off cost several times that: measured end to end, the replicator
    * streamed about twice the bytes at 4 KiB writes (10 % more at 64 KiB). The price: a
    * disk that stalls writers (dirty-page throttling) stalls the whole event loop with
-   * it, network included; guest writes wait on such a disk either way. `false` sends writes through the thread pool.
-   * Reads stay asynchronous.
+   * it, network included; guest writes wait on such a disk either way. `false` sends
+   * writes through the thread pool. Reads stay asynchronous.
    */
   readonly blockingWrites?: boolean | undefined
 }
