@@ -60,7 +60,6 @@ export {
   type ActivityLogError,
   DEFAULT_EXTENT_BYTES,
   HEADER_BYTES,
-  MAGIC,
   MAX_EXTENT,
   MAX_EXTENT_BYTES
 } from "./internal/activityLog.js"

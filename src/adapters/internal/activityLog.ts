@@ -32,7 +32,7 @@ const EXTENT_BYTES_AT = 12
 const SEQ_AT = 16
 const COUNT_AT = 24
 
-export type ActivityLogOp = "open" | "commit" | "close"
+export type ActivityLogOp = "open" | "commit"
 
 /** The operating system failed an I/O call (or the log is closed). */
 export class ActivityLogIoError extends Data.TaggedError("ActivityLogIoError")<{
