@@ -318,6 +318,25 @@ const contract = (name: string, storage: Effect.Effect<Storage, never, Scope.Sco
       })
     )
 
+    it.scoped("two valid slots with the same seq (only a hand-made log has them) recover their union", () =>
+      Effect.gen(function* () {
+        const store = yield* storage
+        yield* store.setSlot(0, encodeSlot({ seq: 5, extentBytes: 4096, extents: [1, 3] }))
+        yield* store.setSlot(1, encodeSlot({ seq: 5, extentBytes: 4096, extents: [2, 3] }))
+        yield* session(
+          store,
+          (log) =>
+            Effect.gen(function* () {
+              expect(log.recovered).toEqual(Option.some([1, 2, 3]))
+              yield* log.commit([4], [])
+            }),
+          4096
+        )
+        expect(seqs(yield* store.slots)).toEqual([6, 5])
+        expect((yield* reopen(store, 4096)).recovered).toEqual(Option.some([1, 2, 3, 4]))
+      })
+    )
+
     it.scoped("a stored set that cannot be represented at the new size recovers as none", () =>
       Effect.gen(function* () {
         const store = yield* storage
