@@ -32,6 +32,7 @@ import {
   Stream,
   SubscriptionRef
 } from "effect"
+import { ActivityLog } from "../adapters/ActivityLog.js"
 import { EventJournal } from "../adapters/EventJournal.js"
 import type { JournalError } from "../adapters/internal/journal.js"
 import * as Inbox from "../adapters/internal/inbox.js"
@@ -45,6 +46,7 @@ import type * as Event from "../domain/Event.js"
 import * as Geometry from "../domain/Geometry.js"
 import * as Input from "../domain/Input.js"
 import * as State from "../domain/State.js"
+import * as Activity from "./internal/activity.js"
 import * as IoScheduler from "./IoScheduler.js"
 
 // ---------------------------------------------------------------------------
@@ -98,9 +100,17 @@ export interface Options {
   readonly switchoverHold?: Duration.DurationInput
   /**
    * The previous run did not shut down cleanly: a guest write may have reached the disk
-   * without reaching the journal, so every block becomes an obligation (a full resync).
+   * without reaching the journal. With an `ActivityLog` in the context the blocks of the
+   * extents it holds become obligations; without one (or when it cannot be read), every
+   * block does (a full resync).
    */
   readonly uncleanStart?: boolean
+  /**
+   * With an `ActivityLog`: extents kept in it, at most, while none of their writes is
+   * pending (least recently used ones leave first). A larger log means fewer log commits
+   * on the write path and more to resync after a crash. Default 1024.
+   */
+  readonly activityExtents?: number
   /**
    * Guest writes on the disk whose events are not yet journaled; a write beyond this
    * waits for the journal (not for the network). Default 1024.
@@ -131,6 +141,17 @@ export interface Options {
    * sent. Never set it otherwise.
    */
   readonly unsafeReleaseCopiesEarly?: boolean
+  /**
+   * A deliberately broken variant for the test suite's mutants: a guest write to an extent
+   * the activity log does not hold asks for it but goes to the disk without waiting for
+   * the log's commit. Never set it otherwise.
+   */
+  readonly unsafeSkipActivityWait?: boolean
+  /**
+   * A deliberately broken variant for the test suite's mutants: the activity log retires
+   * extents whose writes are not yet journaled. Never set it otherwise.
+   */
+  readonly unsafeRetireBusyExtents?: boolean
 }
 
 export interface Status {
@@ -201,6 +222,15 @@ export const metrics = {
   lagSeconds: Metric.gauge("cdp_sync_lag_seconds", { description: "age of the oldest unacked record" }),
   bytesWritten: Metric.counter("cdp_sync_guest_bytes", { description: "guest bytes written" }),
   bytesSent: Metric.counter("cdp_sync_bytes_sent", { description: "record payload bytes sent" }),
+  activeExtents: Metric.gauge("cdp_sync_active_extents", {
+    description: "extents the activity log holds: what an unclean start would resync"
+  }),
+  /** A guest write to an extent not in the activity log waits for one such commit. */
+  activityCommit: Metric.timerWithBoundaries(
+    "cdp_sync_activity_commit",
+    [0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
+    "one transaction of the activity log (write and fdatasync), in milliseconds"
+  ),
   /** Live records wait for their events' commit before they are sent: its latency is theirs. */
   journalCommit: Metric.timerWithBoundaries(
     "cdp_sync_journal_commit",
@@ -217,7 +247,12 @@ type Command =
   | { readonly _tag: "Input"; readonly input: Input.Input; readonly data?: Lease }
   /** Completed once everything queued before it is journaled. */
   | { readonly _tag: "Barrier"; readonly done: Deferred.Deferred<void> }
-  | { readonly _tag: "Connected"; readonly connection: Connection }
+  /** `adopted` gets the link number the loop gave the connection, or `undefined` if it did not adopt it. */
+  | {
+      readonly _tag: "Connected"
+      readonly connection: Connection
+      readonly adopted: Deferred.Deferred<number | undefined>
+    }
   /** `link` names the connection a message came from, so stale ones are dropped. */
   | { readonly _tag: "Message"; readonly input: Input.Input; readonly link: number }
   | { readonly _tag: "Disconnected"; readonly reason: string; readonly link: number }
@@ -229,6 +264,8 @@ interface Decision {
   readonly barriers: ReadonlyArray<Deferred.Deferred<void>>
   /** Guest writes folded in this batch (their pending slots are freed once journaled). */
   readonly writes: number
+  /** With an activity log: the extents of those writes, as `[first, last]` pairs. */
+  readonly extents: ReadonlyArray<number> | undefined
   /** The state after the batch, for snapshots. */
   readonly after: State.State
 }
@@ -341,6 +378,24 @@ const makeAdmission = (max: number, stopped: Deferred.Deferred<void, ReplicatorS
   }
 }
 
+/** The disk's byte ranges under `extents` (ascending), adjacent ones merged, clipped to the disk. */
+export const extentRanges = (
+  extents: ReadonlyArray<number>,
+  extentBytes: number,
+  diskBytes: number
+): Array<{ readonly offset: number; readonly length: number }> => {
+  const ranges: Array<{ offset: number; length: number }> = []
+  for (const e of extents) {
+    const offset = e * extentBytes
+    if (offset >= diskBytes) break
+    const length = Math.min(extentBytes, diskBytes - offset)
+    const last = ranges.at(-1)
+    if (last !== undefined && last.offset + last.length === offset) last.length += length
+    else ranges.push({ offset, length })
+  }
+  return ranges
+}
+
 const statusOf = (state: State.State, oldestUnackedAt: number | undefined, now: number): Status => ({
   mode: state.mode,
   link: state.link,
@@ -384,6 +439,7 @@ export const make = (
     const disk = yield* VirtualDisk
     const journal = yield* EventJournal
     const receiver = yield* LogReceiver
+    const activityLog = Option.getOrUndefined(yield* Effect.serviceOption(ActivityLog))
     const config = options.config
     const ackTimeout = Duration.decode(options.ackTimeout ?? "5 seconds")
     const reconnect =
@@ -450,6 +506,51 @@ export const make = (
         )
       )
 
+    // --- the activity log: a guest write reaches the disk only in an extent it holds ----
+    const extentBytes = activityLog?.extentBytes ?? 0
+    const activity =
+      activityLog === undefined
+        ? undefined
+        : Activity.make({
+            capacity: options.activityExtents ?? 1024,
+            recovered: yield* activityLog.active,
+            unsafeRetireBusy: options.unsafeRetireBusyExtents === true
+          })
+    const skipActivityWait = options.unsafeSkipActivityWait === true
+    const activitySignal = Inbox.make<void>()
+    let activityChanged = Deferred.unsafeMake<void>(FiberId.none)
+    const waitForActivity = Effect.suspend(() =>
+      Effect.interruptible(orStopped(Deferred.await(activityChanged), stopped))
+    )
+    const askForExtents = (first: number, last: number): void => {
+      activity!.request(first, last)
+      activitySignal.offer(undefined)
+    }
+    /** Commits what writes ask for, one transaction at a time; asks that arrive meanwhile share the next. */
+    const activityCommitter =
+      activityLog === undefined || activity === undefined
+        ? Effect.void
+        : Effect.gen(function* () {
+            yield* Metric.set(metrics.activeExtents, activity.size())
+            for (;;) {
+              yield* activitySignal.takeAll
+              const transaction = activity.nextTransaction()
+              if (transaction === undefined) continue
+              yield* activityLog.commit(transaction.activate, transaction.retire).pipe(
+                Metric.trackDuration(metrics.activityCommit),
+                Effect.tapError((e) => stop("the activity log failed", e)),
+                Effect.orDie
+              )
+              activity.committed(transaction)
+              const was = activityChanged
+              activityChanged = Deferred.unsafeMake<void>(FiberId.none)
+              Deferred.unsafeDone(was, Exit.void)
+              // A retiring extent asked for again comes back in the next transaction.
+              if (activity.hasWanted()) activitySignal.offer(undefined)
+              yield* Metric.set(metrics.activeExtents, activity.size())
+            }
+          })
+
     const recordOf = (
       event: Event.Event,
       before: State.State,
@@ -504,6 +605,8 @@ export const make = (
         const barriers: Array<Deferred.Deferred<void>> = []
         let writes = 0
         let writtenBytes = 0
+        const extents: Array<number> | undefined = activity === undefined ? undefined : []
+        const adoptions: Array<Deferred.Deferred<number | undefined>> = []
         const before = state
         let s = state
         for (const command of commands) {
@@ -519,10 +622,19 @@ export const make = (
               if (input._tag === "PumpTick") pumpPending = false
               else {
                 writes++
-                if (input._tag === "WriteCompleted") writtenBytes += input.length
+                if (input._tag === "WriteCompleted") {
+                  writtenBytes += input.length
+                  if (extents !== undefined)
+                    extents.push(
+                      Math.floor(input.offset / extentBytes),
+                      Math.floor((input.offset + input.length - 1) / extentBytes)
+                    )
+                }
               }
               break
             case "Connected":
+              // Answered whatever happens below: adopted (a link number) or not.
+              adoptions.push(command.adopted)
               if (s.link === "up") continue // a stale handshake; the supervisor will retry
               input = Input.linkReestablished(command.connection.durableSeq)
               break
@@ -564,6 +676,7 @@ export const make = (
               link++
               connection = command.connection
               yield* SubscriptionRef.set(connectionRef, { link, conn: command.connection })
+              Deferred.unsafeDone(command.adopted, Exit.succeed(link))
             }
             if (wasUp === "up" && s.link === "down") {
               // The supervisor sees this and closes the connection.
@@ -575,8 +688,10 @@ export const make = (
           if (data !== undefined && !streamed) data.release()
         }
         state = s
+        // Not adopted (a stale handshake, or one the model refused): the supervisor retries.
+        for (const adopted of adoptions) Deferred.unsafeDone(adopted, Exit.succeed(undefined))
         if (events.length > 0 || barriers.length > 0 || writes > 0)
-          decisions.offer({ events, outgoing, barriers, writes, after: s })
+          decisions.offer({ events, outgoing, barriers, writes, extents, after: s })
         if (writtenBytes > 0) yield* Metric.incrementBy(metrics.bytesWritten, writtenBytes)
         yield* afterBatch(before, s, events)
       })
@@ -601,6 +716,10 @@ export const make = (
           yield* act(decision.outgoing)
           writes += decision.writes
           for (const done of decision.barriers) yield* Deferred.succeed(done, undefined)
+          // Journaled: the activity log may let these extents go.
+          const extents = decision.extents
+          if (extents !== undefined && activity !== undefined)
+            for (let k = 0; k < extents.length; k += 2) activity.leave(extents[k]!, extents[k + 1]!)
         }
         pendingWrites.release(writes)
         if (sinceSnapshot >= snapshotEvery) {
@@ -821,17 +940,13 @@ export const make = (
     const runConnection = Effect.scoped(
       Effect.gen(function* () {
         const conn = yield* receiver.connect(hello())
-        inbox.offer({ _tag: "Connected", connection: conn })
-        // Wait until the loop has adopted this connection.
-        const adopted = yield* connectionRef.changes.pipe(
-          Stream.filter((c) => c?.conn === conn),
-          Stream.take(1),
-          Stream.runHead,
-          Effect.timeout("5 seconds"),
-          Effect.option
+        const adopted = Deferred.unsafeMake<number | undefined>(FiberId.none)
+        inbox.offer({ _tag: "Connected", connection: conn, adopted })
+        // The loop answers every handshake; a stopped loop answers none.
+        const myLink = yield* orStopped(Deferred.await(adopted), stopped).pipe(
+          Effect.zipRight(Deferred.await(adopted))
         )
-        if (Option.isNone(adopted) || Option.isNone(adopted.value)) return "handshake-not-adopted"
-        const myLink = adopted.value.value!.link
+        if (myLink === undefined) return "handshake-not-adopted"
         // Acks are cumulative: of a run of acks read together only the last is news.
         const messages = conn.messages.pipe(
           Stream.runForEachChunk((chunk) => {
@@ -908,11 +1023,20 @@ export const make = (
       const lost = Decider.decide(state, Input.linkFailed("filter-restart"))
       if (Either.isRight(lost)) startup.push(...lost.right)
     }
-    if (options.uncleanStart === true && position > 0) {
+    // Even a journal with no events: the first run's writes reach the disk before its first append.
+    if (options.uncleanStart === true) {
+      // What the journal may lack: the extents in the activity log, else the whole disk.
+      const recovered = activityLog === undefined ? Option.none() : activityLog.recovered
+      if (activityLog !== undefined && Option.isNone(recovered))
+        yield* Effect.logWarning("the activity log cannot be read: resyncing the whole disk")
+      const owed = Option.match(recovered, {
+        onNone: () => [{ offset: 0, length: Geometry.diskBytes(config) }],
+        onSome: (extents) => extentRanges(extents, extentBytes, Geometry.diskBytes(config))
+      })
       const s = Decider.evolveAll(state, startup)
-      if (s.mode === "sync")
+      if (s.mode === "sync" && owed.length > 0)
         startup.push({ type: "ResyncActivated", epoch: s.epoch + 1, reason: "interruption" })
-      startup.push({ type: "WriteTracked", offset: 0, length: Geometry.diskBytes(config) })
+      for (const range of owed) startup.push({ type: "WriteTracked", ...range })
     }
     if (startup.length > 0) {
       position = yield* journal.append(startup)
@@ -922,7 +1046,7 @@ export const make = (
       yield* SubscriptionRef.set(statusRef, statusOf(state, undefined, yield* Clock.currentTimeMillis))
     }
 
-    const runtime = Effect.all([loop, journaler, sender, pump, supervisor], {
+    const runtime = Effect.all([loop, journaler, sender, pump, supervisor, activityCommitter], {
       concurrency: "unbounded",
       discard: true
     }).pipe(Effect.catchAllCause((cause) => stop("a replicator fiber failed", cause)))
@@ -935,12 +1059,14 @@ export const make = (
     )
     const closed = new ReplicatorStopped({ reason: "the replicator is closing", cause: undefined })
 
-    /** A checked guest write with its own copy of the data and the blocks it spans. */
+    /** A checked guest write with its own copy of the data, the blocks and the extents it spans. */
     interface Admissible {
       readonly offset: number
       readonly data: Lease
       readonly first: number
       readonly last: number
+      readonly firstExtent: number
+      readonly lastExtent: number
     }
     const check = (offset: number, bytes: Uint8Array): Admissible | WriteRejected => {
       const length = bytes.length
@@ -953,7 +1079,9 @@ export const make = (
         // The data streamed live must be what was written, even if the caller reuses its buffer.
         data: copies.copy(bytes),
         first: Geometry.firstBlock(config, offset),
-        last: Geometry.lastBlock(config, offset, length)
+        last: Geometry.lastBlock(config, offset, length),
+        firstExtent: extentBytes === 0 ? 0 : Math.floor(offset / extentBytes),
+        lastExtent: extentBytes === 0 ? 0 : Math.floor((offset + length - 1) / extentBytes)
       }
     }
 
@@ -985,6 +1113,14 @@ export const make = (
             if (to > from) break
             return Effect.zipRight(Effect.interruptible(gate.waitFor(blocker)), admitFrom(writes, from))
           }
+          if (activity !== undefined && !activity.tryEnter(w.firstExtent, w.lastExtent)) {
+            if (skipActivityWait) askForExtents(w.firstExtent, w.lastExtent)
+            else {
+              if (to > from) break
+              askForExtents(w.firstExtent, w.lastExtent)
+              return Effect.zipRight(waitForActivity, admitFrom(writes, from))
+            }
+          }
           entries.push(gate.enter(w.first, w.last))
         }
         pendingWrites.take(to - from)
@@ -1005,6 +1141,9 @@ export const make = (
           for (let k = i - from; k < entries.length; k++) {
             gate.leave(entries[k]!)
             writes[from + k]!.data.release()
+            // The failed write keeps its extents in the activity log: what reached the disk is unknown.
+            const w = writes[from + k]!
+            if (activity !== undefined && k > i - from) activity.leave(w.firstExtent, w.lastExtent)
           }
           pendingWrites.release(to - i)
           return Effect.failCause(cause)

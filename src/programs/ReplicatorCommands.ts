@@ -5,6 +5,7 @@ import * as fs from "node:fs/promises"
 import * as path from "node:path"
 import { Command, Options } from "@effect/cli"
 import { Console, Data, Duration, Effect, Fiber, Layer, Option, Ref } from "effect"
+import * as ActivityLog from "../adapters/ActivityLog.js"
 import * as EventJournal from "../adapters/EventJournal.js"
 import * as LogReceiver from "../adapters/LogReceiver.js"
 import * as VirtualDisk from "../adapters/VirtualDisk.js"
@@ -247,6 +248,17 @@ export const replicate = Command.make(
     trace: Options.text("trace").pipe(
       Options.optional,
       Options.withDescription("Append the filter's events as a trace")
+    ),
+    activityExtents: Options.integer("activity-extents").pipe(
+      Options.withDefault(1024),
+      Options.withDescription(
+        "Extents the activity log keeps active: after a crash only these are resynced, not the whole disk"
+      )
+    ),
+    activityExtentSize: size(
+      "activity-extent-size",
+      "4MiB",
+      "The activity log's extent (a multiple of 512 bytes)"
     )
   },
   (o) =>
@@ -277,6 +289,12 @@ export const replicate = Command.make(
         return yield* new CommandFailed({
           detail: `the disk size ${diskBytes} is not a multiple of the block size`
         })
+      if (o.activityExtentSize <= 0 || o.activityExtentSize % 512 !== 0)
+        return yield* new CommandFailed({
+          detail: `--activity-extent-size must be a positive multiple of 512 bytes, not ${o.activityExtentSize}`
+        })
+      if (o.activityExtents < 1)
+        return yield* new CommandFailed({ detail: `--activity-extents must be at least 1` })
       yield* Effect.promise(() => fs.mkdir(o.journal, { recursive: true }))
       const marker = path.join(o.journal, CLEAN)
       const journalExists = yield* Effect.promise(() =>
@@ -312,6 +330,7 @@ export const replicate = Command.make(
         config,
         ackTimeout: Duration.millis(o.ackTimeout),
         uncleanStart: journalExists && !clean,
+        activityExtents: o.activityExtents,
         ...(Option.isSome(rate) && rate.value.ok ? { drainBytesPerSecond: rate.value.value } : {}),
         ...(traceFile === undefined
           ? {}
@@ -326,6 +345,7 @@ export const replicate = Command.make(
           Layer.mergeAll(
             VirtualDisk.layerFile({ path: o.disk, geometry: config, create: true }),
             EventJournal.layerFile({ directory: o.journal }),
+            ActivityLog.layerFile({ directory: o.journal, extentBytes: o.activityExtentSize }),
             LogReceiver.layerTcp({ host, port })
           )
         )

@@ -11,6 +11,7 @@ import * as fs from "node:fs/promises"
 import * as os from "node:os"
 import * as path from "node:path"
 import { Duration, Effect, Either, Fiber, Layer, Ref, Stream } from "effect"
+import * as ActivityLog from "../adapters/ActivityLog.js"
 import * as EventJournal from "../adapters/EventJournal.js"
 import * as LogReceiver from "../adapters/LogReceiver.js"
 import * as VirtualDisk from "../adapters/VirtualDisk.js"
@@ -122,6 +123,7 @@ export const run = (options: Options, onTick: (tick: Tick) => Effect.Effect<void
           Layer.mergeAll(
             VirtualDisk.layerFile({ path: diskImage, geometry: config, create: true }),
             EventJournal.layerFile({ directory: journalDir }),
+            ActivityLog.layerFile({ directory: journalDir }),
             LogReceiver.layerTcp({ host: "127.0.0.1", port: proxy.port, connectTimeout: "2 seconds" })
           )
         )
