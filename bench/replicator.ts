@@ -29,6 +29,7 @@ import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
 import { Duration, Effect, Either, Fiber, Layer, Metric, Stream } from "effect"
+import * as ActivityLog from "../src/adapters/ActivityLog.js"
 import * as EventJournal from "../src/adapters/EventJournal.js"
 import * as LogReceiver from "../src/adapters/LogReceiver.js"
 import * as VirtualDisk from "../src/adapters/VirtualDisk.js"
@@ -48,6 +49,8 @@ interface Setup {
   /** The real receiver process (fsync before ack), or a sink that acks at once and keeps nothing. */
   readonly receiver: "log-receiver" | "ack-sink"
   readonly blockingWrites: boolean
+  /** With an activity log in the journal directory, keeping this many 4 MiB extents. */
+  readonly activityExtents?: number
 }
 const DEFAULT_SETUP: Setup = { receiver: "log-receiver", blockingWrites: true }
 
@@ -108,9 +111,17 @@ const withSystem = <A>(
           ? yield* ackSink
           : yield* ReceiverProcess.make({ dir: receiverDir, entry: CLI }).pipe(Effect.orDie)
       const context = yield* Layer.build(
-        Replicator.layer({ diskId: "bench", config, switchoverHold: "50 millis" }).pipe(
+        Replicator.layer({
+          diskId: "bench",
+          config,
+          switchoverHold: "50 millis",
+          ...(setup.activityExtents === undefined ? {} : { activityExtents: setup.activityExtents })
+        }).pipe(
           Layer.provideMerge(
             Layer.mergeAll(
+              setup.activityExtents === undefined
+                ? Layer.empty
+                : ActivityLog.layerFile({ directory: path.join(dir, "journal") }),
               VirtualDisk.layerFile({
                 path: path.join(dir, "disk.img"),
                 geometry: config,
@@ -364,6 +375,20 @@ export const run = async (): Promise<ReadonlyArray<BenchRow>> => {
     for (const [label, setup, batch, target] of setups) {
       const live = await runOnIoScheduler(liveStream(size, 4, setup, batch))
       rows.push(liveRow(size, label, live, rawMBs, target))
+      if (size === 4096 && label === "filter alone (acking sink)")
+        // The activity log's cost: holding the whole working set (64 extents, as the CLI's
+        // default would), and holding a quarter of it, so most writes wait for a commit.
+        for (const extents of [1024, 16]) {
+          const logged = await runOnIoScheduler(liveStream(size, 4, { ...sink, activityExtents: extents }, 1))
+          rows.push({
+            name: `live stream, 4 KiB writes, filter alone, activity log of ${extents} × 4 MiB extents (working set: 64)`,
+            value: logged.bytes / MiB / (logged.ms / 1000),
+            unit: "MB/s",
+            baseline: live.bytes / MiB / (live.ms / 1000),
+            baselineName: "filter alone without the log",
+            higherIsBetter: true
+          })
+        }
       if (size === 4096 && label === "end to end")
         rows.push({
           name: "filter journal commit (append + fsync), mean during the 4 KiB end-to-end run",
