@@ -942,10 +942,10 @@ export const make = (
         const conn = yield* receiver.connect(hello())
         const adopted = Deferred.unsafeMake<number | undefined>(FiberId.none)
         inbox.offer({ _tag: "Connected", connection: conn, adopted })
-        // The loop answers every handshake; a stopped loop answers none.
-        const myLink = yield* orStopped(Deferred.await(adopted), stopped).pipe(
-          Effect.zipRight(Deferred.await(adopted))
-        )
+        // The loop answers every handshake it takes. Not raced with anything: a loop that
+        // stopped takes the supervisor down with it, and a race set up just as an
+        // interruption arrives can miss it (closing once waited out a 5 s timeout here).
+        const myLink = yield* Deferred.await(adopted)
         if (myLink === undefined) return "handshake-not-adopted"
         // Acks are cumulative: of a run of acks read together only the last is news.
         const messages = conn.messages.pipe(
