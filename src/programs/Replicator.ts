@@ -1033,6 +1033,16 @@ export const make = (
         onNone: () => [{ offset: 0, length: Geometry.diskBytes(config) }],
         onSome: (extents) => extentRanges(extents, extentBytes, Geometry.diskBytes(config))
       })
+      let owedBytes = 0
+      for (const range of owed) owedBytes += range.length
+      const why = Option.match(recovered, {
+        onNone: () => (activityLog === undefined ? "no activity log" : "the activity log is unreadable"),
+        onSome: (extents) => `the activity log holds ${extents.length} extents`
+      })
+      const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MiB`
+      yield* Effect.logWarning(
+        `unclean start: resyncing ${mib(owedBytes)} of ${mib(Geometry.diskBytes(config))} (${why})`
+      )
       const s = Decider.evolveAll(state, startup)
       if (s.mode === "sync" && owed.length > 0)
         startup.push({ type: "ResyncActivated", epoch: s.epoch + 1, reason: "interruption" })
@@ -1117,7 +1127,10 @@ export const make = (
             if (skipActivityWait) askForExtents(w.firstExtent, w.lastExtent)
             else {
               if (to > from) break
-              askForExtents(w.firstExtent, w.lastExtent)
+              // Ask for the rest of the batch's extents too: one commit for a guest queue.
+              for (let k = from; k < writes.length; k++)
+                activity.request(writes[k]!.firstExtent, writes[k]!.lastExtent)
+              activitySignal.offer(undefined)
               return Effect.zipRight(waitForActivity, admitFrom(writes, from))
             }
           }

@@ -37,6 +37,8 @@ interface Crash {
   readonly concurrency: number
   /** How long a journal commit takes (an fsync), so writes wait unjournaled a while. */
   readonly journalMillis: number
+  /** Absent: writes one by one; else guest queues (`writeAll`) of this size. */
+  readonly queue: number | undefined
 }
 
 const crash: fc.Arbitrary<Crash> = fc
@@ -48,7 +50,8 @@ const crash: fc.Arbitrary<Crash> = fc
     crashAfter: fc.nat(),
     capacity: fc.integer({ min: 1, max: 3 }),
     concurrency: fc.integer({ min: 1, max: 16 }),
-    journalMillis: fc.integer({ min: 0, max: 5 })
+    journalMillis: fc.integer({ min: 0, max: 5 }),
+    queue: fc.option(fc.integer({ min: 2, max: 8 }), { nil: undefined })
   })
   .map((c) => ({ ...c, crashAfter: c.crashAfter % (c.writes.length + 1) }))
 
@@ -118,19 +121,31 @@ const runCrash = (c: Crash, mutant: Mutant) =>
 
     const first = yield* start(false)
     let returned = 0
+    const requests = c.writes.map((w, i) => ({
+      offset: w.block * BS,
+      bytes: new Uint8Array(Math.min(w.blocks, BLOCKS - w.block) * BS).fill((i % 250) + 1)
+    }))
+    const batches =
+      c.queue === undefined
+        ? requests.map((r) => [r])
+        : Array.from({ length: Math.ceil(requests.length / c.queue) }, (_, k) =>
+            requests.slice(k * c.queue!, (k + 1) * c.queue!)
+          )
     yield* Effect.forEach(
-      c.writes,
-      (w, i) =>
-        first.replicator
-          .write(w.block * BS, new Uint8Array(Math.min(w.blocks, BLOCKS - w.block) * BS).fill((i % 250) + 1))
-          .pipe(
-            Effect.tap(() =>
-              Effect.sync(() => {
-                if (++returned >= c.crashAfter) crashed = true
-              })
-            ),
-            Effect.ignore
+      batches,
+      (batch) =>
+        (batch.length === 1
+          ? first.replicator.write(batch[0]!.offset, batch[0]!.bytes)
+          : first.replicator.writeAll(batch)
+        ).pipe(
+          Effect.tap(() =>
+            Effect.sync(() => {
+              returned += batch.length
+              if (returned >= c.crashAfter) crashed = true
+            })
           ),
+          Effect.ignore
+        ),
       { concurrency: c.concurrency, discard: true }
     )
     crashed = true
