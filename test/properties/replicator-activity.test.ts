@@ -180,6 +180,40 @@ describe("the activity log and unclean starts", () => {
     )
   }, 120_000)
 
+  it("an unreadable log: an unclean start resyncs the whole disk, a clean one owes nothing", async () => {
+    const owedAfter = (uncleanStart: boolean) =>
+      Effect.gen(function* () {
+        const store = ActivityLog.makeMemoryStore()
+        // Both copies damaged: the log cannot say which extents were active.
+        store.slots[0] = new Uint8Array(40).fill(0xee)
+        store.slots[1] = new Uint8Array(12).fill(0x11)
+        const trace: Array<Event.Event> = []
+        const context = yield* Layer.build(
+          Replicator.layer({
+            diskId: "d",
+            config,
+            uncleanStart,
+            onEvents: (events) => Effect.sync(() => trace.push(...events))
+          }).pipe(
+            Layer.provideMerge(
+              Layer.mergeAll(
+                VirtualDisk.layerMemory(config),
+                EventJournal.layerMemory(),
+                ActivityLog.layerMemory({ store, extentBytes: EXTENT }),
+                LogReceiver.layerMemory()
+              )
+            )
+          )
+        )
+        const replicator = yield* Effect.provide(Replicator.Replicator, context)
+        yield* replicator.write(3 * BS, new Uint8Array(BS).fill(5))
+        yield* replicator.quiesce
+        return trace.flatMap((e) => (e.type === "WriteTracked" && e.length > BS ? [e.length] : []))
+      }).pipe(Effect.scoped, Logger.withMinimumLogLevel(LogLevel.None), Effect.runPromise)
+    expect(await owedAfter(true)).toEqual([BLOCKS * BS])
+    expect(await owedAfter(false)).toEqual([])
+  })
+
   for (const mutant of ["skip-activity-wait", "retire-busy-extents"] as const)
     it(`mutant: ${mutant} loses writes after a crash`, async () => {
       await expect(
