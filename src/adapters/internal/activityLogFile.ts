@@ -10,6 +10,7 @@ import * as fs from "node:fs/promises"
 import * as path from "node:path"
 import { Effect, Option, type Scope } from "effect"
 import type { ActivityLog } from "../ActivityLog.js"
+import { isEnoent, pwriteFully, syncDirectory } from "./fileIo.js"
 import {
   ActivityLogIoError,
   type ActivityLogOp,
@@ -35,13 +36,7 @@ export interface SlotIo {
 }
 
 export const nodeIo: SlotIo = {
-  write: async (handle, bytes, position) => {
-    let done = 0
-    while (done < bytes.length) {
-      const { bytesWritten } = await handle.write(bytes, done, bytes.length - done, position + done)
-      done += bytesWritten
-    }
-  },
+  write: pwriteFully,
   truncate: (handle, length) => handle.truncate(length),
   datasync: (handle) => handle.datasync()
 }
@@ -49,18 +44,6 @@ export const nodeIo: SlotIo = {
 /** Internal knobs for tests: fault injection, and a deliberately broken decoder for mutants. */
 export interface FileTestOptions extends FileOptions, DecodeOptions {
   readonly io?: SlotIo | undefined
-}
-
-const isEnoent = (cause: unknown) =>
-  typeof cause === "object" && cause !== null && "code" in cause && cause.code === "ENOENT"
-
-const syncDirectory = async (directory: string): Promise<void> => {
-  const handle = await fs.open(directory, "r")
-  try {
-    await handle.sync()
-  } finally {
-    await handle.close()
-  }
 }
 
 export const make = (

@@ -8,6 +8,7 @@ import * as fs from "node:fs/promises"
 import { Effect, type Scope } from "effect"
 import * as Geometry from "../../domain/Geometry.js"
 import type { VirtualDisk } from "../VirtualDisk.js"
+import { preadFully, pwriteFully } from "./fileIo.js"
 import {
   checkBlock,
   checkRange,
@@ -38,26 +39,9 @@ const errnoOf = (cause: unknown): string | undefined =>
   typeof cause === "object" && cause !== null && "code" in cause ? String(cause.code) : undefined
 
 /** Reads exactly `out.length` bytes at `position`; pread may return short counts. */
-const preadFully = async (handle: fs.FileHandle, out: Uint8Array, position: number): Promise<void> => {
-  let done = 0
-  while (done < out.length) {
-    const { bytesRead } = await handle.read(out, done, out.length - done, position + done)
-    if (bytesRead === 0) throw new Error(`unexpected end of file at byte ${position + done}`)
-    done += bytesRead
-  }
-}
-
 const pwriteFullySync = (fd: number, bytes: Uint8Array, position: number): void => {
   let done = 0
   while (done < bytes.length) done += fsSync.writeSync(fd, bytes, done, bytes.length - done, position + done)
-}
-
-const pwriteFully = async (handle: fs.FileHandle, bytes: Uint8Array, position: number): Promise<void> => {
-  let done = 0
-  while (done < bytes.length) {
-    const { bytesWritten } = await handle.write(bytes, done, bytes.length - done, position + done)
-    done += bytesWritten
-  }
 }
 
 /** Opens an existing image, or creates a sparse one; `EEXIST` races fall back to opening. */

@@ -33,6 +33,7 @@ import {
   type Recovery,
   type SavedSnapshot
 } from "./journal.js"
+import { isEnoent, preadFully, pwriteFully, syncDirectory } from "./fileIo.js"
 import * as Inbox from "./inbox.js"
 
 export const LOG_FILE = "events.log"
@@ -53,38 +54,11 @@ export interface LogIo {
   readonly truncate: (handle: fs.FileHandle, length: number) => Promise<void>
 }
 
-const preadFully = async (handle: fs.FileHandle, out: Uint8Array, position: number): Promise<void> => {
-  let done = 0
-  while (done < out.length) {
-    const { bytesRead } = await handle.read(out, done, out.length - done, position + done)
-    if (bytesRead === 0) throw new Error(`unexpected end of file at byte ${position + done}`)
-    done += bytesRead
-  }
-}
-
 export const nodeIo: LogIo = {
-  write: async (handle, bytes, position) => {
-    let done = 0
-    while (done < bytes.length) {
-      const { bytesWritten } = await handle.write(bytes, done, bytes.length - done, position + done)
-      done += bytesWritten
-    }
-  },
+  write: pwriteFully,
   sync: (handle) => handle.sync(),
   truncate: (handle, length) => handle.truncate(length)
 }
-
-const syncDirectory = async (directory: string): Promise<void> => {
-  const handle = await fs.open(directory, "r")
-  try {
-    await handle.sync()
-  } finally {
-    await handle.close()
-  }
-}
-
-const isEnoent = (cause: unknown) =>
-  typeof cause === "object" && cause !== null && "code" in cause && cause.code === "ENOENT"
 
 const concat = (a: Uint8Array, b: Uint8Array): Uint8Array => {
   if (a.length === 0) return b

@@ -5,27 +5,9 @@
  */
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
+import { isEnoent, preadFully, pwriteFully, syncDirectory } from "../../../adapters/internal/fileIo.js"
 
-export const preadFully = async (handle: fs.FileHandle, out: Uint8Array, position: number): Promise<void> => {
-  let done = 0
-  while (done < out.length) {
-    const { bytesRead } = await handle.read(out, done, out.length - done, position + done)
-    if (bytesRead === 0) throw new Error(`unexpected end of file at byte ${position + done}`)
-    done += bytesRead
-  }
-}
-
-export const pwriteFully = async (
-  handle: fs.FileHandle,
-  bytes: Uint8Array,
-  position: number
-): Promise<void> => {
-  let done = 0
-  while (done < bytes.length) {
-    const { bytesWritten } = await handle.write(bytes, done, bytes.length - done, position + done)
-    done += bytesWritten
-  }
-}
+export { isEnoent, preadFully, pwriteFully, syncDirectory }
 
 /** Writes `buffers` back to back at `position` with as few `pwritev` calls as it takes (no copy). */
 export const pwritevFully = async (
@@ -45,19 +27,6 @@ export const pwritevFully = async (
     if (rest.length > 0 && skip > 0) rest[0] = rest[0]!.subarray(skip)
   }
 }
-
-/** fsync of a directory: makes the entries created, renamed or removed in it durable. */
-export const syncDirectory = async (directory: string): Promise<void> => {
-  const handle = await fs.open(directory, "r")
-  try {
-    await handle.sync()
-  } finally {
-    await handle.close()
-  }
-}
-
-export const isEnoent = (cause: unknown): boolean =>
-  typeof cause === "object" && cause !== null && "code" in cause && cause.code === "ENOENT"
 
 export const removeIfExists = async (file: string): Promise<boolean> => {
   try {
