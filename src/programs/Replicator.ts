@@ -519,9 +519,13 @@ export const make = (
     const skipActivityWait = options.unsafeSkipActivityWait === true
     const activitySignal = Inbox.make<void>()
     let activityChanged = Deferred.unsafeMake<void>(FiberId.none)
-    const waitForActivity = Effect.suspend(() =>
+    /**
+     * Until the commit after this call lands. The commit is taken now, not when the wait
+     * starts: one landing in between holds the extents asked for, and waiting for the
+     * one after it could wait for ever.
+     */
+    const nextActivityCommit = (): Effect.Effect<void, ReplicatorStopped> =>
       Effect.interruptible(orStopped(Deferred.await(activityChanged), stopped))
-    )
     const askForExtents = (first: number, last: number): void => {
       activity!.request(first, last)
       activitySignal.offer(undefined)
@@ -1027,8 +1031,6 @@ export const make = (
     if (options.uncleanStart === true) {
       // What the journal may lack: the extents in the activity log, else the whole disk.
       const recovered = activityLog === undefined ? Option.none() : activityLog.recovered
-      if (activityLog !== undefined && Option.isNone(recovered))
-        yield* Effect.logWarning("the activity log cannot be read: resyncing the whole disk")
       const owed = Option.match(recovered, {
         onNone: () => [{ offset: 0, length: Geometry.diskBytes(config) }],
         onSome: (extents) => extentRanges(extents, extentBytes, Geometry.diskBytes(config))
@@ -1131,7 +1133,7 @@ export const make = (
               for (let k = from; k < writes.length; k++)
                 activity.request(writes[k]!.firstExtent, writes[k]!.lastExtent)
               activitySignal.offer(undefined)
-              return Effect.zipRight(waitForActivity, admitFrom(writes, from))
+              return Effect.zipRight(nextActivityCommit(), admitFrom(writes, from))
             }
           }
           entries.push(gate.enter(w.first, w.last))
