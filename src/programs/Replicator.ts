@@ -1080,6 +1080,10 @@ export const make = (
       readonly firstExtent: number
       readonly lastExtent: number
     }
+    /** A waiting write's reservation in the activity log, kept across its retries. */
+    interface Hold {
+      reservation: Activity.Reservation | undefined
+    }
     const check = (offset: number, bytes: Uint8Array): Admissible | WriteRejected => {
       const length = bytes.length
       const invalid = Geometry.validateRange(config, offset, length)
@@ -1107,15 +1111,16 @@ export const make = (
      */
     const admitFrom = (
       writes: ReadonlyArray<Admissible>,
-      from: number
+      from: number,
+      hold: Hold | undefined
     ): Effect.Effect<void, ReplicatorError> =>
       Effect.suspend(() => {
         // A stopped replicator folds nothing: refuse before the disk is touched.
         if (hasStopped) return Deferred.await(stopped)
-        if (held) return Effect.zipRight(Effect.interruptible(waitWhileHeld), admitFrom(writes, from))
+        if (held) return Effect.zipRight(Effect.interruptible(waitWhileHeld), admitFrom(writes, from, hold))
         if (pendingWrites.isClosing()) return Effect.fail(closed)
         const slots = pendingWrites.free()
-        if (slots === 0) return Effect.zipRight(pendingWrites.waitForChange, admitFrom(writes, from))
+        if (slots === 0) return Effect.zipRight(pendingWrites.waitForChange, admitFrom(writes, from, hold))
         const entries: Array<GateEntry> = []
         let to = from
         for (; to < writes.length && to - from < slots; to++) {
@@ -1123,25 +1128,43 @@ export const make = (
           const blocker = skipGate ? undefined : gate.blockerOf(w.first, w.last)
           if (blocker !== undefined) {
             if (to > from) break
-            return Effect.zipRight(Effect.interruptible(gate.waitFor(blocker)), admitFrom(writes, from))
+            return Effect.zipRight(Effect.interruptible(gate.waitFor(blocker)), admitFrom(writes, from, hold))
           }
-          if (activity !== undefined && !activity.tryEnter(w.firstExtent, w.lastExtent)) {
-            if (skipActivityWait) askForExtents(w.firstExtent, w.lastExtent)
-            else {
-              if (to > from) break
-              // Ask for the rest of the batch's extents too: one commit for a guest queue.
-              for (let k = from; k < writes.length; k++)
-                activity.request(writes[k]!.firstExtent, writes[k]!.lastExtent)
-              activitySignal.offer(undefined)
-              return Effect.zipRight(nextActivityCommit(), admitFrom(writes, from))
+          if (activity !== undefined) {
+            if (!activity.tryEnter(w.firstExtent, w.lastExtent)) {
+              if (skipActivityWait) askForExtents(w.firstExtent, w.lastExtent)
+              else {
+                if (to > from) break
+                // The write that waits reserves its extents, so no commit retires one it
+                // needs while bringing in another; the rest of the batch only asks (one
+                // commit for a guest queue).
+                hold!.reservation ??= activity.reserve(w.firstExtent, w.lastExtent)
+                for (let k = from + 1; k < writes.length; k++)
+                  activity.request(writes[k]!.firstExtent, writes[k]!.lastExtent)
+                activitySignal.offer(undefined)
+                return Effect.zipRight(nextActivityCommit(), admitFrom(writes, from, hold))
+              }
+            } else if (to === from && hold!.reservation !== undefined) {
+              // Entered: its pending count keeps the extents in the log from now on.
+              hold!.reservation.release()
+              hold!.reservation = undefined
             }
           }
           entries.push(gate.enter(w.first, w.last))
         }
         pendingWrites.take(to - from)
         const written = writeRun(writes, entries, from, from, to)
-        return to === writes.length ? written : Effect.zipRight(written, admitFrom(writes, to))
+        return to === writes.length ? written : Effect.zipRight(written, admitFrom(writes, to, hold))
       })
+    /** Runs a batch from its start; with an activity log, whatever ends it releases the reservation of a write still waiting. */
+    const admit = (writes: ReadonlyArray<Admissible>): Effect.Effect<void, ReplicatorError> => {
+      if (activity === undefined) return Effect.uninterruptible(admitFrom(writes, 0, undefined))
+      const hold: Hold = { reservation: undefined }
+      return Effect.ensuring(
+        Effect.uninterruptible(admitFrom(writes, 0, hold)),
+        Effect.sync(() => hold.reservation?.release())
+      )
+    }
     /** Writes `writes[i, to)` in order, each queued for the loop once the disk has it. */
     const writeRun = (
       writes: ReadonlyArray<Admissible>,
@@ -1178,7 +1201,7 @@ export const make = (
       Effect.suspend(() => {
         const checked = check(offset, bytes)
         if (checked instanceof WriteRejected) return Effect.fail(checked)
-        return Effect.uninterruptible(admitFrom([checked], 0))
+        return admit([checked])
       })
     const writeAll = (writes: ReadonlyArray<GuestWrite>): Effect.Effect<void, ReplicatorError> =>
       Effect.suspend(() => {
@@ -1191,7 +1214,7 @@ export const make = (
           }
           checked.push(c)
         }
-        return checked.length === 0 ? Effect.void : Effect.uninterruptible(admitFrom(checked, 0))
+        return checked.length === 0 ? Effect.void : admit(checked)
       })
 
     const flush = Effect.gen(function* () {

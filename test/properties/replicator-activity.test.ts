@@ -214,6 +214,37 @@ describe("the activity log and unclean starts", () => {
     expect(await owedAfter(false)).toEqual([])
   })
 
+  it("a write spanning more extents than the log keeps gets in (its extents are reserved while it waits)", async () => {
+    // Room for one extent: without the reservation, each commit bringing in one of the
+    // write's two extents retired the other (idle), and the write waited for ever.
+    const program = Effect.gen(function* () {
+      const context = yield* Layer.build(
+        Replicator.layer({ diskId: "d", config, activityExtents: 1 }).pipe(
+          Layer.provideMerge(
+            Layer.mergeAll(
+              VirtualDisk.layerMemory(config),
+              EventJournal.layerMemory(),
+              ActivityLog.layerMemory({ extentBytes: EXTENT }),
+              LogReceiver.layerMemory()
+            )
+          )
+        )
+      )
+      const replicator = yield* Effect.provide(Replicator.Replicator, context)
+      yield* replicator.write(0, new Uint8Array(BS).fill(1))
+      yield* replicator.flush
+      // Blocks 1 and 2: extent 0 (in the log, idle) and extent 1 (not in it).
+      yield* replicator.write(BS, new Uint8Array(2 * BS).fill(2))
+      yield* replicator.quiesce
+      return yield* replicator.status
+    }).pipe(
+      Effect.scoped,
+      Effect.timeoutFail({ duration: "5 seconds", onTimeout: () => "the write waited for ever" }),
+      Logger.withMinimumLogLevel(LogLevel.None)
+    )
+    expect((await Effect.runPromise(program)).quiescent).toBe(true)
+  })
+
   for (const mutant of ["skip-activity-wait", "retire-busy-extents"] as const)
     it(`mutant: ${mutant} loses writes after a crash`, async () => {
       await expect(

@@ -8,6 +8,7 @@
 import { Duration, Effect, Either, Exit, Fiber, Layer, Scope, TestClock, TestContext } from "effect"
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
+import * as ActivityLog from "../../src/adapters/ActivityLog.js"
 import * as EventJournal from "../../src/adapters/EventJournal.js"
 import * as LogReceiver from "../../src/adapters/LogReceiver.js"
 import * as VirtualDisk from "../../src/adapters/VirtualDisk.js"
@@ -86,6 +87,8 @@ const scenario = fc.record({
   ack: fc.constantFrom("immediate" as const, "on-flush" as const),
   // 0 turns the switchover hold off; otherwise guest writes may wait for the clock.
   switchoverHold: fc.constantFrom(0, 30),
+  // An activity log (two blocks per extent) of this many extents, or none.
+  activityExtents: fc.option(fc.integer({ min: 1, max: 4 }), { nil: undefined }),
   ops: fc.array(op, { maxLength: 40 })
 })
 type Scenario = typeof scenario extends fc.Arbitrary<infer A> ? A : never
@@ -104,6 +107,7 @@ const runScenario = (s: Scenario) =>
       })
     )
     const journalStore = EventJournal.makeMemoryStore()
+    const logStore = ActivityLog.makeMemoryStore()
     const trace: Array<Event.Event> = []
     const world = yield* Layer.build(
       Layer.mergeAll(VirtualDisk.layerMemory(config), LogReceiver.layerMemory({ ack: s.ack }))
@@ -122,10 +126,17 @@ const runScenario = (s: Scenario) =>
           uncleanStart,
           ackTimeout: "1 second",
           switchoverHold: Duration.millis(s.switchoverHold),
+          ...(s.activityExtents === undefined ? {} : { activityExtents: s.activityExtents }),
           onEvents: (events) => Effect.sync(() => trace.push(...events))
         }).pipe(
           Layer.provide(
-            Layer.merge(Layer.succeedContext(world), EventJournal.layerMemory({ store: journalStore }))
+            Layer.mergeAll(
+              Layer.succeedContext(world),
+              EventJournal.layerMemory({ store: journalStore }),
+              s.activityExtents === undefined
+                ? Layer.empty
+                : ActivityLog.layerMemory({ store: logStore, extentBytes: 2 * BS })
+            )
           )
         )
         const context = yield* Layer.buildWithScope(layer, scope)

@@ -31,6 +31,14 @@ interface Extent {
   lastUse: number
   /** A write asked for it while it was retiring: it comes back after the commit. */
   wantedAgain: boolean
+  /** Waiting writes that span it: it may not retire while one does. */
+  reserved: number
+}
+
+/** A waiting write's hold on its extents: see `reserve`. */
+export interface Reservation {
+  /** Lets the extents retire again; the second call does nothing. */
+  readonly release: () => void
 }
 
 export interface Transaction {
@@ -46,6 +54,13 @@ export interface ActivityTracker {
   readonly tryEnter: (first: number, last: number) => boolean
   /** Asks for the inactive extents in `[first, last]`; `changed` fires once a commit lands. */
   readonly request: (first: number, last: number) => void
+  /**
+   * `request`, for the write that waits: until released, no extent in `[first, last]`
+   * retires, so once each is active the write can enter. Without it a write spanning more
+   * extents than are idle could see each commit retire one it needs to bring in another,
+   * and wait for ever. Release it once the write entered or gave up.
+   */
+  readonly reserve: (first: number, last: number) => Reservation
   /**
    * A write that entered `[first, last]` no longer holds them: its event is journaled, or
    * it never reached the disk. (A write the disk failed keeps them: its bytes are unknown.)
@@ -73,13 +88,16 @@ export const make = (options: {
   readonly recovered: ReadonlyArray<number>
   /** A deliberately broken variant for the test suite's mutants: retire extents whose writes are not journaled. */
   readonly unsafeRetireBusy?: boolean
+  /** A deliberately broken variant for the test suite's mutants: retire extents a waiting write reserved. */
+  readonly unsafeIgnoreReservations?: boolean
 }): ActivityTracker => {
   const extents = new Map<number, Extent>()
   let tick = 0
   let wanted = 0
   for (const e of options.recovered)
-    extents.set(e, { phase: Phase.Active, pending: 0, lastUse: 0, wantedAgain: false })
+    extents.set(e, { phase: Phase.Active, pending: 0, lastUse: 0, wantedAgain: false, reserved: 0 })
   const retireBusy = options.unsafeRetireBusy === true
+  const ignoreReservations = options.unsafeIgnoreReservations === true
 
   const tryEnter = (first: number, last: number): boolean => {
     for (let e = first; e <= last; e++) if (extents.get(e)?.phase !== Phase.Active) return false
@@ -97,10 +115,27 @@ export const make = (options: {
     for (let e = first; e <= last; e++) {
       const x = extents.get(e)
       if (x === undefined) {
-        extents.set(e, { phase: Phase.Wanted, pending: 0, lastUse: tick, wantedAgain: false })
+        extents.set(e, { phase: Phase.Wanted, pending: 0, lastUse: tick, wantedAgain: false, reserved: 0 })
         wanted++
       } else if (x.phase === Phase.Retiring) x.wantedAgain = true
       else x.lastUse = tick
+    }
+  }
+
+  const reserve = (first: number, last: number): Reservation => {
+    request(first, last)
+    for (let e = first; e <= last; e++) extents.get(e)!.reserved++
+    let held = true
+    return {
+      release: () => {
+        if (!held) return
+        held = false
+        // An extent only wanted stays wanted: the next transaction brings it in, and it may retire later.
+        for (let e = first; e <= last; e++) {
+          const x = extents.get(e)
+          if (x !== undefined && x.reserved > 0) x.reserved--
+        }
+      }
     }
   }
 
@@ -122,7 +157,7 @@ export const make = (options: {
         activate.push(e)
       } else if (x.phase === Phase.Active) {
         inLog++
-        if (x.pending === 0 || retireBusy) idle.push([e, x])
+        if ((x.pending === 0 || retireBusy) && (x.reserved === 0 || ignoreReservations)) idle.push([e, x])
       } else inLog++
     }
     wanted = 0
@@ -162,6 +197,7 @@ export const make = (options: {
   return {
     tryEnter,
     request,
+    reserve,
     leave,
     nextTransaction,
     committed,
