@@ -47,6 +47,7 @@ import * as Geometry from "../domain/Geometry.js"
 import * as Input from "../domain/Input.js"
 import * as State from "../domain/State.js"
 import * as Activity from "./internal/activity.js"
+import { type GateEntry, makeOverlapGate } from "./internal/overlapGate.js"
 import * as IoScheduler from "./IoScheduler.js"
 
 // ---------------------------------------------------------------------------
@@ -287,49 +288,6 @@ type Decided =
 
 /** Consecutive drained blocks read with one disk request, at most. */
 const READ_RUN = 16
-
-/** A guest write's blocks while it is on its way to the disk, and who waits for it. */
-interface GateEntry {
-  readonly first: number
-  readonly last: number
-  waiters: Array<() => void> | undefined
-}
-
-/**
- * Serialises guest writes whose ranges overlap, so completion order is queue order.
- * Synchronous checks, so a write that overlaps nothing (the usual case) costs no effect
- * step and allocates no waiter.
- */
-const makeOverlapGate = () => {
-  const active = new Set<GateEntry>()
-  return {
-    blockerOf: (first: number, last: number): GateEntry | undefined => {
-      for (const r of active) if (r.first <= last && first <= r.last) return r
-      return undefined
-    },
-    enter: (first: number, last: number): GateEntry => {
-      const entry: GateEntry = { first, last, waiters: undefined }
-      active.add(entry)
-      return entry
-    },
-    leave: (entry: GateEntry): void => {
-      active.delete(entry)
-      if (entry.waiters !== undefined) for (const wake of entry.waiters) wake()
-    },
-    /** Until `blocker` leaves; the caller checks again (another may have entered). */
-    waitFor: (blocker: GateEntry) =>
-      Effect.async<void>((resume) => {
-        const wake = () => resume(Effect.void)
-        const waiters = blocker.waiters ?? []
-        blocker.waiters = waiters
-        waiters.push(wake)
-        return Effect.sync(() => {
-          const i = waiters.indexOf(wake)
-          if (i >= 0) waiters.splice(i, 1)
-        })
-      })
-  }
-}
 
 /**
  * `wait`, or the replicator's failure if it stops first. Interruptible even inside a
