@@ -147,7 +147,10 @@ const run = (writes: ReadonlyArray<Round>, mutant: boolean, ops = 2048) =>
     })
   ).pipe(
     Effect.withMaxOpsBeforeYield(ops),
-    Effect.timeoutFail({ duration: "10 seconds", onTimeout: () => new Error("a guest write never completed") })
+    Effect.timeoutFail({
+      duration: "10 seconds",
+      onTimeout: () => new Error("a guest write never completed")
+    })
   )
 
 const sameBytes = (a: Uint8Array, b: Uint8Array) => a.length === b.length && a.every((x, i) => x === b[i])
