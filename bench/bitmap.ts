@@ -6,8 +6,8 @@
  */
 import { setFlagsFromString } from "node:v8"
 import { runInNewContext } from "node:vm"
-import * as Bitmap from "../src/domain/Bitmap.js"
-import { LEAF_BITS, LEAF_MASK, SPARSE_MAX } from "../src/domain/internal/bitmapLeaf.js"
+import * as Bitmap from "../dist/domain/Bitmap.js"
+import { LEAF_BITS, LEAF_MASK, SPARSE_MAX } from "../dist/domain/internal/bitmapLeaf.js"
 import { type BenchRow, opsPerSecond, renderTable } from "./table.js"
 
 const SIZE = 2 ** 30

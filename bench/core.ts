@@ -4,11 +4,11 @@
  * Uint32Array bitmap and a new state object per event.
  */
 import { Either } from "effect"
-import * as Config from "../src/domain/Config.js"
-import * as Decider from "../src/domain/Decider.js"
-import type * as Event from "../src/domain/Event.js"
-import type { Input } from "../src/domain/Input.js"
-import * as State from "../src/domain/State.js"
+import * as Config from "../dist/domain/Config.js"
+import * as Decider from "../dist/domain/Decider.js"
+import type * as Event from "../dist/domain/Event.js"
+import type { Input } from "../dist/domain/Input.js"
+import * as State from "../dist/domain/State.js"
 import { type BenchRow, opsPerSecond, renderTable } from "./table.js"
 
 const BLOCKS = 2 ** 30
