@@ -47,6 +47,7 @@ import * as Geometry from "../domain/Geometry.js"
 import * as Input from "../domain/Input.js"
 import * as State from "../domain/State.js"
 import * as Activity from "./internal/activity.js"
+import { makeAdmission, orStopped } from "./internal/admission.js"
 import { type GateEntry, makeOverlapGate } from "./internal/overlapGate.js"
 import * as IoScheduler from "./IoScheduler.js"
 
@@ -288,53 +289,6 @@ type Decided =
 
 /** Consecutive drained blocks read with one disk request, at most. */
 const READ_RUN = 16
-
-/**
- * `wait`, or the replicator's failure if it stops first. Interruptible even inside a
- * finalizer, so the loser of the race can be interrupted.
- */
-const orStopped = <E>(
-  wait: Effect.Effect<unknown, E>,
-  stopped: Deferred.Deferred<void, ReplicatorStopped>
-): Effect.Effect<void, E | ReplicatorStopped> =>
-  Effect.interruptible(Effect.raceFirst(Effect.asVoid(wait), Deferred.await(stopped)))
-
-/**
- * Admission of guest writes: at most `max` on the disk and not yet journaled. Closing
- * refuses new writes and waits until those admitted are journaled. Admitting and
- * releasing are synchronous (they run per write); only waiting is an effect.
- */
-const makeAdmission = (max: number, stopped: Deferred.Deferred<void, ReplicatorStopped>) => {
-  let pending = 0
-  let closing = false
-  let changed = Deferred.unsafeMake<void>(FiberId.none)
-  const waitForChange = Effect.suspend(() => orStopped(Deferred.await(changed), stopped))
-  const release = (n: number): void => {
-    if (n === 0) return
-    pending -= n
-    const was = changed
-    changed = Deferred.unsafeMake<void>(FiberId.none)
-    Deferred.unsafeDone(was, Exit.void)
-  }
-  const drained: Effect.Effect<void, ReplicatorStopped> = Effect.suspend(() =>
-    pending === 0 ? Effect.void : Effect.zipRight(waitForChange, drained)
-  )
-  return {
-    isClosing: () => closing,
-    /** Slots free now. */
-    free: (): number => Math.max(0, max - pending),
-    /** Takes `n` free slots. */
-    take: (n: number): void => {
-      pending += n
-    },
-    waitForChange,
-    release,
-    close: Effect.suspend(() => {
-      closing = true
-      return drained
-    })
-  }
-}
 
 /** The disk's byte ranges under `extents` (ascending), adjacent ones merged, clipped to the disk. */
 export const extentRanges = (
@@ -1078,7 +1032,7 @@ export const make = (
         if (held) return Effect.zipRight(Effect.interruptible(waitWhileHeld), admitFrom(writes, from, hold))
         if (pendingWrites.isClosing()) return Effect.fail(closed)
         const slots = pendingWrites.free()
-        if (slots === 0) return Effect.zipRight(pendingWrites.waitForChange, admitFrom(writes, from, hold))
+        if (slots === 0) return Effect.zipRight(pendingWrites.waitForChange(), admitFrom(writes, from, hold))
         const entries: Array<GateEntry> = []
         let to = from
         for (; to < writes.length && to - from < slots; to++) {
