@@ -47,7 +47,7 @@ import * as Geometry from "../domain/Geometry.js"
 import * as Input from "../domain/Input.js"
 import * as State from "../domain/State.js"
 import * as Activity from "./internal/activity.js"
-import { makeAdmission, orStopped } from "./internal/admission.js"
+import { makeAdmission, makeChanges, orStopped } from "./internal/admission.js"
 import { type GateEntry, makeOverlapGate } from "./internal/overlapGate.js"
 import * as IoScheduler from "./IoScheduler.js"
 
@@ -430,14 +430,14 @@ export const make = (
           })
     const skipActivityWait = options.unsafeSkipActivityWait === true
     const activitySignal = Inbox.make<void>()
-    let activityChanged = Deferred.unsafeMake<void>(FiberId.none)
+    const activityCommits = makeChanges()
     /**
-     * Until the commit after this call lands. The commit is taken now, not when the wait
-     * starts: one landing in between holds the extents asked for, and waiting for the
-     * one after it could wait for ever.
+     * Until the commit after this call lands (see `makeChanges`): one landing before the
+     * wait starts holds the extents asked for, and waiting for the one after it could
+     * wait for ever.
      */
     const nextActivityCommit = (): Effect.Effect<void, ReplicatorStopped> =>
-      Effect.interruptible(orStopped(Deferred.await(activityChanged), stopped))
+      Effect.interruptible(orStopped(activityCommits.next(), stopped))
     const askForExtents = (first: number, last: number): void => {
       activity!.request(first, last)
       activitySignal.offer(undefined)
@@ -458,9 +458,7 @@ export const make = (
                 Effect.orDie
               )
               activity.committed(transaction)
-              const was = activityChanged
-              activityChanged = Deferred.unsafeMake<void>(FiberId.none)
-              Deferred.unsafeDone(was, Exit.void)
+              activityCommits.fire()
               // A retiring extent asked for again comes back in the next transaction.
               if (activity.hasWanted()) activitySignal.offer(undefined)
               yield* Metric.set(metrics.activeExtents, activity.size())

@@ -1,6 +1,6 @@
 /**
  * The replicator's admission of guest writes (at most so many on the disk and not yet
- * journaled) and its wait-or-stopped helper.
+ * journaled), and the waiting helpers it shares with the activity log's commits.
  */
 import { Deferred, Effect, Exit, FiberId } from "effect"
 
@@ -15,6 +15,24 @@ export const orStopped = <E, S>(
   Effect.interruptible(Effect.raceFirst(Effect.asVoid(wait), Deferred.await(stopped)))
 
 /**
+ * Something that changes, for fibers that wait for its next change. The change to wait
+ * for is taken when `next` is called, where the caller checked: its fiber may yield
+ * before the wait starts, and a change landing in between must still wake it.
+ */
+export const makeChanges = () => {
+  let current = Deferred.unsafeMake<void>(FiberId.none)
+  return {
+    /** The change after this call. */
+    next: (): Effect.Effect<void> => Deferred.await(current),
+    fire: (): void => {
+      const was = current
+      current = Deferred.unsafeMake<void>(FiberId.none)
+      Deferred.unsafeDone(was, Exit.void)
+    }
+  }
+}
+
+/**
  * Admission of guest writes: at most `max` on the disk and not yet journaled. Closing
  * refuses new writes and waits until those admitted are journaled. Admitting and
  * releasing are synchronous (they run per write); only waiting is an effect.
@@ -22,19 +40,13 @@ export const orStopped = <E, S>(
 export const makeAdmission = <S>(max: number, stopped: Deferred.Deferred<void, S>) => {
   let pending = 0
   let closing = false
-  let changed = Deferred.unsafeMake<void>(FiberId.none)
-  /**
-   * Until the next release after this call. The change is taken now, where the caller
-   * checked: its fiber may yield before the wait starts, and a release in between would
-   * leave it waiting for one that may never come.
-   */
-  const waitForChange = (): Effect.Effect<void, S> => orStopped(Deferred.await(changed), stopped)
+  const changes = makeChanges()
+  /** Until the next release after this call (see `makeChanges`). */
+  const waitForChange = (): Effect.Effect<void, S> => orStopped(changes.next(), stopped)
   const release = (n: number): void => {
     if (n === 0) return
     pending -= n
-    const was = changed
-    changed = Deferred.unsafeMake<void>(FiberId.none)
-    Deferred.unsafeDone(was, Exit.void)
+    changes.fire()
   }
   const drained: Effect.Effect<void, S> = Effect.suspend(() =>
     pending === 0 ? Effect.void : Effect.zipRight(waitForChange(), drained)
