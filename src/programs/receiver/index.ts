@@ -1,0 +1,21 @@
+/**
+ * The log receiver for embedding (docs/receiver.md): the service, the reading side
+ * (`points`, `restore`, `verify`) and the retention policy. Everything the
+ * `cdp-sync receiver`, `points` and `restore` commands do is reachable from here.
+ */
+export * as LogStore from "./LogStore.js"
+export * as ReceiverService from "./ReceiverService.js"
+export * as Restore from "./Restore.js"
+export * as Retention from "./Retention.js"
+export * as Verify from "./Verify.js"
+export {
+  DiskNotFound,
+  HelloRefused,
+  InvalidOption,
+  LogCorrupt,
+  LogIoError,
+  NotARecoveryPoint,
+  ReceiverLocked
+} from "./internal/errors.js"
+export { points, restore } from "./Restore.js"
+export { verify } from "./Verify.js"
