@@ -116,7 +116,12 @@ export const writeDisk = async (
   diskId: string,
   geometry: Geometry,
   changes: ReadonlyArray<Change>,
-  options: { readonly segmentBytes?: number; readonly fold?: boolean; readonly perCommit?: number } = {}
+  options: {
+    readonly segmentBytes?: number
+    /** Fold to the end of the last sealed segment, or to the record before it (its segment stays). */
+    readonly fold?: boolean | "mid-segment"
+    readonly perCommit?: number
+  } = {}
 ): Promise<{ readonly diskDir: string; readonly baseSeq: number; readonly lastSeq: number }> => {
   const exit = await withStore(
     dir,
@@ -128,10 +133,12 @@ export const writeDisk = async (
           disk.append(changes[i]!.record, true)
           if ((i + 1) % perCommit === 0 || i === changes.length - 1) yield* disk.flushed
         }
-        if (options.fold === true) {
+        if (options.fold !== undefined && options.fold !== false) {
           const sealed = disk.segments.slice(0, -1).filter((s) => s.lastSeq > disk.base.seq)
-          const seq = sealed.at(-1)?.lastSeq
-          if (seq === undefined) return yield* Effect.die(new Error("nothing sealed to fold"))
+          const last = sealed.at(-1)
+          if (last === undefined || last.lastSeq <= last.firstSeq)
+            return yield* Effect.die(new Error("nothing sealed to fold"))
+          const seq = options.fold === "mid-segment" ? last.lastSeq - 1 : last.lastSeq
           yield* Effect.promise(() => disk.foldTo(seq))
         }
         return { diskDir: disk.diskDir, baseSeq: disk.base.seq, lastSeq: disk.durable }
