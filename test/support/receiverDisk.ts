@@ -136,7 +136,7 @@ export const writeDisk = async (
         if (options.fold !== undefined && options.fold !== false) {
           const sealed = disk.segments.slice(0, -1).filter((s) => s.lastSeq > disk.base.seq)
           const last = sealed.at(-1)
-          if (last === undefined || last.lastSeq <= last.firstSeq)
+          if (last === undefined || (options.fold === "mid-segment" && last.lastSeq <= last.firstSeq))
             return yield* Effect.die(new Error("nothing sealed to fold"))
           const seq = options.fold === "mid-segment" ? last.lastSeq - 1 : last.lastSeq
           yield* Effect.promise(() => disk.foldTo(seq))

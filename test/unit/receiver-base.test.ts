@@ -8,8 +8,9 @@
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { Effect, Exit } from "effect"
+import fc from "fast-check"
 import { afterEach, describe, expect, it } from "vitest"
-import { writeEmptyBase } from "../../src/programs/receiver/internal/base.js"
+import { readBase, writeEmptyBase } from "../../src/programs/receiver/internal/base.js"
 import {
   encodeMeta,
   inspectDiskDir,
@@ -108,6 +109,130 @@ describe("disk.json", () => {
       expect(error, bad).toBeInstanceOf(LogCorrupt)
       expect(error).toMatchObject({ file, offset: 0 })
     }
+  })
+})
+
+describe("fuzz", () => {
+  const meta = { diskId: "vm1", blockSize: 4096, blockCount: 64, createdAt: "2024-01-01T00:00:00.000Z" }
+  const good = encodeMeta(meta).toString("utf8")
+  const crc = JSON.parse(good).crc32c as number
+
+  /** Hand-picked disk.json texts: every one refused with a LogCorrupt naming the file. */
+  const corpus = [
+    "",
+    `\uFEFF${good}`,
+    "[]",
+    "{}",
+    '{"format":2}',
+    good.replace('"blockCount":64', '"blockCount":64.5'),
+    good.replace('"blockCount":64', '"blockCount":-64'),
+    good.replace('"blockCount":64', '"blockCount":1e400'),
+    good.replace('"blockCount":64', '"blockCount":"64"'),
+    good.replace('"diskId":"vm1"', '"diskId":""'),
+    good.replace(`"crc32c":${crc}`, `"crc32c":${crc},"blockCount":128`),
+    good.replace(`"crc32c":${crc}`, `"crc32c":${crc + 1}`),
+    good.replace(`"crc32c":${crc}`, `"crc32c":-1`),
+    good.replace('"format":2', '"format":3'),
+    JSON.stringify({ format: 1, ...meta, blockSize: 0 }),
+    JSON.stringify({ format: 1, ...meta, blockCount: 2 ** 31 }),
+    JSON.stringify({ format: 1, ...meta, blockSize: 3000 }),
+    good.slice(0, good.length - 3)
+  ]
+
+  it("a corpus of hostile disk.json files is refused, each with a LogCorrupt naming the file", async () => {
+    const diskDir = path.join(tempDir(), "vm1")
+    fs.mkdirSync(diskDir)
+    const file = path.join(diskDir, "disk.json")
+    for (const text of corpus) {
+      fs.writeFileSync(file, text)
+      const outcome = await readMeta(diskDir).catch((e: unknown) => e)
+      expect(outcome, text).toBeInstanceOf(LogCorrupt)
+      expect(outcome).toMatchObject({ file, offset: 0 })
+    }
+  })
+
+  it("one mutation of a disk.json is refused, or reads the same disk", async () => {
+    const diskDir = path.join(tempDir(), "vm1")
+    fs.mkdirSync(diskDir)
+    const file = path.join(diskDir, "disk.json")
+    await fc.assert(
+      fc.asyncProperty(
+        fc.integer({ min: 0, max: good.length - 1 }),
+        fc.constantFrom("flip", "delete", "insert"),
+        fc.integer({ min: 32, max: 126 }),
+        async (at, how, char) => {
+          const c = String.fromCharCode(char)
+          const text =
+            how === "delete"
+              ? good.slice(0, at) + good.slice(at + 1)
+              : how === "insert"
+                ? good.slice(0, at) + c + good.slice(at)
+                : good.slice(0, at) + (good[at] === c ? "!" : c) + good.slice(at + 1)
+          fs.writeFileSync(file, text)
+          const outcome = await readMeta(diskDir).catch((e: unknown) => e)
+          if (outcome instanceof LogCorrupt) return
+          // Accepted: the same disk (a whitespace change; or the format turned to 1, whose
+          // geometry base.img's trailer still cross-checks).
+          expect(outcome).toMatchObject(meta)
+        }
+      ),
+      { numRuns: 500 }
+    )
+  })
+
+  it("readBase over mutated and random files: the same trailer, or a LogCorrupt naming the file and an offset in it", async () => {
+    const dir = tempDir()
+    const file = path.join(dir, "base.img")
+    const small = { blockSize: 4096, blockCount: 3 }
+    await writeEmptyBase(file, small)
+    const pristine = fs.readFileSync(file)
+    const handleOf = async (bytes: Buffer) => {
+      fs.writeFileSync(file, bytes)
+      const handle = await fs.promises.open(file, "r")
+      try {
+        return await readBase(handle, file, small).catch((e: unknown) => e)
+      } finally {
+        await handle.close()
+      }
+    }
+    const expected = await handleOf(pristine)
+    expect(expected).toMatchObject({ format: 2, seq: 0 })
+    await fc.assert(
+      fc.asyncProperty(
+        fc.oneof(
+          // A flip anywhere in the last 100 bytes (the table's end and the trailer).
+          fc
+            .record({ at: fc.integer({ min: 1, max: 100 }), mask: fc.integer({ min: 1, max: 255 }) })
+            .map(({ at, mask }) => {
+              const b = Buffer.from(pristine)
+              b[b.length - at]! ^= mask
+              return b
+            }),
+          // Cut or extended.
+          fc
+            .integer({ min: -200, max: 200 })
+            .filter((n) => n !== 0)
+            .map((n) =>
+              n < 0 ? pristine.subarray(0, pristine.length + n) : Buffer.concat([pristine, Buffer.alloc(n)])
+            ),
+          // Anything at all.
+          fc.uint8Array({ maxLength: 300 }).map((a) => Buffer.from(a))
+        ),
+        async (bytes) => {
+          const outcome = await handleOf(bytes)
+          if (outcome instanceof LogCorrupt) {
+            expect(outcome.file).toBe(file)
+            expect(outcome.offset).toBeGreaterThanOrEqual(0)
+            expect(outcome.offset).toBeLessThanOrEqual(bytes.length)
+          } else {
+            // Only a flip outside the trailer (in the table) leaves the trailer readable.
+            expect(outcome).toEqual(expected)
+            expect(bytes.length).toBe(pristine.length)
+          }
+        }
+      ),
+      { numRuns: 400 }
+    )
   })
 })
 
