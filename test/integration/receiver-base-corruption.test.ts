@@ -366,24 +366,28 @@ describe("base.img and disk.json corruption matrix", () => {
           for (const c of more) disk.append(c.record, true)
           yield* disk.flushed
           const before = snapshot(d.diskDir)
-          const folded = yield* Effect.either(
-            Effect.tryPromise(() => disk.foldTo(disk.segments.at(-2)!.lastSeq))
-          )
-          return { folded, before, baseSeq: disk.base.seq }
+          const fold = Effect.tryPromise(() => disk.foldTo(disk.segments.at(-2)!.lastSeq))
+          const folded = yield* Effect.either(fold)
+          // Refused from then on without reading the base again: even once it is mended.
+          flipByte(d.baseFile, 7)
+          const again = yield* Effect.either(fold)
+          return { folded, again, before, baseSeq: disk.base.seq }
         }),
       { segmentBytes: 8 * 1024 }
     )
     if (Exit.isFailure(exit)) throw new Error(String(exit.cause))
-    const { folded, before, baseSeq } = exit.value
+    const { folded, again, before, baseSeq } = exit.value
     expect(baseSeq).toBe(d.baseSeq)
     expect(folded._tag).toBe("Left")
     expect(String(folded._tag === "Left" && folded.left.cause)).toMatch(
       new RegExp(`${escapeRegExp(d.baseFile)} at byte 0: image bytes 0\\.\\.65535 do not match`)
     )
-    // Only the fold's temporary file differs (removed on the next start).
+    expect(again._tag === "Left" && again.left.cause).toBe(folded._tag === "Left" && folded.left.cause)
+    // Only the fold's temporary file differs (removed on the next start), and the flip was undone.
     const after = snapshot(d.diskDir)
     delete after["base.img.tmp"]
-    expect(after).toEqual(before)
+    flipByte(d.baseFile, 7)
+    expect({ ...after, "base.img": snapshot(d.diskDir)["base.img"] }).toEqual(before)
   })
 })
 

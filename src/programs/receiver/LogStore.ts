@@ -128,6 +128,8 @@ export class DiskLog {
   durable: number
   pendingBytes = 0
   failure: LogError | undefined = undefined
+  /** Damage a fold found in `base.img`: folds are refused until the receiver restarts. */
+  baseDamage: LogCorrupt | undefined = undefined
 
   private active: fs.FileHandle | undefined = undefined
   private lastTime = 0
@@ -346,6 +348,8 @@ export class DiskLog {
    * the sealed segments it covers. Only sealed segments are read; the writer carries on.
    */
   async foldTo(seq: number): Promise<number> {
+    // Damage a fold found in the base stays until a restart: no full read of it every round.
+    if (this.baseDamage !== undefined) throw this.baseDamage
     const sealed = this.segments.slice(0, -1)
     const from = this.base.seq
     const reading = sealed.filter((s) => s.lastSeq > from && s.firstSeq <= seq)
@@ -386,6 +390,9 @@ export class DiskLog {
       }
       if (last === undefined) throw new Error(`cannot fold to seq ${seq}: no such record`)
       return { seq, time: last.time, anchor: recordAnchor(last) }
+    }).catch((e: unknown) => {
+      if (e instanceof LogCorrupt && e.file === baseFile) this.baseDamage = e
+      throw e
     })
     await fs.rename(temp, baseFile)
     await syncDirectory(this.diskDir)
