@@ -95,6 +95,8 @@ describe("restore --out", () => {
     expect(fs.lstatSync(fifo).isFIFO()).toBe(true)
     await expectRefused(outside, /is a directory/)
     await expectRefused(path.join(outside, "no-such-dir", "vm.img"), /its directory does not exist/)
+    fs.writeFileSync(path.join(outside, "a-file"), "")
+    await expectRefused(path.join(outside, "a-file", "vm.img"), /a part of its path is not a directory/)
     const dangling = path.join(outside, "dangling")
     fs.symlinkSync(path.join(outside, "nothing-here"), dangling)
     await expectRefused(dangling, /a symbolic link to nothing/)

@@ -197,6 +197,7 @@ const prepareTarget = async (
     })
   } catch (e) {
     if (e instanceof RestoreTargetRefused) throw e
+    if (code(e) === "ENOTDIR") throw refuse("a part of its path is not a directory")
     if (!isEnoent(e)) throw e
     const parent = await fs.realpath(path.dirname(absolute)).catch((e: unknown) => {
       throw isEnoent(e) || code(e) === "ENOTDIR" ? refuse(`its directory does not exist`) : e
