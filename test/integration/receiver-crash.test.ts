@@ -190,14 +190,16 @@ const finish = async (c: Campaign, lastAck: number, expectFolded: boolean) => {
   const chosen = new Set([points[0]!, points.at(-1)!])
   while (chosen.size < Math.min(8, points.length)) chosen.add(points[Math.floor(random() * points.length)]!)
   const expected = Proc.imagesAt(c.plan, geometry, [...chosen])
+  // Outside the receiver directory: restore refuses to write inside it.
+  const outDir = tempDir()
   for (const seq of chosen) {
-    const out = path.join(c.dir, `restore-${seq}.img`)
+    const out = path.join(outDir, `restore-${seq}.img`)
     await Effect.runPromise(Restore.restore({ dir: c.dir, diskId: "vm", at: seq, out }))
     expect(fs.readFileSync(out).equals(Buffer.from(expected.get(seq)!)), `restore at ${seq}`).toBe(true)
     fs.rmSync(out)
   }
   // And once through the command line.
-  const latest = path.join(c.dir, "latest.img")
+  const latest = path.join(outDir, "latest.img")
   const cli = await Proc.run(["restore", "--dir", c.dir, "--at", "latest", "--out", latest])
   expect(cli.code, cli.stderr).toBe(0)
   expect(fs.readFileSync(latest).equals(Buffer.from(expected.get(points.at(-1)!)!))).toBe(true)

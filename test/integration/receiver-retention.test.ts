@@ -28,8 +28,10 @@ const RECORD_HEADER = 40
 
 const restoresMatch = async (dir: string, plan: ReadonlyArray<Proc.Planned>, seqs: ReadonlyArray<number>) => {
   const expected = Proc.imagesAt(plan, geometry, seqs)
+  // Outside the receiver directory: restore refuses to write inside it.
+  const outDir = tempDir()
   for (const seq of seqs) {
-    const out = path.join(dir, `at-${seq}.img`)
+    const out = path.join(outDir, `at-${seq}.img`)
     await Effect.runPromise(Restore.restore({ dir, diskId: "vm", at: seq, out }))
     expect(fs.readFileSync(out).equals(Buffer.from(expected.get(seq)!)), `restore at ${seq}`).toBe(true)
     fs.rmSync(out)

@@ -205,7 +205,8 @@ describe("receiver service", () => {
     const skipped = await Proc.run(["restore", "--dir", dir, "--at", "5", "--out", path.join(dir, "x.img")])
     expect(skipped.stderr).toMatch(/no record has this seq/)
     // At 9: writes 1 and 2 and block 3; write 4 and 5 were never applied.
-    const out = path.join(dir, "at9.img")
+    // Outside the receiver directory: restore refuses to write inside it.
+    const out = path.join(tempDir(), "at9.img")
     const restored = await Proc.run(["restore", "--dir", dir, "--disk", "vm-gap", "--at", "9", "--out", out])
     expect(restored.code).toBe(0)
     const image = fs.readFileSync(out)

@@ -17,19 +17,19 @@ import { Duration, Effect, Either, Fiber, Queue, Scope } from "effect"
 import * as Inbox from "../../adapters/internal/inbox.js"
 import type * as Wire from "../../adapters/Wire.js"
 import * as Geometry from "../../domain/Geometry.js"
+import { BASE_FILE, type Base, rewriteBase } from "./internal/base.js"
 import {
-  BASE_FILE,
   type Chain,
   type DiskMeta,
   diskDirName,
   emptySegment,
+  inspectDiskDir,
   LOCK_FILE,
-  META_FILE,
   noteRecord,
   openChain,
-  readMeta,
   type Segment
 } from "./internal/chain.js"
+import { clearUnfinished, createDisk } from "./internal/create.js"
 import {
   HelloRefused,
   type LogError,
@@ -38,20 +38,8 @@ import {
   type LogOp,
   ReceiverLocked
 } from "./internal/errors.js"
+import { pwriteFully, pwritevFully, readIfExists, removeIfExists, syncDirectory } from "./internal/files.js"
 import {
-  isEnoent,
-  pwriteFully,
-  pwritevFully,
-  readIfExists,
-  removeIfExists,
-  sparseCopy,
-  syncDirectory,
-  writeFileAtomic
-} from "./internal/files.js"
-import {
-  BASE_TRAILER_BYTES,
-  type BaseTrailer,
-  encodeBaseTrailer,
   encodeIndex,
   encodeRecordHeader,
   encodeSegmentHeader,
@@ -61,6 +49,7 @@ import {
   Kind,
   RECORD_HEADER_BYTES,
   type RecordHeader,
+  recordAnchor,
   SEGMENT_HEADER_BYTES,
   segmentName,
   withBatchStart
@@ -129,7 +118,7 @@ export class DiskLog {
   readonly diskId: string
   readonly geometry: Geometry.Geometry
   readonly diskDir: string
-  base: BaseTrailer
+  base: Base
   readonly segments: Array<Segment>
   /** The log ended inside a resync when it was opened. */
   readonly openedInResync: boolean
@@ -139,6 +128,8 @@ export class DiskLog {
   durable: number
   pendingBytes = 0
   failure: LogError | undefined = undefined
+  /** Damage a fold found in `base.img`: folds are refused until the receiver restarts. */
+  baseDamage: LogCorrupt | undefined = undefined
 
   private active: fs.FileHandle | undefined = undefined
   private lastTime = 0
@@ -357,24 +348,18 @@ export class DiskLog {
    * the sealed segments it covers. Only sealed segments are read; the writer carries on.
    */
   async foldTo(seq: number): Promise<number> {
+    // Damage a fold found in the base stays until a restart: no full read of it every round.
+    if (this.baseDamage !== undefined) throw this.baseDamage
     const sealed = this.segments.slice(0, -1)
     const from = this.base.seq
     const reading = sealed.filter((s) => s.lastSeq > from && s.firstSeq <= seq)
     if (reading.length === 0 || reading[reading.length - 1]!.lastSeq < seq)
       throw new Error(`cannot fold to seq ${seq}: it is not in a sealed segment`)
-    const diskBytes = Geometry.diskBytes(this.geometry)
     const baseFile = path.join(this.diskDir, BASE_FILE)
     const temp = `${baseFile}.tmp`
-    const out = await fs.open(temp, "w+", 0o644)
-    let time = 0
-    try {
-      await out.truncate(diskBytes + BASE_TRAILER_BYTES)
-      const old = await fs.open(baseFile, "r")
-      try {
-        await sparseCopy(old, out, diskBytes)
-      } finally {
-        await old.close()
-      }
+    // The current base is checked as it is copied; the units the records change are hashed again.
+    const next = await rewriteBase(this.diskDir, temp, this.geometry, from, async (out, touch) => {
+      let last: RecordHeader | undefined
       for (const segment of reading) {
         const file = path.join(this.diskDir, segment.name)
         const handle = await fs.open(file, "r")
@@ -389,8 +374,11 @@ export class DiskLog {
               if (h.seq <= from) return false
               if (h.seq > seq) return true
               await applyRecord(out, this.geometry, h, payload)
+              if (h.kind === Kind.Write) touch(h.position, payload.byteLength)
+              else if (h.kind === Kind.Block)
+                touch(Geometry.blockOffset(this.geometry, h.position), payload.byteLength)
               if (h.seq === seq) {
-                time = h.time
+                last = h
                 return true
               }
               return false
@@ -400,19 +388,21 @@ export class DiskLog {
           await handle.close()
         }
       }
-      await pwriteFully(out, encodeBaseTrailer({ seq, time }), diskBytes)
-      await out.sync()
-    } finally {
-      await out.close()
-    }
+      if (last === undefined) throw new Error(`cannot fold to seq ${seq}: no such record`)
+      return { seq, time: last.time, anchor: recordAnchor(last) }
+    }).catch((e: unknown) => {
+      if (e instanceof LogCorrupt && e.file === baseFile) this.baseDamage = e
+      throw e
+    })
     await fs.rename(temp, baseFile)
     await syncDirectory(this.diskDir)
-    this.base = { seq, time }
-    // Oldest first, so a crash in between leaves a chain that opening tidies up.
+    this.base = next
+    // Oldest first, so a crash in between leaves a chain that opening tidies up; each index
+    // before its segment, so a crash between the two leaves no index without its segment.
     const dropped = sealed.filter((s) => s.lastSeq <= seq)
     for (const segment of dropped) {
-      await removeIfExists(path.join(this.diskDir, segment.name))
       await removeIfExists(path.join(this.diskDir, indexName(segment.name)))
+      await removeIfExists(path.join(this.diskDir, segment.name))
       const at = this.segments.indexOf(segment)
       if (at >= 0) this.segments.splice(at, 1)
     }
@@ -499,36 +489,6 @@ const lock = async (dir: string): Promise<ReceiverLocked | undefined> => {
   return new ReceiverLocked({ dir, pid: 0 })
 }
 
-const createDisk = async (dir: string, hello: HelloInfo, geometry: Geometry.Geometry): Promise<string> => {
-  const diskDir = path.join(dir, diskDirName(hello.diskId))
-  // No disk.json: a creation cut short, and nothing of it was ever acked.
-  await fs.rm(diskDir, { recursive: true, force: true })
-  await fs.mkdir(diskDir)
-  await syncDirectory(dir)
-  const diskBytes = Geometry.diskBytes(geometry)
-  const temp = path.join(diskDir, `${BASE_FILE}.tmp`)
-  const handle = await fs.open(temp, "w", 0o644)
-  try {
-    // A sparse file of zeros: the disk before any record.
-    await handle.truncate(diskBytes + BASE_TRAILER_BYTES)
-    await pwriteFully(handle, encodeBaseTrailer({ seq: 0, time: 0 }), diskBytes)
-    await handle.sync()
-  } finally {
-    await handle.close()
-  }
-  await fs.rename(temp, path.join(diskDir, BASE_FILE))
-  const meta: DiskMeta = {
-    format: 1,
-    diskId: hello.diskId,
-    blockSize: geometry.blockSize,
-    blockCount: geometry.blockCount,
-    createdAt: new Date().toISOString()
-  }
-  // Written last: its presence means the disk is complete.
-  await writeFileAtomic(path.join(diskDir, META_FILE), Buffer.from(`${JSON.stringify(meta)}\n`, "utf8"))
-  return diskDir
-}
-
 const logNotes = (chain: Chain) =>
   Effect.forEach(chain.notes, (note) =>
     Effect.logWarning(`${chain.meta.diskId}: ${note.message}`).pipe(Effect.annotateLogs(note.annotations))
@@ -609,8 +569,16 @@ export const open = (options: StoreOptions): Effect.Effect<Store, LogError | Rec
       })
 
     // Every disk found is recovered now (torn tails cut off and logged). One whose log cannot be
-    // opened is logged and refused, and the others are served.
+    // opened — or whose disk.json is missing or damaged while it may hold acked records — is
+    // logged and refused, and the others are served. Nothing is removed here.
     const broken = new Map<string, LogError>()
+    const refused = (name: string, diskDir: string, error: LogError) =>
+      Effect.zipRight(
+        Effect.sync(() => broken.set(diskDir, error)),
+        Effect.logError(`${name}: cannot open the log; its connections are refused`).pipe(
+          Effect.annotateLogs({ error: error.message })
+        )
+      )
     const names = yield* attempt("open", dir, () => fs.readdir(dir))
     for (const name of names.sort()) {
       if (name.startsWith(".")) continue
@@ -620,17 +588,30 @@ export const open = (options: StoreOptions): Effect.Effect<Store, LogError | Rec
           const isDirectory = yield* attempt("open", diskDir, () =>
             fs.stat(diskDir).then((s) => s.isDirectory())
           )
-          // No disk.json: a creation cut short; the disk's next hello creates it again.
-          const meta = isDirectory ? yield* attempt("open", diskDir, () => readMeta(diskDir)) : undefined
-          return meta === undefined ? undefined : yield* recover(diskDir, meta)
+          if (!isDirectory) return undefined
+          const found = yield* attempt("open", diskDir, () => inspectDiskDir(diskDir))
+          switch (found._tag) {
+            case "Disk":
+              return yield* recover(diskDir, found.meta)
+            case "Refused":
+              return yield* found.error
+            case "Misplaced":
+              yield* Effect.logWarning(
+                `${name}: holds disk ${JSON.stringify(found.meta.diskId)}, whose directory is ${diskDirName(found.meta.diskId)}: ignored (a copy or a directory moved aside?)`
+              )
+              return undefined
+            case "Unfinished":
+              yield* Effect.logWarning(
+                `${name}: a disk creation cut short (no disk.json, nothing acked): moved aside when the disk says hello`
+              )
+              return undefined
+            case "Absent":
+              return undefined
+          }
         })
       )
-      if (Either.isLeft(opened)) {
-        broken.set(diskDir, opened.left)
-        yield* Effect.logError(`${name}: cannot open the log; its connections are refused`).pipe(
-          Effect.annotateLogs({ error: opened.left.message })
-        )
-      } else if (opened.right !== undefined) {
+      if (Either.isLeft(opened)) yield* refused(name, diskDir, opened.left)
+      else if (opened.right !== undefined) {
         const disk = opened.right
         yield* Effect.logInfo(`${disk.diskId}: opened`).pipe(
           Effect.annotateLogs({
@@ -640,6 +621,10 @@ export const open = (options: StoreOptions): Effect.Effect<Store, LogError | Rec
             inResync: disk.openedInResync
           })
         )
+        if (disk.base.format === 1)
+          yield* Effect.logWarning(
+            `${disk.diskId}: base.img is format 1, without data checksums: it cannot be verified until the next retention fold writes format 2`
+          )
       }
     }
 
@@ -655,30 +640,44 @@ export const open = (options: StoreOptions): Effect.Effect<Store, LogError | Rec
         if (failed !== undefined) return yield* refuse(hello.diskId, "log-failed", failed.message)
         let found = disks.get(hello.diskId)
         if (found === undefined) {
-          const meta = yield* attempt("open", diskDir, () =>
-            readMeta(diskDir).catch((e) => (isEnoent(e) ? undefined : Promise.reject(e)))
-          )
-          if (meta !== undefined && meta.diskId !== hello.diskId)
+          const state = yield* attempt("open", diskDir, () => inspectDiskDir(diskDir))
+          if (state._tag === "Refused") {
+            yield* refused(path.basename(diskDir), diskDir, state.error)
+            return yield* refuse(hello.diskId, "log-failed", state.error.message)
+          }
+          if (state._tag === "Misplaced" || (state._tag === "Disk" && state.meta.diskId !== hello.diskId))
             return yield* refuse(
               hello.diskId,
               "log-failed",
-              `directory ${diskDir} holds disk ${JSON.stringify(meta.diskId)}`
+              `directory ${diskDir} holds disk ${JSON.stringify(state.meta.diskId)}`
             )
-          const created =
-            meta === undefined
-              ? yield* attempt("create", diskDir, () => createDisk(dir, hello, geometry.right))
-              : diskDir
-          const reread = yield* attempt("open", created, () => readMeta(created))
-          if (reread === undefined)
-            return yield* new LogCorrupt({
-              file: path.join(created, META_FILE),
-              offset: 0,
-              reason: "missing"
-            })
-          found = yield* recover(created, reread)
-          yield* Effect.logInfo(`${found.diskId}: created`).pipe(
-            Effect.annotateLogs({ blockSize: hello.blockSize, blockCount: hello.blockCount })
-          )
+          if (state._tag === "Disk") found = yield* recover(diskDir, state.meta)
+          else {
+            if (state._tag === "Unfinished") {
+              const aside = yield* attempt("create", diskDir, () => clearUnfinished(dir, diskDir))
+              yield* Effect.logWarning(
+                `${hello.diskId}: ${diskDir} held a disk creation cut short (no disk.json, nothing acked): ${aside === undefined ? "removed (it was empty)" : `moved aside to ${aside}`}`
+              )
+            }
+            const created = yield* attempt("create", diskDir, () =>
+              createDisk(dir, hello.diskId, geometry.right)
+            )
+            if (created.movedAside !== undefined)
+              yield* Effect.logWarning(
+                `${hello.diskId}: an unexpected file in an unfinished creation: moved aside to ${created.movedAside}`
+              )
+            const meta = yield* attempt("open", diskDir, () => inspectDiskDir(diskDir))
+            if (meta._tag !== "Disk")
+              return yield* new LogCorrupt({
+                file: path.join(diskDir, "disk.json"),
+                offset: 0,
+                reason: `not readable right after the disk's creation (${meta._tag})`
+              })
+            found = yield* recover(diskDir, meta.meta)
+            yield* Effect.logInfo(`${found.diskId}: created`).pipe(
+              Effect.annotateLogs({ blockSize: hello.blockSize, blockCount: hello.blockCount })
+            )
+          }
         }
         const g = found.geometry
         if (g.blockSize !== hello.blockSize || g.blockCount !== hello.blockCount)

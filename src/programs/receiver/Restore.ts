@@ -10,23 +10,22 @@
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
 import { Effect } from "effect"
+import { openBase, walkBase } from "./internal/base.js"
+import { type Chain, diskBytesOf, diskDirName, openChain, surveyDisks } from "./internal/chain.js"
 import {
-  BASE_FILE,
-  type Chain,
-  diskBytesOf,
-  diskDirName,
-  listDisks,
-  openChain,
-  readBase,
-  readMeta
-} from "./internal/chain.js"
-import { DiskNotFound, type LogError, LogCorrupt, LogIoError, NotARecoveryPoint } from "./internal/errors.js"
-import { isEnoent, sparseCopy, syncDirectory } from "./internal/files.js"
+  DiskNotFound,
+  type LogError,
+  LogCorrupt,
+  LogIoError,
+  NotARecoveryPoint,
+  RestoreTargetRefused
+} from "./internal/errors.js"
+import { isEnoent, pwriteFully, syncDirectory } from "./internal/files.js"
 import { type IndexEntry, isRecoveryPoint, Kind, kindName } from "./internal/format.js"
 import { readRange } from "./internal/segment.js"
 import { applyRecord } from "./LogStore.js"
 
-export { DiskNotFound, NotARecoveryPoint }
+export { DiskNotFound, NotARecoveryPoint, RestoreTargetRefused }
 
 export interface Point {
   readonly seq: number
@@ -61,25 +60,24 @@ const attempt = <A>(file: string, op: "read" | "restore", f: () => Promise<A>): 
         : new LogIoError({ op, path: file, cause })
   })
 
-/** The disk directories to look at: the one named, or every disk (exactly one when `single`). */
+/**
+ * The disk directories to look at: the one named, or every disk (exactly one when `single`).
+ * A disk whose `disk.json` is missing beside acked records, or damaged, is its `LogCorrupt`.
+ */
 const resolve = (dir: string, diskId: string | undefined, single: boolean) =>
   Effect.gen(function* () {
-    const disks = yield* attempt(dir, "read", () => listDisks(dir))
+    const found = yield* attempt(dir, "read", () => surveyDisks(dir))
+    const disks = found.flatMap((d) => (d._tag === "Disk" ? [{ diskDir: d.diskDir, meta: d.meta }] : []))
     const available = disks.map((d) => d.meta.diskId)
     if (diskId !== undefined) {
-      const found = disks.find((d) => d.meta.diskId === diskId)
-      if (found === undefined) {
-        // Not listed (e.g. its disk.json is unreadable): try its directory by name for a precise error.
-        const diskDir = path.join(dir, diskDirName(diskId))
-        const meta = yield* attempt(diskDir, "read", () =>
-          readMeta(diskDir).catch((e) => (isEnoent(e) ? undefined : Promise.reject(e)))
-        )
-        if (meta === undefined || meta.diskId !== diskId)
-          return yield* new DiskNotFound({ dir, diskId, available })
-        return [{ diskDir, meta }]
-      }
-      return [found]
+      const match = disks.find((d) => d.meta.diskId === diskId)
+      if (match !== undefined) return [match]
+      const named = found.find((d) => d.diskDir === path.join(dir, diskDirName(diskId)))
+      if (named?._tag === "Refused") return yield* named.error
+      return yield* new DiskNotFound({ dir, diskId, available })
     }
+    const refused = found.find((d) => d._tag === "Refused")
+    if (refused !== undefined) return yield* refused.error
     if (disks.length === 0 || (single && disks.length > 1))
       return yield* new DiskNotFound({ dir, diskId: undefined, available })
     return disks
@@ -160,16 +158,98 @@ const refusal = (chain: Chain, all: ReadonlyArray<Point>, seq: number): NotAReco
   return new NotARecoveryPoint({ diskId: chain.meta.diskId, seq, reason, before, after })
 }
 
+/** Where a restore writes: a regular file (new or replaced, atomically) or a block device (in place). */
+type Target =
+  | { readonly _tag: "File"; readonly path: string }
+  | { readonly _tag: "Device"; readonly path: string; readonly bytes: number }
+
+const code = (e: unknown): string | undefined =>
+  typeof e === "object" && e !== null && "code" in e && typeof e.code === "string" ? e.code : undefined
+
+/** Size of a block device, from sysfs (Node cannot ask the device itself). */
+const blockDeviceBytes = async (rdev: bigint): Promise<number | undefined> => {
+  const major = ((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn)
+  const minor = (rdev & 0xffn) | ((rdev >> 12n) & ~0xffn)
+  const text = await fs.readFile(`/sys/dev/block/${major}:${minor}/size`, "utf8").catch(() => undefined)
+  const sectors = Number(text?.trim())
+  return text === undefined || !Number.isSafeInteger(sectors) ? undefined : sectors * 512
+}
+
 /**
- * Materialises a disk at a recovery point: the base image plus every record through `at`,
- * written to `out` atomically (a temporary file, fsynced, renamed). A seq that is not a
- * recovery point is refused with the nearest ones named.
+ * Checks `--out` before anything is written: never inside the receiver directory (paths
+ * resolved with realpath, so no symbolic link leads there), only a regular file or a new
+ * path — or, with `force`, a block device other than the one holding the receiver directory,
+ * large enough for the image. Devices, FIFOs, sockets and directories are refused.
+ */
+const prepareTarget = async (
+  dir: string,
+  out: string,
+  force: boolean,
+  diskBytes: number
+): Promise<Target> => {
+  const refuse = (reason: string) => new RestoreTargetRefused({ out, reason })
+  const absolute = path.resolve(out)
+  let target: string
+  try {
+    await fs.lstat(absolute)
+    target = await fs.realpath(absolute).catch((e: unknown) => {
+      throw isEnoent(e) ? refuse("a symbolic link to nothing") : e
+    })
+  } catch (e) {
+    if (e instanceof RestoreTargetRefused) throw e
+    if (code(e) === "ENOTDIR") throw refuse("a part of its path is not a directory")
+    if (!isEnoent(e)) throw e
+    const parent = await fs.realpath(path.dirname(absolute)).catch((e: unknown) => {
+      throw isEnoent(e) || code(e) === "ENOTDIR" ? refuse(`its directory does not exist`) : e
+    })
+    target = path.join(parent, path.basename(absolute))
+  }
+  const home = await fs.realpath(dir).catch((e: unknown) => (isEnoent(e) ? undefined : Promise.reject(e)))
+  if (home !== undefined && (target === home || target.startsWith(`${home}${path.sep}`)))
+    throw refuse(`${target} is inside the receiver directory ${home}: restore writes outside it`)
+  const stat = await fs.stat(target, { bigint: true }).catch((e: unknown) => {
+    if (isEnoent(e)) return undefined
+    throw e
+  })
+  if (stat === undefined || stat.isFile()) return { _tag: "File", path: target }
+  if (stat.isBlockDevice()) {
+    if (!force) throw refuse(`${target} is a block device: pass --force to write the image into it in place`)
+    const receiverDevice = home === undefined ? undefined : (await fs.stat(home, { bigint: true })).dev
+    if (receiverDevice === stat.rdev) throw refuse(`${target} holds the receiver directory's file system`)
+    const bytes = await blockDeviceBytes(stat.rdev)
+    if (bytes === undefined) throw refuse(`cannot tell the size of block device ${target}`)
+    if (bytes < diskBytes)
+      throw refuse(`block device ${target} holds ${bytes} bytes, the image needs ${diskBytes}`)
+    return { _tag: "Device", path: target, bytes }
+  }
+  const kind = stat.isDirectory()
+    ? "a directory"
+    : stat.isCharacterDevice()
+      ? "a character device"
+      : stat.isFIFO()
+        ? "a FIFO"
+        : stat.isSocket()
+          ? "a socket"
+          : "not a regular file"
+  throw refuse(
+    `${target} is ${kind}: restore writes a regular file, a new path or (with --force) a block device`
+  )
+}
+
+/**
+ * Materialises a disk at a recovery point: the base image (checked against its checksums)
+ * plus every record through `at`, written to `out` atomically (a temporary file, fsynced,
+ * renamed) — or, for a block device and `force`, into the device in place. A seq that is not
+ * a recovery point is refused with the nearest ones named; an `out` that is the receiver's
+ * own, or neither a regular file nor a new path, is refused before anything is written.
  */
 export const restore = Effect.fn("Receiver.restore")(function* (options: {
   readonly dir: string
   readonly diskId?: string | undefined
   readonly at: At
   readonly out: string
+  /** Allows a block device as `out` (written in place). */
+  readonly force?: boolean | undefined
 }) {
   const [disk] = yield* resolve(options.dir, options.diskId, true)
   const { diskDir, meta } = disk!
@@ -178,14 +258,20 @@ export const restore = Effect.fn("Receiver.restore")(function* (options: {
     const all = pointsOf(chain).points
     const target = options.at === "latest" ? all.at(-1)! : all.find((p) => p.seq === options.at)
     if (target === undefined) return yield* refusal(chain, all, options.at as number)
-    const out = path.resolve(options.out)
-    const records = yield* attempt(out, "restore", () => materialise(chain, target.seq, out))
+    const out = yield* Effect.tryPromise({
+      try: () => prepareTarget(options.dir, options.out, options.force === true, diskBytesOf(meta)),
+      catch: (cause) =>
+        cause instanceof RestoreTargetRefused
+          ? cause
+          : new LogIoError({ op: "restore", path: path.resolve(options.out), cause })
+    })
+    const records = yield* attempt(out.path, "restore", () => materialise(chain, target.seq, out))
     if (records === undefined) return undefined
     const restored: Restored = {
       diskId: meta.diskId,
       seq: target.seq,
       time: target.time,
-      out,
+      out: out.path,
       bytes: diskBytesOf(meta),
       records
     }
@@ -205,24 +291,27 @@ export const restore = Effect.fn("Receiver.restore")(function* (options: {
 })
 
 /** Writes the image at `seq` to `out`; the number of records applied, or `undefined` when a fold raced it. */
-const materialise = async (chain: Chain, seq: number, out: string): Promise<number | undefined> => {
+const materialise = async (chain: Chain, seq: number, out: Target): Promise<number | undefined> => {
   const diskBytes = diskBytesOf(chain.meta)
   const geometry = { blockSize: chain.meta.blockSize, blockCount: chain.meta.blockCount }
-  const temp = `${out}.tmp-${process.pid}`
-  const image = await fs.open(temp, "w", 0o644)
+  const device = out._tag === "Device"
+  const temp = `${out.path}.tmp-${process.pid}`
+  // A device is written in place (never renamed over), every byte of the image.
+  const image = device ? await fs.open(out.path, "r+") : await fs.open(temp, "w", 0o644)
   let applied = 0
   let complete = false
   try {
-    await image.truncate(diskBytes)
-    const baseFile = path.join(chain.diskDir, BASE_FILE)
-    const base = await fs.open(baseFile, "r")
+    if (!device) await image.truncate(diskBytes)
+    // The open handle keeps this base even if a fold renames a new one over it.
+    const base = await openBase(chain.diskDir, geometry)
     try {
-      // The open handle keeps this base even if a fold renames a new one over it.
-      const trailer = await readBase(base, baseFile, diskBytes)
-      if (trailer.seq !== chain.base.seq) return undefined
-      await sparseCopy(base, image, diskBytes)
+      if (base.base.seq !== chain.base.seq) return undefined
+      await walkBase(base.handle, base.file, base.base, geometry, {
+        // A new file is all holes: its zero chunks need no write.
+        onChunk: (at, data, zero) => (zero && !device ? undefined : pwriteFully(image, data, at))
+      })
     } finally {
-      await base.close()
+      await base.handle.close()
     }
     for (const segment of chain.segments) {
       const entries: ReadonlyArray<IndexEntry> = segment.entries ?? []
@@ -254,10 +343,11 @@ const materialise = async (chain: Chain, seq: number, out: string): Promise<numb
     complete = true
   } finally {
     await image.close()
-    if (!complete) await fs.unlink(temp).catch(() => undefined)
+    if (!complete && !device) await fs.unlink(temp).catch(() => undefined)
   }
-  await fs.rename(temp, out)
-  await syncDirectory(path.dirname(out))
+  if (device) return applied
+  await fs.rename(temp, out.path)
+  await syncDirectory(path.dirname(out.path))
   return applied
 }
 

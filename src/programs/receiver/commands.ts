@@ -122,10 +122,23 @@ export const restore = Command.make(
     dir,
     disk,
     at,
-    out: Options.text("out").pipe(Options.withDescription("The image file to write (replaced atomically)"))
+    out: Options.text("out").pipe(
+      Options.withDescription(
+        "The image file to write (replaced atomically); never a file inside --dir, nor a device, FIFO or directory"
+      )
+    ),
+    force: Options.boolean("force").pipe(
+      Options.withDescription("Allow --out to be a block device: the image is written into it in place")
+    )
   },
   (o) =>
-    Restore.restore({ dir: o.dir, diskId: Option.getOrUndefined(o.disk), at: o.at, out: o.out }).pipe(
+    Restore.restore({
+      dir: o.dir,
+      diskId: Option.getOrUndefined(o.disk),
+      at: o.at,
+      out: o.out,
+      force: o.force
+    }).pipe(
       Effect.flatMap((r) =>
         Console.log(
           `restored disk ${r.diskId} at seq ${r.seq} (received ${Restore.formatTime(r.time)}): ${r.records} records over the base, ${r.bytes} bytes to ${r.out}`

@@ -1,23 +1,25 @@
 /**
- * One disk's directory: `disk.json` (identity and geometry), `base.img` (the base
- * image with its trailer) and the segments, `<first seq>.seg`, each sealed one with a
+ * One disk's directory: `disk.json` (identity and geometry, checksummed), `base.img` (the
+ * base image, `base.ts`) and the segments, `<first seq>.seg`, each sealed one with a
  * `<first seq>.idx`. `openChain` reads it back — in `recover` mode (the receiver, the
  * only writer) it also repairs what a crash can leave: leftover temporary files,
  * segments already folded into the base, a torn tail (cut off), an index that does not
- * match its segment (rebuilt). In `read` mode (points, restore; possibly while the
- * receiver runs) it changes nothing and ignores a torn tail.
+ * match its segment (rebuilt) or whose segment is gone (removed). In `read` mode (points,
+ * restore; possibly while the receiver runs) it changes nothing and ignores a torn tail.
+ * Nothing is removed because metadata is missing or damaged: `inspectDiskDir` refuses such
+ * a directory instead.
  */
 import { createHash } from "node:crypto"
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
 import { Either, Schema } from "effect"
+import { crc32c } from "../../../adapters/internal/crc32c.js"
+import * as Geometry from "../../../domain/Geometry.js"
+import { anchorDamage, BASE_FILE, type Base, openBase, readBase } from "./base.js"
 import { LogCorrupt } from "./errors.js"
-import { isEnoent, preadFully, readIfExists, removeIfExists, syncDirectory } from "./files.js"
+import { isEnoent, readIfExists, removeIfExists, syncDirectory } from "./files.js"
 import {
-  BASE_TRAILER_BYTES,
-  type BaseTrailer,
   continues,
-  decodeBaseTrailer,
   encodeIndex,
   type IndexEntry,
   indexName,
@@ -27,21 +29,43 @@ import {
 } from "./format.js"
 import { describeDamage, isTorn, readIndex, scanSegment } from "./segment.js"
 
+export { BASE_FILE, readBase }
 export const META_FILE = "disk.json"
-export const BASE_FILE = "base.img"
 export const LOCK_FILE = ".lock"
 
 const Count = Schema.Int.pipe(Schema.nonNegative())
-export const DiskMeta = Schema.Struct({
-  format: Schema.Literal(1),
+const metaFields = {
   diskId: Schema.String.pipe(Schema.minLength(1)),
   blockSize: Count,
   blockCount: Count,
   createdAt: Schema.String
-})
+}
+/** A disk's identity and geometry. Format 1 has no checksum; format 2 (written now) has one. */
+export const DiskMeta = Schema.Struct({ format: Schema.Literal(1, 2), ...metaFields })
 export type DiskMeta = typeof DiskMeta.Type
+const MetaFile = Schema.Union(
+  Schema.Struct({ format: Schema.Literal(1), ...metaFields }),
+  Schema.Struct({ format: Schema.Literal(2), ...metaFields, crc32c: Count })
+)
+const decodeMeta = Schema.decodeUnknownEither(Schema.parseJson(MetaFile))
 
-const decodeMeta = Schema.decodeUnknownEither(Schema.parseJson(DiskMeta))
+/** The checksummed content of `disk.json`: its fields in this order, as compact JSON. */
+const canonicalMeta = (m: DiskMeta): string =>
+  JSON.stringify({
+    format: m.format,
+    diskId: m.diskId,
+    blockSize: m.blockSize,
+    blockCount: m.blockCount,
+    createdAt: m.createdAt
+  })
+
+/** `disk.json` (format 2): the fields and a CRC32C of their canonical form. */
+export const encodeMeta = (m: Omit<DiskMeta, "format">): Buffer => {
+  const meta: DiskMeta = { format: 2, ...m }
+  const canonical = canonicalMeta(meta)
+  const crc = crc32c(Buffer.from(canonical, "utf8"))
+  return Buffer.from(`${canonical.slice(0, -1)},"crc32c":${crc}}\n`, "utf8")
+}
 
 /** Directory name of a disk: the id itself when it is a plain name, else a digest of it. */
 export const diskDirName = (diskId: string): string =>
@@ -51,21 +75,111 @@ export const diskDirName = (diskId: string): string =>
 
 export const diskBytesOf = (meta: DiskMeta): number => meta.blockSize * meta.blockCount
 
-/** `disk.json` of a disk directory; `undefined` when it is missing (an unfinished creation). */
+const RECOVER_META =
+  "the disk is refused; restore disk.json (the geometry is in base.img's trailer, format 2) and restart the receiver, or move the directory out of DIR to start the disk afresh (the filter then resyncs in full)"
+
+/**
+ * `disk.json` of a disk directory, checked (schema, CRC32C for format 2, a valid geometry);
+ * `undefined` when it is missing. Damage is a `LogCorrupt` naming the file.
+ */
 export const readMeta = async (diskDir: string): Promise<DiskMeta | undefined> => {
   const file = path.join(diskDir, META_FILE)
   const bytes = await readIfExists(file)
   if (bytes === undefined) return undefined
   const decoded = decodeMeta(bytes.toString("utf8"))
   if (Either.isLeft(decoded))
-    throw new LogCorrupt({ file, offset: 0, reason: `unreadable: ${decoded.left.message}` })
-  return decoded.right
+    throw new LogCorrupt({ file, offset: 0, reason: `unreadable (${decoded.left.message}); ${RECOVER_META}` })
+  const { format, diskId, blockSize, blockCount, createdAt } = decoded.right
+  const meta: DiskMeta = { format, diskId, blockSize, blockCount, createdAt }
+  if (decoded.right.format === 2 && crc32c(Buffer.from(canonicalMeta(meta), "utf8")) !== decoded.right.crc32c)
+    throw new LogCorrupt({
+      file,
+      offset: 0,
+      reason: `CRC32C mismatch: the file was edited or damaged; ${RECOVER_META}`
+    })
+  const geometry = Geometry.make(blockSize, blockCount)
+  if (Either.isLeft(geometry))
+    throw new LogCorrupt({ file, offset: 0, reason: `${geometry.left.message}; ${RECOVER_META}` })
+  return meta
 }
 
-/** The disks a receiver directory holds, by id. */
-export const listDisks = async (
-  dir: string
-): Promise<ReadonlyArray<{ readonly diskDir: string; readonly meta: DiskMeta }>> => {
+/** What a directory in a receiver directory holds. */
+export type DiskDir =
+  | { readonly _tag: "Disk"; readonly diskDir: string; readonly meta: DiskMeta }
+  /** No such directory. */
+  | { readonly _tag: "Absent"; readonly diskDir: string }
+  /** No `disk.json`, and provably nothing acked: no segment, no base past seq 0, nothing else. */
+  | { readonly _tag: "Unfinished"; readonly diskDir: string }
+  /** `disk.json` missing or damaged while the directory may hold acked records: refused. */
+  | { readonly _tag: "Refused"; readonly diskDir: string; readonly error: LogCorrupt }
+  /** `disk.json` names a disk whose directory is another (the directory was renamed or copied). */
+  | { readonly _tag: "Misplaced"; readonly diskDir: string; readonly meta: DiskMeta }
+
+/** The files a disk's creation writes before its `disk.json` (and nothing acked among them). */
+const CREATION_FILES = new Set([BASE_FILE, `${BASE_FILE}.tmp`, `${META_FILE}.tmp`])
+
+/**
+ * Classifies a disk directory. Nothing here deletes: a directory without `disk.json` that
+ * may hold acked records is `Refused`, with the evidence and the way to recover.
+ */
+export const inspectDiskDir = async (diskDir: string): Promise<DiskDir> => {
+  let meta: DiskMeta | undefined
+  try {
+    meta = await readMeta(diskDir)
+  } catch (e) {
+    if (e instanceof LogCorrupt) return { _tag: "Refused", diskDir, error: e }
+    throw e
+  }
+  const name = path.basename(diskDir)
+  if (meta !== undefined)
+    return diskDirName(meta.diskId) === name
+      ? { _tag: "Disk", diskDir, meta }
+      : { _tag: "Misplaced", diskDir, meta }
+  let names: Array<string>
+  try {
+    names = await fs.readdir(diskDir)
+  } catch (e) {
+    if (isEnoent(e)) return { _tag: "Absent", diskDir }
+    throw e
+  }
+  const evidence: Array<string> = []
+  const logFiles = names.filter((n) => parseSegmentName(n.replace(/\.idx$/, ".seg")) !== undefined)
+  if (logFiles.length > 0) evidence.push(`${logFiles.length} segment and index files`)
+  let base: Base | undefined
+  if (names.includes(BASE_FILE)) {
+    try {
+      const opened = await openBase(diskDir, undefined)
+      await opened.handle.close()
+      base = opened.base
+      if (base.seq > 0) evidence.push(`a base image at seq ${base.seq}`)
+    } catch (e) {
+      if (!(e instanceof LogCorrupt)) throw e
+      evidence.push(`an unreadable base image (${e.reason})`)
+    }
+  }
+  const other = names.filter((n) => !CREATION_FILES.has(n) && !logFiles.includes(n))
+  if (other.length > 0) evidence.push(`other files (${other.slice(0, 5).join(", ")})`)
+  if (evidence.length === 0) return { _tag: "Unfinished", diskDir }
+  const diskId = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/.test(name) ? name : undefined
+  const content =
+    base?.format === 2 && diskId !== undefined
+      ? `, e.g. ${encodeMeta({ diskId, blockSize: base.blockSize, blockCount: base.blockCount, createdAt: new Date().toISOString() }).toString("utf8").trim()}`
+      : base?.format === 2
+        ? ` (the disk's id, and ${base.blockCount} blocks of ${base.blockSize} bytes as base.img's trailer says)`
+        : ""
+  return {
+    _tag: "Refused",
+    diskDir,
+    error: new LogCorrupt({
+      file: path.join(diskDir, META_FILE),
+      offset: 0,
+      reason: `missing, but the directory holds ${evidence.join(", ")}: the disk is refused rather than created afresh over acked records. To recover, write disk.json again${content} and restart the receiver; or move the directory out of DIR to start the disk afresh (the filter then resyncs in full)`
+    })
+  }
+}
+
+/** Every directory of a receiver directory (names starting with "." are the receiver's own). */
+export const surveyDisks = async (dir: string): Promise<ReadonlyArray<DiskDir>> => {
   let names: Array<string>
   try {
     names = await fs.readdir(dir)
@@ -73,35 +187,31 @@ export const listDisks = async (
     if (isEnoent(e)) return []
     throw e
   }
-  const disks: Array<{ diskDir: string; meta: DiskMeta }> = []
+  const found: Array<DiskDir> = []
   for (const name of names.sort()) {
     if (name.startsWith(".")) continue
     const diskDir = path.join(dir, name)
     const stat = await fs.stat(diskDir).catch(() => undefined)
     if (stat === undefined || !stat.isDirectory()) continue
-    const meta = await readMeta(diskDir)
-    if (meta !== undefined) disks.push({ diskDir, meta })
+    found.push(await inspectDiskDir(diskDir))
   }
-  return disks
+  return found
 }
 
-export const readBase = async (
-  handle: fs.FileHandle,
-  file: string,
-  diskBytes: number
-): Promise<BaseTrailer> => {
-  const { size } = await handle.stat()
-  if (size !== diskBytes + BASE_TRAILER_BYTES)
-    throw new LogCorrupt({
-      file,
-      offset: 0,
-      reason: `${size} bytes, expected ${diskBytes + BASE_TRAILER_BYTES} (the image and its trailer)`
-    })
-  const trailer = Buffer.allocUnsafe(BASE_TRAILER_BYTES)
-  await preadFully(handle, trailer, diskBytes)
-  const decoded = decodeBaseTrailer(trailer)
-  if (typeof decoded === "string") throw new LogCorrupt({ file, offset: diskBytes, reason: decoded })
-  return decoded
+/**
+ * The disks a receiver directory holds, by id. A directory refused (its `disk.json` missing
+ * with records beside it, or damaged) is thrown; unfinished creations and renamed copies are
+ * left out.
+ */
+export const listDisks = async (
+  dir: string
+): Promise<ReadonlyArray<{ readonly diskDir: string; readonly meta: DiskMeta }>> => {
+  const disks: Array<{ diskDir: string; meta: DiskMeta }> = []
+  for (const d of await surveyDisks(dir)) {
+    if (d._tag === "Refused") throw d.error
+    if (d._tag === "Disk") disks.push({ diskDir: d.diskDir, meta: d.meta })
+  }
+  return disks
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -131,7 +241,7 @@ export interface Note {
 export interface Chain {
   readonly diskDir: string
   readonly meta: DiskMeta
-  readonly base: BaseTrailer
+  readonly base: Base
   readonly segments: Array<Segment>
   /** Seq of the last record held (the base's when the log is empty). */
   readonly lastSeq: number
@@ -204,15 +314,23 @@ export const openChain = async (
         await removeIfExists(path.join(diskDir, name))
         notes.push({ message: "removed a leftover temporary file", annotations: { file: name } })
       }
+  // An index is derived data: one whose segment is gone (a fold cut short) is removed.
+  if (recover)
+    for (const name of names) {
+      const segment = name.replace(/\.idx$/, ".seg")
+      if (segment !== name && parseSegmentName(segment) !== undefined && !names.includes(segment)) {
+        await removeIfExists(path.join(diskDir, name))
+        notes.push({ message: "removed an index whose segment is gone", annotations: { file: name } })
+      }
+    }
 
-  const baseFile = path.join(diskDir, BASE_FILE)
-  const baseHandle = await fs.open(baseFile, "r")
-  let base: BaseTrailer
-  try {
-    base = await readBase(baseHandle, baseFile, diskBytesOf(meta))
-  } finally {
-    await baseHandle.close()
-  }
+  // The trailer, checked against disk.json's geometry and the file's size.
+  const opened = await openBase(diskDir, { blockSize: meta.blockSize, blockCount: meta.blockCount })
+  await opened.handle.close()
+  const base = opened.base
+  // Before anything is removed as folded: the base's seq must agree with the segments.
+  const anchor = await anchorDamage(diskDir, base, names)
+  if (anchor !== undefined) throw anchor
 
   let files = names
     .map((name) => ({ name, firstSeq: parseSegmentName(name) }))
@@ -223,9 +341,10 @@ export const openChain = async (
   if (folded.length > 0) {
     files = files.filter((f) => !folded.includes(f))
     if (recover) {
+      // The index first: a kill in between leaves a segment (removed next time), not an orphan index.
       for (const f of folded) {
-        await removeIfExists(path.join(diskDir, f.name))
         await removeIfExists(path.join(diskDir, indexName(f.name)))
+        await removeIfExists(path.join(diskDir, f.name))
       }
       await syncDirectory(diskDir)
       notes.push({
@@ -331,8 +450,8 @@ export const openChain = async (
   if (segments.length > 0 && segments[segments.length - 1]!.lastSeq < base.seq) {
     const gone = segments.pop()!
     if (recover) {
-      await removeIfExists(path.join(diskDir, gone.name))
       await removeIfExists(path.join(diskDir, indexName(gone.name)))
+      await removeIfExists(path.join(diskDir, gone.name))
       await syncDirectory(diskDir)
     }
   }

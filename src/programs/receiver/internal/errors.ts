@@ -86,6 +86,16 @@ export class NotARecoveryPoint extends Data.TaggedError("NotARecoveryPoint")<{
   }
 }
 
+/** `restore --out` names something it must not write: the receiver's own files, a device, … */
+export class RestoreTargetRefused extends Data.TaggedError("RestoreTargetRefused")<{
+  readonly out: string
+  readonly reason: string
+}> {
+  override get message() {
+    return `--out ${this.out}: ${this.reason}`
+  }
+}
+
 /** A command-line value that does not parse (`--retain`, `--segment-bytes`, `--at`). */
 export class InvalidOption extends Data.TaggedError("InvalidOption")<{
   readonly option: string

@@ -229,6 +229,97 @@ export const decodeBaseTrailer = (b: Uint8Array): BaseTrailer | string => {
   return { seq, time }
 }
 
+/** Whether `b` (a trailer's bytes) starts with the format-1 magic. */
+export const hasBaseMagic = (b: Uint8Array): boolean => asBuffer(b).subarray(0, 8).equals(BASE_MAGIC)
+
+// Base image, format 2: the image, a checksum table (one CRC32C per `unitBytes` of the image,
+// u32 each), then this 64-byte trailer, which ends the file:
+//
+// | offset | size | field |
+// | ---: | ---: | --- |
+// | 0 | 8 | magic `CDPSBAS2` |
+// | 8 | 8 | seq the image is at (0: the empty disk) |
+// | 16 | 8 | receive time of that record |
+// | 24 | 8 | block count |
+// | 32 | 4 | block size |
+// | 36 | 4 | checksum unit, bytes (a power of two, 4 KiB to 1 MiB) |
+// | 40 | 4 | CRC32C of the checksum table |
+// | 44 | 4 | anchor: CRC32C of bytes 0..35 of record `seq`'s header (0 for seq 0) |
+// | 48 | 12 | reserved, 0 |
+// | 60 | 4 | CRC32C of bytes 0..59 |
+
+export const BASE_TRAILER_V2_BYTES = 64
+const BASE_MAGIC_V2 = Buffer.from("CDPSBAS2", "latin1")
+export const MIN_BASE_UNIT = 4096
+export const MAX_BASE_UNIT = 1 << 20
+
+export interface BaseTrailerV2 extends BaseTrailer {
+  readonly blockSize: number
+  readonly blockCount: number
+  readonly unitBytes: number
+  readonly tableCrc: number
+  readonly anchor: number
+}
+
+export const encodeBaseTrailerV2 = (t: BaseTrailerV2): Buffer => {
+  const b = Buffer.alloc(BASE_TRAILER_V2_BYTES)
+  BASE_MAGIC_V2.copy(b, 0)
+  putU64(b, 8, t.seq)
+  putU64(b, 16, t.time)
+  putU64(b, 24, t.blockCount)
+  b.writeUInt32LE(t.blockSize >>> 0, 32)
+  b.writeUInt32LE(t.unitBytes >>> 0, 36)
+  b.writeUInt32LE(t.tableCrc >>> 0, 40)
+  b.writeUInt32LE(t.anchor >>> 0, 44)
+  b.writeUInt32LE(crc32c(b.subarray(0, 60)), 60)
+  return b
+}
+
+/** Whether `b` (a trailer's bytes) starts with the format-2 magic. */
+export const hasBaseMagicV2 = (b: Uint8Array): boolean => asBuffer(b).subarray(0, 8).equals(BASE_MAGIC_V2)
+
+export const decodeBaseTrailerV2 = (b: Uint8Array): BaseTrailerV2 | string => {
+  if (b.length < BASE_TRAILER_V2_BYTES) return "short base trailer"
+  const buf = asBuffer(b)
+  if (!hasBaseMagicV2(buf)) return "bad base trailer magic"
+  if (crc32c(buf.subarray(0, 60)) !== readU32(b, 60)) return "base trailer CRC32C mismatch"
+  const seq = getU64(b, 8)
+  const time = getU64(b, 16)
+  const blockCount = getU64(b, 24)
+  const unitBytes = readU32(b, 36)
+  if (seq < 0 || time < 0 || blockCount < 0) return "base trailer fields out of range"
+  if (unitBytes < MIN_BASE_UNIT || unitBytes > MAX_BASE_UNIT || (unitBytes & (unitBytes - 1)) !== 0)
+    return `implausible checksum unit ${unitBytes}`
+  if (!buf.subarray(48, 60).equals(Buffer.alloc(12))) return "reserved trailer bytes are not zero"
+  return {
+    seq,
+    time,
+    blockCount,
+    blockSize: readU32(b, 32),
+    unitBytes,
+    tableCrc: readU32(b, 40),
+    anchor: readU32(b, 44)
+  }
+}
+
+/**
+ * The anchor of a record: CRC32C of the first 36 bytes of its header as stored (flags
+ * included). A base at seq S carries the anchor of record S, so a trailer whose seq was
+ * changed does not match the segment that still holds record S.
+ */
+export const recordAnchor = (h: RecordHeader): number => {
+  const b = Buffer.allocUnsafe(36)
+  b.writeUInt32LE(h.length, 0)
+  b[4] = h.kind
+  b[5] = h.flags
+  b.writeUInt16LE(0, 6)
+  b.writeUInt32LE(h.epoch >>> 0, 8)
+  putU64(b, 12, h.seq)
+  putU64(b, 20, h.position)
+  putU64(b, 28, h.time)
+  return crc32c(b)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Segment index: what a sealed segment holds, without reading its payloads.
 
