@@ -18,6 +18,7 @@ export const Header = Schema.Struct({
 export type Header = typeof Header.Type
 
 export type TraceErrorKind =
+  | "line-too-long"
   | "bad-json"
   | "not-an-object"
   | "missing-header"
@@ -32,6 +33,8 @@ export class TraceError extends Data.TaggedError("TraceError")<{
   readonly detail: string
   /** The offending line, cut to a readable length. */
   readonly text: string
+  /** Byte offset of the offending line's start in the stream (set for `line-too-long`). */
+  readonly offset?: number
 }> {
   override get message() {
     return `line ${this.line}: ${this.kind}: ${this.detail}`
@@ -39,6 +42,52 @@ export class TraceError extends Data.TaggedError("TraceError")<{
 }
 
 const excerpt = (text: string) => (text.length > 200 ? `${text.slice(0, 200)}…` : text)
+
+/**
+ * The longest line a reader accepts by default: 1 MiB of UTF-8, not counting its line
+ * end. An event line is a few hundred bytes; the cap keeps a reader's memory bounded
+ * whatever it is fed (a file without newlines, `/dev/zero`).
+ */
+export const DEFAULT_MAX_LINE_BYTES = 1 << 20
+
+export interface ReadOptions {
+  /** Lines longer than this many bytes (not counting `\n` / `\r\n`) are refused (default 1 MiB). */
+  readonly maxLineBytes?: number | undefined
+}
+
+const maxLineBytesOf = (options: ReadOptions | undefined): number => {
+  const max = options?.maxLineBytes ?? DEFAULT_MAX_LINE_BYTES
+  if (!Number.isSafeInteger(max) || max < 1)
+    throw new RangeError(`maxLineBytes must be a positive integer, got ${max}`)
+  return max
+}
+
+const lineTooLong = (line: number, offset: number, max: number, head: string): TraceError =>
+  new TraceError({
+    line,
+    kind: "line-too-long",
+    detail: `the line starting at byte ${offset} is longer than ${max} bytes`,
+    text: excerpt(head),
+    offset
+  })
+
+/** UTF-8 length of a string (lone surrogates count 3, as `TextEncoder` writes U+FFFD). */
+const utf8Length = (text: string): number => {
+  let n = 0
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i)
+    if (c < 0x80) n += 1
+    else if (c < 0x800) n += 2
+    else if (c >= 0xd800 && c <= 0xdbff && i + 1 < text.length) {
+      const d = text.charCodeAt(i + 1)
+      if (d >= 0xdc00 && d <= 0xdfff) {
+        n += 4
+        i++
+      } else n += 3
+    } else n += 3
+  }
+  return n
+}
 
 export const encodeHeader = (header: Omit<Header, "type" | "version">): string =>
   JSON.stringify({
@@ -217,23 +266,48 @@ export const decodeEvent = (text: string, line: number): Either.Either<Event.Eve
 /**
  * Splits a stream of text chunks into lines, carrying a partial last line over.
  * Accepts `\n` and `\r\n`; a final line without a newline is returned by `end`.
+ * A line longer than `maxLineBytes` (UTF-8) stops it: the lines before it are
+ * returned, and `overflow` says which line it is and where it starts.
  */
 export class LineSplitter {
   private carry = ""
+  private readonly max: number
+  /** Lines returned so far, and the UTF-8 bytes they took (line ends included). */
+  private lines = 0
+  private offset = 0
+  overflow: TraceError | undefined = undefined
+  constructor(options?: ReadOptions) {
+    this.max = maxLineBytesOf(options)
+  }
   push(chunk: string): Array<string> {
-    const text = this.carry + chunk
-    const lines = text.split("\n")
-    this.carry = lines.pop() ?? ""
-    for (let i = 0; i < lines.length; i++) {
-      const l = lines[i]!
-      if (l.endsWith("\r")) lines[i] = l.slice(0, -1)
+    if (this.overflow !== undefined) return []
+    const parts = (this.carry + chunk).split("\n")
+    const carry = parts.pop() ?? ""
+    const out: Array<string> = []
+    for (const raw of parts) {
+      const line = raw.endsWith("\r") ? raw.slice(0, -1) : raw
+      if (!this.fits(line, line)) return out
+      out.push(line)
+      this.lines++
+      this.offset += utf8Length(raw) + 1
     }
-    return lines
+    // The partial line, bounded too: it might never end.
+    if (!this.fits(carry.endsWith("\r") ? carry.slice(0, -1) : carry, carry)) return out
+    this.carry = carry
+    return out
   }
   end(): Array<string> {
+    if (this.overflow !== undefined) return []
     const rest = this.carry.endsWith("\r") ? this.carry.slice(0, -1) : this.carry
     this.carry = ""
     return rest.length > 0 ? [rest] : []
+  }
+  private fits(line: string, raw: string): boolean {
+    // A UTF-16 unit is at least one UTF-8 byte: only short enough lines need counting.
+    if (line.length <= this.max && (line.length * 3 <= this.max || utf8Length(line) <= this.max)) return true
+    this.overflow = lineTooLong(this.lines + 1, this.offset, this.max, raw.slice(0, 200))
+    this.carry = ""
+    return false
   }
 }
 
@@ -243,18 +317,23 @@ export type Decoded =
 
 /**
  * Streaming decoder: feed chunks, get decoded lines back in order. The first
- * non-blank line must be the header; blank lines are skipped.
+ * non-blank line must be the header; blank lines are skipped. A line longer than
+ * `maxLineBytes` is a `line-too-long` error.
  */
 export class Decoder {
-  private readonly splitter = new LineSplitter()
+  private readonly splitter: LineSplitter
   private lineNo = 0
   private header: Header | undefined
+  private overflowReported = false
+  constructor(options?: ReadOptions) {
+    this.splitter = new LineSplitter(options)
+  }
   /** Decodes the complete lines in `chunk`; stops at the first error (it is the last element). */
   push(chunk: string): Array<Either.Either<Decoded, TraceError>> {
-    return this.decodeLines(this.splitter.push(chunk))
+    return this.overflowed(this.decodeLines(this.splitter.push(chunk)))
   }
   end(): Array<Either.Either<Decoded, TraceError>> {
-    const out = this.decodeLines(this.splitter.end())
+    const out = this.overflowed(this.decodeLines(this.splitter.end()))
     if (this.header === undefined && !out.some(Either.isLeft))
       out.push(
         Either.left(
@@ -266,6 +345,17 @@ export class Decoder {
           })
         )
       )
+    return out
+  }
+  /** The splitter's `line-too-long`, after the lines before it (unless one of them failed). */
+  private overflowed(
+    out: Array<Either.Either<Decoded, TraceError>>
+  ): Array<Either.Either<Decoded, TraceError>> {
+    const overflow = this.splitter.overflow
+    if (overflow !== undefined && !this.overflowReported && !out.some(Either.isLeft)) {
+      this.overflowReported = true
+      out.push(Either.left(overflow))
+    }
     return out
   }
   private decodeLines(lines: ReadonlyArray<string>): Array<Either.Either<Decoded, TraceError>> {
@@ -615,7 +705,9 @@ export const decodeEventBytes = (
  * it calls the visitor for the header and each event, in order, allocating nothing
  * per line beyond the event. The visitor returns `undefined` to go on, or a value
  * to stop with. The same lines as `Decoder`: `\n` or `\r\n`, blank lines skipped,
- * the first non-blank line must be the header.
+ * the first non-blank line must be the header, a line longer than `maxLineBytes` is
+ * a `line-too-long` error (found as soon as its bytes exceed it: memory stays bounded
+ * by the cap and the chunk size whatever the input, a stream without newlines too).
  */
 export interface Visitor<R> {
   readonly header: (header: Header, line: number) => R | undefined
@@ -625,41 +717,68 @@ export interface Visitor<R> {
 const empty = new Uint8Array(0)
 
 export class StreamDecoder<R> {
-  /** A partial last line, carried over to the next chunk. */
+  /** A partial last line, carried over to the next chunk: `carry[0, carried)`, grown by doubling. */
   private carry: Uint8Array = empty
+  private carried = 0
+  /** Stream offset of the carried line's start, and of the chunk being pushed. */
+  private carryAt = 0
+  private consumed = 0
   private lineNo = 0
   private seenHeader = false
-  constructor(private readonly visitor: Visitor<R>) {}
+  private readonly max: number
+  constructor(
+    private readonly visitor: Visitor<R>,
+    options?: ReadOptions
+  ) {
+    this.max = maxLineBytesOf(options)
+  }
 
   /** Decodes the complete lines of `chunk`: `undefined` to go on, else the error or the visitor's value that stopped it. */
   push(chunk: Uint8Array): R | TraceError | undefined {
+    const at = this.consumed
+    this.consumed += chunk.length
     let start = 0
-    if (this.carry.length > 0) {
+    if (this.carried > 0) {
       // Only the line that straddles the boundary is copied.
       const nl = chunk.indexOf(10)
-      if (nl < 0) {
-        this.carry = concat(this.carry, chunk)
-        return undefined
-      }
-      const joined = concat(this.carry, chunk.subarray(0, nl))
-      this.carry = empty
-      const stop = this.line(joined, 0, trimCr(joined, 0, joined.length))
+      const end = nl < 0 ? chunk.length : nl
+      const cr = end > 0 ? chunk[end - 1] === 13 : this.carry[this.carried - 1] === 13
+      const length = this.carried + end - (cr ? 1 : 0)
+      // Without its newline yet, a trailing "\r" may still be its line end.
+      if (length > this.max) return this.tooLong(this.carry, 0, this.carryAt)
+      this.append(chunk.subarray(0, end))
+      if (nl < 0) return undefined
+      const line = this.carry.subarray(0, this.carried)
+      this.carried = 0
+      const stop = this.line(line, 0, trimCr(line, 0, line.length))
       if (stop !== undefined) return stop
       start = nl + 1
     }
     for (let nl = chunk.indexOf(10, start); nl >= 0; nl = chunk.indexOf(10, start)) {
-      const stop = this.line(chunk, start, trimCr(chunk, start, nl))
+      const to = trimCr(chunk, start, nl)
+      if (to - start > this.max) return this.tooLong(chunk, start, at + start)
+      const stop = this.line(chunk, start, to)
       start = nl + 1
       if (stop !== undefined) return stop
     }
-    if (start < chunk.length) this.carry = chunk.slice(start)
+    if (start < chunk.length) {
+      if (trimCr(chunk, start, chunk.length) - start > this.max) return this.tooLong(chunk, start, at + start)
+      this.carryAt = at + start
+      this.append(chunk.subarray(start))
+    }
     return undefined
+  }
+
+  /** Counts `bytes` the caller dropped from the stream before the next chunk (a byte-order mark), for offsets. */
+  skipped(bytes: number): void {
+    this.consumed += bytes
   }
 
   /** Decodes a last line without a newline; an error if there was no header at all. */
   end(): R | TraceError | undefined {
-    const rest = this.carry
+    const rest = this.carry.subarray(0, this.carried)
     this.carry = empty
+    this.carried = 0
     if (rest.length > 0) {
       const stop = this.line(rest, 0, trimCr(rest, 0, rest.length))
       if (stop !== undefined) return stop
@@ -688,14 +807,29 @@ export class StreamDecoder<R> {
     const event = decodeEventBytes(b, line, from, to)
     return event instanceof TraceError ? event : this.visitor.event(event, line)
   }
+
+  private append(bytes: Uint8Array): void {
+    const need = this.carried + bytes.length
+    if (need > this.carry.length) {
+      // Doubling: a long line in small chunks is copied O(length) times in all, not O(length²).
+      const grown = new Uint8Array(Math.max(need, Math.min(2 * this.carry.length, this.max + 2), 256))
+      grown.set(this.carry.subarray(0, this.carried))
+      this.carry = grown
+    }
+    this.carry.set(bytes, this.carried)
+    this.carried = need
+  }
+
+  /** The line starting at `b[from]` (stream offset `offset`) is over the cap: refused, and nothing kept. */
+  private tooLong(b: Uint8Array, from: number, offset: number): TraceError {
+    const head = utf8.decode(
+      b.subarray(from, Math.min(from + 200, from === 0 && b === this.carry ? this.carried : b.length))
+    )
+    this.carry = empty
+    this.carried = 0
+    return lineTooLong(this.lineNo + 1, offset, this.max, head)
+  }
 }
 
 const trimCr = (b: Uint8Array, from: number, to: number): number =>
   to > from && b[to - 1] === 13 ? to - 1 : to
-
-const concat = (a: Uint8Array, b: Uint8Array): Uint8Array => {
-  const out = new Uint8Array(a.length + b.length)
-  out.set(a, 0)
-  out.set(b, a.length)
-  return out
-}
