@@ -7,6 +7,7 @@ import { Data, Either, ParseResult, Schema } from "effect"
 import { Initial } from "./Config.js"
 import * as Event from "./Event.js"
 import * as Geometry from "./Geometry.js"
+import { decodeFlat } from "./internal/traceFlat.js"
 
 export const Header = Schema.Struct({
   type: Schema.Literal("header"),
@@ -18,6 +19,7 @@ export const Header = Schema.Struct({
 export type Header = typeof Header.Type
 
 export type TraceErrorKind =
+  | "line-too-long"
   | "bad-json"
   | "not-an-object"
   | "missing-header"
@@ -32,6 +34,8 @@ export class TraceError extends Data.TaggedError("TraceError")<{
   readonly detail: string
   /** The offending line, cut to a readable length. */
   readonly text: string
+  /** Byte offset of the offending line's start in the stream (set for `line-too-long`). */
+  readonly offset?: number
 }> {
   override get message() {
     return `line ${this.line}: ${this.kind}: ${this.detail}`
@@ -39,6 +43,52 @@ export class TraceError extends Data.TaggedError("TraceError")<{
 }
 
 const excerpt = (text: string) => (text.length > 200 ? `${text.slice(0, 200)}…` : text)
+
+/**
+ * The longest line a reader accepts by default: 1 MiB of UTF-8, not counting its line
+ * end. An event line is a few hundred bytes; the cap keeps a reader's memory bounded
+ * whatever it is fed (a file without newlines, `/dev/zero`).
+ */
+export const DEFAULT_MAX_LINE_BYTES = 1 << 20
+
+export interface ReadOptions {
+  /** Lines longer than this many bytes (not counting `\n` / `\r\n`) are refused (default 1 MiB). */
+  readonly maxLineBytes?: number | undefined
+}
+
+const maxLineBytesOf = (options: ReadOptions | undefined): number => {
+  const max = options?.maxLineBytes ?? DEFAULT_MAX_LINE_BYTES
+  if (!Number.isSafeInteger(max) || max < 1)
+    throw new RangeError(`maxLineBytes must be a positive integer, got ${max}`)
+  return max
+}
+
+const lineTooLong = (line: number, offset: number, max: number, head: string): TraceError =>
+  new TraceError({
+    line,
+    kind: "line-too-long",
+    detail: `the line starting at byte ${offset} is longer than ${max} bytes`,
+    text: excerpt(head),
+    offset
+  })
+
+/** UTF-8 length of a string (lone surrogates count 3, as `TextEncoder` writes U+FFFD). */
+const utf8Length = (text: string): number => {
+  let n = 0
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i)
+    if (c < 0x80) n += 1
+    else if (c < 0x800) n += 2
+    else if (c >= 0xd800 && c <= 0xdbff && i + 1 < text.length) {
+      const d = text.charCodeAt(i + 1)
+      if (d >= 0xdc00 && d <= 0xdfff) {
+        n += 4
+        i++
+      } else n += 3
+    } else n += 3
+  }
+  return n
+}
 
 export const encodeHeader = (header: Omit<Header, "type" | "version">): string =>
   JSON.stringify({
@@ -217,23 +267,48 @@ export const decodeEvent = (text: string, line: number): Either.Either<Event.Eve
 /**
  * Splits a stream of text chunks into lines, carrying a partial last line over.
  * Accepts `\n` and `\r\n`; a final line without a newline is returned by `end`.
+ * A line longer than `maxLineBytes` (UTF-8) stops it: the lines before it are
+ * returned, and `overflow` says which line it is and where it starts.
  */
 export class LineSplitter {
   private carry = ""
+  private readonly max: number
+  /** Lines returned so far, and the UTF-8 bytes they took (line ends included). */
+  private lines = 0
+  private offset = 0
+  overflow: TraceError | undefined = undefined
+  constructor(options?: ReadOptions) {
+    this.max = maxLineBytesOf(options)
+  }
   push(chunk: string): Array<string> {
-    const text = this.carry + chunk
-    const lines = text.split("\n")
-    this.carry = lines.pop() ?? ""
-    for (let i = 0; i < lines.length; i++) {
-      const l = lines[i]!
-      if (l.endsWith("\r")) lines[i] = l.slice(0, -1)
+    if (this.overflow !== undefined) return []
+    const parts = (this.carry + chunk).split("\n")
+    const carry = parts.pop() ?? ""
+    const out: Array<string> = []
+    for (const raw of parts) {
+      const line = raw.endsWith("\r") ? raw.slice(0, -1) : raw
+      if (!this.fits(line, line)) return out
+      out.push(line)
+      this.lines++
+      this.offset += utf8Length(raw) + 1
     }
-    return lines
+    // The partial line, bounded too: it might never end.
+    if (!this.fits(carry.endsWith("\r") ? carry.slice(0, -1) : carry, carry)) return out
+    this.carry = carry
+    return out
   }
   end(): Array<string> {
+    if (this.overflow !== undefined) return []
     const rest = this.carry.endsWith("\r") ? this.carry.slice(0, -1) : this.carry
     this.carry = ""
     return rest.length > 0 ? [rest] : []
+  }
+  private fits(line: string, raw: string): boolean {
+    // A UTF-16 unit is at least one UTF-8 byte: only short enough lines need counting.
+    if (line.length <= this.max && (line.length * 3 <= this.max || utf8Length(line) <= this.max)) return true
+    this.overflow = lineTooLong(this.lines + 1, this.offset, this.max, raw.slice(0, 200))
+    this.carry = ""
+    return false
   }
 }
 
@@ -243,18 +318,23 @@ export type Decoded =
 
 /**
  * Streaming decoder: feed chunks, get decoded lines back in order. The first
- * non-blank line must be the header; blank lines are skipped.
+ * non-blank line must be the header; blank lines are skipped. A line longer than
+ * `maxLineBytes` is a `line-too-long` error.
  */
 export class Decoder {
-  private readonly splitter = new LineSplitter()
+  private readonly splitter: LineSplitter
   private lineNo = 0
   private header: Header | undefined
+  private overflowReported = false
+  constructor(options?: ReadOptions) {
+    this.splitter = new LineSplitter(options)
+  }
   /** Decodes the complete lines in `chunk`; stops at the first error (it is the last element). */
   push(chunk: string): Array<Either.Either<Decoded, TraceError>> {
-    return this.decodeLines(this.splitter.push(chunk))
+    return this.overflowed(this.decodeLines(this.splitter.push(chunk)))
   }
   end(): Array<Either.Either<Decoded, TraceError>> {
-    const out = this.decodeLines(this.splitter.end())
+    const out = this.overflowed(this.decodeLines(this.splitter.end()))
     if (this.header === undefined && !out.some(Either.isLeft))
       out.push(
         Either.left(
@@ -266,6 +346,17 @@ export class Decoder {
           })
         )
       )
+    return out
+  }
+  /** The splitter's `line-too-long`, after the lines before it (unless one of them failed). */
+  private overflowed(
+    out: Array<Either.Either<Decoded, TraceError>>
+  ): Array<Either.Either<Decoded, TraceError>> {
+    const overflow = this.splitter.overflow
+    if (overflow !== undefined && !this.overflowReported && !out.some(Either.isLeft)) {
+      this.overflowReported = true
+      out.push(Either.left(overflow))
+    }
     return out
   }
   private decodeLines(lines: ReadonlyArray<string>): Array<Either.Either<Decoded, TraceError>> {
@@ -305,294 +396,10 @@ export class Decoder {
 // and goes through `decodeEvent` (test/conformance/trace-bytes.test.ts checks the
 // two agree).
 
+// The flat-object scanner is internal/traceFlat.ts.
+
 // `ignoreBOM`: keep a U+FEFF in the text, as decoding the whole stream would.
 const utf8 = new TextDecoder("utf-8", { ignoreBOM: true })
-
-// Slots of the known fields; the values of the line being scanned (reset per line).
-const TYPE = 0
-const SEQ = 1
-const OFFSET = 2
-const LENGTH = 3
-const REASON = 4
-const RECEIVER_SEQ = 5
-const EPOCH = 6
-const BLOCKS = 7
-const BLOCK = 8
-const EXPECTED = 9
-const SLOTS = 10
-const NONE = -1
-const slots: Array<unknown> = [
-  undefined,
-  undefined,
-  undefined,
-  undefined,
-  undefined,
-  undefined,
-  undefined,
-  undefined,
-  undefined,
-  undefined
-]
-/** A string value in a slot: its bytes are `textFrom[slot]` to `textTo[slot]` (decoded only when needed). */
-const TEXT: unknown = Symbol("text")
-const textFrom = new Float64Array(SLOTS)
-const textTo = new Float64Array(SLOTS)
-
-/** Whether `b[from, from + word.length)` spells the ASCII `word`. */
-const bytesAre = (b: Uint8Array, from: number, word: string): boolean => {
-  for (let k = 0; k < word.length; k++) if (b[from + k] !== word.charCodeAt(k)) return false
-  return true
-}
-
-/** The slot of the key `b[from, from + n)`, or `NONE` for a field no event has. */
-const slotOf = (b: Uint8Array, from: number, n: number): number => {
-  switch (n) {
-    case 3:
-      return bytesAre(b, from, "seq") ? SEQ : NONE
-    case 4:
-      return bytesAre(b, from, "type") ? TYPE : NONE
-    case 5:
-      return b[from] === 101
-        ? bytesAre(b, from, "epoch")
-          ? EPOCH
-          : NONE
-        : bytesAre(b, from, "block")
-          ? BLOCK
-          : NONE
-    case 6:
-      switch (b[from]) {
-        case 111:
-          return bytesAre(b, from, "offset") ? OFFSET : NONE
-        case 108:
-          return bytesAre(b, from, "length") ? LENGTH : NONE
-        case 114:
-          return bytesAre(b, from, "reason") ? REASON : NONE
-        default:
-          return bytesAre(b, from, "blocks") ? BLOCKS : NONE
-      }
-    case 8:
-      return bytesAre(b, from, "expected") ? EXPECTED : NONE
-    case 11:
-      return bytesAre(b, from, "receiverSeq") ? RECEIVER_SEQ : NONE
-    default:
-      return NONE
-  }
-}
-
-/** The event type spelled by `b[from, from + n)` (the interned constant), or `undefined`. */
-const typeOf = (b: Uint8Array, from: number, n: number): Event.EventType | undefined => {
-  let name: Event.EventType
-  switch (n) {
-    case 5:
-      name = "Acked"
-      break
-    case 8:
-      name = "LinkLost"
-      break
-    case 9:
-      name = "BlockSent"
-      break
-    case 11:
-      name = b[from] === 82 ? "ResyncBegun" : "PassStarted"
-      break
-    case 12:
-      name = b[from] === 87 ? "WriteTracked" : "LinkRestored"
-      break
-    case 13:
-      name = b[from] === 87 ? "WriteStreamed" : "SyncActivated"
-      break
-    case 15:
-      name = "ResyncActivated"
-      break
-    case 21:
-      name = "DiscontinuityReported"
-      break
-    default:
-      return undefined
-  }
-  return bytesAre(b, from, name) ? name : undefined
-}
-
-/** The resync reason spelled by `b[from, from + n)`, or `undefined`. */
-const resyncReasonOf = (b: Uint8Array, from: number, n: number): Event.ResyncReason | undefined => {
-  for (const reason of Event.ResyncReason.literals)
-    if (reason.length === n && bytesAre(b, from, reason)) return reason
-  return undefined
-}
-
-/** End (the closing quote) of the string opening at `b[i]`, or -1 if it needs the general path. */
-const stringEnd = (b: Uint8Array, i: number, n: number): number => {
-  for (let j = i + 1; j < n; j++) {
-    const c = b[j]!
-    if (c === 34) return j
-    if (c === 92 || c < 32) return -1
-  }
-  return -1
-}
-
-let scanned = 0
-
-/** End of the JSON number at `b[i]` (its value in `scanned`), or -1 if it is not one. */
-const numberEnd = (b: Uint8Array, i: number, n: number): number => {
-  const start = i
-  let c = b[i]!
-  let plain = true
-  if (c === 45) {
-    plain = false
-    c = ++i < n ? b[i]! : 0
-  }
-  let value = 0
-  if (c === 48) c = ++i < n ? b[i]! : 0
-  else if (c >= 49 && c <= 57) {
-    do {
-      value = value * 10 + (c - 48)
-      c = ++i < n ? b[i]! : 0
-    } while (c >= 48 && c <= 57)
-  } else return -1
-  if (c === 46) {
-    plain = false
-    c = ++i < n ? b[i]! : 0
-    if (!(c >= 48 && c <= 57)) return -1
-    do c = ++i < n ? b[i]! : 0
-    while (c >= 48 && c <= 57)
-  }
-  if (c === 101 || c === 69) {
-    plain = false
-    c = ++i < n ? b[i]! : 0
-    if (c === 43 || c === 45) c = ++i < n ? b[i]! : 0
-    if (!(c >= 48 && c <= 57)) return -1
-    do c = ++i < n ? b[i]! : 0
-    while (c >= 48 && c <= 57)
-  }
-  // Up to 15 digits the sum is exact; beyond, or with a sign, fraction or exponent,
-  // Number rounds the (ASCII) text exactly as JSON.parse does.
-  scanned = plain && i - start <= 15 ? value : Number(utf8.decode(b.subarray(start, i)))
-  return i
-}
-
-const skipWs = (b: Uint8Array, i: number, n: number): number => {
-  while (i < n) {
-    const c = b[i]!
-    if (c !== 32 && c !== 9 && c !== 10 && c !== 13) return i
-    i++
-  }
-  return i
-}
-
-/** Scans the flat JSON object `b[from, n)` into `slots`; false when the line needs the general path. */
-const scanFlat = (b: Uint8Array, from: number, n: number): boolean => {
-  for (let k = 0; k < SLOTS; k++) slots[k] = undefined
-  let i = skipWs(b, from, n)
-  if (i >= n || b[i] !== 123) return false
-  i = skipWs(b, i + 1, n)
-  if (i < n && b[i] === 125) return skipWs(b, i + 1, n) === n
-  for (;;) {
-    if (i >= n || b[i] !== 34) return false
-    const keyEnd = stringEnd(b, i, n)
-    if (keyEnd < 0) return false
-    const slot = slotOf(b, i + 1, keyEnd - i - 1)
-    i = skipWs(b, keyEnd + 1, n)
-    if (i >= n || b[i] !== 58) return false
-    i = skipWs(b, i + 1, n)
-    if (i >= n) return false
-    const c = b[i]!
-    if (c === 34) {
-      const end = stringEnd(b, i, n)
-      if (end < 0) return false
-      if (slot !== NONE) {
-        slots[slot] = TEXT
-        textFrom[slot] = i + 1
-        textTo[slot] = end
-      }
-      i = end + 1
-    } else if (c === 45 || (c >= 48 && c <= 57)) {
-      i = numberEnd(b, i, n)
-      if (i < 0) return false
-      if (slot !== NONE) slots[slot] = scanned
-    } else if (c === 116 && i + 4 <= n && bytesAre(b, i, "true")) {
-      if (slot !== NONE) slots[slot] = true
-      i += 4
-    } else if (c === 102 && i + 5 <= n && bytesAre(b, i, "false")) {
-      if (slot !== NONE) slots[slot] = false
-      i += 5
-    } else if (c === 110 && i + 4 <= n && bytesAre(b, i, "null")) {
-      if (slot !== NONE) slots[slot] = null
-      i += 4
-    } else return false // an object, an array, or not JSON
-    i = skipWs(b, i, n)
-    if (i >= n) return false
-    const sep = b[i]
-    i++
-    if (sep === 125) return skipWs(b, i, n) === n
-    if (sep !== 44) return false
-    i = skipWs(b, i, n)
-  }
-}
-
-const isCount = Event.isCount
-
-/** The slot's value as a non-empty ASCII string; `undefined` if it is not one (then the general path decides). */
-const asciiText = (b: Uint8Array, slot: number): string | undefined => {
-  if (slots[slot] !== TEXT) return undefined
-  const from = textFrom[slot]!
-  const to = textTo[slot]!
-  if (to === from) return undefined
-  for (let j = from; j < to; j++) if (b[j]! >= 128) return undefined
-  return utf8.decode(b.subarray(from, to))
-}
-
-/** The event of the flat line `b[from, n)` if its fields all check, else `undefined`. */
-const decodeFlat = (b: Uint8Array, from: number, n: number): Event.Event | undefined => {
-  if (!scanFlat(b, from, n)) return undefined
-  if (slots[TYPE] !== TEXT) return undefined
-  const seq = slots[SEQ]
-  const offset = slots[OFFSET]
-  const length = slots[LENGTH]
-  const epoch = slots[EPOCH]
-  switch (typeOf(b, textFrom[TYPE]!, textTo[TYPE]! - textFrom[TYPE]!)) {
-    case "WriteStreamed":
-      return isCount(seq) && isCount(offset) && isCount(length)
-        ? { type: "WriteStreamed", seq, offset, length }
-        : undefined
-    case "WriteTracked":
-      return isCount(offset) && isCount(length) ? { type: "WriteTracked", offset, length } : undefined
-    case "Acked":
-      return isCount(seq) ? { type: "Acked", seq } : undefined
-    case "BlockSent": {
-      const block = slots[BLOCK]
-      return isCount(seq) && isCount(block) ? { type: "BlockSent", seq, block } : undefined
-    }
-    case "LinkLost": {
-      const reason = asciiText(b, REASON)
-      return reason === undefined ? undefined : { type: "LinkLost", reason }
-    }
-    case "LinkRestored": {
-      const receiverSeq = slots[RECEIVER_SEQ]
-      return isCount(receiverSeq) ? { type: "LinkRestored", receiverSeq } : undefined
-    }
-    case "ResyncActivated": {
-      const reason =
-        slots[REASON] === TEXT
-          ? resyncReasonOf(b, textFrom[REASON]!, textTo[REASON]! - textFrom[REASON]!)
-          : undefined
-      return isCount(epoch) && reason !== undefined ? { type: "ResyncActivated", epoch, reason } : undefined
-    }
-    case "ResyncBegun":
-      return isCount(epoch) && isCount(seq) ? { type: "ResyncBegun", epoch, seq } : undefined
-    case "PassStarted": {
-      const blocks = slots[BLOCKS]
-      return isCount(epoch) && isCount(blocks) ? { type: "PassStarted", epoch, blocks } : undefined
-    }
-    case "SyncActivated":
-      return isCount(epoch) && isCount(seq) ? { type: "SyncActivated", epoch, seq } : undefined
-    case "DiscontinuityReported": {
-      const expected = slots[EXPECTED]
-      return isCount(expected) ? { type: "DiscontinuityReported", expected } : undefined
-    }
-    default:
-      return undefined
-  }
-}
 
 /**
  * Decodes the event line `bytes[from, to)` (UTF-8): the event, or the error. The
@@ -615,7 +422,9 @@ export const decodeEventBytes = (
  * it calls the visitor for the header and each event, in order, allocating nothing
  * per line beyond the event. The visitor returns `undefined` to go on, or a value
  * to stop with. The same lines as `Decoder`: `\n` or `\r\n`, blank lines skipped,
- * the first non-blank line must be the header.
+ * the first non-blank line must be the header, a line longer than `maxLineBytes` is
+ * a `line-too-long` error (found as soon as its bytes exceed it: memory stays bounded
+ * by the cap and the chunk size whatever the input, a stream without newlines too).
  */
 export interface Visitor<R> {
   readonly header: (header: Header, line: number) => R | undefined
@@ -625,41 +434,68 @@ export interface Visitor<R> {
 const empty = new Uint8Array(0)
 
 export class StreamDecoder<R> {
-  /** A partial last line, carried over to the next chunk. */
+  /** A partial last line, carried over to the next chunk: `carry[0, carried)`, grown by doubling. */
   private carry: Uint8Array = empty
+  private carried = 0
+  /** Stream offset of the carried line's start, and of the chunk being pushed. */
+  private carryAt = 0
+  private consumed = 0
   private lineNo = 0
   private seenHeader = false
-  constructor(private readonly visitor: Visitor<R>) {}
+  private readonly max: number
+  constructor(
+    private readonly visitor: Visitor<R>,
+    options?: ReadOptions
+  ) {
+    this.max = maxLineBytesOf(options)
+  }
 
   /** Decodes the complete lines of `chunk`: `undefined` to go on, else the error or the visitor's value that stopped it. */
   push(chunk: Uint8Array): R | TraceError | undefined {
+    const at = this.consumed
+    this.consumed += chunk.length
     let start = 0
-    if (this.carry.length > 0) {
+    if (this.carried > 0) {
       // Only the line that straddles the boundary is copied.
       const nl = chunk.indexOf(10)
-      if (nl < 0) {
-        this.carry = concat(this.carry, chunk)
-        return undefined
-      }
-      const joined = concat(this.carry, chunk.subarray(0, nl))
-      this.carry = empty
-      const stop = this.line(joined, 0, trimCr(joined, 0, joined.length))
+      const end = nl < 0 ? chunk.length : nl
+      const cr = end > 0 ? chunk[end - 1] === 13 : this.carry[this.carried - 1] === 13
+      const length = this.carried + end - (cr ? 1 : 0)
+      // Without its newline yet, a trailing "\r" may still be its line end.
+      if (length > this.max) return this.tooLong(this.carry, 0, this.carryAt)
+      this.append(chunk.subarray(0, end))
+      if (nl < 0) return undefined
+      const line = this.carry.subarray(0, this.carried)
+      this.carried = 0
+      const stop = this.line(line, 0, trimCr(line, 0, line.length))
       if (stop !== undefined) return stop
       start = nl + 1
     }
     for (let nl = chunk.indexOf(10, start); nl >= 0; nl = chunk.indexOf(10, start)) {
-      const stop = this.line(chunk, start, trimCr(chunk, start, nl))
+      const to = trimCr(chunk, start, nl)
+      if (to - start > this.max) return this.tooLong(chunk, start, at + start)
+      const stop = this.line(chunk, start, to)
       start = nl + 1
       if (stop !== undefined) return stop
     }
-    if (start < chunk.length) this.carry = chunk.slice(start)
+    if (start < chunk.length) {
+      if (trimCr(chunk, start, chunk.length) - start > this.max) return this.tooLong(chunk, start, at + start)
+      this.carryAt = at + start
+      this.append(chunk.subarray(start))
+    }
     return undefined
+  }
+
+  /** Counts `bytes` the caller dropped from the stream before the next chunk (a byte-order mark), for offsets. */
+  skipped(bytes: number): void {
+    this.consumed += bytes
   }
 
   /** Decodes a last line without a newline; an error if there was no header at all. */
   end(): R | TraceError | undefined {
-    const rest = this.carry
+    const rest = this.carry.subarray(0, this.carried)
     this.carry = empty
+    this.carried = 0
     if (rest.length > 0) {
       const stop = this.line(rest, 0, trimCr(rest, 0, rest.length))
       if (stop !== undefined) return stop
@@ -688,14 +524,29 @@ export class StreamDecoder<R> {
     const event = decodeEventBytes(b, line, from, to)
     return event instanceof TraceError ? event : this.visitor.event(event, line)
   }
+
+  private append(bytes: Uint8Array): void {
+    const need = this.carried + bytes.length
+    if (need > this.carry.length) {
+      // Doubling: a long line in small chunks is copied O(length) times in all, not O(length²).
+      const grown = new Uint8Array(Math.max(need, Math.min(2 * this.carry.length, this.max + 2), 256))
+      grown.set(this.carry.subarray(0, this.carried))
+      this.carry = grown
+    }
+    this.carry.set(bytes, this.carried)
+    this.carried = need
+  }
+
+  /** The line starting at `b[from]` (stream offset `offset`) is over the cap: refused, and nothing kept. */
+  private tooLong(b: Uint8Array, from: number, offset: number): TraceError {
+    const head = utf8.decode(
+      b.subarray(from, Math.min(from + 200, from === 0 && b === this.carry ? this.carried : b.length))
+    )
+    this.carry = empty
+    this.carried = 0
+    return lineTooLong(this.lineNo + 1, offset, this.max, head)
+  }
 }
 
 const trimCr = (b: Uint8Array, from: number, to: number): number =>
   to > from && b[to - 1] === 13 ? to - 1 : to
-
-const concat = (a: Uint8Array, b: Uint8Array): Uint8Array => {
-  const out = new Uint8Array(a.length + b.length)
-  out.set(a, 0)
-  out.set(b, a.length)
-  return out
-}

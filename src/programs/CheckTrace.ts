@@ -1,7 +1,8 @@
 /**
  * `cdp-sync check-trace`: folds a trace from another implementation through the
  * legality rules of design §5 and reports the first event the model forbids.
- * Streams: memory stays constant however long the trace.
+ * Streams: memory stays bounded however long the trace, and however long a line
+ * (one over `maxLineBytes`, 1 MiB by default, is refused as `line-too-long`).
  */
 import { createReadStream } from "node:fs"
 import { Data, Effect, Either } from "effect"
@@ -27,6 +28,8 @@ export type Outcome =
       readonly line: number
       readonly rule: string
       readonly reason: string
+      /** Byte offset of the offending line's start in the file (`line-too-long`). */
+      readonly offset?: number
       readonly event?: unknown
       readonly state?: Readonly<Record<string, unknown>>
       readonly summary?: Legality.Summary
@@ -34,47 +37,70 @@ export type Outcome =
 
 const encoder = new TextEncoder()
 
+export interface CheckOptions extends Trace.ReadOptions {
+  readonly quiescent: boolean
+}
+
 /**
  * Checks a stream of chunks: UTF-8 bytes (the fast way, as read from a file) or
  * text. Pure apart from pulling the chunks.
  */
 export const checkChunks = async (
   chunks: AsyncIterable<string | Uint8Array>,
-  options: { readonly quiescent: boolean }
+  options: CheckOptions
 ): Promise<Outcome> => {
   let checker: Legality.Checker | undefined
   let lastLine = 0
   // The hot loop: one call per event, no allocation beyond the event and the model's fold.
-  const decoder = new Trace.StreamDecoder<Outcome>({
-    header: (h, line) => {
-      lastLine = line
-      const config = Config.make({ blockSize: h.blockSize, blockCount: h.blockCount, initial: h.initial })
-      if (Either.isLeft(config))
-        return { valid: false, line, rule: "bad-header", reason: config.left.message }
-      checker = new Legality.Checker(State.initial(config.right))
-      return undefined
+  const decoder = new Trace.StreamDecoder<Outcome>(
+    {
+      header: (h, line) => {
+        lastLine = line
+        const config = Config.make({ blockSize: h.blockSize, blockCount: h.blockCount, initial: h.initial })
+        if (Either.isLeft(config))
+          return { valid: false, line, rule: "bad-header", reason: config.left.message }
+        checker = new Legality.Checker(State.initial(config.right))
+        return undefined
+      },
+      event: (event, line) => {
+        lastLine = line
+        const violation = checker!.step(event)
+        return violation === undefined
+          ? undefined
+          : {
+              valid: false,
+              line,
+              rule: violation.rule,
+              reason: violation.reason,
+              event,
+              state: violation.context,
+              summary: checker!.summary()
+            }
+      }
     },
-    event: (event, line) => {
-      lastLine = line
-      const violation = checker!.step(event)
-      return violation === undefined
-        ? undefined
-        : {
-            valid: false,
-            line,
-            rule: violation.rule,
-            reason: violation.reason,
-            event,
-            state: violation.context,
-            summary: checker!.summary()
-          }
-    }
-  })
+    options
+  )
   const stopped = (stop: Outcome | Trace.TraceError | undefined): Outcome | undefined =>
     stop instanceof Trace.TraceError
-      ? { valid: false, line: stop.line, rule: stop.kind, reason: stop.detail, event: stop.text }
+      ? {
+          valid: false,
+          line: stop.line,
+          rule: stop.kind,
+          reason: stop.detail,
+          ...(stop.offset === undefined ? {} : { offset: stop.offset }),
+          event: stop.text
+        }
       : stop
-  let first = true
+  // The stream's first bytes, held until there are 3 to tell a byte-order mark (some Windows
+  // tools write one) from the header's start; `undefined` once decided.
+  let head: Uint8Array | undefined = new Uint8Array(0)
+  const withoutMark = (bytes: Uint8Array): Uint8Array => {
+    head = undefined
+    if (bytes[0] !== 0xef || bytes[1] !== 0xbb || bytes[2] !== 0xbf) return bytes
+    // Offsets still name the stream's bytes.
+    decoder.skipped(3)
+    return bytes.subarray(3)
+  }
   // Text cut inside a surrogate pair: hold the high half back for the next piece.
   let pending = ""
   for await (const piece of chunks) {
@@ -89,13 +115,21 @@ export const checkChunks = async (
       }
       chunk = encoder.encode(text)
     } else chunk = piece
-    // A byte-order mark (some Windows tools write one) is not part of the header line.
-    if (first) {
-      if (chunk.length === 0) continue
-      if (chunk[0] === 0xef && chunk[1] === 0xbb && chunk[2] === 0xbf) chunk = chunk.subarray(3)
-      first = false
+    if (head !== undefined) {
+      const joined: Uint8Array = new Uint8Array(head.length + chunk.length)
+      joined.set(head)
+      joined.set(chunk, head.length)
+      if (joined.length < 3) {
+        head = joined
+        continue
+      }
+      chunk = withoutMark(joined)
     }
     const bad = stopped(decoder.push(chunk))
+    if (bad !== undefined) return bad
+  }
+  if (head !== undefined && head.length > 0) {
+    const bad = stopped(decoder.push(withoutMark(head)))
     if (bad !== undefined) return bad
   }
   if (pending !== "") {
@@ -118,7 +152,7 @@ export const checkChunks = async (
 }
 
 /** Checks a trace file, or standard input for `-`. */
-export const checkFile = (path: string, options: { readonly quiescent: boolean }) =>
+export const checkFile = (path: string, options: CheckOptions) =>
   Effect.tryPromise({
     try: () => {
       // Bytes, not text: the decoder scans UTF-8 directly.
@@ -127,6 +161,11 @@ export const checkFile = (path: string, options: { readonly quiescent: boolean }
     },
     catch: (cause) => new TraceUnreadable({ path, cause })
   }).pipe(Effect.withSpan("CheckTrace.checkFile", { attributes: { path } }))
+
+/** A line's text with its control characters escaped (`\u0000`): it may be any bytes at all. */
+const visible = (text: string): string =>
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: finding them is the point
+  text.replace(/[\u0000-\u001f\u007f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`)
 
 /** The human-readable report of an outcome. */
 export const render = (outcome: Outcome): string => {
@@ -137,7 +176,7 @@ export const render = (outcome: Outcome): string => {
   const lines = [`invalid: line ${outcome.line}: ${outcome.rule}: ${outcome.reason}`]
   if (outcome.event !== undefined)
     lines.push(
-      `  event: ${typeof outcome.event === "string" ? outcome.event : JSON.stringify(outcome.event)}`
+      `  event: ${typeof outcome.event === "string" ? visible(outcome.event) : JSON.stringify(outcome.event)}`
     )
   if (outcome.state !== undefined) {
     const st = outcome.state

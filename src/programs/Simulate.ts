@@ -10,7 +10,7 @@ import { createReadStream } from "node:fs"
 import * as fs from "node:fs/promises"
 import * as os from "node:os"
 import * as path from "node:path"
-import { Duration, Effect, Either, Fiber, Layer, Ref, Stream } from "effect"
+import { Cause, Duration, Effect, Either, Exit, Fiber, Layer, Ref, Stream } from "effect"
 import * as ActivityLog from "../adapters/ActivityLog.js"
 import * as EventJournal from "../adapters/EventJournal.js"
 import * as LogReceiver from "../adapters/LogReceiver.js"
@@ -183,8 +183,13 @@ export const run = (options: Options, onTick: (tick: Tick) => Effect.Effect<void
                 yield* proxy.stallAcks(false)
                 break
               case "receiver-kill":
-                yield* receiver.killAndRestart.pipe(Effect.orDie)
-                yield* proxy.retarget(receiver.port)
+                // One step: the end of the run waits for the restart (and the proxy's new target).
+                yield* Effect.uninterruptible(
+                  Effect.zipRight(
+                    receiver.killAndRestart,
+                    Effect.suspend(() => proxy.retarget(receiver.port))
+                  )
+                )
                 break
               case "congestion":
                 yield* proxy.throttle(2 * 1024 * 1024)
@@ -222,7 +227,11 @@ export const run = (options: Options, onTick: (tick: Tick) => Effect.Effect<void
 
       yield* Effect.sleep(Duration.seconds(options.seconds))
       yield* Fiber.interrupt(workload)
-      yield* Fiber.interrupt(injector)
+      // A fault the harness could not inject (the receiver would not restart) is the harness's
+      // failure, not a verdict on the filter.
+      const injected = yield* Fiber.interrupt(injector)
+      if (Exit.isFailure(injected) && !Cause.isInterruptedOnly(injected.cause))
+        return yield* Effect.failCause(injected.cause)
       yield* proxy.stallAcks(false)
       yield* proxy.throttle(undefined)
       yield* Ref.set(burst, false)

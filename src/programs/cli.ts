@@ -2,7 +2,8 @@
  * The `cdp-sync` command line.
  */
 import { Args, Command, Options } from "@effect/cli"
-import { Console, Effect } from "effect"
+import { Console, Effect, Option } from "effect"
+import * as Trace from "../domain/Trace.js"
 import * as CheckTrace from "./CheckTrace.js"
 import { points, receiver, restore } from "./receiver/commands.js"
 import { replicate, simulate } from "./ReplicatorCommands.js"
@@ -141,10 +142,20 @@ export const checkTrace = Command.make(
     quiescent: Options.boolean("quiescent").pipe(
       Options.withDescription("The trace must end in sync mode, link up, nothing in flight")
     ),
-    json: Options.boolean("json").pipe(Options.withDescription("Report as one JSON object"))
+    json: Options.boolean("json").pipe(Options.withDescription("Report as one JSON object")),
+    maxLineBytes: Options.integer("max-line-bytes").pipe(
+      Options.withDefault(Trace.DEFAULT_MAX_LINE_BYTES),
+      Options.filterMap(
+        (n) => (n >= 1 ? Option.some(n) : Option.none()),
+        "--max-line-bytes must be a positive number of bytes"
+      ),
+      Options.withDescription(
+        "A longer line (not counting its line end) makes the trace invalid: line-too-long"
+      )
+    )
   },
-  ({ file, quiescent, json }) =>
-    CheckTrace.checkFile(file, { quiescent }).pipe(
+  ({ file, quiescent, json, maxLineBytes }) =>
+    CheckTrace.checkFile(file, { quiescent, maxLineBytes }).pipe(
       Effect.flatMap((outcome) =>
         Effect.gen(function* () {
           yield* Console.log(json ? JSON.stringify(outcome) : CheckTrace.render(outcome))

@@ -5,9 +5,11 @@ import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import { Effect, Logger } from "effect"
 import { cli } from "./cli.js"
 import { withIoScheduler } from "./IoScheduler.js"
+import { prettyStderr } from "./internal/logging.js"
 
 // Logs go to stderr: stdout is for results (`--json` prints one object there and nothing else).
-const stderrLogger = Logger.replace(Logger.defaultLogger, Logger.prettyLogger({ stderr: true }))
+// Control characters in logged values are escaped: a value cannot forge a line.
+const stderrLogger = Logger.replace(Logger.defaultLogger, prettyStderr)
 
 // Every command is I/O-bound: let socket and file callbacks run between batches of fiber work.
 cli(process.argv).pipe(

@@ -5,7 +5,10 @@
  * read. Every case runs the command line in-process (the same `cli` the binary
  * runs); a representative set also runs the real binary as a child process.
  */
+import { Either } from "effect"
+import fc from "fast-check"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import * as Trace from "../../src/domain/Trace.js"
 import * as CheckTrace from "../../src/programs/CheckTrace.js"
 import { designExample } from "../support/fixtures.js"
 import { cdpSync, cdpSyncInProcess, ensureBuilt, type Run, tempDir } from "./cli.js"
@@ -267,5 +270,134 @@ describe("unreadable input", () => {
   it("exit 2 for a directory", async () => {
     const run = await cdpSyncInProcess(["check-trace", files.dir])
     expect(run.code).toBe(2)
+  })
+})
+
+describe("long lines: refused past --max-line-bytes (default 1 MiB), in bounded memory", () => {
+  const encoder = new TextEncoder()
+  /** The design example with event line `at` padded (an unknown field) to exactly `length` bytes. */
+  const padded = (at: number, length: number) => {
+    const line = lines[at - 1]!
+    const pad = length - line.length - ',"pad":""'.length
+    return replaceLine(at, line.replace(/}$/, `,"pad":"${"x".repeat(pad)}"}`))
+  }
+  /** Byte offset of line `at`'s start in `text`. */
+  const offsetOf = (text: string, at: number) =>
+    encoder.encode(
+      text
+        .split("\n")
+        .slice(0, at - 1)
+        .join("\n")
+    ).length + (at > 1 ? 1 : 0)
+
+  async function* cut(bytes: Uint8Array, sizes: ReadonlyArray<number>): AsyncGenerator<Uint8Array> {
+    for (let at = 0, i = 0; at < bytes.length; i++) {
+      const n = sizes.length === 0 ? bytes.length : sizes[i % sizes.length]!
+      yield bytes.subarray(at, at + n)
+      at += n
+    }
+  }
+  /** The text decoder's first error, if any. */
+  const viaText = (text: string, sizes: ReadonlyArray<number>, maxLineBytes: number) => {
+    const d = new Trace.Decoder({ maxLineBytes })
+    const pieces: Array<string> = []
+    for (let at = 0, i = 0; at < text.length; i++) {
+      const n = sizes.length === 0 ? text.length : sizes[i % sizes.length]!
+      pieces.push(text.slice(at, at + n))
+      at += n
+    }
+    for (const r of [...pieces.flatMap((p) => d.push(p)), ...d.end()]) if (Either.isLeft(r)) return r.left
+    return undefined
+  }
+
+  it("a line of exactly the cap is read, one byte more is line-too-long with its line and byte offset, in any chunking", async () => {
+    const cases = fc.record({
+      // Above the header's length (about 100 bytes): the padded line is the one at the cap.
+      max: fc.integer({ min: 120, max: 400 }),
+      at: fc.integer({ min: 2, max: lines.length }),
+      over: fc.integer({ min: -2, max: 2 }),
+      crlf: fc.boolean(),
+      bom: fc.boolean(),
+      sizes: fc.array(fc.integer({ min: 1, max: 500 }), { maxLength: 4 })
+    })
+    await fc.assert(
+      fc.asyncProperty(cases, async ({ max, at, over, crlf, bom, sizes }) => {
+        const lf = padded(at, max + over)
+        const text = crlf ? lf.replaceAll("\n", "\r\n") : lf
+        const whole = `${bom ? "\uFEFF" : ""}${text}`
+        const outcome = await CheckTrace.checkChunks(cut(encoder.encode(whole), sizes), {
+          quiescent: false,
+          maxLineBytes: max
+        })
+        const offset = offsetOf(text, at) + (bom ? 3 : 0)
+        const error = viaText(text, sizes, max)
+        if (over <= 0) {
+          expect(outcome).toMatchObject({ valid: true, lines: 14 })
+          expect(error).toBeUndefined()
+        } else {
+          expect(outcome).toMatchObject({ valid: false, line: at, rule: "line-too-long", offset })
+          expect((outcome as { reason: string }).reason).toBe(
+            `the line starting at byte ${offset} is longer than ${max} bytes`
+          )
+          expect(error).toMatchObject({ kind: "line-too-long", line: at, offset: offset - (bom ? 3 : 0) })
+        }
+      }),
+      { numRuns: 300 }
+    )
+  })
+
+  it("a stream of zeros without a newline (like /dev/zero) stops after the cap, not at the end of memory", async () => {
+    let pulled = 0
+    async function* zeros(): AsyncGenerator<Uint8Array> {
+      // 8 MiB at most, so that a reader without a cap still ends (with the wrong verdict).
+      for (; pulled < 128; pulled++) yield new Uint8Array(64 * 1024)
+    }
+    const outcome = await CheckTrace.checkChunks(zeros(), { quiescent: false })
+    expect(outcome).toMatchObject({ valid: false, line: 1, rule: "line-too-long", offset: 0 })
+    // The cap (1 MiB) is 16 chunks: the reader stops at the 17th.
+    expect(pulled).toBeLessThanOrEqual(17)
+  })
+
+  it("a long line after the header: through the binary on standard input, and --max-line-bytes", async () => {
+    const long = `${header()}\n{"type":"Acked","seq":1,"pad":"${"y".repeat(2 * 1024 * 1024)}"}\n`
+    const [stdin, capped, zeros] = await Promise.all([
+      check(long, ["--json"], "stdin"),
+      check(padded(3, 200), ["--max-line-bytes", "199"]),
+      cdpSync(["check-trace", "-", "--json"], "\0".repeat(4 * 1024 * 1024))
+    ])
+    expect(stdin.code).toBe(1)
+    expect(json(stdin)).toMatchObject({
+      valid: false,
+      line: 2,
+      rule: "line-too-long",
+      offset: header().length + 1,
+      reason: `the line starting at byte ${header().length + 1} is longer than 1048576 bytes`
+    })
+    expect(capped.code).toBe(1)
+    expect(capped.stdout).toContain(
+      `invalid: line 3: line-too-long: the line starting at byte ${offsetOf(lines.join("\n"), 3)} is longer than 199 bytes`
+    )
+    expect(zeros.code).toBe(1)
+    expect(json(zeros)).toMatchObject({ valid: false, line: 1, rule: "line-too-long", offset: 0 })
+    // The human report shows the line's control characters escaped, not raw.
+    const human = await cdpSyncInProcess([
+      "check-trace",
+      files.write("zeros.jsonl", "\0\u001b[2J".repeat(400_000))
+    ])
+    expect(human.stdout).toMatch(/^invalid: line 1: line-too-long: the line starting at byte 0 is longer/)
+    expect(human.stdout).toContain("event: \\u0000\\u001b[2J\\u0000")
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: none may get through
+    expect(human.stdout).not.toMatch(/[\u0000-\u0009\u000b-\u001f]/)
+  })
+
+  it("--max-line-bytes must be a positive number", async () => {
+    const run = await cdpSync([
+      "check-trace",
+      files.write("ok.jsonl", designExample),
+      "--max-line-bytes",
+      "0"
+    ])
+    expect(run.code).not.toBe(0)
+    expect(run.stderr).toContain("--max-line-bytes must be a positive number of bytes")
   })
 })

@@ -103,6 +103,8 @@ export const cdpSync = (args: ReadonlyArray<string>, input?: string): Promise<Ru
         else resolve({ code, stdout, stderr })
       }
     )
+    // A command may stop reading early (check-trace at a line over its cap): not an error here.
+    child.stdin?.on("error", () => undefined)
     child.stdin?.end(input ?? "")
   })
 

@@ -2,12 +2,15 @@
  * Retention: with a tiny segment size and a horizon, the receiver folds old segments
  * into a new base image — only up to a recovery point at or before the horizon, so every
  * recovery point inside it stays listed and restorable — and the log stays bounded.
+ * Ages are judged by the monotonic clock: a wall clock that jumps a year ahead and back
+ * folds nothing young, and receive times keep advancing (issue 13, finding 6).
  */
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { Effect, Exit } from "effect"
 import { afterAll, describe, expect, it } from "vitest"
+import * as LogStore from "../../src/programs/receiver/LogStore.js"
 import * as Restore from "../../src/programs/receiver/Restore.js"
 import * as Proc from "../support/receiverProcess.js"
 
@@ -150,5 +153,112 @@ describe("receiver retention", () => {
     const recent = plan.filter((p) => p.recoveryPoint && p.record.seq > 150).map((p) => p.record.seq)
     for (const seq of recent) expect(points.map((p) => p.seq)).toContain(seq)
     await restoresMatch(dir, plan, [baseSeq, recent[0]!, recent.at(-1)!])
+  })
+})
+
+describe("receiver retention under clock jumps", () => {
+  const HOUR = 3_600_000
+  const YEAR = 365 * 24 * HOUR
+  const W0 = 1_700_000_000_000
+
+  /** Waits until `n` more retention rounds have run (one whole round sees the clocks as they are now). */
+  const rounds = (store: LogStore.Store, n: number) =>
+    Effect.gen(function* () {
+      const target = store.stats.retentionRounds + n
+      while (store.stats.retentionRounds < target) yield* Effect.sleep("5 millis")
+    })
+
+  const pointTimes = async (dir: string, from: number) => {
+    const [listed] = await Effect.runPromise(Restore.points(dir, "vm"))
+    return listed!.points.filter((p) => p.seq >= from).map((p) => p.time)
+  }
+
+  it("a wall clock a year ahead and back: nothing young folded, times keep increasing, age retention goes on", async () => {
+    const dir = tempDir()
+    // The injected clocks: every record 10 ms after the last, on both clocks unless a jump says otherwise.
+    const t = { wall: W0, monotonic: 1_000 }
+    let seq = 0
+    const open = LogStore.open({
+      dir,
+      segmentBytes: 4096,
+      retain: { _tag: "Age", millis: HOUR },
+      retentionInterval: "5 millis",
+      now: () => t.wall,
+      monotonic: () => t.monotonic
+    })
+    const receive = (disk: LogStore.DiskLog, n: number) =>
+      Effect.gen(function* () {
+        for (let i = 0; i < n; i++) {
+          seq++
+          t.wall += 10
+          t.monotonic += 10
+          const data = new Uint8Array(1000).fill(seq % 251)
+          disk.append({ _tag: "Write", seq, epoch: 0, offset: (seq * 512) % 100_000, data }, true)
+        }
+        yield* disk.flushed
+      })
+
+    await Effect.runPromise(
+      Effect.scoped(
+        Effect.gen(function* () {
+          const store = yield* open
+          const disk = yield* store.disk(hello)
+          yield* receive(disk, 20)
+          // The wall clock jumps a year ahead; seconds later, nothing is an hour old.
+          t.wall += YEAR
+          yield* receive(disk, 20)
+          t.monotonic += 5_000
+          yield* rounds(store, 2)
+          expect.soft(disk.base.seq, "seconds-old records folded").toBe(0)
+          expect.soft(store.stats.folds).toBe(0)
+
+          // The wall clock comes back: the points keep distinct, increasing times.
+          t.wall = W0 + 1_000
+          const back = seq + 1
+          yield* receive(disk, 20)
+          const times = yield* Effect.promise(() => pointTimes(dir, back))
+          expect.soft(times).toHaveLength(20)
+          for (let i = 1; i < times.length; i++)
+            expect.soft(times[i]!, `point ${back + i} after ${back + i - 1}`).toBeGreaterThan(times[i - 1]!)
+          expect.soft(times[0]!).toBeGreaterThan(W0 + YEAR)
+
+          // Two hours on (the wall clock still far behind the stored times): age-based retention folds
+          // everything older than an hour, and nothing younger.
+          t.monotonic += 2 * HOUR
+          t.wall += 2 * HOUR
+          const young = seq + 1
+          yield* receive(disk, 20)
+          yield* rounds(store, 2)
+          expect.soft(disk.base.seq, "nothing folded two hours on").toBeGreaterThan(40)
+          expect.soft(disk.base.seq).toBeLessThan(young)
+        })
+      )
+    )
+    expect(Math.min(...(await pointTimes(dir, seq - 19)))).toBeGreaterThan(W0 + YEAR)
+
+    // After a restart the records from before it have only wall times: judged once, by the
+    // wall clock at opening (here right, so behind the stored times: they count as new), then
+    // by the monotonic clock, whatever the wall clock does later.
+    t.wall = W0 + 3 * HOUR
+    t.monotonic = 50 // another process, another origin
+    await Effect.runPromise(
+      Effect.scoped(
+        Effect.gen(function* () {
+          const store = yield* open
+          const disk = yield* store.disk({ ...hello, watermark: seq })
+          const before = disk.base.seq
+          t.wall += YEAR
+          yield* receive(disk, 20)
+          t.monotonic += 30 * 60_000
+          yield* rounds(store, 2)
+          expect(disk.base.seq, "records from before the restart folded early").toBe(before)
+          t.monotonic += HOUR
+          yield* receive(disk, 10)
+          yield* rounds(store, 2)
+          expect(disk.base.seq).toBeGreaterThan(before)
+          expect(disk.base.seq).toBeLessThan(seq - 9)
+        })
+      )
+    )
   })
 })

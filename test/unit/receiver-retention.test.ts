@@ -1,25 +1,41 @@
 /**
  * Retention planning (pure): a fold goes only up to a recovery point at or before the
  * horizon, and only when it frees a sealed segment; never a recovery point inside the
- * horizon. Plus the `--retain` / size parsers.
+ * horizon; ages by the monotonic clock, whatever the wall clock does. Plus the receive
+ * clock (never backwards, advancing while the wall clock is behind) and the `--retain` /
+ * size parsers.
  */
 import { Either } from "effect"
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
+import { ReceiveClock } from "../../src/programs/receiver/internal/clock.js"
 import {
   parsePolicy,
   parseSize,
   planFold,
   type SegmentSummary
 } from "../../src/programs/receiver/Retention.js"
+import * as Mutants from "../support/receiverMutants.js"
+import { ageHorizonHolds, type MakeClock, type Plan, receiveTimesHold, YEAR } from "../support/retention.js"
 
 const seg = (
   lastSeq: number,
   bytes: number,
-  lastTime: number,
+  lastMonotonic: number,
   lastPoint: number | undefined,
   sealed = true
-) => ({ lastSeq, bytes, lastTime, lastPoint, sealed }) satisfies SegmentSummary
+) => ({ lastSeq, bytes, lastMonotonic, lastPoint, sealed }) satisfies SegmentSummary
+
+const receiveClock: MakeClock = (clocks, lastTime) => new ReceiveClock(clocks, lastTime)
+const plan: Plan = (policy, baseSeq, segments, now) => planFold(policy, baseSeq, segments, now.monotonic)
+
+/** fast-check searches for a counterexample; a mutant must not survive this many runs. */
+const budget = { numRuns: 5000 }
+const caught = <T extends [unknown, ...Array<unknown>]>(property: fc.IProperty<T>) => {
+  const details = fc.check(property, budget)
+  expect(details.failed, `survived ${details.numRuns} runs`).toBe(true)
+  return String(details.errorInstance)
+}
 
 describe("parsing", () => {
   it("ages and sizes", () => {
@@ -113,5 +129,77 @@ describe("planFold", () => {
         expect(summaries[0]!.lastSeq).toBeLessThanOrEqual(target)
       })
     )
+  })
+
+  it("by age: judged on the monotonic clock, not the wall clock", () => {
+    // Stored receive times a year ahead (a wall clock that jumped), monotonic ages of seconds and hours.
+    const segments = [
+      { ...seg(10, 1, 1_000, 10), lastTime: YEAR },
+      { ...seg(20, 1, 7_200_000, 20), lastTime: YEAR + 1 },
+      { ...seg(30, 1, 7_201_000, 29, false), lastTime: YEAR + 2 }
+    ]
+    const hour = { _tag: "Age", millis: 3_600_000 } as const
+    // Two hours on, by the monotonic clock: only the first segment is older than an hour…
+    expect(planFold(hour, 0, segments, 7_202_000)).toBe(10)
+    // …whatever the wall clock reads (the old planner, by the wall clock: nothing, or everything).
+    expect(Mutants.wallClockPlan(hour, 0, segments, { wall: 0, monotonic: 7_202_000 })).toBeUndefined()
+    expect(Mutants.wallClockPlan(hour, 0, segments, { wall: 3 * YEAR, monotonic: 7_202_000 })).toBe(20)
+  })
+
+  it("by age: never folds a record younger than the horizon, and folds what is older, whatever the wall clock does", () => {
+    fc.assert(ageHorizonHolds(receiveClock, plan), { numRuns: 2000 })
+  })
+
+  it("the age property catches a planner that reads the wall clock", () => {
+    expect(caught(ageHorizonHolds(receiveClock, Mutants.wallClockPlan))).toMatch(
+      /under the horizon|not folded/
+    )
+  })
+})
+
+describe("receive clock", () => {
+  const clocksAt = (t: { wall: number; monotonic: number }) => ({
+    wall: () => t.wall,
+    monotonic: () => t.monotonic
+  })
+
+  it("follows the wall clock while it is ahead, and the monotonic rate while it is behind", () => {
+    const t = { wall: 1_000_000, monotonic: 50 }
+    const clock = new ReceiveClock(clocksAt(t), 0)
+    expect(clock.stamp().time).toBe(1_000_000)
+    // A year ahead: taken.
+    t.wall += YEAR
+    t.monotonic += 1
+    expect(clock.stamp().time).toBe(1_000_000 + YEAR)
+    // Back: the time goes on from the last stamp at the real rate, distinct for each millisecond.
+    t.wall = 1_000_010
+    const times: Array<number> = []
+    for (let i = 0; i < 5; i++) {
+      t.monotonic += 1.5
+      times.push(clock.stamp().time)
+    }
+    expect(times).toEqual([1, 3, 4, 6, 7].map((d) => 1_000_000 + YEAR + d))
+  })
+
+  it("after a restart, goes on from the log's last time and places older records by the wall clock at opening", () => {
+    const t = { wall: 5_000, monotonic: 100 }
+    const clock = new ReceiveClock(clocksAt(t), 9_000)
+    // The log's last time is ahead of the wall clock: from there on, at the real rate.
+    t.monotonic += 40
+    expect(clock.stamp()).toEqual({ time: 9_040, monotonic: 140 })
+    // A record received at wall time 3 000 was 2 000 ms old at opening; one "from the future", 0.
+    expect(clock.monotonicOf(3_000)).toBe(100 - 2_000)
+    expect(clock.monotonicOf(9_000)).toBe(100)
+    // Later wall jumps change nothing.
+    t.wall = 5_000 + YEAR
+    expect(clock.monotonicOf(3_000)).toBe(100 - 2_000)
+  })
+
+  it("never runs backwards, never behind the wall clock, and advances while the wall clock is behind", () => {
+    fc.assert(receiveTimesHold(receiveClock), { numRuns: 2000 })
+  })
+
+  it("the receive-time property catches the clock that froze at the future time", () => {
+    expect(caught(receiveTimesHold(Mutants.frozenClock))).toMatch(/the same receive time|advanced/)
   })
 })

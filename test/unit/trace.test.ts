@@ -78,3 +78,65 @@ describe("trace codec", () => {
     }
   })
 })
+
+describe("line cap (check-trace reading /dev/zero reached 2 GB)", () => {
+  it("the text decoder counts UTF-8 bytes: a line of exactly the cap passes, one byte more does not", () => {
+    // "é" is 2 bytes, "😀" 4: the cap is on bytes, not on characters.
+    // Longer than the header, so that the event line is the one at the cap.
+    const event = (pad: string) => `{"type":"Acked","seq":0,"p":"${"x".repeat(header.length)}${pad}"}`
+    const base = event("").length
+    const decode = (pad: string, max: number) => {
+      const decoder = new Trace.Decoder({ maxLineBytes: max })
+      return [...decoder.push(`${header}\n${event(pad)}\n`), ...decoder.end()].find(Either.isLeft)?.left
+    }
+    expect(decode("éé😀", base + 8)).toBeUndefined()
+    expect(decode("éé😀", base + 7)).toMatchObject({
+      kind: "line-too-long",
+      line: 2,
+      offset: header.length + 1,
+      detail: `the line starting at byte ${header.length + 1} is longer than ${base + 7} bytes`
+    })
+  })
+
+  it("the text decoder stops a line that never ends once it passes the cap, and reports it once", () => {
+    const decoder = new Trace.Decoder({ maxLineBytes: 1000 })
+    expect(decoder.push(`${header}\n`).map(Either.isRight)).toEqual([true])
+    const out: Array<Either.Either<Trace.Decoded, Trace.TraceError>> = []
+    let pushes = 0
+    while (out.length === 0 && pushes < 1000) {
+      out.push(...decoder.push("\0".repeat(300)))
+      pushes++
+    }
+    // 1 000 bytes fit in 3 pushes of 300 + 100 more; the fourth goes over.
+    expect(pushes).toBe(4)
+    expect(out).toEqual([
+      Either.left(expect.objectContaining({ kind: "line-too-long", line: 2, offset: header.length + 1 }))
+    ])
+    expect([...decoder.push("more\n"), ...decoder.end()]).toEqual([])
+  })
+
+  it("the byte decoder stops a line that never ends once it passes the cap", () => {
+    const decoder = new Trace.StreamDecoder<never>(
+      { header: () => undefined, event: () => undefined },
+      { maxLineBytes: 1000 }
+    )
+    const bytes = new TextEncoder().encode(`${header}\n`)
+    expect(decoder.push(bytes)).toBeUndefined()
+    let stop: unknown
+    let pushes = 0
+    while (stop === undefined && pushes < 1000) {
+      stop = decoder.push(new Uint8Array(300))
+      pushes++
+    }
+    expect(pushes).toBe(4)
+    expect(stop).toMatchObject({ kind: "line-too-long", line: 2, offset: bytes.length })
+  })
+
+  it("refuses a cap that is not a positive integer", () => {
+    expect(() => new Trace.Decoder({ maxLineBytes: 0 })).toThrow(RangeError)
+    expect(
+      () =>
+        new Trace.StreamDecoder({ header: () => undefined, event: () => undefined }, { maxLineBytes: 1.5 })
+    ).toThrow(RangeError)
+  })
+})

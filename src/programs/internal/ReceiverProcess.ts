@@ -21,7 +21,10 @@ export const cliEntry = (): string => fileURLToPath(new URL("../main.js", import
 export interface ReceiverProcess {
   readonly port: number
   readonly pid: () => number | undefined
-  /** SIGKILL, then start again on the same port and wait until it listens. */
+  /**
+   * SIGKILL, then start again on the same port and wait until it listens: one
+   * uninterruptible step, so a run that ends meanwhile never finds the receiver dead.
+   */
   readonly killAndRestart: Effect.Effect<void, ReceiverProcessError>
   readonly kill: Effect.Effect<void>
   readonly start: Effect.Effect<void, ReceiverProcessError>
@@ -107,6 +110,8 @@ export const make = (options: {
       pid: () => child?.pid,
       kill,
       start,
-      killAndRestart: Effect.zipRight(kill, Effect.retry(start, { times: 20 }))
+      // An interruption waits for the restart: between the kill and the ready line it would
+      // leave no receiver (and one during the launch would kill the new one).
+      killAndRestart: Effect.uninterruptible(Effect.zipRight(kill, Effect.retry(start, { times: 20 })))
     } satisfies ReceiverProcess
   })

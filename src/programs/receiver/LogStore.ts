@@ -54,6 +54,7 @@ import {
   segmentName,
   withBatchStart
 } from "./internal/format.js"
+import { type Clocks, ReceiveClock, systemClocks } from "./internal/clock.js"
 import { readRange } from "./internal/segment.js"
 import * as Retention from "./Retention.js"
 
@@ -70,8 +71,16 @@ export interface StoreOptions {
   /** A segment is sealed once it holds this many bytes (default 64 MiB). */
   readonly segmentBytes?: number | undefined
   readonly retain?: Retention.Policy | undefined
-  /** Wall clock for receive times (default `Date.now`). */
+  /**
+   * Wall clock for receive times, ms since the Unix epoch (default `Date.now`). Receive
+   * times never run backwards within a log whatever it does (`internal/clock.ts`).
+   */
   readonly now?: (() => number) | undefined
+  /**
+   * Monotonic clock, ms from any origin (default `performance.now`): how fast receive times
+   * advance while the wall clock is behind, and the clock retention judges ages by.
+   */
+  readonly monotonic?: (() => number) | undefined
   /** How often retention is checked besides after each segment roll (default 10 seconds). */
   readonly retentionInterval?: Duration.DurationInput | undefined
 }
@@ -83,6 +92,8 @@ export interface Stats {
   bytes: number
   rolls: number
   folds: number
+  /** Retention rounds run (each decides, for every disk, whether a fold is due). */
+  retentionRounds: number
 }
 
 export type HelloInfo = Omit<Wire.Hello, "_tag">
@@ -111,6 +122,8 @@ interface Pending {
   readonly header: Buffer
   readonly payload: Uint8Array
   readonly fields: RecordHeader
+  /** The monotonic clock when it was received. */
+  readonly monotonic: number
 }
 
 /** One disk's log: the chain on disk, the writer's queue and the durable seq. */
@@ -132,7 +145,9 @@ export class DiskLog {
   baseDamage: LogCorrupt | undefined = undefined
 
   private active: fs.FileHandle | undefined = undefined
-  private lastTime = 0
+  private readonly clock: ReceiveClock
+  /** Per segment, the monotonic time of its newest record (retention judges ages by it). */
+  private readonly newest = new WeakMap<Segment, number>()
   private readonly waiters = new Set<() => boolean>()
   private readonly listeners = new Set<(seq: number) => void>()
 
@@ -141,7 +156,7 @@ export class DiskLog {
     private readonly queue: Inbox.Inbox<Pending | "close">,
     private readonly options: {
       readonly segmentBytes: number
-      readonly now: () => number
+      readonly clocks: Clocks
       readonly stats: Stats
       readonly onRoll: () => void
     }
@@ -154,14 +169,19 @@ export class DiskLog {
     this.openedInResync = chain.inResync
     this.accepted = chain.lastSeq
     this.durable = chain.lastSeq
-    this.lastTime = Math.max(chain.base.time, chain.segments[chain.segments.length - 1]?.lastTime ?? 0)
+    this.clock = new ReceiveClock(
+      options.clocks,
+      chain.segments.reduce((t, s) => Math.max(t, s.lastTime), chain.base.time)
+    )
+    // Received before this process: only wall times exist; placed once, as old as they look now.
+    for (const s of chain.segments) this.newest.set(s, this.clock.monotonicOf(s.lastTime))
   }
 
   /** Queues an accepted record for the writer; its receive time is taken now. Synchronous. */
   append(record: Wire.Record, recoveryPoint: boolean): void {
     const payload = record._tag === "Write" || record._tag === "Block" ? record.data : EMPTY
-    // Receive times never go backwards in the log, whatever the wall clock does.
-    this.lastTime = Math.max(this.lastTime, this.options.now())
+    // Receive times never go backwards in the log, and keep advancing while the wall clock is behind.
+    const stamp = this.clock.stamp()
     const fields: RecordHeader = {
       length: payload.byteLength,
       kind: kindOf(record),
@@ -176,9 +196,14 @@ export class DiskLog {
             : record._tag === "ResyncBegin"
               ? record.base
               : 0,
-      time: this.lastTime
+      time: stamp.time
     }
-    this.queue.offer({ header: encodeRecordHeader(fields, payload), payload, fields })
+    this.queue.offer({
+      header: encodeRecordHeader(fields, payload),
+      payload,
+      fields,
+      monotonic: stamp.monotonic
+    })
     this.pendingBytes += RECORD_HEADER_BYTES + payload.byteLength
     this.accepted = record.seq
   }
@@ -231,7 +256,7 @@ export class DiskLog {
     return this.segments.map((s, i) => ({
       lastSeq: s.lastSeq,
       bytes: s.bytes,
-      lastTime: s.lastTime,
+      lastMonotonic: this.newest.get(s) ?? this.clock.monotonicOf(s.lastTime),
       lastPoint: s.lastPoint?.seq,
       sealed: i < this.segments.length - 1
     }))
@@ -303,6 +328,7 @@ export class DiskLog {
         segment.entries?.push(entry)
         noteRecord(segment, entry)
       }
+      this.newest.set(segment, batch[end - 1]!.monotonic)
       segment.bytes = at
       stats.commits++
       i = end
@@ -503,8 +529,11 @@ export const open = (options: StoreOptions): Effect.Effect<Store, LogError | Rec
   Effect.gen(function* () {
     const dir = path.resolve(options.dir)
     const segmentBytes = options.segmentBytes ?? DEFAULT_SEGMENT_BYTES
-    const now = options.now ?? Date.now
-    const stats: Stats = { commits: 0, records: 0, bytes: 0, rolls: 0, folds: 0 }
+    const clocks: Clocks = {
+      wall: options.now ?? systemClocks.wall,
+      monotonic: options.monotonic ?? systemClocks.monotonic
+    }
+    const stats: Stats = { commits: 0, records: 0, bytes: 0, rolls: 0, folds: 0, retentionRounds: 0 }
     const scope = yield* Effect.scope
 
     yield* attempt("open", dir, () => fs.mkdir(dir, { recursive: true }))
@@ -531,7 +560,7 @@ export const open = (options: StoreOptions): Effect.Effect<Store, LogError | Rec
         const queue = Inbox.make<Pending | "close">()
         const disk = new DiskLog(chain, queue, {
           segmentBytes,
-          now,
+          clocks,
           stats,
           onRoll: () => rollSignal.unsafeOffer(undefined)
         })
@@ -697,7 +726,8 @@ export const open = (options: StoreOptions): Effect.Effect<Store, LogError | Rec
       const retain = (d: DiskLog) =>
         Effect.gen(function* () {
           if (d.failure !== undefined) return
-          const seq = Retention.planFold(policy, d.base.seq, d.summaries(), now())
+          // Ages by the monotonic clock: a wall clock that jumps ahead folds nothing young.
+          const seq = Retention.planFold(policy, d.base.seq, d.summaries(), clocks.monotonic())
           if (seq === undefined) return
           yield* attempt("fold", d.diskDir, () => d.foldTo(seq)).pipe(
             Effect.tap((dropped) =>
@@ -717,7 +747,11 @@ export const open = (options: StoreOptions): Effect.Effect<Store, LogError | Rec
         Effect.forever(
           Effect.zipRight(
             // Suspended: the disks opened since the last round count too.
-            Effect.suspend(() => Effect.forEach([...disks.values()], retain, { discard: true })),
+            Effect.suspend(() => Effect.forEach([...disks.values()], retain, { discard: true })).pipe(
+              Effect.tap(() => {
+                stats.retentionRounds++
+              })
+            ),
             // The next round: after a segment roll, or on the timer (age-based horizons move by themselves).
             Effect.raceFirst(Queue.take(rollSignal), Effect.sleep(Duration.decode(interval)))
           )

@@ -45,7 +45,10 @@ export interface ServeOptions {
   readonly maxFrameBytes?: number | undefined
   /** A connection that has not sent its hello by then is closed (default 10 seconds). */
   readonly helloTimeout?: Duration.DurationInput | undefined
+  /** Wall clock for receive times (default `Date.now`; see `LogStore.StoreOptions.now`). */
   readonly now?: (() => number) | undefined
+  /** Monotonic clock for ages (default `performance.now`; see `LogStore.StoreOptions.monotonic`). */
+  readonly monotonic?: (() => number) | undefined
   /**
    * Where the service's fibers (connections, log writers) run: by default the I/O
    * scheduler (`IoScheduler`), or the caller's under a `TestClock`; `"inherit"` keeps
@@ -109,7 +112,8 @@ const serveOn = (options: ServeOptions) =>
       dir: options.dir,
       segmentBytes: options.segmentBytes,
       retain: options.retain,
-      now: options.now
+      now: options.now,
+      monotonic: options.monotonic
     })
     const maxFrameBytes = options.maxFrameBytes ?? Wire.DEFAULT_MAX_FRAME_BYTES
     const helloTimeout = Duration.decode(options.helloTimeout ?? "10 seconds")

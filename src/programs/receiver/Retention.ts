@@ -9,6 +9,11 @@
  * every recovery point inside the horizon stays restorable: the log keeps at least the
  * newest `SIZE` bytes, or every record younger than `AGE`, plus what lies between the
  * fold point and the horizon.
+ *
+ * Ages are measured on the monotonic clock, never the wall clock: a wall clock stepped
+ * ahead must not make seconds-old records look old, nor one stepped back freeze the
+ * horizon. Each segment is summarized by the monotonic time of its newest record
+ * (`internal/clock.ts` says how records from before a restart get one).
  */
 import { Either } from "effect"
 import { InvalidOption } from "./internal/errors.js"
@@ -97,8 +102,8 @@ export const describe = (policy: Policy): string =>
 export interface SegmentSummary {
   readonly lastSeq: number
   readonly bytes: number
-  /** Receive time of its last record. */
-  readonly lastTime: number
+  /** Monotonic time (ms, the receiver's monotonic clock) of its newest record. */
+  readonly lastMonotonic: number
   /** Its last recovery point, if any. */
   readonly lastPoint: number | undefined
   /** Sealed segments are complete; only they are ever dropped. */
@@ -109,19 +114,21 @@ export interface SegmentSummary {
  * The recovery point to fold the base forward to, or `undefined` when nothing is due.
  * Finds the newest sealed segment lying wholly outside the horizon, then the last
  * recovery point at or before its end; folds only when that drops at least one segment.
+ * `monotonicNow` is the monotonic clock now (the one `lastMonotonic` was read from).
  */
 export const planFold = (
   policy: Policy,
   baseSeq: number,
   segments: ReadonlyArray<SegmentSummary>,
-  now: number
+  monotonicNow: number
 ): number | undefined => {
   let outside = -1
   if (policy._tag === "Age") {
-    const horizon = now - policy.millis
+    const horizon = monotonicNow - policy.millis
     for (let i = 0; i < segments.length; i++) {
       const s = segments[i]!
-      if (!s.sealed || s.lastTime > horizon) break
+      // Stops at the first segment with a record younger than the horizon: all after it are younger.
+      if (!s.sealed || s.lastMonotonic > horizon) break
       outside = i
     }
   } else {

@@ -4,8 +4,9 @@
  * adds them as subcommands; `main.ts` runs them on their own.
  */
 import { Command, HelpDoc, Options, ValidationError } from "@effect/cli"
-import { Console, Duration, Effect, Either, Layer, Logger, LogLevel, Option } from "effect"
+import { Console, Duration, Effect, Either, Logger, LogLevel, Option } from "effect"
 import * as Wire from "../../adapters/Wire.js"
+import * as Logging from "../internal/logging.js"
 import type { InvalidOption } from "./internal/errors.js"
 import * as LogStore from "./LogStore.js"
 import * as ReceiverService from "./ReceiverService.js"
@@ -24,19 +25,13 @@ const disk = Options.text("disk").pipe(
   Options.withDescription("The disk id (may be left out when the directory holds one disk)")
 )
 
-/** Logs go to stderr (logfmt), so stdout carries only the ready line and results. */
-const stderrLogger = Logger.withConsoleError(Logger.logfmtLogger)
+/**
+ * Logs go to stderr as logfmt, one line per record (control characters in values escaped),
+ * and only there: whichever logger the runtime installed (the root CLI's pretty one, or
+ * runMain's) is replaced, not doubled. Stdout carries only the ready line and results.
+ */
 const logging = <A, E, R>(self: Effect.Effect<A, E, R>) =>
-  self.pipe(
-    // Whichever console logger the runtime installed (runMain swaps in the pretty one).
-    Effect.provide(
-      Layer.merge(
-        Logger.replace(Logger.defaultLogger, stderrLogger),
-        Logger.replace(Logger.prettyLoggerDefault, stderrLogger)
-      )
-    ),
-    Logger.withMinimumLogLevel(LogLevel.Info)
-  )
+  self.pipe(Logging.only(Logging.logfmtStderr), Logger.withMinimumLogLevel(LogLevel.Info))
 
 /** Prints a failure as `cdp-sync <command>: <message>` and sets exit code 1. */
 const reportFailure =
