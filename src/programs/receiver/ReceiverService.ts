@@ -211,7 +211,6 @@ const serveOn = (options: ServeOptions) =>
     const converse = (socket: Net.Socket) =>
       Effect.gen(function* () {
         const peer = `${socket.remoteAddress}:${socket.remotePort}`
-        const openedAt = now()
         // Until the hello, a frame may be no larger than a hello.
         const decoder = Wire.makeDecoder({ maxFrameBytes, maxFirstFrameBytes: Wire.MAX_HELLO_FRAME_BYTES })
         const source = new FrameSource(socket, decoder, now)
@@ -227,22 +226,24 @@ const serveOn = (options: ServeOptions) =>
             Effect.logWarning(`connection closed: ${why}`).pipe(
               Effect.annotateLogs({ peer, disk: entry?.log.diskId ?? "-", ...annotations })
             ),
-            Effect.sync(() => socket.destroy())
+            Effect.sync(() => {
+              socket.destroy()
+            })
           )
-        // The deadlines: the hello's, then silence while we wait for the peer, and replies
-        // it leaves unread. Destroying the socket ends the conversation (`FrameSource`).
-        const watchdog = Effect.gen(function* () {
+        // The deadlines: the hello's; after it, silence while we wait for the peer and
+        // replies it leaves unread. Destroying the socket ends the conversation (`FrameSource`).
+        const helloDeadline = Effect.sleep(Duration.millis(helloMs)).pipe(
+          Effect.zipRight(
+            Effect.suspend(() =>
+              helloSeen
+                ? Effect.void
+                : close("no hello in time", { helloTimeout: Duration.format(Duration.millis(helloMs)) })
+            )
+          )
+        )
+        const idleWatch = Effect.gen(function* () {
           for (;;) {
             const t = now()
-            if (!helloSeen) {
-              const left = openedAt + helloMs - t
-              if (left <= 0)
-                return yield* close("no hello in time", {
-                  helloTimeout: Duration.format(Duration.millis(helloMs))
-                })
-              yield* Effect.sleep(Duration.millis(left))
-              continue
-            }
             const silent = source.silentFor(t)
             if (silent >= idleMs)
               return yield* close(`nothing received for ${seconds(silent)}`, {
@@ -252,16 +253,15 @@ const serveOn = (options: ServeOptions) =>
             if (stalled !== undefined && t - stalled >= idleMs)
               return yield* close(
                 `the filter has not read the receiver's replies for ${seconds(t - stalled)}`,
-                {
-                  idleTimeout: Duration.format(Duration.millis(idleMs))
-                }
+                { idleTimeout: Duration.format(Duration.millis(idleMs)) }
               )
-            // While busy (silent 0) nothing is due: look again within half the timeout.
-            let left = silent > 0 ? idleMs - silent : idleMs / 2
+            // While busy (silent 0) nothing is due: look again within a quarter of the timeout.
+            let left = silent > 0 ? idleMs - silent : idleMs / 4
             if (stalled !== undefined) left = Math.min(left, stalled + idleMs - t)
             yield* Effect.sleep(Duration.millis(Math.max(1, left)))
           }
         })
+        let watch: Fiber.RuntimeFiber<void> | undefined
 
         const onRecord = (current: Entry, record: Wire.Record): Wire.WireError | Finished | undefined => {
           // Taken over while this chunk was read: the disk is another connection's now.
@@ -302,6 +302,7 @@ const serveOn = (options: ServeOptions) =>
               })
             const current = yield* hello(me, frame)
             entry = current
+            watch = yield* Effect.fork(idleWatch)
             unsubscribe = current.log.onDurable((seq) => {
               if (current.log.failure !== undefined) socket.destroy()
               else replies.ack(seq)
@@ -349,7 +350,7 @@ const serveOn = (options: ServeOptions) =>
             }
           }
         })
-        const dog = yield* Effect.fork(watchdog)
+        const dog = yield* Effect.fork(helloDeadline)
         yield* run.pipe(
           Effect.catchTags({
             HelloRefused: (refused) =>
@@ -377,7 +378,9 @@ const serveOn = (options: ServeOptions) =>
                 Effect.annotateLogs({ peer, disk: entry?.log.diskId ?? "-" })
               )
           }),
-          Effect.ensuring(Fiber.interrupt(dog)),
+          Effect.ensuring(
+            Effect.suspend(() => Fiber.interruptAll(watch === undefined ? [dog] : [dog, watch]))
+          ),
           Effect.ensuring(
             Effect.sync(() => {
               unsubscribe()
