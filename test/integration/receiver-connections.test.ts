@@ -241,7 +241,9 @@ describe("the idle timeout after the hello (TestClock)", () => {
       const late = yield* connect(server.port)
       expect(yield* hello(late, "vm3")).toEqual({ _tag: "Welcome", durableSeq: 1 })
       yield* waitFor("the old connection closed", () => old.state.closed)
-      expect(logs.lines.find((l) => /connection taken over by/.test(l))).toMatch(/vm3: connection taken over by a new one/)
+      expect(logs.lines.find((l) => /connection taken over by/.test(l))).toMatch(
+        /vm3: connection taken over by a new one/
+      )
       // The new holder carries on from the durable seq.
       late.send({ _tag: "Write", seq: 2, epoch: 0, offset: 4096, data: new Uint8Array(100).fill(4) })
       yield* waitFor("ack 2", () => late.frames.some((f) => f._tag === "Ack" && f.seq === 2))

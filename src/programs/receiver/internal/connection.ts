@@ -24,6 +24,8 @@ export class FrameSource {
   private failure: Wire.WireError | SocketFailed | undefined = undefined
   /** `end`: the peer finished its side; `close`: the socket is gone (possibly closed by us). */
   private ended: "end" | "close" | undefined = undefined
+  /** Bytes of an unfinished frame when the peer ended its side (kept: `close` releases them). */
+  private leftover = 0
   private wake: (() => void) | undefined = undefined
   private lastHeard: number
   /** Since when the connection's fiber has been waiting for bytes (undefined: busy). */
@@ -46,6 +48,7 @@ export class FrameSource {
     })
     socket.on("end", () => {
       this.ended ??= "end"
+      this.leftover = decoder.buffered
       this.notify()
     })
     socket.on("error", (cause) => {
@@ -60,7 +63,10 @@ export class FrameSource {
     })
     socket.pause()
     // The connection's fiber may start after the socket already ended or closed.
-    if (socket.readableEnded) this.ended = "end"
+    if (socket.readableEnded) {
+      this.ended = "end"
+      this.leftover = decoder.buffered
+    }
     if (socket.destroyed) {
       this.ended ??= "close"
       decoder.release()
@@ -87,17 +93,15 @@ export class FrameSource {
         return Effect.succeed(frames)
       }
       if (this.failure !== undefined) return Effect.fail(this.failure)
-      if (this.ended !== undefined) {
-        const buffered = this.decoder.buffered
-        return this.ended === "end" && buffered > 0
+      if (this.ended !== undefined)
+        return this.ended === "end" && this.leftover > 0
           ? Effect.fail(
               new Wire.WireError({
                 reason: "truncated",
-                detail: `the stream ended ${buffered} bytes into a frame`
+                detail: `the stream ended ${this.leftover} bytes into a frame`
               })
             )
           : Effect.succeed(undefined)
-      }
       return Effect.async<ReadonlyArray<Wire.Frame> | undefined, Wire.WireError | SocketFailed>((resume) => {
         this.waitingSince = this.now()
         this.wake = () => resume(this.next)
@@ -155,7 +159,10 @@ export class Replies {
 
   /** Every record through `seq` is durable. */
   ack(seq: number): void {
-    if (this.unsafeNoCoalescing) return this.write({ _tag: "Ack", seq })
+    if (this.unsafeNoCoalescing) {
+      this.write({ _tag: "Ack", seq })
+      return
+    }
     if (this.gapExpected === undefined) this.ackBefore = Math.max(this.ackBefore ?? 0, seq)
     else this.ackAfter = Math.max(this.ackAfter ?? 0, seq)
     this.flush()
@@ -163,7 +170,10 @@ export class Replies {
 
   /** A gap; `false` when an earlier one is still unwritten (the caller closes the connection). */
   gap(expected: number): boolean {
-    if (this.unsafeNoCoalescing) return this.write({ _tag: "Gap", expected }) === undefined
+    if (this.unsafeNoCoalescing) {
+      this.write({ _tag: "Gap", expected })
+      return true
+    }
     if (this.gapExpected !== undefined) return false
     this.gapExpected = expected
     this.flush()
@@ -172,7 +182,10 @@ export class Replies {
 
   /** The answer to a keep-alive (one outstanding at most). */
   keepAlive(): void {
-    if (this.unsafeNoCoalescing) return this.write({ _tag: "KeepAlive" })
+    if (this.unsafeNoCoalescing) {
+      this.write({ _tag: "KeepAlive" })
+      return
+    }
     this.keepAlivePending = true
     this.flush()
   }
