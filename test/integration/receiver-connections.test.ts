@@ -1,5 +1,5 @@
 /**
- * What a peer can hold of the receiver (docs/receiver.md, "Bounded resources"), with the
+ * What a peer can hold of the receiver (docs/receiver.md, "Running it": the bounds), with the
  * service in-process over real TCP and real files: a connection closed under it ends its
  * fiber, the hello is capped, a silent connection is dropped after the idle timeout (or
  * taken over), a healthy idle filter's keep-alives keep it, a peer that reads nothing is
