@@ -1,6 +1,6 @@
 /**
- * One receiver connection's two directions over its socket (docs/receiver.md, "Bounded
- * resources"):
+ * One receiver connection's two directions over its socket (docs/receiver.md, the
+ * bounds under "Running it"):
  *
  * - `FrameSource`: the frames the filter sends, pulled by the connection's fiber. It ends
  *   whenever the socket closes — a peer's end, a reset, or our own `destroy()` (which
