@@ -200,7 +200,7 @@ describe("the receiver under abuse (a child process, its peak resident size boun
     )
   })
 
-  it("a peer that never reads its acks: 2 M duplicates, coalesced acks (bound: +96 MiB)", async () => {
+  it("a peer that never reads its acks: 2 M duplicates, coalesced acks (bound: +192 MiB)", async () => {
     const { receiver, dir } = await start([])
     const base = memory(receiver.child.pid!).rss
     const peer = await connect(receiver)
@@ -222,7 +222,9 @@ describe("the receiver under abuse (a child process, its peak resident size boun
     }
     expect(logged).toBe(2)
     const { peak } = memory(receiver.child.pid!)
-    expect(peak - base, `peak ${mib(peak)}, ready at ${mib(base)}`).toBeLessThan(96 * MiB)
+    // The heap's garbage between collections, not the acks: the old receiver kept every
+    // unread ack (+461 MiB here, and growing with each duplicate).
+    expect(peak - base, `peak ${mib(peak)}, ready at ${mib(base)}`).toBeLessThan(192 * MiB)
     expect(peer.isClosed()).toBe(false)
     await served(receiver, "after-dups")
     peer.socket.destroy()

@@ -19,8 +19,18 @@ import * as Wire from "../../../adapters/Wire.js"
 /** The socket failed under a connection (reset, timeout). */
 export class SocketFailed extends Data.TaggedError("SocketFailed")<{ readonly cause: unknown }> {}
 
+/**
+ * Decoded frames the fiber has not taken yet, in bytes, before the socket stops reading.
+ * The fiber takes them all at once, so a burst costs one wake-up, not one per chunk.
+ */
+const READY_HIGH_WATER = 1 << 20
+
+const frameBytes = (frame: Wire.Frame) =>
+  Wire.HEADER_BYTES + (frame._tag === "Write" || frame._tag === "Block" ? frame.data.byteLength : 0)
+
 export class FrameSource {
   private ready: Array<Wire.Frame> = []
+  private readyBytes = 0
   private failure: Wire.WireError | SocketFailed | undefined = undefined
   /** `end`: the peer finished its side; `close`: the socket is gone (possibly closed by us). */
   private ended: "end" | "close" | undefined = undefined
@@ -40,11 +50,14 @@ export class FrameSource {
     socket.on("data", (chunk: Uint8Array) => {
       this.lastHeard = this.now()
       // Frames before a corruption are kept: they precede it and are handled first.
+      const from = this.ready.length
       const error = decoder.pushInto(chunk, this.ready)
+      for (let i = from; i < this.ready.length; i++) this.readyBytes += frameBytes(this.ready[i]!)
       if (error !== undefined) this.failure ??= error
-      // Read on only when the fiber asks for more: TCP pushes back on the filter meanwhile.
-      if (this.ready.length > 0 || error !== undefined) socket.pause()
-      this.notify()
+      // Enough waits for the fiber (busy, or its log is behind): stop reading, and TCP
+      // pushes back on the filter. The fiber reads on when it takes them.
+      if (error !== undefined || this.readyBytes >= READY_HIGH_WATER) socket.pause()
+      if (error !== undefined || this.ready.length > from) this.notify()
     })
     socket.on("end", () => {
       this.ended ??= "end"
@@ -90,6 +103,8 @@ export class FrameSource {
       if (this.ready.length > 0) {
         const frames = this.ready
         this.ready = []
+        this.readyBytes = 0
+        if (this.failure === undefined && this.ended === undefined) this.socket.resume()
         return Effect.succeed(frames)
       }
       if (this.failure !== undefined) return Effect.fail(this.failure)
@@ -124,6 +139,7 @@ export class FrameSource {
   /** Drops the buffered bytes and frames (the connection is over). */
   release(): void {
     this.ready = []
+    this.readyBytes = 0
     this.decoder.release()
   }
 }
