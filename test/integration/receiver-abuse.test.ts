@@ -122,6 +122,21 @@ const served = async (receiver: Proc.ReceiverProcess, diskId: string, attempts =
   }
 }
 
+describe("the receiver's bounds as options", () => {
+  it("must be positive integers: the parser refuses 0 and negatives, naming the option", async () => {
+    for (const [option, value] of [
+      ["--idle-timeout", "0"],
+      ["--max-connections", "-3"],
+      ["--hello-timeout", "0"]
+    ] as const) {
+      const result = await Proc.run(["receiver", "--dir", tempDir(), "--port", "0", option, value])
+      expect(result.code, option).not.toBe(0)
+      expect(result.stderr).toContain(`${option} ${value}: expected a positive integer`)
+      expect(result.stdout).not.toMatch(/listening/)
+    }
+  })
+})
+
 describe("the receiver under abuse (a child process, its peak resident size bounded)", () => {
   it("partial 32 MiB hellos: refused from the header, nothing pinned (bound: +160 MiB)", async () => {
     const { receiver } = await start(["--hello-timeout", "300"])
