@@ -17,6 +17,7 @@ export {
   HEADER_BYTES,
   Kind,
   MAGIC,
+  MAX_HELLO_FRAME_BYTES,
   VERSION,
   WireError,
   WireErrorReason
@@ -27,6 +28,7 @@ export type {
   Frame,
   Gap,
   Hello,
+  KeepAlive,
   Record,
   Refuse,
   ResyncBegin,

@@ -35,7 +35,8 @@ const frame: fc.Arbitrary<Wire.Frame> = fc.oneof(
   fc.record({ _tag: fc.constant("ResyncEnd" as const), seq, epoch }),
   fc.record({ _tag: fc.constant("Ack" as const), seq }),
   fc.record({ _tag: fc.constant("Gap" as const), expected: seq }),
-  fc.record({ _tag: fc.constant("Refuse" as const), reason: text, detail: text })
+  fc.record({ _tag: fc.constant("Refuse" as const), reason: text, detail: text }),
+  fc.constant<Wire.KeepAlive>({ _tag: "KeepAlive" })
 )
 const frames = fc.array(frame, { minLength: 1, maxLength: 12 })
 /** Positions are reduced modulo the stream length, so one generator fits every stream. */
@@ -193,6 +194,50 @@ describe("wire codec", () => {
           expect(sameFrame(f, fs[complete + i]!)).toBe(true)
         })
       }),
+      { numRuns: RUNS }
+    )
+  })
+
+  it("caps the first frame alone: refused from its header just beyond the cap, any later frame up to the maximum", () => {
+    const max = 1 << 16
+    fc.assert(
+      fc.property(
+        // Caps and sizes around each other and around the maximum.
+        fc.integer({ min: Wire.HEADER_BYTES, max: max + 64 }),
+        fc.integer({ min: -3, max: 3 }),
+        fc.integer({ min: 0, max: max + 64 - Wire.HEADER_BYTES }),
+        (cap, delta, laterSize) => {
+          const firstSize = Math.max(0, cap - Wire.HEADER_BYTES + delta)
+          const first = Wire.encode({
+            _tag: "Block",
+            seq: 1,
+            epoch: 0,
+            block: 0,
+            data: new Uint8Array(firstSize)
+          })
+          const later = Wire.encode({
+            _tag: "Block",
+            seq: 2,
+            epoch: 0,
+            block: 0,
+            data: new Uint8Array(laterSize)
+          })
+          const decoder = new Decoder({ maxFrameBytes: max, maxFirstFrameBytes: cap })
+          const out: Array<Wire.Frame> = []
+          const error = decoder.pushInto(Buffer.concat([first, later]), out)
+          const firstLimit = Math.min(cap, max)
+          if (first.byteLength > firstLimit) {
+            expect(error?.reason).toBe("too-large")
+            expect(out).toEqual([])
+          } else if (later.byteLength > max) {
+            expect(error?.reason).toBe("too-large")
+            expect(out.length).toBe(1)
+          } else {
+            expect(error).toBeUndefined()
+            expect(out.length).toBe(2)
+          }
+        }
+      ),
       { numRuns: RUNS }
     )
   })

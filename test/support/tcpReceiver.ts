@@ -84,6 +84,8 @@ export const make = (options: ServerOptions = {}): Effect.Effect<TcpReceiver, ne
               if (store.intakePaused) socket.pause()
             } else if (isRecord(frame)) {
               state.session.receive(frame)
+            } else if (frame._tag === "KeepAlive") {
+              socket.write(Wire.encode(frame))
             } else {
               return close(
                 new Wire.WireError({ reason: "unexpected-frame", detail: `${frame._tag} from the filter` })

@@ -117,7 +117,7 @@ describe("wire errors", () => {
   })
 
   it("unknown-kind", () => {
-    for (const kind of [0, 10, 255]) {
+    for (const kind of [0, 11, 255]) {
       const bytes = copy({ _tag: "Ack", seq: 1 })
       bytes[5] = kind
       expect(errorOf(reseal(bytes))?.reason).toBe("unknown-kind")
@@ -198,7 +198,111 @@ describe("wire errors", () => {
   })
 })
 
+describe("the keep-alive frame (kind 10)", () => {
+  const keepAlive = Wire.encode({ _tag: "KeepAlive" })
+
+  it("is a bare header: kind 10, every field 0, no payload", () => {
+    expect(keepAlive.byteLength).toBe(Wire.HEADER_BYTES)
+    expect(Buffer.from(keepAlive.subarray(0, 36)).toString("hex")).toBe(`4344505301${"0a"}${"00".repeat(30)}`)
+    expect(getU32(keepAlive, 36)).toBe(crc32c(keepAlive.subarray(0, 36)))
+    expect(Either.getOrThrow(Wire.makeDecoder().push(keepAlive))).toEqual([{ _tag: "KeepAlive" }])
+  })
+
+  // Each damage with its expected outcome: refused with a typed error, or waited for; never a frame.
+  it("corruption matrix: flip, truncate, delete, forge with a valid CRC", () => {
+    for (let i = 0; i < Wire.HEADER_BYTES; i++) {
+      const flipped = copy({ _tag: "KeepAlive" })
+      flipped[i] = flipped[i]! ^ 0x01
+      const expected = i < 4 ? "bad-magic" : i === 4 ? "bad-version" : "header-crc"
+      expect(errorOf(flipped)?.reason, `flip byte ${i}`).toBe(expected)
+    }
+    for (let cut = 4; cut < Wire.HEADER_BYTES; cut++) {
+      const decoder = Wire.makeDecoder()
+      // Truncated (or a byte deleted from the end): no frame, no error, the bytes held.
+      expect(decoder.push(keepAlive.subarray(0, cut))).toEqual(Either.right([]))
+      expect(decoder.buffered).toBe(cut)
+    }
+    // A byte deleted in the middle: the next frame's first byte slides in, the CRC objects.
+    const deleted = Buffer.concat([keepAlive.subarray(0, 20), keepAlive.subarray(21), keepAlive])
+    expect(errorOf(deleted)?.reason).toBe("header-crc")
+    // Forged with valid CRCs: a payload on it, flags, an unknown next kind.
+    expect(errorOf(withPayload(Wire.Kind.KeepAlive, new Uint8Array([0])))?.reason).toBe("bad-payload")
+    const flags = copy({ _tag: "KeepAlive" })
+    flags[6] = 1
+    expect(errorOf(reseal(flags))?.reason).toBe("bad-flags")
+    const next = copy({ _tag: "KeepAlive" })
+    next[5] = Wire.Kind.KeepAlive + 1
+    expect(errorOf(reseal(next))?.reason).toBe("unknown-kind")
+    // Unused fields forged non-zero under a valid CRC are ignored, as for every kind.
+    const fields = copy({ _tag: "KeepAlive" })
+    fields[15] = 9
+    expect(Either.getOrThrow(Wire.makeDecoder().push(reseal(fields)))).toEqual([{ _tag: "KeepAlive" }])
+  })
+})
+
+describe("the first-frame cap", () => {
+  const helloOf = (bytes: number): Wire.Hello => {
+    const base = Wire.encode({ _tag: "Hello", diskId: "", blockSize: 1, blockCount: 1, watermark: 0 })
+    // Grow the disk id until the frame has exactly `bytes` bytes.
+    return {
+      _tag: "Hello",
+      diskId: "d".repeat(bytes - base.byteLength),
+      blockSize: 1,
+      blockCount: 1,
+      watermark: 0
+    }
+  }
+
+  it("refuses a first frame beyond it from the header, and lets later frames up to maxFrameBytes", () => {
+    const cap = 1000
+    const options = { maxFrameBytes: 1 << 20, maxFirstFrameBytes: cap }
+    const exact = Wire.encode(helloOf(cap))
+    expect(exact.byteLength).toBe(cap)
+    expect(Either.getOrThrow(Wire.makeDecoder(options).push(exact))).toHaveLength(1)
+    const over = Wire.encode(helloOf(cap + 1))
+    const decoder = Wire.makeDecoder(options)
+    const refused = decoder.push(over.subarray(0, Wire.HEADER_BYTES))
+    expect(Either.isLeft(refused) && refused.left.reason).toBe("too-large")
+    expect(Either.isLeft(refused) && refused.left.detail).toMatch(
+      /first frame of 1001 bytes exceeds the maximum of 1000/
+    )
+    // After a first frame, only maxFrameBytes counts.
+    const big = { ...write, data: new Uint8Array(100_000) }
+    const later = Wire.makeDecoder(options).push(Buffer.concat([exact, Wire.encode(big)]))
+    expect(Either.getOrThrow(later).map((f) => f._tag)).toEqual(["Hello", "Write"])
+    // A cap above maxFrameBytes changes nothing.
+    const loose = Wire.makeDecoder({ maxFrameBytes: 2000, maxFirstFrameBytes: 1 << 20 })
+    expect(Either.isLeft(loose.push(Wire.encode({ ...write, data: new Uint8Array(2000) })))).toBe(true)
+  })
+
+  it("MAX_HELLO_FRAME_BYTES holds the largest hello the schema allows", () => {
+    // 1024 UTF-16 units, each escaped to six bytes of JSON, and the largest numbers.
+    const hello: Wire.Hello = {
+      _tag: "Hello",
+      diskId: "\u0001".repeat(1024),
+      blockSize: Number.MAX_SAFE_INTEGER,
+      blockCount: Number.MAX_SAFE_INTEGER,
+      watermark: Number.MAX_SAFE_INTEGER
+    }
+    const bytes = Wire.encode(hello)
+    expect(bytes.byteLength).toBeLessThan(Wire.MAX_HELLO_FRAME_BYTES)
+    const decoded = Wire.makeDecoder({ maxFirstFrameBytes: Wire.MAX_HELLO_FRAME_BYTES }).push(bytes)
+    expect(Either.getOrThrow(decoded)).toEqual([hello])
+  })
+})
+
 describe("wire decoder buffering", () => {
+  it("release drops a partial frame's bytes and ignores later pushes", () => {
+    const bytes = Wire.encode({ ...write, data: new Uint8Array(1 << 20) })
+    const decoder = Wire.makeDecoder()
+    expect(decoder.push(bytes.subarray(0, 500_000))).toEqual(Either.right([]))
+    expect(decoder.buffered).toBe(500_000)
+    decoder.release()
+    expect(decoder.buffered).toBe(0)
+    expect(decoder.push(bytes.subarray(500_000))).toEqual(Either.right([]))
+    expect(decoder.buffered).toBe(0)
+  })
+
   it("returns a view, not a copy, when a payload lies inside one chunk", () => {
     const bytes = Wire.encode({ ...write, data: new Uint8Array(100).fill(7) })
     const [frame] = Either.getOrThrow(Wire.makeDecoder().push(bytes))

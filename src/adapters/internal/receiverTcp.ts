@@ -5,6 +5,9 @@
  * write (one `writev`, no copy). The writer waits only when the socket's buffer is
  * above its high-water mark (Node's `drain`), so a receiver that stops reading fills
  * the outbox and `send` suspends. Any wire error or socket end marks the connection lost.
+ * When nothing has been sent for `keepAliveInterval`, a keep-alive frame goes out, so the
+ * receiver's idle timeout never closes a healthy idle link; the receiver's answers are
+ * dropped here (they only prove the link carries traffic both ways).
  */
 import * as Net from "node:net"
 import { Cause, Clock, Deferred, Duration, Effect, ExecutionStrategy, Exit, Mailbox, Scope } from "effect"
@@ -30,7 +33,14 @@ export interface TcpOptions {
   readonly connectTimeout?: Duration.DurationInput | undefined
   /** Frames the sender may buffer before `send` suspends (default 64). */
   readonly sendBuffer?: number | undefined
+  /**
+   * A keep-alive goes out once nothing was sent for this long (default 5 seconds, well
+   * under the receiver's idle timeout of 30; `Duration.infinity` sends none).
+   */
+  readonly keepAliveInterval?: Duration.DurationInput | undefined
 }
+
+export const DEFAULT_KEEP_ALIVE_INTERVAL = Duration.seconds(5)
 
 /**
  * Outgoing frames are carved from 1 MiB slabs: a 4 KiB write's frame was an ArrayBuffer
@@ -40,6 +50,8 @@ const allocateFrame = makeSlabAllocator({ slabBytes: 1 << 20, largest: 1 << 17 }
 const encodeRecord = encodeWith(allocateFrame)
 /** `sendOwned`: the header from a slab, the payload written from the caller's buffer. */
 const encodeOwned = encodePartsWith(allocateFrame)
+/** Never changed, so one buffer serves every keep-alive. */
+const KEEP_ALIVE = encode({ _tag: "KeepAlive" })
 
 /**
  * What the writer puts on the socket for one record: a frame, or its parts in order and
@@ -149,6 +161,7 @@ const open = (
       for (const frame of frames) {
         if (welcomed) {
           if (frame._tag === "Ack" || frame._tag === "Gap") link.deliver(frame)
+          else if (frame._tag === "KeepAlive") continue
           else return lost(unexpected(frame, "after the welcome"))
         } else if (frame._tag === "Welcome") {
           welcomed = true
@@ -164,8 +177,14 @@ const open = (
     socket.on("error", (cause) => lose(cause))
     socket.on("close", () => lose(new ConnectionClosed({ by: "receiver", detail: "end of stream" })))
 
+    const clock = yield* Effect.clock
+    let lastSent = clock.unsafeCurrentTimeMillis()
     yield* Effect.gen(function* () {
-      for (;;) yield* writeFrames(socket, (yield* link.outbox.takeAll)[0])
+      for (;;) {
+        const [frames] = yield* link.outbox.takeAll
+        lastSent = clock.unsafeCurrentTimeMillis()
+        yield* writeFrames(socket, frames)
+      }
     }).pipe(Effect.forkIn(scope))
 
     link.outbox.unsafeOffer(encode({ _tag: "Hello", ...hello }))
@@ -173,6 +192,20 @@ const open = (
     const durableSeq = yield* Deferred.await(handshake).pipe(
       Effect.timeoutFail({ duration: Duration.millis(left), onTimeout: tooLate("no welcome from") })
     )
+    const keepAlive = Duration.decode(options.keepAliveInterval ?? DEFAULT_KEEP_ALIVE_INTERVAL)
+    if (Duration.isFinite(keepAlive)) {
+      const every = Math.max(1, Duration.toMillis(keepAlive))
+      yield* Effect.gen(function* () {
+        for (;;) {
+          const left = lastSent + every - clock.unsafeCurrentTimeMillis()
+          if (left > 0) yield* Effect.sleep(Duration.millis(left))
+          else if (link.isLost()) return
+          // A full outbox has frames on their way: they keep the link alive themselves.
+          else if (link.outbox.unsafeOffer(KEEP_ALIVE)) lastSent = clock.unsafeCurrentTimeMillis()
+          else yield* Effect.sleep(Duration.millis(every))
+        }
+      }).pipe(Effect.forkIn(scope))
+    }
     const connection: LogReceiver.Connection = {
       durableSeq,
       send: (record) => Effect.suspend(() => link.send(encodeRecord(record))),

@@ -29,6 +29,12 @@ import {
 export interface DecoderOptions {
   /** Largest frame accepted (header + payload), checked from the header before the payload is buffered. */
   readonly maxFrameBytes?: number | undefined
+  /**
+   * Largest first frame (default: `maxFrameBytes`). A receiver passes
+   * `MAX_HELLO_FRAME_BYTES`: its first frame must be a small hello, so a peer that has
+   * not said who it is cannot make it buffer up to `maxFrameBytes`.
+   */
+  readonly maxFirstFrameBytes?: number | undefined
 }
 
 /** Internal knobs for mutation testing only; never exposed by `Wire`. */
@@ -65,10 +71,14 @@ const emptyPayload = (kind: number) =>
   kind === Kind.ResyncBegin ||
   kind === Kind.ResyncEnd ||
   kind === Kind.Ack ||
-  kind === Kind.Gap
+  kind === Kind.Gap ||
+  kind === Kind.KeepAlive
 
 export class Decoder {
   private readonly maxFrameBytes: number
+  private readonly maxFirstFrameBytes: number
+  /** Whether a frame was decoded (the first-frame cap no longer applies). */
+  private started = false
   private readonly checkPayloadCrc: boolean
   private chunks: Array<Uint8Array> = []
   /** Index of the first unconsumed chunk and bytes already consumed from it. */
@@ -78,12 +88,14 @@ export class Decoder {
   /** Set while waiting for the payload of a parsed header. */
   private pending: Header | undefined = undefined
   private failure: WireError | undefined = undefined
+  private released = false
   private readonly scratch = new Uint8Array(HEADER_BYTES)
   /** Payload copies: small and medium ones share 1 MiB slabs. */
   private readonly allocate = makeSlabAllocator({ slabBytes: SLAB_BYTES, largest: SLAB_BYTES / 4 })
 
   constructor(options: DecoderTestOptions = {}) {
     this.maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES
+    this.maxFirstFrameBytes = Math.min(this.maxFrameBytes, options.maxFirstFrameBytes ?? this.maxFrameBytes)
     this.checkPayloadCrc = options.unsafeSkipPayloadCrc !== true
   }
 
@@ -95,6 +107,19 @@ export class Decoder {
   /** The error the decoder failed with, if it has. */
   get failed(): WireError | undefined {
     return this.failure
+  }
+
+  /**
+   * Drops every buffered byte (a partial frame included), once the connection is gone:
+   * nothing the peer sent stays reachable from the decoder. Later pushes are ignored.
+   */
+  release(): void {
+    this.chunks = []
+    this.head = 0
+    this.headOffset = 0
+    this.available = 0
+    this.pending = undefined
+    this.released = true
   }
 
   /** Feeds bytes; returns every frame they complete, or the error (frames decoded before it are dropped). */
@@ -110,6 +135,7 @@ export class Decoder {
    */
   pushInto(chunk: Uint8Array, out: Array<Frame>): WireError | undefined {
     if (this.failure !== undefined) return this.failure
+    if (this.released) return undefined
     if (chunk.byteLength > 0) {
       this.chunks.push(chunk)
       this.available += chunk.byteLength
@@ -130,6 +156,7 @@ export class Decoder {
       this.pending = undefined
       const frame = this.frame(header, this.take(header.length, undefined))
       if (frame instanceof WireError) return (this.failure = frame)
+      this.started = true
       out.push(frame)
     }
   }
@@ -197,7 +224,7 @@ export class Decoder {
     if (headerCrc !== actual)
       return fail("header-crc", `header CRC ${hex(headerCrc)}, computed ${hex(actual)}`)
     const kind = h[Offset.kind]!
-    if (kind < Kind.Hello || kind > Kind.Refuse) return fail("unknown-kind", `unknown frame kind ${kind}`)
+    if (kind < Kind.Hello || kind > Kind.KeepAlive) return fail("unknown-kind", `unknown frame kind ${kind}`)
     const flags = (h[Offset.flags]! << 8) | h[Offset.flags + 1]!
     if (flags !== 0) return fail("bad-flags", `flags must be 0, got ${flags}`)
     const seqHigh = readU32(h, Offset.seq)
@@ -205,10 +232,11 @@ export class Decoder {
     if (seqHigh > MAX_SAFE_HIGH_WORD) return fail("unsafe-integer", "seq exceeds 2^53 - 1")
     if (positionHigh > MAX_SAFE_HIGH_WORD) return fail("unsafe-integer", "offset/block exceeds 2^53 - 1")
     const length = readU32(h, Offset.length)
-    if (HEADER_BYTES + length > this.maxFrameBytes)
+    const max = this.started ? this.maxFrameBytes : this.maxFirstFrameBytes
+    if (HEADER_BYTES + length > max)
       return fail(
         "too-large",
-        `frame of ${HEADER_BYTES + length} bytes exceeds the maximum of ${this.maxFrameBytes}`
+        `${this.started ? "frame" : "first frame"} of ${HEADER_BYTES + length} bytes exceeds the maximum of ${max}`
       )
     if (length > 0 && emptyPayload(kind)) return fail("bad-payload", `frame kind ${kind} carries no payload`)
     return {
@@ -252,7 +280,10 @@ export class Decoder {
         return { _tag: "Ack", seq }
       case Kind.Gap:
         return { _tag: "Gap", expected: seq }
+      case Kind.KeepAlive:
+        return { _tag: "KeepAlive" }
       default: {
+        // Kind.Refuse: `parseHeader` let no other kind through.
         const text = this.text(payload)
         if (text instanceof WireError) return text
         const decoded = decodeRefuse(text)

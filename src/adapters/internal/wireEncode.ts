@@ -108,6 +108,9 @@ const encodeHeader = (frame: Frame, allocate: (bytes: number) => Uint8Array, roo
       kind = Kind.Refuse
       payload = json({ reason: frame.reason, detail: frame.detail })
       break
+    case "KeepAlive":
+      kind = Kind.KeepAlive
+      break
   }
   const length = u32("payload length", payload.byteLength)
   const bytes = allocate(HEADER_BYTES + (roomForPayload ? length : 0))

@@ -13,6 +13,11 @@ export const HEADER_BYTES = 40
 export const HEADER_CRC_SPAN = 36
 /** Default cap on a whole frame (header + payload): room for a 16 MiB write and more. */
 export const DEFAULT_MAX_FRAME_BYTES = 32 * 1024 * 1024
+/**
+ * Cap on a connection's first frame (the hello: a few hundred bytes of JSON): a peer that
+ * has not said who it is cannot make the decoder buffer a large payload.
+ */
+export const MAX_HELLO_FRAME_BYTES = 64 * 1024
 /** u64 fields must stay exact in a JS number: the high word is at most 2^21 - 1. */
 export const MAX_SAFE_HIGH_WORD = 0x1f_ffff
 export const MAX_U32 = 0xffff_ffff
@@ -26,7 +31,8 @@ export const Kind = {
   ResyncEnd: 6,
   Ack: 7,
   Gap: 8,
-  Refuse: 9
+  Refuse: 9,
+  KeepAlive: 10
 } as const
 export type Kind = (typeof Kind)[keyof typeof Kind]
 
@@ -109,9 +115,19 @@ export interface Refuse {
   readonly detail: string
 }
 
+/**
+ * Either way, after the welcome: "I am here". The filter sends one when it has sent
+ * nothing for a while, so an idle link never trips the receiver's idle timeout; the
+ * receiver answers each with one (at most one outstanding), so the link carries traffic
+ * both ways.
+ */
+export interface KeepAlive {
+  readonly _tag: "KeepAlive"
+}
+
 /** The records the filter streams, in seq order. */
 export type Record = Write | Block | ResyncBegin | ResyncEnd
-export type Frame = Hello | Welcome | Record | Ack | Gap | Refuse
+export type Frame = Hello | Welcome | Record | Ack | Gap | Refuse | KeepAlive
 
 // ---------------------------------------------------------------------------------------------
 // JSON payloads, decoded with a Schema.

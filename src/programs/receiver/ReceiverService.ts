@@ -11,9 +11,14 @@
  * A corrupt or oversized frame, a frame out of place or a record that does not fit the
  * disk closes that connection only, with its typed `WireError` logged; the offending
  * frame never reaches the log.
+ *
+ * What a peer can hold is bounded: connections (`maxConnections`), the time to say hello
+ * (`helloTimeout`, and a hello frame of at most `Wire.MAX_HELLO_FRAME_BYTES`), silence
+ * after it (`idleTimeout`; the filter sends keep-alives), a frame (`maxFrameBytes`), the
+ * replies a peer leaves unread (coalesced, see `internal/connection.ts`), and the records
+ * waiting for the log's writer (the connection stops reading).
  */
 import * as Net from "node:net"
-import * as NodeStream from "@effect/platform-node/NodeStream"
 import {
   Console,
   Data,
@@ -24,15 +29,19 @@ import {
   Fiber,
   FiberSet,
   type Scheduler,
-  type Scope,
-  Stream
+  type Scope
 } from "effect"
 import * as Wire from "../../adapters/Wire.js"
 import * as Receiver from "../../domain/Receiver.js"
 import * as IoScheduler from "../IoScheduler.js"
+import { FrameSource, REPLIES_OVERFLOW, Replies } from "./internal/connection.js"
 import { HelloRefused } from "./internal/errors.js"
 import * as LogStore from "./LogStore.js"
 import type * as Retention from "./Retention.js"
+
+export const DEFAULT_HELLO_TIMEOUT = Duration.seconds(10)
+export const DEFAULT_IDLE_TIMEOUT = Duration.seconds(30)
+export const DEFAULT_MAX_CONNECTIONS = 256
 
 export interface ServeOptions {
   readonly dir: string
@@ -45,6 +54,16 @@ export interface ServeOptions {
   readonly maxFrameBytes?: number | undefined
   /** A connection that has not sent its hello by then is closed (default 10 seconds). */
   readonly helloTimeout?: Duration.DurationInput | undefined
+  /**
+   * After its hello, a connection from which nothing arrives for this long while the
+   * receiver waits for it is closed (default 30 seconds; the filter sends keep-alives
+   * well within it). A hello for a disk whose connection has been silent for half of it
+   * takes the disk over. So does a connection whose peer has not read the receiver's
+   * replies for this long.
+   */
+  readonly idleTimeout?: Duration.DurationInput | undefined
+  /** Connections open at once; a socket beyond it is closed at once (default 256). */
+  readonly maxConnections?: number | undefined
   /** Wall clock for receive times (default `Date.now`; see `LogStore.StoreOptions.now`). */
   readonly now?: (() => number) | undefined
   /** Monotonic clock for ages (default `performance.now`; see `LogStore.StoreOptions.monotonic`). */
@@ -61,6 +80,8 @@ export interface Server {
   readonly host: string
   readonly port: number
   readonly store: LogStore.Store
+  /** Connections being served (their fibers): one per open socket, none once they closed. */
+  readonly connections: Effect.Effect<number>
 }
 
 /** The server could not listen (address in use, bad host, …). */
@@ -74,9 +95,7 @@ export class ListenFailed extends Data.TaggedError("ListenFailed")<{
   }
 }
 
-/** The socket failed under a connection (reset, timeout). */
-class SocketFailed extends Data.TaggedError("SocketFailed")<{ readonly cause: unknown }> {}
-/** The conversation is over (refused, or the log failed): stop reading. */
+/** The conversation is over (refused, taken over, or the log failed): stop reading. */
 class Finished extends Data.TaggedError("Finished")<{ readonly detail: string }> {}
 
 const kindOf = (record: Wire.Record): Receiver.RecordKind =>
@@ -88,14 +107,22 @@ const kindOf = (record: Wire.Record): Receiver.RecordKind =>
         ? "resync-begin"
         : "resync-end"
 
+/** The connection that holds a disk. */
+interface Holder {
+  readonly socket: Net.Socket
+  readonly peer: string
+  readonly source: FrameSource
+}
+
 /** Per disk, across connections: the sequencing state and the one connection allowed. */
 interface Entry {
   readonly log: LogStore.DiskLog
   receiver: Receiver.ReceiverState
-  connection: Net.Socket | undefined
+  connection: Holder | undefined
 }
 
 const endpoint = (host: string, port: number) => `${host.includes(":") ? `[${host}]` : host}:${port}`
+const seconds = (ms: number) => `${(ms / 1000).toFixed(1)}s`
 
 /**
  * Starts the receiver: opens (recovers) the store, then listens. Closing the scope stops
@@ -116,13 +143,15 @@ const serveOn = (options: ServeOptions) =>
       monotonic: options.monotonic
     })
     const maxFrameBytes = options.maxFrameBytes ?? Wire.DEFAULT_MAX_FRAME_BYTES
-    const helloTimeout = Duration.decode(options.helloTimeout ?? "10 seconds")
+    const helloMs = Duration.toMillis(Duration.decode(options.helloTimeout ?? DEFAULT_HELLO_TIMEOUT))
+    const idleMs = Duration.toMillis(Duration.decode(options.idleTimeout ?? DEFAULT_IDLE_TIMEOUT))
+    const takeoverMs = idleMs / 2
+    const maxConnections = Math.max(1, options.maxConnections ?? DEFAULT_MAX_CONNECTIONS)
+    // Timeouts follow the Effect clock (a TestClock in tests); socket callbacks read it too.
+    const clock = yield* Effect.clock
+    const now = () => clock.unsafeCurrentTimeMillis()
     const entries = new Map<string, Entry>()
     const hellos = yield* Effect.makeSemaphore(1)
-
-    const send = (socket: Net.Socket, frame: Wire.Frame) => {
-      if (!socket.destroyed) socket.write(Wire.encode(frame))
-    }
 
     const refuseFailedLog = (diskId: string, error: LogStore.LogError) =>
       Effect.zipRight(
@@ -130,8 +159,12 @@ const serveOn = (options: ServeOptions) =>
         Effect.fail(new HelloRefused({ diskId, reason: "log-failed", detail: error.message }))
       )
 
-    /** The hello: the disk (created on first contact), the one-connection rule, the welcome. */
-    const hello = (socket: Net.Socket, frame: Wire.Hello) =>
+    /**
+     * The hello: the disk (created on first contact), the one-connection rule, the welcome.
+     * A disk held by a connection that has been silent for `takeoverMs` (a half-dead link
+     * the filter already gave up) is taken over; a live one is refused.
+     */
+    const hello = (me: Holder, frame: Wire.Hello) =>
       Effect.gen(function* () {
         const log = yield* store.disk(frame).pipe(
           // The filter is told (and retries later); the operator reads the error in the log.
@@ -149,58 +182,94 @@ const serveOn = (options: ServeOptions) =>
           }
           entries.set(log.diskId, entry)
         }
-        if (entry.connection !== undefined && !entry.connection.destroyed)
-          return yield* new HelloRefused({
-            diskId: frame.diskId,
-            reason: "already-connected",
-            detail: `disk ${frame.diskId} already has a connection (from ${entry.connection.remoteAddress}:${entry.connection.remotePort})`
-          })
-        entry.connection = socket
+        const holder = entry.connection
+        if (holder !== undefined && !holder.socket.destroyed) {
+          const silent = holder.source.silentFor(now())
+          if (silent < takeoverMs)
+            return yield* new HelloRefused({
+              diskId: frame.diskId,
+              reason: "already-connected",
+              detail: `disk ${frame.diskId} already has a connection (from ${holder.peer}, last heard ${seconds(silent)} ago; one silent for ${seconds(takeoverMs)} is taken over)`
+            })
+          yield* Effect.logWarning(`${log.diskId}: connection taken over by a new one`).pipe(
+            Effect.annotateLogs({ peer: holder.peer, by: me.peer, silentFor: seconds(silent) })
+          )
+          holder.socket.destroy()
+        }
+        entry.connection = me
         // The welcome reports only durable records: let the writer finish what it holds.
         yield* log.flushed.pipe(
           Effect.catchAll((error) =>
             Effect.zipRight(
               Effect.sync(() => {
-                if (entry.connection === socket) entry.connection = undefined
+                if (entry.connection === me) entry.connection = undefined
               }),
               new HelloRefused({ diskId: frame.diskId, reason: "log-failed", detail: error.message })
             )
           )
         )
-        send(socket, { _tag: "Welcome", durableSeq: log.durable })
+        if (!me.socket.destroyed) me.socket.write(Wire.encode({ _tag: "Welcome", durableSeq: log.durable }))
         return entry
       }).pipe(hellos.withPermits(1))
 
     const converse = (socket: Net.Socket) =>
       Effect.gen(function* () {
         const peer = `${socket.remoteAddress}:${socket.remotePort}`
+        // Until the hello, a frame may be no larger than a hello.
+        const decoder = Wire.makeDecoder({ maxFrameBytes, maxFirstFrameBytes: Wire.MAX_HELLO_FRAME_BYTES })
+        const source = new FrameSource(socket, decoder, now)
+        const replies = new Replies(socket, now)
+        const me: Holder = { socket, peer, source }
         let entry: Entry | undefined
         let helloSeen = false
         let unsubscribe = () => {}
         let rejected = 0
-        // A peer that connects and says nothing would hold its socket for ever.
-        const silence = yield* Effect.fork(
-          Effect.sleep(helloTimeout).pipe(
-            Effect.zipRight(
-              Effect.suspend(() =>
-                helloSeen
-                  ? Effect.void
-                  : Effect.logWarning("connection closed: no hello in time").pipe(
-                      Effect.annotateLogs({ peer, helloTimeout: Duration.format(helloTimeout) }),
-                      Effect.zipRight(Effect.sync(() => socket.destroy()))
-                    )
-              )
+
+        const close = (why: string, annotations: Record<string, unknown>) =>
+          Effect.zipRight(
+            Effect.logWarning(`connection closed: ${why}`).pipe(
+              Effect.annotateLogs({ peer, disk: entry?.log.diskId ?? "-", ...annotations })
+            ),
+            Effect.sync(() => {
+              socket.destroy()
+            })
+          )
+        // The deadlines: the hello's; after it, silence while we wait for the peer and
+        // replies it leaves unread. Destroying the socket ends the conversation (`FrameSource`).
+        const helloDeadline = Effect.sleep(Duration.millis(helloMs)).pipe(
+          Effect.zipRight(
+            Effect.suspend(() =>
+              helloSeen
+                ? Effect.void
+                : close("no hello in time", { helloTimeout: Duration.format(Duration.millis(helloMs)) })
             )
           )
         )
-        const frames = NodeStream.fromReadable<SocketFailed, Uint8Array>(
-          () => socket,
-          (cause) => new SocketFailed({ cause }),
-          // Closing is ours: a refusal must reach the filter before the socket goes.
-          { closeOnDone: false }
-        ).pipe(Wire.decodeStream({ maxFrameBytes }))
+        const idleWatch = Effect.gen(function* () {
+          for (;;) {
+            const t = now()
+            const silent = source.silentFor(t)
+            if (silent >= idleMs)
+              return yield* close(`nothing received for ${seconds(silent)}`, {
+                idleTimeout: Duration.format(Duration.millis(idleMs))
+              })
+            const stalled = replies.stalledSince
+            if (stalled !== undefined && t - stalled >= idleMs)
+              return yield* close(
+                `the filter has not read the receiver's replies for ${seconds(t - stalled)}`,
+                { idleTimeout: Duration.format(Duration.millis(idleMs)) }
+              )
+            // While busy (silent 0) nothing is due: look again within a quarter of the timeout.
+            let left = silent > 0 ? idleMs - silent : idleMs / 4
+            if (stalled !== undefined) left = Math.min(left, stalled + idleMs - t)
+            yield* Effect.sleep(Duration.millis(Math.max(1, left)))
+          }
+        })
+        let watch: Fiber.RuntimeFiber<void> | undefined
 
-        const onRecord = (current: Entry, record: Wire.Record): Wire.WireError | undefined => {
+        const onRecord = (current: Entry, record: Wire.Record): Wire.WireError | Finished | undefined => {
+          // Taken over while this chunk was read: the disk is another connection's now.
+          if (current.connection !== me) return new Finished({ detail: "the disk was taken over" })
           const invalid = Wire.checkRecord(current.log.geometry, record)
           if (invalid !== undefined) return invalid
           const { state, verdict } = Receiver.receive(
@@ -216,53 +285,66 @@ const serveOn = (options: ServeOptions) =>
               return undefined
             case "Duplicate":
               // Already held: ack again what is durable, never apply twice.
-              if (current.log.durable > 0) send(socket, { _tag: "Ack", seq: current.log.durable })
+              if (current.log.durable > 0) replies.ack(current.log.durable)
               return undefined
             case "Gap":
-              send(socket, { _tag: "Gap", expected: verdict.expected })
-              return undefined
+              return replies.gap(verdict.expected) ? undefined : new Finished({ detail: REPLIES_OVERFLOW })
             case "Rejected":
               rejected++
               return undefined
           }
         }
 
-        const run = Stream.runForEachChunk(frames, (chunk) =>
+        /** The first frame: it must be the hello (the disk, the one-connection rule, the welcome). */
+        const onHello = (frame: Wire.Frame) =>
           Effect.gen(function* () {
-            for (const frame of chunk) {
-              if (entry === undefined) {
-                helloSeen = true
-                if (frame._tag !== "Hello")
-                  return yield* new Wire.WireError({
-                    reason: "unexpected-frame",
-                    detail: `${frame._tag} before the hello`
-                  })
-                const current = yield* hello(socket, frame)
-                entry = current
-                unsubscribe = current.log.onDurable((seq) => {
-                  if (current.log.failure !== undefined) socket.destroy()
-                  else send(socket, { _tag: "Ack", seq })
-                })
-                yield* Effect.logInfo(`${current.log.diskId}: connected`).pipe(
-                  Effect.annotateLogs({ peer, durableSeq: current.log.durable, watermark: frame.watermark })
-                )
-                if (frame.watermark > current.log.durable)
-                  yield* Effect.logWarning(
-                    `${current.log.diskId}: the filter's watermark is beyond the durable log; it will resync`
-                  ).pipe(Effect.annotateLogs({ watermark: frame.watermark, durableSeq: current.log.durable }))
-              } else if (
-                frame._tag === "Write" ||
-                frame._tag === "Block" ||
-                frame._tag === "ResyncBegin" ||
-                frame._tag === "ResyncEnd"
-              ) {
-                const error = onRecord(entry, frame)
-                if (error !== undefined) return yield* error
-              } else {
-                return yield* new Wire.WireError({
-                  reason: "unexpected-frame",
-                  detail: `${frame._tag} from the filter`
-                })
+            helloSeen = true
+            if (frame._tag !== "Hello")
+              return yield* new Wire.WireError({
+                reason: "unexpected-frame",
+                detail: `${frame._tag} before the hello`
+              })
+            const current = yield* hello(me, frame)
+            entry = current
+            watch = yield* Effect.fork(idleWatch)
+            unsubscribe = current.log.onDurable((seq) => {
+              if (current.log.failure !== undefined) socket.destroy()
+              else replies.ack(seq)
+            })
+            yield* Effect.logInfo(`${current.log.diskId}: connected`).pipe(
+              Effect.annotateLogs({ peer, durableSeq: current.log.durable, watermark: frame.watermark })
+            )
+            if (frame.watermark > current.log.durable)
+              yield* Effect.logWarning(
+                `${current.log.diskId}: the filter's watermark is beyond the durable log; it will resync`
+              ).pipe(Effect.annotateLogs({ watermark: frame.watermark, durableSeq: current.log.durable }))
+          })
+
+        /** A frame after the hello, without an effect per record (the hot path). */
+        const onFrame = (current: Entry, frame: Wire.Frame): Wire.WireError | Finished | undefined => {
+          if (
+            frame._tag === "Write" ||
+            frame._tag === "Block" ||
+            frame._tag === "ResyncBegin" ||
+            frame._tag === "ResyncEnd"
+          )
+            return onRecord(current, frame)
+          if (frame._tag === "KeepAlive") {
+            replies.keepAlive()
+            return undefined
+          }
+          return new Wire.WireError({ reason: "unexpected-frame", detail: `${frame._tag} from the filter` })
+        }
+
+        const run = Effect.gen(function* () {
+          for (;;) {
+            const frames = yield* source.next
+            if (frames === undefined) return
+            for (const frame of frames) {
+              if (entry === undefined) yield* onHello(frame)
+              else {
+                const stop = onFrame(entry, frame)
+                if (stop !== undefined) return yield* stop
               }
             }
             if (entry !== undefined) {
@@ -270,9 +352,9 @@ const serveOn = (options: ServeOptions) =>
               // Too much waits for the writer: stop reading (TCP pushes back on the filter).
               yield* entry.log.backpressure
             }
-          })
-        )
-
+          }
+        })
+        const dog = yield* Effect.fork(helloDeadline)
         yield* run.pipe(
           Effect.catchTags({
             HelloRefused: (refused) =>
@@ -296,13 +378,18 @@ const serveOn = (options: ServeOptions) =>
                 Effect.annotateLogs({ peer, disk: entry?.log.diskId ?? "-", cause: String(failed.cause) })
               ),
             Finished: (finished) =>
-              Effect.logWarning(`connection closed: ${finished.detail}`).pipe(Effect.annotateLogs({ peer }))
+              Effect.logWarning(`connection closed: ${finished.detail}`).pipe(
+                Effect.annotateLogs({ peer, disk: entry?.log.diskId ?? "-" })
+              )
           }),
-          Effect.ensuring(Fiber.interrupt(silence)),
+          Effect.ensuring(
+            Effect.suspend(() => Fiber.interruptAll(watch === undefined ? [dog] : [dog, watch]))
+          ),
           Effect.ensuring(
             Effect.sync(() => {
               unsubscribe()
-              if (entry !== undefined && entry.connection === socket) entry.connection = undefined
+              if (entry !== undefined && entry.connection === me) entry.connection = undefined
+              source.release()
               if (!socket.writableEnded) socket.destroy()
               // Ended after a refusal: the frame is flushed, then the socket closes (or is torn down).
               else setTimeout(() => socket.destroy(), 5000).unref()
@@ -310,11 +397,9 @@ const serveOn = (options: ServeOptions) =>
           ),
           Effect.zipRight(
             Effect.suspend(() =>
-              entry === undefined
-                ? Effect.void
-                : Effect.logDebug(`${entry.log.diskId}: connection ended`).pipe(
-                    Effect.annotateLogs({ peer, rejectedRecords: rejected })
-                  )
+              Effect.logInfo(`${entry?.log.diskId ?? "-"}: connection ended`).pipe(
+                Effect.annotateLogs({ peer, rejectedRecords: rejected })
+              )
             )
           )
         )
@@ -327,9 +412,19 @@ const serveOn = (options: ServeOptions) =>
     const server = Net.createServer(
       { noDelay: true, keepAlive: true, keepAliveInitialDelay: 10_000, highWaterMark: 1 << 20 },
       (socket) => {
+        socket.on("error", () => {}) // the connection's source reports it
+        if (sockets.size >= maxConnections) {
+          const peer = `${socket.remoteAddress}:${socket.remotePort}`
+          socket.destroy()
+          runConnection(
+            Effect.logWarning("connection refused: too many connections").pipe(
+              Effect.annotateLogs({ peer, maxConnections })
+            )
+          )
+          return
+        }
         sockets.add(socket)
         socket.on("close", () => sockets.delete(socket))
-        socket.on("error", () => {}) // the stream reports it
         runConnection(converse(socket))
       }
     )
@@ -355,7 +450,7 @@ const serveOn = (options: ServeOptions) =>
       })
     )
     const port = yield* Deferred.await(listening)
-    return { host: options.host, port, store }
+    return { host: options.host, port, store, connections: FiberSet.size(connections) }
   })
 
 /** `serve`, the ready line on stdout (`listening HOST:PORT`), then runs until interrupted. */

@@ -17,6 +17,12 @@ const invalid = (error: InvalidOption) => ValidationError.invalidValue(HelpDoc.p
 const fromEither = <A>(either: Either.Either<A, InvalidOption>) =>
   Either.isRight(either) ? Effect.succeed(either.right) : Effect.fail(invalid(either.left))
 
+/** A bound: a positive integer, or the parser reports the option. */
+const positive = (name: string) => (n: number) =>
+  Number.isSafeInteger(n) && n >= 1
+    ? Effect.succeed(n)
+    : Effect.fail(ValidationError.invalidValue(HelpDoc.p(`--${name} ${n}: expected a positive integer`)))
+
 const dir = Options.text("dir").pipe(
   Options.withDescription("The receiver directory: one subdirectory per protected disk")
 )
@@ -79,7 +85,20 @@ export const receiver = Command.make(
     ),
     helloTimeout: Options.integer("hello-timeout").pipe(
       Options.withDefault(10_000),
+      Options.mapEffect(positive("hello-timeout")),
       Options.withDescription("Milliseconds a new connection may take to send its hello before it is closed")
+    ),
+    idleTimeout: Options.integer("idle-timeout").pipe(
+      Options.withDefault(Duration.toMillis(ReceiverService.DEFAULT_IDLE_TIMEOUT)),
+      Options.mapEffect(positive("idle-timeout")),
+      Options.withDescription(
+        "Milliseconds a connection may stay silent after its hello (the filter sends keep-alives) before it is closed; a hello for a disk whose connection has been silent for half of it takes the disk over"
+      )
+    ),
+    maxConnections: Options.integer("max-connections").pipe(
+      Options.withDefault(ReceiverService.DEFAULT_MAX_CONNECTIONS),
+      Options.mapEffect(positive("max-connections")),
+      Options.withDescription("Connections served at once; beyond it a new connection is closed at once")
     )
   },
   (o) =>
@@ -90,7 +109,9 @@ export const receiver = Command.make(
       segmentBytes: o.segmentBytes,
       retain: Option.getOrUndefined(o.retain),
       maxFrameBytes: o.maxFrameBytes,
-      helloTimeout: Duration.millis(Math.max(1, o.helloTimeout))
+      helloTimeout: Duration.millis(o.helloTimeout),
+      idleTimeout: Duration.millis(o.idleTimeout),
+      maxConnections: o.maxConnections
     }).pipe(reportFailure("receiver"), logging)
 ).pipe(
   Command.withDescription(
