@@ -40,6 +40,8 @@ const config = Schema.decodeUnknownSync(Config.Config)(
   Either.getOrThrow(Config.make({ blockCount: 64, blockSize: 4096, window: 8, congestionLimit: 65536 }))
 )
 
+const header: EventJournal.Header = { blockSize: 4096, blockCount: 64, initial: "in-sync" }
+
 /** Real events, from the reference filter under a faulty workload. */
 const sampleEvents = (count: number, seed = 1): ReadonlyArray<Event.Event> => {
   const out: Array<Event.Event> = []
@@ -261,6 +263,116 @@ const contract = (name: string, storage: Storage) =>
         const rest = events(yield* readAll(journal, saved.position))
         const replayed = rest.reduce(Decider.evolve, State.fromSnapshot(saved.snapshot))
         expect(State.equals(replayed, all.reduce(Decider.evolve, State.initial(config)))).toBe(true)
+      })
+    )
+
+    // --- runs: the journal knows whether its writer's last run closed cleanly ---------
+
+    it.scoped("a new journal's first run is New; a run that never ends leaves the next one Unclean", () =>
+      Effect.gen(function* () {
+        const open = yield* storage
+        expect(yield* Effect.scoped(Effect.flatMap(open(), (j) => j.beginRun(header)))).toEqual({
+          _tag: "New"
+        })
+        // Killed: events appended, no endRun.
+        yield* Effect.scoped(
+          Effect.flatMap(open(), (j) => Effect.zipRight(j.beginRun(header), j.append(acks(1, 3))))
+        )
+        const last = yield* Effect.scoped(Effect.flatMap(open(), (j) => j.beginRun(header)))
+        expect(last).toMatchObject({
+          _tag: "Unclean",
+          reason: expect.stringContaining("did not close cleanly")
+        })
+        // Even a run killed before its first event.
+        const again = yield* Effect.scoped(Effect.flatMap(open(), (j) => j.beginRun(header)))
+        expect(again._tag).toBe("Unclean")
+      })
+    )
+
+    it.scoped(
+      "a run that ends cleanly leaves the next one Clean; an append after endRun makes it Unclean",
+      () =>
+        Effect.gen(function* () {
+          const open = yield* storage
+          const run = (after?: ReadonlyArray<Event.Event>) =>
+            Effect.scoped(
+              Effect.gen(function* () {
+                const journal = yield* open()
+                const last = yield* journal.beginRun(header)
+                yield* journal.append(acks(1, 5))
+                yield* journal.endRun
+                if (after !== undefined) yield* journal.append(after)
+                return last
+              })
+            )
+          expect(yield* run()).toEqual({ _tag: "New" })
+          expect(yield* run()).toEqual({ _tag: "Clean" })
+          // Within one open too: beginRun after endRun sees the clean close.
+          const journal = yield* open()
+          yield* journal.endRun
+          expect(yield* journal.beginRun(header)).toEqual({ _tag: "Clean" })
+          yield* journal.endRun
+          yield* journal.append(acks(9, 1))
+          expect(yield* journal.beginRun(header)).toMatchObject({
+            _tag: "Unclean",
+            reason: expect.stringContaining("closed cleanly at event 10, but the journal holds 11")
+          })
+        })
+    )
+
+    it.scoped("beginRun refuses another geometry or initial state and records nothing", () =>
+      Effect.gen(function* () {
+        const open = yield* storage
+        yield* Effect.scoped(
+          Effect.flatMap(open(), (j) =>
+            Effect.zipRight(j.beginRun(header), Effect.zipRight(j.append(acks(1, 2)), j.endRun))
+          )
+        )
+        for (const other of [
+          { ...header, blockCount: header.blockCount + 1 },
+          { ...header, blockCount: header.blockCount - 1 },
+          { ...header, blockSize: header.blockSize * 2 },
+          { ...header, initial: "full-sync" as const }
+        ]) {
+          const error = yield* Effect.flip(Effect.scoped(Effect.flatMap(open(), (j) => j.beginRun(other))))
+          expect(error).toMatchObject({ _tag: "JournalGeometryMismatch", recorded: header, given: other })
+        }
+        // The refusals changed nothing: the last run still reads as clean.
+        expect(yield* Effect.scoped(Effect.flatMap(open(), (j) => j.beginRun(header)))).toEqual({
+          _tag: "Clean"
+        })
+      })
+    )
+
+    it.scoped(
+      "a journal without runs (older than run files) starts Unclean; its snapshot's geometry is checked",
+      () =>
+        Effect.gen(function* () {
+          const open = yield* storage
+          const all = sampleEvents(40)
+          yield* Effect.scoped(
+            Effect.gen(function* () {
+              const journal = yield* open()
+              yield* journal.append(all)
+              yield* journal.saveSnapshot(
+                State.toSnapshot(all.reduce(Decider.evolve, State.initial(config))),
+                40
+              )
+            })
+          )
+          const error = yield* Effect.flip(
+            Effect.scoped(Effect.flatMap(open(), (j) => j.beginRun({ ...header, blockCount: 32 })))
+          )
+          expect(error).toMatchObject({ _tag: "JournalGeometryMismatch", recorded: header })
+          const last = yield* Effect.scoped(Effect.flatMap(open(), (j) => j.beginRun(header)))
+          expect(last).toMatchObject({ _tag: "Unclean", reason: expect.stringContaining("no clean close") })
+        })
+    )
+
+    it.scoped("endRun before any run is refused", () =>
+      Effect.gen(function* () {
+        const journal = yield* (yield* storage)()
+        expect((yield* Effect.flip(journal.endRun))._tag).toBe("JournalInvalidRequest")
       })
     )
   })
@@ -491,7 +603,8 @@ describe("EventJournal layerFile: failures and group commit", () => {
         counts.syncs++
         return journalFile.nodeIo.sync(h)
       },
-      truncate: journalFile.nodeIo.truncate
+      truncate: journalFile.nodeIo.truncate,
+      replace: journalFile.nodeIo.replace
     }
     return { counts, io }
   }
@@ -556,7 +669,8 @@ describe("EventJournal layerFile: failures and group commit", () => {
         truncate: (h, length) =>
           broken
             ? Promise.reject(new Error("EIO: i/o error, ftruncate"))
-            : journalFile.nodeIo.truncate(h, length)
+            : journalFile.nodeIo.truncate(h, length),
+        replace: journalFile.nodeIo.replace
       }
       yield* Effect.scoped(
         Effect.gen(function* () {
