@@ -591,6 +591,54 @@ describe("EventJournal layerFile: recovery", () => {
   )
 })
 
+describe("EventJournal layerFile: the run file and the writer", () => {
+  it.scopedLive("endRun is recorded after the appends queued before it, at the position they reach", () =>
+    Effect.gen(function* () {
+      const dir = yield* tempDir
+      // The first append's fsync waits on a gate, so the others and the endRun queue behind it.
+      let release: () => void = () => undefined
+      const gate = new Promise<void>((resolve) => {
+        release = resolve
+      })
+      let gated = false
+      const io: journalFile.LogIo = {
+        ...journalFile.nodeIo,
+        sync: async (h) => {
+          if (gated) await gate
+          return journalFile.nodeIo.sync(h)
+        }
+      }
+      yield* Effect.scoped(
+        Effect.gen(function* () {
+          const journal = yield* journalFile.make({ directory: dir, io })
+          yield* journal.beginRun(header)
+          gated = true
+          const first = yield* Effect.fork(journal.append(acks(1, 3)))
+          yield* Effect.sleep("20 millis")
+          const rest = yield* Effect.fork(
+            Effect.all([journal.append(acks(4, 2)), journal.append(acks(6, 4))], { concurrency: "unbounded" })
+          )
+          yield* Effect.sleep("20 millis")
+          const ended = yield* Effect.fork(journal.endRun)
+          yield* Effect.sleep("20 millis")
+          // Nothing is durable yet, so nothing is recorded yet either.
+          expect(yield* journal.position).toBe(0)
+          release()
+          yield* Fiber.join(first)
+          yield* Fiber.join(rest)
+          yield* Fiber.join(ended)
+          expect(yield* journal.position).toBe(9)
+        })
+      )
+      const text = yield* Effect.promise(() => fs.readFile(path.join(dir, EventJournal.RUN_FILE), "utf8"))
+      expect(JSON.parse(text)).toMatchObject({ run: "closed", closedAt: 9 })
+      expect(yield* Effect.scoped(Effect.flatMap(openFile(dir), (j) => j.beginRun(header)))).toEqual({
+        _tag: "Clean"
+      })
+    })
+  )
+})
+
 describe("EventJournal layerFile: failures and group commit", () => {
   const counting = () => {
     const counts = { writes: 0, syncs: 0 }
