@@ -13,6 +13,7 @@
  * backoff and jitter, turns acks and gaps into inputs, and watches for ack timeouts.
  */
 import {
+  Cause,
   Clock,
   Context,
   Data,
@@ -81,10 +82,12 @@ export class ReplicatorStopped extends Data.TaggedError("ReplicatorStopped")<{
 
 export type ReplicatorError = WriteRejected | ReplicatorStopped | DiskError
 
-const messageOf = (cause: unknown): string | undefined =>
-  cause instanceof Error || (typeof cause === "object" && cause !== null && "message" in cause)
-    ? String((cause as { message: unknown }).message)
+const messageOf = (cause: unknown): string | undefined => {
+  const error = Cause.isCause(cause) ? Cause.squash(cause) : cause
+  return error instanceof Error || (typeof error === "object" && error !== null && "message" in error)
+    ? String((error as { message: unknown }).message)
     : undefined
+}
 
 /** One line: the reason and, when the cause is an error, its message. */
 export const describeStop = (stopped: ReplicatorStopped): string => {
