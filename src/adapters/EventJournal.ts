@@ -21,6 +21,15 @@
  *   (ftruncate to the last durable end) and fails the append with `JournalIoError`.
  * - `snapshot.json`: `{"position":p,"snapshot":State.Snapshot}`, replaced atomically
  *   (write `snapshot.json.tmp`, fsync, rename, fsync the directory).
+ * - `journal.json` (the run file): the geometry and initial state the events fold from,
+ *   and whether the last run closed cleanly (`run: "open"`, or `"closed"` with the
+ *   position it closed at), one line of JSON with its CRC32C, replaced atomically.
+ *
+ * Runs: the journal's writer (the replicator) calls `beginRun(header)` before it admits
+ * any guest write and `endRun` once everything it wrote to the disk is journaled. So
+ * the journal itself knows whether its last run ended cleanly: a start after a kill, a
+ * crash or a power loss finds the run still open (`LastRun.Unclean`), whoever embeds
+ * the writer. A journal written before run files were kept reads as unclean once.
  *
  * Recovery on open: a torn last record — a short header, a short payload, a CRC
  * mismatch on the record that ends exactly at the end of the file, or a zero-filled
@@ -37,6 +46,7 @@ import { Context, type Effect, Layer, type Option, type Stream } from "effect"
 import type * as Event from "../domain/Event.js"
 import type * as State from "../domain/State.js"
 import type { Entry, JournalError, Recovery, SavedSnapshot } from "./internal/journal.js"
+import type { Header, JournalGeometryMismatch, LastRun } from "./internal/journalRun.js"
 import * as journalFile from "./internal/journalFile.js"
 import * as journalMemory from "./internal/journalMemory.js"
 
@@ -52,6 +62,7 @@ export {
   type SavedSnapshot
 } from "./internal/journal.js"
 export { LOG_FILE, SNAPSHOT_FILE } from "./internal/journalFile.js"
+export { type Header, JournalGeometryMismatch, type LastRun, RUN_FILE } from "./internal/journalRun.js"
 
 export class EventJournal extends Context.Tag("cdp-sync/EventJournal")<
   EventJournal,
@@ -71,6 +82,20 @@ export declare namespace EventJournal {
     readonly loadSnapshot: Effect.Effect<Option.Option<SavedSnapshot>, JournalError>
     /** What opening repaired: a torn last record cut off, or `undefined`. */
     readonly recovery: Recovery | undefined
+    /**
+     * Begins a run of the journal's writer: checks `header` against the journal's (its
+     * run file's, or its snapshot's for a journal older than run files; fails with
+     * `JournalGeometryMismatch` and writes nothing), records the run as open, durably,
+     * and tells how the previous run ended. Call it before any guest write reaches the
+     * disk: a run that never reaches `endRun` reads as unclean at the next `beginRun`.
+     */
+    readonly beginRun: (header: Header) => Effect.Effect<LastRun, JournalError | JournalGeometryMismatch>
+    /**
+     * Records that the run closed cleanly: every guest write it let reach the disk is
+     * journaled. Recorded at the position after every append queued before it; an
+     * append after it makes the next start unclean again. Fails if no run was begun.
+     */
+    readonly endRun: Effect.Effect<void, JournalError>
   }
 }
 

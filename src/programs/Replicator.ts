@@ -13,6 +13,7 @@
  * backoff and jitter, turns acks and gaps into inputs, and watches for ack timeouts.
  */
 import {
+  Cause,
   Clock,
   Context,
   Data,
@@ -21,6 +22,7 @@ import {
   Effect,
   Either,
   Exit,
+  Fiber,
   FiberId,
   Layer,
   Metric,
@@ -35,6 +37,8 @@ import {
 import { ActivityLog } from "../adapters/ActivityLog.js"
 import { EventJournal } from "../adapters/EventJournal.js"
 import type { JournalError } from "../adapters/internal/journal.js"
+import type { JournalGeometryMismatch, LastRun } from "../adapters/internal/journalRun.js"
+import type { ConnectError } from "../adapters/internal/receiverErrors.js"
 import * as Inbox from "../adapters/internal/inbox.js"
 import { type Lease, makeSlabPool } from "../adapters/internal/slab.js"
 import { type Connection, LogReceiver } from "../adapters/LogReceiver.js"
@@ -48,6 +52,7 @@ import * as Input from "../domain/Input.js"
 import * as State from "../domain/State.js"
 import * as Activity from "./internal/activity.js"
 import { makeAdmission, makeChanges, orStopped } from "./internal/admission.js"
+import { mutants } from "./internal/mutants.js"
 import { type GateEntry, makeOverlapGate } from "./internal/overlapGate.js"
 import * as IoScheduler from "./IoScheduler.js"
 
@@ -77,9 +82,58 @@ export class ReplicatorStopped extends Data.TaggedError("ReplicatorStopped")<{
 
 export type ReplicatorError = WriteRejected | ReplicatorStopped | DiskError
 
+const messageOf = (cause: unknown): string | undefined => {
+  const error = Cause.isCause(cause) ? Cause.squash(cause) : cause
+  return error instanceof Error || (typeof error === "object" && error !== null && "message" in error)
+    ? String((error as { message: unknown }).message)
+    : undefined
+}
+
+/** One line: the reason and, when the cause is an error, its message. */
+export const describeStop = (stopped: ReplicatorStopped): string => {
+  const detail = messageOf(stopped.cause)
+  return detail === undefined || detail === "" ? stopped.reason : `${stopped.reason}: ${detail}`
+}
+
+/** The disk in the context has another geometry than `config`: refused at start, before any write. */
+export class GeometryMismatch extends Data.TaggedError("GeometryMismatch")<{
+  readonly config: Geometry.Geometry
+  readonly disk: Geometry.Geometry
+}> {
+  override get message() {
+    return `the disk has ${this.disk.blockCount} blocks of ${this.disk.blockSize} bytes, the config says ${this.config.blockCount} of ${this.config.blockSize}`
+  }
+}
+
+/**
+ * The receiver holds the disk beyond anything this journal ever sent: its log was
+ * written by another history of the filter for this disk id (a lost or replaced
+ * journal, or a second filter with the same disk id). Nothing is sent: records from
+ * this journal would be taken for ones the receiver already has. A cause of
+ * `ReplicatorStopped`.
+ */
+export class ReceiverAheadOfJournal extends Data.TaggedError("ReceiverAheadOfJournal")<{
+  readonly diskId: string
+  readonly receiverSeq: number
+  readonly lastSent: number
+}> {
+  override get message() {
+    return `the receiver holds disk ${JSON.stringify(this.diskId)} up to seq ${this.receiverSeq}, but this journal has sent only up to seq ${this.lastSent}: the receiver's log comes from another journal for this disk id (a lost or replaced journal, or another filter using the same disk id). Nothing was sent. Protect this disk under a new disk id, or move the receiver's log for ${JSON.stringify(this.diskId)} aside (it can still be restored from)`
+  }
+}
+
+/** Why `make` fails at start: before any guest write was accepted. */
+export type StartError = JournalError | JournalGeometryMismatch | GeometryMismatch | ReplicatorStopped
+
 // ---------------------------------------------------------------------------
 // The port
 
+/**
+ * Whether the previous run closed cleanly is not an option: the journal records it
+ * (`EventJournal.beginRun` / `endRun`). A start after a kill, a crash or a power loss
+ * is unclean whoever embeds the replicator, and resyncs what the activity log holds,
+ * or every block without one.
+ */
 export interface Options {
   readonly diskId: string
   readonly config: Config
@@ -100,13 +154,6 @@ export interface Options {
    * 0 turns it off. Default 100 ms.
    */
   readonly switchoverHold?: Duration.DurationInput
-  /**
-   * The previous run did not shut down cleanly: a guest write may have reached the disk
-   * without reaching the journal. With an `ActivityLog` in the context the blocks of the
-   * extents it holds become obligations; without one (or when it cannot be read), every
-   * block does (a full resync).
-   */
-  readonly uncleanStart?: boolean
   /**
    * With an `ActivityLog`: extents kept in it, at most, while none of their writes is
    * pending (least recently used ones leave first). A larger log means fewer log commits
@@ -209,6 +256,12 @@ export declare namespace Replicator {
     readonly quiesce: Effect.Effect<void, ReplicatorStopped>
     /** Declares the link lost (as an ack timeout would); the supervisor reconnects. */
     readonly dropLink: (reason: string) => Effect.Effect<void>
+    /**
+     * Waits while the replicator runs; once it stops, fails with why (its `cause` is the
+     * typed error: the journal's or the disk's, `ReceiverRefused` for a refusal no retry
+     * can heal, `ReceiverAheadOfJournal`, …). Race it with work that should end then.
+     */
+    readonly stopped: Effect.Effect<never, ReplicatorStopped>
   }
 }
 
@@ -342,11 +395,7 @@ const recover = (journal: EventJournal.Service, config: Config) =>
 
 export const make = (
   options: Options
-): Effect.Effect<
-  Replicator.Service,
-  JournalError | ReplicatorStopped,
-  VirtualDisk | EventJournal | LogReceiver | Scope.Scope
-> =>
+): Effect.Effect<Replicator.Service, StartError, VirtualDisk | EventJournal | LogReceiver | Scope.Scope> =>
   Effect.gen(function* () {
     const disk = yield* VirtualDisk
     const journal = yield* EventJournal
@@ -362,6 +411,20 @@ export const make = (
       )
     const snapshotEvery = options.snapshotEvery ?? 10_000
     const holdMillis = Duration.toMillis(Duration.decode(options.switchoverHold ?? "100 millis"))
+
+    // The disk, the journal and the config must describe one disk before anything is read or written.
+    if (disk.geometry.blockSize !== config.blockSize || disk.geometry.blockCount !== config.blockCount)
+      return yield* new GeometryMismatch({
+        config: { blockSize: config.blockSize, blockCount: config.blockCount },
+        disk: { blockSize: disk.geometry.blockSize, blockCount: disk.geometry.blockCount }
+      })
+    // Marks the run open, durably, before any guest write: a run that never closes
+    // cleanly leaves the next start unclean, whoever embeds the replicator.
+    const lastRun: LastRun = yield* journal.beginRun({
+      blockSize: config.blockSize,
+      blockCount: config.blockCount,
+      initial: config.initial
+    })
 
     let state = yield* recover(journal, config)
     let position = yield* journal.position
@@ -408,15 +471,17 @@ export const make = (
 
     // Mirrors `stopped` for the write path's synchronous check.
     let hasStopped = false
+    /** Stops once, with the first reason; the log line says why, the full cause is at debug level. */
     const stop = (reason: string, cause: unknown) =>
-      Effect.logError(`replicator stopping: ${reason}`, cause).pipe(
-        Effect.zipRight(
-          Effect.suspend(() => {
-            hasStopped = true
-            return Deferred.fail(stopped, new ReplicatorStopped({ reason, cause }))
-          })
+      Effect.suspend(() => {
+        if (hasStopped) return Effect.logDebug(`replicator already stopped; also: ${reason}`, cause)
+        hasStopped = true
+        const error = new ReplicatorStopped({ reason, cause })
+        return Effect.logError(`replicator stopping: ${describeStop(error)}`).pipe(
+          Effect.zipRight(Effect.logDebug("replicator stop cause", cause)),
+          Effect.zipRight(Deferred.fail(stopped, error))
         )
-      )
+      })
 
     // --- the activity log: a guest write reaches the disk only in an extent it holds ----
     const extentBytes = activityLog?.extentBytes ?? 0
@@ -566,6 +631,19 @@ export const make = (
             if (command._tag === "Input") {
               // Checked before the disk write, so this is a bug; the disk already holds the write.
               yield* stop("a completed guest write was rejected", decided.left)
+              continue
+            }
+            if (decided.left._tag === "ReceiverAhead") {
+              // Another history of this disk at the receiver: resending from this journal
+              // would be taken for records it has. The model refuses it; so does the filter.
+              yield* stop(
+                "the receiver's log does not come from this journal",
+                new ReceiverAheadOfJournal({
+                  diskId: options.diskId,
+                  receiverSeq: decided.left.receiverSeq,
+                  lastSent: decided.left.nextSeq - 1
+                })
+              )
               continue
             }
             if (command._tag !== "Message" || input._tag !== "GapReceived") {
@@ -903,6 +981,13 @@ export const make = (
         return reason
       })
     )
+    /** A refusal no retry can heal stops the replicator; any other is retried, and said at WARN. */
+    const onConnectError = (e: ConnectError) =>
+      e._tag === "ReceiverRefused"
+        ? e.permanent
+          ? Effect.void
+          : Effect.logWarning(`the receiver refused the connection (${e.reason}), retrying: ${e.detail}`)
+        : Effect.logDebug(`connect failed: ${e.message}`)
     const supervisor = Effect.gen(function* () {
       for (;;) {
         // Connect only while the model says the link is down.
@@ -912,9 +997,16 @@ export const make = (
           Stream.runDrain
         )
         yield* runConnection.pipe(
-          Effect.tapError((e) => Effect.logDebug(`connect failed: ${e.message}`)),
-          Effect.retry(reconnect),
-          Effect.catchAll((e) => Effect.logWarning("giving up a connection attempt", e))
+          Effect.tapError(onConnectError),
+          Effect.retry({
+            schedule: reconnect,
+            while: (e) => !(e._tag === "ReceiverRefused" && e.permanent)
+          }),
+          Effect.catchAll((e) =>
+            e._tag === "ReceiverRefused" && e.permanent
+              ? stop("the receiver refuses this disk", e)
+              : Effect.logWarning("giving up a connection attempt", e)
+          )
         )
         // Wait for the loop to hear of the loss before connecting again.
         yield* stateRef.changes.pipe(
@@ -923,7 +1015,11 @@ export const make = (
           Stream.runDrain
         )
       }
-    })
+    }).pipe(
+      // A stopped replicator connects no more (a refusal would only be met again).
+      (connecting) => orStopped(connecting, stopped),
+      Effect.ignore
+    )
 
     const loop = Effect.gen(function* () {
       for (;;) {
@@ -937,8 +1033,10 @@ export const make = (
       const lost = Decider.decide(state, Input.linkFailed("filter-restart"))
       if (Either.isRight(lost)) startup.push(...lost.right)
     }
-    // Even a journal with no events: the first run's writes reach the disk before its first append.
-    if (options.uncleanStart === true) {
+    // The journal says whether the last run closed cleanly. Even a journal with no events
+    // may be behind the disk: the first run's writes reach the disk before its first append.
+    if (lastRun._tag === "Unclean") yield* Effect.logWarning(`unclean start: ${lastRun.reason}`)
+    if (lastRun._tag === "Unclean" && !mutants.assumeCleanStart) {
       // What the journal may lack: the extents in the activity log, else the whole disk.
       const recovered = activityLog === undefined ? Option.none() : activityLog.recovered
       const owed = Option.match(recovered, {
@@ -972,7 +1070,7 @@ export const make = (
       concurrency: "unbounded",
       discard: true
     }).pipe(Effect.catchAllCause((cause) => stop("a replicator fiber failed", cause)))
-    yield* Effect.forkScoped(IoScheduler.runOn(options.scheduler, runtime))
+    const running = yield* Effect.forkScoped(IoScheduler.runOn(options.scheduler, runtime))
 
     const waitWhileHeld = writesHeld.changes.pipe(
       Stream.filter((h) => !h),
@@ -1149,9 +1247,23 @@ export const make = (
     )
 
     // Runs before the fibers are interrupted: every write the disk took, and every event
-    // decided, gets journaled.
-    if (options.unsafeSkipDrainOnClose !== true)
-      yield* Effect.addFinalizer(() => pendingWrites.close.pipe(Effect.zipRight(flush), Effect.ignore))
+    // decided, gets journaled. Then the fibers stop, so nothing is decided after, and the
+    // journal records the clean close; a stopped replicator (or a killed one) leaves the
+    // run open, and the next start unclean.
+    yield* Effect.addFinalizer(() =>
+      Effect.gen(function* () {
+        if (options.unsafeSkipDrainOnClose !== true) yield* pendingWrites.close.pipe(Effect.zipRight(flush))
+        yield* Fiber.interrupt(running)
+        if (hasStopped) return
+        yield* journal.endRun.pipe(
+          Effect.catchAll((e) =>
+            Effect.logWarning(
+              `the journal could not record the clean close; the next start resyncs: ${e.message}`
+            )
+          )
+        )
+      }).pipe(Effect.ignore)
+    )
 
     return {
       write,
@@ -1164,11 +1276,12 @@ export const make = (
       dropLink: (reason) =>
         Effect.sync(() => {
           inbox.offer({ _tag: "Disconnected", reason, link })
-        })
+        }),
+      stopped: Effect.flatMap(Deferred.await(stopped), () => Effect.never)
     } satisfies Replicator.Service
   })
 
 export const layer = (
   options: Options
-): Layer.Layer<Replicator, JournalError | ReplicatorStopped, VirtualDisk | EventJournal | LogReceiver> =>
+): Layer.Layer<Replicator, StartError, VirtualDisk | EventJournal | LogReceiver> =>
   Layer.scoped(Replicator, make(options))

@@ -4,7 +4,7 @@
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
 import { Command, Options } from "@effect/cli"
-import { Console, Data, Duration, Effect, Fiber, Layer, Option, Ref } from "effect"
+import { Cause, Console, Data, Duration, Effect, Fiber, Layer, Option, Ref } from "effect"
 import * as ActivityLog from "../adapters/ActivityLog.js"
 import * as EventJournal from "../adapters/EventJournal.js"
 import * as LogReceiver from "../adapters/LogReceiver.js"
@@ -204,7 +204,66 @@ export const simulate = Command.make(
 // ---------------------------------------------------------------------------
 // replicate
 
-const CLEAN = "clean-shutdown"
+/** A failure as one line on stderr (`cdp-sync <command>: …`) and exit code 1; the whole cause at debug level. */
+const reportFailure =
+  (command: string) =>
+  <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A | undefined, never, R> =>
+    Effect.catchAllCause(self, (cause) =>
+      Cause.isInterruptedOnly(cause)
+        ? Effect.failCause(cause as Cause.Cause<never>)
+        : Effect.gen(function* () {
+            yield* Effect.logDebug(`${command} failed`, cause)
+            const error = Cause.squash(cause)
+            const text =
+              error instanceof Replicator.ReplicatorStopped
+                ? Replicator.describeStop(error)
+                : error instanceof Error ||
+                    (typeof error === "object" && error !== null && "message" in error)
+                  ? String((error as { message: unknown }).message)
+                  : String(error)
+            yield* Console.error(`cdp-sync ${command}: ${text.replace(/\s*\n\s*/g, " ")}`)
+            process.exitCode = 1
+            return undefined
+          })
+    )
+
+const exists = (file: string) =>
+  Effect.promise(() =>
+    fs.stat(file).then(
+      (st) => st,
+      () => undefined
+    )
+  )
+
+/**
+ * The disk's size: an existing image's own (`--disk-size`, when given, must say the
+ * same), or `--disk-size` for a new one. A new image under a journal that already
+ * describes a disk is refused: a zeroed disk is not the disk the journal knows.
+ */
+const diskSizeOf = (disk: string, wanted: Option.Option<string>, journal: string) =>
+  Effect.gen(function* () {
+    const parsed = Option.map(wanted, parseSize)
+    if (Option.isSome(parsed) && !parsed.value.ok)
+      return yield* new CommandFailed({ detail: `--disk-size: ${parsed.value.error}` })
+    const size = Option.isSome(parsed) && parsed.value.ok ? parsed.value.value : undefined
+    const image = yield* exists(disk)
+    if (image !== undefined) {
+      if (size !== undefined && size !== image.size)
+        return yield* new CommandFailed({
+          detail: `${disk} has ${image.size} bytes (${mib(image.size)}), but --disk-size says ${size} (${mib(size)}); leave --disk-size out to use the image as it is`
+        })
+      return image.size
+    }
+    if (size === undefined)
+      return yield* new CommandFailed({ detail: `${disk} does not exist; give --disk-size to create it` })
+    const log = yield* exists(path.join(journal, EventJournal.LOG_FILE))
+    const run = yield* exists(path.join(journal, EventJournal.RUN_FILE))
+    if ((log !== undefined && log.size > 0) || run !== undefined)
+      return yield* new CommandFailed({
+        detail: `${disk} does not exist, but the journal ${journal} describes an existing disk: restore the image (cdp-sync restore), or start a new journal`
+      })
+    return size
+  })
 
 export const replicate = Command.make(
   "replicate",
@@ -219,7 +278,9 @@ export const replicate = Command.make(
     blockSize: size("block-size", "64KiB", "Tracking-block size"),
     diskSize: Options.text("disk-size").pipe(
       Options.optional,
-      Options.withDescription("Create the image at this size if it does not exist (e.g. 256MiB)")
+      Options.withDescription(
+        "Create the image at this size if it does not exist (e.g. 256MiB); an existing image must have this size"
+      )
     ),
     seconds: Options.integer("seconds").pipe(
       Options.withDefault(0),
@@ -267,17 +328,7 @@ export const replicate = Command.make(
       const port = Number(portText)
       if (host === undefined || !Number.isInteger(port))
         return yield* new CommandFailed({ detail: `--receiver must be HOST:PORT, not ${o.receiver}` })
-      let diskBytes: number
-      const existing = yield* Effect.promise(() => fs.stat(o.disk).catch(() => undefined))
-      if (existing !== undefined) diskBytes = existing.size
-      else {
-        const wanted = Option.map(o.diskSize, parseSize)
-        if (Option.isNone(wanted) || !wanted.value.ok)
-          return yield* new CommandFailed({
-            detail: `${o.disk} does not exist; give --disk-size to create it`
-          })
-        diskBytes = wanted.value.value
-      }
+      const diskBytes = yield* diskSizeOf(o.disk, o.diskSize, o.journal)
       const config = yield* Config.make({
         blockSize: o.blockSize,
         blockCount: Math.ceil(diskBytes / o.blockSize),
@@ -295,19 +346,6 @@ export const replicate = Command.make(
         })
       if (o.activityExtents < 1)
         return yield* new CommandFailed({ detail: `--activity-extents must be at least 1` })
-      yield* Effect.promise(() => fs.mkdir(o.journal, { recursive: true }))
-      const marker = path.join(o.journal, CLEAN)
-      const journalExists = yield* Effect.promise(() =>
-        fs.readdir(o.journal).then((names) => names.some((n) => n !== CLEAN))
-      )
-      const clean = yield* Effect.promise(() =>
-        fs.stat(marker).then(
-          () => true,
-          () => false
-        )
-      )
-      // From here until a clean exit, a crash may leave disk writes the journal lacks.
-      yield* Effect.promise(() => fs.rm(marker, { force: true }))
       const rate = Option.map(o.rate, parseSize)
       const traceFile = Option.getOrUndefined(o.trace)
       if (
@@ -329,7 +367,6 @@ export const replicate = Command.make(
         diskId: o.diskId,
         config,
         ackTimeout: Duration.millis(o.ackTimeout),
-        uncleanStart: journalExists && !clean,
         activityExtents: o.activityExtents,
         ...(Option.isSome(rate) && rate.value.ok ? { drainBytesPerSecond: rate.value.value } : {}),
         ...(traceFile === undefined
@@ -373,12 +410,16 @@ export const replicate = Command.make(
             const workload = yield* Effect.fork(
               Workload.run(replicator, config, { seed: o.seed, writers: 4, pause: "1 millis" }, totals, burst)
             )
-            yield* Effect.sleep(Duration.seconds(o.seconds))
+            // A replicator that stops (or a disk that fails a write) ends the run there.
+            yield* Effect.sleep(Duration.seconds(o.seconds)).pipe(
+              Effect.raceFirst(replicator.stopped),
+              Effect.raceFirst(Fiber.join(workload))
+            )
             yield* Fiber.interrupt(workload)
           }
           if (o.quiesce) yield* replicator.quiesce
           yield* Fiber.interrupt(report)
-          // Fails if the replicator stopped: then the next start must not count as clean.
+          // Fails if the replicator stopped (the journal then keeps the run open: the next start is unclean).
           yield* replicator.flush
           yield* disk.flush
           const s = yield* replicator.status
@@ -386,11 +427,9 @@ export const replicate = Command.make(
           yield* Console.log(JSON.stringify({ ...s, writes: t.writes, bytes: t.bytes }))
         })
       )
-      // Every disk write is journaled and the scope closed in order: the next start is clean.
-      yield* Effect.promise(() => fs.writeFile(marker, `${new Date().toISOString()}\n`))
-    })
+    }).pipe(reportFailure("replicate"))
 ).pipe(
   Command.withDescription(
-    "Run the filter for a disk image against a log receiver, with an optional built-in guest workload (the simulator runs the same replicator in-process through its embedding API). After a crash the next start resyncs every block. Example: cdp-sync replicate --disk disk.img --disk-size 256MiB --receiver 127.0.0.1:7070 --journal ./journal --seconds 30 --quiesce"
+    "Run the filter for a disk image against a log receiver, with an optional built-in guest workload (the simulator runs the same replicator in-process through its embedding API). The journal records whether the last run closed cleanly: a start after a crash resyncs what the activity log holds. Errors are one line on stderr with exit code 1 (--log-level debug for the whole cause). Example: cdp-sync replicate --disk disk.img --disk-size 256MiB --receiver 127.0.0.1:7070 --journal ./journal --seconds 30 --quiesce"
   )
 )

@@ -40,6 +40,8 @@ const config = Schema.decodeUnknownSync(Config.Config)(
   Either.getOrThrow(Config.make({ blockCount: 64, blockSize: 4096, window: 8, congestionLimit: 65536 }))
 )
 
+const header: EventJournal.Header = { blockSize: 4096, blockCount: 64, initial: "in-sync" }
+
 /** Real events, from the reference filter under a faulty workload. */
 const sampleEvents = (count: number, seed = 1): ReadonlyArray<Event.Event> => {
   const out: Array<Event.Event> = []
@@ -263,6 +265,116 @@ const contract = (name: string, storage: Storage) =>
         expect(State.equals(replayed, all.reduce(Decider.evolve, State.initial(config)))).toBe(true)
       })
     )
+
+    // --- runs: the journal knows whether its writer's last run closed cleanly ---------
+
+    it.scoped("a new journal's first run is New; a run that never ends leaves the next one Unclean", () =>
+      Effect.gen(function* () {
+        const open = yield* storage
+        expect(yield* Effect.scoped(Effect.flatMap(open(), (j) => j.beginRun(header)))).toEqual({
+          _tag: "New"
+        })
+        // Killed: events appended, no endRun.
+        yield* Effect.scoped(
+          Effect.flatMap(open(), (j) => Effect.zipRight(j.beginRun(header), j.append(acks(1, 3))))
+        )
+        const last = yield* Effect.scoped(Effect.flatMap(open(), (j) => j.beginRun(header)))
+        expect(last).toMatchObject({
+          _tag: "Unclean",
+          reason: expect.stringContaining("did not close cleanly")
+        })
+        // Even a run killed before its first event.
+        const again = yield* Effect.scoped(Effect.flatMap(open(), (j) => j.beginRun(header)))
+        expect(again._tag).toBe("Unclean")
+      })
+    )
+
+    it.scoped(
+      "a run that ends cleanly leaves the next one Clean; an append after endRun makes it Unclean",
+      () =>
+        Effect.gen(function* () {
+          const open = yield* storage
+          const run = (after?: ReadonlyArray<Event.Event>) =>
+            Effect.scoped(
+              Effect.gen(function* () {
+                const journal = yield* open()
+                const last = yield* journal.beginRun(header)
+                yield* journal.append(acks(1, 5))
+                yield* journal.endRun
+                if (after !== undefined) yield* journal.append(after)
+                return last
+              })
+            )
+          expect(yield* run()).toEqual({ _tag: "New" })
+          expect(yield* run()).toEqual({ _tag: "Clean" })
+          // Within one open too: beginRun after endRun sees the clean close.
+          const journal = yield* open()
+          yield* journal.endRun
+          expect(yield* journal.beginRun(header)).toEqual({ _tag: "Clean" })
+          yield* journal.endRun
+          yield* journal.append(acks(9, 1))
+          expect(yield* journal.beginRun(header)).toMatchObject({
+            _tag: "Unclean",
+            reason: expect.stringContaining("closed cleanly at event 10, but the journal holds 11")
+          })
+        })
+    )
+
+    it.scoped("beginRun refuses another geometry or initial state and records nothing", () =>
+      Effect.gen(function* () {
+        const open = yield* storage
+        yield* Effect.scoped(
+          Effect.flatMap(open(), (j) =>
+            Effect.zipRight(j.beginRun(header), Effect.zipRight(j.append(acks(1, 2)), j.endRun))
+          )
+        )
+        for (const other of [
+          { ...header, blockCount: header.blockCount + 1 },
+          { ...header, blockCount: header.blockCount - 1 },
+          { ...header, blockSize: header.blockSize * 2 },
+          { ...header, initial: "full-sync" as const }
+        ]) {
+          const error = yield* Effect.flip(Effect.scoped(Effect.flatMap(open(), (j) => j.beginRun(other))))
+          expect(error).toMatchObject({ _tag: "JournalGeometryMismatch", recorded: header, given: other })
+        }
+        // The refusals changed nothing: the last run still reads as clean.
+        expect(yield* Effect.scoped(Effect.flatMap(open(), (j) => j.beginRun(header)))).toEqual({
+          _tag: "Clean"
+        })
+      })
+    )
+
+    it.scoped(
+      "a journal without runs (older than run files) starts Unclean; its snapshot's geometry is checked",
+      () =>
+        Effect.gen(function* () {
+          const open = yield* storage
+          const all = sampleEvents(40)
+          yield* Effect.scoped(
+            Effect.gen(function* () {
+              const journal = yield* open()
+              yield* journal.append(all)
+              yield* journal.saveSnapshot(
+                State.toSnapshot(all.reduce(Decider.evolve, State.initial(config))),
+                40
+              )
+            })
+          )
+          const error = yield* Effect.flip(
+            Effect.scoped(Effect.flatMap(open(), (j) => j.beginRun({ ...header, blockCount: 32 })))
+          )
+          expect(error).toMatchObject({ _tag: "JournalGeometryMismatch", recorded: header })
+          const last = yield* Effect.scoped(Effect.flatMap(open(), (j) => j.beginRun(header)))
+          expect(last).toMatchObject({ _tag: "Unclean", reason: expect.stringContaining("no clean close") })
+        })
+    )
+
+    it.scoped("endRun before any run is refused", () =>
+      Effect.gen(function* () {
+        const journal = yield* (yield* storage)()
+        expect((yield* Effect.flip(journal.endRun))._tag).toBe("JournalInvalidRequest")
+      })
+    )
   })
 
 for (const [name, storage] of layers) contract(name, storage)
@@ -479,6 +591,54 @@ describe("EventJournal layerFile: recovery", () => {
   )
 })
 
+describe("EventJournal layerFile: the run file and the writer", () => {
+  it.scopedLive("endRun is recorded after the appends queued before it, at the position they reach", () =>
+    Effect.gen(function* () {
+      const dir = yield* tempDir
+      // The first append's fsync waits on a gate, so the others and the endRun queue behind it.
+      let release: () => void = () => undefined
+      const gate = new Promise<void>((resolve) => {
+        release = resolve
+      })
+      let gated = false
+      const io: journalFile.LogIo = {
+        ...journalFile.nodeIo,
+        sync: async (h) => {
+          if (gated) await gate
+          return journalFile.nodeIo.sync(h)
+        }
+      }
+      yield* Effect.scoped(
+        Effect.gen(function* () {
+          const journal = yield* journalFile.make({ directory: dir, io })
+          yield* journal.beginRun(header)
+          gated = true
+          const first = yield* Effect.fork(journal.append(acks(1, 3)))
+          yield* Effect.sleep("20 millis")
+          const rest = yield* Effect.fork(
+            Effect.all([journal.append(acks(4, 2)), journal.append(acks(6, 4))], { concurrency: "unbounded" })
+          )
+          yield* Effect.sleep("20 millis")
+          const ended = yield* Effect.fork(journal.endRun)
+          yield* Effect.sleep("20 millis")
+          // Nothing is durable yet, so nothing is recorded yet either.
+          expect(yield* journal.position).toBe(0)
+          release()
+          yield* Fiber.join(first)
+          yield* Fiber.join(rest)
+          yield* Fiber.join(ended)
+          expect(yield* journal.position).toBe(9)
+        })
+      )
+      const text = yield* Effect.promise(() => fs.readFile(path.join(dir, EventJournal.RUN_FILE), "utf8"))
+      expect(JSON.parse(text)).toMatchObject({ run: "closed", closedAt: 9 })
+      expect(yield* Effect.scoped(Effect.flatMap(openFile(dir), (j) => j.beginRun(header)))).toEqual({
+        _tag: "Clean"
+      })
+    })
+  )
+})
+
 describe("EventJournal layerFile: failures and group commit", () => {
   const counting = () => {
     const counts = { writes: 0, syncs: 0 }
@@ -491,7 +651,8 @@ describe("EventJournal layerFile: failures and group commit", () => {
         counts.syncs++
         return journalFile.nodeIo.sync(h)
       },
-      truncate: journalFile.nodeIo.truncate
+      truncate: journalFile.nodeIo.truncate,
+      replace: journalFile.nodeIo.replace
     }
     return { counts, io }
   }
@@ -556,7 +717,8 @@ describe("EventJournal layerFile: failures and group commit", () => {
         truncate: (h, length) =>
           broken
             ? Promise.reject(new Error("EIO: i/o error, ftruncate"))
-            : journalFile.nodeIo.truncate(h, length)
+            : journalFile.nodeIo.truncate(h, length),
+        replace: journalFile.nodeIo.replace
       }
       yield* Effect.scoped(
         Effect.gen(function* () {

@@ -180,11 +180,9 @@ describe("the replicator against the real receiver on loopback", () => {
           expect(last.code).toBe(0)
           const status = JSON.parse(last.stdout.trim().split("\n").at(-1)!)
           expect(status).toMatchObject({ mode: "sync", link: "up", inFlight: 0, quiescent: true })
-          // The last, clean exit left the marker: the next start would not resync everything.
-          const marked = yield* Effect.promise(() =>
-            fs.stat(path.join(journal, "clean-shutdown")).then(() => true)
-          )
-          expect(marked).toBe(true)
+          // The last, clean exit is in the journal's run file: the next start would not resync.
+          const run = yield* Effect.promise(() => fs.readFile(path.join(journal, "journal.json"), "utf8"))
+          expect(JSON.parse(run)).toMatchObject({ run: "closed" })
         })
       )
     )

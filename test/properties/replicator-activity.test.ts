@@ -72,7 +72,8 @@ const runCrash = (c: Crash, mutant: Mutant) =>
         append: (events: ReadonlyArray<Event.Event>) =>
           Effect.sleep(c.journalMillis).pipe(
             Effect.zipRight(Effect.suspend(() => (crashed ? Effect.fail(ioError()) : memory.append(events))))
-          )
+          ),
+        endRun: Effect.suspend(() => (crashed ? Effect.fail(ioError()) : memory.endRun))
       }
     })
     const world = yield* Layer.build(
@@ -82,7 +83,7 @@ const runCrash = (c: Crash, mutant: Mutant) =>
     const receiver = yield* Effect.provide(LogReceiver.MemoryReceiver, world)
     const trace: Array<Event.Event> = []
 
-    const start = (uncleanStart: boolean) =>
+    const start = () =>
       Effect.gen(function* () {
         const scope = yield* Scope.make()
         const log = yield* ActivityLog.makeMemory({ store: logStore, extentBytes: EXTENT })
@@ -99,7 +100,6 @@ const runCrash = (c: Crash, mutant: Mutant) =>
           Replicator.layer({
             diskId: "d",
             config,
-            uncleanStart,
             activityExtents: c.capacity,
             ackTimeout: "1 second",
             unsafeSkipActivityWait: mutant === "skip-activity-wait",
@@ -119,7 +119,7 @@ const runCrash = (c: Crash, mutant: Mutant) =>
         return { scope, replicator: yield* Effect.provide(Replicator.Replicator, context) }
       })
 
-    const first = yield* start(false)
+    const first = yield* start()
     let returned = 0
     const requests = c.writes.map((w, i) => ({
       offset: w.block * BS,
@@ -154,7 +154,8 @@ const runCrash = (c: Crash, mutant: Mutant) =>
 
     const seen = trace.length
     const held = (yield* ActivityLog.makeMemory({ store: logStore, extentBytes: EXTENT })).recovered
-    const second = yield* start(true)
+    // The crashed run never closed: the journal says so, and the start is unclean.
+    const second = yield* start()
     yield* second.replicator.quiesce.pipe(
       Effect.timeoutFail({ duration: "10 seconds", onTimeout: () => "no quiescence" })
     )
@@ -180,9 +181,17 @@ describe("the activity log and unclean starts", () => {
     )
   }, 120_000)
 
-  it("an unreadable log: an unclean start resyncs the whole disk, a clean one owes nothing", async () => {
-    const owedAfter = (uncleanStart: boolean) =>
+  it("an unreadable log: an unclean start resyncs the whole disk, a new journal owes nothing", async () => {
+    const owedAfter = (unclean: boolean) =>
       Effect.gen(function* () {
+        const journal = EventJournal.makeMemoryStore()
+        // A run that began and never closed (killed): the next start is unclean.
+        if (unclean)
+          yield* EventJournal.makeMemory(journal).beginRun({
+            blockSize: config.blockSize,
+            blockCount: config.blockCount,
+            initial: config.initial
+          })
         const store = ActivityLog.makeMemoryStore()
         // Both copies damaged: the log cannot say which extents were active.
         store.slots[0] = new Uint8Array(40).fill(0xee)
@@ -192,13 +201,12 @@ describe("the activity log and unclean starts", () => {
           Replicator.layer({
             diskId: "d",
             config,
-            uncleanStart,
             onEvents: (events) => Effect.sync(() => trace.push(...events))
           }).pipe(
             Layer.provideMerge(
               Layer.mergeAll(
                 VirtualDisk.layerMemory(config),
-                EventJournal.layerMemory(),
+                EventJournal.layerMemory({ store: journal }),
                 ActivityLog.layerMemory({ store, extentBytes: EXTENT }),
                 LogReceiver.layerMemory()
               )

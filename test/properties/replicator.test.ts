@@ -116,14 +116,25 @@ const runScenario = (s: Scenario) =>
     const receiver = yield* control
     const disk = yield* Effect.provide(VirtualDisk.VirtualDisk, world)
 
+    // A crash: from here nothing more becomes durable in the journal (the run stays open).
+    let crashed = false
+    const journalLayer = Layer.sync(EventJournal.EventJournal, () => {
+      const memory = EventJournal.makeMemory(journalStore)
+      const dead = Effect.fail(new EventJournal.JournalIoError({ op: "append", cause: "crashed" }))
+      return {
+        ...memory,
+        append: (events: ReadonlyArray<Event.Event>) => (crashed ? dead : memory.append(events)),
+        endRun: Effect.suspend(() => (crashed ? dead : memory.endRun))
+      }
+    })
+
     /** Starts a filter over the same disk, journal and receiver (a restart reuses the journal). */
-    const start = (uncleanStart: boolean) =>
+    const start = () =>
       Effect.gen(function* () {
         const scope = yield* Scope.make()
         const layer = Replicator.layer({
           diskId: DISK,
           config,
-          uncleanStart,
           ackTimeout: "1 second",
           switchoverHold: Duration.millis(s.switchoverHold),
           ...(s.activityExtents === undefined ? {} : { activityExtents: s.activityExtents }),
@@ -132,7 +143,7 @@ const runScenario = (s: Scenario) =>
           Layer.provide(
             Layer.mergeAll(
               Layer.succeedContext(world),
-              EventJournal.layerMemory({ store: journalStore }),
+              journalLayer,
               s.activityExtents === undefined
                 ? Layer.empty
                 : ActivityLog.layerMemory({ store: logStore, extentBytes: 2 * BS })
@@ -143,7 +154,7 @@ const runScenario = (s: Scenario) =>
         return { scope, replicator: yield* Effect.provide(Replicator.Replicator, context) }
       })
 
-    let filter = yield* start(false)
+    let filter = yield* start()
     const settle = TestClock.adjust("5 millis")
     // Virtual time moves on while a guest write waits (e.g. for a switchover hold).
     const withTime = <A, E>(effect: Effect.Effect<A, E>) =>
@@ -191,7 +202,7 @@ const runScenario = (s: Scenario) =>
         case "FilterRestart":
           // The process dies between guest writes: the journal and the disk survive.
           yield* Scope.close(filter.scope, Exit.void)
-          filter = yield* start(false)
+          filter = yield* start()
           break
         case "CrashDuringBurst": {
           const replicator = filter.replicator
@@ -204,9 +215,12 @@ const runScenario = (s: Scenario) =>
             )
           )
           yield* Effect.yieldNow()
+          crashed = true
           yield* Scope.close(filter.scope, Exit.void)
           yield* Fiber.interrupt(burst)
-          filter = yield* start(true)
+          crashed = false
+          // The journal finds its run open: the start is unclean.
+          filter = yield* start()
           break
         }
       }

@@ -17,7 +17,7 @@ export const MAX_PAYLOAD = 1024 * 1024
 /** The shortest payload that can be an event (`{}` is not one, but nothing shorter is JSON). */
 export const MIN_PAYLOAD = 2
 
-export type JournalOp = "open" | "scan" | "append" | "read" | "truncate" | "snapshot" | "close"
+export type JournalOp = "open" | "scan" | "append" | "read" | "truncate" | "snapshot" | "run" | "close"
 
 /** The operating system failed an I/O call, or the journal can no longer accept appends. */
 export class JournalIoError extends Data.TaggedError("JournalIoError")<{

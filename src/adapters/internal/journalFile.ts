@@ -26,6 +26,7 @@ import {
   HEADER_BYTES,
   isValidRecordAt,
   JournalCorrupt,
+  JournalInvalidRequest,
   type JournalError,
   JournalIoError,
   type JournalOp,
@@ -35,6 +36,19 @@ import {
 } from "./journal.js"
 import { isEnoent, preadFully, pwriteFully, syncDirectory } from "./fileIo.js"
 import * as Inbox from "./inbox.js"
+import {
+  checkClosedAt,
+  checkHeader,
+  decodeRunMark,
+  encodeRunMark,
+  type Header,
+  type LastRun,
+  lastRunOf,
+  MAX_RUN_FILE,
+  RUN_FILE,
+  RUN_TEMP,
+  type RunMark
+} from "./journalRun.js"
 
 export const LOG_FILE = "events.log"
 export const SNAPSHOT_FILE = "snapshot.json"
@@ -52,12 +66,47 @@ export interface LogIo {
   readonly write: (handle: fs.FileHandle, bytes: Uint8Array, position: number) => Promise<void>
   readonly sync: (handle: fs.FileHandle) => Promise<void>
   readonly truncate: (handle: fs.FileHandle, length: number) => Promise<void>
+  /** Replaces a small file atomically and durably (the run file). */
+  readonly replace: (file: string, temp: string, text: string) => Promise<void>
+}
+
+/** Write aside, make it durable, then swap it in: a crash leaves the old or the new file. */
+const replaceFile = async (file: string, temp: string, text: string): Promise<void> => {
+  const handle = await fs.open(temp, "w", 0o644)
+  try {
+    await handle.writeFile(text, "utf8")
+    await handle.sync()
+  } finally {
+    await handle.close()
+  }
+  await fs.rename(temp, file)
+  await syncDirectory(path.dirname(file))
 }
 
 export const nodeIo: LogIo = {
   write: pwriteFully,
   sync: (handle) => handle.sync(),
-  truncate: (handle, length) => handle.truncate(length)
+  truncate: (handle, length) => handle.truncate(length),
+  replace: replaceFile
+}
+
+/** Reads the run file, or `undefined` when there is none. */
+const readRunFile = async (file: string): Promise<Uint8Array | undefined> => {
+  let handle: fs.FileHandle
+  try {
+    handle = await fs.open(file, "r")
+  } catch (e) {
+    if (isEnoent(e)) return undefined
+    throw e
+  }
+  try {
+    // One byte more than a run file may hold, so an oversized one is seen as such.
+    const buf = Buffer.alloc(MAX_RUN_FILE + 1)
+    const { bytesRead } = await handle.read(buf, 0, buf.length, 0)
+    return buf.subarray(0, bytesRead)
+  } finally {
+    await handle.close()
+  }
 }
 
 const concat = (a: Uint8Array, b: Uint8Array): Uint8Array => {
@@ -156,9 +205,18 @@ const scan = async (handle: fs.FileHandle, size: number): Promise<ScanOutcome> =
 // ---------------------------------------------------------------------------
 
 interface Pending {
+  readonly _tag: "Append"
   readonly bytes: Uint8Array
   readonly sizes: ReadonlyArray<number>
   readonly deferred: Deferred.Deferred<number, JournalError>
+}
+
+/** A run file to write once the appends queued before it are committed. */
+interface MarkRun {
+  readonly _tag: "Mark"
+  /** The mark, given the position after those appends. */
+  readonly mark: (position: number) => RunMark
+  readonly deferred: Deferred.Deferred<void, JournalError>
 }
 
 export const make = (
@@ -170,6 +228,8 @@ export const make = (
     const logPath = path.join(directory, LOG_FILE)
     const snapshotPath = path.join(directory, SNAPSHOT_FILE)
     const tempPath = path.join(directory, SNAPSHOT_TEMP)
+    const runPath = path.join(directory, RUN_FILE)
+    const runTemp = path.join(directory, RUN_TEMP)
     const attempt = <A>(op: JournalOp, f: () => Promise<A>) =>
       Effect.tryPromise({
         try: f,
@@ -211,6 +271,20 @@ export const make = (
           reason: `the snapshot is at position ${saved.position} but the log holds only ${scanned.count} events`
         })
     }
+
+    yield* attempt("open", () =>
+      fs.unlink(runTemp).catch((e) => (isEnoent(e) ? undefined : Promise.reject(e)))
+    )
+    const runBytes = yield* attempt("open", () => readRunFile(runPath))
+    let run: RunMark | undefined
+    if (runBytes !== undefined) {
+      const decoded = decodeRunMark(runBytes, runPath)
+      if (Either.isLeft(decoded)) return yield* decoded.left
+      run = decoded.right
+    }
+    // Before a torn tail is cut: a clean close beyond the log's end is lost data, not a tear.
+    const lost = checkClosedAt(run, scanned.count, { run: runPath, log: logPath }, scanned.end)
+    if (lost !== undefined) return yield* lost
 
     let recovery: Recovery | undefined
     if (outcome._tag === "Torn") {
@@ -282,16 +356,44 @@ export const make = (
         Effect.uninterruptible
       )
 
+    /** Writes the run file; only the writer calls it, so it sees the committed position. */
+    const writeMark = (request: MarkRun) =>
+      Effect.gen(function* () {
+        const mark = request.mark(count)
+        const written = yield* Effect.either(
+          attempt("run", () => io.replace(runPath, runTemp, encodeRunMark(mark)))
+        )
+        if (Either.isLeft(written)) return yield* Deferred.fail(request.deferred, written.left)
+        run = mark
+        yield* Deferred.succeed(request.deferred, undefined)
+      }).pipe(
+        Effect.catchAllDefect((defect) =>
+          Deferred.fail(request.deferred, new JournalIoError({ op: "run", cause: defect }))
+        ),
+        Effect.uninterruptible
+      )
+
     // `close` is offered once, after `closed` is set, so no batch can queue behind it.
-    const queue = Inbox.make<Pending | "close">()
+    const queue = Inbox.make<Pending | MarkRun | "close">()
     // Never interrupted: a take that loses a race with interruption would drop a batch.
     const writer = yield* Effect.forkDaemon(
       Effect.gen(function* () {
         while (true) {
           const taken = yield* queue.takeAll
-          const batch = taken.filter((p): p is Pending => p !== "close")
+          let batch: Array<Pending> = []
+          let closing = false
+          for (const item of taken) {
+            if (item === "close") closing = true
+            else if (item._tag === "Append") batch.push(item)
+            else {
+              // A mark goes after the appends queued before it, at the position they reach.
+              if (batch.length > 0) yield* commit(batch)
+              batch = []
+              yield* writeMark(item)
+            }
+          }
           if (batch.length > 0) yield* commit(batch)
-          if (batch.length < taken.length) return
+          if (closing) return
         }
       })
     )
@@ -304,13 +406,44 @@ export const make = (
       })
     )
 
+    /** Queues a run file write behind the appends already queued. */
+    const mark = (f: (position: number) => RunMark) =>
+      Effect.gen(function* () {
+        const deferred = yield* Deferred.make<void, JournalError>()
+        const refused = yield* Effect.sync(() => {
+          if (closed) return new JournalIoError({ op: "run", cause: new Error("the journal is closed") })
+          if (unusable !== undefined) return unusable
+          queue.offer({ _tag: "Mark", mark: f, deferred })
+          return undefined
+        })
+        if (refused !== undefined) return yield* refused
+        return yield* Deferred.await(deferred)
+      })
+
+    const beginRun = Effect.fn("EventJournal.beginRun")(function* (header: Header) {
+      const mismatch = checkHeader(header, run, saved, { run: runPath, snapshot: snapshotPath })
+      if (mismatch !== undefined) return yield* mismatch
+      const last: LastRun = lastRunOf(run, count, saved !== undefined, recovery)
+      const recorded = run?.header ?? header
+      yield* mark(() => ({ header: recorded, run: "open", closedAt: null }))
+      // What opening repaired belongs to the run before this one.
+      recovery = undefined
+      return last
+    })
+
+    const endRun = Effect.suspend(() => {
+      const current = run
+      if (current === undefined) return Effect.fail(new JournalInvalidRequest({ reason: "no run was begun" }))
+      return mark((position) => ({ header: current.header, run: "closed", closedAt: position }))
+    }).pipe(Effect.withSpan("EventJournal.endRun"))
+
     const append = Effect.fn("EventJournal.append")(function* (events: ReadonlyArray<Event.Event>) {
       if (events.length === 0) return count
       const checked = checkEvents(events, count)
       if (Either.isLeft(checked)) return yield* checked.left
       const { bytes, sizes } = frame(checked.right.texts)
       const deferred = yield* Deferred.make<number, JournalError>()
-      const pending: Pending = { bytes, sizes, deferred }
+      const pending: Pending = { _tag: "Append", bytes, sizes, deferred }
       const refused = yield* Effect.sync(() => {
         if (closed) return new JournalIoError({ op: "append", cause: new Error("the journal is closed") })
         if (unusable !== undefined) return unusable
@@ -412,7 +545,9 @@ export const make = (
       position: Effect.sync(() => count),
       saveSnapshot,
       loadSnapshot: Effect.sync(() => Option.fromNullable(saved)),
-      recovery
+      recovery,
+      beginRun,
+      endRun
     }
     return service
   })

@@ -9,21 +9,44 @@ import type * as State from "../../domain/State.js"
 import type { EventJournal } from "../EventJournal.js"
 import {
   checkEvents,
+  type JournalCorrupt,
   checkFrom,
   checkSnapshotPosition,
   decodeSnapshotFile,
   encodeSnapshotFile,
   type Entry,
-  type JournalInvalidRequest
+  JournalInvalidRequest,
+  type SavedSnapshot
 } from "./journal.js"
+import {
+  checkClosedAt,
+  checkHeader,
+  decodeRunMark,
+  encodeRunMark,
+  type Header,
+  lastRunOf,
+  type RunMark
+} from "./journalRun.js"
 
 export interface MemoryStore {
   readonly events: Array<Event.Event>
   /** The snapshot file's text, as the file layer would write it. */
   snapshot: string | undefined
+  /** The run file's text, as the file layer would write it. */
+  run: string | undefined
 }
 
-export const makeStore = (): MemoryStore => ({ events: [], snapshot: undefined })
+export const makeStore = (): MemoryStore => ({ events: [], snapshot: undefined, run: undefined })
+
+const RUN = "memory:journal.json"
+const SNAPSHOT = "memory:snapshot"
+const LOG = "memory:events"
+
+const loadSnapshot = (store: MemoryStore): Either.Either<SavedSnapshot | undefined, JournalCorrupt> =>
+  store.snapshot === undefined ? Either.right(undefined) : decodeSnapshotFile(store.snapshot, SNAPSHOT)
+
+const loadRun = (store: MemoryStore): Either.Either<RunMark | undefined, JournalCorrupt> =>
+  store.run === undefined ? Either.right(undefined) : decodeRunMark(Buffer.from(store.run, "utf8"), RUN)
 
 export const make = (store: MemoryStore): EventJournal.Service => {
   const { events } = store
@@ -53,13 +76,30 @@ export const make = (store: MemoryStore): EventJournal.Service => {
       store.snapshot = text.right
     }),
     loadSnapshot: Effect.suspend(() =>
-      store.snapshot === undefined
-        ? Effect.succeed(Option.none())
-        : Either.match(decodeSnapshotFile(store.snapshot, "memory:snapshot"), {
-            onLeft: Effect.fail,
-            onRight: (saved) => Effect.succeed(Option.some(saved))
-          })
+      Either.match(loadSnapshot(store), {
+        onLeft: Effect.fail,
+        onRight: (saved) => Effect.succeed(Option.fromNullable(saved))
+      })
     ),
-    recovery: undefined
+    recovery: undefined,
+    beginRun: Effect.fn("EventJournal.beginRun")(function* (header: Header) {
+      const mark = yield* loadRun(store)
+      const saved = yield* loadSnapshot(store)
+      const lost = checkClosedAt(mark, events.length, { run: RUN, log: LOG }, events.length)
+      if (lost !== undefined) return yield* lost
+      const mismatch = checkHeader(header, mark, saved, { run: RUN, snapshot: SNAPSHOT })
+      if (mismatch !== undefined) return yield* mismatch
+      const last = lastRunOf(mark, events.length, saved !== undefined, undefined)
+      store.run = encodeRunMark({ header: mark?.header ?? header, run: "open", closedAt: null })
+      return last
+    }),
+    endRun: Effect.suspend((): Effect.Effect<void, JournalCorrupt | JournalInvalidRequest> => {
+      const mark = loadRun(store)
+      if (Either.isLeft(mark)) return Effect.fail(mark.left)
+      if (mark.right === undefined)
+        return Effect.fail(new JournalInvalidRequest({ reason: "no run was begun" }))
+      store.run = encodeRunMark({ header: mark.right.header, run: "closed", closedAt: events.length })
+      return Effect.void
+    })
   }
 }

@@ -7,6 +7,13 @@ import { Data } from "effect"
 const describe = (cause: unknown): string =>
   cause instanceof Error ? cause.message : typeof cause === "string" ? cause : String(cause)
 
+/**
+ * Refusals no retry can heal: the receiver holds the disk with another geometry, or the
+ * hello's geometry is not one. Any other reason (`already-connected`, `log-failed`, one
+ * this filter does not know) may pass, and is retried.
+ */
+export const PERMANENT_REFUSALS: ReadonlySet<string> = new Set(["geometry-mismatch", "bad-geometry"])
+
 /** The receiver refused the hello (geometry mismatch, a second connection for the disk, …). */
 export class ReceiverRefused extends Data.TaggedError("ReceiverRefused")<{
   readonly reason: string
@@ -14,6 +21,10 @@ export class ReceiverRefused extends Data.TaggedError("ReceiverRefused")<{
 }> {
   override get message() {
     return `the log receiver refused the connection (${this.reason}): ${this.detail}`
+  }
+  /** Whether retrying can never help (see `PERMANENT_REFUSALS`). */
+  get permanent(): boolean {
+    return PERMANENT_REFUSALS.has(this.reason)
   }
 }
 
