@@ -46,6 +46,8 @@ const startRoot = async (dir: string) => {
   }
 }
 
+const literal = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")
+
 describe("the receiver's log", () => {
   it("a disk id with newlines and escape sequences stays inside one logfmt line", async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cdp-receiver-logging-"))
@@ -71,12 +73,15 @@ describe("the receiver's log", () => {
     const lines = receiver.stderr().trimEnd().split("\n")
     // Every line is one logfmt record: no pretty copy, no forged line.
     for (const line of lines) expect(line).toMatch(/^timestamp=\S+ level=[A-Z]+ fiber=#\d+ message="/)
-    // The id's records ("created", "connected") each hold it whole, escaped, in their message.
+    // The id's records ("created", "connected", "connection ended") each hold it whole,
+    // escaped, in their message: every mention is the id followed by what happened.
     const mentions = lines.filter((l) => l.includes("forged"))
-    expect(mentions.map((l) => /message=("(?:[^"\\]|\\.)*")/.exec(l)?.[1])).toEqual([
-      JSON.stringify(`${forged}: created`),
-      JSON.stringify(`${forged}: connected`)
-    ])
+    const messages = mentions.map((l) => /message=("(?:[^"\\]|\\.)*")/.exec(l)?.[1])
+    expect(messages).toEqual(
+      expect.arrayContaining([JSON.stringify(`${forged}: created`), JSON.stringify(`${forged}: connected`)])
+    )
+    for (const m of messages)
+      expect(m).toMatch(new RegExp(`^${literal(JSON.stringify(forged).slice(0, -1))}: [a-z ]+"$`))
     // biome-ignore lint/suspicious/noControlCharactersInRegex: none may reach the log raw
     expect(receiver.stderr()).not.toMatch(/[\u0000-\u0009\u000b-\u001f]/)
     expect(lines.at(-1)).toMatch(/message="receiver stopped"/)
