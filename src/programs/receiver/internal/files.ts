@@ -81,6 +81,7 @@ export const sparseCopy = async (from: fs.FileHandle, to: fs.FileHandle, length:
 /**
  * Reads a file forward through a window: `ensure(offset, need)` makes `[offset, offset + need)`
  * (or as much of it as the file holds below `end`) available in `buf` from `buf[offset - start]`.
+ * A read fetches at least `window` bytes; `need` may be larger (a record bigger than the window).
  */
 export class ForwardReader {
   buf: Buffer = Buffer.alloc(0)
@@ -90,6 +91,13 @@ export class ForwardReader {
     readonly end: number,
     private readonly window = 4 << 20
   ) {}
+
+  /** Bytes of `[offset, end)` the buffer holds now, without reading (0 when `offset` is outside it). */
+  available(offset: number): number {
+    return offset >= this.start && offset <= this.start + this.buf.length
+      ? this.start + this.buf.length - offset
+      : 0
+  }
 
   /** Bytes available from `offset` after the call (may be fewer than `need` at the end). */
   async ensure(offset: number, need: number): Promise<number> {

@@ -12,7 +12,7 @@
  */
 import type * as fs from "node:fs/promises"
 import { LogCorrupt } from "./errors.js"
-import { ForwardReader, preadFully, readIfExists } from "./files.js"
+import { ForwardReader, readIfExists } from "./files.js"
 import {
   continues,
   decodeIndex,
@@ -21,12 +21,45 @@ import {
   type IndexEntry,
   isBatchStart,
   Kind,
+  type Parsed,
   parseRecord,
   RECORD_HEADER_BYTES,
   type RecordHeader,
   SEGMENT_HEADER_BYTES,
   type SegmentHeader
 } from "./format.js"
+
+/** How much of a segment one read fetches (a record larger than this is read whole). */
+export const DEFAULT_WINDOW = 4 << 20
+
+/** Reads and parses the record at `offset` (the file may end inside it: then `Short`). */
+export type NextRecord = (reader: ForwardReader, offset: number) => Promise<Parsed>
+
+/**
+ * Reads until the record at `offset` is whole: first its header, then — the header gives
+ * the payload's length — the rest. Either part may straddle the reader's window; `Short`
+ * only when the file ends before the record does.
+ */
+export const wholeRecord: NextRecord = async (reader, offset) => {
+  let need = RECORD_HEADER_BYTES
+  for (;;) {
+    const available = await reader.ensure(offset, need)
+    const parsed = parseRecord(reader.view(offset, available), 0)
+    // Still short although `need` bytes were asked for: the file ends inside the record.
+    if (parsed._tag !== "Short" || parsed.need <= need) return parsed
+    need = parsed.need
+  }
+}
+
+/**
+ * How segments are read: the window (tests shrink it to put every record across its edges)
+ * and the record reader (tests swap in broken ones, to prove their properties catch them).
+ */
+export interface ReadTuning {
+  readonly window: number
+  readonly next: NextRecord
+}
+export const defaultTuning: ReadTuning = { window: DEFAULT_WINDOW, next: wholeRecord }
 
 export interface Damage {
   /** Byte offset of the first byte that is not part of a good record. */
@@ -59,9 +92,10 @@ export interface ScanOptions {
 export const scanSegment = async (
   handle: fs.FileHandle,
   fileBytes: number,
-  options: ScanOptions
+  options: ScanOptions,
+  tuning: ReadTuning = defaultTuning
 ): Promise<ScanResult> => {
-  const reader = new ForwardReader(handle, fileBytes)
+  const reader = new ForwardReader(handle, fileBytes, tuning.window)
   const entries: Array<IndexEntry> = []
   let header: SegmentHeader | undefined
   let last = options.prevSeq ?? 0
@@ -80,9 +114,7 @@ export const scanSegment = async (
     end = SEGMENT_HEADER_BYTES
     let offset = SEGMENT_HEADER_BYTES
     while (offset < fileBytes) {
-      let parsed = parseRecord(reader.view(offset, fileBytes - offset), 0)
-      if (parsed._tag === "Short" && (await reader.ensure(offset, parsed.need)) >= parsed.need)
-        parsed = parseRecord(reader.view(offset, parsed.need), 0)
+      const parsed = await tuning.next(reader, offset)
       if (parsed._tag === "Short") {
         damage = {
           offset,
@@ -108,10 +140,10 @@ export const scanSegment = async (
   }
   if (damage === undefined) return { header, entries, end, fileBytes, damage: undefined }
   const after = await lookPast(
-    handle,
+    reader,
     damage.offset,
-    fileBytes,
-    entries.length > 0 ? last : options.firstSeq - 1
+    entries.length > 0 ? last : options.firstSeq - 1,
+    tuning.next
   )
   return { header, entries, end, fileBytes, damage: { ...damage, ...after } }
 }
@@ -130,21 +162,21 @@ const order = (h: RecordHeader, first: boolean, options: ScanOptions, last: numb
 
 /** Searches past damage for whole records with a seq above `afterSeq` (see the module comment). */
 const lookPast = async (
-  handle: fs.FileHandle,
+  reader: ForwardReader,
   from: number,
-  fileBytes: number,
-  afterSeq: number
+  afterSeq: number,
+  next: NextRecord
 ): Promise<{ laterCommitAt: number | undefined; validAfter: number }> => {
-  const rest = Buffer.allocUnsafe(fileBytes - from)
-  if (rest.length > 0) await preadFully(handle, rest, from)
   let validAfter = 0
-  for (let at = 1; at + RECORD_HEADER_BYTES <= rest.length; at++) {
-    const kind = rest[at + 4]!
+  for (let at = from + 1; at + RECORD_HEADER_BYTES <= reader.end; at++) {
+    // Synchronous while the window holds the bytes: this visits every offset.
+    if (reader.available(at) < RECORD_HEADER_BYTES) await reader.ensure(at, RECORD_HEADER_BYTES)
+    const b = reader.view(at, RECORD_HEADER_BYTES)
     // Cheap filter before the CRC: a known kind and zero reserved bytes.
-    if (kind < Kind.Write || kind > Kind.ResyncEnd || rest[at + 6] !== 0 || rest[at + 7] !== 0) continue
-    const parsed = parseRecord(rest, at)
+    if (b[4]! < Kind.Write || b[4]! > Kind.ResyncEnd || b[6] !== 0 || b[7] !== 0) continue
+    const parsed = await next(reader, at)
     if (parsed._tag !== "Record" || parsed.header.seq <= afterSeq) continue
-    if ((parsed.header.flags & FLAG_BATCH_START) !== 0) return { laterCommitAt: from + at, validAfter }
+    if ((parsed.header.flags & FLAG_BATCH_START) !== 0) return { laterCommitAt: at, validAfter }
     validAfter++
     at += parsed.size - 1
   }
@@ -174,16 +206,14 @@ export const readRange = async (
     header: RecordHeader,
     payload: Buffer,
     offset: number
-  ) => Promise<boolean | undefined> | boolean | undefined
+  ) => Promise<boolean | undefined> | boolean | undefined,
+  tuning: ReadTuning = defaultTuning
 ): Promise<void> => {
-  const reader = new ForwardReader(handle, to)
+  const reader = new ForwardReader(handle, to, tuning.window)
   let last = prevSeq
   let offset = from
   while (offset < to) {
-    const available = await reader.ensure(offset, RECORD_HEADER_BYTES)
-    let parsed = parseRecord(reader.view(offset, available), 0)
-    if (parsed._tag === "Short" && (await reader.ensure(offset, parsed.need)) >= parsed.need)
-      parsed = parseRecord(reader.view(offset, parsed.need), 0)
+    const parsed = await tuning.next(reader, offset)
     if (parsed._tag !== "Record")
       throw new LogCorrupt({
         file,
