@@ -58,6 +58,7 @@ import {
   FLAG_RECOVERY_POINT,
   type IndexEntry,
   indexName,
+  isRecoveryPoint,
   Kind,
   RECORD_HEADER_BYTES,
   type RecordHeader,
@@ -65,7 +66,7 @@ import {
   segmentName,
   withBatchStart
 } from "./internal/format.js"
-import { readRange } from "./internal/segment.js"
+import { defaultTuning, type Expected, readIndex, readRange } from "./internal/segment.js"
 import * as Retention from "./Retention.js"
 
 export { HelloRefused, LogCorrupt, LogIoError, ReceiverLocked }
@@ -308,7 +309,12 @@ export class DiskLog {
       }
       for (let k = i; k < end; k++) {
         const p = batch[k]!
-        const entry: IndexEntry = { ...p.fields, flags: p.header[5]!, offset: offsets[k - i]! }
+        const entry: IndexEntry = {
+          ...p.fields,
+          flags: p.header[5]!,
+          offset: offsets[k - i]!,
+          crc: p.header.readUInt32LE(36)
+        }
         segment.entries?.push(entry)
         noteRecord(segment, entry)
       }
@@ -379,22 +385,32 @@ export class DiskLog {
         const file = path.join(this.diskDir, segment.name)
         const handle = await fs.open(file, "r")
         try {
+          // The index chose the fold's target: every record read must be the one it lists.
+          const expected = await sealedIndex(file, segment)
           await readRange(
             handle,
             file,
             SEGMENT_HEADER_BYTES,
             segment.bytes,
             undefined,
-            async (h, payload) => {
+            async (h, payload, offset) => {
               if (h.seq <= from) return false
               if (h.seq > seq) return true
+              if (h.seq === seq && !isRecoveryPoint(h))
+                throw new LogCorrupt({
+                  file,
+                  offset,
+                  reason: `the fold's target, seq ${seq}, is no recovery point`
+                })
               await applyRecord(out, this.geometry, h, payload)
               if (h.seq === seq) {
                 time = h.time
                 return true
               }
               return false
-            }
+            },
+            defaultTuning,
+            expected
           )
         } finally {
           await handle.close()
@@ -420,6 +436,18 @@ export class DiskLog {
     this.options.stats.folds++
     return dropped.length
   }
+}
+
+/** The index of a sealed segment, to check the records a fold reads; damage when it is gone or bad. */
+const sealedIndex = async (file: string, segment: Segment): Promise<Expected> => {
+  const indexFile = indexName(file)
+  const read = await readIndex(indexFile, segment.bytes, segment.firstSeq)
+  if (read._tag === "Entries") return { entries: read.entries, indexFile }
+  throw new LogCorrupt({
+    file: indexFile,
+    offset: read._tag === "Unusable" ? read.defect.offset : 0,
+    reason: `the index of a sealed segment ${read._tag === "Unusable" ? `is damaged: ${read.defect.reason}` : "is missing"} (it was checked when the log was opened)`
+  })
 }
 
 /** Applies a record's data to an image file (markers carry none). */
@@ -706,11 +734,14 @@ export const open = (options: StoreOptions): Effect.Effect<Store, LogError | Rec
                 Effect.annotateLogs({ baseSeq: seq, segmentsDropped: dropped })
               )
             ),
-            // A failed fold leaves the chain as it was (its temporary file is removed on the next open).
+            // A failed fold leaves the chain as it was (its temporary file is removed on the next open);
+            // damage it found fails the disk's log, like damage found by the writer.
             Effect.catchAll((error) =>
-              Effect.logError(`${d.diskId}: retention fold failed`).pipe(
-                Effect.annotateLogs({ error: error.message })
-              )
+              error._tag === "LogCorrupt"
+                ? failedWriter(d, error)
+                : Effect.logError(`${d.diskId}: retention fold failed`).pipe(
+                    Effect.annotateLogs({ error: error.message })
+                  )
             )
           )
         })

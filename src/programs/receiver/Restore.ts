@@ -23,7 +23,7 @@ import {
 import { DiskNotFound, type LogError, LogCorrupt, LogIoError, NotARecoveryPoint } from "./internal/errors.js"
 import { isEnoent, sparseCopy, syncDirectory } from "./internal/files.js"
 import { type IndexEntry, isRecoveryPoint, Kind, kindName } from "./internal/format.js"
-import { readRange } from "./internal/segment.js"
+import { defaultTuning, readRange } from "./internal/segment.js"
 import { applyRecord } from "./LogStore.js"
 
 export { DiskNotFound, NotARecoveryPoint }
@@ -239,12 +239,23 @@ const materialise = async (chain: Chain, seq: number, out: string): Promise<numb
       }
       let done = false
       try {
-        await readRange(handle, file, first.offset, segment.bytes, undefined, async (h, payload) => {
-          if (h.seq > seq) return (done = true)
-          await applyRecord(image, geometry, h, payload)
-          applied++
-          return h.seq === seq ? (done = true) : false
-        })
+        // Every record applied is checked against the entry it was listed by (index or scan).
+        const expected = { entries, indexFile: segment.indexFile }
+        await readRange(
+          handle,
+          file,
+          first.offset,
+          segment.bytes,
+          undefined,
+          async (h, payload) => {
+            if (h.seq > seq) return (done = true)
+            await applyRecord(image, geometry, h, payload)
+            applied++
+            return h.seq === seq ? (done = true) : false
+          },
+          defaultTuning,
+          expected
+        )
       } finally {
         await handle.close()
       }

@@ -25,7 +25,14 @@ import {
   Kind,
   parseSegmentName
 } from "./format.js"
-import { describeDamage, isTorn, readIndex, scanSegment } from "./segment.js"
+import {
+  checkSegmentHeader,
+  describeDamage,
+  isTorn,
+  readIndex,
+  scanSegment,
+  spotCheckIndex
+} from "./segment.js"
 
 export const META_FILE = "disk.json"
 export const BASE_FILE = "base.img"
@@ -121,6 +128,12 @@ export interface Segment {
   lastMarker: { readonly seq: number; readonly begin: boolean } | undefined
   /** The records (kept in `read` mode, and for the last segment in `recover` mode). */
   entries: Array<IndexEntry> | undefined
+  /**
+   * The index `entries` were taken from (checked for form and spot-checked against the
+   * segment, not verified record by record: readers pass it on to `readRange`, which names it
+   * when a record disagrees); `undefined` when they come from a scan.
+   */
+  indexFile?: string | undefined
 }
 
 export interface Note {
@@ -169,12 +182,40 @@ export const summarize = (
   name: string,
   entries: ReadonlyArray<IndexEntry>,
   bytes: number,
-  keep: boolean
+  keep: boolean,
+  indexFile?: string
 ): Segment => {
   const segment = emptySegment(name, entries[0]!.seq, bytes, false)
   for (const e of entries) noteRecord(segment, e)
   segment.entries = keep ? [...entries] : undefined
+  segment.indexFile = indexFile
   return segment
+}
+
+type IndexUse =
+  | { readonly _tag: "Entries"; readonly entries: ReadonlyArray<IndexEntry> }
+  /** The segment's own header is bad: the scan reports it. */
+  | { readonly _tag: "BadSegment" }
+  | { readonly _tag: "Missing" }
+  | { readonly _tag: "Rejected"; readonly offset: number; readonly reason: string }
+
+/**
+ * Whether a sealed segment's index may stand in for a scan: the segment's 32-byte header is
+ * good, the index is well formed for the segment's name and size (`decodeIndex`), and the
+ * record headers it is spot-checked against agree (`spotCheckIndex`).
+ */
+const useIndex = async (
+  handle: fs.FileHandle,
+  indexFile: string,
+  size: number,
+  firstSeq: number
+): Promise<IndexUse> => {
+  if ((await checkSegmentHeader(handle, firstSeq)) !== undefined) return { _tag: "BadSegment" }
+  const read = await readIndex(indexFile, size, firstSeq)
+  if (read._tag === "Missing") return read
+  if (read._tag === "Unusable") return { _tag: "Rejected", ...read.defect }
+  const defect = await spotCheckIndex(handle, indexFile, read.entries)
+  return defect === undefined ? read : { _tag: "Rejected", ...defect }
 }
 
 /** Whether the log after `baseSeq` ends inside a resync (the base itself is a recovery point). */
@@ -238,7 +279,13 @@ export const openChain = async (
   const segments: Array<Segment> = []
   let baseChecked = false
   // Checks continuity (with the previous segment and with the base) and keeps the summary.
-  const admit = (name: string, entries: ReadonlyArray<IndexEntry>, bytes: number, keep: boolean) => {
+  const admit = (
+    name: string,
+    entries: ReadonlyArray<IndexEntry>,
+    bytes: number,
+    keep: boolean,
+    indexFile?: string
+  ) => {
     const file = path.join(diskDir, name)
     const prevSeq = segments[segments.length - 1]?.lastSeq
     if (prevSeq !== undefined && !continues(prevSeq, entries[0]!))
@@ -259,7 +306,7 @@ export const openChain = async (
           })
       }
     }
-    segments.push(summarize(name, entries, bytes, keep))
+    segments.push(summarize(name, entries, bytes, keep, indexFile))
   }
 
   // Read mode stops at damage instead: the points before it stay listable and restorable.
@@ -273,11 +320,21 @@ export const openChain = async (
     try {
       const { size } = await handle.stat()
       if (!last) {
-        const indexed = await readIndex(path.join(diskDir, indexName(name)), size)
-        if (indexed !== undefined && indexed.length > 0 && indexed[0]!.seq === firstSeq) {
-          admit(name, indexed, size, !recover)
+        // Every segment's header is checked, even when its index stands in for the scan.
+        const indexFile = path.join(diskDir, indexName(name))
+        const index = await useIndex(handle, indexFile, size, firstSeq)
+        if (index._tag === "Entries") {
+          admit(name, index.entries, size, !recover, indexFile)
           continue
         }
+        if (index._tag !== "BadSegment")
+          notes.push({
+            message: `${recover ? "rebuilt" : "ignored"} ${index._tag === "Missing" ? "a missing index" : "an index that does not match its segment"}${recover ? "" : " (the segment was scanned; the receiver rebuilds the index when it starts)"}`,
+            annotations:
+              index._tag === "Missing"
+                ? { file: indexFile }
+                : { file: indexFile, at: index.offset, reason: index.reason }
+          })
       }
       const scan = await scanSegment(handle, size, { firstSeq, prevSeq })
       if (scan.damage !== undefined) {
@@ -341,14 +398,14 @@ export const openChain = async (
     // The last segment is the active one again; its index is rewritten when it is sealed.
     const indexFile = path.join(diskDir, indexName(tail.name))
     if (tail.entries === undefined) {
-      const indexed = await readIndex(indexFile, tail.bytes)
-      if (indexed === undefined)
+      const indexed = await readIndex(indexFile, tail.bytes, tail.firstSeq)
+      if (indexed._tag !== "Entries")
         throw new LogCorrupt({
           file: indexFile,
-          offset: 0,
+          offset: indexed._tag === "Unusable" ? indexed.defect.offset : 0,
           reason: "the index changed while the log was opened"
         })
-      tail.entries = [...indexed]
+      tail.entries = [...indexed.entries]
     }
     await removeIfExists(indexFile)
   }

@@ -11,22 +11,28 @@
  * Damage with no later commit after it lies in the last commit: a torn tail, cut off.
  */
 import type * as fs from "node:fs/promises"
+import * as path from "node:path"
 import { LogCorrupt } from "./errors.js"
 import { ForwardReader, readIfExists } from "./files.js"
 import {
   continues,
   decodeIndex,
   decodeSegmentHeader,
+  entryMismatch,
   FLAG_BATCH_START,
+  type IndexDefect,
   type IndexEntry,
+  indexEntryOffset,
   isBatchStart,
   Kind,
   type Parsed,
+  parseHeaderFields,
   parseRecord,
   RECORD_HEADER_BYTES,
   type RecordHeader,
   SEGMENT_HEADER_BYTES,
-  type SegmentHeader
+  type SegmentHeader,
+  storedCrc
 } from "./format.js"
 
 /** How much of a segment one read fetches (a record larger than this is read whole). */
@@ -132,7 +138,7 @@ export const scanSegment = async (
         damage = { offset, reason }
         break
       }
-      entries.push({ ...h, offset })
+      entries.push({ ...h, offset, crc: parsed.crc })
       last = h.seq
       offset += parsed.size
       end = offset
@@ -192,9 +198,20 @@ export const describeDamage = (damage: Damage): string =>
     : `${damage.reason}, yet a later commit follows at byte ${damage.laterCommitAt}`
 
 /**
+ * What the caller believes a segment holds — an index, or an earlier scan — checked against
+ * every record `readRange` reads: a reader never acts on an index it has not verified.
+ */
+export interface Expected {
+  /** Every record of the segment, in offset order. */
+  readonly entries: ReadonlyArray<IndexEntry>
+  /** The index file they were read from (a disagreement names it); `undefined`: an earlier scan. */
+  readonly indexFile: string | undefined
+}
+
+/**
  * Reads the records in `[from, to)` of a segment, every one checked (CRC and continuity
- * from `prevSeq`, when given), and hands each to `onRecord` with a view of its payload
- * (valid until the callback's promise settles).
+ * from `prevSeq`, when given, and against `expected`, when given), and hands each to
+ * `onRecord` with a view of its payload (valid until the callback's promise settles).
  */
 export const readRange = async (
   handle: fs.FileHandle,
@@ -207,11 +224,13 @@ export const readRange = async (
     payload: Buffer,
     offset: number
   ) => Promise<boolean | undefined> | boolean | undefined,
-  tuning: ReadTuning = defaultTuning
+  tuning: ReadTuning = defaultTuning,
+  expected?: Expected
 ): Promise<void> => {
   const reader = new ForwardReader(handle, to, tuning.window)
   let last = prevSeq
   let offset = from
+  let k = expected === undefined ? 0 : expected.entries.findIndex((e) => e.offset >= from)
   while (offset < to) {
     const parsed = await tuning.next(reader, offset)
     if (parsed._tag !== "Record")
@@ -223,6 +242,7 @@ export const readRange = async (
     const h = parsed.header
     if (last !== undefined && !continues(last, h))
       throw new LogCorrupt({ file, offset, reason: `seq ${h.seq} does not follow ${last}` })
+    if (expected !== undefined) disagreement(file, expected, k++, h, offset, parsed.crc)
     last = h.seq
     const stop = await onRecord(h, reader.view(offset + RECORD_HEADER_BYTES, h.length), offset)
     if (stop === true) return
@@ -230,13 +250,86 @@ export const readRange = async (
   }
 }
 
-/** The index of a sealed segment, or `undefined` when it is missing or does not match the segment. */
-export const readIndex = async (
+/** Throws when entry `k` of `expected` is not the record read at `offset` (see `Expected`). */
+const disagreement = (
   file: string,
-  segmentBytes: number
-): Promise<ReadonlyArray<IndexEntry> | undefined> => {
+  expected: Expected,
+  k: number,
+  h: RecordHeader,
+  offset: number,
+  crc: number
+): void => {
+  const entry = k < 0 ? undefined : expected.entries[k]
+  const diffs =
+    entry === undefined ? ["the index lists no record there"] : entryMismatch(entry, h, offset, crc)
+  if (diffs.length === 0) return
+  const where = `the record at byte ${offset} of ${path.basename(file)} (seq ${h.seq})`
+  throw expected.indexFile === undefined
+    ? new LogCorrupt({ file, offset, reason: `changed since it was scanned: ${diffs.join(", ")}` })
+    : new LogCorrupt({
+        file: expected.indexFile,
+        offset: indexEntryOffset(Math.max(0, Math.min(k, expected.entries.length))),
+        reason: `the index disagrees with ${where}: ${diffs.join(", ")}`
+      })
+}
+
+export type IndexRead =
+  | { readonly _tag: "Missing" }
+  | { readonly _tag: "Unusable"; readonly defect: IndexDefect }
+  | { readonly _tag: "Entries"; readonly entries: ReadonlyArray<IndexEntry> }
+
+/** The index of the sealed segment named for `firstSeq`, `segmentBytes` long (see `decodeIndex`). */
+export const readIndex = async (file: string, segmentBytes: number, firstSeq: number): Promise<IndexRead> => {
   const bytes = await readIfExists(file)
-  if (bytes === undefined) return undefined
-  const decoded = decodeIndex(bytes, segmentBytes)
-  return typeof decoded === "string" ? undefined : decoded
+  if (bytes === undefined) return { _tag: "Missing" }
+  const decoded = decodeIndex(bytes, segmentBytes, firstSeq)
+  return "reason" in decoded ? { _tag: "Unusable", defect: decoded } : { _tag: "Entries", entries: decoded }
+}
+
+/** The 32-byte header of a segment named for `firstSeq`: the reason it is bad, or `undefined`. */
+export const checkSegmentHeader = async (
+  handle: fs.FileHandle,
+  firstSeq: number
+): Promise<string | undefined> => {
+  const b = Buffer.alloc(SEGMENT_HEADER_BYTES)
+  const { bytesRead } = await handle.read(b, 0, SEGMENT_HEADER_BYTES, 0)
+  const decoded = decodeSegmentHeader(b.subarray(0, bytesRead))
+  if (typeof decoded === "string") return decoded
+  return decoded.firstSeq === firstSeq
+    ? undefined
+    : `the header names first seq ${decoded.firstSeq}, the file name ${firstSeq}`
+}
+
+/**
+ * A cheap check of a (well-formed, see `decodeIndex`) index against its segment, when the
+ * index stands in for a scan: the record headers of its first and last entries, and of every
+ * marker (a resync-begin or -end carries no payload, so its CRC is checked in full) must be
+ * the ones the index lists. Payloads are not read: restore and fold check every record they
+ * read, scrub checks them all. The first disagreement, or `undefined`.
+ */
+export const spotCheckIndex = async (
+  handle: fs.FileHandle,
+  indexFile: string,
+  entries: ReadonlyArray<IndexEntry>
+): Promise<IndexDefect | undefined> => {
+  const b = Buffer.alloc(RECORD_HEADER_BYTES)
+  for (let i = 0; i < entries.length; i++) {
+    const e = entries[i]!
+    if (i !== 0 && i !== entries.length - 1 && e.length !== 0) continue
+    const { bytesRead } = await handle.read(b, 0, RECORD_HEADER_BYTES, e.offset)
+    const at = `the record at byte ${e.offset} of ${path.basename(indexFile.replace(/\.idx$/, ".seg"))}`
+    const defect = (reason: string): IndexDefect => ({
+      offset: indexEntryOffset(i),
+      reason: `the index disagrees with ${at}: ${reason}`
+    })
+    if (bytesRead < RECORD_HEADER_BYTES) return defect("the segment ends inside its header")
+    const parsed = e.length === 0 ? parseRecord(b, 0) : undefined
+    if (parsed !== undefined && parsed._tag !== "Record")
+      return defect(parsed._tag === "Bad" ? parsed.reason : "short record")
+    const header = parsed?._tag === "Record" ? parsed.header : parseHeaderFields(b, 0)
+    if (typeof header === "string") return defect(header)
+    const diffs = entryMismatch(e, header, e.offset, storedCrc(b, 0))
+    if (diffs.length > 0) return defect(diffs.join(", "))
+  }
+  return undefined
 }
