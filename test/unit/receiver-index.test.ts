@@ -107,26 +107,29 @@ describe("opening a chain checks every segment header and every index", () => {
     expect(readable.damaged).toMatchObject({ file: sealed, offset: 0 })
   })
 
-  it("an index whose marker entry is forged (resync-end made a begin) is rebuilt by the receiver, ignored by readers", async () => {
+  it("an index whose marker entry is forged (resync-end made a begin): the receiver refuses it, readers scan instead", async () => {
     const dir = tempDir()
     const diskDir = await writeLog(dir)
     const end = locate(diskDir, 14)
     const indexFile = indexName(end.file)
     expect(fs.existsSync(indexFile)).toBe(true)
-    const original = fs.readFileSync(indexFile)
-    forgeIndexEntry(indexFile, end.position, (e) => {
+    const at = forgeIndexEntry(indexFile, end.position, (e) => {
       e[40] = Kind.ResyncBegin
     })
+    const forged = fs.readFileSync(indexFile)
     const read = await openChain(diskDir, meta(diskDir), "read")
     expect(read.damaged).toBeUndefined()
     expect(read.inResync).toBe(false)
+    expect(read.lastSeq).toBe(24)
     expect(read.notes.map((n) => n.message).join("\n")).toMatch(
-      /ignored an index that does not match its segment/
+      /scanned a segment whose index is at odds with it \(the receiver refuses the disk\)/
     )
-    const chain = await openChain(diskDir, meta(diskDir), "recover")
-    expect(chain.inResync).toBe(false)
-    expect(chain.notes.map((n) => n.message)).toContain("rebuilt an index that does not match its segment")
-    expect(fs.readFileSync(indexFile).equals(original)).toBe(true)
+    // Both files pass their own checks: the receiver does not guess which one to believe.
+    const error = await openChain(diskDir, meta(diskDir), "recover").catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(LogCorrupt)
+    expect(error).toMatchObject({ file: indexFile, offset: at })
+    expect((error as LogCorrupt).reason).toMatch(/kind 5 \(index\) vs 6 \(record\)/)
+    expect(fs.readFileSync(indexFile).equals(forged)).toBe(true)
   })
 
   it("an index of format 1 is rebuilt (format 2 keeps each record's CRC)", async () => {

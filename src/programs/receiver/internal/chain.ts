@@ -12,7 +12,14 @@ import * as fs from "node:fs/promises"
 import * as path from "node:path"
 import { Either, Schema } from "effect"
 import { LogCorrupt } from "./errors.js"
-import { isEnoent, preadFully, readIfExists, removeIfExists, syncDirectory } from "./files.js"
+import {
+  isEnoent,
+  preadFully,
+  readIfExists,
+  removeIfExists,
+  syncDirectory,
+  writeFileAtomic
+} from "./files.js"
 import {
   BASE_TRAILER_BYTES,
   type BaseTrailer,
@@ -197,7 +204,10 @@ type IndexUse =
   /** The segment's own header is bad: the scan reports it. */
   | { readonly _tag: "BadSegment" }
   | { readonly _tag: "Missing" }
-  | { readonly _tag: "Rejected"; readonly offset: number; readonly reason: string }
+  /** The index fails its own checks (`decodeIndex`): a damaged cache, rebuilt from the segment. */
+  | { readonly _tag: "Unusable"; readonly offset: number; readonly reason: string }
+  /** A well-formed index that disagrees with its segment: one of the two was tampered with. */
+  | { readonly _tag: "Disagrees"; readonly offset: number; readonly reason: string }
 
 /**
  * Whether a sealed segment's index may stand in for a scan: the segment's 32-byte header is
@@ -213,9 +223,9 @@ const useIndex = async (
   if ((await checkSegmentHeader(handle, firstSeq)) !== undefined) return { _tag: "BadSegment" }
   const read = await readIndex(indexFile, size, firstSeq)
   if (read._tag === "Missing") return read
-  if (read._tag === "Unusable") return { _tag: "Rejected", ...read.defect }
+  if (read._tag === "Unusable") return { _tag: "Unusable", ...read.defect }
   const defect = await spotCheckIndex(handle, indexFile, read.entries)
-  return defect === undefined ? read : { _tag: "Rejected", ...defect }
+  return defect === undefined ? read : { _tag: "Disagrees", ...defect }
 }
 
 /** Whether the log after `baseSeq` ends inside a resync (the base itself is a recovery point). */
@@ -311,6 +321,9 @@ export const openChain = async (
 
   // Read mode stops at damage instead: the points before it stay listable and restorable.
   let damaged: LogCorrupt | undefined
+  // Indexes to rebuild, written once the whole chain is known good: damage found later
+  // leaves every file as it was (an old index may be what shows a segment shrank).
+  const rebuilds: Array<{ readonly file: string; readonly bytes: Buffer }> = []
   for (let i = 0; i < files.length; i++) {
     const { name, firstSeq } = files[i]!
     const file = path.join(diskDir, name)
@@ -327,14 +340,27 @@ export const openChain = async (
           admit(name, index.entries, size, !recover, indexFile)
           continue
         }
-        if (index._tag !== "BadSegment")
+        // Both files pass their own checks yet disagree: no media damage does that, so the
+        // receiver does not guess which one to believe (scrub names the entry; see docs).
+        if (index._tag === "Disagrees" && recover)
+          throw new LogCorrupt({ file: indexFile, offset: index.offset, reason: index.reason })
+        if (index._tag !== "BadSegment") {
+          const what =
+            index._tag === "Missing" ? "missing" : index._tag === "Unusable" ? "damaged" : "at odds with it"
+          const then =
+            index._tag === "Disagrees"
+              ? "the receiver refuses the disk"
+              : "the receiver rebuilds it when it starts"
           notes.push({
-            message: `${recover ? "rebuilt" : "ignored"} ${index._tag === "Missing" ? "a missing index" : "an index that does not match its segment"}${recover ? "" : " (the segment was scanned; the receiver rebuilds the index when it starts)"}`,
+            message: recover
+              ? `rebuilt a ${what} index`
+              : `scanned a segment whose index is ${what} (${then})`,
             annotations:
               index._tag === "Missing"
                 ? { file: indexFile }
                 : { file: indexFile, at: index.offset, reason: index.reason }
           })
+        }
       }
       const scan = await scanSegment(handle, size, { firstSeq, prevSeq })
       if (scan.damage !== undefined) {
@@ -354,16 +380,19 @@ export const openChain = async (
             wholeRecordsDropped: scan.damage.validAfter
           }
         })
-        if (recover && scan.entries.length > 0) await handle.truncate(scan.end)
       } else if (!last) {
         if (scan.entries.length === 0)
           throw new LogCorrupt({ file, offset: scan.end, reason: "a sealed segment holds no record" })
-        if (recover) await fs.writeFile(path.join(diskDir, indexName(name)), encodeIndex(size, scan.entries))
+        if (recover)
+          rebuilds.push({ file: path.join(diskDir, indexName(name)), bytes: encodeIndex(size, scan.entries) })
       }
-      // What a killed receiver wrote may not have been fsynced yet: it is about to be reported durable.
-      if (recover && last && scan.entries.length > 0) await handle.sync()
-      if (scan.entries.length > 0) admit(name, scan.entries, scan.end, !recover || last)
-      else if (recover) {
+      if (scan.entries.length > 0) {
+        // First the checks against the chain (they may refuse it), then the repair.
+        admit(name, scan.entries, scan.end, !recover || last)
+        if (recover && scan.damage !== undefined) await handle.truncate(scan.end)
+        // What a killed receiver wrote may not have been fsynced yet: it is about to be reported durable.
+        if (recover && last) await handle.sync()
+      } else if (recover) {
         // A segment is created with its first commit: an empty one is a creation cut short.
         await fs.unlink(file)
         if (scan.damage === undefined)
@@ -381,6 +410,8 @@ export const openChain = async (
       await handle.close()
     }
   }
+  // Atomically: a reader beside us (points, scrub) never sees half an index.
+  for (const { file, bytes } of rebuilds) await writeFileAtomic(file, bytes)
   // Also makes a segment created just before a crash durable, before its records are reported so.
   if (recover) await syncDirectory(diskDir)
 
