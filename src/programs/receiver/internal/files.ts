@@ -89,7 +89,9 @@ export class ForwardReader {
   constructor(
     private readonly handle: fs.FileHandle,
     readonly end: number,
-    private readonly window = 4 << 20
+    private readonly window = 4 << 20,
+    /** Called after each read with the bytes read (a background reader paces itself there). */
+    private readonly onRead?: (bytes: number) => Promise<void>
   ) {}
 
   /** Bytes of `[offset, end)` the buffer holds now, without reading (0 when `offset` is outside it). */
@@ -113,7 +115,10 @@ export class ForwardReader {
       kept.copy(next, 0)
       have = kept.length
     }
-    if (readTo - offset > have) await preadFully(this.handle, next.subarray(have), offset + have)
+    if (readTo - offset > have) {
+      await preadFully(this.handle, next.subarray(have), offset + have)
+      await this.onRead?.(readTo - offset - have)
+    }
     this.buf = next
     this.start = offset
     return this.buf.length

@@ -64,6 +64,8 @@ export const wholeRecord: NextRecord = async (reader, offset) => {
 export interface ReadTuning {
   readonly window: number
   readonly next: NextRecord
+  /** Called after each read with the bytes read: the background verification paces itself. */
+  readonly onRead?: ((bytes: number) => Promise<void>) | undefined
 }
 export const defaultTuning: ReadTuning = { window: DEFAULT_WINDOW, next: wholeRecord }
 
@@ -101,7 +103,7 @@ export const scanSegment = async (
   options: ScanOptions,
   tuning: ReadTuning = defaultTuning
 ): Promise<ScanResult> => {
-  const reader = new ForwardReader(handle, fileBytes, tuning.window)
+  const reader = new ForwardReader(handle, fileBytes, tuning.window, tuning.onRead)
   const entries: Array<IndexEntry> = []
   let header: SegmentHeader | undefined
   let last = options.prevSeq ?? 0
@@ -227,7 +229,7 @@ export const readRange = async (
   tuning: ReadTuning = defaultTuning,
   expected?: Expected
 ): Promise<void> => {
-  const reader = new ForwardReader(handle, to, tuning.window)
+  const reader = new ForwardReader(handle, to, tuning.window, tuning.onRead)
   let last = prevSeq
   let offset = from
   let k = expected === undefined ? 0 : expected.entries.findIndex((e) => e.offset >= from)
@@ -271,6 +273,31 @@ const disagreement = (
         offset: indexEntryOffset(Math.max(0, Math.min(k, expected.entries.length))),
         reason: `the index disagrees with ${where}: ${diffs.join(", ")}`
       })
+}
+
+/** The first entry of an index that is not the record its segment holds, as damage of the index. */
+export const compareIndex = (
+  indexFile: string,
+  indexed: ReadonlyArray<IndexEntry>,
+  scanned: ReadonlyArray<IndexEntry>
+): LogCorrupt | undefined => {
+  for (let i = 0; i < Math.max(indexed.length, scanned.length); i++) {
+    const entry = indexed[i]
+    const record = scanned[i]
+    const diffs =
+      entry === undefined
+        ? [`the index ends before the record at byte ${record!.offset}`]
+        : record === undefined
+          ? [`the segment holds no record at byte ${entry.offset}`]
+          : entryMismatch(entry, record, record.offset, record.crc)
+    if (diffs.length > 0)
+      return new LogCorrupt({
+        file: indexFile,
+        offset: indexEntryOffset(Math.min(i, indexed.length)),
+        reason: `the index disagrees with its segment: ${diffs.join(", ")}`
+      })
+  }
+  return undefined
 }
 
 export type IndexRead =
