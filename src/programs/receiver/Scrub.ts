@@ -8,12 +8,12 @@
  * Read-only and without the lock, so it may run beside the receiver: the last segment
  * may be growing (a commit in progress reads as a torn tail, noted, not damage), a roll
  * may seal it meanwhile, and a retention fold may replace the base and remove segments
- * (the disk is checked again, up to three times, like `points`). It checks the files
+ * (the disk is checked again, up to ten times). It checks the files
  * present when it reads the disk's directory.
  */
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
-import { Data, Effect } from "effect"
+import { Data, Effect, Schedule } from "effect"
 import {
   BASE_FILE,
   type DiskMeta,
@@ -225,7 +225,7 @@ const scrubOnce = async (diskDir: string): Promise<DiskScrub> => {
       } else if (scan.damage === undefined) {
         if (last)
           notes.push(
-            `${name}: the last segment has an index, so it was sealed: the segment after it is missing, or a roll was cut short`
+            `${name}: the last segment has an index: a roll in progress, or the segment after it is missing (a crash during a roll, or lost)`
           )
         checked.files++
         checked.indexes++
@@ -249,7 +249,8 @@ const scrubDisk = (diskDir: string) =>
   }).pipe(
     // A fold may remove a file between listing and reading it (ENOENT), or replace the base.
     Effect.retry({
-      times: 3,
+      times: 10,
+      schedule: Schedule.spaced("20 millis"),
       while: (e) => e instanceof Moved || (e._tag === "LogIoError" && isEnoent(e.cause))
     }),
     Effect.mapError((e) =>

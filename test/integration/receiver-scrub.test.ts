@@ -1,0 +1,125 @@
+/**
+ * `cdp-sync scrub` as operators run it (the built CLI): what it prints and its exit codes
+ * (0 clean, 1 damage, 2 usage), and beside a running receiver whose segments roll and whose
+ * retention folds them meanwhile: no lock taken, no false damage, the receiver unaffected.
+ */
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import { Effect } from "effect"
+import { afterAll, describe, expect, it } from "vitest"
+import { RECORD_HEADER_BYTES } from "../../src/programs/receiver/internal/format.js"
+import * as Restore from "../../src/programs/receiver/Restore.js"
+import * as Scrub from "../../src/programs/receiver/Scrub.js"
+import * as Proc from "../support/receiverProcess.js"
+import { diskId, flip, locate, writeLog } from "../support/receiverLog.js"
+
+const dirs: Array<string> = []
+afterAll(() => {
+  for (const dir of dirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true })
+})
+const tempDir = () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cdp-receiver-scrub-"))
+  dirs.push(dir)
+  return dir
+}
+
+describe("cdp-sync scrub", () => {
+  it("a clean directory: what was checked on stdout, exit 0; damage: each one named, exit 1", async () => {
+    const dir = tempDir()
+    const diskDir = await writeLog(dir)
+    const clean = await Proc.run(["scrub", "--dir", dir])
+    expect(clean.code).toBe(0)
+    expect(clean.stdout).toMatch(
+      new RegExp(
+        `disk ${diskId} \\(.*\\): clean; checked 9 files: 4 segments \\(24 records, \\d+ bytes\\), 3 indexes`
+      )
+    )
+    expect(clean.stdout).toMatch(/scrub: no damage/)
+    const json = await Proc.run(["scrub", "--dir", dir, "--disk", diskId, "--json"])
+    expect(json.code).toBe(0)
+    expect(JSON.parse(json.stdout)).toMatchObject({
+      clean: true,
+      disks: [{ diskId, checked: { segments: 4, records: 24, indexes: 3 }, damage: [], notes: [] }]
+    })
+
+    const r = locate(diskDir, 6)
+    flip(r.file, r.offset + RECORD_HEADER_BYTES + 1)
+    const damaged = await Proc.run(["scrub", "--dir", dir])
+    expect(damaged.code).toBe(1)
+    expect(damaged.stdout).toContain(`damage: ${r.file} at byte ${r.offset}: CRC32C mismatch`)
+    expect(damaged.stdout).toMatch(/scrub: damage in 1 disk/)
+    const report = JSON.parse((await Proc.run(["scrub", "--dir", dir, "--json"])).stdout)
+    expect(report).toMatchObject({ clean: false, disks: [{ damage: [{ file: r.file, offset: r.offset }] }] })
+  })
+
+  it("usage errors exit 2; an unknown disk or an empty directory exit 1 with the reason on stderr", async () => {
+    const dir = tempDir()
+    await writeLog(dir)
+    const missing = await Proc.run(["scrub"])
+    expect(missing.code).toBe(2)
+    expect(missing.stdout).toBe("")
+    const unknown = await Proc.run(["scrub", "--dir", dir, "--disk", "nope"])
+    expect(unknown.code).toBe(1)
+    expect(unknown.stderr).toMatch(/cdp-sync scrub: .* holds no disk "nope"/)
+    const empty = await Proc.run(["scrub", "--dir", tempDir()])
+    expect(empty.code).toBe(1)
+    expect(empty.stderr).toMatch(/holds no disk/)
+  })
+
+  it("beside a running receiver (segments rolling, retention folding): never a false damage, the receiver unaffected", async () => {
+    const dir = tempDir()
+    const geometry = { blockSize: 4096, blockCount: 32 }
+    const hello = { diskId: "vm", ...geometry, watermark: 0 }
+    const receiver = await Proc.start(dir, ["--segment-bytes", "16KiB", "--retain", "64KiB"])
+    const plan = Proc.makePlan({ seed: 11, records: 1500, ...geometry, maxWrite: 2000, resyncChance: 0.04 })
+    const reports: Array<Scrub.ScrubReport> = []
+    const runs: Array<Proc.CliResult> = []
+    try {
+      let streaming = true
+      const stream = Proc.streamPlan({
+        host: receiver.host,
+        port: receiver.port,
+        hello,
+        plan,
+        window: 64
+      }).finally(() => {
+        streaming = false
+      })
+      // In-process scrubs back to back, and the CLI's now and then, until the stream ends.
+      const cli = (async () => {
+        while (streaming) runs.push(await Proc.run(["scrub", "--dir", dir, "--json"]))
+      })()
+      while (streaming || reports.length < 3) {
+        const report = await Effect.runPromise(
+          Scrub.scrub(dir).pipe(Effect.catchTag("DiskNotFound", () => Effect.succeed(undefined)))
+        )
+        if (report !== undefined) reports.push(report)
+      }
+      const result = await stream
+      await cli
+      expect(result.outcome).toBe("complete")
+    } finally {
+      await receiver.kill("SIGTERM")
+    }
+    expect(receiver.stderr()).toMatch(/folded the log into the base image/)
+    expect(receiver.stderr()).not.toMatch(/level=ERROR/)
+    expect(reports.length).toBeGreaterThan(3)
+    for (const report of reports)
+      expect(report.disks.flatMap((d) => d.damage.map((e) => e.message))).toEqual([])
+    for (const run of runs) {
+      expect(run.code, run.stdout + run.stderr).toBe(0)
+      expect(JSON.parse(run.stdout).clean).toBe(true)
+    }
+    // And after it: clean, every point restorable as the plan made it.
+    const after = await Proc.run(["scrub", "--dir", dir])
+    expect(after.code).toBe(0)
+    const [listed] = await Effect.runPromise(Restore.points(dir, "vm"))
+    const last = listed!.points.at(-1)!.seq
+    const out = path.join(dir, "latest.img")
+    await Effect.runPromise(Restore.restore({ dir, diskId: "vm", at: "latest", out }))
+    expect(fs.readFileSync(out).equals(Buffer.from(Proc.imagesAt(plan, geometry, [last]).get(last)!))).toBe(
+      true
+    )
+  })
+})
