@@ -122,4 +122,42 @@ describe("cdp-sync scrub", () => {
       true
     )
   })
+
+  it("disk.json and base.img: missing or unreadable ones are damage, named; nothing is changed", async () => {
+    const scrubOf = async (dir: string) => {
+      const report = await Effect.runPromise(Scrub.scrub(dir))
+      return {
+        report,
+        damage: report.disks.flatMap((d) => d.damage.map((e) => [path.basename(e.file), e.offset, e.reason]))
+      }
+    }
+    // base.img missing.
+    const a = tempDir()
+    const diskA = await writeLog(a)
+    fs.rmSync(path.join(diskA, "base.img"))
+    expect((await scrubOf(a)).damage).toEqual([["base.img", 0, "missing"]])
+    // Its trailer flipped: named at the trailer's offset.
+    const b = tempDir()
+    const diskB = await writeLog(b)
+    const base = path.join(diskB, "base.img")
+    const trailerAt = fs.statSync(base).size - 32
+    flip(base, trailerAt + 1)
+    expect((await scrubOf(b)).damage).toEqual([["base.img", trailerAt, expect.stringMatching(/magic|CRC/)]])
+    // disk.json missing while segments exist: damage (a disk, not a creation cut short).
+    const c = tempDir()
+    const diskC = await writeLog(c)
+    fs.rmSync(path.join(diskC, "disk.json"))
+    const missing = await scrubOf(c)
+    expect(missing.damage).toEqual([["disk.json", 0, "missing"]])
+    // The segments are still checked, the base cannot be (no geometry): a note says so.
+    expect(missing.report.disks[0]!.checked.segments).toBe(4)
+    expect(missing.report.disks[0]!.notes.join("\n")).toMatch(/base\.img: not checked/)
+    // disk.json unreadable.
+    const d = tempDir()
+    const diskD = await writeLog(d)
+    fs.writeFileSync(path.join(diskD, "disk.json"), "{not json")
+    const before = fs.readdirSync(diskD).sort()
+    expect((await scrubOf(d)).damage).toEqual([["disk.json", 0, expect.stringMatching(/unreadable/)]])
+    expect(fs.readdirSync(diskD).sort()).toEqual(before)
+  })
 })

@@ -5,6 +5,7 @@
  * back with a tiny window (64..512 bytes) and with the default one. `scanSegment` and
  * `readRange` must return exactly what was written; a cut anywhere keeps exactly the whole
  * records before it. The reader of the bug (test/support/segmentMutants.ts) must be caught.
+ * The index of such a segment round-trips, and any flipped byte or cut of it is a defect.
  */
 import * as fs from "node:fs"
 import * as os from "node:os"
@@ -12,6 +13,8 @@ import * as path from "node:path"
 import fc from "fast-check"
 import { afterAll, describe, expect, it } from "vitest"
 import {
+  decodeIndex,
+  encodeIndex,
   encodeRecordHeader,
   encodeSegmentHeader,
   FLAG_BATCH_START,
@@ -262,6 +265,39 @@ describe("segment reading over the window's edges", () => {
         }
       ),
       { numRuns: Math.max(5, Math.round(RUNS / 15)) }
+    )
+  })
+
+  it("the index of any segment round-trips; every flipped byte and every cut of it is a defect inside it", async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc
+          .integer({ min: 64, max: 512 })
+          .chain((window) => fc.array(planned(window), { minLength: 1, maxLength: 12 })),
+        async (plan) => {
+          const { file, bytes } = writeSegment(plan)
+          const handle = await fs.promises.open(file, "r")
+          const scan = await scanSegment(handle, bytes.length, {
+            firstSeq: FIRST_SEQ,
+            prevSeq: undefined
+          }).finally(() => handle.close())
+          const index = encodeIndex(bytes.length, scan.entries)
+          expect(decodeIndex(index, bytes.length, FIRST_SEQ)).toEqual(scan.entries)
+          for (let i = 0; i < index.length; i++) {
+            const flipped = Buffer.from(index)
+            flipped[i]! ^= 1 << (i % 8)
+            const decoded = decodeIndex(flipped, bytes.length, FIRST_SEQ)
+            expect("reason" in decoded, `flip at ${i}`).toBe(true)
+            if ("reason" in decoded) expect(decoded.offset).toBeLessThan(index.length)
+          }
+          for (let n = 0; n < index.length; n++)
+            expect(decodeIndex(index.subarray(0, n), bytes.length, FIRST_SEQ)).toHaveProperty("reason")
+          // The index of another size of segment, or of another first seq, is refused too.
+          expect(decodeIndex(index, bytes.length + 1, FIRST_SEQ)).toHaveProperty("offset", 8)
+          expect(decodeIndex(index, bytes.length, FIRST_SEQ + 1)).toHaveProperty("offset", 24)
+        }
+      ),
+      { numRuns: Math.round(RUNS / 3) }
     )
   })
 })

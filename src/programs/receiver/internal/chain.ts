@@ -3,9 +3,10 @@
  * image with its trailer) and the segments, `<first seq>.seg`, each sealed one with a
  * `<first seq>.idx`. `openChain` reads it back — in `recover` mode (the receiver, the
  * only writer) it also repairs what a crash can leave: leftover temporary files,
- * segments already folded into the base, a torn tail (cut off), an index that does not
- * match its segment (rebuilt). In `read` mode (points, restore; possibly while the
- * receiver runs) it changes nothing and ignores a torn tail.
+ * segments already folded into the base, a torn tail (cut off), an index that is missing
+ * or fails its own checks (rebuilt, once the whole chain is checked); an index at odds
+ * with its segment is refused. In `read` mode (points, restore; possibly while the
+ * receiver runs) it changes nothing, ignores a torn tail and scans past a bad index.
  */
 import { createHash } from "node:crypto"
 import * as fs from "node:fs/promises"
