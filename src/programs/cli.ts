@@ -1,11 +1,11 @@
 /**
  * The `cdp-sync` command line.
  */
-import { Args, Command, Options } from "@effect/cli"
+import { Args, Command, Options, ValidationError } from "@effect/cli"
 import { Console, Effect, Option } from "effect"
 import * as Trace from "../domain/Trace.js"
 import * as CheckTrace from "./CheckTrace.js"
-import { points, receiver, restore } from "./receiver/commands.js"
+import { points, receiver, restore, scrub } from "./receiver/commands.js"
 import { replicate, simulate } from "./ReplicatorCommands.js"
 import * as ModelSimulation from "./ModelSimulation.js"
 import { modeTimeline, progressBar, sparkline } from "./internal/charts.js"
@@ -179,7 +179,7 @@ export const root = Command.make("cdp-sync").pipe(
   Command.withDescription(
     "Continuous data protection for a virtual machine's disk: the reference model and its tools."
   ),
-  Command.withSubcommands([simulate, replicate, receiver, restore, points, checkTrace, model])
+  Command.withSubcommands([simulate, replicate, receiver, restore, points, scrub, checkTrace, model])
 )
 
 /**
@@ -195,4 +195,12 @@ const stdinLast = (argv: ReadonlyArray<string>): ReadonlyArray<string> => {
 
 const run = Command.run(root, { name: "cdp-sync", version: "0.1.0" })
 
-export const cli = (argv: ReadonlyArray<string>) => run(stdinLast(argv))
+/** A usage error (an unknown or missing option, a bad value) is printed by @effect/cli; it exits 2. */
+export const cli = (argv: ReadonlyArray<string>) =>
+  run(stdinLast(argv)).pipe(
+    Effect.catchIf(ValidationError.isValidationError, () =>
+      Effect.sync(() => {
+        process.exitCode = 2
+      })
+    )
+  )

@@ -114,15 +114,35 @@ describe("records", () => {
       time: 5
     })
     const entries: Array<IndexEntry> = [
-      { offset: 32, length: 9, kind: Kind.Write, flags: 3, epoch: 1, seq: 7, position: 4096, time: 11 },
-      { offset: 81, length: 0, kind: Kind.ResyncEnd, flags: 1, epoch: 2, seq: 8, position: 0, time: 12 }
+      {
+        offset: 32,
+        length: 9,
+        kind: Kind.Write,
+        flags: 3,
+        epoch: 1,
+        seq: 7,
+        position: 4096,
+        time: 11,
+        crc: 5
+      },
+      {
+        offset: 81,
+        length: 0,
+        kind: Kind.ResyncEnd,
+        flags: 1,
+        epoch: 2,
+        seq: 8,
+        position: 0,
+        time: 12,
+        crc: 2 ** 32 - 1
+      }
     ]
-    expect(decodeIndex(encodeIndex(1000, entries), 1000)).toEqual(entries)
+    expect(decodeIndex(encodeIndex(121, entries), 121, 7)).toEqual(entries)
     // An index that describes another size of segment (it grew after) is refused.
-    expect(decodeIndex(encodeIndex(1000, entries), 1001)).toBeTypeOf("string")
-    const damaged = encodeIndex(1000, entries)
+    expect(decodeIndex(encodeIndex(121, entries), 122, 7)).toHaveProperty("offset", 8)
+    const damaged = encodeIndex(121, entries)
     damaged[40]! ^= 1
-    expect(decodeIndex(damaged, 1000)).toBeTypeOf("string")
+    expect(decodeIndex(damaged, 121, 7)).toMatchObject({ reason: "index CRC32C mismatch" })
   })
 })
 

@@ -46,6 +46,7 @@ import {
   FLAG_RECOVERY_POINT,
   type IndexEntry,
   indexName,
+  isRecoveryPoint,
   Kind,
   RECORD_HEADER_BYTES,
   type RecordHeader,
@@ -55,7 +56,8 @@ import {
   withBatchStart
 } from "./internal/format.js"
 import { type Clocks, ReceiveClock, systemClocks } from "./internal/clock.js"
-import { readRange } from "./internal/segment.js"
+import { defaultTuning, type Expected, readIndex, readRange } from "./internal/segment.js"
+import { verifyDisk } from "./internal/verify.js"
 import * as Retention from "./Retention.js"
 
 export { HelloRefused, LogCorrupt, LogIoError, ReceiverLocked }
@@ -83,7 +85,17 @@ export interface StoreOptions {
   readonly monotonic?: (() => number) | undefined
   /** How often retention is checked besides after each segment roll (default 10 seconds). */
   readonly retentionInterval?: Duration.DurationInput | undefined
+  /**
+   * Bytes per second the background verification reads of the sealed segments (every record's
+   * CRC and seq, the index against the segment; a pass, then an hour's pause); 0 turns it off.
+   * Default `DEFAULT_VERIFY_RATE`.
+   */
+  readonly verifyRate?: number | undefined
 }
+
+/** 8 MiB/s: a 64 MiB segment every 8 seconds, a small share of any disk's bandwidth. */
+export const DEFAULT_VERIFY_RATE = 8 * 1024 * 1024
+const VERIFY_PAUSE = "1 hour"
 
 export interface Stats {
   /** Group commits (one write + one fsync each, per segment touched). */
@@ -94,6 +106,10 @@ export interface Stats {
   folds: number
   /** Retention rounds run (each decides, for every disk, whether a fold is due). */
   retentionRounds: number
+  /** Sealed segments verified in full by the background verification. */
+  verified: number
+  /** Passes of the background verification over every disk. */
+  verifyPasses: number
 }
 
 export type HelloInfo = Omit<Wire.Hello, "_tag">
@@ -143,6 +159,8 @@ export class DiskLog {
   failure: LogError | undefined = undefined
   /** Damage a fold found in `base.img`: folds are refused until the receiver restarts. */
   baseDamage: LogCorrupt | undefined = undefined
+  /** Held by a retention fold and by the background verification's index repair: never both at once. */
+  readonly maintenance = Effect.unsafeMakeSemaphore(1)
 
   private active: fs.FileHandle | undefined = undefined
   private readonly clock: ReceiveClock
@@ -324,7 +342,12 @@ export class DiskLog {
       }
       for (let k = i; k < end; k++) {
         const p = batch[k]!
-        const entry: IndexEntry = { ...p.fields, flags: p.header[5]!, offset: offsets[k - i]! }
+        const entry: IndexEntry = {
+          ...p.fields,
+          flags: p.header[5]!,
+          offset: offsets[k - i]!,
+          crc: p.header.readUInt32LE(36)
+        }
         segment.entries?.push(entry)
         noteRecord(segment, entry)
       }
@@ -390,15 +413,23 @@ export class DiskLog {
         const file = path.join(this.diskDir, segment.name)
         const handle = await fs.open(file, "r")
         try {
+          // The index chose the fold's target: every record read must be the one it lists.
+          const expected = await sealedIndex(file, segment)
           await readRange(
             handle,
             file,
             SEGMENT_HEADER_BYTES,
             segment.bytes,
             undefined,
-            async (h, payload) => {
+            async (h, payload, offset) => {
               if (h.seq <= from) return false
               if (h.seq > seq) return true
+              if (h.seq === seq && !isRecoveryPoint(h))
+                throw new LogCorrupt({
+                  file,
+                  offset,
+                  reason: `the fold's target, seq ${seq}, is no recovery point`
+                })
               await applyRecord(out, this.geometry, h, payload)
               if (h.kind === Kind.Write) touch(h.position, payload.byteLength)
               else if (h.kind === Kind.Block)
@@ -408,7 +439,9 @@ export class DiskLog {
                 return true
               }
               return false
-            }
+            },
+            defaultTuning,
+            expected
           )
         } finally {
           await handle.close()
@@ -436,6 +469,18 @@ export class DiskLog {
     this.options.stats.folds++
     return dropped.length
   }
+}
+
+/** The index of a sealed segment, to check the records a fold reads; damage when it is gone or bad. */
+const sealedIndex = async (file: string, segment: Segment): Promise<Expected> => {
+  const indexFile = indexName(file)
+  const read = await readIndex(indexFile, segment.bytes, segment.firstSeq)
+  if (read._tag === "Entries") return { entries: read.entries, indexFile }
+  throw new LogCorrupt({
+    file: indexFile,
+    offset: read._tag === "Unusable" ? read.defect.offset : 0,
+    reason: `the index of a sealed segment ${read._tag === "Unusable" ? `is damaged: ${read.defect.reason}` : "is missing"} (it was checked when the log was opened)`
+  })
 }
 
 /** Applies a record's data to an image file (markers carry none). */
@@ -533,7 +578,16 @@ export const open = (options: StoreOptions): Effect.Effect<Store, LogError | Rec
       wall: options.now ?? systemClocks.wall,
       monotonic: options.monotonic ?? systemClocks.monotonic
     }
-    const stats: Stats = { commits: 0, records: 0, bytes: 0, rolls: 0, folds: 0, retentionRounds: 0 }
+    const stats: Stats = {
+      commits: 0,
+      records: 0,
+      bytes: 0,
+      rolls: 0,
+      folds: 0,
+      retentionRounds: 0,
+      verified: 0,
+      verifyPasses: 0
+    }
     const scope = yield* Effect.scope
 
     yield* attempt("open", dir, () => fs.mkdir(dir, { recursive: true }))
@@ -729,19 +783,24 @@ export const open = (options: StoreOptions): Effect.Effect<Store, LogError | Rec
           // Ages by the monotonic clock: a wall clock that jumps ahead folds nothing young.
           const seq = Retention.planFold(policy, d.base.seq, d.summaries(), clocks.monotonic())
           if (seq === undefined) return
-          yield* attempt("fold", d.diskDir, () => d.foldTo(seq)).pipe(
-            Effect.tap((dropped) =>
-              Effect.logInfo(`${d.diskId}: folded the log into the base image`).pipe(
-                Effect.annotateLogs({ baseSeq: seq, segmentsDropped: dropped })
-              )
-            ),
-            // A failed fold leaves the chain as it was (its temporary file is removed on the next open).
-            Effect.catchAll((error) =>
-              Effect.logError(`${d.diskId}: retention fold failed`).pipe(
-                Effect.annotateLogs({ error: error.message })
+          yield* d.maintenance
+            .withPermits(1)(attempt("fold", d.diskDir, () => d.foldTo(seq)))
+            .pipe(
+              Effect.tap((dropped) =>
+                Effect.logInfo(`${d.diskId}: folded the log into the base image`).pipe(
+                  Effect.annotateLogs({ baseSeq: seq, segmentsDropped: dropped })
+                )
+              ),
+              // A failed fold leaves the chain as it was (its temporary file is removed on the next open);
+              // damage it found fails the disk's log, like damage found by the writer.
+              Effect.catchAll((error) =>
+                error._tag === "LogCorrupt"
+                  ? failedWriter(d, error)
+                  : Effect.logError(`${d.diskId}: retention fold failed`).pipe(
+                      Effect.annotateLogs({ error: error.message })
+                    )
               )
             )
-          )
         })
       yield* Effect.forkIn(
         Effect.forever(
@@ -759,6 +818,20 @@ export const open = (options: StoreOptions): Effect.Effect<Store, LogError | Rec
         scope
       )
     }
+
+    const verifyRate = options.verifyRate ?? DEFAULT_VERIFY_RATE
+    if (verifyRate > 0)
+      yield* Effect.forkIn(
+        Effect.forever(
+          Effect.gen(function* () {
+            // Suspended: the disks opened since the last pass count too.
+            for (const d of [...disks.values()]) yield* verifyDisk(d, verifyRate, stats)
+            stats.verifyPasses++
+            yield* Effect.sleep(VERIFY_PAUSE)
+          })
+        ),
+        scope
+      )
 
     const store: Store = { dir, disk, disks: () => [...disks.values()], stats }
     return store

@@ -50,6 +50,8 @@ export interface ServeOptions {
   readonly port: number
   readonly segmentBytes?: number | undefined
   readonly retain?: Retention.Policy | undefined
+  /** Bytes per second of the background verification of sealed segments (`LogStore.StoreOptions`). */
+  readonly verifyRate?: number | undefined
   /** Largest frame accepted, header included (default `Wire.DEFAULT_MAX_FRAME_BYTES`). */
   readonly maxFrameBytes?: number | undefined
   /** A connection that has not sent its hello by then is closed (default 10 seconds). */
@@ -139,6 +141,7 @@ const serveOn = (options: ServeOptions) =>
       dir: options.dir,
       segmentBytes: options.segmentBytes,
       retain: options.retain,
+      verifyRate: options.verifyRate,
       now: options.now,
       monotonic: options.monotonic
     })

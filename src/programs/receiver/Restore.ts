@@ -22,7 +22,7 @@ import {
 } from "./internal/errors.js"
 import { isEnoent, pwriteFully, syncDirectory } from "./internal/files.js"
 import { type IndexEntry, isRecoveryPoint, Kind, kindName } from "./internal/format.js"
-import { readRange } from "./internal/segment.js"
+import { defaultTuning, readRange } from "./internal/segment.js"
 import { applyRecord } from "./LogStore.js"
 
 export { DiskNotFound, NotARecoveryPoint, RestoreTargetRefused }
@@ -328,12 +328,23 @@ const materialise = async (chain: Chain, seq: number, out: Target): Promise<numb
       }
       let done = false
       try {
-        await readRange(handle, file, first.offset, segment.bytes, undefined, async (h, payload) => {
-          if (h.seq > seq) return (done = true)
-          await applyRecord(image, geometry, h, payload)
-          applied++
-          return h.seq === seq ? (done = true) : false
-        })
+        // Every record applied is checked against the entry it was listed by (index or scan).
+        const expected = { entries, indexFile: segment.indexFile }
+        await readRange(
+          handle,
+          file,
+          first.offset,
+          segment.bytes,
+          undefined,
+          async (h, payload) => {
+            if (h.seq > seq) return (done = true)
+            await applyRecord(image, geometry, h, payload)
+            applied++
+            return h.seq === seq ? (done = true) : false
+          },
+          defaultTuning,
+          expected
+        )
       } finally {
         await handle.close()
       }

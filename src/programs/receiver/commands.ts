@@ -1,6 +1,6 @@
 /**
  * The log receiver's commands: `receiver` (the TCP service), `restore` (a disk image at
- * a recovery point) and `points` (the recovery points). The root command (`cli.ts`)
+ * a recovery point), `points` (the recovery points) and `scrub` (verifies every file). The root command (`cli.ts`)
  * adds them as subcommands; `main.ts` runs them on their own.
  */
 import { Command, HelpDoc, Options, ValidationError } from "@effect/cli"
@@ -12,6 +12,7 @@ import * as LogStore from "./LogStore.js"
 import * as ReceiverService from "./ReceiverService.js"
 import * as Restore from "./Restore.js"
 import * as Retention from "./Retention.js"
+import * as Scrub from "./Scrub.js"
 
 const invalid = (error: InvalidOption) => ValidationError.invalidValue(HelpDoc.p(error.message))
 const fromEither = <A>(either: Either.Either<A, InvalidOption>) =>
@@ -79,6 +80,15 @@ export const receiver = Command.make(
         "Fold older segments into the base image, keeping every recovery point of the last AGE (7d, 12h) or of the newest SIZE of log (10GiB)"
       )
     ),
+    verifyRate: Options.text("verify-rate").pipe(
+      Options.withDefault(String(LogStore.DEFAULT_VERIFY_RATE)),
+      Options.mapEffect((text) =>
+        text.trim() === "0" ? Effect.succeed(0) : fromEither(Retention.parseSize("verify-rate", text))
+      ),
+      Options.withDescription(
+        "Bytes per second the background verification reads of sealed segments (e.g. 8MiB); 0 turns it off"
+      )
+    ),
     maxFrameBytes: Options.integer("max-frame-bytes").pipe(
       Options.withDefault(Wire.DEFAULT_MAX_FRAME_BYTES),
       Options.withDescription("Largest frame accepted (header included); a larger one closes the connection")
@@ -108,6 +118,7 @@ export const receiver = Command.make(
       port: o.port,
       segmentBytes: o.segmentBytes,
       retain: Option.getOrUndefined(o.retain),
+      verifyRate: o.verifyRate,
       maxFrameBytes: o.maxFrameBytes,
       helloTimeout: Duration.millis(o.helloTimeout),
       idleTimeout: Duration.millis(o.idleTimeout),
@@ -185,5 +196,31 @@ export const points = Command.make(
 ).pipe(
   Command.withDescription(
     "List the recovery points of the disks in a receiver directory (seq, receive time, kind). Example: cdp-sync points --dir /backup --disk vm1"
+  )
+)
+
+export const scrub = Command.make(
+  "scrub",
+  {
+    dir,
+    disk,
+    json: Options.boolean("json").pipe(Options.withDescription("Print one JSON object on stdout"))
+  },
+  (o) =>
+    Scrub.scrub(o.dir, Option.getOrUndefined(o.disk)).pipe(
+      Effect.flatMap((report) =>
+        Effect.zipRight(
+          Console.log(o.json ? JSON.stringify(Scrub.toJson(report)) : Scrub.render(report)),
+          Effect.sync(() => {
+            if (!report.clean) process.exitCode = 1
+          })
+        )
+      ),
+      reportFailure("scrub"),
+      logging
+    )
+).pipe(
+  Command.withDescription(
+    "Verify every file of every disk in a receiver directory: disk.json, base.img, every record of every segment (CRC, seqs following each other) and every index against its segment. Read-only, safe beside a running receiver. Prints what it checked and each damage (file, byte offset, reason); exit 0 when clean, 1 on damage. Example: cdp-sync scrub --dir /backup --json"
   )
 )

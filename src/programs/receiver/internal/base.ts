@@ -27,6 +27,7 @@ import {
   BASE_TRAILER_V2_BYTES,
   type BaseTrailer,
   type BaseTrailerV2,
+  type IndexEntry,
   decodeBaseTrailer,
   decodeBaseTrailerV2,
   encodeBaseTrailerV2,
@@ -476,7 +477,9 @@ export const anchorDamage = async (
   const handle = await fs.open(file, "r")
   try {
     const { size } = await handle.stat()
-    let entries = await readIndex(path.join(diskDir, indexName(holder.name)), size)
+    const indexed = await readIndex(path.join(diskDir, indexName(holder.name)), size, holder.firstSeq)
+    let entries: ReadonlyArray<IndexEntry> | undefined =
+      indexed._tag === "Entries" ? indexed.entries : undefined
     let damage: LogCorrupt | undefined
     if (entries === undefined || entries[0]?.seq !== holder.firstSeq) {
       const scan = await scanSegment(handle, size, { firstSeq: holder.firstSeq, prevSeq: undefined })

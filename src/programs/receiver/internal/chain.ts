@@ -3,11 +3,12 @@
  * base image, `base.ts`) and the segments, `<first seq>.seg`, each sealed one with a
  * `<first seq>.idx`. `openChain` reads it back — in `recover` mode (the receiver, the
  * only writer) it also repairs what a crash can leave: leftover temporary files,
- * segments already folded into the base, a torn tail (cut off), an index that does not
- * match its segment (rebuilt) or whose segment is gone (removed). In `read` mode (points,
- * restore; possibly while the receiver runs) it changes nothing and ignores a torn tail.
- * Nothing is removed because metadata is missing or damaged: `inspectDiskDir` refuses such
- * a directory instead.
+ * segments already folded into the base, a torn tail (cut off), an index that is missing
+ * or fails its own checks (rebuilt, once the whole chain is checked) or whose segment is
+ * gone (removed); an index at odds with its segment is refused. In `read` mode (points,
+ * restore; possibly while the receiver runs) it changes nothing, ignores a torn tail and
+ * scans past a bad index. Nothing is removed because metadata is missing or damaged:
+ * `inspectDiskDir` refuses such a directory instead.
  */
 import { createHash } from "node:crypto"
 import * as fs from "node:fs/promises"
@@ -17,7 +18,7 @@ import { crc32c } from "../../../adapters/internal/crc32c.js"
 import * as Geometry from "../../../domain/Geometry.js"
 import { anchorDamage, BASE_FILE, type Base, openBase, readBase } from "./base.js"
 import { LogCorrupt } from "./errors.js"
-import { isEnoent, readIfExists, removeIfExists, syncDirectory } from "./files.js"
+import { isEnoent, readIfExists, removeIfExists, syncDirectory, writeFileAtomic } from "./files.js"
 import {
   continues,
   encodeIndex,
@@ -27,7 +28,14 @@ import {
   Kind,
   parseSegmentName
 } from "./format.js"
-import { describeDamage, isTorn, readIndex, scanSegment } from "./segment.js"
+import {
+  checkSegmentHeader,
+  describeDamage,
+  isTorn,
+  readIndex,
+  scanSegment,
+  spotCheckIndex
+} from "./segment.js"
 
 export { BASE_FILE, readBase }
 export const META_FILE = "disk.json"
@@ -231,6 +239,12 @@ export interface Segment {
   lastMarker: { readonly seq: number; readonly begin: boolean } | undefined
   /** The records (kept in `read` mode, and for the last segment in `recover` mode). */
   entries: Array<IndexEntry> | undefined
+  /**
+   * The index `entries` were taken from (checked for form and spot-checked against the
+   * segment, not verified record by record: readers pass it on to `readRange`, which names it
+   * when a record disagrees); `undefined` when they come from a scan.
+   */
+  indexFile?: string | undefined
 }
 
 export interface Note {
@@ -279,12 +293,43 @@ export const summarize = (
   name: string,
   entries: ReadonlyArray<IndexEntry>,
   bytes: number,
-  keep: boolean
+  keep: boolean,
+  indexFile?: string
 ): Segment => {
   const segment = emptySegment(name, entries[0]!.seq, bytes, false)
   for (const e of entries) noteRecord(segment, e)
   segment.entries = keep ? [...entries] : undefined
+  segment.indexFile = indexFile
   return segment
+}
+
+type IndexUse =
+  | { readonly _tag: "Entries"; readonly entries: ReadonlyArray<IndexEntry> }
+  /** The segment's own header is bad: the scan reports it. */
+  | { readonly _tag: "BadSegment" }
+  | { readonly _tag: "Missing" }
+  /** The index fails its own checks (`decodeIndex`): a damaged cache, rebuilt from the segment. */
+  | { readonly _tag: "Unusable"; readonly offset: number; readonly reason: string }
+  /** A well-formed index that disagrees with its segment: one of the two was tampered with. */
+  | { readonly _tag: "Disagrees"; readonly offset: number; readonly reason: string }
+
+/**
+ * Whether a sealed segment's index may stand in for a scan: the segment's 32-byte header is
+ * good, the index is well formed for the segment's name and size (`decodeIndex`), and the
+ * record headers it is spot-checked against agree (`spotCheckIndex`).
+ */
+const useIndex = async (
+  handle: fs.FileHandle,
+  indexFile: string,
+  size: number,
+  firstSeq: number
+): Promise<IndexUse> => {
+  if ((await checkSegmentHeader(handle, firstSeq)) !== undefined) return { _tag: "BadSegment" }
+  const read = await readIndex(indexFile, size, firstSeq)
+  if (read._tag === "Missing") return read
+  if (read._tag === "Unusable") return { _tag: "Unusable", ...read.defect }
+  const defect = await spotCheckIndex(handle, indexFile, read.entries)
+  return defect === undefined ? read : { _tag: "Disagrees", ...defect }
 }
 
 /** Whether the log after `baseSeq` ends inside a resync (the base itself is a recovery point). */
@@ -357,7 +402,13 @@ export const openChain = async (
   const segments: Array<Segment> = []
   let baseChecked = false
   // Checks continuity (with the previous segment and with the base) and keeps the summary.
-  const admit = (name: string, entries: ReadonlyArray<IndexEntry>, bytes: number, keep: boolean) => {
+  const admit = (
+    name: string,
+    entries: ReadonlyArray<IndexEntry>,
+    bytes: number,
+    keep: boolean,
+    indexFile?: string
+  ) => {
     const file = path.join(diskDir, name)
     const prevSeq = segments[segments.length - 1]?.lastSeq
     if (prevSeq !== undefined && !continues(prevSeq, entries[0]!))
@@ -378,11 +429,14 @@ export const openChain = async (
           })
       }
     }
-    segments.push(summarize(name, entries, bytes, keep))
+    segments.push(summarize(name, entries, bytes, keep, indexFile))
   }
 
   // Read mode stops at damage instead: the points before it stay listable and restorable.
   let damaged: LogCorrupt | undefined
+  // Indexes to rebuild, written once the whole chain is known good: damage found later
+  // leaves every file as it was (an old index may be what shows a segment shrank).
+  const rebuilds: Array<{ readonly file: string; readonly bytes: Buffer }> = []
   for (let i = 0; i < files.length; i++) {
     const { name, firstSeq } = files[i]!
     const file = path.join(diskDir, name)
@@ -392,10 +446,33 @@ export const openChain = async (
     try {
       const { size } = await handle.stat()
       if (!last) {
-        const indexed = await readIndex(path.join(diskDir, indexName(name)), size)
-        if (indexed !== undefined && indexed.length > 0 && indexed[0]!.seq === firstSeq) {
-          admit(name, indexed, size, !recover)
+        // Every segment's header is checked, even when its index stands in for the scan.
+        const indexFile = path.join(diskDir, indexName(name))
+        const index = await useIndex(handle, indexFile, size, firstSeq)
+        if (index._tag === "Entries") {
+          admit(name, index.entries, size, !recover, indexFile)
           continue
+        }
+        // Both files pass their own checks yet disagree: no media damage does that, so the
+        // receiver does not guess which one to believe (scrub names the entry; see docs).
+        if (index._tag === "Disagrees" && recover)
+          throw new LogCorrupt({ file: indexFile, offset: index.offset, reason: index.reason })
+        if (index._tag !== "BadSegment") {
+          const what =
+            index._tag === "Missing" ? "missing" : index._tag === "Unusable" ? "damaged" : "at odds with it"
+          const then =
+            index._tag === "Disagrees"
+              ? "the receiver refuses the disk"
+              : "the receiver rebuilds it when it starts"
+          notes.push({
+            message: recover
+              ? `rebuilt a ${what} index`
+              : `scanned a segment whose index is ${what} (${then})`,
+            annotations:
+              index._tag === "Missing"
+                ? { file: indexFile }
+                : { file: indexFile, at: index.offset, reason: index.reason }
+          })
         }
       }
       const scan = await scanSegment(handle, size, { firstSeq, prevSeq })
@@ -416,16 +493,19 @@ export const openChain = async (
             wholeRecordsDropped: scan.damage.validAfter
           }
         })
-        if (recover && scan.entries.length > 0) await handle.truncate(scan.end)
       } else if (!last) {
         if (scan.entries.length === 0)
           throw new LogCorrupt({ file, offset: scan.end, reason: "a sealed segment holds no record" })
-        if (recover) await fs.writeFile(path.join(diskDir, indexName(name)), encodeIndex(size, scan.entries))
+        if (recover)
+          rebuilds.push({ file: path.join(diskDir, indexName(name)), bytes: encodeIndex(size, scan.entries) })
       }
-      // What a killed receiver wrote may not have been fsynced yet: it is about to be reported durable.
-      if (recover && last && scan.entries.length > 0) await handle.sync()
-      if (scan.entries.length > 0) admit(name, scan.entries, scan.end, !recover || last)
-      else if (recover) {
+      if (scan.entries.length > 0) {
+        // First the checks against the chain (they may refuse it), then the repair.
+        admit(name, scan.entries, scan.end, !recover || last)
+        if (recover && scan.damage !== undefined) await handle.truncate(scan.end)
+        // What a killed receiver wrote may not have been fsynced yet: it is about to be reported durable.
+        if (recover && last) await handle.sync()
+      } else if (recover) {
         // A segment is created with its first commit: an empty one is a creation cut short.
         await fs.unlink(file)
         if (scan.damage === undefined)
@@ -443,6 +523,8 @@ export const openChain = async (
       await handle.close()
     }
   }
+  // Atomically: a reader beside us (points, scrub) never sees half an index.
+  for (const { file, bytes } of rebuilds) await writeFileAtomic(file, bytes)
   // Also makes a segment created just before a crash durable, before its records are reported so.
   if (recover) await syncDirectory(diskDir)
 
@@ -460,14 +542,14 @@ export const openChain = async (
     // The last segment is the active one again; its index is rewritten when it is sealed.
     const indexFile = path.join(diskDir, indexName(tail.name))
     if (tail.entries === undefined) {
-      const indexed = await readIndex(indexFile, tail.bytes)
-      if (indexed === undefined)
+      const indexed = await readIndex(indexFile, tail.bytes, tail.firstSeq)
+      if (indexed._tag !== "Entries")
         throw new LogCorrupt({
           file: indexFile,
-          offset: 0,
+          offset: indexed._tag === "Unusable" ? indexed.defect.offset : 0,
           reason: "the index changed while the log was opened"
         })
-      tail.entries = [...indexed]
+      tail.entries = [...indexed.entries]
     }
     await removeIfExists(indexFile)
   }

@@ -81,6 +81,7 @@ export const sparseCopy = async (from: fs.FileHandle, to: fs.FileHandle, length:
 /**
  * Reads a file forward through a window: `ensure(offset, need)` makes `[offset, offset + need)`
  * (or as much of it as the file holds below `end`) available in `buf` from `buf[offset - start]`.
+ * A read fetches at least `window` bytes; `need` may be larger (a record bigger than the window).
  */
 export class ForwardReader {
   buf: Buffer = Buffer.alloc(0)
@@ -88,8 +89,17 @@ export class ForwardReader {
   constructor(
     private readonly handle: fs.FileHandle,
     readonly end: number,
-    private readonly window = 4 << 20
+    private readonly window = 4 << 20,
+    /** Called after each read with the bytes read (a background reader paces itself there). */
+    private readonly onRead?: (bytes: number) => Promise<void>
   ) {}
+
+  /** Bytes of `[offset, end)` the buffer holds now, without reading (0 when `offset` is outside it). */
+  available(offset: number): number {
+    return offset >= this.start && offset <= this.start + this.buf.length
+      ? this.start + this.buf.length - offset
+      : 0
+  }
 
   /** Bytes available from `offset` after the call (may be fewer than `need` at the end). */
   async ensure(offset: number, need: number): Promise<number> {
@@ -105,7 +115,10 @@ export class ForwardReader {
       kept.copy(next, 0)
       have = kept.length
     }
-    if (readTo - offset > have) await preadFully(this.handle, next.subarray(have), offset + have)
+    if (readTo - offset > have) {
+      await preadFully(this.handle, next.subarray(have), offset + have)
+      await this.onRead?.(readTo - offset - have)
+    }
     this.buf = next
     this.start = offset
     return this.buf.length

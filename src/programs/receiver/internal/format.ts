@@ -38,7 +38,9 @@ const KNOWN_FLAGS = FLAG_RECOVERY_POINT | FLAG_BATCH_START
 
 const SEGMENT_MAGIC = Buffer.from("CDPSSEG1", "latin1")
 const BASE_MAGIC = Buffer.from("CDPSBASE", "latin1")
-const INDEX_MAGIC = Buffer.from("CDPSIDX1", "latin1")
+/** Format 2 keeps each record's CRC; format 1 (`CDPSIDX1`) did not and is rebuilt. */
+const INDEX_MAGIC = Buffer.from("CDPSIDX2", "latin1")
+const INDEX_MAGIC_V1 = Buffer.from("CDPSIDX1", "latin1")
 
 const MAX_HIGH_WORD = 0x1f_ffff
 const TWO_32 = 0x1_0000_0000
@@ -117,7 +119,8 @@ export const withBatchStart = (header: Buffer, payload: Uint8Array, on: boolean)
 }
 
 export type Parsed =
-  | { readonly _tag: "Record"; readonly header: RecordHeader; readonly size: number }
+  /** `crc`: the record's CRC32C (header bytes 36..39), checked. */
+  | { readonly _tag: "Record"; readonly header: RecordHeader; readonly size: number; readonly crc: number }
   /** More bytes are needed: `need` from the record's start. */
   | { readonly _tag: "Short"; readonly need: number }
   | { readonly _tag: "Bad"; readonly reason: string }
@@ -151,8 +154,11 @@ export const parseRecord = (buf: Uint8Array, at: number): Parsed => {
   let crc = crc32c(b.subarray(at, at + 36))
   if (header.length > 0) crc = crc32c(b.subarray(at + RECORD_HEADER_BYTES, at + size), crc)
   if (crc !== readU32(buf, at + 36)) return { _tag: "Bad", reason: "CRC32C mismatch" }
-  return { _tag: "Record", header, size }
+  return { _tag: "Record", header, size, crc }
 }
+
+/** The CRC32C a record's header stores (bytes 36..39), unchecked. */
+export const storedCrc = (buf: Uint8Array, at: number): number => readU32(buf, at + 36)
 
 /**
  * Whether `next` may follow `previous` in the log: the next seq, or a resync-begin
@@ -326,9 +332,14 @@ export const recordAnchor = (h: RecordHeader): number => {
 export interface IndexEntry extends RecordHeader {
   /** Byte offset of the record in its segment. */
   readonly offset: number
+  /** The record's CRC32C (its header's bytes 36..39): ties the entry to the record's payload. */
+  readonly crc: number
 }
 
-/** One entry: the record's offset in its segment and its header fields (48 bytes). */
+/** Byte offset of entry `i` in an index file. */
+export const indexEntryOffset = (i: number): number => INDEX_HEADER_BYTES + i * INDEX_ENTRY_BYTES
+
+/** One entry: the record's offset in its segment, its header fields and its CRC (48 bytes). */
 export const encodeIndexEntry = (b: Buffer, at: number, e: IndexEntry): void => {
   putU64(b, at, e.offset)
   putU64(b, at + 8, e.seq)
@@ -338,7 +349,8 @@ export const encodeIndexEntry = (b: Buffer, at: number, e: IndexEntry): void => 
   b.writeUInt32LE(e.epoch >>> 0, at + 36)
   b[at + 40] = e.kind
   b[at + 41] = e.flags
-  b.fill(0, at + 42, at + INDEX_ENTRY_BYTES)
+  b.fill(0, at + 42, at + 44)
+  b.writeUInt32LE(e.crc >>> 0, at + 44)
 }
 
 const decodeIndexEntry = (b: Uint8Array, at: number): IndexEntry | undefined => {
@@ -350,6 +362,7 @@ const decodeIndexEntry = (b: Uint8Array, at: number): IndexEntry | undefined => 
   const flags = b[at + 41]!
   if (offset < SEGMENT_HEADER_BYTES || seq < 1 || position < 0 || time < 0) return undefined
   if (kind < Kind.Write || kind > Kind.ResyncEnd || (flags & ~KNOWN_FLAGS) !== 0) return undefined
+  if (b[at + 42] !== 0 || b[at + 43] !== 0) return undefined
   return {
     offset,
     seq,
@@ -358,7 +371,8 @@ const decodeIndexEntry = (b: Uint8Array, at: number): IndexEntry | undefined => 
     length: readU32(b, at + 32),
     epoch: readU32(b, at + 36),
     kind: kind as Kind,
-    flags
+    flags,
+    crc: readU32(b, at + 44)
   }
 }
 
@@ -378,21 +392,91 @@ export const encodeIndex = (segmentBytes: number, entries: ReadonlyArray<IndexEn
   return b
 }
 
-/** Decodes an index; a reason when it is damaged or does not describe a segment of `segmentBytes`. */
-export const decodeIndex = (b: Uint8Array, segmentBytes: number): ReadonlyArray<IndexEntry> | string => {
-  if (b.length < INDEX_HEADER_BYTES + 4) return "short index"
+/** Why an index cannot be used, and the byte of the index file where that shows. */
+export interface IndexDefect {
+  readonly offset: number
+  readonly reason: string
+}
+
+/**
+ * Decodes the index of the segment named for `firstSeq` that is `segmentBytes` long. An
+ * index is a cache of the segment's record headers, so beyond its CRC it must describe a
+ * well-formed segment: records back to back from the segment header to `segmentBytes`,
+ * the first one `firstSeq` and starting a commit, seqs that follow each other, payload
+ * lengths that fit their kinds. The defect otherwise.
+ */
+export const decodeIndex = (
+  b: Uint8Array,
+  segmentBytes: number,
+  firstSeq: number
+): ReadonlyArray<IndexEntry> | IndexDefect => {
+  const defect = (offset: number, reason: string): IndexDefect => ({ offset, reason })
+  if (b.length < INDEX_HEADER_BYTES + 4) return defect(0, "short index")
   const buf = asBuffer(b)
-  if (!buf.subarray(0, 8).equals(INDEX_MAGIC)) return "bad index magic"
+  if (buf.subarray(0, 8).equals(INDEX_MAGIC_V1))
+    return defect(0, "an index of format 1 (without record CRCs)")
+  if (!buf.subarray(0, 8).equals(INDEX_MAGIC)) return defect(0, "bad index magic")
   const count = readU32(b, 16)
-  const end = INDEX_HEADER_BYTES + count * INDEX_ENTRY_BYTES
-  if (b.length !== end + 4) return "index length does not match its entry count"
-  if (crc32c(buf.subarray(0, end)) !== readU32(b, end)) return "index CRC32C mismatch"
-  if (getU64(b, 8) !== segmentBytes) return "index describes another segment size"
+  const end = indexEntryOffset(count)
+  if (b.length !== end + 4) return defect(16, "index length does not match its entry count")
+  if (crc32c(buf.subarray(0, end)) !== readU32(b, end)) return defect(end, "index CRC32C mismatch")
+  if (getU64(b, 8) !== segmentBytes)
+    return defect(
+      8,
+      `the index describes a segment of ${getU64(b, 8)} bytes, the segment has ${segmentBytes}`
+    )
+  if (readU32(b, 20) !== 0) return defect(20, "reserved bytes are not zero")
+  if (count === 0) return defect(16, "an index without entries")
   const entries: Array<IndexEntry> = []
-  for (let at = INDEX_HEADER_BYTES; at < end; at += INDEX_ENTRY_BYTES) {
-    const entry = decodeIndexEntry(b, at)
-    if (entry === undefined) return "implausible index entry"
-    entries.push(entry)
+  let next = SEGMENT_HEADER_BYTES
+  for (let i = 0; i < count; i++) {
+    const at = indexEntryOffset(i)
+    const e = decodeIndexEntry(b, at)
+    if (e === undefined) return defect(at, "implausible index entry")
+    if (e.offset !== next)
+      return defect(at, `entry at segment byte ${e.offset}, the previous record ends at ${next}`)
+    const carriesData = e.kind === Kind.Write || e.kind === Kind.Block
+    if (carriesData ? e.length === 0 || e.length > MAX_RECORD_PAYLOAD : e.length !== 0)
+      return defect(at, `implausible payload length ${e.length} for a ${kindName(e.kind)} record`)
+    const previous = entries[entries.length - 1]
+    if (previous === undefined) {
+      if (e.seq !== firstSeq)
+        return defect(at, `first entry has seq ${e.seq}, the segment starts at ${firstSeq}`)
+      if (!isBatchStart(e)) return defect(at, "first entry does not start a commit")
+    } else if (!continues(previous.seq, e)) return defect(at, `seq ${e.seq} does not follow ${previous.seq}`)
+    entries.push(e)
+    next = e.offset + RECORD_HEADER_BYTES + e.length
   }
+  if (next !== segmentBytes)
+    return defect(
+      indexEntryOffset(count - 1),
+      `the last entry ends at byte ${next}, the segment at ${segmentBytes}`
+    )
   return entries
+}
+
+/**
+ * The fields in which an index entry (or an earlier scan) and the record actually read
+ * disagree (`[]` when they agree), e.g. `flags 3 (index) vs 1 (record)`.
+ */
+export const entryMismatch = (
+  entry: IndexEntry,
+  header: RecordHeader,
+  offset: number,
+  crc: number | undefined
+): Array<string> => {
+  const diffs: Array<string> = []
+  const check = (name: string, expected: number, actual: number) => {
+    if (expected !== actual) diffs.push(`${name} ${expected} (index) vs ${actual} (record)`)
+  }
+  check("offset", entry.offset, offset)
+  check("seq", entry.seq, header.seq)
+  check("kind", entry.kind, header.kind)
+  check("flags", entry.flags, header.flags)
+  check("length", entry.length, header.length)
+  check("position", entry.position, header.position)
+  check("time", entry.time, header.time)
+  check("epoch", entry.epoch, header.epoch)
+  if (crc !== undefined) check("crc", entry.crc, crc)
+  return diffs
 }

@@ -11,22 +11,63 @@
  * Damage with no later commit after it lies in the last commit: a torn tail, cut off.
  */
 import type * as fs from "node:fs/promises"
+import * as path from "node:path"
 import { LogCorrupt } from "./errors.js"
-import { ForwardReader, preadFully, readIfExists } from "./files.js"
+import { ForwardReader, readIfExists } from "./files.js"
 import {
   continues,
   decodeIndex,
   decodeSegmentHeader,
+  entryMismatch,
   FLAG_BATCH_START,
+  type IndexDefect,
   type IndexEntry,
+  indexEntryOffset,
   isBatchStart,
   Kind,
+  type Parsed,
+  parseHeaderFields,
   parseRecord,
   RECORD_HEADER_BYTES,
   type RecordHeader,
   SEGMENT_HEADER_BYTES,
-  type SegmentHeader
+  type SegmentHeader,
+  storedCrc
 } from "./format.js"
+
+/** How much of a segment one read fetches (a record larger than this is read whole). */
+export const DEFAULT_WINDOW = 4 << 20
+
+/** Reads and parses the record at `offset` (the file may end inside it: then `Short`). */
+export type NextRecord = (reader: ForwardReader, offset: number) => Promise<Parsed>
+
+/**
+ * Reads until the record at `offset` is whole: first its header, then — the header gives
+ * the payload's length — the rest. Either part may straddle the reader's window; `Short`
+ * only when the file ends before the record does.
+ */
+export const wholeRecord: NextRecord = async (reader, offset) => {
+  let need = RECORD_HEADER_BYTES
+  for (;;) {
+    const available = await reader.ensure(offset, need)
+    const parsed = parseRecord(reader.view(offset, available), 0)
+    // Still short although `need` bytes were asked for: the file ends inside the record.
+    if (parsed._tag !== "Short" || parsed.need <= need) return parsed
+    need = parsed.need
+  }
+}
+
+/**
+ * How segments are read: the window (tests shrink it to put every record across its edges)
+ * and the record reader (tests swap in broken ones, to prove their properties catch them).
+ */
+export interface ReadTuning {
+  readonly window: number
+  readonly next: NextRecord
+  /** Called after each read with the bytes read: the background verification paces itself. */
+  readonly onRead?: ((bytes: number) => Promise<void>) | undefined
+}
+export const defaultTuning: ReadTuning = { window: DEFAULT_WINDOW, next: wholeRecord }
 
 export interface Damage {
   /** Byte offset of the first byte that is not part of a good record. */
@@ -59,9 +100,10 @@ export interface ScanOptions {
 export const scanSegment = async (
   handle: fs.FileHandle,
   fileBytes: number,
-  options: ScanOptions
+  options: ScanOptions,
+  tuning: ReadTuning = defaultTuning
 ): Promise<ScanResult> => {
-  const reader = new ForwardReader(handle, fileBytes)
+  const reader = new ForwardReader(handle, fileBytes, tuning.window, tuning.onRead)
   const entries: Array<IndexEntry> = []
   let header: SegmentHeader | undefined
   let last = options.prevSeq ?? 0
@@ -80,9 +122,7 @@ export const scanSegment = async (
     end = SEGMENT_HEADER_BYTES
     let offset = SEGMENT_HEADER_BYTES
     while (offset < fileBytes) {
-      let parsed = parseRecord(reader.view(offset, fileBytes - offset), 0)
-      if (parsed._tag === "Short" && (await reader.ensure(offset, parsed.need)) >= parsed.need)
-        parsed = parseRecord(reader.view(offset, parsed.need), 0)
+      const parsed = await tuning.next(reader, offset)
       if (parsed._tag === "Short") {
         damage = {
           offset,
@@ -100,7 +140,7 @@ export const scanSegment = async (
         damage = { offset, reason }
         break
       }
-      entries.push({ ...h, offset })
+      entries.push({ ...h, offset, crc: parsed.crc })
       last = h.seq
       offset += parsed.size
       end = offset
@@ -108,10 +148,10 @@ export const scanSegment = async (
   }
   if (damage === undefined) return { header, entries, end, fileBytes, damage: undefined }
   const after = await lookPast(
-    handle,
+    reader,
     damage.offset,
-    fileBytes,
-    entries.length > 0 ? last : options.firstSeq - 1
+    entries.length > 0 ? last : options.firstSeq - 1,
+    tuning.next
   )
   return { header, entries, end, fileBytes, damage: { ...damage, ...after } }
 }
@@ -130,21 +170,21 @@ const order = (h: RecordHeader, first: boolean, options: ScanOptions, last: numb
 
 /** Searches past damage for whole records with a seq above `afterSeq` (see the module comment). */
 const lookPast = async (
-  handle: fs.FileHandle,
+  reader: ForwardReader,
   from: number,
-  fileBytes: number,
-  afterSeq: number
+  afterSeq: number,
+  next: NextRecord
 ): Promise<{ laterCommitAt: number | undefined; validAfter: number }> => {
-  const rest = Buffer.allocUnsafe(fileBytes - from)
-  if (rest.length > 0) await preadFully(handle, rest, from)
   let validAfter = 0
-  for (let at = 1; at + RECORD_HEADER_BYTES <= rest.length; at++) {
-    const kind = rest[at + 4]!
+  for (let at = from + 1; at + RECORD_HEADER_BYTES <= reader.end; at++) {
+    // Synchronous while the window holds the bytes: this visits every offset.
+    if (reader.available(at) < RECORD_HEADER_BYTES) await reader.ensure(at, RECORD_HEADER_BYTES)
+    const b = reader.view(at, RECORD_HEADER_BYTES)
     // Cheap filter before the CRC: a known kind and zero reserved bytes.
-    if (kind < Kind.Write || kind > Kind.ResyncEnd || rest[at + 6] !== 0 || rest[at + 7] !== 0) continue
-    const parsed = parseRecord(rest, at)
+    if (b[4]! < Kind.Write || b[4]! > Kind.ResyncEnd || b[6] !== 0 || b[7] !== 0) continue
+    const parsed = await next(reader, at)
     if (parsed._tag !== "Record" || parsed.header.seq <= afterSeq) continue
-    if ((parsed.header.flags & FLAG_BATCH_START) !== 0) return { laterCommitAt: from + at, validAfter }
+    if ((parsed.header.flags & FLAG_BATCH_START) !== 0) return { laterCommitAt: at, validAfter }
     validAfter++
     at += parsed.size - 1
   }
@@ -160,9 +200,20 @@ export const describeDamage = (damage: Damage): string =>
     : `${damage.reason}, yet a later commit follows at byte ${damage.laterCommitAt}`
 
 /**
+ * What the caller believes a segment holds — an index, or an earlier scan — checked against
+ * every record `readRange` reads: a reader never acts on an index it has not verified.
+ */
+export interface Expected {
+  /** Every record of the segment, in offset order. */
+  readonly entries: ReadonlyArray<IndexEntry>
+  /** The index file they were read from (a disagreement names it); `undefined`: an earlier scan. */
+  readonly indexFile: string | undefined
+}
+
+/**
  * Reads the records in `[from, to)` of a segment, every one checked (CRC and continuity
- * from `prevSeq`, when given), and hands each to `onRecord` with a view of its payload
- * (valid until the callback's promise settles).
+ * from `prevSeq`, when given, and against `expected`, when given), and hands each to
+ * `onRecord` with a view of its payload (valid until the callback's promise settles).
  */
 export const readRange = async (
   handle: fs.FileHandle,
@@ -174,16 +225,16 @@ export const readRange = async (
     header: RecordHeader,
     payload: Buffer,
     offset: number
-  ) => Promise<boolean | undefined> | boolean | undefined
+  ) => Promise<boolean | undefined> | boolean | undefined,
+  tuning: ReadTuning = defaultTuning,
+  expected?: Expected
 ): Promise<void> => {
-  const reader = new ForwardReader(handle, to)
+  const reader = new ForwardReader(handle, to, tuning.window, tuning.onRead)
   let last = prevSeq
   let offset = from
+  let k = expected === undefined ? 0 : expected.entries.findIndex((e) => e.offset >= from)
   while (offset < to) {
-    const available = await reader.ensure(offset, RECORD_HEADER_BYTES)
-    let parsed = parseRecord(reader.view(offset, available), 0)
-    if (parsed._tag === "Short" && (await reader.ensure(offset, parsed.need)) >= parsed.need)
-      parsed = parseRecord(reader.view(offset, parsed.need), 0)
+    const parsed = await tuning.next(reader, offset)
     if (parsed._tag !== "Record")
       throw new LogCorrupt({
         file,
@@ -193,6 +244,7 @@ export const readRange = async (
     const h = parsed.header
     if (last !== undefined && !continues(last, h))
       throw new LogCorrupt({ file, offset, reason: `seq ${h.seq} does not follow ${last}` })
+    if (expected !== undefined) disagreement(file, expected, k++, h, offset, parsed.crc)
     last = h.seq
     const stop = await onRecord(h, reader.view(offset + RECORD_HEADER_BYTES, h.length), offset)
     if (stop === true) return
@@ -200,13 +252,111 @@ export const readRange = async (
   }
 }
 
-/** The index of a sealed segment, or `undefined` when it is missing or does not match the segment. */
-export const readIndex = async (
+/** Throws when entry `k` of `expected` is not the record read at `offset` (see `Expected`). */
+const disagreement = (
   file: string,
-  segmentBytes: number
-): Promise<ReadonlyArray<IndexEntry> | undefined> => {
+  expected: Expected,
+  k: number,
+  h: RecordHeader,
+  offset: number,
+  crc: number
+): void => {
+  const entry = k < 0 ? undefined : expected.entries[k]
+  const diffs =
+    entry === undefined ? ["the index lists no record there"] : entryMismatch(entry, h, offset, crc)
+  if (diffs.length === 0) return
+  const where = `the record at byte ${offset} of ${path.basename(file)} (seq ${h.seq})`
+  throw expected.indexFile === undefined
+    ? new LogCorrupt({ file, offset, reason: `changed since it was scanned: ${diffs.join(", ")}` })
+    : new LogCorrupt({
+        file: expected.indexFile,
+        offset: indexEntryOffset(Math.max(0, Math.min(k, expected.entries.length))),
+        reason: `the index disagrees with ${where}: ${diffs.join(", ")}`
+      })
+}
+
+/** The first entry of an index that is not the record its segment holds, as damage of the index. */
+export const compareIndex = (
+  indexFile: string,
+  indexed: ReadonlyArray<IndexEntry>,
+  scanned: ReadonlyArray<IndexEntry>
+): LogCorrupt | undefined => {
+  for (let i = 0; i < Math.max(indexed.length, scanned.length); i++) {
+    const entry = indexed[i]
+    const record = scanned[i]
+    const diffs =
+      entry === undefined
+        ? [`the index ends before the record at byte ${record!.offset}`]
+        : record === undefined
+          ? [`the segment holds no record at byte ${entry.offset}`]
+          : entryMismatch(entry, record, record.offset, record.crc)
+    if (diffs.length > 0)
+      return new LogCorrupt({
+        file: indexFile,
+        offset: indexEntryOffset(Math.min(i, indexed.length)),
+        reason: `the index disagrees with its segment: ${diffs.join(", ")}`
+      })
+  }
+  return undefined
+}
+
+export type IndexRead =
+  | { readonly _tag: "Missing" }
+  | { readonly _tag: "Unusable"; readonly defect: IndexDefect }
+  | { readonly _tag: "Entries"; readonly entries: ReadonlyArray<IndexEntry> }
+
+/** The index of the sealed segment named for `firstSeq`, `segmentBytes` long (see `decodeIndex`). */
+export const readIndex = async (file: string, segmentBytes: number, firstSeq: number): Promise<IndexRead> => {
   const bytes = await readIfExists(file)
-  if (bytes === undefined) return undefined
-  const decoded = decodeIndex(bytes, segmentBytes)
-  return typeof decoded === "string" ? undefined : decoded
+  if (bytes === undefined) return { _tag: "Missing" }
+  const decoded = decodeIndex(bytes, segmentBytes, firstSeq)
+  return "reason" in decoded ? { _tag: "Unusable", defect: decoded } : { _tag: "Entries", entries: decoded }
+}
+
+/** The 32-byte header of a segment named for `firstSeq`: the reason it is bad, or `undefined`. */
+export const checkSegmentHeader = async (
+  handle: fs.FileHandle,
+  firstSeq: number
+): Promise<string | undefined> => {
+  const b = Buffer.alloc(SEGMENT_HEADER_BYTES)
+  const { bytesRead } = await handle.read(b, 0, SEGMENT_HEADER_BYTES, 0)
+  const decoded = decodeSegmentHeader(b.subarray(0, bytesRead))
+  if (typeof decoded === "string") return decoded
+  return decoded.firstSeq === firstSeq
+    ? undefined
+    : `the header names first seq ${decoded.firstSeq}, the file name ${firstSeq}`
+}
+
+/**
+ * A cheap check of a (well-formed, see `decodeIndex`) index against its segment, when the
+ * index stands in for a scan: the record headers of its first and last entries, and of every
+ * marker (a resync-begin or -end carries no payload, so its CRC is checked in full) must be
+ * the ones the index lists. Payloads are not read: restore and fold check every record they
+ * read, scrub checks them all. The first disagreement, or `undefined`.
+ */
+export const spotCheckIndex = async (
+  handle: fs.FileHandle,
+  indexFile: string,
+  entries: ReadonlyArray<IndexEntry>
+): Promise<IndexDefect | undefined> => {
+  const b = Buffer.alloc(RECORD_HEADER_BYTES)
+  for (let i = 0; i < entries.length; i++) {
+    const e = entries[i]!
+    if (i !== 0 && i !== entries.length - 1 && e.length !== 0) continue
+    const { bytesRead } = await handle.read(b, 0, RECORD_HEADER_BYTES, e.offset)
+    const at = `the record at byte ${e.offset} of ${path.basename(indexFile.replace(/\.idx$/, ".seg"))}`
+    const defect = (reason: string): IndexDefect => ({
+      offset: indexEntryOffset(i),
+      reason: `the index disagrees with ${at}: ${reason}`
+    })
+    if (bytesRead < RECORD_HEADER_BYTES) return defect("the segment ends inside its header")
+    const parsed = e.length === 0 ? parseRecord(b, 0) : undefined
+    if (parsed !== undefined && parsed._tag !== "Record")
+      return defect(parsed._tag === "Bad" ? parsed.reason : "short record")
+    const header = parsed?._tag === "Record" ? parsed.header : parseHeaderFields(b, 0)
+    if (typeof header === "string") return defect(header)
+    const diffs = entryMismatch(e, header, e.offset, storedCrc(b, 0))
+    if (diffs.length > 0) return defect(diffs.join(", "))
+  }
+  return undefined
 }
