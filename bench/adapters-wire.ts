@@ -4,8 +4,8 @@
  * into a Buffer once and one CRC32C over them, the least any checked framing must do.
  * Run alone: `npx tsx bench/adapters-wire.ts`.
  */
-import { crc32c } from "../dist/adapters/internal/crc32c.js"
-import * as Wire from "../dist/adapters/Wire.js"
+import { crc32c } from "../dist/internal/crc32c.js"
+import * as Wire from "../dist/protocol/Wire.js"
 import { type BenchRow, opsPerSecond, renderTable } from "./table.js"
 
 const STREAM_BYTES = 16 << 20

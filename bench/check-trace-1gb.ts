@@ -8,7 +8,7 @@
 import { createReadStream, mkdtempSync, rmSync, statSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import * as CheckTrace from "../dist/programs/CheckTrace.js"
+import * as CheckTrace from "../dist/conformance/CheckTrace.js"
 import { generateTrace } from "./check-trace.js"
 
 const args = process.argv.slice(2)

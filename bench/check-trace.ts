@@ -12,10 +12,10 @@ import { Either } from "effect"
 import * as Config from "../dist/domain/Config.js"
 import * as Decider from "../dist/domain/Decider.js"
 import * as Input from "../dist/domain/Input.js"
-import * as Simulation from "../dist/domain/Simulation.js"
+import * as Simulation from "../dist/conformance/Simulation.js"
 import type * as State from "../dist/domain/State.js"
 import * as Trace from "../dist/domain/Trace.js"
-import * as CheckTrace from "../dist/programs/CheckTrace.js"
+import * as CheckTrace from "../dist/conformance/CheckTrace.js"
 import { type BenchRow, renderTable } from "./table.js"
 
 /** 256 MiB disk of 64 KiB blocks, a drain window of 64, pull-ahead past 128 KiB unacked. */

@@ -13,7 +13,7 @@ import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import { Deferred, Effect, Exit, Fiber, Stream } from "effect"
 import * as LogReceiver from "../dist/adapters/LogReceiver.js"
-import { type DiskMeta, listDisks, META_FILE, openChain } from "../dist/programs/receiver/internal/chain.js"
+import { type DiskMeta, listDisks, META_FILE, openChain } from "../dist/receiver/internal/chain.js"
 import * as Proc from "../test/support/receiverProcess.js"
 import { type BenchRow, renderTable } from "./table.js"
 

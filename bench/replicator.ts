@@ -34,12 +34,12 @@ import * as EventJournal from "../dist/adapters/EventJournal.js"
 import * as LogReceiver from "../dist/adapters/LogReceiver.js"
 import * as VirtualDisk from "../dist/adapters/VirtualDisk.js"
 import * as Config from "../dist/domain/Config.js"
-import { withIoScheduler } from "../dist/programs/IoScheduler.js"
-import * as ReceiverProcess from "../dist/programs/internal/ReceiverProcess.js"
+import { withIoScheduler } from "../dist/internal/IoScheduler.js"
+import * as ReceiverProcess from "../dist/simulator/internal/ReceiverProcess.js"
 import * as Replicator from "../dist/programs/Replicator.js"
 import { type BenchRow, renderTable } from "./table.js"
 
-const CLI = path.resolve(import.meta.dirname, "../dist/programs/main.js")
+const CLI = path.resolve(import.meta.dirname, "../dist/cli/main.js")
 const ACK_SINK = path.resolve(import.meta.dirname, "internal/ackSink.mjs")
 const PLAIN_LOG = path.resolve(import.meta.dirname, "internal/plainLog.mjs")
 const MiB = 1024 * 1024

@@ -3,7 +3,7 @@
 import { existsSync } from "node:fs"
 import { fileURLToPath } from "node:url"
 
-const main = new URL("../dist/programs/main.js", import.meta.url)
+const main = new URL("../dist/cli/main.js", import.meta.url)
 if (!existsSync(fileURLToPath(main))) {
   console.error("cdp-sync is not built yet: run `npm run build` (npm ci does it for you).")
   process.exit(2)

@@ -6,7 +6,7 @@
  * Plain JavaScript over the built package, so it starts as a bare child process.
  */
 import * as net from "node:net"
-import { encode, makeDecoder } from "../../dist/adapters/Wire.js"
+import { encode, makeDecoder } from "../../dist/protocol/Wire.js"
 
 const server = net.createServer({ noDelay: true, highWaterMark: 1 << 20 }, (socket) => {
   const decoder = makeDecoder()

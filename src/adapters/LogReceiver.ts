@@ -9,7 +9,7 @@
 import { Context, Effect, Layer } from "effect"
 import type * as Scope from "effect/Scope"
 import type * as Stream from "effect/Stream"
-import type * as Wire from "./Wire.js"
+import type * as Wire from "../protocol/Wire.js"
 import { makeMemory, type MemoryOptions } from "./internal/receiverMemory.js"
 import type { LogEntry as StoreLogEntry } from "./internal/receiverStore.js"
 import { makeTcp, type TcpOptions } from "./internal/receiverTcp.js"

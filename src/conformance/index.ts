@@ -23,7 +23,7 @@
 import { Data } from "effect"
 import fc from "fast-check"
 import type { Config } from "../domain/Config.js"
-import type { Step } from "../domain/Simulation.js"
+import type { Step } from "./Simulation.js"
 import * as Arbitraries from "./internal/arbitraries.js"
 import {
   allInvariants,
@@ -36,6 +36,8 @@ import {
 } from "./internal/runner.js"
 
 export { Arbitraries }
+export * as CheckTrace from "./CheckTrace.js"
+export * as Simulation from "./Simulation.js"
 export { type Box, reference } from "./internal/reference.js"
 export {
   allInvariants,

@@ -2,9 +2,9 @@
  * cdp-sync's programs for embedding: the replicator (the filter), its guest
  * workload driver, trace checking and the simulations.
  */
-export * as CheckTrace from "./CheckTrace.js"
-export * as IoScheduler from "./IoScheduler.js"
-export * as ModelSimulation from "./ModelSimulation.js"
+export * as CheckTrace from "../conformance/CheckTrace.js"
+export * as IoScheduler from "../internal/IoScheduler.js"
+export * as ModelSimulation from "../simulator/ModelSimulation.js"
 export * as Replicator from "./Replicator.js"
-export * as Simulate from "./Simulate.js"
-export * as Workload from "./Workload.js"
+export * as Simulate from "../simulator/Simulate.js"
+export * as Workload from "../simulator/Workload.js"

@@ -9,7 +9,7 @@ import { Either } from "effect"
 import fc from "fast-check"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import * as Trace from "../../src/domain/Trace.js"
-import * as CheckTrace from "../../src/programs/CheckTrace.js"
+import * as CheckTrace from "../../src/conformance/CheckTrace.js"
 import { designExample } from "../support/fixtures.js"
 import { cdpSync, cdpSyncInProcess, ensureBuilt, type Run, tempDir } from "./cli.js"
 

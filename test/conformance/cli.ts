@@ -1,7 +1,7 @@
 /**
  * Runs `cdp-sync` commands: the real binary as a child process (`cdpSync`), or the
  * same command line in-process (`cdpSyncInProcess`: the `cli` of
- * src/programs/cli.ts with its console captured; no process start-up, so most
+ * src/cli/cli.ts with its console captured; no process start-up, so most
  * cases can run there and a representative few through the binary).
  *
  * The binary runs the build output (`dist/`); `ensureBuilt` compiles it first when
@@ -16,10 +16,10 @@ import { fileURLToPath } from "node:url"
 import { NodeContext } from "@effect/platform-node"
 import { Effect } from "effect"
 import { vi } from "vitest"
-import { cli } from "../../src/programs/cli.js"
+import { cli } from "../../src/cli/cli.js"
 
 export const root = fileURLToPath(new URL("../..", import.meta.url))
-const main = join(root, "dist/programs/main.js")
+const main = join(root, "dist/cli/main.js")
 const lock = join(root, "dist/.check-trace-tests.lock")
 
 const newestSource = (dir: string): number => {

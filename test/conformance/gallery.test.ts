@@ -8,7 +8,7 @@
 import fc from "fast-check"
 import { beforeAll, describe, expect, it } from "vitest"
 import * as Conformance from "../../src/conformance/index.js"
-import * as CheckTrace from "../../src/programs/CheckTrace.js"
+import * as CheckTrace from "../../src/conformance/CheckTrace.js"
 import { cdpSync, cdpSyncInProcess, ensureBuilt, tempDir } from "./cli.js"
 import { type Broken, gallery } from "./gallery.js"
 

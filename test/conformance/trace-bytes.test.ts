@@ -9,7 +9,7 @@ import fc from "fast-check"
 import { describe, expect, it } from "vitest"
 import * as Event from "../../src/domain/Event.js"
 import * as Trace from "../../src/domain/Trace.js"
-import * as CheckTrace from "../../src/programs/CheckTrace.js"
+import * as CheckTrace from "../../src/conformance/CheckTrace.js"
 import { designExample } from "../support/fixtures.js"
 
 const encoder = new TextEncoder()

@@ -26,11 +26,11 @@ import {
 import * as Config from "../../src/domain/Config.js"
 import * as Decider from "../../src/domain/Decider.js"
 import type * as Event from "../../src/domain/Event.js"
-import * as Simulation from "../../src/domain/Simulation.js"
+import * as Simulation from "../../src/conformance/Simulation.js"
 import * as State from "../../src/domain/State.js"
 import * as Trace from "../../src/domain/Trace.js"
 import * as EventJournal from "../../src/adapters/EventJournal.js"
-import { crc32c } from "../../src/adapters/internal/crc32c.js"
+import { crc32c } from "../../src/internal/crc32c.js"
 import * as journalFile from "../../src/adapters/internal/journalFile.js"
 
 type Journal = EventJournal.EventJournal.Service

@@ -20,7 +20,7 @@ import {
 } from "effect"
 import * as LogReceiver from "../../src/adapters/LogReceiver.js"
 import type { MemoryOptions } from "../../src/adapters/internal/receiverMemory.js"
-import * as Wire from "../../src/adapters/Wire.js"
+import * as Wire from "../../src/protocol/Wire.js"
 import * as TcpReceiver from "../support/tcpReceiver.js"
 
 const {

@@ -13,8 +13,8 @@ import * as Net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
 import { afterAll, afterEach, describe, expect, it } from "vitest"
-import { crc32c } from "../../src/adapters/internal/crc32c.js"
-import * as Wire from "../../src/adapters/Wire.js"
+import { crc32c } from "../../src/internal/crc32c.js"
+import * as Wire from "../../src/protocol/Wire.js"
 import * as Proc from "../support/receiverProcess.js"
 
 const MiB = 1 << 20

@@ -10,17 +10,17 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 import { Effect, Exit } from "effect"
 import { afterAll, afterEach, describe, expect, it } from "vitest"
-import { crc32c } from "../../src/adapters/internal/crc32c.js"
-import { inspectBaseImage, verifyBaseImage } from "../../src/programs/receiver/internal/base.js"
-import { type DiskMeta, encodeMeta, inspectDiskDir } from "../../src/programs/receiver/internal/chain.js"
+import { crc32c } from "../../src/internal/crc32c.js"
+import { inspectBaseImage, verifyBaseImage } from "../../src/receiver/internal/base.js"
+import { type DiskMeta, encodeMeta, inspectDiskDir } from "../../src/receiver/internal/chain.js"
 import {
   BASE_TRAILER_V2_BYTES,
   decodeBaseTrailerV2,
   encodeBaseTrailer,
   encodeBaseTrailerV2
-} from "../../src/programs/receiver/internal/format.js"
-import * as LogStore from "../../src/programs/receiver/LogStore.js"
-import * as Restore from "../../src/programs/receiver/Restore.js"
+} from "../../src/receiver/internal/format.js"
+import * as LogStore from "../../src/receiver/LogStore.js"
+import * as Restore from "../../src/receiver/Restore.js"
 import {
   captured,
   failureOf,

@@ -15,8 +15,8 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect, Exit, Fiber, Logger, Stream, TestClock } from "effect"
 import { afterAll } from "vitest"
 import * as LogReceiver from "../../src/adapters/LogReceiver.js"
-import * as Wire from "../../src/adapters/Wire.js"
-import * as ReceiverService from "../../src/programs/receiver/ReceiverService.js"
+import * as Wire from "../../src/protocol/Wire.js"
+import * as ReceiverService from "../../src/receiver/ReceiverService.js"
 
 const dirs: Array<string> = []
 const tempDir = () => {

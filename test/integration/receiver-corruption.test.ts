@@ -28,18 +28,18 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { Cause, Effect, Either, Exit } from "effect"
 import { afterAll, describe, expect, it } from "vitest"
-import { openChain } from "../../src/programs/receiver/internal/chain.js"
-import { LogCorrupt } from "../../src/programs/receiver/internal/errors.js"
+import { openChain } from "../../src/receiver/internal/chain.js"
+import { LogCorrupt } from "../../src/receiver/internal/errors.js"
 import {
   INDEX_ENTRY_BYTES,
   INDEX_HEADER_BYTES,
   indexName,
   Kind,
   RECORD_HEADER_BYTES
-} from "../../src/programs/receiver/internal/format.js"
-import * as LogStore from "../../src/programs/receiver/LogStore.js"
-import * as Restore from "../../src/programs/receiver/Restore.js"
-import * as Scrub from "../../src/programs/receiver/Scrub.js"
+} from "../../src/receiver/internal/format.js"
+import * as LogStore from "../../src/receiver/LogStore.js"
+import * as Restore from "../../src/receiver/Restore.js"
+import * as Scrub from "../../src/receiver/Scrub.js"
 import {
   diskId,
   flip,

@@ -16,7 +16,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { Effect } from "effect"
 import { afterAll, describe, expect, it } from "vitest"
-import * as Restore from "../../src/programs/receiver/Restore.js"
+import * as Restore from "../../src/receiver/Restore.js"
 import * as Proc from "../support/receiverProcess.js"
 
 const dirs: Array<string> = []

@@ -12,7 +12,7 @@ import { afterEach, describe, expect, it } from "vitest"
 import { EventJournal, LogReceiver, VirtualDisk } from "../../src/adapters/index.js"
 import { Config } from "../../src/domain/index.js"
 import { Replicator } from "../../src/programs/index.js"
-import * as Receiver from "../../src/programs/receiver/index.js"
+import * as Receiver from "../../src/receiver/index.js"
 
 const dirs: Array<string> = []
 const tempDir = () => {

@@ -10,8 +10,8 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { Effect, Exit } from "effect"
 import { afterAll, describe, expect, it } from "vitest"
-import * as LogStore from "../../src/programs/receiver/LogStore.js"
-import * as Restore from "../../src/programs/receiver/Restore.js"
+import * as LogStore from "../../src/receiver/LogStore.js"
+import * as Restore from "../../src/receiver/Restore.js"
 import * as Proc from "../support/receiverProcess.js"
 
 const dirs: Array<string> = []

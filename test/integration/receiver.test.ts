@@ -10,8 +10,8 @@ import * as path from "node:path"
 import { Cause, Effect, Exit, Option, Stream } from "effect"
 import { afterAll, afterEach, describe, expect, it } from "vitest"
 import * as LogReceiver from "../../src/adapters/LogReceiver.js"
-import * as Wire from "../../src/adapters/Wire.js"
-import * as Restore from "../../src/programs/receiver/Restore.js"
+import * as Wire from "../../src/protocol/Wire.js"
+import * as Restore from "../../src/receiver/Restore.js"
 import * as Proc from "../support/receiverProcess.js"
 
 const dirs: Array<string> = []

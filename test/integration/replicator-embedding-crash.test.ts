@@ -18,7 +18,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { Effect } from "effect"
 import { afterEach, describe, expect, it } from "vitest"
-import * as Restore from "../../src/programs/receiver/Restore.js"
+import * as Restore from "../../src/receiver/Restore.js"
 import * as Receiver from "../support/receiverProcess.js"
 import { prng } from "../support/receiverProcess.js"
 

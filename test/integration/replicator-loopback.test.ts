@@ -19,12 +19,12 @@ import * as Config from "../../src/domain/Config.js"
 import * as Legality from "../../src/domain/Legality.js"
 import * as State from "../../src/domain/State.js"
 import * as Trace from "../../src/domain/Trace.js"
-import * as ReceiverProcess from "../../src/programs/internal/ReceiverProcess.js"
+import * as ReceiverProcess from "../../src/simulator/internal/ReceiverProcess.js"
 import * as Replicator from "../../src/programs/Replicator.js"
-import * as Restore from "../../src/programs/receiver/Restore.js"
-import * as Workload from "../../src/programs/Workload.js"
+import * as Restore from "../../src/receiver/Restore.js"
+import * as Workload from "../../src/simulator/Workload.js"
 
-const CLI = path.resolve(import.meta.dirname, "../../dist/programs/main.js")
+const CLI = path.resolve(import.meta.dirname, "../../dist/cli/main.js")
 const DISK_BYTES = 16 * 1024 * 1024
 const config = Either.getOrThrow(
   Config.make({

@@ -19,7 +19,7 @@ import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import * as Receiver from "../support/receiverProcess.js"
 
-const CLI = path.resolve(import.meta.dirname, "../../dist/programs/main.js")
+const CLI = path.resolve(import.meta.dirname, "../../dist/cli/main.js")
 const MiB = 1024 * 1024
 
 interface Ran {

@@ -11,9 +11,9 @@ import * as path from "node:path"
 import { promisify } from "node:util"
 import { Effect, Fiber } from "effect"
 import { describe, expect, it } from "vitest"
-import * as ReceiverProcess from "../../src/programs/internal/ReceiverProcess.js"
+import * as ReceiverProcess from "../../src/simulator/internal/ReceiverProcess.js"
 
-const CLI = path.resolve(import.meta.dirname, "../../dist/programs/main.js")
+const CLI = path.resolve(import.meta.dirname, "../../dist/cli/main.js")
 const run = promisify(execFile)
 
 describe("cdp-sync simulate", () => {

@@ -12,7 +12,7 @@ import { Context, Effect, Either, Exit, Layer, Logger, LogLevel, Option, Scope }
 import * as fc from "fast-check"
 import { describe, expect, it } from "vitest"
 import * as ActivityLog from "../../src/adapters/ActivityLog.js"
-import { crc32c } from "../../src/adapters/internal/crc32c.js"
+import { crc32c } from "../../src/internal/crc32c.js"
 import { decodeSlot, encodeSlot, MAGIC, type Slot, widen } from "../../src/adapters/internal/activityLog.js"
 import * as activityLogFile from "../../src/adapters/internal/activityLogFile.js"
 import { numRuns } from "../support/arbitraries.js"

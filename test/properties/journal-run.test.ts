@@ -17,7 +17,7 @@ import { Context, Effect, Either, Layer, Logger, LogLevel } from "effect"
 import fc from "fast-check"
 import { afterEach, describe, expect, it } from "vitest"
 import * as EventJournal from "../../src/adapters/EventJournal.js"
-import { crc32c } from "../../src/adapters/internal/crc32c.js"
+import { crc32c } from "../../src/internal/crc32c.js"
 import {
   decodeRunMark,
   encodeRunMark,

@@ -5,7 +5,7 @@
  */
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
-import type { Filter, InvariantName } from "../../src/domain/Simulation.js"
+import type { Filter, InvariantName } from "../../src/conformance/Simulation.js"
 import * as Mutants from "../support/mutants.js"
 import { invariantHolds } from "../support/properties.js"
 

@@ -12,8 +12,8 @@ import * as path from "node:path"
 import { Effect, Exit } from "effect"
 import fc from "fast-check"
 import { afterAll, afterEach, describe, expect, it } from "vitest"
-import { baseLayout, mutants, tuning, verifyBaseImage } from "../../src/programs/receiver/internal/base.js"
-import * as Restore from "../../src/programs/receiver/Restore.js"
+import { baseLayout, mutants, tuning, verifyBaseImage } from "../../src/receiver/internal/base.js"
+import * as Restore from "../../src/receiver/Restore.js"
 import { numRuns } from "../support/arbitraries.js"
 import {
   captured,

@@ -7,8 +7,8 @@
 import { Writable } from "node:stream"
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
-import * as Wire from "../../src/adapters/Wire.js"
-import { Replies } from "../../src/programs/receiver/internal/connection.js"
+import * as Wire from "../../src/protocol/Wire.js"
+import { Replies } from "../../src/receiver/internal/connection.js"
 
 const RUNS = Math.round(200 * Number(process.env.CDP_SYNC_RUNS_FACTOR ?? 1))
 const HIGH_WATER = 200

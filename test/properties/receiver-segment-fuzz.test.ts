@@ -10,16 +10,16 @@ import * as os from "node:os"
 import * as path from "node:path"
 import fc from "fast-check"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { openChain } from "../../src/programs/receiver/internal/chain.js"
-import { LogCorrupt } from "../../src/programs/receiver/internal/errors.js"
+import { openChain } from "../../src/receiver/internal/chain.js"
+import { LogCorrupt } from "../../src/receiver/internal/errors.js"
 import {
   decodeIndex,
   type IndexEntry,
   indexName,
   parseSegmentName,
   SEGMENT_HEADER_BYTES
-} from "../../src/programs/receiver/internal/format.js"
-import { readRange, scanSegment } from "../../src/programs/receiver/internal/segment.js"
+} from "../../src/receiver/internal/format.js"
+import { readRange, scanSegment } from "../../src/receiver/internal/segment.js"
 import { meta, segmentFiles, writeLog } from "../support/receiverLog.js"
 
 const RUNS = Math.round(300 * Number(process.env.CDP_SYNC_RUNS_FACTOR ?? 1))

@@ -23,7 +23,7 @@ import {
   RECORD_HEADER_BYTES,
   type RecordHeader,
   SEGMENT_HEADER_BYTES
-} from "../../src/programs/receiver/internal/format.js"
+} from "../../src/receiver/internal/format.js"
 import {
   DEFAULT_WINDOW,
   isTorn,
@@ -31,7 +31,7 @@ import {
   readRange,
   scanSegment,
   wholeRecord
-} from "../../src/programs/receiver/internal/segment.js"
+} from "../../src/receiver/internal/segment.js"
 import { headerOnlyRetry } from "../support/segmentMutants.js"
 
 const RUNS = Math.round(150 * Number(process.env.CDP_SYNC_RUNS_FACTOR ?? 1))

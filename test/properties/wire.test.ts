@@ -6,9 +6,9 @@
 import { Either } from "effect"
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
-import * as Wire from "../../src/adapters/Wire.js"
-import { Decoder, type DecoderTestOptions } from "../../src/adapters/internal/wireDecoder.js"
-import { encodePartsWith, encodeWith } from "../../src/adapters/internal/wireEncode.js"
+import * as Wire from "../../src/protocol/Wire.js"
+import { Decoder, type DecoderTestOptions } from "../../src/protocol/internal/wireDecoder.js"
+import { encodePartsWith, encodeWith } from "../../src/protocol/internal/wireEncode.js"
 
 const RUNS = Math.round(200 * Number(process.env.CDP_SYNC_RUNS_FACTOR ?? 1))
 

@@ -17,7 +17,7 @@ const newest = (dir: string): number => {
 
 export default function setup(): void {
   const root = path.resolve(import.meta.dirname, "../..")
-  const main = path.join(root, "dist/programs/main.js")
+  const main = path.join(root, "dist/cli/main.js")
   if (existsSync(main) && statSync(main).mtimeMs >= newest(path.join(root, "src"))) return
   execFileSync(
     process.execPath,

@@ -7,8 +7,8 @@ import * as Bitmap from "../../src/domain/Bitmap.js"
 import * as Decider from "../../src/domain/Decider.js"
 import type * as Event from "../../src/domain/Event.js"
 import { Flight, blockRecord } from "../../src/domain/Flight.js"
-import type { Filter } from "../../src/domain/Simulation.js"
-import { reference } from "../../src/domain/Simulation.js"
+import type { Filter } from "../../src/conformance/Simulation.js"
+import { reference } from "../../src/conformance/Simulation.js"
 import * as State from "../../src/domain/State.js"
 
 const stateFilter = (name: string, overrides: Partial<Filter<State.State>>): Filter<State.State> => ({

@@ -4,7 +4,7 @@
  * each mutant (must be caught).
  */
 import fc from "fast-check"
-import { type Filter, type InvariantName, run, type World } from "../../src/domain/Simulation.js"
+import { type Filter, type InvariantName, run, type World } from "../../src/conformance/Simulation.js"
 import { type Scenario, scenario, stepsOf } from "./arbitraries.js"
 
 const describeFailure = <S>(world: World<S>): string => {

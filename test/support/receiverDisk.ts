@@ -9,9 +9,9 @@ import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { Cause, Effect, Exit, Logger, Option } from "effect"
-import type * as Wire from "../../src/adapters/Wire.js"
-import type { DiskMeta } from "../../src/programs/receiver/internal/chain.js"
-import * as LogStore from "../../src/programs/receiver/LogStore.js"
+import type * as Wire from "../../src/protocol/Wire.js"
+import type { DiskMeta } from "../../src/receiver/internal/chain.js"
+import * as LogStore from "../../src/receiver/LogStore.js"
 
 export interface Geometry {
   readonly blockSize: number

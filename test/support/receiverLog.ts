@@ -7,9 +7,9 @@
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { Effect } from "effect"
-import type * as Wire from "../../src/adapters/Wire.js"
-import { crc32c } from "../../src/adapters/internal/crc32c.js"
-import { type DiskMeta, META_FILE } from "../../src/programs/receiver/internal/chain.js"
+import type * as Wire from "../../src/protocol/Wire.js"
+import { crc32c } from "../../src/internal/crc32c.js"
+import { type DiskMeta, META_FILE } from "../../src/receiver/internal/chain.js"
 import {
   encodeRecordHeader,
   INDEX_ENTRY_BYTES,
@@ -17,8 +17,8 @@ import {
   parseRecord,
   RECORD_HEADER_BYTES,
   SEGMENT_HEADER_BYTES
-} from "../../src/programs/receiver/internal/format.js"
-import * as LogStore from "../../src/programs/receiver/LogStore.js"
+} from "../../src/receiver/internal/format.js"
+import * as LogStore from "../../src/receiver/LogStore.js"
 
 export const geometry = { blockSize: 4096, blockCount: 16 }
 export const diskId = "vm-damage"

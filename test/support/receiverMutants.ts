@@ -3,7 +3,7 @@
  * issue 13 (finding 6, clock jumps). The properties of test/support/retention.ts must
  * catch each one (test/unit/receiver-retention.test.ts proves it does).
  */
-import { type Clocks, ReceiveClock, type Stamp } from "../../src/programs/receiver/internal/clock.js"
+import { type Clocks, ReceiveClock, type Stamp } from "../../src/receiver/internal/clock.js"
 import type { MakeClock, Plan } from "./retention.js"
 
 /** Receive time = max(last, wall): freezes at a future time once the wall clock comes back. */

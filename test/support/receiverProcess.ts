@@ -3,7 +3,7 @@
  * loopback (port 0), wait for its ready line, kill it (SIGKILL at any moment), run the
  * `restore` / `points` commands.
  *
- * The entry is the built `dist/programs/receiver/main.js` (test/support/globalSetup.ts
+ * The entry is the built CLI, `dist/cli/main.js` (test/support/globalSetup.ts
  * builds dist/ when the sources are newer); `CDP_SYNC_RECEIVER_ENTRY` names another.
  */
 import { type ChildProcess, spawn } from "node:child_process"
@@ -12,18 +12,18 @@ import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import { Deferred, Effect, Exit, Fiber, Stream } from "effect"
 import * as LogReceiver from "../../src/adapters/LogReceiver.js"
-import type * as Wire from "../../src/adapters/Wire.js"
-import { listDisks, openChain } from "../../src/programs/receiver/internal/chain.js"
+import type * as Wire from "../../src/protocol/Wire.js"
+import { listDisks, openChain } from "../../src/receiver/internal/chain.js"
 import {
   isRecoveryPoint,
   Kind,
   type RecordHeader,
   SEGMENT_HEADER_BYTES
-} from "../../src/programs/receiver/internal/format.js"
-import { readRange } from "../../src/programs/receiver/internal/segment.js"
+} from "../../src/receiver/internal/format.js"
+import { readRange } from "../../src/receiver/internal/segment.js"
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..")
-const built = path.join(root, "dist/programs/receiver/main.js")
+const built = path.join(root, "dist/cli/main.js")
 
 let entryPromise: Promise<ReadonlyArray<string>> | undefined
 

@@ -10,8 +10,8 @@
  * segments as the log store does: every segment but the last is sealed.
  */
 import fc from "fast-check"
-import type { Clocks, Stamp } from "../../src/programs/receiver/internal/clock.js"
-import type { Policy, SegmentSummary } from "../../src/programs/receiver/Retention.js"
+import type { Clocks, Stamp } from "../../src/receiver/internal/clock.js"
+import type { Policy, SegmentSummary } from "../../src/receiver/Retention.js"
 
 export const YEAR = 365 * 86_400_000
 const HOUR = 3_600_000

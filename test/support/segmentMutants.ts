@@ -2,8 +2,8 @@
  * Deliberately broken segment readers. The segment property
  * (test/properties/receiver-segment.test.ts) must catch each one.
  */
-import { parseRecord } from "../../src/programs/receiver/internal/format.js"
-import type { NextRecord } from "../../src/programs/receiver/internal/segment.js"
+import { parseRecord } from "../../src/receiver/internal/format.js"
+import type { NextRecord } from "../../src/receiver/internal/segment.js"
 
 /**
  * The reader of issue 13, finding 1: when the record is short it ensures the bytes the

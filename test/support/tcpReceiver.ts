@@ -11,7 +11,7 @@ import * as LogReceiver from "../../src/adapters/LogReceiver.js"
 import { controlOf } from "../../src/adapters/internal/receiverMemory.js"
 import { ReceiverStore, type Session, type StoreOptions } from "../../src/adapters/internal/receiverStore.js"
 import type { TcpOptions } from "../../src/adapters/internal/receiverTcp.js"
-import * as Wire from "../../src/adapters/Wire.js"
+import * as Wire from "../../src/protocol/Wire.js"
 
 export interface TcpReceiver {
   readonly host: string

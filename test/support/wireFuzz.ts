@@ -12,8 +12,8 @@
  */
 import { Either } from "effect"
 import fc from "fast-check"
-import { crc32c } from "../../src/adapters/internal/crc32c.js"
-import * as Wire from "../../src/adapters/Wire.js"
+import { crc32c } from "../../src/internal/crc32c.js"
+import * as Wire from "../../src/protocol/Wire.js"
 import * as Geometry from "../../src/domain/Geometry.js"
 import * as Receiver from "../../src/domain/Receiver.js"
 import type { Planned } from "./receiverProcess.js"

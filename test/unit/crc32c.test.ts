@@ -1,11 +1,6 @@
 import * as fc from "fast-check"
 import { describe, expect, it } from "vitest"
-import {
-  crc32c,
-  crc32cCombine,
-  crc32cContinuing,
-  rememberCrc32c
-} from "../../src/adapters/internal/crc32c.js"
+import { crc32c, crc32cCombine, crc32cContinuing, rememberCrc32c } from "../../src/internal/crc32c.js"
 
 const bytes = (max: number) => fc.uint8Array({ maxLength: max })
 

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Fiber } from "effect"
 import * as fc from "fast-check"
-import * as Inbox from "../../src/adapters/internal/inbox.js"
+import * as Inbox from "../../src/internal/inbox.js"
 
 describe("Inbox (single-consumer queue of the per-record paths)", () => {
   it("takeAll returns everything offered since the last take, in order, whatever the interleaving", async () => {

@@ -1,6 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect } from "effect"
-import * as IoScheduler from "../../src/programs/IoScheduler.js"
+import * as IoScheduler from "../../src/internal/IoScheduler.js"
 
 describe("IoScheduler", () => {
   it.effect("under a TestClock the default keeps the caller's scheduler", () =>

@@ -5,7 +5,7 @@
  */
 import { Effect, Logger } from "effect"
 import { afterEach, describe, expect, it, vi } from "vitest"
-import * as Logging from "../../src/programs/internal/logging.js"
+import * as Logging from "../../src/cli/internal/logging.js"
 
 afterEach(() => {
   vi.restoreAllMocks()

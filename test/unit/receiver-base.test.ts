@@ -10,21 +10,16 @@ import * as path from "node:path"
 import { Effect, Exit } from "effect"
 import fc from "fast-check"
 import { afterEach, describe, expect, it } from "vitest"
-import { readBase, writeEmptyBase } from "../../src/programs/receiver/internal/base.js"
-import {
-  encodeMeta,
-  inspectDiskDir,
-  openChain,
-  readMeta
-} from "../../src/programs/receiver/internal/chain.js"
-import { LogCorrupt } from "../../src/programs/receiver/internal/errors.js"
+import { readBase, writeEmptyBase } from "../../src/receiver/internal/base.js"
+import { encodeMeta, inspectDiskDir, openChain, readMeta } from "../../src/receiver/internal/chain.js"
+import { LogCorrupt } from "../../src/receiver/internal/errors.js"
 import {
   BASE_TRAILER_V2_BYTES,
   decodeBaseTrailerV2,
   encodeBaseTrailer,
   encodeBaseTrailerV2
-} from "../../src/programs/receiver/internal/format.js"
-import * as LogStore from "../../src/programs/receiver/LogStore.js"
+} from "../../src/receiver/internal/format.js"
+import * as LogStore from "../../src/receiver/LogStore.js"
 import {
   captured,
   failureOf,

@@ -8,13 +8,8 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { Cause, Effect, Exit, Option } from "effect"
 import { afterEach, describe, expect, it } from "vitest"
-import {
-  diskDirName,
-  type DiskMeta,
-  META_FILE,
-  openChain
-} from "../../src/programs/receiver/internal/chain.js"
-import { LogCorrupt } from "../../src/programs/receiver/internal/errors.js"
+import { diskDirName, type DiskMeta, META_FILE, openChain } from "../../src/receiver/internal/chain.js"
+import { LogCorrupt } from "../../src/receiver/internal/errors.js"
 import {
   decodeBaseTrailer,
   decodeIndex,
@@ -31,10 +26,10 @@ import {
   type RecordHeader,
   SEGMENT_HEADER_BYTES,
   segmentName
-} from "../../src/programs/receiver/internal/format.js"
-import { isTorn, scanSegment } from "../../src/programs/receiver/internal/segment.js"
-import * as LogStore from "../../src/programs/receiver/LogStore.js"
-import * as Restore from "../../src/programs/receiver/Restore.js"
+} from "../../src/receiver/internal/format.js"
+import { isTorn, scanSegment } from "../../src/receiver/internal/segment.js"
+import * as LogStore from "../../src/receiver/LogStore.js"
+import * as Restore from "../../src/receiver/Restore.js"
 
 const dirs: Array<string> = []
 const tempDir = () => {

@@ -9,17 +9,17 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { Cause, Effect, Either, Exit } from "effect"
 import { afterEach, describe, expect, it } from "vitest"
-import { openChain } from "../../src/programs/receiver/internal/chain.js"
-import { LogCorrupt } from "../../src/programs/receiver/internal/errors.js"
+import { openChain } from "../../src/receiver/internal/chain.js"
+import { LogCorrupt } from "../../src/receiver/internal/errors.js"
 import {
   decodeIndex,
   encodeIndex,
   FLAG_RECOVERY_POINT,
   indexName,
   Kind
-} from "../../src/programs/receiver/internal/format.js"
-import * as LogStore from "../../src/programs/receiver/LogStore.js"
-import * as Restore from "../../src/programs/receiver/Restore.js"
+} from "../../src/receiver/internal/format.js"
+import * as LogStore from "../../src/receiver/LogStore.js"
+import * as Restore from "../../src/receiver/Restore.js"
 import {
   diskId,
   flip,

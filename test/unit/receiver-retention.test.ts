@@ -8,13 +8,8 @@
 import { Either } from "effect"
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
-import { ReceiveClock } from "../../src/programs/receiver/internal/clock.js"
-import {
-  parsePolicy,
-  parseSize,
-  planFold,
-  type SegmentSummary
-} from "../../src/programs/receiver/Retention.js"
+import { ReceiveClock } from "../../src/receiver/internal/clock.js"
+import { parsePolicy, parseSize, planFold, type SegmentSummary } from "../../src/receiver/Retention.js"
 import * as Mutants from "../support/receiverMutants.js"
 import { ageHorizonHolds, type MakeClock, type Plan, receiveTimesHold, YEAR } from "../support/retention.js"
 

@@ -10,12 +10,12 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { Effect, Either, HashMap, Logger } from "effect"
 import { afterEach, describe, expect, it } from "vitest"
-import type { Segment } from "../../src/programs/receiver/internal/chain.js"
-import { openChain } from "../../src/programs/receiver/internal/chain.js"
-import type { LogError } from "../../src/programs/receiver/internal/errors.js"
-import { indexName, RECORD_HEADER_BYTES } from "../../src/programs/receiver/internal/format.js"
-import { verifyDisk, verifySealed } from "../../src/programs/receiver/internal/verify.js"
-import * as LogStore from "../../src/programs/receiver/LogStore.js"
+import type { Segment } from "../../src/receiver/internal/chain.js"
+import { openChain } from "../../src/receiver/internal/chain.js"
+import type { LogError } from "../../src/receiver/internal/errors.js"
+import { indexName, RECORD_HEADER_BYTES } from "../../src/receiver/internal/format.js"
+import { verifyDisk, verifySealed } from "../../src/receiver/internal/verify.js"
+import * as LogStore from "../../src/receiver/LogStore.js"
 import {
   flip,
   forgeIndexEntry,

@@ -9,11 +9,11 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { Effect } from "effect"
 import { afterEach, describe, expect, it } from "vitest"
-import { type DiskMeta, META_FILE, openChain } from "../../src/programs/receiver/internal/chain.js"
-import { RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES } from "../../src/programs/receiver/internal/format.js"
-import { DEFAULT_WINDOW } from "../../src/programs/receiver/internal/segment.js"
-import * as LogStore from "../../src/programs/receiver/LogStore.js"
-import * as Restore from "../../src/programs/receiver/Restore.js"
+import { type DiskMeta, META_FILE, openChain } from "../../src/receiver/internal/chain.js"
+import { RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES } from "../../src/receiver/internal/format.js"
+import { DEFAULT_WINDOW } from "../../src/receiver/internal/segment.js"
+import * as LogStore from "../../src/receiver/LogStore.js"
+import * as Restore from "../../src/receiver/Restore.js"
 
 const dirs: Array<string> = []
 const tempDir = () => {

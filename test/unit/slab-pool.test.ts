@@ -1,6 +1,6 @@
 import * as fc from "fast-check"
 import { describe, expect, it } from "vitest"
-import { type Lease, makeSlabPool } from "../../src/adapters/internal/slab.js"
+import { type Lease, makeSlabPool } from "../../src/internal/slab.js"
 
 describe("the slab pool of guest-data copies", () => {
   it("a live copy keeps its bytes whatever is copied and released around it; freed slabs are reused", () => {

@@ -4,8 +4,8 @@
  */
 import { Chunk, Effect, Either, Exit, Stream } from "effect"
 import { describe, expect, it } from "vitest"
-import { crc32c } from "../../src/adapters/internal/crc32c.js"
-import * as Wire from "../../src/adapters/Wire.js"
+import { crc32c } from "../../src/internal/crc32c.js"
+import * as Wire from "../../src/protocol/Wire.js"
 
 const setU32 = (b: Uint8Array, at: number, n: number) => new DataView(b.buffer, b.byteOffset).setUint32(at, n)
 const getU32 = (b: Uint8Array, at: number) => new DataView(b.buffer, b.byteOffset).getUint32(at)

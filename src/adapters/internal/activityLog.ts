@@ -10,7 +10,7 @@
  */
 import { Data, Effect, Either, Option } from "effect"
 import type { ActivityLog } from "../ActivityLog.js"
-import { crc32c } from "./crc32c.js"
+import { crc32c } from "../../internal/crc32c.js"
 
 export const DEFAULT_EXTENT_BYTES = 4 * 1024 * 1024
 export const SECTOR_BYTES = 512

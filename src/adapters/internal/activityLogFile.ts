@@ -10,7 +10,7 @@ import * as fs from "node:fs/promises"
 import * as path from "node:path"
 import { Effect, Option, type Scope } from "effect"
 import type { ActivityLog } from "../ActivityLog.js"
-import { isEnoent, pwriteFully, syncDirectory } from "./fileIo.js"
+import { isEnoent, pwriteFully, syncDirectory } from "../../internal/fileIo.js"
 import {
   ActivityLogIoError,
   type ActivityLogOp,

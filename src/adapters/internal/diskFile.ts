@@ -8,7 +8,7 @@ import * as fs from "node:fs/promises"
 import { Effect, type Scope } from "effect"
 import * as Geometry from "../../domain/Geometry.js"
 import type { VirtualDisk } from "../VirtualDisk.js"
-import { preadFully, pwriteFully } from "./fileIo.js"
+import { preadFully, pwriteFully } from "../../internal/fileIo.js"
 import {
   checkBlock,
   checkRange,

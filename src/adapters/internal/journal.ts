@@ -9,7 +9,7 @@ import { Data, Either, Schema } from "effect"
 import * as Event from "../../domain/Event.js"
 import * as State from "../../domain/State.js"
 import * as Trace from "../../domain/Trace.js"
-import { crc32c } from "./crc32c.js"
+import { crc32c } from "../../internal/crc32c.js"
 
 export const HEADER_BYTES = 8
 /** Events encode to a few hundred bytes; anything longer is refused, and read back as corruption. */

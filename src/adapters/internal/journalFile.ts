@@ -34,8 +34,8 @@ import {
   type Recovery,
   type SavedSnapshot
 } from "./journal.js"
-import { isEnoent, preadFully, pwriteFully, syncDirectory } from "./fileIo.js"
-import * as Inbox from "./inbox.js"
+import { isEnoent, preadFully, pwriteFully, syncDirectory } from "../../internal/fileIo.js"
+import * as Inbox from "../../internal/inbox.js"
 import {
   checkClosedAt,
   checkHeader,

@@ -17,7 +17,7 @@ import { Data, Either, Schema } from "effect"
 import * as Config from "../../domain/Config.js"
 import { Count } from "../../domain/Event.js"
 import * as Geometry from "../../domain/Geometry.js"
-import { crc32c } from "./crc32c.js"
+import { crc32c } from "../../internal/crc32c.js"
 import { JournalCorrupt, type Recovery, type SavedSnapshot } from "./journal.js"
 
 export const RUN_FILE = "journal.json"

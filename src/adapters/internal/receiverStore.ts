@@ -8,8 +8,8 @@
 import { Either } from "effect"
 import * as Geometry from "../../domain/Geometry.js"
 import * as Receiver from "../../domain/Receiver.js"
-import type { Ack, Gap, Hello, Record } from "./wireFrame.js"
-import { checkRecord } from "./wireFrame.js"
+import type { Ack, Gap, Hello, Record } from "../../protocol/internal/wireFrame.js"
+import { checkRecord } from "../../protocol/internal/wireFrame.js"
 import { ConnectionClosed } from "./receiverErrors.js"
 
 export type Message = Ack | Gap

@@ -19,10 +19,10 @@ import {
   ReceiverUnreachable
 } from "./receiverErrors.js"
 import { makeLink } from "./receiverLink.js"
-import { makeDecoder } from "./wireDecoder.js"
-import { makeSlabAllocator } from "./slab.js"
-import { encode, encodePartsWith, encodeWith } from "./wireEncode.js"
-import { type Frame, WireError } from "./wireFrame.js"
+import { makeDecoder } from "../../protocol/internal/wireDecoder.js"
+import { makeSlabAllocator } from "../../internal/slab.js"
+import { encode, encodePartsWith, encodeWith } from "../../protocol/internal/wireEncode.js"
+import { type Frame, WireError } from "../../protocol/internal/wireFrame.js"
 
 export interface TcpOptions {
   readonly host: string

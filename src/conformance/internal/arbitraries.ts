@@ -5,7 +5,7 @@
  */
 import fc from "fast-check"
 import type { Config } from "../../domain/Config.js"
-import type { Step } from "../../domain/Simulation.js"
+import type { Step } from "../Simulation.js"
 
 /** Small disks and windows: every rule is reached within a few dozen steps. */
 export const config: fc.Arbitrary<Config> = fc.record({

@@ -9,7 +9,7 @@ import type { Config } from "../../domain/Config.js"
 import type * as Event from "../../domain/Event.js"
 import type { Input } from "../../domain/Input.js"
 import * as Legality from "../../domain/Legality.js"
-import * as Simulation from "../../domain/Simulation.js"
+import * as Simulation from "../Simulation.js"
 import * as State from "../../domain/State.js"
 import * as Trace from "../../domain/Trace.js"
 

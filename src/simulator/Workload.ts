@@ -5,8 +5,8 @@
  */
 import { Duration, Effect, Ref } from "effect"
 import type { Config } from "../domain/Config.js"
-import { prng } from "../domain/Simulation.js"
-import type { Replicator } from "./Replicator.js"
+import { prng } from "../conformance/Simulation.js"
+import type { Replicator } from "../programs/Replicator.js"
 
 export interface Options {
   readonly seed: number

@@ -15,7 +15,7 @@ export class ReceiverProcessError extends Data.TaggedError("ReceiverProcessError
   }
 }
 
-/** The built CLI entry (dist/programs/main.js), next to this module once compiled. */
+/** The built CLI entry (dist/cli/main.js), next to this module once compiled. */
 export const cliEntry = (): string => fileURLToPath(new URL("../main.js", import.meta.url))
 
 export interface ReceiverProcess {

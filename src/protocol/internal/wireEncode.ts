@@ -3,7 +3,7 @@
  * so a sender can carve frames from slabs), one CRC pass over the payload and one over
  * the header.
  */
-import { crc32c } from "./crc32c.js"
+import { crc32c } from "../../internal/crc32c.js"
 import {
   type Frame,
   HEADER_BYTES,

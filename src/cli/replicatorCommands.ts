@@ -12,9 +12,9 @@ import * as VirtualDisk from "../adapters/VirtualDisk.js"
 import * as Config from "../domain/Config.js"
 import * as Trace from "../domain/Trace.js"
 import { progressBar, sparkline } from "./internal/charts.js"
-import * as Replicator from "./Replicator.js"
-import * as Simulate from "./Simulate.js"
-import * as Workload from "./Workload.js"
+import * as Replicator from "../programs/Replicator.js"
+import * as Simulate from "../simulator/Simulate.js"
+import * as Workload from "../simulator/Workload.js"
 
 export class CommandFailed extends Data.TaggedError("CommandFailed")<{ readonly detail: string }> {
   override get message() {

@@ -5,7 +5,7 @@
  */
 import { Effect, Either } from "effect"
 import * as Config from "../domain/Config.js"
-import * as Simulation from "../domain/Simulation.js"
+import * as Simulation from "../conformance/Simulation.js"
 import type * as State from "../domain/State.js"
 
 export interface Options {

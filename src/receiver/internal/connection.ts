@@ -14,7 +14,7 @@
 import type * as Net from "node:net"
 import type { Writable } from "node:stream"
 import { Data, Effect } from "effect"
-import * as Wire from "../../../adapters/Wire.js"
+import * as Wire from "../../protocol/Wire.js"
 
 /** The socket failed under a connection (reset, timeout). */
 export class SocketFailed extends Data.TaggedError("SocketFailed")<{ readonly cause: unknown }> {}

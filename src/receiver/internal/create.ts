@@ -17,7 +17,7 @@
  */
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
-import type * as Geometry from "../../../domain/Geometry.js"
+import type * as Geometry from "../../domain/Geometry.js"
 import { BASE_FILE, writeEmptyBase } from "./base.js"
 import { diskDirName, encodeMeta, META_FILE } from "./chain.js"
 import { isEnoent, syncDirectory, writeFileAtomic } from "./files.js"

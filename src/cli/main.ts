@@ -4,7 +4,7 @@
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import { Effect, Logger } from "effect"
 import { cli } from "./cli.js"
-import { withIoScheduler } from "./IoScheduler.js"
+import { withIoScheduler } from "../internal/IoScheduler.js"
 import { prettyStderr } from "./internal/logging.js"
 
 // Logs go to stderr: stdout is for results (`--json` prints one object there and nothing else).

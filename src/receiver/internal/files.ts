@@ -5,7 +5,7 @@
  */
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
-import { isEnoent, preadFully, pwriteFully, syncDirectory } from "../../../adapters/internal/fileIo.js"
+import { isEnoent, preadFully, pwriteFully, syncDirectory } from "../../internal/fileIo.js"
 
 export { isEnoent, preadFully, pwriteFully, syncDirectory }
 

@@ -8,8 +8,8 @@
  * it (socket chunks are never reused, so this holds for `data` events).
  */
 import { Either, Schema } from "effect"
-import { crc32c, rememberCrc32c } from "./crc32c.js"
-import { makeSlabAllocator } from "./slab.js"
+import { crc32c, rememberCrc32c } from "../../internal/crc32c.js"
+import { makeSlabAllocator } from "../../internal/slab.js"
 import {
   DEFAULT_MAX_FRAME_BYTES,
   type Frame,

@@ -17,7 +17,7 @@
  * | 28 | 8 | receive time, ms since the Unix epoch |
  * | 36 | 4 | CRC32C of bytes 0..35 and the payload |
  */
-import { crc32c, crc32cContinuing } from "../../../adapters/internal/crc32c.js"
+import { crc32c, crc32cContinuing } from "../../internal/crc32c.js"
 
 export const RECORD_HEADER_BYTES = 40
 export const SEGMENT_HEADER_BYTES = 32

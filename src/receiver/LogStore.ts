@@ -14,9 +14,9 @@
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
 import { Duration, Effect, Either, Fiber, Queue, Scope } from "effect"
-import * as Inbox from "../../adapters/internal/inbox.js"
-import type * as Wire from "../../adapters/Wire.js"
-import * as Geometry from "../../domain/Geometry.js"
+import * as Inbox from "../internal/inbox.js"
+import type * as Wire from "../protocol/Wire.js"
+import * as Geometry from "../domain/Geometry.js"
 import { BASE_FILE, type Base, rewriteBase } from "./internal/base.js"
 import {
   type Chain,

@@ -4,10 +4,10 @@
 import { Args, Command, Options, ValidationError } from "@effect/cli"
 import { Console, Effect, Option } from "effect"
 import * as Trace from "../domain/Trace.js"
-import * as CheckTrace from "./CheckTrace.js"
-import { points, receiver, restore, scrub } from "./receiver/commands.js"
-import { replicate, simulate } from "./ReplicatorCommands.js"
-import * as ModelSimulation from "./ModelSimulation.js"
+import * as CheckTrace from "../conformance/CheckTrace.js"
+import { points, receiver, restore, scrub } from "./receiverCommands.js"
+import { replicate, simulate } from "./replicatorCommands.js"
+import * as ModelSimulation from "../simulator/ModelSimulation.js"
 import { modeTimeline, progressBar, sparkline } from "./internal/charts.js"
 
 const mib = (bytes: number) => `${(bytes / 1024 / 1024).toFixed(1)} MiB`

@@ -9,14 +9,14 @@
  * draw the steps with fast-check; `npm start` draws them from a seeded PRNG.
  */
 import { Either } from "effect"
-import * as Bitmap from "./Bitmap.js"
-import type { Config } from "./Config.js"
-import * as Decider from "./Decider.js"
-import type * as Event from "./Event.js"
-import * as Input from "./Input.js"
-import * as Receiver from "./Receiver.js"
-import { Checker, type Violation } from "./Legality.js"
-import * as State from "./State.js"
+import * as Bitmap from "../domain/Bitmap.js"
+import type { Config } from "../domain/Config.js"
+import * as Decider from "../domain/Decider.js"
+import type * as Event from "../domain/Event.js"
+import * as Input from "../domain/Input.js"
+import * as Receiver from "../domain/Receiver.js"
+import { Checker, type Violation } from "../domain/Legality.js"
+import * as State from "../domain/State.js"
 
 /** An implementation the world can drive: the reference decider or a deliberately broken variant. */
 export interface Filter<S> {

@@ -5,14 +5,14 @@
  */
 import { Command, HelpDoc, Options, ValidationError } from "@effect/cli"
 import { Console, Duration, Effect, Either, Logger, LogLevel, Option } from "effect"
-import * as Wire from "../../adapters/Wire.js"
-import * as Logging from "../internal/logging.js"
-import type { InvalidOption } from "./internal/errors.js"
-import * as LogStore from "./LogStore.js"
-import * as ReceiverService from "./ReceiverService.js"
-import * as Restore from "./Restore.js"
-import * as Retention from "./Retention.js"
-import * as Scrub from "./Scrub.js"
+import * as Wire from "../protocol/Wire.js"
+import * as Logging from "./internal/logging.js"
+import type { InvalidOption } from "../receiver/internal/errors.js"
+import * as LogStore from "../receiver/LogStore.js"
+import * as ReceiverService from "../receiver/ReceiverService.js"
+import * as Restore from "../receiver/Restore.js"
+import * as Retention from "../receiver/Retention.js"
+import * as Scrub from "../receiver/Scrub.js"
 
 const invalid = (error: InvalidOption) => ValidationError.invalidValue(HelpDoc.p(error.message))
 const fromEither = <A>(either: Either.Either<A, InvalidOption>) =>

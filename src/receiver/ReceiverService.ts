@@ -31,9 +31,9 @@ import {
   type Scheduler,
   type Scope
 } from "effect"
-import * as Wire from "../../adapters/Wire.js"
-import * as Receiver from "../../domain/Receiver.js"
-import * as IoScheduler from "../IoScheduler.js"
+import * as Wire from "../protocol/Wire.js"
+import * as Receiver from "../domain/Receiver.js"
+import * as IoScheduler from "../internal/IoScheduler.js"
 import { FrameSource, REPLIES_OVERFLOW, Replies } from "./internal/connection.js"
 import { HelloRefused } from "./internal/errors.js"
 import * as LogStore from "./LogStore.js"
