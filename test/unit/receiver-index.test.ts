@@ -41,7 +41,11 @@ const tempDir = () => {
   return dir
 }
 afterEach(() => {
-  for (const dir of dirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true })
+  for (const dir of dirs.splice(0)) {
+    fs.rmSync(dir, { recursive: true, force: true })
+    for (const name of fs.readdirSync(path.dirname(dir)))
+      if (name.startsWith(`${path.basename(dir)}-restored-`)) fs.rmSync(path.join(path.dirname(dir), name))
+  }
 })
 
 const failure = async <A, E>(effect: Effect.Effect<A, E>): Promise<unknown> => {
@@ -49,8 +53,9 @@ const failure = async <A, E>(effect: Effect.Effect<A, E>): Promise<unknown> => {
   return Exit.isFailure(exit) ? Cause.squash(exit.cause) : undefined
 }
 
-const restoreAt = (dir: string, at: number) =>
-  Restore.restore({ dir, diskId, at, out: path.join(dir, `restored-${at}.img`) })
+/** Restores beside the receiver directory: restore refuses to write inside it. */
+const outOf = (dir: string, at: number) => `${dir}-restored-${at}.img`
+const restoreAt = (dir: string, at: number) => Restore.restore({ dir, diskId, at, out: outOf(dir, at) })
 
 describe("restore checks every record it applies against its index entry", () => {
   it("an index forged with a valid CRC (a write inside the resync made a recovery point) is refused, naming the index", async () => {
@@ -73,7 +78,7 @@ describe("restore checks every record it applies against its index entry", () =>
     expect((error as LogCorrupt).reason).toMatch(
       /flags 3 \(index\) vs 2 \(record\)|flags 1 \(index\) vs 0 \(record\)/
     )
-    expect(fs.existsSync(path.join(dir, "restored-11.img"))).toBe(false)
+    expect(fs.existsSync(outOf(dir, 11))).toBe(false)
     // A point before the forged entry restores, and is right.
     const ok = await Effect.runPromise(restoreAt(dir, 8))
     expect(fs.readFileSync(ok.out).equals(imageAt(8))).toBe(true)
