@@ -1,12 +1,13 @@
 /**
  * The log receiver for embedding (docs/receiver.md): the service, the reading side
- * (`points`, `restore`, `verify`) and the retention policy. Everything the
+ * (`points`, `restore`, `verify`, `scrub`) and the retention policy. Everything the
  * `cdp-sync receiver`, `points` and `restore` commands do is reachable from here.
  */
 export * as LogStore from "./LogStore.js"
 export * as ReceiverService from "./ReceiverService.js"
 export * as Restore from "./Restore.js"
 export * as Retention from "./Retention.js"
+export * as Scrub from "./Scrub.js"
 export * as Verify from "./Verify.js"
 export {
   DiskNotFound,
@@ -18,4 +19,5 @@ export {
   ReceiverLocked
 } from "./internal/errors.js"
 export { points, restore } from "./Restore.js"
+export { scrub } from "./Scrub.js"
 export { verify } from "./Verify.js"
