@@ -12,7 +12,7 @@ import * as VirtualDisk from "../adapters/VirtualDisk.js"
 import * as Config from "../domain/Config.js"
 import * as Trace from "../domain/Trace.js"
 import { progressBar, sparkline } from "./internal/charts.js"
-import * as Replicator from "./Replicator.js"
+import * as Replicator from "../replicator/Replicator.js"
 import * as Simulate from "./Simulate.js"
 import * as Workload from "./Workload.js"
 

@@ -5,6 +5,6 @@
 export * as CheckTrace from "./CheckTrace.js"
 export * as IoScheduler from "./IoScheduler.js"
 export * as ModelSimulation from "./ModelSimulation.js"
-export * as Replicator from "./Replicator.js"
+export * as Replicator from "../replicator/Replicator.js"
 export * as Simulate from "./Simulate.js"
 export * as Workload from "./Workload.js"

@@ -24,7 +24,7 @@ import * as LogReceiver from "../../src/adapters/LogReceiver.js"
 import * as VirtualDisk from "../../src/adapters/VirtualDisk.js"
 import * as Config from "../../src/domain/Config.js"
 import type * as Event from "../../src/domain/Event.js"
-import * as Replicator from "../../src/programs/Replicator.js"
+import * as Replicator from "../../src/replicator/Replicator.js"
 import { numRuns } from "../support/arbitraries.js"
 
 const BS = 4096

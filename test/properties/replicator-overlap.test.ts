@@ -18,7 +18,7 @@ import * as EventJournal from "../../src/adapters/EventJournal.js"
 import * as LogReceiver from "../../src/adapters/LogReceiver.js"
 import * as VirtualDisk from "../../src/adapters/VirtualDisk.js"
 import * as Config from "../../src/domain/Config.js"
-import * as Replicator from "../../src/programs/Replicator.js"
+import * as Replicator from "../../src/replicator/Replicator.js"
 import { numRuns } from "../support/arbitraries.js"
 
 const BS = 4096

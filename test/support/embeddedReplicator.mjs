@@ -21,8 +21,8 @@ import * as EventJournal from "../../dist/adapters/EventJournal.js"
 import * as LogReceiver from "../../dist/adapters/LogReceiver.js"
 import * as VirtualDisk from "../../dist/adapters/VirtualDisk.js"
 import * as Config from "../../dist/domain/Config.js"
-import { mutants } from "../../dist/programs/internal/mutants.js"
-import * as Replicator from "../../dist/programs/Replicator.js"
+import { mutants } from "../../dist/replicator/internal/mutants.js"
+import * as Replicator from "../../dist/replicator/Replicator.js"
 
 const o = JSON.parse(process.argv[2])
 if (o.mutant === "assume-clean") mutants.assumeCleanStart = true

@@ -54,7 +54,7 @@ import * as Activity from "./internal/activity.js"
 import { makeAdmission, makeChanges, orStopped } from "./internal/admission.js"
 import { mutants } from "./internal/mutants.js"
 import { type GateEntry, makeOverlapGate } from "./internal/overlapGate.js"
-import * as IoScheduler from "./IoScheduler.js"
+import * as IoScheduler from "../programs/IoScheduler.js"
 
 // ---------------------------------------------------------------------------
 // Errors
