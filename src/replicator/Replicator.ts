@@ -626,7 +626,7 @@ export const make = (
               input = Input.linkFailed(command.reason)
               break
           }
-          let decided = Decider.decide(s, input)
+          let decided = Decider.decideFolded(s, input)
           if (Either.isLeft(decided)) {
             if (command._tag === "Input") {
               // Checked before the disk write, so this is a bug; the disk already holds the write.
@@ -651,17 +651,18 @@ export const make = (
               continue
             }
             // A gap we cannot place: the receiver lost acked data mid-connection. Start over.
-            decided = Decider.decide(s, Input.linkFailed("protocol-error"))
+            decided = Decider.decideFolded(s, Input.linkFailed("protocol-error"))
             if (Either.isLeft(decided)) continue
           }
+          // Folded once, by the decider: each event comes with the state it was decided against.
+          const folded = decided.right
           let streamed = false
-          for (const event of decided.right) {
-            const out = recordOf(event, s, data)
+          for (let i = 0; i < folded.events.length; i++) {
+            const event = folded.events[i]!
+            const out = recordOf(event, folded.before[i]!, data)
             if (out !== undefined) outgoing.push(out)
             if (event.type === "WriteStreamed") streamed = true
             events.push(event)
-            const wasUp = s.link
-            s = Decider.evolve(s, event)
             if (event.type === "LinkLost" || event.type === "DiscontinuityReported") session++
             if (event.type === "LinkRestored" && command._tag === "Connected") {
               session++
@@ -670,12 +671,13 @@ export const make = (
               yield* SubscriptionRef.set(connectionRef, { link, conn: command.connection })
               Deferred.unsafeDone(command.adopted, Exit.succeed(link))
             }
-            if (wasUp === "up" && s.link === "down") {
-              // The supervisor sees this and closes the connection.
+            if (event.type === "LinkLost") {
+              // The only event that takes the link down. The supervisor sees this and closes the connection.
               connection = undefined
               yield* SubscriptionRef.set(connectionRef, undefined)
             }
           }
+          s = folded.state
           // Only tracked in the bitmap (resync): the copy is not needed.
           if (data !== undefined && !streamed) data.release()
         }
@@ -1029,9 +1031,13 @@ export const make = (
 
     // A (re)started filter has no connection: whatever was in flight is assumed lost.
     const startup: Array<Event.Event> = []
+    let afterStartup = state
     if (state.link === "up") {
-      const lost = Decider.decide(state, Input.linkFailed("filter-restart"))
-      if (Either.isRight(lost)) startup.push(...lost.right)
+      const lost = Decider.decideFolded(state, Input.linkFailed("filter-restart"))
+      if (Either.isRight(lost)) {
+        startup.push(...lost.right.events)
+        afterStartup = lost.right.state
+      }
     }
     // The journal says whether the last run closed cleanly. Even a journal with no events
     // may be behind the disk: the first run's writes reach the disk before its first append.
@@ -1053,14 +1059,16 @@ export const make = (
       yield* Effect.logWarning(
         `unclean start: resyncing ${mib(owedBytes)} of ${mib(Geometry.diskBytes(config))} (${why})`
       )
-      const s = Decider.evolveAll(state, startup)
-      if (s.mode === "sync" && owed.length > 0)
-        startup.push({ type: "ResyncActivated", epoch: s.epoch + 1, reason: "interruption" })
-      for (const range of owed) startup.push({ type: "WriteTracked", ...range })
+      const resync: Array<Event.Event> = []
+      if (afterStartup.mode === "sync" && owed.length > 0)
+        resync.push({ type: "ResyncActivated", epoch: afterStartup.epoch + 1, reason: "interruption" })
+      for (const range of owed) resync.push({ type: "WriteTracked", ...range })
+      startup.push(...resync)
+      afterStartup = Decider.evolveAll(afterStartup, resync)
     }
     if (startup.length > 0) {
       position = yield* journal.append(startup)
-      state = Decider.evolveAll(state, startup)
+      state = afterStartup
       if (options.onEvents !== undefined) yield* options.onEvents(startup)
       yield* SubscriptionRef.set(stateRef, state)
       yield* SubscriptionRef.set(statusRef, statusOf(state, undefined, yield* Clock.currentTimeMillis))
