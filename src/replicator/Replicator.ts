@@ -52,7 +52,7 @@ import * as Input from "../domain/Input.js"
 import * as State from "../domain/State.js"
 import * as Activity from "./internal/activity.js"
 import { makeAdmission, makeChanges, orStopped } from "./internal/admission.js"
-import { mutants } from "./internal/mutants.js"
+import { ReplicatorMutants } from "./internal/mutants.js"
 import { type GateEntry, makeOverlapGate } from "./internal/overlapGate.js"
 import * as IoScheduler from "../programs/IoScheduler.js"
 
@@ -173,34 +173,6 @@ export interface Options {
    * filter's fibers to keep pace with it.
    */
   readonly scheduler?: Scheduler.Scheduler | "inherit"
-  /**
-   * A deliberately broken variant for the test suite's mutants: closing does not wait
-   * for the writes the disk took to be journaled. Never set it otherwise.
-   */
-  readonly unsafeSkipDrainOnClose?: boolean
-  /**
-   * A deliberately broken variant for the test suite's mutants: overlapping guest writes
-   * are not serialised, so a disk may apply them in one order and report them in the
-   * other. Never set it otherwise.
-   */
-  readonly unsafeSkipOverlapGate?: boolean
-  /**
-   * A deliberately broken variant for the test suite's mutants: a guest-data copy goes
-   * back to the pool as soon as the disk has it, while its record may still wait to be
-   * sent. Never set it otherwise.
-   */
-  readonly unsafeReleaseCopiesEarly?: boolean
-  /**
-   * A deliberately broken variant for the test suite's mutants: a guest write to an extent
-   * the activity log does not hold asks for it but goes to the disk without waiting for
-   * the log's commit. Never set it otherwise.
-   */
-  readonly unsafeSkipActivityWait?: boolean
-  /**
-   * A deliberately broken variant for the test suite's mutants: the activity log retires
-   * extents whose writes are not yet journaled. Never set it otherwise.
-   */
-  readonly unsafeRetireBusyExtents?: boolean
 }
 
 export interface Status {
@@ -401,6 +373,8 @@ export const make = (
     const journal = yield* EventJournal
     const receiver = yield* LogReceiver
     const activityLog = Option.getOrUndefined(yield* Effect.serviceOption(ActivityLog))
+    // Off unless a test provides them (see internal/mutants.ts).
+    const mutants = yield* ReplicatorMutants
     const config = options.config
     const ackTimeout = Duration.decode(options.ackTimeout ?? "5 seconds")
     const reconnect =
@@ -438,12 +412,12 @@ export const make = (
     const stopped = yield* Deferred.make<void, ReplicatorStopped>()
     const pendingWrites = makeAdmission(options.maxPendingWrites ?? 1024, stopped)
     const gate = makeOverlapGate()
-    const skipGate = options.unsafeSkipOverlapGate === true
+    const skipGate = mutants.skipOverlapGate
     // Copies of guest data: recycled once the connection has written them, so large
     // writes stop turning over fresh memory (at 64 KiB the copies and the collections
     // they set off were a fifth of the filter's CPU).
     const copies = makeSlabPool({ slabBytes: 1 << 20, largest: 1 << 17, keep: 32 })
-    const releaseEarly = options.unsafeReleaseCopiesEarly === true
+    const releaseEarly = mutants.releaseCopiesEarly
     // While true, new guest writes wait (the switchover hold).
     const writesHeld = yield* SubscriptionRef.make(false)
     // Mirrors `writesHeld` for the write path's synchronous check.
@@ -491,9 +465,9 @@ export const make = (
         : Activity.make({
             capacity: options.activityExtents ?? 1024,
             recovered: yield* activityLog.active,
-            unsafeRetireBusy: options.unsafeRetireBusyExtents === true
+            unsafeRetireBusy: mutants.retireBusyExtents
           })
-    const skipActivityWait = options.unsafeSkipActivityWait === true
+    const skipActivityWait = mutants.skipActivityWait
     const activitySignal = Inbox.make<void>()
     const activityCommits = makeChanges()
     /**
@@ -1260,7 +1234,7 @@ export const make = (
     // run open, and the next start unclean.
     yield* Effect.addFinalizer(() =>
       Effect.gen(function* () {
-        if (options.unsafeSkipDrainOnClose !== true) yield* pendingWrites.close.pipe(Effect.zipRight(flush))
+        if (!mutants.skipDrainOnClose) yield* pendingWrites.close.pipe(Effect.zipRight(flush))
         yield* Fiber.interrupt(running)
         if (hasStopped) return
         yield* journal.endRun.pipe(
