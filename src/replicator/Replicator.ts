@@ -18,45 +18,40 @@
  */
 import {
   Cause,
-  Clock,
   Context,
   Data,
   Deferred,
   Duration,
   Effect,
-  Fiber,
-  FiberId,
   Layer,
   Metric,
   Option,
   Schedule,
   type Scheduler,
   type Scope,
-  Stream
+  type Stream
 } from "effect"
 import { ActivityLog } from "../adapters/ActivityLog.js"
 import { EventJournal, type JournalError, type JournalGeometryMismatch } from "../adapters/EventJournal.js"
-import { type ConnectError, LogReceiver } from "../adapters/LogReceiver.js"
-import { type DiskError, SECTOR_SIZE, VirtualDisk } from "../adapters/VirtualDisk.js"
+import { LogReceiver } from "../adapters/LogReceiver.js"
+import { type DiskError, VirtualDisk } from "../adapters/VirtualDisk.js"
 import type { Config } from "../domain/Config.js"
 import type * as Event from "../domain/Event.js"
-import * as Geometry from "../domain/Geometry.js"
-import * as State from "../domain/State.js"
+import type * as Geometry from "../domain/Geometry.js"
+import type * as State from "../domain/State.js"
 import * as IoScheduler from "../programs/IoScheduler.js"
 import * as Activity from "./internal/activity.js"
-import { askFor, committer, nextCommit } from "./internal/activityStage.js"
+import { committer } from "./internal/activityStage.js"
 import { decisionLoop } from "./internal/decisionLoop.js"
 import { journalStage } from "./internal/journalStage.js"
-import { type Mutants, ReplicatorMutants } from "./internal/mutants.js"
+import { close, flush, quiesce } from "./internal/lifecycle.js"
+import { linkSupervisor } from "./internal/linkSupervisor.js"
+import { ReplicatorMutants } from "./internal/mutants.js"
 import { pump } from "./internal/pump.js"
 import * as Recovery from "./internal/recovery.js"
 import { sender } from "./internal/sender.js"
-import { type Command, makeShared, type Shared, stop } from "./internal/shared.js"
-import * as Input from "../domain/Input.js"
-import { orStopped } from "./internal/admission.js"
-import { type Lease, makeSlabPool } from "../adapters/internal/slab.js"
-import { type GateEntry, makeOverlapGate } from "./internal/overlapGate.js"
-import { waitWhileHeld } from "./internal/switchover.js"
+import { makeShared, stop } from "./internal/shared.js"
+import { makeWritePath } from "./internal/writePath.js"
 
 // ---------------------------------------------------------------------------
 // Errors
@@ -267,371 +262,6 @@ export const metrics = {
     "one group commit of the filter's journal (append and fsync), in milliseconds"
   )
 }
-
-// ---------------------------------------------------------------------------
-// linkSupervisor (to be moved to internal/linkSupervisor.ts)
-/**
- * The link supervisor: while the model says the link is down, it connects (capped
- * exponential backoff with jitter), hands the connection to the loop, turns acks and
- * gaps into inputs, and watches for an ack timeout. A refusal no retry can heal stops
- * the replicator.
- */
-interface LinkSettings {
-  readonly diskId: string
-  readonly config: Config
-  /** No ack for this long while records are in flight: the link is declared lost. */
-  readonly ackTimeout: Duration.Duration
-  readonly reconnect: Schedule.Schedule<unknown, unknown>
-}
-
-/** Until the model says the link is down. */
-const linkDown = (shared: Shared): Effect.Effect<void> =>
-  shared.stateRef.changes.pipe(
-    Stream.filter((s) => s.link === "down"),
-    Stream.take(1),
-    Stream.runDrain
-  )
-
-/** One connection, from the handshake until it is lost, times out, or the loop lets it go; says why it ended. */
-const runConnection = (shared: Shared, receiver: LogReceiver.Service, settings: LinkSettings) =>
-  Effect.scoped(
-    Effect.gen(function* () {
-      const conn = yield* receiver.connect({
-        diskId: settings.diskId,
-        blockSize: settings.config.blockSize,
-        blockCount: settings.config.blockCount,
-        watermark: shared.state.watermark
-      })
-      const adopted = Deferred.unsafeMake<number | undefined>(FiberId.none)
-      shared.inbox.offer({ _tag: "Connected", connection: conn, adopted })
-      // The loop answers every handshake it takes. Not raced with anything: a loop that
-      // stopped takes the supervisor down with it, and a race set up just as an
-      // interruption arrives can miss it (closing once waited out a 5 s timeout here).
-      const myLink = yield* Deferred.await(adopted)
-      if (myLink === undefined) return "handshake-not-adopted"
-      // Acks are cumulative: of a run of acks read together only the last is news.
-      const messages = conn.messages.pipe(
-        Stream.runForEachChunk((chunk) => {
-          const commands: Array<Command> = []
-          let ack: number | undefined
-          for (const m of chunk) {
-            if (m._tag === "Ack") {
-              ack = m.seq
-              continue
-            }
-            if (ack !== undefined)
-              commands.push({ _tag: "Message", link: myLink, input: Input.ackReceived(ack) })
-            ack = undefined
-            commands.push({ _tag: "Message", link: myLink, input: Input.gapReceived(m.expected) })
-          }
-          if (ack !== undefined)
-            commands.push({ _tag: "Message", link: myLink, input: Input.ackReceived(ack) })
-          return Effect.sync(() => shared.inbox.offerAll(commands))
-        }),
-        Effect.as("connection-lost"),
-        Effect.catchAll(() => Effect.succeed("connection-lost"))
-      )
-      const timeout = Duration.toMillis(settings.ackTimeout)
-      const watchdog = Effect.gen(function* () {
-        for (;;) {
-          yield* Effect.sleep(Duration.millis(Math.max(10, timeout / 4)))
-          if (shared.link !== myLink) return "superseded"
-          const now = yield* Clock.currentTimeMillis
-          if (shared.state.flight.size > 0 && now - shared.lastProgress > timeout) return "ack-timeout"
-        }
-      })
-      const closedByFilter = shared.connectionRef.changes.pipe(
-        Stream.filter((c) => c?.link !== myLink),
-        Stream.take(1),
-        Stream.runDrain,
-        Effect.as("closed-by-filter")
-      )
-      const reason = yield* Effect.raceAll([messages, watchdog, closedByFilter])
-      shared.inbox.offer({ _tag: "Disconnected", reason, link: myLink })
-      return reason
-    })
-  )
-
-/** A refusal no retry can heal stops the replicator; any other is retried, and said at WARN. */
-const onConnectError = (e: ConnectError) =>
-  e._tag === "ReceiverRefused"
-    ? e.permanent
-      ? Effect.void
-      : Effect.logWarning(`the receiver refused the connection (${e.reason}), retrying: ${e.detail}`)
-    : Effect.logDebug(`connect failed: ${e.message}`)
-
-const linkSupervisor = (
-  shared: Shared,
-  receiver: LogReceiver.Service,
-  settings: LinkSettings
-): Effect.Effect<void> =>
-  Effect.gen(function* () {
-    for (;;) {
-      // Connect only while the model says the link is down.
-      yield* linkDown(shared)
-      yield* runConnection(shared, receiver, settings).pipe(
-        Effect.tapError(onConnectError),
-        Effect.retry({
-          schedule: settings.reconnect,
-          while: (e) => !(e._tag === "ReceiverRefused" && e.permanent)
-        }),
-        Effect.catchAll((e) =>
-          e._tag === "ReceiverRefused" && e.permanent
-            ? stop(shared, "the receiver refuses this disk", e)
-            : Effect.logWarning("giving up a connection attempt", e)
-        )
-      )
-      // Wait for the loop to hear of the loss before connecting again.
-      yield* linkDown(shared)
-    }
-  }).pipe(
-    // A stopped replicator connects no more (a refusal would only be met again).
-    (connecting) => orStopped(connecting, shared.stopped),
-    Effect.ignore
-  )
-
-// ---------------------------------------------------------------------------
-// writePath (to be moved to internal/writePath.ts)
-/**
- * The write path, run on the caller's fiber: a guest write is checked, copied, admitted
- * (a pending-write slot, no overlap with a write in progress, its extents in the
- * activity log, no switchover hold), written to the disk, and queued for the loop as a
- * completed write. It returns once the disk has it, and never waits for the network.
- */
-/** A checked guest write with its own copy of the data, the blocks and the extents it spans. */
-interface Admissible {
-  readonly offset: number
-  readonly data: Lease
-  readonly first: number
-  readonly last: number
-  readonly firstExtent: number
-  readonly lastExtent: number
-}
-
-/** A waiting write's reservation in the activity log, kept across its retries. */
-interface Hold {
-  reservation: Activity.Reservation | undefined
-}
-
-interface WritePath {
-  readonly write: (offset: number, bytes: Uint8Array) => Effect.Effect<void, ReplicatorError>
-  readonly writeAll: (writes: ReadonlyArray<GuestWrite>) => Effect.Effect<void, ReplicatorError>
-}
-
-const makeWritePath = (
-  shared: Shared,
-  disk: VirtualDisk.Service,
-  config: Config,
-  mutants: Pick<Mutants, "skipOverlapGate" | "releaseCopiesEarly" | "skipActivityWait">
-): WritePath => {
-  const { pendingWrites, activity } = shared
-  const extentBytes = activity?.extentBytes ?? 0
-  // Writes in progress, by block: an overlapping write waits, so the disk and the loop see one order.
-  const gate = makeOverlapGate()
-  // Copies of guest data: recycled once the connection has written them, so large
-  // writes stop turning over fresh memory (at 64 KiB the copies and the collections
-  // they set off were a fifth of the filter's CPU).
-  const copies = makeSlabPool({ slabBytes: 1 << 20, largest: 1 << 17, keep: 32 })
-  const closed = new ReplicatorStopped({ reason: "the replicator is closing", cause: undefined })
-
-  const check = (offset: number, bytes: Uint8Array): Admissible | WriteRejected => {
-    const length = bytes.length
-    const invalid = Geometry.validateRange(config, offset, length)
-    if (invalid !== undefined) return new WriteRejected({ offset, length, reason: invalid.reason })
-    if (offset % SECTOR_SIZE !== 0 || length % SECTOR_SIZE !== 0)
-      return new WriteRejected({ offset, length, reason: `not aligned to ${SECTOR_SIZE}-byte sectors` })
-    return {
-      offset,
-      // The data streamed live must be what was written, even if the caller reuses its buffer.
-      data: copies.copy(bytes),
-      first: Geometry.firstBlock(config, offset),
-      last: Geometry.lastBlock(config, offset, length),
-      firstExtent: extentBytes === 0 ? 0 : Math.floor(offset / extentBytes),
-      lastExtent: extentBytes === 0 ? 0 : Math.floor((offset + length - 1) / extentBytes)
-    }
-  }
-
-  /**
-   * Runs uninterruptibly, waits excepted: once a disk write starts it must be folded,
-   * and an interruption in between would leave data on the disk that no event accounts
-   * for. Admits the longest run from `from` that has pending slots and overlaps no write
-   * in progress (its own included), writes it, and goes on with the rest. Checks are
-   * synchronous: the filter's own cost per guest write must stay small beside a 4 KiB
-   * disk write.
-   */
-  const admitFrom = (
-    writes: ReadonlyArray<Admissible>,
-    from: number,
-    hold: Hold | undefined
-  ): Effect.Effect<void, ReplicatorError> =>
-    Effect.suspend(() => {
-      // A stopped replicator folds nothing: refuse before the disk is touched.
-      if (shared.hasStopped) return Deferred.await(shared.stopped)
-      if (shared.held)
-        return Effect.zipRight(Effect.interruptible(waitWhileHeld(shared)), admitFrom(writes, from, hold))
-      if (pendingWrites.isClosing()) return Effect.fail(closed)
-      const slots = pendingWrites.free()
-      if (slots === 0) return Effect.zipRight(pendingWrites.waitForChange(), admitFrom(writes, from, hold))
-      const entries: Array<GateEntry> = []
-      let to = from
-      for (; to < writes.length && to - from < slots; to++) {
-        const w = writes[to]!
-        const blocker = mutants.skipOverlapGate ? undefined : gate.blockerOf(w.first, w.last)
-        if (blocker !== undefined) {
-          if (to > from) break
-          return Effect.zipRight(Effect.interruptible(gate.waitFor(blocker)), admitFrom(writes, from, hold))
-        }
-        if (activity !== undefined) {
-          const tracker = activity.tracker
-          if (!tracker.tryEnter(w.firstExtent, w.lastExtent)) {
-            if (mutants.skipActivityWait) askFor(activity, w.firstExtent, w.lastExtent)
-            else {
-              if (to > from) break
-              // The write that waits reserves its extents, so no commit retires one it
-              // needs while bringing in another; the rest of the batch only asks (one
-              // commit for a guest queue).
-              hold!.reservation ??= tracker.reserve(w.firstExtent, w.lastExtent)
-              for (let k = from + 1; k < writes.length; k++)
-                tracker.request(writes[k]!.firstExtent, writes[k]!.lastExtent)
-              activity.signal.offer(undefined)
-              return Effect.zipRight(nextCommit(shared, activity), admitFrom(writes, from, hold))
-            }
-          } else if (to === from && hold!.reservation !== undefined) {
-            // Entered: its pending count keeps the extents in the log from now on.
-            hold!.reservation.release()
-            hold!.reservation = undefined
-          }
-        }
-        entries.push(gate.enter(w.first, w.last))
-      }
-      pendingWrites.take(to - from)
-      const written = writeRun(writes, entries, from, from, to)
-      return to === writes.length ? written : Effect.zipRight(written, admitFrom(writes, to, hold))
-    })
-
-  /** Runs a batch from its start; with an activity log, whatever ends it releases the reservation of a write still waiting. */
-  const admit = (writes: ReadonlyArray<Admissible>): Effect.Effect<void, ReplicatorError> => {
-    if (activity === undefined) return Effect.uninterruptible(admitFrom(writes, 0, undefined))
-    const hold: Hold = { reservation: undefined }
-    return Effect.ensuring(
-      Effect.uninterruptible(admitFrom(writes, 0, hold)),
-      Effect.sync(() => hold.reservation?.release())
-    )
-  }
-
-  /** Writes `writes[i, to)` in order, each queued for the loop once the disk has it. */
-  const writeRun = (
-    writes: ReadonlyArray<Admissible>,
-    entries: ReadonlyArray<GateEntry>,
-    from: number,
-    i: number,
-    to: number
-  ): Effect.Effect<void, DiskError> => {
-    const w = writes[i]!
-    return Effect.matchCauseEffect(disk.write(w.offset, w.data.bytes), {
-      onFailure: (cause) => {
-        for (let k = i - from; k < entries.length; k++) {
-          gate.leave(entries[k]!)
-          writes[from + k]!.data.release()
-          // The failed write keeps its extents in the activity log: what reached the disk is unknown.
-          const w = writes[from + k]!
-          if (activity !== undefined && k > i - from) activity.tracker.leave(w.firstExtent, w.lastExtent)
-        }
-        pendingWrites.release(to - i)
-        return Effect.failCause(cause)
-      },
-      onSuccess: () => {
-        if (mutants.releaseCopiesEarly) w.data.release()
-        const input = Input.writeCompleted(w.offset, w.data.bytes.length)
-        shared.inbox.offer({ _tag: "Input", input, data: w.data })
-        // Queued before the gate opens, so an overlapping write completes after it.
-        gate.leave(entries[i - from]!)
-        return i + 1 === to ? Effect.void : writeRun(writes, entries, from, i + 1, to)
-      }
-    })
-  }
-
-  return {
-    write: (offset, bytes) =>
-      Effect.suspend(() => {
-        const checked = check(offset, bytes)
-        if (checked instanceof WriteRejected) return Effect.fail(checked)
-        return admit([checked])
-      }),
-    writeAll: (writes) =>
-      Effect.suspend(() => {
-        const checked: Array<Admissible> = []
-        for (const w of writes) {
-          const c = check(w.offset, w.bytes)
-          if (c instanceof WriteRejected) {
-            for (const earlier of checked) earlier.data.release()
-            return Effect.fail(c)
-          }
-          checked.push(c)
-        }
-        return checked.length === 0 ? Effect.void : admit(checked)
-      })
-  }
-}
-
-// ---------------------------------------------------------------------------
-// lifecycle (to be moved to internal/lifecycle.ts)
-/**
- * Flush, quiesce and close: the waits a caller runs on its own fiber, and the finalizer
- * that closes the replicator with its scope.
- */
-/** Waits until every write that returned before it is folded and its event durable in the journal. */
-const flush = (shared: Shared): Effect.Effect<void, ReplicatorStopped> =>
-  Effect.gen(function* () {
-    const done = yield* Deferred.make<void>()
-    shared.inbox.offer({ _tag: "Barrier", done })
-    yield* orStopped(Deferred.await(done), shared.stopped)
-  })
-
-/**
- * Waits until every earlier write is folded and the filter is in sync, the link up and
- * nothing in flight. The state is published when decided; the second flush makes the
- * quiescent state durable.
- */
-const quiesce = (shared: Shared): Effect.Effect<void, ReplicatorStopped> =>
-  flush(shared).pipe(
-    Effect.zipRight(
-      orStopped(
-        shared.stateRef.changes.pipe(
-          Stream.filter((s) => State.isQuiescent(s)),
-          Stream.take(1),
-          Stream.runDrain
-        ),
-        shared.stopped
-      )
-    ),
-    Effect.zipRight(flush(shared))
-  )
-
-/**
- * Closes the replicator (its scope's finalizer). Runs before the fibers are interrupted:
- * every write the disk took, and every event decided, gets journaled. Then the fibers
- * stop, so nothing is decided after, and the journal records the clean close; a stopped
- * replicator (or a killed one) leaves the run open, and the next start unclean.
- */
-const close = (
-  shared: Shared,
-  journal: EventJournal.Service,
-  running: Fiber.Fiber<unknown, unknown>,
-  mutants: { readonly skipDrainOnClose: boolean }
-): Effect.Effect<void> =>
-  Effect.gen(function* () {
-    if (!mutants.skipDrainOnClose) yield* shared.pendingWrites.close.pipe(Effect.zipRight(flush(shared)))
-    yield* Fiber.interrupt(running)
-    if (shared.hasStopped) return
-    yield* journal.endRun.pipe(
-      Effect.catchAll((e) =>
-        Effect.logWarning(
-          `the journal could not record the clean close; the next start resyncs: ${e.message}`
-        )
-      )
-    )
-  }).pipe(Effect.ignore)
 
 // ---------------------------------------------------------------------------
 // Construction: the stages, wired to one shared record
