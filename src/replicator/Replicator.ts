@@ -29,7 +29,8 @@ import {
   Schedule,
   type Scheduler,
   type Scope,
-  type Stream
+  type Stream,
+  SubscriptionRef
 } from "effect"
 import { ActivityLog } from "../adapters/ActivityLog.js"
 import { EventJournal, type JournalError, type JournalGeometryMismatch } from "../adapters/EventJournal.js"
@@ -361,8 +362,8 @@ export const make = (
       write,
       writeAll,
       flush: flush(shared),
-      state: shared.stateRef.get,
-      status: shared.statusRef.get,
+      state: SubscriptionRef.get(shared.stateRef),
+      status: SubscriptionRef.get(shared.statusRef),
       changes: shared.statusRef.changes,
       quiesce: quiesce(shared),
       dropLink: (reason) =>
