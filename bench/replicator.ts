@@ -36,7 +36,7 @@ import * as VirtualDisk from "../dist/adapters/VirtualDisk.js"
 import * as Config from "../dist/domain/Config.js"
 import { withIoScheduler } from "../dist/internal/IoScheduler.js"
 import * as ReceiverProcess from "../dist/simulator/internal/ReceiverProcess.js"
-import * as Replicator from "../dist/programs/Replicator.js"
+import * as Replicator from "../dist/replicator/Replicator.js"
 import { type BenchRow, renderTable } from "./table.js"
 
 const CLI = path.resolve(import.meta.dirname, "../dist/cli/main.js")

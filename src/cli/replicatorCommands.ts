@@ -12,7 +12,7 @@ import * as VirtualDisk from "../adapters/VirtualDisk.js"
 import * as Config from "../domain/Config.js"
 import * as Trace from "../domain/Trace.js"
 import { progressBar, sparkline } from "./internal/charts.js"
-import * as Replicator from "../programs/Replicator.js"
+import * as Replicator from "../replicator/Replicator.js"
 import * as Simulate from "../simulator/Simulate.js"
 import * as Workload from "../simulator/Workload.js"
 

@@ -231,12 +231,26 @@ const syncActivated = (state: State.State): Event.Event => ({
   seq: state.nextSeq
 })
 
+/**
+ * A decision with the states it folded through: what `decideFolded` hands back, so a
+ * caller that keeps the state (the replicator's decision loop) folds no event again.
+ */
+export interface Folded {
+  readonly events: ReadonlyArray<Event.Event>
+  /** `before[i]` is the state `events[i]` was decided against and folded onto. */
+  readonly before: ReadonlyArray<State.State>
+  /** The state after every event: `evolveAll(state, events)`. */
+  readonly state: State.State
+}
+
 /** Decides and folds as it goes, so each event is decided against the state it will meet. */
-class Batch {
+class Batch implements Folded {
   readonly events: Array<Event.Event> = []
+  readonly before: Array<State.State> = []
   constructor(public state: State.State) {}
   emit(event: Event.Event): void {
     this.events.push(event)
+    this.before.push(this.state)
     this.state = evolve(this.state, event)
   }
 }
@@ -284,6 +298,36 @@ const pump = (batch: Batch, budget: number): void => {
   if (canResumeSync(state)) batch.emit(syncActivated(state))
 }
 
+/** The inputs whose events are decided against the states they fold through, into `batch`. */
+const decideFolding = (
+  batch: Batch,
+  input: Extract<Input, { readonly _tag: "AckReceived" | "LinkReestablished" | "PumpTick" }>
+): Rejection | undefined => {
+  const state = batch.state
+  switch (input._tag) {
+    case "AckReceived": {
+      if (state.link === "down") return undefined // from a dead connection: its records are re-marked
+      if (input.seq >= state.nextSeq) return new AckBeyondSent({ seq: input.seq, nextSeq: state.nextSeq })
+      if (input.seq <= state.watermark) return undefined // stale or duplicate
+      batch.emit({ type: "Acked", seq: input.seq })
+      if (canResumeSync(batch.state)) batch.emit(syncActivated(batch.state))
+      return undefined
+    }
+    case "LinkReestablished": {
+      if (state.link === "up") return new LinkAlreadyUp()
+      if (input.receiverSeq >= state.nextSeq)
+        return new ReceiverAhead({ receiverSeq: input.receiverSeq, nextSeq: state.nextSeq })
+      batch.emit({ type: "LinkRestored", receiverSeq: input.receiverSeq })
+      if (batch.state.owed === "receiver-rollback")
+        batch.emit({ type: "ResyncActivated", epoch: state.epoch + 1, reason: "receiver-rollback" })
+      return undefined
+    }
+    case "PumpTick":
+      pump(batch, input.budget)
+      return undefined
+  }
+}
+
 export const decide = (
   state: State.State,
   input: Input
@@ -291,16 +335,6 @@ export const decide = (
   switch (input._tag) {
     case "WriteCompleted":
       return decideWrite(state, input.offset, input.length)
-    case "AckReceived": {
-      if (state.link === "down") return Either.right(none) // from a dead connection: its records are re-marked
-      if (input.seq >= state.nextSeq)
-        return Either.left(new AckBeyondSent({ seq: input.seq, nextSeq: state.nextSeq }))
-      if (input.seq <= state.watermark) return Either.right(none) // stale or duplicate
-      const batch = new Batch(state)
-      batch.emit({ type: "Acked", seq: input.seq })
-      if (canResumeSync(batch.state)) batch.emit(syncActivated(batch.state))
-      return Either.right(batch.events)
-    }
     case "LinkFailed": {
       if (state.link === "down") return Either.right(none)
       const lost: Event.Event = { type: "LinkLost", reason: input.reason }
@@ -317,21 +351,35 @@ export const decide = (
       if (state.mode === "resync") return Either.right([gap])
       return Either.right([gap, { type: "ResyncActivated", epoch: state.epoch + 1, reason: "discontinuity" }])
     }
-    case "LinkReestablished": {
-      if (state.link === "up") return Either.left(new LinkAlreadyUp())
-      if (input.receiverSeq >= state.nextSeq)
-        return Either.left(new ReceiverAhead({ receiverSeq: input.receiverSeq, nextSeq: state.nextSeq }))
+    default: {
       const batch = new Batch(state)
-      batch.emit({ type: "LinkRestored", receiverSeq: input.receiverSeq })
-      if (batch.state.owed === "receiver-rollback")
-        batch.emit({ type: "ResyncActivated", epoch: state.epoch + 1, reason: "receiver-rollback" })
-      return Either.right(batch.events)
+      const rejected = decideFolding(batch, input)
+      if (rejected !== undefined) return Either.left(rejected)
+      return Either.right(batch.events.length === 0 ? none : batch.events)
     }
+  }
+}
+
+/**
+ * `decide`, with the states its events fold through: the same events (or rejection),
+ * each folded exactly once, so `state` equals `evolveAll(state, events)` and the caller
+ * need not fold them again.
+ */
+export const decideFolded = (state: State.State, input: Input): Either.Either<Folded, Rejection> => {
+  const batch = new Batch(state)
+  switch (input._tag) {
+    case "AckReceived":
+    case "LinkReestablished":
     case "PumpTick": {
-      const batch = new Batch(state)
-      pump(batch, input.budget)
-      return Either.right(batch.events)
+      const rejected = decideFolding(batch, input)
+      return rejected === undefined ? Either.right(batch) : Either.left(rejected)
     }
+    default:
+      // Decided without folding: fold them here, once.
+      return Either.map(decide(state, input), (events) => {
+        for (const event of events) batch.emit(event)
+        return batch
+      })
   }
 }
 

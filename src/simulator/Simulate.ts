@@ -20,7 +20,7 @@ import { prng } from "../conformance/Simulation.js"
 import * as Trace from "../domain/Trace.js"
 import * as FaultProxy from "./internal/FaultProxy.js"
 import * as ReceiverProcess from "./internal/ReceiverProcess.js"
-import * as Replicator from "../programs/Replicator.js"
+import * as Replicator from "../replicator/Replicator.js"
 import * as Restore from "../receiver/Restore.js"
 import * as Workload from "./Workload.js"
 

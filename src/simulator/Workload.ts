@@ -6,7 +6,7 @@
 import { Duration, Effect, Ref } from "effect"
 import type { Config } from "../domain/Config.js"
 import { prng } from "../conformance/Simulation.js"
-import type { Replicator } from "../programs/Replicator.js"
+import type { Replicator } from "../replicator/Replicator.js"
 
 export interface Options {
   readonly seed: number

@@ -11,7 +11,7 @@ import { Effect, Either, Layer } from "effect"
 import { afterEach, describe, expect, it } from "vitest"
 import { EventJournal, LogReceiver, VirtualDisk } from "../../src/adapters/index.js"
 import { Config } from "../../src/domain/index.js"
-import { Replicator } from "../../src/programs/index.js"
+import { Replicator } from "../../src/replicator/index.js"
 import * as Receiver from "../../src/receiver/index.js"
 
 const dirs: Array<string> = []

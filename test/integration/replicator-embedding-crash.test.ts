@@ -7,7 +7,7 @@
  * what the journal may lack, so after it quiesces the latest recovery point, restored
  * by the receiver's restore, equals the disk byte for byte.
  *
- * The kept mutant (`mutants.assumeCleanStart`, an internal test switch the child sets:
+ * The kept mutant (`assumeCleanStart` of `ReplicatorMutants`, an internal test variant the child provides:
  * the caller's word that a start is clean is trusted, as `uncleanStart: false` was)
  * must fail the same check: writes that reached the disk but not the journal are
  * never resent.

@@ -20,7 +20,7 @@ import * as Legality from "../../src/domain/Legality.js"
 import * as State from "../../src/domain/State.js"
 import * as Trace from "../../src/domain/Trace.js"
 import * as ReceiverProcess from "../../src/simulator/internal/ReceiverProcess.js"
-import * as Replicator from "../../src/programs/Replicator.js"
+import * as Replicator from "../../src/replicator/Replicator.js"
 import * as Restore from "../../src/receiver/Restore.js"
 import * as Workload from "../../src/simulator/Workload.js"
 

@@ -1,5 +1,5 @@
 /**
- * The activity log's bookkeeping on the filter's side (src/programs/internal/activity.ts),
+ * The activity log's bookkeeping on the filter's side (src/replicator/internal/activity.ts),
  * driven by random interleavings of guest writes asking for extents, journal commits and
  * activity-log commits:
  * - safety: an extent with a write not yet journaled is in the durable log (the set every
@@ -14,7 +14,7 @@
  */
 import * as fc from "fast-check"
 import { describe, expect, it } from "vitest"
-import * as Activity from "../../src/programs/internal/activity.js"
+import * as Activity from "../../src/replicator/internal/activity.js"
 import { numRuns } from "../support/arbitraries.js"
 
 type Op =

@@ -18,7 +18,8 @@ import * as LogReceiver from "../../src/adapters/LogReceiver.js"
 import * as VirtualDisk from "../../src/adapters/VirtualDisk.js"
 import * as Config from "../../src/domain/Config.js"
 import type * as Event from "../../src/domain/Event.js"
-import * as Replicator from "../../src/programs/Replicator.js"
+import * as Mutants from "../../src/replicator/internal/mutants.js"
+import * as Replicator from "../../src/replicator/Replicator.js"
 import { numRuns } from "../support/arbitraries.js"
 
 const BS = 4096
@@ -102,10 +103,14 @@ const runCrash = (c: Crash, mutant: Mutant) =>
             config,
             activityExtents: c.capacity,
             ackTimeout: "1 second",
-            unsafeSkipActivityWait: mutant === "skip-activity-wait",
-            unsafeRetireBusyExtents: mutant === "retire-busy-extents",
             onEvents: (events) => Effect.sync(() => trace.push(...events))
           }).pipe(
+            Layer.provide(
+              Mutants.layer({
+                skipActivityWait: mutant === "skip-activity-wait",
+                retireBusyExtents: mutant === "retire-busy-extents"
+              })
+            ),
             Layer.provide(
               Layer.mergeAll(
                 Layer.succeedContext(world),

@@ -14,7 +14,8 @@ import * as EventJournal from "../../src/adapters/EventJournal.js"
 import * as LogReceiver from "../../src/adapters/LogReceiver.js"
 import * as VirtualDisk from "../../src/adapters/VirtualDisk.js"
 import * as Config from "../../src/domain/Config.js"
-import * as Replicator from "../../src/programs/Replicator.js"
+import * as Mutants from "../../src/replicator/internal/mutants.js"
+import * as Replicator from "../../src/replicator/Replicator.js"
 import { numRuns } from "../support/arbitraries.js"
 
 const BS = 65536
@@ -55,7 +56,8 @@ const run = (bursts: ReadonlyArray<Burst>, mutant: boolean) =>
           Effect.zipRight(Effect.sleep(Duration.millis(appendMillis)), memory.append(events))
       })
       const context = yield* Layer.build(
-        Replicator.layer({ diskId: "d", config, unsafeReleaseCopiesEarly: mutant }).pipe(
+        Replicator.layer({ diskId: "d", config }).pipe(
+          Layer.provide(Mutants.layer({ releaseCopiesEarly: mutant })),
           Layer.provideMerge(
             Layer.mergeAll(VirtualDisk.layerMemory(config), slowJournal, LogReceiver.layerMemory({}))
           )

@@ -24,7 +24,8 @@ import * as LogReceiver from "../../src/adapters/LogReceiver.js"
 import * as VirtualDisk from "../../src/adapters/VirtualDisk.js"
 import * as Config from "../../src/domain/Config.js"
 import type * as Event from "../../src/domain/Event.js"
-import * as Replicator from "../../src/programs/Replicator.js"
+import * as Mutants from "../../src/replicator/internal/mutants.js"
+import * as Replicator from "../../src/replicator/Replicator.js"
 import { numRuns } from "../support/arbitraries.js"
 
 const BS = 4096
@@ -76,7 +77,8 @@ const runBurst = (b: Burst, mutant: boolean) =>
     try {
       const scope = yield* Scope.make()
       const context = yield* Layer.buildWithScope(
-        Replicator.layer({ diskId: "d", config, unsafeSkipDrainOnClose: mutant }).pipe(
+        Replicator.layer({ diskId: "d", config }).pipe(
+          Layer.provide(Mutants.layer({ skipDrainOnClose: mutant })),
           Layer.provideMerge(
             Layer.mergeAll(
               VirtualDisk.layerMemory(config),

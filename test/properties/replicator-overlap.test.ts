@@ -18,7 +18,8 @@ import * as EventJournal from "../../src/adapters/EventJournal.js"
 import * as LogReceiver from "../../src/adapters/LogReceiver.js"
 import * as VirtualDisk from "../../src/adapters/VirtualDisk.js"
 import * as Config from "../../src/domain/Config.js"
-import * as Replicator from "../../src/programs/Replicator.js"
+import * as Mutants from "../../src/replicator/internal/mutants.js"
+import * as Replicator from "../../src/replicator/Replicator.js"
 import { numRuns } from "../support/arbitraries.js"
 
 const BS = 4096
@@ -116,7 +117,8 @@ const run = (writes: ReadonlyArray<Round>, mutant: boolean, ops = 2048) =>
         LogReceiver.layerMemory({})
       )
       const context = yield* Layer.build(
-        Replicator.layer({ diskId: "d", config, unsafeSkipOverlapGate: mutant }).pipe(
+        Replicator.layer({ diskId: "d", config }).pipe(
+          Layer.provide(Mutants.layer({ skipOverlapGate: mutant })),
           Layer.provideMerge(world)
         )
       )

@@ -16,7 +16,7 @@ import * as Config from "../../src/domain/Config.js"
 import type * as Event from "../../src/domain/Event.js"
 import * as Legality from "../../src/domain/Legality.js"
 import * as State from "../../src/domain/State.js"
-import * as Replicator from "../../src/programs/Replicator.js"
+import * as Replicator from "../../src/replicator/Replicator.js"
 import { numRuns } from "../support/arbitraries.js"
 
 type Op =

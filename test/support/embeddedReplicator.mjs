@@ -11,8 +11,9 @@
  *   ← stdin  `exit`       close the replicator cleanly and exit 0
  *
  * argv[2] is JSON: { disk, journal, host, port, diskId, blockSize, blockCount,
- * extentBytes, seed, mutant }. `mutant: "assume-clean"` sets the internal test switch
- * that takes every start as clean (the caller trusted), which the test must catch.
+ * extentBytes, seed, mutant }. `mutant: "assume-clean"` provides the internal test
+ * variant (`ReplicatorMutants.assumeCleanStart`) that takes every start as clean (the
+ * caller trusted), which the test must catch.
  */
 import * as readline from "node:readline"
 import { Effect, Either, Fiber, Layer } from "effect"
@@ -21,14 +22,15 @@ import * as EventJournal from "../../dist/adapters/EventJournal.js"
 import * as LogReceiver from "../../dist/adapters/LogReceiver.js"
 import * as VirtualDisk from "../../dist/adapters/VirtualDisk.js"
 import * as Config from "../../dist/domain/Config.js"
-import { mutants } from "../../dist/programs/internal/mutants.js"
-import * as Replicator from "../../dist/programs/Replicator.js"
+import * as Mutants from "../../dist/replicator/internal/mutants.js"
+import * as Replicator from "../../dist/replicator/Replicator.js"
 
 const o = JSON.parse(process.argv[2])
-if (o.mutant === "assume-clean") mutants.assumeCleanStart = true
 
 const config = Either.getOrThrow(Config.make({ blockSize: o.blockSize, blockCount: o.blockCount }))
 const ReplicatorLive = Replicator.layer({ diskId: o.diskId, config }).pipe(
+  // The application's own code provides nothing here; only the test's mutant does.
+  Layer.provide(Mutants.layer({ assumeCleanStart: o.mutant === "assume-clean" })),
   Layer.provideMerge(
     Layer.mergeAll(
       VirtualDisk.layerFile({ path: o.disk, geometry: config, create: true }),

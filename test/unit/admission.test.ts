@@ -1,11 +1,11 @@
 /**
- * The replicator's admission of guest writes (src/programs/internal/admission.ts): at
+ * The replicator's admission of guest writes (src/replicator/internal/admission.ts): at
  * most `max` writes pending, a waiter is woken by the release after it looked, even when
  * its fiber yields before the wait starts, and closing waits until nothing is pending.
  */
 import { Deferred, Effect, Exit, Fiber } from "effect"
 import { describe, expect, it } from "vitest"
-import { makeAdmission } from "../../src/programs/internal/admission.js"
+import { makeAdmission } from "../../src/replicator/internal/admission.js"
 
 const settles = <A, E>(effect: Effect.Effect<A, E>) =>
   Effect.runPromise(

@@ -1,11 +1,11 @@
 /**
- * The replicator's overlap gate (src/programs/internal/overlapGate.ts): which write
+ * The replicator's overlap gate (src/replicator/internal/overlapGate.ts): which write
  * blocks which, and that a waiter is always woken — including one that starts waiting
  * after its blocker left (its fiber yielded in between), which once waited for ever.
  */
 import { Effect, Exit, Fiber } from "effect"
 import { describe, expect, it } from "vitest"
-import { makeOverlapGate } from "../../src/programs/internal/overlapGate.js"
+import { makeOverlapGate } from "../../src/replicator/internal/overlapGate.js"
 
 const settles = <A>(effect: Effect.Effect<A>) =>
   Effect.runPromise(

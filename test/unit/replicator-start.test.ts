@@ -19,7 +19,7 @@ import * as journalFile from "../../src/adapters/internal/journalFile.js"
 import * as LogReceiver from "../../src/adapters/LogReceiver.js"
 import * as VirtualDisk from "../../src/adapters/VirtualDisk.js"
 import * as Config from "../../src/domain/Config.js"
-import * as Replicator from "../../src/programs/Replicator.js"
+import * as Replicator from "../../src/replicator/Replicator.js"
 
 const BS = 4096
 const config = Either.getOrThrow(

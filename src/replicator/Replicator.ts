@@ -1,0 +1,380 @@
+/**
+ * The replicator: the filter as a running program (design §1, §3). This module is its
+ * port — the `Replicator` tag and service, `Options`, `Status`, the errors, the
+ * metrics, `make` and `layer`; each stage lives in `internal/` (docs/replicator.md,
+ * "Where things live"), and the state the stages share is one record
+ * (`internal/shared.ts`).
+ *
+ * One serialized decision loop owns the state: inputs arrive on an inbox, a batch is
+ * decided and folded, and handed to the journal stage, which makes the events of
+ * every batch waiting durable with one append (one fsync) and only then acts on them
+ * in order — records go to the sender in seq order, block reads start only after
+ * their `BlockSent` is durable. The loop decides the next batch while the journal
+ * syncs. A guest write returns once the disk has it; it waits for the journal only
+ * when too many writes are not yet journaled (`maxPendingWrites`), and never for the
+ * network. Closing the replicator journals every write the disk took before it. The
+ * link supervisor connects with capped exponential backoff and jitter, turns acks and
+ * gaps into inputs, and watches for ack timeouts.
+ */
+import {
+  Cause,
+  Context,
+  Data,
+  Deferred,
+  Duration,
+  Effect,
+  Layer,
+  Metric,
+  Option,
+  Schedule,
+  type Scheduler,
+  type Scope,
+  type Stream,
+  SubscriptionRef
+} from "effect"
+import { ActivityLog } from "../adapters/ActivityLog.js"
+import { EventJournal, type JournalError, type JournalGeometryMismatch } from "../adapters/EventJournal.js"
+import { LogReceiver } from "../adapters/LogReceiver.js"
+import { type DiskError, VirtualDisk } from "../adapters/VirtualDisk.js"
+import type { Config } from "../domain/Config.js"
+import type * as Event from "../domain/Event.js"
+import type * as Geometry from "../domain/Geometry.js"
+import type * as State from "../domain/State.js"
+import * as IoScheduler from "../internal/IoScheduler.js"
+import * as Activity from "./internal/activity.js"
+import { committer } from "./internal/activityStage.js"
+import { decisionLoop } from "./internal/decisionLoop.js"
+import { journalStage } from "./internal/journalStage.js"
+import { close, flush, quiesce } from "./internal/lifecycle.js"
+import { linkSupervisor } from "./internal/linkSupervisor.js"
+import { ReplicatorMutants } from "./internal/mutants.js"
+import { pump } from "./internal/pump.js"
+import * as Recovery from "./internal/recovery.js"
+import { sender } from "./internal/sender.js"
+import { makeShared, stop } from "./internal/shared.js"
+import { makeWritePath } from "./internal/writePath.js"
+
+// ---------------------------------------------------------------------------
+// Errors
+
+/** A guest write the filter refuses before touching the disk. */
+export class WriteRejected extends Data.TaggedError("WriteRejected")<{
+  readonly offset: number
+  readonly length: number
+  readonly reason: string
+}> {
+  override get message() {
+    return `write rejected (offset ${this.offset}, length ${this.length}): ${this.reason}`
+  }
+}
+
+/** The replicator stopped: its journal or its disk failed, or the receiver contradicts the journal. */
+export class ReplicatorStopped extends Data.TaggedError("ReplicatorStopped")<{
+  readonly reason: string
+  readonly cause: unknown
+}> {
+  override get message() {
+    return `the replicator stopped: ${this.reason}`
+  }
+}
+
+export type ReplicatorError = WriteRejected | ReplicatorStopped | DiskError
+
+const messageOf = (cause: unknown): string | undefined => {
+  const error = Cause.isCause(cause) ? Cause.squash(cause) : cause
+  return error instanceof Error || (typeof error === "object" && error !== null && "message" in error)
+    ? String((error as { message: unknown }).message)
+    : undefined
+}
+
+/** One line: the reason and, when the cause is an error, its message. */
+export const describeStop = (stopped: ReplicatorStopped): string => {
+  const detail = messageOf(stopped.cause)
+  return detail === undefined || detail === "" ? stopped.reason : `${stopped.reason}: ${detail}`
+}
+
+/** The disk in the context has another geometry than `config`: refused at start, before any write. */
+export class GeometryMismatch extends Data.TaggedError("GeometryMismatch")<{
+  readonly config: Geometry.Geometry
+  readonly disk: Geometry.Geometry
+}> {
+  override get message() {
+    return `the disk has ${this.disk.blockCount} blocks of ${this.disk.blockSize} bytes, the config says ${this.config.blockCount} of ${this.config.blockSize}`
+  }
+}
+
+/**
+ * The receiver holds the disk beyond anything this journal ever sent: its log was
+ * written by another history of the filter for this disk id (a lost or replaced
+ * journal, or a second filter with the same disk id). Nothing is sent: records from
+ * this journal would be taken for ones the receiver already has. A cause of
+ * `ReplicatorStopped`.
+ */
+export class ReceiverAheadOfJournal extends Data.TaggedError("ReceiverAheadOfJournal")<{
+  readonly diskId: string
+  readonly receiverSeq: number
+  readonly lastSent: number
+}> {
+  override get message() {
+    return `the receiver holds disk ${JSON.stringify(this.diskId)} up to seq ${this.receiverSeq}, but this journal has sent only up to seq ${this.lastSent}: the receiver's log comes from another journal for this disk id (a lost or replaced journal, or another filter using the same disk id). Nothing was sent. Protect this disk under a new disk id, or move the receiver's log for ${JSON.stringify(this.diskId)} aside (it can still be restored from)`
+  }
+}
+
+/** Why `make` fails at start: before any guest write was accepted. */
+export type StartError = JournalError | JournalGeometryMismatch | GeometryMismatch | ReplicatorStopped
+
+// ---------------------------------------------------------------------------
+// The port
+
+/**
+ * Whether the previous run closed cleanly is not an option: the journal records it
+ * (`EventJournal.beginRun` / `endRun`). A start after a kill, a crash or a power loss
+ * is unclean whoever embeds the replicator, and resyncs what the activity log holds,
+ * or every block without one.
+ */
+export interface Options {
+  readonly diskId: string
+  readonly config: Config
+  /** No ack for this long while records are in flight: the link is declared lost. */
+  readonly ackTimeout?: Duration.DurationInput | undefined
+  /** Backoff between reconnection attempts (default: exponential from 50 ms, capped at 2 s, jittered). */
+  readonly reconnect?: Schedule.Schedule<unknown, unknown> | undefined
+  /** Optional drain rate limit in bytes per second. */
+  readonly drainBytesPerSecond?: number | undefined
+  /** Save a state snapshot every N journaled events, so start-up stays fast. */
+  readonly snapshotEvery?: number | undefined
+  /** Called with every journaled batch, in order (e.g. to write a trace). */
+  readonly onEvents?: ((events: ReadonlyArray<Event.Event>) => Effect.Effect<void>) | undefined
+  /**
+   * Convergence assist (like a migration's switchover): when the drain is nearly done,
+   * hold new guest writes for at most this long so the last blocks can be acked and
+   * sync can resume under a steady write load. At most one hold per five such periods.
+   * 0 turns it off. Default 100 ms.
+   */
+  readonly switchoverHold?: Duration.DurationInput | undefined
+  /**
+   * With an `ActivityLog`: extents kept in it, at most, while none of their writes is
+   * pending (least recently used ones leave first). A larger log means fewer log commits
+   * on the write path and more to resync after a crash. Default 1024.
+   */
+  readonly activityExtents?: number | undefined
+  /**
+   * Guest writes on the disk whose events are not yet journaled; a write beyond this
+   * waits for the journal (not for the network). Default 1024.
+   */
+  readonly maxPendingWrites?: number | undefined
+  /**
+   * Where the replicator's own fibers (decision loop, journal stage, sender, link) run:
+   * by default the I/O scheduler (`IoScheduler`), which lets socket and disk callbacks
+   * in between batches of work; `"inherit"` keeps the caller's scheduler. Under a
+   * `TestClock` the default is `"inherit"`: a test that drives the clock needs the
+   * filter's fibers to keep pace with it.
+   */
+  readonly scheduler?: Scheduler.Scheduler | "inherit" | undefined
+}
+
+export interface Status {
+  readonly mode: State.Mode
+  readonly link: State.Link
+  readonly epoch: number
+  readonly nextSeq: number
+  readonly watermark: number
+  /** Blocks the receiver may lack that no unacked record will deliver. */
+  readonly dirtyBlocks: number
+  /** Records sent and not acked. */
+  readonly inFlight: number
+  /** Records the receiver has not acked (the live RPO in records). */
+  readonly lagRecords: number
+  /** Age of the oldest unacked record in milliseconds (the live RPO in time). */
+  readonly lagMillis: number
+  readonly quiescent: boolean
+}
+
+/** One guest write: `bytes` at `offset`, both sector aligned. */
+export interface GuestWrite {
+  readonly offset: number
+  readonly bytes: Uint8Array
+}
+
+export class Replicator extends Context.Tag("cdp-sync/Replicator")<Replicator, Replicator.Service>() {}
+
+export declare namespace Replicator {
+  interface Service {
+    /**
+     * Writes `bytes` at `offset` (sector aligned) on the disk and returns once the disk
+     * write has completed; the filter then folds it as a completed write and journals
+     * it (see `flush`). Fails with `ReplicatorStopped` once the replicator stopped or
+     * is closing, before touching the disk.
+     */
+    readonly write: (offset: number, bytes: Uint8Array) => Effect.Effect<void, ReplicatorError>
+    /**
+     * `write` for a batch, such as the requests a guest queue hands over at once: each is
+     * applied and folded as `write` would, in array order (overlapping writes complete in
+     * that order), and the batch costs one trip through the filter rather than one per
+     * write. Every write is checked before any touches the disk: one `WriteRejected` and
+     * nothing is written. If the disk fails a write, the writes before it are on the disk
+     * and folded, the ones after it are not attempted, and the batch fails with that error.
+     */
+    readonly writeAll: (writes: ReadonlyArray<GuestWrite>) => Effect.Effect<void, ReplicatorError>
+    /** Waits until every write that returned before it is folded and its event durable in the journal. */
+    readonly flush: Effect.Effect<void, ReplicatorStopped>
+    readonly state: Effect.Effect<State.State>
+    readonly status: Effect.Effect<Status>
+    /** Status after every decided batch. */
+    readonly changes: Stream.Stream<Status>
+    /** Waits until every earlier write is folded and the filter is in sync, the link up and nothing in flight. */
+    readonly quiesce: Effect.Effect<void, ReplicatorStopped>
+    /** Declares the link lost (as an ack timeout would); the supervisor reconnects. */
+    readonly dropLink: (reason: string) => Effect.Effect<void>
+    /**
+     * Waits while the replicator runs; once it stops, fails with why (its `cause` is the
+     * typed error: the journal's or the disk's, `ReceiverRefused` for a refusal no retry
+     * can heal, `ReceiverAheadOfJournal`, …). Race it with work that should end then.
+     */
+    readonly stopped: Effect.Effect<never, ReplicatorStopped>
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Metrics
+
+export const metrics = {
+  mode: Metric.gauge("cdp_sync_mode", { description: "0 sync, 1 resync" }),
+  epoch: Metric.gauge("cdp_sync_epoch", { description: "resync activations" }),
+  dirtyBlocks: Metric.gauge("cdp_sync_dirty_blocks", { description: "blocks owed to the receiver" }),
+  drainSent: Metric.counter("cdp_sync_drain_blocks_sent", { description: "block records sent" }),
+  lagRecords: Metric.gauge("cdp_sync_lag_records", { description: "records not yet acked" }),
+  lagSeconds: Metric.gauge("cdp_sync_lag_seconds", { description: "age of the oldest unacked record" }),
+  bytesWritten: Metric.counter("cdp_sync_guest_bytes", { description: "guest bytes written" }),
+  bytesSent: Metric.counter("cdp_sync_bytes_sent", { description: "record payload bytes sent" }),
+  activeExtents: Metric.gauge("cdp_sync_active_extents", {
+    description: "extents the activity log holds: what an unclean start would resync"
+  }),
+  /** A guest write to an extent not in the activity log waits for one such commit. */
+  activityCommit: Metric.timerWithBoundaries(
+    "cdp_sync_activity_commit",
+    [0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
+    "one transaction of the activity log (write and fdatasync), in milliseconds"
+  ),
+  /** Live records wait for their events' commit before they are sent: its latency is theirs. */
+  journalCommit: Metric.timerWithBoundaries(
+    "cdp_sync_journal_commit",
+    [0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
+    "one group commit of the filter's journal (append and fsync), in milliseconds"
+  )
+}
+
+// ---------------------------------------------------------------------------
+// Construction: the stages, wired to one shared record
+
+/** The disk's byte ranges under `extents` (ascending), adjacent ones merged, clipped to the disk. */
+export const extentRanges: (
+  extents: ReadonlyArray<number>,
+  extentBytes: number,
+  diskBytes: number
+) => Array<{ readonly offset: number; readonly length: number }> = Recovery.extentRanges
+
+export const make = (
+  options: Options
+): Effect.Effect<Replicator.Service, StartError, VirtualDisk | EventJournal | LogReceiver | Scope.Scope> =>
+  Effect.gen(function* () {
+    const disk = yield* VirtualDisk
+    const journal = yield* EventJournal
+    const receiver = yield* LogReceiver
+    const activityLog = Option.getOrUndefined(yield* Effect.serviceOption(ActivityLog))
+    // Off unless a test provides them (see internal/mutants.ts).
+    const mutants = yield* ReplicatorMutants
+    const { config, diskId } = options
+
+    // The disk, the journal and the config must describe one disk before anything is read or written.
+    if (disk.geometry.blockSize !== config.blockSize || disk.geometry.blockCount !== config.blockCount)
+      return yield* new GeometryMismatch({
+        config: { blockSize: config.blockSize, blockCount: config.blockCount },
+        disk: { blockSize: disk.geometry.blockSize, blockCount: disk.geometry.blockCount }
+      })
+    // Marks the run open, durably, before any guest write: a run that never closes
+    // cleanly leaves the next start unclean, whoever embeds the replicator.
+    const lastRun = yield* journal.beginRun({
+      blockSize: config.blockSize,
+      blockCount: config.blockCount,
+      initial: config.initial
+    })
+
+    const shared = yield* makeShared({
+      state: yield* Recovery.recover(journal, config),
+      position: yield* journal.position,
+      maxPendingWrites: options.maxPendingWrites ?? 1024,
+      activity:
+        activityLog === undefined
+          ? undefined
+          : {
+              extentBytes: activityLog.extentBytes,
+              tracker: Activity.make({
+                capacity: options.activityExtents ?? 1024,
+                recovered: yield* activityLog.active,
+                unsafeRetireBusy: mutants.retireBusyExtents
+              })
+            }
+    })
+    yield* Recovery.startUp(shared, {
+      journal,
+      config,
+      lastRun,
+      activityLog,
+      onEvents: options.onEvents,
+      assumeCleanStart: mutants.assumeCleanStart
+    })
+
+    const fibers = [
+      decisionLoop(shared, {
+        diskId,
+        config,
+        holdMillis: Duration.toMillis(Duration.decode(options.switchoverHold ?? "100 millis"))
+      }),
+      journalStage(shared, journal, disk, {
+        config,
+        snapshotEvery: options.snapshotEvery ?? 10_000,
+        onEvents: options.onEvents
+      }),
+      sender(shared),
+      pump(shared, { config, drainBytesPerSecond: options.drainBytesPerSecond }),
+      linkSupervisor(shared, receiver, {
+        diskId,
+        config,
+        ackTimeout: Duration.decode(options.ackTimeout ?? "5 seconds"),
+        reconnect:
+          options.reconnect ??
+          Schedule.exponential("50 millis", 2).pipe(
+            Schedule.union(Schedule.spaced("2 seconds")),
+            Schedule.jittered
+          )
+      }),
+      committer(shared, activityLog)
+    ]
+    const runtime = Effect.all(fibers, { concurrency: "unbounded", discard: true }).pipe(
+      Effect.catchAllCause((cause) => stop(shared, "a replicator fiber failed", cause))
+    )
+    const running = yield* Effect.forkScoped(IoScheduler.runOn(options.scheduler, runtime))
+    yield* Effect.addFinalizer(() => close(shared, journal, running, mutants))
+
+    const { write, writeAll } = makeWritePath(shared, disk, config, mutants)
+    return {
+      write,
+      writeAll,
+      flush: flush(shared),
+      state: SubscriptionRef.get(shared.stateRef),
+      status: SubscriptionRef.get(shared.statusRef),
+      changes: shared.statusRef.changes,
+      quiesce: quiesce(shared),
+      dropLink: (reason) =>
+        Effect.sync(() => {
+          shared.inbox.offer({ _tag: "Disconnected", reason, link: shared.link })
+        }),
+      stopped: Effect.flatMap(Deferred.await(shared.stopped), () => Effect.never)
+    } satisfies Replicator.Service
+  })
+
+export const layer = (
+  options: Options
+): Layer.Layer<Replicator, StartError, VirtualDisk | EventJournal | LogReceiver> =>
+  Layer.scoped(Replicator, make(options))

@@ -1,0 +1,238 @@
+/**
+ * The decision loop: the one fiber that owns the state. It takes every command queued
+ * since its last turn as one batch, decides and folds each input (each event folded
+ * once, by the decider), hands the batch to the journal stage, and publishes the state.
+ * It decides the next batch while the journal syncs the last.
+ */
+import { Clock, Deferred, Effect, Either, Exit, Metric, SubscriptionRef } from "effect"
+import type { Lease } from "../../internal/slab.js"
+import type { Config } from "../../domain/Config.js"
+import * as Decider from "../../domain/Decider.js"
+import type * as Event from "../../domain/Event.js"
+import * as Input from "../../domain/Input.js"
+import * as State from "../../domain/State.js"
+import { metrics, ReceiverAheadOfJournal } from "../Replicator.js"
+import { type Command, type Decided, type Shared, statusOf, stop } from "./shared.js"
+import { switchover } from "./switchover.js"
+
+export interface LoopSettings {
+  readonly diskId: string
+  readonly config: Config
+  /** The switchover hold, in milliseconds (0: off). */
+  readonly holdMillis: number
+}
+
+/** What an event puts on the wire, decided in `session` against `before`, the state it met. */
+export const recordOf = (
+  session: number,
+  event: Event.Event,
+  before: State.State,
+  data: Lease | undefined
+): Decided | undefined => {
+  switch (event.type) {
+    case "WriteStreamed":
+      return {
+        session,
+        record: {
+          _tag: "Write",
+          seq: event.seq,
+          epoch: before.epoch,
+          offset: event.offset,
+          data: data!.bytes
+        },
+        release: data!.release
+      }
+    case "BlockSent":
+      // Read once the event is durable (the journal stage); the sender waits for it in seq order.
+      return { session, seq: event.seq, block: event.block, epoch: before.epoch }
+    case "ResyncBegun":
+      return {
+        session,
+        record: { _tag: "ResyncBegin", seq: event.seq, epoch: event.epoch, base: Decider.markerBase(before) }
+      }
+    case "SyncActivated":
+      return { session, record: { _tag: "ResyncEnd", seq: event.seq, epoch: event.epoch } }
+    default:
+      return undefined
+  }
+}
+
+/** Whether a pump tick could drain now: the marker, blocks within the window, or the switch back to sync. */
+export const needsPump = (s: State.State, window: number): boolean =>
+  s.mode === "resync" &&
+  s.link === "up" &&
+  s.owed === null &&
+  (!s.markerSent || (State.hasObligations(s) && s.flight.blockRecords < window) || Decider.canResumeSync(s))
+
+/** Decides one batch of commands, hands it to the journal stage and publishes the state. */
+export const decideBatch = (shared: Shared, settings: LoopSettings, commands: ReadonlyArray<Command>) =>
+  Effect.gen(function* () {
+    const extentBytes = shared.activity?.extentBytes ?? 0
+    const events: Array<Event.Event> = []
+    const outgoing: Array<Decided> = []
+    const barriers: Array<Deferred.Deferred<void>> = []
+    let writes = 0
+    let writtenBytes = 0
+    const extents: Array<number> | undefined = shared.activity === undefined ? undefined : []
+    const adoptions: Array<Deferred.Deferred<number | undefined>> = []
+    const before = shared.state
+    let s = shared.state
+    for (const command of commands) {
+      let input: Input.Input
+      let data: Lease | undefined
+      switch (command._tag) {
+        case "Barrier":
+          barriers.push(command.done)
+          continue
+        case "Input":
+          input = command.input
+          data = command.data
+          if (input._tag === "PumpTick") shared.pumpPending = false
+          else {
+            writes++
+            if (input._tag === "WriteCompleted") {
+              writtenBytes += input.length
+              if (extents !== undefined)
+                extents.push(
+                  Math.floor(input.offset / extentBytes),
+                  Math.floor((input.offset + input.length - 1) / extentBytes)
+                )
+            }
+          }
+          break
+        case "Connected":
+          // Answered whatever happens below: adopted (a link number) or not.
+          adoptions.push(command.adopted)
+          if (s.link === "up") continue // a stale handshake; the supervisor will retry
+          input = Input.linkReestablished(command.connection.durableSeq)
+          break
+        case "Message":
+          if (command.link !== shared.link || s.link === "down") continue // from a connection already given up
+          input = command.input
+          break
+        case "Disconnected":
+          if (command.link !== shared.link) continue
+          input = Input.linkFailed(command.reason)
+          break
+      }
+      let decided = Decider.decideFolded(s, input)
+      if (Either.isLeft(decided)) {
+        if (command._tag === "Input") {
+          // Checked before the disk write, so this is a bug; the disk already holds the write.
+          yield* stop(shared, "a completed guest write was rejected", decided.left)
+          continue
+        }
+        if (decided.left._tag === "ReceiverAhead") {
+          // Another history of this disk at the receiver: resending from this journal
+          // would be taken for records it has. The model refuses it; so does the filter.
+          yield* stop(
+            shared,
+            "the receiver's log does not come from this journal",
+            new ReceiverAheadOfJournal({
+              diskId: settings.diskId,
+              receiverSeq: decided.left.receiverSeq,
+              lastSent: decided.left.nextSeq - 1
+            })
+          )
+          continue
+        }
+        if (command._tag !== "Message" || input._tag !== "GapReceived") {
+          yield* stop(shared, "the receiver contradicts the journal", decided.left)
+          continue
+        }
+        // A gap we cannot place: the receiver lost acked data mid-connection. Start over.
+        decided = Decider.decideFolded(s, Input.linkFailed("protocol-error"))
+        if (Either.isLeft(decided)) continue
+      }
+      // Folded once, by the decider: each event comes with the state it was decided against.
+      const folded = decided.right
+      let streamed = false
+      for (let i = 0; i < folded.events.length; i++) {
+        const event = folded.events[i]!
+        const out = recordOf(shared.session, event, folded.before[i]!, data)
+        if (out !== undefined) outgoing.push(out)
+        if (event.type === "WriteStreamed") streamed = true
+        events.push(event)
+        if (event.type === "LinkLost" || event.type === "DiscontinuityReported") shared.session++
+        if (event.type === "LinkRestored" && command._tag === "Connected") {
+          shared.session++
+          shared.link++
+          shared.connection = command.connection
+          yield* SubscriptionRef.set(shared.connectionRef, { link: shared.link, conn: command.connection })
+          Deferred.unsafeDone(command.adopted, Exit.succeed(shared.link))
+        }
+        if (event.type === "LinkLost") {
+          // The only event that takes the link down. The supervisor sees this and closes the connection.
+          shared.connection = undefined
+          yield* SubscriptionRef.set(shared.connectionRef, undefined)
+        }
+      }
+      s = folded.state
+      // Only tracked in the bitmap (resync): the copy is not needed.
+      if (data !== undefined && !streamed) data.release()
+    }
+    shared.state = s
+    // Not adopted (a stale handshake, or one the model refused): the supervisor retries.
+    for (const adopted of adoptions) Deferred.unsafeDone(adopted, Exit.succeed(undefined))
+    if (events.length > 0 || barriers.length > 0 || writes > 0)
+      shared.decisions.offer({ events, outgoing, barriers, writes, extents, after: s })
+    if (writtenBytes > 0) yield* Metric.incrementBy(metrics.bytesWritten, writtenBytes)
+    yield* afterBatch(shared, settings, before, s, events)
+  })
+
+/** Publishes a decided batch: lag bookkeeping, log lines, metrics, the hold, and a pump tick if one could drain. */
+const afterBatch = (
+  shared: Shared,
+  settings: LoopSettings,
+  before: State.State,
+  after: State.State,
+  events: ReadonlyArray<Event.Event>
+) =>
+  Effect.gen(function* () {
+    const now = yield* Clock.currentTimeMillis
+    const sentAt = shared.sentAt
+    for (const e of events) {
+      if (e.type === "Acked") {
+        // Sent in seq order, so the acked ones come first: stop at the first unacked.
+        for (const seq of sentAt.keys()) {
+          if (seq > e.seq) break
+          sentAt.delete(seq)
+        }
+        shared.lastProgress = now
+      }
+      if (e.type === "LinkLost" || e.type === "DiscontinuityReported") sentAt.clear()
+      if (e.type === "ResyncActivated")
+        yield* Effect.logWarning(`resync activated: epoch ${e.epoch}, reason ${e.reason}`)
+      if (e.type === "SyncActivated")
+        yield* Effect.logInfo(`sync resumed: epoch ${e.epoch}, marker seq ${e.seq}`)
+      if (e.type === "LinkLost") yield* Effect.logWarning(`link lost: ${e.reason}`)
+      if (e.type === "LinkRestored")
+        yield* Effect.logInfo(`link restored: receiver durable seq ${e.receiverSeq}`)
+      if (e.type === "BlockSent") yield* Metric.increment(metrics.drainSent)
+    }
+    if (before.flight.size === 0 && after.flight.size > 0) shared.lastProgress = now
+    let oldest: number | undefined
+    for (const t of sentAt.values()) {
+      oldest = t
+      break
+    }
+    const status = statusOf(after, oldest, now)
+    yield* SubscriptionRef.set(shared.stateRef, after)
+    yield* SubscriptionRef.set(shared.statusRef, status)
+    yield* Metric.set(metrics.mode, after.mode === "sync" ? 0 : 1)
+    yield* Metric.set(metrics.epoch, after.epoch)
+    yield* Metric.set(metrics.dirtyBlocks, status.dirtyBlocks)
+    yield* Metric.set(metrics.lagRecords, status.lagRecords)
+    yield* Metric.set(metrics.lagSeconds, status.lagMillis / 1000)
+    yield* switchover(shared, { holdMillis: settings.holdMillis, window: settings.config.window }, after, now)
+    if (!shared.pumpPending && needsPump(after, settings.config.window)) {
+      shared.pumpPending = true
+      yield* shared.pumpSignal.offer(undefined)
+    }
+  })
+
+/** The loop: every command queued since the last turn is one batch. */
+export const decisionLoop = (shared: Shared, settings: LoopSettings): Effect.Effect<never> =>
+  Effect.gen(function* () {
+    for (;;) yield* decideBatch(shared, settings, yield* shared.inbox.takeAll)
+  })

@@ -1,0 +1,34 @@
+/**
+ * The pump: when the loop asks (`pumpSignal`), it offers a pump tick with the drain
+ * budget, a window's worth of blocks or, with a rate limit, what the token bucket allows.
+ */
+import { Clock, Duration, Effect, Queue } from "effect"
+import type { Config } from "../../domain/Config.js"
+import * as Input from "../../domain/Input.js"
+import type { Shared } from "./shared.js"
+
+export const pump = (
+  shared: Shared,
+  settings: { readonly config: Config; readonly drainBytesPerSecond: number | undefined }
+): Effect.Effect<never> =>
+  Effect.gen(function* () {
+    const { config, drainBytesPerSecond: rate } = settings
+    let tokens = 0
+    let refilledAt = yield* Clock.currentTimeMillis
+    for (;;) {
+      yield* Queue.take(shared.pumpSignal)
+      let budget = config.window
+      if (rate !== undefined) {
+        for (;;) {
+          const now = yield* Clock.currentTimeMillis
+          tokens = Math.min(rate, tokens + ((now - refilledAt) / 1000) * rate)
+          refilledAt = now
+          budget = Math.min(config.window, Math.floor(tokens / config.blockSize))
+          if (budget > 0) break
+          yield* Effect.sleep(Duration.millis(Math.max(1, ((config.blockSize - tokens) / rate) * 1000)))
+        }
+        tokens -= budget * config.blockSize
+      }
+      shared.inbox.offer({ _tag: "Input", input: Input.pumpTick(budget) })
+    }
+  })

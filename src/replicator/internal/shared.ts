@@ -1,0 +1,236 @@
+/**
+ * What the replicator's fibers share: one record, `Shared`, whose fields are grouped by
+ * the fiber that writes them (the way QEMU's mirror job documents `MirrorBlockJob`),
+ * and the messages that travel between the stages. Every stage is a function of this
+ * record and the services it needs; none keeps state of its own that another reads.
+ *
+ * The fibers (see `Replicator.make`):
+ * - the decision loop (decisionLoop.ts): takes commands, decides and folds them;
+ * - the journal stage (journalStage.ts): makes decided events durable, then acts;
+ * - the sender (sender.ts): records to the adopted connection, in seq order;
+ * - the pump (pump.ts): drain capacity, with an optional rate limit;
+ * - the link supervisor (linkSupervisor.ts): connects, reads acks and gaps, watches;
+ * - the activity committer (activityStage.ts): commits the extents writes ask for;
+ * - callers' fibers: the write path (writePath.ts) and flush / quiesce / close (lifecycle.ts).
+ *
+ * Internal modules import the errors and metrics from ../Replicator.ts, which imports
+ * them back: nothing here uses an import at load time, so the cycle is harmless.
+ */
+import { Clock, Deferred, Effect, Queue, SubscriptionRef } from "effect"
+import * as Inbox from "../../internal/inbox.js"
+import type { Lease } from "../../internal/slab.js"
+import type { Connection } from "../../adapters/LogReceiver.js"
+import type { DiskError } from "../../adapters/VirtualDisk.js"
+import type * as Wire from "../../protocol/Wire.js"
+import type * as Event from "../../domain/Event.js"
+import type * as Input from "../../domain/Input.js"
+import * as State from "../../domain/State.js"
+import { describeStop, ReplicatorStopped, type Status } from "../Replicator.js"
+import type * as Activity from "./activity.js"
+import { makeAdmission, makeChanges } from "./admission.js"
+
+/** What the decision loop takes from its inbox. */
+export type Command =
+  /** A guest write (with its data) or a pump tick. */
+  | { readonly _tag: "Input"; readonly input: Input.Input; readonly data?: Lease }
+  /** Completed once everything queued before it is journaled. */
+  | { readonly _tag: "Barrier"; readonly done: Deferred.Deferred<void> }
+  /** `adopted` gets the link number the loop gave the connection, or `undefined` if it did not adopt it. */
+  | {
+      readonly _tag: "Connected"
+      readonly connection: Connection
+      readonly adopted: Deferred.Deferred<number | undefined>
+    }
+  /** `link` names the connection a message came from, so stale ones are dropped. */
+  | { readonly _tag: "Message"; readonly input: Input.Input; readonly link: number }
+  | { readonly _tag: "Disconnected"; readonly reason: string; readonly link: number }
+
+/** What an event puts on the wire: a record, or a block to read once the batch is journaled. */
+export type Decided =
+  | { readonly session: number; readonly record: Wire.Record; readonly release?: (() => void) | undefined }
+  | { readonly session: number; readonly seq: number; readonly block: number; readonly epoch: number }
+
+/** A decided batch on its way to the journal: acted on only once its events are durable. */
+export interface Decision {
+  readonly events: ReadonlyArray<Event.Event>
+  readonly outgoing: ReadonlyArray<Decided>
+  readonly barriers: ReadonlyArray<Deferred.Deferred<void>>
+  /** Guest writes folded in this batch (their pending slots are freed once journaled). */
+  readonly writes: number
+  /** With an activity log: the extents of those writes, as `[first, last]` pairs. */
+  readonly extents: ReadonlyArray<number> | undefined
+  /** The state after the batch, for snapshots. */
+  readonly after: State.State
+}
+
+/** A record bound for the wire: ready, or a block read started after its event was journaled. */
+export interface Outgoing {
+  readonly session: number
+  readonly seq: number
+  readonly record: Wire.Record | undefined
+  readonly read: Effect.Effect<Wire.Record, DiskError> | undefined
+  /** Hands a guest-data copy back to the pool once the connection no longer reads it. */
+  readonly release: (() => void) | undefined
+}
+
+/** With an `ActivityLog`: a guest write reaches the disk only in an extent the log holds. */
+export interface ActivityShared {
+  /** The log's extent size. */
+  readonly extentBytes: number
+  /** Which extents the log holds, and which writes want in (activity.ts). */
+  readonly tracker: Activity.ActivityTracker
+  /** Offered when a write asks for extents; taken by the committer. */
+  readonly signal: Inbox.Inbox<void>
+  /** Fired by the committer after each commit; writes waiting for an extent wait for it. */
+  readonly commits: ReturnType<typeof makeChanges>
+}
+
+export interface Shared {
+  // --- Written by the decision loop (and by the start-up, before the fibers run) -------
+  /** The folded state after the last decided batch; the link supervisor reads it. */
+  state: State.State
+  /** `state`, published after every batch: `state`, `quiesce` and the supervisor wait on it. */
+  readonly stateRef: SubscriptionRef.SubscriptionRef<State.State>
+  /** The `Status` of `state`, published with it (`status`, `changes`). */
+  readonly statusRef: SubscriptionRef.SubscriptionRef<Status>
+  /**
+   * Changes whenever the link is lost, shows a gap, or is restored: records decided in
+   * an older session are not sent (the sender compares).
+   */
+  session: number
+  /** Numbers adopted connections: commands from an older one are dropped. */
+  link: number
+  /** The adopted connection while the model says the link is up; the sender writes to it. */
+  connection: Connection | undefined
+  /** `connection` with its number, published: the supervisor closes one the loop let go. */
+  readonly connectionRef: SubscriptionRef.SubscriptionRef<
+    { readonly link: number; readonly conn: Connection } | undefined
+  >
+  /** A pump tick was asked for and is not decided yet (the pump offers it). */
+  pumpPending: boolean
+  /** The last ack, or the first record put in flight: the watchdog's ack timeout counts from it. */
+  lastProgress: number
+  /**
+   * Send time of each unacked record, in seq order, for the lag in seconds. The sender
+   * adds; the loop removes what is acked and clears it on a loss or a gap.
+   */
+  readonly sentAt: Map<number, number>
+
+  // --- Written by the journal stage ------------------------------------------------------
+  /** Where the journal ends, after the last append (snapshots are saved at it). */
+  position: number
+  /** Events journaled since the last snapshot. */
+  sinceSnapshot: number
+
+  // --- Written by the switchover hold (from the loop, and its timer) --------------------
+  /** New guest writes wait while true; mirrors `writesHeld` for the write path's synchronous check. */
+  held: boolean
+  readonly writesHeld: SubscriptionRef.SubscriptionRef<boolean>
+  /** The current hold: a timer ends only its own. */
+  holdId: number
+  /** When the last hold began (at most one per five hold periods). */
+  lastHoldAt: number
+
+  // --- Written by `stop`, from any fiber -------------------------------------------------
+  /** Mirrors `stopped` for the write path's synchronous check. */
+  hasStopped: boolean
+  /** Fails once, with the first reason the replicator stopped. */
+  readonly stopped: Deferred.Deferred<void, ReplicatorStopped>
+
+  // --- Channels: each has one taker ------------------------------------------------------
+  /** To the decision loop, from the write path, the supervisor, the sender, the pump, `flush`. */
+  readonly inbox: Inbox.Inbox<Command>
+  /** From the decision loop to the journal stage. */
+  readonly decisions: Inbox.Inbox<Decision>
+  /** From the journal stage to the sender, in seq order. */
+  readonly outbox: Inbox.Inbox<Outgoing>
+  /** From the decision loop to the pump: a drain tick is wanted. */
+  readonly pumpSignal: Queue.Queue<void>
+
+  // --- Shared by the write path (takes) and the journal stage (releases) -----------------
+  /** Guest writes on the disk whose events are not journaled yet (`maxPendingWrites`). */
+  readonly pendingWrites: ReturnType<typeof makeAdmission<ReplicatorStopped>>
+  /** With an activity log: its bookkeeping (write path, journal stage and committer). */
+  readonly activity: ActivityShared | undefined
+}
+
+export const statusOf = (state: State.State, oldestUnackedAt: number | undefined, now: number): Status => ({
+  mode: state.mode,
+  link: state.link,
+  epoch: state.epoch,
+  nextSeq: state.nextSeq,
+  watermark: state.watermark,
+  dirtyBlocks: State.obligationCount(state),
+  inFlight: state.flight.size,
+  lagRecords: state.nextSeq - 1 - state.watermark,
+  lagMillis: oldestUnackedAt === undefined ? 0 : now - oldestUnackedAt,
+  quiescent: State.isQuiescent(state)
+})
+
+/** The record for a replicator starting from `state` with its journal ending at `position`. */
+export const makeShared = (options: {
+  readonly state: State.State
+  readonly position: number
+  readonly maxPendingWrites: number
+  readonly activity: Omit<ActivityShared, "signal" | "commits"> | undefined
+}): Effect.Effect<Shared> =>
+  Effect.gen(function* () {
+    const { state } = options
+    const now = yield* Clock.currentTimeMillis
+    const stopped = yield* Deferred.make<void, ReplicatorStopped>()
+    return {
+      state,
+      stateRef: yield* SubscriptionRef.make(state),
+      statusRef: yield* SubscriptionRef.make(statusOf(state, undefined, now)),
+      session: 0,
+      link: 0,
+      connection: undefined,
+      connectionRef: yield* SubscriptionRef.make<
+        { readonly link: number; readonly conn: Connection } | undefined
+      >(undefined),
+      pumpPending: false,
+      lastProgress: now,
+      sentAt: new Map(),
+      position: options.position,
+      sinceSnapshot: 0,
+      held: false,
+      writesHeld: yield* SubscriptionRef.make(false),
+      holdId: 0,
+      lastHoldAt: Number.NEGATIVE_INFINITY,
+      hasStopped: false,
+      stopped,
+      // Inboxes, not Queues: a batch is taken as the array it was offered into, where a
+      // Queue's take built a chunk node per element (a quarter of the filter's garbage).
+      inbox: Inbox.make(),
+      decisions: Inbox.make(),
+      outbox: Inbox.make(),
+      pumpSignal: yield* Queue.sliding<void>(1),
+      pendingWrites: makeAdmission(options.maxPendingWrites, stopped),
+      activity:
+        options.activity === undefined
+          ? undefined
+          : { ...options.activity, signal: Inbox.make(), commits: makeChanges() }
+    }
+  })
+
+/** Stops once, with the first reason; the log line says why, the full cause is at debug level. */
+export const stop = (shared: Shared, reason: string, cause: unknown): Effect.Effect<void> =>
+  Effect.suspend(() => {
+    if (shared.hasStopped) return Effect.logDebug(`replicator already stopped; also: ${reason}`, cause)
+    shared.hasStopped = true
+    const error = new ReplicatorStopped({ reason, cause })
+    return Effect.logError(`replicator stopping: ${describeStop(error)}`).pipe(
+      Effect.zipRight(Effect.logDebug("replicator stop cause", cause)),
+      Effect.zipRight(Deferred.fail(shared.stopped, error))
+    )
+  })
+
+/** Publishes `state` (and its status) outside a decided batch: at start-up. */
+export const publish = (shared: Shared): Effect.Effect<void> =>
+  Effect.gen(function* () {
+    yield* SubscriptionRef.set(shared.stateRef, shared.state)
+    yield* SubscriptionRef.set(
+      shared.statusRef,
+      statusOf(shared.state, undefined, yield* Clock.currentTimeMillis)
+    )
+  })
