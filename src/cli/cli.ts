@@ -9,8 +9,7 @@ import { points, receiver, restore, scrub } from "./receiverCommands.js"
 import { replicate, simulate } from "./replicatorCommands.js"
 import * as ModelSimulation from "../simulator/ModelSimulation.js"
 import { modeTimeline, progressBar, sparkline } from "./internal/charts.js"
-
-const mib = (bytes: number) => `${(bytes / 1024 / 1024).toFixed(1)} MiB`
+import { mib } from "../internal/units.js"
 
 const render = (report: ModelSimulation.Report): string => {
   const o = report.options

@@ -15,6 +15,7 @@ import { progressBar, sparkline } from "./internal/charts.js"
 import * as Replicator from "../replicator/Replicator.js"
 import * as Simulate from "../simulator/Simulate.js"
 import * as Workload from "../simulator/Workload.js"
+import { mib } from "../internal/units.js"
 
 export class CommandFailed extends Data.TaggedError("CommandFailed")<{ readonly detail: string }> {
   override get message() {
@@ -54,8 +55,6 @@ const size = (name: string, fallback: string, description: string) =>
     }),
     Options.withDescription(description)
   )
-
-const mib = (bytes: number) => `${(bytes / 1024 / 1024).toFixed(1)} MiB`
 
 // ---------------------------------------------------------------------------
 // simulate

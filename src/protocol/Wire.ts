@@ -8,7 +8,7 @@
  */
 import { Channel, Chunk, Stream } from "effect"
 import { Decoder, type DecoderOptions, makeDecoder } from "./internal/wireDecoder.js"
-import { encode } from "./internal/wireEncode.js"
+import { encode, encodePartsWith, encodeWith } from "./internal/wireEncode.js"
 import { type Frame, WireError } from "./internal/wireFrame.js"
 
 export {
@@ -17,6 +17,8 @@ export {
   HEADER_BYTES,
   Kind,
   MAGIC,
+  recordKind,
+  recordKindCode,
   MAX_HELLO_FRAME_BYTES,
   VERSION,
   WireError,
@@ -36,7 +38,8 @@ export type {
   Welcome,
   Write
 } from "./internal/wireFrame.js"
-export { Decoder, type DecoderOptions, encode, makeDecoder }
+/** Encoders that carve frames from a caller's allocator (the TCP client's slabs). */
+export { Decoder, type DecoderOptions, encode, encodePartsWith, encodeWith, makeDecoder }
 
 /**
  * Decodes a byte stream into frames. Frames that precede a corruption are emitted, then

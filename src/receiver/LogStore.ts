@@ -15,7 +15,7 @@ import * as fs from "node:fs/promises"
 import * as path from "node:path"
 import { Duration, Effect, Either, Fiber, Queue, Scope } from "effect"
 import * as Inbox from "../internal/inbox.js"
-import type * as Wire from "../protocol/Wire.js"
+import * as Wire from "../protocol/Wire.js"
 import * as Geometry from "../domain/Geometry.js"
 import { BASE_FILE, type Base, rewriteBase } from "./internal/base.js"
 import {
@@ -123,15 +123,6 @@ const attempt = <A>(op: LogOp, file: string, f: () => Promise<A>): Effect.Effect
         : new LogIoError({ op, path: file, cause })
   })
 
-const kindOf = (record: Wire.Record): Kind =>
-  record._tag === "Write"
-    ? Kind.Write
-    : record._tag === "Block"
-      ? Kind.Block
-      : record._tag === "ResyncBegin"
-        ? Kind.ResyncBegin
-        : Kind.ResyncEnd
-
 const EMPTY = new Uint8Array(0)
 
 interface Pending {
@@ -202,7 +193,7 @@ export class DiskLog {
     const stamp = this.clock.stamp()
     const fields: RecordHeader = {
       length: payload.byteLength,
-      kind: kindOf(record),
+      kind: Wire.recordKindCode(record),
       flags: recoveryPoint ? FLAG_RECOVERY_POINT : 0,
       epoch: record.epoch,
       seq: record.seq,

@@ -100,15 +100,6 @@ export class ListenFailed extends Data.TaggedError("ListenFailed")<{
 /** The conversation is over (refused, taken over, or the log failed): stop reading. */
 class Finished extends Data.TaggedError("Finished")<{ readonly detail: string }> {}
 
-const kindOf = (record: Wire.Record): Receiver.RecordKind =>
-  record._tag === "Write"
-    ? "write"
-    : record._tag === "Block"
-      ? "block"
-      : record._tag === "ResyncBegin"
-        ? "resync-begin"
-        : "resync-end"
-
 /** The connection that holds a disk. */
 interface Holder {
   readonly socket: Net.Socket
@@ -278,7 +269,7 @@ const serveOn = (options: ServeOptions) =>
           const { state, verdict } = Receiver.receive(
             current.receiver,
             record.seq,
-            kindOf(record),
+            Wire.recordKind(record),
             record._tag === "ResyncBegin" ? record.base : record.seq - 1
           )
           current.receiver = state

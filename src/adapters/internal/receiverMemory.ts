@@ -8,7 +8,7 @@ import type { LogReceiver, MemoryReceiver } from "../LogReceiver.js"
 import { ConnectionClosed, ReceiverRefused } from "./receiverErrors.js"
 import { makeLink } from "./receiverLink.js"
 import { ReceiverStore, type StoreOptions } from "./receiverStore.js"
-import type { Record } from "../../protocol/internal/wireFrame.js"
+import type { Record } from "../../protocol/Wire.js"
 
 export interface MemoryOptions extends StoreOptions {
   /** Records the sender may buffer before `send` suspends (default 64). */

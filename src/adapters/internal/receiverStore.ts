@@ -8,8 +8,8 @@
 import { Either } from "effect"
 import * as Geometry from "../../domain/Geometry.js"
 import * as Receiver from "../../domain/Receiver.js"
-import type { Ack, Gap, Hello, Record } from "../../protocol/internal/wireFrame.js"
-import { checkRecord } from "../../protocol/internal/wireFrame.js"
+import type { Ack, Gap, Hello, Record } from "../../protocol/Wire.js"
+import { checkRecord, recordKind } from "../../protocol/Wire.js"
 import { ConnectionClosed } from "./receiverErrors.js"
 
 export type Message = Ack | Gap
@@ -37,19 +37,6 @@ export interface StoreOptions {
 
 /** Images are materialised whole; refuse absurd sizes rather than exhaust memory. */
 const MAX_IMAGE_BYTES = 1 << 30
-
-const kindOf = (record: Record): Receiver.RecordKind => {
-  switch (record._tag) {
-    case "Write":
-      return "write"
-    case "Block":
-      return "block"
-    case "ResyncBegin":
-      return "resync-begin"
-    case "ResyncEnd":
-      return "resync-end"
-  }
-}
 
 class Disk {
   readonly blocks = new Map<number, Uint8Array>()
@@ -157,7 +144,7 @@ export class ReceiverStore {
     const { state, verdict } = Receiver.receive(
       disk.receiver,
       record.seq,
-      kindOf(record),
+      recordKind(record),
       record._tag === "ResyncBegin" ? record.base : record.seq - 1
     )
     disk.receiver = state

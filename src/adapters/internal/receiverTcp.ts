@@ -19,10 +19,15 @@ import {
   ReceiverUnreachable
 } from "./receiverErrors.js"
 import { makeLink } from "./receiverLink.js"
-import { makeDecoder } from "../../protocol/internal/wireDecoder.js"
 import { makeSlabAllocator } from "../../internal/slab.js"
-import { encode, encodePartsWith, encodeWith } from "../../protocol/internal/wireEncode.js"
-import { type Frame, WireError } from "../../protocol/internal/wireFrame.js"
+import {
+  encode,
+  encodePartsWith,
+  encodeWith,
+  type Frame,
+  makeDecoder,
+  WireError
+} from "../../protocol/Wire.js"
 
 export interface TcpOptions {
   readonly host: string

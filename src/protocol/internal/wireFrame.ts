@@ -3,6 +3,7 @@
  * Shared by the encoder and the decoder; `Wire.ts` is the public face.
  */
 import * as Geometry from "../../domain/Geometry.js"
+import type { RecordKind } from "../../domain/Receiver.js"
 import { Schema } from "effect"
 
 /** "CDPS" */
@@ -127,6 +128,19 @@ export interface KeepAlive {
 
 /** The records the filter streams, in seq order. */
 export type Record = Write | Block | ResyncBegin | ResyncEnd
+
+const RECORD_KINDS = {
+  Write: "write",
+  Block: "block",
+  ResyncBegin: "resync-begin",
+  ResyncEnd: "resync-end"
+} as const satisfies { readonly [T in Record["_tag"]]: RecordKind }
+
+/** A record's kind as the receiver's sequencing rules name it (`domain/Receiver`). */
+export const recordKind = (record: Record): RecordKind => RECORD_KINDS[record._tag]
+
+/** A record's kind code on the wire (the receiver's segment records keep the same codes). */
+export const recordKindCode = (record: Record): (typeof Kind)[Record["_tag"]] => Kind[record._tag]
 export type Frame = Hello | Welcome | Record | Ack | Gap | Refuse | KeepAlive
 
 // ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import * as Geometry from "../../domain/Geometry.js"
 import * as Input from "../../domain/Input.js"
 import * as State from "../../domain/State.js"
 import { publish, type Shared } from "./shared.js"
+import { mib } from "../../internal/units.js"
 
 /** Rebuilds the state: the latest snapshot, then the journal after it. */
 export const recover = (
@@ -53,8 +54,6 @@ export const extentRanges = (
   }
   return ranges
 }
-
-const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MiB`
 
 /**
  * Journals what a start owes before the fibers run, and folds it into `shared.state`:
