@@ -565,7 +565,8 @@ const check = async (row: Row) => {
 
   // restore: the exact image, or a refusal naming the damage.
   for (const [target, outcome] of expected.restore) {
-    const out = path.join(dir, `restored-${target}.img`)
+    // Beside the receiver directory: restore refuses to write inside it.
+    const out = `${dir}-restored-${target}.img`
     const restored = await failure(Restore.restore({ dir, diskId, at: target, out }))
     if ("refused" in outcome) {
       expect(Either.isLeft(restored), `restore ${target} must be refused`).toBe(true)

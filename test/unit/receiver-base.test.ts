@@ -380,7 +380,7 @@ describe("a fold's clean-up (issue 13, finding 8)", () => {
     expect(fs.existsSync(path.join(diskDir, first))).toBe(true)
   })
 
-  it("an index whose segment is gone is removed when the chain is opened (an index is derived data)", async () => {
+  it("an index whose segment a fold removed is removed when the chain is opened (one after the base is evidence: the matrix keeps it)", async () => {
     const dir = tempDir()
     const changes = makeChanges(geometry, 60, { seed: 12 })
     const { diskDir, baseSeq } = await writeDisk(dir, "vm", geometry, changes, {
@@ -393,7 +393,7 @@ describe("a fold's clean-up (issue 13, finding 8)", () => {
     fs.writeFileSync(path.join(diskDir, "0000000000000001.idx"), "what a folded segment held")
     const chain = await openChain(diskDir, readMetaFile(diskDir), "recover")
     expect(chain.lastSeq).toBe(60)
-    expect(chain.notes.map((n) => n.message)).toContain("removed an index whose segment is gone")
+    expect(chain.notes.map((n) => n.message)).toContain("removed an index whose segment a fold removed")
     const left = fs.readdirSync(diskDir)
     for (const name of left.filter((n) => n.endsWith(".idx")))
       expect(left, `orphan ${name}`).toContain(name.replace(".idx", ".seg"))

@@ -359,16 +359,6 @@ export const openChain = async (
         await removeIfExists(path.join(diskDir, name))
         notes.push({ message: "removed a leftover temporary file", annotations: { file: name } })
       }
-  // An index is derived data: one whose segment is gone (a fold cut short) is removed.
-  if (recover)
-    for (const name of names) {
-      const segment = name.replace(/\.idx$/, ".seg")
-      if (segment !== name && parseSegmentName(segment) !== undefined && !names.includes(segment)) {
-        await removeIfExists(path.join(diskDir, name))
-        notes.push({ message: "removed an index whose segment is gone", annotations: { file: name } })
-      }
-    }
-
   // The trailer, checked against disk.json's geometry and the file's size.
   const opened = await openBase(diskDir, { blockSize: meta.blockSize, blockCount: meta.blockCount })
   await opened.handle.close()
@@ -376,6 +366,23 @@ export const openChain = async (
   // Before anything is removed as folded: the base's seq must agree with the segments.
   const anchor = await anchorDamage(diskDir, base, names)
   if (anchor !== undefined) throw anchor
+
+  // An index is derived data: one whose segment is gone because a fold removed it (the
+  // segment after it starts at or below base + 1) is removed. One whose segment vanished
+  // from the live log is evidence of damage: it stays, and the gap refuses the disk.
+  if (recover)
+    for (const name of names) {
+      const segment = name.replace(/\.idx$/, ".seg")
+      const firstSeq = parseSegmentName(segment)
+      if (segment === name || firstSeq === undefined || names.includes(segment)) continue
+      const folded = names.some((n) => {
+        const next = parseSegmentName(n)
+        return next !== undefined && next > firstSeq && next <= base.seq + 1
+      })
+      if (!folded) continue
+      await removeIfExists(path.join(diskDir, name))
+      notes.push({ message: "removed an index whose segment a fold removed", annotations: { file: name } })
+    }
 
   let files = names
     .map((name) => ({ name, firstSeq: parseSegmentName(name) }))
