@@ -2,6 +2,10 @@
  * The log receiver's store (docs/receiver.md): per disk, a base image and a chain of
  * segment files holding every accepted record, fsynced before it is acked.
  *
+ * Over 600 lines for now: the writer, the retention fold and the background verifier
+ * share `DiskLog`'s fields; they split along those seams (writer, fold, verifier) with
+ * one state record, as the replicator did (issue 14).
+ *
  * One writer fiber per disk owns the end of its log. Records are appended to a queue as
  * they are accepted; the writer takes everything queued while the previous fsync ran,
  * writes it with one positional write per segment, fsyncs once and then reports the
