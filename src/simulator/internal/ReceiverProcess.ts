@@ -16,7 +16,7 @@ export class ReceiverProcessError extends Data.TaggedError("ReceiverProcessError
 }
 
 /** The built CLI entry (dist/cli/main.js), next to this module once compiled. */
-export const cliEntry = (): string => fileURLToPath(new URL("../main.js", import.meta.url))
+export const cliEntry = (): string => fileURLToPath(new URL("../../cli/main.js", import.meta.url))
 
 export interface ReceiverProcess {
   readonly port: number
