@@ -7,7 +7,8 @@ import { Either } from "effect"
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
 import * as Wire from "../../src/protocol/Wire.js"
-import { Decoder, type DecoderTestOptions } from "../../src/protocol/internal/wireDecoder.js"
+import { DecoderSkippingPayloadCrc } from "../../src/protocol/internal/mutants.js"
+import { Decoder } from "../../src/protocol/internal/wireDecoder.js"
 import { encodePartsWith, encodeWith } from "../../src/protocol/internal/wireEncode.js"
 
 const RUNS = Math.round(200 * Number(process.env.CDP_SYNC_RUNS_FACTOR ?? 1))
@@ -81,8 +82,7 @@ interface Outcome {
   readonly decoder: Decoder
 }
 
-const decodeChunks = (chunks: ReadonlyArray<Uint8Array>, options: DecoderTestOptions = {}): Outcome => {
-  const decoder = new Decoder(options)
+const decodeChunks = (chunks: ReadonlyArray<Uint8Array>, decoder: Decoder = new Decoder()): Outcome => {
   const out: Array<Wire.Frame> = []
   let error: Wire.WireError | undefined
   for (const c of chunks) {
@@ -115,7 +115,7 @@ describe("wire codec", () => {
   })
 
   /** Corrupts 1–3 bytes (non-zero XOR); the decoder must report it or yield only originals. */
-  const corruptionProperty = (options: DecoderTestOptions) =>
+  const corruptionProperty = (makeDecoder: () => Decoder) =>
     fc.property(
       frames,
       fc.array(fc.tuple(position, fc.integer({ min: 1, max: 255 })), { minLength: 1, maxLength: 3 }),
@@ -127,7 +127,7 @@ describe("wire codec", () => {
           stream[i] = stream[i]! ^ mask
         }
         const changed = !stream.equals(concat(fs.map(Wire.encode)))
-        const { frames: decoded, error } = decodeChunks(chunk(stream, positions), options)
+        const { frames: decoded, error } = decodeChunks(chunk(stream, positions), makeDecoder())
         // Never a frame different from the original.
         decoded.forEach((f, i) => {
           if (!sameFrame(f, fs[i]!)) throw new Error(`frame ${i} altered without an error: ${f._tag}`)
@@ -161,11 +161,17 @@ describe("wire codec", () => {
   })
 
   it("reports random corruption as a typed error, never a different frame or a throw", () => {
-    fc.assert(corruptionProperty({}), { numRuns: RUNS })
+    fc.assert(
+      corruptionProperty(() => new Decoder()),
+      { numRuns: RUNS }
+    )
   })
 
   it("MUTANT: a decoder that skips the payload CRC is caught by the corruption property", () => {
-    const result = fc.check(corruptionProperty({ unsafeSkipPayloadCrc: true }), { numRuns: RUNS })
+    const result = fc.check(
+      corruptionProperty(() => new DecoderSkippingPayloadCrc()),
+      { numRuns: RUNS }
+    )
     expect(result.failed).toBe(true)
   })
 

@@ -3,7 +3,7 @@
  * before the suite when it is missing or older than the sources.
  */
 import { execFileSync } from "node:child_process"
-import { existsSync, readdirSync, statSync } from "node:fs"
+import { existsSync, readdirSync, rmSync, statSync } from "node:fs"
 import * as path from "node:path"
 
 const newest = (dir: string): number => {
@@ -19,6 +19,8 @@ export default function setup(): void {
   const root = path.resolve(import.meta.dirname, "../..")
   const main = path.join(root, "dist/cli/main.js")
   if (existsSync(main) && statSync(main).mtimeMs >= newest(path.join(root, "src"))) return
+  // A clean build: a module left behind by a moved source would hide a broken import.
+  rmSync(path.join(root, "dist"), { recursive: true, force: true })
   execFileSync(
     process.execPath,
     [path.join(root, "node_modules/typescript/bin/tsc"), "-p", "tsconfig.build.json"],

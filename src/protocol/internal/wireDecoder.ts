@@ -37,11 +37,6 @@ export interface DecoderOptions {
   readonly maxFirstFrameBytes?: number | undefined
 }
 
-/** Internal knobs for mutation testing only; never exposed by `Wire`. */
-export interface DecoderTestOptions extends DecoderOptions {
-  readonly unsafeSkipPayloadCrc?: boolean
-}
-
 interface Header {
   readonly kind: number
   readonly seq: number
@@ -79,7 +74,8 @@ export class Decoder {
   private readonly maxFirstFrameBytes: number
   /** Whether a frame was decoded (the first-frame cap no longer applies). */
   private started = false
-  private readonly checkPayloadCrc: boolean
+  /** Always true here; a subclass in ./mutants.ts (for the tests only) turns it off. */
+  protected readonly checkPayloadCrc: boolean = true
   private chunks: Array<Uint8Array> = []
   /** Index of the first unconsumed chunk and bytes already consumed from it. */
   private head = 0
@@ -93,10 +89,9 @@ export class Decoder {
   /** Payload copies: small and medium ones share 1 MiB slabs. */
   private readonly allocate = makeSlabAllocator({ slabBytes: SLAB_BYTES, largest: SLAB_BYTES / 4 })
 
-  constructor(options: DecoderTestOptions = {}) {
+  constructor(options: DecoderOptions = {}) {
     this.maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES
     this.maxFirstFrameBytes = Math.min(this.maxFrameBytes, options.maxFirstFrameBytes ?? this.maxFrameBytes)
-    this.checkPayloadCrc = options.unsafeSkipPayloadCrc !== true
   }
 
   /** Bytes received but not yet part of a decoded frame. */

@@ -39,6 +39,7 @@ import {
   recordAnchor
 } from "./format.js"
 import { describeDamage, readIndex, scanSegment } from "./segment.js"
+import { ReceiverMutants } from "./mutants.js"
 
 export const BASE_FILE = "base.img"
 
@@ -48,9 +49,6 @@ export const BASE_FILE = "base.img"
  * unit is in its trailer.
  */
 export const tuning = { unitBytes: 64 * 1024, tableWindowBytes: 64 * 1024, chunkBytes: 1 << 20 }
-
-/** Deliberately broken variants, for the tests that prove the properties catch them. */
-export const mutants = { foldSkipsRehash: false }
 
 /** What the trailer says, and where it is. */
 export type Base =
@@ -353,7 +351,7 @@ export class BaseWriter {
   async finish(t: { readonly seq: number; readonly time: number; readonly anchor: number }): Promise<Base> {
     const { layout } = this
     if (this.windowFirst !== layout.units) throw new Error("the checksum table is incomplete")
-    if (!mutants.foldSkipsRehash) await this.rehash()
+    if (!ReceiverMutants.foldSkipsRehash) await this.rehash()
     const trailer: BaseTrailerV2 = {
       ...t,
       blockSize: this.geometry.blockSize,
