@@ -66,14 +66,22 @@ export interface ActivityTracker {
    * it never reached the disk. (A write the disk failed keeps them: its bytes are unknown.)
    */
   readonly leave: (first: number, last: number) => void
-  /** The next transaction, or `undefined` when no extent is asked for. */
+  /**
+   * The next transaction, or `undefined` when there is nothing to commit: no extent is
+   * asked for, and the log is within its capacity or has no idle extent to let go.
+   */
   readonly nextTransaction: () => Transaction | undefined
   /** The transaction `nextTransaction` handed out is durable. */
   readonly committed: (transaction: Transaction) => void
   /** Extents active, activating or retiring: what the durable log holds at most. */
   readonly size: () => number
-  /** True while some extent is asked for and not yet in a transaction. */
-  readonly hasWanted: () => boolean
+  /**
+   * True while a transaction is due: some extent is asked for and not yet in one, or the
+   * log grew past its capacity while every extent was busy and one has since gone idle
+   * (without that retire-only commit, a log that overflowed under load would stay full
+   * while no new extent is asked for, and a crash would resync all of it).
+   */
+  readonly hasWork: () => boolean
 }
 
 /**
@@ -81,7 +89,8 @@ export interface ActivityTracker {
  * recently used extents with no pending write to make room. It is a soft bound: when
  * every extent in the log has pending writes, asked-for extents are activated anyway,
  * so no write waits on another's journal commit for room (that could deadlock a write
- * spanning more extents than the log holds). `recovered` is the durable set at start.
+ * spanning more extents than the log holds); once extents go idle, a retire-only
+ * transaction brings the log back to `capacity`. `recovered` is the durable set at start.
  */
 export const make = (options: {
   readonly capacity: number
@@ -90,14 +99,23 @@ export const make = (options: {
   readonly unsafeRetireBusy?: boolean
   /** A deliberately broken variant for the test suite's mutants: retire extents a waiting write reserved. */
   readonly unsafeIgnoreReservations?: boolean
+  /** A deliberately broken variant for the test suite's mutants: retire only when a new extent is asked for. */
+  readonly unsafeRetireOnlyOnRequest?: boolean
 }): ActivityTracker => {
   const extents = new Map<number, Extent>()
   let tick = 0
   let wanted = 0
+  /** Extents activating, active or retiring: what the durable log may hold. */
+  let inLog = 0
+  /** An extent went idle while the log held more than `capacity`: a retire-only commit is due. */
+  let shrinkDue = false
   for (const e of options.recovered)
     extents.set(e, { phase: Phase.Active, pending: 0, lastUse: 0, wantedAgain: false, reserved: 0 })
+  inLog = extents.size
+  shrinkDue = inLog > options.capacity && options.unsafeRetireOnlyOnRequest !== true
   const retireBusy = options.unsafeRetireBusy === true
   const ignoreReservations = options.unsafeIgnoreReservations === true
+  const shrinks = options.unsafeRetireOnlyOnRequest !== true
 
   const tryEnter = (first: number, last: number): boolean => {
     for (let e = first; e <= last; e++) if (extents.get(e)?.phase !== Phase.Active) return false
@@ -142,26 +160,30 @@ export const make = (options: {
   const leave = (first: number, last: number): void => {
     for (let e = first; e <= last; e++) {
       const x = extents.get(e)
-      if (x !== undefined && x.pending > 0) x.pending--
+      if (x !== undefined && x.pending > 0 && --x.pending === 0 && inLog > options.capacity)
+        shrinkDue = shrinks
     }
   }
 
   const nextTransaction = (): Transaction | undefined => {
-    if (wanted === 0) return undefined
+    if (wanted === 0 && !shrinkDue) return undefined
+    shrinkDue = false
     const activate: Array<number> = []
     const idle: Array<[number, Extent]> = []
-    let inLog = 0
     for (const [e, x] of extents) {
       if (x.phase === Phase.Wanted) {
         x.phase = Phase.Activating
         activate.push(e)
-      } else if (x.phase === Phase.Active) {
-        inLog++
-        if ((x.pending === 0 || retireBusy) && (x.reserved === 0 || ignoreReservations)) idle.push([e, x])
-      } else inLog++
+      } else if (
+        x.phase === Phase.Active &&
+        (x.pending === 0 || retireBusy) &&
+        (x.reserved === 0 || ignoreReservations)
+      )
+        idle.push([e, x])
     }
     wanted = 0
     const over = inLog + activate.length - options.capacity
+    inLog += activate.length
     const retire: Array<number> = []
     if (over > 0) {
       idle.sort((a, b) => a[1].lastUse - b[1].lastUse)
@@ -170,6 +192,7 @@ export const make = (options: {
         retire.push(e)
       }
     }
+    if (activate.length === 0 && retire.length === 0) return undefined
     activate.sort((a, b) => a - b)
     retire.sort((a, b) => a - b)
     return { activate, retire }
@@ -185,6 +208,7 @@ export const make = (options: {
     }
     for (const e of transaction.retire) {
       const x = extents.get(e)!
+      inLog--
       if (x.wantedAgain) {
         x.phase = Phase.Wanted
         x.wantedAgain = false
@@ -201,11 +225,7 @@ export const make = (options: {
     leave,
     nextTransaction,
     committed,
-    size: () => {
-      let n = 0
-      for (const x of extents.values()) if (x.phase !== Phase.Wanted) n++
-      return n
-    },
-    hasWanted: () => wanted > 0
+    size: () => inLog,
+    hasWork: () => wanted > 0 || shrinkDue
   }
 }

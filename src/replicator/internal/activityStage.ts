@@ -48,8 +48,9 @@ export const committer = (
       )
       tracker.committed(transaction)
       commits.fire()
-      // A retiring extent asked for again comes back in the next transaction.
-      if (tracker.hasWanted()) signal.offer(undefined)
+      // A retiring extent asked for again comes back in the next transaction; extents that
+      // went idle while it committed may bring an overfull log back to its capacity.
+      if (tracker.hasWork()) signal.offer(undefined)
       yield* Metric.set(metrics.activeExtents, tracker.size())
     }
   })

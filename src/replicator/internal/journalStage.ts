@@ -55,6 +55,9 @@ export const journalStage = (
         if (extents !== undefined && tracker !== undefined)
           for (let k = 0; k < extents.length; k += 2) tracker.leave(extents[k]!, extents[k + 1]!)
       }
+      // An overfull log (every extent was busy) lets idle extents go without waiting for
+      // a write to ask for a new one.
+      if (shared.activity?.tracker.hasWork() === true) shared.activity.signal.offer(undefined)
       shared.pendingWrites.release(writes)
       if (shared.sinceSnapshot >= settings.snapshotEvery) {
         yield* journal
