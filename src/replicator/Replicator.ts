@@ -17,14 +17,11 @@
  * gaps into inputs, and watches for ack timeouts.
  */
 import {
-  Cause,
   Context,
-  Data,
   Deferred,
   Duration,
   Effect,
   Layer,
-  Metric,
   Option,
   Schedule,
   type Scheduler,
@@ -33,12 +30,11 @@ import {
   SubscriptionRef
 } from "effect"
 import { ActivityLog } from "../adapters/ActivityLog.js"
-import { EventJournal, type JournalError, type JournalGeometryMismatch } from "../adapters/EventJournal.js"
+import { EventJournal } from "../adapters/EventJournal.js"
 import { LogReceiver } from "../adapters/LogReceiver.js"
-import { type DiskError, VirtualDisk } from "../adapters/VirtualDisk.js"
+import { VirtualDisk } from "../adapters/VirtualDisk.js"
 import type { Config } from "../domain/Config.js"
 import type * as Event from "../domain/Event.js"
-import type * as Geometry from "../domain/Geometry.js"
 import type * as State from "../domain/State.js"
 import * as IoScheduler from "../internal/IoScheduler.js"
 import * as Activity from "./internal/activity.js"
@@ -53,75 +49,30 @@ import * as Recovery from "./internal/recovery.js"
 import { sender } from "./internal/sender.js"
 import { makeShared, stop } from "./internal/shared.js"
 import { makeWritePath } from "./internal/writePath.js"
+import {
+  describeStop,
+  GeometryMismatch,
+  ReceiverAheadOfJournal,
+  type ReplicatorError,
+  ReplicatorStopped,
+  type StartError,
+  WriteRejected
+} from "./internal/errors.js"
+import { metrics } from "./internal/metrics.js"
+import type { GuestWrite, Status } from "./internal/status.js"
 
-// ---------------------------------------------------------------------------
-// Errors
-
-/** A guest write the filter refuses before touching the disk. */
-export class WriteRejected extends Data.TaggedError("WriteRejected")<{
-  readonly offset: number
-  readonly length: number
-  readonly reason: string
-}> {
-  override get message() {
-    return `write rejected (offset ${this.offset}, length ${this.length}): ${this.reason}`
-  }
+export {
+  describeStop,
+  GeometryMismatch,
+  metrics,
+  ReceiverAheadOfJournal,
+  type ReplicatorError,
+  ReplicatorStopped,
+  type StartError,
+  WriteRejected,
+  type GuestWrite,
+  type Status
 }
-
-/** The replicator stopped: its journal or its disk failed, or the receiver contradicts the journal. */
-export class ReplicatorStopped extends Data.TaggedError("ReplicatorStopped")<{
-  readonly reason: string
-  readonly cause: unknown
-}> {
-  override get message() {
-    return `the replicator stopped: ${this.reason}`
-  }
-}
-
-export type ReplicatorError = WriteRejected | ReplicatorStopped | DiskError
-
-const messageOf = (cause: unknown): string | undefined => {
-  const error = Cause.isCause(cause) ? Cause.squash(cause) : cause
-  return error instanceof Error || (typeof error === "object" && error !== null && "message" in error)
-    ? String((error as { message: unknown }).message)
-    : undefined
-}
-
-/** One line: the reason and, when the cause is an error, its message. */
-export const describeStop = (stopped: ReplicatorStopped): string => {
-  const detail = messageOf(stopped.cause)
-  return detail === undefined || detail === "" ? stopped.reason : `${stopped.reason}: ${detail}`
-}
-
-/** The disk in the context has another geometry than `config`: refused at start, before any write. */
-export class GeometryMismatch extends Data.TaggedError("GeometryMismatch")<{
-  readonly config: Geometry.Geometry
-  readonly disk: Geometry.Geometry
-}> {
-  override get message() {
-    return `the disk has ${this.disk.blockCount} blocks of ${this.disk.blockSize} bytes, the config says ${this.config.blockCount} of ${this.config.blockSize}`
-  }
-}
-
-/**
- * The receiver holds the disk beyond anything this journal ever sent: its log was
- * written by another history of the filter for this disk id (a lost or replaced
- * journal, or a second filter with the same disk id). Nothing is sent: records from
- * this journal would be taken for ones the receiver already has. A cause of
- * `ReplicatorStopped`.
- */
-export class ReceiverAheadOfJournal extends Data.TaggedError("ReceiverAheadOfJournal")<{
-  readonly diskId: string
-  readonly receiverSeq: number
-  readonly lastSent: number
-}> {
-  override get message() {
-    return `the receiver holds disk ${JSON.stringify(this.diskId)} up to seq ${this.receiverSeq}, but this journal has sent only up to seq ${this.lastSent}: the receiver's log comes from another journal for this disk id (a lost or replaced journal, or another filter using the same disk id). Nothing was sent. Protect this disk under a new disk id, or move the receiver's log for ${JSON.stringify(this.diskId)} aside (it can still be restored from)`
-  }
-}
-
-/** Why `make` fails at start: before any guest write was accepted. */
-export type StartError = JournalError | JournalGeometryMismatch | GeometryMismatch | ReplicatorStopped
 
 // ---------------------------------------------------------------------------
 // The port
@@ -173,29 +124,6 @@ export interface Options {
   readonly scheduler?: Scheduler.Scheduler | "inherit" | undefined
 }
 
-export interface Status {
-  readonly mode: State.Mode
-  readonly link: State.Link
-  readonly epoch: number
-  readonly nextSeq: number
-  readonly watermark: number
-  /** Blocks the receiver may lack that no unacked record will deliver. */
-  readonly dirtyBlocks: number
-  /** Records sent and not acked. */
-  readonly inFlight: number
-  /** Records the receiver has not acked (the live RPO in records). */
-  readonly lagRecords: number
-  /** Age of the oldest unacked record in milliseconds (the live RPO in time). */
-  readonly lagMillis: number
-  readonly quiescent: boolean
-}
-
-/** One guest write: `bytes` at `offset`, both sector aligned. */
-export interface GuestWrite {
-  readonly offset: number
-  readonly bytes: Uint8Array
-}
-
 export class Replicator extends Context.Tag("cdp-sync/Replicator")<Replicator, Replicator.Service>() {}
 
 export declare namespace Replicator {
@@ -233,35 +161,6 @@ export declare namespace Replicator {
      */
     readonly stopped: Effect.Effect<never, ReplicatorStopped>
   }
-}
-
-// ---------------------------------------------------------------------------
-// Metrics
-
-export const metrics = {
-  mode: Metric.gauge("cdp_sync_mode", { description: "0 sync, 1 resync" }),
-  epoch: Metric.gauge("cdp_sync_epoch", { description: "resync activations" }),
-  dirtyBlocks: Metric.gauge("cdp_sync_dirty_blocks", { description: "blocks owed to the receiver" }),
-  drainSent: Metric.counter("cdp_sync_drain_blocks_sent", { description: "block records sent" }),
-  lagRecords: Metric.gauge("cdp_sync_lag_records", { description: "records not yet acked" }),
-  lagSeconds: Metric.gauge("cdp_sync_lag_seconds", { description: "age of the oldest unacked record" }),
-  bytesWritten: Metric.counter("cdp_sync_guest_bytes", { description: "guest bytes written" }),
-  bytesSent: Metric.counter("cdp_sync_bytes_sent", { description: "record payload bytes sent" }),
-  activeExtents: Metric.gauge("cdp_sync_active_extents", {
-    description: "extents the activity log holds: what an unclean start would resync"
-  }),
-  /** A guest write to an extent not in the activity log waits for one such commit. */
-  activityCommit: Metric.timerWithBoundaries(
-    "cdp_sync_activity_commit",
-    [0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
-    "one transaction of the activity log (write and fdatasync), in milliseconds"
-  ),
-  /** Live records wait for their events' commit before they are sent: its latency is theirs. */
-  journalCommit: Metric.timerWithBoundaries(
-    "cdp_sync_journal_commit",
-    [0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
-    "one group commit of the filter's journal (append and fsync), in milliseconds"
-  )
 }
 
 // ---------------------------------------------------------------------------

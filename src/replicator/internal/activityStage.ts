@@ -6,7 +6,8 @@
  */
 import { Effect, Metric } from "effect"
 import type { ActivityLog } from "../../adapters/ActivityLog.js"
-import { metrics, type ReplicatorStopped } from "../Replicator.js"
+import type { ReplicatorStopped } from "./errors.js"
+import { metrics } from "./metrics.js"
 import { orStopped } from "./admission.js"
 import { type ActivityShared, type Shared, stop } from "./shared.js"
 

@@ -13,7 +13,7 @@ import type { Config } from "../../domain/Config.js"
 import type * as Event from "../../domain/Event.js"
 import * as Geometry from "../../domain/Geometry.js"
 import * as State from "../../domain/State.js"
-import { metrics } from "../Replicator.js"
+import { metrics } from "./metrics.js"
 import { type Decided, type Outgoing, type Shared, stop } from "./shared.js"
 
 /** Consecutive drained blocks read with one disk request, at most. */

@@ -5,7 +5,7 @@
 import { Deferred, Effect, Fiber, Stream } from "effect"
 import type { EventJournal } from "../../adapters/EventJournal.js"
 import * as State from "../../domain/State.js"
-import type { ReplicatorStopped } from "../Replicator.js"
+import type { ReplicatorStopped } from "./errors.js"
 import { orStopped } from "./admission.js"
 import type { Shared } from "./shared.js"
 

@@ -3,7 +3,7 @@
  * in. Records of an older session (decided before a link loss or a gap) are dropped.
  */
 import { Clock, Effect, Either, Metric } from "effect"
-import { metrics } from "../Replicator.js"
+import { metrics } from "./metrics.js"
 import { type Shared, stop } from "./shared.js"
 
 export const sender = (shared: Shared): Effect.Effect<never> =>
