@@ -6,6 +6,9 @@
  * `null` and full ones a shared canonical node per level, so `full`, huge ranges and snapshots are
  * cheap. Updates copy one path (old versions never change); transients (`mutate`) edit in place the
  * nodes they created, for bulk work.
+ *
+ * Over 400 lines on purpose: it is the whole public surface of the bitmap (queries, updates,
+ * set algebra, transients, snapshots); the machinery is already in internal/.
  */
 import * as Equal from "effect/Equal"
 import * as Hash from "effect/Hash"

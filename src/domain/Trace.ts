@@ -2,6 +2,9 @@
  * The trace codec (design §5): JSON Lines, a header line then one event per line.
  * Decoding is streaming and line-numbered; every failure is a `TraceError` value.
  * Unknown fields are ignored; unknown `type`s are an error.
+ *
+ * Over 400 lines on purpose: it is the schema of every event kind of the trace contract
+ * (design §5) in one place, so the contract reads as one document.
  */
 import { Data, Either, ParseResult, Schema } from "effect"
 import { Initial } from "./Config.js"

@@ -7,6 +7,9 @@
  * previous fsync ran, writes them with one positional write, fsyncs once, then
  * completes them all (group commit). Readers use positional reads below the
  * committed end, so they never see a batch before it is durable.
+ * Over 400 lines on purpose: the writer, the readers and the recovery rules of one file
+ * format share its framing and its committed-end bookkeeping. It splits next into the
+ * writer fiber and recovery.
  */
 import * as fs from "node:fs/promises"
 import * as path from "node:path"

@@ -15,6 +15,9 @@
  * contents across those two. The forms tell apart by length (dense) and by the sign of slot 1 (runs).
  * The owner is 0 for persistent leaves, or the id of the transient that created the leaf and may
  * mutate it in place.
+ * Over 400 lines on purpose: the three forms and every operation across them (set, clear,
+ * union, difference, count, iterate) share the canonical-form rules above, and a change to
+ * one form must be read beside the others. It splits next by operation family if it grows.
  */
 export type Leaf = Array<number>
 

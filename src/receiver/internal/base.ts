@@ -13,6 +13,9 @@
  * all-zero chunk is compared, and a zero unit's CRC32C is a constant of its length. A fold
  * hashes what it writes: the units it copies (checked on the way) and, read back, the units
  * its records touched.
+ * Over 400 lines on purpose: the layout, the writer (fold) and the readers (restore, verify,
+ * inspect) must agree on every offset and check of the format, and are read together. It
+ * splits next into the writer and the readers.
  */
 import * as fs from "node:fs/promises"
 import * as path from "node:path"

@@ -9,6 +9,9 @@
  * restore; possibly while the receiver runs) it changes nothing, ignores a torn tail and
  * scans past a bad index. Nothing is removed because metadata is missing or damaged:
  * `inspectDiskDir` refuses such a directory instead.
+ * Over 400 lines on purpose: the read and recover modes share one walk of the directory,
+ * and every repair sits beside the check that licenses it. It splits next into the
+ * walk (segments, indexes) and the repairs.
  */
 import { createHash } from "node:crypto"
 import * as fs from "node:fs/promises"
