@@ -48,7 +48,7 @@ const handshakeCases: ReadonlyArray<Case> = [
       Effect.gen(function* () {
         const channel = yield* options(h.endpoint)
         const bytes = Codec.encodeOption(P.OPT_GO)
-        bytes[0] ^= 0xff
+        bytes[0]! ^= 0xff
         channel.socket.write(bytes)
         yield* closedWithLog(h, channel.reader, "NbdProtocolError", "bad-option-magic")
       })
@@ -179,7 +179,7 @@ const transmissionCases: ReadonlyArray<Case> = [
         const c = yield* transmitting(h.endpoint)
         const read = c.sendNow({ type: P.CMD_READ, offset: 0, length: 4096 })
         const bad = Codec.encodeRequest({ flags: 0, type: P.CMD_READ, cookie: 99n, offset: 0, length: 512 })
-        bad[1] ^= 0x01
+        bad[1]! ^= 0x01
         c.rawBytes(bad)
         expect((yield* read).byteLength).toBe(4096)
         expect(yield* Deferred.await(c.closed)).toBeUndefined()

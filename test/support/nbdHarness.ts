@@ -8,7 +8,7 @@
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { Cause, Effect, Either, Layer, Logger, type LogLevel, type Scope } from "effect"
+import { Cause, Effect, Either, ExecutionStrategy, Exit, Layer, Logger, type LogLevel, Scope } from "effect"
 import * as EventJournal from "../../src/adapters/EventJournal.js"
 import * as LogReceiver from "../../src/adapters/LogReceiver.js"
 import * as VirtualDisk from "../../src/adapters/VirtualDisk.js"
@@ -33,8 +33,8 @@ export interface LogLine {
 export interface Harness {
   readonly server: Nbd.Server
   readonly endpoint: Endpoint
-  readonly disk: VirtualDisk.Service
-  readonly replicator: Replicator.Service
+  readonly disk: VirtualDisk.VirtualDisk.Service
+  readonly replicator: Replicator.Replicator.Service
   readonly receiver: LogReceiver.MemoryReceiver.Service
   /** Byte ranges of the writes whose events the journal made durable, in order. */
   readonly journaled: Array<{ readonly offset: number; readonly length: number }>
@@ -44,6 +44,8 @@ export interface Harness {
   readonly diskWriteEntered: Array<number>
   /** While closed, journal appends wait. */
   readonly journalAppends: Effect.Latch
+  /** Closes the server (not the replicator), as the end of its scope would. */
+  readonly closeServer: Effect.Effect<void>
   /** The replica (latest durable image at the receiver) equals the disk, after a quiesce. */
   readonly replicaEqualsDisk: Effect.Effect<boolean, unknown>
 }
@@ -82,7 +84,7 @@ export const make = (options: HarnessOptions = {}): Effect.Effect<Harness, unkno
     const journalAppends = yield* Effect.makeLatch(true)
     const diskWriteEntered: Array<number> = []
     const memoryDisk = VirtualDisk.makeMemory(config)
-    const disk: VirtualDisk.Service = {
+    const disk: VirtualDisk.VirtualDisk.Service = {
       ...memoryDisk,
       write: (offset, bytes) =>
         Effect.suspend(() => {
@@ -121,12 +123,15 @@ export const make = (options: HarnessOptions = {}): Effect.Effect<Harness, unkno
     const replicator = yield* Effect.provide(Replicator.Replicator, context)
     const receiver = yield* Effect.provide(LogReceiver.MemoryReceiver, context)
     const socketPath = options.unix === true ? yield* tempSocketPath : undefined
+    // The server in a scope of its own, inside the harness's: a test may close it alone.
+    const serverScope = yield* Scope.fork(yield* Effect.scope, ExecutionStrategy.sequential)
     const server = yield* Nbd.serve({
       listen: socketPath === undefined ? { host: "127.0.0.1", port: 0 } : { path: socketPath },
       exportName: "test",
       maxPayload: 1024 * 1024,
       ...options.serve
     }).pipe(
+      Scope.extend(serverScope),
       Effect.provide(context),
       Effect.provide(NbdMutants.layer(options.mutants ?? {})),
       Effect.provide(Logger.replace(Logger.defaultLogger, logger))
@@ -146,6 +151,7 @@ export const make = (options: HarnessOptions = {}): Effect.Effect<Harness, unkno
       diskWrites,
       diskWriteEntered,
       journalAppends,
+      closeServer: Scope.close(serverScope, Exit.void),
       replicaEqualsDisk: Effect.gen(function* () {
         yield* replicator.quiesce
         const replica = yield* receiver.image(DISK_ID)

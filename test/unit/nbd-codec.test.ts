@@ -22,7 +22,7 @@ describe("the handshake's bytes", () => {
     )
     expect(Codec.decodeGreeting(Codec.encodeGreeting(3))).toBe(3)
     const bad = Codec.encodeGreeting(3)
-    bad[0] ^= 1
+    bad[0]! ^= 1
     expect(reasonOf(Codec.decodeGreeting(bad))).toBe("bad-greeting")
     expect(reasonOf(Codec.decodeGreeting(bad.subarray(0, 17)))).toBe("truncated")
   })
@@ -53,7 +53,7 @@ describe("the handshake's bytes", () => {
       length: 0
     })
     const bad = Codec.encodeOption(7)
-    bad[7] ^= 0x80
+    bad[7]! ^= 0x80
     expect(reasonOf(Codec.decodeOptionHeader(bad))).toBe("bad-option-magic")
     expect(hex(Codec.encodeOptionReply(P.OPT_LIST, P.REP_ACK))).toBe(
       "0003e889045565a9" + "00000003" + "00000001" + "00000000"
@@ -127,14 +127,14 @@ describe("the transmission phase's bytes", () => {
     const bytes = Codec.encodeRequest({ flags: 0, type: 0, cookie: 1n, offset: 0, length: 0 })
     for (let i = 0; i < 4; i++) {
       const flipped = Uint8Array.from(bytes)
-      flipped[i] ^= 0x10
+      flipped[i]! ^= 0x10
       expect(reasonOf(Codec.decodeRequest(flipped))).toBe("bad-request-magic")
     }
     expect(reasonOf(Codec.decodeRequest(bytes.subarray(0, 27)))).toBe("truncated")
     const reply = Codec.encodeSimpleReply(22, 7n)
     expect(hex(reply)).toBe("67446698" + "00000016" + "0000000000000007")
     expect(Codec.decodeSimpleReply(reply)).toEqual({ error: 22, cookie: 7n })
-    reply[3] ^= 1
+    reply[3]! ^= 1
     expect(reasonOf(Codec.decodeSimpleReply(reply))).toBe("bad-reply-magic")
   })
 })
