@@ -116,11 +116,15 @@ export interface CliResult extends Exited {
   readonly stderr: string
 }
 
-/** Runs one of the receiver's commands (`restore`, `points`, …) to completion. */
-export const run = async (args: ReadonlyArray<string>): Promise<CliResult> => {
+/** Runs one of the CLI's commands (`restore`, `points`, …) to completion, or SIGKILLs it after `timeoutMs`. */
+export const run = async (
+  args: ReadonlyArray<string>,
+  options: { readonly timeoutMs?: number } = {}
+): Promise<CliResult> => {
   const child = spawn(process.execPath, [...(await entry()), ...args], {
     cwd: root,
-    stdio: ["ignore", "pipe", "pipe"]
+    stdio: ["ignore", "pipe", "pipe"],
+    ...(options.timeoutMs === undefined ? {} : { timeout: options.timeoutMs, killSignal: "SIGKILL" })
   })
   const { out, exited } = collect(child)
   const e = await exited
