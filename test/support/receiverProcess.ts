@@ -21,6 +21,7 @@ import {
   SEGMENT_HEADER_BYTES
 } from "../../src/receiver/internal/format.js"
 import { readRange } from "../../src/receiver/internal/segment.js"
+import * as Launcher from "../../src/simulator/internal/ReceiverProcess.js"
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..")
 const built = path.join(root, "dist/cli/main.js")
@@ -38,18 +39,9 @@ export const entry = (): Promise<ReadonlyArray<string>> => {
   return entryPromise
 }
 
-export interface Exited {
-  readonly code: number | null
-  readonly signal: NodeJS.Signals | null
-}
+export type Exited = Launcher.Exited
 
-export interface ReceiverProcess {
-  readonly host: string
-  readonly port: number
-  readonly child: ChildProcess
-  readonly exited: Promise<Exited>
-  stdout(): string
-  stderr(): string
+export interface ReceiverProcess extends Launcher.Launched {
   /** Sends `signal` (default SIGKILL) and waits for the exit. */
   kill(signal?: NodeJS.Signals): Promise<Exited>
 }
@@ -69,41 +61,25 @@ const collect = (child: ChildProcess) => {
 }
 
 /**
- * Starts `receiver --dir DIR --port 0 …extra` and resolves once it prints its ready line;
- * rejects (with its stderr) if it exits first or takes longer than `timeoutMs`.
+ * Starts `receiver --dir DIR --port 0 …extra` (the simulator's launcher, keeping all it
+ * writes) and resolves once it prints its ready line; rejects (with its stderr) if it
+ * exits first or takes longer than `timeoutMs`.
  */
 export const start = async (
   dir: string,
   extra: ReadonlyArray<string> = [],
   options: { readonly timeoutMs?: number } = {}
 ): Promise<ReceiverProcess> => {
-  const args = [...(await entry()), "receiver", "--dir", dir, "--port", "0", ...extra]
-  const child = spawn(process.execPath, args, { cwd: root, stdio: ["ignore", "pipe", "pipe"] })
-  const { out, exited } = collect(child)
-  const ready = await new Promise<{ host: string; port: number }>((resolve, reject) => {
-    const timer = setTimeout(() => {
-      child.kill("SIGKILL")
-      reject(new Error(`receiver not ready in time; stderr:\n${out.stderr}`))
-    }, options.timeoutMs ?? 30_000)
-    const check = () => {
-      const m = /^listening (\S+):(\d+)$/m.exec(out.stdout)
-      if (m === null) return
-      clearTimeout(timer)
-      child.stdout?.off("data", check)
-      resolve({ host: m[1]!, port: Number(m[2]) })
-    }
-    child.stdout?.on("data", check)
-    void exited.then((e) => {
-      clearTimeout(timer)
-      reject(new Error(`receiver exited (${e.code ?? e.signal}) before it was ready; stderr:\n${out.stderr}`))
+  const launched = await Effect.runPromise(
+    Launcher.launch(await entry(), ["receiver", "--dir", dir, "--port", "0", ...extra], {
+      timeoutMs: options.timeoutMs ?? 30_000,
+      keepOutput: true,
+      cwd: root
     })
-  })
+  )
+  const { child, exited } = launched
   return {
-    ...ready,
-    child,
-    exited,
-    stdout: () => out.stdout,
-    stderr: () => out.stderr,
+    ...launched,
     kill: (signal = "SIGKILL") => {
       if (child.exitCode === null && child.signalCode === null) child.kill(signal)
       return exited
