@@ -12,15 +12,15 @@ import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import { Deferred, Effect, Exit, Fiber, Stream } from "effect"
 import * as LogReceiver from "../../src/adapters/LogReceiver.js"
-import type * as Wire from "../../src/protocol/Wire.js"
+import * as Wire from "../../src/protocol/Wire.js"
 import { listDisks, openChain } from "../../src/receiver/internal/chain.js"
 import {
   isRecoveryPoint,
-  Kind,
   type RecordHeader,
   SEGMENT_HEADER_BYTES
 } from "../../src/receiver/internal/format.js"
 import { readRange } from "../../src/receiver/internal/segment.js"
+import { prng } from "../../src/conformance/Simulation.js"
 import * as Launcher from "../../src/simulator/internal/ReceiverProcess.js"
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..")
@@ -127,17 +127,8 @@ export interface PlanOptions {
   readonly resyncChance?: number
 }
 
-/** A small deterministic PRNG (mulberry32). */
-export const prng = (seed: number) => {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+/** A small deterministic PRNG (mulberry32), the simulated world's. */
+export { prng }
 
 const fillRandom = (bytes: Uint8Array, random: () => number): Uint8Array => {
   for (let i = 0; i < bytes.length; i += 4) {
@@ -349,13 +340,6 @@ export const readLog = async (
   return { baseSeq: chain.base.seq, records }
 }
 
-const kindOf = {
-  Write: Kind.Write,
-  Block: Kind.Block,
-  ResyncBegin: Kind.ResyncBegin,
-  ResyncEnd: Kind.ResyncEnd
-}
-
 /** Why a logged record differs from the planned one (`undefined`: byte-identical, same flags). */
 export const compare = (logged: LoggedRecord, planned: Planned): string | undefined => {
   const r = planned.record
@@ -363,7 +347,7 @@ export const compare = (logged: LoggedRecord, planned: Planned): string | undefi
     r._tag === "Write" ? r.offset : r._tag === "Block" ? r.block : r._tag === "ResyncBegin" ? r.base : 0
   const data = r._tag === "Write" || r._tag === "Block" ? r.data : new Uint8Array(0)
   if (logged.seq !== r.seq) return `seq ${logged.seq}, planned ${r.seq}`
-  if (logged.kind !== kindOf[r._tag]) return `seq ${r.seq}: kind ${logged.kind}, planned ${r._tag}`
+  if (logged.kind !== Wire.recordKindCode(r)) return `seq ${r.seq}: kind ${logged.kind}, planned ${r._tag}`
   if (logged.position !== position || logged.epoch !== r.epoch)
     return `seq ${r.seq}: position or epoch differ`
   if (!logged.payload.equals(Buffer.from(data.buffer, data.byteOffset, data.byteLength)))

@@ -87,9 +87,9 @@ export const kindName = (kind: Kind): "write" | "block" | "resync-begin" | "resy
         : "resync-end"
 
 /** The 40-byte header of a record; the CRC covers the header and `payload`. */
-export const encodeRecordHeader = (h: RecordHeader, payload: Uint8Array): Buffer => {
-  const b = Buffer.allocUnsafe(RECORD_HEADER_BYTES)
-  b.writeUInt32LE(payload.byteLength, 0)
+/** A record header's first 36 bytes (all but its CRC), with `length` as its payload length. */
+const putHeaderFields = (b: Buffer, h: RecordHeader, length: number): void => {
+  b.writeUInt32LE(length, 0)
   b[4] = h.kind
   b[5] = h.flags
   b.writeUInt16LE(0, 6)
@@ -97,6 +97,11 @@ export const encodeRecordHeader = (h: RecordHeader, payload: Uint8Array): Buffer
   putU64(b, 12, h.seq)
   putU64(b, 20, h.position)
   putU64(b, 28, h.time)
+}
+
+export const encodeRecordHeader = (h: RecordHeader, payload: Uint8Array): Buffer => {
+  const b = Buffer.allocUnsafe(RECORD_HEADER_BYTES)
+  putHeaderFields(b, h, payload.byteLength)
   const crc =
     payload.byteLength === 0
       ? crc32c(b.subarray(0, 36))
@@ -323,14 +328,7 @@ export const decodeBaseTrailerV2 = (b: Uint8Array): BaseTrailerV2 | string => {
  */
 export const recordAnchor = (h: RecordHeader): number => {
   const b = Buffer.allocUnsafe(36)
-  b.writeUInt32LE(h.length, 0)
-  b[4] = h.kind
-  b[5] = h.flags
-  b.writeUInt16LE(0, 6)
-  b.writeUInt32LE(h.epoch >>> 0, 8)
-  putU64(b, 12, h.seq)
-  putU64(b, 20, h.position)
-  putU64(b, 28, h.time)
+  putHeaderFields(b, h, h.length)
   return crc32c(b)
 }
 
