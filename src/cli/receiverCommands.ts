@@ -76,6 +76,7 @@ export const receiver = Command.make(
       )
     ),
     verifyRate: Options.text("verify-rate").pipe(
+      Options.withPseudoName("SIZE"),
       Options.withDefault(formatSize(LogStore.DEFAULT_VERIFY_RATE)),
       Options.mapEffect((text) => (text.trim() === "0" ? Effect.succeed(0) : sizeValue("verify-rate")(text))),
       Options.withDescription(

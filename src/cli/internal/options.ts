@@ -20,6 +20,7 @@ export const sizeValue = (name: string) => (text: string) =>
 /** A size in bytes (`4096`, `64KiB`, `64m`, `1G`, …); the default is shown as a size. */
 export const size = (name: string, fallback: number, description: string) =>
   Options.text(name).pipe(
+    Options.withPseudoName("SIZE"),
     Options.withDefault(formatSize(fallback)),
     Options.mapEffect(sizeValue(name)),
     Options.withDescription(description)
@@ -28,6 +29,7 @@ export const size = (name: string, fallback: number, description: string) =>
 /** A size that may be left out. */
 export const optionalSize = (name: string, description: string) =>
   Options.text(name).pipe(
+    Options.withPseudoName("SIZE"),
     Options.optional,
     Options.mapEffect((text) =>
       Option.isNone(text)
