@@ -9,12 +9,12 @@ import { createReadStream, mkdtempSync, rmSync, statSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import * as CheckTrace from "../dist/conformance/CheckTrace.js"
+import { mib } from "../dist/internal/units.js"
 import { generateTrace } from "./check-trace.js"
 
 const args = process.argv.slice(2)
 const gib = Number(args[args.indexOf("--gib") + 1] ?? 1) || 1
 const keep = args.includes("--keep")
-const mib = (bytes: number) => `${(bytes / (1 << 20)).toFixed(0)} MiB`
 
 /** Samples the resident set size every 50 ms (and on demand) and keeps the peak. */
 const sampler = () => {

@@ -2,7 +2,7 @@
  * The `cdp-sync` command line.
  */
 import { Args, Command, Options, ValidationError } from "@effect/cli"
-import { Console, Effect, Option } from "effect"
+import { Console, Effect } from "effect"
 import * as Trace from "../domain/Trace.js"
 import * as CheckTrace from "../conformance/CheckTrace.js"
 import { points, receiver, restore, scrub } from "./receiverCommands.js"
@@ -11,6 +11,7 @@ import { serve } from "./serveCommand.js"
 import * as ModelSimulation from "../simulator/ModelSimulation.js"
 import { modeTimeline, progressBar, sparkline } from "./internal/charts.js"
 import { mib } from "../internal/units.js"
+import { integer, json, seed as seedOption, size } from "./internal/options.js"
 
 const render = (report: ModelSimulation.Report): string => {
   const o = report.options
@@ -50,45 +51,37 @@ const render = (report: ModelSimulation.Report): string => {
   return lines.join("\n")
 }
 
-const steps = Options.integer("steps").pipe(
-  Options.withDefault(ModelSimulation.defaults.steps),
-  Options.withDescription("How many ticks to run (each a write, a fault, or a round of pump, sends and acks)")
+const d = ModelSimulation.defaults
+const steps = integer(
+  "steps",
+  d.steps,
+  "How many ticks to run (each a write, a fault, or a round of pump, sends and acks)"
 )
-const blocks = Options.integer("blocks").pipe(
-  Options.withDefault(ModelSimulation.defaults.blockCount),
-  Options.withDescription("Tracking blocks on the simulated disk")
+const blocks = integer("blocks", d.blockCount, "Tracking blocks on the simulated disk")
+const blockSize = size(
+  "block-size",
+  d.blockSize,
+  "Tracking-block size in bytes (power of two, 4 KiB … 1 MiB)"
 )
-const blockSize = Options.integer("block-size").pipe(
-  Options.withDefault(ModelSimulation.defaults.blockSize),
-  Options.withDescription("Tracking-block size in bytes (power of two, 4 KiB … 1 MiB)")
-)
-const window = Options.integer("window").pipe(
-  Options.withDefault(ModelSimulation.defaults.window),
-  Options.withDescription("Max block records in flight during a drain")
-)
-const congestionLimit = Options.integer("congestion-limit").pipe(
-  Options.withDefault(ModelSimulation.defaults.congestionLimit),
-  Options.withDescription("Max unacked live bytes before pull-ahead into resync")
+const window = integer("window", d.window, "Max block records in flight during a drain")
+const congestionLimit = size(
+  "congestion-limit",
+  d.congestionLimit,
+  "Max unacked live bytes before pull-ahead into resync"
 )
 const initial = Options.choice("initial", ["in-sync", "full-sync"]).pipe(
-  Options.withDefault(ModelSimulation.defaults.initial),
+  Options.withDefault(d.initial),
   Options.withDescription("Whether the receiver starts with the base snapshot or needs a full sync")
 )
 const faults = Options.choice("faults", ["none", "some", "chaos"]).pipe(
-  Options.withDefault(ModelSimulation.defaults.faults),
+  Options.withDefault(d.faults),
   Options.withDescription("How often to cut the link, drop records and restart the receiver")
 )
-const seed = Options.integer("seed").pipe(
-  Options.withDefault(ModelSimulation.defaults.seed),
-  Options.withDescription("Seed of the workload (same seed, same run)")
-)
-const json = Options.boolean("json").pipe(
-  Options.withDescription("Print one JSON object on stdout, nothing else")
-)
+const seed = seedOption("Seed of the workload (same seed, same run)", d.seed)
 
 export const model = Command.make(
   "model",
-  { steps, blocks, blockSize, window, congestionLimit, initial, faults, seed, json },
+  { steps, blocks, blockSize, window, congestionLimit, initial, faults, seed, json: json() },
   (o) =>
     Effect.gen(function* () {
       const interactive = !o.json && process.stderr.isTTY === true
@@ -142,16 +135,11 @@ export const checkTrace = Command.make(
     quiescent: Options.boolean("quiescent").pipe(
       Options.withDescription("The trace must end in sync mode, link up, nothing in flight")
     ),
-    json: Options.boolean("json").pipe(Options.withDescription("Report as one JSON object")),
-    maxLineBytes: Options.integer("max-line-bytes").pipe(
-      Options.withDefault(Trace.DEFAULT_MAX_LINE_BYTES),
-      Options.filterMap(
-        (n) => (n >= 1 ? Option.some(n) : Option.none()),
-        "--max-line-bytes must be a positive number of bytes"
-      ),
-      Options.withDescription(
-        "A longer line (not counting its line end) makes the trace invalid: line-too-long"
-      )
+    json: json("Report as one JSON object"),
+    maxLineBytes: size(
+      "max-line-bytes",
+      Trace.DEFAULT_MAX_LINE_BYTES,
+      "A longer line (not counting its line end) makes the trace invalid: line-too-long"
     )
   },
   ({ file, quiescent, json, maxLineBytes }) =>

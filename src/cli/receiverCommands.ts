@@ -3,10 +3,12 @@
  * a recovery point), `points` (the recovery points) and `scrub` (verifies every file). The root command (`cli.ts`)
  * adds them as subcommands; `main.ts` runs them on their own.
  */
-import { Command, HelpDoc, Options, ValidationError } from "@effect/cli"
+import { Command, Options } from "@effect/cli"
 import { Console, Duration, Effect, Either, Logger, LogLevel, Option } from "effect"
 import * as Wire from "../protocol/Wire.js"
 import * as Logging from "./internal/logging.js"
+import { invalid, json, positive, size, sizeValue } from "./internal/options.js"
+import { formatSize } from "../internal/units.js"
 import type { InvalidOption } from "../receiver/internal/errors.js"
 import * as LogStore from "../receiver/LogStore.js"
 import * as ReceiverService from "../receiver/ReceiverService.js"
@@ -14,15 +16,8 @@ import * as Restore from "../receiver/Restore.js"
 import * as Retention from "../receiver/Retention.js"
 import * as Scrub from "../receiver/Scrub.js"
 
-const invalid = (error: InvalidOption) => ValidationError.invalidValue(HelpDoc.p(error.message))
 const fromEither = <A>(either: Either.Either<A, InvalidOption>) =>
-  Either.isRight(either) ? Effect.succeed(either.right) : Effect.fail(invalid(either.left))
-
-/** A bound: a positive integer, or the parser reports the option. */
-const positive = (name: string) => (n: number) =>
-  Number.isSafeInteger(n) && n >= 1
-    ? Effect.succeed(n)
-    : Effect.fail(ValidationError.invalidValue(HelpDoc.p(`--${name} ${n}: expected a positive integer`)))
+  Either.isRight(either) ? Effect.succeed(either.right) : Effect.fail(invalid(either.left.message))
 
 const dir = Options.text("dir").pipe(
   Options.withDescription("The receiver directory: one subdirectory per protected disk")
@@ -64,10 +59,10 @@ export const receiver = Command.make(
       Options.withDefault("127.0.0.1"),
       Options.withDescription("Address to listen on (loopback unless told otherwise)")
     ),
-    segmentBytes: Options.text("segment-bytes").pipe(
-      Options.withDefault(String(LogStore.DEFAULT_SEGMENT_BYTES)),
-      Options.mapEffect((text) => fromEither(Retention.parseSize("segment-bytes", text))),
-      Options.withDescription("Seal a segment file once it holds this many bytes (e.g. 67108864, 64MiB)")
+    segmentBytes: size(
+      "segment-bytes",
+      LogStore.DEFAULT_SEGMENT_BYTES,
+      "Seal a segment file once it holds this many bytes (e.g. 67108864, 64MiB, 64m)"
     ),
     retain: Options.text("retain").pipe(
       Options.optional,
@@ -81,34 +76,32 @@ export const receiver = Command.make(
       )
     ),
     verifyRate: Options.text("verify-rate").pipe(
-      Options.withDefault(String(LogStore.DEFAULT_VERIFY_RATE)),
-      Options.mapEffect((text) =>
-        text.trim() === "0" ? Effect.succeed(0) : fromEither(Retention.parseSize("verify-rate", text))
-      ),
+      Options.withPseudoName("SIZE"),
+      Options.withDefault(formatSize(LogStore.DEFAULT_VERIFY_RATE)),
+      Options.mapEffect((text) => (text.trim() === "0" ? Effect.succeed(0) : sizeValue("verify-rate")(text))),
       Options.withDescription(
         "Bytes per second the background verification reads of sealed segments (e.g. 8MiB); 0 turns it off"
       )
     ),
-    maxFrameBytes: Options.integer("max-frame-bytes").pipe(
-      Options.withDefault(Wire.DEFAULT_MAX_FRAME_BYTES),
-      Options.withDescription("Largest frame accepted (header included); a larger one closes the connection")
+    maxFrameBytes: size(
+      "max-frame-bytes",
+      Wire.DEFAULT_MAX_FRAME_BYTES,
+      "Largest frame accepted (header included); a larger one closes the connection"
     ),
-    helloTimeout: Options.integer("hello-timeout").pipe(
-      Options.withDefault(10_000),
-      Options.mapEffect(positive("hello-timeout")),
-      Options.withDescription("Milliseconds a new connection may take to send its hello before it is closed")
+    helloTimeout: positive(
+      "hello-timeout",
+      10_000,
+      "Milliseconds a new connection may take to send its hello before it is closed"
     ),
-    idleTimeout: Options.integer("idle-timeout").pipe(
-      Options.withDefault(Duration.toMillis(ReceiverService.DEFAULT_IDLE_TIMEOUT)),
-      Options.mapEffect(positive("idle-timeout")),
-      Options.withDescription(
-        "Milliseconds a connection may stay silent after its hello (the filter sends keep-alives) before it is closed; a hello for a disk whose connection has been silent for half of it takes the disk over"
-      )
+    idleTimeout: positive(
+      "idle-timeout",
+      Duration.toMillis(ReceiverService.DEFAULT_IDLE_TIMEOUT),
+      "Milliseconds a connection may stay silent after its hello (the filter sends keep-alives) before it is closed; a hello for a disk whose connection has been silent for half of it takes the disk over"
     ),
-    maxConnections: Options.integer("max-connections").pipe(
-      Options.withDefault(ReceiverService.DEFAULT_MAX_CONNECTIONS),
-      Options.mapEffect(positive("max-connections")),
-      Options.withDescription("Connections served at once; beyond it a new connection is closed at once")
+    maxConnections: positive(
+      "max-connections",
+      ReceiverService.DEFAULT_MAX_CONNECTIONS,
+      "Connections served at once; beyond it a new connection is closed at once"
     )
   },
   (o) =>
@@ -136,9 +129,7 @@ const at = Options.text("at").pipe(
     const n = Number(text)
     return /^\d+$/.test(text) && Number.isSafeInteger(n)
       ? Effect.succeed<Restore.At>(n)
-      : Effect.fail(
-          ValidationError.invalidValue(HelpDoc.p(`--at ${JSON.stringify(text)}: expected a seq or "latest"`))
-        )
+      : Effect.fail(invalid(`--at ${JSON.stringify(text)}: expected a seq or "latest"`))
   }),
   Options.withDescription("The recovery point: a seq (see `points`) or `latest`")
 )
@@ -180,45 +171,35 @@ export const restore = Command.make(
   )
 )
 
-export const points = Command.make(
-  "points",
-  {
-    dir,
-    disk,
-    json: Options.boolean("json").pipe(Options.withDescription("Print one JSON object on stdout"))
-  },
-  (o) =>
-    Restore.points(o.dir, Option.getOrUndefined(o.disk)).pipe(
-      Effect.flatMap((disks) => Console.log(o.json ? JSON.stringify({ disks }) : Restore.render(disks))),
-      reportFailure("points"),
+/** `points` and `scrub`: read a receiver directory (one disk or every disk) and print what was found. */
+const reader = <A, E extends { readonly message: string }>(
+  name: string,
+  read: (dir: string, diskId: string | undefined) => Effect.Effect<A, E>,
+  print: (found: A, json: boolean) => Effect.Effect<void>
+) =>
+  Command.make(name, { dir, disk, json: json() }, (o) =>
+    read(o.dir, Option.getOrUndefined(o.disk)).pipe(
+      Effect.flatMap((found) => print(found, o.json)),
+      reportFailure(name),
       logging
     )
+  )
+
+export const points = reader("points", Restore.points, (disks, json) =>
+  Console.log(json ? JSON.stringify({ disks }) : Restore.render(disks))
 ).pipe(
   Command.withDescription(
     "List the recovery points of the disks in a receiver directory (seq, receive time, kind). Example: cdp-sync points --dir /backup --disk vm1"
   )
 )
 
-export const scrub = Command.make(
-  "scrub",
-  {
-    dir,
-    disk,
-    json: Options.boolean("json").pipe(Options.withDescription("Print one JSON object on stdout"))
-  },
-  (o) =>
-    Scrub.scrub(o.dir, Option.getOrUndefined(o.disk)).pipe(
-      Effect.flatMap((report) =>
-        Effect.zipRight(
-          Console.log(o.json ? JSON.stringify(Scrub.toJson(report)) : Scrub.render(report)),
-          Effect.sync(() => {
-            if (!report.clean) process.exitCode = 1
-          })
-        )
-      ),
-      reportFailure("scrub"),
-      logging
-    )
+export const scrub = reader("scrub", Scrub.scrub, (report, json) =>
+  Effect.zipRight(
+    Console.log(json ? JSON.stringify(Scrub.toJson(report)) : Scrub.render(report)),
+    Effect.sync(() => {
+      if (!report.clean) process.exitCode = 1
+    })
+  )
 ).pipe(
   Command.withDescription(
     "Verify every file of every disk in a receiver directory: disk.json, base.img, every record of every segment (CRC, seqs following each other) and every index against its segment. Read-only, safe beside a running receiver. Prints what it checked and each damage (file, byte offset, reason); exit 0 when clean, 1 on damage. Example: cdp-sync scrub --dir /backup --json"

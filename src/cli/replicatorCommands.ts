@@ -16,45 +16,13 @@ import * as Replicator from "../replicator/Replicator.js"
 import * as Simulate from "../simulator/Simulate.js"
 import * as Workload from "../simulator/Workload.js"
 import { mib } from "../internal/units.js"
+import { integer, json, optionalSize, seed, size } from "./internal/options.js"
 
 export class CommandFailed extends Data.TaggedError("CommandFailed")<{ readonly detail: string }> {
   override get message() {
     return this.detail
   }
 }
-
-const units: Record<string, number> = {
-  "": 1,
-  b: 1,
-  k: 1024,
-  kib: 1024,
-  m: 1024 ** 2,
-  mib: 1024 ** 2,
-  g: 1024 ** 3,
-  gib: 1024 ** 3
-}
-
-/** "256MiB", "64k", "1048576" → bytes. */
-export const parseSize = (text: string): Either<number> => {
-  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(text)
-  const unit = m === null ? undefined : units[m[2]!.toLowerCase()]
-  if (m === null || unit === undefined)
-    return { ok: false, error: `not a size: ${JSON.stringify(text)} (e.g. 256MiB, 64KiB)` }
-  return { ok: true, value: Math.round(Number(m[1]) * unit) }
-}
-type Either<A> = { readonly ok: true; readonly value: A } | { readonly ok: false; readonly error: string }
-
-const size = (name: string, fallback: string, description: string) =>
-  Options.text(name).pipe(
-    Options.withDefault(fallback),
-    Options.mapEffect((text) => {
-      const parsed = parseSize(text)
-      return parsed.ok
-        ? Effect.succeed(parsed.value)
-        : Effect.fail(new CommandFailed({ detail: parsed.error }) as never)
-    }),
-    Options.withDescription(description)
-  )
 
 // ---------------------------------------------------------------------------
 // simulate
@@ -127,29 +95,21 @@ export const renderReport = (options: Simulate.Options, report: Simulate.Report)
 export const simulate = Command.make(
   "simulate",
   {
-    seconds: Options.integer("seconds").pipe(
-      Options.withDefault(20),
-      Options.withDescription("How long the workload runs")
-    ),
-    diskSize: size("disk-size", "256MiB", "Size of the simulated disk (e.g. 256MiB, 1GiB)"),
-    blockSize: size("block-size", "64KiB", "Tracking-block size (power of two, 4 KiB … 1 MiB)"),
+    seconds: integer("seconds", 20, "How long the workload runs"),
+    diskSize: size("disk-size", 256 * 2 ** 20, "Size of the simulated disk (e.g. 256MiB, 1GiB)"),
+    blockSize: size("block-size", 64 * 2 ** 10, "Tracking-block size (power of two, 4 KiB … 1 MiB)"),
     faults: Options.choice("faults", ["none", "some", "chaos"]).pipe(
       Options.withDefault("some"),
       Options.withDescription(
         "Fault schedule: none; some (each kind in turn every ~3 s); chaos (random, every ~1.2 s)"
       )
     ),
-    seed: Options.integer("seed").pipe(
-      Options.withDefault(1),
-      Options.withDescription("Seed of the workload and the faults")
-    ),
+    seed: seed("Seed of the workload and the faults"),
     keep: Options.text("keep").pipe(
       Options.optional,
       Options.withDescription("Keep the disk image and the receiver's directory in DIR")
     ),
-    json: Options.boolean("json").pipe(
-      Options.withDescription("One JSON object on stdout, nothing else there")
-    ),
+    json: json(),
     trace: Options.text("trace").pipe(
       Options.optional,
       Options.withDescription("Write the filter's events as a trace (design §5)")
@@ -239,12 +199,9 @@ const exists = (file: string) =>
  * same), or `--disk-size` for a new one. A new image under a journal that already
  * describes a disk is refused: a zeroed disk is not the disk the journal knows.
  */
-const diskSizeOf = (disk: string, wanted: Option.Option<string>, journal: string) =>
+const diskSizeOf = (disk: string, wanted: Option.Option<number>, journal: string) =>
   Effect.gen(function* () {
-    const parsed = Option.map(wanted, parseSize)
-    if (Option.isSome(parsed) && !parsed.value.ok)
-      return yield* new CommandFailed({ detail: `--disk-size: ${parsed.value.error}` })
-    const size = Option.isSome(parsed) && parsed.value.ok ? parsed.value.value : undefined
+    const size = Option.getOrUndefined(wanted)
     const image = yield* exists(disk)
     if (image !== undefined) {
       if (size !== undefined && size !== image.size)
@@ -276,39 +233,27 @@ export const filterOptions = {
     Options.withDefault("disk"),
     Options.withDescription("The disk's identity at the receiver")
   ),
-  blockSize: size("block-size", "64KiB", "Tracking-block size"),
-  diskSize: Options.text("disk-size").pipe(
-    Options.optional,
-    Options.withDescription(
-      "Create the image at this size if it does not exist (e.g. 256MiB); an existing image must have this size"
-    )
+  blockSize: size("block-size", 64 * 2 ** 10, "Tracking-block size"),
+  diskSize: optionalSize(
+    "disk-size",
+    "Create the image at this size if it does not exist (e.g. 256MiB); an existing image must have this size"
   ),
-  window: Options.integer("window").pipe(
-    Options.withDefault(32),
-    Options.withDescription("Block records in flight during a drain")
-  ),
-  congestionLimit: size("congestion-limit", "8MiB", "Unacked live bytes before pull-ahead into resync"),
-  ackTimeout: Options.integer("ack-timeout-ms").pipe(
-    Options.withDefault(2000),
-    Options.withDescription("Ack timeout")
-  ),
-  rate: Options.text("drain-rate").pipe(
-    Options.optional,
-    Options.withDescription("Drain rate limit per second (e.g. 100MiB)")
-  ),
+  window: integer("window", 32, "Block records in flight during a drain"),
+  congestionLimit: size("congestion-limit", 8 * 2 ** 20, "Unacked live bytes before pull-ahead into resync"),
+  ackTimeout: integer("ack-timeout-ms", 2000, "Ack timeout"),
+  rate: optionalSize("drain-rate", "Drain rate limit per second (e.g. 100MiB)"),
   trace: Options.text("trace").pipe(
     Options.optional,
     Options.withDescription("Append the filter's events as a trace")
   ),
-  activityExtents: Options.integer("activity-extents").pipe(
-    Options.withDefault(1024),
-    Options.withDescription(
-      "Extents the activity log keeps active: after a crash only these are resynced, not the whole disk"
-    )
+  activityExtents: integer(
+    "activity-extents",
+    1024,
+    "Extents the activity log keeps active: after a crash only these are resynced, not the whole disk"
   ),
   activityExtentSize: size(
     "activity-extent-size",
-    "4MiB",
+    4 * 2 ** 20,
     "The activity log's extent (a multiple of 512 bytes)"
   )
 }
@@ -320,11 +265,11 @@ export interface FilterSettings {
   readonly journal: string
   readonly diskId: string
   readonly blockSize: number
-  readonly diskSize: Option.Option<string>
+  readonly diskSize: Option.Option<number>
   readonly window: number
   readonly congestionLimit: number
   readonly ackTimeout: number
-  readonly rate: Option.Option<string>
+  readonly rate: Option.Option<number>
   readonly trace: Option.Option<string>
   readonly activityExtents: number
   readonly activityExtentSize: number
@@ -359,7 +304,6 @@ export const filterLayer = (o: FilterSettings) =>
       })
     if (o.activityExtents < 1)
       return yield* new CommandFailed({ detail: `--activity-extents must be at least 1` })
-    const rate = Option.map(o.rate, parseSize)
     const traceFile = Option.getOrUndefined(o.trace)
     if (
       traceFile !== undefined &&
@@ -381,7 +325,7 @@ export const filterLayer = (o: FilterSettings) =>
       config,
       ackTimeout: Duration.millis(o.ackTimeout),
       activityExtents: o.activityExtents,
-      ...(Option.isSome(rate) && rate.value.ok ? { drainBytesPerSecond: rate.value.value } : {}),
+      drainBytesPerSecond: Option.getOrUndefined(o.rate),
       ...(traceFile === undefined
         ? {}
         : {
@@ -405,14 +349,8 @@ export const replicate = Command.make(
   "replicate",
   {
     ...filterOptions,
-    seconds: Options.integer("seconds").pipe(
-      Options.withDefault(0),
-      Options.withDescription("Run the built-in guest workload this long (0: none)")
-    ),
-    seed: Options.integer("seed").pipe(
-      Options.withDefault(1),
-      Options.withDescription("Seed of the workload")
-    ),
+    seconds: integer("seconds", 0, "Run the built-in guest workload this long (0: none)"),
+    seed: seed("Seed of the workload"),
     quiesce: Options.boolean("quiesce").pipe(
       Options.withDescription("Then wait until the replica is whole (sync, nothing in flight) and exit")
     )

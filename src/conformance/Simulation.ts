@@ -21,12 +21,14 @@ import * as Receiver from "../domain/Receiver.js"
 import { Checker, type Violation } from "../domain/Legality.js"
 import * as State from "../domain/State.js"
 
-/** An implementation the world can drive: the reference decider or a deliberately broken variant. */
-export interface Filter<S> {
+/**
+ * An implementation the world can drive: the reference decider or a deliberately broken
+ * variant. A decider (`domain/Decider`) whose initial state depends on the disk.
+ */
+export interface Filter<S>
+  extends Pick<Decider.Decider<S, Input.Input, Event.Event, unknown>, "decide" | "evolve"> {
   readonly name: string
   readonly initial: (config: Config) => S
-  readonly decide: (state: S, input: Input.Input) => Either.Either<ReadonlyArray<Event.Event>, unknown>
-  readonly evolve: (state: S, event: Event.Event) => S
   /** A block read finished (the reference filter has nothing to do here). */
   readonly readCompleted?: (state: S, block: number) => S
   /**

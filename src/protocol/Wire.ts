@@ -17,6 +17,7 @@ export {
   HEADER_BYTES,
   Kind,
   MAGIC,
+  Offset,
   recordKind,
   recordKindCode,
   MAX_HELLO_FRAME_BYTES,

@@ -31,6 +31,7 @@ import {
   type Scheduler,
   type Scope
 } from "effect"
+import * as Session from "../protocol/Session.js"
 import * as Wire from "../protocol/Wire.js"
 import * as Receiver from "../domain/Receiver.js"
 import * as IoScheduler from "../internal/IoScheduler.js"
@@ -261,32 +262,25 @@ const serveOn = (options: ServeOptions) =>
         })
         let watch: Fiber.RuntimeFiber<void> | undefined
 
+        /** What the session's verdicts do here: the disk's log, the acks and gaps to this peer. */
+        const logOf = (current: Entry): Session.Log<Finished> => ({
+          geometry: current.log.geometry,
+          durable: () => current.log.durable,
+          append: (record, recoveryPoint) => current.log.append(record, recoveryPoint),
+          ack: (seq) => replies.ack(seq),
+          gap: (expected) => (replies.gap(expected) ? undefined : new Finished({ detail: REPLIES_OVERFLOW })),
+          rejected: () => {
+            rejected++
+          }
+        })
+        let log: Session.Log<Finished> | undefined
+
         const onRecord = (current: Entry, record: Wire.Record): Wire.WireError | Finished | undefined => {
           // Taken over while this chunk was read: the disk is another connection's now.
           if (current.connection !== me) return new Finished({ detail: "the disk was taken over" })
-          const invalid = Wire.checkRecord(current.log.geometry, record)
-          if (invalid !== undefined) return invalid
-          const { state, verdict } = Receiver.receive(
-            current.receiver,
-            record.seq,
-            Wire.recordKind(record),
-            record._tag === "ResyncBegin" ? record.base : record.seq - 1
-          )
-          current.receiver = state
-          switch (verdict._tag) {
-            case "Accept":
-              current.log.append(record, verdict.recoveryPoint)
-              return undefined
-            case "Duplicate":
-              // Already held: ack again what is durable, never apply twice.
-              if (current.log.durable > 0) replies.ack(current.log.durable)
-              return undefined
-            case "Gap":
-              return replies.gap(verdict.expected) ? undefined : new Finished({ detail: REPLIES_OVERFLOW })
-            case "Rejected":
-              rejected++
-              return undefined
-          }
+          log ??= logOf(current) // built once: a connection serves one disk
+
+          return Session.receive(current, log, record)
         }
 
         /** The first frame: it must be the hello (the disk, the one-connection rule, the welcome). */

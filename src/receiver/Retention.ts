@@ -16,6 +16,7 @@
  * (`internal/clock.ts` says how records from before a restart get one).
  */
 import { Either } from "effect"
+import { parseSize } from "../internal/units.js"
 import { InvalidOption } from "./internal/errors.js"
 
 export type Policy =
@@ -32,38 +33,10 @@ const AGE_UNITS: Record<string, number> = {
   d: 86_400_000,
   w: 7 * 86_400_000
 }
-const SIZE_UNITS: Record<string, number> = {
-  B: 1,
-  KB: 1e3,
-  MB: 1e6,
-  GB: 1e9,
-  TB: 1e12,
-  KiB: 2 ** 10,
-  MiB: 2 ** 20,
-  GiB: 2 ** 30,
-  TiB: 2 ** 40
-}
-
-/** A size: plain bytes (`4096`) or with a unit (`64KiB`, `10GiB`, `1.5GB`). */
-export const parseSize = (option: string, text: string): Either.Either<number, InvalidOption> => {
-  const m = /^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$/.exec(text)
-  const unit = m?.[2] === "" ? "B" : m?.[2]
-  const factor = unit === undefined ? undefined : SIZE_UNITS[unit]
-  if (m === null || factor === undefined)
-    return Either.left(
-      new InvalidOption({
-        option,
-        value: text,
-        reason: "expected a size such as 4096, 64KiB, 10GiB or 1.5GB"
-      })
-    )
-  const bytes = Math.floor(Number(m[1]) * factor)
-  if (!Number.isSafeInteger(bytes) || bytes < 1)
-    return Either.left(new InvalidOption({ option, value: text, reason: "the size must be at least 1 byte" }))
-  return Either.right(bytes)
-}
-
-/** `--retain`: an age (`7d`, `12h`, `30m`, `90s`, `2w`) or a size (`10GiB`, `500MB`, `65536B`). */
+/**
+ * `--retain`: an age (`7d`, `12h`, `30m`, `90s`, `2w`) or a size (`10GiB`, `500MB`, `65536B`;
+ * the sizes' grammar is `parseSize`'s, but an age unit wins: `30m` is thirty minutes).
+ */
 export const parsePolicy = (text: string): Either.Either<Policy, InvalidOption> => {
   const age = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$/.exec(text)
   if (age !== null) {
@@ -74,6 +47,14 @@ export const parsePolicy = (text: string): Either.Either<Policy, InvalidOption> 
       )
     return Either.right({ _tag: "Age", millis })
   }
+  if (/^\s*[\d.]+\s*M\s*$/.test(text))
+    return Either.left(
+      new InvalidOption({
+        option: "retain",
+        value: text,
+        reason: "M is ambiguous here (m is minutes): write MiB or MB for a size"
+      })
+    )
   if (/^\s*\d+(?:\.\d+)?\s*$/.test(text))
     return Either.left(
       new InvalidOption({
@@ -82,7 +63,7 @@ export const parsePolicy = (text: string): Either.Either<Policy, InvalidOption> 
         reason: "give a unit: an age (7d, 12h, 30m, 90s) or a size (10GiB, 500MB, 65536B)"
       })
     )
-  return Either.mapBoth(parseSize("retain", text), {
+  return Either.mapBoth(parseSize(text), {
     onLeft: () =>
       new InvalidOption({
         option: "retain",

@@ -398,6 +398,7 @@ describe("long lines: refused past --max-line-bytes (default 1 MiB), in bounded 
       "0"
     ])
     expect(run.code).not.toBe(0)
-    expect(run.stderr).toContain("--max-line-bytes must be a positive number of bytes")
+    expect(run.code).toBe(2)
+    expect(run.stderr).toContain('--max-line-bytes "0": the size must be at least 1 byte')
   })
 })

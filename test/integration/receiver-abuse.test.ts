@@ -10,21 +10,16 @@
  */
 import * as fs from "node:fs"
 import * as Net from "node:net"
-import * as os from "node:os"
-import * as path from "node:path"
-import { afterAll, afterEach, describe, expect, it } from "vitest"
+import { afterEach, describe, expect, it } from "vitest"
 import { crc32c } from "../../src/internal/crc32c.js"
+import { mib } from "../../src/internal/units.js"
 import * as Wire from "../../src/protocol/Wire.js"
 import * as Proc from "../support/receiverProcess.js"
+import { tempDirs } from "../support/tempDirs.js"
 
 const MiB = 1 << 20
-const dirs: Array<string> = []
 const running: Array<Proc.ReceiverProcess> = []
-const tempDir = () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cdp-abuse-"))
-  dirs.push(dir)
-  return dir
-}
+const tempDir = tempDirs("cdp-abuse-")
 const start = async (extra: ReadonlyArray<string>) => {
   const dir = tempDir()
   const receiver = await Proc.start(dir, extra)
@@ -34,9 +29,6 @@ const start = async (extra: ReadonlyArray<string>) => {
 afterEach(async () => {
   for (const r of running.splice(0)) await r.kill()
 })
-afterAll(() => {
-  for (const dir of dirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true })
-})
 
 /** VmRSS and VmHWM (the peak) of a process, in bytes. */
 const memory = (pid: number) => {
@@ -44,7 +36,6 @@ const memory = (pid: number) => {
   const kb = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(status)![1]) * 1024
   return { rss: kb("VmRSS"), peak: kb("VmHWM") }
 }
-const mib = (bytes: number) => `${(bytes / MiB).toFixed(0)} MiB`
 
 const sleep = (ms: number) => new Promise<void>((done) => setTimeout(done, ms))
 const until = async (what: string, condition: () => boolean, attempts = 3000) => {

@@ -7,26 +7,15 @@
  * a timeout is under test; the sockets are real, so the tests wait (in real time) only for
  * what the sockets must deliver, never for a duration.
  */
-import * as fs from "node:fs"
 import * as Net from "node:net"
-import * as os from "node:os"
-import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Exit, Fiber, Logger, Stream, TestClock } from "effect"
-import { afterAll } from "vitest"
+import { tempDirs } from "../support/tempDirs.js"
 import * as LogReceiver from "../../src/adapters/LogReceiver.js"
 import * as Wire from "../../src/protocol/Wire.js"
 import * as ReceiverService from "../../src/receiver/ReceiverService.js"
 
-const dirs: Array<string> = []
-const tempDir = () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cdp-connections-"))
-  dirs.push(dir)
-  return dir
-}
-afterAll(() => {
-  for (const dir of dirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true })
-})
+const tempDir = tempDirs("cdp-connections-")
 
 const geometry = { blockSize: 4096, blockCount: 64 }
 const helloFrame = (diskId: string, watermark = 0): Wire.Hello => ({

@@ -24,10 +24,10 @@
  * indexes), the active segment 22..24; one commit per record; a resync from 9 to 14.
  */
 import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
 import { Cause, Effect, Either, Exit } from "effect"
-import { afterAll, describe, expect, it } from "vitest"
+import { describe, expect, it } from "vitest"
+import { restoredBeside, tempDirs } from "../support/tempDirs.js"
 import { openChain } from "../../src/receiver/internal/chain.js"
 import { LogCorrupt } from "../../src/receiver/internal/errors.js"
 import {
@@ -56,8 +56,7 @@ import {
   writeLog
 } from "../support/receiverLog.js"
 
-const root = fs.mkdtempSync(path.join(os.tmpdir(), "cdp-corruption-"))
-afterAll(() => fs.rmSync(root, { recursive: true, force: true }))
+const root = tempDirs("cdp-corruption-")()
 let dirs = 0
 
 // ---------------------------------------------------------------------------------------------
@@ -565,8 +564,7 @@ const check = async (row: Row) => {
 
   // restore: the exact image, or a refusal naming the damage.
   for (const [target, outcome] of expected.restore) {
-    // Beside the receiver directory: restore refuses to write inside it.
-    const out = `${dir}-restored-${target}.img`
+    const out = restoredBeside(dir, target)
     const restored = await failure(Restore.restore({ dir, diskId, at: target, out }))
     if ("refused" in outcome) {
       expect(Either.isLeft(restored), `restore ${target} must be refused`).toBe(true)

@@ -12,22 +12,14 @@
  */
 import { spawn } from "node:child_process"
 import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
 import { Effect } from "effect"
-import { afterAll, describe, expect, it } from "vitest"
+import { describe, expect, it } from "vitest"
+import { tempDirs } from "../support/tempDirs.js"
 import * as Restore from "../../src/receiver/Restore.js"
 import * as Proc from "../support/receiverProcess.js"
 
-const dirs: Array<string> = []
-afterAll(() => {
-  for (const dir of dirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true })
-})
-const tempDir = () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cdp-receiver-crash-"))
-  dirs.push(dir)
-  return dir
-}
+const tempDir = tempDirs("cdp-receiver-crash-")
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
 const geometry = { blockSize: 4096, blockCount: 256 }

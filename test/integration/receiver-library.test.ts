@@ -5,24 +5,47 @@
  * `verify` reports exactly the blocks that differ once the image changes.
  */
 import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
 import { Effect, Either, Layer } from "effect"
-import { afterEach, describe, expect, it } from "vitest"
+import { describe, expect, it } from "vitest"
+import { tempDirs } from "../support/tempDirs.js"
 import { EventJournal, LogReceiver, VirtualDisk } from "../../src/adapters/index.js"
 import { Config } from "../../src/domain/index.js"
 import { Replicator } from "../../src/replicator/index.js"
 import * as Receiver from "../../src/receiver/index.js"
 
-const dirs: Array<string> = []
-const tempDir = () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cdp-receiver-lib-"))
-  dirs.push(dir)
-  return dir
-}
-afterEach(() => {
-  for (const dir of dirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true })
-})
+const tempDir = tempDirs("cdp-receiver-lib-", "each")
+
+/**
+ * Serves `dir` in-process (until the scope closes) and protects `image` (created) as disk
+ * vm1 through the replicator over TCP: write i fills block 7i mod blockCount with i + 1;
+ * then quiesce.
+ */
+const serveAndProtect = (dir: string, image: string, config: Config.Config, writes: number) =>
+  Effect.gen(function* () {
+    const server = yield* Receiver.ReceiverService.serve({ dir, host: "127.0.0.1", port: 0 })
+    yield* Effect.gen(function* () {
+      const replicator = yield* Replicator.Replicator
+      for (let i = 0; i < writes; i++)
+        yield* replicator.write(
+          ((i * 7) % config.blockCount) * config.blockSize,
+          new Uint8Array(config.blockSize).fill(i + 1)
+        )
+      yield* replicator.quiesce
+    }).pipe(
+      Effect.provide(
+        Replicator.layer({ diskId: "vm1", config }).pipe(
+          Layer.provide(
+            Layer.mergeAll(
+              VirtualDisk.layerFile({ path: image, geometry: config, create: true }),
+              EventJournal.layerMemory(),
+              LogReceiver.layerTcp({ host: "127.0.0.1", port: server.port })
+            )
+          )
+        )
+      )
+    )
+  })
 
 describe("cdp-sync/receiver as a library", () => {
   it("serves in-process; points, restore and verify agree with the disk; verify names the blocks that differ", async () => {
@@ -31,26 +54,7 @@ describe("cdp-sync/receiver as a library", () => {
     const image = path.join(work, "disk.img")
     const config = Either.getOrThrow(Config.make({ blockCount: 64, blockSize: 4096 }))
     const program = Effect.gen(function* () {
-      const server = yield* Receiver.ReceiverService.serve({ dir, host: "127.0.0.1", port: 0 })
-      const protect = Effect.gen(function* () {
-        const replicator = yield* Replicator.Replicator
-        for (let i = 0; i < 40; i++)
-          yield* replicator.write(((i * 7) % 64) * 4096, new Uint8Array(4096).fill(i + 1))
-        yield* replicator.quiesce
-      }).pipe(
-        Effect.provide(
-          Replicator.layer({ diskId: "vm1", config }).pipe(
-            Layer.provide(
-              Layer.mergeAll(
-                VirtualDisk.layerFile({ path: image, geometry: config, create: true }),
-                EventJournal.layerMemory(),
-                LogReceiver.layerTcp({ host: "127.0.0.1", port: server.port })
-              )
-            )
-          )
-        )
-      )
-      yield* protect
+      yield* serveAndProtect(dir, image, config, 40)
       const [disk] = yield* Receiver.points(dir, "vm1")
       const restored = yield* Receiver.restore({
         dir,
@@ -90,24 +94,7 @@ describe("cdp-sync/receiver as a library", () => {
     const exit = await Effect.runPromiseExit(
       Effect.scoped(
         Effect.gen(function* () {
-          const server = yield* Receiver.ReceiverService.serve({ dir, host: "127.0.0.1", port: 0 })
-          yield* Effect.gen(function* () {
-            const replicator = yield* Replicator.Replicator
-            yield* replicator.write(0, new Uint8Array(4096).fill(1))
-            yield* replicator.quiesce
-          }).pipe(
-            Effect.provide(
-              Replicator.layer({ diskId: "vm1", config }).pipe(
-                Layer.provide(
-                  Layer.mergeAll(
-                    VirtualDisk.layerFile({ path: image, geometry: config, create: true }),
-                    EventJournal.layerMemory(),
-                    LogReceiver.layerTcp({ host: "127.0.0.1", port: server.port })
-                  )
-                )
-              )
-            )
-          )
+          yield* serveAndProtect(dir, image, config, 1)
           fs.truncateSync(image, 4096 * 9)
           return yield* Receiver.verify({ dir, at: "latest", image })
         })

@@ -5,17 +5,13 @@
  * finding 8).
  */
 import { spawn } from "node:child_process"
-import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
-import { afterAll, describe, expect, it } from "vitest"
+import { describe, expect, it } from "vitest"
+import { tempDirs } from "../support/tempDirs.js"
 import * as Proc from "../support/receiverProcess.js"
 
 const CLI = path.resolve(import.meta.dirname, "../../bin/cdp-sync.js")
-const dirs: Array<string> = []
-afterAll(() => {
-  for (const dir of dirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true })
-})
+const tempDir = tempDirs("cdp-receiver-logging-")
 
 /** `cdp-sync receiver --dir DIR --port 0` (the root CLI, as operators run it) until it listens. */
 const startRoot = async (dir: string) => {
@@ -50,8 +46,7 @@ const literal = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")
 
 describe("the receiver's log", () => {
   it("a disk id with newlines and escape sequences stays inside one logfmt line", async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cdp-receiver-logging-"))
-    dirs.push(dir)
+    const dir = tempDir()
     const forged = [
       "vm",
       "[12:00:00.000] ERROR (#1): forged",

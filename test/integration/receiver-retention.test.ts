@@ -6,23 +6,15 @@
  * folds nothing young, and receive times keep advancing (issue 13, finding 6).
  */
 import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
 import { Effect, Exit } from "effect"
-import { afterAll, describe, expect, it } from "vitest"
+import { describe, expect, it } from "vitest"
+import { tempDirs } from "../support/tempDirs.js"
 import * as LogStore from "../../src/receiver/LogStore.js"
 import * as Restore from "../../src/receiver/Restore.js"
 import * as Proc from "../support/receiverProcess.js"
 
-const dirs: Array<string> = []
-afterAll(() => {
-  for (const dir of dirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true })
-})
-const tempDir = () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cdp-receiver-retention-"))
-  dirs.push(dir)
-  return dir
-}
+const tempDir = tempDirs("cdp-receiver-retention-")
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
 const geometry = { blockSize: 4096, blockCount: 32 }

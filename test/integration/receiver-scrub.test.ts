@@ -4,25 +4,17 @@
  * retention folds them meanwhile: no lock taken, no false damage, the receiver unaffected.
  */
 import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
 import { Effect } from "effect"
-import { afterAll, describe, expect, it } from "vitest"
+import { describe, expect, it } from "vitest"
+import { tempDirs } from "../support/tempDirs.js"
 import { RECORD_HEADER_BYTES } from "../../src/receiver/internal/format.js"
 import * as Restore from "../../src/receiver/Restore.js"
 import * as Scrub from "../../src/receiver/Scrub.js"
 import * as Proc from "../support/receiverProcess.js"
 import { diskId, flip, locate, writeLog } from "../support/receiverLog.js"
 
-const dirs: Array<string> = []
-afterAll(() => {
-  for (const dir of dirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true })
-})
-const tempDir = () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cdp-receiver-scrub-"))
-  dirs.push(dir)
-  return dir
-}
+const tempDir = tempDirs("cdp-receiver-scrub-")
 
 describe("cdp-sync scrub", () => {
   it("a clean directory: what was checked on stdout, exit 0; damage: each one named, exit 1", async () => {

@@ -13,12 +13,12 @@
  */
 import * as fs from "node:fs"
 import * as Net from "node:net"
-import * as os from "node:os"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import { Effect } from "effect"
 import fc from "fast-check"
-import { afterAll, afterEach, describe, expect, it } from "vitest"
+import { afterEach, describe, expect, it } from "vitest"
+import { tempDirs } from "../support/tempDirs.js"
 import * as Wire from "../../src/protocol/Wire.js"
 import * as Restore from "../../src/receiver/Restore.js"
 import * as Proc from "../support/receiverProcess.js"
@@ -28,14 +28,11 @@ const CORPUS = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../fi
 const SEED = Number(process.env.CDP_SYNC_FUZZ_SEED ?? 1313)
 const RUNS = Math.round(150 * Number(process.env.CDP_SYNC_RUNS_FACTOR ?? 1))
 
-const dirs: Array<string> = []
 const running: Array<Proc.ReceiverProcess> = []
 afterEach(async () => {
   for (const r of running.splice(0)) await r.kill()
 })
-afterAll(() => {
-  for (const dir of dirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true })
-})
+const tempDir = tempDirs("cdp-fuzz-")
 
 const sleep = (ms: number) => new Promise<void>((done) => setTimeout(done, ms))
 const until = async (what: string, condition: () => boolean) => {
@@ -146,8 +143,7 @@ const expectLogs = async (dir: string, model: ServiceModel, bystanderSeqs: numbe
 }
 
 const start = async () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cdp-fuzz-"))
-  dirs.push(dir)
+  const dir = tempDir()
   const receiver = await Proc.start(dir)
   running.push(receiver)
   return { dir, receiver }

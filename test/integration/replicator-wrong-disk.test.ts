@@ -11,7 +11,7 @@
  * - a fresh journal against a receiver that holds the disk (another history);
  * - a full file system under the journal.
  */
-import { execFileSync, spawn } from "node:child_process"
+import { execFileSync } from "node:child_process"
 import { createHash } from "node:crypto"
 import * as fs from "node:fs/promises"
 import * as os from "node:os"
@@ -19,37 +19,37 @@ import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import * as Receiver from "../support/receiverProcess.js"
 
-const CLI = path.resolve(import.meta.dirname, "../../dist/cli/main.js")
 const MiB = 1024 * 1024
 
-interface Ran {
-  readonly code: number | null
-  readonly signal: string | null
-  readonly stdout: string
-  readonly stderr: string
+type Ran = Receiver.CliResult
+
+/** One run of `replicate` for a disk against the test's receiver. */
+interface Run {
+  readonly disk: string
+  readonly journal: string
+  readonly diskId: string
+  readonly diskSize?: string
+  /** Guest workload seconds (a refused start must end long before). */
+  readonly seconds?: number | undefined
+  readonly extra?: ReadonlyArray<string>
 }
 
 /**
- * Runs `replicate` to its end. `guardMs` only bounds a run that would never end (the
- * old filter retried a refusal for ever): a passing run ends long before it.
+ * Runs `replicate … --quiesce` to its end. The 90 s guard only bounds a run that would
+ * never end (the old filter retried a refusal for ever): a passing run ends long before it.
  */
-const replicate = (args: ReadonlyArray<string>, guardMs = 90_000): Promise<Ran> =>
-  new Promise((resolve) => {
-    const child = spawn(process.execPath, [CLI, "replicate", ...args], { stdio: ["ignore", "pipe", "pipe"] })
-    let stdout = ""
-    let stderr = ""
-    child.stdout.setEncoding("utf8").on("data", (s: string) => {
-      stdout += s
-    })
-    child.stderr.setEncoding("utf8").on("data", (s: string) => {
-      stderr += s
-    })
-    const guard = setTimeout(() => child.kill("SIGKILL"), guardMs)
-    child.once("exit", (code, signal) => {
-      clearTimeout(guard)
-      resolve({ code, signal, stdout, stderr })
-    })
-  })
+const replicate = (run: Run): Promise<Ran> =>
+  Receiver.run(
+    [
+      "replicate",
+      ...["--disk", run.disk, "--receiver", at(), "--journal", run.journal, "--disk-id", run.diskId],
+      ...(run.diskSize === undefined ? [] : ["--disk-size", run.diskSize]),
+      ...(run.seconds === undefined ? [] : ["--seconds", String(run.seconds)]),
+      ...(run.extra ?? []),
+      "--quiesce"
+    ],
+    { timeoutMs: 90_000 }
+  )
 
 /** The last line on stderr, once the status lines (`status mode=…`) are set aside. */
 const lastLine = (stderr: string) =>
@@ -101,20 +101,7 @@ const protectedDisk = async (diskId: string, writes = false) => {
   const dir = await caseDir()
   const disk = path.join(dir, "disk.img")
   const journal = path.join(dir, "journal")
-  const first = await replicate([
-    "--disk",
-    disk,
-    "--disk-size",
-    "4MiB",
-    "--receiver",
-    at(),
-    "--journal",
-    journal,
-    "--disk-id",
-    diskId,
-    ...(writes ? ["--seconds", "1"] : []),
-    "--quiesce"
-  ])
+  const first = await replicate({ disk, journal, diskId, diskSize: "4MiB", seconds: writes ? 1 : undefined })
   expect(first.code, first.stderr.slice(-2000)).toBe(0)
   return { dir, disk, journal }
 }
@@ -128,19 +115,7 @@ describe("cdp-sync replicate against the wrong disk", () => {
       const { disk, journal } = await protectedDisk(`resized-${name}`)
       await fs.truncate(disk, bytes)
       const before = await sha256(disk)
-      const ran = await replicate([
-        "--disk",
-        disk,
-        "--receiver",
-        at(),
-        "--journal",
-        journal,
-        "--disk-id",
-        `resized-${name}`,
-        "--seconds",
-        "300",
-        "--quiesce"
-      ])
+      const ran = await replicate({ disk, journal, diskId: `resized-${name}`, seconds: 300 })
       expectOneLineFailure(
         ran,
         new RegExp(
@@ -155,75 +130,37 @@ describe("cdp-sync replicate against the wrong disk", () => {
   it("an existing image with another --disk-size is refused; without --disk-size the image's size is used", async () => {
     const { disk, journal } = await protectedDisk("sized")
     const before = await sha256(disk)
-    const ran = await replicate([
-      "--disk",
-      disk,
-      "--disk-size",
-      "8MiB",
-      "--receiver",
-      at(),
-      "--journal",
-      journal,
-      "--disk-id",
-      "sized",
-      "--quiesce"
-    ])
+    const ran = await replicate({ disk, journal, diskId: "sized", diskSize: "8MiB" })
     expectOneLineFailure(ran, /has 4194304 bytes .* but --disk-size says 8388608/)
     expect(await sha256(disk)).toBe(before)
     expect((await fs.stat(disk)).size).toBe(4 * MiB)
-    const again = await replicate([
-      "--disk",
-      disk,
-      "--receiver",
-      at(),
-      "--journal",
-      journal,
-      "--disk-id",
-      "sized",
-      "--quiesce"
-    ])
+    const again = await replicate({ disk, journal, diskId: "sized" })
     expect(again.code, again.stderr.slice(-2000)).toBe(0)
   })
 
   it("a receiver that holds the disk with another geometry: geometry-mismatch is fatal, not retried for ever", async () => {
     await protectedDisk("geo")
     const dir = await caseDir()
-    const ran = await replicate([
-      "--disk",
-      path.join(dir, "other.img"),
-      "--disk-size",
-      "2MiB",
-      "--receiver",
-      at(),
-      "--journal",
-      path.join(dir, "journal"),
-      "--disk-id",
-      "geo",
-      "--seconds",
-      "300",
-      "--quiesce"
-    ])
+    const ran = await replicate({
+      disk: path.join(dir, "other.img"),
+      journal: path.join(dir, "journal"),
+      diskId: "geo",
+      diskSize: "2MiB",
+      seconds: 300
+    })
     expectOneLineFailure(ran, /refuses this disk.*geometry-mismatch.*64 blocks/)
   })
 
   it("a fresh journal against a receiver that holds the disk: a clear error, nothing sent", async () => {
     await protectedDisk("history", true)
     const dir = await caseDir()
-    const ran = await replicate([
-      "--disk",
-      path.join(dir, "disk.img"),
-      "--disk-size",
-      "4MiB",
-      "--receiver",
-      at(),
-      "--journal",
-      path.join(dir, "journal"),
-      "--disk-id",
-      "history",
-      "--seconds",
-      "300",
-      "--quiesce"
-    ])
+    const ran = await replicate({
+      disk: path.join(dir, "disk.img"),
+      journal: path.join(dir, "journal"),
+      diskId: "history",
+      diskSize: "4MiB",
+      seconds: 300
+    })
     expectOneLineFailure(
       ran,
       /the receiver holds disk "history" up to seq \d+, but this journal has sent only up to seq 0/
@@ -233,19 +170,7 @@ describe("cdp-sync replicate against the wrong disk", () => {
   it("a missing image under a journal that describes a disk is not created afresh", async () => {
     const { disk, journal } = await protectedDisk("missing")
     await fs.rm(disk)
-    const ran = await replicate([
-      "--disk",
-      disk,
-      "--disk-size",
-      "4MiB",
-      "--receiver",
-      at(),
-      "--journal",
-      journal,
-      "--disk-id",
-      "missing",
-      "--quiesce"
-    ])
+    const ran = await replicate({ disk, journal, diskId: "missing", diskSize: "4MiB" })
     expectOneLineFailure(ran, /does not exist, but the journal .* describes an existing disk/)
     await expect(fs.stat(disk)).rejects.toThrow()
   })
@@ -266,23 +191,14 @@ describe("cdp-sync replicate against the wrong disk", () => {
       await fs.symlink("/dev/full", path.join(journal, "events.log"))
     }
     try {
-      const ran = await replicate([
-        "--disk",
-        path.join(dir, "disk.img"),
-        "--disk-size",
-        "4MiB",
-        "--receiver",
-        at(),
-        "--journal",
+      const ran = await replicate({
+        disk: path.join(dir, "disk.img"),
         journal,
-        "--disk-id",
-        "full",
-        "--activity-extent-size",
-        "64KiB",
-        "--seconds",
-        "300",
-        "--quiesce"
-      ])
+        diskId: "full",
+        diskSize: "4MiB",
+        seconds: 300,
+        extra: ["--activity-extent-size", "64KiB"]
+      })
       expectOneLineFailure(ran, /no space left on device/i)
     } finally {
       if (mounted) execFileSync("umount", [journal], { stdio: "ignore" })

@@ -18,6 +18,7 @@
 import * as readline from "node:readline"
 import { Effect, Either, Fiber, Layer } from "effect"
 import * as ActivityLog from "../../dist/adapters/ActivityLog.js"
+import { prng } from "../../dist/conformance/Simulation.js"
 import * as EventJournal from "../../dist/adapters/EventJournal.js"
 import * as LogReceiver from "../../dist/adapters/LogReceiver.js"
 import * as VirtualDisk from "../../dist/adapters/VirtualDisk.js"
@@ -57,18 +58,6 @@ const nextLine = Effect.async((resume) => {
   else waiting = take
 })
 const say = (line) => Effect.sync(() => process.stdout.write(`${line}\n`))
-
-/** A small seeded PRNG (mulberry32). */
-const prng = (seed) => {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 /** Guest writers: sector-aligned writes of 512 B … 64 KiB anywhere, each with its own content. */
 const writers = (replicator, announce) =>

@@ -6,7 +6,6 @@
  */
 import { createHash } from "node:crypto"
 import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
 import { Cause, Effect, Exit, Logger, Option } from "effect"
 import type * as Wire from "../../src/protocol/Wire.js"
@@ -25,15 +24,7 @@ export interface Change {
   readonly data: Uint8Array
 }
 
-const dirs: Array<string> = []
-export const tempDir = (prefix = "cdp-receiver-disk-"): string => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix))
-  dirs.push(dir)
-  return dir
-}
-export const removeTempDirs = (): void => {
-  for (const dir of dirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true })
-}
+export { removeTempDirs, tempDir } from "./tempDirs.js"
 
 /** Log lines the store wrote, as `LEVEL message annotations`. */
 export const captured: Array<string> = []

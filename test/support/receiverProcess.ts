@@ -12,15 +12,16 @@ import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import { Deferred, Effect, Exit, Fiber, Stream } from "effect"
 import * as LogReceiver from "../../src/adapters/LogReceiver.js"
-import type * as Wire from "../../src/protocol/Wire.js"
+import * as Wire from "../../src/protocol/Wire.js"
 import { listDisks, openChain } from "../../src/receiver/internal/chain.js"
 import {
   isRecoveryPoint,
-  Kind,
   type RecordHeader,
   SEGMENT_HEADER_BYTES
 } from "../../src/receiver/internal/format.js"
 import { readRange } from "../../src/receiver/internal/segment.js"
+import { prng } from "../../src/conformance/Simulation.js"
+import * as Launcher from "../../src/simulator/internal/ReceiverProcess.js"
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..")
 const built = path.join(root, "dist/cli/main.js")
@@ -38,18 +39,9 @@ export const entry = (): Promise<ReadonlyArray<string>> => {
   return entryPromise
 }
 
-export interface Exited {
-  readonly code: number | null
-  readonly signal: NodeJS.Signals | null
-}
+export type Exited = Launcher.Exited
 
-export interface ReceiverProcess {
-  readonly host: string
-  readonly port: number
-  readonly child: ChildProcess
-  readonly exited: Promise<Exited>
-  stdout(): string
-  stderr(): string
+export interface ReceiverProcess extends Launcher.Launched {
   /** Sends `signal` (default SIGKILL) and waits for the exit. */
   kill(signal?: NodeJS.Signals): Promise<Exited>
 }
@@ -69,41 +61,25 @@ const collect = (child: ChildProcess) => {
 }
 
 /**
- * Starts `receiver --dir DIR --port 0 …extra` and resolves once it prints its ready line;
- * rejects (with its stderr) if it exits first or takes longer than `timeoutMs`.
+ * Starts `receiver --dir DIR --port 0 …extra` (the simulator's launcher, keeping all it
+ * writes) and resolves once it prints its ready line; rejects (with its stderr) if it
+ * exits first or takes longer than `timeoutMs`.
  */
 export const start = async (
   dir: string,
   extra: ReadonlyArray<string> = [],
   options: { readonly timeoutMs?: number } = {}
 ): Promise<ReceiverProcess> => {
-  const args = [...(await entry()), "receiver", "--dir", dir, "--port", "0", ...extra]
-  const child = spawn(process.execPath, args, { cwd: root, stdio: ["ignore", "pipe", "pipe"] })
-  const { out, exited } = collect(child)
-  const ready = await new Promise<{ host: string; port: number }>((resolve, reject) => {
-    const timer = setTimeout(() => {
-      child.kill("SIGKILL")
-      reject(new Error(`receiver not ready in time; stderr:\n${out.stderr}`))
-    }, options.timeoutMs ?? 30_000)
-    const check = () => {
-      const m = /^listening (\S+):(\d+)$/m.exec(out.stdout)
-      if (m === null) return
-      clearTimeout(timer)
-      child.stdout?.off("data", check)
-      resolve({ host: m[1]!, port: Number(m[2]) })
-    }
-    child.stdout?.on("data", check)
-    void exited.then((e) => {
-      clearTimeout(timer)
-      reject(new Error(`receiver exited (${e.code ?? e.signal}) before it was ready; stderr:\n${out.stderr}`))
+  const launched = await Effect.runPromise(
+    Launcher.launch(await entry(), ["receiver", "--dir", dir, "--port", "0", ...extra], {
+      timeoutMs: options.timeoutMs ?? 30_000,
+      keepOutput: true,
+      cwd: root
     })
-  })
+  )
+  const { child, exited } = launched
   return {
-    ...ready,
-    child,
-    exited,
-    stdout: () => out.stdout,
-    stderr: () => out.stderr,
+    ...launched,
     kill: (signal = "SIGKILL") => {
       if (child.exitCode === null && child.signalCode === null) child.kill(signal)
       return exited
@@ -116,11 +92,15 @@ export interface CliResult extends Exited {
   readonly stderr: string
 }
 
-/** Runs one of the receiver's commands (`restore`, `points`, …) to completion. */
-export const run = async (args: ReadonlyArray<string>): Promise<CliResult> => {
+/** Runs one of the CLI's commands (`restore`, `points`, …) to completion, or SIGKILLs it after `timeoutMs`. */
+export const run = async (
+  args: ReadonlyArray<string>,
+  options: { readonly timeoutMs?: number } = {}
+): Promise<CliResult> => {
   const child = spawn(process.execPath, [...(await entry()), ...args], {
     cwd: root,
-    stdio: ["ignore", "pipe", "pipe"]
+    stdio: ["ignore", "pipe", "pipe"],
+    ...(options.timeoutMs === undefined ? {} : { timeout: options.timeoutMs, killSignal: "SIGKILL" })
   })
   const { out, exited } = collect(child)
   const e = await exited
@@ -147,17 +127,8 @@ export interface PlanOptions {
   readonly resyncChance?: number
 }
 
-/** A small deterministic PRNG (mulberry32). */
-export const prng = (seed: number) => {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+/** A small deterministic PRNG (mulberry32), the simulated world's. */
+export { prng }
 
 const fillRandom = (bytes: Uint8Array, random: () => number): Uint8Array => {
   for (let i = 0; i < bytes.length; i += 4) {
@@ -369,13 +340,6 @@ export const readLog = async (
   return { baseSeq: chain.base.seq, records }
 }
 
-const kindOf = {
-  Write: Kind.Write,
-  Block: Kind.Block,
-  ResyncBegin: Kind.ResyncBegin,
-  ResyncEnd: Kind.ResyncEnd
-}
-
 /** Why a logged record differs from the planned one (`undefined`: byte-identical, same flags). */
 export const compare = (logged: LoggedRecord, planned: Planned): string | undefined => {
   const r = planned.record
@@ -383,7 +347,7 @@ export const compare = (logged: LoggedRecord, planned: Planned): string | undefi
     r._tag === "Write" ? r.offset : r._tag === "Block" ? r.block : r._tag === "ResyncBegin" ? r.base : 0
   const data = r._tag === "Write" || r._tag === "Block" ? r.data : new Uint8Array(0)
   if (logged.seq !== r.seq) return `seq ${logged.seq}, planned ${r.seq}`
-  if (logged.kind !== kindOf[r._tag]) return `seq ${r.seq}: kind ${logged.kind}, planned ${r._tag}`
+  if (logged.kind !== Wire.recordKindCode(r)) return `seq ${r.seq}: kind ${logged.kind}, planned ${r._tag}`
   if (logged.position !== position || logged.epoch !== r.epoch)
     return `seq ${r.seq}: position or epoch differ`
   if (!logged.payload.equals(Buffer.from(data.buffer, data.byteOffset, data.byteLength)))

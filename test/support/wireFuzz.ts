@@ -35,15 +35,6 @@ export interface Outcome {
   readonly appended: ReadonlyArray<Planned>
 }
 
-const kindOf = (record: Wire.Record): Receiver.RecordKind =>
-  record._tag === "Write"
-    ? "write"
-    : record._tag === "Block"
-      ? "block"
-      : record._tag === "ResyncBegin"
-        ? "resync-begin"
-        : "resync-end"
-
 const isRecord = (frame: Wire.Frame): frame is Wire.Record =>
   frame._tag === "Write" ||
   frame._tag === "Block" ||
@@ -92,7 +83,7 @@ export class ServiceModel {
         const { state, verdict } = Receiver.receive(
           disk.receiver,
           frame.seq,
-          kindOf(frame),
+          Wire.recordKind(frame),
           frame._tag === "ResyncBegin" ? frame.base : frame.seq - 1
         )
         disk.receiver = state

@@ -4,10 +4,10 @@
  * trailer, and opening a chain in recover and read modes.
  */
 import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
 import { Cause, Effect, Exit, Option } from "effect"
-import { afterEach, describe, expect, it } from "vitest"
+import { describe, expect, it } from "vitest"
+import { tempDirs } from "../support/tempDirs.js"
 import { diskDirName, type DiskMeta, META_FILE, openChain } from "../../src/receiver/internal/chain.js"
 import { LogCorrupt } from "../../src/receiver/internal/errors.js"
 import {
@@ -31,15 +31,7 @@ import { isTorn, scanSegment } from "../../src/receiver/internal/segment.js"
 import * as LogStore from "../../src/receiver/LogStore.js"
 import * as Restore from "../../src/receiver/Restore.js"
 
-const dirs: Array<string> = []
-const tempDir = () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cdp-receiver-unit-"))
-  dirs.push(dir)
-  return dir
-}
-afterEach(() => {
-  for (const dir of dirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true })
-})
+const tempDir = tempDirs("cdp-receiver-unit-", "each")
 
 const record = (seq: number, flags: number, fill = seq): Buffer => {
   const payload = Buffer.alloc(100 + (seq % 7) * 13, fill)

@@ -5,10 +5,10 @@
  * record they read against the entry that listed it. These tests fail on the code before.
  */
 import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
 import { Cause, Effect, Either, Exit } from "effect"
-import { afterEach, describe, expect, it } from "vitest"
+import { describe, expect, it } from "vitest"
+import { restoredBeside, tempDirs } from "../support/tempDirs.js"
 import { openChain } from "../../src/receiver/internal/chain.js"
 import { LogCorrupt } from "../../src/receiver/internal/errors.js"
 import {
@@ -34,28 +34,15 @@ import {
   writeLog
 } from "../support/receiverLog.js"
 
-const dirs: Array<string> = []
-const tempDir = () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cdp-receiver-index-"))
-  dirs.push(dir)
-  return dir
-}
-afterEach(() => {
-  for (const dir of dirs.splice(0)) {
-    fs.rmSync(dir, { recursive: true, force: true })
-    for (const name of fs.readdirSync(path.dirname(dir)))
-      if (name.startsWith(`${path.basename(dir)}-restored-`)) fs.rmSync(path.join(path.dirname(dir), name))
-  }
-})
+const tempDir = tempDirs("cdp-receiver-index-", "each")
 
 const failure = async <A, E>(effect: Effect.Effect<A, E>): Promise<unknown> => {
   const exit = await Effect.runPromiseExit(effect)
   return Exit.isFailure(exit) ? Cause.squash(exit.cause) : undefined
 }
 
-/** Restores beside the receiver directory: restore refuses to write inside it. */
-const outOf = (dir: string, at: number) => `${dir}-restored-${at}.img`
-const restoreAt = (dir: string, at: number) => Restore.restore({ dir, diskId, at, out: outOf(dir, at) })
+const restoreAt = (dir: string, at: number) =>
+  Restore.restore({ dir, diskId, at, out: restoredBeside(dir, at) })
 
 describe("restore checks every record it applies against its index entry", () => {
   it("an index forged with a valid CRC (a write inside the resync made a recovery point) is refused, naming the index", async () => {
@@ -78,7 +65,7 @@ describe("restore checks every record it applies against its index entry", () =>
     expect((error as LogCorrupt).reason).toMatch(
       /flags 3 \(index\) vs 2 \(record\)|flags 1 \(index\) vs 0 \(record\)/
     )
-    expect(fs.existsSync(outOf(dir, 11))).toBe(false)
+    expect(fs.existsSync(restoredBeside(dir, 11))).toBe(false)
     // A point before the forged entry restores, and is right.
     const ok = await Effect.runPromise(restoreAt(dir, 8))
     expect(fs.readFileSync(ok.out).equals(imageAt(8))).toBe(true)

@@ -9,7 +9,7 @@ import { Either } from "effect"
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
 import { ReceiveClock } from "../../src/receiver/internal/clock.js"
-import { parsePolicy, parseSize, planFold, type SegmentSummary } from "../../src/receiver/Retention.js"
+import { parsePolicy, planFold, type SegmentSummary } from "../../src/receiver/Retention.js"
 import * as Mutants from "../support/receiverMutants.js"
 import { ageHorizonHolds, type MakeClock, type Plan, receiveTimesHold, YEAR } from "../support/retention.js"
 
@@ -42,9 +42,12 @@ describe("parsing", () => {
     expect(parsePolicy("65536B")).toEqual(Either.right({ _tag: "Size", bytes: 65536 }))
     for (const bad of ["5", "", "7 days", "-3d", "10XB", "0s"])
       expect(Either.isLeft(parsePolicy(bad))).toBe(true)
-    expect(parseSize("segment-bytes", "4096")).toEqual(Either.right(4096))
-    expect(parseSize("segment-bytes", "64MiB")).toEqual(Either.right(64 * 2 ** 20))
-    expect(Either.isLeft(parseSize("segment-bytes", "lots"))).toBe(true)
+    // Sizes read by the one size grammar (test/properties/units.test.ts); an age unit wins.
+    expect(parsePolicy("64m")).toEqual(Either.right({ _tag: "Age", millis: 64 * 60_000 }))
+    expect(parsePolicy("64k")).toEqual(Either.right({ _tag: "Size", bytes: 64 * 2 ** 10 }))
+    expect(parsePolicy("1.5GB")).toEqual(Either.right({ _tag: "Size", bytes: 1.5e9 }))
+    for (const bad of ["64M", "1.5", "0.1k", "0B", `${2 ** 53}B`])
+      expect(Either.isLeft(parsePolicy(bad))).toBe(true)
   })
 })
 

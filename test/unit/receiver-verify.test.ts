@@ -6,10 +6,9 @@
  * its own checks is rebuilt from its verified segment.
  */
 import * as fs from "node:fs"
-import * as os from "node:os"
-import * as path from "node:path"
 import { Effect, Either, HashMap, Logger } from "effect"
-import { afterEach, describe, expect, it } from "vitest"
+import { describe, expect, it } from "vitest"
+import { tempDirs } from "../support/tempDirs.js"
 import type { Segment } from "../../src/receiver/internal/chain.js"
 import { openChain } from "../../src/receiver/internal/chain.js"
 import type { LogError } from "../../src/receiver/internal/errors.js"
@@ -28,15 +27,7 @@ import {
   writeLog
 } from "../support/receiverLog.js"
 
-const dirs: Array<string> = []
-const tempDir = () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cdp-receiver-verify-"))
-  dirs.push(dir)
-  return dir
-}
-afterEach(() => {
-  for (const dir of dirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true })
-})
+const tempDir = tempDirs("cdp-receiver-verify-", "each")
 
 interface Logged {
   readonly level: string

@@ -5,25 +5,17 @@
  * are written by the real store and reopened by the real recovery, with the default window.
  */
 import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
 import { Effect } from "effect"
-import { afterEach, describe, expect, it } from "vitest"
+import { describe, expect, it } from "vitest"
+import { tempDirs } from "../support/tempDirs.js"
 import { type DiskMeta, META_FILE, openChain } from "../../src/receiver/internal/chain.js"
 import { RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES } from "../../src/receiver/internal/format.js"
 import { DEFAULT_WINDOW } from "../../src/receiver/internal/segment.js"
 import * as LogStore from "../../src/receiver/LogStore.js"
 import * as Restore from "../../src/receiver/Restore.js"
 
-const dirs: Array<string> = []
-const tempDir = () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cdp-receiver-window-"))
-  dirs.push(dir)
-  return dir
-}
-afterEach(() => {
-  for (const dir of dirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true })
-})
+const tempDir = tempDirs("cdp-receiver-window-", "each")
 
 const geometry = { blockSize: 4096, blockCount: 4096 }
 const hello = { diskId: "vm-window", ...geometry, watermark: 0 }

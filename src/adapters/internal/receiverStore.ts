@@ -9,7 +9,7 @@ import { Either } from "effect"
 import * as Geometry from "../../domain/Geometry.js"
 import * as Receiver from "../../domain/Receiver.js"
 import type { Ack, Gap, Hello, Record } from "../../protocol/Wire.js"
-import { checkRecord, recordKind } from "../../protocol/Wire.js"
+import * as ProtocolSession from "../../protocol/Session.js"
 import { ConnectionClosed } from "./receiverErrors.js"
 
 export type Message = Ack | Gap
@@ -78,7 +78,9 @@ export class Session {
   constructor(
     private readonly store: ReceiverStore,
     readonly disk: Disk,
-    readonly peer: Peer
+    readonly peer: Peer,
+    /** What the protocol's verdicts do here (built by the store). */
+    readonly log: ProtocolSession.Log<never>
   ) {}
   receive(record: Record): void {
     this.store.receive(this, record)
@@ -124,7 +126,7 @@ export class ReceiverStore {
         reason: "already-connected",
         detail: `disk ${hello.diskId} already has a connection`
       }
-    const session = new Session(this, disk, peer)
+    const session = new Session(this, disk, peer, this.logOf(disk, peer))
     disk.session = session
     return { _tag: "Welcome", durableSeq: disk.durableSeq, session }
   }
@@ -135,34 +137,26 @@ export class ReceiverStore {
       this.dropNext = false
       return
     }
-    const disk = session.disk
-    const invalid = checkRecord(disk.geometry, record)
-    if (invalid !== undefined) {
-      this.closeSession(session, invalid)
-      return
-    }
-    const { state, verdict } = Receiver.receive(
-      disk.receiver,
-      record.seq,
-      recordKind(record),
-      record._tag === "ResyncBegin" ? record.base : record.seq - 1
-    )
-    disk.receiver = state
-    switch (verdict._tag) {
-      case "Accept":
-        disk.pending.push({ ...record, recoveryPoint: verdict.recoveryPoint })
+    const invalid = ProtocolSession.receive(session.disk, session.log, record)
+    if (invalid !== undefined) this.closeSession(session, invalid)
+  }
+
+  private logOf(disk: Disk, peer: Peer): ProtocolSession.Log<never> {
+    return {
+      geometry: disk.geometry,
+      durable: () => disk.durableSeq,
+      append: (record, recoveryPoint) => {
+        disk.pending.push({ ...record, recoveryPoint })
         if (this.ackMode === "immediate" && !this.acksStalled) this.makeDurable(disk, true)
-        return
-      case "Duplicate":
-        // Already held: ack again (what is durable), never apply twice.
-        if (!this.acksStalled && disk.durableSeq > 0)
-          session.peer.deliver({ _tag: "Ack", seq: disk.durableSeq })
-        return
-      case "Gap":
-        session.peer.deliver({ _tag: "Gap", expected: verdict.expected })
-        return
-      case "Rejected":
-        return
+      },
+      ack: (seq) => {
+        if (!this.acksStalled) peer.deliver({ _tag: "Ack", seq })
+      },
+      gap: (expected) => {
+        peer.deliver({ _tag: "Gap", expected })
+        return undefined
+      },
+      rejected: () => {}
     }
   }
 

@@ -28,13 +28,11 @@ export type Invariant =
   /** Every completed write is recorded exactly once, by its own input, with its offset and length. */
   | "write-recorded"
 
+/** The world's invariants (but its own `rejected-input`), then the kit's. */
 export const allInvariants: ReadonlyArray<Invariant> = [
-  "legality",
-  "no-write-lost",
-  "sync-only-when-clean",
-  "sequence",
-  "coverage",
-  "convergence",
+  ...Simulation.allInvariants.filter(
+    (i): i is Exclude<Simulation.InvariantName, "rejected-input"> => i !== "rejected-input"
+  ),
   "write-recorded"
 ]
 

@@ -52,14 +52,13 @@ const json = (value: unknown): Uint8Array => text.encode(JSON.stringify(value))
  * field outside its wire range: a negative or unsafe seq/offset/block, an epoch beyond u32.
  */
 const encodeHeader = (frame: Frame, allocate: (bytes: number) => Uint8Array, roomForPayload: boolean) => {
-  let kind: number
+  const kind = Kind[frame._tag]
   let seq = 0
   let epoch = 0
   let position = 0
   let payload: Uint8Array = EMPTY
   switch (frame._tag) {
     case "Hello":
-      kind = Kind.Hello
       payload = json({
         diskId: frame.diskId,
         blockSize: frame.blockSize,
@@ -68,48 +67,30 @@ const encodeHeader = (frame: Frame, allocate: (bytes: number) => Uint8Array, roo
       })
       break
     case "Welcome":
-      kind = Kind.Welcome
       seq = count("durableSeq", frame.durableSeq)
       break
     case "Write":
-      kind = Kind.Write
-      seq = count("seq", frame.seq)
-      epoch = u32("epoch", frame.epoch)
-      position = count("offset", frame.offset)
-      payload = frame.data
-      break
     case "Block":
-      kind = Kind.Block
-      seq = count("seq", frame.seq)
-      epoch = u32("epoch", frame.epoch)
-      position = count("block", frame.block)
-      payload = frame.data
-      break
     case "ResyncBegin":
-      kind = Kind.ResyncBegin
-      seq = count("seq", frame.seq)
-      epoch = u32("epoch", frame.epoch)
-      position = count("base", frame.base)
-      break
     case "ResyncEnd":
-      kind = Kind.ResyncEnd
+      // The records: a seq and an epoch each, then what each carries.
       seq = count("seq", frame.seq)
       epoch = u32("epoch", frame.epoch)
+      if (frame._tag === "Write") position = count("offset", frame.offset)
+      else if (frame._tag === "Block") position = count("block", frame.block)
+      else if (frame._tag === "ResyncBegin") position = count("base", frame.base)
+      if (frame._tag === "Write" || frame._tag === "Block") payload = frame.data
       break
     case "Ack":
-      kind = Kind.Ack
       seq = count("seq", frame.seq)
       break
     case "Gap":
-      kind = Kind.Gap
       seq = count("expected", frame.expected)
       break
     case "Refuse":
-      kind = Kind.Refuse
       payload = json({ reason: frame.reason, detail: frame.detail })
       break
     case "KeepAlive":
-      kind = Kind.KeepAlive
       break
   }
   const length = u32("payload length", payload.byteLength)

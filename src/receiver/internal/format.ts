@@ -87,9 +87,9 @@ export const kindName = (kind: Kind): "write" | "block" | "resync-begin" | "resy
         : "resync-end"
 
 /** The 40-byte header of a record; the CRC covers the header and `payload`. */
-export const encodeRecordHeader = (h: RecordHeader, payload: Uint8Array): Buffer => {
-  const b = Buffer.allocUnsafe(RECORD_HEADER_BYTES)
-  b.writeUInt32LE(payload.byteLength, 0)
+/** A record header's first 36 bytes (all but its CRC), with `length` as its payload length. */
+const putHeaderFields = (b: Buffer, h: RecordHeader, length: number): void => {
+  b.writeUInt32LE(length, 0)
   b[4] = h.kind
   b[5] = h.flags
   b.writeUInt16LE(0, 6)
@@ -97,6 +97,11 @@ export const encodeRecordHeader = (h: RecordHeader, payload: Uint8Array): Buffer
   putU64(b, 12, h.seq)
   putU64(b, 20, h.position)
   putU64(b, 28, h.time)
+}
+
+export const encodeRecordHeader = (h: RecordHeader, payload: Uint8Array): Buffer => {
+  const b = Buffer.allocUnsafe(RECORD_HEADER_BYTES)
+  putHeaderFields(b, h, payload.byteLength)
   const crc =
     payload.byteLength === 0
       ? crc32c(b.subarray(0, 36))
@@ -175,22 +180,40 @@ export interface SegmentHeader {
   readonly created: number
 }
 
-export const encodeSegmentHeader = (h: SegmentHeader): Buffer => {
-  const b = Buffer.alloc(SEGMENT_HEADER_BYTES)
-  SEGMENT_MAGIC.copy(b, 0)
-  putU64(b, 8, h.firstSeq)
-  putU64(b, 16, h.created)
+/**
+ * The 32-byte stamp a segment header and the base trailer both are: an 8-byte magic, two
+ * u64 fields (bytes 8 and 16), bytes 24..27 zero, the CRC32C of bytes 0..27 at 28.
+ */
+const STAMP_BYTES = 32
+const encodeStamp = (magic: Buffer, first: number, second: number): Buffer => {
+  const b = Buffer.alloc(STAMP_BYTES)
+  magic.copy(b, 0)
+  putU64(b, 8, first)
+  putU64(b, 16, second)
   b.writeUInt32LE(crc32c(b.subarray(0, 28)), 28)
   return b
 }
+/** The stamp's two fields, or why it is not one (`what` and `magicName` name it in the reason). */
+const decodeStamp = (
+  b: Uint8Array,
+  magic: Buffer,
+  what: string,
+  magicName: string
+): readonly [number, number] | string => {
+  if (b.length < STAMP_BYTES) return `short ${what}`
+  const buf = asBuffer(b)
+  if (!buf.subarray(0, 8).equals(magic)) return `bad ${magicName} magic`
+  if (crc32c(buf.subarray(0, 28)) !== readU32(b, 28)) return `${what} CRC32C mismatch`
+  return [getU64(b, 8), getU64(b, 16)]
+}
+
+export const encodeSegmentHeader = (h: SegmentHeader): Buffer =>
+  encodeStamp(SEGMENT_MAGIC, h.firstSeq, h.created)
 
 export const decodeSegmentHeader = (b: Uint8Array): SegmentHeader | string => {
-  if (b.length < SEGMENT_HEADER_BYTES) return "short segment header"
-  const buf = asBuffer(b)
-  if (!buf.subarray(0, 8).equals(SEGMENT_MAGIC)) return "bad segment magic"
-  if (crc32c(buf.subarray(0, 28)) !== readU32(b, 28)) return "segment header CRC32C mismatch"
-  const firstSeq = getU64(b, 8)
-  const created = getU64(b, 16)
+  const stamp = decodeStamp(b, SEGMENT_MAGIC, "segment header", "segment")
+  if (typeof stamp === "string") return stamp
+  const [firstSeq, created] = stamp
   if (firstSeq < 1 || created < 0) return "segment header fields out of range"
   return { firstSeq, created }
 }
@@ -215,22 +238,12 @@ export interface BaseTrailer {
   readonly time: number
 }
 
-export const encodeBaseTrailer = (t: BaseTrailer): Buffer => {
-  const b = Buffer.alloc(BASE_TRAILER_BYTES)
-  BASE_MAGIC.copy(b, 0)
-  putU64(b, 8, t.seq)
-  putU64(b, 16, t.time)
-  b.writeUInt32LE(crc32c(b.subarray(0, 28)), 28)
-  return b
-}
+export const encodeBaseTrailer = (t: BaseTrailer): Buffer => encodeStamp(BASE_MAGIC, t.seq, t.time)
 
 export const decodeBaseTrailer = (b: Uint8Array): BaseTrailer | string => {
-  if (b.length < BASE_TRAILER_BYTES) return "short base trailer"
-  const buf = asBuffer(b)
-  if (!buf.subarray(0, 8).equals(BASE_MAGIC)) return "bad base trailer magic"
-  if (crc32c(buf.subarray(0, 28)) !== readU32(b, 28)) return "base trailer CRC32C mismatch"
-  const seq = getU64(b, 8)
-  const time = getU64(b, 16)
+  const stamp = decodeStamp(b, BASE_MAGIC, "base trailer", "base trailer")
+  if (typeof stamp === "string") return stamp
+  const [seq, time] = stamp
   if (seq < 0 || time < 0) return "base trailer fields out of range"
   return { seq, time }
 }
@@ -315,14 +328,7 @@ export const decodeBaseTrailerV2 = (b: Uint8Array): BaseTrailerV2 | string => {
  */
 export const recordAnchor = (h: RecordHeader): number => {
   const b = Buffer.allocUnsafe(36)
-  b.writeUInt32LE(h.length, 0)
-  b[4] = h.kind
-  b[5] = h.flags
-  b.writeUInt16LE(0, 6)
-  b.writeUInt32LE(h.epoch >>> 0, 8)
-  putU64(b, 12, h.seq)
-  putU64(b, 20, h.position)
-  putU64(b, 28, h.time)
+  putHeaderFields(b, h, h.length)
   return crc32c(b)
 }
 

@@ -5,12 +5,9 @@
  */
 import * as net from "node:net"
 import { Effect, type Scope } from "effect"
+import * as Wire from "../../protocol/Wire.js"
 
-const HEADER_BYTES = 40
-const LENGTH_OFFSET = 28
-const KIND_OFFSET = 5
-const KIND_WRITE = 3
-const KIND_BLOCK = 4
+const { HEADER_BYTES, Kind, Offset } = Wire
 
 export interface FaultProxy {
   readonly port: number
@@ -49,9 +46,9 @@ class FrameGate {
       this.header = this.header.length === 0 ? Buffer.from(take) : Buffer.concat([this.header, take])
       at += take.length
       if (this.header.length < HEADER_BYTES) break
-      const kind = this.header[KIND_OFFSET]
-      const length = this.header.readUInt32BE(LENGTH_OFFSET)
-      this.dropping = this.dropNext && (kind === KIND_WRITE || kind === KIND_BLOCK)
+      const kind = this.header[Offset.kind]
+      const length = this.header.readUInt32BE(Offset.length)
+      this.dropping = this.dropNext && (kind === Kind.Write || kind === Kind.Block)
       if (this.dropping) this.dropNext = false
       if (!this.dropping) out.push(this.header)
       this.header = Buffer.alloc(0)

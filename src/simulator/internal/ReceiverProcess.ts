@@ -30,40 +30,89 @@ export interface ReceiverProcess {
   readonly start: Effect.Effect<void, ReceiverProcessError>
 }
 
-const launch = (entry: string, args: ReadonlyArray<string>) =>
-  Effect.async<{ child: ChildProcess; port: number }, ReceiverProcessError>((resume) => {
-    const child = spawn(process.execPath, [entry, ...args], { stdio: ["ignore", "pipe", "pipe"] })
-    let out = ""
-    let err = ""
+export interface Exited {
+  readonly code: number | null
+  readonly signal: NodeJS.Signals | null
+}
+
+/** A receiver that printed its ready line. */
+export interface Launched {
+  readonly child: ChildProcess
+  readonly host: string
+  readonly port: number
+  /** Resolves when the process has exited. */
+  readonly exited: Promise<Exited>
+  /** What it wrote so far (with `keepOutput`; else only the last 4000 characters of stderr). */
+  readonly stdout: () => string
+  readonly stderr: () => string
+}
+
+const READY = /^listening (\S+):(\d+)$/m
+const TAIL = 4000
+
+/**
+ * Spawns `node ENTRY …args` (the CLI's `receiver` command) and waits for its ready line,
+ * `listening HOST:PORT`. Fails (with the end of its stderr) if it exits first or takes
+ * longer than `timeoutMs`; interrupted before the ready line, it kills the child.
+ */
+export const launch = (
+  entry: string | ReadonlyArray<string>,
+  args: ReadonlyArray<string>,
+  options: { readonly timeoutMs?: number; readonly keepOutput?: boolean; readonly cwd?: string } = {}
+) =>
+  Effect.async<Launched, ReceiverProcessError>((resume) => {
+    const child = spawn(process.execPath, [...(typeof entry === "string" ? [entry] : entry), ...args], {
+      stdio: ["ignore", "pipe", "pipe"],
+      ...(options.cwd === undefined ? {} : { cwd: options.cwd })
+    })
+    const out = { stdout: "", stderr: "" }
+    const keep = options.keepOutput === true
+    const exited = new Promise<Exited>((done) => child.once("exit", (code, signal) => done({ code, signal })))
+    const timeoutMs = options.timeoutMs ?? 20_000
     const timer = setTimeout(() => {
       child.kill("SIGKILL")
       resume(
         Effect.fail(
-          new ReceiverProcessError({ detail: `no ready line within 20 s; stderr: ${err.slice(-500)}` })
+          new ReceiverProcessError({
+            detail: `no ready line within ${timeoutMs / 1000} s; stderr: ${out.stderr.slice(-500)}`
+          })
         )
       )
-    }, 20_000)
-    child.stdout!.setEncoding("utf8")
-    child.stdout!.on("data", (chunk: string) => {
-      out += chunk
-      const m = /listening\s+[\d.:[\]a-f]*?:(\d+)/i.exec(out)
-      if (m !== null) {
-        clearTimeout(timer)
-        child.stdout!.removeAllListeners("data")
-        child.stdout!.resume()
-        resume(Effect.succeed({ child, port: Number(m[1]) }))
-      }
-    })
+    }, timeoutMs)
     child.stderr!.setEncoding("utf8")
     child.stderr!.on("data", (chunk: string) => {
-      err = (err + chunk).slice(-4000)
+      out.stderr = keep ? out.stderr + chunk : (out.stderr + chunk).slice(-TAIL)
     })
-    child.once("exit", (code) => {
+    child.stdout!.setEncoding("utf8")
+    const ready = (chunk: string) => {
+      out.stdout += chunk
+      const m = READY.exec(out.stdout)
+      if (m === null) return
+      clearTimeout(timer)
+      child.stdout!.off("data", ready)
+      if (keep)
+        child.stdout!.on("data", (more: string) => {
+          out.stdout += more
+        })
+      else child.stdout!.resume()
+      resume(
+        Effect.succeed({
+          child,
+          host: m[1]!,
+          port: Number(m[2]),
+          exited,
+          stdout: () => out.stdout,
+          stderr: () => out.stderr
+        })
+      )
+    }
+    child.stdout!.on("data", ready)
+    void exited.then((e) => {
       clearTimeout(timer)
       resume(
         Effect.fail(
           new ReceiverProcessError({
-            detail: `exited with ${code} before listening; stderr: ${err.slice(-500)}`
+            detail: `exited (${e.code ?? e.signal}) before listening; stderr: ${out.stderr.slice(-500)}`
           })
         )
       )
