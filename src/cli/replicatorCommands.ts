@@ -204,7 +204,7 @@ export const simulate = Command.make(
 // replicate
 
 /** A failure as one line on stderr (`cdp-sync <command>: …`) and exit code 1; the whole cause at debug level. */
-const reportFailure =
+export const reportFailure =
   (command: string) =>
   <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A | undefined, never, R> =>
     Effect.catchAllCause(self, (cause) =>
@@ -264,23 +264,147 @@ const diskSizeOf = (disk: string, wanted: Option.Option<string>, journal: string
     return size
   })
 
+/**
+ * The filter's own options (its disk, receiver, journal and tuning), shared by every
+ * command that runs the replicator (`replicate`, `serve`).
+ */
+export const filterOptions = {
+  disk: Options.text("disk").pipe(Options.withDescription("The disk image (a raw file)")),
+  receiver: Options.text("receiver").pipe(Options.withDescription("The log receiver, HOST:PORT")),
+  journal: Options.text("journal").pipe(Options.withDescription("The filter's journal directory")),
+  diskId: Options.text("disk-id").pipe(
+    Options.withDefault("disk"),
+    Options.withDescription("The disk's identity at the receiver")
+  ),
+  blockSize: size("block-size", "64KiB", "Tracking-block size"),
+  diskSize: Options.text("disk-size").pipe(
+    Options.optional,
+    Options.withDescription(
+      "Create the image at this size if it does not exist (e.g. 256MiB); an existing image must have this size"
+    )
+  ),
+  window: Options.integer("window").pipe(
+    Options.withDefault(32),
+    Options.withDescription("Block records in flight during a drain")
+  ),
+  congestionLimit: size("congestion-limit", "8MiB", "Unacked live bytes before pull-ahead into resync"),
+  ackTimeout: Options.integer("ack-timeout-ms").pipe(
+    Options.withDefault(2000),
+    Options.withDescription("Ack timeout")
+  ),
+  rate: Options.text("drain-rate").pipe(
+    Options.optional,
+    Options.withDescription("Drain rate limit per second (e.g. 100MiB)")
+  ),
+  trace: Options.text("trace").pipe(
+    Options.optional,
+    Options.withDescription("Append the filter's events as a trace")
+  ),
+  activityExtents: Options.integer("activity-extents").pipe(
+    Options.withDefault(1024),
+    Options.withDescription(
+      "Extents the activity log keeps active: after a crash only these are resynced, not the whole disk"
+    )
+  ),
+  activityExtentSize: size(
+    "activity-extent-size",
+    "4MiB",
+    "The activity log's extent (a multiple of 512 bytes)"
+  )
+}
+
+/** The values of `filterOptions`, as a command's handler receives them. */
+export interface FilterSettings {
+  readonly disk: string
+  readonly receiver: string
+  readonly journal: string
+  readonly diskId: string
+  readonly blockSize: number
+  readonly diskSize: Option.Option<string>
+  readonly window: number
+  readonly congestionLimit: number
+  readonly ackTimeout: number
+  readonly rate: Option.Option<string>
+  readonly trace: Option.Option<string>
+  readonly activityExtents: number
+  readonly activityExtentSize: number
+}
+
+/**
+ * The replicator as `o` says, with its disk image, file journal, activity log and TCP
+ * link to the receiver: checks the options, sizes (or creates) the image, starts the
+ * trace file. Fails with `CommandFailed` (one line for the operator).
+ */
+export const filterLayer = (o: FilterSettings) =>
+  Effect.gen(function* () {
+    const [host, portText] = o.receiver.split(/:(?=\d+$)/)
+    const port = Number(portText)
+    if (host === undefined || !Number.isInteger(port))
+      return yield* new CommandFailed({ detail: `--receiver must be HOST:PORT, not ${o.receiver}` })
+    const diskBytes = yield* diskSizeOf(o.disk, o.diskSize, o.journal)
+    const config = yield* Config.make({
+      blockSize: o.blockSize,
+      blockCount: Math.ceil(diskBytes / o.blockSize),
+      window: o.window,
+      congestionLimit: o.congestionLimit,
+      initial: "in-sync"
+    })
+    if (config.blockCount * config.blockSize !== diskBytes)
+      return yield* new CommandFailed({
+        detail: `the disk size ${diskBytes} is not a multiple of the block size`
+      })
+    if (o.activityExtentSize <= 0 || o.activityExtentSize % 512 !== 0)
+      return yield* new CommandFailed({
+        detail: `--activity-extent-size must be a positive multiple of 512 bytes, not ${o.activityExtentSize}`
+      })
+    if (o.activityExtents < 1)
+      return yield* new CommandFailed({ detail: `--activity-extents must be at least 1` })
+    const rate = Option.map(o.rate, parseSize)
+    const traceFile = Option.getOrUndefined(o.trace)
+    if (
+      traceFile !== undefined &&
+      !(yield* Effect.promise(() =>
+        fs.stat(traceFile).then(
+          () => true,
+          () => false
+        )
+      ))
+    )
+      yield* Effect.promise(() =>
+        fs.writeFile(
+          traceFile,
+          `${Trace.encodeHeader({ blockSize: config.blockSize, blockCount: config.blockCount, initial: config.initial })}\n`
+        )
+      )
+    const layer = Replicator.layer({
+      diskId: o.diskId,
+      config,
+      ackTimeout: Duration.millis(o.ackTimeout),
+      activityExtents: o.activityExtents,
+      ...(Option.isSome(rate) && rate.value.ok ? { drainBytesPerSecond: rate.value.value } : {}),
+      ...(traceFile === undefined
+        ? {}
+        : {
+            onEvents: (events) =>
+              Effect.promise(() => fs.appendFile(traceFile, `${events.map(Trace.encodeEvent).join("\n")}\n`))
+          })
+    }).pipe(
+      Layer.provideMerge(
+        Layer.mergeAll(
+          VirtualDisk.layerFile({ path: o.disk, geometry: config, create: true }),
+          EventJournal.layerFile({ directory: o.journal }),
+          ActivityLog.layerFile({ directory: o.journal, extentBytes: o.activityExtentSize }),
+          LogReceiver.layerTcp({ host, port })
+        )
+      )
+    )
+    return { config, layer }
+  })
+
 export const replicate = Command.make(
   "replicate",
   {
-    disk: Options.text("disk").pipe(Options.withDescription("The disk image (a raw file)")),
-    receiver: Options.text("receiver").pipe(Options.withDescription("The log receiver, HOST:PORT")),
-    journal: Options.text("journal").pipe(Options.withDescription("The filter's journal directory")),
-    diskId: Options.text("disk-id").pipe(
-      Options.withDefault("disk"),
-      Options.withDescription("The disk's identity at the receiver")
-    ),
-    blockSize: size("block-size", "64KiB", "Tracking-block size"),
-    diskSize: Options.text("disk-size").pipe(
-      Options.optional,
-      Options.withDescription(
-        "Create the image at this size if it does not exist (e.g. 256MiB); an existing image must have this size"
-      )
-    ),
+    ...filterOptions,
     seconds: Options.integer("seconds").pipe(
       Options.withDefault(0),
       Options.withDescription("Run the built-in guest workload this long (0: none)")
@@ -291,101 +415,11 @@ export const replicate = Command.make(
     ),
     quiesce: Options.boolean("quiesce").pipe(
       Options.withDescription("Then wait until the replica is whole (sync, nothing in flight) and exit")
-    ),
-    window: Options.integer("window").pipe(
-      Options.withDefault(32),
-      Options.withDescription("Block records in flight during a drain")
-    ),
-    congestionLimit: size("congestion-limit", "8MiB", "Unacked live bytes before pull-ahead into resync"),
-    ackTimeout: Options.integer("ack-timeout-ms").pipe(
-      Options.withDefault(2000),
-      Options.withDescription("Ack timeout")
-    ),
-    rate: Options.text("drain-rate").pipe(
-      Options.optional,
-      Options.withDescription("Drain rate limit per second (e.g. 100MiB)")
-    ),
-    trace: Options.text("trace").pipe(
-      Options.optional,
-      Options.withDescription("Append the filter's events as a trace")
-    ),
-    activityExtents: Options.integer("activity-extents").pipe(
-      Options.withDefault(1024),
-      Options.withDescription(
-        "Extents the activity log keeps active: after a crash only these are resynced, not the whole disk"
-      )
-    ),
-    activityExtentSize: size(
-      "activity-extent-size",
-      "4MiB",
-      "The activity log's extent (a multiple of 512 bytes)"
     )
   },
   (o) =>
     Effect.gen(function* () {
-      const [host, portText] = o.receiver.split(/:(?=\d+$)/)
-      const port = Number(portText)
-      if (host === undefined || !Number.isInteger(port))
-        return yield* new CommandFailed({ detail: `--receiver must be HOST:PORT, not ${o.receiver}` })
-      const diskBytes = yield* diskSizeOf(o.disk, o.diskSize, o.journal)
-      const config = yield* Config.make({
-        blockSize: o.blockSize,
-        blockCount: Math.ceil(diskBytes / o.blockSize),
-        window: o.window,
-        congestionLimit: o.congestionLimit,
-        initial: "in-sync"
-      })
-      if (config.blockCount * config.blockSize !== diskBytes)
-        return yield* new CommandFailed({
-          detail: `the disk size ${diskBytes} is not a multiple of the block size`
-        })
-      if (o.activityExtentSize <= 0 || o.activityExtentSize % 512 !== 0)
-        return yield* new CommandFailed({
-          detail: `--activity-extent-size must be a positive multiple of 512 bytes, not ${o.activityExtentSize}`
-        })
-      if (o.activityExtents < 1)
-        return yield* new CommandFailed({ detail: `--activity-extents must be at least 1` })
-      const rate = Option.map(o.rate, parseSize)
-      const traceFile = Option.getOrUndefined(o.trace)
-      if (
-        traceFile !== undefined &&
-        !(yield* Effect.promise(() =>
-          fs.stat(traceFile).then(
-            () => true,
-            () => false
-          )
-        ))
-      )
-        yield* Effect.promise(() =>
-          fs.writeFile(
-            traceFile,
-            `${Trace.encodeHeader({ blockSize: config.blockSize, blockCount: config.blockCount, initial: config.initial })}\n`
-          )
-        )
-      const layer = Replicator.layer({
-        diskId: o.diskId,
-        config,
-        ackTimeout: Duration.millis(o.ackTimeout),
-        activityExtents: o.activityExtents,
-        ...(Option.isSome(rate) && rate.value.ok ? { drainBytesPerSecond: rate.value.value } : {}),
-        ...(traceFile === undefined
-          ? {}
-          : {
-              onEvents: (events) =>
-                Effect.promise(() =>
-                  fs.appendFile(traceFile, `${events.map(Trace.encodeEvent).join("\n")}\n`)
-                )
-            })
-      }).pipe(
-        Layer.provideMerge(
-          Layer.mergeAll(
-            VirtualDisk.layerFile({ path: o.disk, geometry: config, create: true }),
-            EventJournal.layerFile({ directory: o.journal }),
-            ActivityLog.layerFile({ directory: o.journal, extentBytes: o.activityExtentSize }),
-            LogReceiver.layerTcp({ host, port })
-          )
-        )
-      )
+      const { config, layer } = yield* filterLayer(o)
       yield* Effect.scoped(
         Effect.gen(function* () {
           const context = yield* Layer.build(layer)

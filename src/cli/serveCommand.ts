@@ -1,0 +1,93 @@
+/**
+ * `cdp-sync serve`: the filter as a disk a real guest can use (docs/nbd.md). Serves the
+ * disk image over NBD and replicates every write through the replicator to the log
+ * receiver; the replicator's options are `replicate`'s (`filterOptions`).
+ */
+import { Command, Options } from "@effect/cli"
+import { Console, Effect, Layer, Option } from "effect"
+import * as VirtualDisk from "../adapters/VirtualDisk.js"
+import * as Nbd from "../nbd/Nbd.js"
+import * as Replicator from "../replicator/Replicator.js"
+import { CommandFailed, filterLayer, filterOptions, reportFailure } from "./replicatorCommands.js"
+
+const DEFAULT_LISTEN = "127.0.0.1:10809"
+
+/** `HOST:PORT` (`[::1]:PORT` for IPv6) → its parts. */
+const parseListen = (text: string) => {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(text)
+  const port = m === null ? Number.NaN : Number(m[3])
+  if (m === null || !Number.isInteger(port) || port < 0 || port > 65535)
+    return new CommandFailed({ detail: `--listen must be HOST:PORT, not ${text}` })
+  return { host: m[1] ?? (m[2] === "" ? "127.0.0.1" : m[2]!), port }
+}
+
+export const serve = Command.make(
+  "serve",
+  {
+    ...filterOptions,
+    listen: Options.text("listen").pipe(
+      Options.optional,
+      Options.withDescription(
+        `Serve NBD on TCP HOST:PORT (default ${DEFAULT_LISTEN}; port 0 picks a free one)`
+      )
+    ),
+    socket: Options.text("socket").pipe(
+      Options.optional,
+      Options.withDescription("Serve NBD on this unix socket instead of TCP")
+    ),
+    exportName: Options.text("export-name").pipe(
+      Options.withDefault("disk"),
+      Options.withDescription('The export\'s name (clients asking for the default export "" get it too)')
+    ),
+    readOnly: Options.boolean("read-only").pipe(
+      Options.withDescription("Refuse every write (EPERM); the export says it is read-only")
+    ),
+    maxConnections: Options.integer("max-connections").pipe(
+      Options.withDefault(16),
+      Options.withDescription("Clients connected at once; more are refused")
+    )
+  },
+  (o) =>
+    Effect.gen(function* () {
+      if (Option.isSome(o.listen) && Option.isSome(o.socket)) {
+        yield* Console.error("cdp-sync serve: give --listen or --socket, not both")
+        process.exitCode = 2
+        return
+      }
+      const listen = Option.isSome(o.socket)
+        ? { path: o.socket.value }
+        : parseListen(Option.getOrElse(o.listen, () => DEFAULT_LISTEN))
+      if (listen instanceof CommandFailed) return yield* listen
+      if (o.maxConnections < 1)
+        return yield* new CommandFailed({ detail: "--max-connections must be at least 1" })
+      const { layer } = yield* filterLayer(o)
+      yield* Effect.scoped(
+        Effect.gen(function* () {
+          const context = yield* Layer.build(layer)
+          const replicator = yield* Effect.provide(Replicator.Replicator, context)
+          const disk = yield* Effect.provide(VirtualDisk.VirtualDisk, context)
+          // Runs after the server closed and before the replicator closes (and journals
+          // every answered write): a clean stop leaves the image durable too.
+          yield* Effect.addFinalizer(() =>
+            disk.flush.pipe(
+              Effect.catchAll((e) => Effect.logWarning(`the disk could not be flushed at exit: ${e.message}`))
+            )
+          )
+          const server = yield* Nbd.serve({
+            listen,
+            exportName: o.exportName,
+            readOnly: o.readOnly,
+            maxConnections: o.maxConnections,
+            description: `cdp-sync: ${o.disk}, replicated to ${o.receiver} as ${JSON.stringify(o.diskId)}`
+          }).pipe(Effect.provide(context))
+          yield* Console.log(`listening ${server.uri}`)
+          // Until SIGINT/SIGTERM (the scope closes: exit 0) or the replicator stops (exit 1).
+          return yield* replicator.stopped
+        })
+      )
+    }).pipe(reportFailure("serve"))
+).pipe(
+  Command.withDescription(
+    "Serve a disk image over NBD (fixed newstyle; READ, WRITE with FUA, FLUSH, TRIM, WRITE_ZEROES) and replicate every write to a log receiver. Prints `listening nbd://HOST:PORT/NAME` (or `nbd+unix:///NAME?socket=PATH`) when ready; SIGINT/SIGTERM answer what was taken, journal every answered write and exit 0. Example: cdp-sync serve --disk vm.img --disk-size 8GiB --receiver backup:7070 --journal ./journal; then qemu-system-x86_64 -drive file=nbd://127.0.0.1:10809/disk,format=raw"
+  )
+)

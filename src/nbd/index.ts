@@ -1,0 +1,5 @@
+/**
+ * The NBD front end (docs/nbd.md): `Nbd.serve` exports the protected disk to guests
+ * through the replicator; `Nbd.connect` is a small client for the same protocol.
+ */
+export * as Nbd from "./Nbd.js"

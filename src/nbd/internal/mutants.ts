@@ -1,0 +1,24 @@
+/**
+ * Deliberately broken variants of the NBD server, for the test suite's mutants only:
+ * each breaks one promise the server makes to a guest, and the test that guards it must
+ * catch it. Not part of the public API: `Nbd.ts` does not export this module, and
+ * `serve` reads the variants from the context with their default (every one off).
+ */
+import { Context, Layer } from "effect"
+
+export interface Mutants {
+  /** FLUSH and FUA answer once the disk is flushed, without waiting for the journal (`Replicator.flush`). */
+  readonly flushSkipsJournal: boolean
+  /** A WRITE is answered as soon as its payload is read, before the replicator has written it. */
+  readonly answerWritesEarly: boolean
+}
+
+export const none: Mutants = { flushSkipsJournal: false, answerWritesEarly: false }
+
+export class NbdMutants extends Context.Reference<NbdMutants>()("cdp-sync/NbdMutants", {
+  defaultValue: (): Mutants => none
+}) {}
+
+/** Turns on the variants named, for whatever is built with this layer. */
+export const layer = (on: Partial<Mutants>): Layer.Layer<NbdMutants> =>
+  Layer.succeedContext(NbdMutants.context({ ...none, ...on }))

@@ -1,0 +1,133 @@
+/**
+ * Exact reads and ordered writes over a node:net socket, for both ends of NBD.
+ * node:net directly: @effect/platform's Socket gives a stream of chunks, and NBD needs
+ * "exactly n bytes, then decide" with the socket's own backpressure (paused mode:
+ * nothing is read from the kernel beyond the stream's high-water mark until the
+ * connection asks for it).
+ */
+import type * as Net from "node:net"
+import { Data, Effect } from "effect"
+
+/** The socket failed (reset, write after the peer left). */
+export class SocketFailed extends Data.TaggedError("SocketFailed")<{ readonly cause: unknown }> {
+  override get message() {
+    const cause = this.cause
+    return `socket failed: ${cause instanceof Error ? cause.message : String(cause)}`
+  }
+}
+
+/** The peer closed its side inside a message: `got` of `wanted` bytes arrived. */
+export class EndedMidMessage extends Data.TaggedError("EndedMidMessage")<{
+  readonly wanted: number
+  readonly got: number
+  readonly what: string
+}> {
+  override get message() {
+    return `the peer closed the connection ${this.got} bytes into ${this.what} (of ${this.wanted})`
+  }
+}
+
+/** Skipped payloads are read in pieces this large at most, and dropped. */
+const SKIP_PIECE = 1 << 20
+
+export class SocketReader {
+  private ended = false
+  private failure: SocketFailed | undefined = undefined
+  private wake: (() => void) | undefined = undefined
+
+  constructor(private readonly socket: Net.Socket) {
+    const notify = () => {
+      const wake = this.wake
+      this.wake = undefined
+      wake?.()
+    }
+    socket.on("readable", notify)
+    socket.on("end", () => {
+      this.ended = true
+      notify()
+    })
+    socket.on("close", () => {
+      this.ended = true
+      notify()
+    })
+    socket.on("error", (cause) => {
+      this.failure ??= new SocketFailed({ cause })
+      notify()
+    })
+    if (socket.readableEnded || socket.destroyed) this.ended = true
+  }
+
+  /**
+   * Exactly `n` bytes; `undefined` if the peer ended its side before the first of them
+   * (a clean end between messages). Fails with `EndedMidMessage` if it ended inside.
+   */
+  take(n: number, what: string): Effect.Effect<Buffer | undefined, EndedMidMessage | SocketFailed> {
+    if (n === 0) return Effect.succeed(Buffer.alloc(0))
+    return Effect.suspend(() => this.poll(n, what) ?? this.waitThen(() => this.take(n, what)))
+  }
+
+  /** Reads and drops `n` bytes (a payload the server refuses), never holding more than a piece. */
+  skip(n: number, what: string): Effect.Effect<void, EndedMidMessage | SocketFailed> {
+    const go = (left: number): Effect.Effect<void, EndedMidMessage | SocketFailed> =>
+      left === 0
+        ? Effect.void
+        : Effect.flatMap(this.take(Math.min(left, SKIP_PIECE), what), (piece) =>
+            piece === undefined
+              ? Effect.fail(new EndedMidMessage({ wanted: n, got: n - left, what }))
+              : go(left - piece.byteLength)
+          )
+    return go(n)
+  }
+
+  private poll(
+    n: number,
+    what: string
+  ): Effect.Effect<Buffer | undefined, EndedMidMessage | SocketFailed> | undefined {
+    if (this.failure !== undefined) return Effect.fail(this.failure)
+    const chunk = this.socket.read(n) as Buffer | null
+    if (chunk !== null) {
+      if (chunk.byteLength === n) return Effect.succeed(chunk)
+      // At the end, read(n) hands over what is left, short.
+      return Effect.fail(new EndedMidMessage({ wanted: n, got: chunk.byteLength, what }))
+    }
+    if (this.ended || this.socket.destroyed) {
+      const left = this.socket.readableLength
+      if (left === 0) return Effect.succeed(undefined)
+      return Effect.fail(new EndedMidMessage({ wanted: n, got: left, what }))
+    }
+    return undefined
+  }
+
+  private waitThen<A, E>(next: () => Effect.Effect<A, E>): Effect.Effect<A, E> {
+    return Effect.async<A, E>((resume) => {
+      this.wake = () => resume(next())
+      return Effect.sync(() => {
+        this.wake = undefined
+      })
+    })
+  }
+
+  /** Bytes already received and not taken (a pipelined request may be complete in there). */
+  get buffered(): number {
+    return this.socket.readableLength
+  }
+}
+
+/**
+ * Writes `parts` back to back (corked: one segment where possible); `written` runs once
+ * the socket has handed them to the kernel, or failed.
+ */
+export const writeParts = (
+  socket: Net.Socket,
+  parts: ReadonlyArray<Uint8Array>,
+  written?: (error: Error | null | undefined) => void
+): void => {
+  if (socket.destroyed || socket.writableEnded) {
+    written?.(new Error("socket closed"))
+    return
+  }
+  socket.cork()
+  for (let i = 0; i < parts.length; i++)
+    socket.write(parts[i]!, i === parts.length - 1 ? (e) => written?.(e) : undefined)
+  socket.uncork()
+}
