@@ -11,7 +11,7 @@ import { afterEach, expect, it } from "vitest"
 import { MiB, mustRun, type NbdExport, runTool, serve, stopAndCompareReplica } from "../support/nbdExport.js"
 import { need } from "../support/tools.js"
 
-const SIZE = 64 * MiB
+const SIZE = 32 * MiB
 let exp: NbdExport | undefined
 afterEach(async () => {
   await exp?.dispose()

@@ -13,6 +13,8 @@ import * as fs from "node:fs"
 import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
+import { Effect } from "effect"
+import * as Restore from "../../src/receiver/Restore.js"
 import * as Proc from "./receiverProcess.js"
 import { find } from "./tools.js"
 
@@ -79,6 +81,8 @@ export interface ServeOptions {
   readonly size: number
   readonly readOnly?: boolean
   readonly exportName?: string
+  /** The disk's identity at the receiver (default "disk"). */
+  readonly diskId?: string
   /** Where the image, the journal, the receiver's directory and the socket go (default: a new temp dir). */
   readonly dir?: string
   /** The receiver's address serve replicates to (default: a receiver process this export starts and owns). */
@@ -148,6 +152,7 @@ export const serve = async (
   const image = path.join(dir, "disk.img")
   const receiverDir = path.join(dir, "receiver")
   const name = options.exportName ?? "disk"
+  const diskId = options.diskId ?? "disk"
   let err = ""
   let receiver: Proc.ReceiverProcess | undefined
   let child: ChildProcess
@@ -199,6 +204,8 @@ export const serve = async (
           "127.0.0.1:0",
           "--export-name",
           name,
+          "--disk-id",
+          diskId,
           ...(options.readOnly === true ? ["--read-only"] : []),
           ...(options.serveArgs ?? [])
         ],
@@ -254,9 +261,9 @@ export const serve = async (
     stop,
     replica: async () => {
       if (server === "qemu-nbd") return undefined
+      // `cdp-sync restore`'s own function, in-process: a CLI start costs seconds on a loaded machine.
       const out = path.join(dir, "restored.img")
-      const r = await Proc.run(["restore", "--dir", receiverDir, "--at", "latest", "--out", out])
-      if (r.code !== 0) throw new Error(`restore exited ${r.code ?? r.signal}: ${r.stderr}`)
+      await Effect.runPromise(Restore.restore({ dir: receiverDir, diskId, at: "latest", out }))
       return { restored: await fs.promises.readFile(out), image: await fs.promises.readFile(image) }
     },
     dispose: async () => {
@@ -280,17 +287,33 @@ export const firstDifference = (a: Buffer, b: Buffer): number => {
 }
 
 /**
- * Stops the export (SIGTERM) and, under `cdp-sync serve`, checks the latest recovery point
- * restored from the receiver equals the image byte for byte. Returns the image.
+ * Under `cdp-sync serve`: waits (the export idle) until the latest recovery point restored
+ * from the receiver equals the image byte for byte — the filter replicates behind the
+ * guest, so the receiver catches up after the last write — then stops the export
+ * (SIGTERM) and checks it once more. Fails with the first differing byte if the replica
+ * does not converge within `timeoutMs`. Returns the image.
  */
-export const stopAndCompareReplica = async (exp: NbdExport): Promise<Buffer> => {
+export const stopAndCompareReplica = async (exp: NbdExport, timeoutMs = 60_000): Promise<Buffer> => {
+  if (exp.server === "cdp-sync") {
+    const deadline = Date.now() + timeoutMs
+    for (;;) {
+      const replica = await exp.replica()
+      const at = replica === undefined ? -1 : firstDifference(replica.restored, replica.image)
+      if (at === -1) break
+      if (Date.now() > deadline)
+        throw new Error(
+          `the restored latest point still differs from the image at byte ${at} after ${timeoutMs} ms`
+        )
+      await new Promise((r) => setTimeout(r, 250))
+    }
+  }
   await exp.stop()
   const replica = await exp.replica()
   if (replica === undefined) return fs.promises.readFile(exp.image)
   const at = firstDifference(replica.restored, replica.image)
   if (at !== -1)
     throw new Error(
-      `the restored latest point differs from the image at byte ${at} (restored ${replica.restored.length} bytes, image ${replica.image.length})`
+      `after the stop the restored latest point differs from the image at byte ${at} (restored ${replica.restored.length} bytes, image ${replica.image.length})`
     )
   return replica.image
 }
