@@ -4,7 +4,9 @@
  * refuses qemu-io's writes, leaving the image as it was.
  */
 import * as fs from "node:fs/promises"
+import { Effect } from "effect"
 import { afterEach, expect, it } from "vitest"
+import * as Nbd from "../../src/nbd/Nbd.js"
 import { MiB, mustRun, type NbdExport, runTool, serve, stopAndCompareReplica } from "../support/nbdExport.js"
 import { need } from "../support/tools.js"
 
@@ -75,6 +77,22 @@ it("a read-only export says so, and qemu-io's writes to it fail with a permissio
   ])
   expect(ro.code).toBe(1)
   expect(ro.stderr + ro.stdout).toMatch(/read-only|Operation not permitted|Permission denied/i)
+  // qemu refuses before sending anything; the server itself answers EPERM to a client
+  // that writes anyway (the project's small client sends what it is told).
+  const m = /^nbd:\/\/([^:/]+):(\d+)\/(.*)$/.exec(exp.uri)
+  if (m !== null) {
+    const refused = await Effect.runPromise(
+      Nbd.withClient({ connect: { host: m[1]!, port: Number(m[2]) }, exportName: m[3]! }, (client) =>
+        Effect.all([
+          Effect.flip(client.write(0, new Uint8Array(4096).fill(0x77))),
+          Effect.flip(client.write(4096, new Uint8Array(512), { fua: true })),
+          Effect.flip(client.trim(0, 65536)),
+          Effect.flip(client.writeZeroes(0, 65536))
+        ])
+      )
+    )
+    for (const e of refused) expect(e).toMatchObject({ _tag: "NbdCommandFailed", error: Nbd.errors.EPERM })
+  } else expect(exp.server).toBe("qemu-nbd")
   // Reads work.
   await mustRun(t["qemu-io"], ["-r", "-f", "raw", "-c", `read -q -P 0 0 ${SIZE}`, exp.uri])
   await exp.stop()
