@@ -22,7 +22,7 @@ import {
 import * as Proc from "../support/receiverProcess.js"
 import { need } from "../support/tools.js"
 
-const SIZE = 32 * MiB
+const SIZE = 16 * MiB
 const cleanups: Array<() => Promise<unknown>> = []
 afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c()
