@@ -302,28 +302,34 @@ export class Connection {
 
   /** Sends any request (well-formed or not) and waits for its reply. */
   raw(request: RawRequest): Effect.Effect<Uint8Array, ClientError> {
-    return Effect.suspend(() => {
-      if (this.failure !== undefined) return Effect.fail(this.failure)
-      const cookie = this.nextCookie++
-      const length = request.length ?? 0
-      const done = Deferred.unsafeMake<Uint8Array, ClientError>(FiberId.none)
-      this.pending.set(cookie, {
-        command: request.type,
-        offset: Number(request.offset ?? 0),
-        length,
-        dataBytes: request.replyData ?? (request.type === P.CMD_READ ? length : 0),
-        done
-      })
-      const header = Codec.encodeRequest({
-        flags: request.flags ?? 0,
-        type: request.type,
-        cookie,
-        offset: request.offset ?? 0,
-        length
-      })
-      writeParts(this.socket, request.payload === undefined ? [header] : [header, request.payload])
-      return Deferred.await(done)
+    return Effect.suspend(() => this.sendNow(request))
+  }
+
+  /**
+   * Sends `request` now (before anything sent after this call returns) and gives the wait
+   * for its reply.
+   */
+  sendNow(request: RawRequest): Effect.Effect<Uint8Array, ClientError> {
+    if (this.failure !== undefined) return Effect.fail(this.failure)
+    const cookie = this.nextCookie++
+    const length = request.length ?? 0
+    const done = Deferred.unsafeMake<Uint8Array, ClientError>(FiberId.none)
+    this.pending.set(cookie, {
+      command: request.type,
+      offset: Number(request.offset ?? 0),
+      length,
+      dataBytes: request.replyData ?? (request.type === P.CMD_READ ? length : 0),
+      done
     })
+    const header = Codec.encodeRequest({
+      flags: request.flags ?? 0,
+      type: request.type,
+      cookie,
+      offset: request.offset ?? 0,
+      length
+    })
+    writeParts(this.socket, request.payload === undefined ? [header] : [header, request.payload])
+    return Deferred.await(done)
   }
 
   /** Writes bytes as they are (garbage, a request cut short, …). */
