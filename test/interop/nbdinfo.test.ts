@@ -36,7 +36,9 @@ it("nbdinfo --json: newstyle-fixed, the size, flush/FUA/trim/zero, writable, blo
     can_flush: true,
     can_fua: true,
     can_trim: true,
-    can_zero: true
+    can_zero: true,
+    // FLUSH covers the writes answered on every connection (both servers say so).
+    can_multi_conn: true
   })
   // NBD_INFO_BLOCK_SIZE: minimum ≤ preferred ≤ maximum, powers of two, the maximum at least 1 MiB.
   const min = e.block_size_minimum as number
