@@ -71,6 +71,7 @@ it("fio through serve while the link is cut, stalled and the receiver killed: af
           "--verify=crc32c",
           "--do_verify=1",
           "--verify_fatal=1",
+          "--verify_state_save=0",
           `--randseed=${runs}`,
           "--output-format=json"
         ],

@@ -38,6 +38,7 @@ it("fio --ioengine=nbd: random writes from two connections verify with crc32c, a
       "--verify=crc32c",
       "--do_verify=1",
       "--verify_fatal=1",
+      "--verify_state_save=0",
       "--randseed=15",
       "--output-format=json"
     ],
