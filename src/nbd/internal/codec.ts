@@ -13,7 +13,6 @@ export type ProtocolErrorReason =
   | "bad-reply-magic"
   | "bad-greeting"
   | "unknown-client-flags"
-  | "option-too-large"
   | "unknown-export"
   | "truncated"
   | "too-many-options"

@@ -50,7 +50,15 @@ export const close = (
   mutants: { readonly skipDrainOnClose: boolean }
 ): Effect.Effect<void> =>
   Effect.gen(function* () {
-    if (!mutants.skipDrainOnClose) yield* shared.pendingWrites.close.pipe(Effect.zipRight(flush(shared)))
+    // The scope may close on a fiber that is being interrupted (an embedder's main fiber
+    // on SIGTERM): the waits of the drain are interruptible (`orStopped`) and would give
+    // way to that interruption at once, skipping the drain and the clean close. They run
+    // on a fiber of their own, which nobody interrupts.
+    if (!mutants.skipDrainOnClose)
+      yield* Effect.flatMap(
+        Effect.forkDaemon(shared.pendingWrites.close.pipe(Effect.zipRight(flush(shared)))),
+        Fiber.join
+      )
     yield* Fiber.interrupt(running)
     if (shared.hasStopped) return
     yield* journal.endRun.pipe(
