@@ -9,11 +9,15 @@
  *     a `qemu-nbd` target (QEMU's synchronous "active mirror");
  * (d) the same mirror job in background copy mode.
  * Workloads: 4 KiB random writes at iodepth 16 and 64 KiB sequential writes at iodepth 4,
- * `CDP_SYNC_BENCH_NBD_SECONDS` (default 15) each, `CDP_SYNC_BENCH_NBD_ROUNDS` (default 1)
+ * `CDP_SYNC_BENCH_NBD_SECONDS` (default 15) each, `CDP_SYNC_BENCH_NBD_ROUNDS` (default 3)
  * rounds interleaved a, b, c, d, a, b, …; figures are medians over the rounds, with the
  * spread (min–max) when there is more than one. Replication lag: for (b) the records the
  * receiver took after fio's last write and how long it took to catch up; for (d) the
  * bytes the mirror job still had to copy, sampled during the run (QMP query-block-jobs).
+ * The mirror's target is `qemu-nbd` with its default writeback cache: the active mirror
+ * waits for the target's write, not for an fsync (the receiver fsyncs before it acks).
+ * About 8 minutes by default; `CDP_SYNC_BENCH_NBD_SECONDS=3 CDP_SYNC_BENCH_NBD_ROUNDS=1`
+ * checks that it runs. `CDP_SYNC_BENCH_NBD_ONLY=a,b` runs only those setups.
  */
 import * as fs from "node:fs"
 import * as os from "node:os"
@@ -27,7 +31,7 @@ import type { BenchRow } from "./table.js"
 const MiB = 1024 * 1024
 const IMAGE_BYTES = 256 * MiB
 const SECONDS = Number(process.env.CDP_SYNC_BENCH_NBD_SECONDS ?? 15)
-const ROUNDS = Math.max(1, Number(process.env.CDP_SYNC_BENCH_NBD_ROUNDS ?? 1))
+const ROUNDS = Math.max(1, Number(process.env.CDP_SYNC_BENCH_NBD_ROUNDS ?? 3))
 
 type Setup = "a" | "b" | "c" | "d"
 const ALL_SETUPS: ReadonlyArray<readonly [Setup, string]> = [
