@@ -91,7 +91,7 @@ const fio = async (uri: string, workload: Workload): Promise<Figures> => {
     ],
     { timeoutMs: (SECONDS + 60) * 1000 }
   )
-  const job = (JSON.parse(r.stdout.slice(r.stdout.indexOf("{"))) as FioJson).jobs[0]!
+  const job = Nbd.fioJson<FioJson>(r.stdout).jobs[0]!
   if (job.error !== 0) throw new Error(`fio error ${job.error}`)
   const w = job.write
   return {

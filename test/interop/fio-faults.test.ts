@@ -12,6 +12,7 @@ import { Effect, Exit, Scope } from "effect"
 import { afterEach, expect, it } from "vitest"
 import * as FaultProxy from "../../src/simulator/internal/FaultProxy.js"
 import {
+  fioJson,
   MiB,
   mustRun,
   type NbdExport,
@@ -77,8 +78,7 @@ it("fio through serve while the link is cut, stalled and the receiver killed: af
         ],
         { timeoutMs: 90_000 }
       )
-      const job = (JSON.parse(r.stdout.slice(r.stdout.indexOf("{"))) as { jobs: Array<{ error: number }> })
-        .jobs[0]!
+      const job = fioJson<{ jobs: Array<{ error: number }> }>(r.stdout).jobs[0]!
       expect(job.error).toBe(0)
     }
   })()

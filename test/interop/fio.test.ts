@@ -4,7 +4,7 @@
  * its crc32c. After SIGTERM the latest recovery point equals the image.
  */
 import { afterEach, expect, it } from "vitest"
-import { MiB, mustRun, type NbdExport, serve, stopAndCompareReplica } from "../support/nbdExport.js"
+import { fioJson, MiB, mustRun, type NbdExport, serve, stopAndCompareReplica } from "../support/nbdExport.js"
 import { need } from "../support/tools.js"
 
 const SIZE = 32 * MiB
@@ -44,7 +44,7 @@ it("fio --ioengine=nbd: random writes from two connections verify with crc32c, a
     ],
     { timeoutMs: 90_000 }
   )
-  const jobs = (JSON.parse(r.stdout.slice(r.stdout.indexOf("{"))) as { jobs: ReadonlyArray<FioJob> }).jobs
+  const jobs = fioJson<{ jobs: ReadonlyArray<FioJob> }>(r.stdout).jobs
   expect(jobs).toHaveLength(2)
   for (const job of jobs) {
     expect(job.error).toBe(0)

@@ -76,6 +76,9 @@ export const mustRun = async (
   return r
 }
 
+/** fio's `--output-format=json` report (the nbd engine prints a line before it). */
+export const fioJson = <A>(stdout: string): A => JSON.parse(stdout.slice(stdout.indexOf("{"))) as A
+
 export interface ServeOptions {
   /** The export's size in bytes (a multiple of 64 KiB). */
   readonly size: number
