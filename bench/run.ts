@@ -13,6 +13,7 @@ import * as wire from "./adapters-wire.js"
 import * as bitmap from "./bitmap.js"
 import * as checkTrace from "./check-trace.js"
 import * as core from "./core.js"
+import * as nbd from "./nbd.js"
 import * as receiver from "./receiver.js"
 import * as replicator from "./replicator.js"
 import { type BenchRow, renderTable, targetMet } from "./table.js"
@@ -24,7 +25,12 @@ const groups: ReadonlyArray<readonly [string, string, () => Promise<ReadonlyArra
   ["wire", "wire codec: encode / decode", wire.run],
   ["check-trace", "check-trace: streaming legality check of a trace", checkTrace.run],
   ["receiver", "log receiver: ingest with fsync before ack", receiver.run],
-  ["replicator", "replicator: end to end on loopback (the real receiver process)", replicator.run]
+  ["replicator", "replicator: end to end on loopback (the real receiver process)", replicator.run],
+  [
+    "nbd",
+    "NBD: fio through cdp-sync serve against qemu-nbd and QEMU's mirror (ratios of the medians)",
+    nbd.run
+  ]
 ]
 
 const wanted = process.argv.slice(2)

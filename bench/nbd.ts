@@ -1,0 +1,297 @@
+/**
+ * `npm run bench -- nbd`: a guest's writes through an NBD export, four servers side by
+ * side in one run, each driven by fio's nbd engine (libnbd) on the same image size with
+ * the same cache semantics (the served image in the page cache, no O_DIRECT; FLUSH and
+ * FUA reach the disk):
+ * (a) `qemu-nbd` serving the image, no replication: the ceiling;
+ * (b) `cdp-sync serve` replicating live to the log receiver process (fsync before ack);
+ * (c) `qemu-storage-daemon` with a `blockdev-mirror` job in `copy-mode: write-blocking` to
+ *     a `qemu-nbd` target (QEMU's synchronous "active mirror");
+ * (d) the same mirror job in background copy mode.
+ * Workloads: 4 KiB random writes at iodepth 16 and 64 KiB sequential writes at iodepth 4,
+ * `CDP_SYNC_BENCH_NBD_SECONDS` (default 15) each, `CDP_SYNC_BENCH_NBD_ROUNDS` (default 3)
+ * rounds interleaved a, b, c, d, a, b, …; figures are medians over the rounds, with the
+ * spread (min–max) when there is more than one. Replication lag: for (b) the records the
+ * receiver took after fio's last write and how long it took to catch up; for (d) the
+ * bytes the mirror job still had to copy, sampled during the run (QMP query-block-jobs).
+ * The mirror's target is `qemu-nbd` with its default writeback cache: the active mirror
+ * waits for the target's write, not for an fsync (the receiver fsyncs before it acks).
+ * About 8 minutes by default; `CDP_SYNC_BENCH_NBD_SECONDS=3 CDP_SYNC_BENCH_NBD_ROUNDS=1`
+ * checks that it runs. `CDP_SYNC_BENCH_NBD_ONLY=a,b` runs only those setups.
+ */
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import { find, missing, type Tool } from "../test/support/tools.js"
+import * as Nbd from "../test/support/nbdExport.js"
+import { listDisks, openChain } from "../dist/receiver/internal/chain.js"
+import * as QemuMirror from "./internal/qemuMirror.js"
+import type { BenchRow } from "./table.js"
+
+const MiB = 1024 * 1024
+const IMAGE_BYTES = 256 * MiB
+const SECONDS = Number(process.env.CDP_SYNC_BENCH_NBD_SECONDS ?? 15)
+const ROUNDS = Math.max(1, Number(process.env.CDP_SYNC_BENCH_NBD_ROUNDS ?? 3))
+
+type Setup = "a" | "b" | "c" | "d"
+const ALL_SETUPS: ReadonlyArray<readonly [Setup, string]> = [
+  ["a", "(a) qemu-nbd, no replication"],
+  ["b", "(b) cdp-sync serve → receiver"],
+  ["c", "(c) qsd active mirror (write-blocking)"],
+  ["d", "(d) qsd mirror, background"]
+]
+/** `CDP_SYNC_BENCH_NBD_ONLY=a,c` runs only those setups (the ratios need all four). */
+const ONLY = process.env.CDP_SYNC_BENCH_NBD_ONLY?.split(",")
+const SETUPS = ALL_SETUPS.filter(([s]) => ONLY === undefined || ONLY.includes(s))
+
+interface Workload {
+  readonly name: string
+  readonly fio: ReadonlyArray<string>
+}
+const WORKLOADS: ReadonlyArray<Workload> = [
+  { name: "4 KiB random writes, iodepth 16", fio: ["--rw=randwrite", "--bs=4k", "--iodepth=16"] },
+  { name: "64 KiB sequential writes, iodepth 4", fio: ["--rw=write", "--bs=64k", "--iodepth=4"] }
+]
+
+interface Figures {
+  readonly iops: number
+  readonly mbps: number
+  readonly meanUs: number
+  readonly p99Us: number
+  /** Replication lag: (b) records unacked at the receiver; (d) bytes the mirror has yet to copy. */
+  readonly lag?: string
+}
+
+interface FioLatency {
+  readonly mean: number
+  readonly percentile?: Record<string, number>
+}
+interface FioJson {
+  readonly jobs: ReadonlyArray<{
+    readonly error: number
+    readonly write: { readonly iops: number; readonly bw_bytes: number; readonly clat_ns: FioLatency }
+  }>
+}
+
+const fio = async (uri: string, workload: Workload): Promise<Figures> => {
+  const r = await Nbd.mustRun(
+    find("fio")!,
+    [
+      "--name=bench",
+      "--ioengine=nbd",
+      `--uri=${uri}`,
+      ...workload.fio,
+      `--size=${IMAGE_BYTES}`,
+      "--time_based",
+      `--runtime=${SECONDS}`,
+      "--ramp_time=1",
+      "--randrepeat=0",
+      "--norandommap",
+      "--output-format=json"
+    ],
+    { timeoutMs: (SECONDS + 60) * 1000 }
+  )
+  const job = Nbd.fioJson<FioJson>(r.stdout).jobs[0]!
+  if (job.error !== 0) throw new Error(`fio error ${job.error}`)
+  const w = job.write
+  return {
+    iops: w.iops,
+    mbps: w.bw_bytes / 1e6,
+    meanUs: w.clat_ns.mean / 1000,
+    p99Us: (w.clat_ns.percentile?.["99.000000"] ?? Number.NaN) / 1000
+  }
+}
+
+/** Samples `probe` every 250 ms while `body` runs; returns body's result and the samples. */
+const sampling = async <A>(probe: () => Promise<number | undefined>, body: () => Promise<A>) => {
+  const samples: Array<number> = []
+  let on = true
+  const loop = (async () => {
+    while (on) {
+      await new Promise((r) => setTimeout(r, 250))
+      const v = await probe().catch(() => undefined)
+      if (v !== undefined && on) samples.push(v)
+    }
+  })()
+  try {
+    return { result: await body(), samples }
+  } finally {
+    on = false
+    await loop
+  }
+}
+
+const summary = (samples: ReadonlyArray<number>, unit: (n: number) => string) => {
+  if (samples.length === 0) return "n/a"
+  const sorted = [...samples].sort((x, y) => x - y)
+  return `median ${unit(sorted[Math.floor(sorted.length / 2)]!)}, max ${unit(sorted.at(-1)!)}`
+}
+
+/** The last seq the receiver holds (durable or about to be: the log as `points` reads it). */
+const receiverLastSeq = async (receiverDir: string): Promise<number> => {
+  const [disk] = await listDisks(receiverDir)
+  if (disk === undefined) return 0
+  return (await openChain(disk.diskDir, disk.meta, "read")).lastSeq
+}
+
+const runSetup = async (setup: Setup, workload: Workload): Promise<Figures> => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cdp-bench-nbd-"))
+  try {
+    if (setup === "a") {
+      const exp = await Nbd.serve({ size: IMAGE_BYTES, dir }, "qemu-nbd")
+      try {
+        return await fio(exp.uri, workload)
+      } finally {
+        await exp.dispose()
+      }
+    }
+    if (setup === "b") {
+      const exp = await Nbd.serve({ size: IMAGE_BYTES, dir }, "cdp-sync")
+      try {
+        const result = await fio(exp.uri, workload)
+        // The lag at the end of the run: what the receiver took after fio's last write,
+        // and how long it took (its last seq stops moving). Not sampled during the run:
+        // reading the log's active segment would take CPU from the servers.
+        const t = performance.now()
+        const atEnd = await receiverLastSeq(exp.receiverDir)
+        let last = atEnd
+        let lastChange = t
+        while (performance.now() - lastChange < 1000) {
+          await new Promise((r) => setTimeout(r, 100))
+          const seq = await receiverLastSeq(exp.receiverDir)
+          if (seq !== last) {
+            last = seq
+            lastChange = performance.now()
+          }
+        }
+        return {
+          ...result,
+          lag: `${last - atEnd} records behind at the end, caught up ${((lastChange - t) / 1000).toFixed(1)} s after`
+        }
+      } finally {
+        await exp.dispose()
+      }
+    }
+    const image = path.join(dir, "disk.img")
+    const target = path.join(dir, "target.img")
+    for (const f of [image, target]) {
+      fs.writeFileSync(f, "")
+      fs.truncateSync(f, IMAGE_BYTES)
+    }
+    const mirror = await QemuMirror.start({
+      dir,
+      image,
+      target,
+      mode: setup === "c" ? "write-blocking" : "background",
+      qemuNbd: find("qemu-nbd")!,
+      qsd: find("qemu-storage-daemon")!
+    })
+    try {
+      const behind = async () => {
+        const p = await mirror.jobProgress()
+        return p === undefined ? undefined : p.len - p.offset
+      }
+      const { result, samples } = await sampling(behind, () => fio(mirror.uri, workload))
+      return { ...result, lag: `${summary(samples, (n) => `${(n / MiB).toFixed(1)} MiB`)} to copy` }
+    } finally {
+      await mirror.close()
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+const median = (xs: ReadonlyArray<number>) => {
+  const s = [...xs].sort((x, y) => x - y)
+  return s.length % 2 === 1 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2
+}
+
+const cell = (xs: ReadonlyArray<number>, digits: number) =>
+  xs.length === 1
+    ? median(xs).toFixed(digits)
+    : `${median(xs).toFixed(digits)} (${Math.min(...xs).toFixed(digits)}–${Math.max(...xs).toFixed(digits)})`
+
+const renderFourWay = (workload: string, results: Map<Setup, Array<Figures>>) => {
+  const header = ["server", "IOPS", "MB/s", "mean µs", "p99 µs", "replication lag"]
+  const body = SETUPS.map(([s, name]) => {
+    const rs = results.get(s) ?? []
+    return [
+      name,
+      cell(
+        rs.map((r) => r.iops),
+        0
+      ),
+      cell(
+        rs.map((r) => r.mbps),
+        1
+      ),
+      cell(
+        rs.map((r) => r.meanUs),
+        0
+      ),
+      cell(
+        rs.map((r) => r.p99Us),
+        0
+      ),
+      s === "a" ? "none (no replica)" : s === "c" ? "0 (synchronous)" : (rs.at(-1)?.lag ?? "")
+    ]
+  })
+  const widths = header.map((h, i) => Math.max(h.length, ...body.map((r) => r[i]!.length)))
+  const line = (cells: ReadonlyArray<string>) => cells.map((c, i) => c.padEnd(widths[i]!)).join(" | ")
+  return [
+    `\nNBD, fio ${workload}, ${SECONDS} s, ${IMAGE_BYTES / MiB} MiB image, ${ROUNDS} round(s) (median, min–max)`,
+    line(header),
+    widths.map((w) => "-".repeat(w)).join("-|-"),
+    ...body.map(line)
+  ].join("\n")
+}
+
+const TOOLS: ReadonlyArray<Tool> = ["fio", "qemu-nbd", "qemu-storage-daemon"]
+
+export const run = async (): Promise<ReadonlyArray<BenchRow>> => {
+  const why = missing(TOOLS)
+  if (why !== undefined) {
+    console.log(`\nNBD bench not run: ${why}`)
+    return []
+  }
+  const rows: Array<BenchRow> = []
+  for (const workload of WORKLOADS) {
+    const results = new Map<Setup, Array<Figures>>()
+    for (let round = 0; round < ROUNDS; round++)
+      for (const [setup, name] of SETUPS) {
+        process.stderr.write(`nbd: ${workload.name}, ${name}, round ${round + 1}/${ROUNDS}\n`)
+        const figures = await runSetup(setup, workload)
+        results.set(setup, [...(results.get(setup) ?? []), figures])
+      }
+    console.log(renderFourWay(workload.name, results))
+    if (SETUPS.length < ALL_SETUPS.length) continue
+    const iops = (s: Setup) => median(results.get(s)!.map((r) => r.iops))
+    const p99 = (s: Setup) => median(results.get(s)!.map((r) => r.p99Us))
+    const small = workload.fio.includes("--bs=4k")
+    const label = small ? "4 KiB randwrite" : "64 KiB seq write"
+    const ratioRow = (s: Setup, baselineName: string, target?: BenchRow["target"]): BenchRow => ({
+      name: `${label} IOPS: (b) / (${s})`,
+      value: iops("b"),
+      unit: "IOPS",
+      baseline: iops(s),
+      baselineName,
+      higherIsBetter: true,
+      ...(target === undefined ? {} : { target })
+    })
+    rows.push(
+      ratioRow("a", "(a) qemu-nbd", small ? { ratio: 0.6, text: "b ≥ 0.6 × a" } : undefined),
+      ratioRow("c", "(c) active mirror", small ? { ratio: 2, text: "b ≥ 2 × c" } : undefined),
+      ratioRow("d", "(d) background mirror"),
+      {
+        name: `${label} p99 latency: (b) vs (a)`,
+        value: p99("b"),
+        unit: "µs",
+        baseline: p99("a"),
+        baselineName: "(a) qemu-nbd",
+        higherIsBetter: false,
+        ...(small ? { target: { ratio: 0.5, text: "p99 b ≤ 2 × a" } } : {})
+      }
+    )
+  }
+  return rows
+}
