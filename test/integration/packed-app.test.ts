@@ -79,7 +79,7 @@ NodeRuntime.runMain(program)
 
 describe("an application outside the repository, from the packed tarball", () => {
   it("typechecks under strict and exactOptionalPropertyTypes, runs the receiver in-process, lists points, restores and verifies", () => {
-    const packed = execFileSync("npm", ["pack", "--silent", "--pack-destination", work], {
+    const packed = execFileSync("npm", ["pack", "--ignore-scripts", "--silent", "--pack-destination", work], {
       cwd: root,
       encoding: "utf8",
       stdio: ["ignore", "pipe", "inherit"]

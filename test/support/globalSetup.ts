@@ -19,14 +19,11 @@ export default function setup(): void {
   const root = path.resolve(import.meta.dirname, "../..")
   const main = path.join(root, "dist/cli/main.js")
   if (existsSync(main) && statSync(main).mtimeMs >= newest(path.join(root, "src"))) return
-  // A clean build: a module left behind by a moved source would hide a broken import.
+  // A clean build (a module left behind by a moved source would hide a broken import),
+  // as `npm run build` does it: the library modules, then the command line as one file.
   rmSync(path.join(root, "dist"), { recursive: true, force: true })
-  execFileSync(
-    process.execPath,
-    [path.join(root, "node_modules/typescript/bin/tsc"), "-p", "tsconfig.build.json"],
-    {
-      cwd: root,
-      stdio: "inherit"
-    }
-  )
+  const run = (args: ReadonlyArray<string>) =>
+    execFileSync(process.execPath, args, { cwd: root, stdio: "inherit" })
+  run([path.join(root, "node_modules/typescript/bin/tsc"), "-p", "tsconfig.build.json"])
+  run([path.join(root, "scripts/bundle-cli.mjs")])
 }

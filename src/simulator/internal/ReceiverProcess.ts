@@ -3,6 +3,7 @@
  * wait for its ready line, SIGKILL it, start it again on the same port.
  */
 import { type ChildProcess, spawn } from "node:child_process"
+import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import { Data, Effect, type Scope } from "effect"
 
@@ -16,7 +17,14 @@ export class ReceiverProcessError extends Data.TaggedError("ReceiverProcessError
 }
 
 /** The built CLI entry (dist/cli/main.js), next to this module once compiled. */
-export const cliEntry = (): string => fileURLToPath(new URL("../../cli/main.js", import.meta.url))
+export const cliEntry = (): string => {
+  // From dist/simulator/internal/ as a library module; from dist/cli/ inside the bundled
+  // command line (scripts/bundle-cli.mjs), where this code runs from main.js itself.
+  const here = fileURLToPath(import.meta.url)
+  return path.basename(path.dirname(here)) === "cli"
+    ? here
+    : fileURLToPath(new URL("../../cli/main.js", import.meta.url))
+}
 
 export interface ReceiverProcess {
   readonly port: number
