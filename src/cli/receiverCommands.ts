@@ -7,6 +7,7 @@ import { Command, HelpDoc, Options, ValidationError } from "@effect/cli"
 import { Console, Duration, Effect, Either, Logger, LogLevel, Option } from "effect"
 import * as Wire from "../protocol/Wire.js"
 import * as Logging from "./internal/logging.js"
+import { metricsOption, withMetrics } from "./internal/metrics.js"
 import type { InvalidOption } from "../receiver/internal/errors.js"
 import * as LogStore from "../receiver/LogStore.js"
 import * as ReceiverService from "../receiver/ReceiverService.js"
@@ -109,7 +110,8 @@ export const receiver = Command.make(
       Options.withDefault(ReceiverService.DEFAULT_MAX_CONNECTIONS),
       Options.mapEffect(positive("max-connections")),
       Options.withDescription("Connections served at once; beyond it a new connection is closed at once")
-    )
+    ),
+    metrics: metricsOption
   },
   (o) =>
     ReceiverService.run({
@@ -123,7 +125,7 @@ export const receiver = Command.make(
       helloTimeout: Duration.millis(o.helloTimeout),
       idleTimeout: Duration.millis(o.idleTimeout),
       maxConnections: o.maxConnections
-    }).pipe(reportFailure("receiver"), logging)
+    }).pipe(withMetrics(o.metrics), reportFailure("receiver"), logging)
 ).pipe(
   Command.withDescription(
     "Run the log receiver: one TCP connection per protected disk, records fsynced before they are acked. Prints `listening HOST:PORT` when ready. Example: cdp-sync receiver --dir /backup --port 7070 --retain 7d"
