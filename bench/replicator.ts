@@ -44,6 +44,8 @@ const ACK_SINK = path.resolve(import.meta.dirname, "internal/ackSink.mjs")
 const PLAIN_LOG = path.resolve(import.meta.dirname, "internal/plainLog.mjs")
 const MiB = 1024 * 1024
 const CONGESTION_LIMIT = 64 * MiB
+/** The journal's commit histogram (seconds) of the disk `withSystem` replicates. */
+const journalCommit = Metric.tagged(Replicator.metrics.journalCommit, "disk", "bench")
 
 interface Setup {
   /** The real receiver process (fsync before ack), or a sink that acks at once and keeps nothing. */
@@ -148,7 +150,7 @@ export const liveStream = (size: number, seconds: number, setup: Setup, batch = 
     Effect.gen(function* () {
       yield* replicator.quiesce.pipe(Effect.orDie)
       const { epoch, watermark: base } = yield* replicator.status
-      const commitsBefore = yield* Metric.value(Replicator.metrics.journalCommit)
+      const commitsBefore = yield* Metric.value(journalCommit)
       let writes = 0
       const data = new Uint8Array(size).fill(0x5a)
       const slots = (256 * MiB) / size
@@ -185,9 +187,9 @@ export const liveStream = (size: number, seconds: number, setup: Setup, batch = 
       yield* replicator.quiesce.pipe(Effect.orDie)
       const ms = performance.now() - start
       const status = yield* replicator.status
-      const commits = yield* Metric.value(Replicator.metrics.journalCommit)
+      const commits = yield* Metric.value(journalCommit)
       const journalCommitMs =
-        (commits.sum - commitsBefore.sum) / Math.max(1, commits.count - commitsBefore.count)
+        (1000 * (commits.sum - commitsBefore.sum)) / Math.max(1, commits.count - commitsBefore.count)
       return { writes, bytes: writes * size, ms, pullAheads: status.epoch - epoch, journalCommitMs }
     })
   )

@@ -9,6 +9,7 @@ import * as Wire from "../protocol/Wire.js"
 import * as Logging from "./internal/logging.js"
 import { invalid, json, positive, size, sizeValue } from "./internal/options.js"
 import { formatSize } from "../internal/units.js"
+import { metricsOption, withMetrics } from "./internal/metrics.js"
 import type { InvalidOption } from "../receiver/internal/errors.js"
 import * as LogStore from "../receiver/LogStore.js"
 import * as ReceiverService from "../receiver/ReceiverService.js"
@@ -102,7 +103,8 @@ export const receiver = Command.make(
       "max-connections",
       ReceiverService.DEFAULT_MAX_CONNECTIONS,
       "Connections served at once; beyond it a new connection is closed at once"
-    )
+    ),
+    metrics: metricsOption
   },
   (o) =>
     ReceiverService.run({
@@ -116,7 +118,7 @@ export const receiver = Command.make(
       helloTimeout: Duration.millis(o.helloTimeout),
       idleTimeout: Duration.millis(o.idleTimeout),
       maxConnections: o.maxConnections
-    }).pipe(reportFailure("receiver"), logging)
+    }).pipe(withMetrics(o.metrics), reportFailure("receiver"), logging)
 ).pipe(
   Command.withDescription(
     "Run the log receiver: one TCP connection per protected disk, records fsynced before they are acked. Prints `listening HOST:PORT` when ready. Example: cdp-sync receiver --dir /backup --port 7070 --retain 7d"

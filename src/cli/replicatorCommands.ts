@@ -12,6 +12,7 @@ import * as VirtualDisk from "../adapters/VirtualDisk.js"
 import * as Config from "../domain/Config.js"
 import * as Trace from "../domain/Trace.js"
 import { progressBar, sparkline } from "./internal/charts.js"
+import { metricsOption, serveMetrics } from "./internal/metrics.js"
 import * as Replicator from "../replicator/Replicator.js"
 import * as Simulate from "../simulator/Simulate.js"
 import * as Workload from "../simulator/Workload.js"
@@ -353,13 +354,15 @@ export const replicate = Command.make(
     seed: seed("Seed of the workload"),
     quiesce: Options.boolean("quiesce").pipe(
       Options.withDescription("Then wait until the replica is whole (sync, nothing in flight) and exit")
-    )
+    ),
+    metrics: metricsOption
   },
   (o) =>
     Effect.gen(function* () {
       const { config, layer } = yield* filterLayer(o)
       yield* Effect.scoped(
         Effect.gen(function* () {
+          yield* serveMetrics(o.metrics)
           const context = yield* Layer.build(layer)
           const replicator = yield* Effect.provide(Replicator.Replicator, context)
           const disk = yield* Effect.provide(VirtualDisk.VirtualDisk, context)

@@ -8,6 +8,7 @@ import { Console, Effect, Layer, Option } from "effect"
 import * as VirtualDisk from "../adapters/VirtualDisk.js"
 import * as Nbd from "../nbd/Nbd.js"
 import * as Replicator from "../replicator/Replicator.js"
+import { metricsOption, serveMetrics } from "./internal/metrics.js"
 import { CommandFailed, filterLayer, filterOptions, reportFailure } from "./replicatorCommands.js"
 
 const DEFAULT_LISTEN = "127.0.0.1:10809"
@@ -45,7 +46,8 @@ export const serve = Command.make(
     maxConnections: Options.integer("max-connections").pipe(
       Options.withDefault(16),
       Options.withDescription("Clients connected at once; more are refused")
-    )
+    ),
+    metrics: metricsOption
   },
   (o) =>
     Effect.gen(function* () {
@@ -63,6 +65,7 @@ export const serve = Command.make(
       const { layer } = yield* filterLayer(o)
       yield* Effect.scoped(
         Effect.gen(function* () {
+          yield* serveMetrics(o.metrics)
           const context = yield* Layer.build(layer)
           const replicator = yield* Effect.provide(Replicator.Replicator, context)
           const disk = yield* Effect.provide(VirtualDisk.VirtualDisk, context)

@@ -17,7 +17,7 @@
  */
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
-import { Duration, Effect, Either, Fiber, Queue, Scope } from "effect"
+import { Duration, Effect, Either, Fiber, Metric, Queue, Scope } from "effect"
 import * as Inbox from "../internal/inbox.js"
 import * as Wire from "../protocol/Wire.js"
 import * as Geometry from "../domain/Geometry.js"
@@ -34,6 +34,7 @@ import {
   type Segment
 } from "./internal/chain.js"
 import { clearUnfinished, createDisk } from "./internal/create.js"
+import * as Metrics from "./internal/metrics.js"
 import {
   HelloRefused,
   type LogError,
@@ -65,6 +66,8 @@ import { verifyDisk } from "./internal/verify.js"
 import * as Retention from "./Retention.js"
 
 export { HelloRefused, LogCorrupt, LogIoError, ReceiverLocked }
+/** The receiver's metrics (docs/metrics.md): every series tagged with its disk. */
+export const metrics = Metrics.metrics
 export type { LogError }
 
 export const DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
@@ -613,6 +616,8 @@ export const open = (options: StoreOptions): Effect.Effect<Store, LogError | Rec
           stats,
           onRoll: () => rollSignal.unsafeOffer(undefined)
         })
+        const metrics = Metrics.forDisk(disk.diskId)
+        yield* Metric.set(metrics.durableSeq, disk.durable)
         // Never interrupted: a take that lost a race with interruption would drop records.
         const writer = yield* Effect.forkDaemon(
           Effect.gen(function* () {
@@ -620,9 +625,19 @@ export const open = (options: StoreOptions): Effect.Effect<Store, LogError | Rec
               const taken = yield* queue.takeAll
               const batch = taken.filter((p): p is Pending => p !== "close")
               if (batch.length > 0 && disk.failure === undefined) {
-                const result = yield* Effect.either(attempt("append", disk.diskDir, () => disk.commit(batch)))
+                const result = yield* Effect.either(
+                  attempt("append", disk.diskDir, () => disk.commit(batch)).pipe(
+                    Metric.trackDurationWith(metrics.commit, Duration.toSeconds)
+                  )
+                )
                 if (Either.isLeft(result)) yield* failedWriter(disk, result.left)
-                else disk.committed(batch, result.right)
+                else {
+                  const bytesBefore = stats.bytes
+                  disk.committed(batch, result.right)
+                  yield* Metric.incrementBy(metrics.records, batch.length)
+                  yield* Metric.incrementBy(metrics.bytes, stats.bytes - bytesBefore)
+                  yield* Metric.set(metrics.durableSeq, disk.durable)
+                }
               }
               if (batch.length < taken.length) return
             }

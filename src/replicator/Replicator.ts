@@ -58,7 +58,7 @@ import {
   type StartError,
   WriteRejected
 } from "./internal/errors.js"
-import { metrics } from "./internal/metrics.js"
+import { forDisk, metrics } from "./internal/metrics.js"
 import type { GuestWrite, Status } from "./internal/status.js"
 
 export {
@@ -224,18 +224,22 @@ export const make = (
       assumeCleanStart: mutants.assumeCleanStart
     })
 
+    // Every series tagged with the disk, so two replicators in one process keep their own.
+    const diskMetrics = mutants.shareMetricSeries ? metrics : forDisk(diskId)
     const fibers = [
       decisionLoop(shared, {
         diskId,
         config,
+        metrics: diskMetrics,
         holdMillis: Duration.toMillis(Duration.decode(options.switchoverHold ?? "100 millis"))
       }),
       journalStage(shared, journal, disk, {
         config,
         snapshotEvery: options.snapshotEvery ?? 10_000,
-        onEvents: options.onEvents
+        onEvents: options.onEvents,
+        metrics: diskMetrics
       }),
-      sender(shared),
+      sender(shared, diskMetrics),
       pump(shared, { config, drainBytesPerSecond: options.drainBytesPerSecond }),
       linkSupervisor(shared, receiver, {
         diskId,
@@ -248,7 +252,7 @@ export const make = (
             Schedule.jittered
           )
       }),
-      committer(shared, activityLog)
+      committer(shared, activityLog, diskMetrics)
     ]
     const runtime = Effect.all(fibers, { concurrency: "unbounded", discard: true }).pipe(
       Effect.catchAllCause((cause) => stop(shared, "a replicator fiber failed", cause))

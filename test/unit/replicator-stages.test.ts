@@ -12,6 +12,7 @@ import { Chunk, Deferred, Effect, Either, Fiber, Layer, Stream, SubscriptionRef 
 import { describe, expect, it } from "vitest"
 import { decideBatch } from "../../src/replicator/internal/decisionLoop.js"
 import { journalStage, READ_RUN } from "../../src/replicator/internal/journalStage.js"
+import { forDisk } from "../../src/replicator/internal/metrics.js"
 import { sender } from "../../src/replicator/internal/sender.js"
 import { type Decided, makeShared, type Shared } from "../../src/replicator/internal/shared.js"
 import * as EventJournal from "../../src/adapters/EventJournal.js"
@@ -29,7 +30,8 @@ const BS = 4096
 const config = Either.getOrThrow(
   Config.make({ blockSize: BS, blockCount: 64, window: 4, congestionLimit: 1 << 20 })
 )
-const settings = { diskId: "d", config, holdMillis: 0 }
+const metrics = forDisk("d")
+const settings = { diskId: "d", config, holdMillis: 0, metrics }
 
 const fresh = (state = State.initial(config)) =>
   makeShared({ state, position: 0, maxPendingWrites: 16, activity: undefined })
@@ -125,7 +127,12 @@ describe("the journal stage, alone", () => {
         const shared: Shared = yield* fresh()
         const done = yield* Deferred.make<void>()
         const fiber = yield* Effect.fork(
-          journalStage(shared, journal, disk, { config, snapshotEvery: 1_000_000, onEvents: undefined })
+          journalStage(shared, journal, disk, {
+            config,
+            snapshotEvery: 1_000_000,
+            onEvents: undefined,
+            metrics
+          })
         )
         shared.pendingWrites.take(1)
         shared.decisions.offer({
@@ -169,7 +176,7 @@ describe("the sender, alone", () => {
         const shared = yield* fresh()
         shared.session = 2
         shared.connection = connection
-        const fiber = yield* Effect.fork(sender(shared))
+        const fiber = yield* Effect.fork(sender(shared, metrics))
         shared.outbox.offerAll(
           [1, 2, 3].map((seq) => ({
             session: seq === 2 ? 2 : 1,

@@ -7,7 +7,7 @@
 import { Effect, Metric } from "effect"
 import type { ActivityLog } from "../../adapters/ActivityLog.js"
 import type { ReplicatorStopped } from "./errors.js"
-import { metrics } from "./metrics.js"
+import { type Metrics, timed } from "./metrics.js"
 import { orStopped } from "./admission.js"
 import { type ActivityShared, type Shared, stop } from "./shared.js"
 
@@ -31,7 +31,8 @@ export const askFor = (activity: ActivityShared, first: number, last: number): v
 /** The committer fiber: nothing to do without an activity log. */
 export const committer = (
   shared: Shared,
-  activityLog: ActivityLog.Service | undefined
+  activityLog: ActivityLog.Service | undefined,
+  metrics: Metrics
 ): Effect.Effect<void> => {
   const activity = shared.activity
   if (activityLog === undefined || activity === undefined) return Effect.void
@@ -43,7 +44,7 @@ export const committer = (
       const transaction = tracker.nextTransaction()
       if (transaction === undefined) continue
       yield* activityLog.commit(transaction.activate, transaction.retire).pipe(
-        Metric.trackDuration(metrics.activityCommit),
+        timed(metrics.activityCommit),
         Effect.tapError((e) => stop(shared, "the activity log failed", e)),
         Effect.orDie
       )

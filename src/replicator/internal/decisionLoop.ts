@@ -12,7 +12,7 @@ import type * as Event from "../../domain/Event.js"
 import * as Input from "../../domain/Input.js"
 import * as State from "../../domain/State.js"
 import { ReceiverAheadOfJournal } from "./errors.js"
-import { metrics } from "./metrics.js"
+import type { Metrics } from "./metrics.js"
 import { type Command, type Decided, type Shared, statusOf, stop } from "./shared.js"
 import { switchover } from "./switchover.js"
 
@@ -21,6 +21,8 @@ export interface LoopSettings {
   readonly config: Config
   /** The switchover hold, in milliseconds (0: off). */
   readonly holdMillis: number
+  /** This disk's series (`forDisk`). */
+  readonly metrics: Metrics
 }
 
 /** What an event puts on the wire, decided in `session` against `before`, the state it met. */
@@ -177,7 +179,7 @@ export const decideBatch = (shared: Shared, settings: LoopSettings, commands: Re
     for (const adopted of adoptions) Deferred.unsafeDone(adopted, Exit.succeed(undefined))
     if (events.length > 0 || barriers.length > 0 || writes > 0)
       shared.decisions.offer({ events, outgoing, barriers, writes, extents, after: s })
-    if (writtenBytes > 0) yield* Metric.incrementBy(metrics.bytesWritten, writtenBytes)
+    if (writtenBytes > 0) yield* Metric.incrementBy(settings.metrics.bytesWritten, writtenBytes)
     yield* afterBatch(shared, settings, before, s, events)
   })
 
@@ -209,7 +211,7 @@ const afterBatch = (
       if (e.type === "LinkLost") yield* Effect.logWarning(`link lost: ${e.reason}`)
       if (e.type === "LinkRestored")
         yield* Effect.logInfo(`link restored: receiver durable seq ${e.receiverSeq}`)
-      if (e.type === "BlockSent") yield* Metric.increment(metrics.drainSent)
+      if (e.type === "BlockSent") yield* Metric.increment(settings.metrics.drainSent)
     }
     if (before.flight.size === 0 && after.flight.size > 0) shared.lastProgress = now
     let oldest: number | undefined
@@ -220,9 +222,11 @@ const afterBatch = (
     const status = statusOf(after, oldest, now)
     yield* SubscriptionRef.set(shared.stateRef, after)
     yield* SubscriptionRef.set(shared.statusRef, status)
+    const metrics = settings.metrics
     yield* Metric.set(metrics.mode, after.mode === "sync" ? 0 : 1)
     yield* Metric.set(metrics.epoch, after.epoch)
     yield* Metric.set(metrics.dirtyBlocks, status.dirtyBlocks)
+    yield* Metric.set(metrics.dirtyBytes, status.dirtyBlocks * settings.config.blockSize)
     yield* Metric.set(metrics.lagRecords, status.lagRecords)
     yield* Metric.set(metrics.lagSeconds, status.lagMillis / 1000)
     yield* switchover(shared, { holdMillis: settings.holdMillis, window: settings.config.window }, after, now)

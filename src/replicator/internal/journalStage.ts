@@ -5,7 +5,7 @@
  * pending-write slots and activity-log extents are let go. A snapshot is saved every
  * `snapshotEvery` events so start-up stays fast.
  */
-import { Deferred, Effect, FiberId, Metric } from "effect"
+import { Deferred, Effect, FiberId } from "effect"
 import type { EventJournal } from "../../adapters/EventJournal.js"
 import type { DiskError, VirtualDisk } from "../../adapters/VirtualDisk.js"
 import type * as Wire from "../../protocol/Wire.js"
@@ -13,7 +13,7 @@ import type { Config } from "../../domain/Config.js"
 import type * as Event from "../../domain/Event.js"
 import * as Geometry from "../../domain/Geometry.js"
 import * as State from "../../domain/State.js"
-import { metrics } from "./metrics.js"
+import { type Metrics, timed } from "./metrics.js"
 import { type Decided, type Outgoing, type Shared, stop } from "./shared.js"
 
 /** Consecutive drained blocks read with one disk request, at most. */
@@ -23,6 +23,8 @@ export interface JournalSettings {
   readonly config: Config
   readonly snapshotEvery: number
   readonly onEvents: ((events: ReadonlyArray<Event.Event>) => Effect.Effect<void>) | undefined
+  /** This disk's series (`forDisk`). */
+  readonly metrics: Metrics
 }
 
 export const journalStage = (
@@ -37,7 +39,7 @@ export const journalStage = (
       const events = taken.length === 1 ? taken[0]!.events : taken.flatMap((d) => d.events)
       if (events.length > 0) {
         shared.position = yield* journal.append(events).pipe(
-          Metric.trackDuration(metrics.journalCommit),
+          timed(settings.metrics.journalCommit),
           Effect.tapError((e) => stop(shared, "the journal failed", e)),
           Effect.orDie
         )

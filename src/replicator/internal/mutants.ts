@@ -35,6 +35,8 @@ export interface Mutants {
    * writes that reached the disk but not the journal are never resent.
    */
   readonly assumeCleanStart: boolean
+  /** Metrics go to the untagged series every replicator of the process shares (no `disk` tag). */
+  readonly shareMetricSeries: boolean
 }
 
 /** The replicator as shipped: every variant off. */
@@ -44,7 +46,8 @@ export const none: Mutants = {
   releaseCopiesEarly: false,
   skipActivityWait: false,
   retireBusyExtents: false,
-  assumeCleanStart: false
+  assumeCleanStart: false,
+  shareMetricSeries: false
 }
 
 /** Which variants `make` runs with: none unless a test provides otherwise. */

@@ -3,10 +3,10 @@
  * in. Records of an older session (decided before a link loss or a gap) are dropped.
  */
 import { Clock, Effect, Either, Metric } from "effect"
-import { metrics } from "./metrics.js"
+import type { Metrics } from "./metrics.js"
 import { type Shared, stop } from "./shared.js"
 
-export const sender = (shared: Shared): Effect.Effect<never> =>
+export const sender = (shared: Shared, metrics: Metrics): Effect.Effect<never> =>
   Effect.gen(function* () {
     for (;;) {
       const batch = yield* shared.outbox.takeAll
