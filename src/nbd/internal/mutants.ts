@@ -11,9 +11,21 @@ export interface Mutants {
   readonly flushSkipsJournal: boolean
   /** A WRITE is answered as soon as its payload is read, before the replicator has written it. */
   readonly answerWritesEarly: boolean
+  /**
+   * A pipelined WRITE joins the batch without the server's checks, and a batch the
+   * replicator refuses is answered with the error whole: one bad request fails its neighbours.
+   */
+  readonly batchUnchecked: boolean
+  /** A batch goes to the replicator last request first: overlapping writes land out of order. */
+  readonly batchReversed: boolean
 }
 
-export const none: Mutants = { flushSkipsJournal: false, answerWritesEarly: false }
+export const none: Mutants = {
+  flushSkipsJournal: false,
+  answerWritesEarly: false,
+  batchUnchecked: false,
+  batchReversed: false
+}
 
 export class NbdMutants extends Context.Reference<NbdMutants>()("cdp-sync/NbdMutants", {
   defaultValue: (): Mutants => none

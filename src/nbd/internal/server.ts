@@ -9,6 +9,7 @@
  * scope stops accepting, lets every connection answer the requests it already took, then
  * closes the sockets (the replicator, closed after, journals every answered write).
  */
+import * as Fs from "node:fs"
 import * as Net from "node:net"
 import { Data, Deferred, Duration, Effect, Exit, FiberSet } from "effect"
 import type * as Scope from "effect/Scope"
@@ -62,17 +63,63 @@ export interface Server {
   readonly connections: Effect.Effect<number>
 }
 
-/** The server could not listen where it was told. */
+/**
+ * The server could not listen where it was told. `reason`: a server already listens on
+ * the unix socket (`in-use`), the path is something else than a socket (`not-a-socket`:
+ * never deleted), or listening failed (`failed`: see `cause`).
+ */
 export class ListenFailed extends Data.TaggedError("ListenFailed")<{
   readonly listen: Listen
+  readonly reason: "in-use" | "not-a-socket" | "failed"
   readonly cause: unknown
 }> {
   override get message() {
     const where = "path" in this.listen ? this.listen.path : `${this.listen.host}:${this.listen.port}`
+    if (this.reason === "in-use") return `cannot listen on ${where}: a server is already listening there`
+    if (this.reason === "not-a-socket")
+      return `cannot listen on ${where}: it exists and is not a socket (left alone)`
     const cause = this.cause instanceof Error ? this.cause.message : String(this.cause)
     return `cannot listen on ${where}: ${cause}`
   }
 }
+
+const errnoCode = (cause: unknown): unknown =>
+  typeof cause === "object" && cause !== null ? (cause as { code?: unknown }).code : undefined
+
+/**
+ * Makes `path` free for a unix socket the way qemu-nbd and nbdkit do: nothing there, fine;
+ * a socket nobody listens on (a killed run's: connecting is refused) is removed; a socket
+ * something answers on, or anything that is not a socket, is refused and left as it is.
+ */
+const claimSocketPath = (listen: { readonly path: string }): Effect.Effect<void, ListenFailed> =>
+  Effect.gen(function* () {
+    const stat = yield* Effect.try({
+      try: () => Fs.lstatSync(listen.path, { throwIfNoEntry: false }),
+      catch: (cause) => new ListenFailed({ listen, reason: "failed", cause })
+    })
+    if (stat === undefined) return
+    if (!stat.isSocket()) return yield* new ListenFailed({ listen, reason: "not-a-socket", cause: undefined })
+    const answered = yield* Effect.async<boolean, ListenFailed>((resume) => {
+      const probe = Net.createConnection({ path: listen.path })
+      probe.once("connect", () => {
+        probe.destroy()
+        resume(Effect.succeed(true))
+      })
+      probe.once("error", (cause) => {
+        probe.destroy()
+        const code = errnoCode(cause)
+        if (code === "ECONNREFUSED" || code === "ENOENT") resume(Effect.succeed(false))
+        else resume(Effect.fail(new ListenFailed({ listen, reason: "failed", cause })))
+      })
+      return Effect.sync(() => probe.destroy())
+    })
+    if (answered) return yield* new ListenFailed({ listen, reason: "in-use", cause: undefined })
+    yield* Effect.try({
+      try: () => Fs.rmSync(listen.path, { force: true }),
+      catch: (cause) => new ListenFailed({ listen, reason: "failed", cause })
+    })
+    yield* Effect.logInfo(`nbd: removed the stale socket ${listen.path} (nothing listened on it)`)
+  })
 
 /** Options that make no sense (a maximum payload under the preferred block, …). */
 export class InvalidServeOptions extends Data.TaggedError("InvalidServeOptions")<{
@@ -207,7 +254,17 @@ export const serve = (
     const listen = options.listen
     const listening = yield* Deferred.make<Address, ListenFailed>()
     server.on("error", (cause) =>
-      Deferred.unsafeDone(listening, Exit.fail(new ListenFailed({ listen, cause })))
+      Deferred.unsafeDone(
+        listening,
+        Exit.fail(
+          new ListenFailed({
+            listen,
+            // Another server took the path between the check and the bind.
+            reason: "path" in listen && errnoCode(cause) === "EADDRINUSE" ? "in-use" : "failed",
+            cause
+          })
+        )
+      )
     )
     const onListening = () => {
       const address = server.address()
@@ -224,8 +281,10 @@ export const serve = (
         )
       )
     }
-    if ("path" in listen) server.listen({ path: listen.path }, onListening)
-    else server.listen({ host: listen.host, port: listen.port }, onListening)
+    if ("path" in listen) {
+      yield* claimSocketPath(listen)
+      server.listen({ path: listen.path }, onListening)
+    } else server.listen({ host: listen.host, port: listen.port }, onListening)
 
     yield* Effect.addFinalizer(() =>
       Effect.gen(function* () {

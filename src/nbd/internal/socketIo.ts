@@ -131,3 +131,48 @@ export const writeParts = (
     socket.write(parts[i]!, i === parts.length - 1 ? (e) => written?.(e) : undefined)
   socket.uncork()
 }
+
+/**
+ * Replies queued by a connection's request fibers and written once per turn of the
+ * event loop: one syscall for every reply that completed meanwhile, where one each
+ * (16 bytes apiece at 4 KiB random writes) was an eighth of the server's CPU.
+ * `flush` writes what is queued now (before the connection ends its side).
+ */
+const COALESCE_BYTES = 64 * 1024
+
+export class ReplyQueue {
+  // Owned by the connection (its fibers and the socket's callbacks run on one thread).
+  private parts: Array<Uint8Array> = []
+  private written: Array<(error: Error | null | undefined) => void> = []
+  private scheduled: NodeJS.Immediate | undefined = undefined
+
+  constructor(private readonly socket: Net.Socket) {}
+
+  push(parts: ReadonlyArray<Uint8Array>, written?: (error: Error | null | undefined) => void): void {
+    for (const part of parts) this.parts.push(part)
+    if (written !== undefined) this.written.push(written)
+    this.scheduled ??= setImmediate(this.flush)
+  }
+
+  readonly flush = (): void => {
+    if (this.scheduled !== undefined) clearImmediate(this.scheduled)
+    this.scheduled = undefined
+    if (this.parts.length === 0) return
+    const parts = this.parts
+    const written = this.written
+    this.parts = []
+    this.written = []
+    let bytes = 0
+    for (const part of parts) bytes += part.byteLength
+    writeParts(
+      this.socket,
+      // Small replies in one buffer (one write call); large READ data as it is (no copy).
+      parts.length > 1 && bytes <= COALESCE_BYTES ? [Buffer.concat(parts, bytes)] : parts,
+      written.length === 0
+        ? undefined
+        : (error) => {
+            for (const done of written) done(error)
+          }
+    )
+  }
+}

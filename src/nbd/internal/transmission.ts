@@ -1,7 +1,10 @@
 /**
  * The transmission phase with simple replies (proto.md, "Transmission"): one fiber
  * reads requests in order, checks each, and hands it to a fiber of its own, so requests
- * pipeline and replies go out as they complete (out of order). Bounds: at most
+ * pipeline and replies go out as they complete (out of order). The WRITEs a client has
+ * pipelined (those already received when the reader would otherwise wait) go to the
+ * replicator together, checked one by one first, as one `writeAll` (writeBatch.ts);
+ * replies are written once per turn of the event loop (`ReplyQueue`). Bounds: at most
  * `maxInFlight` requests and `bufferBytes` of payload (write data read and not yet
  * written, read data not yet handed to the kernel) per connection; beyond them the
  * connection stops reading and TCP pushes back on the client.
@@ -24,7 +27,8 @@ import { NbdProtocolError, type Request } from "./codec.js"
 import type { Durability } from "./durability.js"
 import type { Mutants } from "./mutants.js"
 import * as P from "./protocol.js"
-import { type EndedMidMessage, type SocketFailed, type SocketReader, writeParts } from "./socketIo.js"
+import { type EndedMidMessage, ReplyQueue, type SocketFailed, type SocketReader } from "./socketIo.js"
+import { Bounds, type QueuedWrite, writeBatch } from "./writeBatch.js"
 
 export interface Target {
   readonly disk: VirtualDisk.Service
@@ -91,22 +95,40 @@ export const transmission = (
   Effect.scoped(
     Effect.gen(function* () {
       const { disk, replicator, durability, mutants } = target
-      const slots = yield* Effect.makeSemaphore(target.maxInFlight)
-      const budget = yield* Effect.makeSemaphore(target.bufferBytes)
+      const bounds = new Bounds(target.maxInFlight, target.bufferBytes)
       const handlers = yield* FiberSet.make<void, never>()
+      const replies = new ReplyQueue(socket)
+      // Checked WRITEs read and not yet handed to the replicator; owned by the reading fiber.
+      let batch: Array<QueuedWrite> = []
 
       const reply = (cookie: bigint, error: number, data?: Uint8Array, written?: () => void) =>
-        writeParts(
-          socket,
+        replies.push(
           data === undefined || error !== 0
             ? [Codec.encodeSimpleReply(error, cookie)]
             : [Codec.encodeSimpleReply(error, cookie), data],
           written
         )
 
-      const giveBack = (bytes: number) => () => {
-        if (bytes > 0) Effect.runSync(budget.release(bytes))
-      }
+      /** Hands the batch to the replicator on a fiber of its own (before the reader waits for anything). */
+      const submit: Effect.Effect<void> = Effect.suspend(() => {
+        if (batch.length === 0) return Effect.void
+        const writes = batch
+        batch = []
+        return FiberSet.run(
+          handlers,
+          writeBatch(writes, { replicator, durability, reply, bounds, mutants }, errnoOf)
+        ).pipe(Effect.asVoid)
+      })
+
+      /** A slot and `bytes` of budget; the batch goes first if the reader has to wait for them. */
+      const room = (bytes: number): Effect.Effect<void> =>
+        Effect.suspend(() =>
+          bounds.tryTake(bytes) ? Effect.void : Effect.zipRight(submit, bounds.take(bytes))
+        )
+
+      /** Exactly `n` bytes; the batch goes first if they are not all here yet. */
+      const take = (n: number, what: string) =>
+        reader.buffered >= n ? reader.take(n, what) : Effect.zipRight(submit, reader.take(n, what))
 
       /**
        * Runs a checked request's work on its own fiber and answers it; its slot goes back
@@ -121,7 +143,8 @@ export const transmission = (
           handlers,
           work.pipe(
             Effect.matchCauseEffect({
-              onSuccess: (data) => Effect.sync(() => reply(request.cookie, 0, data, giveBack(bytes))),
+              onSuccess: (data) =>
+                Effect.sync(() => reply(request.cookie, 0, data, () => bounds.release(0, bytes))),
               onFailure: (cause) => {
                 const error = Cause.squash(cause)
                 return Effect.logWarning(
@@ -129,39 +152,74 @@ export const transmission = (
                   error
                 ).pipe(
                   Effect.zipRight(
-                    Effect.sync(() => reply(request.cookie, errnoOf(error), undefined, giveBack(bytes)))
+                    Effect.sync(() =>
+                      reply(request.cookie, errnoOf(error), undefined, () => bounds.release(0, bytes))
+                    )
                   )
                 )
               }
             }),
-            Effect.ensuring(slots.release(1))
+            Effect.ensuring(Effect.sync(() => bounds.release(1, 0)))
           )
         ).pipe(Effect.asVoid)
 
       const zero = (offset: number, length: number): Effect.Effect<void, unknown> => {
-        const batch: Array<GuestWrite> = []
-        for (let at = offset; at < offset + length && batch.length < ZERO_BATCH; at += ZERO_PIECE)
-          batch.push({ offset: at, bytes: zeros.subarray(0, Math.min(ZERO_PIECE, offset + length - at)) })
-        const done = batch.reduce((n, w) => n + w.bytes.byteLength, 0)
-        return batch.length === 0
+        const pieces: Array<GuestWrite> = []
+        for (let at = offset; at < offset + length && pieces.length < ZERO_BATCH; at += ZERO_PIECE)
+          pieces.push({ offset: at, bytes: zeros.subarray(0, Math.min(ZERO_PIECE, offset + length - at)) })
+        const done = pieces.reduce((n, w) => n + w.bytes.byteLength, 0)
+        return pieces.length === 0
           ? Effect.void
-          : Effect.zipRight(replicator.writeAll(batch), zero(offset + done, length - done))
+          : Effect.zipRight(replicator.writeAll(pieces), zero(offset + done, length - done))
       }
       const fua = (request: Request) => (request.flags & P.CMD_FLAG_FUA) !== 0
+
+      const write = (request: Request): Effect.Effect<void, TransmissionError> =>
+        Effect.gen(function* () {
+          yield* room(request.length)
+          const payload = yield* take(request.length, "a WRITE's payload")
+          if (payload === undefined)
+            return yield* new NbdProtocolError({
+              reason: "truncated",
+              detail: `the client closed the connection before a WRITE's ${request.length} bytes`
+            })
+          if (request.length === 0) {
+            yield* handle(
+              request,
+              0,
+              fua(request) ? Effect.as(durability.sync, undefined) : Effect.succeed(undefined)
+            )
+            return
+          }
+          if (mutants.answerWritesEarly) reply(request.cookie, 0)
+          batch.push({ request, payload, answered: mutants.answerWritesEarly })
+        })
 
       const dispatch = (request: Request): Effect.Effect<"go-on" | TransmissionEnd, TransmissionError> =>
         Effect.gen(function* () {
           if (request.type === P.CMD_DISC) return "disconnect" as const
           const refused = check(request, target)
+          if (mutants.batchUnchecked && request.type === P.CMD_WRITE && request.length <= target.maxPayload) {
+            yield* write(request)
+            return "go-on" as const
+          }
           if (refused !== undefined) {
-            if (request.type === P.CMD_WRITE) yield* reader.skip(request.length, "a refused WRITE's payload")
+            if (request.type === P.CMD_WRITE && request.length > 0) {
+              if (reader.buffered < request.length) yield* submit
+              yield* reader.skip(request.length, "a refused WRITE's payload")
+            }
             reply(request.cookie, refused)
             return "go-on" as const
           }
-          yield* slots.take(1)
+          if (request.type === P.CMD_WRITE) {
+            yield* write(request)
+            return "go-on" as const
+          }
+          // Anything else goes after the WRITEs read before it.
+          yield* submit
+          yield* room(request.type === P.CMD_READ ? request.length : 0)
           switch (request.type) {
             case P.CMD_READ:
-              yield* budget.take(request.length)
               yield* handle(
                 request,
                 request.length,
@@ -170,31 +228,6 @@ export const transmission = (
                   : disk.read(request.offset, request.length)
               )
               break
-            case P.CMD_WRITE: {
-              yield* budget.take(request.length)
-              const payload = yield* reader.take(request.length, "a WRITE's payload")
-              if (payload === undefined)
-                return yield* new NbdProtocolError({
-                  reason: "truncated",
-                  detail: `the client closed the connection before a WRITE's ${request.length} bytes`
-                })
-              const write = request.length === 0 ? Effect.void : replicator.write(request.offset, payload)
-              const durable = fua(request) ? Effect.zipRight(write, durability.sync) : write
-              if (mutants.answerWritesEarly) {
-                reply(request.cookie, 0)
-                yield* FiberSet.run(
-                  handlers,
-                  durable.pipe(
-                    Effect.ignore,
-                    Effect.ensuring(Effect.sync(giveBack(request.length))),
-                    Effect.ensuring(slots.release(1))
-                  )
-                )
-                break
-              }
-              yield* handle(request, request.length, Effect.as(durable, undefined))
-              break
-            }
             case P.CMD_FLUSH:
               yield* handle(request, 0, Effect.as(durability.sync, undefined))
               break
@@ -213,7 +246,7 @@ export const transmission = (
 
       const readRequests: Effect.Effect<TransmissionEnd, TransmissionError> = Effect.gen(function* () {
         for (;;) {
-          const header = yield* reader.take(P.REQUEST_BYTES, "a request header")
+          const header = yield* take(P.REQUEST_BYTES, "a request header")
           if (header === undefined) return "client-closed" as const
           const request = Codec.decodeRequest(header)
           if (request instanceof NbdProtocolError) return yield* request
@@ -226,8 +259,15 @@ export const transmission = (
         readRequests,
         Effect.as(Deferred.await(stopping), "server-stopping" as const)
       ).pipe(
-        // The requests already taken are answered (the spec's DISC; a kind shutdown), whatever ended the reading.
-        Effect.ensuring(FiberSet.awaitEmpty(handlers))
+        // The requests already taken are answered (the spec's DISC; a kind shutdown),
+        // whatever ended the reading: the WRITEs read (an interrupted reader leaves its
+        // batch), then every request fiber, then the replies go out before the socket ends.
+        Effect.ensuring(
+          Effect.suspend(() => submit).pipe(
+            Effect.zipRight(FiberSet.awaitEmpty(handlers)),
+            Effect.zipRight(Effect.sync(replies.flush))
+          )
+        )
       )
       return end
     })
