@@ -35,6 +35,11 @@ export interface Mutants {
    * writes that reached the disk but not the journal are never resent.
    */
   readonly assumeCleanStart: boolean
+  /**
+   * `Status` takes every acked record for a recovery point, block records of a drain
+   * included: it would name a seq restore refuses.
+   */
+  readonly everyAckAPoint: boolean
 }
 
 /** The replicator as shipped: every variant off. */
@@ -44,7 +49,8 @@ export const none: Mutants = {
   releaseCopiesEarly: false,
   skipActivityWait: false,
   retireBusyExtents: false,
-  assumeCleanStart: false
+  assumeCleanStart: false,
+  everyAckAPoint: false
 }
 
 /** Which variants `make` runs with: none unless a test provides otherwise. */
