@@ -12,6 +12,7 @@ import * as VirtualDisk from "../adapters/VirtualDisk.js"
 import * as Config from "../domain/Config.js"
 import * as Trace from "../domain/Trace.js"
 import { progressBar, sparkline } from "./internal/charts.js"
+import { controlOption, filterControl } from "./internal/control.js"
 import * as Replicator from "../replicator/Replicator.js"
 import * as Simulate from "../simulator/Simulate.js"
 import * as Workload from "../simulator/Workload.js"
@@ -405,6 +406,7 @@ export const replicate = Command.make(
   "replicate",
   {
     ...filterOptions,
+    ...controlOption,
     seconds: Options.integer("seconds").pipe(
       Options.withDefault(0),
       Options.withDescription("Run the built-in guest workload this long (0: none)")
@@ -425,6 +427,7 @@ export const replicate = Command.make(
           const context = yield* Layer.build(layer)
           const replicator = yield* Effect.provide(Replicator.Replicator, context)
           const disk = yield* Effect.provide(VirtualDisk.VirtualDisk, context)
+          yield* filterControl(o, replicator)
           const totals = yield* Ref.make<Workload.Totals>({ writes: 0, bytes: 0 })
           const report = yield* Effect.fork(
             Effect.gen(function* () {
