@@ -50,7 +50,9 @@ export const diskStatus = (view: DiskView, now: number): ReceiverDisk => {
     blockCount: log.geometry.blockCount,
     // Seq 0 is the disk as first created: nothing received is restorable yet.
     lastRecoveryPoint:
-      point.seq === 0 ? null : { seq: point.seq, at: iso(point.time), ageSeconds: ageSeconds(point.time, now) },
+      point.seq === 0
+        ? null
+        : { seq: point.seq, at: iso(point.time), ageSeconds: ageSeconds(point.time, now) },
     logBytes,
     segments: log.segments.length,
     lastError: note === undefined ? null : { message: note.message, at: iso(note.at) }
