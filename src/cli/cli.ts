@@ -8,6 +8,7 @@ import * as CheckTrace from "../conformance/CheckTrace.js"
 import { points, receiver, restore, scrub } from "./receiverCommands.js"
 import { replicate, simulate } from "./replicatorCommands.js"
 import { serve } from "./serveCommand.js"
+import { status } from "./statusCommand.js"
 import * as ModelSimulation from "../simulator/ModelSimulation.js"
 import { modeTimeline, progressBar, sparkline } from "./internal/charts.js"
 import { mib } from "../internal/units.js"
@@ -167,7 +168,18 @@ export const root = Command.make("cdp-sync").pipe(
   Command.withDescription(
     "Continuous data protection for a virtual machine's disk: the reference model and its tools."
   ),
-  Command.withSubcommands([simulate, replicate, serve, receiver, restore, points, scrub, checkTrace, model])
+  Command.withSubcommands([
+    simulate,
+    replicate,
+    serve,
+    receiver,
+    status,
+    restore,
+    points,
+    scrub,
+    checkTrace,
+    model
+  ])
 )
 
 /**

@@ -6,6 +6,7 @@
 import { Command, Options } from "@effect/cli"
 import { Console, Duration, Effect, Either, Logger, LogLevel, Option } from "effect"
 import * as Wire from "../protocol/Wire.js"
+import { controlOption, controlPath } from "./internal/control.js"
 import * as Logging from "./internal/logging.js"
 import { invalid, json, positive, size, sizeValue } from "./internal/options.js"
 import { formatSize } from "../internal/units.js"
@@ -53,6 +54,7 @@ export const receiver = Command.make(
   "receiver",
   {
     dir,
+    ...controlOption,
     port: Options.integer("port").pipe(
       Options.withDescription("TCP port; 0 picks a free one (see the ready line)")
     ),
@@ -117,7 +119,8 @@ export const receiver = Command.make(
       maxFrameBytes: o.maxFrameBytes,
       helloTimeout: Duration.millis(o.helloTimeout),
       idleTimeout: Duration.millis(o.idleTimeout),
-      maxConnections: o.maxConnections
+      maxConnections: o.maxConnections,
+      control: controlPath(o.control, o.dir)
     }).pipe(withMetrics(o.metrics), reportFailure("receiver"), logging)
 ).pipe(
   Command.withDescription(

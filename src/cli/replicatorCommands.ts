@@ -13,6 +13,7 @@ import * as Config from "../domain/Config.js"
 import * as Trace from "../domain/Trace.js"
 import { progressBar, sparkline } from "./internal/charts.js"
 import { metricsOption, serveMetrics } from "./internal/metrics.js"
+import { controlOption, filterControl } from "./internal/control.js"
 import * as Replicator from "../replicator/Replicator.js"
 import * as Simulate from "../simulator/Simulate.js"
 import * as Workload from "../simulator/Workload.js"
@@ -350,6 +351,7 @@ export const replicate = Command.make(
   "replicate",
   {
     ...filterOptions,
+    ...controlOption,
     seconds: integer("seconds", 0, "Run the built-in guest workload this long (0: none)"),
     seed: seed("Seed of the workload"),
     quiesce: Options.boolean("quiesce").pipe(
@@ -366,6 +368,7 @@ export const replicate = Command.make(
           const context = yield* Layer.build(layer)
           const replicator = yield* Effect.provide(Replicator.Replicator, context)
           const disk = yield* Effect.provide(VirtualDisk.VirtualDisk, context)
+          yield* filterControl(o, replicator)
           const totals = yield* Ref.make<Workload.Totals>({ writes: 0, bytes: 0 })
           const report = yield* Effect.fork(
             Effect.gen(function* () {

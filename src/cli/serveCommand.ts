@@ -9,6 +9,7 @@ import * as VirtualDisk from "../adapters/VirtualDisk.js"
 import * as Nbd from "../nbd/Nbd.js"
 import * as Replicator from "../replicator/Replicator.js"
 import { metricsOption, serveMetrics } from "./internal/metrics.js"
+import { controlOption, filterControl } from "./internal/control.js"
 import { CommandFailed, filterLayer, filterOptions, reportFailure } from "./replicatorCommands.js"
 
 const DEFAULT_LISTEN = "127.0.0.1:10809"
@@ -26,6 +27,7 @@ export const serve = Command.make(
   "serve",
   {
     ...filterOptions,
+    ...controlOption,
     listen: Options.text("listen").pipe(
       Options.optional,
       Options.withDescription(
@@ -69,6 +71,7 @@ export const serve = Command.make(
           const context = yield* Layer.build(layer)
           const replicator = yield* Effect.provide(Replicator.Replicator, context)
           const disk = yield* Effect.provide(VirtualDisk.VirtualDisk, context)
+          yield* filterControl(o, replicator)
           // Runs after the server closed and before the replicator closes (and journals
           // every answered write): a clean stop leaves the image durable too.
           yield* Effect.addFinalizer(() =>

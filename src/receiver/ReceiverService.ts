@@ -32,10 +32,13 @@ import {
   type Scope
 } from "effect"
 import * as Session from "../protocol/Session.js"
+import * as Control from "../internal/control.js"
+import type { ReceiverDisk } from "../internal/controlProtocol.js"
 import * as Wire from "../protocol/Wire.js"
 import * as Receiver from "../domain/Receiver.js"
 import * as IoScheduler from "../internal/IoScheduler.js"
 import { FrameSource, REPLIES_OVERFLOW, Replies } from "./internal/connection.js"
+import { type DiskNote, diskStatus } from "./internal/diskStatus.js"
 import { HelloRefused } from "./internal/errors.js"
 import * as LogStore from "./LogStore.js"
 import type * as Retention from "./Retention.js"
@@ -85,6 +88,8 @@ export interface Server {
   readonly store: LogStore.Store
   /** Connections being served (their fibers): one per open socket, none once they closed. */
   readonly connections: Effect.Effect<number>
+  /** Every disk's state now: its connection, durable seq, last recovery point, log, last error. */
+  readonly disks: Effect.Effect<ReadonlyArray<ReceiverDisk>>
 }
 
 /** The server could not listen (address in use, bad host, …). */
@@ -146,6 +151,13 @@ const serveOn = (options: ServeOptions) =>
     const clock = yield* Effect.clock
     const now = () => clock.unsafeCurrentTimeMillis()
     const entries = new Map<string, Entry>()
+    // The last thing that went wrong per disk id, for `disks` (the status command).
+    const wall = options.now ?? Date.now
+    const notes = new Map<string, DiskNote>()
+    const noteDisk = (diskId: string | undefined, message: string) =>
+      Effect.sync(() => {
+        if (diskId !== undefined) notes.set(diskId, { message, at: wall() })
+      })
     const hellos = yield* Effect.makeSemaphore(1)
 
     const refuseFailedLog = (diskId: string, error: LogStore.LogError) =>
@@ -223,7 +235,8 @@ const serveOn = (options: ServeOptions) =>
         const close = (why: string, annotations: Record<string, unknown>) =>
           Effect.zipRight(
             Effect.logWarning(`connection closed: ${why}`).pipe(
-              Effect.annotateLogs({ peer, disk: entry?.log.diskId ?? "-", ...annotations })
+              Effect.annotateLogs({ peer, disk: entry?.log.diskId ?? "-", ...annotations }),
+              Effect.zipRight(noteDisk(entry?.log.diskId, `connection from ${peer} closed: ${why}`))
             ),
             Effect.sync(() => {
               socket.destroy()
@@ -350,7 +363,10 @@ const serveOn = (options: ServeOptions) =>
                 Effect.sync(() =>
                   socket.end(Wire.encode({ _tag: "Refuse", reason: refused.reason, detail: refused.detail }))
                 ),
-                Effect.logWarning(refused.message).pipe(Effect.annotateLogs({ peer }))
+                Effect.logWarning(refused.message).pipe(
+                  Effect.annotateLogs({ peer }),
+                  Effect.zipRight(noteDisk(refused.diskId, `refused ${peer}: ${refused.message}`))
+                )
               ),
             WireError: (error) =>
               Effect.logWarning(`connection closed: ${error.message}`).pipe(
@@ -359,15 +375,24 @@ const serveOn = (options: ServeOptions) =>
                   disk: entry?.log.diskId ?? "-",
                   error: "WireError",
                   reason: error.reason
-                })
+                }),
+                Effect.zipRight(
+                  noteDisk(entry?.log.diskId, `connection from ${peer} closed: ${error.message}`)
+                )
               ),
             SocketFailed: (failed) =>
               Effect.logInfo("connection lost").pipe(
-                Effect.annotateLogs({ peer, disk: entry?.log.diskId ?? "-", cause: String(failed.cause) })
+                Effect.annotateLogs({ peer, disk: entry?.log.diskId ?? "-", cause: String(failed.cause) }),
+                Effect.zipRight(
+                  noteDisk(entry?.log.diskId, `connection from ${peer} lost: ${String(failed.cause)}`)
+                )
               ),
             Finished: (finished) =>
               Effect.logWarning(`connection closed: ${finished.detail}`).pipe(
-                Effect.annotateLogs({ peer, disk: entry?.log.diskId ?? "-" })
+                Effect.annotateLogs({ peer, disk: entry?.log.diskId ?? "-" }),
+                Effect.zipRight(
+                  noteDisk(entry?.log.diskId, `connection from ${peer} closed: ${finished.detail}`)
+                )
               )
           }),
           Effect.ensuring(
@@ -438,11 +463,30 @@ const serveOn = (options: ServeOptions) =>
       })
     )
     const port = yield* Deferred.await(listening)
-    return { host: options.host, port, store, connections: FiberSet.size(connections) }
+    const disks = Effect.sync(() => {
+      const now = wall()
+      return store.disks().map((log) => {
+        const entry = entries.get(log.diskId)
+        const holder = entry?.connection
+        return diskStatus(
+          {
+            log,
+            peer: holder === undefined || holder.socket.destroyed ? undefined : holder.peer,
+            inResync: entry === undefined ? log.openedInResync : entry.receiver.inResync,
+            note: notes.get(log.diskId)
+          },
+          now
+        )
+      })
+    })
+    return { host: options.host, port, store, connections: FiberSet.size(connections), disks }
   })
 
-/** `serve`, the ready line on stdout (`listening HOST:PORT`), then runs until interrupted. */
-export const run = (options: ServeOptions) =>
+/**
+ * `serve`, the ready line on stdout (`listening HOST:PORT`), then runs until interrupted.
+ * With `control`, it answers `cdp-sync status` on that unix socket (`internal/control.ts`).
+ */
+export const run = (options: ServeOptions & { readonly control?: string | undefined }) =>
   Effect.scoped(
     Effect.gen(function* () {
       let stats: LogStore.Stats | undefined
@@ -454,6 +498,16 @@ export const run = (options: ServeOptions) =>
       )
       const server = yield* serve(options)
       stats = server.store.stats
+      if (options.control !== undefined)
+        yield* Control.serve({
+          path: options.control,
+          status: Effect.map(server.disks, (disks) => ({
+            role: "receiver" as const,
+            pid: process.pid,
+            at: new Date().toISOString(),
+            disks
+          }))
+        })
       yield* Console.log(`listening ${endpoint(server.host, server.port)}`)
       return yield* Effect.never
     })

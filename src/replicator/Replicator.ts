@@ -17,6 +17,7 @@
  * gaps into inputs, and watches for ack timeouts.
  */
 import {
+  Clock,
   Context,
   Deferred,
   Duration,
@@ -47,7 +48,7 @@ import { ReplicatorMutants } from "./internal/mutants.js"
 import { pump } from "./internal/pump.js"
 import * as Recovery from "./internal/recovery.js"
 import { sender } from "./internal/sender.js"
-import { makeShared, stop } from "./internal/shared.js"
+import { makeShared, statusNow, stop } from "./internal/shared.js"
 import { makeWritePath } from "./internal/writePath.js"
 import {
   describeStop,
@@ -59,7 +60,14 @@ import {
   WriteRejected
 } from "./internal/errors.js"
 import { forDisk, metrics } from "./internal/metrics.js"
-import type { GuestWrite, Status } from "./internal/status.js"
+import type {
+  DrainProgress,
+  ErrorNote,
+  GuestWrite,
+  KnownRecoveryPoint,
+  Status,
+  StopNote
+} from "./internal/status.js"
 
 export {
   describeStop,
@@ -70,8 +78,12 @@ export {
   ReplicatorStopped,
   type StartError,
   WriteRejected,
+  type DrainProgress,
+  type ErrorNote,
   type GuestWrite,
-  type Status
+  type KnownRecoveryPoint,
+  type Status,
+  type StopNote
 }
 
 // ---------------------------------------------------------------------------
@@ -147,8 +159,12 @@ export declare namespace Replicator {
     /** Waits until every write that returned before it is folded and its event durable in the journal. */
     readonly flush: Effect.Effect<void, ReplicatorStopped>
     readonly state: Effect.Effect<State.State>
+    /**
+     * The status now (the lag and the drain rate at this moment). Once the replicator
+     * stopped, `stopped` says why; `lastError` keeps the last link loss or failed attempt.
+     */
     readonly status: Effect.Effect<Status>
-    /** Status after every decided batch. */
+    /** Status after every decided batch (and once more when the replicator stops). */
     readonly changes: Stream.Stream<Status>
     /** Waits until every earlier write is folded and the filter is in sync, the link up and nothing in flight. */
     readonly quiesce: Effect.Effect<void, ReplicatorStopped>
@@ -203,6 +219,7 @@ export const make = (
       state: yield* Recovery.recover(journal, config),
       position: yield* journal.position,
       maxPendingWrites: options.maxPendingWrites ?? 1024,
+      everyAckAPoint: mutants.everyAckAPoint,
       activity:
         activityLog === undefined
           ? undefined
@@ -266,7 +283,7 @@ export const make = (
       writeAll,
       flush: flush(shared),
       state: SubscriptionRef.get(shared.stateRef),
-      status: SubscriptionRef.get(shared.statusRef),
+      status: Effect.map(Clock.currentTimeMillis, (now) => statusNow(shared, now)),
       changes: shared.statusRef.changes,
       quiesce: quiesce(shared),
       dropLink: (reason) =>

@@ -13,7 +13,8 @@ import * as Input from "../../domain/Input.js"
 import * as State from "../../domain/State.js"
 import { ReceiverAheadOfJournal } from "./errors.js"
 import type { Metrics } from "./metrics.js"
-import { type Command, type Decided, type Shared, statusOf, stop } from "./shared.js"
+import { type Command, type Decided, noteError, type Shared, statusNow, stop } from "./shared.js"
+import { noteBatch } from "./status.js"
 import { switchover } from "./switchover.js"
 
 export interface LoopSettings {
@@ -208,18 +209,17 @@ const afterBatch = (
         yield* Effect.logWarning(`resync activated: epoch ${e.epoch}, reason ${e.reason}`)
       if (e.type === "SyncActivated")
         yield* Effect.logInfo(`sync resumed: epoch ${e.epoch}, marker seq ${e.seq}`)
-      if (e.type === "LinkLost") yield* Effect.logWarning(`link lost: ${e.reason}`)
+      if (e.type === "LinkLost") {
+        yield* Effect.logWarning(`link lost: ${e.reason}`)
+        yield* noteError(shared, `link lost: ${e.reason}`)
+      }
       if (e.type === "LinkRestored")
         yield* Effect.logInfo(`link restored: receiver durable seq ${e.receiverSeq}`)
       if (e.type === "BlockSent") yield* Metric.increment(settings.metrics.drainSent)
     }
     if (before.flight.size === 0 && after.flight.size > 0) shared.lastProgress = now
-    let oldest: number | undefined
-    for (const t of sentAt.values()) {
-      oldest = t
-      break
-    }
-    const status = statusOf(after, oldest, now)
+    noteBatch(shared.book, events, after, now)
+    const status = statusNow(shared, now)
     yield* SubscriptionRef.set(shared.stateRef, after)
     yield* SubscriptionRef.set(shared.statusRef, status)
     const metrics = settings.metrics

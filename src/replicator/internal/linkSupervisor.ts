@@ -9,7 +9,7 @@ import type { ConnectError, LogReceiver } from "../../adapters/LogReceiver.js"
 import type { Config } from "../../domain/Config.js"
 import * as Input from "../../domain/Input.js"
 import { orStopped } from "./admission.js"
-import { type Command, type Shared, stop } from "./shared.js"
+import { type Command, noteError, type Shared, stop } from "./shared.js"
 
 export interface LinkSettings {
   readonly diskId: string
@@ -105,7 +105,9 @@ export const linkSupervisor = (
       // Connect only while the model says the link is down.
       yield* linkDown(shared)
       yield* runConnection(shared, receiver, settings).pipe(
-        Effect.tapError(onConnectError),
+        Effect.tapError((e) =>
+          Effect.zipRight(noteError(shared, `connect: ${e.message}`), onConnectError(e))
+        ),
         Effect.retry({
           schedule: settings.reconnect,
           while: (e) => !(e._tag === "ReceiverRefused" && e.permanent)

@@ -37,6 +37,11 @@ export interface Mutants {
   readonly assumeCleanStart: boolean
   /** Metrics go to the untagged series every replicator of the process shares (no `disk` tag). */
   readonly shareMetricSeries: boolean
+  /**
+   * `Status` takes every acked record for a recovery point, block records of a drain
+   * included: it would name a seq restore refuses.
+   */
+  readonly everyAckAPoint: boolean
 }
 
 /** The replicator as shipped: every variant off. */
@@ -47,7 +52,8 @@ export const none: Mutants = {
   skipActivityWait: false,
   retireBusyExtents: false,
   assumeCleanStart: false,
-  shareMetricSeries: false
+  shareMetricSeries: false,
+  everyAckAPoint: false
 }
 
 /** Which variants `make` runs with: none unless a test provides otherwise. */

@@ -3,7 +3,7 @@
  * a (re)start owes it — the link of the last run is gone, and after an unclean stop
  * whatever the journal may lack must be resynced.
  */
-import { Effect, Either, Option, Stream } from "effect"
+import { Clock, Effect, Either, Option, Stream } from "effect"
 import type { ActivityLog } from "../../adapters/ActivityLog.js"
 import type { EventJournal, JournalError, LastRun } from "../../adapters/EventJournal.js"
 import type { Config } from "../../domain/Config.js"
@@ -13,6 +13,7 @@ import * as Geometry from "../../domain/Geometry.js"
 import * as Input from "../../domain/Input.js"
 import * as State from "../../domain/State.js"
 import { publish, type Shared } from "./shared.js"
+import { noteBatch } from "./status.js"
 import { mib } from "../../internal/units.js"
 
 /** Rebuilds the state: the latest snapshot, then the journal after it. */
@@ -111,6 +112,7 @@ export const startUp = (
     if (startup.length === 0) return
     shared.position = yield* deps.journal.append(startup)
     shared.state = after
+    noteBatch(shared.book, startup, after, yield* Clock.currentTimeMillis)
     if (deps.onEvents !== undefined) yield* deps.onEvents(startup)
     yield* publish(shared)
   })

@@ -24,9 +24,9 @@ import type { DiskError } from "../../adapters/VirtualDisk.js"
 import type * as Wire from "../../protocol/Wire.js"
 import type * as Event from "../../domain/Event.js"
 import type * as Input from "../../domain/Input.js"
-import * as State from "../../domain/State.js"
+import type * as State from "../../domain/State.js"
 import { describeStop, ReplicatorStopped } from "./errors.js"
-import type { Status } from "./status.js"
+import { type ErrorNote, makeBook, type Status, type StatusBook, type StopNote, statusOf } from "./status.js"
 import type * as Activity from "./activity.js"
 import { makeAdmission, makeChanges } from "./admission.js"
 
@@ -116,6 +116,8 @@ export interface Shared {
    * adds; the loop removes what is acked and clears it on a loss or a gap.
    */
   readonly sentAt: Map<number, number>
+  /** What `Status` says beyond the state: drain progress and rate, the last recovery point. */
+  readonly book: StatusBook
 
   // --- Written by the journal stage ------------------------------------------------------
   /** Where the journal ends, after the last append (snapshots are saved at it). */
@@ -132,9 +134,15 @@ export interface Shared {
   /** When the last hold began (at most one per five hold periods). */
   lastHoldAt: number
 
+  // --- Written by the link supervisor and the sender (a failed attempt), the loop (a loss) --
+  /** The last thing that went wrong without stopping the replicator, for `Status`. */
+  lastError: ErrorNote | undefined
+
   // --- Written by `stop`, from any fiber -------------------------------------------------
   /** Mirrors `stopped` for the write path's synchronous check. */
   hasStopped: boolean
+  /** Why it stopped, for `Status` (set with `hasStopped`). */
+  stopNote: StopNote | undefined
   /** Fails once, with the first reason the replicator stopped. */
   readonly stopped: Deferred.Deferred<void, ReplicatorStopped>
 
@@ -155,18 +163,27 @@ export interface Shared {
   readonly activity: ActivityShared | undefined
 }
 
-export const statusOf = (state: State.State, oldestUnackedAt: number | undefined, now: number): Status => ({
-  mode: state.mode,
-  link: state.link,
-  epoch: state.epoch,
-  nextSeq: state.nextSeq,
-  watermark: state.watermark,
-  dirtyBlocks: State.obligationCount(state),
-  inFlight: state.flight.size,
-  lagRecords: state.nextSeq - 1 - state.watermark,
-  lagMillis: oldestUnackedAt === undefined ? 0 : now - oldestUnackedAt,
-  quiescent: State.isQuiescent(state)
-})
+/** The status of `shared` at `now` (`oldestUnackedAt`: the send time of the oldest unacked record). */
+export const statusNow = (shared: Shared, now: number, oldestUnackedAt = oldestSent(shared)): Status =>
+  statusOf(
+    shared.state,
+    shared.book,
+    { lastError: shared.lastError, stopped: shared.stopNote },
+    oldestUnackedAt,
+    now
+  )
+
+/** The send time of the oldest unacked record. */
+export const oldestSent = (shared: Shared): number | undefined => {
+  for (const t of shared.sentAt.values()) return t
+  return undefined
+}
+
+/** Notes what went wrong (a refused connection, a lost link) for `Status`. */
+export const noteError = (shared: Shared, message: string): Effect.Effect<void> =>
+  Effect.map(Clock.currentTimeMillis, (at) => {
+    shared.lastError = { message, at }
+  })
 
 /** The record for a replicator starting from `state` with its journal ending at `position`. */
 export const makeShared = (options: {
@@ -174,15 +191,20 @@ export const makeShared = (options: {
   readonly position: number
   readonly maxPendingWrites: number
   readonly activity: Omit<ActivityShared, "signal" | "commits"> | undefined
+  /** The mutant (internal/mutants.ts). */
+  readonly everyAckAPoint?: boolean | undefined
 }): Effect.Effect<Shared> =>
   Effect.gen(function* () {
     const { state } = options
     const now = yield* Clock.currentTimeMillis
     const stopped = yield* Deferred.make<void, ReplicatorStopped>()
+    const book = makeBook(state, now, options.everyAckAPoint)
     return {
       state,
       stateRef: yield* SubscriptionRef.make(state),
-      statusRef: yield* SubscriptionRef.make(statusOf(state, undefined, now)),
+      statusRef: yield* SubscriptionRef.make(
+        statusOf(state, book, { lastError: undefined, stopped: undefined }, undefined, now)
+      ),
       session: 0,
       link: 0,
       connection: undefined,
@@ -192,13 +214,16 @@ export const makeShared = (options: {
       pumpPending: false,
       lastProgress: now,
       sentAt: new Map(),
+      book,
       position: options.position,
       sinceSnapshot: 0,
       held: false,
       writesHeld: yield* SubscriptionRef.make(false),
       holdId: 0,
       lastHoldAt: Number.NEGATIVE_INFINITY,
+      lastError: undefined,
       hasStopped: false,
+      stopNote: undefined,
       stopped,
       // Inboxes, not Queues: a batch is taken as the array it was offered into, where a
       // Queue's take built a chunk node per element (a quarter of the filter's garbage).
@@ -220,7 +245,18 @@ export const stop = (shared: Shared, reason: string, cause: unknown): Effect.Eff
     if (shared.hasStopped) return Effect.logDebug(`replicator already stopped; also: ${reason}`, cause)
     shared.hasStopped = true
     const error = new ReplicatorStopped({ reason, cause })
-    return Effect.logError(`replicator stopping: ${describeStop(error)}`).pipe(
+    const described = describeStop(error)
+    return Effect.logError(`replicator stopping: ${described}`).pipe(
+      Effect.zipRight(
+        Effect.flatMap(Clock.currentTimeMillis, (at) => {
+          shared.stopNote = {
+            reason,
+            detail: described.startsWith(`${reason}: `) ? described.slice(reason.length + 2) : "",
+            at
+          }
+          return SubscriptionRef.set(shared.statusRef, statusNow(shared, at))
+        })
+      ),
       Effect.zipRight(Effect.logDebug("replicator stop cause", cause)),
       Effect.zipRight(Deferred.fail(shared.stopped, error))
     )
@@ -230,8 +266,5 @@ export const stop = (shared: Shared, reason: string, cause: unknown): Effect.Eff
 export const publish = (shared: Shared): Effect.Effect<void> =>
   Effect.gen(function* () {
     yield* SubscriptionRef.set(shared.stateRef, shared.state)
-    yield* SubscriptionRef.set(
-      shared.statusRef,
-      statusOf(shared.state, undefined, yield* Clock.currentTimeMillis)
-    )
+    yield* SubscriptionRef.set(shared.statusRef, statusNow(shared, yield* Clock.currentTimeMillis))
   })
