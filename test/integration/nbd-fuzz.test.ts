@@ -12,10 +12,12 @@
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
-import { Effect, Fiber, Logger, LogLevel, type Scope } from "effect"
+import { Duration, Effect, Fiber, Logger, LogLevel, type Scope } from "effect"
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
 import * as Nbd from "../../src/nbd/Nbd.js"
+import type * as NbdMutants from "../../src/nbd/internal/mutants.js"
+import { CloseLinger } from "../../src/nbd/internal/server.js"
 import { numRuns } from "../support/arbitraries.js"
 import {
   conversationArb,
@@ -57,6 +59,39 @@ const verdict = (h: Harness, bytes: Uint8Array) =>
       yield* Effect.sleep("1 millis")
     }
   })
+
+/** Waits until the server holds no connection; false if one is still open at the deadline. */
+const allClosed = (h: Harness, ms: number) =>
+  Effect.gen(function* () {
+    const deadline = Date.now() + ms
+    for (;;) {
+      if ((yield* h.server.connections) === 0) return true
+      if (Date.now() > deadline) return false
+      yield* Effect.sleep("1 millis")
+    }
+  })
+
+/**
+ * Replays every corpus case on a server taking one connection at a time, whose finished
+ * connections may linger 10 minutes for a client that does not read; after each, waits
+ * (up to `ms`) for its slot to come back. The first case whose slot stayed taken, or "ok"
+ * when a well-formed client gets in after them all.
+ */
+const slotsComeBack = (ms: number, mutants: Partial<NbdMutants.Mutants> = {}) =>
+  run(
+    Effect.gen(function* () {
+      const h = yield* make({ serve: { exportName: EXPORT, maxConnections: 1 }, mutants }).pipe(
+        Effect.provideService(CloseLinger, Duration.minutes(10))
+      )
+      for (const c of corpusCases()) {
+        yield* Effect.promise(() => replay(h.endpoint, c.bytes))
+        if (!(yield* allClosed(h, ms))) return c.name
+      }
+      return yield* Nbd.withClient({ connect: h.endpoint, exportName: EXPORT }, (client) =>
+        Effect.as(client.write(0, new Uint8Array(4096).fill(1), { fua: true }), "ok")
+      )
+    })
+  )
 
 /** A client writing patterns in the upper half until told to stop; what it wrote, by offset. */
 const bystander = (h: Harness) =>
@@ -137,5 +172,17 @@ describe("the NBD server under fuzzed conversations", () => {
       })
     )
     expect(result).toEqual({ failures: [], bystander: "ok", replicated: true })
+  })
+
+  // Seed 1515's 59th run, "hung": connections closed for bad input kept their slots (their
+  // sockets open, the client's end never read) until destroyed 2 s later, so 15 of them in
+  // 2 s filled the 16 and the next conversation was refused on arrival.
+  it("a connection closed for bad input gives its slot back once the client has left", async () => {
+    expect(await slotsComeBack(30_000)).toBe("ok")
+  })
+
+  it("the mutant that leaves the client's last bytes unread is caught", async () => {
+    // Its first case that leaves bytes unread (07) keeps its slot for the 10 minutes.
+    expect(await slotsComeBack(1000, { keepsUnreadInput: true })).not.toBe("ok")
   })
 })
