@@ -18,13 +18,19 @@ export interface Mutants {
   readonly batchUnchecked: boolean
   /** A batch goes to the replicator last request first: overlapping writes land out of order. */
   readonly batchReversed: boolean
+  /**
+   * A finished connection leaves what the client sent after its last request unread: its
+   * socket never sees the client's end and holds a connection slot until destroyed.
+   */
+  readonly keepsUnreadInput: boolean
 }
 
 export const none: Mutants = {
   flushSkipsJournal: false,
   answerWritesEarly: false,
   batchUnchecked: false,
-  batchReversed: false
+  batchReversed: false,
+  keepsUnreadInput: false
 }
 
 export class NbdMutants extends Context.Reference<NbdMutants>()("cdp-sync/NbdMutants", {

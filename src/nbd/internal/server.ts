@@ -11,7 +11,7 @@
  */
 import * as Fs from "node:fs"
 import * as Net from "node:net"
-import { Data, Deferred, Duration, Effect, Exit, FiberSet } from "effect"
+import { Context, Data, Deferred, Duration, Effect, Exit, FiberSet } from "effect"
 import type * as Scope from "effect/Scope"
 import { VirtualDisk } from "../../adapters/VirtualDisk.js"
 import { Replicator } from "../../replicator/Replicator.js"
@@ -130,6 +130,15 @@ export class InvalidServeOptions extends Data.TaggedError("InvalidServeOptions")
   }
 }
 
+/**
+ * How long a finished connection may take to hand its last replies to a client that
+ * does not read them before its socket is destroyed. Internal (tests lengthen it to tell
+ * a socket that closed from one that was cut off); `serve` reads it from the context.
+ */
+export class CloseLinger extends Context.Reference<CloseLinger>()("cdp-sync/NbdCloseLinger", {
+  defaultValue: (): Duration.Duration => Duration.seconds(2)
+}) {}
+
 export const MIN_BLOCK = 512
 export const PREFERRED_BLOCK = 4096
 export const DEFAULT_MAX_PAYLOAD = 32 * 1024 * 1024
@@ -156,6 +165,7 @@ export const serve = (
     const disk = yield* VirtualDisk
     const replicator = yield* Replicator
     const mutants = yield* NbdMutants
+    const lingerMs = Duration.toMillis(yield* CloseLinger)
     const readOnly = options.readOnly ?? false
     const maxPayload = options.maxPayload ?? DEFAULT_MAX_PAYLOAD
     const bufferBytes = options.bufferBytes ?? 2 * maxPayload
@@ -199,9 +209,9 @@ export const serve = (
     let nextId = 1
     let closing = false
 
-    const converse = (socket: Net.Socket, id: number, peer: string): Effect.Effect<void> =>
-      Effect.gen(function* () {
-        const reader = new SocketReader(socket)
+    const converse = (socket: Net.Socket, id: number, peer: string): Effect.Effect<void> => {
+      const reader = new SocketReader(socket)
+      return Effect.gen(function* () {
         const outcome = yield* handshake(socket, reader, exported).pipe(
           Effect.timeoutFail({
             duration: handshakeTimeout,
@@ -226,11 +236,15 @@ export const serve = (
           Effect.sync(() => {
             // What was answered is flushed out with a FIN; a peer that never reads is cut off.
             if (!socket.destroyed) socket.end()
-            setTimeout(() => socket.destroy(), 2000).unref()
+            // What the client still sends (after a bad request, say) is dropped, so its end
+            // is seen and the socket closes now, giving its slot back (not when destroyed).
+            if (!mutants.keepsUnreadInput) reader.discard()
+            setTimeout(() => socket.destroy(), lingerMs).unref()
           })
         ),
         Effect.annotateLogs({ connection: id, peer })
       )
+    }
 
     const server = Net.createServer({ noDelay: true, allowHalfOpen: false }, (socket) => {
       socket.on("error", () => {}) // the connection's reader reports it

@@ -34,9 +34,11 @@ export class SocketReader {
   private ended = false
   private failure: SocketFailed | undefined = undefined
   private wake: (() => void) | undefined = undefined
+  private discarding = false
 
   constructor(private readonly socket: Net.Socket) {
     const notify = () => {
+      if (this.discarding) this.drop()
       const wake = this.wake
       this.wake = undefined
       wake?.()
@@ -105,6 +107,22 @@ export class SocketReader {
         this.wake = undefined
       })
     })
+  }
+
+  /**
+   * From now on, whatever the peer sent or still sends is read and dropped (the server is
+   * done with the connection). In paused mode the peer's end only shows once every byte
+   * before it was read, and a socket closes once both sides ended: a peer that left bytes
+   * unread behind (after a bad request) would otherwise keep its socket open, and its
+   * connection slot taken, until it is destroyed.
+   */
+  discard(): void {
+    this.discarding = true
+    this.drop()
+  }
+
+  private drop(): void {
+    while (this.socket.read() !== null) {}
   }
 
   /** Bytes already received and not taken (a pipelined request may be complete in there). */
