@@ -72,6 +72,12 @@ interface Campaign {
   readonly plan: ReadonlyArray<Proc.Planned>
   readonly extra: ReadonlyArray<string>
   readonly cycles: number
+  /**
+   * Kills that must cut a live stream: on a loaded machine a kill by delay can land
+   * before the stream starts, so the campaign runs extra cycles (up to 3 × cycles) until
+   * it has these, rather than count on timing.
+   */
+  readonly minMidStream: number
   readonly startupKills: number
   readonly tear: boolean
   readonly seed: number
@@ -87,7 +93,7 @@ const campaign = async (c: Campaign) => {
   let midStream = 0
   let beforeWelcome = 0
   const logs: Array<string> = []
-  for (let cycle = 0; cycle < c.cycles; cycle++) {
+  for (let cycle = 0; cycle < c.cycles || (midStream < c.minMidStream && cycle < 3 * c.cycles); cycle++) {
     if (
       cycle % Math.max(1, Math.floor(c.cycles / Math.max(1, c.startupKills))) === 1 &&
       kills < c.cycles + c.startupKills
@@ -201,7 +207,16 @@ describe("receiver crash safety (SIGKILL)", () => {
   it("keeps every acked record through kill/restart cycles while streaming writes and resyncs", async () => {
     const dir = tempDir()
     const plan = Proc.makePlan({ seed: 11, records: 8000, ...geometry, maxWrite: 3000, resyncChance: 0.03 })
-    const c: Campaign = { dir, plan, extra: [], cycles: 12, startupKills: 2, tear: true, seed: 101 }
+    const c: Campaign = {
+      dir,
+      plan,
+      extra: [],
+      cycles: 12,
+      minMidStream: 10,
+      startupKills: 2,
+      tear: true,
+      seed: 101
+    }
     const stats = await campaign(c)
     console.log(`crash campaign 1 (${plan.length} records): ${JSON.stringify(stats)}`)
     expect(stats.kills).toBeGreaterThanOrEqual(12)
@@ -213,7 +228,16 @@ describe("receiver crash safety (SIGKILL)", () => {
     const dir = tempDir()
     const plan = Proc.makePlan({ seed: 12, records: 6000, ...geometry, maxWrite: 2000, resyncChance: 0.03 })
     const extra = ["--segment-bytes", "24KiB", "--retain", "96KiB"]
-    const c: Campaign = { dir, plan, extra, cycles: 10, startupKills: 2, tear: true, seed: 202 }
+    const c: Campaign = {
+      dir,
+      plan,
+      extra,
+      cycles: 10,
+      minMidStream: 8,
+      startupKills: 2,
+      tear: true,
+      seed: 202
+    }
     const stats = await campaign(c)
     console.log(`crash campaign 2 (${plan.length} records): ${JSON.stringify(stats)}`)
     expect(stats.kills).toBeGreaterThanOrEqual(10)
