@@ -1,8 +1,8 @@
 /**
  * The `cdp-sync` command line.
  */
-import { Args, Command, Options, ValidationError } from "@effect/cli"
-import { Console, Effect } from "effect"
+import { Args, Command, HelpDoc, Options, ValidationError } from "@effect/cli"
+import { Cause, Console, Effect } from "effect"
 import * as Trace from "../domain/Trace.js"
 import * as CheckTrace from "../conformance/CheckTrace.js"
 import { points, receiver, restore, scrub } from "./receiverCommands.js"
@@ -12,7 +12,9 @@ import { status } from "./statusCommand.js"
 import * as ModelSimulation from "../simulator/ModelSimulation.js"
 import { modeTimeline, progressBar, sparkline } from "./internal/charts.js"
 import { mib } from "../internal/units.js"
-import { integer, json, seed as seedOption, size } from "./internal/options.js"
+import * as Logging from "./internal/logging.js"
+import * as Outcome from "./internal/outcome.js"
+import { described, json, positive, seed as seedOption, size } from "./internal/options.js"
 
 const render = (report: ModelSimulation.Report): string => {
   const o = report.options
@@ -53,18 +55,18 @@ const render = (report: ModelSimulation.Report): string => {
 }
 
 const d = ModelSimulation.defaults
-const steps = integer(
+const steps = positive(
   "steps",
   d.steps,
   "How many ticks to run (each a write, a fault, or a round of pump, sends and acks)"
 )
-const blocks = integer("blocks", d.blockCount, "Tracking blocks on the simulated disk")
+const blocks = positive("blocks", d.blockCount, "Tracking blocks on the simulated disk")
 const blockSize = size(
   "block-size",
   d.blockSize,
   "Tracking-block size in bytes (power of two, 4 KiB … 1 MiB)"
 )
-const window = integer("window", d.window, "Max block records in flight during a drain")
+const window = positive("window", d.window, "Max block records in flight during a drain")
 const congestionLimit = size(
   "congestion-limit",
   d.congestionLimit,
@@ -72,11 +74,15 @@ const congestionLimit = size(
 )
 const initial = Options.choice("initial", ["in-sync", "full-sync"]).pipe(
   Options.withDefault(d.initial),
-  Options.withDescription("Whether the receiver starts with the base snapshot or needs a full sync")
+  Options.withDescription(
+    described("Whether the receiver starts with the base snapshot or needs a full sync", d.initial)
+  )
 )
 const faults = Options.choice("faults", ["none", "some", "chaos"]).pipe(
   Options.withDefault(d.faults),
-  Options.withDescription("How often to cut the link, drop records and restart the receiver")
+  Options.withDescription(
+    described("How often to cut the link, drop records and restart the receiver", d.faults)
+  )
 )
 const seed = seedOption("Seed of the workload (same seed, same run)", d.seed)
 
@@ -112,19 +118,13 @@ export const model = Command.make(
         const { timeline: _t, dirtyCurve: _d, ...rest } = report
         yield* Console.log(JSON.stringify(rest))
       } else yield* Console.log(render(report))
-      if (report.verdict !== "match" || report.failure !== undefined)
-        return yield* Effect.fail(new SimulationFailed())
-    })
+      if (report.verdict !== "match" || report.failure !== undefined) process.exitCode = Outcome.EXIT_FAILURE
+    }).pipe(Outcome.reportFailure("model", o.json))
 ).pipe(
   Command.withDescription(
     "Run the pure model: random writes and faults through decide/evolve against a simulated receiver; every invariant is checked at every step. Example: cdp-sync model --steps 50000 --faults chaos --seed 7"
   )
 )
-
-export class SimulationFailed {
-  readonly _tag = "SimulationFailed"
-  readonly message = "the simulation broke an invariant or ended with a mismatching replica"
-}
 
 export const checkTrace = Command.make(
   "check-trace",
@@ -151,12 +151,9 @@ export const checkTrace = Command.make(
           if (!outcome.valid) process.exitCode = 1
         })
       ),
-      Effect.catchTag("TraceUnreadable", (e) =>
-        Effect.gen(function* () {
-          yield* Console.error(`cdp-sync check-trace: ${e.message}`)
-          process.exitCode = 2
-        })
-      )
+      // Documented: exit 2 when the trace cannot be read (1 is an invalid trace).
+      Effect.catchTag("TraceUnreadable", (e) => Outcome.fail("check-trace", e, json, Outcome.EXIT_USAGE)),
+      Outcome.reportFailure("check-trace", json)
     )
 ).pipe(
   Command.withDescription(
@@ -193,14 +190,71 @@ const stdinLast = (argv: ReadonlyArray<string>): ReadonlyArray<string> => {
   return [...argv.slice(0, 3), ...rest.filter((a) => a !== "-"), "-"]
 }
 
+/**
+ * Global options (`--log-level`) are accepted before or after the subcommand: @effect/cli
+ * takes them only before it, so they are moved there.
+ */
+export const globalsFirst = (argv: ReadonlyArray<string>): ReadonlyArray<string> => {
+  const globals: Array<string> = []
+  const rest: Array<string> = []
+  for (let i = 2; i < argv.length; i++) {
+    const a = argv[i]!
+    if (a === "--") {
+      rest.push(...argv.slice(i))
+      break
+    }
+    if (a.startsWith("--log-level=")) globals.push(a)
+    else if (a === "--log-level" && i + 1 < argv.length) globals.push(`--log-level=${argv[++i]}`)
+    else rest.push(a)
+  }
+  return [...argv.slice(0, 2), ...globals, ...rest]
+}
+
 const run = Command.run(root, { name: "cdp-sync", version: "0.1.0" })
 
-/** A usage error (an unknown or missing option, a bad value) is printed by @effect/cli; it exits 2. */
-export const cli = (argv: ReadonlyArray<string>) =>
-  run(stdinLast(argv)).pipe(
-    Effect.catchIf(ValidationError.isValidationError, () =>
-      Effect.sync(() => {
-        process.exitCode = 2
-      })
+/** What @effect/cli prints: no colour unless on a terminal (and no NO_COLOR); usage lines name the program. */
+const plainConsole = Effect.map(Effect.console, (console): Console.Console => {
+  const fix = (stream: NodeJS.WriteStream) => (value: unknown) => {
+    if (typeof value !== "string") return value
+    const text = Logging.colours(stream) ? value : Logging.stripAnsi(value)
+    return text.includes("USAGE") ? text.replace(/^\$ (?!cdp-sync\b)/gm, "$ cdp-sync ") : text
+  }
+  return {
+    ...console,
+    log: (...args) => console.log(...args.map(fix(process.stdout))),
+    error: (...args) => console.error(...args.map(fix(process.stderr)))
+  }
+})
+
+/**
+ * The command line: each command reports its own failures (`internal/outcome.ts`); a usage
+ * error (an unknown or missing option, a bad value), printed by @effect/cli on stderr, exits
+ * 2 (with `--json` also `{"error": …}` on stdout); anything else left exits 1 on one line.
+ */
+export const cli = (argv: ReadonlyArray<string>) => {
+  const args = stdinLast(globalsFirst(argv))
+  const json = args.includes("--json")
+  return Effect.flatMap(plainConsole, (console) =>
+    run(args).pipe(
+      Effect.catchAllCause((cause) => {
+        if (Cause.isInterruptedOnly(cause)) return Effect.interrupt
+        const error = Cause.squash(cause)
+        if (ValidationError.isValidationError(error)) {
+          const doc = (error as { readonly error?: HelpDoc.HelpDoc }).error
+          const message = doc === undefined ? error._tag : Logging.stripAnsi(HelpDoc.toAnsiText(doc)).trim()
+          return Effect.zipRight(
+            json ? Console.log(Outcome.errorJson({ _tag: error._tag, message })) : Effect.void,
+            Effect.sync(() => {
+              process.exitCode = Outcome.EXIT_USAGE
+            })
+          )
+        }
+        return Effect.zipRight(
+          Effect.logDebug("cdp-sync failed", cause),
+          Outcome.fail(args.slice(2).find((a) => !a.startsWith("-")) ?? "", error, json)
+        )
+      }),
+      Effect.withConsole(console)
     )
   )
+}

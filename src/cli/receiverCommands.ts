@@ -4,11 +4,13 @@
  * adds them as subcommands; `main.ts` runs them on their own.
  */
 import { Command, Options } from "@effect/cli"
-import { Console, Duration, Effect, Either, Logger, LogLevel, Option } from "effect"
+import { Console, Duration, Effect, Either, Option } from "effect"
 import * as Wire from "../protocol/Wire.js"
 import { controlOption, controlPath } from "./internal/control.js"
 import * as Logging from "./internal/logging.js"
-import { invalid, json, positive, size, sizeValue } from "./internal/options.js"
+import { described, duration, invalid, json, port, positive, size, sizeValue } from "./internal/options.js"
+import { reportFailure } from "./internal/outcome.js"
+import { progress } from "./internal/progress.js"
 import { formatSize } from "../internal/units.js"
 import { metricsOption, withMetrics } from "./internal/metrics.js"
 import type { InvalidOption } from "../receiver/internal/errors.js"
@@ -33,34 +35,19 @@ const disk = Options.text("disk").pipe(
  * Logs go to stderr as logfmt, one line per record (control characters in values escaped),
  * and only there: whichever logger the runtime installed (the root CLI's pretty one, or
  * runMain's) is replaced, not doubled. Stdout carries only the ready line and results.
+ * The level is the CLI's (`--log-level`, Info by default).
  */
-const logging = <A, E, R>(self: Effect.Effect<A, E, R>) =>
-  self.pipe(Logging.only(Logging.logfmtStderr), Logger.withMinimumLogLevel(LogLevel.Info))
-
-/** Prints a failure as `cdp-sync <command>: <message>` and sets exit code 1. */
-const reportFailure =
-  (command: string) =>
-  <A, E extends { readonly message: string }, R>(self: Effect.Effect<A, E, R>) =>
-    Effect.catchAll(self, (error) =>
-      Effect.zipRight(
-        Console.error(`cdp-sync ${command}: ${error.message}`),
-        Effect.sync(() => {
-          process.exitCode = 1
-        })
-      )
-    )
+const logging = <A, E, R>(self: Effect.Effect<A, E, R>) => self.pipe(Logging.only(Logging.logfmtStderr))
 
 export const receiver = Command.make(
   "receiver",
   {
     dir,
     ...controlOption,
-    port: Options.integer("port").pipe(
-      Options.withDescription("TCP port; 0 picks a free one (see the ready line)")
-    ),
+    port: port("port", "TCP port, 0 … 65535; 0 picks a free one (see the ready line)"),
     host: Options.text("host").pipe(
       Options.withDefault("127.0.0.1"),
-      Options.withDescription("Address to listen on (loopback unless told otherwise)")
+      Options.withDescription(described("Address to listen on (loopback unless told otherwise)", "127.0.0.1"))
     ),
     segmentBytes: size(
       "segment-bytes",
@@ -83,7 +70,10 @@ export const receiver = Command.make(
       Options.withDefault(formatSize(LogStore.DEFAULT_VERIFY_RATE)),
       Options.mapEffect((text) => (text.trim() === "0" ? Effect.succeed(0) : sizeValue("verify-rate")(text))),
       Options.withDescription(
-        "Bytes per second the background verification reads of sealed segments (e.g. 8MiB); 0 turns it off"
+        described(
+          "Bytes per second the background verification reads of sealed segments (e.g. 8MiB); 0 turns it off",
+          formatSize(LogStore.DEFAULT_VERIFY_RATE)
+        )
       )
     ),
     maxFrameBytes: size(
@@ -91,15 +81,15 @@ export const receiver = Command.make(
       Wire.DEFAULT_MAX_FRAME_BYTES,
       "Largest frame accepted (header included); a larger one closes the connection"
     ),
-    helloTimeout: positive(
+    helloTimeout: duration(
       "hello-timeout",
       10_000,
-      "Milliseconds a new connection may take to send its hello before it is closed"
+      "How long a new connection may take to send its hello before it is closed"
     ),
-    idleTimeout: positive(
+    idleTimeout: duration(
       "idle-timeout",
       Duration.toMillis(ReceiverService.DEFAULT_IDLE_TIMEOUT),
-      "Milliseconds a connection may stay silent after its hello (the filter sends keep-alives) before it is closed; a hello for a disk whose connection has been silent for half of it takes the disk over"
+      "How long a connection may stay silent after its hello (the filter sends keep-alives) before it is closed; a hello for a disk whose connection has been silent for half of it takes the disk over"
     ),
     maxConnections: positive(
       "max-connections",
@@ -152,29 +142,38 @@ export const restore = Command.make(
     ),
     force: Options.boolean("force").pipe(
       Options.withDescription("Allow --out to be a block device: the image is written into it in place")
-    )
+    ),
+    json: json()
   },
-  (o) =>
-    Restore.restore({
+  (o) => {
+    const bar = progress({ label: `restoring ${o.out}`, rate: (r) => `${formatRate(r)}` })
+    return Restore.restore({
       dir: o.dir,
       diskId: Option.getOrUndefined(o.disk),
       at: o.at,
       out: o.out,
-      force: o.force
+      force: o.force,
+      onProgress: bar.update
     }).pipe(
+      Effect.ensuring(Effect.sync(bar.end)),
       Effect.flatMap((r) =>
         Console.log(
-          `restored disk ${r.diskId} at seq ${r.seq} (received ${Restore.formatTime(r.time)}): ${r.records} records over the base, ${r.bytes} bytes to ${r.out}`
+          o.json
+            ? JSON.stringify(r)
+            : `restored disk ${r.diskId} at seq ${r.seq} (received ${Restore.formatTime(r.time)}): ${r.records} records over the base, ${r.bytes} bytes to ${r.out}`
         )
       ),
-      reportFailure("restore"),
+      reportFailure("restore", o.json),
       logging
     )
+  }
 ).pipe(
   Command.withDescription(
-    "Write the disk image at a recovery point: the base image plus the log through that seq. A seq that is no recovery point is refused and the nearest ones named. Example: cdp-sync restore --dir /backup --disk vm1 --at latest --out vm1.img"
+    "Write the disk image at a recovery point: the base image plus the log through that seq, with progress on stderr. A seq that is no recovery point is refused and the nearest ones named. Example: cdp-sync restore --dir /backup --disk vm1 --at latest --out vm1.img"
   )
 )
+
+const formatRate = (bytesPerSecond: number) => `${(bytesPerSecond / 2 ** 20).toFixed(1)} MiB/s`
 
 /** `points` and `scrub`: read a receiver directory (one disk or every disk) and print what was found. */
 const reader = <A, E extends { readonly message: string }>(
@@ -185,7 +184,7 @@ const reader = <A, E extends { readonly message: string }>(
   Command.make(name, { dir, disk, json: json() }, (o) =>
     read(o.dir, Option.getOrUndefined(o.disk)).pipe(
       Effect.flatMap((found) => print(found, o.json)),
-      reportFailure(name),
+      reportFailure(name, o.json),
       logging
     )
   )

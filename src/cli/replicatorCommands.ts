@@ -4,7 +4,7 @@
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
 import { Command, Options } from "@effect/cli"
-import { Cause, Console, Data, Duration, Effect, Fiber, Layer, Option, Ref } from "effect"
+import { Console, Data, Duration, Effect, Fiber, Layer, Option, Ref } from "effect"
 import * as ActivityLog from "../adapters/ActivityLog.js"
 import * as EventJournal from "../adapters/EventJournal.js"
 import * as LogReceiver from "../adapters/LogReceiver.js"
@@ -17,8 +17,20 @@ import { controlOption, filterControl } from "./internal/control.js"
 import * as Replicator from "../replicator/Replicator.js"
 import * as Simulate from "../simulator/Simulate.js"
 import * as Workload from "../simulator/Workload.js"
-import { mib } from "../internal/units.js"
-import { integer, json, optionalSize, seed, size } from "./internal/options.js"
+import { formatDuration, mib } from "../internal/units.js"
+import {
+  duration,
+  hostPort,
+  integer,
+  json,
+  name,
+  optionalDuration,
+  optionalSize,
+  positive,
+  seed,
+  size
+} from "./internal/options.js"
+import { reportFailure, UsageError } from "./internal/outcome.js"
 
 export class CommandFailed extends Data.TaggedError("CommandFailed")<{ readonly detail: string }> {
   override get message() {
@@ -29,7 +41,7 @@ export class CommandFailed extends Data.TaggedError("CommandFailed")<{ readonly 
 // ---------------------------------------------------------------------------
 // simulate
 
-const statusLine = (t: Simulate.Tick, peakDirty: number, rate: number): string => {
+const statusLine = (t: Simulate.Tick, peakDirty: number, rate: number, seconds: number): string => {
   const s = t.status
   const mode = s.mode === "sync" ? "SYNC  " : "RESYNC"
   const drain =
@@ -37,7 +49,8 @@ const statusLine = (t: Simulate.Tick, peakDirty: number, rate: number): string =
       ? `drain ${progressBar(peakDirty - s.dirtyBlocks, peakDirty, 16)}`
       : "drain [ live stream    ]     "
   const fault = t.fault === undefined ? "" : `  fault: ${t.fault}`
-  return `${(t.at / 1000).toFixed(1).padStart(5)}s ${mode} epoch ${String(s.epoch).padStart(3)} link ${s.link.padEnd(4)} dirty ${String(s.dirtyBlocks).padStart(6)} ${drain} lag ${String(s.lagRecords).padStart(5)} rec ${String(s.lagMillis).padStart(5)} ms  ${rate.toFixed(1).padStart(6)} MB/s${fault}`
+  const left = Math.max(0, seconds - t.at / 1000)
+  return `${progressBar(t.at, seconds * 1000, 10)} ETA ${left.toFixed(0).padStart(3)}s ${(t.at / 1000).toFixed(1).padStart(5)}s ${mode} epoch ${String(s.epoch).padStart(3)} link ${s.link.padEnd(4)} dirty ${String(s.dirtyBlocks).padStart(6)} ${drain} lag ${String(s.lagRecords).padStart(5)} rec ${String(s.lagMillis).padStart(5)} ms  ${rate.toFixed(1).padStart(6)} MB/s${fault}`
 }
 
 const renderTimeline = (report: Simulate.Report, width: number): Array<string> => {
@@ -141,7 +154,7 @@ export const simulate = Command.make(
           const rate = t.at > lastAt ? ((t.bytes - lastBytes) / 1024 / 1024 / (t.at - lastAt)) * 1000 : 0
           lastBytes = t.bytes
           lastAt = t.at
-          const line = statusLine(t, peakDirty, rate)
+          const line = statusLine(t, peakDirty, rate, o.seconds)
           if (tty) process.stderr.write(`\r${line}\u001b[K`)
           else if (Math.floor(t.at / 2000) !== lastPrinted) {
             lastPrinted = Math.floor(t.at / 2000)
@@ -155,7 +168,7 @@ export const simulate = Command.make(
         yield* Console.log(JSON.stringify(rest))
       } else yield* Console.log(renderReport(options, report))
       if (report.verdict !== "match") process.exitCode = 1
-    })
+    }).pipe(reportFailure("simulate", o.json))
 ).pipe(
   Command.withDescription(
     "Run the whole system on this machine: a disk image, the log receiver as a child process on loopback, faults on a schedule, a mixed guest workload; then restore the latest recovery point and compare it with the disk (exit 1 on a mismatch). Example: cdp-sync simulate --seconds 30 --faults chaos --seed 7 --keep ./sim"
@@ -164,29 +177,6 @@ export const simulate = Command.make(
 
 // ---------------------------------------------------------------------------
 // replicate
-
-/** A failure as one line on stderr (`cdp-sync <command>: …`) and exit code 1; the whole cause at debug level. */
-export const reportFailure =
-  (command: string) =>
-  <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A | undefined, never, R> =>
-    Effect.catchAllCause(self, (cause) =>
-      Cause.isInterruptedOnly(cause)
-        ? Effect.failCause(cause as Cause.Cause<never>)
-        : Effect.gen(function* () {
-            yield* Effect.logDebug(`${command} failed`, cause)
-            const error = Cause.squash(cause)
-            const text =
-              error instanceof Replicator.ReplicatorStopped
-                ? Replicator.describeStop(error)
-                : error instanceof Error ||
-                    (typeof error === "object" && error !== null && "message" in error)
-                  ? String((error as { message: unknown }).message)
-                  : String(error)
-            yield* Console.error(`cdp-sync ${command}: ${text.replace(/\s*\n\s*/g, " ")}`)
-            process.exitCode = 1
-            return undefined
-          })
-    )
 
 const exists = (file: string) =>
   Effect.promise(() =>
@@ -229,26 +219,28 @@ const diskSizeOf = (disk: string, wanted: Option.Option<number>, journal: string
  */
 export const filterOptions = {
   disk: Options.text("disk").pipe(Options.withDescription("The disk image (a raw file)")),
-  receiver: Options.text("receiver").pipe(Options.withDescription("The log receiver, HOST:PORT")),
+  receiver: hostPort("receiver", "The log receiver, HOST:PORT"),
   journal: Options.text("journal").pipe(Options.withDescription("The filter's journal directory")),
-  diskId: Options.text("disk-id").pipe(
-    Options.withDefault("disk"),
-    Options.withDescription("The disk's identity at the receiver")
-  ),
+  diskId: name("disk-id", "disk", "The disk's identity at the receiver", 1024),
   blockSize: size("block-size", 64 * 2 ** 10, "Tracking-block size"),
   diskSize: optionalSize(
     "disk-size",
     "Create the image at this size if it does not exist (e.g. 256MiB); an existing image must have this size"
   ),
-  window: integer("window", 32, "Block records in flight during a drain"),
+  window: positive("window", 32, "Block records in flight during a drain"),
   congestionLimit: size("congestion-limit", 8 * 2 ** 20, "Unacked live bytes before pull-ahead into resync"),
-  ackTimeout: integer("ack-timeout-ms", 2000, "Ack timeout"),
+  ackTimeout: duration(
+    "ack-timeout",
+    2000,
+    "How long a record may wait for its ack before the link is cut and reconnected (--ack-timeout-ms, the old spelling, is the same option)",
+    ["ack-timeout-ms"]
+  ),
   rate: optionalSize("drain-rate", "Drain rate limit per second (e.g. 100MiB)"),
   trace: Options.text("trace").pipe(
     Options.optional,
     Options.withDescription("Append the filter's events as a trace")
   ),
-  activityExtents: integer(
+  activityExtents: positive(
     "activity-extents",
     1024,
     "Extents the activity log keeps active: after a crash only these are resynced, not the whole disk"
@@ -263,7 +255,7 @@ export const filterOptions = {
 /** The values of `filterOptions`, as a command's handler receives them. */
 export interface FilterSettings {
   readonly disk: string
-  readonly receiver: string
+  readonly receiver: { readonly host: string; readonly port: number }
   readonly journal: string
   readonly diskId: string
   readonly blockSize: number
@@ -284,10 +276,7 @@ export interface FilterSettings {
  */
 export const filterLayer = (o: FilterSettings) =>
   Effect.gen(function* () {
-    const [host, portText] = o.receiver.split(/:(?=\d+$)/)
-    const port = Number(portText)
-    if (host === undefined || !Number.isInteger(port))
-      return yield* new CommandFailed({ detail: `--receiver must be HOST:PORT, not ${o.receiver}` })
+    const { host, port } = o.receiver
     const diskBytes = yield* diskSizeOf(o.disk, o.diskSize, o.journal)
     const config = yield* Config.make({
       blockSize: o.blockSize,
@@ -357,10 +346,17 @@ export const replicate = Command.make(
     quiesce: Options.boolean("quiesce").pipe(
       Options.withDescription("Then wait until the replica is whole (sync, nothing in flight) and exit")
     ),
-    metrics: metricsOption
+    timeout: optionalDuration(
+      "timeout",
+      "With --quiesce: fail (exit 1) when the replica is not whole within this long (default: wait for ever)"
+    ),
+    metrics: metricsOption,
+    json: json()
   },
   (o) =>
     Effect.gen(function* () {
+      if (Option.isSome(o.timeout) && !o.quiesce)
+        return yield* new UsageError({ detail: "--timeout bounds --quiesce: give both, or neither" })
       const { config, layer } = yield* filterLayer(o)
       yield* Effect.scoped(
         Effect.gen(function* () {
@@ -394,17 +390,42 @@ export const replicate = Command.make(
             )
             yield* Fiber.interrupt(workload)
           }
-          if (o.quiesce) yield* replicator.quiesce
+          if (o.quiesce)
+            yield* Option.match(o.timeout, {
+              onNone: () => replicator.quiesce,
+              onSome: (millis) =>
+                replicator.quiesce.pipe(
+                  Effect.timeoutFail({
+                    duration: Duration.millis(millis),
+                    onTimeout: () => "timeout" as const
+                  }),
+                  Effect.catchIf(
+                    (e) => e === "timeout",
+                    () =>
+                      Effect.flatMap(replicator.status, (s) =>
+                        Effect.fail(
+                          new CommandFailed({
+                            detail: `--quiesce: the replica was not whole after ${formatDuration(millis)} (mode ${s.mode}, link ${s.link}, ${s.dirtyBlocks} dirty blocks, ${s.inFlight} records in flight)${s.link === "down" ? `: is the receiver at ${o.receiver.host}:${o.receiver.port} running?` : ""}`
+                          })
+                        )
+                      )
+                  )
+                )
+            })
           yield* Fiber.interrupt(report)
           // Fails if the replicator stopped (the journal then keeps the run open: the next start is unclean).
           yield* replicator.flush
           yield* disk.flush
           const s = yield* replicator.status
           const t = yield* Ref.get(totals)
-          yield* Console.log(JSON.stringify({ ...s, writes: t.writes, bytes: t.bytes }))
+          yield* Console.log(
+            o.json
+              ? JSON.stringify({ ...s, writes: t.writes, bytes: t.bytes })
+              : `replicated disk ${JSON.stringify(o.diskId)} to ${o.receiver.host}:${o.receiver.port}: mode ${s.mode}, link ${s.link}, epoch ${s.epoch}, ${s.dirtyBlocks} dirty blocks, ${s.inFlight} records in flight, next seq ${s.nextSeq}${s.quiescent ? " (the replica is whole)" : ""}; guest writes ${t.writes} (${mib(t.bytes)})`
+          )
         })
       )
-    }).pipe(reportFailure("replicate"))
+    }).pipe(reportFailure("replicate", o.json))
 ).pipe(
   Command.withDescription(
     "Run the filter for a disk image against a log receiver, with an optional built-in guest workload (the simulator runs the same replicator in-process through its embedding API). The journal records whether the last run closed cleanly: a start after a crash resyncs what the activity log holds. Errors are one line on stderr with exit code 1 (--log-level debug for the whole cause). Example: cdp-sync replicate --disk disk.img --disk-size 256MiB --receiver 127.0.0.1:7070 --journal ./journal --seconds 30 --quiesce"

@@ -10,60 +10,44 @@ import * as Nbd from "../nbd/Nbd.js"
 import * as Replicator from "../replicator/Replicator.js"
 import { metricsOption, serveMetrics } from "./internal/metrics.js"
 import { controlOption, filterControl } from "./internal/control.js"
-import { CommandFailed, filterLayer, filterOptions, reportFailure } from "./replicatorCommands.js"
+import { UsageError, reportFailure } from "./internal/outcome.js"
+import { described, hostPort, parseHostPort, positive } from "./internal/options.js"
+import { filterLayer, filterOptions } from "./replicatorCommands.js"
 
 const DEFAULT_LISTEN = "127.0.0.1:10809"
-
-/** `HOST:PORT` (`[::1]:PORT` for IPv6) → its parts. */
-const parseListen = (text: string) => {
-  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(text)
-  const port = m === null ? Number.NaN : Number(m[3])
-  if (m === null || !Number.isInteger(port) || port < 0 || port > 65535)
-    return new CommandFailed({ detail: `--listen must be HOST:PORT, not ${text}` })
-  return { host: m[1] ?? (m[2] === "" ? "127.0.0.1" : m[2]!), port }
-}
 
 export const serve = Command.make(
   "serve",
   {
     ...filterOptions,
     ...controlOption,
-    listen: Options.text("listen").pipe(
-      Options.optional,
-      Options.withDescription(
-        `Serve NBD on TCP HOST:PORT (default ${DEFAULT_LISTEN}; port 0 picks a free one)`
-      )
-    ),
+    listen: hostPort(
+      "listen",
+      `Serve NBD on TCP HOST:PORT (default: ${DEFAULT_LISTEN}; port 0 picks a free one)`
+    ).pipe(Options.optional),
     socket: Options.text("socket").pipe(
       Options.optional,
       Options.withDescription("Serve NBD on this unix socket instead of TCP")
     ),
     exportName: Options.text("export-name").pipe(
       Options.withDefault("disk"),
-      Options.withDescription('The export\'s name (clients asking for the default export "" get it too)')
+      Options.withDescription(
+        described('The export\'s name (clients asking for the default export "" get it too)', "disk")
+      )
     ),
     readOnly: Options.boolean("read-only").pipe(
       Options.withDescription("Refuse every write (EPERM); the export says it is read-only")
     ),
-    maxConnections: Options.integer("max-connections").pipe(
-      Options.withDefault(16),
-      Options.withDescription("Clients connected at once; more are refused")
-    ),
+    maxConnections: positive("max-connections", 16, "Clients connected at once; more are refused"),
     metrics: metricsOption
   },
   (o) =>
     Effect.gen(function* () {
-      if (Option.isSome(o.listen) && Option.isSome(o.socket)) {
-        yield* Console.error("cdp-sync serve: give --listen or --socket, not both")
-        process.exitCode = 2
-        return
-      }
+      if (Option.isSome(o.listen) && Option.isSome(o.socket))
+        return yield* new UsageError({ detail: "give --listen or --socket, not both" })
       const listen = Option.isSome(o.socket)
         ? { path: o.socket.value }
-        : parseListen(Option.getOrElse(o.listen, () => DEFAULT_LISTEN))
-      if (listen instanceof CommandFailed) return yield* listen
-      if (o.maxConnections < 1)
-        return yield* new CommandFailed({ detail: "--max-connections must be at least 1" })
+        : Option.getOrElse(o.listen, () => parseHostPort(DEFAULT_LISTEN)!)
       const { layer } = yield* filterLayer(o)
       yield* Effect.scoped(
         Effect.gen(function* () {
@@ -84,7 +68,7 @@ export const serve = Command.make(
             exportName: o.exportName,
             readOnly: o.readOnly,
             maxConnections: o.maxConnections,
-            description: `cdp-sync: ${o.disk}, replicated to ${o.receiver} as ${JSON.stringify(o.diskId)}`
+            description: `cdp-sync: ${o.disk}, replicated to ${o.receiver.host}:${o.receiver.port} as ${JSON.stringify(o.diskId)}`
           }).pipe(Effect.provide(context))
           yield* Console.log(`listening ${server.uri}`)
           // Until SIGINT/SIGTERM (the scope closes: exit 0) or the replicator stops (exit 1).

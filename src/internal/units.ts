@@ -70,3 +70,43 @@ export const formatSize = (bytes: number): string => {
   for (const [name, unit] of BINARY) if (bytes >= unit && bytes % unit === 0) return `${bytes / unit}${name}`
   return String(bytes)
 }
+
+const DURATION_UNITS: Readonly<Record<string, number>> = {
+  "": 1,
+  ms: 1,
+  s: 1000,
+  m: 60_000,
+  h: 3_600_000,
+  d: 86_400_000
+}
+
+/**
+ * A duration as operators write it (README "Conventions"): a number and a unit, `ms`, `s`,
+ * `m`, `h` or `d` (`500ms`, `2s`, `1.5m`, `7d`); a bare number is milliseconds (what the
+ * `…-ms` spellings took). → whole milliseconds, at least 1.
+ */
+export const parseDuration = (text: string): Either.Either<number, InvalidSize> => {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|)\s*$/i.exec(text)
+  const unit = m === null ? undefined : DURATION_UNITS[m[2]!.toLowerCase()]
+  if (m === null || unit === undefined)
+    return Either.left(
+      new InvalidSize({ text, reason: "expected a duration such as 500ms, 2s, 5m, 12h or 7d" })
+    )
+  const millis = Number(m[1]) * unit
+  if (!Number.isSafeInteger(millis))
+    return Either.left(new InvalidSize({ text, reason: "not a whole number of milliseconds" }))
+  if (millis < 1) return Either.left(new InvalidSize({ text, reason: "the duration must be at least 1ms" }))
+  return Either.right(millis)
+}
+
+/** Milliseconds in the largest unit that holds them whole (`2s`, `30s`, `1500ms`); `parseDuration` reads it back. */
+export const formatDuration = (millis: number): string => {
+  for (const [name, unit] of [
+    ["d", 86_400_000],
+    ["h", 3_600_000],
+    ["m", 60_000],
+    ["s", 1000]
+  ] as const)
+    if (millis >= unit && millis % unit === 0) return `${millis / unit}${name}`
+  return `${millis}ms`
+}

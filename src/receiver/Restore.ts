@@ -250,6 +250,8 @@ export const restore = Effect.fn("Receiver.restore")(function* (options: {
   readonly out: string
   /** Allows a block device as `out` (written in place). */
   readonly force?: boolean | undefined
+  /** Called as the image is written: bytes of base and log read so far, of `total`. */
+  readonly onProgress?: ((done: number, total: number) => void) | undefined
 }) {
   const [disk] = yield* resolve(options.dir, options.diskId, true)
   const { diskDir, meta } = disk!
@@ -265,7 +267,9 @@ export const restore = Effect.fn("Receiver.restore")(function* (options: {
           ? cause
           : new LogIoError({ op: "restore", path: path.resolve(options.out), cause })
     })
-    const records = yield* attempt(out.path, "restore", () => materialise(chain, target.seq, out))
+    const records = yield* attempt(out.path, "restore", () =>
+      materialise(chain, target.seq, out, options.onProgress)
+    )
     if (records === undefined) return undefined
     const restored: Restored = {
       diskId: meta.diskId,
@@ -291,8 +295,17 @@ export const restore = Effect.fn("Receiver.restore")(function* (options: {
 })
 
 /** Writes the image at `seq` to `out`; the number of records applied, or `undefined` when a fold raced it. */
-const materialise = async (chain: Chain, seq: number, out: Target): Promise<number | undefined> => {
+const materialise = async (
+  chain: Chain,
+  seq: number,
+  out: Target,
+  onProgress: (done: number, total: number) => void = () => undefined
+): Promise<number | undefined> => {
   const diskBytes = diskBytesOf(chain.meta)
+  const total = diskBytes + chain.segments.reduce((sum, s) => sum + s.bytes, 0)
+  // Log bytes read: the segments before this one, and this one's payloads so far.
+  let segmentsBefore = 0
+  let logDone = 0
   const geometry = { blockSize: chain.meta.blockSize, blockCount: chain.meta.blockCount }
   const device = out._tag === "Device"
   const temp = `${out.path}.tmp-${process.pid}`
@@ -308,7 +321,10 @@ const materialise = async (chain: Chain, seq: number, out: Target): Promise<numb
       if (base.base.seq !== chain.base.seq) return undefined
       await walkBase(base.handle, base.file, base.base, geometry, {
         // A new file is all holes: its zero chunks need no write.
-        onChunk: (at, data, zero) => (zero && !device ? undefined : pwriteFully(image, data, at))
+        onChunk: (at, data, zero) => {
+          onProgress(at + data.length, total)
+          return zero && !device ? undefined : pwriteFully(image, data, at)
+        }
       })
     } finally {
       await base.handle.close()
@@ -316,7 +332,11 @@ const materialise = async (chain: Chain, seq: number, out: Target): Promise<numb
     for (const segment of chain.segments) {
       const entries: ReadonlyArray<IndexEntry> = segment.entries ?? []
       const first = entries.find((e) => e.seq > chain.base.seq)
-      if (first === undefined) continue
+      if (first === undefined) {
+        segmentsBefore += segment.bytes
+        logDone = segmentsBefore
+        continue
+      }
       if (first.seq > seq) break
       const file = path.join(chain.diskDir, segment.name)
       let handle: fs.FileHandle
@@ -340,6 +360,8 @@ const materialise = async (chain: Chain, seq: number, out: Target): Promise<numb
             if (h.seq > seq) return (done = true)
             await applyRecord(image, geometry, h, payload)
             applied++
+            logDone += payload.length
+            onProgress(diskBytes + Math.min(logDone, segmentsBefore + segment.bytes), total)
             return h.seq === seq ? (done = true) : false
           },
           defaultTuning,
@@ -348,8 +370,11 @@ const materialise = async (chain: Chain, seq: number, out: Target): Promise<numb
       } finally {
         await handle.close()
       }
+      segmentsBefore += segment.bytes
+      logDone = segmentsBefore
       if (done) break
     }
+    onProgress(total, total)
     await image.sync()
     complete = true
   } finally {

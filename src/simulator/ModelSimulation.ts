@@ -32,7 +32,10 @@ export const defaults: Options = {
 
 export interface Report {
   readonly options: Options
+  /** Ticks run (`options.steps`, fewer when an invariant broke): what `--steps` counts. */
   readonly steps: number
+  /** The single decide/evolve steps those ticks and the final settle took. */
+  readonly modelSteps: number
   readonly writes: number
   readonly bytes: number
   readonly events: number
@@ -74,8 +77,9 @@ export const run = Effect.fn("ModelSimulation.run")(function* (
   let done = 0
   for (const tick of ticks) {
     for (const step of tick) world.step(step)
+    done++
     if (world.failure !== undefined) break
-    if (++done % chunk === 0) {
+    if (done % chunk === 0) {
       yield* onProgress(done, options.steps)
       yield* Effect.yieldNow()
     }
@@ -85,7 +89,8 @@ export const run = Effect.fn("ModelSimulation.run")(function* (
   const view = world.view
   return {
     options,
-    steps: world.stats.steps,
+    steps: done,
+    modelSteps: world.stats.steps,
     writes: world.stats.writes,
     bytes: world.stats.bytes,
     events: world.stats.events,

@@ -161,7 +161,7 @@ describe("cdp-sync serve", () => {
     )
   })
 
-  it("refuses --listen with --socket (exit 2) and a bad --listen (exit 1), one line on stderr", async () => {
+  it("refuses --listen with --socket and a bad --listen (usage errors: exit 2), one line on stderr", async () => {
     const both = await ReceiverProcess.run([
       "serve",
       "--disk",
@@ -188,7 +188,9 @@ describe("cdp-sync serve", () => {
       "--listen",
       "nope"
     ])
-    expect(bad.code).toBe(1)
-    expect(bad.stderr.trim().split("\n")).toEqual(["cdp-sync serve: --listen must be HOST:PORT, not nope"])
+    expect(bad.code).toBe(2)
+    expect(bad.stderr.trim().split("\n")).toEqual([
+      '--listen "nope": expected HOST:PORT with a port from 0 to 65535'
+    ])
   })
 })

@@ -176,7 +176,7 @@ describe("the replicator against the real receiver on loopback", () => {
             const run = yield* runFor(["--seconds", "30", "--seed", String(killAfter)], killAfter)
             expect(run.signal).toBe("SIGKILL")
           }
-          const last = yield* runFor(["--seconds", "1", "--quiesce"], undefined)
+          const last = yield* runFor(["--seconds", "1", "--quiesce", "--json"], undefined)
           expect(last.code).toBe(0)
           const status = JSON.parse(last.stdout.trim().split("\n").at(-1)!)
           expect(status).toMatchObject({ mode: "sync", link: "up", inFlight: 0, quiescent: true })

@@ -82,7 +82,12 @@ export const filterControl = (
     readonly control: Option.Option<string>
     readonly journal: string
     readonly diskId: string
-    readonly receiver: string
+    readonly receiver: { readonly host: string; readonly port: number }
   },
   replicator: Replicator.Replicator.Service
-) => serveFilterControl(controlPath(o.control, o.journal), o, replicator)
+) =>
+  serveFilterControl(
+    controlPath(o.control, o.journal),
+    { diskId: o.diskId, receiver: `${o.receiver.host}:${o.receiver.port}` },
+    replicator
+  )

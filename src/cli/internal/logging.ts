@@ -26,8 +26,18 @@ export const escaping = <Output>(logger: Logger.Logger<unknown, Output>): Logger
     annotations: HashMap.map(options.annotations, escapeValue)
   }))
 
-/** The human-readable log on standard error (`cdp-sync` commands but the receiver's). */
-export const prettyStderr = escaping(Logger.prettyLogger({ stderr: true }))
+/** Whether to colour what goes to `stream`: a terminal, and no `NO_COLOR` (https://no-color.org). */
+export const colours = (stream: { readonly isTTY?: boolean }): boolean =>
+  stream.isTTY === true && (process.env.NO_COLOR ?? "") === ""
+
+// biome-ignore lint/suspicious/noControlCharactersInRegex: finding them is the point
+const ANSI = /\u001b\[[0-9;]*[A-Za-z]/g
+
+/** `text` without its ANSI escape sequences (colours, bold). */
+export const stripAnsi = (text: string): string => text.replace(ANSI, "")
+
+/** The human-readable log on standard error (`cdp-sync` commands but the receiver's), coloured only on a terminal. */
+export const prettyStderr = escaping(Logger.prettyLogger({ stderr: true, colors: colours(process.stderr) }))
 
 /** logfmt on standard error, one line per record (the receiver's log, read by programs): logfmt quotes and escapes values itself. */
 export const logfmtStderr = Logger.withConsoleError(Logger.logfmtLogger)

@@ -87,13 +87,41 @@ export const runConnection = (shared: Shared, receiver: LogReceiver.Service, set
     })
   )
 
-/** A refusal no retry can heal stops the replicator; any other is retried, and said at WARN. */
-const onConnectError = (e: ConnectError) =>
-  e._tag === "ReceiverRefused"
-    ? e.permanent
-      ? Effect.void
-      : Effect.logWarning(`the receiver refused the connection (${e.reason}), retrying: ${e.detail}`)
-    : Effect.logDebug(`connect failed: ${e.message}`)
+/** Between two warnings of the same connect failure; the attempts in between are logged at debug. */
+const CONNECT_WARNING_EVERY_MILLIS = 30_000
+
+/**
+ * A refusal no retry can heal stops the replicator; any other is retried, and said at WARN
+ * with its cause: an operator must see that the filter cannot reach its receiver, without a
+ * line per backoff step (a new cause warns at once, the same one again after 30 s).
+ */
+const connectErrors = () => {
+  let lastMessage = ""
+  let lastAt = 0
+  let repeated = 0
+  const onError = (e: ConnectError) =>
+    e._tag === "ReceiverRefused"
+      ? e.permanent
+        ? Effect.void
+        : Effect.logWarning(`the receiver refused the connection (${e.reason}), retrying: ${e.detail}`)
+      : Effect.flatMap(Clock.currentTimeMillis, (now) => {
+          if (e.message === lastMessage && now - lastAt < CONNECT_WARNING_EVERY_MILLIS) {
+            repeated++
+            return Effect.logDebug(`connect failed: ${e.message}`)
+          }
+          const since = repeated > 0 ? ` (${repeated} more failed attempts since the last warning)` : ""
+          lastMessage = e.message
+          lastAt = now
+          repeated = 0
+          return Effect.logWarning(`cannot reach the receiver, retrying with backoff: ${e.message}${since}`)
+        })
+  /** After a connection: the next failure warns at once. */
+  const reset = Effect.sync(() => {
+    lastMessage = ""
+    repeated = 0
+  })
+  return { onError, reset }
+}
 
 export const linkSupervisor = (
   shared: Shared,
@@ -101,12 +129,14 @@ export const linkSupervisor = (
   settings: LinkSettings
 ): Effect.Effect<void> =>
   Effect.gen(function* () {
+    const connectError = connectErrors()
     for (;;) {
       // Connect only while the model says the link is down.
       yield* linkDown(shared)
       yield* runConnection(shared, receiver, settings).pipe(
+        Effect.tap(() => connectError.reset),
         Effect.tapError((e) =>
-          Effect.zipRight(noteError(shared, `connect: ${e.message}`), onConnectError(e))
+          Effect.zipRight(noteError(shared, `connect: ${e.message}`), connectError.onError(e))
         ),
         Effect.retry({
           schedule: settings.reconnect,
