@@ -119,14 +119,10 @@ export const receiver = Command.make(
 )
 
 const at = Options.text("at").pipe(
-  Options.mapEffect((text) => {
-    if (text === "latest") return Effect.succeed<Restore.At>("latest")
-    const n = Number(text)
-    return /^\d+$/.test(text) && Number.isSafeInteger(n)
-      ? Effect.succeed<Restore.At>(n)
-      : Effect.fail(invalid(`--at ${JSON.stringify(text)}: expected a seq or "latest"`))
-  }),
-  Options.withDescription("The recovery point: a seq (see `points`) or `latest`")
+  Options.mapEffect((text) => Effect.mapError(Restore.parseAt(text), (e) => invalid(e.message))),
+  Options.withDescription(
+    "The recovery point: a seq (see `points`), `latest`, an ISO 8601 time or a relative one (-15m, -2h, -1d): the newest point at or before it"
+  )
 )
 
 export const restore = Command.make(
@@ -153,7 +149,7 @@ export const restore = Command.make(
       at: o.at,
       out: o.out,
       force: o.force,
-      onProgress: bar.update
+      onProgress: (p) => bar.update(p.bytes, p.total)
     }).pipe(
       Effect.ensuring(Effect.sync(bar.end)),
       Effect.flatMap((r) =>

@@ -22,6 +22,7 @@ import * as Inbox from "../internal/inbox.js"
 import * as Wire from "../protocol/Wire.js"
 import * as Geometry from "../domain/Geometry.js"
 import { BASE_FILE, type Base, rewriteBase } from "./internal/base.js"
+import { blockIndexName, buildMap, encodeBlockIndex } from "./internal/blockIndex.js"
 import {
   type Chain,
   type DiskMeta,
@@ -357,11 +358,23 @@ export class DiskLog {
     return rolled
   }
 
-  /** Seals the active segment: its index is written (not fsynced: it is checked and rebuilt if torn). */
+  /**
+   * Seals the active segment: its index and its block index are written (not fsynced: both
+   * are checked against the segment when read, and rebuilt if torn).
+   */
   private async seal(segment: Segment): Promise<void> {
+    const entries = segment.entries ?? []
+    await fs.writeFile(path.join(this.diskDir, indexName(segment.name)), encodeIndex(segment.bytes, entries))
+    const covers = {
+      ...this.geometry,
+      firstSeq: segment.firstSeq,
+      lastSeq: segment.lastSeq,
+      segmentBytes: segment.bytes,
+      records: segment.records
+    }
     await fs.writeFile(
-      path.join(this.diskDir, indexName(segment.name)),
-      encodeIndex(segment.bytes, segment.entries ?? [])
+      path.join(this.diskDir, blockIndexName(segment.name)),
+      encodeBlockIndex(covers, buildMap(this.geometry, entries))
     )
     segment.entries = undefined
     await this.active?.close()
@@ -458,6 +471,7 @@ export class DiskLog {
     // before its segment, so a crash between the two leaves no index without its segment.
     const dropped = sealed.filter((s) => s.lastSeq <= seq)
     for (const segment of dropped) {
+      await removeIfExists(path.join(this.diskDir, blockIndexName(segment.name)))
       await removeIfExists(path.join(this.diskDir, indexName(segment.name)))
       await removeIfExists(path.join(this.diskDir, segment.name))
       const at = this.segments.indexOf(segment)

@@ -10,22 +10,26 @@
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
 import { Effect } from "effect"
-import { openBase, walkBase } from "./internal/base.js"
+import { type AtSpec, parseAt, resolveAt } from "./internal/at.js"
 import { type Chain, diskBytesOf, diskDirName, openChain, surveyDisks } from "./internal/chain.js"
 import {
   DiskNotFound,
+  InvalidOption,
   type LogError,
   LogCorrupt,
   LogIoError,
+  NoRecoveryPointAt,
   NotARecoveryPoint,
   RestoreTargetRefused
 } from "./internal/errors.js"
-import { isEnoent, pwriteFully, syncDirectory } from "./internal/files.js"
-import { type IndexEntry, isRecoveryPoint, Kind, kindName } from "./internal/format.js"
-import { defaultTuning, readRange } from "./internal/segment.js"
-import { applyRecord } from "./LogStore.js"
+import { isEnoent } from "./internal/files.js"
+import { isRecoveryPoint, Kind, kindName } from "./internal/format.js"
+import { openPointMap } from "./internal/point.js"
+import { type Target, writeTarget } from "./internal/replay.js"
+import { type Progress, writePoint } from "./internal/writePoint.js"
 
-export { DiskNotFound, NotARecoveryPoint, RestoreTargetRefused }
+export { DiskNotFound, InvalidOption, NoRecoveryPointAt, NotARecoveryPoint, RestoreTargetRefused }
+export { type AtSpec, parseAt, type Progress }
 
 export interface Point {
   readonly seq: number
@@ -116,15 +120,58 @@ const readChain = (diskDir: string, meta: Parameters<typeof openChain>[1]) =>
     Effect.retry({ times: 3, while: (e) => e._tag === "LogIoError" && isEnoent(e.cause) })
   )
 
-/** The recovery points of one disk (`diskId`) or of every disk in `dir`. */
-export const points = Effect.fn("Receiver.points")(function* (dir: string, diskId?: string) {
+/**
+ * A recovery point: a seq, `"latest"`, a parsed `AtSpec`, or the text `--at` takes — a seq,
+ * `latest`, an ISO 8601 time or a relative one (`-15m`, `-2h`, `-1d`): the newest recovery
+ * point received at or before it (`parseAt`; a text that does not parse is `InvalidOption`).
+ */
+export type At = number | "latest" | string | AtSpec
+
+const specOf = (at: At): Effect.Effect<AtSpec, InvalidOption> =>
+  typeof at === "number"
+    ? Effect.succeed({ _tag: "Seq", seq: at })
+    : typeof at === "string"
+      ? parseAt(at)
+      : Effect.succeed(at)
+
+/** The point `at` names among `all`, or why there is none (a seq that is none, a time before every point). */
+const pointAt = (chain: Chain, all: ReadonlyArray<Point>, spec: AtSpec, now: number) => {
+  const found = resolveAt(all, spec, now)
+  if (found._tag === "Point") return Effect.succeed(found.point)
+  if (found._tag === "NoSeq") return Effect.fail(refusal(chain, all, found.seq))
+  return Effect.fail(
+    new NoRecoveryPointAt({
+      diskId: chain.meta.diskId,
+      at: found.text,
+      time: found.time,
+      oldest: found.oldest
+    })
+  )
+}
+
+/**
+ * The recovery points of one disk (`diskId`) or of every disk in `dir`; with `at`, each
+ * disk's list holds only the point `at` names (refused as `restore` refuses it).
+ */
+export const points = Effect.fn("Receiver.points")(function* (
+  dir: string,
+  diskId?: string,
+  options?: { readonly at?: At | undefined; readonly now?: (() => number) | undefined }
+) {
+  const spec = options?.at === undefined ? undefined : yield* specOf(options.at)
   const disks = yield* resolve(dir, diskId, false)
   const out: Array<DiskPoints> = []
-  for (const { diskDir, meta } of disks) out.push(pointsOf(yield* readChain(diskDir, meta)))
+  for (const { diskDir, meta } of disks) {
+    const chain = yield* readChain(diskDir, meta)
+    const listed = pointsOf(chain)
+    if (spec === undefined) out.push(listed)
+    else {
+      const point = yield* pointAt(chain, listed.points, spec, (options?.now ?? Date.now)())
+      out.push({ ...listed, points: [point] })
+    }
+  }
   return out
 })
-
-export type At = number | "latest"
 
 export interface Restored {
   readonly diskId: string
@@ -157,11 +204,6 @@ const refusal = (chain: Chain, all: ReadonlyArray<Point>, seq: number): NotAReco
   }
   return new NotARecoveryPoint({ diskId: chain.meta.diskId, seq, reason, before, after })
 }
-
-/** Where a restore writes: a regular file (new or replaced, atomically) or a block device (in place). */
-type Target =
-  | { readonly _tag: "File"; readonly path: string }
-  | { readonly _tag: "Device"; readonly path: string; readonly bytes: number }
 
 const code = (e: unknown): string | undefined =>
   typeof e === "object" && e !== null && "code" in e && typeof e.code === "string" ? e.code : undefined
@@ -250,16 +292,19 @@ export const restore = Effect.fn("Receiver.restore")(function* (options: {
   readonly out: string
   /** Allows a block device as `out` (written in place). */
   readonly force?: boolean | undefined
-  /** Called as the image is written: bytes of base and log read so far, of `total`. */
-  readonly onProgress?: ((done: number, total: number) => void) | undefined
+  /** Called as the image is written (about every MiB, and at the start and the end). */
+  readonly onProgress?: ((progress: Progress) => void) | undefined
+  /** The clock relative times (`-15m`) count back from (default `Date.now`). */
+  readonly now?: (() => number) | undefined
 }) {
+  const spec = yield* specOf(options.at)
+  const now = (options.now ?? Date.now)()
   const [disk] = yield* resolve(options.dir, options.diskId, true)
   const { diskDir, meta } = disk!
   const run = Effect.gen(function* () {
     const chain = yield* readChain(diskDir, meta)
     const all = pointsOf(chain).points
-    const target = options.at === "latest" ? all.at(-1)! : all.find((p) => p.seq === options.at)
-    if (target === undefined) return yield* refusal(chain, all, options.at as number)
+    const target = yield* pointAt(chain, all, spec, now)
     const out = yield* Effect.tryPromise({
       try: () => prepareTarget(options.dir, options.out, options.force === true, diskBytesOf(meta)),
       catch: (cause) =>
@@ -294,97 +339,25 @@ export const restore = Effect.fn("Receiver.restore")(function* (options: {
   }
 })
 
-/** Writes the image at `seq` to `out`; the number of records applied, or `undefined` when a fold raced it. */
+/**
+ * Writes the image at `seq` to `out` through the block index (`writePoint`): the number of
+ * records after the base through `seq`, or `undefined` when a fold raced it.
+ */
 const materialise = async (
   chain: Chain,
   seq: number,
   out: Target,
-  onProgress: (done: number, total: number) => void = () => undefined
+  onProgress: ((progress: Progress) => void) | undefined
 ): Promise<number | undefined> => {
-  const diskBytes = diskBytesOf(chain.meta)
-  const total = diskBytes + chain.segments.reduce((sum, s) => sum + s.bytes, 0)
-  // Log bytes read: the segments before this one, and this one's payloads so far.
-  let segmentsBefore = 0
-  let logDone = 0
-  const geometry = { blockSize: chain.meta.blockSize, blockCount: chain.meta.blockCount }
-  const device = out._tag === "Device"
-  const temp = `${out.path}.tmp-${process.pid}`
-  // A device is written in place (never renamed over), every byte of the image.
-  const image = device ? await fs.open(out.path, "r+") : await fs.open(temp, "w", 0o644)
-  let applied = 0
-  let complete = false
-  try {
-    if (!device) await image.truncate(diskBytes)
-    // The open handle keeps this base even if a fold renames a new one over it.
-    const base = await openBase(chain.diskDir, geometry)
-    try {
-      if (base.base.seq !== chain.base.seq) return undefined
-      await walkBase(base.handle, base.file, base.base, geometry, {
-        // A new file is all holes: its zero chunks need no write.
-        onChunk: (at, data, zero) => {
-          onProgress(at + data.length, total)
-          return zero && !device ? undefined : pwriteFully(image, data, at)
-        }
-      })
-    } finally {
-      await base.handle.close()
-    }
-    for (const segment of chain.segments) {
-      const entries: ReadonlyArray<IndexEntry> = segment.entries ?? []
-      const first = entries.find((e) => e.seq > chain.base.seq)
-      if (first === undefined) {
-        segmentsBefore += segment.bytes
-        logDone = segmentsBefore
-        continue
-      }
-      if (first.seq > seq) break
-      const file = path.join(chain.diskDir, segment.name)
-      let handle: fs.FileHandle
-      try {
-        handle = await fs.open(file, "r")
-      } catch (e) {
-        if (isEnoent(e)) return undefined
-        throw e
-      }
-      let done = false
-      try {
-        // Every record applied is checked against the entry it was listed by (index or scan).
-        const expected = { entries, indexFile: segment.indexFile }
-        await readRange(
-          handle,
-          file,
-          first.offset,
-          segment.bytes,
-          undefined,
-          async (h, payload) => {
-            if (h.seq > seq) return (done = true)
-            await applyRecord(image, geometry, h, payload)
-            applied++
-            logDone += payload.length
-            onProgress(diskBytes + Math.min(logDone, segmentsBefore + segment.bytes), total)
-            return h.seq === seq ? (done = true) : false
-          },
-          defaultTuning,
-          expected
-        )
-      } finally {
-        await handle.close()
-      }
-      segmentsBefore += segment.bytes
-      logDone = segmentsBefore
-      if (done) break
-    }
-    onProgress(total, total)
-    await image.sync()
-    complete = true
-  } finally {
-    await image.close()
-    if (!complete && !device) await fs.unlink(temp).catch(() => undefined)
-  }
-  if (device) return applied
-  await fs.rename(temp, out.path)
-  await syncDirectory(path.dirname(out.path))
-  return applied
+  const map = await openPointMap(chain, seq, true)
+  const written = await writeTarget(out, diskBytesOf(chain.meta), async (image, device) =>
+    (await writePoint(map, image, device, onProgress)) ? true : undefined
+  )
+  if (written === undefined) return undefined
+  let records = 0
+  for (const segment of chain.segments)
+    for (const e of segment.entries ?? []) if (e.seq > chain.base.seq && e.seq <= seq) records++
+  return records
 }
 
 export const formatTime = (ms: number): string => (ms === 0 ? "-" : new Date(ms).toISOString())

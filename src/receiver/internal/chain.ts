@@ -20,6 +20,7 @@ import { Either, Schema } from "effect"
 import { crc32c } from "../../internal/crc32c.js"
 import * as Geometry from "../../domain/Geometry.js"
 import { anchorDamage, BASE_FILE, type Base, openBase, readBase } from "./base.js"
+import { blockIndexName } from "./blockIndex.js"
 import { LogCorrupt } from "./errors.js"
 import { isEnoent, readIfExists, removeIfExists, syncDirectory, writeFileAtomic } from "./files.js"
 import {
@@ -375,7 +376,7 @@ export const openChain = async (
   // from the live log is evidence of damage: it stays, and the gap refuses the disk.
   if (recover)
     for (const name of names) {
-      const segment = name.replace(/\.idx$/, ".seg")
+      const segment = name.replace(/\.(idx|bix)$/, ".seg")
       const firstSeq = parseSegmentName(segment)
       if (segment === name || firstSeq === undefined || names.includes(segment)) continue
       const folded = names.some((n) => {
@@ -398,6 +399,7 @@ export const openChain = async (
     if (recover) {
       // The index first: a kill in between leaves a segment (removed next time), not an orphan index.
       for (const f of folded) {
+        await removeIfExists(path.join(diskDir, blockIndexName(f.name)))
         await removeIfExists(path.join(diskDir, indexName(f.name)))
         await removeIfExists(path.join(diskDir, f.name))
       }
@@ -542,6 +544,7 @@ export const openChain = async (
   if (segments.length > 0 && segments[segments.length - 1]!.lastSeq < base.seq) {
     const gone = segments.pop()!
     if (recover) {
+      await removeIfExists(path.join(diskDir, blockIndexName(gone.name)))
       await removeIfExists(path.join(diskDir, indexName(gone.name)))
       await removeIfExists(path.join(diskDir, gone.name))
       await syncDirectory(diskDir)
@@ -562,6 +565,7 @@ export const openChain = async (
       tail.entries = [...indexed.entries]
     }
     await removeIfExists(indexFile)
+    await removeIfExists(path.join(diskDir, blockIndexName(tail.name)))
   }
 
   return {

@@ -86,6 +86,24 @@ export class NotARecoveryPoint extends Data.TaggedError("NotARecoveryPoint")<{
   }
 }
 
+/** A time asked for (`--at` an ISO 8601 or relative time) before the oldest recovery point with a time. */
+export class NoRecoveryPointAt extends Data.TaggedError("NoRecoveryPointAt")<{
+  readonly diskId: string
+  /** What was asked, as given (`-15m`, `2024-05-01T10:00:00Z`). */
+  readonly at: string
+  /** The time it stands for, ms since the Unix epoch. */
+  readonly time: number
+  /** The oldest recovery point with a receive time, if any. */
+  readonly oldest: { readonly seq: number; readonly time: number } | undefined
+}> {
+  override get message() {
+    const when = new Date(this.time).toISOString()
+    return this.oldest === undefined
+      ? `no recovery point of disk ${this.diskId} at or before ${when} (--at ${this.at}): the disk has no recovery point with a receive time yet`
+      : `no recovery point of disk ${this.diskId} at or before ${when} (--at ${this.at}): the oldest is seq ${this.oldest.seq}, received ${new Date(this.oldest.time).toISOString()}; nearest recovery points: ${this.oldest.seq} (after)`
+  }
+}
+
 /** `restore --out` names something it must not write: the receiver's own files, a device, … */
 export class RestoreTargetRefused extends Data.TaggedError("RestoreTargetRefused")<{
   readonly out: string

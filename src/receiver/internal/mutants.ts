@@ -5,5 +5,7 @@
  */
 export const ReceiverMutants = {
   /** A base fold that writes the checksum table without re-reading the folded units. */
-  foldSkipsRehash: false
+  foldSkipsRehash: false,
+  /** A block index that keeps the oldest version of each range instead of the newest. */
+  blockIndexKeepsOldest: false
 }

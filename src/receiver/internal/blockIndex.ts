@@ -1,0 +1,284 @@
+/**
+ * The block index (docs/receiver.md, "Block index"): for a run of records, where the newest
+ * version of each written byte range lives — an extent map, sorted and disjoint, each extent
+ * naming the record (seq) and the byte of the segment file its payload starts at. One per
+ * sealed segment is kept beside it (`<first seq>.bix`); a point's map is the maps of the
+ * segments before it merged newest over oldest, plus the records of its own segment.
+ *
+ * A `.bix` is a cache of its segment's index: never believed on its own. Beyond its codec
+ * (magic, CRC32C, a header naming the geometry and the segment it covers) every map is
+ * checked against the segment's records (`verifyMap`): each extent lies inside the record it
+ * names, at the right payload byte, and every record's range is covered by extents at least
+ * as new — which together say each byte names the newest record that wrote it.
+ */
+import { crc32c } from "../../internal/crc32c.js"
+import { getU64, type IndexEntry, Kind, putU64, RECORD_HEADER_BYTES } from "./format.js"
+import { ReceiverMutants } from "./mutants.js"
+
+/** Bytes `[start, end)` of the disk hold the payload of record `seq` from `fileOffset` of its segment. */
+export interface Extent {
+  readonly start: number
+  readonly end: number
+  readonly seq: number
+  /** Byte of the segment file holding the disk's byte `start`. */
+  readonly fileOffset: number
+}
+
+/** Sorted by `start`, disjoint, none empty. */
+export type ExtentMap = ReadonlyArray<Extent>
+
+export interface DataGeometry {
+  readonly blockSize: number
+  readonly blockCount: number
+}
+
+/** The disk bytes a write or block record covers; `undefined` for the markers. */
+export const recordRange = (
+  g: DataGeometry,
+  e: IndexEntry
+): { readonly start: number; readonly end: number } | undefined => {
+  if (e.kind === Kind.Write) return { start: e.position, end: e.position + e.length }
+  if (e.kind === Kind.Block)
+    return { start: e.position * g.blockSize, end: e.position * g.blockSize + e.length }
+  return undefined
+}
+
+const slice = <E extends Extent>(e: E, start: number, end: number): E => ({
+  ...e,
+  start,
+  end,
+  fileOffset: e.fileOffset + (start - e.start)
+})
+
+/** `older` minus the bytes `newer` covers, merged with `newer`: the newer wins where both hold data. */
+export const mergeUnder = <E extends Extent>(newer: ReadonlyArray<E>, older: ReadonlyArray<E>): Array<E> => {
+  if (older.length === 0) return [...newer]
+  if (newer.length === 0) return [...older]
+  const pieces: Array<E> = []
+  let j = 0
+  for (const b of older) {
+    while (j < newer.length && newer[j]!.end <= b.start) j++
+    let cursor = b.start
+    for (let k = j; cursor < b.end; k++) {
+      const a = newer[k]
+      if (a === undefined || a.start >= b.end) {
+        pieces.push(cursor === b.start ? b : slice(b, cursor, b.end))
+        break
+      }
+      if (a.start > cursor) pieces.push(slice(b, cursor, a.start))
+      cursor = Math.max(cursor, a.end)
+    }
+  }
+  const out: Array<E> = []
+  let p = 0
+  let q = 0
+  while (p < pieces.length || q < newer.length)
+    out.push(
+      q >= newer.length || (p < pieces.length && pieces[p]!.start < newer[q]!.start)
+        ? pieces[p++]!
+        : newer[q++]!
+    )
+  return out
+}
+
+/** The map of `entries` (in seq order): each written byte to the newest record that wrote it. */
+export const buildMap = (g: DataGeometry, entries: ReadonlyArray<IndexEntry>): Array<Extent> => {
+  const build = (from: number, to: number): Array<Extent> => {
+    if (to - from === 1) {
+      const e = entries[from]!
+      const range = recordRange(g, e)
+      return range === undefined ? [] : [{ ...range, seq: e.seq, fileOffset: e.offset + RECORD_HEADER_BYTES }]
+    }
+    const mid = (from + to) >>> 1
+    const older = build(from, mid)
+    const newer = build(mid, to)
+    // The mutant keeps the oldest version of each range instead of the newest.
+    return ReceiverMutants.blockIndexKeepsOldest ? mergeUnder(older, newer) : mergeUnder(newer, older)
+  }
+  return entries.length === 0 ? [] : build(0, entries.length)
+}
+
+/** The entry of record `seq` among `entries` (seq order), by bisection. */
+export const entryOf = (entries: ReadonlyArray<IndexEntry>, seq: number): number => {
+  let lo = 0
+  let hi = entries.length - 1
+  while (lo <= hi) {
+    const mid = (lo + hi) >>> 1
+    const s = entries[mid]!.seq
+    if (s === seq) return mid
+    if (s < seq) lo = mid + 1
+    else hi = mid - 1
+  }
+  return -1
+}
+
+/** The first extent of `map` that ends after `offset`. */
+export const firstEndingAfter = (map: ExtentMap, offset: number): number => {
+  let lo = 0
+  let hi = map.length
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1
+    if (map[mid]!.end <= offset) lo = mid + 1
+    else hi = mid
+  }
+  return lo
+}
+
+/** Why a map is not the map of `entries`: the extent (its number) or the record (its seq) at fault. */
+export interface MapDefect {
+  readonly extent?: number | undefined
+  readonly reason: string
+}
+
+/**
+ * Checks `map` against the records it claims to describe (`entries`, seq order), without
+ * rebuilding it: sorted and disjoint inside the disk; each extent inside the data record it
+ * names at that record's payload byte; every record's range covered by extents no older
+ * than it. O(records × log extents + overlaps).
+ */
+export const verifyMap = (
+  g: DataGeometry,
+  entries: ReadonlyArray<IndexEntry>,
+  map: ExtentMap
+): MapDefect | undefined => {
+  const diskBytes = g.blockSize * g.blockCount
+  let previousEnd = 0
+  for (let i = 0; i < map.length; i++) {
+    const x = map[i]!
+    if (!(x.start < x.end) || x.start < previousEnd || x.end > diskBytes)
+      return { extent: i, reason: `extent ${x.start}..${x.end} is empty, out of order or beyond the disk` }
+    previousEnd = x.end
+    const k = entryOf(entries, x.seq)
+    const range = k < 0 ? undefined : recordRange(g, entries[k]!)
+    if (range === undefined)
+      return { extent: i, reason: `extent names seq ${x.seq}, which is no write or block of the segment` }
+    if (x.start < range.start || x.end > range.end)
+      return {
+        extent: i,
+        reason: `extent ${x.start}..${x.end} lies outside record ${x.seq} (${range.start}..${range.end})`
+      }
+    if (x.fileOffset !== entries[k]!.offset + RECORD_HEADER_BYTES + (x.start - range.start))
+      return {
+        extent: i,
+        reason: `extent ${x.start}..${x.end} names file byte ${x.fileOffset}, not record ${x.seq}'s payload`
+      }
+  }
+  for (const e of entries) {
+    const range = recordRange(g, e)
+    if (range === undefined) continue
+    let cursor = range.start
+    for (let i = firstEndingAfter(map, range.start); cursor < range.end; i++) {
+      const x = map[i]
+      if (x === undefined || x.start > cursor)
+        return {
+          extent: x === undefined ? undefined : i,
+          reason: `bytes from ${cursor} written by record ${e.seq} are in no extent`
+        }
+      if (x.seq < e.seq)
+        return {
+          extent: i,
+          reason: `extent ${x.start}..${x.end} names record ${x.seq}, record ${e.seq} wrote over it`
+        }
+      cursor = x.end
+    }
+  }
+  return undefined
+}
+
+// ---------------------------------------------------------------------------------------------
+// The `.bix` file: a 64-byte header, 32 bytes per extent, a CRC32C of everything before.
+//
+// | offset | size | field |
+// | ---: | ---: | --- |
+// | 0 | 8 | magic `CDPSBIX1` |
+// | 8 | 8 | block count |
+// | 16 | 4 | block size |
+// | 20 | 4 | extent count |
+// | 24 | 8 | first seq of the segment |
+// | 32 | 8 | last seq of the segment |
+// | 40 | 8 | segment bytes |
+// | 48 | 4 | records in the segment |
+// | 52 | 12 | reserved, 0 |
+//
+// An extent: disk offset (8), seq (8), file offset (8), length (4), reserved 0 (4).
+
+export const BIX_HEADER_BYTES = 64
+export const BIX_EXTENT_BYTES = 32
+const BIX_MAGIC = Buffer.from("CDPSBIX1", "latin1")
+
+export const blockIndexName = (segment: string): string => segment.replace(/\.seg$/, ".bix")
+
+/** What a `.bix` must say it covers: the disk's geometry and the segment as the chain knows it. */
+export interface Covers extends DataGeometry {
+  readonly firstSeq: number
+  readonly lastSeq: number
+  readonly segmentBytes: number
+  readonly records: number
+}
+
+export const bixExtentOffset = (i: number): number => BIX_HEADER_BYTES + i * BIX_EXTENT_BYTES
+
+export const encodeBlockIndex = (c: Covers, map: ExtentMap): Buffer => {
+  const end = bixExtentOffset(map.length)
+  const b = Buffer.alloc(end + 4)
+  BIX_MAGIC.copy(b, 0)
+  putU64(b, 8, c.blockCount)
+  b.writeUInt32LE(c.blockSize, 16)
+  b.writeUInt32LE(map.length, 20)
+  putU64(b, 24, c.firstSeq)
+  putU64(b, 32, c.lastSeq)
+  putU64(b, 40, c.segmentBytes)
+  b.writeUInt32LE(c.records, 48)
+  map.forEach((x, i) => {
+    const at = bixExtentOffset(i)
+    putU64(b, at, x.start)
+    putU64(b, at + 8, x.seq)
+    putU64(b, at + 16, x.fileOffset)
+    b.writeUInt32LE(x.end - x.start, at + 24)
+  })
+  b.writeUInt32LE(crc32c(b.subarray(0, end)), end)
+  return b
+}
+
+/** The byte of a `.bix` where it fails, and why. */
+export interface BixDefect {
+  readonly offset: number
+  readonly reason: string
+}
+
+/** Decodes a `.bix` that must cover `c`; its form only (`verifyMap` checks it against the records). */
+export const decodeBlockIndex = (b: Uint8Array, c: Covers): ExtentMap | BixDefect => {
+  const defect = (offset: number, reason: string): BixDefect => ({ offset, reason })
+  const buf = Buffer.from(b.buffer, b.byteOffset, b.byteLength)
+  if (buf.length < BIX_HEADER_BYTES + 4) return defect(0, "short block index")
+  if (!buf.subarray(0, 8).equals(BIX_MAGIC)) return defect(0, "bad block index magic")
+  const count = buf.readUInt32LE(20)
+  const end = bixExtentOffset(count)
+  if (buf.length !== end + 4) return defect(20, "block index length does not match its extent count")
+  if (crc32c(buf.subarray(0, end)) !== buf.readUInt32LE(end))
+    return defect(end, "block index CRC32C mismatch")
+  const fields: ReadonlyArray<readonly [number, string, number, number]> = [
+    [8, "block count", getU64(buf, 8), c.blockCount],
+    [16, "block size", buf.readUInt32LE(16), c.blockSize],
+    [24, "first seq", getU64(buf, 24), c.firstSeq],
+    [32, "last seq", getU64(buf, 32), c.lastSeq],
+    [40, "segment bytes", getU64(buf, 40), c.segmentBytes],
+    [48, "record count", buf.readUInt32LE(48), c.records]
+  ]
+  for (const [at, name, found, expected] of fields)
+    if (found !== expected)
+      return defect(at, `the block index says ${name} ${found}, the segment ${expected}`)
+  if (!buf.subarray(52, 64).equals(Buffer.alloc(12))) return defect(52, "reserved bytes are not zero")
+  const map: Array<Extent> = []
+  for (let i = 0; i < count; i++) {
+    const at = bixExtentOffset(i)
+    const start = getU64(buf, at)
+    const seq = getU64(buf, at + 8)
+    const fileOffset = getU64(buf, at + 16)
+    const length = buf.readUInt32LE(at + 24)
+    if (start < 0 || seq < 1 || fileOffset < 0 || length === 0 || buf.readUInt32LE(at + 28) !== 0)
+      return defect(at, "implausible extent")
+    map.push({ start, end: start + length, seq, fileOffset })
+  }
+  return map
+}

@@ -1,0 +1,355 @@
+/**
+ * A recovery point opened on the block index: where every byte of the disk at `seq` lives
+ * (the base image, a segment's payload, or nowhere: zeros), without reading the log.
+ * `openPointMap` merges the sealed segments' `.bix` maps (checked, rebuilt when missing or
+ * damaged) with the records of the segment holding the point; `openPointReader` serves any
+ * byte range of it, every byte checked (a record's CRC and its index entry, a base unit's
+ * CRC) before it is returned.
+ */
+import * as fs from "node:fs/promises"
+import * as path from "node:path"
+import { crc32c } from "../../internal/crc32c.js"
+import { baseLayout, type Base, openBase } from "./base.js"
+import {
+  blockIndexName,
+  buildMap,
+  type Covers,
+  decodeBlockIndex,
+  encodeBlockIndex,
+  entryOf,
+  type Extent,
+  firstEndingAfter,
+  mergeUnder,
+  verifyMap,
+  bixExtentOffset
+} from "./blockIndex.js"
+import type { Chain, Note, Segment } from "./chain.js"
+import { LogCorrupt } from "./errors.js"
+import { isEnoent, preadFully, readIfExists } from "./files.js"
+import {
+  entryMismatch,
+  type IndexEntry,
+  indexEntryOffset,
+  parseRecord,
+  RECORD_HEADER_BYTES
+} from "./format.js"
+
+/** An extent of a point: `segment` is the index of its segment in `chain.segments`. */
+export interface PointExtent extends Extent {
+  readonly segment: number
+}
+
+export interface PointMap {
+  readonly chain: Chain
+  readonly seq: number
+  /** Sorted, disjoint; the bytes between them come from the base image. */
+  readonly extents: ReadonlyArray<PointExtent>
+  /** Block indexes rebuilt (missing, damaged or at odds with their segment). */
+  readonly notes: ReadonlyArray<Note>
+}
+
+const geometryOf = (chain: Chain) => ({ blockSize: chain.meta.blockSize, blockCount: chain.meta.blockCount })
+
+/** The records of `segment` after the base through `seq`. */
+const entriesThrough = (segment: Segment, baseSeq: number, seq: number): ReadonlyArray<IndexEntry> =>
+  (segment.entries ?? []).filter((e) => e.seq > baseSeq && e.seq <= seq)
+
+/** Writes a rebuilt `.bix` aside and renames it; a reader that cannot write (a read-only copy) goes on without. */
+const writeBestEffort = async (file: string, bytes: Buffer): Promise<void> => {
+  const temp = `${file}.${process.pid}.tmp`
+  try {
+    await fs.writeFile(temp, bytes)
+    await fs.rename(temp, file)
+  } catch {
+    await fs.unlink(temp).catch(() => undefined)
+  }
+}
+
+/**
+ * The block index of a sealed segment: its `.bix`, decoded and checked against the segment's
+ * records, or rebuilt from them (and written, when `write`) with a note saying why.
+ */
+export const sealedMap = async (
+  chain: Chain,
+  segment: Segment,
+  write: boolean,
+  notes: Array<Note>
+): Promise<ReadonlyArray<Extent>> => {
+  const entries = segment.entries ?? []
+  const g = geometryOf(chain)
+  const file = path.join(chain.diskDir, blockIndexName(segment.name))
+  const covers: Covers = {
+    ...g,
+    firstSeq: segment.firstSeq,
+    lastSeq: segment.lastSeq,
+    segmentBytes: segment.bytes,
+    records: segment.records
+  }
+  const bytes = await readIfExists(file)
+  let why: { readonly at: number; readonly reason: string } | undefined
+  if (bytes === undefined) why = { at: 0, reason: "missing" }
+  else {
+    const decoded = decodeBlockIndex(bytes, covers)
+    if ("reason" in decoded) why = { at: decoded.offset, reason: decoded.reason }
+    else {
+      const defect = verifyMap(g, entries, decoded)
+      if (defect === undefined) return decoded
+      why = {
+        at: defect.extent === undefined ? 0 : bixExtentOffset(defect.extent),
+        reason: `at odds with its segment: ${defect.reason}`
+      }
+    }
+  }
+  const map = buildMap(g, entries)
+  notes.push({ message: "rebuilt a block index", annotations: { file, at: why.at, reason: why.reason } })
+  if (write) await writeBestEffort(file, encodeBlockIndex(covers, map))
+  return map
+}
+
+/**
+ * The map of the disk at `seq` (a recovery point of `chain`): the sealed segments wholly at
+ * or before it through their block indexes, the segment holding it (and one the base cuts
+ * into, and the active one) from their records.
+ */
+export const openPointMap = async (chain: Chain, seq: number, write: boolean): Promise<PointMap> => {
+  const g = geometryOf(chain)
+  const notes: Array<Note> = []
+  const last = chain.segments.length - 1
+  let acc: Array<PointExtent> = []
+  for (let i = last; i >= 0; i--) {
+    const segment = chain.segments[i]!
+    if (segment.lastSeq <= chain.base.seq) break
+    if (segment.firstSeq > seq) continue
+    const whole = i < last && segment.lastSeq <= seq && segment.firstSeq > chain.base.seq
+    const map = whole
+      ? await sealedMap(chain, segment, write, notes)
+      : buildMap(g, entriesThrough(segment, chain.base.seq, seq))
+    acc = mergeUnder(
+      acc,
+      map.map((x) => ({ ...x, segment: i }))
+    )
+  }
+  return { chain, seq, extents: acc, notes }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading records and base bytes, checked
+
+/**
+ * The payload of entry `k` of `segment` from `bytes` (its header and payload as read), once
+ * checked: the record's CRC, and every field against the entry (a disagreement names the
+ * index file and entry, as `readRange` does).
+ */
+export const checkedPayload = (chain: Chain, segment: Segment, k: number, bytes: Buffer): Buffer => {
+  const entry = (segment.entries ?? [])[k]!
+  const file = path.join(chain.diskDir, segment.name)
+  const parsed = parseRecord(bytes, 0)
+  const diffs =
+    parsed._tag === "Record"
+      ? entryMismatch(entry, parsed.header, entry.offset, parsed.crc)
+      : [parsed._tag === "Short" ? "the segment ends inside the record" : parsed.reason]
+  if (diffs.length === 0) return bytes.subarray(RECORD_HEADER_BYTES, RECORD_HEADER_BYTES + entry.length)
+  throw segment.indexFile === undefined || parsed._tag !== "Record"
+    ? new LogCorrupt({ file, offset: entry.offset, reason: `record ${entry.seq}: ${diffs.join(", ")}` })
+    : new LogCorrupt({
+        file: segment.indexFile,
+        offset: indexEntryOffset(k),
+        reason: `the index disagrees with the record at byte ${entry.offset} of ${segment.name} (seq ${entry.seq}): ${diffs.join(", ")}`
+      })
+}
+
+/** Reads record `seq` of `segment` whole and checks it (`checkedPayload`); its payload. */
+export const readRecord = async (
+  chain: Chain,
+  segment: Segment,
+  handle: fs.FileHandle,
+  seq: number
+): Promise<Buffer> => {
+  const entries = segment.entries ?? []
+  const k = entryOf(entries, seq)
+  const entry = entries[k]
+  if (entry === undefined)
+    throw new LogCorrupt({
+      file: path.join(chain.diskDir, segment.name),
+      offset: 0,
+      reason: `no record ${seq} listed`
+    })
+  const buf = Buffer.allocUnsafe(RECORD_HEADER_BYTES + entry.length)
+  const read = await handle.read(buf, 0, buf.length, entry.offset)
+  return checkedPayload(chain, segment, k, buf.subarray(0, read.bytesRead))
+}
+
+/** The base image held open, read by range with every unit checked against its CRC (format 2). */
+export class BaseRanges {
+  private constructor(
+    readonly handle: fs.FileHandle,
+    readonly file: string,
+    readonly base: Base,
+    private readonly diskBytes: number,
+    private readonly table: Buffer | undefined
+  ) {}
+
+  /** `undefined` when the base is no longer the one `chain` was read with (a fold replaced it). */
+  static async open(chain: Chain): Promise<BaseRanges | undefined> {
+    const g = geometryOf(chain)
+    const { handle, file, base } = await openBase(chain.diskDir, g)
+    try {
+      if (base.seq !== chain.base.seq) {
+        await handle.close()
+        return undefined
+      }
+      const diskBytes = g.blockSize * g.blockCount
+      let table: Buffer | undefined
+      if (base.format === 2) {
+        const layout = baseLayout(diskBytes, base.unitBytes)
+        table = Buffer.alloc(layout.tableBytes)
+        await preadFully(handle, table, layout.tableOffset)
+        if (crc32c(table) !== base.tableCrc)
+          throw new LogCorrupt({
+            file,
+            offset: layout.tableOffset,
+            reason: `the checksum table (${layout.units} entries) does not match its CRC32C in the trailer`
+          })
+      }
+      return new BaseRanges(handle, file, base, diskBytes, table)
+    } catch (e) {
+      await handle.close()
+      throw e
+    }
+  }
+
+  /** Copies bytes `[start, end)` of the image into `out` at `at`, checked unit by unit. */
+  async read(start: number, end: number, out: Buffer, at: number): Promise<void> {
+    if (this.base.format !== 2 || this.table === undefined) {
+      await preadFully(this.handle, out.subarray(at, at + end - start), start)
+      return
+    }
+    const unit = this.base.unitBytes
+    const from = Math.floor(start / unit) * unit
+    const to = Math.min(this.diskBytes, Math.ceil(end / unit) * unit)
+    const buf = Buffer.allocUnsafe(to - from)
+    await preadFully(this.handle, buf, from)
+    for (let u = from; u < to; u += unit) {
+      const bytes = buf.subarray(u - from, Math.min(to, u + unit) - from)
+      const crc = crc32c(bytes)
+      const expected = this.table.readUInt32LE((u / unit) * 4)
+      if (crc !== expected)
+        throw new LogCorrupt({
+          file: this.file,
+          offset: u,
+          reason: `image bytes ${u}..${u + bytes.length - 1} do not match their CRC32C (checksum table entry at byte ${this.diskBytes + (u / unit) * 4})`
+        })
+    }
+    buf.copy(out, at, start - from, end - from)
+  }
+
+  close(): Promise<void> {
+    return this.handle.close()
+  }
+}
+
+/** Opens the segments a map reads from; `undefined` when one is gone (a fold removed it). */
+export const openSegments = async (map: PointMap): Promise<Map<number, fs.FileHandle> | undefined> => {
+  const handles = new Map<number, fs.FileHandle>()
+  try {
+    for (const x of map.extents)
+      if (!handles.has(x.segment))
+        handles.set(
+          x.segment,
+          await fs.open(path.join(map.chain.diskDir, map.chain.segments[x.segment]!.name), "r")
+        )
+    return handles
+  } catch (e) {
+    for (const h of handles.values()) await h.close()
+    if (isEnoent(e)) return undefined
+    throw e
+  }
+}
+
+/** Any byte range of a recovery point, read through its map (for `restore`, `verify` and an NBD export). */
+export interface PointReader {
+  readonly seq: number
+  readonly diskBytes: number
+  readonly map: PointMap
+  /** Bytes `[offset, offset + length)` of the disk at the point, every one checked. */
+  read(offset: number, length: number): Promise<Uint8Array>
+  close(): Promise<void>
+}
+
+/** Where `x.start` lies in its record's payload. */
+export const payloadIndex = (segment: Segment, x: Extent): number => {
+  const entries = segment.entries ?? []
+  return x.fileOffset - (entries[entryOf(entries, x.seq)]!.offset + RECORD_HEADER_BYTES)
+}
+
+/** How many records a reader keeps decoded (a record split by later writes is read once). */
+const RECORD_CACHE = 64
+
+/**
+ * A reader of the point `map` describes. It holds the base and the segments open from the
+ * start, so a retention fold that replaces or removes them later does not change what it
+ * reads. `undefined` when a fold got there first (read the chain again).
+ */
+export const openPointReader = async (map: PointMap): Promise<PointReader | undefined> => {
+  const base = await BaseRanges.open(map.chain)
+  if (base === undefined) return undefined
+  const handles = await openSegments(map).catch(async (e: unknown) => {
+    await base.close()
+    throw e
+  })
+  if (handles === undefined) {
+    await base.close()
+    return undefined
+  }
+  const g = geometryOf(map.chain)
+  const diskBytes = g.blockSize * g.blockCount
+  const cache = new Map<string, Buffer>()
+  const payload = async (x: PointExtent): Promise<Buffer> => {
+    const key = `${x.segment}:${x.seq}`
+    let data = cache.get(key)
+    if (data === undefined) {
+      data = await readRecord(map.chain, map.chain.segments[x.segment]!, handles.get(x.segment)!, x.seq)
+      if (cache.size >= RECORD_CACHE) cache.delete(cache.keys().next().value!)
+      cache.set(key, data)
+    }
+    return data
+  }
+  return {
+    seq: map.seq,
+    diskBytes,
+    map,
+    read: async (offset, length) => {
+      if (
+        !Number.isSafeInteger(offset) ||
+        !Number.isSafeInteger(length) ||
+        offset < 0 ||
+        length < 0 ||
+        offset + length > diskBytes
+      )
+        throw new RangeError(`bytes ${offset}..${offset + length} lie outside the disk (${diskBytes} bytes)`)
+      const out = Buffer.alloc(length)
+      const end = offset + length
+      let cursor = offset
+      for (let i = firstEndingAfter(map.extents, offset); cursor < end; i++) {
+        const x = map.extents[i]
+        const gapEnd = x === undefined ? end : Math.min(end, x.start)
+        if (gapEnd > cursor) {
+          await base.read(cursor, gapEnd, out, cursor - offset)
+          cursor = gapEnd
+        }
+        if (x === undefined || cursor >= end) break
+        const pieceEnd = Math.min(end, x.end)
+        const data = await payload(x)
+        const from = payloadIndex(map.chain.segments[x.segment]!, x) + (cursor - x.start)
+        data.copy(out, cursor - offset, from, from + (pieceEnd - cursor))
+        cursor = pieceEnd
+      }
+      return out
+    },
+    close: async () => {
+      cache.clear()
+      for (const h of handles.values()) await h.close()
+      await base.close()
+    }
+  }
+}
