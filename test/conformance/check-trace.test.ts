@@ -253,18 +253,19 @@ describe("--quiescent", () => {
 })
 
 describe("unreadable input", () => {
-  it("exit 2 and a message on standard error for a missing file (the binary)", async () => {
+  it("exit 2 and a message on standard error for a missing file (the binary); with --json the error object on stdout instead", async () => {
     const missing = `${files.dir}/no-such-trace.jsonl`
     const [human, machine] = await Promise.all([
       cdpSync(["check-trace", missing]),
       cdpSyncInProcess(["check-trace", missing, "--json"])
     ])
-    for (const run of [human, machine]) {
-      expect(run.code).toBe(2)
-      expect(run.stdout).toBe("")
-      expect(run.stderr).toContain("cannot read")
-      expect(run.stderr).toContain("no-such-trace.jsonl")
-    }
+    for (const run of [human, machine]) expect(run.code).toBe(2)
+    expect(human.stderr).toContain("cannot read")
+    expect(human.stderr).toContain("no-such-trace.jsonl")
+    expect(human.stdout).toBe("")
+    expect(JSON.parse(machine.stdout)).toMatchObject({
+      error: { _tag: "TraceUnreadable", message: expect.stringContaining("no-such-trace.jsonl") }
+    })
   })
 
   it("exit 2 for a directory", async () => {

@@ -118,7 +118,8 @@ it("fio through serve while the link is cut, stalled and the receiver killed: af
     `127.0.0.1:${receiver.port}`,
     "--journal",
     path.join(dir, "journal"),
-    "--quiesce"
+    "--quiesce",
+    "--json"
   ])
   expect(drain.code, drain.stderr).toBe(0)
   expect(JSON.parse(drain.stdout.trim().split("\n").at(-1)!)).toMatchObject({ mode: "sync", inFlight: 0 })
