@@ -30,9 +30,9 @@ export const serve = Command.make(
       Options.withDescription("Serve NBD on this unix socket instead of TCP")
     ),
     exportName: Options.text("export-name").pipe(
-      Options.withDefault("disk"),
+      Options.optional,
       Options.withDescription(
-        described('The export\'s name (clients asking for the default export "" get it too)', "disk")
+        described('The export\'s name (clients asking for the default export "" get it too)', "the --disk-id")
       )
     ),
     readOnly: Options.boolean("read-only").pipe(
@@ -65,7 +65,7 @@ export const serve = Command.make(
           )
           const server = yield* Nbd.serve({
             listen,
-            exportName: o.exportName,
+            exportName: Option.getOrElse(o.exportName, () => o.diskId),
             readOnly: o.readOnly,
             maxConnections: o.maxConnections,
             description: `cdp-sync: ${o.disk}, replicated to ${o.receiver.host}:${o.receiver.port} as ${JSON.stringify(o.diskId)}`
