@@ -69,9 +69,20 @@ type Outgoing =
 const unexpected = (frame: Frame, when: string) =>
   new WireError({ reason: "unexpected-frame", detail: `${frame._tag} ${when}` })
 
+/**
+ * A connected socket, and what it said before its owner listened: between the connect
+ * and the fiber that attaches the real listeners running, the peer may reset the
+ * connection, and an `error` with no listener would be an uncaught exception.
+ */
+interface Connected {
+  readonly socket: Net.Socket
+  /** Stops holding early errors; the first one held, if any. */
+  readonly release: () => Error | undefined
+}
+
 /** Connects, failing with the socket's error (refused, unreachable). Interruption destroys the socket. */
 const connectSocket = (host: string, port: number) =>
-  Effect.async<Net.Socket, ReceiverUnreachable>((resume) => {
+  Effect.async<Connected, ReceiverUnreachable>((resume) => {
     const socket = Net.connect({ host, port, noDelay: true })
     const onError = (cause: Error) => {
       socket.destroy()
@@ -80,7 +91,20 @@ const connectSocket = (host: string, port: number) =>
     socket.once("error", onError)
     socket.once("connect", () => {
       socket.off("error", onError)
-      resume(Effect.succeed(socket))
+      let held: Error | undefined
+      const hold = (cause: Error) => {
+        held ??= cause
+      }
+      socket.on("error", hold)
+      resume(
+        Effect.succeed({
+          socket,
+          release: () => {
+            socket.off("error", hold)
+            return held
+          }
+        })
+      )
     })
     return Effect.sync(() => socket.destroy())
   })
@@ -142,9 +166,10 @@ const open = (
       new ReceiverUnreachable({
         cause: new Cause.TimeoutException(`${what} ${options.host}:${options.port} in time`)
       })
-    const socket = yield* connectSocket(options.host, options.port).pipe(
+    const connected = yield* connectSocket(options.host, options.port).pipe(
       Effect.timeoutFail({ duration: Duration.millis(budget), onTimeout: tooLate("could not connect to") })
     )
+    const socket = connected.socket
     // Added first, so it runs last: the loss below reads "closed by the filter" rather than a reset.
     yield* Scope.addFinalizer(
       scope,
@@ -181,6 +206,10 @@ const open = (
     })
     socket.on("error", (cause) => lose(cause))
     socket.on("close", () => lose(new ConnectionClosed({ by: "receiver", detail: "end of stream" })))
+    // What happened before these listeners: an early reset, or a socket already closed.
+    const early = connected.release()
+    if (early !== undefined) lost(early)
+    else if (socket.destroyed) lose(new ConnectionClosed({ by: "receiver", detail: "end of stream" }))
 
     const clock = yield* Effect.clock
     let lastSent = clock.unsafeCurrentTimeMillis()
