@@ -336,6 +336,29 @@ export const filterLayer = (o: FilterSettings) =>
     return { config, layer }
   })
 
+/**
+ * In the caller's scope: the metrics endpoint, the replicator with its disk, and the
+ * control endpoint, as every command that runs the filter starts them.
+ */
+export const startFilter = <E>(
+  o: {
+    readonly metrics: Parameters<typeof serveMetrics>[0]
+    readonly control: Option.Option<string>
+    readonly journal: string
+    readonly diskId: string
+    readonly receiver: { readonly host: string; readonly port: number }
+  },
+  layer: Layer.Layer<Replicator.Replicator | VirtualDisk.VirtualDisk, E>
+) =>
+  Effect.gen(function* () {
+    yield* serveMetrics(o.metrics)
+    const context = yield* Layer.build(layer)
+    const replicator = yield* Effect.provide(Replicator.Replicator, context)
+    const disk = yield* Effect.provide(VirtualDisk.VirtualDisk, context)
+    yield* filterControl(o, replicator)
+    return { context, replicator, disk }
+  })
+
 export const replicate = Command.make(
   "replicate",
   {
@@ -360,11 +383,7 @@ export const replicate = Command.make(
       const { config, layer } = yield* filterLayer(o)
       yield* Effect.scoped(
         Effect.gen(function* () {
-          yield* serveMetrics(o.metrics)
-          const context = yield* Layer.build(layer)
-          const replicator = yield* Effect.provide(Replicator.Replicator, context)
-          const disk = yield* Effect.provide(VirtualDisk.VirtualDisk, context)
-          yield* filterControl(o, replicator)
+          const { replicator, disk } = yield* startFilter(o, layer)
           const totals = yield* Ref.make<Workload.Totals>({ writes: 0, bytes: 0 })
           const report = yield* Effect.fork(
             Effect.gen(function* () {

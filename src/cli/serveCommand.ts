@@ -4,15 +4,13 @@
  * receiver; the replicator's options are `replicate`'s (`filterOptions`).
  */
 import { Command, Options } from "@effect/cli"
-import { Console, Effect, Layer, Option } from "effect"
-import * as VirtualDisk from "../adapters/VirtualDisk.js"
+import { Console, Effect, Option } from "effect"
 import * as Nbd from "../nbd/Nbd.js"
-import * as Replicator from "../replicator/Replicator.js"
-import { metricsOption, serveMetrics } from "./internal/metrics.js"
-import { controlOption, filterControl } from "./internal/control.js"
+import { metricsOption } from "./internal/metrics.js"
+import { controlOption } from "./internal/control.js"
 import { UsageError, reportFailure } from "./internal/outcome.js"
 import { described, hostPort, parseHostPort, positive } from "./internal/options.js"
-import { filterLayer, filterOptions } from "./replicatorCommands.js"
+import { filterLayer, filterOptions, startFilter } from "./replicatorCommands.js"
 
 const DEFAULT_LISTEN = "127.0.0.1:10809"
 
@@ -51,11 +49,7 @@ export const serve = Command.make(
       const { layer } = yield* filterLayer(o)
       yield* Effect.scoped(
         Effect.gen(function* () {
-          yield* serveMetrics(o.metrics)
-          const context = yield* Layer.build(layer)
-          const replicator = yield* Effect.provide(Replicator.Replicator, context)
-          const disk = yield* Effect.provide(VirtualDisk.VirtualDisk, context)
-          yield* filterControl(o, replicator)
+          const { context, replicator, disk } = yield* startFilter(o, layer)
           // Runs after the server closed and before the replicator closes (and journals
           // every answered write): a clean stop leaves the image durable too.
           yield* Effect.addFinalizer(() =>
