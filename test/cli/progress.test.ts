@@ -1,6 +1,7 @@
 /**
  * Progress of long commands (`restore`, `simulate`): a bar with rate and ETA redrawn in
- * place on a terminal, a plain line every few seconds elsewhere, nothing for a short run.
+ * place on a terminal, a plain line every few seconds elsewhere, nothing for a short run;
+ * with `json` (a command's `--json`), JSON lines at the plain lines' cadence and a final one.
  */
 import { describe, expect, it } from "vitest"
 import { progress, progressLine } from "../../src/cli/internal/progress.js"
@@ -49,5 +50,54 @@ describe("progress", () => {
     p.end()
     expect(out.written.slice(0, -1).every((l) => l.startsWith("\r"))).toBe(true)
     expect(out.written.at(-1)).toBe("\n")
+  })
+
+  it("json: a JSON line at the plain cadence, on a terminal too, and a final one even for a short run", () => {
+    let now = 0
+    const out = stream(true)
+    const json = { phase: "writing", unit: "bytes" }
+    const p = progress({ label: "restoring", stream: out.stream, everyMillis: 5000, now: () => now, json })
+    for (now = 0; now <= 12_000; now += 1000) p.update(now * 10, 120_000)
+    p.end()
+    p.end()
+    expect(out.written.every((l) => l.endsWith("\n") && !l.includes("\r"))).toBe(true)
+    const lines = out.written.map((l) => JSON.parse(l).progress)
+    expect(lines).toEqual([
+      {
+        phase: "writing",
+        bytes: 50_000,
+        total: 120_000,
+        bytesPerSecond: 10_000,
+        etaSeconds: 7,
+        elapsedSeconds: 5,
+        final: false
+      },
+      expect.objectContaining({ bytes: 100_000, etaSeconds: 2, elapsedSeconds: 10, final: false }),
+      expect.objectContaining({
+        bytes: 120_000,
+        total: 120_000,
+        etaSeconds: 0,
+        elapsedSeconds: 13,
+        final: true
+      })
+    ])
+
+    const quiet = stream(false)
+    const short = progress({ label: "x", stream: quiet.stream, now: () => 0, json: { phase: "indexing" } })
+    short.update(0, 0)
+    short.end()
+    expect(quiet.written.map((l) => JSON.parse(l))).toEqual([
+      {
+        progress: {
+          phase: "indexing",
+          units: 0,
+          total: 0,
+          unitsPerSecond: 0,
+          etaSeconds: 0,
+          elapsedSeconds: 0,
+          final: true
+        }
+      }
+    ])
   })
 })
