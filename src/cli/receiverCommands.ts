@@ -10,7 +10,7 @@ import { controlOption, controlPath } from "./internal/control.js"
 import * as Logging from "./internal/logging.js"
 import { described, duration, invalid, json, port, positive, size, sizeValue } from "./internal/options.js"
 import { reportFailure } from "./internal/outcome.js"
-import { progress } from "./internal/progress.js"
+import { type Progress, progress } from "./internal/progress.js"
 import { formatSize } from "../internal/units.js"
 import { metricsOption, withMetrics } from "./internal/metrics.js"
 import type { InvalidOption } from "../receiver/internal/errors.js"
@@ -142,16 +142,31 @@ export const restore = Command.make(
     json: json()
   },
   (o) => {
-    const bar = progress({ label: `restoring ${o.out}`, rate: (r) => `${formatRate(r)}` })
+    // One bar per phase: opening the point (its block indexes), then writing the image.
+    let bar: { readonly phase: Restore.Progress["phase"]; readonly progress: Progress } | undefined
+    const update = (p: Restore.Progress) => {
+      if (bar?.phase !== p.phase) {
+        bar?.progress.end()
+        bar = {
+          phase: p.phase,
+          progress: progress({
+            label: p.phase === "indexing" ? "opening the point (block indexes)" : `restoring ${o.out}`,
+            rate: formatRate,
+            json: o.json ? { phase: p.phase, unit: "bytes" } : undefined
+          })
+        }
+      }
+      bar.progress.update(p.bytes, p.total)
+    }
     return Restore.restore({
       dir: o.dir,
       diskId: Option.getOrUndefined(o.disk),
       at: o.at,
       out: o.out,
       force: o.force,
-      onProgress: (p) => bar.update(p.bytes, p.total)
+      onProgress: update
     }).pipe(
-      Effect.ensuring(Effect.sync(bar.end)),
+      Effect.ensuring(Effect.sync(() => bar?.progress.end())),
       Effect.flatMap((r) =>
         Console.log(
           o.json
@@ -171,7 +186,7 @@ export const restore = Command.make(
 
 const formatRate = (bytesPerSecond: number) => `${(bytesPerSecond / 2 ** 20).toFixed(1)} MiB/s`
 
-/** `points` and `scrub`: read a receiver directory (one disk or every disk) and print what was found. */
+/** `scrub`: read a receiver directory (one disk or every disk) and print what was found. */
 const reader = <A, E extends { readonly message: string }>(
   name: string,
   read: (dir: string, diskId: string | undefined) => Effect.Effect<A, E>,
@@ -185,11 +200,28 @@ const reader = <A, E extends { readonly message: string }>(
     )
   )
 
-export const points = reader("points", Restore.points, (disks, json) =>
-  Console.log(json ? JSON.stringify({ disks }) : Restore.render(disks))
+export const points = Command.make(
+  "points",
+  {
+    dir,
+    disk,
+    // `--at` parsed and refused as `restore` does; without it every point is listed.
+    at: Options.optional(at),
+    json: json()
+  },
+  (o) => {
+    const spec = Option.getOrUndefined(o.at)
+    return Restore.points(o.dir, Option.getOrUndefined(o.disk), { at: spec }).pipe(
+      Effect.flatMap((disks) =>
+        Console.log(o.json ? JSON.stringify({ disks }) : Restore.render(disks, spec !== undefined))
+      ),
+      reportFailure("points", o.json),
+      logging
+    )
+  }
 ).pipe(
   Command.withDescription(
-    "List the recovery points of the disks in a receiver directory (seq, receive time, kind). Example: cdp-sync points --dir /backup --disk vm1"
+    "List the recovery points of the disks in a receiver directory (seq, receive time, kind); with --at, only the point it names (refused, naming the nearest points, when there is none). Example: cdp-sync points --dir /backup --disk vm1 --at -15m"
   )
 )
 

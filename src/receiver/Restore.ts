@@ -292,7 +292,11 @@ export const restore = Effect.fn("Receiver.restore")(function* (options: {
   readonly out: string
   /** Allows a block device as `out` (written in place). */
   readonly force?: boolean | undefined
-  /** Called as the image is written (about every MiB, and at the start and the end). */
+  /**
+   * Called as the point's block indexes are read or rebuilt (`indexing`: after each sealed
+   * segment) and as the image is written (`writing`: about every MiB); each phase at its
+   * start and end.
+   */
   readonly onProgress?: ((progress: Progress) => void) | undefined
   /** The clock relative times (`-15m`) count back from (default `Date.now`). */
   readonly now?: (() => number) | undefined
@@ -349,7 +353,12 @@ const materialise = async (
   out: Target,
   onProgress: ((progress: Progress) => void) | undefined
 ): Promise<number | undefined> => {
-  const map = await openPointMap(chain, seq, true)
+  const map = await openPointMap(
+    chain,
+    seq,
+    true,
+    onProgress === undefined ? undefined : (p) => onProgress({ phase: "indexing", ...p })
+  )
   const written = await writeTarget(out, diskBytesOf(chain.meta), async (image, device) =>
     (await writePoint(map, image, device, onProgress)) ? true : undefined
   )
@@ -362,12 +371,12 @@ const materialise = async (
 
 export const formatTime = (ms: number): string => (ms === 0 ? "-" : new Date(ms).toISOString())
 
-/** The human listing of `points`. */
-export const render = (disks: ReadonlyArray<DiskPoints>): string => {
+/** The human listing of `points`; `picked`: each disk's list is the one point `--at` named. */
+export const render = (disks: ReadonlyArray<DiskPoints>, picked = false): string => {
   const lines: Array<string> = []
   for (const d of disks) {
     lines.push(
-      `disk ${d.diskId}: ${d.blockCount} blocks of ${d.blockSize} bytes; base at seq ${d.baseSeq}, log through seq ${d.lastSeq} (${d.segments} segments, ${d.logBytes} bytes); ${d.points.length} recovery points`
+      `disk ${d.diskId}: ${d.blockCount} blocks of ${d.blockSize} bytes; base at seq ${d.baseSeq}, log through seq ${d.lastSeq} (${d.segments} segments, ${d.logBytes} bytes); ${picked ? "the recovery point asked for" : `${d.points.length} recovery points`}`
     )
     lines.push(`  ${"seq".padStart(12)}  ${"received".padEnd(24)}  kind`)
     for (const p of d.points)

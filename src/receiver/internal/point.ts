@@ -18,6 +18,7 @@ import {
   encodeBlockIndex,
   entryOf,
   type Extent,
+  type ExtentMap,
   firstEndingAfter,
   mergeUnder,
   verifyMap,
@@ -65,6 +66,43 @@ const writeBestEffort = async (file: string, bytes: Buffer): Promise<void> => {
   }
 }
 
+/** What a sealed segment's `.bix` must cover: the disk's geometry and the segment as the chain knows it. */
+export const coversOf = (chain: Chain, segment: Segment): Covers => ({
+  ...geometryOf(chain),
+  firstSeq: segment.firstSeq,
+  lastSeq: segment.lastSeq,
+  segmentBytes: segment.bytes,
+  records: segment.records
+})
+
+/** A `.bix` judged against its segment's records: its map, or why it cannot be believed (the byte at fault). */
+export type BlockIndexCheck =
+  | { readonly _tag: "Valid"; readonly map: ExtentMap }
+  | { readonly _tag: "Missing" }
+  | { readonly _tag: "Defect"; readonly at: number; readonly reason: string }
+
+/**
+ * Checks the bytes of a `.bix` (`undefined`: missing) against what it must cover and the
+ * segment's records (`entries`): decoded (`decodeBlockIndex`) and verified (`verifyMap`).
+ * Pure: a point (`sealedMap`) and `scrub` judge a `.bix` the same way.
+ */
+export const checkBlockIndex = (
+  bytes: Uint8Array | undefined,
+  covers: Covers,
+  entries: ReadonlyArray<IndexEntry>
+): BlockIndexCheck => {
+  if (bytes === undefined) return { _tag: "Missing" }
+  const decoded = decodeBlockIndex(bytes, covers)
+  if ("reason" in decoded) return { _tag: "Defect", at: decoded.offset, reason: decoded.reason }
+  const defect = verifyMap(covers, entries, decoded)
+  if (defect === undefined) return { _tag: "Valid", map: decoded }
+  return {
+    _tag: "Defect",
+    at: defect.extent === undefined ? 0 : bixExtentOffset(defect.extent),
+    reason: `at odds with its segment: ${defect.reason}`
+  }
+}
+
 /**
  * The block index of a sealed segment: its `.bix`, decoded and checked against the segment's
  * records, or rebuilt from them (and written, when `write`) with a note saying why.
@@ -76,60 +114,77 @@ export const sealedMap = async (
   notes: Array<Note>
 ): Promise<ReadonlyArray<Extent>> => {
   const entries = segment.entries ?? []
-  const g = geometryOf(chain)
   const file = path.join(chain.diskDir, blockIndexName(segment.name))
-  const covers: Covers = {
-    ...g,
-    firstSeq: segment.firstSeq,
-    lastSeq: segment.lastSeq,
-    segmentBytes: segment.bytes,
-    records: segment.records
-  }
-  const bytes = await readIfExists(file)
-  let why: { readonly at: number; readonly reason: string } | undefined
-  if (bytes === undefined) why = { at: 0, reason: "missing" }
-  else {
-    const decoded = decodeBlockIndex(bytes, covers)
-    if ("reason" in decoded) why = { at: decoded.offset, reason: decoded.reason }
-    else {
-      const defect = verifyMap(g, entries, decoded)
-      if (defect === undefined) return decoded
-      why = {
-        at: defect.extent === undefined ? 0 : bixExtentOffset(defect.extent),
-        reason: `at odds with its segment: ${defect.reason}`
-      }
-    }
-  }
-  const map = buildMap(g, entries)
+  const covers = coversOf(chain, segment)
+  const checked = checkBlockIndex(await readIfExists(file), covers, entries)
+  if (checked._tag === "Valid") return checked.map
+  const why = checked._tag === "Missing" ? { at: 0, reason: "missing" } : checked
+  const map = buildMap(covers, entries)
   notes.push({ message: "rebuilt a block index", annotations: { file, at: why.at, reason: why.reason } })
   if (write) await writeBestEffort(file, encodeBlockIndex(covers, map))
   return map
 }
 
+/** How far opening a point is: `bytes` of `total`, the bytes of the sealed segments whose `.bix` is read and checked or rebuilt. */
+export interface IndexingProgress {
+  readonly bytes: number
+  readonly total: number
+}
+
+/** Merges maps given newest first, pairwise (O(extents × log maps), where folding them one by one is quadratic). */
+const mergeAll = (maps: ReadonlyArray<ReadonlyArray<PointExtent>>): ReadonlyArray<PointExtent> => {
+  let level = maps
+  while (level.length > 1) {
+    const next: Array<ReadonlyArray<PointExtent>> = []
+    for (let i = 0; i < level.length; i += 2)
+      next.push(i + 1 < level.length ? mergeUnder(level[i]!, level[i + 1]!) : level[i]!)
+    level = next
+  }
+  return level[0] ?? []
+}
+
 /**
  * The map of the disk at `seq` (a recovery point of `chain`): the sealed segments wholly at
  * or before it through their block indexes, the segment holding it (and one the base cuts
- * into, and the active one) from their records.
+ * into, and the active one) from their records. `onProgress` hears how far the sealed
+ * segments' indexes are (at the start, after each one, and at the end): on a long log,
+ * checking or rebuilding them takes seconds (docs/receiver.md, "Opening a point").
  */
-export const openPointMap = async (chain: Chain, seq: number, write: boolean): Promise<PointMap> => {
+export const openPointMap = async (
+  chain: Chain,
+  seq: number,
+  write: boolean,
+  onProgress?: (progress: IndexingProgress) => void
+): Promise<PointMap> => {
   const g = geometryOf(chain)
   const notes: Array<Note> = []
   const last = chain.segments.length - 1
-  let acc: Array<PointExtent> = []
+  const used: Array<{ readonly i: number; readonly whole: boolean }> = []
+  let total = 0
   for (let i = last; i >= 0; i--) {
     const segment = chain.segments[i]!
     if (segment.lastSeq <= chain.base.seq) break
     if (segment.firstSeq > seq) continue
     const whole = i < last && segment.lastSeq <= seq && segment.firstSeq > chain.base.seq
+    used.push({ i, whole })
+    if (whole) total += segment.bytes
+  }
+  let bytes = 0
+  onProgress?.({ bytes, total })
+  // Newest first, as `mergeAll` takes them.
+  const maps: Array<ReadonlyArray<PointExtent>> = []
+  for (const { i, whole } of used) {
+    const segment = chain.segments[i]!
     const map = whole
       ? await sealedMap(chain, segment, write, notes)
       : buildMap(g, entriesThrough(segment, chain.base.seq, seq))
-    acc = mergeUnder(
-      acc,
-      map.map((x) => ({ ...x, segment: i }))
-    )
+    maps.push(map.map((x) => ({ ...x, segment: i })))
+    if (whole) {
+      bytes += segment.bytes
+      onProgress?.({ bytes, total })
+    }
   }
-  return { chain, seq, extents: acc, notes }
+  return { chain, seq, extents: mergeAll(maps), notes }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -13,8 +13,13 @@ import { ForwardReader, pwriteFully } from "./files.js"
 import { RECORD_HEADER_BYTES } from "./format.js"
 import { checkedPayload, openSegments, type PointExtent, type PointMap, payloadIndex } from "./point.js"
 
-/** How far a restore is: `bytes` of `total` (the image's bytes, then the log's bytes placed over it). */
+/**
+ * How far a restore is, `bytes` of `total` in each phase: `indexing`, the sealed segments'
+ * block indexes read and checked, or rebuilt (their segments' bytes; `openPointMap`); then
+ * `writing`, the image's bytes, then the log's bytes placed over them.
+ */
 export interface Progress {
+  readonly phase: "indexing" | "writing"
   readonly bytes: number
   readonly total: number
 }
@@ -42,7 +47,7 @@ export const writePoint = async (
   const report = (force: boolean) => {
     if (onProgress !== undefined && (force || done - reported >= PROGRESS_STEP)) {
       reported = done
-      onProgress({ bytes: done, total })
+      onProgress({ phase: "writing", bytes: done, total })
     }
   }
   report(true)
