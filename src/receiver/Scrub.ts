@@ -1,9 +1,10 @@
 /**
  * `cdp-sync scrub` (docs/receiver.md): verifies every file of every disk in a receiver
  * directory — `disk.json`, `base.img`, every segment (every record's CRC, the seqs
- * following each other across the whole chain and from the base) and every index
- * (entry by entry against the records of its segment) — and reports each damage with
- * its file and byte offset.
+ * following each other across the whole chain and from the base), every index
+ * (entry by entry against the records of its segment) and every block index (`.bix`,
+ * checked as a point checks it: `checkBlockIndex`) — and reports each damage with its file
+ * and byte offset. It never writes: a damaged `.bix` is reported, not rebuilt.
  *
  * Read-only and without the lock, so it may run beside the receiver: the last segment
  * may be growing (a commit in progress reads as a torn tail, noted, not damage), a roll
@@ -25,14 +26,22 @@ import {
 } from "./internal/chain.js"
 import { inspectBaseImage } from "./internal/base.js"
 import { DiskNotFound, LogCorrupt, LogIoError } from "./internal/errors.js"
-import { isEnoent } from "./internal/files.js"
-import { type BaseTrailer, continues, indexName, parseSegmentName } from "./internal/format.js"
+import { blockIndexName } from "./internal/blockIndex.js"
+import { isEnoent, readIfExists } from "./internal/files.js"
+import {
+  type BaseTrailer,
+  continues,
+  type IndexEntry,
+  indexName,
+  parseSegmentName
+} from "./internal/format.js"
+import { checkBlockIndex } from "./internal/point.js"
 import { compareIndex, describeDamage, isTorn, readIndex, scanSegment } from "./internal/segment.js"
 
 export { DiskNotFound }
 
 export interface Checked {
-  /** Files read in full (disk.json, base.img, segments, indexes). */
+  /** Files read in full (disk.json, base.img, segments, indexes, block indexes). */
   readonly files: number
   readonly segments: number
   /** Records whose CRC was checked. */
@@ -41,6 +50,8 @@ export interface Checked {
   readonly segmentBytes: number
   /** Indexes compared entry by entry with their segment. */
   readonly indexes: number
+  /** Block indexes (`.bix`) decoded and checked against their segment's records. */
+  readonly blockIndexes: number
 }
 
 export interface DiskScrub {
@@ -95,6 +106,56 @@ const baseTrailer = async (diskDir: string, meta: DiskMeta): Promise<BaseTrailer
   }
 }
 
+/**
+ * The block index of a segment whose records were just scanned (clean), judged as a point
+ * judges it (`checkBlockIndex`), read-only. Missing is a note (logs written before the block
+ * index existed); damage names the byte. The active segment's `.bix`, if any, is a roll in
+ * progress or a leftover: noted, not read (it may be half written).
+ */
+const scrubBlockIndex = async (
+  diskDir: string,
+  name: string,
+  meta: DiskMeta,
+  firstSeq: number,
+  size: number,
+  entries: ReadonlyArray<IndexEntry>,
+  last: boolean
+): Promise<{ readonly checked: boolean; readonly damage?: LogCorrupt; readonly note?: string }> => {
+  const bixName = blockIndexName(name)
+  const file = path.join(diskDir, bixName)
+  const bytes = await readIfExists(file)
+  if (last)
+    return bytes === undefined
+      ? { checked: false }
+      : {
+          checked: false,
+          note: `${bixName}: the active segment has a block index (a roll in progress, or a leftover the receiver removes)`
+        }
+  const covers = {
+    blockSize: meta.blockSize,
+    blockCount: meta.blockCount,
+    firstSeq,
+    lastSeq: entries.at(-1)?.seq ?? firstSeq - 1,
+    segmentBytes: size,
+    records: entries.length
+  }
+  const found = checkBlockIndex(bytes, covers, entries)
+  if (found._tag === "Valid") return { checked: true }
+  if (found._tag === "Missing")
+    return {
+      checked: false,
+      note: `${bixName}: missing (a segment sealed before block indexes existed, or one removed): restore, mount and the receiver rebuild it from the segment`
+    }
+  return {
+    checked: true,
+    damage: new LogCorrupt({
+      file,
+      offset: found.at,
+      reason: `${found.reason} (restore, mount and the receiver rebuild it from the segment, which is intact)`
+    })
+  }
+}
+
 /** A fold replaced the base or removed a file while the disk was read: read it again. */
 class Moved extends Data.TaggedError("Moved") {}
 
@@ -102,7 +163,7 @@ class Moved extends Data.TaggedError("Moved") {}
 const scrubOnce = async (diskDir: string): Promise<DiskScrub> => {
   const damage: Array<LogCorrupt> = []
   const notes: Array<string> = []
-  const checked = { files: 0, segments: 0, records: 0, segmentBytes: 0, indexes: 0 }
+  const checked = { files: 0, segments: 0, records: 0, segmentBytes: 0, indexes: 0, blockIndexes: 0 }
   const names = (await fs.readdir(diskDir)).sort()
   const metaFile = path.join(diskDir, META_FILE)
 
@@ -162,6 +223,11 @@ const scrubOnce = async (diskDir: string): Promise<DiskScrub> => {
           new LogCorrupt({ file: path.join(diskDir, n), offset: 0, reason: "its segment is missing" })
         )
     }
+    // A block index is a cache: one whose segment is gone is a leftover, never damage.
+    if (n.endsWith(".bix") && !names.includes(n.replace(/\.bix$/, ".seg")))
+      notes.push(
+        `${n}: the block index of a segment that is gone (harmless; removed when the receiver starts)`
+      )
     if (n.endsWith(".tmp") || n.includes(".tmp-"))
       notes.push(`${n}: a temporary file (removed when the receiver starts)`)
   }
@@ -238,6 +304,15 @@ const scrubOnce = async (diskDir: string): Promise<DiskScrub> => {
         checked.indexes++
         const mismatch = compareIndex(indexFile, index.entries, scan.entries)
         if (mismatch !== undefined) damage.push(mismatch)
+      }
+      if (meta !== undefined && scan.damage === undefined) {
+        const bix = await scrubBlockIndex(diskDir, name, meta, firstSeq, size, scan.entries, last)
+        if (bix.checked) {
+          checked.files++
+          checked.blockIndexes++
+        }
+        if (bix.damage !== undefined) damage.push(bix.damage)
+        if (bix.note !== undefined) notes.push(bix.note)
       }
     } finally {
       await handle.close()
@@ -322,7 +397,7 @@ export const render = (report: ScrubReport): string => {
     const c = d.checked
     const verdict = d.damage.length === 0 ? "clean" : `${d.damage.length} damaged`
     lines.push(
-      `disk ${d.diskId ?? "?"} (${d.diskDir}): ${verdict}; checked ${c.files} files: ${c.segments} segments (${c.records} records, ${c.segmentBytes} bytes), ${c.indexes} indexes`
+      `disk ${d.diskId ?? "?"} (${d.diskDir}): ${verdict}; checked ${c.files} files: ${c.segments} segments (${c.records} records, ${c.segmentBytes} bytes), ${c.indexes} indexes, ${c.blockIndexes} block indexes`
     )
     for (const e of d.damage) lines.push(`  damage: ${e.file} at byte ${e.offset}: ${e.reason}`)
     for (const n of d.notes) lines.push(`  note: ${n}`)
