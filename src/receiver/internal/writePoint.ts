@@ -11,6 +11,7 @@ import { openBase, walkBase } from "./base.js"
 import { entryOf } from "./blockIndex.js"
 import { ForwardReader, pwriteFully } from "./files.js"
 import { RECORD_HEADER_BYTES } from "./format.js"
+import { ReceiverMutants } from "./mutants.js"
 import { checkedPayload, openSegments, type PointExtent, type PointMap, payloadIndex } from "./point.js"
 
 /**
@@ -70,16 +71,18 @@ export const writePoint = async (
     await walkBase(base.handle, base.file, base.base, geometry, {
       onChunk: async (at, data, zero) => {
         const end = at + data.length
+        const write = device || !zero || ReceiverMutants.restoreFillsHoles
         let cursor = at
         while (cursor < end) {
           while (i < extents.length && extents[i]!.end <= cursor) i++
           const x = extents[i]
-          if (x !== undefined && x.start <= cursor) {
+          if (x !== undefined && x.start <= cursor && !ReceiverMutants.restoreWritesOverriddenBase) {
             cursor = Math.min(end, x.end)
             continue
           }
-          const gapEnd = x === undefined ? end : Math.min(end, x.start)
-          if (device || !zero) await pwriteFully(image, data.subarray(cursor - at, gapEnd - at), cursor)
+          const gapEnd =
+            x === undefined ? end : ReceiverMutants.restoreWritesOverriddenBase ? end : Math.min(end, x.start)
+          if (write) await pwriteFully(image, data.subarray(cursor - at, gapEnd - at), cursor)
           cursor = gapEnd
         }
         done += data.length

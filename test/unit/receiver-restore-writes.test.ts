@@ -1,0 +1,139 @@
+/**
+ * Issue 17: restore through the block index writes each byte of the image once — the base's
+ * bytes the log does not override, then the log's surviving extents, segment by segment in
+ * file order — and keeps the image sparse: a disk holding little data restores to a file
+ * allocating about that much. Equal to the record-by-record replay (the oracle). Two kept
+ * mutants (a restore writing the overridden base bytes too, one filling the holes) are caught.
+ */
+import * as fs from "node:fs"
+import type * as fsp from "node:fs/promises"
+import * as path from "node:path"
+import { Effect } from "effect"
+import { afterEach, describe, expect, it } from "vitest"
+import { type Chain, openChain } from "../../src/receiver/internal/chain.js"
+import { ReceiverMutants } from "../../src/receiver/internal/mutants.js"
+import { openPointMap } from "../../src/receiver/internal/point.js"
+import { replayPoint, writeTarget } from "../../src/receiver/internal/replay.js"
+import { type Progress, writePoint } from "../../src/receiver/internal/writePoint.js"
+import * as Restore from "../../src/receiver/Restore.js"
+import { imageAt, makeChanges, readMetaFile, writeDisk } from "../support/receiverDisk.js"
+import { restoredBeside, tempDirs } from "../support/tempDirs.js"
+
+const tempDir = tempDirs("cdp-receiver-restore-writes-", "each")
+
+/** 64 MiB, written only in its first 192 KiB and in one block near the end. */
+const geometry = { blockSize: 4096, blockCount: 16_384 }
+const diskBytes = geometry.blockSize * geometry.blockCount
+const DATA = 192 * 1024
+
+afterEach(() => {
+  ReceiverMutants.restoreWritesOverriddenBase = false
+  ReceiverMutants.restoreFillsHoles = false
+})
+
+/** A log folded once (the base holds data), then several segments overwriting much of it, and a far block. */
+const makeLog = async (dir: string) => {
+  const first = makeChanges(geometry, 60, { seed: 23, limit: DATA })
+  const folded = await writeDisk(dir, "vm", geometry, first, { segmentBytes: 48 * 1024, fold: true })
+  const later = makeChanges(geometry, 120, { seed: 29, limit: DATA, firstSeq: folded.lastSeq + 1 })
+  const far = new Uint8Array(geometry.blockSize).fill(0xee)
+  const block = geometry.blockCount - 3
+  later.push({
+    record: { _tag: "Block", seq: folded.lastSeq + later.length + 1, epoch: 0, block, data: far },
+    offset: block * geometry.blockSize,
+    data: far
+  })
+  const written = await writeDisk(dir, "vm", geometry, later, { segmentBytes: 48 * 1024 })
+  const chain = await openChain(written.diskDir, readMetaFile(written.diskDir), "read")
+  return { ...written, baseSeq: folded.baseSeq, changes: [...first, ...later], chain }
+}
+
+/** Every `write` made through the handle: where and how many bytes. */
+const counting = (handle: fsp.FileHandle, writes: Array<readonly [number, number]>): fsp.FileHandle =>
+  new Proxy(handle, {
+    get(target, property) {
+      if (property === "write")
+        return async (buffer: Uint8Array, offset: number, length: number, position: number) => {
+          const result = await target.write(buffer, offset, length, position)
+          writes.push([position, result.bytesWritten])
+          return result
+        }
+      const value = Reflect.get(target, property, target)
+      return typeof value === "function" ? value.bind(target) : value
+    }
+  })
+
+/** Restores `seq` of `chain` through `writePoint`, counting writes: what is wrong with them, if anything. */
+const restoreCounted = async (chain: Chain, seq: number, out: string) => {
+  const map = await openPointMap(chain, seq, false)
+  const writes: Array<readonly [number, number]> = []
+  const progress: Array<Progress> = []
+  await writeTarget({ _tag: "File", path: out }, diskBytes, (image) =>
+    writePoint(map, counting(image, writes), false, (p) => progress.push(p))
+  )
+  let logBytes = 0
+  for (const x of map.extents) logBytes += x.end - x.start
+  const problems: Array<string> = []
+  const sorted = [...writes].sort((a, b) => a[0] - b[0])
+  for (let k = 1; k < sorted.length; k++)
+    if (sorted[k]![0] < sorted[k - 1]![0] + sorted[k - 1]![1])
+      problems.push(`bytes from ${sorted[k]![0]} written twice`)
+  const total = writes.reduce((n, [, length]) => n + length, 0)
+  // The base's one chunk holding data (1 MiB, less what the log overrides), and the log's extents.
+  if (total > (1 << 20) + logBytes)
+    problems.push(`${total} bytes written, at most ${(1 << 20) + logBytes} hold data`)
+  return { problems, total, logBytes, progress, map }
+}
+
+describe("restore writes each byte once, sparse", () => {
+  it("each byte once: the base where the log does not override it, then the log's extents; progress counts exactly these", async () => {
+    const dir = tempDir()
+    const { chain, lastSeq, baseSeq, changes } = await makeLog(dir)
+    expect(baseSeq).toBeGreaterThan(0)
+    expect(chain.segments.length).toBeGreaterThan(2)
+    const out = restoredBeside(dir, "counted")
+    const { problems, total, logBytes, progress, map } = await restoreCounted(chain, lastSeq, out)
+    expect(problems).toEqual([])
+    // The log's bytes are all written; the base's only where no extent lies.
+    expect(total).toBeGreaterThan(logBytes)
+    expect(map.extents.length).toBeGreaterThan(10)
+    expect(progress[0]).toEqual({ phase: "writing", bytes: 0, total: diskBytes + logBytes })
+    expect(progress.at(-1)).toEqual({
+      phase: "writing",
+      bytes: diskBytes + logBytes,
+      total: diskBytes + logBytes
+    })
+    const image = fs.readFileSync(out)
+    expect(image.equals(imageAt(geometry, changes, lastSeq))).toBe(true)
+    const replayed = restoredBeside(dir, "replayed")
+    await replayPoint(chain, lastSeq, { _tag: "File", path: replayed })
+    expect(image.equals(fs.readFileSync(replayed))).toBe(true)
+  })
+
+  it("sparse: the restored image allocates about the data it holds, not the disk", async () => {
+    const dir = tempDir()
+    const { lastSeq, changes } = await makeLog(dir)
+    const out = path.join(tempDir(), "vm.img")
+    await Effect.runPromise(Restore.restore({ dir, diskId: "vm", at: "latest", out }))
+    const stat = fs.statSync(out)
+    expect(stat.size).toBe(diskBytes)
+    // The base's one data chunk (1 MiB) and the far block, with room for the file system's rounding.
+    expect(stat.blocks * 512).toBeLessThanOrEqual(2 << 20)
+    expect(fs.readFileSync(out).equals(imageAt(geometry, changes, lastSeq))).toBe(true)
+  })
+
+  it("catches a restore that writes the overridden base bytes too, and one that fills the holes (mutants)", async () => {
+    const dir = tempDir()
+    const { chain, lastSeq } = await makeLog(dir)
+    ReceiverMutants.restoreWritesOverriddenBase = true
+    const twice = await restoreCounted(chain, lastSeq, restoredBeside(dir, "twice"))
+    expect(twice.problems.join("\n")).toMatch(/written twice/)
+    ReceiverMutants.restoreWritesOverriddenBase = false
+    ReceiverMutants.restoreFillsHoles = true
+    const filled = await restoreCounted(chain, lastSeq, restoredBeside(dir, "filled"))
+    expect(filled.problems.join("\n")).toMatch(/bytes written, at most/)
+    const out = path.join(tempDir(), "filled.img")
+    await Effect.runPromise(Restore.restore({ dir, diskId: "vm", at: "latest", out }))
+    expect(fs.statSync(out).blocks * 512).toBeGreaterThan(2 << 20)
+  })
+})
