@@ -9,3 +9,13 @@ export const ReceiverMutants = {
   /** A block index that keeps the oldest version of each range instead of the newest. */
   blockIndexKeepsOldest: false
 }
+
+/** Broken overlays (`overlay.ts`), for test/properties/overlay.test.ts and test/unit/overlay-*.test.ts. */
+export const OverlayMutants = {
+  /** A flush writes the bitmap pages without fsyncing the data first (one fsync after both). */
+  bitBeforeData: false,
+  /** A write into part of a cluster the overlay does not hold writes only its own bytes (no copy-on-write). */
+  partialWithoutCopy: false,
+  /** `openOverlay` neither takes nor checks `FILE.lock`. */
+  lockNotChecked: false
+}
