@@ -16,6 +16,8 @@ export const OverlayMutants = {
   bitBeforeData: false,
   /** A write into part of a cluster the overlay does not hold writes only its own bytes (no copy-on-write). */
   partialWithoutCopy: false,
+  /** Requests on one cluster run side by side: two copy-on-writes of one cluster can undo each other. */
+  clustersUngated: false,
   /** `openOverlay` neither takes nor checks `FILE.lock`. */
   lockNotChecked: false
 }
