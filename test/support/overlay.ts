@@ -120,3 +120,6 @@ export class CrashFile implements OverlayIo {
   }
   async close(): Promise<void> {}
 }
+
+/** The identity the overlay-header corpus (test/fixtures/overlay-corpus) is opened with: 16 clusters of 4 KiB. */
+export const CORPUS_IDENTITY: OverlayIdentity = identity(64 * 1024)

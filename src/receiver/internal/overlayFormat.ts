@@ -202,8 +202,8 @@ export const decodeHeader = (bytes: Uint8Array): DecodedHeader => {
   } catch {
     return bad(66, "the disk id is not UTF-8")
   }
-  if (b.subarray(66 + n, CRC_AT).some((x) => x !== 0))
-    return bad(66 + n, "bytes after the disk id are not zero")
+  const junk = b.subarray(66 + n, CRC_AT).findIndex((x) => x !== 0)
+  if (junk >= 0) return bad(66 + n + junk, "a byte after the disk id is not zero")
   return { _tag: "Header", identity: { diskId, diskBytes, seq, pointTime: b.readDoubleLE(40) }, layout }
 }
 
