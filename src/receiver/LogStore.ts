@@ -44,7 +44,7 @@ import {
   type LogOp,
   ReceiverLocked
 } from "./internal/errors.js"
-import { pwriteFully, pwritevFully, readIfExists, removeIfExists, syncDirectory } from "./internal/files.js"
+import { pwriteFully, pwritevFully, removeIfExists, syncDirectory } from "./internal/files.js"
 import {
   encodeIndex,
   encodeRecordHeader,
@@ -63,6 +63,7 @@ import {
 } from "./internal/format.js"
 import { type Clocks, ReceiveClock, systemClocks } from "./internal/clock.js"
 import { defaultTuning, type Expected, readIndex, readRange } from "./internal/segment.js"
+import { takeLock } from "./internal/pidLock.js"
 import { verifyDisk } from "./internal/verify.js"
 import * as Retention from "./Retention.js"
 
@@ -520,56 +521,13 @@ export interface Store {
   readonly stats: Stats
 }
 
-/** The process's start time (clock ticks since boot, Linux), to tell a live owner from a reused pid. */
-const startTimeOf = async (pid: number): Promise<string | undefined> => {
-  const stat = await readIfExists(`/proc/${pid}/stat`).catch(() => undefined)
-  // Fields after the command name (which may hold spaces): state is field 3, starttime field 22.
-  const fields = stat?.toString("utf8").split(") ").at(-1)?.split(" ")
-  return fields?.[19]
-}
-
-const isAlive = async (pid: number, started: string | undefined): Promise<boolean> => {
-  try {
-    process.kill(pid, 0)
-  } catch (e) {
-    if (!(typeof e === "object" && e !== null && "code" in e && e.code === "EPERM")) return false
-  }
-  if (started === undefined) return true
-  const now = await startTimeOf(pid)
-  return now === undefined || now === started
-}
-
 /**
- * Takes `DIR/.lock` (`pid starttime`); a lock whose process is gone (a crash) is taken over.
- * Advisory: it keeps a second receiver from sharing the directory by mistake.
+ * Takes `DIR/.lock` (`pid starttime`, `internal/pidLock.ts`); a lock whose process is gone (a
+ * crash) is taken over. Advisory: it keeps a second receiver from sharing the directory by mistake.
  */
 const lock = async (dir: string): Promise<ReceiverLocked | undefined> => {
-  const file = path.join(dir, LOCK_FILE)
-  const mine = `${process.pid} ${(await startTimeOf(process.pid)) ?? "-"}\n`
-  for (let round = 0; round < 3; round++) {
-    try {
-      const handle = await fs.open(file, "wx", 0o644)
-      try {
-        await handle.writeFile(mine)
-      } finally {
-        await handle.close()
-      }
-      return undefined
-    } catch (e) {
-      if (!(typeof e === "object" && e !== null && "code" in e && e.code === "EEXIST")) throw e
-    }
-    const [pidText, started] = ((await readIfExists(file))?.toString("utf8") ?? "").trim().split(" ")
-    const pid = Number(pidText)
-    if (
-      Number.isSafeInteger(pid) &&
-      pid > 0 &&
-      pid !== process.pid &&
-      (await isAlive(pid, started === "-" ? undefined : started))
-    )
-      return new ReceiverLocked({ dir, pid })
-    await removeIfExists(file)
-  }
-  return new ReceiverLocked({ dir, pid: 0 })
+  const pid = await takeLock(path.join(dir, LOCK_FILE))
+  return pid === undefined ? undefined : new ReceiverLocked({ dir, pid })
 }
 
 const logNotes = (chain: Chain) =>

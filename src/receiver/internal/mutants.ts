@@ -13,3 +13,15 @@ export const ReceiverMutants = {
   /** A restore that writes the base's zero chunks into a new file (no holes kept). */
   restoreFillsHoles: false
 }
+
+/** Broken overlays (`overlay.ts`), for test/properties/overlay.test.ts and test/unit/overlay-*.test.ts. */
+export const OverlayMutants = {
+  /** A flush writes the bitmap pages without fsyncing the data first (one fsync after both). */
+  bitBeforeData: false,
+  /** A write into part of a cluster the overlay does not hold writes only its own bytes (no copy-on-write). */
+  partialWithoutCopy: false,
+  /** Requests on one cluster run side by side: two copy-on-writes of one cluster can undo each other. */
+  clustersUngated: false,
+  /** `openOverlay` neither takes nor checks `FILE.lock`. */
+  lockNotChecked: false
+}
