@@ -719,7 +719,9 @@ export function* workloadTicks(
   config: Config,
   seed: number,
   count: number,
-  faults: FaultLevel
+  faults: FaultLevel,
+  /** Also zero whole blocks now and then (a block's content comes back: what comparisons must not be fooled by). */
+  zeroes = false
 ): Generator<ReadonlyArray<Step>> {
   const random = prng(seed)
   const bs = config.blockSize
@@ -751,6 +753,13 @@ export function* workloadTicks(
         cursor = offset + length >= diskBytes ? 0 : offset + length
       } else offset = Math.min(diskBytes - length, hot * bs + int(8 * bs))
       offset -= offset % 512
+      if (zeroes && random() < 0.15) {
+        // Whole blocks around the write's start, as WRITE_ZEROES or TRIM would leave them.
+        const first = Math.floor(offset / bs)
+        const blocks = Math.min(1 + int(4), config.blockCount - first)
+        yield [{ _tag: "Zero", offset: first * bs, length: blocks * bs }]
+        continue
+      }
       yield [{ _tag: "Write", offset, length }]
       continue
     }
