@@ -186,6 +186,12 @@ export const render = (outcome: Outcome): string => {
       `  block records unacked: ${st.blockRecordsUnacked}${(st.unackedBlockRecordSeqs as Array<number>)?.length ? ` (seqs ${(st.unackedBlockRecordSeqs as Array<number>).join(", ")})` : ""}`
     )
     if (st.owed !== null) lines.push(`  owed: ResyncActivated (${st.owed})`)
+    // Only in a trace with comparisons (version 2): a version 1 report reads as before.
+    const comparing = st.comparing as ReadonlyArray<readonly [number, number]> | undefined
+    if (comparing !== undefined)
+      lines.push(
+        `  comparisons: ${st.comparisonsUnacked} unacked, ${comparing.length} waiting${comparing.length > 0 ? ` (${comparing.map(([seq, block]) => `seq ${seq}: block ${block}`).join(", ")})` : ""}`
+      )
   }
   return lines.join("\n")
 }

@@ -8,6 +8,11 @@
  * The world is deterministic: the same steps give the same run. Property tests
  * draw the steps with fast-check; `npm start` draws them from a seeded PRNG.
  *
+ * With `compareFrom` the filter is asked to compare blocks instead of sending them
+ * (checksum-based resync, trace version 2): the receiver answers a comparison from the
+ * newest version it holds of the block, records received but not yet durable included,
+ * and the program compares that with the disk's block as read after the decision.
+ *
  * Over 600 lines: the world's steps and its invariant checks read one state; the
  * seeded workloads at the end are the seam to split next (issue 14).
  */
@@ -15,7 +20,7 @@ import { Either } from "effect"
 import * as Bitmap from "../domain/Bitmap.js"
 import type { Config } from "../domain/Config.js"
 import * as Decider from "../domain/Decider.js"
-import type * as Event from "../domain/Event.js"
+import * as Event from "../domain/Event.js"
 import * as Input from "../domain/Input.js"
 import * as Receiver from "../domain/Receiver.js"
 import { Checker, type Violation } from "../domain/Legality.js"
@@ -64,6 +69,8 @@ export const reference: Filter<State.State> = {
 
 export type Step =
   | { readonly _tag: "Write"; readonly offset: number; readonly length: number }
+  /** A write of zeros (WRITE_ZEROES, TRIM): blocks it covers whole hold zeros again, as at the start. */
+  | { readonly _tag: "Zero"; readonly offset: number; readonly length: number }
   | { readonly _tag: "Pump"; readonly budget: number }
   /** The wire delivers the next record (if its data is ready). */
   | { readonly _tag: "Send" }
@@ -104,13 +111,22 @@ type WireRecord =
       /** Per touched block: version before, version after, whether the write covers it whole. */
       readonly blocks: ReadonlyArray<readonly [prev: number, next: number, whole: boolean]>
     }
-  | { readonly seq: number; readonly kind: "block"; readonly block: number; phase: 0 | 1 | 2; data: number }
+  | {
+      readonly seq: number
+      /** A block record, or a comparison request (its `data` is the disk's block as read, kept by the program). */
+      readonly kind: "block" | "compare"
+      readonly block: number
+      phase: 0 | 1 | 2
+      data: number
+    }
   | { readonly seq: number; readonly kind: "begin"; readonly base: number }
   | { readonly seq: number; readonly kind: "end" }
 
 type Message =
   | { readonly _tag: "ack"; readonly seq: number }
   | { readonly _tag: "gap"; readonly expected: number }
+  /** The receiver's checksum of `block` for comparison `seq` (a version stands for its bytes). */
+  | { readonly _tag: "checksum"; readonly seq: number; readonly block: number; readonly value: number }
 
 /** Replica content that matches no disk version: a partial write applied on stale data. */
 const TORN = -1
@@ -132,6 +148,11 @@ export interface WorldOptions {
   readonly checks?: ReadonlyArray<InvariantName>
   /** Run the whole-disk checks (coverage, replica = disk) every N steps; default 1 (every step). */
   readonly diskCheckEvery?: number
+  /**
+   * Pump with `compareFrom` (checksum-based resync): while at least this many blocks are
+   * owed the filter compares instead of sending. Default: never compare.
+   */
+  readonly compareFrom?: number
 }
 
 export interface Stats {
@@ -143,6 +164,9 @@ export interface Stats {
   faults: number
   rejections: number
   recoveryPoints: number
+  /** Comparisons decided, and how many matched (no data record needed). */
+  compared: number
+  matched: number
   modeChanges: Record<string, number>
   /** Mode after each step: a timeline for pictures. */
   readonly timeline: Array<"sync" | "resync">
@@ -165,6 +189,8 @@ export class World<S> {
     faults: 0,
     rejections: 0,
     recoveryPoints: 0,
+    compared: 0,
+    matched: 0,
     modeChanges: {},
     timeline: [],
     dirtyCurve: []
@@ -177,6 +203,8 @@ export class World<S> {
   private durableSeq = 0
   private pending: Array<WireRecord> = []
   private receiver = Receiver.initial(0)
+  /** The program's side of the comparisons it sent: request seq → the disk's block as read. */
+  private readonly reads = new Map<number, number>()
   private readonly history: Array<{ readonly seq: number; readonly replica: Int32Array }> = []
   /** The receiver lost acked data and the filter has not yet heard of it (coverage cannot hold then). */
   private rollbackUnknown = false
@@ -288,6 +316,11 @@ export class World<S> {
             "sync-only-when-clean",
             `sync resumed with ${State.obligationCount(before)} dirty block(s) and ${before.flight.blockRecords} block record(s) unacked`
           )
+        else if (before.comparing.length > 0 || before.flight.comparisons > 0)
+          this.fail(
+            "sync-only-when-clean",
+            `sync resumed with ${before.comparing.length} comparison(s) without an outcome and ${before.flight.comparisons} unacked`
+          )
         break
       case "Acked":
         if (event.seq >= before.nextSeq) this.fail("sequence", `ack ${event.seq} for an unsent record`)
@@ -295,15 +328,11 @@ export class World<S> {
       default:
         break
     }
-    if (
-      event.type === "WriteStreamed" ||
-      event.type === "ResyncBegun" ||
-      event.type === "BlockSent" ||
-      event.type === "SyncActivated"
-    ) {
-      if (event.seq !== this.lastRecordSeq + 1)
-        this.fail("sequence", `record seq ${event.seq} does not follow ${this.lastRecordSeq}`)
-      this.lastRecordSeq = event.seq
+    const seq = Event.recordSeq(event)
+    if (seq !== undefined) {
+      if (seq !== this.lastRecordSeq + 1)
+        this.fail("sequence", `record seq ${seq} does not follow ${this.lastRecordSeq}`)
+      this.lastRecordSeq = seq
     }
   }
 
@@ -329,24 +358,68 @@ export class World<S> {
         this.wire.push({ seq: event.seq, kind: "end" })
         this.stats.records++
         break
+      case "BlockCompared":
+        this.wire.push({ seq: event.seq, kind: "compare", block: event.block, phase: 0, data: 0 })
+        this.stats.records++
+        this.stats.compared++
+        break
+      case "BlockMatched":
+        this.stats.matched++
+        break
       default:
         break
     }
+    this.noted(event)
+  }
+
+  /** Every event the filter recorded, after the program acted on it (for variants of the program). */
+  protected noted(_event: Event.Event): void {}
+
+  /** The program's read of the disk's block for a comparison, taken when the comparison's read starts. */
+  protected comparisonRead(block: number): number {
+    return this.disk[block]!
+  }
+
+  /**
+   * The receiver's answer to a comparison of `block`: its newest version of the block,
+   * every record it accepted before the request applied, durable or not.
+   */
+  protected receiverChecksum(block: number): number {
+    return this.newestVersion(block)
+  }
+
+  /** The receiver's newest version of `block`: the durable replica with the accepted records on top. */
+  protected newestVersion(block: number): number {
+    let version = this.durable[block]!
+    for (const record of this.pending) {
+      if (record.kind === "write") {
+        const i = block - record.first
+        if (i < 0 || i >= record.blocks.length) continue
+        const [prev, next, whole] = record.blocks[i]!
+        version = whole || version === prev ? next : TORN
+      } else if (record.kind === "block" && record.block === block) version = record.data
+    }
+    return version
   }
 
   private lastWrite: { first: number; blocks: Array<readonly [number, number, boolean]> } | undefined
 
-  /** A guest write completes on the disk, then the filter folds it (post-op). */
-  write(offset: number, length: number): void {
+  /**
+   * A guest write completes on the disk, then the filter folds it (post-op). With `zero`,
+   * the blocks it covers whole hold zeros (version 0, the initial content) again: the
+   * same bytes as before, which only a checksum can tell apart from a stale copy.
+   */
+  write(offset: number, length: number, zero = false): void {
     const bs = this.config.blockSize
     const first = Math.floor(offset / bs)
     const last = Math.floor((offset + length - 1) / bs)
     const blocks: Array<readonly [number, number, boolean]> = []
     for (let b = first; b <= last; b++) {
       const prev = this.disk[b]!
-      const next = ++this.version
+      const whole = offset <= b * bs && offset + length >= (b + 1) * bs
+      const next = zero && whole ? 0 : ++this.version
       this.disk[b] = next
-      blocks.push([prev, next, offset <= b * bs && offset + length >= (b + 1) * bs])
+      blocks.push([prev, next, whole])
     }
     this.lastWrite = { first, blocks }
     this.stats.writes++
@@ -381,6 +454,14 @@ export class World<S> {
     if (verdict._tag === "Gap") this.inbox.push({ _tag: "gap", expected: verdict.expected })
     if (verdict._tag !== "Accept") return
     if (verdict.recoveryPoint) this.stats.recoveryPoints++
+    if (record.kind === "compare")
+      // Answered in stream order: every record accepted before it is in the version hashed.
+      this.inbox.push({
+        _tag: "checksum",
+        seq: record.seq,
+        block: record.block,
+        value: this.receiverChecksum(record.block)
+      })
     this.pending.push(record)
   }
 
@@ -401,6 +482,7 @@ export class World<S> {
     this.connected = false
     this.wire = []
     this.inbox = []
+    this.reads.clear()
   }
 
   private restart(lose: boolean, rollback: number | undefined): void {
@@ -431,22 +513,26 @@ export class World<S> {
       case "Write":
         this.write(step.offset, step.length)
         break
+      case "Zero":
+        this.write(step.offset, step.length, true)
+        break
       case "Pump":
-        this.input(Input.pumpTick(step.budget))
+        this.input(Input.pumpTick(step.budget, this.options.compareFrom))
         break
       case "Send": {
         const head = this.wire[0]
-        if (head !== undefined && this.connected && (head.kind !== "block" || head.phase === 2)) {
+        if (head !== undefined && this.connected && !unread(head)) {
           this.wire.shift()
           this.receive(head)
         }
         break
       }
       case "Read": {
-        const next = this.wire.find((r) => r.kind === "block" && r.phase < 2)
-        if (next !== undefined && next.kind === "block") {
+        const next = this.wire.find(unread)
+        if (next !== undefined && (next.kind === "block" || next.kind === "compare")) {
           if (next.phase === 0) {
-            next.data = this.disk[next.block]!
+            next.data = next.kind === "block" ? this.disk[next.block]! : this.comparisonRead(next.block)
+            if (next.kind === "compare") this.reads.set(next.seq, next.data)
             next.phase = 1
           } else {
             next.phase = 2
@@ -461,7 +547,13 @@ export class World<S> {
         break
       case "Deliver": {
         const message = this.inbox.shift()
-        if (message !== undefined)
+        if (message === undefined) break
+        if (message._tag === "checksum") {
+          const read = this.reads.get(message.seq)
+          this.reads.delete(message.seq)
+          if (read !== undefined)
+            this.input(Input.comparisonCompleted(message.seq, message.block, read === message.value))
+        } else
           this.input(
             message._tag === "ack" ? Input.ackReceived(message.seq) : Input.gapReceived(message.expected)
           )
@@ -484,11 +576,7 @@ export class World<S> {
         }
         break
       case "Drop":
-        if (
-          this.connected &&
-          this.wire.length > 0 &&
-          (this.wire[0]!.kind !== "block" || this.wire[0]!.phase === 2)
-        ) {
+        if (this.connected && this.wire.length > 0 && !unread(this.wire[0]!)) {
           this.stats.faults++
           this.wire.shift()
         }
@@ -514,11 +602,11 @@ export class World<S> {
       let covered: Bitmap.Bitmap | undefined
       for (let b = 0; b < this.disk.length; b++) {
         if (this.durable[b] === this.disk[b] || State.isObligation(view, b)) continue
-        covered ??= Decider.markFlight(view.flight, Bitmap.empty(this.config.blockCount))
+        covered ??= Decider.covered(view)
         if (!Bitmap.has(covered, b)) {
           this.fail(
             "coverage",
-            `block ${b} differs on the replica (version ${this.durable[b]} vs disk ${this.disk[b]}) but is neither dirty nor covered by an unacked record`
+            `block ${b} differs on the replica (version ${this.durable[b]} vs disk ${this.disk[b]}) but is neither dirty nor covered by an unacked record or a comparison without its outcome`
           )
           return
         }
@@ -578,6 +666,10 @@ export class World<S> {
   }
 }
 
+/** A block record or comparison whose disk read has not finished: it cannot go on the wire yet. */
+const unread = (record: WireRecord): boolean =>
+  (record.kind === "block" || record.kind === "compare") && record.phase < 2
+
 /** Runs steps then settles; the world, with `failure` set if any invariant broke. */
 export const run = <S>(
   config: Config,
@@ -627,7 +719,9 @@ export function* workloadTicks(
   config: Config,
   seed: number,
   count: number,
-  faults: FaultLevel
+  faults: FaultLevel,
+  /** Also zero whole blocks now and then (a block's content comes back: what comparisons must not be fooled by). */
+  zeroes = false
 ): Generator<ReadonlyArray<Step>> {
   const random = prng(seed)
   const bs = config.blockSize
@@ -659,6 +753,13 @@ export function* workloadTicks(
         cursor = offset + length >= diskBytes ? 0 : offset + length
       } else offset = Math.min(diskBytes - length, hot * bs + int(8 * bs))
       offset -= offset % 512
+      if (zeroes && random() < 0.15) {
+        // Whole blocks around the write's start, as WRITE_ZEROES or TRIM would leave them.
+        const first = Math.floor(offset / bs)
+        const blocks = Math.min(1 + int(4), config.blockCount - first)
+        yield [{ _tag: "Zero", offset: first * bs, length: blocks * bs }]
+        continue
+      }
       yield [{ _tag: "Write", offset, length }]
       continue
     }

@@ -65,6 +65,12 @@ export interface Options {
   readonly maxSteps?: number
   /** The configurations to try; default small disks (1…40 blocks of 4 or 8 KiB), windows 1…6, both initial modes. */
   readonly configs?: fc.Arbitrary<Config>
+  /**
+   * Checksum-based resync (trace version 2): pumps carry `compareFrom`, the receiver
+   * answers comparisons and the steps zero whole blocks too. Default false: the version 1
+   * scenarios, exactly as before.
+   */
+  readonly comparisons?: boolean
 }
 
 export const defaultNumRuns = 300
@@ -91,8 +97,13 @@ export interface Failed {
   /** The invariant broken, or `exception` / `malformed-event`. */
   readonly invariant: FailureKind
   readonly detail: string
-  /** The shrunk scenario: replay it with `runSteps(impl, config, steps)`. */
-  readonly counterexample: { readonly config: Config; readonly steps: ReadonlyArray<Step> }
+  /** The shrunk scenario: replay it with `runSteps(impl, config, steps, allInvariants, compareFrom)`. */
+  readonly counterexample: {
+    readonly config: Config
+    readonly steps: ReadonlyArray<Step>
+    /** With `comparisons`: when the pumps asked for comparisons. */
+    readonly compareFrom?: number
+  }
   /** 1-based step at which it broke (beyond `steps.length`: while the world healed afterwards). */
   readonly step: number
   /** The failing run as a design §5 trace, ending with the offending event. */
@@ -114,18 +125,28 @@ export type Report = Passed | Failed
 /** Drives the implementation through `numRuns` scenarios; never throws (what `feed` throws is a failure). */
 export const check = <H>(impl: Implementation<H>, options: Options = {}): Report => {
   const invariants = options.invariants ?? allInvariants
-  const scenarios = Arbitraries.scenarioOf({
+  const shape = {
     ...(options.configs === undefined ? {} : { config: options.configs }),
     ...(options.maxSteps === undefined ? {} : { maxSteps: options.maxSteps })
-  })
+  }
+  // Both kinds as one shape: a version 1 scenario never compares.
+  const scenarios: fc.Arbitrary<Arbitraries.Scenario | Arbitraries.ComparingScenario> =
+    options.comparisons === true ? Arbitraries.comparingScenarioOf(shape) : Arbitraries.scenarioOf(shape)
+  const compareFromOf = (s: Arbitraries.Scenario | Arbitraries.ComparingScenario) =>
+    "compareFrom" in s ? s.compareFrom : undefined
   let lastFailure:
-    | { readonly config: Config; readonly steps: ReadonlyArray<Step>; readonly result: RunResult }
+    | {
+        readonly config: Config
+        readonly steps: ReadonlyArray<Step>
+        readonly compareFrom: number | undefined
+        readonly result: RunResult
+      }
     | undefined
   const property = fc.property(scenarios, (s) => {
     const steps = Arbitraries.stepsOf(s)
-    const result = runSteps(impl, s.config, steps, invariants)
+    const result = runSteps(impl, s.config, steps, invariants, compareFromOf(s))
     if (result.failure === undefined) return true
-    lastFailure = { config: s.config, steps, result }
+    lastFailure = { config: s.config, steps, compareFrom: compareFromOf(s), result }
     return false
   })
   const details = fc.check(property, {
@@ -138,9 +159,10 @@ export const check = <H>(impl: Implementation<H>, options: Options = {}): Report
   const scenario = details.counterexample?.[0]
   let config = scenario?.config ?? lastFailure?.config ?? fallbackConfig
   let steps: ReadonlyArray<Step> = scenario === undefined ? [] : Arbitraries.stepsOf(scenario)
-  let result = scenario === undefined ? undefined : runSteps(impl, config, steps, invariants)
+  let compareFrom = scenario === undefined ? undefined : compareFromOf(scenario)
+  let result = scenario === undefined ? undefined : runSteps(impl, config, steps, invariants, compareFrom)
   const reproducible = result?.failure !== undefined
-  if (!reproducible && lastFailure !== undefined) ({ config, steps, result } = lastFailure)
+  if (!reproducible && lastFailure !== undefined) ({ config, steps, compareFrom, result } = lastFailure)
   const failure = result?.failure ?? {
     invariant: "exception" as const,
     detail: `the property failed without a recorded run: ${String(details.errorInstance)}`,
@@ -155,7 +177,8 @@ export const check = <H>(impl: Implementation<H>, options: Options = {}): Report
     // Steps after the failure cannot matter: the run stops there.
     counterexample: {
       config,
-      steps: failure.healing ? steps : steps.slice(0, failure.step)
+      steps: failure.healing ? steps : steps.slice(0, failure.step),
+      ...(compareFrom === undefined ? {} : { compareFrom })
     },
     step: failure.step,
     trace: result?.trace ?? "",
@@ -186,6 +209,8 @@ const showStep = (step: Step): string => {
   switch (step._tag) {
     case "Write":
       return `Write(${step.offset}+${step.length})`
+    case "Zero":
+      return `Zero(${step.offset}+${step.length})`
     case "Pump":
       return `Pump(${step.budget})`
     case "Cut":
@@ -215,7 +240,7 @@ export const render = (report: Failed): string => {
   else if (report.trace !== "")
     lines.push("  check-trace: the trace itself is legal (the failure is in the data)")
   lines.push(
-    `  config: ${JSON.stringify(c.config)}`,
+    `  config: ${JSON.stringify(c.config)}${c.compareFrom === undefined ? "" : `, compareFrom ${c.compareFrom}`}`,
     `  steps (${c.steps.length}, shrunk ${report.shrinks}× after ${report.runs} run(s)): ${c.steps.map(showStep).join(", ")}`
   )
   const trace = report.trace.trimEnd().split("\n")

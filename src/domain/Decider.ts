@@ -8,7 +8,7 @@ import { Data, Either } from "effect"
 import * as Bitmap from "./Bitmap.js"
 import type { Config } from "./Config.js"
 import type * as Event from "./Event.js"
-import { Flight, blockRecord, markerRecord, writeRecord } from "./Flight.js"
+import { Flight, blockRecord, compareRecord, markerRecord, writeRecord } from "./Flight.js"
 import * as Geometry from "./Geometry.js"
 import type { Input } from "./Input.js"
 import * as State from "./State.js"
@@ -50,7 +50,33 @@ export class LinkAlreadyUp extends Data.TaggedError("LinkAlreadyUp")<{}> {
   }
 }
 
-export type Rejection = Geometry.InvalidRange | AckBeyondSent | GapOutOfRange | ReceiverAhead | LinkAlreadyUp
+export class ComparisonBeyondSent extends Data.TaggedError("ComparisonBeyondSent")<{
+  readonly seq: number
+  readonly nextSeq: number
+}> {
+  override get message() {
+    return `checksum for comparison ${this.seq}, but the last record sent is ${this.nextSeq - 1}`
+  }
+}
+
+export class ComparisonWrongBlock extends Data.TaggedError("ComparisonWrongBlock")<{
+  readonly seq: number
+  readonly block: number
+  readonly compared: number
+}> {
+  override get message() {
+    return `checksum for comparison ${this.seq} names block ${this.block}, but that comparison is of block ${this.compared}`
+  }
+}
+
+export type Rejection =
+  | Geometry.InvalidRange
+  | AckBeyondSent
+  | GapOutOfRange
+  | ReceiverAhead
+  | LinkAlreadyUp
+  | ComparisonBeyondSent
+  | ComparisonWrongBlock
 
 // ---------------------------------------------------------------------------
 // evolve
@@ -61,13 +87,40 @@ export const markFlight = (flight: Flight, onto: Bitmap.Bitmap): Bitmap.Bitmap =
   return Bitmap.mutate(onto, (m) => {
     flight.forEach((r) => {
       if (r.kind === "write") m.setRange(r.first, r.last)
-      else if (r.kind === "block") m.set(r.block)
+      else if (r.kind === "block" || r.kind === "compare") m.set(r.block)
     })
   })
 }
 
-/** The blocks of every record in flight, added to `dirty` (they are assumed lost). */
-const remarkFlight = (state: State.State): Bitmap.Bitmap => markFlight(state.flight, state.dirty)
+/**
+ * The blocks the model counts as covered although they are not obligations: those of
+ * unacked records (comparisons included) and of comparisons still waiting for their
+ * outcome. Every block whose replica may differ from the disk is an obligation or here.
+ */
+export const covered = (state: State.State): Bitmap.Bitmap => {
+  const flight = markFlight(state.flight, Bitmap.empty(state.config.blockCount))
+  if (state.comparing.length === 0) return flight
+  return Bitmap.mutate(flight, (m) => {
+    for (const c of state.comparing) m.set(c.block)
+  })
+}
+
+/**
+ * The blocks of every record in flight and of every comparison without an outcome,
+ * added to `dirty`: they are assumed lost (a match on a dead link proves nothing).
+ */
+const remarkFlight = (state: State.State): Bitmap.Bitmap => {
+  const dirty = markFlight(state.flight, state.dirty)
+  if (state.comparing.length === 0) return dirty
+  return Bitmap.mutate(dirty, (m) => {
+    for (const c of state.comparing) m.set(c.block)
+  })
+}
+
+const withoutComparison = (state: State.State, seq: number): ReadonlyArray<State.Comparison> => {
+  const left = state.comparing.filter((c) => c.seq !== seq)
+  return left.length === 0 ? State.noComparisons : left
+}
 
 const geometryOf = (state: State.State): Geometry.Geometry => state.config
 
@@ -109,7 +162,8 @@ export const evolve = (state: State.State, event: Event.Event): State.State => {
         dirty: remarkFlight(state),
         flight: Flight.empty(state.nextSeq),
         markerSent: false,
-        owed: state.mode === "sync" ? "interruption" : state.owed
+        owed: state.mode === "sync" ? "interruption" : state.owed,
+        comparing: State.noComparisons
       })
     case "DiscontinuityReported":
       return State.make({
@@ -117,7 +171,8 @@ export const evolve = (state: State.State, event: Event.Event): State.State => {
         dirty: remarkFlight(state),
         flight: Flight.empty(state.nextSeq),
         markerSent: false,
-        owed: state.mode === "sync" ? "discontinuity" : state.owed
+        owed: state.mode === "sync" ? "discontinuity" : state.owed,
+        comparing: State.noComparisons
       })
     case "ResyncActivated": {
       const rollback = event.reason === "receiver-rollback"
@@ -130,7 +185,8 @@ export const evolve = (state: State.State, event: Event.Event): State.State => {
         draining: rollback ? Bitmap.empty(state.config.blockCount) : state.draining,
         cursor: rollback ? 0 : state.cursor,
         markerSent: false,
-        owed: null
+        owed: null,
+        comparing: rollback ? State.noComparisons : state.comparing
       })
     }
     case "LinkRestored":
@@ -170,6 +226,26 @@ export const evolve = (state: State.State, event: Event.Event): State.State => {
         mode: "sync",
         nextSeq: event.seq + 1,
         flight: state.flight.push(markerRecord)
+      })
+    case "BlockCompared":
+      // Cleared as for BlockSent: the disk's block is read after this, and a later write marks it again.
+      return State.make({
+        ...state,
+        nextSeq: event.seq + 1,
+        flight: state.flight.push(compareRecord(event.block)),
+        dirty: Bitmap.clear(state.dirty, event.block),
+        draining: Bitmap.clear(state.draining, event.block),
+        cursor: event.block + 1,
+        comparing: [...state.comparing, { seq: event.seq, block: event.block }]
+      })
+    case "BlockMatched":
+      // Proven without a data record; the request stays in flight until acked (then it is believed).
+      return State.make({ ...state, comparing: withoutComparison(state, event.seq) })
+    case "BlockMismatched":
+      return State.make({
+        ...state,
+        dirty: Bitmap.set(state.dirty, event.block),
+        comparing: withoutComparison(state, event.seq)
       })
   }
 }
@@ -216,14 +292,19 @@ export const markerBase = (state: State.State): number =>
 
 const none: ReadonlyArray<Event.Event> = []
 
-/** The resync-complete rule (design §3): nothing dirty, nothing left in the pass, no block record unacked. */
+/**
+ * The resync-complete rule (design §3): nothing dirty, nothing left in the pass, no block
+ * record unacked; and no comparison without its outcome or unacked.
+ */
 export const canResumeSync = (state: State.State): boolean =>
   state.mode === "resync" &&
   state.link === "up" &&
   state.markerSent &&
   state.owed === null &&
   !State.hasObligations(state) &&
-  state.flight.blockRecords === 0
+  state.flight.blockRecords === 0 &&
+  state.comparing.length === 0 &&
+  state.flight.comparisons === 0
 
 const syncActivated = (state: State.State): Event.Event => ({
   type: "SyncActivated",
@@ -274,15 +355,22 @@ const decideWrite = (
   return Either.right([{ type: "WriteStreamed", seq: state.nextSeq, offset, length }])
 }
 
-/** Drains the active bitmap, swapping in the passive one when it empties. */
-const pump = (batch: Batch, budget: number): void => {
+/**
+ * Drains the active bitmap, swapping in the passive one when it empties. With
+ * `compareFrom`, while at least that many blocks are owed, a block is compared
+ * instead of sent. The window bounds block records in flight plus comparisons
+ * waiting for their outcome (a mismatch turns one into the other).
+ */
+const pump = (batch: Batch, budget: number, compareFrom: number | undefined): void => {
   let state = batch.state
   if (state.mode !== "resync" || state.link === "down" || state.owed !== null) return
   if (!state.markerSent) {
     batch.emit({ type: "ResyncBegun", epoch: state.epoch, seq: state.nextSeq })
     state = batch.state
   }
-  let room = Math.min(budget, state.config.window - state.flight.blockRecords)
+  let room = Math.min(budget, state.config.window - state.flight.blockRecords - state.comparing.length)
+  // Counted once (a union is not free), then down by one per block decided.
+  let owed = compareFrom === undefined || room <= 0 ? 0 : State.obligationCount(state)
   while (room > 0) {
     if (state.draining.count === 0) {
       if (state.dirty.count === 0) break
@@ -291,17 +379,49 @@ const pump = (batch: Batch, budget: number): void => {
     }
     let block = Bitmap.findNext(state.draining, state.cursor)
     if (block < 0) block = Bitmap.findNext(state.draining, 0)
-    batch.emit({ type: "BlockSent", seq: state.nextSeq, block })
+    if (compareFrom !== undefined && owed >= compareFrom)
+      batch.emit({ type: "BlockCompared", seq: state.nextSeq, block })
+    else batch.emit({ type: "BlockSent", seq: state.nextSeq, block })
+    owed--
     state = batch.state
     room--
   }
   if (canResumeSync(state)) batch.emit(syncActivated(state))
 }
 
+/**
+ * A comparison's outcome. A match settles the comparison (believed once its request is
+ * acked); a mismatch makes the block an obligation and sends it at once, in the
+ * comparison's window slot, so a block that differs is never compared again in a loop.
+ */
+const compared = (
+  batch: Batch,
+  input: Extract<Input, { readonly _tag: "ComparisonCompleted" }>
+): Rejection | undefined => {
+  const state = batch.state
+  if (state.link === "down") return undefined // from a dead connection: the comparison was re-marked
+  if (input.seq >= state.nextSeq) return new ComparisonBeyondSent({ seq: input.seq, nextSeq: state.nextSeq })
+  const pending = State.comparisonAt(state, input.seq)
+  if (pending === undefined) return undefined // stale: re-marked by a gap, or already answered
+  if (pending.block !== input.block)
+    return new ComparisonWrongBlock({ seq: input.seq, block: input.block, compared: pending.block })
+  if (input.matched) batch.emit({ type: "BlockMatched", seq: input.seq, block: input.block })
+  else {
+    batch.emit({ type: "BlockMismatched", seq: input.seq, block: input.block })
+    // A pending comparison implies resync, link up and the marker sent (a loss or gap clears them all).
+    batch.emit({ type: "BlockSent", seq: batch.state.nextSeq, block: input.block })
+  }
+  if (canResumeSync(batch.state)) batch.emit(syncActivated(batch.state))
+  return undefined
+}
+
 /** The inputs whose events are decided against the states they fold through, into `batch`. */
 const decideFolding = (
   batch: Batch,
-  input: Extract<Input, { readonly _tag: "AckReceived" | "LinkReestablished" | "PumpTick" }>
+  input: Extract<
+    Input,
+    { readonly _tag: "AckReceived" | "LinkReestablished" | "PumpTick" | "ComparisonCompleted" }
+  >
 ): Rejection | undefined => {
   const state = batch.state
   switch (input._tag) {
@@ -323,8 +443,10 @@ const decideFolding = (
       return undefined
     }
     case "PumpTick":
-      pump(batch, input.budget)
+      pump(batch, input.budget, input.compareFrom)
       return undefined
+    case "ComparisonCompleted":
+      return compared(batch, input)
   }
 }
 
@@ -370,7 +492,8 @@ export const decideFolded = (state: State.State, input: Input): Either.Either<Fo
   switch (input._tag) {
     case "AckReceived":
     case "LinkReestablished":
-    case "PumpTick": {
+    case "PumpTick":
+    case "ComparisonCompleted": {
       const rejected = decideFolding(batch, input)
       return rejected === undefined ? Either.right(batch) : Either.left(rejected)
     }

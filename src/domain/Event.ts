@@ -78,6 +78,33 @@ export const DiscontinuityReported = Schema.Struct({
 })
 export type DiscontinuityReported = typeof DiscontinuityReported.Type
 
+// Trace version 2: checksum-based resync (docs/model.md, "Comparisons").
+
+/**
+ * Instead of sending an obligated block, the filter compares it: a record `seq` asks the
+ * receiver for a strong checksum of its newest version of `block`, to compare with the
+ * disk's block as read after this decision. The block leaves the obligations here, as
+ * with `BlockSent`; a write completing afterwards marks it again.
+ */
+export const BlockCompared = Schema.Struct({
+  type: Schema.Literal("BlockCompared"),
+  seq: Count,
+  block: Count
+})
+export type BlockCompared = typeof BlockCompared.Type
+
+/** Comparison `seq` matched: the receiver holds the block as read (believed once `seq` is acked). */
+export const BlockMatched = Schema.Struct({ type: Schema.Literal("BlockMatched"), seq: Count, block: Count })
+export type BlockMatched = typeof BlockMatched.Type
+
+/** Comparison `seq` did not match: the block is an obligation again. */
+export const BlockMismatched = Schema.Struct({
+  type: Schema.Literal("BlockMismatched"),
+  seq: Count,
+  block: Count
+})
+export type BlockMismatched = typeof BlockMismatched.Type
+
 export const Event = Schema.Union(
   WriteStreamed,
   WriteTracked,
@@ -89,12 +116,16 @@ export const Event = Schema.Union(
   PassStarted,
   BlockSent,
   SyncActivated,
-  DiscontinuityReported
+  DiscontinuityReported,
+  BlockCompared,
+  BlockMatched,
+  BlockMismatched
 )
 export type Event = typeof Event.Type
 export type EventType = Event["type"]
 
-export const eventTypes: ReadonlyArray<EventType> = [
+/** The event types of trace version 1 (design §5). */
+export const eventTypesV1: ReadonlyArray<EventType> = [
   "WriteStreamed",
   "WriteTracked",
   "Acked",
@@ -108,6 +139,24 @@ export const eventTypes: ReadonlyArray<EventType> = [
   "DiscontinuityReported"
 ]
 
+/** The event types version 2 adds: checksum-based resync. */
+export const comparisonEventTypes: ReadonlyArray<EventType> = [
+  "BlockCompared",
+  "BlockMatched",
+  "BlockMismatched"
+]
+
+/** Every event type (the newest trace version). */
+export const eventTypes: ReadonlyArray<EventType> = [...eventTypesV1, ...comparisonEventTypes]
+
+/** The trace versions this model reads. */
+export type TraceVersion = 1 | 2
+export const latestTraceVersion: TraceVersion = 2
+
+/** The first trace version that has events of this type. */
+export const versionOf = (type: EventType): TraceVersion =>
+  type === "BlockCompared" || type === "BlockMatched" || type === "BlockMismatched" ? 2 : 1
+
 /** The schema of one event type, for decoding with precise errors once the type is known. */
 export const schemaOf: { readonly [K in EventType]: Schema.Schema<Extract<Event, { type: K }>> } = {
   WriteStreamed,
@@ -120,7 +169,10 @@ export const schemaOf: { readonly [K in EventType]: Schema.Schema<Extract<Event,
   PassStarted,
   BlockSent,
   SyncActivated,
-  DiscontinuityReported
+  DiscontinuityReported,
+  BlockCompared,
+  BlockMatched,
+  BlockMismatched
 }
 
 /** Whether the event is a record on the wire (it consumes a sequence number). */
@@ -130,6 +182,7 @@ export const recordSeq = (event: Event): number | undefined => {
     case "ResyncBegun":
     case "BlockSent":
     case "SyncActivated":
+    case "BlockCompared":
       return event.seq
     default:
       return undefined

@@ -24,9 +24,27 @@ export type GapReceived = typeof GapReceived.Type
 export const LinkReestablished = Schema.TaggedStruct("LinkReestablished", { receiverSeq: Count })
 export type LinkReestablished = typeof LinkReestablished.Type
 
-/** Drain capacity is available: the send buffer can take `budget` more block records. */
-export const PumpTick = Schema.TaggedStruct("PumpTick", { budget: Count })
+/**
+ * Drain capacity is available: the send buffer can take `budget` more block records.
+ * With `compareFrom`, while at least that many blocks are owed the drain compares
+ * blocks (checksum-based resync) instead of sending them.
+ */
+export const PumpTick = Schema.TaggedStruct("PumpTick", {
+  budget: Count,
+  compareFrom: Schema.optional(Count.pipe(Schema.positive()))
+})
 export type PumpTick = typeof PumpTick.Type
+
+/**
+ * The receiver's checksum for comparison `seq` (of `block`) arrived and was compared
+ * with the checksum of the disk's block as read after the comparison was decided.
+ */
+export const ComparisonCompleted = Schema.TaggedStruct("ComparisonCompleted", {
+  seq: Count,
+  block: Count,
+  matched: Schema.Boolean
+})
+export type ComparisonCompleted = typeof ComparisonCompleted.Type
 
 export const Input = Schema.Union(
   WriteCompleted,
@@ -34,7 +52,8 @@ export const Input = Schema.Union(
   LinkFailed,
   GapReceived,
   LinkReestablished,
-  PumpTick
+  PumpTick,
+  ComparisonCompleted
 )
 export type Input = typeof Input.Type
 
@@ -47,4 +66,11 @@ export const ackReceived = (seq: number): Input => ({ _tag: "AckReceived", seq }
 export const linkFailed = (reason: string): Input => ({ _tag: "LinkFailed", reason })
 export const gapReceived = (expected: number): Input => ({ _tag: "GapReceived", expected })
 export const linkReestablished = (receiverSeq: number): Input => ({ _tag: "LinkReestablished", receiverSeq })
-export const pumpTick = (budget: number): Input => ({ _tag: "PumpTick", budget })
+export const pumpTick = (budget: number, compareFrom?: number): Input =>
+  compareFrom === undefined ? { _tag: "PumpTick", budget } : { _tag: "PumpTick", budget, compareFrom }
+export const comparisonCompleted = (seq: number, block: number, matched: boolean): Input => ({
+  _tag: "ComparisonCompleted",
+  seq,
+  block,
+  matched
+})

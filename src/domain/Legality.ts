@@ -32,6 +32,10 @@ export type Rule =
   | "block-record-unacked"
   | "owed-at-end"
   | "not-quiescent"
+  // trace version 2: checksum-based resync
+  | "comparison-unknown"
+  | "comparison-outstanding"
+  | "comparison-unacked"
 
 /** Why an event (or the end of a trace) is not allowed, with the model state that says so. */
 export class Violation extends Data.TaggedError("Violation")<{
@@ -64,7 +68,7 @@ export const describeState = (state: State.State): Record<string, unknown> => {
     b = Bitmap.findNext(state.draining, b + 1)
   )
     if (!sample.includes(b)) sample.push(b)
-  return {
+  const picture: Record<string, unknown> = {
     mode: state.mode,
     link: state.link,
     epoch: state.epoch,
@@ -78,6 +82,12 @@ export const describeState = (state: State.State): Record<string, unknown> => {
     markerSent: state.markerSent,
     owed: state.owed
   }
+  // Only where comparisons happened (trace version 2): a version 1 picture is as it was.
+  if (state.comparing.length > 0 || state.flight.comparisons > 0) {
+    picture.comparisonsUnacked = state.flight.comparisons
+    picture.comparing = state.comparing.slice(0, 16).map((c) => [c.seq, c.block])
+  }
+  return picture
 }
 
 const violation = (
@@ -122,6 +132,41 @@ const rangeInvalid = (
 ): Violation | undefined => {
   const bad = rangeProblem(state, offset, length)
   return bad === undefined ? undefined : violation("range-invalid", bad, event, state)
+}
+
+const blockInvalid = (state: State.State, event: Event.Event, block: number): Violation | undefined =>
+  Geometry.isBlock(state.config, block)
+    ? undefined
+    : violation(
+        "block-invalid",
+        `block ${block} is not on a disk of ${state.config.blockCount} blocks`,
+        event,
+        state
+      )
+
+/** An outcome must answer a comparison decided and not yet answered, of the same block. */
+const comparisonUnknown = (
+  state: State.State,
+  event: Event.Event,
+  seq: number,
+  block: number
+): Violation | undefined => {
+  const pending = State.comparisonAt(state, seq)
+  if (pending === undefined)
+    return violation(
+      "comparison-unknown",
+      `no comparison ${seq} is waiting for its outcome (never decided, already answered, or re-marked by a loss or gap)`,
+      event,
+      state
+    )
+  return pending.block === block
+    ? undefined
+    : violation(
+        "comparison-unknown",
+        `comparison ${seq} is of block ${pending.block}, not block ${block}`,
+        event,
+        state
+      )
 }
 
 /** `undefined` when `event` may follow `state`; otherwise the first rule it breaks. */
@@ -220,15 +265,26 @@ export const check = (state: State.State, event: Event.Event): Violation | undef
           ? undefined
           : violation("marker-not-sent", "a block was sent before the resync-begin marker", event, state)) ??
         seqNotNext(state, event, event.seq) ??
-        (Geometry.isBlock(state.config, event.block)
+        blockInvalid(state, event, event.block)
+      )
+    case "BlockCompared":
+      return (
+        notResync(state, event) ??
+        linkDown(state, event) ??
+        (state.markerSent
           ? undefined
           : violation(
-              "block-invalid",
-              `block ${event.block} is not on a disk of ${state.config.blockCount} blocks`,
+              "marker-not-sent",
+              "a block was compared before the resync-begin marker",
               event,
               state
-            ))
+            )) ??
+        seqNotNext(state, event, event.seq) ??
+        blockInvalid(state, event, event.block)
       )
+    case "BlockMatched":
+    case "BlockMismatched":
+      return linkDown(state, event) ?? comparisonUnknown(state, event, event.seq, event.block)
     case "SyncActivated":
       return (
         notResync(state, event) ??
@@ -250,6 +306,22 @@ export const check = (state: State.State, event: Event.Event): Violation | undef
           ? violation(
               "block-record-unacked",
               `sync resumed with ${state.flight.blockRecords} block record(s) unacked`,
+              event,
+              state
+            )
+          : undefined) ??
+        (state.comparing.length > 0
+          ? violation(
+              "comparison-outstanding",
+              `sync resumed with ${state.comparing.length} comparison(s) waiting for their outcome`,
+              event,
+              state
+            )
+          : undefined) ??
+        (state.flight.comparisons > 0
+          ? violation(
+              "comparison-unacked",
+              `sync resumed with ${state.flight.comparisons} comparison(s) unacked: a match is believed only once acked`,
               event,
               state
             )

@@ -8,6 +8,12 @@ import { Count, isCount, ResyncReason } from "./Event.js"
 import { Flight, type FlightRecord } from "./Flight.js"
 
 export type Mode = "sync" | "resync"
+
+/** A comparison decided and not yet answered (trace version 2): its request's seq and block. */
+export interface Comparison {
+  readonly seq: number
+  readonly block: number
+}
 export type Link = "up" | "down"
 
 export interface State {
@@ -37,6 +43,11 @@ export interface State {
   readonly markerSent: boolean
   /** A `ResyncActivated` the next event must be (forced by a loss in sync mode or a receiver rollback). */
   readonly owed: ResyncReason | null
+  /**
+   * Comparisons decided whose outcome has not arrived, in seq order. Their blocks count
+   * as covered (like blocks of unacked records) until the outcome settles them.
+   */
+  readonly comparing: ReadonlyArray<Comparison>
 }
 
 export const make = (fields: State): State => ({
@@ -52,8 +63,11 @@ export const make = (fields: State): State => ({
   draining: fields.draining,
   cursor: fields.cursor,
   markerSent: fields.markerSent,
-  owed: fields.owed
+  owed: fields.owed,
+  comparing: fields.comparing
 })
+
+export const noComparisons: ReadonlyArray<Comparison> = []
 
 /** Design §5 "Legality rules": the initial state for a configuration. */
 export const initial = (config: Config): State =>
@@ -70,7 +84,8 @@ export const initial = (config: Config): State =>
     draining: Bitmap.empty(config.blockCount),
     cursor: 0,
     markerSent: false,
-    owed: null
+    owed: null,
+    comparing: noComparisons
   })
 
 /** The obligations: blocks the receiver may lack that no unacked record will deliver. */
@@ -88,7 +103,17 @@ export const isObligation = (state: State, block: number): boolean =>
 
 /** In sync, link up, nothing in flight: the replica equals the disk. */
 export const isQuiescent = (state: State): boolean =>
-  state.mode === "sync" && state.link === "up" && state.flight.size === 0 && state.owed === null
+  state.mode === "sync" &&
+  state.link === "up" &&
+  state.flight.size === 0 &&
+  state.owed === null &&
+  state.comparing.length === 0
+
+/** The pending comparison with request `seq`, if any. */
+export const comparisonAt = (state: State, seq: number): Comparison | undefined => {
+  for (const c of state.comparing) if (c.seq === seq) return c
+  return undefined
+}
 
 // ---------------------------------------------------------------------------
 // Snapshots: a JSON-able encoding, so a journal can start from one.
@@ -101,7 +126,12 @@ const FlightRecordSchema = Schema.Union(
   Schema.Struct({ kind: Schema.Literal("marker") })
 )
 
-export const Snapshot = Schema.Struct({
+const FlightRecordSchemaV2 = Schema.Union(
+  FlightRecordSchema,
+  Schema.Struct({ kind: Schema.Literal("compare"), block: Count })
+)
+
+const fieldsV1 = {
   version: Schema.Literal(1),
   config: Config,
   mode: Schema.Literal("sync", "resync"),
@@ -117,11 +147,26 @@ export const Snapshot = Schema.Struct({
   cursor: Count,
   markerSent: Schema.Boolean,
   owed: Schema.NullOr(ResyncReason)
-})
+}
+
+/**
+ * Version 2 holds comparisons (checksum-based resync). A state without any is written
+ * as version 1, byte for byte as before, so journals that never compare do not change.
+ */
+export const Snapshot = Schema.Union(
+  Schema.Struct(fieldsV1),
+  Schema.Struct({
+    ...fieldsV1,
+    version: Schema.Literal(2),
+    flight: Schema.Array(FlightRecordSchemaV2),
+    comparing: Schema.Array(Schema.Tuple(Count, Count))
+  })
+)
 export type Snapshot = typeof Snapshot.Type
 
-export const toSnapshot = (state: State): Snapshot => ({
-  version: 1,
+/** The version 1 fields (the flight as it is: version 2 allows comparison records in it). */
+const toSnapshotV1 = (state: State) => ({
+  version: 1 as const,
   // Fixed key order: snapshots of equal states are equal as JSON text.
   config: {
     blockSize: state.config.blockSize,
@@ -145,6 +190,13 @@ export const toSnapshot = (state: State): Snapshot => ({
   owed: state.owed
 })
 
+export const toSnapshot = (state: State): Snapshot => {
+  const v1 = toSnapshotV1(state)
+  if (state.comparing.length === 0 && state.flight.comparisons === 0)
+    return v1 as Snapshot & { readonly version: 1 }
+  return { ...v1, version: 2, comparing: state.comparing.map((c) => [c.seq, c.block] as const) }
+}
+
 export const fromSnapshot = (snapshot: Snapshot): State =>
   make({
     config: snapshot.config,
@@ -159,7 +211,9 @@ export const fromSnapshot = (snapshot: Snapshot): State =>
     draining: Bitmap.fromRuns(snapshot.config.blockCount, snapshot.draining),
     cursor: snapshot.cursor,
     markerSent: snapshot.markerSent,
-    owed: snapshot.owed
+    owed: snapshot.owed,
+    comparing:
+      snapshot.version === 1 ? noComparisons : snapshot.comparing.map(([seq, block]) => ({ seq, block }))
   })
 
 const isConfig = Schema.is(Config)
@@ -173,9 +227,11 @@ const hasExactly = (value: unknown, keys: number): value is Record<string, unkno
   return n === keys
 }
 
-const isFlightRecord = (r: unknown): boolean => {
+const isFlightRecord = (r: unknown, version: 1 | 2): boolean => {
   if (typeof r !== "object" || r === null) return false
   switch ((r as { readonly kind?: unknown }).kind) {
+    case "compare":
+      return version === 2 && hasExactly(r, 2) && isCount(r.block)
     case "write":
       return hasExactly(r, 4) && isCount(r.first) && isCount(r.last) && isCount(r.bytes)
     case "block":
@@ -193,6 +249,10 @@ const isRuns = (runs: unknown): boolean =>
 
 const SNAPSHOT_KEYS = 15
 
+const isComparisons = (pairs: unknown): boolean =>
+  Array.isArray(pairs) &&
+  pairs.every((pair) => Array.isArray(pair) && pair.length === 2 && isCount(pair[0]) && isCount(pair[1]))
+
 /**
  * Whether `snapshot` is what the `Snapshot` schema accepts, with no key it would drop:
  * then its JSON decodes back to an equal snapshot, and a journal can skip the Schema
@@ -201,9 +261,11 @@ const SNAPSHOT_KEYS = 15
  */
 export const isWellFormedSnapshot = (snapshot: Snapshot): boolean => {
   const s: unknown = snapshot
+  const version = (s as { readonly version?: unknown }).version
+  if (version !== 1 && version !== 2) return false
   return (
-    hasExactly(s, SNAPSHOT_KEYS) &&
-    s.version === 1 &&
+    hasExactly(s, version === 1 ? SNAPSHOT_KEYS : SNAPSHOT_KEYS + 1) &&
+    (version === 1 || isComparisons(s.comparing)) &&
     hasExactly(s.config, 5) &&
     isConfig(s.config) &&
     (s.mode === "sync" || s.mode === "resync") &&
@@ -214,7 +276,7 @@ export const isWellFormedSnapshot = (snapshot: Snapshot): boolean => {
     isCount(s.relied) &&
     isCount(s.flightFirstSeq) &&
     Array.isArray(s.flight) &&
-    s.flight.every(isFlightRecord) &&
+    s.flight.every((r) => isFlightRecord(r, version)) &&
     isRuns(s.dirty) &&
     isRuns(s.draining) &&
     isCount(s.cursor) &&

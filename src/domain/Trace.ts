@@ -14,7 +14,8 @@ import { decodeFlat } from "./internal/traceFlat.js"
 
 export const Header = Schema.Struct({
   type: Schema.Literal("header"),
-  version: Schema.Literal(1),
+  /** 1: the events of design §5; 2: also checksum-based resync (`BlockCompared`, `BlockMatched`, `BlockMismatched`). */
+  version: Schema.Literal(1, 2),
   blockSize: Event.Count,
   blockCount: Event.Count,
   initial: Initial
@@ -93,14 +94,26 @@ const utf8Length = (text: string): number => {
   return n
 }
 
-export const encodeHeader = (header: Omit<Header, "type" | "version">): string =>
+/**
+ * The header line; `version` 1 unless given. Write the oldest version that has every
+ * event type the trace holds (`versionFor`), so a version 1 checker reads what it can.
+ */
+export const encodeHeader = (
+  header: Omit<Header, "type" | "version"> & { readonly version?: Event.TraceVersion | undefined }
+): string =>
   JSON.stringify({
     type: "header",
-    version: 1,
+    version: header.version ?? 1,
     blockSize: header.blockSize,
     blockCount: header.blockCount,
     initial: header.initial
   })
+
+/** The oldest trace version that has every one of these events. */
+export const versionFor = (events: Iterable<Event.Event>): Event.TraceVersion => {
+  for (const e of events) if (Event.versionOf(e.type) === 2) return 2
+  return 1
+}
 
 /** One event as its trace line (field order as in design §5). */
 export const encodeEvent = (event: Event.Event): string => JSON.stringify(event)
@@ -202,7 +215,19 @@ const fields: { readonly [K in Event.EventType]: ReadonlyArray<readonly [string,
     ["epoch", "count"],
     ["seq", "count"]
   ],
-  DiscontinuityReported: [["expected", "count"]]
+  DiscontinuityReported: [["expected", "count"]],
+  BlockCompared: [
+    ["seq", "count"],
+    ["block", "count"]
+  ],
+  BlockMatched: [
+    ["seq", "count"],
+    ["block", "count"]
+  ],
+  BlockMismatched: [
+    ["seq", "count"],
+    ["block", "count"]
+  ]
 }
 const resyncReasons: ReadonlySet<unknown> = new Set(Event.ResyncReason.literals)
 
@@ -235,8 +260,18 @@ export const isWellFormedEvent = (event: Event.Event): boolean => {
   return true
 }
 
-/** Decodes one event line (`line` is its 1-based number in the trace). */
-export const decodeEvent = (text: string, line: number): Either.Either<Event.Event, TraceError> =>
+const knownIn = (version: Event.TraceVersion): string =>
+  (version === 1 ? Event.eventTypesV1 : Event.eventTypes).join(", ")
+
+/**
+ * Decodes one event line (`line` is its 1-based number in the trace) of a trace of
+ * `version` (default: the newest). A type that only a later version has is unknown.
+ */
+export const decodeEvent = (
+  text: string,
+  line: number,
+  version: Event.TraceVersion = Event.latestTraceVersion
+): Either.Either<Event.Event, TraceError> =>
   Either.flatMap(parseJson(text, line), (obj) => {
     const type = obj.type
     if (typeof type !== "string" || !Object.hasOwn(fields, type))
@@ -247,7 +282,16 @@ export const decodeEvent = (text: string, line: number): Either.Either<Event.Eve
           detail:
             type === undefined
               ? 'missing field "type"'
-              : `unknown event type ${JSON.stringify(type)} (known: ${Event.eventTypes.join(", ")})`,
+              : `unknown event type ${JSON.stringify(type)} (known: ${knownIn(version)})`,
+          text: excerpt(text)
+        })
+      )
+    if (Event.versionOf(type as Event.EventType) > version)
+      return Either.left(
+        new TraceError({
+          line,
+          kind: "unknown-type",
+          detail: `event type ${JSON.stringify(type)} needs trace version ${Event.versionOf(type as Event.EventType)}, but the header says version ${version} (known: ${knownIn(version)})`,
           text: excerpt(text)
         })
       )
@@ -377,7 +421,7 @@ export class Decoder {
         out.push(Either.right({ _tag: "Header", line, header: header.right }))
         continue
       }
-      const event = decodeEvent(text, line)
+      const event = decodeEvent(text, line, this.header.version)
       if (Either.isLeft(event)) {
         out.push(Either.left(event.left))
         return out
@@ -412,11 +456,13 @@ export const decodeEventBytes = (
   bytes: Uint8Array,
   line: number,
   from = 0,
-  to = bytes.length
+  to = bytes.length,
+  version: Event.TraceVersion = Event.latestTraceVersion
 ): Event.Event | TraceError => {
+  // The flat scanner knows the version 1 types only: every version has them.
   const event = decodeFlat(bytes, from, to)
   if (event !== undefined) return event
-  const general = decodeEvent(utf8.decode(bytes.subarray(from, to)), line)
+  const general = decodeEvent(utf8.decode(bytes.subarray(from, to)), line, version)
   return Either.isRight(general) ? general.right : general.left
 }
 
@@ -445,6 +491,7 @@ export class StreamDecoder<R> {
   private consumed = 0
   private lineNo = 0
   private seenHeader = false
+  private version: Event.TraceVersion = 1
   private readonly max: number
   constructor(
     private readonly visitor: Visitor<R>,
@@ -522,9 +569,10 @@ export class StreamDecoder<R> {
       const header = decodeHeader(utf8.decode(b.subarray(from, to)), line)
       if (Either.isLeft(header)) return header.left
       this.seenHeader = true
+      this.version = header.right.version
       return this.visitor.header(header.right, line)
     }
-    const event = decodeEventBytes(b, line, from, to)
+    const event = decodeEventBytes(b, line, from, to, this.version)
     return event instanceof TraceError ? event : this.visitor.event(event, line)
   }
 

@@ -17,6 +17,12 @@ export interface Options {
   readonly initial: Config.Initial
   readonly faults: Simulation.FaultLevel
   readonly seed: number
+  /**
+   * Checksum-based resync: pumps compare blocks instead of sending them while at least
+   * this many are owed (1: every block), and the workload zeroes whole blocks now and
+   * then, so a block's content comes back. Default: never compare.
+   */
+  readonly compareFrom?: number | undefined
 }
 
 export const defaults: Options = {
@@ -42,6 +48,9 @@ export interface Report {
   readonly records: number
   readonly faults: number
   readonly recoveryPoints: number
+  /** Comparisons decided, and how many matched (blocks proven without a data record). */
+  readonly compared: number
+  readonly matched: number
   readonly modeChanges: Readonly<Record<string, number>>
   readonly finalMode: State.Mode
   readonly epochs: number
@@ -70,9 +79,16 @@ export const run = Effect.fn("ModelSimulation.run")(function* (
   )
   const world = new Simulation.World(config, Simulation.reference, {
     recordEvents: false,
-    diskCheckEvery: Math.max(1, Math.ceil(options.blockCount / 256))
+    diskCheckEvery: Math.max(1, Math.ceil(options.blockCount / 256)),
+    ...(options.compareFrom === undefined ? {} : { compareFrom: options.compareFrom })
   })
-  const ticks = Simulation.workloadTicks(config, options.seed, options.steps, options.faults)
+  const ticks = Simulation.workloadTicks(
+    config,
+    options.seed,
+    options.steps,
+    options.faults,
+    options.compareFrom !== undefined
+  )
   const chunk = 5_000
   let done = 0
   for (const tick of ticks) {
@@ -97,6 +113,8 @@ export const run = Effect.fn("ModelSimulation.run")(function* (
     records: world.stats.records,
     faults: world.stats.faults,
     recoveryPoints: world.stats.recoveryPoints,
+    compared: world.stats.compared,
+    matched: world.stats.matched,
     modeChanges: world.stats.modeChanges,
     finalMode: view.mode,
     epochs: view.epoch,

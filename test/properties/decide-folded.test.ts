@@ -14,7 +14,7 @@ import type * as Event from "../../src/domain/Event.js"
 import * as Input from "../../src/domain/Input.js"
 import { type Filter, reference, run } from "../../src/conformance/Simulation.js"
 import * as State from "../../src/domain/State.js"
-import { numRuns, scenario, stepsOf } from "../support/arbitraries.js"
+import { comparingScenario, numRuns, scenario, stepsOf } from "../support/arbitraries.js"
 
 /** Inputs the world would not send here: acks, gaps and handshakes anywhere around the seqs in use. */
 const extraInput: fc.Arbitrary<Input.Input> = fc.oneof(
@@ -22,7 +22,13 @@ const extraInput: fc.Arbitrary<Input.Input> = fc.oneof(
   fc.nat({ max: 60 }).map(Input.gapReceived),
   fc.nat({ max: 60 }).map(Input.linkReestablished),
   fc.constantFrom("connection-lost", "ack-timeout").map(Input.linkFailed),
-  fc.integer({ min: 1, max: 8 }).map(Input.pumpTick),
+  fc.integer({ min: 1, max: 8 }).map((budget) => Input.pumpTick(budget)),
+  fc
+    .record({ budget: fc.integer({ min: 1, max: 8 }), from: fc.integer({ min: 1, max: 6 }) })
+    .map((p) => Input.pumpTick(p.budget, p.from)),
+  fc
+    .record({ seq: fc.nat({ max: 60 }), block: fc.nat({ max: 12 }), matched: fc.boolean() })
+    .map((c) => Input.comparisonCompleted(c.seq, c.block, c.matched)),
   fc
     .record({ sector: fc.nat({ max: 400 }), sectors: fc.integer({ min: 1, max: 40 }) })
     .map((w) => Input.writeCompleted(w.sector * 512, w.sectors * 512))
@@ -70,6 +76,33 @@ describe("Decider.decideFolded", () => {
         expect(found).toEqual([])
       }),
       { numRuns: numRuns(300) }
+    )
+  })
+
+  it("does so with comparisons too (pending ones answered, mismatches sent at once)", () => {
+    fc.assert(
+      fc.property(comparingScenario, fc.array(extraInput, { maxLength: 4 }), (s, extras) => {
+        const found: Array<string> = []
+        const checking: Filter<State.State> = {
+          ...reference,
+          name: "checking",
+          decide: (state, input) => {
+            // The outcomes of the comparisons waiting, both ways, besides the drawn inputs.
+            const outcomes = state.comparing.flatMap((c) => [
+              Input.comparisonCompleted(c.seq, c.block, true),
+              Input.comparisonCompleted(c.seq, c.block, false)
+            ])
+            for (const i of [input, ...extras, ...outcomes]) {
+              const why = mismatch(state, i)
+              if (why !== undefined) found.push(`${why} (${JSON.stringify(i)})`)
+            }
+            return Decider.decide(state, input)
+          }
+        }
+        run(s.config, checking, stepsOf(s), { checks: [], recordEvents: false, compareFrom: s.compareFrom })
+        expect(found).toEqual([])
+      }),
+      { numRuns: numRuns(200) }
     )
   })
 

@@ -10,8 +10,9 @@ import * as Legality from "../../src/domain/Legality.js"
 import { reference, run } from "../../src/conformance/Simulation.js"
 import * as State from "../../src/domain/State.js"
 import * as Trace from "../../src/domain/Trace.js"
-import { numRuns, scenario, stepsOf } from "../support/arbitraries.js"
-import { invariantHolds } from "../support/properties.js"
+import * as Input from "../../src/domain/Input.js"
+import { comparingScenario, numRuns, scenario, stepsOf } from "../support/arbitraries.js"
+import { comparingInvariantHolds, invariantHolds } from "../support/properties.js"
 
 const runs = { numRuns: numRuns(400) }
 
@@ -200,6 +201,124 @@ describe("traces of decide check clean", () => {
         }
       }),
       { numRuns: numRuns(100) }
+    )
+  })
+})
+
+describe("checksum-based resync (trace version 2, reference filter)", () => {
+  const comparingRuns = { numRuns: numRuns(300) }
+  const comparingRun = (s: typeof comparingScenario extends fc.Arbitrary<infer T> ? T : never) =>
+    run(s.config, reference, stepsOf(s), { checks: [], compareFrom: s.compareFrom })
+
+  it("1. no write is lost when blocks are compared, matched and mismatched, with writes racing them", () => {
+    fc.assert(comparingInvariantHolds(reference, ["no-write-lost"]), comparingRuns)
+  })
+
+  it("4. coverage: a block under comparison counts as covered until its outcome is settled by an ack", () => {
+    fc.assert(comparingInvariantHolds(reference, ["coverage"]), comparingRuns)
+  })
+
+  it("2, 3, legality and liveness hold with comparisons", () => {
+    fc.assert(
+      comparingInvariantHolds(reference, [
+        "sync-only-when-clean",
+        "sequence",
+        "legality",
+        "rejected-input",
+        "convergence"
+      ]),
+      comparingRuns
+    )
+  })
+
+  it("the scenarios reach what the properties are about: matches, mismatches, writes racing comparisons, comparisons lost with the link", () => {
+    const seen = { matched: 0, mismatched: 0, raced: 0, lostPending: 0, v2Snapshots: 0 }
+    fc.assert(
+      fc.property(comparingScenario, (s) => {
+        const world = comparingRun(s)
+        let state = State.initial(s.config)
+        for (const e of world.events) {
+          if (e.type === "BlockMatched") seen.matched++
+          if (e.type === "BlockMismatched") seen.mismatched++
+          if (e.type === "WriteTracked" && state.comparing.length > 0) seen.raced++
+          if ((e.type === "LinkLost" || e.type === "DiscontinuityReported") && state.comparing.length > 0)
+            seen.lostPending++
+          state = Decider.evolve(state, e)
+          if (State.toSnapshot(state).version === 2) seen.v2Snapshots++
+        }
+      }),
+      { numRuns: 200, seed: 18 }
+    )
+    for (const [what, n] of Object.entries(seen)) expect(n, what).toBeGreaterThan(10)
+  })
+
+  it("5. replay with comparisons: fold = live state, through a version 2 snapshot midway", () => {
+    fc.assert(
+      fc.property(comparingScenario, fc.double({ min: 0, max: 1, noNaN: true }), (s, cut) => {
+        const world = comparingRun(s)
+        const events = world.events
+        const initial = State.initial(s.config)
+        expect(State.equals(Decider.evolveAll(initial, events), world.fs)).toBe(true)
+        const k = Math.floor(cut * events.length)
+        const mid = events.slice(0, k).reduce(Decider.evolve, initial)
+        const snapshot = State.toSnapshot(mid)
+        expect(State.isWellFormedSnapshot(snapshot)).toBe(true)
+        const json = JSON.stringify(Schema.encodeSync(State.Snapshot)(snapshot))
+        expect(JSON.stringify(snapshot)).toBe(json)
+        const restored = State.fromSnapshot(Schema.decodeUnknownSync(State.Snapshot)(JSON.parse(json)))
+        expect(State.equals(restored, mid)).toBe(true)
+        expect(State.equals(events.slice(k).reduce(Decider.evolve, restored), world.fs)).toBe(true)
+      }),
+      comparingRuns
+    )
+  })
+
+  it("a version 2 trace of decide checks clean through the codec; the same events under a version 1 header stop at the first new type", () => {
+    fc.assert(
+      fc.property(comparingScenario, (s) => {
+        const world = comparingRun(s)
+        const version = Trace.versionFor(world.events)
+        const lines = (v: 1 | 2) => [
+          Trace.encodeHeader({ ...s.config, version: v }),
+          ...world.events.map(Trace.encodeEvent)
+        ]
+        const decode = (text: ReadonlyArray<string>) => {
+          const decoder = new Trace.Decoder()
+          return [...decoder.push(text.join("\n")), ...decoder.end()]
+        }
+        const v2 = decode(lines(2)).map(Either.getOrThrow)
+        const events = v2.flatMap((d) => (d._tag === "Event" ? [d.event] : []))
+        expect(events).toEqual(world.events)
+        expect(Legality.checkAll(State.initial(s.config), events)).toBeUndefined()
+        const first = world.events.findIndex((e) => e.type.startsWith("Block") && e.type !== "BlockSent")
+        expect(version).toBe(first < 0 ? 1 : 2)
+        const v1 = decode(lines(1))
+        const bad = v1.find(Either.isLeft)
+        if (first < 0) expect(bad).toBeUndefined()
+        else expect(bad?.left).toMatchObject({ line: first + 2, kind: "unknown-type" })
+      }),
+      comparingRuns
+    )
+  })
+
+  it("an outcome for an unsent comparison, or naming another block, is rejected; a stale one records nothing", () => {
+    fc.assert(
+      fc.property(comparingScenario, fc.nat({ max: 5 }), fc.boolean(), (s, extra, matched) => {
+        const state = comparingRun(s).fs
+        if (state.link === "down") return
+        const beyond = Decider.decide(state, Input.comparisonCompleted(state.nextSeq + extra, 0, matched))
+        expect(Either.isLeft(beyond) && beyond.left._tag).toBe("ComparisonBeyondSent")
+        for (const c of state.comparing) {
+          const wrong = Decider.decide(state, Input.comparisonCompleted(c.seq, c.block + 1, matched))
+          expect(Either.isLeft(wrong) && wrong.left._tag).toBe("ComparisonWrongBlock")
+        }
+        const stale = [...Array(state.nextSeq).keys()].find((q) => State.comparisonAt(state, q) === undefined)
+        if (stale !== undefined)
+          expect(Decider.decide(state, Input.comparisonCompleted(stale, 0, matched))).toEqual(
+            Either.right([])
+          )
+      }),
+      comparingRuns
     )
   })
 })

@@ -5,9 +5,10 @@
  */
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
-import type { Filter, InvariantName } from "../../src/conformance/Simulation.js"
+import type { Variant } from "../../src/conformance/internal/mutants.js"
+import { type Filter, type InvariantName, reference } from "../../src/conformance/Simulation.js"
 import * as Mutants from "../support/mutants.js"
-import { invariantHolds } from "../support/properties.js"
+import { comparingInvariantHolds, invariantHolds } from "../support/properties.js"
 
 /** fast-check searches for a counterexample; the mutant must not survive this many runs. */
 const budget = { numRuns: 5000 }
@@ -51,5 +52,47 @@ describe("mutants are caught", () => {
   it("skipping the resync after a receiver rollback breaks coverage and loses writes", () => {
     expect(caught(Mutants.skipRollbackResync, ["coverage"])).toMatch(/coverage/)
     expect(caught(Mutants.skipRollbackResync, ["legality"])).toMatch(/owed-resync/)
+  })
+})
+
+/** The same with comparisons (trace version 2): a broken filter, or the reference in a broken world. */
+const caughtComparing = <S>(
+  filter: Filter<S>,
+  invariants: ReadonlyArray<InvariantName>,
+  variant?: Variant
+) => {
+  const details = fc.check(comparingInvariantHolds(filter, invariants, variant), budget)
+  expect(
+    details.failed,
+    `${filter.name}${variant === undefined ? "" : ` in a ${variant} world`} survived ${details.numRuns} runs of ${invariants.join(", ")}`
+  ).toBe(true)
+  return String(details.errorInstance)
+}
+
+describe("comparison mutants are caught (checksum-based resync)", () => {
+  it("(1) a match believed against a checksum read before a later write completed loses that write", () => {
+    // The program hashes the pass ahead; a write between that read and the comparison is lost.
+    expect(caughtComparing(reference, ["no-write-lost"], "hash-ahead")).toMatch(/no-write-lost/)
+    expect(caughtComparing(reference, ["coverage"], "hash-ahead")).toMatch(/coverage/)
+    // The filter lets a match clear the mark of a write that completed after the read.
+    expect(caughtComparing(Mutants.matchClearsLaterWrites, ["no-write-lost"])).toMatch(/no-write-lost/)
+    expect(caughtComparing(Mutants.matchClearsLaterWrites, ["coverage"])).toMatch(/coverage/)
+    expect(caughtComparing(Mutants.matchClearsLaterWrites, ["legality"])).toMatch(/obligations-left/)
+  })
+
+  it("(2) a checksum of the wrong block is believed and loses a difference", () => {
+    expect(caughtComparing(reference, ["no-write-lost"], "wrong-block")).toMatch(/no-write-lost/)
+    expect(caughtComparing(reference, ["coverage"], "wrong-block")).toMatch(/coverage/)
+  })
+
+  it("(2) a checksum of a stale receiver version (missing a record sent before the request) is believed", () => {
+    expect(caughtComparing(reference, ["no-write-lost"], "stale-version")).toMatch(/no-write-lost/)
+    expect(caughtComparing(reference, ["coverage"], "stale-version")).toMatch(/coverage/)
+  })
+
+  it("(3) clearing a block on a mismatch leaves the difference on the replica", () => {
+    expect(caughtComparing(Mutants.clearOnMismatch, ["no-write-lost"])).toMatch(/no-write-lost/)
+    expect(caughtComparing(Mutants.clearOnMismatch, ["coverage"])).toMatch(/coverage/)
+    expect(caughtComparing(Mutants.clearOnMismatch, ["legality"])).toMatch(/obligations-left/)
   })
 })

@@ -92,6 +92,41 @@ export const skipRollbackResync = stateFilter("skip-rollback-resync", {
       : Decider.evolve(state, event)
 })
 
+/**
+ * Takes a mismatch for the end of the matter: the block leaves the comparison and is
+ * neither owed again nor sent, so its difference stays on the replica.
+ */
+export const clearOnMismatch = stateFilter("clear-on-mismatch", {
+  decide: (state, input) => {
+    if (input._tag !== "ComparisonCompleted" || input.matched || state.link === "down")
+      return Decider.decide(state, input)
+    const pending = State.comparisonAt(state, input.seq)
+    if (pending === undefined || pending.block !== input.block) return Decider.decide(state, input)
+    return Either.right([{ type: "BlockMismatched" as const, seq: input.seq, block: input.block }])
+  },
+  evolve: (state, event) =>
+    event.type === "BlockMismatched"
+      ? State.make({ ...state, comparing: state.comparing.filter((c) => c.seq !== event.seq) })
+      : Decider.evolve(state, event)
+})
+
+/**
+ * Believes a match for the block's content now: the match also clears the mark of a
+ * write that completed after the comparison's read, which the match says nothing about.
+ */
+export const matchClearsLaterWrites = stateFilter("match-clears-later-writes", {
+  evolve: (state, event) => {
+    const next = Decider.evolve(state, event)
+    return event.type === "BlockMatched"
+      ? State.make({
+          ...next,
+          dirty: Bitmap.clear(next.dirty, event.block),
+          draining: Bitmap.clear(next.draining, event.block)
+        })
+      : next
+  }
+})
+
 export const all = [
   clearOnReadCompletion,
   noRemarkOnLinkLoss,

@@ -153,9 +153,12 @@ const guarded =
     return events
   }
 
-/** The header and events as a design §5 trace. */
+/**
+ * The header and events as a design §5 trace: version 1 unless an event needs version 2
+ * (checksum-based resync), so a version 1 run's trace is what it always was.
+ */
 export const traceOf = (config: Config, events: ReadonlyArray<Event.Event>): string => {
-  const lines = [Trace.encodeHeader(config)]
+  const lines = [Trace.encodeHeader({ ...config, version: Trace.versionFor(events) })]
   for (const e of events) lines.push(Trace.encodeEvent(e))
   return `${lines.join("\n")}\n`
 }
@@ -187,7 +190,9 @@ export const runSteps = <H>(
   impl: Implementation<H>,
   config: Config,
   steps: ReadonlyArray<Simulation.Step>,
-  invariants: ReadonlyArray<Invariant> = allInvariants
+  invariants: ReadonlyArray<Invariant> = allInvariants,
+  /** Pumps ask for comparisons while at least this many blocks are owed (trace version 2); default never. */
+  compareFrom?: number
 ): RunResult => {
   const filter = Simulation.foreign(
     impl.name,
@@ -201,7 +206,10 @@ export const runSteps = <H>(
   let extra: ReadonlyArray<Event.Event> = []
   try {
     try {
-      world = new Simulation.World(config, filter, { checks })
+      world = new Simulation.World(config, filter, {
+        checks,
+        ...(compareFrom === undefined ? {} : { compareFrom })
+      })
     } catch (cause) {
       throw new Abort("exception", `start threw for ${JSON.stringify(config)}: ${messageOf(cause)}`)
     }
