@@ -5,7 +5,8 @@
  */
 import { type ChildProcess, spawn } from "node:child_process"
 import * as path from "node:path"
-import { Effect, Logger } from "effect"
+import { Effect, Either, Logger } from "effect"
+import { Nbd } from "../../src/nbd/index.js"
 import * as Mount from "../../src/receiver/Mount.js"
 
 const CLI = path.resolve(import.meta.dirname, "../../dist/cli/main.js")
@@ -32,21 +33,44 @@ export const withMount = <A>(
     readonly at: Mount.At
     readonly socketDir: string
   },
-  use: (uri: string, mounted: Mount.Mounted) => Promise<A>
+  use: (uri: string, mounted: Mount.Mounted, client: Reader) => Promise<A>
 ): Promise<A> =>
   Effect.runPromise(
     Effect.scoped(
       Effect.gen(function* () {
+        const socket = path.join(options.socketDir, `mount-${process.pid}.sock`)
         const { mounted, server } = yield* Mount.serve({
           dir: options.dir,
           diskId: options.diskId,
           at: options.at,
-          listen: { path: path.join(options.socketDir, `mount-${process.pid}.sock`) }
+          listen: { path: socket }
         })
-        return yield* Effect.promise(() => use(server.uri, mounted))
+        const connect = { connect: { path: socket }, exportName: server.exportName }
+        const read = (offset: number, length: number) =>
+          Effect.runPromise(Effect.either(Nbd.withClient(connect, (c) => c.read(offset, length))))
+        const readAll = async () => {
+          const image = Buffer.alloc(mounted.bytes)
+          for (let at = 0; at < mounted.bytes; at += PIECE) {
+            const piece = await read(at, Math.min(PIECE, mounted.bytes - at))
+            if (Either.isLeft(piece)) throw piece.left
+            image.set(piece.right, at)
+          }
+          return image
+        }
+        return yield* Effect.promise(() => use(server.uri, mounted, { read, readAll }))
       })
     ).pipe(Effect.provide(capture))
   )
+
+const PIECE = 256 * 1024
+
+/** A client of the mount: one connection per call. */
+export interface Reader {
+  /** A READ: its bytes, or how it failed (`NbdCommandFailed` with the NBD error). */
+  read(offset: number, length: number): Promise<Either.Either<Uint8Array, Nbd.ClientError>>
+  /** The whole disk, read in pieces. */
+  readAll(): Promise<Buffer>
+}
 
 export interface MountProcess {
   readonly child: ChildProcess
