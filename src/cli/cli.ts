@@ -5,6 +5,7 @@ import { Args, Command, HelpDoc, Options, ValidationError } from "@effect/cli"
 import { Cause, Console, Effect } from "effect"
 import * as Trace from "../domain/Trace.js"
 import * as CheckTrace from "../conformance/CheckTrace.js"
+import { mount } from "./mountCommand.js"
 import { points, receiver, restore, scrub } from "./receiverCommands.js"
 import { replicate, simulate } from "./replicatorCommands.js"
 import { serve } from "./serveCommand.js"
@@ -172,6 +173,7 @@ export const root = Command.make("cdp-sync").pipe(
     receiver,
     status,
     restore,
+    mount,
     points,
     scrub,
     checkTrace,

@@ -8,7 +8,19 @@ import { Console, Duration, Effect, Either, Option } from "effect"
 import * as Wire from "../protocol/Wire.js"
 import { controlOption, controlPath } from "./internal/control.js"
 import * as Logging from "./internal/logging.js"
-import { described, duration, invalid, json, port, positive, size, sizeValue } from "./internal/options.js"
+import {
+  at,
+  described,
+  diskOption as disk,
+  receiverDir as dir,
+  duration,
+  invalid,
+  json,
+  port,
+  positive,
+  size,
+  sizeValue
+} from "./internal/options.js"
 import { reportFailure } from "./internal/outcome.js"
 import { type Progress, progress } from "./internal/progress.js"
 import { formatSize } from "../internal/units.js"
@@ -22,14 +34,6 @@ import * as Scrub from "../receiver/Scrub.js"
 
 const fromEither = <A>(either: Either.Either<A, InvalidOption>) =>
   Either.isRight(either) ? Effect.succeed(either.right) : Effect.fail(invalid(either.left.message))
-
-const dir = Options.text("dir").pipe(
-  Options.withDescription("The receiver directory: one subdirectory per protected disk")
-)
-const disk = Options.text("disk").pipe(
-  Options.optional,
-  Options.withDescription("The disk id (may be left out when the directory holds one disk)")
-)
 
 /**
  * Logs go to stderr as logfmt, one line per record (control characters in values escaped),
@@ -115,13 +119,6 @@ export const receiver = Command.make(
 ).pipe(
   Command.withDescription(
     "Run the log receiver: one TCP connection per protected disk, records fsynced before they are acked. Prints `listening HOST:PORT` when ready. Example: cdp-sync receiver --dir /backup --port 7070 --retain 7d"
-  )
-)
-
-const at = Options.text("at").pipe(
-  Options.mapEffect((text) => Effect.mapError(Restore.parseAt(text), (e) => invalid(e.message))),
-  Options.withDescription(
-    "The recovery point: a seq (see `points`), `latest`, an ISO 8601 time or a relative one (-15m, -2h, -1d): the newest point at or before it"
   )
 )
 

@@ -17,6 +17,10 @@
  * unaligned requests are answered EINVAL, never read-modify-written), preferred 4096,
  * maximum `maxPayload`. `connect` is a small client for the same protocol.
  *
+ * `serveDevice` serves any other block device through the same server (a `Device`: a size,
+ * `read`, `writeAll`, `flush` and how its failures map to NBD errors): `cdp-sync mount`
+ * serves a recovery point read-only with it.
+ *
  * @since 0.1.0
  */
 import { Context, Effect, Layer } from "effect"
@@ -24,6 +28,7 @@ import type * as Scope from "effect/Scope"
 import type { VirtualDisk } from "../adapters/VirtualDisk.js"
 import type { Replicator } from "../replicator/Replicator.js"
 import * as ClientImpl from "./internal/client.js"
+import type * as DeviceImpl from "./internal/device.js"
 import * as ServerImpl from "./internal/server.js"
 
 export { NbdProtocolError, type ProtocolErrorReason } from "./internal/codec.js"
@@ -48,6 +53,7 @@ export {
   type ServeOptions
 } from "./internal/server.js"
 export type { BlockSizes } from "./internal/codec.js"
+export type { Device, DeviceWrite } from "./internal/device.js"
 
 /** A running NBD server: where it listens and what it exports. */
 export type Server = ServerImpl.Server
@@ -90,6 +96,19 @@ export const serve: (
   ServerImpl.ListenFailed | ServerImpl.InvalidServeOptions,
   Replicator | VirtualDisk | Scope.Scope
 > = ServerImpl.serve
+
+/**
+ * Serves `device` until the scope closes, the way `serve` serves the protected disk: the
+ * same handshake, checks, batching of pipelined WRITEs into one `writeAll`, shared
+ * durability points (FLUSH and FUA wait for `device.flush`) and bounds. A read-only device
+ * (or `readOnly`) answers every change EPERM. A size that is not a multiple of 512 is
+ * `InvalidServeOptions`.
+ */
+export const serveDevice: <E>(
+  device: DeviceImpl.Device<E>,
+  options: ServerImpl.ServeOptions
+) => Effect.Effect<ServerImpl.Server, ServerImpl.ListenFailed | ServerImpl.InvalidServeOptions, Scope.Scope> =
+  ServerImpl.serveDevice
 
 /** The running server as a service, for programs built from layers. */
 export class NbdServer extends Context.Tag("cdp-sync/NbdServer")<NbdServer, ServerImpl.Server>() {}

@@ -1,9 +1,10 @@
 /**
  * The log receiver for embedding (docs/receiver.md): the service, the reading side
- * (`points`, `restore`, `verify`, `scrub`) and the retention policy. Everything the
- * `cdp-sync receiver`, `points` and `restore` commands do is reachable from here.
+ * (`points`, `restore`, `mount`, `verify`, `scrub`) and the retention policy. Everything the
+ * `cdp-sync receiver`, `points`, `restore` and `mount` commands do is reachable from here.
  */
 export * as LogStore from "./LogStore.js"
+export * as Mount from "./Mount.js"
 export * as ReceiverService from "./ReceiverService.js"
 export * as Restore from "./Restore.js"
 export * as Retention from "./Retention.js"

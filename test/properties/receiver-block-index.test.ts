@@ -1,7 +1,8 @@
 /**
  * Issue 17: the block index. For random logs (writes of random sizes at random offsets, some
  * overlapping, resync blocks, several segments, a fold or none) and random recovery points,
- * reads through the index (`openPointReader`, in random pieces) and the index-based restore
+ * reads through the index (`openPointReader`, in random pieces, and random ranges around the
+ * map's extent edges and the base's units) and the index-based restore
  * equal the model image, and the restore is byte-identical to the record-by-record replay.
  * A block index that keeps the oldest version of each range (`blockIndexKeepsOldest`) is
  * caught.
@@ -92,6 +93,17 @@ const run = async (c: Case): Promise<void> => {
         at += length
       }
       expect(read.equals(expected), `read through the index at seq ${seq}`).toBe(true)
+      // Ranges that start and end just around the map's extent edges and the base's 4 KiB units.
+      const edges = [...map.extents.flatMap((x) => [x.start, x.end]), 4096, 8192, diskBytes - 4096]
+      for (let k = 0; k < Math.min(edges.length, 12); k++) {
+        const edge = edges[(k * 7) % edges.length]!
+        const before = c.pieces[k % c.pieces.length]! % 700
+        const after = 1 + (c.pieces[(k + 1) % c.pieces.length]! % 5000)
+        const from = Math.max(0, edge - before)
+        const to = Math.min(diskBytes, edge + after)
+        const piece = Buffer.from(await reader.read(from, to - from))
+        expect(piece.equals(expected.subarray(from, to)), `bytes ${from}..${to} at seq ${seq}`).toBe(true)
+      }
     } finally {
       await reader.close()
     }

@@ -1,11 +1,13 @@
 /**
  * The options the commands share, built once: sizes (one grammar, `internal/units.ts`),
- * durations, bounded integers, ports, `--seed`, `--json`. A bad value is a usage error the
+ * durations, bounded integers, ports, `--seed`, `--json`, and the receiver directory's
+ * `--dir`, `--disk` and `--at`. A bad value is a usage error the
  * parser reports on one line naming the option (exit 2); every default is shown in help.
  */
 import { HelpDoc, Options, ValidationError } from "@effect/cli"
 import { Effect, Either, Option } from "effect"
 import { formatDuration, formatSize, parseDuration, parseSize } from "../../internal/units.js"
+import { parseAt } from "../../receiver/internal/at.js"
 
 /** A usage error: @effect/cli prints it, the CLI exits 2. */
 export const invalid = (message: string) => ValidationError.invalidValue(HelpDoc.p(message))
@@ -167,3 +169,22 @@ export const seed = (description: string, fallback = 1) => integer("seed", fallb
 export const json = (
   description = 'Print one JSON object on stdout, nothing else; a failure too: {"error": {"_tag", "message"}}'
 ) => Options.boolean("json").pipe(Options.withDescription(description))
+
+/** `--dir`: a receiver directory. */
+export const receiverDir = Options.text("dir").pipe(
+  Options.withDescription("The receiver directory: one subdirectory per protected disk")
+)
+
+/** `--disk`: a disk of a receiver directory. */
+export const diskOption = Options.text("disk").pipe(
+  Options.optional,
+  Options.withDescription("The disk id (may be left out when the directory holds one disk)")
+)
+
+/** `--at`: a recovery point, parsed (`points`, `restore`, `mount`). */
+export const at = Options.text("at").pipe(
+  Options.mapEffect((text) => Effect.mapError(parseAt(text), (e) => invalid(e.message))),
+  Options.withDescription(
+    "The recovery point: a seq (see `points`), `latest`, an ISO 8601 time or a relative one (-15m, -2h, -1d): the newest point at or before it"
+  )
+)

@@ -4,6 +4,10 @@
  * @effect/platform's socket server has no bound on connections, no per-socket pause for
  * backpressure, and no unix-socket path handling we can put a limit on.
  *
+ * What it exports is a `Device` (device.ts): `serve` builds the protected disk's from the
+ * `Replicator` and the `VirtualDisk` in the context; `serveDevice` takes any other (a
+ * recovery point mounted read-only).
+ *
  * A connection that breaks the protocol, ends mid-request or fails its socket is closed
  * and logged with its typed error; the others and the replication go on. Closing the
  * scope stops accepting, lets every connection answer the requests it already took, then
@@ -15,6 +19,7 @@ import { Context, Data, Deferred, Duration, Effect, Exit, FiberSet } from "effec
 import type * as Scope from "effect/Scope"
 import { VirtualDisk } from "../../adapters/VirtualDisk.js"
 import { Replicator } from "../../replicator/Replicator.js"
+import { type Device, replicatorDevice } from "./device.js"
 import * as Durability from "./durability.js"
 import { type ExportInfo, handshake } from "./handshake.js"
 import { NbdMutants } from "./mutants.js"
@@ -32,7 +37,7 @@ export interface ServeOptions {
   readonly exportName?: string | undefined
   /** Shown by `NBD_INFO_DESCRIPTION`. */
   readonly description?: string | undefined
-  /** Refuse every change (EPERM) and say so in the transmission flags. Default false. */
+  /** Refuse every change (EPERM) and say so in the transmission flags (a read-only device always does). Default false. */
   readonly readOnly?: boolean | undefined
   /** Connections at once; more are closed on arrival. Default 16. */
   readonly maxConnections?: number | undefined
@@ -158,15 +163,27 @@ export const transmissionFlagsFor = (readOnly: boolean): number =>
   P.FLAG_CAN_MULTI_CONN |
   (readOnly ? P.FLAG_READ_ONLY : P.FLAG_SEND_FUA | P.FLAG_SEND_TRIM | P.FLAG_SEND_WRITE_ZEROES)
 
+/** The protected disk in the context, written through the replicator in the context. */
 export const serve = (
   options: ServeOptions
 ): Effect.Effect<Server, ListenFailed | InvalidServeOptions, Replicator | VirtualDisk | Scope.Scope> =>
   Effect.gen(function* () {
-    const disk = yield* VirtualDisk
-    const replicator = yield* Replicator
+    const device = replicatorDevice(yield* VirtualDisk, yield* Replicator, yield* NbdMutants)
+    return yield* serveDevice(device, {
+      ...options,
+      description: options.description ?? "a disk protected by cdp-sync"
+    })
+  })
+
+/** Serves `device` until the scope closes (see the module comment). */
+export const serveDevice = <E>(
+  device: Device<E>,
+  options: ServeOptions
+): Effect.Effect<Server, ListenFailed | InvalidServeOptions, Scope.Scope> =>
+  Effect.gen(function* () {
     const mutants = yield* NbdMutants
     const lingerMs = Duration.toMillis(yield* CloseLinger)
-    const readOnly = options.readOnly ?? false
+    const readOnly = device.readOnly || (options.readOnly ?? false)
     const maxPayload = options.maxPayload ?? DEFAULT_MAX_PAYLOAD
     const bufferBytes = options.bufferBytes ?? 2 * maxPayload
     const maxConnections = options.maxConnections ?? 16
@@ -181,19 +198,22 @@ export const serve = (
       })
     if (!(maxConnections >= 1) || !(maxInFlight >= 1))
       return yield* new InvalidServeOptions({ detail: "maxConnections and maxInFlight must be at least 1" })
-    const size = disk.geometry.blockCount * disk.geometry.blockSize
+    const size = device.size
+    if (!Number.isSafeInteger(size) || size < 0 || size % MIN_BLOCK !== 0)
+      return yield* new InvalidServeOptions({
+        detail: `the device's size must be a multiple of ${MIN_BLOCK} bytes, not ${size}`
+      })
     const exportName = options.exportName ?? ""
     const exported: ExportInfo = {
       name: exportName,
-      description: options.description ?? "a disk protected by cdp-sync",
+      description: options.description ?? "a block device served by cdp-sync",
       size,
       transmissionFlags: transmissionFlagsFor(readOnly),
       blockSizes: { minimum: MIN_BLOCK, preferred: PREFERRED_BLOCK, maximum: maxPayload }
     }
     const target: Target = {
-      disk,
-      replicator,
-      durability: yield* Durability.make(disk, replicator, mutants),
+      device: device as Device,
+      durability: yield* Durability.make(device.flush),
       size,
       readOnly,
       maxPayload,

@@ -3,7 +3,7 @@
  * reads requests in order, checks each, and hands it to a fiber of its own, so requests
  * pipeline and replies go out as they complete (out of order). The WRITEs a client has
  * pipelined (those already received when the reader would otherwise wait) go to the
- * replicator together, checked one by one first, as one `writeAll` (writeBatch.ts);
+ * device together, checked one by one first, as one `writeAll` (writeBatch.ts);
  * replies are written once per turn of the event loop (`ReplyQueue`). Bounds: at most
  * `maxInFlight` requests and `bufferBytes` of payload (write data read and not yet
  * written, read data not yet handed to the kernel) per connection; beyond them the
@@ -19,11 +19,10 @@
  */
 import type * as Net from "node:net"
 import { Cause, Deferred, Effect, FiberSet } from "effect"
-import { DiskRangeError, SECTOR_SIZE, type VirtualDisk } from "../../adapters/VirtualDisk.js"
-import type { GuestWrite, Replicator } from "../../replicator/Replicator.js"
-import { WriteRejected } from "../../replicator/Replicator.js"
+import { SECTOR_SIZE } from "../../adapters/VirtualDisk.js"
 import * as Codec from "./codec.js"
 import { NbdProtocolError, type Request } from "./codec.js"
+import type { Device, DeviceWrite } from "./device.js"
 import type { Durability } from "./durability.js"
 import type { Mutants } from "./mutants.js"
 import * as P from "./protocol.js"
@@ -31,8 +30,7 @@ import { type EndedMidMessage, ReplyQueue, type SocketFailed, type SocketReader 
 import { Bounds, type QueuedWrite, writeBatch } from "./writeBatch.js"
 
 export interface Target {
-  readonly disk: VirtualDisk.Service
-  readonly replicator: Replicator.Service
+  readonly device: Device
   readonly durability: Durability
   readonly size: number
   readonly readOnly: boolean
@@ -50,25 +48,12 @@ export type TransmissionError = NbdProtocolError | EndedMidMessage | SocketFaile
 /** TRIM and WRITE_ZEROES write zeros from this buffer (never written to), in pieces this large. */
 const ZERO_PIECE = 128 * 1024
 const zeros = new Uint8Array(ZERO_PIECE)
-/** Zero pieces handed to the replicator at once (`writeAll`: one trip through the filter). */
+/** Zero pieces handed to the device at once (`writeAll`: one trip through the filter). */
 const ZERO_BATCH = 16
 
 /** The flags each command may carry; FUA is valid on every command once SEND_FUA is advertised. */
 const allowedFlags = (type: number): number =>
   type === P.CMD_WRITE_ZEROES ? P.CMD_FLAG_FUA | P.CMD_FLAG_NO_HOLE : P.CMD_FLAG_FUA
-
-/** The errno a failed disk or replicator operation is answered with. */
-const errnoOf = (error: unknown): number => {
-  if (error instanceof WriteRejected || error instanceof DiskRangeError) return P.EINVAL
-  if (
-    typeof error === "object" &&
-    error !== null &&
-    (error as { _tag?: unknown })._tag === "ReplicatorStopped" &&
-    (error as { reason?: unknown }).reason === "the replicator is closing"
-  )
-    return P.ESHUTDOWN
-  return P.EIO
-}
 
 /** The error a request gets without touching the disk, or `undefined` when it may go ahead. */
 export const check = (request: Request, target: Pick<Target, "size" | "readOnly" | "maxPayload">) => {
@@ -94,11 +79,11 @@ export const transmission = (
 ): Effect.Effect<TransmissionEnd, TransmissionError> =>
   Effect.scoped(
     Effect.gen(function* () {
-      const { disk, replicator, durability, mutants } = target
+      const { device, durability, mutants } = target
       const bounds = new Bounds(target.maxInFlight, target.bufferBytes)
       const handlers = yield* FiberSet.make<void, never>()
       const replies = new ReplyQueue(socket)
-      // Checked WRITEs read and not yet handed to the replicator; owned by the reading fiber.
+      // Checked WRITEs read and not yet handed to the device; owned by the reading fiber.
       let batch: Array<QueuedWrite> = []
 
       const reply = (cookie: bigint, error: number, data?: Uint8Array, written?: () => void) =>
@@ -109,14 +94,14 @@ export const transmission = (
           written
         )
 
-      /** Hands the batch to the replicator on a fiber of its own (before the reader waits for anything). */
+      /** Hands the batch to the device on a fiber of its own (before the reader waits for anything). */
       const submit: Effect.Effect<void> = Effect.suspend(() => {
         if (batch.length === 0) return Effect.void
         const writes = batch
         batch = []
         return FiberSet.run(
           handlers,
-          writeBatch(writes, { replicator, durability, reply, bounds, mutants }, errnoOf)
+          writeBatch(writes, { device, durability, reply, bounds, mutants })
         ).pipe(Effect.asVoid)
       })
 
@@ -153,7 +138,7 @@ export const transmission = (
                 ).pipe(
                   Effect.zipRight(
                     Effect.sync(() =>
-                      reply(request.cookie, errnoOf(error), undefined, () => bounds.release(0, bytes))
+                      reply(request.cookie, device.errnoOf(error), undefined, () => bounds.release(0, bytes))
                     )
                   )
                 )
@@ -164,13 +149,13 @@ export const transmission = (
         ).pipe(Effect.asVoid)
 
       const zero = (offset: number, length: number): Effect.Effect<void, unknown> => {
-        const pieces: Array<GuestWrite> = []
+        const pieces: Array<DeviceWrite> = []
         for (let at = offset; at < offset + length && pieces.length < ZERO_BATCH; at += ZERO_PIECE)
           pieces.push({ offset: at, bytes: zeros.subarray(0, Math.min(ZERO_PIECE, offset + length - at)) })
         const done = pieces.reduce((n, w) => n + w.bytes.byteLength, 0)
         return pieces.length === 0
           ? Effect.void
-          : Effect.zipRight(replicator.writeAll(pieces), zero(offset + done, length - done))
+          : Effect.zipRight(device.writeAll(pieces), zero(offset + done, length - done))
       }
       const fua = (request: Request) => (request.flags & P.CMD_FLAG_FUA) !== 0
 
@@ -225,14 +210,14 @@ export const transmission = (
                 request.length,
                 request.length === 0
                   ? Effect.succeed(new Uint8Array(0))
-                  : disk.read(request.offset, request.length)
+                  : device.read(request.offset, request.length)
               )
               break
             case P.CMD_FLUSH:
               yield* handle(request, 0, Effect.as(durability.sync, undefined))
               break
             default: {
-              // TRIM and WRITE_ZEROES: zeros through the replicator, so they replicate like writes.
+              // TRIM and WRITE_ZEROES: zeros through the device (the replicator: they replicate like writes).
               const zeroed = zero(request.offset, request.length)
               yield* handle(
                 request,

@@ -1,23 +1,23 @@
 /**
  * The WRITEs a connection had already received when its reader would have waited, as one
- * trip through the filter (`Replicator.writeAll`): a guest's queue costs one admission,
- * one fiber and one run through the write path instead of one each (issue 15's profile:
- * per-request fibers and replies were most of the server's own CPU at 4 KiB).
+ * `Device.writeAll` — for the protected disk one trip through the filter
+ * (`Replicator.writeAll`): a guest's queue costs one admission, one fiber and one run
+ * through the write path instead of one each (issue 15's profile: per-request fibers and
+ * replies were most of the server's own CPU at 4 KiB).
  *
  * Each request was checked on its own before it joined (`check`: a refused one is
- * answered and never joins), so a batch holds only writes the replicator accepts and
+ * answered and never joins), so a batch holds only writes the device accepts and
  * one bad request cannot fail its neighbours. Writes land in request order (overlapping
- * ones too: `writeAll` applies them in array order). Should the replicator still refuse
- * the batch (`WriteRejected`), each write goes again on its own and gets its own answer.
- * If the disk fails one, `writeAll` leaves the earlier ones written and the later ones
- * untouched without saying which: every write of the batch is answered with the error
- * (NBD lets a failed write leave its range either way). FUA writes are answered after
- * one shared durability point once the batch is written.
+ * ones too: `writeAll` applies them in array order). Should the device still refuse
+ * the batch whole (`Device.refusedWhole`: the replicator's `WriteRejected`), each write
+ * goes again on its own and gets its own answer. If the disk fails one, `writeAll` leaves
+ * the earlier ones written and the later ones untouched without saying which: every write
+ * of the batch is answered with the error (NBD lets a failed write leave its range either
+ * way). FUA writes are answered after one shared durability point once the batch is written.
  */
 import { Cause, Effect } from "effect"
-import type { GuestWrite, Replicator } from "../../replicator/Replicator.js"
-import { WriteRejected } from "../../replicator/Replicator.js"
 import type { Request } from "./codec.js"
+import type { Device, DeviceWrite } from "./device.js"
 import type { Durability } from "./durability.js"
 import type { Mutants } from "./mutants.js"
 import * as P from "./protocol.js"
@@ -76,15 +76,12 @@ export class Bounds {
 }
 
 export interface BatchTarget {
-  readonly replicator: Replicator.Service
+  readonly device: Device
   readonly durability: Durability
   readonly reply: (cookie: bigint, error: number) => void
   readonly bounds: Bounds
   readonly mutants: Pick<Mutants, "batchUnchecked" | "batchReversed">
 }
-
-/** The errno a failed write is answered with. */
-export type ErrnoOf = (error: unknown) => number
 
 const fua = (w: QueuedWrite) => (w.request.flags & P.CMD_FLAG_FUA) !== 0
 
@@ -97,14 +94,10 @@ const describe = (writes: ReadonlyArray<QueuedWrite>) => {
 
 /**
  * Writes the batch and answers each request once (slots and budget go back as each is
- * answered: the replicator has its own copy of the data by then).
+ * answered: the device has written the data by then).
  */
-export const writeBatch = (
-  writes: ReadonlyArray<QueuedWrite>,
-  target: BatchTarget,
-  errnoOf: ErrnoOf
-): Effect.Effect<void> => {
-  const { replicator, durability, reply, bounds, mutants } = target
+export const writeBatch = (writes: ReadonlyArray<QueuedWrite>, target: BatchTarget): Effect.Effect<void> => {
+  const { device, durability, reply, bounds, mutants } = target
   const answer = (w: QueuedWrite, error: number) => {
     if (!w.answered) reply(w.request.cookie, error)
     bounds.release(1, w.request.length)
@@ -113,7 +106,7 @@ export const writeBatch = (
     Effect.logWarning(describe(group), error).pipe(
       Effect.zipRight(
         Effect.sync(() => {
-          const errno = errnoOf(error)
+          const errno = device.errnoOf(error)
           for (const w of group) answer(w, errno)
         })
       )
@@ -137,22 +130,19 @@ export const writeBatch = (
     )
   }
   const run = (group: ReadonlyArray<QueuedWrite>, alone: boolean): Effect.Effect<void> => {
-    const work =
-      group.length === 1
-        ? replicator.write(group[0]!.request.offset, group[0]!.payload)
-        : replicator.writeAll(
-            (mutants.batchReversed ? [...group].reverse() : group).map(
-              (w): GuestWrite => ({ offset: w.request.offset, bytes: w.payload })
-            )
-          )
+    const work = device.writeAll(
+      (mutants.batchReversed ? [...group].reverse() : group).map(
+        (w): DeviceWrite => ({ offset: w.request.offset, bytes: w.payload })
+      )
+    )
     return work.pipe(
       Effect.matchCauseEffect({
         onSuccess: () => written(group),
         onFailure: (cause) => {
           const error = Cause.squash(cause)
-          // One the checks let through and the replicator refused: nothing was written,
+          // One the checks let through and the device refused: nothing was written,
           // so each goes again alone and only the refused one fails.
-          if (error instanceof WriteRejected && !alone && group.length > 1 && !mutants.batchUnchecked)
+          if (device.refusedWhole?.(error) === true && !alone && group.length > 1 && !mutants.batchUnchecked)
             return Effect.forEach(group, (w) => run([w], true), { discard: true })
           return failAll(group, error)
         }

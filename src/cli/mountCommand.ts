@@ -1,0 +1,95 @@
+/**
+ * `cdp-sync mount`: a recovery point of a receiver directory served read-only over NBD
+ * (docs/receiver.md "Mounting a recovery point"), by the same server as `serve`, read
+ * through the block index without materialising the image. Safe beside a running
+ * receiver, and across its retention folds.
+ */
+import { Command, Options } from "@effect/cli"
+import { Console, Effect, Option } from "effect"
+import * as Mount from "../receiver/Mount.js"
+import { formatTime } from "../receiver/Restore.js"
+import * as Logging from "./internal/logging.js"
+import {
+  at,
+  described,
+  diskOption,
+  hostPort,
+  json,
+  parseHostPort,
+  positive,
+  receiverDir
+} from "./internal/options.js"
+import { reportFailure, UsageError } from "./internal/outcome.js"
+
+const DEFAULT_LISTEN = "127.0.0.1:10809"
+
+export const mount = Command.make(
+  "mount",
+  {
+    dir: receiverDir,
+    disk: diskOption,
+    at,
+    listen: hostPort(
+      "listen",
+      `Serve NBD on TCP HOST:PORT (default: ${DEFAULT_LISTEN}; port 0 picks a free one)`
+    ).pipe(Options.optional),
+    socket: Options.text("socket").pipe(
+      Options.optional,
+      Options.withDescription("Serve NBD on this unix socket instead of TCP")
+    ),
+    exportName: Options.text("export-name").pipe(
+      Options.optional,
+      Options.withDescription(
+        described('The export\'s name (clients asking for the default export "" get it too)', "the disk id")
+      )
+    ),
+    maxConnections: positive("max-connections", 16, "Clients connected at once; more are refused"),
+    json: json(
+      'Print one JSON object when ready ({"uri", "diskId", "seq", "time"}) instead of the listening line; a failure as {"error": {"_tag", "message"}}'
+    )
+  },
+  (o) =>
+    Effect.gen(function* () {
+      if (Option.isSome(o.listen) && Option.isSome(o.socket))
+        return yield* new UsageError({ detail: "give --listen or --socket, not both" })
+      const listen = Option.isSome(o.socket)
+        ? { path: o.socket.value }
+        : Option.getOrElse(o.listen, () => parseHostPort(DEFAULT_LISTEN)!)
+      yield* Effect.scoped(
+        Effect.gen(function* () {
+          const { mounted, server } = yield* Mount.serve({
+            dir: o.dir,
+            diskId: Option.getOrUndefined(o.disk),
+            at: o.at,
+            listen,
+            exportName: Option.getOrUndefined(o.exportName),
+            maxConnections: o.maxConnections
+          })
+          for (const note of mounted.rebuilt)
+            yield* Effect.logInfo(note.message).pipe(Effect.annotateLogs(note.annotations))
+          const { seq, time, kind } = mounted.point
+          yield* Effect.logInfo(
+            `mounted disk ${mounted.diskId} at seq ${seq} (received ${formatTime(time)}, ${kind}), read-only`
+          ).pipe(Effect.annotateLogs({ diskId: mounted.diskId, seq, uri: server.uri }))
+          yield* Console.log(
+            o.json
+              ? JSON.stringify({
+                  uri: server.uri,
+                  diskId: mounted.diskId,
+                  seq,
+                  time,
+                  kind,
+                  bytes: mounted.bytes
+                })
+              : `listening ${server.uri}`
+          )
+          // Until SIGINT/SIGTERM: the scope closes (the server answers what it took, the files close), exit 0.
+          return yield* Effect.never
+        })
+      )
+    }).pipe(reportFailure("mount", o.json), Logging.only(Logging.logfmtStderr))
+).pipe(
+  Command.withDescription(
+    "Serve a recovery point read-only over NBD (the same server as `serve`), read through the block index without writing an image; safe while the receiver runs and folds. Prints `listening nbd://HOST:PORT/NAME` (or `nbd+unix:///NAME?socket=PATH`) when ready; SIGINT/SIGTERM close it, exit 0. Example: cdp-sync mount --dir /backup --disk vm1 --at -15m --listen 127.0.0.1:10810; then qemu-img convert -O qcow2 nbd://127.0.0.1:10810/vm1 vm1.qcow2"
+  )
+)

@@ -1,0 +1,166 @@
+/**
+ * A recovery point as a block device (`cdp-sync mount`, docs/receiver.md "Mounting a
+ * recovery point"): the disk at one point of a receiver directory, read through the block
+ * index (`openPointMap`, `openPointReader`) without materialising the image, and served
+ * read-only over NBD by the same server as `cdp-sync serve` (`Nbd.serveDevice`).
+ *
+ * The chain is opened read-only, as `restore` opens it, so a mount may run beside a
+ * receiver that ingests. The reader holds the base image and the segments it reads open
+ * from the start: a retention fold that renames a new base over the old one or unlinks
+ * segments later changes nothing it serves; a fold that raced the opening is seen (a file
+ * gone, another base) and the chain read again. Every byte served is checked first (a
+ * record's CRC and its index entry, a base unit's CRC): a read that meets damage fails
+ * that request (EIO) with a warning naming the file and the byte, and the mount goes on.
+ */
+import { Effect } from "effect"
+import type * as Scope from "effect/Scope"
+import * as Nbd from "../nbd/Nbd.js"
+import type { Chain, Note } from "./internal/chain.js"
+import {
+  type At,
+  attempt,
+  type Point,
+  pointAt,
+  pointsOf,
+  readChain,
+  resolve,
+  retryingFolds,
+  specOf
+} from "./internal/chainPoints.js"
+import { LogCorrupt, type LogIoError } from "./internal/errors.js"
+import { openPointMap, openPointReader, type PointReader } from "./internal/point.js"
+
+export type { At, Point }
+
+export interface MountOptions {
+  /** The receiver directory. */
+  readonly dir: string
+  /** The disk id (may be left out when the directory holds one disk). */
+  readonly diskId?: string | undefined
+  /** Which recovery point, as `restore` takes it: a seq, `latest`, a time or a relative one. */
+  readonly at: At
+  /** The clock relative times (`-15m`) count back from (default `Date.now`). */
+  readonly now?: (() => number) | undefined
+}
+
+/** A failed read of a mounted point: damage (`LogCorrupt`) or the operating system's `LogIoError`. */
+export type MountReadError = LogCorrupt | LogIoError
+
+/** A recovery point opened as a block device. */
+export interface Mounted {
+  readonly diskId: string
+  /** The point: its seq, receive time and kind. */
+  readonly point: Point
+  /** The disk's size in bytes. */
+  readonly bytes: number
+  /** Block indexes rebuilt when the point was opened (missing, damaged or at odds with their segment). */
+  readonly rebuilt: ReadonlyArray<Note>
+  /** The point, read-only. */
+  readonly device: Nbd.Device<MountReadError>
+}
+
+/** Reads bytes of the point (every one checked): what a writable overlay will read beneath it. */
+export type Under = (offset: number, length: number) => Effect.Effect<Uint8Array, MountReadError>
+
+const readOf =
+  (reader: PointReader, file: string): Under =>
+  (offset, length) =>
+    attempt(file, "read", () => reader.read(offset, length)).pipe(
+      Effect.tapError((e) =>
+        Effect.logWarning(
+          `mount: a read of bytes ${offset}..${offset + length - 1} failed: ${e.message}`
+        ).pipe(
+          Effect.annotateLogs(
+            e instanceof LogCorrupt ? { file: e.file, offset: e.offset } : { file: e.path, op: e.op }
+          )
+        )
+      )
+    )
+
+/** The server checked the range first: what fails a read is damage or the operating system. */
+const errnoOf = (_: unknown): number => Nbd.errors.EIO
+
+/**
+ * The point served read-only. The seam for a writable mount: an overlay wraps `under`
+ * (its reads fall through to the point where it holds nothing, its writes never reach the
+ * receiver's files), giving a device with `readOnly: false`, `writeAll` into the overlay
+ * and `flush` the overlay's.
+ */
+const readOnlyDevice = (bytes: number, under: Under): Nbd.Device<MountReadError> => ({
+  size: bytes,
+  readOnly: true,
+  read: under,
+  // Never called: the server answers every change to a read-only export EPERM.
+  writeAll: () => Effect.die(new Error("a mounted recovery point is read-only")),
+  flush: Effect.void,
+  errnoOf
+})
+
+/** The point's map and a reader holding its files, or `undefined` when a fold got there first. */
+const openReader = (chain: Chain, seq: number) =>
+  attempt(chain.diskDir, "read", async () => {
+    const map = await openPointMap(chain, seq, true)
+    const reader = await openPointReader(map)
+    return reader === undefined ? undefined : { reader, notes: map.notes }
+  })
+
+/**
+ * Opens the point `at` names as a read-only block device until the scope closes (which
+ * closes its files). A seq that is no recovery point, or a time before every point, is
+ * refused as `restore` refuses it (the nearest points named).
+ */
+export const open = Effect.fn("Receiver.mount")(function* (options: MountOptions) {
+  const spec = yield* specOf(options.at)
+  const now = (options.now ?? Date.now)()
+  const [disk] = yield* resolve(options.dir, options.diskId, true)
+  const { diskDir, meta } = disk!
+  const opened = yield* retryingFolds(
+    diskDir,
+    "read",
+    Effect.gen(function* () {
+      const chain = yield* readChain(diskDir, meta)
+      const point = yield* pointAt(chain, pointsOf(chain).points, spec, now)
+      const reader = yield* Effect.acquireRelease(openReader(chain, point.seq), (r) =>
+        r === undefined ? Effect.void : Effect.promise(() => r.reader.close())
+      )
+      return reader === undefined ? undefined : { ...reader, point }
+    })
+  )
+  const bytes = opened.reader.diskBytes
+  const mounted: Mounted = {
+    diskId: meta.diskId,
+    point: opened.point,
+    bytes,
+    rebuilt: opened.notes,
+    device: readOnlyDevice(bytes, readOf(opened.reader, diskDir))
+  }
+  return mounted
+})
+
+export interface ServeOptions extends MountOptions {
+  /** Where to listen: TCP `host` and `port` (0: any free port), or a unix socket `path`. */
+  readonly listen: Nbd.Listen
+  /** The export's name (default: the disk id); clients asking for the default export get it too. */
+  readonly exportName?: string | undefined
+  /** Connections at once (default 16). */
+  readonly maxConnections?: number | undefined
+}
+
+/** Mounts the point `at` names and serves it over NBD until the scope closes. */
+export const serve = (
+  options: ServeOptions
+): Effect.Effect<
+  { readonly mounted: Mounted; readonly server: Nbd.Server },
+  Effect.Effect.Error<ReturnType<typeof open>> | Nbd.ListenFailed | Nbd.InvalidServeOptions,
+  Scope.Scope
+> =>
+  Effect.gen(function* () {
+    const mounted = yield* open(options)
+    const server = yield* Nbd.serveDevice(mounted.device, {
+      listen: options.listen,
+      exportName: options.exportName ?? mounted.diskId,
+      maxConnections: options.maxConnections,
+      description: `cdp-sync: disk ${JSON.stringify(mounted.diskId)} at seq ${mounted.point.seq}, read-only`
+    })
+    return { mounted, server }
+  })
