@@ -43,6 +43,12 @@ export const mount = Command.make(
         described('The export\'s name (clients asking for the default export "" get it too)', "the disk id")
       )
     ),
+    overlay: Options.file("overlay").pipe(
+      Options.optional,
+      Options.withDescription(
+        "Make the export writable: writes go to this sparse file (created when missing, reopened with its earlier writes when made for this disk and point, refused otherwise; never inside --dir); the receiver's files are never written"
+      )
+    ),
     maxConnections: positive("max-connections", 16, "Clients connected at once; more are refused"),
     json: json(
       'Print one JSON object when ready ({"uri", "diskId", "seq", "time"}) instead of the listening line; a failure as {"error": {"_tag", "message"}}'
@@ -63,13 +69,16 @@ export const mount = Command.make(
             at: o.at,
             listen,
             exportName: Option.getOrUndefined(o.exportName),
+            overlay: Option.getOrUndefined(o.overlay),
             maxConnections: o.maxConnections
           })
           for (const note of mounted.rebuilt)
             yield* Effect.logInfo(note.message).pipe(Effect.annotateLogs(note.annotations))
           const { seq, time, kind } = mounted.point
           yield* Effect.logInfo(
-            `mounted disk ${mounted.diskId} at seq ${seq} (received ${formatTime(time)}, ${kind}), read-only`
+            `mounted disk ${mounted.diskId} at seq ${seq} (received ${formatTime(time)}, ${kind}), ${
+              mounted.overlay === undefined ? "read-only" : `writes to the overlay ${mounted.overlay}`
+            }`
           ).pipe(Effect.annotateLogs({ diskId: mounted.diskId, seq, uri: server.uri }))
           yield* Console.log(
             o.json
@@ -79,7 +88,8 @@ export const mount = Command.make(
                   seq,
                   time,
                   kind,
-                  bytes: mounted.bytes
+                  bytes: mounted.bytes,
+                  overlay: mounted.overlay ?? null
                 })
               : `listening ${server.uri}`
           )
@@ -90,6 +100,6 @@ export const mount = Command.make(
     }).pipe(reportFailure("mount", o.json), Logging.only(Logging.logfmtStderr))
 ).pipe(
   Command.withDescription(
-    "Serve a recovery point read-only over NBD (the same server as `serve`), read through the block index without writing an image; safe while the receiver runs and folds. Prints `listening nbd://HOST:PORT/NAME` (or `nbd+unix:///NAME?socket=PATH`) when ready; SIGINT/SIGTERM close it, exit 0. Example: cdp-sync mount --dir /backup --disk vm1 --at -15m --listen 127.0.0.1:10810; then qemu-img convert -O qcow2 nbd://127.0.0.1:10810/vm1 vm1.qcow2"
+    "Serve a recovery point read-only over NBD (the same server as `serve`), read through the block index without writing an image (writable with --overlay FILE: writes go to that file, never to the log); safe while the receiver runs and folds. Prints `listening nbd://HOST:PORT/NAME` (or `nbd+unix:///NAME?socket=PATH`) when ready; SIGINT/SIGTERM close it, exit 0. Example: cdp-sync mount --dir /backup --disk vm1 --at -15m --listen 127.0.0.1:10810; then qemu-img convert -O qcow2 nbd://127.0.0.1:10810/vm1 vm1.qcow2"
   )
 )

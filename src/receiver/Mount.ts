@@ -11,7 +11,12 @@
  * gone, another base) and the chain read again. Every byte served is checked first (a
  * record's CRC and its index entry, a base unit's CRC): a read that meets damage fails
  * that request (EIO) with a warning naming the file and the byte, and the mount goes on.
+ *
+ * With an overlay (`--overlay FILE`, `internal/overlay.ts`) the export is writable: writes
+ * go to FILE (sparse, outside the receiver directory, tied to this disk and point), reads
+ * see them over the point, and the receiver's files are never written.
  */
+import * as path from "node:path"
 import { Effect } from "effect"
 import type * as Scope from "effect/Scope"
 import * as Nbd from "../nbd/Nbd.js"
@@ -27,10 +32,13 @@ import {
   retryingFolds,
   specOf
 } from "./internal/chainPoints.js"
-import { LogCorrupt, type LogIoError } from "./internal/errors.js"
+import { LogCorrupt, LogIoError } from "./internal/errors.js"
+import { realPathOutside } from "./internal/files.js"
+import { type Overlay, openOverlay, OverlayRefused } from "./internal/overlay.js"
 import { openPointMap, openPointReader, type PointReader } from "./internal/point.js"
 
 export type { At, Point }
+export { OverlayRefused }
 
 export interface MountOptions {
   /** The receiver directory. */
@@ -41,6 +49,12 @@ export interface MountOptions {
   readonly at: At
   /** The clock relative times (`-15m`) count back from (default `Date.now`). */
   readonly now?: (() => number) | undefined
+  /**
+   * Makes the export writable: writes go to this sparse file (created when missing, reopened
+   * with its earlier writes when it was made for this disk and point, refused otherwise, and
+   * never inside the receiver directory); the receiver's files are never written.
+   */
+  readonly overlay?: string | undefined
 }
 
 /** A failed read of a mounted point: damage (`LogCorrupt`) or the operating system's `LogIoError`. */
@@ -55,37 +69,36 @@ export interface Mounted {
   readonly bytes: number
   /** Block indexes rebuilt when the point was opened (missing, damaged or at odds with their segment). */
   readonly rebuilt: ReadonlyArray<Note>
-  /** The point, read-only. */
+  /** The overlay file when there is one (the device is then writable). */
+  readonly overlay: string | undefined
+  /** The point: read-only, or writable through the overlay. */
   readonly device: Nbd.Device<MountReadError>
 }
 
 /** Reads bytes of the point (every one checked): what a writable overlay will read beneath it. */
 export type Under = (offset: number, length: number) => Effect.Effect<Uint8Array, MountReadError>
 
+/** Says which read failed and where (the file and byte of the damage). */
+const warnOfFailure =
+  (offset: number, length: number) =>
+  (e: MountReadError): Effect.Effect<void> =>
+    Effect.logWarning(`mount: a read of bytes ${offset}..${offset + length - 1} failed: ${e.message}`).pipe(
+      Effect.annotateLogs(
+        e instanceof LogCorrupt ? { file: e.file, offset: e.offset } : { file: e.path, op: e.op }
+      )
+    )
+
 const readOf =
   (reader: PointReader, file: string): Under =>
   (offset, length) =>
     attempt(file, "read", () => reader.read(offset, length)).pipe(
-      Effect.tapError((e) =>
-        Effect.logWarning(
-          `mount: a read of bytes ${offset}..${offset + length - 1} failed: ${e.message}`
-        ).pipe(
-          Effect.annotateLogs(
-            e instanceof LogCorrupt ? { file: e.file, offset: e.offset } : { file: e.path, op: e.op }
-          )
-        )
-      )
+      Effect.tapError(warnOfFailure(offset, length))
     )
 
 /** The server checked the range first: what fails a read is damage or the operating system. */
 const errnoOf = (_: unknown): number => Nbd.errors.EIO
 
-/**
- * The point served read-only. The seam for a writable mount: an overlay wraps `under`
- * (its reads fall through to the point where it holds nothing, its writes never reach the
- * receiver's files), giving a device with `readOnly: false`, `writeAll` into the overlay
- * and `flush` the overlay's.
- */
+/** The point served read-only. */
 const readOnlyDevice = (bytes: number, under: Under): Nbd.Device<MountReadError> => ({
   size: bytes,
   readOnly: true,
@@ -95,6 +108,44 @@ const readOnlyDevice = (bytes: number, under: Under): Nbd.Device<MountReadError>
   flush: Effect.void,
   errnoOf
 })
+
+const ENOSPC = 28
+
+/** What an overlay's failure is answered with: ENOSPC when its file system is full, else EIO. */
+const overlayErrno = (error: unknown): number =>
+  error instanceof LogIoError &&
+  typeof error.cause === "object" &&
+  error.cause !== null &&
+  (error.cause as { code?: unknown }).code === "ENOSPC"
+    ? ENOSPC
+    : Nbd.errors.EIO
+
+/**
+ * The point with `overlay` over it: reads fall through to the point where the overlay holds
+ * nothing, writes and flushes go to the overlay file only.
+ */
+const overlayDevice = (bytes: number, overlay: Overlay, reader: PointReader): Nbd.Device<MountReadError> => {
+  const below = (offset: number, length: number) => reader.read(offset, length)
+  return {
+    size: bytes,
+    readOnly: false,
+    read: (offset, length) =>
+      attempt(overlay.file, "read", () => overlay.read(offset, length, below)).pipe(
+        Effect.tapError(warnOfFailure(offset, length))
+      ),
+    // A write into a cluster the overlay does not hold reads the rest of it from the point.
+    writeAll: (writes) =>
+      attempt(overlay.file, "write", () => overlay.write(writes, below)).pipe(
+        Effect.tapError((e) =>
+          Effect.logWarning(`mount: a write to the overlay failed: ${e.message}`).pipe(
+            Effect.annotateLogs({ overlay: overlay.file })
+          )
+        )
+      ),
+    flush: attempt(overlay.file, "write", () => overlay.flush()),
+    errnoOf: overlayErrno
+  }
+}
 
 /** The point's map and a reader holding its files, or `undefined` when a fold got there first. */
 const openReader = (chain: Chain, seq: number) =>
@@ -127,12 +178,60 @@ export const open = Effect.fn("Receiver.mount")(function* (options: MountOptions
     })
   )
   const bytes = opened.reader.diskBytes
+  const under = readOf(opened.reader, diskDir)
+  const overlayFile = options.overlay
+  if (overlayFile === undefined) {
+    const mounted: Mounted = {
+      diskId: meta.diskId,
+      point: opened.point,
+      bytes,
+      rebuilt: opened.notes,
+      overlay: undefined,
+      device: readOnlyDevice(bytes, under)
+    }
+    return mounted
+  }
+  const overlay = yield* Effect.acquireRelease(
+    Effect.tryPromise({
+      try: async () => {
+        const { target } = await realPathOutside(
+          options.dir,
+          overlayFile,
+          "the log is never written",
+          (reason) =>
+            new OverlayRefused({
+              file: path.resolve(overlayFile),
+              offset: 0,
+              reason: "bad-path",
+              detail: reason
+            })
+        )
+        return openOverlay(target, {
+          diskId: meta.diskId,
+          diskBytes: bytes,
+          seq: opened.point.seq,
+          pointTime: opened.point.time
+        })
+      },
+      catch: (cause) =>
+        cause instanceof OverlayRefused
+          ? cause
+          : new LogIoError({ op: "open", path: path.resolve(overlayFile), cause })
+    }),
+    (o) =>
+      Effect.promise(() => o.close()).pipe(
+        Effect.catchAllDefect((e) =>
+          Effect.logWarning(`mount: the overlay ${o.file} did not close cleanly`, e)
+        )
+      )
+  )
   const mounted: Mounted = {
     diskId: meta.diskId,
     point: opened.point,
     bytes,
     rebuilt: opened.notes,
-    device: readOnlyDevice(bytes, readOf(opened.reader, diskDir))
+    overlay: overlay.file,
+    device: overlayDevice(bytes, overlay, opened.reader)
   }
   return mounted
 })
@@ -160,7 +259,9 @@ export const serve = (
       listen: options.listen,
       exportName: options.exportName ?? mounted.diskId,
       maxConnections: options.maxConnections,
-      description: `cdp-sync: disk ${JSON.stringify(mounted.diskId)} at seq ${mounted.point.seq}, read-only`
+      description: `cdp-sync: disk ${JSON.stringify(mounted.diskId)} at seq ${mounted.point.seq}, ${
+        mounted.overlay === undefined ? "read-only" : `writes to ${mounted.overlay}`
+      }`
     })
     return { mounted, server }
   })

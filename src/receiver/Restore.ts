@@ -32,7 +32,7 @@ import {
   NotARecoveryPoint,
   RestoreTargetRefused
 } from "./internal/errors.js"
-import { isEnoent } from "./internal/files.js"
+import { isEnoent, realPathOutside } from "./internal/files.js"
 import { openPointMap } from "./internal/point.js"
 import { type Target, writeTarget } from "./internal/replay.js"
 import { type Progress, writePoint } from "./internal/writePoint.js"
@@ -73,9 +73,6 @@ export interface Restored {
   readonly records: number
 }
 
-const code = (e: unknown): string | undefined =>
-  typeof e === "object" && e !== null && "code" in e && typeof e.code === "string" ? e.code : undefined
-
 /** Size of a block device, from sysfs (Node cannot ask the device itself). */
 const blockDeviceBytes = async (rdev: bigint): Promise<number | undefined> => {
   const major = ((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn)
@@ -98,25 +95,7 @@ const prepareTarget = async (
   diskBytes: number
 ): Promise<Target> => {
   const refuse = (reason: string) => new RestoreTargetRefused({ out, reason })
-  const absolute = path.resolve(out)
-  let target: string
-  try {
-    await fs.lstat(absolute)
-    target = await fs.realpath(absolute).catch((e: unknown) => {
-      throw isEnoent(e) ? refuse("a symbolic link to nothing") : e
-    })
-  } catch (e) {
-    if (e instanceof RestoreTargetRefused) throw e
-    if (code(e) === "ENOTDIR") throw refuse("a part of its path is not a directory")
-    if (!isEnoent(e)) throw e
-    const parent = await fs.realpath(path.dirname(absolute)).catch((e: unknown) => {
-      throw isEnoent(e) || code(e) === "ENOTDIR" ? refuse(`its directory does not exist`) : e
-    })
-    target = path.join(parent, path.basename(absolute))
-  }
-  const home = await fs.realpath(dir).catch((e: unknown) => (isEnoent(e) ? undefined : Promise.reject(e)))
-  if (home !== undefined && (target === home || target.startsWith(`${home}${path.sep}`)))
-    throw refuse(`${target} is inside the receiver directory ${home}: restore writes outside it`)
+  const { target, home } = await realPathOutside(dir, out, "restore writes outside it", refuse)
   const stat = await fs.stat(target, { bigint: true }).catch((e: unknown) => {
     if (isEnoent(e)) return undefined
     throw e

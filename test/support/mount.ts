@@ -126,3 +126,24 @@ export const mountCli = async (args: ReadonlyArray<string>): Promise<MountProces
     }
   }
 }
+
+/** Runs `cdp-sync mount …args` to its exit (a refusal exits before it listens; 30 s at most). */
+export const mountCliToExit = (
+  args: ReadonlyArray<string>
+): Promise<{ readonly code: number | null; readonly stdout: string; readonly stderr: string }> =>
+  new Promise((resolve) => {
+    const child = spawn(process.execPath, [CLI, "mount", ...args], { stdio: ["ignore", "pipe", "pipe"] })
+    let stdout = ""
+    let stderr = ""
+    child.stdout!.setEncoding("utf8").on("data", (s: string) => {
+      stdout += s
+    })
+    child.stderr!.setEncoding("utf8").on("data", (s: string) => {
+      stderr += s
+    })
+    const killer = setTimeout(() => child.kill("SIGKILL"), 30_000)
+    child.once("close", (code) => {
+      clearTimeout(killer)
+      resolve({ code, stdout, stderr })
+    })
+  })

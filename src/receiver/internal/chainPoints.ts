@@ -47,7 +47,7 @@ export interface DiskPoints {
 
 export const attempt = <A>(
   file: string,
-  op: "read" | "restore",
+  op: "read" | "write" | "restore",
   f: () => Promise<A>
 ): Effect.Effect<A, LogError> =>
   Effect.tryPromise({
@@ -173,7 +173,7 @@ export const refusal = (chain: Chain, all: ReadonlyArray<Point>, seq: number): N
  */
 export const retryingFolds = <A, E, R>(
   diskDir: string,
-  op: "read" | "restore",
+  op: "read" | "write" | "restore",
   run: Effect.Effect<A | undefined, E, R>
 ): Effect.Effect<A, E | LogIoError, R> =>
   Effect.gen(function* () {

@@ -28,6 +28,7 @@ export type LogOp =
   | "truncate"
   | "fold"
   | "read"
+  | "write"
   | "restore"
   | "lock"
   | "close"

@@ -129,3 +129,40 @@ export class ForwardReader {
     return this.buf.subarray(offset - this.start, offset - this.start + length)
   }
 }
+
+const errnoCode = (e: unknown): string | undefined =>
+  typeof e === "object" && e !== null && "code" in e && typeof e.code === "string" ? e.code : undefined
+
+/**
+ * Where `file` really is — symbolic links followed, a new file's directory resolved — checked
+ * not to lie inside the receiver directory `dir` (so no link leads a write there): restore's
+ * `--out` and mount's `--overlay`. `home`: `dir` resolved (`undefined` when it does not exist).
+ * `refuse` makes the caller's error from a reason; `why` ends the inside-the-directory one.
+ */
+export const realPathOutside = async <E>(
+  dir: string,
+  file: string,
+  why: string,
+  refuse: (reason: string) => E
+): Promise<{ readonly target: string; readonly home: string | undefined }> => {
+  const absolute = path.resolve(file)
+  let target: string
+  try {
+    await fs.lstat(absolute)
+    target = await fs.realpath(absolute).catch((e: unknown) => {
+      throw isEnoent(e) ? refuse("a symbolic link to nothing") : e
+    })
+  } catch (e) {
+    if (isEnoent(e)) {
+      const parent = await fs.realpath(path.dirname(absolute)).catch((e: unknown) => {
+        throw isEnoent(e) || errnoCode(e) === "ENOTDIR" ? refuse("its directory does not exist") : e
+      })
+      target = path.join(parent, path.basename(absolute))
+    } else if (errnoCode(e) === "ENOTDIR") throw refuse("a part of its path is not a directory")
+    else throw e
+  }
+  const home = await fs.realpath(dir).catch((e: unknown) => (isEnoent(e) ? undefined : Promise.reject(e)))
+  if (home !== undefined && (target === home || target.startsWith(`${home}${path.sep}`)))
+    throw refuse(`${target} is inside the receiver directory ${home}: ${why}`)
+  return { target, home }
+}

@@ -101,7 +101,9 @@ export const OverlayRefusal = Schema.Literal(
   /** The path is a directory, a device, a FIFO, …: not a regular file. */
   "not-a-file",
   /** Another process (or this one) has it open. */
-  "locked"
+  "locked",
+  /** The path cannot hold it: inside the receiver directory, in a directory that does not exist, a link to nothing. */
+  "bad-path"
 )
 export type OverlayRefusal = typeof OverlayRefusal.Type
 
