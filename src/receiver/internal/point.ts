@@ -20,7 +20,6 @@ import {
   type Extent,
   type ExtentMap,
   firstEndingAfter,
-  mergeUnder,
   verifyMap,
   bixExtentOffset
 } from "./blockIndex.js"
@@ -131,16 +130,70 @@ export interface IndexingProgress {
   readonly total: number
 }
 
-/** Merges maps given newest first, pairwise (O(extents × log maps), where folding them one by one is quadratic). */
-const mergeAll = (maps: ReadonlyArray<ReadonlyArray<PointExtent>>): ReadonlyArray<PointExtent> => {
-  let level = maps
-  while (level.length > 1) {
-    const next: Array<ReadonlyArray<PointExtent>> = []
-    for (let i = 0; i < level.length; i += 2)
-      next.push(i + 1 < level.length ? mergeUnder(level[i]!, level[i + 1]!) : level[i]!)
-    level = next
+/**
+ * The maps of a point's segments, given newest first, as one map: each byte from the newest
+ * segment holding it. One sweep per map against the union of the newer ones (kept as typed
+ * intervals, merged as it grows): only the extents that survive are allocated, each once
+ * (merging maps pairwise allocated every piece at every level, and most of opening a long log
+ * was spent there). O(maps × covered intervals + extents log extents).
+ */
+export const mergeNewestFirst = (
+  maps: ReadonlyArray<{ readonly map: ExtentMap; readonly segment: number }>
+): Array<PointExtent> => {
+  let total = 0
+  for (const { map } of maps) total += map.length
+  // The bytes the newer maps cover: intervals [covered[2i], covered[2i+1]), sorted, disjoint, none touching.
+  let covered = new Float64Array(2 * total + 2)
+  let coveredCount = 0
+  let union = new Float64Array(2 * total + 2)
+  const out: Array<PointExtent> = []
+  for (const { map, segment } of maps) {
+    let j = 0
+    for (const x of map) {
+      while (j < coveredCount && covered[2 * j + 1]! <= x.start) j++
+      let cursor = x.start
+      for (let k = j; cursor < x.end; k++) {
+        const from = k < coveredCount ? covered[2 * k]! : Number.POSITIVE_INFINITY
+        const to = from < x.end ? Math.min(from, x.end) : x.end
+        if (to > cursor)
+          out.push({
+            start: cursor,
+            end: to,
+            seq: x.seq,
+            fileOffset: x.fileOffset + (cursor - x.start),
+            segment
+          })
+        if (from >= x.end) break
+        cursor = Math.max(cursor, covered[2 * k + 1]!)
+      }
+    }
+    // union := covered ∪ this map's extents (both sorted), touching intervals joined.
+    let n = 0
+    let a = 0
+    let b = 0
+    while (a < coveredCount || b < map.length) {
+      let start: number
+      let end: number
+      if (b >= map.length || (a < coveredCount && covered[2 * a]! <= map[b]!.start)) {
+        start = covered[2 * a]!
+        end = covered[2 * a + 1]!
+        a++
+      } else {
+        start = map[b]!.start
+        end = map[b]!.end
+        b++
+      }
+      if (n > 0 && start <= union[2 * n - 1]!) union[2 * n - 1] = Math.max(union[2 * n - 1]!, end)
+      else {
+        union[2 * n] = start
+        union[2 * n + 1] = end
+        n++
+      }
+    }
+    ;[covered, union] = [union, covered]
+    coveredCount = n
   }
-  return level[0] ?? []
+  return out.sort((p, q) => p.start - q.start)
 }
 
 /**
@@ -172,19 +225,19 @@ export const openPointMap = async (
   let bytes = 0
   onProgress?.({ bytes, total })
   // Newest first, as `mergeAll` takes them.
-  const maps: Array<ReadonlyArray<PointExtent>> = []
+  const maps: Array<{ readonly map: ExtentMap; readonly segment: number }> = []
   for (const { i, whole } of used) {
     const segment = chain.segments[i]!
     const map = whole
       ? await sealedMap(chain, segment, write, notes)
       : buildMap(g, entriesThrough(segment, chain.base.seq, seq))
-    maps.push(map.map((x) => ({ ...x, segment: i })))
+    maps.push({ map, segment: i })
     if (whole) {
       bytes += segment.bytes
       onProgress?.({ bytes, total })
     }
   }
-  return { chain, seq, extents: mergeAll(maps), notes }
+  return { chain, seq, extents: mergeNewestFirst(maps), notes }
 }
 
 // ---------------------------------------------------------------------------------------------
