@@ -4,8 +4,9 @@
  * reads through the index (`openPointReader`, in random pieces, and random ranges around the
  * map's extent edges and the base's units) and the index-based restore
  * equal the model image, and the restore is byte-identical to the record-by-record replay.
- * A block index that keeps the oldest version of each range (`blockIndexKeepsOldest`) is
- * caught.
+ * A block index that keeps the oldest version of each range (`blockIndexKeepsOldest`), and a
+ * point whose segments' maps are merged without the newer ones' union (`pointMergeForgetsNewer`),
+ * are caught.
  */
 import * as fs from "node:fs"
 import { Effect } from "effect"
@@ -13,7 +14,13 @@ import fc from "fast-check"
 import { afterEach, describe, expect, it } from "vitest"
 import { openChain } from "../../src/receiver/internal/chain.js"
 import { ReceiverMutants } from "../../src/receiver/internal/mutants.js"
-import { openPointMap, openPointReader } from "../../src/receiver/internal/point.js"
+import { mergeUnder } from "../../src/receiver/internal/blockIndex.js"
+import {
+  mergeNewestFirst,
+  openPointMap,
+  openPointReader,
+  type PointExtent
+} from "../../src/receiver/internal/point.js"
 import { replayPoint } from "../../src/receiver/internal/replay.js"
 import * as Restore from "../../src/receiver/Restore.js"
 import { type Change, imageAt, readMetaFile, writeDisk } from "../support/receiverDisk.js"
@@ -25,6 +32,7 @@ const diskBytes = geometry.blockSize * geometry.blockCount
 
 afterEach(() => {
   ReceiverMutants.blockIndexKeepsOldest = false
+  ReceiverMutants.pointMergeForgetsNewer = false
 })
 
 interface Case {
@@ -83,6 +91,11 @@ const run = async (c: Case): Promise<void> => {
     const seq = baseSeq + Math.round(fraction * (lastSeq - baseSeq))
     const expected = imageAt(geometry, c.changes, seq)
     const map = await openPointMap(chain, seq, true)
+    // The map is sorted and disjoint (each byte names one record), and names no record after the point.
+    for (let i = 0; i < map.extents.length; i++) {
+      const x = map.extents[i]!
+      expect(x.start < x.end && x.seq <= seq && (i === 0 || map.extents[i - 1]!.end <= x.start)).toBe(true)
+    }
     const reader = await openPointReader(map)
     if (reader === undefined) throw new Error("no fold runs here")
     try {
@@ -153,5 +166,60 @@ describe("the block index (issue 17)", () => {
       [4096, 8192, 4],
       [8192, 12_000, 1]
     ])
+  })
+})
+
+/** Segments' maps, newest first: each sorted and disjoint, extents touching, overlapping across maps. */
+const arbitraryMaps = fc
+  .array(
+    fc.array(fc.record({ gap: fc.integer({ min: 0, max: 3 }), length: fc.integer({ min: 1, max: 9 }) }), {
+      maxLength: 6
+    }),
+    { minLength: 1, maxLength: 6 }
+  )
+  .map((segments) =>
+    segments.map((pieces, s) => {
+      let at = 0
+      const map = pieces.map(({ gap, length }) => {
+        const start = at + gap
+        at = start + length
+        return { start, end: at, seq: 100 - s, fileOffset: 1000 * s + start }
+      })
+      return { map, segment: segments.length - 1 - s }
+    })
+  )
+
+/** The model: the maps folded one by one, each under the newer ones (`mergeUnder`). */
+const foldedUnder = (
+  maps: ReadonlyArray<{ map: ReadonlyArray<PointExtent | Omit<PointExtent, "segment">>; segment: number }>
+) => {
+  let acc: Array<PointExtent> = []
+  for (const { map, segment } of maps)
+    acc = mergeUnder(
+      acc,
+      map.map((x) => ({ ...x, segment }))
+    )
+  return acc
+}
+
+describe("merging a point's segment maps (issue 17)", () => {
+  it("one sweep per map equals folding them one by one under the newer ones", () => {
+    fc.assert(
+      fc.property(arbitraryMaps, (maps) => {
+        expect(mergeNewestFirst(maps)).toEqual(foldedUnder(maps))
+      }),
+      { numRuns: 2000 }
+    )
+  })
+
+  it("catches a merge that does not grow the union of the newer maps (mutant)", () => {
+    ReceiverMutants.pointMergeForgetsNewer = true
+    const result = fc.check(
+      fc.property(arbitraryMaps, (maps) => {
+        expect(mergeNewestFirst(maps)).toEqual(foldedUnder(maps))
+      }),
+      { numRuns: 2000, seed: 17 }
+    )
+    expect(result.failed).toBe(true)
   })
 })

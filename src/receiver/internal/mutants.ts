@@ -8,6 +8,8 @@ export const ReceiverMutants = {
   foldSkipsRehash: false,
   /** A block index that keeps the oldest version of each range instead of the newest. */
   blockIndexKeepsOldest: false,
+  /** Opening a point merges its segments' maps without growing the union of the newer ones: an older segment's extent shows through a newer one. */
+  pointMergeForgetsNewer: false,
   /** A restore that writes every base byte, also those the log overrides (written twice). */
   restoreWritesOverriddenBase: false,
   /** A restore that writes the base's zero chunks into a new file (no holes kept). */

@@ -25,6 +25,7 @@ import {
 } from "./blockIndex.js"
 import type { Chain, Note, Segment } from "./chain.js"
 import { LogCorrupt } from "./errors.js"
+import { ReceiverMutants } from "./mutants.js"
 import { isEnoent, preadFully, readIfExists } from "./files.js"
 import {
   entryMismatch,
@@ -191,7 +192,7 @@ export const mergeNewestFirst = (
       }
     }
     ;[covered, union] = [union, covered]
-    coveredCount = n
+    if (!ReceiverMutants.pointMergeForgetsNewer) coveredCount = n
   }
   return out.sort((p, q) => p.start - q.start)
 }
