@@ -13,12 +13,14 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { Effect } from "effect"
 import * as Restore from "../../dist/receiver/Restore.js"
+import { listDisks, openChain } from "../../dist/receiver/internal/chain.js"
+import { Kind } from "../../dist/receiver/internal/format.js"
 import { find } from "../../test/support/tools.js"
 import { CLI, type Child, filesUnder, runChild, spawnReady } from "./children.js"
 
 const MiB = 1024 * 1024
 /** Bump when the way the dataset is built changes: a new key, a new build. */
-const FORMAT = 1
+const FORMAT = 2
 export const DISK_ID = "bench"
 
 export interface Dataset {
@@ -32,6 +34,9 @@ export interface Dataset {
   readonly segments: number
   readonly points: number
   readonly resyncs: number
+  /** Write records (the guest's writes) and block records (resync passes) in the log. */
+  readonly writes: number
+  readonly blocks: number
   readonly latestSeq: number
   /** Receive times of the first and last recovery points after the base (ms since the epoch). */
   readonly firstTime: number
@@ -48,6 +53,9 @@ export const parseSize = (text: string): number => {
   const unit = { "": 1, k: 1024, m: MiB, g: 1024 * MiB, t: 1024 * 1024 * MiB }[m[2]!.toLowerCase()]!
   return Math.round(Number(m[1]) * unit)
 }
+
+/** fio's write rate while building, bytes/s (`CDP_SYNC_BENCH_MOUNT_BUILD_RATE`, default 16 MiB). */
+const BUILD_RATE = parseSize(process.env.CDP_SYNC_BENCH_MOUNT_BUILD_RATE ?? "16MiB")
 
 export const formatSize = (n: number): string =>
   n % (1024 * MiB) === 0 ? `${n / (1024 * MiB)}GiB` : `${Math.round(n / MiB)}MiB`
@@ -161,6 +169,9 @@ const build = async (dir: string, diskBytes: number, logTarget: number): Promise
         // In steps, so the log overshoots its target by little.
         `--io_size=${Math.max(16 * MiB, Math.ceil(Math.min(left, logTarget / 8) / MiB) * MiB)}`,
         "--iodepth=16",
+        // Below what the link takes: the filter stays in sync (a write a record, a recovery
+        // point each) but after an outage; faster, it pulls ahead into a resync that never ends.
+        `--rate=${BUILD_RATE}`,
         "--norandommap",
         "--randrepeat=0",
         "--output=/dev/null"
@@ -212,7 +223,18 @@ const describe = async (dir: string, diskBytes: number): Promise<Omit<Dataset, "
   const receiverDir = path.join(dir, "receiver")
   const [d] = await Effect.runPromise(Restore.points(receiverDir, DISK_ID))
   const points = d!.points.filter((p) => p.kind !== "base")
-  const middle = points[Math.floor(points.length / 2)]!
+  // The newest point at or before the log's middle seq.
+  const half = points.at(-1)!.seq / 2
+  const middle = points.filter((p) => p.seq <= half).at(-1) ?? points[0]!
+  const [disk] = await listDisks(receiverDir)
+  const chain = await openChain(disk!.diskDir, disk!.meta, "read")
+  let writes = 0
+  let blocks = 0
+  for (const segment of chain.segments)
+    for (const e of segment.entries ?? []) {
+      if (e.kind === Kind.Write) writes++
+      if (e.kind === Kind.Block) blocks++
+    }
   return {
     receiverDir,
     image: path.join(dir, "image.img"),
@@ -221,6 +243,8 @@ const describe = async (dir: string, diskBytes: number): Promise<Omit<Dataset, "
     segments: d!.segments,
     points: points.length,
     resyncs: points.filter((p) => p.kind === "resync-end").length,
+    writes,
+    blocks,
     latestSeq: points.at(-1)!.seq,
     firstTime: points[0]!.time,
     lastTime: points.at(-1)!.time,
@@ -251,7 +275,7 @@ export const dataset = async (diskBytes: number, logBytes: number): Promise<Data
   const described = await describe(dir, diskBytes)
   fs.writeFileSync(manifest, `${JSON.stringify(described, null, 2)}\n`)
   say(
-    `dataset built in ${((performance.now() - t) / 1000).toFixed(0)} s: ${formatSize(described.logBytes)} of log in ${described.segments} segments, ${described.points} recovery points, ${described.resyncs} resyncs`
+    `dataset built in ${((performance.now() - t) / 1000).toFixed(0)} s: ${formatSize(described.logBytes)} of log in ${described.segments} segments, ${described.writes} writes, ${described.blocks} resync blocks, ${described.points} recovery points, ${described.resyncs} resyncs`
   )
   return { dir, ...described }
 }
