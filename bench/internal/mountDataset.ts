@@ -1,10 +1,9 @@
 /**
  * The mount bench's dataset: a receiver directory holding one disk ("bench") with a log of
  * random 4–64 KiB writes several times the disk's size, resync passes among them, and the
- * image restored at its latest point. Written the real way: `cdp-sync serve` (the filter)
- * takes fio's writes over NBD and replicates them over TCP to a `cdp-sync receiver`
- * process; a few times the receiver is SIGKILLed and restarted, so the filter resyncs what
- * it missed. Built once into a cache directory keyed by the format version and the sizes
+ * image restored at its latest point. Written over TCP into a `cdp-sync receiver` process by
+ * a client speaking as the filter does (`logClient.ts`); three times the receiver is
+ * SIGKILLed and restarted, and the client resyncs what it missed. Built once into a cache directory keyed by the format version and the sizes
  * (`CDP_SYNC_BENCH_MOUNT_CACHE`, default under the temp directory) and reused by later runs.
  */
 import * as fs from "node:fs"
@@ -15,12 +14,14 @@ import { Effect } from "effect"
 import * as Restore from "../../dist/receiver/Restore.js"
 import { listDisks, openChain } from "../../dist/receiver/internal/chain.js"
 import { Kind } from "../../dist/receiver/internal/format.js"
-import { find } from "../../test/support/tools.js"
 import { CLI, type Child, filesUnder, runChild, spawnReady } from "./children.js"
+import { writeLog } from "./logClient.js"
 
 const MiB = 1024 * 1024
 /** Bump when the way the dataset is built changes: a new key, a new build. */
-const FORMAT = 2
+const FORMAT = 3
+/** The filter's block size (the receiver's default geometry unit). */
+export const BLOCK_SIZE = 64 * 1024
 export const DISK_ID = "bench"
 
 export interface Dataset {
@@ -53,9 +54,6 @@ export const parseSize = (text: string): number => {
   const unit = { "": 1, k: 1024, m: MiB, g: 1024 * MiB, t: 1024 * 1024 * MiB }[m[2]!.toLowerCase()]!
   return Math.round(Number(m[1]) * unit)
 }
-
-/** fio's write rate while building, bytes/s (`CDP_SYNC_BENCH_MOUNT_BUILD_RATE`, default 16 MiB). */
-const BUILD_RATE = parseSize(process.env.CDP_SYNC_BENCH_MOUNT_BUILD_RATE ?? "16MiB")
 
 export const formatSize = (n: number): string =>
   n % (1024 * MiB) === 0 ? `${n / (1024 * MiB)}GiB` : `${Math.round(n / MiB)}MiB`
@@ -93,106 +91,47 @@ const startReceiver = (dir: string, port: number) =>
     }
   )
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
-
 /**
- * Builds the dataset into `dir` (empty): serve + receiver, fio writing until the log holds
- * `logTarget` bytes, the receiver killed and restarted at 1/4, 1/2 and 3/4 of the way.
+ * Builds the dataset into `dir` (empty): a receiver process and the filter's side of the
+ * protocol (`logClient.ts`) writing until `logTarget` bytes of records are acked, the
+ * receiver killed and restarted at 1/4, 1/2 and 3/4 of the way.
  */
 const build = async (dir: string, diskBytes: number, logTarget: number): Promise<void> => {
   const receiverDir = path.join(dir, "receiver")
   fs.mkdirSync(receiverDir, { recursive: true })
-  const disk = path.join(dir, "disk.img")
   const port = await freePort()
   let receiver: Child = await startReceiver(receiverDir, port)
-  const serve = await spawnReady(
-    process.execPath,
-    [
-      CLI,
-      "serve",
-      "--disk",
-      disk,
-      "--disk-size",
-      String(diskBytes),
-      "--receiver",
-      `127.0.0.1:${port}`,
-      "--journal",
-      path.join(dir, "journal"),
-      "--disk-id",
-      DISK_ID,
-      "--listen",
-      "127.0.0.1:0",
-      "--export-name",
-      DISK_ID
-    ],
-    /^listening (nbd\S*)$/m,
-    { what: "cdp-sync serve" }
-  )
-  const uri = serve.ready[1]!
   const started = performance.now()
   let outages = 0
-  let building = true
-  let stopped: { code: number | null; signal: string | null } = { code: null, signal: null }
-  // Breaks the link a few times while fio writes: the filter resyncs what it missed.
-  const outageAt = [0.25, 0.5, 0.75].map((f) => f * logTarget)
-  const watcher = (async () => {
-    let lastReport = 0
-    while (building) {
-      await sleep(500)
-      const bytes = logBytesOf(receiverDir)
-      if (performance.now() - lastReport > 5000) {
-        lastReport = performance.now()
-        const s = (performance.now() - started) / 1000
-        say(
-          `building: ${formatSize(bytes)} of ${formatSize(logTarget)} of log, ${outages} receiver restarts, ${s.toFixed(0)} s`
-        )
-      }
-      if (building && outages < outageAt.length && bytes >= outageAt[outages]!) {
+  let lastReport = 0
+  let disk: Buffer
+  try {
+    disk = await writeLog({
+      diskId: DISK_ID,
+      blockSize: BLOCK_SIZE,
+      blockCount: diskBytes / BLOCK_SIZE,
+      bytes: logTarget,
+      link: () => ({ host: "127.0.0.1", port }),
+      breakAt: [0.25, 0.5, 0.75].map((f) => f * logTarget),
+      breakLink: async (whileDown) => {
         outages++
         await receiver.stop("SIGKILL")
-        await sleep(2000)
+        whileDown()
         receiver = await startReceiver(receiverDir, port)
+      },
+      progress: (acked) => {
+        if (performance.now() - lastReport < 5000) return
+        lastReport = performance.now()
+        say(
+          `building: ${formatSize(acked)} of ${formatSize(logTarget)} of log, ${outages} receiver restarts, ${((performance.now() - started) / 1000).toFixed(0)} s`
+        )
       }
-    }
-  })()
-  try {
-    for (;;) {
-      const left = logTarget - logBytesOf(receiverDir)
-      if (left <= 0) break
-      await runChild(find("fio")!, [
-        "--name=build",
-        "--ioengine=nbd",
-        `--uri=${uri}`,
-        "--rw=randwrite",
-        "--bsrange=4k-64k",
-        `--size=${diskBytes}`,
-        // In steps, so the log overshoots its target by little.
-        `--io_size=${Math.max(16 * MiB, Math.ceil(Math.min(left, logTarget / 8) / MiB) * MiB)}`,
-        "--iodepth=16",
-        // Below what the link takes: the filter stays in sync (a write a record, a recovery
-        // point each) but after an outage; faster, it pulls ahead into a resync that never ends.
-        `--rate=${BUILD_RATE}`,
-        "--norandommap",
-        "--randrepeat=0",
-        "--output=/dev/null"
-      ])
-    }
-    // The filter replicates behind the guest: wait until the log stops growing.
-    let last = -1
-    for (let still = 0; still < 6; ) {
-      await sleep(500)
-      const bytes = logBytesOf(receiverDir)
-      still = bytes === last ? still + 1 : 0
-      last = bytes
-    }
+    })
   } finally {
-    building = false
-    await watcher
-    stopped = await serve.stop("SIGTERM", 60_000)
     await receiver.stop("SIGTERM")
   }
-  if (stopped.code !== 0)
-    throw new Error(`serve exited ${stopped.code ?? stopped.signal}; stderr:\n${serve.stderr()}`)
+  const diskFile = path.join(dir, "disk.img")
+  fs.writeFileSync(diskFile, disk)
   say(`restoring the latest point to ${path.join(dir, "image.img")} …`)
   const image = path.join(dir, "image.img")
   await runChild(process.execPath, [
@@ -209,13 +148,12 @@ const build = async (dir: string, diskBytes: number, logTarget: number): Promise
   ])
   // A check of the dataset itself: the replica at its latest point is the disk.
   try {
-    await runChild("cmp", ["-s", image, disk])
-    say("the restored image equals the disk image")
+    await runChild("cmp", ["-s", image, diskFile])
+    say("the restored image equals the disk the log was written from")
   } catch {
-    say("warning: the restored latest point differs from the disk image (the filter had not caught up)")
+    throw new Error(`the restored latest point differs from the disk the log was written from (${diskFile})`)
   }
-  fs.rmSync(disk)
-  fs.rmSync(path.join(dir, "journal"), { recursive: true, force: true })
+  fs.rmSync(diskFile)
 }
 
 /** The recovery points of the dataset's disk, summed up. */
