@@ -2,9 +2,9 @@
  * `npm run bench -- mount`: using a recovery point without materialising it first, and
  * materialising it through the block index, on a disk of `CDP_SYNC_BENCH_MOUNT_DISK`
  * (default 1 GiB) with `CDP_SYNC_BENCH_MOUNT_LOG` (default 4 GiB) of log: random 4–64 KiB
- * writes replicated by `cdp-sync serve` to a `cdp-sync receiver` process, killed and
- * restarted three times so the log holds resync passes (bench/internal/mountDataset.ts;
- * built once into a cache directory, reused by later runs). In `CDP_SYNC_BENCH_MOUNT_ROUNDS`
+ * writes sent over TCP to a `cdp-sync receiver` process by a client speaking as the filter,
+ * the receiver killed and restarted three times so the log holds resync passes
+ * (bench/internal/mountDataset.ts; built once into a cache directory, reused by later runs). In `CDP_SYNC_BENCH_MOUNT_ROUNDS`
  * (default 3) interleaved rounds:
  * 1. time from spawning `cdp-sync mount --at latest --listen 127.0.0.1:0` to the first
  *    4 KiB read at a random offset (the library's NBD client), beside `qemu-nbd --read-only`
