@@ -13,6 +13,7 @@ import * as wire from "./adapters-wire.js"
 import * as bitmap from "./bitmap.js"
 import * as checkTrace from "./check-trace.js"
 import * as core from "./core.js"
+import * as mount from "./mount.js"
 import * as nbd from "./nbd.js"
 import * as receiver from "./receiver.js"
 import * as replicator from "./replicator.js"
@@ -30,6 +31,11 @@ const groups: ReadonlyArray<readonly [string, string, () => Promise<ReadonlyArra
     "nbd",
     "NBD: fio through cdp-sync serve against qemu-nbd and QEMU's mirror (ratios of the medians)",
     nbd.run
+  ],
+  [
+    "mount",
+    "mount and restore: a recovery point over NBD and through the block index (ratios of the medians)",
+    mount.run
   ]
 ]
 

@@ -6,7 +6,8 @@
  * equal the model image, and the restore is byte-identical to the record-by-record replay.
  * A block index that keeps the oldest version of each range (`blockIndexKeepsOldest`), and a
  * point whose segments' maps are merged without the newer ones' union (`pointMergeForgetsNewer`),
- * are caught.
+ * are caught. The restore's reads are shrunk at random (`writePoint`'s tuning) so they split at
+ * every edge: between records, inside a run, a record larger than a read, buffers reused.
  */
 import * as fs from "node:fs"
 import { Effect } from "effect"
@@ -22,6 +23,7 @@ import {
   type PointExtent
 } from "../../src/receiver/internal/point.js"
 import { replayPoint } from "../../src/receiver/internal/replay.js"
+import { tuning } from "../../src/receiver/internal/writePoint.js"
 import * as Restore from "../../src/receiver/Restore.js"
 import { type Change, imageAt, readMetaFile, writeDisk } from "../support/receiverDisk.js"
 import { restoredBeside, tempDirs } from "../support/tempDirs.js"
@@ -30,9 +32,12 @@ const tempDir = tempDirs("cdp-block-index-", "each")
 const geometry = { blockSize: 4096, blockCount: 16 }
 const diskBytes = geometry.blockSize * geometry.blockCount
 
+const defaultTuning = { ...tuning }
+
 afterEach(() => {
   ReceiverMutants.blockIndexKeepsOldest = false
   ReceiverMutants.pointMergeForgetsNewer = false
+  Object.assign(tuning, defaultTuning)
 })
 
 interface Case {
@@ -43,6 +48,8 @@ interface Case {
   readonly at: ReadonlyArray<number>
   /** Piece sizes the reader is asked for, in turn. */
   readonly pieces: ReadonlyArray<number>
+  /** How the restore reads and writes (`writePoint`'s tuning). */
+  readonly tuning: typeof tuning
 }
 
 const change = (seq: number, c: { block: boolean; offset: number; length: number; fill: number }): Change => {
@@ -72,7 +79,13 @@ const arbitraryCase: fc.Arbitrary<Case> = fc.record({
   segmentBytes: fc.constantFrom(4096, 9000, 20_000),
   fold: fc.constantFrom<Case["fold"]>(false, true, "mid-segment"),
   at: fc.array(fc.double({ min: 0, max: 1, noNaN: true }), { minLength: 1, maxLength: 3 }),
-  pieces: fc.array(fc.integer({ min: 1, max: 20_000 }), { minLength: 1, maxLength: 5 })
+  pieces: fc.array(fc.integer({ min: 1, max: 20_000 }), { minLength: 1, maxLength: 5 }),
+  tuning: fc.record({
+    writesInFlight: fc.constantFrom(1, 2, 32),
+    runGap: fc.constantFrom(0, 1, 100, 64 << 10),
+    runBytes: fc.constantFrom(1, 700, 5000, 4 << 20),
+    readsAhead: fc.constantFrom(0, 1, 4)
+  })
 })
 
 /** Whether the log can be folded as asked (`writeDisk` dies when nothing is sealed). */
@@ -86,6 +99,7 @@ const run = async (c: Case): Promise<void> => {
     throw e
   }
   const { diskDir, baseSeq, lastSeq } = written
+  Object.assign(tuning, c.tuning)
   const chain = await openChain(diskDir, readMetaFile(diskDir), "read")
   for (const fraction of c.at) {
     const seq = baseSeq + Math.round(fraction * (lastSeq - baseSeq))
