@@ -215,7 +215,7 @@ export const corpusCases = (): ReadonlyArray<{ readonly name: string; readonly b
     {
       name: "10-unknown-kind",
       bytes: edited(three("c10"), 2, (b, at) => {
-        b[at + 5] = Wire.Kind.KeepAlive + 1
+        b[at + 5] = Wire.Kind.ChecksumRefused + 1
         resealHeader(b, at)
       })
     },
