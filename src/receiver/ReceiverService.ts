@@ -335,9 +335,7 @@ const serveOn = (options: ServeOptions) =>
             const invalid = Wire.checkChecksumRequest(current.log.geometry, request)
             if (invalid !== undefined) return yield* invalid
             yield* replies.drained
-            yield* current.log.flushed.pipe(
-              Effect.catchAll(() => new Finished({ detail: "the log failed" }))
-            )
+            yield* current.log.flushed.pipe(Effect.catchAll(() => new Finished({ detail: "the log failed" })))
             const answer = yield* Checksums.answer(current.log, request, current.log.durable)
             if (current.connection === me) replies.checksumAnswer(answer)
           })

@@ -115,7 +115,7 @@ describe("checksum requests against a real receiver (issue 18)", () => {
       const blocks = [
         ...new Set([0, blockCount - 1, ...Array.from({ length: 6 }, () => Math.floor(random() * blockCount))])
       ]
-        .filter((b, k) => k > 1 || random() < 0.5)
+        .filter((_b, k) => k > 1 || random() < 0.5)
         .sort((a, b) => a - b)
       if (blocks.length === 0) continue
       peer.send({ _tag: "ChecksumRequest", id: ++id, blocks })
