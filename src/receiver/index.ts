@@ -1,8 +1,9 @@
 /**
  * The log receiver for embedding (docs/receiver.md): the service, the reading side
- * (`points`, `restore`, `verify`, `scrub`) and the retention policy. Everything the
+ * (`points`, `restore`, `verify`, `scrub`, `blockDigests`) and the retention policy. Everything the
  * `cdp-sync receiver`, `points` and `restore` commands do is reachable from here.
  */
+export * as Checksums from "./Checksums.js"
 export * as LogStore from "./LogStore.js"
 export * as ReceiverService from "./ReceiverService.js"
 export * as Restore from "./Restore.js"
@@ -18,6 +19,7 @@ export {
   NotARecoveryPoint,
   ReceiverLocked
 } from "./internal/errors.js"
+export { blockDigests } from "./Checksums.js"
 export { points, restore } from "./Restore.js"
 export { scrub } from "./Scrub.js"
 export { verify } from "./Verify.js"

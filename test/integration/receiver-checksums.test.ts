@@ -6,7 +6,8 @@
  *   go: each reply's `through` is the last record sent before its request, the ack of it came
  *   first, and each digest is SHA-256 of that block in the model image at `through`; at the
  *   end, a request for every block equals SHA-256 of the replay oracle's image
- *   (`internal/replay.ts`) block by block.
+ *   (`internal/replay.ts`) block by block, and so does `Checksums.blockDigests` (what verify
+ *   reads) at the latest recovery point, read beside the running receiver.
  * - A request for a block beyond the disk closes the connection with a typed `bad-request`.
  * - A flipped payload byte under a requested block: a `ChecksumRefused` naming the segment
  *   and the record's byte, never a digest; other blocks are still answered on that connection.
@@ -15,11 +16,13 @@ import { createHash } from "node:crypto"
 import * as fs from "node:fs"
 import * as Net from "node:net"
 import * as path from "node:path"
+import { Effect } from "effect"
 import { afterEach, describe, expect, it } from "vitest"
 import * as Wire from "../../src/protocol/Wire.js"
 import { diskDirName, openChain } from "../../src/receiver/internal/chain.js"
 import { openPointMap } from "../../src/receiver/internal/point.js"
 import { replayPoint } from "../../src/receiver/internal/replay.js"
+import * as Checksums from "../../src/receiver/Checksums.js"
 import { flipByte, readMetaFile } from "../support/receiverDisk.js"
 import * as Proc from "../support/receiverProcess.js"
 import { tempDirs } from "../support/tempDirs.js"
@@ -160,6 +163,22 @@ describe("checksum requests against a real receiver (issue 18)", () => {
         Buffer.from(Wire.digestAt(last, b)).equals(
           sha256(oracle.subarray(b * blockSize, (b + 1) * blockSize))
         ),
+        `block ${b}`
+      ).toBe(true)
+    })
+    // The library call verify uses, beside the running receiver: the latest recovery point.
+    const verified = await Effect.runPromise(Checksums.blockDigests({ dir, diskId: "vm", at: "latest" }))
+    const atPoint = path.join(tempDir(), "point.img")
+    for (let round = 0; ; round++) {
+      const chain = await openChain(diskDir, readMetaFile(diskDir), "read")
+      if ((await replayPoint(chain, verified.seq, { _tag: "File", path: atPoint })) !== undefined) break
+      expect(round).toBeLessThan(5)
+    }
+    const pointImage = fs.readFileSync(atPoint)
+    all.forEach((b) => {
+      const expected = sha256(pointImage.subarray(b * blockSize, (b + 1) * blockSize))
+      expect(
+        Buffer.from(verified.digests.subarray(b * 32, (b + 1) * 32)).equals(expected),
         `block ${b}`
       ).toBe(true)
     })
