@@ -48,8 +48,35 @@ export interface LogView {
 /** A region of the disk: a multiple of every block size (powers of two up to 1 MiB). */
 export const REGION_BYTES = 1 << 20
 
+/** Every live extent is made here, with its fields in one order (one object shape: compact, fast). */
+const extent = (
+  start: number,
+  end: number,
+  seq: number,
+  fileOffset: number,
+  segment: Segment,
+  record: number
+): LiveExtent => ({ start, end, seq, fileOffset, segment, record })
+
 const clip = (x: LiveExtent, start: number, end: number): LiveExtent =>
-  start === x.start && end === x.end ? x : { ...x, start, end, fileOffset: x.fileOffset + (start - x.start) }
+  start === x.start && end === x.end
+    ? x
+    : extent(start, end, x.seq, x.fileOffset + (start - x.start), x.segment, x.record)
+
+/** `held` (sorted, disjoint) with `x` over it: the extents it overlaps cut back or replaced, in place. */
+const insertOne = (held: Array<LiveExtent>, x: LiveExtent): void => {
+  const from = firstEndingAfter(held, x.start)
+  let to = from
+  while (to < held.length && held[to]!.start < x.end) to++
+  const replacing: Array<LiveExtent> = []
+  const first = held[from]
+  if (first !== undefined && from < to && first.start < x.start)
+    replacing.push(clip(first, first.start, x.start))
+  replacing.push(x)
+  const last = held[to - 1]
+  if (last !== undefined && from < to && last.end > x.end) replacing.push(clip(last, x.end, last.end))
+  held.splice(from, to - from, ...replacing)
+}
 
 /** A sealed segment's records from its index (checked when the log was opened). */
 const sealedEntries = async (diskDir: string, segment: Segment): Promise<Array<IndexEntry>> => {
@@ -144,14 +171,14 @@ export class LiveIndex {
             this.geometry,
             all.filter((e) => e.seq > baseSeq)
           )
-        const live = map.map((x): LiveExtent => {
-          const entry = all[entryOf(all, x.seq)]!
-          return { ...x, segment, record: entry.offset }
-        })
+        const live = map.map((x) =>
+          extent(x.start, x.end, x.seq, x.fileOffset, segment, all[entryOf(all, x.seq)]!.offset)
+        )
         acc = mergeUnder(acc, live)
       }
       this.regions = new Map()
-      for (const x of acc) this.place(x)
+      // Copied into the one shape (`mergeUnder` slices by spreading).
+      for (const x of acc) this.place(extent(x.start, x.end, x.seq, x.fileOffset, x.segment, x.record))
       this.state = "ready"
       const pending = this.pending
       this.pending = []
@@ -168,20 +195,17 @@ export class LiveIndex {
     for (let r = Math.floor(x.start / REGION_BYTES); r * REGION_BYTES < x.end; r++) {
       const piece = clip(x, Math.max(x.start, r * REGION_BYTES), Math.min(x.end, (r + 1) * REGION_BYTES))
       const held = this.regions.get(r)
-      this.regions.set(r, held === undefined ? [piece] : mergeUnder([piece], held))
+      if (held === undefined) this.regions.set(r, [piece])
+      else insertOne(held, piece)
     }
   }
 
   private insert(segment: Segment, entry: IndexEntry): void {
     const range = recordRange(this.geometry, entry)
     if (range === undefined) return
-    this.place({
-      ...range,
-      seq: entry.seq,
-      fileOffset: entry.offset + RECORD_HEADER_BYTES,
-      segment,
-      record: entry.offset
-    })
+    this.place(
+      extent(range.start, range.end, entry.seq, entry.offset + RECORD_HEADER_BYTES, segment, entry.offset)
+    )
   }
 
   /** The extents over bytes `[start, end)`, clipped to it, in order; the bytes between them are the base's. */
@@ -211,7 +235,14 @@ export class LiveIndex {
           last.segment === x.segment &&
           last.fileOffset + (last.end - last.start) === x.fileOffset
         )
-          out[out.length - 1] = { ...last, end: x.end }
+          out[out.length - 1] = extent(
+            last.start,
+            x.end,
+            last.seq,
+            last.fileOffset,
+            last.segment,
+            last.record
+          )
         else out.push(x)
       }
     return out
