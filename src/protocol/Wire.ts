@@ -11,12 +11,17 @@ import { Decoder, type DecoderOptions, makeDecoder } from "./internal/wireDecode
 import { encode, encodePartsWith, encodeWith } from "./internal/wireEncode.js"
 import { type Frame, WireError } from "./internal/wireFrame.js"
 
+export { blockDigest, DIGEST_ALGORITHM } from "./internal/blockDigest.js"
 export {
+  checkChecksumRequest,
   checkRecord,
   DEFAULT_MAX_FRAME_BYTES,
+  DIGEST_BYTES,
+  digestAt,
   HEADER_BYTES,
   Kind,
   MAGIC,
+  MAX_CHECKSUM_BLOCKS,
   Offset,
   recordKind,
   recordKindCode,
@@ -28,6 +33,9 @@ export {
 export type {
   Ack,
   Block,
+  ChecksumRefused,
+  ChecksumReply,
+  ChecksumRequest,
   Frame,
   Gap,
   Hello,

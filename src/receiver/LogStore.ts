@@ -35,6 +35,7 @@ import {
   type Segment
 } from "./internal/chain.js"
 import { clearUnfinished, createDisk } from "./internal/create.js"
+import { LiveIndex } from "./internal/liveIndex.js"
 import * as Metrics from "./internal/metrics.js"
 import {
   HelloRefused,
@@ -159,8 +160,13 @@ export class DiskLog {
   failure: LogError | undefined = undefined
   /** Damage a fold found in `base.img`: folds are refused until the receiver restarts. */
   baseDamage: LogCorrupt | undefined = undefined
-  /** Held by a retention fold and by the background verification's index repair: never both at once. */
+  /**
+   * Held by a retention fold, by the background verification's index repair and by a checksum
+   * answer (which reads the base and segments a fold replaces): one at a time.
+   */
   readonly maintenance = Effect.unsafeMakeSemaphore(1)
+  /** Where the newest version of each byte lives (built on first use; `internal/liveIndex.ts`). */
+  readonly live: LiveIndex
 
   private active: fs.FileHandle | undefined = undefined
   private readonly clock: ReceiveClock
@@ -185,6 +191,7 @@ export class DiskLog {
     this.base = chain.base
     this.segments = chain.segments
     this.openedInResync = chain.inResync
+    this.live = new LiveIndex(this.geometry)
     this.accepted = chain.lastSeq
     this.durable = chain.lastSeq
     this.clock = new ReceiveClock(
@@ -350,6 +357,7 @@ export class DiskLog {
         }
         segment.entries?.push(entry)
         noteRecord(segment, entry)
+        this.live.add(segment, entry)
       }
       this.newest.set(segment, batch[end - 1]!.monotonic)
       segment.bytes = at
@@ -468,6 +476,7 @@ export class DiskLog {
     await fs.rename(temp, baseFile)
     await syncDirectory(this.diskDir)
     this.base = next
+    this.live.folded(seq)
     // Oldest first, so a crash in between leaves a chain that opening tidies up; each index
     // before its segment, so a crash between the two leaves no index without its segment.
     const dropped = sealed.filter((s) => s.lastSeq <= seq)

@@ -15,8 +15,10 @@
  * What a peer can hold is bounded: connections (`maxConnections`), the time to say hello
  * (`helloTimeout`, and a hello frame of at most `Wire.MAX_HELLO_FRAME_BYTES`), silence
  * after it (`idleTimeout`; the filter sends keep-alives), a frame (`maxFrameBytes`), the
- * replies a peer leaves unread (coalesced, see `internal/connection.ts`), and the records
- * waiting for the log's writer (the connection stops reading).
+ * replies a peer leaves unread (coalesced, see `internal/connection.ts`), the records
+ * waiting for the log's writer (the connection stops reading), and checksum requests
+ * (`Wire.MAX_CHECKSUM_BLOCKS` blocks each, answered one at a time in the connection's fiber,
+ * `internal/checksums.ts`).
  */
 import * as Net from "node:net"
 import {
@@ -37,6 +39,7 @@ import type { ReceiverDisk } from "../internal/controlProtocol.js"
 import * as Wire from "../protocol/Wire.js"
 import * as Receiver from "../domain/Receiver.js"
 import * as IoScheduler from "../internal/IoScheduler.js"
+import * as Checksums from "./internal/checksums.js"
 import { FrameSource, REPLIES_OVERFLOW, Replies } from "./internal/connection.js"
 import { type DiskNote, diskStatus } from "./internal/diskStatus.js"
 import { HelloRefused } from "./internal/errors.js"
@@ -321,6 +324,22 @@ const serveOn = (options: ServeOptions) =>
               ).pipe(Effect.annotateLogs({ watermark: frame.watermark, durableSeq: current.log.durable }))
           })
 
+        /**
+         * A checksum request: answered in the connection's fiber, in order, one at a time, once
+         * every record before it is durable (its reply's `through`). Meanwhile no more frames are
+         * read; acks of records already taken in go on (the writer sends them).
+         */
+        const onChecksumRequest = (current: Entry, request: Wire.ChecksumRequest) =>
+          Effect.gen(function* () {
+            if (current.connection !== me) return yield* new Finished({ detail: "the disk was taken over" })
+            const invalid = Wire.checkChecksumRequest(current.log.geometry, request)
+            if (invalid !== undefined) return yield* invalid
+            yield* replies.drained
+            yield* current.log.flushed.pipe(Effect.catchAll(() => new Finished({ detail: "the log failed" })))
+            const answer = yield* Checksums.answer(current.log, request, current.log.durable)
+            if (current.connection === me) replies.checksumAnswer(answer)
+          })
+
         /** A frame after the hello, without an effect per record (the hot path). */
         const onFrame = (current: Entry, frame: Wire.Frame): Wire.WireError | Finished | undefined => {
           if (
@@ -343,6 +362,7 @@ const serveOn = (options: ServeOptions) =>
             if (frames === undefined) return
             for (const frame of frames) {
               if (entry === undefined) yield* onHello(frame)
+              else if (frame._tag === "ChecksumRequest") yield* onChecksumRequest(entry, frame)
               else {
                 const stop = onFrame(entry, frame)
                 if (stop !== undefined) return yield* stop

@@ -5,6 +5,7 @@
  * latest ack last, no gap lost. A mutant that queues every reply is caught.
  */
 import { Writable } from "node:stream"
+import { Effect, Fiber } from "effect"
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
 import * as Wire from "../../src/protocol/Wire.js"
@@ -128,5 +129,68 @@ describe("the receiver's replies to a peer that reads when it pleases", () => {
     peer.readAll()
     expect(peer.frames().at(-1)).toEqual({ _tag: "Ack", seq: 1_000_000 })
     expect(peer.frames().length).toBeLessThan(10)
+  })
+})
+
+describe("checksum answers (issue 18)", () => {
+  const answer = (id: number): Wire.ChecksumReply => ({
+    _tag: "ChecksumReply",
+    id,
+    through: id,
+    digests: new Uint8Array(Wire.DIGEST_BYTES * 8)
+  })
+  const isDrained = async (replies: Replies) => {
+    let done = false
+    const fiber = Effect.runFork(Effect.tap(replies.drained, () => Effect.sync(() => (done = true))))
+    await new Promise((resolve) => setTimeout(resolve, 20))
+    await Effect.runPromise(Fiber.interrupt(fiber))
+    return done
+  }
+
+  it("a peer that asks without reading holds one answer: drained waits until the peer reads; acks due go first", async () => {
+    const peer = peerSocket()
+    const replies = new Replies(peer.socket, () => 0)
+    expect(await isDrained(replies)).toBe(true)
+    replies.ack(5)
+    replies.checksumAnswer(answer(1))
+    // Above the high-water mark (an answer is larger): the next request must wait.
+    expect(await isDrained(replies)).toBe(false)
+    replies.ack(6)
+    peer.readAll()
+    await new Promise((resolve) => setTimeout(resolve, 10))
+    peer.readAll()
+    expect(await isDrained(replies)).toBe(true)
+    const frames = peer.frames()
+    expect(frames.map((f) => f._tag)).toEqual(["Ack", "ChecksumReply", "Ack"])
+    expect(frames[0]).toEqual({ _tag: "Ack", seq: 5 })
+  })
+
+  it("an answer not yet written is held until the socket drains, after the ack due before it", async () => {
+    const peer = peerSocket()
+    const replies = new Replies(peer.socket, () => 0)
+    replies.checksumAnswer(answer(1))
+    expect(await isDrained(replies)).toBe(false)
+    // The first answer sits in the socket; the next is held in `Replies` (one), not written.
+    replies.ack(9)
+    replies.checksumAnswer(answer(2))
+    for (let i = 0; i < 5 && !(await isDrained(replies)); i++) {
+      peer.readAll()
+      await new Promise((resolve) => setTimeout(resolve, 10))
+    }
+    expect(await isDrained(replies)).toBe(true)
+    expect(peer.frames().map((f) => (f._tag === "ChecksumReply" ? `reply ${f.id}` : f._tag))).toEqual([
+      "reply 1",
+      "Ack",
+      "reply 2"
+    ])
+  })
+
+  it("a closed socket releases a waiting answer", async () => {
+    const peer = peerSocket()
+    const replies = new Replies(peer.socket, () => 0)
+    replies.checksumAnswer(answer(1))
+    const waiting = Effect.runPromise(replies.drained)
+    peer.socket.destroy()
+    await waiting
   })
 })

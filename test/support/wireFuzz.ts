@@ -6,7 +6,8 @@
  * The model decodes the bytes with the wire decoder (its own properties are in
  * test/properties/wire.test.ts) and applies the service's rules: the first frame must
  * be a hello with a valid geometry that matches the disk's; then records go through
- * `domain/Receiver` and `Wire.checkRecord`; keep-alives are fine; anything else, a
+ * `domain/Receiver` and `Wire.checkRecord`; keep-alives are fine, and checksum requests
+ * inside the disk (answered, the log unchanged; one beyond it is `bad-request`); anything else, a
  * decoding error or the end inside a frame closes the connection. It tells the verdict
  * the service must log and the records it must append: no more, no fewer.
  */
@@ -92,6 +93,9 @@ export class ServiceModel {
           disk.log.push(planned)
           appended.push(planned)
         }
+      } else if (frame._tag === "ChecksumRequest") {
+        // Answered, the log unchanged; a block beyond the disk closes the connection.
+        if (Wire.checkChecksumRequest(disk, frame) !== undefined) return end("wire-error:bad-request")
       } else if (frame._tag !== "KeepAlive") return end("wire-error:unexpected-frame")
     }
     if (error !== undefined) return end(`wire-error:${error.reason}`)
@@ -156,6 +160,11 @@ const block = (seq: number, index: number, fill: number, size = geometry.blockSi
   block: index,
   data: new Uint8Array(size).fill(fill)
 })
+const checksums = (id: number, blocks: ReadonlyArray<number>): Wire.ChecksumRequest => ({
+  _tag: "ChecksumRequest",
+  id,
+  blocks
+})
 const writes = (from: number, count: number) =>
   Array.from({ length: count }, (_, i) => write(from + i, (from + i) * 100, 50 + i, from + i))
 
@@ -215,7 +224,7 @@ export const corpusCases = (): ReadonlyArray<{ readonly name: string; readonly b
     {
       name: "10-unknown-kind",
       bytes: edited(three("c10"), 2, (b, at) => {
-        b[at + 5] = Wire.Kind.KeepAlive + 1
+        b[at + 5] = Wire.Kind.ChecksumRefused + 1
         resealHeader(b, at)
       })
     },
@@ -329,7 +338,59 @@ export const corpusCases = (): ReadonlyArray<{ readonly name: string; readonly b
     {
       name: "30-keep-alives-only",
       bytes: encodeAll([hello("c30"), ...Array(20).fill({ _tag: "KeepAlive" })])
-    }
+    },
+    // Checksum requests (issue 18): answered between records; the log holds the records only.
+    {
+      name: "31-checksum-requests",
+      bytes: encodeAll([
+        hello("c31"),
+        ...writes(1, 3),
+        checksums(1, [0, geometry.blockCount - 1]),
+        ...writes(4, 2),
+        checksums(2, [0, 1, 2, 3]),
+        { _tag: "KeepAlive" },
+        checksums(
+          3,
+          Array.from({ length: geometry.blockCount }, (_, i) => i)
+        )
+      ])
+    },
+    {
+      name: "32-checksum-request-beyond-the-disk",
+      bytes: encodeAll([
+        hello("c32"),
+        ...writes(1, 2),
+        checksums(1, [3, geometry.blockCount]),
+        ...writes(3, 1)
+      ])
+    },
+    {
+      // Blocks out of order under valid CRCs: the payload is refused before the disk is consulted.
+      name: "33-checksum-request-not-increasing",
+      bytes: edited([hello("c33"), ...writes(1, 1), checksums(1, [2, 3]), ...writes(2, 1)], 2, (b, at) => {
+        b[at + 40 + 15] = 1 // 2, 1
+        resealFrame(b, at)
+      })
+    },
+    {
+      name: "34-checksum-request-empty",
+      bytes: edited([hello("c34"), ...writes(1, 1), checksums(1, [2]), ...writes(2, 1)], 2, (b, at) => {
+        // No payload, and no payload CRC: the empty batch itself is what is refused.
+        setU32(b, at + 28, 0)
+        setU32(b, at + 32, 0)
+        resealHeader(b, at)
+      })
+    },
+    {
+      name: "35-checksum-reply-from-the-filter",
+      bytes: encodeAll([
+        hello("c35"),
+        ...writes(1, 1),
+        { _tag: "ChecksumReply", id: 1, through: 1, digests: new Uint8Array(32) },
+        ...writes(2, 1)
+      ])
+    },
+    { name: "36-checksum-request-before-hello", bytes: encodeAll([checksums(1, [0]), hello("c36")]) }
   ]
 }
 
@@ -358,6 +419,7 @@ type Step =
   | { readonly _tag: "resync-begin"; readonly back: number; readonly seq: SeqChoice }
   | { readonly _tag: "resync-end"; readonly seq: SeqChoice }
   | { readonly _tag: "keep-alive" }
+  | { readonly _tag: "checksums"; readonly blocks: ReadonlyArray<number> }
   | { readonly _tag: "stray"; readonly frame: Wire.Frame }
 
 type SeqChoice =
@@ -409,13 +471,25 @@ const step = (blockCount: number): fc.Arbitrary<Step> =>
     { weight: 2, arbitrary: fc.constant({ _tag: "keep-alive" as const }) },
     {
       weight: 1,
+      arbitrary: fc.record({
+        _tag: fc.constant("checksums" as const),
+        // Now and then the block just beyond the disk (bad-request).
+        blocks: fc
+          .uniqueArray(fc.integer({ min: 0, max: blockCount }), { minLength: 1, maxLength: 5 })
+          .map((blocks) => blocks.sort((a, b) => a - b))
+      })
+    },
+    {
+      weight: 1,
       arbitrary: fc
         .constantFrom<Wire.Frame>(
           { _tag: "Ack", seq: 1 },
           { _tag: "Gap", expected: 2 },
           { _tag: "Welcome", durableSeq: 0 },
           { _tag: "Refuse", reason: "x", detail: "y" },
-          { _tag: "Hello", diskId: "stray", blockSize: 4096, blockCount: 16, watermark: 0 }
+          { _tag: "Hello", diskId: "stray", blockSize: 4096, blockCount: 16, watermark: 0 },
+          { _tag: "ChecksumReply", id: 1, through: 0, digests: new Uint8Array(32) },
+          { _tag: "ChecksumRefused", id: 1, reason: "damaged", detail: "x" }
         )
         .map((frame) => ({ _tag: "stray" as const, frame }))
     }
@@ -503,6 +577,8 @@ export const generated = (diskId: string): fc.Arbitrary<Generated> =>
         const blockSize = Math.max(4096, g.blockSize)
         for (const s of steps) {
           if (s._tag === "keep-alive") frames.push({ _tag: "KeepAlive" })
+          else if (s._tag === "checksums")
+            frames.push({ _tag: "ChecksumRequest", id: frames.length, blocks: s.blocks })
           else if (s._tag === "stray") frames.push(s.frame)
           else if (s._tag === "write") {
             const seq = seqOf(s.seq)

@@ -12,12 +12,14 @@ import { crc32c, rememberCrc32c } from "../../internal/crc32c.js"
 import { makeSlabAllocator } from "../../internal/slab.js"
 import {
   DEFAULT_MAX_FRAME_BYTES,
+  DIGEST_BYTES,
   type Frame,
   HEADER_BYTES,
   HEADER_CRC_SPAN,
   HelloPayload,
   Kind,
   MAGIC,
+  MAX_CHECKSUM_BLOCKS,
   MAX_SAFE_HIGH_WORD,
   Offset,
   RefusePayload,
@@ -219,7 +221,8 @@ export class Decoder {
     if (headerCrc !== actual)
       return fail("header-crc", `header CRC ${hex(headerCrc)}, computed ${hex(actual)}`)
     const kind = h[Offset.kind]!
-    if (kind < Kind.Hello || kind > Kind.KeepAlive) return fail("unknown-kind", `unknown frame kind ${kind}`)
+    if (kind < Kind.Hello || kind > Kind.ChecksumRefused)
+      return fail("unknown-kind", `unknown frame kind ${kind}`)
     const flags = (h[Offset.flags]! << 8) | h[Offset.flags + 1]!
     if (flags !== 0) return fail("bad-flags", `flags must be 0, got ${flags}`)
     const seqHigh = readU32(h, Offset.seq)
@@ -277,6 +280,24 @@ export class Decoder {
         return { _tag: "Gap", expected: seq }
       case Kind.KeepAlive:
         return { _tag: "KeepAlive" }
+      case Kind.ChecksumRequest:
+        return this.checksumRequest(header.offsetOrBlock, payload)
+      case Kind.ChecksumReply: {
+        const n = payload.byteLength / DIGEST_BYTES
+        if (!Number.isInteger(n) || n < 1 || n > MAX_CHECKSUM_BLOCKS)
+          return fail(
+            "bad-payload",
+            `checksum reply: ${payload.byteLength} bytes are not 1 to ${MAX_CHECKSUM_BLOCKS} digests of ${DIGEST_BYTES} bytes`
+          )
+        return { _tag: "ChecksumReply", id: header.offsetOrBlock, through: seq, digests: payload }
+      }
+      case Kind.ChecksumRefused: {
+        const text = this.text(payload)
+        if (text instanceof WireError) return text
+        const decoded = decodeRefuse(text)
+        if (Either.isLeft(decoded)) return fail("bad-payload", `checksum refused: ${decoded.left.message}`)
+        return { _tag: "ChecksumRefused", id: header.offsetOrBlock, ...decoded.right }
+      }
       default: {
         // Kind.Refuse: `parseHeader` let no other kind through.
         const text = this.text(payload)
@@ -286,6 +307,29 @@ export class Decoder {
         return { _tag: "Refuse", ...decoded.right }
       }
     }
+  }
+
+  /** 1 to `MAX_CHECKSUM_BLOCKS` u64 block indexes, strictly increasing, each a safe integer. */
+  private checksumRequest(id: number, payload: Uint8Array): Frame | WireError {
+    const n = payload.byteLength / 8
+    if (!Number.isInteger(n) || n < 1 || n > MAX_CHECKSUM_BLOCKS)
+      return fail(
+        "bad-payload",
+        `checksum request: ${payload.byteLength} bytes are not 1 to ${MAX_CHECKSUM_BLOCKS} block indexes of 8 bytes`
+      )
+    const blocks: Array<number> = []
+    let previous = -1
+    for (let i = 0; i < n; i++) {
+      const high = readU32(payload, i * 8)
+      if (high > MAX_SAFE_HIGH_WORD)
+        return fail("bad-payload", `checksum request: block ${i} exceeds 2^53 - 1`)
+      const block = high * 0x1_0000_0000 + readU32(payload, i * 8 + 4)
+      if (block <= previous)
+        return fail("bad-payload", `checksum request: blocks must increase, ${block} after ${previous}`)
+      blocks.push(block)
+      previous = block
+    }
+    return { _tag: "ChecksumRequest", id, blocks }
   }
 
   private text(payload: Uint8Array): string | WireError {

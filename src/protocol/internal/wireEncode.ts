@@ -5,11 +5,14 @@
  */
 import { crc32c } from "../../internal/crc32c.js"
 import {
+  type ChecksumRequest,
+  DIGEST_BYTES,
   type Frame,
   HEADER_BYTES,
   HEADER_CRC_SPAN,
   Kind,
   MAGIC,
+  MAX_CHECKSUM_BLOCKS,
   MAX_U32,
   Offset,
   VERSION
@@ -44,6 +47,25 @@ const u32 = (field: string, n: number): number => {
 }
 
 const json = (value: unknown): Uint8Array => text.encode(JSON.stringify(value))
+
+/** A request's blocks: 1 to `MAX_CHECKSUM_BLOCKS` u64s, strictly increasing. */
+const blockList = (request: ChecksumRequest): Uint8Array => {
+  const { blocks } = request
+  if (blocks.length < 1 || blocks.length > MAX_CHECKSUM_BLOCKS)
+    throw new RangeError(
+      `wire: a checksum request names 1 to ${MAX_CHECKSUM_BLOCKS} blocks, got ${blocks.length}`
+    )
+  const bytes = new Uint8Array(blocks.length * 8)
+  let previous = -1
+  blocks.forEach((block, i) => {
+    count("block", block)
+    if (block <= previous)
+      throw new RangeError(`wire: checksum request blocks must increase, ${block} after ${previous}`)
+    previous = block
+    writeU64(bytes, i * 8, block)
+  })
+  return bytes
+}
 
 /**
  * Encodes `frame`'s header into a buffer from `allocate` (with room for the payload after
@@ -91,6 +113,25 @@ const encodeHeader = (frame: Frame, allocate: (bytes: number) => Uint8Array, roo
       payload = json({ reason: frame.reason, detail: frame.detail })
       break
     case "KeepAlive":
+      break
+    case "ChecksumRequest":
+      position = count("id", frame.id)
+      payload = blockList(frame)
+      break
+    case "ChecksumReply": {
+      seq = count("through", frame.through)
+      position = count("id", frame.id)
+      const n = frame.digests.byteLength / DIGEST_BYTES
+      if (!Number.isInteger(n) || n < 1 || n > MAX_CHECKSUM_BLOCKS)
+        throw new RangeError(
+          `wire: a checksum reply holds 1 to ${MAX_CHECKSUM_BLOCKS} digests of ${DIGEST_BYTES} bytes, got ${frame.digests.byteLength} bytes`
+        )
+      payload = frame.digests
+      break
+    }
+    case "ChecksumRefused":
+      position = count("id", frame.id)
+      payload = json({ reason: frame.reason, detail: frame.detail })
       break
   }
   const length = u32("payload length", payload.byteLength)

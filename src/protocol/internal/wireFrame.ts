@@ -22,6 +22,13 @@ export const MAX_HELLO_FRAME_BYTES = 64 * 1024
 /** u64 fields must stay exact in a JS number: the high word is at most 2^21 - 1. */
 export const MAX_SAFE_HIGH_WORD = 0x1f_ffff
 export const MAX_U32 = 0xffff_ffff
+/**
+ * Most blocks one checksum request may name: bounds what one request makes the receiver read
+ * and hash (at most this many blocks) and the reply (32 bytes a block).
+ */
+export const MAX_CHECKSUM_BLOCKS = 1024
+/** Bytes of a block digest (SHA-256, `blockDigest`). */
+export const DIGEST_BYTES = 32
 
 export const Kind = {
   Hello: 1,
@@ -33,7 +40,10 @@ export const Kind = {
   Ack: 7,
   Gap: 8,
   Refuse: 9,
-  KeepAlive: 10
+  KeepAlive: 10,
+  ChecksumRequest: 11,
+  ChecksumReply: 12,
+  ChecksumRefused: 13
 } as const
 export type Kind = (typeof Kind)[keyof typeof Kind]
 
@@ -126,6 +136,46 @@ export interface KeepAlive {
   readonly _tag: "KeepAlive"
 }
 
+/**
+ * Filter → receiver, after the welcome: "the digest of each of these tracking blocks, as your
+ * log holds it". `blocks`: 1 to `MAX_CHECKSUM_BLOCKS` block indexes, strictly increasing.
+ * `id` (the header's offset/block field) names the request in its answer. The receiver
+ * answers requests in order, after every record before the request on the stream.
+ */
+export interface ChecksumRequest {
+  readonly _tag: "ChecksumRequest"
+  readonly id: number
+  readonly blocks: ReadonlyArray<number>
+}
+/**
+ * Receiver → filter: the answer to request `id`. `through` (the header's seq): the answer
+ * reflects every record through this seq and none after it, all durable (fsynced) before the
+ * digests were computed. `digests`: one `DIGEST_BYTES` digest per requested block, in the
+ * request's order (`digestAt`), each the `blockDigest` of the block's newest version in the log.
+ */
+export interface ChecksumReply {
+  readonly _tag: "ChecksumReply"
+  readonly id: number
+  readonly through: number
+  readonly digests: Uint8Array
+}
+/**
+ * Receiver → filter: request `id` gets no digests (the connection stays up): `damaged` (a
+ * byte the answer needs fails its checksum in the log; `detail` names the file and offset),
+ * `unverifiable` (the bytes have no checksum to check them by: a format-1 base image),
+ * `failed` (an I/O error). The filter treats every block of the request as differing.
+ */
+export interface ChecksumRefused {
+  readonly _tag: "ChecksumRefused"
+  readonly id: number
+  readonly reason: string
+  readonly detail: string
+}
+
+/** The digest of the `i`th block of a checksum reply (a view, not a copy). */
+export const digestAt = (reply: ChecksumReply, i: number): Uint8Array =>
+  reply.digests.subarray(i * DIGEST_BYTES, (i + 1) * DIGEST_BYTES)
+
 /** The records the filter streams, in seq order. */
 export type Record = Write | Block | ResyncBegin | ResyncEnd
 
@@ -141,7 +191,17 @@ export const recordKind = (record: Record): RecordKind => RECORD_KINDS[record._t
 
 /** A record's kind code on the wire (the receiver's segment records keep the same codes). */
 export const recordKindCode = (record: Record): (typeof Kind)[Record["_tag"]] => Kind[record._tag]
-export type Frame = Hello | Welcome | Record | Ack | Gap | Refuse | KeepAlive
+export type Frame =
+  | Hello
+  | Welcome
+  | Record
+  | Ack
+  | Gap
+  | Refuse
+  | KeepAlive
+  | ChecksumRequest
+  | ChecksumReply
+  | ChecksumRefused
 
 // ---------------------------------------------------------------------------------------------
 // JSON payloads, decoded with a Schema.
@@ -175,7 +235,9 @@ export const WireErrorReason = Schema.Literal(
   /** A well-formed frame where the protocol does not allow it (e.g. a record before the hello). */
   "unexpected-frame",
   /** A record that does not fit the disk announced in the hello. */
-  "bad-record"
+  "bad-record",
+  /** A checksum request that does not fit the disk announced in the hello (a block beyond it). */
+  "bad-request"
 )
 export type WireErrorReason = typeof WireErrorReason.Type
 
@@ -205,5 +267,19 @@ export const checkRecord = (geometry: Geometry.Geometry, record: Record): WireEr
         `block ${record.seq}: ${record.data.byteLength} bytes, the block size is ${geometry.blockSize}`
       )
   }
+  return undefined
+}
+
+/** A checksum request naming a block beyond the disk: the receiver closes the connection. */
+export const checkChecksumRequest = (
+  geometry: Geometry.Geometry,
+  request: ChecksumRequest
+): WireError | undefined => {
+  for (const block of request.blocks)
+    if (!Geometry.isBlock(geometry, block))
+      return new WireError({
+        reason: "bad-request",
+        detail: `checksum request ${request.id}: block ${block} is outside the disk (${geometry.blockCount} blocks)`
+      })
   return undefined
 }

@@ -10,6 +10,8 @@
  * - `Replies`: what the receiver sends back. Acks are cumulative, so while the socket's
  *   write buffer is above its high-water mark only the latest one is kept (with at most
  *   one gap and one keep-alive): a filter that never reads its acks costs O(1) memory.
+ *   Checksum answers are not coalesced: the connection writes one, then waits (`drained`)
+ *   until the socket takes more before it answers the next request.
  */
 import type * as Net from "node:net"
 import type { Writable } from "node:stream"
@@ -154,6 +156,9 @@ export class Replies {
   /** The latest ack due after the pending gap. */
   private ackAfter: number | undefined = undefined
   private keepAlivePending = false
+  /** A checksum answer not yet written (one at a time: the connection waits for `drained`). */
+  private answer: Wire.Frame | undefined = undefined
+  private readonly drainWaiters = new Set<() => void>()
   private stalled: number | undefined = undefined
 
   constructor(
@@ -165,7 +170,48 @@ export class Replies {
     socket.on("drain", () => {
       this.stalled = undefined
       this.flush()
+      this.wakeDrained()
     })
+    socket.on("close", () => this.wakeDrained())
+  }
+
+  /**
+   * Waits until the last checksum answer has been written and the socket takes more: a peer
+   * that asks without reading holds one answer in the receiver, not one per request (the
+   * idle timeout closes it once it has not read for that long).
+   */
+  readonly drained: Effect.Effect<void> = Effect.suspend(() =>
+    this.isDrained()
+      ? Effect.void
+      : Effect.async<void>((resume) => {
+          const waiter = () => {
+            if (!this.isDrained()) return
+            this.drainWaiters.delete(waiter)
+            resume(Effect.void)
+          }
+          this.drainWaiters.add(waiter)
+          return Effect.sync(() => {
+            this.drainWaiters.delete(waiter)
+          })
+        })
+  )
+
+  private isDrained(): boolean {
+    return this.socket.destroyed || (this.answer === undefined && !this.socket.writableNeedDrain)
+  }
+
+  private wakeDrained(): void {
+    for (const waiter of [...this.drainWaiters]) waiter()
+  }
+
+  /** A checksum answer (reply or refusal), written after the acks and gap due before it. */
+  checksumAnswer(frame: Wire.ChecksumReply | Wire.ChecksumRefused): void {
+    if (this.unsafeNoCoalescing) {
+      this.write(frame)
+      return
+    }
+    this.answer = frame
+    this.flush()
   }
 
   /** Since when the socket has been refusing more (above its high-water mark), if it is. */
@@ -223,6 +269,11 @@ export class Replies {
       this.keepAlivePending = false
       return { _tag: "KeepAlive" }
     }
+    if (this.answer !== undefined) {
+      const answer = this.answer
+      this.answer = undefined
+      return answer
+    }
     return undefined
   }
 
@@ -236,6 +287,7 @@ export class Replies {
     if (socket.destroyed) {
       this.ackBefore = this.gapExpected = this.ackAfter = undefined
       this.keepAlivePending = false
+      this.answer = undefined
       return
     }
     while (!socket.writableNeedDrain) {

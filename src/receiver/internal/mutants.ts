@@ -13,7 +13,11 @@ export const ReceiverMutants = {
   /** A restore that writes every base byte, also those the log overrides (written twice). */
   restoreWritesOverriddenBase: false,
   /** A restore that writes the base's zero chunks into a new file (no holes kept). */
-  restoreFillsHoles: false
+  restoreFillsHoles: false,
+  /** A live block index that is not told of the records committed after it was built. */
+  liveIndexSkipsAppend: false,
+  /** A retention fold that leaves the live index's extents of the records folded into the base. */
+  liveIndexFoldKeepsExtents: false
 }
 
 /** Broken overlays (`overlay.ts`), for test/properties/overlay.test.ts and test/unit/overlay-*.test.ts. */

@@ -14,6 +14,7 @@ import {
   blockIndexName,
   buildMap,
   type Covers,
+  type DataGeometry,
   decodeBlockIndex,
   encodeBlockIndex,
   entryOf,
@@ -49,7 +50,10 @@ export interface PointMap {
   readonly notes: ReadonlyArray<Note>
 }
 
-const geometryOf = (chain: Chain) => ({ blockSize: chain.meta.blockSize, blockCount: chain.meta.blockCount })
+const geometryOf = (chain: { readonly meta: DataGeometry }) => ({
+  blockSize: chain.meta.blockSize,
+  blockCount: chain.meta.blockCount
+})
 
 /** The records of `segment` after the base through `seq`. */
 const entriesThrough = (segment: Segment, baseSeq: number, seq: number): ReadonlyArray<IndexEntry> =>
@@ -67,7 +71,7 @@ const writeBestEffort = async (file: string, bytes: Buffer): Promise<void> => {
 }
 
 /** What a sealed segment's `.bix` must cover: the disk's geometry and the segment as the chain knows it. */
-export const coversOf = (chain: Chain, segment: Segment): Covers => ({
+export const coversOf = (chain: { readonly meta: DataGeometry }, segment: Segment): Covers => ({
   ...geometryOf(chain),
   firstSeq: segment.firstSeq,
   lastSeq: segment.lastSeq,
@@ -108,7 +112,7 @@ export const checkBlockIndex = (
  * records, or rebuilt from them (and written, when `write`) with a note saying why.
  */
 export const sealedMap = async (
-  chain: Chain,
+  chain: { readonly diskDir: string; readonly meta: DataGeometry },
   segment: Segment,
   write: boolean,
   notes: Array<Note>
@@ -299,11 +303,19 @@ export class BaseRanges {
   ) {}
 
   /** `undefined` when the base is no longer the one `chain` was read with (a fold replaced it). */
-  static async open(chain: Chain): Promise<BaseRanges | undefined> {
-    const g = geometryOf(chain)
-    const { handle, file, base } = await openBase(chain.diskDir, g)
+  static open(chain: Chain): Promise<BaseRanges | undefined> {
+    return BaseRanges.openAt(chain.diskDir, geometryOf(chain), chain.base.seq)
+  }
+
+  /** The base of the disk in `diskDir`; `undefined` when it is not the base at `baseSeq`. */
+  static async openAt(
+    diskDir: string,
+    g: { readonly blockSize: number; readonly blockCount: number },
+    baseSeq: number
+  ): Promise<BaseRanges | undefined> {
+    const { handle, file, base } = await openBase(diskDir, g)
     try {
-      if (base.seq !== chain.base.seq) {
+      if (base.seq !== baseSeq) {
         await handle.close()
         return undefined
       }

@@ -1,0 +1,207 @@
+/**
+ * The receiver's answer to a checksum request (docs/receiver.md, "Checksums"): for each
+ * block asked for, the `Wire.blockDigest` of its newest version in the log — read through
+ * the live block index (`liveIndex.ts`), every byte checked before it is hashed: a record's
+ * payload against the record's CRC32C and the seq the index names, base bytes against their
+ * unit's CRC32C. Damage is a `LogCorrupt` naming the file and byte, never a digest.
+ *
+ * The caller holds the disk's maintenance permit (no fold replaces the base or removes a
+ * segment meanwhile) and has let the writer make every record before the request durable.
+ */
+import * as fs from "node:fs/promises"
+import * as path from "node:path"
+import { Data, Effect } from "effect"
+import * as Wire from "../../protocol/Wire.js"
+import type { Note } from "./chain.js"
+import { LogCorrupt, LogIoError } from "./errors.js"
+import { preadFully } from "./files.js"
+import { parseHeaderFields, parseRecord, RECORD_HEADER_BYTES } from "./format.js"
+import type { LiveExtent, LiveIndex, LogView } from "./liveIndex.js"
+import { BaseRanges } from "./point.js"
+
+/** The bytes have no checksum to check them by (a format-1 base image): no digest is given. */
+export class Unverifiable extends Data.TaggedError("Unverifiable")<{ readonly file: string }> {
+  override get message() {
+    return `${this.file} is format 1, without data checksums: its bytes cannot be checked before they are hashed (the next retention fold writes format 2)`
+  }
+}
+
+/** What an answer needs of a disk's log (`LogStore.DiskLog` is one). */
+export interface ChecksumLog extends LogView {
+  readonly live: LiveIndex
+  readonly maintenance: Effect.Semaphore
+}
+
+/** Consecutive blocks are read together, up to this many bytes at a time. */
+const RUN_BYTES = 4 << 20
+/** Records kept decoded within one answer (a record spanning many requested blocks is read once). */
+const CACHE_BYTES = 64 << 20
+
+/** Runs of consecutive blocks, at most `RUN_BYTES` each: `[first block, count]`. */
+const runsOf = (blocks: ReadonlyArray<number>, blockSize: number): Array<readonly [number, number]> => {
+  const most = Math.max(1, Math.floor(RUN_BYTES / blockSize))
+  const runs: Array<[number, number]> = []
+  for (const b of blocks) {
+    const last = runs[runs.length - 1]
+    if (last !== undefined && last[0] + last[1] === b && last[1] < most) last[1]++
+    else runs.push([b, 1])
+  }
+  return runs
+}
+
+/** Reads records whole, each checked (CRC32C, the seq the index names, its bounds in the file). */
+class Records {
+  private readonly handles = new Map<string, fs.FileHandle>()
+  private readonly cache = new Map<string, Buffer>()
+  private cached = 0
+
+  constructor(private readonly diskDir: string) {}
+
+  /** The payload of the record `x` names. */
+  async payload(x: LiveExtent): Promise<Buffer> {
+    const key = `${x.segment.name}:${x.record}`
+    const hit = this.cache.get(key)
+    if (hit !== undefined) return hit
+    const file = path.join(this.diskDir, x.segment.name)
+    const damaged = (reason: string) =>
+      new LogCorrupt({ file, offset: x.record, reason: `record ${x.seq}: ${reason}` })
+    let handle = this.handles.get(x.segment.name)
+    if (handle === undefined) {
+      handle = await fs.open(file, "r")
+      this.handles.set(x.segment.name, handle)
+    }
+    const room = x.segment.bytes - x.record
+    if (room < RECORD_HEADER_BYTES) throw damaged("the segment ends inside the record")
+    const head = Buffer.alloc(RECORD_HEADER_BYTES)
+    await preadFully(handle, head, x.record)
+    const fields = parseHeaderFields(head, 0)
+    if (typeof fields === "string") throw damaged(fields)
+    if (RECORD_HEADER_BYTES + fields.length > room) throw damaged("the segment ends inside the record")
+    const whole = Buffer.allocUnsafe(RECORD_HEADER_BYTES + fields.length)
+    await preadFully(handle, whole, x.record)
+    const parsed = parseRecord(whole, 0)
+    if (parsed._tag !== "Record") throw damaged(parsed._tag === "Bad" ? parsed.reason : "short")
+    if (parsed.header.seq !== x.seq) throw damaged(`the record there is seq ${parsed.header.seq}`)
+    const payload = whole.subarray(RECORD_HEADER_BYTES)
+    while (this.cached + payload.byteLength > CACHE_BYTES && this.cache.size > 0) {
+      const [oldest, bytes] = this.cache.entries().next().value!
+      this.cache.delete(oldest)
+      this.cached -= bytes.byteLength
+    }
+    if (payload.byteLength <= CACHE_BYTES) {
+      this.cache.set(key, payload)
+      this.cached += payload.byteLength
+    }
+    return payload
+  }
+
+  async close(): Promise<void> {
+    this.cache.clear()
+    for (const h of this.handles.values()) await h.close()
+  }
+}
+
+/**
+ * The digests of `blocks` (each `DIGEST_BYTES`, in order) as the log holds them now, and what
+ * building the live index noted. The caller holds the maintenance permit.
+ */
+export const digestsOf = async (
+  log: ChecksumLog,
+  blocks: ReadonlyArray<number>
+): Promise<{ readonly digests: Uint8Array; readonly notes: ReadonlyArray<Note> }> => {
+  const notes = await log.live.ensure(log)
+  const { blockSize } = log.geometry
+  // Every extent taken at once, before any read: what the answer reflects is fixed here.
+  const runs = runsOf(blocks, blockSize).map(([first, count]) => {
+    const start = first * blockSize
+    const end = start + count * blockSize
+    return { start, end, extents: log.live.extentsIn(start, end) }
+  })
+  const baseSeq = log.base.seq
+  const records = new Records(log.diskDir)
+  let base: BaseRanges | undefined
+  const baseBytes = async (start: number, end: number, out: Buffer, at: number) => {
+    if (base === undefined) {
+      base = await BaseRanges.openAt(log.diskDir, log.geometry, baseSeq)
+      if (base === undefined) throw new Error("the base image changed under a checksum answer")
+    }
+    if (base.base.format !== 2) throw new Unverifiable({ file: base.file })
+    await base.read(start, end, out, at)
+  }
+  try {
+    const digests = new Uint8Array(blocks.length * Wire.DIGEST_BYTES)
+    let k = 0
+    for (const run of runs) {
+      const bytes = Buffer.alloc(run.end - run.start)
+      let cursor = run.start
+      for (const x of run.extents) {
+        if (x.start > cursor) await baseBytes(cursor, x.start, bytes, cursor - run.start)
+        const payload = await records.payload(x)
+        const from = x.fileOffset - x.record - RECORD_HEADER_BYTES
+        if (from < 0 || from + (x.end - x.start) > payload.byteLength)
+          throw new LogCorrupt({
+            file: path.join(log.diskDir, x.segment.name),
+            offset: x.record,
+            reason: `record ${x.seq}: ${payload.byteLength} bytes hold no bytes ${from}..${from + x.end - x.start}`
+          })
+        payload.copy(bytes, x.start - run.start, from, from + (x.end - x.start))
+        cursor = x.end
+      }
+      if (cursor < run.end) await baseBytes(cursor, run.end, bytes, cursor - run.start)
+      for (let at = 0; at < bytes.byteLength; at += blockSize)
+        digests.set(Wire.blockDigest(bytes.subarray(at, at + blockSize)), Wire.DIGEST_BYTES * k++)
+    }
+    return { digests, notes }
+  } finally {
+    await records.close()
+    await (base as BaseRanges | undefined)?.close()
+  }
+}
+
+/**
+ * The answer to `request` on `log`, whose records through `through` are all durable: a
+ * `ChecksumReply`, or a `ChecksumRefused` (damage, a format-1 base, an I/O error) — logged,
+ * with the file and byte when damage. The connection stays up either way.
+ */
+export const answer = (log: ChecksumLog, request: Wire.ChecksumRequest, through: number) =>
+  log.maintenance
+    .withPermits(1)(
+      Effect.tryPromise({
+        try: () => digestsOf(log, request.blocks),
+        catch: (cause) =>
+          cause instanceof LogCorrupt || cause instanceof Unverifiable
+            ? cause
+            : new LogIoError({ op: "read", path: log.diskDir, cause })
+      })
+    )
+    .pipe(
+      Effect.tap(({ notes }) =>
+        Effect.forEach(notes, (note) =>
+          Effect.logWarning(`${log.diskId}: ${note.message}`).pipe(Effect.annotateLogs(note.annotations))
+        )
+      ),
+      Effect.map(({ digests }): Wire.ChecksumReply | Wire.ChecksumRefused => ({
+        _tag: "ChecksumReply",
+        id: request.id,
+        through,
+        digests
+      })),
+      Effect.catchAll((error) => {
+        const reason =
+          error._tag === "LogCorrupt" ? "damaged" : error._tag === "Unverifiable" ? "unverifiable" : "failed"
+        const annotations =
+          error._tag === "LogCorrupt" ? { file: error.file, offset: error.offset } : { error: error._tag }
+        const refused: Wire.ChecksumRefused = {
+          _tag: "ChecksumRefused",
+          id: request.id,
+          reason,
+          detail: error.message
+        }
+        return Effect.as(
+          Effect.logError(`${log.diskId}: checksum request ${request.id} refused: ${error.message}`).pipe(
+            Effect.annotateLogs({ reason, blocks: request.blocks.length, ...annotations })
+          ),
+          refused
+        )
+      })
+    )

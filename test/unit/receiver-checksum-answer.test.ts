@@ -1,0 +1,68 @@
+/**
+ * Issue 18, the receiver's checksum answer in-process (`internal/checksums.ts` on a real
+ * store): digests equal SHA-256 of the model image's blocks (base bytes after a fold, record
+ * payloads, zeros); a flipped byte of `base.img` under a requested block is a `LogCorrupt`
+ * naming `base.img` and the unit's byte, never a digest, while blocks outside that unit are
+ * still answered.
+ */
+import { createHash } from "node:crypto"
+import * as path from "node:path"
+import { Effect } from "effect"
+import { describe, expect, it } from "vitest"
+import * as Wire from "../../src/protocol/Wire.js"
+import { answer, digestsOf } from "../../src/receiver/internal/checksums.js"
+import { LogCorrupt } from "../../src/receiver/internal/errors.js"
+import { failureOf, flipByte, imageAt, makeChanges, withStore } from "../support/receiverDisk.js"
+import { tempDirs } from "../support/tempDirs.js"
+
+const tempDir = tempDirs("cdp-checksum-answer-")
+// 64 KiB base units: 16 blocks each.
+const geometry = { blockSize: 4096, blockCount: 64 }
+const sha256 = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest()
+
+describe("a checksum answer on a real store (issue 18)", () => {
+  it("hashes the newest bytes (base after a fold, records, zeros); refuses a damaged base unit", async () => {
+    const dir = tempDir()
+    // Writes only in the first half: the last 32 blocks are zeros in the base, never written.
+    const changes = makeChanges(geometry, 60, { seed: 5, limit: 32 * geometry.blockSize })
+    const exit = await withStore(
+      dir,
+      (store) =>
+        Effect.gen(function* () {
+          const disk = yield* store.disk({ diskId: "vm", ...geometry, watermark: 0 })
+          for (const c of changes) disk.append(c.record, true)
+          yield* disk.flushed
+          const sealed = disk.segments.slice(0, -1).at(-1)!
+          yield* Effect.promise(() => disk.foldTo(sealed.lastSeq))
+          expect(disk.base.seq).toBeGreaterThan(0)
+          const all = Array.from({ length: geometry.blockCount }, (_, b) => b)
+          const { digests } = yield* Effect.promise(() => digestsOf(disk, all))
+          const image = imageAt(geometry, changes, disk.durable)
+          all.forEach((b) => {
+            const expected = sha256(image.subarray(b * geometry.blockSize, (b + 1) * geometry.blockSize))
+            expect(Buffer.from(digests.subarray(b * 32, (b + 1) * 32)).equals(expected), `block ${b}`).toBe(
+              true
+            )
+          })
+          // Damage in the base's third unit (blocks 32..47), which no record covers.
+          flipByte(path.join(disk.diskDir, "base.img"), 40 * geometry.blockSize + 7)
+          const damaged = yield* Effect.either(Effect.tryPromise(() => digestsOf(disk, [40])))
+          expect(damaged._tag).toBe("Left")
+          const cause = damaged._tag === "Left" ? (damaged.left.error as LogCorrupt) : undefined
+          expect(cause).toBeInstanceOf(LogCorrupt)
+          expect(cause?.file).toBe(path.join(disk.diskDir, "base.img"))
+          expect(cause?.offset).toBe(32 * geometry.blockSize)
+          // The answer the service sends for it: a refusal, not a digest.
+          const refused = yield* answer(disk, { _tag: "ChecksumRequest", id: 3, blocks: [40] }, disk.durable)
+          expect(refused._tag).toBe("ChecksumRefused")
+          expect(refused._tag === "ChecksumRefused" && refused.reason).toBe("damaged")
+          // Outside that unit, still answered.
+          const { digests: last } = yield* Effect.promise(() => digestsOf(disk, [63]))
+          expect(Buffer.from(last).equals(sha256(Buffer.alloc(geometry.blockSize)))).toBe(true)
+          expect(last.byteLength).toBe(Wire.DIGEST_BYTES)
+        }),
+      { segmentBytes: 16 * 1024, verifyRate: 0 }
+    )
+    expect(failureOf(exit)).toBeUndefined()
+  })
+})
