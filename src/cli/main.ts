@@ -1,7 +1,9 @@
 /**
  * Entry point of the `cdp-sync` binary.
  */
-import { NodeContext, NodeRuntime } from "@effect/platform-node"
+// Deep entries: the package root also loads its HTTP client (undici, a quarter of the bundle).
+import * as NodeContext from "@effect/platform-node/NodeContext"
+import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { Effect, Logger } from "effect"
 import { cli } from "./cli.js"
 import { withIoScheduler } from "../internal/IoScheduler.js"
