@@ -6,7 +6,7 @@
  */
 import { Command, Options } from "@effect/cli"
 import { Console, Effect, Option } from "effect"
-import * as Mount from "../receiver/Mount.js"
+import * as Nbd from "../nbd/Nbd.js"
 import { formatTime } from "../receiver/Restore.js"
 import * as Logging from "./internal/logging.js"
 import {
@@ -63,7 +63,7 @@ export const mount = Command.make(
         : Option.getOrElse(o.listen, () => parseHostPort(DEFAULT_LISTEN)!)
       yield* Effect.scoped(
         Effect.gen(function* () {
-          const { mounted, server } = yield* Mount.serve({
+          const { mounted, server } = yield* Nbd.serveMount({
             dir: o.dir,
             diskId: Option.getOrUndefined(o.disk),
             at: o.at,

@@ -29,7 +29,12 @@ import type { VirtualDisk } from "../adapters/VirtualDisk.js"
 import type { Replicator } from "../replicator/Replicator.js"
 import * as ClientImpl from "./internal/client.js"
 import type * as DeviceImpl from "./internal/device.js"
+import * as MountImpl from "./internal/mount.js"
 import * as ServerImpl from "./internal/server.js"
+import type { Mounted, open as openMount } from "../receiver/Mount.js"
+
+/** Why a mount could not be opened (`Mount.open`'s errors). */
+type MountError = Effect.Effect.Error<ReturnType<typeof openMount>>
 
 export { NbdProtocolError, type ProtocolErrorReason } from "./internal/codec.js"
 export { EndedMidMessage, SocketFailed } from "./internal/socketIo.js"
@@ -109,6 +114,22 @@ export const serveDevice: <E>(
   options: ServerImpl.ServeOptions
 ) => Effect.Effect<ServerImpl.Server, ServerImpl.ListenFailed | ServerImpl.InvalidServeOptions, Scope.Scope> =
   ServerImpl.serveDevice
+
+/**
+ * Mounts a recovery point of a receiver directory (`Mount.open`: `dir`, `diskId`, `at`, and
+ * `overlay` to make it writable) and serves it until the scope closes (`cdp-sync mount`).
+ * Damage met by a read answers that request EIO (a full file system under the overlay,
+ * ENOSPC); the mount goes on.
+ */
+export const serveMount: (
+  options: MountImpl.ServeMountOptions
+) => Effect.Effect<
+  { readonly mounted: Mounted; readonly server: ServerImpl.Server },
+  MountError | ServerImpl.ListenFailed | ServerImpl.InvalidServeOptions,
+  Scope.Scope
+> = MountImpl.serveMount
+
+export type { ServeMountOptions } from "./internal/mount.js"
 
 /** The running server as a service, for programs built from layers. */
 export class NbdServer extends Context.Tag("cdp-sync/NbdServer")<NbdServer, ServerImpl.Server>() {}

@@ -2,7 +2,8 @@
  * A recovery point as a block device (`cdp-sync mount`, docs/receiver.md "Mounting a
  * recovery point"): the disk at one point of a receiver directory, read through the block
  * index (`openPointMap`, `openPointReader`) without materialising the image, and served
- * read-only over NBD by the same server as `cdp-sync serve` (`Nbd.serveDevice`).
+ * read-only over NBD by the same server as `cdp-sync serve` (`Nbd.serveMount`, in the NBD
+ * front end: this module knows nothing of NBD).
  *
  * The chain is opened read-only, as `restore` opens it, so a mount may run beside a
  * receiver that ingests. The reader holds the base image and the segments it reads open
@@ -18,8 +19,6 @@
  */
 import * as path from "node:path"
 import { Effect } from "effect"
-import type * as Scope from "effect/Scope"
-import * as Nbd from "../nbd/Nbd.js"
 import type { Chain, Note } from "./internal/chain.js"
 import {
   type At,
@@ -72,7 +71,23 @@ export interface Mounted {
   /** The overlay file when there is one (the device is then writable). */
   readonly overlay: string | undefined
   /** The point: read-only, or writable through the overlay. */
-  readonly device: Nbd.Device<MountReadError>
+  readonly device: PointDevice
+}
+
+/**
+ * A block device of the disk's size (what `Nbd.serveDevice` serves): reads of the point, and
+ * with an overlay writes and flushes into it. Ranges are checked by the caller (inside the
+ * disk, multiples of 512).
+ */
+export interface PointDevice {
+  readonly size: number
+  readonly readOnly: boolean
+  readonly read: (offset: number, length: number) => Effect.Effect<Uint8Array, MountReadError>
+  /** Applied in order; durable after `flush`. Read-only devices die (the server never calls it). */
+  readonly writeAll: (
+    writes: ReadonlyArray<{ readonly offset: number; readonly bytes: Uint8Array }>
+  ) => Effect.Effect<void, MountReadError>
+  readonly flush: Effect.Effect<void, MountReadError>
 }
 
 /** Reads bytes of the point (every one checked): what a writable overlay will read beneath it. */
@@ -95,36 +110,21 @@ const readOf =
       Effect.tapError(warnOfFailure(offset, length))
     )
 
-/** The server checked the range first: what fails a read is damage or the operating system. */
-const errnoOf = (_: unknown): number => Nbd.errors.EIO
-
 /** The point served read-only. */
-const readOnlyDevice = (bytes: number, under: Under): Nbd.Device<MountReadError> => ({
+const readOnlyDevice = (bytes: number, under: Under): PointDevice => ({
   size: bytes,
   readOnly: true,
   read: under,
   // Never called: the server answers every change to a read-only export EPERM.
   writeAll: () => Effect.die(new Error("a mounted recovery point is read-only")),
-  flush: Effect.void,
-  errnoOf
+  flush: Effect.void
 })
-
-const ENOSPC = 28
-
-/** What an overlay's failure is answered with: ENOSPC when its file system is full, else EIO. */
-const overlayErrno = (error: unknown): number =>
-  error instanceof LogIoError &&
-  typeof error.cause === "object" &&
-  error.cause !== null &&
-  (error.cause as { code?: unknown }).code === "ENOSPC"
-    ? ENOSPC
-    : Nbd.errors.EIO
 
 /**
  * The point with `overlay` over it: reads fall through to the point where the overlay holds
  * nothing, writes and flushes go to the overlay file only.
  */
-const overlayDevice = (bytes: number, overlay: Overlay, reader: PointReader): Nbd.Device<MountReadError> => {
+const overlayDevice = (bytes: number, overlay: Overlay, reader: PointReader): PointDevice => {
   const below = (offset: number, length: number) => reader.read(offset, length)
   return {
     size: bytes,
@@ -142,8 +142,7 @@ const overlayDevice = (bytes: number, overlay: Overlay, reader: PointReader): Nb
           )
         )
       ),
-    flush: attempt(overlay.file, "write", () => overlay.flush()),
-    errnoOf: overlayErrno
+    flush: attempt(overlay.file, "write", () => overlay.flush())
   }
 }
 
@@ -235,33 +234,3 @@ export const open = Effect.fn("Receiver.mount")(function* (options: MountOptions
   }
   return mounted
 })
-
-export interface ServeOptions extends MountOptions {
-  /** Where to listen: TCP `host` and `port` (0: any free port), or a unix socket `path`. */
-  readonly listen: Nbd.Listen
-  /** The export's name (default: the disk id); clients asking for the default export get it too. */
-  readonly exportName?: string | undefined
-  /** Connections at once (default 16). */
-  readonly maxConnections?: number | undefined
-}
-
-/** Mounts the point `at` names and serves it over NBD until the scope closes. */
-export const serve = (
-  options: ServeOptions
-): Effect.Effect<
-  { readonly mounted: Mounted; readonly server: Nbd.Server },
-  Effect.Effect.Error<ReturnType<typeof open>> | Nbd.ListenFailed | Nbd.InvalidServeOptions,
-  Scope.Scope
-> =>
-  Effect.gen(function* () {
-    const mounted = yield* open(options)
-    const server = yield* Nbd.serveDevice(mounted.device, {
-      listen: options.listen,
-      exportName: options.exportName ?? mounted.diskId,
-      maxConnections: options.maxConnections,
-      description: `cdp-sync: disk ${JSON.stringify(mounted.diskId)} at seq ${mounted.point.seq}, ${
-        mounted.overlay === undefined ? "read-only" : `writes to ${mounted.overlay}`
-      }`
-    })
-    return { mounted, server }
-  })

@@ -1,5 +1,5 @@
 /**
- * A recovery point mounted over NBD for the tests: in-process (`Mount.serve` on a unix
+ * A recovery point mounted over NBD for the tests: in-process (`Nbd.serveMount` on a unix
  * socket, for the cases where many points are mounted) or as the built CLI (`cdp-sync
  * mount`, waiting for its `listening` line or its `--json` object).
  */
@@ -7,7 +7,7 @@ import { type ChildProcess, spawn } from "node:child_process"
 import * as path from "node:path"
 import { Effect, Either, Logger } from "effect"
 import { Nbd } from "../../src/nbd/index.js"
-import * as Mount from "../../src/receiver/Mount.js"
+import type * as Mount from "../../src/receiver/Mount.js"
 
 const CLI = path.resolve(import.meta.dirname, "../../dist/cli/main.js")
 
@@ -39,7 +39,7 @@ export const withMount = <A>(
     Effect.scoped(
       Effect.gen(function* () {
         const socket = path.join(options.socketDir, `mount-${process.pid}.sock`)
-        const { mounted, server } = yield* Mount.serve({
+        const { mounted, server } = yield* Nbd.serveMount({
           dir: options.dir,
           diskId: options.diskId,
           at: options.at,

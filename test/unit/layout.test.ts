@@ -19,7 +19,8 @@ const allowed: Record<string, ReadonlyArray<string>> = {
   adapters: ["domain", "internal", "protocol"],
   replicator: ["adapters", "domain", "internal", "protocol"],
   receiver: ["domain", "internal", "protocol"],
-  nbd: ["replicator", "adapters", "domain", "internal", "protocol"],
+  // The front end: serves the filter's disk (replicator) and a mounted point (receiver).
+  nbd: ["replicator", "receiver", "adapters", "domain", "internal", "protocol"],
   conformance: ["domain", "internal", "protocol"],
   simulator: ["replicator", "receiver", "conformance", "adapters", "domain", "internal", "protocol"],
   cli: [
