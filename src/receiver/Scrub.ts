@@ -281,6 +281,7 @@ const scrubOnce = async (diskDir: string): Promise<DiskScrub> => {
 
       const indexFile = path.join(diskDir, indexName(name))
       const index = await readIndex(indexFile, size, firstSeq)
+      const damageBefore = damage.length
       if (index._tag === "Missing") {
         if (!last)
           damage.push(
@@ -305,7 +306,10 @@ const scrubOnce = async (diskDir: string): Promise<DiskScrub> => {
         const mismatch = compareIndex(indexFile, index.entries, scan.entries)
         if (mismatch !== undefined) damage.push(mismatch)
       }
-      if (meta !== undefined && scan.damage === undefined) {
+      // A segment its own index says was changed: its `.bix` would only say the same again.
+      if (meta !== undefined && scan.damage === undefined && damage.length > damageBefore)
+        notes.push(`${blockIndexName(name)}: not judged: its segment disagrees with its index (above)`)
+      else if (meta !== undefined && scan.damage === undefined) {
         const bix = await scrubBlockIndex(diskDir, name, meta, firstSeq, size, scan.entries, last)
         if (bix.checked) {
           checked.files++
