@@ -11,17 +11,14 @@ import { formatTime } from "../receiver/Restore.js"
 import * as Logging from "./internal/logging.js"
 import {
   at,
-  described,
   diskOption,
-  hostPort,
   json,
-  parseHostPort,
+  nbdListenOf,
+  nbdListenOptions,
   positive,
   receiverDir
 } from "./internal/options.js"
-import { reportFailure, UsageError } from "./internal/outcome.js"
-
-const DEFAULT_LISTEN = "127.0.0.1:10809"
+import { reportFailure } from "./internal/outcome.js"
 
 export const mount = Command.make(
   "mount",
@@ -29,20 +26,7 @@ export const mount = Command.make(
     dir: receiverDir,
     disk: diskOption,
     at,
-    listen: hostPort(
-      "listen",
-      `Serve NBD on TCP HOST:PORT (default: ${DEFAULT_LISTEN}; port 0 picks a free one)`
-    ).pipe(Options.optional),
-    socket: Options.text("socket").pipe(
-      Options.optional,
-      Options.withDescription("Serve NBD on this unix socket instead of TCP")
-    ),
-    exportName: Options.text("export-name").pipe(
-      Options.optional,
-      Options.withDescription(
-        described('The export\'s name (clients asking for the default export "" get it too)', "the disk id")
-      )
-    ),
+    ...nbdListenOptions("the disk id"),
     overlay: Options.file("overlay").pipe(
       Options.optional,
       Options.withDescription(
@@ -56,11 +40,7 @@ export const mount = Command.make(
   },
   (o) =>
     Effect.gen(function* () {
-      if (Option.isSome(o.listen) && Option.isSome(o.socket))
-        return yield* new UsageError({ detail: "give --listen or --socket, not both" })
-      const listen = Option.isSome(o.socket)
-        ? { path: o.socket.value }
-        : Option.getOrElse(o.listen, () => parseHostPort(DEFAULT_LISTEN)!)
+      const listen = yield* nbdListenOf(o)
       yield* Effect.scoped(
         Effect.gen(function* () {
           const { mounted, server } = yield* Nbd.serveMount({

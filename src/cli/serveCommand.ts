@@ -8,31 +8,16 @@ import { Console, Effect, Option } from "effect"
 import * as Nbd from "../nbd/Nbd.js"
 import { metricsOption } from "./internal/metrics.js"
 import { controlOption } from "./internal/control.js"
-import { UsageError, reportFailure } from "./internal/outcome.js"
-import { described, hostPort, parseHostPort, positive } from "./internal/options.js"
+import { reportFailure } from "./internal/outcome.js"
+import { nbdListenOf, nbdListenOptions, positive } from "./internal/options.js"
 import { filterLayer, filterOptions, startFilter } from "./replicatorCommands.js"
-
-const DEFAULT_LISTEN = "127.0.0.1:10809"
 
 export const serve = Command.make(
   "serve",
   {
     ...filterOptions,
     ...controlOption,
-    listen: hostPort(
-      "listen",
-      `Serve NBD on TCP HOST:PORT (default: ${DEFAULT_LISTEN}; port 0 picks a free one)`
-    ).pipe(Options.optional),
-    socket: Options.text("socket").pipe(
-      Options.optional,
-      Options.withDescription("Serve NBD on this unix socket instead of TCP")
-    ),
-    exportName: Options.text("export-name").pipe(
-      Options.optional,
-      Options.withDescription(
-        described('The export\'s name (clients asking for the default export "" get it too)', "the --disk-id")
-      )
-    ),
+    ...nbdListenOptions("the --disk-id"),
     readOnly: Options.boolean("read-only").pipe(
       Options.withDescription("Refuse every write (EPERM); the export says it is read-only")
     ),
@@ -41,11 +26,7 @@ export const serve = Command.make(
   },
   (o) =>
     Effect.gen(function* () {
-      if (Option.isSome(o.listen) && Option.isSome(o.socket))
-        return yield* new UsageError({ detail: "give --listen or --socket, not both" })
-      const listen = Option.isSome(o.socket)
-        ? { path: o.socket.value }
-        : Option.getOrElse(o.listen, () => parseHostPort(DEFAULT_LISTEN)!)
+      const listen = yield* nbdListenOf(o)
       const { layer } = yield* filterLayer(o)
       yield* Effect.scoped(
         Effect.gen(function* () {

@@ -8,6 +8,7 @@ import { HelpDoc, Options, ValidationError } from "@effect/cli"
 import { Effect, Either, Option } from "effect"
 import { formatDuration, formatSize, parseDuration, parseSize } from "../../internal/units.js"
 import { parseAt } from "../../receiver/internal/at.js"
+import { UsageError } from "./outcome.js"
 
 /** A usage error: @effect/cli prints it, the CLI exits 2. */
 export const invalid = (message: string) => ValidationError.invalidValue(HelpDoc.p(message))
@@ -188,3 +189,42 @@ export const at = Options.text("at").pipe(
     "The recovery point: a seq (see `points`), `latest`, an ISO 8601 time or a relative one (-15m, -2h, -1d): the newest point at or before it"
   )
 )
+
+const DEFAULT_NBD_LISTEN = "127.0.0.1:10809"
+
+/**
+ * Where an NBD front end listens and what it calls its export (`serve`, `mount`):
+ * `--listen HOST:PORT` or `--socket PATH`, and `--export-name` (default: `exportDefault`).
+ */
+export const nbdListenOptions = (exportDefault: string) => ({
+  listen: hostPort(
+    "listen",
+    `Serve NBD on TCP HOST:PORT (default: ${DEFAULT_NBD_LISTEN}; port 0 picks a free one)`
+  ).pipe(Options.optional),
+  socket: Options.text("socket").pipe(
+    Options.optional,
+    Options.withDescription("Serve NBD on this unix socket instead of TCP")
+  ),
+  exportName: Options.text("export-name").pipe(
+    Options.optional,
+    Options.withDescription(
+      described('The export\'s name (clients asking for the default export "" get it too)', exportDefault)
+    )
+  )
+})
+
+/** The address `nbdListenOptions` name; both `--listen` and `--socket` is a usage error (exit 2). */
+export const nbdListenOf = (o: {
+  readonly listen: Option.Option<{ readonly host: string; readonly port: number }>
+  readonly socket: Option.Option<string>
+}): Effect.Effect<
+  { readonly host: string; readonly port: number } | { readonly path: string },
+  UsageError
+> =>
+  Option.isSome(o.listen) && Option.isSome(o.socket)
+    ? Effect.fail(new UsageError({ detail: "give --listen or --socket, not both" }))
+    : Effect.succeed(
+        Option.isSome(o.socket)
+          ? { path: o.socket.value }
+          : Option.getOrElse(o.listen, () => parseHostPort(DEFAULT_NBD_LISTEN)!)
+      )
