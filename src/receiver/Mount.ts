@@ -33,7 +33,7 @@ import {
 } from "./internal/chainPoints.js"
 import { LogCorrupt, LogIoError } from "./internal/errors.js"
 import { realPathOutside } from "./internal/files.js"
-import { type Overlay, openOverlay, OverlayRefused } from "./internal/overlay.js"
+import { type Overlay, type OverlayIdentity, openOverlay, OverlayRefused } from "./internal/overlay.js"
 import { openPointMap, openPointReader, type PointReader } from "./internal/point.js"
 
 export type { At, Point }
@@ -90,7 +90,7 @@ export interface PointDevice {
   readonly flush: Effect.Effect<void, MountReadError>
 }
 
-/** Reads bytes of the point (every one checked): what a writable overlay will read beneath it. */
+/** Reads bytes of the point, every one checked, and says which read failed and where. */
 export type Under = (offset: number, length: number) => Effect.Effect<Uint8Array, MountReadError>
 
 /** Says which read failed and where (the file and byte of the damage). */
@@ -154,10 +154,37 @@ const openReader = (chain: Chain, seq: number) =>
     return reader === undefined ? undefined : { reader, notes: map.notes }
   })
 
+/** The overlay `file` for this point, closed with the scope; never inside the receiver directory `dir`. */
+const acquireOverlay = (dir: string, file: string, identity: OverlayIdentity) =>
+  Effect.acquireRelease(
+    Effect.tryPromise({
+      try: async () => {
+        const { target } = await realPathOutside(
+          dir,
+          file,
+          "the log is never written",
+          (reason) =>
+            new OverlayRefused({ file: path.resolve(file), offset: 0, reason: "bad-path", detail: reason })
+        )
+        return openOverlay(target, identity)
+      },
+      catch: (cause) =>
+        cause instanceof OverlayRefused
+          ? cause
+          : new LogIoError({ op: "open", path: path.resolve(file), cause })
+    }),
+    (o) =>
+      Effect.promise(() => o.close()).pipe(
+        Effect.catchAllDefect((e) =>
+          Effect.logWarning(`mount: the overlay ${o.file} did not close cleanly`, e)
+        )
+      )
+  )
+
 /**
- * Opens the point `at` names as a read-only block device until the scope closes (which
- * closes its files). A seq that is no recovery point, or a time before every point, is
- * refused as `restore` refuses it (the nearest points named).
+ * Opens the point `at` names as a block device until the scope closes (which closes its
+ * files): read-only, or writable through `overlay`. A seq that is no recovery point, or a
+ * time before every point, is refused as `restore` refuses it (the nearest points named).
  */
 export const open = Effect.fn("Receiver.mount")(function* (options: MountOptions) {
   const spec = yield* specOf(options.at)
@@ -177,60 +204,25 @@ export const open = Effect.fn("Receiver.mount")(function* (options: MountOptions
     })
   )
   const bytes = opened.reader.diskBytes
-  const under = readOf(opened.reader, diskDir)
-  const overlayFile = options.overlay
-  if (overlayFile === undefined) {
-    const mounted: Mounted = {
-      diskId: meta.diskId,
-      point: opened.point,
-      bytes,
-      rebuilt: opened.notes,
-      overlay: undefined,
-      device: readOnlyDevice(bytes, under)
-    }
-    return mounted
-  }
-  const overlay = yield* Effect.acquireRelease(
-    Effect.tryPromise({
-      try: async () => {
-        const { target } = await realPathOutside(
-          options.dir,
-          overlayFile,
-          "the log is never written",
-          (reason) =>
-            new OverlayRefused({
-              file: path.resolve(overlayFile),
-              offset: 0,
-              reason: "bad-path",
-              detail: reason
-            })
-        )
-        return openOverlay(target, {
+  const overlay =
+    options.overlay === undefined
+      ? undefined
+      : yield* acquireOverlay(options.dir, options.overlay, {
           diskId: meta.diskId,
           diskBytes: bytes,
           seq: opened.point.seq,
           pointTime: opened.point.time
         })
-      },
-      catch: (cause) =>
-        cause instanceof OverlayRefused
-          ? cause
-          : new LogIoError({ op: "open", path: path.resolve(overlayFile), cause })
-    }),
-    (o) =>
-      Effect.promise(() => o.close()).pipe(
-        Effect.catchAllDefect((e) =>
-          Effect.logWarning(`mount: the overlay ${o.file} did not close cleanly`, e)
-        )
-      )
-  )
   const mounted: Mounted = {
     diskId: meta.diskId,
     point: opened.point,
     bytes,
     rebuilt: opened.notes,
-    overlay: overlay.file,
-    device: overlayDevice(bytes, overlay, opened.reader)
+    overlay: overlay?.file,
+    device:
+      overlay === undefined
+        ? readOnlyDevice(bytes, readOf(opened.reader, diskDir))
+        : overlayDevice(bytes, overlay, opened.reader)
   }
   return mounted
 })
