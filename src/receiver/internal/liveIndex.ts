@@ -20,14 +20,13 @@ import {
   entryOf,
   type Extent,
   firstEndingAfter,
-  mergeUnder,
   recordRange
 } from "./blockIndex.js"
 import type { Note, Segment } from "./chain.js"
 import { LogCorrupt } from "./errors.js"
 import { type IndexEntry, indexName, RECORD_HEADER_BYTES } from "./format.js"
 import { ReceiverMutants } from "./mutants.js"
-import { sealedMap } from "./point.js"
+import { mergeNewestFirst, sealedMap } from "./point.js"
 import { readIndex } from "./segment.js"
 
 /** An extent of the live map: its segment, and the byte of that file where its record begins. */
@@ -156,7 +155,9 @@ export class LiveIndex {
     const taken = log.segments.map((segment) => ({ segment, entries: segment.entries?.slice() }))
     const notes: Array<Note> = []
     try {
-      let acc: Array<LiveExtent> = []
+      // Newest first, as `mergeNewestFirst` takes them; each segment's records kept to find a record's start.
+      const maps: Array<{ readonly map: ReadonlyArray<Extent>; readonly segment: number }> = []
+      const records = new Map<number, ReadonlyArray<IndexEntry>>()
       for (let i = taken.length - 1; i >= 0; i--) {
         const { segment, entries } = taken[i]!
         if (segment.lastSeq <= baseSeq) break
@@ -171,14 +172,23 @@ export class LiveIndex {
             this.geometry,
             all.filter((e) => e.seq > baseSeq)
           )
-        const live = map.map((x) =>
-          extent(x.start, x.end, x.seq, x.fileOffset, segment, all[entryOf(all, x.seq)]!.offset)
-        )
-        acc = mergeUnder(acc, live)
+        maps.push({ map, segment: i })
+        records.set(i, all)
       }
       this.regions = new Map()
-      // Copied into the one shape (`mergeUnder` slices by spreading).
-      for (const x of acc) this.place(extent(x.start, x.end, x.seq, x.fileOffset, x.segment, x.record))
+      for (const x of mergeNewestFirst(maps)) {
+        const all = records.get(x.segment)!
+        this.place(
+          extent(
+            x.start,
+            x.end,
+            x.seq,
+            x.fileOffset,
+            taken[x.segment]!.segment,
+            all[entryOf(all, x.seq)]!.offset
+          )
+        )
+      }
       this.state = "ready"
       const pending = this.pending
       this.pending = []
