@@ -19,22 +19,12 @@
  */
 import * as path from "node:path"
 import { Effect } from "effect"
-import type { Chain, Note } from "./internal/chain.js"
-import {
-  type At,
-  attempt,
-  type Point,
-  pointAt,
-  pointsOf,
-  readChain,
-  resolve,
-  retryingFolds,
-  specOf
-} from "./internal/chainPoints.js"
+import type { Note } from "./internal/chain.js"
+import { type At, attempt, openPointAt, type Point } from "./internal/chainPoints.js"
 import { LogCorrupt, LogIoError } from "./internal/errors.js"
 import { realPathOutside } from "./internal/files.js"
 import { type Overlay, type OverlayIdentity, openOverlay, OverlayRefused } from "./internal/overlay.js"
-import { openPointMap, openPointReader, type PointReader } from "./internal/point.js"
+import type { PointReader } from "./internal/point.js"
 
 export type { At, Point }
 export { OverlayRefused }
@@ -146,14 +136,6 @@ const overlayDevice = (bytes: number, overlay: Overlay, reader: PointReader): Po
   }
 }
 
-/** The point's map and a reader holding its files, or `undefined` when a fold got there first. */
-const openReader = (chain: Chain, seq: number) =>
-  attempt(chain.diskDir, "read", async () => {
-    const map = await openPointMap(chain, seq, true)
-    const reader = await openPointReader(map)
-    return reader === undefined ? undefined : { reader, notes: map.notes }
-  })
-
 /** The overlay `file` for this point, closed with the scope; never inside the receiver directory `dir`. */
 const acquireOverlay = (dir: string, file: string, identity: OverlayIdentity) =>
   Effect.acquireRelease(
@@ -187,22 +169,8 @@ const acquireOverlay = (dir: string, file: string, identity: OverlayIdentity) =>
  * time before every point, is refused as `restore` refuses it (the nearest points named).
  */
 export const open = Effect.fn("Receiver.mount")(function* (options: MountOptions) {
-  const spec = yield* specOf(options.at)
-  const now = (options.now ?? Date.now)()
-  const [disk] = yield* resolve(options.dir, options.diskId, true)
-  const { diskDir, meta } = disk!
-  const opened = yield* retryingFolds(
-    diskDir,
-    "read",
-    Effect.gen(function* () {
-      const chain = yield* readChain(diskDir, meta)
-      const point = yield* pointAt(chain, pointsOf(chain).points, spec, now)
-      const reader = yield* Effect.acquireRelease(openReader(chain, point.seq), (r) =>
-        r === undefined ? Effect.void : Effect.promise(() => r.reader.close())
-      )
-      return reader === undefined ? undefined : { ...reader, point }
-    })
-  )
+  const opened = yield* openPointAt({ ...options, writeIndexes: true })
+  const { diskDir, meta } = opened
   const bytes = opened.reader.diskBytes
   const overlay =
     options.overlay === undefined

@@ -20,6 +20,7 @@ import {
 } from "./errors.js"
 import { isEnoent } from "./files.js"
 import { isRecoveryPoint, Kind, kindName } from "./format.js"
+import { openPointMap, openPointReader } from "./point.js"
 
 export interface Point {
   readonly seq: number
@@ -187,4 +188,42 @@ export const retryingFolds = <A, E, R>(
           cause: new Error(`the log kept changing under the ${op} (retention folds); try again`)
         })
     }
+  })
+
+/**
+ * The point `at` names of a disk in `dir`, opened for reading until the scope closes: its
+ * map and a reader holding the base and the segments it reads (so a fold after this changes
+ * nothing it reads; one that raced the opening is retried). `writeIndexes`: a `.bix` rebuilt
+ * on the way is written back (aside, renamed), as `restore` does.
+ */
+export const openPointAt = (options: {
+  readonly dir: string
+  readonly diskId?: string | undefined
+  readonly at: At
+  readonly now?: (() => number) | undefined
+  readonly writeIndexes: boolean
+}) =>
+  Effect.gen(function* () {
+    const spec = yield* specOf(options.at)
+    const now = (options.now ?? Date.now)()
+    const [disk] = yield* resolve(options.dir, options.diskId, true)
+    const { diskDir, meta } = disk!
+    const opened = yield* retryingFolds(
+      diskDir,
+      "read",
+      Effect.gen(function* () {
+        const chain = yield* readChain(diskDir, meta)
+        const point = yield* pointAt(chain, pointsOf(chain).points, spec, now)
+        const reader = yield* Effect.acquireRelease(
+          attempt(diskDir, "read", async () => {
+            const map = await openPointMap(chain, point.seq, options.writeIndexes)
+            const reader = await openPointReader(map)
+            return reader === undefined ? undefined : { reader, notes: map.notes }
+          }),
+          (r) => (r === undefined ? Effect.void : Effect.promise(() => r.reader.close()))
+        )
+        return reader === undefined ? undefined : { ...reader, point }
+      })
+    )
+    return { diskDir, meta, ...opened }
   })
