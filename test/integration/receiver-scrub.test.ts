@@ -11,20 +11,13 @@ import { Effect } from "effect"
 import { describe, expect, it } from "vitest"
 import { tempDirs } from "../support/tempDirs.js"
 import { crc32c } from "../../src/internal/crc32c.js"
-import {
-  BIX_HEADER_BYTES,
-  bixExtentOffset,
-  blockIndexName,
-  buildMap,
-  encodeBlockIndex
-} from "../../src/receiver/internal/blockIndex.js"
+import { BIX_HEADER_BYTES, bixExtentOffset, blockIndexName } from "../../src/receiver/internal/blockIndex.js"
 import { openChain } from "../../src/receiver/internal/chain.js"
 import { RECORD_HEADER_BYTES } from "../../src/receiver/internal/format.js"
-import { ReceiverMutants } from "../../src/receiver/internal/mutants.js"
 import * as Restore from "../../src/receiver/Restore.js"
 import * as Scrub from "../../src/receiver/Scrub.js"
 import * as Proc from "../support/receiverProcess.js"
-import { makeChanges, readMetaFile, writeDisk } from "../support/receiverDisk.js"
+import { forgeOldestBlockIndex, makeChanges, readMetaFile, writeDisk } from "../support/receiverDisk.js"
 import { diskId, flip, locate, segmentFiles, snapshot, writeLog } from "../support/receiverLog.js"
 
 const tempDir = tempDirs("cdp-receiver-scrub-")
@@ -284,18 +277,7 @@ describe("cdp-sync scrub: block indexes", () => {
     const { diskDir } = await writeDisk(dir, "vm", geometry, changes, { segmentBytes: 8192 })
     const chain = await openChain(diskDir, readMetaFile(diskDir), "read")
     const sealed = chain.segments[0]!
-    const covers = {
-      ...geometry,
-      firstSeq: sealed.firstSeq,
-      lastSeq: sealed.lastSeq,
-      segmentBytes: sealed.bytes,
-      records: sealed.records
-    }
-    ReceiverMutants.blockIndexKeepsOldest = true
-    const oldest = buildMap(geometry, sealed.entries!)
-    ReceiverMutants.blockIndexKeepsOldest = false
-    const file = path.join(diskDir, blockIndexName(sealed.name))
-    fs.writeFileSync(file, encodeBlockIndex(covers, oldest))
+    const { file } = forgeOldestBlockIndex(chain, sealed)
     const run = await Proc.run(["scrub", "--dir", dir, "--json"])
     expect(run.code).toBe(1)
     const report = JSON.parse(run.stdout)

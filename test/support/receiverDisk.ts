@@ -9,7 +9,15 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 import { Cause, Effect, Exit, Logger, Option } from "effect"
 import type * as Wire from "../../src/protocol/Wire.js"
-import type { DiskMeta } from "../../src/receiver/internal/chain.js"
+import {
+  blockIndexName,
+  buildMap,
+  encodeBlockIndex,
+  type Extent
+} from "../../src/receiver/internal/blockIndex.js"
+import type { Chain, DiskMeta, Segment } from "../../src/receiver/internal/chain.js"
+import { ReceiverMutants } from "../../src/receiver/internal/mutants.js"
+import { coversOf } from "../../src/receiver/internal/point.js"
 import * as LogStore from "../../src/receiver/LogStore.js"
 
 export interface Geometry {
@@ -170,4 +178,25 @@ export const snapshot = (dir: string): Record<string, string> => {
     out[name] = createHash("sha256").update(fs.readFileSync(file)).digest("hex")
   }
   return out
+}
+
+/**
+ * Forges `segment`'s `.bix` as a valid file (its CRC right) holding the map the
+ * `blockIndexKeepsOldest` mutant builds: each range names the oldest record that wrote it.
+ * Its file and that map.
+ */
+export const forgeOldestBlockIndex = (
+  chain: Chain,
+  segment: Segment
+): { readonly file: string; readonly oldest: ReadonlyArray<Extent> } => {
+  ReceiverMutants.blockIndexKeepsOldest = true
+  let oldest: ReadonlyArray<Extent>
+  try {
+    oldest = buildMap(chain.meta, segment.entries!)
+  } finally {
+    ReceiverMutants.blockIndexKeepsOldest = false
+  }
+  const file = path.join(chain.diskDir, blockIndexName(segment.name))
+  fs.writeFileSync(file, encodeBlockIndex(coversOf(chain, segment), oldest))
+  return { file, oldest }
 }

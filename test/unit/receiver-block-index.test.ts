@@ -22,10 +22,15 @@ import {
 } from "../../src/receiver/internal/blockIndex.js"
 import { openChain } from "../../src/receiver/internal/chain.js"
 import { NoRecoveryPointAt, NotARecoveryPoint } from "../../src/receiver/internal/errors.js"
-import { ReceiverMutants } from "../../src/receiver/internal/mutants.js"
 import { openPointMap } from "../../src/receiver/internal/point.js"
 import * as Restore from "../../src/receiver/Restore.js"
-import { makeChanges, imageAt as modelImageAt, readMetaFile, writeDisk } from "../support/receiverDisk.js"
+import {
+  forgeOldestBlockIndex,
+  makeChanges,
+  imageAt as modelImageAt,
+  readMetaFile,
+  writeDisk
+} from "../support/receiverDisk.js"
 import { diskId, flip, imageAt, meta, segmentFiles, snapshot, writeLog } from "../support/receiverLog.js"
 import { restoredBeside, tempDirs } from "../support/tempDirs.js"
 
@@ -172,18 +177,8 @@ describe("block index files", () => {
     const { diskDir, lastSeq } = await writeDisk(dir, "vm", geometry, changes, { segmentBytes: 8192 })
     const chain = await openChain(diskDir, readMetaFile(diskDir), "read")
     const sealed = chain.segments[0]!
-    const covers = {
-      ...geometry,
-      firstSeq: sealed.firstSeq,
-      lastSeq: sealed.lastSeq,
-      segmentBytes: sealed.bytes,
-      records: sealed.records
-    }
-    ReceiverMutants.blockIndexKeepsOldest = true
-    const oldest = buildMap(geometry, sealed.entries!)
-    ReceiverMutants.blockIndexKeepsOldest = false
+    const { oldest } = forgeOldestBlockIndex(chain, sealed)
     expect(oldest).not.toEqual(buildMap(geometry, sealed.entries!))
-    fs.writeFileSync(path.join(diskDir, blockIndexName(sealed.name)), encodeBlockIndex(covers, oldest))
     const map = await openPointMap(chain, lastSeq, false)
     expect(String(map.notes[0]?.annotations.reason)).toMatch(/wrote over it/)
     const restored = await Effect.runPromise(
