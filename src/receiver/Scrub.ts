@@ -35,7 +35,7 @@ import {
   indexName,
   parseSegmentName
 } from "./internal/format.js"
-import { checkBlockIndex } from "./internal/point.js"
+import { checkBlockIndex, coversOf } from "./internal/point.js"
 import { compareIndex, describeDamage, isTorn, readIndex, scanSegment } from "./internal/segment.js"
 
 export { DiskNotFound }
@@ -131,14 +131,10 @@ const scrubBlockIndex = async (
           checked: false,
           note: `${bixName}: the active segment has a block index (a roll in progress, or a leftover the receiver removes)`
         }
-  const covers = {
-    blockSize: meta.blockSize,
-    blockCount: meta.blockCount,
-    firstSeq,
-    lastSeq: entries.at(-1)?.seq ?? firstSeq - 1,
-    segmentBytes: size,
-    records: entries.length
-  }
+  const covers = coversOf(
+    { meta },
+    { firstSeq, lastSeq: entries.at(-1)?.seq ?? firstSeq - 1, bytes: size, records: entries.length }
+  )
   const found = checkBlockIndex(bytes, covers, entries)
   if (found._tag === "Valid") return { checked: true }
   if (found._tag === "Missing")

@@ -71,7 +71,10 @@ const writeBestEffort = async (file: string, bytes: Buffer): Promise<void> => {
 }
 
 /** What a sealed segment's `.bix` must cover: the disk's geometry and the segment as the chain knows it. */
-export const coversOf = (chain: { readonly meta: DataGeometry }, segment: Segment): Covers => ({
+export const coversOf = (
+  chain: { readonly meta: DataGeometry },
+  segment: Pick<Segment, "firstSeq" | "lastSeq" | "bytes" | "records">
+): Covers => ({
   ...geometryOf(chain),
   firstSeq: segment.firstSeq,
   lastSeq: segment.lastSeq,
