@@ -183,20 +183,6 @@ export const restore = Command.make(
 
 const formatRate = (bytesPerSecond: number) => `${(bytesPerSecond / 2 ** 20).toFixed(1)} MiB/s`
 
-/** `scrub`: read a receiver directory (one disk or every disk) and print what was found. */
-const reader = <A, E extends { readonly message: string }>(
-  name: string,
-  read: (dir: string, diskId: string | undefined) => Effect.Effect<A, E>,
-  print: (found: A, json: boolean) => Effect.Effect<void>
-) =>
-  Command.make(name, { dir, disk, json: json() }, (o) =>
-    read(o.dir, Option.getOrUndefined(o.disk)).pipe(
-      Effect.flatMap((found) => print(found, o.json)),
-      reportFailure(name, o.json),
-      logging
-    )
-  )
-
 export const points = Command.make(
   "points",
   {
@@ -222,15 +208,21 @@ export const points = Command.make(
   )
 )
 
-export const scrub = reader("scrub", Scrub.scrub, (report, json) =>
-  Effect.zipRight(
-    Console.log(json ? JSON.stringify(Scrub.toJson(report)) : Scrub.render(report)),
-    Effect.sync(() => {
-      if (!report.clean) process.exitCode = 1
-    })
+export const scrub = Command.make("scrub", { dir, disk, json: json() }, (o) =>
+  Scrub.scrub(o.dir, Option.getOrUndefined(o.disk)).pipe(
+    Effect.flatMap((report) =>
+      Effect.zipRight(
+        Console.log(o.json ? JSON.stringify(Scrub.toJson(report)) : Scrub.render(report)),
+        Effect.sync(() => {
+          if (!report.clean) process.exitCode = 1
+        })
+      )
+    ),
+    reportFailure("scrub", o.json),
+    logging
   )
 ).pipe(
   Command.withDescription(
-    "Verify every file of every disk in a receiver directory: disk.json, base.img, every record of every segment (CRC, seqs following each other) and every index against its segment. Read-only, safe beside a running receiver. Prints what it checked and each damage (file, byte offset, reason); exit 0 when clean, 1 on damage. Example: cdp-sync scrub --dir /backup --json"
+    "Verify every file of every disk in a receiver directory: disk.json, base.img, every record of every segment (CRC, seqs following each other) and every index and block index (.bix) against its segment. Read-only, safe beside a running receiver. Prints what it checked and each damage (file, byte offset, reason); exit 0 when clean, 1 on damage. Example: cdp-sync scrub --dir /backup --json"
   )
 )
