@@ -187,10 +187,10 @@ export const render = (outcome: Outcome): string => {
     )
     if (st.owed !== null) lines.push(`  owed: ResyncActivated (${st.owed})`)
     // Only in a trace with comparisons (version 2): a version 1 report reads as before.
-    const comparing = st.comparing as ReadonlyArray<readonly [number, number]> | undefined
+    const comparing = st.comparing as ReadonlyArray<readonly [number, number, number]> | undefined
     if (comparing !== undefined)
       lines.push(
-        `  comparisons: ${st.comparisonsUnacked} unacked, ${comparing.length} waiting${comparing.length > 0 ? ` (${comparing.map(([seq, block]) => `seq ${seq}: block ${block}`).join(", ")})` : ""}`
+        `  comparisons: ${st.compared} decided, ${comparing.length} waiting${comparing.length > 0 ? ` (${comparing.map(([id, block, after]) => `${id}: block ${block} after seq ${after}`).join(", ")})` : ""}`
       )
   }
   return lines.join("\n")

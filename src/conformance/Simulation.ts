@@ -113,8 +113,15 @@ type WireRecord =
     }
   | {
       readonly seq: number
-      /** A block record, or a comparison request (its `data` is the disk's block as read, kept by the program). */
-      readonly kind: "block" | "compare"
+      readonly kind: "block"
+      readonly block: number
+      phase: 0 | 1 | 2
+      data: number
+    }
+  | {
+      /** A comparison request: not a record (no seq); its `data` is the disk's block as read, kept by the program. */
+      readonly kind: "compare"
+      readonly id: number
       readonly block: number
       phase: 0 | 1 | 2
       data: number
@@ -122,11 +129,21 @@ type WireRecord =
   | { readonly seq: number; readonly kind: "begin"; readonly base: number }
   | { readonly seq: number; readonly kind: "end" }
 
+/** The records: everything on the wire but comparison requests. */
+type SequencedRecord = Exclude<WireRecord, { readonly kind: "compare" }>
+
 type Message =
   | { readonly _tag: "ack"; readonly seq: number }
   | { readonly _tag: "gap"; readonly expected: number }
-  /** The receiver's checksum of `block` for comparison `seq` (a version stands for its bytes). */
-  | { readonly _tag: "checksum"; readonly seq: number; readonly block: number; readonly value: number }
+  /** The receiver's checksum of `block` for comparison `id` (a version stands for its bytes). */
+  | {
+      readonly _tag: "checksum"
+      readonly id: number
+      readonly block: number
+      readonly value: number
+      /** The receiver's durable seq when it answered. */
+      readonly through: number
+    }
 
 /** Replica content that matches no disk version: a partial write applied on stale data. */
 const TORN = -1
@@ -201,9 +218,9 @@ export class World<S> {
   private inbox: Array<Message> = []
   private readonly durable: Int32Array
   private durableSeq = 0
-  private pending: Array<WireRecord> = []
+  private pending: Array<SequencedRecord> = []
   private receiver = Receiver.initial(0)
-  /** The program's side of the comparisons it sent: request seq → the disk's block as read. */
+  /** The program's side of the comparisons it sent: comparison id → the disk's block as read. */
   private readonly reads = new Map<number, number>()
   private readonly history: Array<{ readonly seq: number; readonly replica: Int32Array }> = []
   /** The receiver lost acked data and the filter has not yet heard of it (coverage cannot hold then). */
@@ -316,10 +333,10 @@ export class World<S> {
             "sync-only-when-clean",
             `sync resumed with ${State.obligationCount(before)} dirty block(s) and ${before.flight.blockRecords} block record(s) unacked`
           )
-        else if (before.comparing.length > 0 || before.flight.comparisons > 0)
+        else if (before.comparing.length > 0)
           this.fail(
             "sync-only-when-clean",
-            `sync resumed with ${before.comparing.length} comparison(s) without an outcome and ${before.flight.comparisons} unacked`
+            `sync resumed with ${before.comparing.length} comparison(s) without an outcome`
           )
         break
       case "Acked":
@@ -359,8 +376,7 @@ export class World<S> {
         this.stats.records++
         break
       case "BlockCompared":
-        this.wire.push({ seq: event.seq, kind: "compare", block: event.block, phase: 0, data: 0 })
-        this.stats.records++
+        this.wire.push({ kind: "compare", id: event.id, block: event.block, phase: 0, data: 0 })
         this.stats.compared++
         break
       case "BlockMatched":
@@ -381,10 +397,11 @@ export class World<S> {
   }
 
   /**
-   * The receiver's answer to a comparison of `block`: its newest version of the block,
-   * every record it accepted before the request applied, durable or not.
+   * The receiver's answer to a comparison of `block`, once every record it accepted before
+   * the request is durable and acked: its newest version of the block. (`beforeFlush`,
+   * what the durable replica held before that flush, is for broken variants.)
    */
-  protected receiverChecksum(block: number): number {
+  protected receiverChecksum(block: number, _beforeFlush: number): number {
     return this.newestVersion(block)
   }
 
@@ -443,6 +460,21 @@ export class World<S> {
   }
 
   private receive(record: WireRecord): void {
+    if (record.kind === "compare") {
+      // Answered in stream order, after every record accepted before it is durable and acked
+      // (during a gap: the records accepted before it; the gap report is already in the inbox).
+      const beforeFlush = this.durable[record.block]!
+      this.flush()
+      if (this.connected)
+        this.inbox.push({
+          _tag: "checksum",
+          id: record.id,
+          block: record.block,
+          value: this.receiverChecksum(record.block, beforeFlush),
+          through: this.durableSeq
+        })
+      return
+    }
     const kind = record.kind === "begin" ? "resync-begin" : record.kind === "end" ? "resync-end" : record.kind
     const { state, verdict } = Receiver.receive(
       this.receiver,
@@ -454,14 +486,6 @@ export class World<S> {
     if (verdict._tag === "Gap") this.inbox.push({ _tag: "gap", expected: verdict.expected })
     if (verdict._tag !== "Accept") return
     if (verdict.recoveryPoint) this.stats.recoveryPoints++
-    if (record.kind === "compare")
-      // Answered in stream order: every record accepted before it is in the version hashed.
-      this.inbox.push({
-        _tag: "checksum",
-        seq: record.seq,
-        block: record.block,
-        value: this.receiverChecksum(record.block)
-      })
     this.pending.push(record)
   }
 
@@ -532,7 +556,7 @@ export class World<S> {
         if (next !== undefined && (next.kind === "block" || next.kind === "compare")) {
           if (next.phase === 0) {
             next.data = next.kind === "block" ? this.disk[next.block]! : this.comparisonRead(next.block)
-            if (next.kind === "compare") this.reads.set(next.seq, next.data)
+            if (next.kind === "compare") this.reads.set(next.id, next.data)
             next.phase = 1
           } else {
             next.phase = 2
@@ -549,10 +573,12 @@ export class World<S> {
         const message = this.inbox.shift()
         if (message === undefined) break
         if (message._tag === "checksum") {
-          const read = this.reads.get(message.seq)
-          this.reads.delete(message.seq)
+          const read = this.reads.get(message.id)
+          this.reads.delete(message.id)
           if (read !== undefined)
-            this.input(Input.comparisonCompleted(message.seq, message.block, read === message.value))
+            this.input(
+              Input.comparisonCompleted(message.id, message.block, read === message.value, message.through)
+            )
         } else
           this.input(
             message._tag === "ack" ? Input.ackReceived(message.seq) : Input.gapReceived(message.expected)

@@ -8,7 +8,7 @@ import { Data, Either } from "effect"
 import * as Bitmap from "./Bitmap.js"
 import type { Config } from "./Config.js"
 import type * as Event from "./Event.js"
-import { Flight, blockRecord, compareRecord, markerRecord, writeRecord } from "./Flight.js"
+import { Flight, blockRecord, markerRecord, writeRecord } from "./Flight.js"
 import * as Geometry from "./Geometry.js"
 import type { Input } from "./Input.js"
 import * as State from "./State.js"
@@ -50,22 +50,22 @@ export class LinkAlreadyUp extends Data.TaggedError("LinkAlreadyUp")<{}> {
   }
 }
 
-export class ComparisonBeyondSent extends Data.TaggedError("ComparisonBeyondSent")<{
-  readonly seq: number
-  readonly nextSeq: number
+export class ComparisonBeyondDecided extends Data.TaggedError("ComparisonBeyondDecided")<{
+  readonly id: number
+  readonly compared: number
 }> {
   override get message() {
-    return `checksum for comparison ${this.seq}, but the last record sent is ${this.nextSeq - 1}`
+    return `outcome of comparison ${this.id}, but only ${this.compared} comparison(s) were decided`
   }
 }
 
 export class ComparisonWrongBlock extends Data.TaggedError("ComparisonWrongBlock")<{
-  readonly seq: number
+  readonly id: number
   readonly block: number
   readonly compared: number
 }> {
   override get message() {
-    return `checksum for comparison ${this.seq} names block ${this.block}, but that comparison is of block ${this.compared}`
+    return `outcome of comparison ${this.id} names block ${this.block}, but that comparison is of block ${this.compared}`
   }
 }
 
@@ -75,7 +75,7 @@ export type Rejection =
   | GapOutOfRange
   | ReceiverAhead
   | LinkAlreadyUp
-  | ComparisonBeyondSent
+  | ComparisonBeyondDecided
   | ComparisonWrongBlock
 
 // ---------------------------------------------------------------------------
@@ -87,15 +87,14 @@ export const markFlight = (flight: Flight, onto: Bitmap.Bitmap): Bitmap.Bitmap =
   return Bitmap.mutate(onto, (m) => {
     flight.forEach((r) => {
       if (r.kind === "write") m.setRange(r.first, r.last)
-      else if (r.kind === "block" || r.kind === "compare") m.set(r.block)
+      else if (r.kind === "block") m.set(r.block)
     })
   })
 }
 
 /**
  * The blocks the model counts as covered although they are not obligations: those of
- * unacked records (comparisons included) and of comparisons still waiting for their
- * outcome. Every block whose replica may differ from the disk is an obligation or here.
+ * unacked records and of comparisons still waiting for their outcome. Every block whose replica may differ from the disk is an obligation or here.
  */
 export const covered = (state: State.State): Bitmap.Bitmap => {
   const flight = markFlight(state.flight, Bitmap.empty(state.config.blockCount))
@@ -117,8 +116,8 @@ const remarkFlight = (state: State.State): Bitmap.Bitmap => {
   })
 }
 
-const withoutComparison = (state: State.State, seq: number): ReadonlyArray<State.Comparison> => {
-  const left = state.comparing.filter((c) => c.seq !== seq)
+const withoutComparison = (state: State.State, id: number): ReadonlyArray<State.Comparison> => {
+  const left = state.comparing.filter((c) => c.id !== id)
   return left.length === 0 ? State.noComparisons : left
 }
 
@@ -231,22 +230,23 @@ export const evolve = (state: State.State, event: Event.Event): State.State => {
       // Cleared as for BlockSent: the disk's block is read after this, and a later write marks it again.
       return State.make({
         ...state,
-        nextSeq: event.seq + 1,
-        flight: state.flight.push(compareRecord(event.block)),
         dirty: Bitmap.clear(state.dirty, event.block),
         draining: Bitmap.clear(state.draining, event.block),
         cursor: event.block + 1,
-        comparing: [...state.comparing, { seq: event.seq, block: event.block }]
+        comparing: [...state.comparing, { id: event.id, block: event.block, after: state.nextSeq - 1 }],
+        compared: event.id + 1
       })
     case "BlockMatched":
-      // Proven without a data record; the request stays in flight until acked (then it is believed).
-      return State.make({ ...state, comparing: withoutComparison(state, event.seq) })
+      // Proven without a data record: the receiver durably holds what the disk held when read.
+      return State.make({ ...state, comparing: withoutComparison(state, event.id) })
     case "BlockMismatched":
       return State.make({
         ...state,
         dirty: Bitmap.set(state.dirty, event.block),
-        comparing: withoutComparison(state, event.seq)
+        comparing: withoutComparison(state, event.id)
       })
+    case "BlockDiffered":
+      return State.make({ ...state, dirty: Bitmap.set(state.dirty, event.block) })
   }
 }
 
@@ -294,7 +294,7 @@ const none: ReadonlyArray<Event.Event> = []
 
 /**
  * The resync-complete rule (design §3): nothing dirty, nothing left in the pass, no block
- * record unacked; and no comparison without its outcome or unacked.
+ * record unacked; and no comparison without its outcome.
  */
 export const canResumeSync = (state: State.State): boolean =>
   state.mode === "resync" &&
@@ -303,8 +303,7 @@ export const canResumeSync = (state: State.State): boolean =>
   state.owed === null &&
   !State.hasObligations(state) &&
   state.flight.blockRecords === 0 &&
-  state.comparing.length === 0 &&
-  state.flight.comparisons === 0
+  state.comparing.length === 0
 
 const syncActivated = (state: State.State): Event.Event => ({
   type: "SyncActivated",
@@ -380,7 +379,7 @@ const pump = (batch: Batch, budget: number, compareFrom: number | undefined): vo
     let block = Bitmap.findNext(state.draining, state.cursor)
     if (block < 0) block = Bitmap.findNext(state.draining, 0)
     if (compareFrom !== undefined && owed >= compareFrom)
-      batch.emit({ type: "BlockCompared", seq: state.nextSeq, block })
+      batch.emit({ type: "BlockCompared", id: state.compared, block })
     else batch.emit({ type: "BlockSent", seq: state.nextSeq, block })
     owed--
     state = batch.state
@@ -390,8 +389,10 @@ const pump = (batch: Batch, budget: number, compareFrom: number | undefined): vo
 }
 
 /**
- * A comparison's outcome. A match settles the comparison (believed once its request is
- * acked); a mismatch makes the block an obligation and sends it at once, in the
+ * A comparison's outcome. The reply's `through` is an ack (the receiver acked it first).
+ * A match proves the block only if the receiver's answer covered every record sent before
+ * the request (`through` reaches the comparison's `after`: not so if one was lost on the
+ * way); otherwise, or on a mismatch, the block is owed again and sent at once, in the
  * comparison's window slot, so a block that differs is never compared again in a loop.
  */
 const compared = (
@@ -400,14 +401,18 @@ const compared = (
 ): Rejection | undefined => {
   const state = batch.state
   if (state.link === "down") return undefined // from a dead connection: the comparison was re-marked
-  if (input.seq >= state.nextSeq) return new ComparisonBeyondSent({ seq: input.seq, nextSeq: state.nextSeq })
-  const pending = State.comparisonAt(state, input.seq)
+  if (input.id >= state.compared)
+    return new ComparisonBeyondDecided({ id: input.id, compared: state.compared })
+  const pending = State.comparisonAt(state, input.id)
   if (pending === undefined) return undefined // stale: re-marked by a gap, or already answered
   if (pending.block !== input.block)
-    return new ComparisonWrongBlock({ seq: input.seq, block: input.block, compared: pending.block })
-  if (input.matched) batch.emit({ type: "BlockMatched", seq: input.seq, block: input.block })
+    return new ComparisonWrongBlock({ id: input.id, block: input.block, compared: pending.block })
+  if (input.through >= state.nextSeq) return new AckBeyondSent({ seq: input.through, nextSeq: state.nextSeq })
+  if (input.through > state.watermark) batch.emit({ type: "Acked", seq: input.through })
+  if (input.matched && input.through >= pending.after)
+    batch.emit({ type: "BlockMatched", id: input.id, block: input.block })
   else {
-    batch.emit({ type: "BlockMismatched", seq: input.seq, block: input.block })
+    batch.emit({ type: "BlockMismatched", id: input.id, block: input.block })
     // A pending comparison implies resync, link up and the marker sent (a loss or gap clears them all).
     batch.emit({ type: "BlockSent", seq: batch.state.nextSeq, block: input.block })
   }
@@ -472,6 +477,16 @@ export const decide = (
       const gap: Event.Event = { type: "DiscontinuityReported", expected: input.expected }
       if (state.mode === "resync") return Either.right([gap])
       return Either.right([gap, { type: "ResyncActivated", epoch: state.epoch + 1, reason: "discontinuity" }])
+    }
+    case "DifferenceFound": {
+      const g = state.config
+      const invalid = Geometry.validateRange(g, input.block * g.blockSize, g.blockSize)
+      if (invalid !== undefined) return Either.left(invalid)
+      if (State.isObligation(state, input.block)) return Either.right(none)
+      const differed: Event.Event = { type: "BlockDiffered", block: input.block }
+      if (state.mode === "resync") return Either.right([differed])
+      // As a congestion pull-ahead: records in flight stay in flight.
+      return Either.right([{ type: "ResyncActivated", epoch: state.epoch + 1, reason: "verify" }, differed])
     }
     default: {
       const batch = new Batch(state)

@@ -21,7 +21,9 @@ export const ResyncReason = Schema.Literal(
   "discontinuity",
   "congestion",
   "receiver-rollback",
-  "initial"
+  "initial",
+  // Trace version 2: an online verify found a block that differs (`BlockDiffered`).
+  "verify"
 )
 export type ResyncReason = typeof ResyncReason.Type
 
@@ -81,29 +83,34 @@ export type DiscontinuityReported = typeof DiscontinuityReported.Type
 // Trace version 2: checksum-based resync (docs/model.md, "Comparisons").
 
 /**
- * Instead of sending an obligated block, the filter compares it: a record `seq` asks the
- * receiver for a strong checksum of its newest version of `block`, to compare with the
- * disk's block as read after this decision. The block leaves the obligations here, as
- * with `BlockSent`; a write completing afterwards marks it again.
+ * Instead of sending an obligated block, the filter compares it: comparison `id` asks
+ * the receiver for a strong checksum of its newest version of `block` (not a record: it
+ * takes no seq), to compare with the disk's block as read after this decision. The block
+ * leaves the obligations here, as with `BlockSent`; a write completing afterwards marks
+ * it again.
  */
 export const BlockCompared = Schema.Struct({
   type: Schema.Literal("BlockCompared"),
-  seq: Count,
+  id: Count,
   block: Count
 })
 export type BlockCompared = typeof BlockCompared.Type
 
-/** Comparison `seq` matched: the receiver holds the block as read (believed once `seq` is acked). */
-export const BlockMatched = Schema.Struct({ type: Schema.Literal("BlockMatched"), seq: Count, block: Count })
+/** Comparison `id` matched: the receiver durably holds the block as read. */
+export const BlockMatched = Schema.Struct({ type: Schema.Literal("BlockMatched"), id: Count, block: Count })
 export type BlockMatched = typeof BlockMatched.Type
 
-/** Comparison `seq` did not match: the block is an obligation again. */
+/** Comparison `id` did not match: the block is an obligation again. */
 export const BlockMismatched = Schema.Struct({
   type: Schema.Literal("BlockMismatched"),
-  seq: Count,
+  id: Count,
   block: Count
 })
 export type BlockMismatched = typeof BlockMismatched.Type
+
+/** An online verify found the replica's `block` differs from the disk's: an obligation again (resync mode). */
+export const BlockDiffered = Schema.Struct({ type: Schema.Literal("BlockDiffered"), block: Count })
+export type BlockDiffered = typeof BlockDiffered.Type
 
 export const Event = Schema.Union(
   WriteStreamed,
@@ -119,7 +126,8 @@ export const Event = Schema.Union(
   DiscontinuityReported,
   BlockCompared,
   BlockMatched,
-  BlockMismatched
+  BlockMismatched,
+  BlockDiffered
 )
 export type Event = typeof Event.Type
 export type EventType = Event["type"]
@@ -139,11 +147,12 @@ export const eventTypesV1: ReadonlyArray<EventType> = [
   "DiscontinuityReported"
 ]
 
-/** The event types version 2 adds: checksum-based resync. */
+/** The event types version 2 adds: checksum-based resync and online verify. */
 export const comparisonEventTypes: ReadonlyArray<EventType> = [
   "BlockCompared",
   "BlockMatched",
-  "BlockMismatched"
+  "BlockMismatched",
+  "BlockDiffered"
 ]
 
 /** Every event type (the newest trace version). */
@@ -155,7 +164,16 @@ export const latestTraceVersion: TraceVersion = 2
 
 /** The first trace version that has events of this type. */
 export const versionOf = (type: EventType): TraceVersion =>
-  type === "BlockCompared" || type === "BlockMatched" || type === "BlockMismatched" ? 2 : 1
+  type === "BlockCompared" ||
+  type === "BlockMatched" ||
+  type === "BlockMismatched" ||
+  type === "BlockDiffered"
+    ? 2
+    : 1
+
+/** The first trace version that has this event (a type, or a `ResyncActivated` reason, it introduced). */
+export const versionOfEvent = (event: Event): TraceVersion =>
+  event.type === "ResyncActivated" ? (event.reason === "verify" ? 2 : 1) : versionOf(event.type)
 
 /** The schema of one event type, for decoding with precise errors once the type is known. */
 export const schemaOf: { readonly [K in EventType]: Schema.Schema<Extract<Event, { type: K }>> } = {
@@ -172,7 +190,8 @@ export const schemaOf: { readonly [K in EventType]: Schema.Schema<Extract<Event,
   DiscontinuityReported,
   BlockCompared,
   BlockMatched,
-  BlockMismatched
+  BlockMismatched,
+  BlockDiffered
 }
 
 /** Whether the event is a record on the wire (it consumes a sequence number). */
@@ -182,7 +201,6 @@ export const recordSeq = (event: Event): number | undefined => {
     case "ResyncBegun":
     case "BlockSent":
     case "SyncActivated":
-    case "BlockCompared":
       return event.seq
     default:
       return undefined

@@ -15,8 +15,6 @@ export type FlightRecord =
   | { readonly kind: "block"; readonly block: number }
   /** A resync-begin or resync-end marker: covers no block. */
   | { readonly kind: "marker" }
-  /** A comparison request (trace version 2): its block stays covered until it is acked. */
-  | { readonly kind: "compare"; readonly block: number }
 
 export const writeRecord = (first: number, last: number, bytes: number): FlightRecord => ({
   kind: "write",
@@ -26,7 +24,6 @@ export const writeRecord = (first: number, last: number, bytes: number): FlightR
 })
 export const blockRecord = (block: number): FlightRecord => ({ kind: "block", block })
 export const markerRecord: FlightRecord = { kind: "marker" }
-export const compareRecord = (block: number): FlightRecord => ({ kind: "compare", block })
 
 export class Flight {
   constructor(
@@ -39,9 +36,7 @@ export class Flight {
     /** Sum of `bytes` over live write records in flight (the congestion measure). */
     readonly liveBytes: number,
     /** Number of block records in flight (drain window and the sync rule). */
-    readonly blockRecords: number,
-    /** Number of comparison requests in flight (the sync rule: a match is believed once acked). */
-    readonly comparisons: number = 0
+    readonly blockRecords: number
   ) {}
 
   get size(): number {
@@ -74,8 +69,7 @@ export class Flight {
       start + (this.end - this.start) + 1,
       this.firstSeq,
       record.kind === "write" ? this.liveBytes + record.bytes : this.liveBytes,
-      record.kind === "block" ? this.blockRecords + 1 : this.blockRecords,
-      record.kind === "compare" ? this.comparisons + 1 : this.comparisons
+      record.kind === "block" ? this.blockRecords + 1 : this.blockRecords
     )
   }
 
@@ -85,12 +79,10 @@ export class Flight {
     if (n === 0) return this
     let liveBytes = this.liveBytes
     let blockRecords = this.blockRecords
-    let comparisons = this.comparisons
     for (let i = this.start; i < this.start + n; i++) {
       const r = this.log[i]!
       if (r.kind === "write") liveBytes -= r.bytes
       else if (r.kind === "block") blockRecords--
-      else if (r.kind === "compare") comparisons--
     }
     let log = this.log
     let start = this.start + n
@@ -101,7 +93,7 @@ export class Flight {
       end -= start
       start = 0
     }
-    return new Flight(log, start, end, this.firstSeq + n, liveBytes, blockRecords, comparisons)
+    return new Flight(log, start, end, this.firstSeq + n, liveBytes, blockRecords)
   }
 
   /** Visits the records in seq order. */
@@ -115,7 +107,7 @@ export class Flight {
 
   /** No record in flight; the next one will carry `nextSeq`. */
   static empty(nextSeq: number): Flight {
-    return new Flight([], 0, 0, nextSeq, 0, 0, 0)
+    return new Flight([], 0, 0, nextSeq, 0, 0)
   }
 
   static fromArray(firstSeq: number, records: ReadonlyArray<FlightRecord>): Flight {

@@ -36,15 +36,25 @@ export const PumpTick = Schema.TaggedStruct("PumpTick", {
 export type PumpTick = typeof PumpTick.Type
 
 /**
- * The receiver's checksum for comparison `seq` (of `block`) arrived and was compared
+ * The receiver's checksum for comparison `id` (of `block`) arrived and was compared
  * with the checksum of the disk's block as read after the comparison was decided.
+ * `through`: the receiver's log held every record through it, durably, and none after
+ * it, when it answered (it acked them first).
  */
 export const ComparisonCompleted = Schema.TaggedStruct("ComparisonCompleted", {
-  seq: Count,
+  id: Count,
   block: Count,
-  matched: Schema.Boolean
+  matched: Schema.Boolean,
+  through: Count
 })
 export type ComparisonCompleted = typeof ComparisonCompleted.Type
+
+/**
+ * An online verify found that the receiver's version of `block` differs from the disk's
+ * at a point where they must match: the block is to be sent again.
+ */
+export const DifferenceFound = Schema.TaggedStruct("DifferenceFound", { block: Count })
+export type DifferenceFound = typeof DifferenceFound.Type
 
 export const Input = Schema.Union(
   WriteCompleted,
@@ -53,7 +63,8 @@ export const Input = Schema.Union(
   GapReceived,
   LinkReestablished,
   PumpTick,
-  ComparisonCompleted
+  ComparisonCompleted,
+  DifferenceFound
 )
 export type Input = typeof Input.Type
 
@@ -68,9 +79,11 @@ export const gapReceived = (expected: number): Input => ({ _tag: "GapReceived", 
 export const linkReestablished = (receiverSeq: number): Input => ({ _tag: "LinkReestablished", receiverSeq })
 export const pumpTick = (budget: number, compareFrom?: number): Input =>
   compareFrom === undefined ? { _tag: "PumpTick", budget } : { _tag: "PumpTick", budget, compareFrom }
-export const comparisonCompleted = (seq: number, block: number, matched: boolean): Input => ({
+export const comparisonCompleted = (id: number, block: number, matched: boolean, through: number): Input => ({
   _tag: "ComparisonCompleted",
-  seq,
+  id,
   block,
-  matched
+  matched,
+  through
 })
+export const differenceFound = (block: number): Input => ({ _tag: "DifferenceFound", block })

@@ -33,6 +33,7 @@ export type Rule =
   | "owed-at-end"
   | "not-quiescent"
   // trace version 2: checksum-based resync
+  | "comparison-id-not-next"
   | "comparison-unknown"
   | "comparison-outstanding"
   | "comparison-unacked"
@@ -83,9 +84,9 @@ export const describeState = (state: State.State): Record<string, unknown> => {
     owed: state.owed
   }
   // Only where comparisons happened (trace version 2): a version 1 picture is as it was.
-  if (state.comparing.length > 0 || state.flight.comparisons > 0) {
-    picture.comparisonsUnacked = state.flight.comparisons
-    picture.comparing = state.comparing.slice(0, 16).map((c) => [c.seq, c.block])
+  if (state.compared > 0) {
+    picture.compared = state.compared
+    picture.comparing = state.comparing.slice(0, 16).map((c) => [c.id, c.block, c.after])
   }
   return picture
 }
@@ -147,26 +148,32 @@ const blockInvalid = (state: State.State, event: Event.Event, block: number): Vi
 /** An outcome must answer a comparison decided and not yet answered, of the same block. */
 const comparisonUnknown = (
   state: State.State,
-  event: Event.Event,
-  seq: number,
-  block: number
+  event: Event.BlockMatched | Event.BlockMismatched
 ): Violation | undefined => {
-  const pending = State.comparisonAt(state, seq)
+  const pending = State.comparisonAt(state, event.id)
   if (pending === undefined)
     return violation(
       "comparison-unknown",
-      `no comparison ${seq} is waiting for its outcome (never decided, already answered, or re-marked by a loss or gap)`,
+      `no comparison ${event.id} is waiting for its outcome (never decided, already answered, or re-marked by a loss or gap)`,
       event,
       state
     )
-  return pending.block === block
-    ? undefined
-    : violation(
-        "comparison-unknown",
-        `comparison ${seq} is of block ${pending.block}, not block ${block}`,
+  if (pending.block !== event.block)
+    return violation(
+      "comparison-unknown",
+      `comparison ${event.id} is of block ${pending.block}, not block ${event.block}`,
+      event,
+      state
+    )
+  // The receiver answers from durable records only, after acking them: a match ahead of that ack is believed too early.
+  return event.type === "BlockMatched" && state.watermark < pending.after
+    ? violation(
+        "comparison-unacked",
+        `comparison ${event.id} matched while record ${pending.after}, sent before it, is unacked (watermark ${state.watermark})`,
         event,
         state
       )
+    : undefined
 }
 
 /** `undefined` when `event` may follow `state`; otherwise the first rule it breaks. */
@@ -279,12 +286,21 @@ export const check = (state: State.State, event: Event.Event): Violation | undef
               event,
               state
             )) ??
-        seqNotNext(state, event, event.seq) ??
+        (event.id === state.compared
+          ? undefined
+          : violation(
+              "comparison-id-not-next",
+              `comparison id ${event.id}, but ${state.compared} comparison(s) were decided (ids count up from 0)`,
+              event,
+              state
+            )) ??
         blockInvalid(state, event, event.block)
       )
     case "BlockMatched":
     case "BlockMismatched":
-      return linkDown(state, event) ?? comparisonUnknown(state, event, event.seq, event.block)
+      return linkDown(state, event) ?? comparisonUnknown(state, event)
+    case "BlockDiffered":
+      return notResync(state, event) ?? blockInvalid(state, event, event.block)
     case "SyncActivated":
       return (
         notResync(state, event) ??
@@ -314,14 +330,6 @@ export const check = (state: State.State, event: Event.Event): Violation | undef
           ? violation(
               "comparison-outstanding",
               `sync resumed with ${state.comparing.length} comparison(s) waiting for their outcome`,
-              event,
-              state
-            )
-          : undefined) ??
-        (state.flight.comparisons > 0
-          ? violation(
-              "comparison-unacked",
-              `sync resumed with ${state.flight.comparisons} comparison(s) unacked: a match is believed only once acked`,
               event,
               state
             )

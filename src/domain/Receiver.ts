@@ -4,8 +4,7 @@
  * Shared by the simulated world, the in-memory receiver and the TCP service.
  */
 
-/** `compare`: a comparison request (checksum-based resync): in sequence like a block record, and answered from the newest version the receiver holds. */
-export type RecordKind = "write" | "block" | "resync-begin" | "resync-end" | "compare"
+export type RecordKind = "write" | "block" | "resync-begin" | "resync-end"
 
 export interface ReceiverState {
   /** Seq of the next record the receiver will accept. */
@@ -63,7 +62,6 @@ export const receive = (
     case "write":
       return { state: { ...state, expected: seq + 1 }, verdict: accept(!state.inResync) }
     case "block":
-    case "compare":
       return { state: { ...state, expected: seq + 1 }, verdict: accept(false) }
     case "resync-begin":
     case "resync-end":

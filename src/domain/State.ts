@@ -9,10 +9,14 @@ import { Flight, type FlightRecord } from "./Flight.js"
 
 export type Mode = "sync" | "resync"
 
-/** A comparison decided and not yet answered (trace version 2): its request's seq and block. */
+/**
+ * A comparison decided and not yet answered (trace version 2): its `id`, its block, and
+ * `after`, the last record sent before it (a match is believed only once that is acked).
+ */
 export interface Comparison {
-  readonly seq: number
+  readonly id: number
   readonly block: number
+  readonly after: number
 }
 export type Link = "up" | "down"
 
@@ -44,10 +48,12 @@ export interface State {
   /** A `ResyncActivated` the next event must be (forced by a loss in sync mode or a receiver rollback). */
   readonly owed: ResyncReason | null
   /**
-   * Comparisons decided whose outcome has not arrived, in seq order. Their blocks count
+   * Comparisons decided whose outcome has not arrived, in id order. Their blocks count
    * as covered (like blocks of unacked records) until the outcome settles them.
    */
   readonly comparing: ReadonlyArray<Comparison>
+  /** Comparisons decided so far: the next one's id. */
+  readonly compared: number
 }
 
 export const make = (fields: State): State => ({
@@ -64,7 +70,8 @@ export const make = (fields: State): State => ({
   cursor: fields.cursor,
   markerSent: fields.markerSent,
   owed: fields.owed,
-  comparing: fields.comparing
+  comparing: fields.comparing,
+  compared: fields.compared
 })
 
 export const noComparisons: ReadonlyArray<Comparison> = []
@@ -85,7 +92,8 @@ export const initial = (config: Config): State =>
     cursor: 0,
     markerSent: false,
     owed: null,
-    comparing: noComparisons
+    comparing: noComparisons,
+    compared: 0
   })
 
 /** The obligations: blocks the receiver may lack that no unacked record will deliver. */
@@ -109,9 +117,9 @@ export const isQuiescent = (state: State): boolean =>
   state.owed === null &&
   state.comparing.length === 0
 
-/** The pending comparison with request `seq`, if any. */
-export const comparisonAt = (state: State, seq: number): Comparison | undefined => {
-  for (const c of state.comparing) if (c.seq === seq) return c
+/** The pending comparison `id`, if any. */
+export const comparisonAt = (state: State, id: number): Comparison | undefined => {
+  for (const c of state.comparing) if (c.id === id) return c
   return undefined
 }
 
@@ -124,11 +132,6 @@ const FlightRecordSchema = Schema.Union(
   Schema.Struct({ kind: Schema.Literal("write"), first: Count, last: Count, bytes: Count }),
   Schema.Struct({ kind: Schema.Literal("block"), block: Count }),
   Schema.Struct({ kind: Schema.Literal("marker") })
-)
-
-const FlightRecordSchemaV2 = Schema.Union(
-  FlightRecordSchema,
-  Schema.Struct({ kind: Schema.Literal("compare"), block: Count })
 )
 
 const fieldsV1 = {
@@ -150,21 +153,22 @@ const fieldsV1 = {
 }
 
 /**
- * Version 2 holds comparisons (checksum-based resync). A state without any is written
- * as version 1, byte for byte as before, so journals that never compare do not change.
+ * Version 2 holds comparisons (checksum-based resync): those waiting as `[id, block,
+ * after]`, and the count decided. A state that never compared is written as version 1,
+ * byte for byte as before, so journals that never compare do not change.
  */
 export const Snapshot = Schema.Union(
   Schema.Struct(fieldsV1),
   Schema.Struct({
     ...fieldsV1,
     version: Schema.Literal(2),
-    flight: Schema.Array(FlightRecordSchemaV2),
-    comparing: Schema.Array(Schema.Tuple(Count, Count))
+    comparing: Schema.Array(Schema.Tuple(Count, Count, Count)),
+    compared: Count
   })
 )
 export type Snapshot = typeof Snapshot.Type
 
-/** The version 1 fields (the flight as it is: version 2 allows comparison records in it). */
+/** The version 1 fields. */
 const toSnapshotV1 = (state: State) => ({
   version: 1 as const,
   // Fixed key order: snapshots of equal states are equal as JSON text.
@@ -192,9 +196,13 @@ const toSnapshotV1 = (state: State) => ({
 
 export const toSnapshot = (state: State): Snapshot => {
   const v1 = toSnapshotV1(state)
-  if (state.comparing.length === 0 && state.flight.comparisons === 0)
-    return v1 as Snapshot & { readonly version: 1 }
-  return { ...v1, version: 2, comparing: state.comparing.map((c) => [c.seq, c.block] as const) }
+  if (state.compared === 0) return v1 as Snapshot & { readonly version: 1 }
+  return {
+    ...v1,
+    version: 2,
+    comparing: state.comparing.map((c) => [c.id, c.block, c.after] as const),
+    compared: state.compared
+  }
 }
 
 export const fromSnapshot = (snapshot: Snapshot): State =>
@@ -213,7 +221,10 @@ export const fromSnapshot = (snapshot: Snapshot): State =>
     markerSent: snapshot.markerSent,
     owed: snapshot.owed,
     comparing:
-      snapshot.version === 1 ? noComparisons : snapshot.comparing.map(([seq, block]) => ({ seq, block }))
+      snapshot.version === 1 || snapshot.comparing.length === 0
+        ? noComparisons
+        : snapshot.comparing.map(([id, block, after]) => ({ id, block, after })),
+    compared: snapshot.version === 1 ? 0 : snapshot.compared
   })
 
 const isConfig = Schema.is(Config)
@@ -227,11 +238,9 @@ const hasExactly = (value: unknown, keys: number): value is Record<string, unkno
   return n === keys
 }
 
-const isFlightRecord = (r: unknown, version: 1 | 2): boolean => {
+const isFlightRecord = (r: unknown): boolean => {
   if (typeof r !== "object" || r === null) return false
   switch ((r as { readonly kind?: unknown }).kind) {
-    case "compare":
-      return version === 2 && hasExactly(r, 2) && isCount(r.block)
     case "write":
       return hasExactly(r, 4) && isCount(r.first) && isCount(r.last) && isCount(r.bytes)
     case "block":
@@ -249,9 +258,9 @@ const isRuns = (runs: unknown): boolean =>
 
 const SNAPSHOT_KEYS = 15
 
-const isComparisons = (pairs: unknown): boolean =>
-  Array.isArray(pairs) &&
-  pairs.every((pair) => Array.isArray(pair) && pair.length === 2 && isCount(pair[0]) && isCount(pair[1]))
+const isComparisons = (triples: unknown): boolean =>
+  Array.isArray(triples) &&
+  triples.every((t) => Array.isArray(t) && t.length === 3 && isCount(t[0]) && isCount(t[1]) && isCount(t[2]))
 
 /**
  * Whether `snapshot` is what the `Snapshot` schema accepts, with no key it would drop:
@@ -264,8 +273,8 @@ export const isWellFormedSnapshot = (snapshot: Snapshot): boolean => {
   const version = (s as { readonly version?: unknown }).version
   if (version !== 1 && version !== 2) return false
   return (
-    hasExactly(s, version === 1 ? SNAPSHOT_KEYS : SNAPSHOT_KEYS + 1) &&
-    (version === 1 || isComparisons(s.comparing)) &&
+    hasExactly(s, version === 1 ? SNAPSHOT_KEYS : SNAPSHOT_KEYS + 2) &&
+    (version === 1 || (isComparisons(s.comparing) && isCount(s.compared))) &&
     hasExactly(s.config, 5) &&
     isConfig(s.config) &&
     (s.mode === "sync" || s.mode === "resync") &&
@@ -276,7 +285,7 @@ export const isWellFormedSnapshot = (snapshot: Snapshot): boolean => {
     isCount(s.relied) &&
     isCount(s.flightFirstSeq) &&
     Array.isArray(s.flight) &&
-    s.flight.every((r) => isFlightRecord(r, version)) &&
+    s.flight.every(isFlightRecord) &&
     isRuns(s.dirty) &&
     isRuns(s.draining) &&
     isCount(s.cursor) &&

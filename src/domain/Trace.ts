@@ -111,7 +111,7 @@ export const encodeHeader = (
 
 /** The oldest trace version that has every one of these events. */
 export const versionFor = (events: Iterable<Event.Event>): Event.TraceVersion => {
-  for (const e of events) if (Event.versionOf(e.type) === 2) return 2
+  for (const e of events) if (Event.versionOfEvent(e) === 2) return 2
   return 1
 }
 
@@ -217,17 +217,18 @@ const fields: { readonly [K in Event.EventType]: ReadonlyArray<readonly [string,
   ],
   DiscontinuityReported: [["expected", "count"]],
   BlockCompared: [
-    ["seq", "count"],
+    ["id", "count"],
     ["block", "count"]
   ],
   BlockMatched: [
-    ["seq", "count"],
+    ["id", "count"],
     ["block", "count"]
   ],
   BlockMismatched: [
-    ["seq", "count"],
+    ["id", "count"],
     ["block", "count"]
-  ]
+  ],
+  BlockDiffered: [["block", "count"]]
 }
 const resyncReasons: ReadonlySet<unknown> = new Set(Event.ResyncReason.literals)
 
@@ -308,6 +309,15 @@ export const decodeEvent = (
         )
       event[name] = value
     }
+    if (Event.versionOfEvent(event as Event.Event) > version)
+      return Either.left(
+        new TraceError({
+          line,
+          kind: "wrong-type",
+          detail: `reason ${JSON.stringify(obj.reason)} needs trace version 2, but the header says version ${version}`,
+          text: excerpt(text)
+        })
+      )
     return Either.right(event as Event.Event)
   })
 
@@ -459,9 +469,9 @@ export const decodeEventBytes = (
   to = bytes.length,
   version: Event.TraceVersion = Event.latestTraceVersion
 ): Event.Event | TraceError => {
-  // The flat scanner knows the version 1 types only: every version has them.
+  // The flat scanner knows the version 1 types only (and reasons of every version: a later one goes the long way).
   const event = decodeFlat(bytes, from, to)
-  if (event !== undefined) return event
+  if (event !== undefined && Event.versionOfEvent(event) <= version) return event
   const general = decodeEvent(utf8.decode(bytes.subarray(from, to)), line, version)
   return Either.isRight(general) ? general.right : general.left
 }

@@ -28,15 +28,25 @@ const example = [
   '{"type":"LinkRestored","receiverSeq":1}',
   '{"type":"ResyncBegun","epoch":1,"seq":2}',
   '{"type":"PassStarted","epoch":1,"blocks":2}',
-  '{"type":"BlockCompared","seq":3,"block":1}', // line 10
-  '{"type":"BlockCompared","seq":4,"block":2}',
-  '{"type":"BlockMatched","seq":3,"block":1}',
-  '{"type":"BlockMismatched","seq":4,"block":2}',
-  '{"type":"BlockSent","seq":5,"block":2}',
+  '{"type":"BlockCompared","id":0,"block":1}', // line 10
+  '{"type":"BlockCompared","id":1,"block":2}',
+  '{"type":"Acked","seq":2}',
+  '{"type":"BlockMatched","id":0,"block":1}',
+  '{"type":"BlockMismatched","id":1,"block":2}',
+  '{"type":"BlockSent","seq":3,"block":2}',
+  '{"type":"Acked","seq":3}',
+  '{"type":"SyncActivated","epoch":1,"seq":4}',
+  '{"type":"WriteStreamed","seq":5,"offset":8192,"length":512}',
   '{"type":"Acked","seq":5}',
-  '{"type":"SyncActivated","epoch":1,"seq":6}',
-  '{"type":"WriteStreamed","seq":7,"offset":8192,"length":512}',
-  '{"type":"Acked","seq":7}'
+  // An online verify finds block 3 differs: resync, the block sent, back to sync.
+  '{"type":"ResyncActivated","epoch":2,"reason":"verify"}', // line 20
+  '{"type":"BlockDiffered","block":3}',
+  '{"type":"ResyncBegun","epoch":2,"seq":6}',
+  '{"type":"PassStarted","epoch":2,"blocks":1}',
+  '{"type":"BlockSent","seq":7,"block":3}',
+  '{"type":"Acked","seq":7}',
+  '{"type":"SyncActivated","epoch":2,"seq":8}',
+  '{"type":"Acked","seq":8}'
 ]
 
 /** Lines 1–9 of the example, then `rest` (one block, block 1, owed unless the write is widened). */
@@ -63,8 +73,8 @@ describe("trace version 2", () => {
   it("the example checks valid, quiescent", async () => {
     expect(await checked(example.join("\n"), true)).toMatchObject({
       valid: true,
-      summary: { events: 17, epochs: 1, modeChanges: 2, finalMode: "sync" },
-      lines: 18
+      summary: { events: 26, epochs: 2, modeChanges: 4, finalMode: "sync" },
+      lines: 27
     })
   })
 
@@ -78,19 +88,19 @@ describe("trace version 2", () => {
     expect(JSON.parse(run.stdout)).toMatchObject({ valid: false, line: 10, rule: "unknown-type" })
     const ok = await cdpSync(["check-trace", files.write("v2.jsonl", example.join("\n")), "--quiescent"])
     expect(ok.code).toBe(0)
-    expect(ok.stdout).toMatch(/^valid: 17 events/)
+    expect(ok.stdout).toMatch(/^valid: 26 events/)
   }, 60_000)
 
   const cases: ReadonlyArray<readonly [string, string, number, string]> = [
     [
       "a mismatch makes the block owed again: sync without sending it",
       after9([
-        '{"type":"BlockCompared","seq":3,"block":1}',
-        '{"type":"BlockCompared","seq":4,"block":2}',
-        '{"type":"BlockMatched","seq":3,"block":1}',
-        '{"type":"BlockMismatched","seq":4,"block":2}',
-        '{"type":"Acked","seq":4}',
-        '{"type":"SyncActivated","epoch":1,"seq":5}'
+        '{"type":"BlockCompared","id":0,"block":1}',
+        '{"type":"BlockCompared","id":1,"block":2}',
+        '{"type":"Acked","seq":2}',
+        '{"type":"BlockMatched","id":0,"block":1}',
+        '{"type":"BlockMismatched","id":1,"block":2}',
+        '{"type":"SyncActivated","epoch":1,"seq":3}'
       ]),
       15,
       "obligations-left"
@@ -98,64 +108,56 @@ describe("trace version 2", () => {
     [
       "sync while a comparison has no outcome",
       after9([
-        '{"type":"BlockCompared","seq":3,"block":1}',
-        '{"type":"BlockCompared","seq":4,"block":2}',
-        '{"type":"BlockMatched","seq":3,"block":1}',
-        '{"type":"Acked","seq":4}',
-        '{"type":"SyncActivated","epoch":1,"seq":5}'
+        '{"type":"BlockCompared","id":0,"block":1}',
+        '{"type":"BlockCompared","id":1,"block":2}',
+        '{"type":"Acked","seq":2}',
+        '{"type":"BlockMatched","id":0,"block":1}',
+        '{"type":"SyncActivated","epoch":1,"seq":3}'
       ]),
       14,
       "comparison-outstanding"
     ],
     [
-      "sync while a matched comparison is unacked",
+      "a match before the records sent ahead of the request are acked",
+      after9(['{"type":"BlockCompared","id":0,"block":1}', '{"type":"BlockMatched","id":0,"block":1}'], true),
+      11,
+      "comparison-unacked"
+    ],
+    [
+      "a match waiting for its outcome proves nothing once the link is lost",
       after9(
         [
-          '{"type":"BlockCompared","seq":3,"block":1}',
-          '{"type":"BlockMatched","seq":3,"block":1}',
+          '{"type":"BlockCompared","id":0,"block":1}',
+          '{"type":"LinkLost","reason":"connection-lost"}',
+          '{"type":"LinkRestored","receiverSeq":2}',
+          '{"type":"ResyncBegun","epoch":1,"seq":3}',
+          '{"type":"Acked","seq":3}',
           '{"type":"SyncActivated","epoch":1,"seq":4}'
         ],
         true
       ),
-      12,
-      "comparison-unacked"
-    ],
-    [
-      "a match on an unacked request proves nothing once the link is lost",
-      after9(
-        [
-          '{"type":"BlockCompared","seq":3,"block":1}',
-          '{"type":"BlockMatched","seq":3,"block":1}',
-          '{"type":"LinkLost","reason":"connection-lost"}',
-          '{"type":"LinkRestored","receiverSeq":2}',
-          '{"type":"ResyncBegun","epoch":1,"seq":4}',
-          '{"type":"Acked","seq":4}',
-          '{"type":"SyncActivated","epoch":1,"seq":5}'
-        ],
-        true
-      ),
-      16,
+      15,
       "obligations-left"
     ],
     [
       "an outcome for a comparison never decided",
-      after9(['{"type":"BlockCompared","seq":3,"block":1}', '{"type":"BlockMatched","seq":9,"block":1}']),
+      after9(['{"type":"BlockCompared","id":0,"block":1}', '{"type":"BlockMismatched","id":9,"block":1}']),
       11,
       "comparison-unknown"
     ],
     [
       "an outcome naming another block",
-      after9(['{"type":"BlockCompared","seq":3,"block":1}', '{"type":"BlockMismatched","seq":3,"block":7}']),
+      after9(['{"type":"BlockCompared","id":0,"block":1}', '{"type":"BlockMismatched","id":0,"block":7}']),
       11,
       "comparison-unknown"
     ],
     [
       "an outcome after a gap re-marked the comparison",
       after9([
-        '{"type":"BlockCompared","seq":3,"block":1}',
-        '{"type":"BlockSent","seq":4,"block":2}',
+        '{"type":"BlockSent","seq":3,"block":2}',
+        '{"type":"BlockCompared","id":0,"block":1}',
         '{"type":"DiscontinuityReported","expected":3}',
-        '{"type":"BlockMatched","seq":3,"block":1}'
+        '{"type":"BlockMatched","id":0,"block":1}'
       ]),
       13,
       "comparison-unknown"
@@ -163,36 +165,54 @@ describe("trace version 2", () => {
     [
       "an outcome while the link is down",
       after9([
-        '{"type":"BlockCompared","seq":3,"block":1}',
+        '{"type":"BlockCompared","id":0,"block":1}',
         '{"type":"LinkLost","reason":"ack-timeout"}',
-        '{"type":"BlockMatched","seq":3,"block":1}'
+        '{"type":"BlockMatched","id":0,"block":1}'
       ]),
       12,
       "link-down"
     ],
     [
       "a comparison before the resync-begin marker",
-      [...example.slice(0, 7), '{"type":"BlockCompared","seq":2,"block":1}'].join("\n"),
+      [...example.slice(0, 7), '{"type":"BlockCompared","id":0,"block":1}'].join("\n"),
       8,
       "marker-not-sent"
     ],
     [
       "a comparison in sync mode",
-      [header(2), '{"type":"BlockCompared","seq":1,"block":1}'].join("\n"),
+      [header(2), '{"type":"BlockCompared","id":0,"block":1}'].join("\n"),
       2,
       "mode-not-resync"
     ],
     [
-      "a comparison that skips a seq",
-      after9(['{"type":"BlockCompared","seq":4,"block":1}']),
-      10,
-      "seq-not-next"
+      "a comparison id that does not count up",
+      after9(['{"type":"BlockCompared","id":0,"block":1}', '{"type":"BlockCompared","id":2,"block":2}']),
+      11,
+      "comparison-id-not-next"
     ],
     [
       "a comparison of a block off the disk",
-      after9(['{"type":"BlockCompared","seq":3,"block":1024}']),
+      after9(['{"type":"BlockCompared","id":0,"block":1024}']),
       10,
       "block-invalid"
+    ],
+    [
+      "a verify difference in sync mode, without a resync",
+      [header(2), '{"type":"BlockDiffered","block":3}'].join("\n"),
+      2,
+      "mode-not-resync"
+    ],
+    [
+      "a verify difference marks the block: sync without sending it",
+      [
+        header(2),
+        '{"type":"ResyncActivated","epoch":1,"reason":"verify"}',
+        '{"type":"BlockDiffered","block":3}',
+        '{"type":"ResyncBegun","epoch":1,"seq":1}',
+        '{"type":"SyncActivated","epoch":1,"seq":2}'
+      ].join("\n"),
+      5,
+      "obligations-left"
     ]
   ]
   for (const [what, trace, line, rule] of cases)
@@ -200,10 +220,15 @@ describe("trace version 2", () => {
       expect(await checked(trace)).toMatchObject({ valid: false, line, rule })
     })
 
-  it("a comparison's picture of the model names the comparisons waiting and unacked", async () => {
+  it("a comparison's picture of the model names the comparisons waiting", async () => {
     const outcome = await checked(cases[1]![1])
-    expect(!outcome.valid && outcome.state).toMatchObject({ comparisonsUnacked: 0, comparing: [[4, 2]] })
-    expect(CheckTrace.render(outcome)).toMatch(/comparisons: 0 unacked, 1 waiting \(seq 4: block 2\)/)
+    expect(!outcome.valid && outcome.state).toMatchObject({ compared: 2, comparing: [[1, 2, 2]] })
+    expect(CheckTrace.render(outcome)).toMatch(/comparisons: 2 decided, 1 waiting \(1: block 2 after seq 2\)/)
+  })
+
+  it("the verify reason under a version 1 header is refused on its line", async () => {
+    const v1 = [header(1), '{"type":"ResyncActivated","epoch":1,"reason":"verify"}'].join("\n")
+    expect(await checked(v1)).toMatchObject({ valid: false, line: 2 })
   })
 })
 
@@ -223,14 +248,14 @@ describe("the kit with comparisons", () => {
       start: (config) => ({ state: Decider.initialState(config) }),
       feed: (box, input) => {
         const pending =
-          input._tag === "ComparisonCompleted" ? State.comparisonAt(box.state, input.seq) : undefined
+          input._tag === "ComparisonCompleted" ? State.comparisonAt(box.state, input.id) : undefined
         if (input._tag === "ComparisonCompleted" && !input.matched && pending?.block === input.block) {
           // Records the mismatch and forgets the block: never owed, never sent.
           box.state = State.make({
             ...box.state,
-            comparing: box.state.comparing.filter((c) => c.seq !== input.seq)
+            comparing: box.state.comparing.filter((c) => c.id !== input.id)
           })
-          const mismatched: Event.Event = { type: "BlockMismatched", seq: input.seq, block: input.block }
+          const mismatched: Event.Event = { type: "BlockMismatched", id: input.id, block: input.block }
           return [mismatched]
         }
         return Conformance.reference.feed(box, input)

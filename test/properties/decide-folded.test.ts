@@ -27,8 +27,14 @@ const extraInput: fc.Arbitrary<Input.Input> = fc.oneof(
     .record({ budget: fc.integer({ min: 1, max: 8 }), from: fc.integer({ min: 1, max: 6 }) })
     .map((p) => Input.pumpTick(p.budget, p.from)),
   fc
-    .record({ seq: fc.nat({ max: 60 }), block: fc.nat({ max: 12 }), matched: fc.boolean() })
-    .map((c) => Input.comparisonCompleted(c.seq, c.block, c.matched)),
+    .record({
+      id: fc.nat({ max: 60 }),
+      block: fc.nat({ max: 12 }),
+      matched: fc.boolean(),
+      through: fc.nat({ max: 60 })
+    })
+    .map((c) => Input.comparisonCompleted(c.id, c.block, c.matched, c.through)),
+  fc.nat({ max: 12 }).map(Input.differenceFound),
   fc
     .record({ sector: fc.nat({ max: 400 }), sectors: fc.integer({ min: 1, max: 40 }) })
     .map((w) => Input.writeCompleted(w.sector * 512, w.sectors * 512))
@@ -89,8 +95,8 @@ describe("Decider.decideFolded", () => {
           decide: (state, input) => {
             // The outcomes of the comparisons waiting, both ways, besides the drawn inputs.
             const outcomes = state.comparing.flatMap((c) => [
-              Input.comparisonCompleted(c.seq, c.block, true),
-              Input.comparisonCompleted(c.seq, c.block, false)
+              Input.comparisonCompleted(c.id, c.block, true, Math.max(state.watermark, c.after)),
+              Input.comparisonCompleted(c.id, c.block, false, state.watermark)
             ])
             for (const i of [input, ...extras, ...outcomes]) {
               const why = mismatch(state, i)

@@ -252,6 +252,32 @@ describe("checksum-based resync (trace version 2, reference filter)", () => {
     for (const [what, n] of Object.entries(seen)) expect(n, what).toBeGreaterThan(10)
   })
 
+  it("a verify difference makes the block owed (resync `verify` in sync), the drain sends it, and the trace is legal", () => {
+    fc.assert(
+      fc.property(scenario, fc.nat(), (s, pick) => {
+        const world = run(s.config, reference, stepsOf(s), { checks: [] })
+        const state = world.fs
+        const block = pick % s.config.blockCount
+        const decided = Decider.decide(state, Input.differenceFound(block))
+        const events = Either.getOrThrow(decided)
+        if (State.isObligation(state, block)) expect(events).toEqual([])
+        else if (state.mode === "sync")
+          expect(events).toEqual([
+            { type: "ResyncActivated", epoch: state.epoch + 1, reason: "verify" },
+            { type: "BlockDiffered", block }
+          ])
+        else expect(events).toEqual([{ type: "BlockDiffered", block }])
+        const after = Decider.evolveAll(state, events)
+        expect(State.isObligation(after, block)).toBe(true)
+        expect(Legality.checkAll(State.initial(s.config), [...world.events, ...events])).toBeUndefined()
+        expect(Trace.versionFor(events)).toBe(events.length === 0 ? 1 : 2)
+        const off = Decider.decide(state, Input.differenceFound(s.config.blockCount + pick))
+        expect(Either.isLeft(off)).toBe(true)
+      }),
+      runs
+    )
+  })
+
   it("5. replay with comparisons: fold = live state, through a version 2 snapshot midway", () => {
     fc.assert(
       fc.property(comparingScenario, fc.double({ min: 0, max: 1, noNaN: true }), (s, cut) => {
@@ -306,15 +332,34 @@ describe("checksum-based resync (trace version 2, reference filter)", () => {
       fc.property(comparingScenario, fc.nat({ max: 5 }), fc.boolean(), (s, extra, matched) => {
         const state = comparingRun(s).fs
         if (state.link === "down") return
-        const beyond = Decider.decide(state, Input.comparisonCompleted(state.nextSeq + extra, 0, matched))
-        expect(Either.isLeft(beyond) && beyond.left._tag).toBe("ComparisonBeyondSent")
+        const through = state.watermark
+        const beyond = Decider.decide(
+          state,
+          Input.comparisonCompleted(state.compared + extra, 0, matched, through)
+        )
+        expect(Either.isLeft(beyond) && beyond.left._tag).toBe("ComparisonBeyondDecided")
         for (const c of state.comparing) {
-          const wrong = Decider.decide(state, Input.comparisonCompleted(c.seq, c.block + 1, matched))
+          const wrong = Decider.decide(state, Input.comparisonCompleted(c.id, c.block + 1, matched, through))
           expect(Either.isLeft(wrong) && wrong.left._tag).toBe("ComparisonWrongBlock")
+          const unsent = Decider.decide(
+            state,
+            Input.comparisonCompleted(c.id, c.block, matched, state.nextSeq)
+          )
+          expect(Either.isLeft(unsent) && unsent.left._tag).toBe("AckBeyondSent")
+          // A match proves the block only if the answer covered every record sent before the request.
+          const outcome = (t: number) =>
+            Either.getOrThrow(Decider.decide(state, Input.comparisonCompleted(c.id, c.block, true, t))).map(
+              (e) => e.type
+            )
+          expect(outcome(c.after)).toContain("BlockMatched")
+          if (c.after > state.watermark)
+            expect(outcome(c.after - 1)).toEqual(expect.arrayContaining(["BlockMismatched", "BlockSent"]))
         }
-        const stale = [...Array(state.nextSeq).keys()].find((q) => State.comparisonAt(state, q) === undefined)
+        const stale = [...Array(state.compared).keys()].find(
+          (q) => State.comparisonAt(state, q) === undefined
+        )
         if (stale !== undefined)
-          expect(Decider.decide(state, Input.comparisonCompleted(stale, 0, matched))).toEqual(
+          expect(Decider.decide(state, Input.comparisonCompleted(stale, 0, matched, through))).toEqual(
             Either.right([])
           )
       }),

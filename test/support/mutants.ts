@@ -100,13 +100,13 @@ export const clearOnMismatch = stateFilter("clear-on-mismatch", {
   decide: (state, input) => {
     if (input._tag !== "ComparisonCompleted" || input.matched || state.link === "down")
       return Decider.decide(state, input)
-    const pending = State.comparisonAt(state, input.seq)
+    const pending = State.comparisonAt(state, input.id)
     if (pending === undefined || pending.block !== input.block) return Decider.decide(state, input)
-    return Either.right([{ type: "BlockMismatched" as const, seq: input.seq, block: input.block }])
+    return Either.right([{ type: "BlockMismatched" as const, id: input.id, block: input.block }])
   },
   evolve: (state, event) =>
     event.type === "BlockMismatched"
-      ? State.make({ ...state, comparing: state.comparing.filter((c) => c.seq !== event.seq) })
+      ? State.make({ ...state, comparing: state.comparing.filter((c) => c.id !== event.id) })
       : Decider.evolve(state, event)
 })
 
