@@ -10,6 +10,7 @@ import { points, receiver, restore, scrub } from "./receiverCommands.js"
 import { replicate, simulate } from "./replicatorCommands.js"
 import { serve } from "./serveCommand.js"
 import { status } from "./statusCommand.js"
+import { verify } from "./verifyCommand.js"
 import * as ModelSimulation from "../simulator/ModelSimulation.js"
 import { modeTimeline, progressBar, sparkline } from "./internal/charts.js"
 import { mib } from "../internal/units.js"
@@ -172,6 +173,7 @@ export const root = Command.make("cdp-sync").pipe(
     serve,
     receiver,
     status,
+    verify,
     restore,
     mount,
     points,

@@ -9,7 +9,7 @@ import * as path from "node:path"
 import { Command, Options } from "@effect/cli"
 import { Console, Effect, Either, Option } from "effect"
 import * as Control from "../internal/control.js"
-import type { FilterDisk, ReceiverDisk, Reply, Report } from "../internal/controlProtocol.js"
+import type { FilterDisk, ReceiverDisk, Report, StatusReply } from "../internal/controlProtocol.js"
 import { CONTROL_FILE } from "./internal/control.js"
 
 const units = ["B", "KiB", "MiB", "GiB", "TiB"]
@@ -82,7 +82,8 @@ type Answer = Either.Either<Report, { readonly _tag: string; readonly message: s
 const ask = (socket: string): Effect.Effect<Answer> =>
   Control.request(socket).pipe(
     Effect.map(
-      (reply: Reply): Answer => ("status" in reply ? Either.right(reply.status) : Either.left(reply.error))
+      (reply: StatusReply): Answer =>
+        "status" in reply ? Either.right(reply.status) : Either.left(reply.error)
     ),
     Effect.catchAll((e) => Effect.succeed<Answer>(Either.left({ _tag: e._tag, message: e.message })))
   )

@@ -21,7 +21,11 @@ import {
   MAX_REQUEST_BYTES,
   Reply,
   type Report,
-  Request
+  Request,
+  StatusReply,
+  type VerifyProgress,
+  type VerifyReport,
+  type VerifyRequest
 } from "./controlProtocol.js"
 
 /** Linux's limit on a unix socket's path (`sun_path`), less its terminating NUL. */
@@ -49,10 +53,27 @@ export class ControlUnreachable extends Data.TaggedError("ControlUnreachable")<{
   }
 }
 
+/** A verify the endpoint could not finish: why, in one line. */
+export class VerifyFailed extends Data.TaggedError("VerifyFailed")<{ readonly detail: string }> {
+  override get message() {
+    return this.detail
+  }
+}
+
 export interface EndpointOptions {
   readonly path: string
   /** The report, computed when asked. */
   readonly status: Effect.Effect<Report>
+  /**
+   * Runs an online verify (a filter's endpoint), telling `progress` about once a second.
+   * Interrupted when the client goes away. Without it, a verify request is refused.
+   */
+  readonly verify?:
+    | ((
+        request: VerifyRequest,
+        progress: (p: VerifyProgress) => Effect.Effect<void>
+      ) => Effect.Effect<VerifyReport, VerifyFailed>)
+    | undefined
   readonly maxClients?: number | undefined
   readonly idleMs?: number | undefined
 }
@@ -143,6 +164,7 @@ export const serve = (options: EndpointOptions): Effect.Effect<void, ControlList
           else socket.once("drain", done)
         }
         if (Either.isLeft(request)) return write(errorLine("BadRequest", request.left))
+        if (request.right.op === "verify") return verify(request.right, write)
         Runtime.runCallback(runtime)(options.status, {
           onExit: (exit: Exit.Exit<Report>) =>
             write(
@@ -151,6 +173,35 @@ export const serve = (options: EndpointOptions): Effect.Effect<void, ControlList
                 : errorLine("Failed", "the status could not be computed")
             )
         })
+      }
+      const verify = (request: VerifyRequest, write: (out: string) => void) => {
+        if (options.verify === undefined)
+          return write(errorLine("BadRequest", "this process does not verify (ask the filter's endpoint)"))
+        // Progress lines are small and about a second apart: written without waiting for drain.
+        const progress = (p: VerifyProgress) =>
+          Effect.sync(() => {
+            if (!socket.destroyed) socket.write(line({ progress: p }))
+          })
+        let ended = false
+        const interrupt = () => cancel()
+        const cancel = Runtime.runCallback(runtime)(options.verify(request, progress), {
+          // May run before runCallback returns (a verify that ends at once).
+          onExit: (exit: Exit.Exit<VerifyReport, VerifyFailed>) => {
+            ended = true
+            socket.off("close", interrupt)
+            write(
+              exit._tag === "Success"
+                ? line({ verify: exit.value })
+                : errorLine(
+                    "Failed",
+                    exit.cause._tag === "Fail"
+                      ? exit.cause.error.detail
+                      : "the verify was interrupted or failed"
+                  )
+            )
+          }
+        })
+        if (!ended) socket.once("close", interrupt)
       }
       // One request at a time: the socket is paused until the answer is written.
       const pump = () => {
@@ -223,12 +274,12 @@ export const request = (
   path: string,
   req: Request = { op: "status" },
   timeoutMs = 5000
-): Effect.Effect<Reply, ControlUnreachable> =>
-  Effect.async<Reply, ControlUnreachable>((resume) => {
+): Effect.Effect<StatusReply, ControlUnreachable> =>
+  Effect.async<StatusReply, ControlUnreachable>((resume) => {
     let settled = false
     let text = ""
     const socket = Net.createConnection({ path })
-    const finish = (result: Either.Either<Reply, string>) => {
+    const finish = (result: Either.Either<StatusReply, string>) => {
       if (settled) return
       settled = true
       socket.destroy()
@@ -257,13 +308,71 @@ export const request = (
       }
       finish(
         Either.mapLeft(
-          Schema.decodeUnknownEither(Reply)(json),
+          Schema.decodeUnknownEither(StatusReply)(json),
           (e) =>
             `not a status reply: ${ParseResult.TreeFormatter.formatErrorSync(e).replace(/\s*\n\s*/g, " ")}`
         )
       )
     })
     socket.on("close", () => finish(Either.left("the connection closed before a reply")))
+    return Effect.sync(() => {
+      settled = true
+      socket.destroy()
+    })
+  })
+
+/**
+ * Runs an online verify on the filter's endpoint at `path`: `onProgress` for each
+ * progress line, then the report. Fails with `ControlUnreachable` when nothing answers
+ * (or a line is not a reply, or no line comes for `idleMs`), `VerifyFailed` with the
+ * endpoint's error.
+ */
+export const verify = (
+  path: string,
+  req: Omit<VerifyRequest, "op">,
+  onProgress: (p: VerifyProgress) => void,
+  idleMs = 60_000
+): Effect.Effect<VerifyReport, ControlUnreachable | VerifyFailed> =>
+  Effect.async<VerifyReport, ControlUnreachable | VerifyFailed>((resume) => {
+    let settled = false
+    let text = ""
+    const socket = Net.createConnection({ path })
+    const finish = (result: Effect.Effect<VerifyReport, ControlUnreachable | VerifyFailed>) => {
+      if (settled) return
+      settled = true
+      socket.destroy()
+      resume(result)
+    }
+    const unreachable = (detail: string) => finish(Effect.fail(new ControlUnreachable({ path, detail })))
+    socket.setEncoding("utf8")
+    socket.setTimeout(idleMs, () => unreachable(`no answer in ${idleMs} ms`))
+    socket.once("connect", () => socket.write(`${JSON.stringify({ op: "verify", ...req })}\n`))
+    socket.on("error", (e) => unreachable(codeOf(e) ?? e.message))
+    socket.on("data", (chunk: string) => {
+      text += chunk
+      for (let end = text.indexOf("\n"); end >= 0 && !settled; end = text.indexOf("\n")) {
+        const one = text.slice(0, end)
+        text = text.slice(end + 1)
+        let json: unknown
+        try {
+          json = JSON.parse(one)
+        } catch {
+          return unreachable("a reply line is not JSON")
+        }
+        const reply = Schema.decodeUnknownEither(Reply)(json)
+        if (Either.isLeft(reply))
+          return unreachable(
+            `not a verify reply: ${ParseResult.TreeFormatter.formatErrorSync(reply.left).replace(/\s*\n\s*/g, " ")}`
+          )
+        const r = reply.right
+        if ("progress" in r) onProgress(r.progress)
+        else if ("verify" in r) return finish(Effect.succeed(r.verify))
+        else if ("error" in r) return finish(Effect.fail(new VerifyFailed({ detail: r.error.message })))
+        else return unreachable("a status reply to a verify request")
+      }
+      if (text.length > MAX_REPLY_BYTES) unreachable("the reply is too large")
+    })
+    socket.on("close", () => unreachable("the connection closed before the verify ended"))
     return Effect.sync(() => {
       settled = true
       socket.destroy()

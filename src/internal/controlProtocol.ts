@@ -1,7 +1,9 @@
 /**
  * The control endpoint's protocol (docs/operations.md, "Status"): line-delimited JSON
  * over a local unix socket. A client sends one request per line, `{"op":"status"}`,
- * and gets one reply line: `{"status": Report}` or `{"error": {"_tag", "message"}}`.
+ * and gets one reply line: `{"status": Report}` or `{"error": {"_tag", "message"}}`;
+ * or `{"op":"verify"}` (a filter), answered with `{"progress": …}` lines and then one
+ * `{"verify": VerifyReport}` or `{"error": …}` line.
  * Both sides decode what they read with these schemas; times are ISO 8601 strings and
  * every age is computed by the answering process (its clock, not the client's).
  */
@@ -12,7 +14,23 @@ export const MAX_REQUEST_BYTES = 4096
 /** The largest reply line a client reads. */
 export const MAX_REPLY_BYTES = 4 * 1024 * 1024
 
-export const Request = Schema.Struct({ op: Schema.Literal("status") })
+export const StatusRequest = Schema.Struct({ op: Schema.Literal("status") })
+export type StatusRequest = typeof StatusRequest.Type
+
+/**
+ * Online verify (a filter's endpoint only): compare the receiver's version of every block
+ * with the disk's. Answered with `progress` lines, then one `verify` (or `error`) line.
+ */
+export const VerifyRequest = Schema.Struct({
+  op: Schema.Literal("verify"),
+  /** Read at most this many bytes of the disk per second; absent: as fast as it goes. */
+  bytesPerSecond: Schema.optional(Schema.Number.pipe(Schema.positive(), Schema.finite())),
+  /** Mark the blocks found to differ so that the next pass sends them. */
+  resync: Schema.optional(Schema.Boolean)
+})
+export type VerifyRequest = typeof VerifyRequest.Type
+
+export const Request = Schema.Union(StatusRequest, VerifyRequest)
 export type Request = typeof Request.Type
 
 const Count = Schema.NonNegativeInt
@@ -86,11 +104,59 @@ export const Report = Schema.Struct({
 })
 export type Report = typeof Report.Type
 
+/** A run of consecutive tracking blocks. */
+export const BlockRange = Schema.Struct({ first: Count, count: Count })
+export type BlockRange = typeof BlockRange.Type
+
+/** At most this many ranges are listed in a verify report (the count is always whole). */
+export const MAX_VERIFY_RANGES = 1000
+
+export const VerifyProgress = Schema.Struct({
+  /** Blocks on the disk, and how many are verified so far. */
+  blocks: Count,
+  verified: Count,
+  differing: Count,
+  bytesPerSecond: Seconds
+})
+export type VerifyProgress = typeof VerifyProgress.Type
+
+export const VerifyReport = Schema.Struct({
+  disk: Schema.String,
+  blockSize: Count,
+  /** Blocks on the disk; every one was verified (compared where replica and disk must match). */
+  blocks: Count,
+  differing: Count,
+  /** The differing blocks as runs, the first `MAX_VERIFY_RANGES` of them; `rangesOmitted` says how many more. */
+  ranges: Schema.Array(BlockRange),
+  rangesOmitted: Count,
+  /** Comparisons set aside because a write, a resync or a lost link raced them, and done again. */
+  rechecked: Count,
+  /** Whether the differing blocks were marked to be sent again. */
+  resync: Schema.Boolean,
+  seconds: Seconds,
+  /** Disk bytes read and hashed per second. */
+  bytesPerSecond: Seconds
+})
+export type VerifyReport = typeof VerifyReport.Type
+
 export const ErrorTag = Schema.Literal("BadRequest", "RequestTooLarge", "Busy", "Failed")
 export const ErrorBody = Schema.Struct({ _tag: ErrorTag, message: Schema.String })
 export type ErrorBody = typeof ErrorBody.Type
 
-export const Reply = Schema.Union(Schema.Struct({ status: Report }), Schema.Struct({ error: ErrorBody }))
+/** The answer to a status request. */
+export const StatusReply = Schema.Union(
+  Schema.Struct({ status: Report }),
+  Schema.Struct({ error: ErrorBody })
+)
+export type StatusReply = typeof StatusReply.Type
+
+/** Every line an endpoint writes. */
+export const Reply = Schema.Union(
+  Schema.Struct({ status: Report }),
+  Schema.Struct({ progress: VerifyProgress }),
+  Schema.Struct({ verify: VerifyReport }),
+  Schema.Struct({ error: ErrorBody })
+)
 export type Reply = typeof Reply.Type
 
 /** `ms` since the epoch as an ISO 8601 string. */

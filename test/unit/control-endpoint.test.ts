@@ -14,7 +14,12 @@ import * as path from "node:path"
 import { Effect, Exit, Scope } from "effect"
 import { afterEach, describe, expect, it } from "vitest"
 import * as Control from "../../src/internal/control.js"
-import { MAX_REQUEST_BYTES, type Report } from "../../src/internal/controlProtocol.js"
+import {
+  MAX_REQUEST_BYTES,
+  type Report,
+  type VerifyReport,
+  type VerifyRequest
+} from "../../src/internal/controlProtocol.js"
 
 const report: Report = { role: "receiver", pid: 1, at: new Date(0).toISOString(), disks: [] }
 
@@ -190,5 +195,85 @@ describe("the control endpoint", () => {
     const long = path.join(dir, "x".repeat(120), "control.sock")
     const tooLong = await start(long)
     expect(String(Exit.isFailure(tooLong.exit) && tooLong.exit.cause)).toContain("--control")
+  })
+})
+
+describe("online verify over the control endpoint", () => {
+  const verifyReport = (resync: boolean): VerifyReport => ({
+    disk: "d",
+    blockSize: 65536,
+    blocks: 16,
+    differing: 1,
+    ranges: [{ first: 3, count: 1 }],
+    rangesOmitted: 0,
+    rechecked: 0,
+    resync,
+    seconds: 0.01,
+    bytesPerSecond: 1e8
+  })
+
+  it("streams progress lines, then the report; the request's options reach the handler", async () => {
+    const socket = path.join(await tempDir(), "control.sock")
+    const asked: Array<VerifyRequest> = []
+    await start(socket, {
+      verify: (request, progress) =>
+        Effect.gen(function* () {
+          asked.push(request)
+          for (let verified = 4; verified <= 16; verified += 4)
+            yield* progress({ blocks: 16, verified, differing: verified >= 4 ? 1 : 0, bytesPerSecond: 1e8 })
+          return verifyReport(request.resync === true)
+        })
+    })
+    const seen: Array<number> = []
+    const result = await Effect.runPromise(
+      Control.verify(socket, { resync: true, bytesPerSecond: 1e6 }, (p) => seen.push(p.verified))
+    )
+    expect(result).toEqual(verifyReport(true))
+    expect(seen).toEqual([4, 8, 12, 16])
+    expect(asked).toEqual([{ op: "verify", resync: true, bytesPerSecond: 1e6 }])
+    // A status request on the same endpoint still answers.
+    expect(await Effect.runPromise(Control.request(socket))).toEqual({ status: report })
+  })
+
+  it("an endpoint that does not verify refuses; a failed verify is VerifyFailed with its reason; a bad rate is BadRequest", async () => {
+    const plain = path.join(await tempDir(), "plain.sock")
+    await start(plain)
+    const refused = await Effect.runPromise(Effect.flip(Control.verify(plain, {}, () => {})))
+    expect(refused).toMatchObject({ _tag: "VerifyFailed" })
+    expect(refused.message).toMatch(/does not verify/)
+    const failing = path.join(await tempDir(), "failing.sock")
+    await start(failing, {
+      verify: () => Effect.fail(new Control.VerifyFailed({ detail: "the link is down" }))
+    })
+    const failed = await Effect.runPromise(Effect.flip(Control.verify(failing, {}, () => {})))
+    expect(failed).toMatchObject({ _tag: "VerifyFailed", detail: "the link is down" })
+    const c = await client(failing)
+    c.send('{"op":"verify","bytesPerSecond":-5}\n')
+    expect(await c.next()).toMatchObject({ error: { _tag: "BadRequest" } })
+  })
+
+  it("a client that goes away interrupts the verify it asked for", async () => {
+    const socket = path.join(await tempDir(), "control.sock")
+    let interrupted = false
+    let started = false
+    await start(socket, {
+      verify: () =>
+        Effect.gen(function* () {
+          started = true
+          return yield* Effect.never
+        }).pipe(
+          Effect.onInterrupt(() =>
+            Effect.sync(() => {
+              interrupted = true
+            })
+          )
+        )
+    })
+    const c = await client(socket)
+    c.send('{"op":"verify"}\n')
+    while (!started) await new Promise((r) => setTimeout(r, 5))
+    c.destroy()
+    for (let i = 0; i < 400 && !interrupted; i++) await new Promise((r) => setTimeout(r, 5))
+    expect(interrupted).toBe(true)
   })
 })
