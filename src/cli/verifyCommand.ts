@@ -25,7 +25,7 @@ const plural = (n: number, one: string) => `${n} ${one}${n === 1 ? "" : "s"}`
 export const render = (r: VerifyReport): string => {
   const verdict =
     r.differing === 0
-      ? `verified disk ${JSON.stringify(r.disk)}: all ${r.blocks} blocks equal the replica's`
+      ? `verified disk ${JSON.stringify(r.disk)}: ${r.verified === r.blocks ? "all " : ""}${r.verified} of ${r.blocks} blocks equal the replica's`
       : `verified disk ${JSON.stringify(r.disk)}: ${plural(r.differing, "block")} of ${r.blocks} differ${r.differing === 1 ? "s" : ""} from the replica's${r.resync ? " (marked: the next pass sends them)" : " (run with --resync to send them again)"}`
   const ranges = r.ranges.map((x) =>
     x.count === 1
@@ -33,7 +33,7 @@ export const render = (r: VerifyReport): string => {
       : `  blocks ${x.first}…${x.first + x.count - 1} (bytes ${x.first * r.blockSize}…${(x.first + x.count) * r.blockSize - 1})`
   )
   if (r.rangesOmitted > 0) ranges.push(`  … and ${plural(r.rangesOmitted, "more range")}`)
-  const tail = `${formatSize(Math.round(r.bytesPerSecond))}/s over ${r.seconds.toFixed(1)} s${r.rechecked > 0 ? `, ${plural(r.rechecked, "block")} rechecked after a write raced the comparison` : ""}`
+  const tail = `${formatSize(Math.round(r.bytesPerSecond))}/s over ${r.seconds.toFixed(1)} s${r.rechecked > 0 ? `, ${plural(r.rechecked, "block")} rechecked after a write raced the comparison` : ""}${r.unverified > 0 ? `; ${plural(r.unverified, "block")} not judged: written during every attempt` : ""}`
   return [verdict, ...ranges, tail].join("\n")
 }
 

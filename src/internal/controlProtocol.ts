@@ -123,14 +123,18 @@ export type VerifyProgress = typeof VerifyProgress.Type
 export const VerifyReport = Schema.Struct({
   disk: Schema.String,
   blockSize: Count,
-  /** Blocks on the disk; every one was verified (compared where replica and disk must match). */
+  /** Blocks on the disk. */
   blocks: Count,
+  /** Blocks compared where replica and disk must match: all of them, but `unverified`. */
+  verified: Count,
   differing: Count,
   /** The differing blocks as runs, the first `MAX_VERIFY_RANGES` of them; `rangesOmitted` says how many more. */
   ranges: Schema.Array(BlockRange),
   rangesOmitted: Count,
   /** Comparisons set aside because a write, a resync or a lost link raced them, and done again. */
   rechecked: Count,
+  /** Blocks written during every attempt to compare them (a block the guest keeps rewriting): not judged. */
+  unverified: Count,
   /** Whether the differing blocks were marked to be sent again. */
   resync: Schema.Boolean,
   seconds: Seconds,

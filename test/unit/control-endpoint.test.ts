@@ -203,10 +203,12 @@ describe("online verify over the control endpoint", () => {
     disk: "d",
     blockSize: 65536,
     blocks: 16,
+    verified: 16,
     differing: 1,
     ranges: [{ first: 3, count: 1 }],
     rangesOmitted: 0,
     rechecked: 0,
+    unverified: 0,
     resync,
     seconds: 0.01,
     bytesPerSecond: 1e8

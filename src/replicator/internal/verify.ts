@@ -1,0 +1,270 @@
+/**
+ * Online verify (docs/replicator.md, "Online verify"; DRBD's `verify-alg`): while the
+ * filter replicates, compare the receiver's version of every block with the disk's, at
+ * points where they must match, and report the blocks that differ.
+ *
+ * Where they must match. A batch of blocks is opened in sync mode with the link up: their
+ * `touched` marks are cleared and `decidedBefore`, the last record decided so far, is
+ * noted, in one step of the decision loop's thread. The blocks are then read and hashed,
+ * and their checksums asked for on the same connection. The answer is judged only if the
+ * link, the epoch and sync mode held throughout and the answer reaches `decidedBefore`
+ * (`through`): then every write decided before the batch opened is in the receiver's
+ * version, and a write decided since marked its blocks `touched` (the decision loop marks
+ * a write's blocks when it decides it). A touched block is set aside and compared again;
+ * so is every block of an answer that cannot be judged. A block whose checksums differ
+ * then differs for real: the disk's content is not what the receiver durably holds for it.
+ *
+ * A refusal (the receiver found its copy damaged, or cannot check it) is narrowed down by
+ * asking for halves, so the blocks reported are exactly the refused ones.
+ */
+import { Clock, Data, Duration, Effect } from "effect"
+import * as Wire from "../../protocol/Wire.js"
+
+/** An opened batch: where and when its blocks were marked clean. */
+export interface Opened {
+  readonly link: number
+  readonly epoch: number
+  /** The last record decided when the batch opened. */
+  readonly decidedBefore: number
+}
+
+/** What verify needs of the running filter (`verifyPort` in the replicator builds it from `Shared`). */
+export interface VerifyPort {
+  readonly blockSize: number
+  readonly blockCount: number
+  /** In sync with the link up: clears `touched` for `blocks` and says where; otherwise `undefined`. */
+  readonly open: (blocks: ReadonlyArray<number>) => Effect.Effect<Opened | undefined>
+  /** `count` blocks from `first`, as the disk holds them now. */
+  readonly read: (first: number, count: number) => Effect.Effect<Uint8Array, VerifyIoError>
+  /** Asks the receiver for `blocks` on `opened`'s connection; `undefined` when that connection is gone first. */
+  readonly ask: (
+    opened: Opened,
+    blocks: ReadonlyArray<number>
+  ) => Effect.Effect<Wire.ChecksumReply | Wire.ChecksumRefused | undefined>
+  /** Whether the link, the epoch and sync mode are still those of `opened`. */
+  readonly still: (opened: Opened) => Effect.Effect<boolean>
+  /** Whether a write to `block` was decided since its batch opened. */
+  readonly touched: (block: number) => boolean
+  /** Marks `block` so the next pass sends it (`Input.differenceFound`). */
+  readonly differ: (block: number) => Effect.Effect<void>
+  /**
+   * Waits before trying again: `attempt` 0 when the batch could not open (out of sync,
+   * link down), then 1, 2, … after attempts that had blocks set aside (`backoff`).
+   */
+  readonly pause: (attempt: number) => Effect.Effect<void>
+}
+
+/** The real filter's pause: 50 ms while out of sync, then growing to 200 ms (a block written now is likely written again soon). */
+export const backoff = (attempt: number): Effect.Effect<void> =>
+  Effect.sleep(Duration.millis(attempt === 0 ? 50 : Math.min(200, 2 ** attempt)))
+
+/** The disk could not be read. */
+export class VerifyIoError extends Data.TaggedError("VerifyIoError")<{ readonly cause: unknown }> {
+  override get message() {
+    return `verify could not read the disk: ${String(this.cause)}`
+  }
+}
+
+export interface VerifyOptions {
+  /** Disk bytes read per second at most; `undefined`: as fast as it goes. */
+  readonly bytesPerSecond?: number | undefined
+  /** Mark the differing blocks so that the next pass sends them. */
+  readonly resync?: boolean | undefined
+  /** Told about once a second: blocks judged so far (verified or not), and differing. */
+  readonly onProgress?: ((p: VerifyProgress) => Effect.Effect<void>) | undefined
+}
+
+export interface VerifyProgress {
+  readonly blocks: number
+  readonly verified: number
+  readonly differing: number
+  readonly bytesPerSecond: number
+}
+
+export interface VerifyResult {
+  readonly blocks: number
+  readonly verified: number
+  /** The differing blocks, ascending. */
+  readonly differing: ReadonlyArray<number>
+  readonly rechecked: number
+  readonly unverified: number
+  readonly resync: boolean
+  readonly seconds: number
+  readonly bytesPerSecond: number
+}
+
+/** Blocks asked for at once: the wire's bound, and at most 4 MiB read per batch. */
+export const batchBlocks = (blockSize: number): number =>
+  Math.max(1, Math.min(Wire.MAX_CHECKSUM_BLOCKS, Math.floor((4 << 20) / blockSize)))
+/** Attempts at a block before it is left unverified (it is written during every one). */
+export const MAX_ATTEMPTS = 32
+
+/** The digests of `count` blocks of `bytes`, concatenated. */
+const digestsOf = (bytes: Uint8Array, blockSize: number, count: number): Uint8Array => {
+  const out = new Uint8Array(count * Wire.DIGEST_BYTES)
+  for (let i = 0; i < count; i++)
+    out.set(Wire.blockDigest(bytes.subarray(i * blockSize, (i + 1) * blockSize)), i * Wire.DIGEST_BYTES)
+  return out
+}
+
+const equalAt = (a: Uint8Array, b: Uint8Array, i: number): boolean => {
+  const at = i * Wire.DIGEST_BYTES
+  for (let k = 0; k < Wire.DIGEST_BYTES; k++) if (a[at + k] !== b[at + k]) return false
+  return true
+}
+
+/** Runs of consecutive blocks in ascending `blocks`: `[first, count]`. */
+const runsOf = (blocks: ReadonlyArray<number>): Array<readonly [number, number]> => {
+  const runs: Array<[number, number]> = []
+  for (const b of blocks) {
+    const last = runs[runs.length - 1]
+    if (last !== undefined && last[0] + last[1] === b) last[1]++
+    else runs.push([b, 1])
+  }
+  return runs
+}
+
+export const verify = (
+  port: VerifyPort,
+  options: VerifyOptions = {}
+): Effect.Effect<VerifyResult, VerifyIoError> =>
+  Effect.gen(function* () {
+    const { blockSize, blockCount } = port
+    const rate = options.bytesPerSecond
+    const resync = options.resync === true
+    const started = yield* Clock.currentTimeMillis
+    const differing: Array<number> = []
+    let verified = 0
+    let judged = 0
+    let rechecked = 0
+    let unverified = 0
+    let bytesRead = 0
+    let tokens = 0
+    let refilledAt = started
+    let reportedAt = started
+
+    const pace = (bytes: number) =>
+      Effect.gen(function* () {
+        if (rate === undefined) return
+        for (;;) {
+          const now = yield* Clock.currentTimeMillis
+          tokens = Math.min(Math.max(rate, bytes), tokens + ((now - refilledAt) / 1000) * rate)
+          refilledAt = now
+          if (tokens >= bytes) break
+          yield* Effect.sleep(Duration.millis(Math.max(1, ((bytes - tokens) / rate) * 1000)))
+        }
+        tokens -= bytes
+      })
+
+    const progress = (force: boolean) =>
+      Effect.gen(function* () {
+        if (options.onProgress === undefined) return
+        const now = yield* Clock.currentTimeMillis
+        if (!force && now - reportedAt < 1000) return
+        reportedAt = now
+        yield* options.onProgress({
+          blocks: blockCount,
+          verified: judged,
+          differing: differing.length,
+          bytesPerSecond: now > started ? (bytesRead / (now - started)) * 1000 : 0
+        })
+      })
+
+    const found = (block: number) =>
+      Effect.gen(function* () {
+        differing.push(block)
+        if (resync) yield* port.differ(block)
+      })
+
+    /** One attempt at `blocks` (ascending): those to try again, or `undefined` when the batch cannot start yet. */
+    const attempt = (blocks: ReadonlyArray<number>) =>
+      Effect.gen(function* () {
+        const opened = yield* port.open(blocks)
+        if (opened === undefined) return undefined
+        const disk = new Uint8Array(blocks.length * Wire.DIGEST_BYTES)
+        let i = 0
+        for (const [first, count] of runsOf(blocks)) {
+          yield* pace(count * blockSize)
+          const bytes = yield* port.read(first, count)
+          bytesRead += bytes.length
+          disk.set(digestsOf(bytes, blockSize, count), i * Wire.DIGEST_BYTES)
+          i += count
+        }
+        const answer = yield* port.ask(opened, blocks)
+        const held = answer !== undefined && (yield* port.still(opened))
+        if (!held || (answer._tag === "ChecksumReply" && answer.through < opened.decidedBefore)) {
+          rechecked += blocks.length
+          return blocks
+        }
+        if (answer._tag === "ChecksumRefused") {
+          if (blocks.length === 1) {
+            judged++
+            verified++
+            yield* found(blocks[0]!)
+            return []
+          }
+          // Narrow it down: each half on its own.
+          const half = Math.ceil(blocks.length / 2)
+          const again: Array<number> = []
+          for (const part of [blocks.slice(0, half), blocks.slice(half)]) {
+            const left = yield* settle(part)
+            again.push(...left)
+          }
+          return again
+        }
+        const again: Array<number> = []
+        for (let k = 0; k < blocks.length; k++) {
+          const block = blocks[k]!
+          if (port.touched(block)) {
+            again.push(block)
+            rechecked++
+            continue
+          }
+          judged++
+          verified++
+          if (!equalAt(disk, answer.digests, k)) yield* found(block)
+        }
+        return again
+      })
+
+    /** Attempts until every block of `blocks` is judged or has had its attempts: those left. */
+    const settle = (blocks: ReadonlyArray<number>): Effect.Effect<ReadonlyArray<number>, VerifyIoError> =>
+      Effect.gen(function* () {
+        let left = blocks
+        for (let attempts = 0; left.length > 0 && attempts < MAX_ATTEMPTS; ) {
+          const again = yield* attempt(left)
+          yield* progress(false)
+          if (again === undefined) {
+            yield* port.pause(0)
+            continue
+          }
+          if (again.length > 0) {
+            attempts++
+            yield* port.pause(attempts)
+          }
+          left = again
+        }
+        return left
+      })
+
+    const step = batchBlocks(blockSize)
+    for (let first = 0; first < blockCount; first += step) {
+      const blocks = Array.from({ length: Math.min(step, blockCount - first) }, (_, k) => first + k)
+      const left = yield* settle(blocks)
+      unverified += left.length
+      judged += left.length
+    }
+    yield* progress(true)
+    const seconds = ((yield* Clock.currentTimeMillis) - started) / 1000
+    differing.sort((a, b) => a - b)
+    return {
+      blocks: blockCount,
+      verified,
+      differing,
+      rechecked,
+      unverified,
+      resync,
+      seconds,
+      bytesPerSecond: seconds > 0 ? bytesRead / seconds : 0
+    }
+  })
