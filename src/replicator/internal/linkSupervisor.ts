@@ -54,6 +54,7 @@ export const runConnection = (shared: Shared, receiver: LogReceiver.Service, set
               ack = m.seq
               continue
             }
+            if (m._tag !== "Gap") continue // a checksum answer: this filter asks for none yet
             if (ack !== undefined)
               commands.push({ _tag: "Message", link: myLink, input: Input.ackReceived(ack) })
             ack = undefined
