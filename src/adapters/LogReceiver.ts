@@ -1,7 +1,9 @@
 /**
  * The LogReceiver port (client side): one connection per protected disk to the backup
  * system's log receiver (design §6, docs/wire.md). Records go out in seq order through
- * a bounded buffer; acks (cumulative) and gaps come back as `messages`.
+ * a bounded buffer; acks (cumulative) and gaps come back as `messages`. Checksum requests
+ * (checksum-based resync, online verify) travel in the same buffer, ordered with the
+ * records, and their answers come back as `messages` too.
  *
  * Layers: `layerMemory` (an in-process receiver with fault injection, controlled through
  * `MemoryReceiver`) and `layerTcp` (the wire codec over a TCP socket).
@@ -68,14 +70,26 @@ export declare namespace LogReceiver {
      */
     readonly sendOwned: (record: OutRecord, onWritten?: () => void) => Effect.Effect<void, ConnectionLost>
     /**
-     * Acks (cumulative durable seq) and gaps (expected seq), in the receiver's order; fails
-     * with `ConnectionLost` after the messages received before the loss. Consume it once.
+     * Queues a checksum request (docs/wire.md, "Checksums") in the same buffer as the
+     * records, so it reaches the receiver after every record whose `send` returned before
+     * it. Same backpressure and failures as `send`; the request is copied or encoded before
+     * it returns. The receiver answers each request once, in order, with a `ChecksumReply`
+     * or a `ChecksumRefused` on `messages`: after making every record before the request
+     * durable and acking it (the ack comes first on `messages`), from the newest version of
+     * each block its log holds, with `through` the last record that version reflects. A
+     * connection lost first never answers: the request is forgotten with it.
+     */
+    readonly requestChecksums: (request: Wire.ChecksumRequest) => Effect.Effect<void, ConnectionLost>
+    /**
+     * Acks (cumulative durable seq), gaps (expected seq) and the answers to checksum
+     * requests, in the receiver's order; fails with `ConnectionLost` after the messages
+     * received before the loss. Consume it once.
      */
     readonly messages: Stream.Stream<Message, ConnectionLost>
   }
 
   type OutRecord = Wire.Record
-  type Message = Wire.Ack | Wire.Gap
+  type Message = Wire.Ack | Wire.Gap | Wire.ChecksumReply | Wire.ChecksumRefused
 }
 
 export type Hello = LogReceiver.Hello
@@ -112,6 +126,17 @@ export declare namespace MemoryReceiver {
     readonly log: (diskId: string) => Effect.Effect<ReadonlyArray<LogEntry>>
     /** Seqs of the durable records that mark a recovery point. */
     readonly recoveryPoints: (diskId: string) => Effect.Effect<ReadonlyArray<number>>
+    /**
+     * Damage the receiver detects: the durable copy of `block` fails its check, so a
+     * checksum request naming it is refused (`damaged`) until a record rewrites the whole
+     * block. Dies (a defect) for a block outside a known disk.
+     */
+    readonly damage: (diskId: string, block: number) => Effect.Effect<void>
+    /**
+     * Damage no check detects: the durable copy of `block` becomes `bytes` (checksums and
+     * `replicaBlock` see it; the log and `image` do not). Dies for a block outside a known disk.
+     */
+    readonly overwrite: (diskId: string, block: number, bytes: Uint8Array) => Effect.Effect<void>
     /** One block of the durable replica (zeros if never written). */
     readonly replicaBlock: (diskId: string, block: number) => Effect.Effect<Uint8Array>
     /** The disk image after durable record `atSeq` (default: latest), from a zeroed base. For small disks. */

@@ -61,6 +61,7 @@ import {
 } from "./internal/errors.js"
 import { forDisk, metrics } from "./internal/metrics.js"
 import type {
+  ChecksumCounts,
   DrainProgress,
   ErrorNote,
   GuestWrite,
@@ -78,6 +79,7 @@ export {
   ReplicatorStopped,
   type StartError,
   WriteRejected,
+  type ChecksumCounts,
   type DrainProgress,
   type ErrorNote,
   type GuestWrite,
@@ -104,6 +106,13 @@ export interface Options {
   readonly reconnect?: Schedule.Schedule<unknown, unknown> | undefined
   /** Optional drain rate limit in bytes per second. */
   readonly drainBytesPerSecond?: number | undefined
+  /**
+   * Checksum-based resync (docs/replicator.md): while at least this many blocks are owed,
+   * the drain asks the receiver for a checksum of its copy of each owed block, compares
+   * it with the disk's, and sends only the blocks that differ. A positive integer;
+   * `undefined` (the default) never compares: every owed block is sent.
+   */
+  readonly compareFrom?: number | undefined
   /** Save a state snapshot every N journaled events, so start-up stays fast. */
   readonly snapshotEvery?: number | undefined
   /** Called with every journaled batch, in order (e.g. to write a trace). */
@@ -200,6 +209,11 @@ export const make = (
     // Off unless a test provides them (see internal/mutants.ts).
     const mutants = yield* ReplicatorMutants
     const { config, diskId } = options
+    if (
+      options.compareFrom !== undefined &&
+      !(Number.isSafeInteger(options.compareFrom) && options.compareFrom > 0)
+    )
+      return yield* Effect.dieMessage(`compareFrom must be a positive integer, not ${options.compareFrom}`)
 
     // The disk, the journal and the config must describe one disk before anything is read or written.
     if (disk.geometry.blockSize !== config.blockSize || disk.geometry.blockCount !== config.blockCount)
@@ -257,7 +271,11 @@ export const make = (
         metrics: diskMetrics
       }),
       sender(shared, diskMetrics),
-      pump(shared, { config, drainBytesPerSecond: options.drainBytesPerSecond }),
+      pump(shared, {
+        config,
+        drainBytesPerSecond: options.drainBytesPerSecond,
+        compareFrom: options.compareFrom
+      }),
       linkSupervisor(shared, receiver, {
         diskId,
         config,

@@ -1,7 +1,8 @@
 /**
  * The LogReceiver port's contract, run against every layer: the in-memory receiver and
- * the TCP client talking to the test server on loopback. Plus TCP-only checks on real
- * sockets: a corrupted frame closes only its own connection with a typed error.
+ * the TCP client talking to the test server on loopback (records, acks, gaps, and checksum
+ * requests with their answers). Plus TCP-only checks on real sockets: a corrupted frame
+ * closes only its own connection with a typed error.
  */
 import * as Net from "node:net"
 import { assert, describe, it } from "@effect/vitest"
@@ -64,6 +65,30 @@ const eventually = <E, R>(condition: Effect.Effect<boolean, E, R>) =>
     Effect.retry({ schedule: Schedule.spaced("10 millis"), times: 500 }),
     Effect.orDie
   )
+
+const sha = (data: Uint8Array) => Array.from(Wire.blockDigest(data))
+/** The digest of block `b` of a model image. */
+const blockSha = (image: Uint8Array, b: number) => sha(image.subarray(b * BLOCK, (b + 1) * BLOCK))
+const digestsOf = (reply: Wire.ChecksumReply) =>
+  Array.from({ length: reply.digests.byteLength / Wire.DIGEST_BYTES }, (_, k) =>
+    Array.from(Wire.digestAt(reply, k))
+  )
+/** Applies a record to a model image, as the receiver does. */
+const model = (image: Uint8Array, record: LogReceiver.OutRecord) => {
+  if (record._tag === "Write") image.set(record.data, record.offset)
+  else if (record._tag === "Block") image.set(record.data, record.block * BLOCK)
+}
+
+/** Takes messages until the answer to checksum request `id`; returns them all, the answer last. */
+const answered = (inbox: { readonly next: Effect.Effect<LogReceiver.Message, string> }, id: number) =>
+  Effect.gen(function* () {
+    const seen: Array<LogReceiver.Message> = []
+    for (;;) {
+      const m = yield* inbox.next
+      seen.push(m)
+      if ((m._tag === "ChecksumReply" || m._tag === "ChecksumRefused") && m.id === id) return seen
+    }
+  })
 
 /** Consumes a connection's messages in the background. */
 const listen = (connection: LogReceiver.Connection) =>
@@ -452,6 +477,195 @@ const contract = (harness: Harness) =>
             )
           )
           assert.deepStrictEqual(yield* inbox.next, { _tag: "Ack", seq: 3 })
+        }),
+        { ack: "on-flush" }
+      )
+    )
+
+    // --- Checksum requests (docs/wire.md, "Checksums") ------------------------------------------
+
+    it.scopedLive(
+      "checksums: digests of each block's newest version, in request order, after the acks of every record before the request",
+      () =>
+        run(
+          Effect.gen(function* () {
+            const { connection, inbox } = yield* connected("d")
+            const image = new Uint8Array(BLOCK * 1024)
+            const sendAll = (records: ReadonlyArray<LogReceiver.OutRecord>) =>
+              Effect.forEach(
+                records,
+                (r) =>
+                  Effect.zipRight(
+                    connection.send(r),
+                    Effect.sync(() => model(image, r))
+                  ),
+                {
+                  discard: true
+                }
+              )
+            // Block 1 is written three times (a straddling write, a block, a write into it).
+            yield* sendAll([
+              write(1, BLOCK - 256, 1, 1024),
+              { _tag: "ResyncBegin", seq: 2, epoch: 1, base: 1 },
+              { _tag: "Block", seq: 3, epoch: 1, block: 1, data: bytes(BLOCK, 3) },
+              { _tag: "Block", seq: 4, epoch: 1, block: 7, data: bytes(BLOCK, 4) },
+              write(5, BLOCK + 100, 5, 300)
+            ])
+            yield* connection.requestChecksums({
+              _tag: "ChecksumRequest",
+              id: 41,
+              blocks: [0, 1, 2, 7, 1023]
+            })
+            const seen = yield* answered(inbox, 41)
+            const reply = seen.at(-1)!
+            assert.strictEqual(reply._tag, "ChecksumReply")
+            if (reply._tag !== "ChecksumReply") return
+            assert.strictEqual(reply.through, 5)
+            assert.isTrue(
+              seen.some((m) => m._tag === "Ack" && m.seq === 5),
+              "the ack of the records before the request comes before its answer"
+            )
+            assert.deepStrictEqual(
+              digestsOf(reply),
+              [0, 1, 2, 7, 1023].map((b) => blockSha(image, b))
+            )
+            // Records after it are not in it; the next request sees them, and only those before it.
+            yield* sendAll([{ _tag: "Block", seq: 6, epoch: 1, block: 2, data: bytes(BLOCK, 6) }])
+            yield* connection.requestChecksums({ _tag: "ChecksumRequest", id: 42, blocks: [2] })
+            const second = (yield* answered(inbox, 42)).at(-1)!
+            yield* sendAll([{ _tag: "Block", seq: 7, epoch: 1, block: 2, data: bytes(BLOCK, 7) }])
+            assert.strictEqual(second._tag, "ChecksumReply")
+            if (second._tag !== "ChecksumReply") return
+            assert.strictEqual(second.through, 6)
+            assert.deepStrictEqual(digestsOf(second), [sha(bytes(BLOCK, 6))])
+          })
+        )
+    )
+
+    it.scopedLive(
+      "checksums: the answer waits until the records before it are durable; what follows waits behind it",
+      () =>
+        run(
+          Effect.gen(function* () {
+            const { control, connection, inbox } = yield* connected("d")
+            yield* connection.send({ _tag: "ResyncBegin", seq: 1, epoch: 1, base: 0 })
+            yield* connection.send({ _tag: "Block", seq: 2, epoch: 1, block: 3, data: bytes(BLOCK, 2) })
+            yield* connection.requestChecksums({ _tag: "ChecksumRequest", id: 1, blocks: [3] })
+            // Sent after the request: it must not be in the answer, durable or not.
+            yield* connection.send({ _tag: "Block", seq: 3, epoch: 1, block: 3, data: bytes(BLOCK, 3) })
+            yield* Effect.sleep("150 millis")
+            assert.deepStrictEqual([...(yield* inbox.pending)], [], "nothing durable yet: no ack, no answer")
+            yield* control.flush
+            assert.deepStrictEqual(yield* inbox.next, { _tag: "Ack", seq: 2 })
+            const reply = yield* inbox.next
+            assert.strictEqual(reply._tag, "ChecksumReply")
+            if (reply._tag !== "ChecksumReply") return
+            assert.strictEqual(reply.through, 2)
+            assert.deepStrictEqual(digestsOf(reply), [sha(bytes(BLOCK, 2))])
+            // The record behind the request is taken once the answer went out.
+            yield* eventually(
+              Effect.zipRight(
+                control.flush,
+                Effect.map(control.durableSeq("d"), (s) => s === 3)
+              )
+            )
+            assert.deepStrictEqual(yield* inbox.next, { _tag: "Ack", seq: 3 })
+            // A stuck fsync holds the answer too; it comes once the fsync does.
+            yield* control.stallAcks(true)
+            yield* connection.send({ _tag: "Block", seq: 4, epoch: 1, block: 3, data: bytes(BLOCK, 4) })
+            yield* connection.requestChecksums({ _tag: "ChecksumRequest", id: 2, blocks: [3] })
+            yield* Effect.sleep("150 millis")
+            yield* control.flush
+            assert.deepStrictEqual([...(yield* inbox.pending)], [], "acks stalled: no ack, no answer")
+            yield* control.stallAcks(false)
+            yield* control.flush
+            assert.deepStrictEqual(yield* inbox.next, { _tag: "Ack", seq: 4 })
+            const after = yield* inbox.next
+            assert.isTrue(after._tag === "ChecksumReply" && after.through === 4 && after.id === 2)
+          }),
+          { ack: "on-flush" }
+        )
+    )
+
+    it.scopedLive("checksums: during a gap, the answer reflects the records accepted before it", () =>
+      run(
+        Effect.gen(function* () {
+          const { control, connection, inbox } = yield* connected("d")
+          yield* connection.send(write(1, 0, 1, BLOCK))
+          yield* inbox.ackedThrough(1)
+          yield* control.dropNextRecord
+          yield* connection.send(write(2, 0, 2, BLOCK))
+          yield* connection.send(write(3, 0, 3, BLOCK))
+          yield* connection.requestChecksums({ _tag: "ChecksumRequest", id: 9, blocks: [0] })
+          const seen = yield* answered(inbox, 9)
+          assert.isTrue(seen.some((m) => m._tag === "Gap" && m.expected === 2))
+          const reply = seen.at(-1)!
+          assert.isTrue(reply._tag === "ChecksumReply" && reply.through === 1)
+          if (reply._tag === "ChecksumReply") assert.deepStrictEqual(digestsOf(reply), [sha(bytes(BLOCK, 1))])
+        })
+      )
+    )
+
+    it.scopedLive(
+      "checksums: a block that fails its check is refused (damaged), the link stays up; a rewrite heals it; undetected damage shows in the digest",
+      () =>
+        run(
+          Effect.gen(function* () {
+            const { control, connection, inbox } = yield* connected("d")
+            yield* connection.send(write(1, 0, 1, 4 * BLOCK))
+            yield* inbox.ackedThrough(1)
+            yield* control.damage("d", 2)
+            yield* control.overwrite("d", 3, bytes(BLOCK, 0x33))
+            yield* connection.requestChecksums({ _tag: "ChecksumRequest", id: 1, blocks: [1, 2] })
+            const refused = (yield* answered(inbox, 1)).at(-1)!
+            assert.strictEqual(refused._tag, "ChecksumRefused")
+            if (refused._tag === "ChecksumRefused") assert.strictEqual(refused.reason, "damaged")
+            yield* connection.requestChecksums({ _tag: "ChecksumRequest", id: 2, blocks: [1, 3] })
+            const reply = (yield* answered(inbox, 2)).at(-1)!
+            assert.strictEqual(reply._tag, "ChecksumReply")
+            if (reply._tag === "ChecksumReply")
+              assert.deepStrictEqual(digestsOf(reply), [sha(bytes(BLOCK, 1)), sha(bytes(BLOCK, 0x33))])
+            yield* connection.send({ _tag: "ResyncBegin", seq: 2, epoch: 1, base: 1 })
+            yield* connection.send({ _tag: "Block", seq: 3, epoch: 1, block: 2, data: bytes(BLOCK, 9) })
+            yield* connection.requestChecksums({ _tag: "ChecksumRequest", id: 3, blocks: [2] })
+            const healed = (yield* answered(inbox, 3)).at(-1)!
+            assert.isTrue(healed._tag === "ChecksumReply" && healed.through === 3)
+            if (healed._tag === "ChecksumReply")
+              assert.deepStrictEqual(digestsOf(healed), [sha(bytes(BLOCK, 9))])
+          })
+        )
+    )
+
+    it.scopedLive("checksums: a request naming a block beyond the disk closes the connection", () =>
+      run(
+        Effect.gen(function* () {
+          const { connection, inbox } = yield* connected("d")
+          yield* connection.requestChecksums({ _tag: "ChecksumRequest", id: 1, blocks: [0, 1024] })
+          const exit = yield* inbox.lost
+          assert.isTrue(Exit.isFailure(exit))
+          assert.deepStrictEqual(
+            [...(yield* inbox.pending)].filter((m) => m._tag !== "Ack"),
+            []
+          )
+        })
+      )
+    )
+
+    it.scopedLive("checksums: a request waiting when the connection drops is never answered", () =>
+      run(
+        Effect.gen(function* () {
+          const { control, connection, inbox } = yield* connected("d")
+          yield* connection.send(write(1, 0, 1))
+          yield* connection.requestChecksums({ _tag: "ChecksumRequest", id: 1, blocks: [0] })
+          yield* Effect.sleep("100 millis")
+          yield* control.dropConnection("d")
+          const exit = yield* inbox.lost
+          assert.isTrue(Exit.isFailure(exit))
+          assert.deepStrictEqual([...(yield* inbox.pending)], [])
+          assert.instanceOf(
+            yield* Effect.flip(connection.requestChecksums({ _tag: "ChecksumRequest", id: 2, blocks: [0] })),
+            ConnectionLost
+          )
         }),
         { ack: "on-flush" }
       )

@@ -254,7 +254,7 @@ export const streamPlan = (options: {
         Stream.runForEach((m) =>
           Effect.sync(() => {
             if (m._tag === "Gap") gaps.push(m.expected)
-            else {
+            else if (m._tag === "Ack") {
               acks++
               lastAck = Math.max(lastAck, m.seq)
               options.progress?.(m.seq)

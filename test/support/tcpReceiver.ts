@@ -2,14 +2,19 @@
  * A small log receiver over real TCP for tests: node:net on 127.0.0.1 (port 0), the
  * wire codec, and the in-memory `ReceiverStore` (so `MemoryReceiver` controls it exactly
  * like `layerMemory`). Everything stays in memory. A wire error closes only the offending
- * connection and is recorded in `errors`.
+ * connection and is recorded in `errors`. Checksum requests are answered by the store.
  */
 import * as Net from "node:net"
 import { Context, Effect, Layer } from "effect"
 import type * as Scope from "effect/Scope"
 import * as LogReceiver from "../../src/adapters/LogReceiver.js"
 import { controlOf } from "../../src/adapters/internal/receiverMemory.js"
-import { ReceiverStore, type Session, type StoreOptions } from "../../src/adapters/internal/receiverStore.js"
+import {
+  type Message,
+  ReceiverStore,
+  type Session,
+  type StoreOptions
+} from "../../src/adapters/internal/receiverStore.js"
 import type { TcpOptions } from "../../src/adapters/internal/receiverTcp.js"
 import * as Wire from "../../src/protocol/Wire.js"
 
@@ -57,7 +62,7 @@ export const make = (options: ServerOptions = {}): Effect.Effect<TcpReceiver, ne
           socket.destroy()
         }
         const peer = {
-          deliver: (message: Wire.Ack | Wire.Gap) => {
+          deliver: (message: Message) => {
             if (!closed) socket.write(Wire.encode(message))
           },
           close
@@ -80,10 +85,15 @@ export const make = (options: ServerOptions = {}): Effect.Effect<TcpReceiver, ne
                 return
               }
               state.session = result.session
+              // A checksum request waiting for durability stops the reading, as a stalled intake does.
+              result.session.onUnblocked = () => {
+                if (!closed && !store.intakePaused) socket.resume()
+              }
               socket.write(Wire.encode({ _tag: "Welcome", durableSeq: result.durableSeq }))
               if (store.intakePaused) socket.pause()
-            } else if (isRecord(frame)) {
+            } else if (isRecord(frame) || frame._tag === "ChecksumRequest") {
               state.session.receive(frame)
+              if (state.session.blocked) socket.pause()
             } else if (frame._tag === "KeepAlive") {
               socket.write(Wire.encode(frame))
             } else {
@@ -106,7 +116,7 @@ export const make = (options: ServerOptions = {}): Effect.Effect<TcpReceiver, ne
         for (const [socket, state] of live) {
           if (state.session === undefined) continue
           if (paused) socket.pause()
-          else socket.resume()
+          else if (!state.session.blocked) socket.resume()
         }
       })
       server.listen(0, "127.0.0.1", () => {

@@ -167,6 +167,7 @@ describe("the sender, alone", () => {
       durableSeq: 0,
       send: () => Effect.void,
       sendOwned: (record: Wire.Record) => Effect.sync(() => sent.push(record.seq)),
+      requestChecksums: () => Effect.void,
       messages: undefined as never
     } satisfies Connection
     const released: Array<number> = []

@@ -1,13 +1,14 @@
 /**
  * `LogReceiver.layerMemory`: the client port wired straight to an in-process
  * `ReceiverStore`. A wire fiber per connection drains the bounded outbox into the
- * store, so a stalled intake backs up into `send` exactly like a full socket.
+ * store, so a stalled intake backs up into `send` exactly like a full socket, and so
+ * does a checksum request waiting for the records before it to be durable.
  */
 import { Effect, Mailbox } from "effect"
 import type { LogReceiver, MemoryReceiver } from "../LogReceiver.js"
 import { ConnectionClosed, ReceiverRefused } from "./receiverErrors.js"
 import { makeLink } from "./receiverLink.js"
-import { ReceiverStore, type StoreOptions } from "./receiverStore.js"
+import { type Inbound, ReceiverStore, type Session, type StoreOptions } from "./receiverStore.js"
 import type { Record } from "../../protocol/Wire.js"
 
 export interface MemoryOptions extends StoreOptions {
@@ -23,6 +24,19 @@ const copy = (record: Record): Record =>
     ? { ...record, data: new Uint8Array(record.data) }
     : record
 
+/** Suspends while a checksum request waits (the session reads nothing more), or until it closes. */
+const unblocked = (session: Session): Effect.Effect<void> =>
+  Effect.async<void>((resume) => {
+    if (!session.blocked) return resume(Effect.void)
+    session.onUnblocked = () => {
+      session.onUnblocked = undefined
+      resume(Effect.void)
+    }
+    return Effect.sync(() => {
+      session.onUnblocked = undefined
+    })
+  })
+
 /** Suspends while the store's intake is stalled. */
 const intakeOpen = (store: ReceiverStore): Effect.Effect<void> =>
   Effect.async<void>((resume) => {
@@ -37,7 +51,7 @@ const intakeOpen = (store: ReceiverStore): Effect.Effect<void> =>
 
 export const makeClient = (store: ReceiverStore, options: MemoryOptions = {}): LogReceiver.Service => ({
   connect: Effect.fn("LogReceiver.memory.connect")(function* (hello: LogReceiver.Hello) {
-    const link = yield* makeLink<Record>(options.sendBuffer ?? DEFAULT_SEND_BUFFER)
+    const link = yield* makeLink<Inbound>(options.sendBuffer ?? DEFAULT_SEND_BUFFER)
     const result = store.hello(hello, { deliver: link.deliver, close: link.markLost })
     if (result._tag === "Refuse")
       return yield* new ReceiverRefused({ reason: result.reason, detail: result.detail })
@@ -52,10 +66,11 @@ export const makeClient = (store: ReceiverStore, options: MemoryOptions = {}): L
       Effect.gen(function* () {
         for (;;) {
           const [records] = yield* link.outbox.takeAll
-          for (const record of records) {
+          for (const frame of records) {
             if (store.intakePaused) yield* intakeOpen(store)
+            if (session.blocked) yield* unblocked(session)
             if (link.isLost()) return
-            session.receive(record)
+            session.receive(frame)
           }
         }
       })
@@ -73,6 +88,9 @@ export const makeClient = (store: ReceiverStore, options: MemoryOptions = {}): L
               onWritten()
               return link.send(own)
             }),
+      // The blocks are copied: the caller may reuse its array.
+      requestChecksums: (request) =>
+        Effect.suspend(() => link.send({ ...request, blocks: [...request.blocks] })),
       messages: Mailbox.toStream(link.messages)
     }
     return connection
@@ -89,6 +107,8 @@ export const controlOf = (store: ReceiverStore): MemoryReceiver.Service => ({
   durableSeq: (diskId) => Effect.sync(() => store.durableSeq(diskId)),
   log: (diskId) => Effect.sync(() => store.log(diskId)),
   recoveryPoints: (diskId) => Effect.sync(() => store.recoveryPoints(diskId)),
+  damage: (diskId, block) => Effect.sync(() => store.damage(diskId, block)),
+  overwrite: (diskId, block, bytes) => Effect.sync(() => store.overwrite(diskId, block, bytes)),
   replicaBlock: (diskId, block) => Effect.sync(() => store.replicaBlock(diskId, block)),
   image: (diskId, atSeq) => Effect.sync(() => store.image(diskId, atSeq)),
   isConnected: (diskId) => Effect.sync(() => store.isConnected(diskId))

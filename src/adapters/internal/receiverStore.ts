@@ -4,15 +4,35 @@
  * Sequencing follows the pure rules of `domain/Receiver` (accept / duplicate / gap /
  * rejected, recovery points). Synchronous and callback-based so that both the in-process
  * layer and the TCP test server drive the same receiver; fault injection lives here too.
+ *
+ * Checksum requests are answered as the real receiver answers them (docs/wire.md,
+ * "Checksums"): in stream order, once every record before the request is durable and
+ * acked, from the durable replica, with `through` its durable seq. While a request waits
+ * for that (acks on flush, or stalled) the session reads nothing more (`blocked`): what
+ * arrives meanwhile waits behind it, in order.
  */
 import { Either } from "effect"
 import * as Geometry from "../../domain/Geometry.js"
 import * as Receiver from "../../domain/Receiver.js"
-import type { Ack, Gap, Hello, Record } from "../../protocol/Wire.js"
+import {
+  type Ack,
+  blockDigest,
+  checkChecksumRequest,
+  type ChecksumRefused,
+  type ChecksumReply,
+  type ChecksumRequest,
+  DIGEST_BYTES,
+  type Gap,
+  type Hello,
+  type Record
+} from "../../protocol/Wire.js"
 import * as ProtocolSession from "../../protocol/Session.js"
 import { ConnectionClosed } from "./receiverErrors.js"
 
-export type Message = Ack | Gap
+export type Message = Ack | Gap | ChecksumReply | ChecksumRefused
+
+/** What a connection carries to the receiver after the hello: records and checksum requests. */
+export type Inbound = Record | ChecksumRequest
 
 /** A record in the receiver's log, with whether it marks a recovery point. */
 export type LogEntry = Record & { readonly recoveryPoint: boolean }
@@ -47,13 +67,20 @@ class Disk {
   durableInResync = false
   receiver = Receiver.initial(0)
   session: Session | undefined = undefined
+  /**
+   * Durable blocks whose bytes fail their check (fault injection, `damage`): a checksum
+   * request naming one is refused, as the real receiver refuses a block whose record fails
+   * its CRC. A record that rewrites the whole block replaces the damaged bytes.
+   */
+  readonly damaged = new Set<number>()
   constructor(readonly geometry: Geometry.Geometry) {}
 
   /** Applies a record to a replica: bytes at an offset, or a whole block. */
-  apply(record: Record, blocks: Map<number, Uint8Array>): void {
+  apply(record: Record, blocks: Map<number, Uint8Array>, durable = false): void {
     const { blockSize } = this.geometry
     if (record._tag === "Block") {
       blocks.set(record.block, new Uint8Array(record.data))
+      if (durable) this.damaged.delete(record.block)
     } else if (record._tag === "Write") {
       let at = record.offset
       let from = 0
@@ -65,31 +92,76 @@ class Disk {
         let bytes = blocks.get(block)
         if (bytes === undefined) blocks.set(block, (bytes = new Uint8Array(blockSize)))
         bytes.set(data.subarray(from, from + count), within)
+        if (durable && count === blockSize) this.damaged.delete(block)
         from += count
         at += count
       }
     }
   }
+
+  /** The answer to `request` from the durable replica, which holds every record through `durableSeq`. */
+  answer(diskId: string, request: ChecksumRequest): ChecksumReply | ChecksumRefused {
+    const hurt = request.blocks.find((b) => this.damaged.has(b))
+    if (hurt !== undefined)
+      return {
+        _tag: "ChecksumRefused",
+        id: request.id,
+        reason: "damaged",
+        detail: `disk ${diskId}: block ${hurt} fails its check in the replica`
+      }
+    const zeros = new Uint8Array(this.geometry.blockSize)
+    const digests = new Uint8Array(request.blocks.length * DIGEST_BYTES)
+    request.blocks.forEach((b, k) => {
+      digests.set(blockDigest(this.blocks.get(b) ?? zeros), k * DIGEST_BYTES)
+    })
+    return { _tag: "ChecksumReply", id: request.id, through: this.durableSeq, digests }
+  }
 }
 
-/** One connection: records in, acks and gaps out. */
+/** One connection: records and checksum requests in; acks, gaps and checksum answers out. */
 export class Session {
   open = true
+  /**
+   * What arrived behind a checksum request still waiting for the records before it to be
+   * durable, the request first: taken in order once they are. Bounded by the transport,
+   * which reads nothing more while `blocked` (one chunk at most, on a socket).
+   */
+  readonly backlog: Array<Inbound> = []
+  /** Called once the session reads again (the transport resumes its intake). */
+  onUnblocked: (() => void) | undefined = undefined
   constructor(
     private readonly store: ReceiverStore,
+    readonly diskId: string,
     readonly disk: Disk,
     readonly peer: Peer,
     /** What the protocol's verdicts do here (built by the store). */
     readonly log: ProtocolSession.Log<never>
   ) {}
-  receive(record: Record): void {
-    this.store.receive(this, record)
+  receive(frame: Inbound): void {
+    if (this.backlog.length > 0) this.backlog.push(frame)
+    else this.store.receive(this, frame)
+  }
+  /** A checksum request waits for durability: the transport should stop reading until `onUnblocked`. */
+  get blocked(): boolean {
+    return this.open && this.backlog.length > 0
   }
   /** The filter side closed the connection: free the disk for the next one. */
   close(): void {
     if (!this.open) return
     this.open = false
+    this.backlog.length = 0
     if (this.disk.session === this) this.disk.session = undefined
+    this.onUnblocked?.()
+  }
+  /** The records before the waiting request are durable now: take the backlog in order. */
+  resume(): void {
+    while (this.open && this.backlog.length > 0) {
+      const head = this.backlog[0]!
+      if (head._tag === "ChecksumRequest" && this.disk.pending.length > 0) return // still waiting
+      this.backlog.shift()
+      this.store.receive(this, head)
+    }
+    if (this.open) this.onUnblocked?.()
   }
 }
 
@@ -126,19 +198,41 @@ export class ReceiverStore {
         reason: "already-connected",
         detail: `disk ${hello.diskId} already has a connection`
       }
-    const session = new Session(this, disk, peer, this.logOf(disk, peer))
+    const session = new Session(this, hello.diskId, disk, peer, this.logOf(disk, peer))
     disk.session = session
     return { _tag: "Welcome", durableSeq: disk.durableSeq, session }
   }
 
-  receive(session: Session, record: Record): void {
+  receive(session: Session, frame: Inbound): void {
     if (!session.open) return
+    if (frame._tag === "ChecksumRequest") {
+      this.checksums(session, frame)
+      return
+    }
     if (this.dropNext) {
       this.dropNext = false
       return
     }
-    const invalid = ProtocolSession.receive(session.disk, session.log, record)
+    const invalid = ProtocolSession.receive(session.disk, session.log, frame)
     if (invalid !== undefined) this.closeSession(session, invalid)
+  }
+
+  /**
+   * A checksum request: answered now if every record before it is durable (and so acked),
+   * else it waits at the front of the backlog until they are (`makeDurable`).
+   */
+  private checksums(session: Session, request: ChecksumRequest): void {
+    const disk = session.disk
+    const invalid = checkChecksumRequest(disk.geometry, request)
+    if (invalid !== undefined) {
+      this.closeSession(session, invalid)
+      return
+    }
+    if (disk.pending.length > 0) {
+      session.backlog.unshift(request)
+      return
+    }
+    session.peer.deliver(disk.answer(session.diskId, request))
   }
 
   private logOf(disk: Disk, peer: Peer): ProtocolSession.Log<never> {
@@ -163,14 +257,18 @@ export class ReceiverStore {
   private makeDurable(disk: Disk, ack: boolean): void {
     if (disk.pending.length === 0) return
     for (const entry of disk.pending) {
-      disk.apply(entry, disk.blocks)
+      disk.apply(entry, disk.blocks, true)
       disk.log.push(entry)
       if (entry._tag === "ResyncBegin") disk.durableInResync = true
       else if (entry._tag === "ResyncEnd") disk.durableInResync = false
     }
     disk.durableSeq = disk.pending[disk.pending.length - 1]!.seq
     disk.pending = []
-    if (ack && disk.session !== undefined) disk.session.peer.deliver({ _tag: "Ack", seq: disk.durableSeq })
+    if (ack && disk.session !== undefined) {
+      disk.session.peer.deliver({ _tag: "Ack", seq: disk.durableSeq })
+      // A checksum request waiting for these records is answered now, after their ack.
+      disk.session.resume()
+    }
   }
 
   private closeSession(session: Session, cause: unknown): void {
@@ -208,6 +306,34 @@ export class ReceiverStore {
   onIntake(listener: (paused: boolean) => void): () => void {
     this.intakeListeners.add(listener)
     return () => this.intakeListeners.delete(listener)
+  }
+
+  /**
+   * The durable copy of `block` fails its check from now on (a flipped byte the receiver
+   * detects): checksum requests naming it are refused (`damaged`) until a record rewrites
+   * the whole block.
+   */
+  damage(diskId: string, block: number): void {
+    const disk = this.disks.get(diskId)
+    if (disk === undefined || !Geometry.isBlock(disk.geometry, block))
+      throw new RangeError(`no block ${block} of disk ${diskId} to damage`)
+    disk.damaged.add(block)
+  }
+
+  /**
+   * Replaces the durable copy of `block` with `bytes`, silently (damage no check detects):
+   * the replica (what checksums and `replicaBlock` read) differs from what the filter sent;
+   * the log, and so `image`, is unchanged. For tests of checksum resync and verify.
+   */
+  overwrite(diskId: string, block: number, bytes: Uint8Array): void {
+    const disk = this.disks.get(diskId)
+    if (
+      disk === undefined ||
+      !Geometry.isBlock(disk.geometry, block) ||
+      bytes.byteLength !== disk.geometry.blockSize
+    )
+      throw new RangeError(`no block ${block} of disk ${diskId} to overwrite with ${bytes.byteLength} bytes`)
+    disk.blocks.set(block, new Uint8Array(bytes))
   }
 
   /** The next record to arrive (on any connection) vanishes, so the one after it makes a gap. */

@@ -5,6 +5,8 @@
  * write (one `writev`, no copy). The writer waits only when the socket's buffer is
  * above its high-water mark (Node's `drain`), so a receiver that stops reading fills
  * the outbox and `send` suspends. Any wire error or socket end marks the connection lost.
+ * Checksum requests go through the same outbox as records (their order on the stream is
+ * the order they were queued); replies and refusals are messages like acks.
  * When nothing has been sent for `keepAliveInterval`, a keep-alive frame goes out, so the
  * receiver's idle timeout never closes a healthy idle link; the receiver's answers are
  * dropped here (they only prove the link carries traffic both ways).
@@ -190,7 +192,13 @@ const open = (
       const error = decoder.pushInto(chunk, frames)
       for (const frame of frames) {
         if (welcomed) {
-          if (frame._tag === "Ack" || frame._tag === "Gap") link.deliver(frame)
+          if (
+            frame._tag === "Ack" ||
+            frame._tag === "Gap" ||
+            frame._tag === "ChecksumReply" ||
+            frame._tag === "ChecksumRefused"
+          )
+            link.deliver(frame)
           else if (frame._tag === "KeepAlive") continue
           else return lost(unexpected(frame, "after the welcome"))
         } else if (frame._tag === "Welcome") {
@@ -245,6 +253,7 @@ const open = (
       send: (record) => Effect.suspend(() => link.send(encodeRecord(record))),
       sendOwned: (record, onWritten) =>
         Effect.suspend(() => link.send({ parts: encodeOwned(record), onWritten })),
+      requestChecksums: (request) => Effect.suspend(() => link.send(encodeRecord(request))),
       messages: Mailbox.toStream(link.messages)
     }
     return connection

@@ -11,6 +11,7 @@ import * as Decider from "../../domain/Decider.js"
 import type * as Event from "../../domain/Event.js"
 import * as Input from "../../domain/Input.js"
 import * as State from "../../domain/State.js"
+import * as Wire from "../../protocol/Wire.js"
 import { ReceiverAheadOfJournal } from "./errors.js"
 import type { Metrics } from "./metrics.js"
 import { type Command, type Decided, noteError, type Shared, statusNow, stop } from "./shared.js"
@@ -57,22 +58,83 @@ export const recordOf = (
     case "SyncActivated":
       return { session, record: { _tag: "ResyncEnd", seq: event.seq, epoch: event.epoch } }
     case "BlockCompared":
-    case "BlockMatched":
-    case "BlockMismatched":
-      // Unreachable for now: the replicator pumps without `compareFrom` and is never fed a
-      // ComparisonCompleted, so it decides no comparison (the wire frames are later work, issue 18).
-      return undefined
+      // Read and hashed once the event is durable (the journal stage); its request goes in this place.
+      return { session, compared: event.id, block: event.block }
     default:
       return undefined
   }
 }
 
-/** Whether a pump tick could drain now: the marker, blocks within the window, or the switch back to sync. */
+/**
+ * Whether a pump tick could drain now: the marker, blocks within the window (block
+ * records in flight and comparisons waiting share it), or the switch back to sync.
+ */
 export const needsPump = (s: State.State, window: number): boolean =>
   s.mode === "resync" &&
   s.link === "up" &&
   s.owed === null &&
-  (!s.markerSent || (State.hasObligations(s) && s.flight.blockRecords < window) || Decider.canResumeSync(s))
+  (!s.markerSent ||
+    (State.hasObligations(s) && s.flight.blockRecords + s.comparing.length < window) ||
+    Decider.canResumeSync(s))
+
+const sameDigest = (a: Uint8Array, b: Uint8Array): boolean => {
+  if (a.byteLength !== b.byteLength) return false
+  for (let i = 0; i < a.byteLength; i++) if (a[i] !== b[i]) return false
+  return true
+}
+
+/**
+ * The outcomes of a checksum answer, one per block of its request, in request order:
+ * matched when the receiver's digest equals the disk's as read, with the reply's `through`.
+ * A refusal (the receiver could not check its bytes) is a mismatch of every block; its
+ * `through` is the watermark, so it acks nothing. `undefined` for an answer whose request
+ * was forgotten at a link loss or gap (its comparisons were re-marked): it is stale.
+ */
+const outcomesOf = (
+  shared: Shared,
+  answer: Wire.ChecksumReply | Wire.ChecksumRefused,
+  watermark: number
+): Effect.Effect<ReadonlyArray<Input.Input> | undefined> =>
+  Effect.gen(function* () {
+    const compared = shared.requests.get(answer.id)
+    if (compared === undefined) return undefined
+    shared.requests.delete(answer.id)
+    shared.checksumsAnswered = true
+    if (answer._tag === "ChecksumRefused") {
+      yield* Effect.logWarning(
+        `the receiver refused checksum request ${answer.id} (${answer.reason}): ${answer.detail}; its ${compared.length} block(s) are sent`
+      )
+      return compared.map((c) => Input.comparisonCompleted(c.id, c.block, false, watermark))
+    }
+    // A reply of another size answers another question: believe none of it, send the blocks.
+    const whole = answer.digests.byteLength === compared.length * Wire.DIGEST_BYTES
+    if (!whole)
+      yield* Effect.logWarning(
+        `checksum reply ${answer.id} holds ${answer.digests.byteLength / Wire.DIGEST_BYTES} digest(s) for ${compared.length} block(s); its blocks are sent`
+      )
+    return compared.map((c, k) =>
+      Input.comparisonCompleted(
+        c.id,
+        c.block,
+        whole && sameDigest(c.digest, Wire.digestAt(answer, k)),
+        answer.through
+      )
+    )
+  })
+
+/**
+ * At a link loss: a receiver from before checksum requests closes the connection on the
+ * first one (docs/wire.md, "An older peer"). A connection closed with a request
+ * unanswered, when none was ever answered, turns comparisons off for this run.
+ */
+const forgetRequests = (shared: Shared): Effect.Effect<void> =>
+  Effect.suspend(() => {
+    if (shared.requests.size === 0 || shared.checksumsAnswered || shared.compareOff) return Effect.void
+    shared.compareOff = true
+    return Effect.logWarning(
+      "the connection closed with a checksum request unanswered, and the receiver never answered one (a receiver from before checksums?): owed blocks are sent, not compared, from now on"
+    )
+  })
 
 /** Decides one batch of commands, hands it to the journal stage and publishes the state. */
 export const decideBatch = (shared: Shared, settings: LoopSettings, commands: ReadonlyArray<Command>) =>
@@ -88,14 +150,15 @@ export const decideBatch = (shared: Shared, settings: LoopSettings, commands: Re
     const before = shared.state
     let s = shared.state
     for (const command of commands) {
-      let input: Input.Input
+      let inputs: ReadonlyArray<Input.Input>
       let data: Lease | undefined
       switch (command._tag) {
         case "Barrier":
           barriers.push(command.done)
           continue
-        case "Input":
-          input = command.input
+        case "Input": {
+          const input = command.input
+          inputs = [input]
           data = command.data
           if (input._tag === "PumpTick") shared.pumpPending = false
           else {
@@ -110,76 +173,91 @@ export const decideBatch = (shared: Shared, settings: LoopSettings, commands: Re
             }
           }
           break
+        }
         case "Connected":
           // Answered whatever happens below: adopted (a link number) or not.
           adoptions.push(command.adopted)
           if (s.link === "up") continue // a stale handshake; the supervisor will retry
-          input = Input.linkReestablished(command.connection.durableSeq)
+          inputs = [Input.linkReestablished(command.connection.durableSeq)]
           break
         case "Message":
           if (command.link !== shared.link || s.link === "down") continue // from a connection already given up
-          input = command.input
+          inputs = [command.input]
           break
+        case "Answer": {
+          if (command.link !== shared.link || s.link === "down") continue
+          const outcomes = yield* outcomesOf(shared, command.answer, s.watermark)
+          if (outcomes === undefined) continue // its comparisons were re-marked by a loss or gap
+          inputs = outcomes
+          break
+        }
         case "Disconnected":
           if (command.link !== shared.link) continue
-          input = Input.linkFailed(command.reason)
+          inputs = [Input.linkFailed(command.reason)]
           break
       }
-      let decided = Decider.decideFolded(s, input)
-      if (Either.isLeft(decided)) {
-        if (command._tag === "Input") {
-          // Checked before the disk write, so this is a bug; the disk already holds the write.
-          yield* stop(shared, "a completed guest write was rejected", decided.left)
-          continue
+      for (const input of inputs) {
+        let decided = Decider.decideFolded(s, input)
+        if (Either.isLeft(decided)) {
+          if (command._tag === "Input") {
+            // Checked before the disk write, so this is a bug; the disk already holds the write.
+            yield* stop(shared, "a completed guest write was rejected", decided.left)
+            continue
+          }
+          if (decided.left._tag === "ReceiverAhead") {
+            // Another history of this disk at the receiver: resending from this journal
+            // would be taken for records it has. The model refuses it; so does the filter.
+            yield* stop(
+              shared,
+              "the receiver's log does not come from this journal",
+              new ReceiverAheadOfJournal({
+                diskId: settings.diskId,
+                receiverSeq: decided.left.receiverSeq,
+                lastSent: decided.left.nextSeq - 1
+              })
+            )
+            continue
+          }
+          if (command._tag !== "Message" || input._tag !== "GapReceived") {
+            yield* stop(shared, "the receiver contradicts the journal", decided.left)
+            continue
+          }
+          // A gap we cannot place: the receiver lost acked data mid-connection. Start over.
+          decided = Decider.decideFolded(s, Input.linkFailed("protocol-error"))
+          if (Either.isLeft(decided)) continue
         }
-        if (decided.left._tag === "ReceiverAhead") {
-          // Another history of this disk at the receiver: resending from this journal
-          // would be taken for records it has. The model refuses it; so does the filter.
-          yield* stop(
-            shared,
-            "the receiver's log does not come from this journal",
-            new ReceiverAheadOfJournal({
-              diskId: settings.diskId,
-              receiverSeq: decided.left.receiverSeq,
-              lastSent: decided.left.nextSeq - 1
-            })
-          )
-          continue
+        // Folded once, by the decider: each event comes with the state it was decided against.
+        const folded = decided.right
+        let streamed = false
+        for (let i = 0; i < folded.events.length; i++) {
+          const event = folded.events[i]!
+          const out = recordOf(shared.session, event, folded.before[i]!, data)
+          if (out !== undefined) outgoing.push(out)
+          if (event.type === "WriteStreamed") streamed = true
+          events.push(event)
+          if (event.type === "LinkLost" || event.type === "DiscontinuityReported") {
+            shared.session++
+            if (event.type === "LinkLost") yield* forgetRequests(shared)
+            // Their comparisons are re-marked: answers still to come are stale.
+            shared.requests.clear()
+          }
+          if (event.type === "LinkRestored" && command._tag === "Connected") {
+            shared.session++
+            shared.link++
+            shared.connection = command.connection
+            yield* SubscriptionRef.set(shared.connectionRef, { link: shared.link, conn: command.connection })
+            Deferred.unsafeDone(command.adopted, Exit.succeed(shared.link))
+          }
+          if (event.type === "LinkLost") {
+            // The only event that takes the link down. The supervisor sees this and closes the connection.
+            shared.connection = undefined
+            yield* SubscriptionRef.set(shared.connectionRef, undefined)
+          }
         }
-        if (command._tag !== "Message" || input._tag !== "GapReceived") {
-          yield* stop(shared, "the receiver contradicts the journal", decided.left)
-          continue
-        }
-        // A gap we cannot place: the receiver lost acked data mid-connection. Start over.
-        decided = Decider.decideFolded(s, Input.linkFailed("protocol-error"))
-        if (Either.isLeft(decided)) continue
+        s = folded.state
+        // Only tracked in the bitmap (resync): the copy is not needed.
+        if (data !== undefined && !streamed) data.release()
       }
-      // Folded once, by the decider: each event comes with the state it was decided against.
-      const folded = decided.right
-      let streamed = false
-      for (let i = 0; i < folded.events.length; i++) {
-        const event = folded.events[i]!
-        const out = recordOf(shared.session, event, folded.before[i]!, data)
-        if (out !== undefined) outgoing.push(out)
-        if (event.type === "WriteStreamed") streamed = true
-        events.push(event)
-        if (event.type === "LinkLost" || event.type === "DiscontinuityReported") shared.session++
-        if (event.type === "LinkRestored" && command._tag === "Connected") {
-          shared.session++
-          shared.link++
-          shared.connection = command.connection
-          yield* SubscriptionRef.set(shared.connectionRef, { link: shared.link, conn: command.connection })
-          Deferred.unsafeDone(command.adopted, Exit.succeed(shared.link))
-        }
-        if (event.type === "LinkLost") {
-          // The only event that takes the link down. The supervisor sees this and closes the connection.
-          shared.connection = undefined
-          yield* SubscriptionRef.set(shared.connectionRef, undefined)
-        }
-      }
-      s = folded.state
-      // Only tracked in the bitmap (resync): the copy is not needed.
-      if (data !== undefined && !streamed) data.release()
     }
     shared.state = s
     // Not adopted (a stale handshake, or one the model refused): the supervisor retries.
@@ -189,6 +267,9 @@ export const decideBatch = (shared: Shared, settings: LoopSettings, commands: Re
     if (writtenBytes > 0) yield* Metric.incrementBy(settings.metrics.bytesWritten, writtenBytes)
     yield* afterBatch(shared, settings, before, s, events)
   })
+
+/** Records in flight and comparisons waiting: what the watchdog waits on. */
+const outstanding = (s: State.State): number => s.flight.size + s.comparing.length
 
 /** Publishes a decided batch: lag bookkeeping, log lines, metrics, the hold, and a pump tick if one could drain. */
 const afterBatch = (
@@ -222,9 +303,18 @@ const afterBatch = (
       if (e.type === "LinkRestored")
         yield* Effect.logInfo(`link restored: receiver durable seq ${e.receiverSeq}`)
       if (e.type === "BlockSent") yield* Metric.increment(settings.metrics.drainSent)
+      // An answer is progress, like an ack: the watchdog waits for both.
+      if (e.type === "BlockMatched" || e.type === "BlockMismatched") shared.lastProgress = now
     }
-    if (before.flight.size === 0 && after.flight.size > 0) shared.lastProgress = now
+    if (outstanding(before) === 0 && outstanding(after) > 0) shared.lastProgress = now
+    const counted = { ...shared.book.checksums }
     noteBatch(shared.book, events, after, now)
+    const { compared, matched, sent } = shared.book.checksums
+    if (compared > counted.compared)
+      yield* Metric.incrementBy(settings.metrics.blocksCompared, compared - counted.compared)
+    if (matched > counted.matched)
+      yield* Metric.incrementBy(settings.metrics.blocksMatched, matched - counted.matched)
+    if (sent > counted.sent) yield* Metric.incrementBy(settings.metrics.checksumSent, sent - counted.sent)
     const status = statusNow(shared, now)
     yield* SubscriptionRef.set(shared.stateRef, after)
     yield* SubscriptionRef.set(shared.statusRef, status)

@@ -1,20 +1,27 @@
 /**
  * The journal stage: durable first, then act, in decision order. It makes the events of
  * every batch waiting durable with one append (one fsync), and only then acts on them:
- * records go to the sender in seq order, block reads start, flush barriers complete,
- * pending-write slots and activity-log extents are let go. A snapshot is saved every
- * `snapshotEvery` events so start-up stays fast.
+ * records go to the sender in seq order, block reads start, compared blocks are read and
+ * hashed, flush barriers complete, pending-write slots and activity-log extents are let
+ * go. A snapshot is saved every `snapshotEvery` events so start-up stays fast.
+ *
+ * Where a checksum request goes: comparisons take no seq, so the request is placed in
+ * the outbox where its comparisons were decided, among the records. The outbox is one
+ * queue in decision order and the sender takes it in order, so the request leaves after
+ * every record decided before its comparisons and before every record decided after.
+ * Comparisons decided in a row (no record between them, one session, blocks strictly
+ * increasing, at most `Wire.MAX_CHECKSUM_BLOCKS`) share one request.
  */
 import { Deferred, Effect, FiberId } from "effect"
 import type { EventJournal } from "../../adapters/EventJournal.js"
 import type { DiskError, VirtualDisk } from "../../adapters/VirtualDisk.js"
-import type * as Wire from "../../protocol/Wire.js"
+import * as Wire from "../../protocol/Wire.js"
 import type { Config } from "../../domain/Config.js"
 import type * as Event from "../../domain/Event.js"
 import * as Geometry from "../../domain/Geometry.js"
 import * as State from "../../domain/State.js"
 import { type Metrics, timed } from "./metrics.js"
-import { type Decided, type Outgoing, type Shared, stop } from "./shared.js"
+import { type Compared, type Comparisons, type Decided, type Outgoing, type Shared, stop } from "./shared.js"
 
 /** Consecutive drained blocks read with one disk request, at most. */
 export const READ_RUN = 16
@@ -72,11 +79,66 @@ export const journalStage = (
     }
   })
 
+type BlockRead = Extract<Decided, { readonly seq: number; readonly block: number }>
+type Comparison = Extract<Decided, { readonly compared: number }>
+
+const isBlockRead = (out: Decided): out is BlockRead => "seq" in out
+const isComparison = (out: Decided): out is Comparison => "compared" in out
+
 /**
- * Hands a journaled batch's records to the sender. Each keeps the session it was
- * decided in; the sender drops stale ones. Blocks drained in a row are read with one
- * request (up to `READ_RUN` blocks), so a full sync costs one thread-pool hop per run
- * rather than per block.
+ * Reads the blocks of comparisons decided in a row (consecutive blocks with one request,
+ * up to `READ_RUN`) and hashes each: their checksum request, with what each block is
+ * compared with. Runs only once their events are journaled, so every read follows its
+ * decision: a write that completes after a read marked the block again after the decision.
+ */
+const readAndHash = (
+  disk: VirtualDisk.Service,
+  config: Config,
+  batch: ReadonlyArray<Comparison>
+): Effect.Effect<Comparisons, DiskError> =>
+  Effect.gen(function* () {
+    const { blockSize } = config
+    const compared: Array<Compared> = []
+    for (let k = 0; k < batch.length; ) {
+      const first = batch[k]!.block
+      let run = 1
+      while (run < READ_RUN && k + run < batch.length && batch[k + run]!.block === first + run) run++
+      const bytes = yield* disk.read(Geometry.blockOffset(config, first), run * blockSize)
+      for (let j = 0; j < run; j++) {
+        const { compared: id, block } = batch[k + j]!
+        compared.push({
+          id,
+          block,
+          digest: Wire.blockDigest(bytes.subarray(j * blockSize, (j + 1) * blockSize))
+        })
+      }
+      k += run
+    }
+    return {
+      // The first comparison's id names the request: ids are unique, and each is in one request.
+      request: { _tag: "ChecksumRequest", id: batch[0]!.compared, blocks: batch.map((c) => c.block) },
+      compared
+    }
+  })
+
+/** How many of the comparisons from `from` on go in one request. */
+const requestLength = (outgoing: ReadonlyArray<Decided>, from: number): number => {
+  const first = outgoing[from] as Comparison
+  let n = 1
+  while (n < Wire.MAX_CHECKSUM_BLOCKS && from + n < outgoing.length) {
+    const next = outgoing[from + n]!
+    if (!isComparison(next) || next.session !== first.session) break
+    if (next.block <= (outgoing[from + n - 1] as Comparison).block) break
+    n++
+  }
+  return n
+}
+
+/**
+ * Hands a journaled batch's records and checksum requests to the sender, in decision
+ * order. Each keeps the session it was decided in; the sender drops stale ones. Blocks
+ * drained in a row are read with one request (up to `READ_RUN` blocks), so a full sync
+ * costs one thread-pool hop per run rather than per block.
  */
 export const act = (
   shared: Shared,
@@ -100,10 +162,19 @@ export const act = (
         i++
         continue
       }
+      if (isComparison(out)) {
+        const n = requestLength(outgoing, i)
+        const hashing = Deferred.unsafeMake<Comparisons, DiskError>(FiberId.none)
+        const batch = outgoing.slice(i, i + n) as ReadonlyArray<Comparison>
+        reads.push(Effect.fork(Effect.intoDeferred(readAndHash(disk, config, batch), hashing)))
+        items.push({ session: out.session, comparisons: Deferred.await(hashing) })
+        i += n
+        continue
+      }
       let run = 1
       while (run < READ_RUN && i + run < outgoing.length) {
         const next = outgoing[i + run]!
-        if ("record" in next || next.block !== out.block + run || next.session !== out.session) break
+        if (!isBlockRead(next) || next.block !== out.block + run || next.session !== out.session) break
         run++
       }
       // Started below, before the records go out, so the sender never waits on an unstarted read.
@@ -117,7 +188,7 @@ export const act = (
         )
       )
       for (let k = 0; k < run; k++) {
-        const { seq, block, epoch, session } = outgoing[i + k] as Extract<Decided, { block: number }>
+        const { seq, block, epoch, session } = outgoing[i + k] as BlockRead
         items.push({
           session,
           seq,

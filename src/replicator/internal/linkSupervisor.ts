@@ -1,7 +1,8 @@
 /**
  * The link supervisor: while the model says the link is down, it connects (capped
  * exponential backoff with jitter), hands the connection to the loop, turns acks and
- * gaps into inputs, and watches for an ack timeout. A refusal no retry can heal stops
+ * gaps into inputs and checksum answers into commands, and watches for an ack timeout
+ * (records unacked or comparisons unanswered for too long). A refusal no retry can heal stops
  * the replicator.
  */
 import { Clock, Deferred, Duration, Effect, FiberId, type Schedule, Stream } from "effect"
@@ -54,10 +55,15 @@ export const runConnection = (shared: Shared, receiver: LogReceiver.Service, set
               ack = m.seq
               continue
             }
+            // A gap or a checksum answer comes after the acks before it (an answer's records are acked first).
             if (ack !== undefined)
               commands.push({ _tag: "Message", link: myLink, input: Input.ackReceived(ack) })
             ack = undefined
-            commands.push({ _tag: "Message", link: myLink, input: Input.gapReceived(m.expected) })
+            commands.push(
+              m._tag === "Gap"
+                ? { _tag: "Message", link: myLink, input: Input.gapReceived(m.expected) }
+                : { _tag: "Answer", link: myLink, answer: m }
+            )
           }
           if (ack !== undefined)
             commands.push({ _tag: "Message", link: myLink, input: Input.ackReceived(ack) })
@@ -72,7 +78,9 @@ export const runConnection = (shared: Shared, receiver: LogReceiver.Service, set
           yield* Effect.sleep(Duration.millis(Math.max(10, timeout / 4)))
           if (shared.link !== myLink) return "superseded"
           const now = yield* Clock.currentTimeMillis
-          if (shared.state.flight.size > 0 && now - shared.lastProgress > timeout) return "ack-timeout"
+          // Records waiting for their ack, or comparisons for their answer.
+          const waiting = shared.state.flight.size > 0 || shared.state.comparing.length > 0
+          if (waiting && now - shared.lastProgress > timeout) return "ack-timeout"
         }
       })
       const closedByFilter = shared.connectionRef.changes.pipe(

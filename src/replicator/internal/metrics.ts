@@ -23,6 +23,18 @@ export const metrics = {
     description: "block records sent by resync drains",
     incremental: true
   }),
+  blocksCompared: Metric.counter("cdp_sync_checksum_compared_blocks_total", {
+    description: "owed blocks compared with the receiver's checksum instead of sent (checksum-based resync)",
+    incremental: true
+  }),
+  blocksMatched: Metric.counter("cdp_sync_checksum_matched_blocks_total", {
+    description: "compared blocks the receiver already held: proven without sending them",
+    incremental: true
+  }),
+  checksumSent: Metric.counter("cdp_sync_checksum_sent_blocks_total", {
+    description: "compared blocks sent because they differed (or the receiver could not check its copy)",
+    incremental: true
+  }),
   lagRecords: Metric.gauge("cdp_sync_lag_records", { description: "records sent and not yet acked" }),
   lagSeconds: Metric.gauge("cdp_sync_lag_seconds", { description: "age of the oldest unacked record" }),
   bytesWritten: Metric.counter("cdp_sync_guest_written_bytes_total", {

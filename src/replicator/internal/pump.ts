@@ -1,6 +1,7 @@
 /**
  * The pump: when the loop asks (`pumpSignal`), it offers a pump tick with the drain
- * budget, a window's worth of blocks or, with a rate limit, what the token bucket allows.
+ * budget, a window's worth of blocks or, with a rate limit, what the token bucket allows,
+ * and the checksum-resync threshold (`compareFrom`) unless comparisons are off.
  *
  * The bucket is hand-written, not Effect's `RateLimiter`: that one answers "wait until N
  * permits are free", the pump needs "how many are free now, up to a window" (a partial
@@ -17,7 +18,12 @@ import type { Shared } from "./shared.js"
 
 export const pump = (
   shared: Shared,
-  settings: { readonly config: Config; readonly drainBytesPerSecond: number | undefined }
+  settings: {
+    readonly config: Config
+    readonly drainBytesPerSecond: number | undefined
+    /** Compare instead of send while at least this many blocks are owed (checksum-based resync). */
+    readonly compareFrom: number | undefined
+  }
 ): Effect.Effect<never> =>
   Effect.gen(function* () {
     const { config, drainBytesPerSecond: rate } = settings
@@ -37,6 +43,8 @@ export const pump = (
         }
         tokens -= budget * config.blockSize
       }
-      shared.inbox.offer({ _tag: "Input", input: Input.pumpTick(budget) })
+      // Off for the run once the receiver showed it does not answer checksum requests.
+      const compareFrom = shared.compareOff ? undefined : settings.compareFrom
+      shared.inbox.offer({ _tag: "Input", input: Input.pumpTick(budget, compareFrom) })
     }
   })

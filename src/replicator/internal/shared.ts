@@ -7,9 +7,11 @@
  * The fibers (see `Replicator.make`):
  * - the decision loop (decisionLoop.ts): takes commands, decides and folds them;
  * - the journal stage (journalStage.ts): makes decided events durable, then acts;
- * - the sender (sender.ts): records to the adopted connection, in seq order;
+ * - the sender (sender.ts): records and checksum requests to the adopted connection, in
+ *   decision order (records in seq order, each request after the records decided before it);
  * - the pump (pump.ts): drain capacity, with an optional rate limit;
- * - the link supervisor (linkSupervisor.ts): connects, reads acks and gaps, watches;
+ * - the link supervisor (linkSupervisor.ts): connects, reads acks, gaps and checksum
+ *   answers, watches;
  * - the activity committer (activityStage.ts): commits the extents writes ask for;
  * - callers' fibers: the write path (writePath.ts) and flush / quiesce / close (lifecycle.ts).
  *
@@ -44,12 +46,35 @@ export type Command =
     }
   /** `link` names the connection a message came from, so stale ones are dropped. */
   | { readonly _tag: "Message"; readonly input: Input.Input; readonly link: number }
+  /** The answer to a checksum request; the loop turns it into one outcome per block compared. */
+  | {
+      readonly _tag: "Answer"
+      readonly answer: Wire.ChecksumReply | Wire.ChecksumRefused
+      readonly link: number
+    }
   | { readonly _tag: "Disconnected"; readonly reason: string; readonly link: number }
 
-/** What an event puts on the wire: a record, or a block to read once the batch is journaled. */
+/**
+ * What an event puts on the wire: a record, a block to read once the batch is journaled,
+ * or a comparison (`compared`: its id) whose block is read and hashed once it is journaled.
+ */
 export type Decided =
   | { readonly session: number; readonly record: Wire.Record; readonly release?: (() => void) | undefined }
   | { readonly session: number; readonly seq: number; readonly block: number; readonly epoch: number }
+  | { readonly session: number; readonly compared: number; readonly block: number }
+
+/** A comparison on the wire: its id (the model's), its block, and the digest of the disk's block as read after it was decided. */
+export interface Compared {
+  readonly id: number
+  readonly block: number
+  readonly digest: Uint8Array
+}
+
+/** A checksum request ready to go, and what each of its blocks is compared with (in request order). */
+export interface Comparisons {
+  readonly request: Wire.ChecksumRequest
+  readonly compared: ReadonlyArray<Compared>
+}
 
 /** A decided batch on its way to the journal: acted on only once its events are durable. */
 export interface Decision {
@@ -65,7 +90,7 @@ export interface Decision {
 }
 
 /** A record bound for the wire: ready, or a block read started after its event was journaled. */
-export interface Outgoing {
+export interface OutgoingRecord {
   readonly session: number
   readonly seq: number
   readonly record: Wire.Record | undefined
@@ -73,6 +98,19 @@ export interface Outgoing {
   /** Hands a guest-data copy back to the pool once the connection no longer reads it. */
   readonly release: (() => void) | undefined
 }
+
+/**
+ * A checksum request bound for the wire, in its place among the records: after every
+ * record decided before its comparisons. Its blocks are read and hashed once their
+ * `BlockCompared` events are journaled, never before.
+ */
+export interface OutgoingComparisons {
+  readonly session: number
+  readonly comparisons: Effect.Effect<Comparisons, DiskError>
+}
+
+/** What the journal stage hands the sender, in decision order. */
+export type Outgoing = OutgoingRecord | OutgoingComparisons
 
 /** With an `ActivityLog`: a guest write reaches the disk only in an extent the log holds. */
 export interface ActivityShared {
@@ -118,6 +156,24 @@ export interface Shared {
   readonly sentAt: Map<number, number>
   /** What `Status` says beyond the state: drain progress and rate, the last recovery point. */
   readonly book: StatusBook
+  /** The receiver has answered a checksum request since the start: it knows them. */
+  checksumsAnswered: boolean
+  /**
+   * Comparisons are off for this run: a connection closed with a request unanswered,
+   * and no request was ever answered (a receiver from before checksums closes the
+   * connection on one). The pump reads it: it then sends every owed block.
+   */
+  compareOff: boolean
+
+  // --- Written by the sender (adds) and the decision loop (takes out, clears) ----------
+  /**
+   * Checksum requests on the wire whose answers have not arrived, by request id: what
+   * each block was compared with. The sender adds one as it sends it; the loop takes it
+   * out when its answer arrives, and clears them all on a link loss or a gap (their
+   * comparisons are re-marked; a late answer finds nothing and is dropped). They are
+   * the current session's comparisons waiting, at most `window` (the decider bounds them).
+   */
+  readonly requests: Map<number, ReadonlyArray<Compared>>
 
   // --- Written by the journal stage ------------------------------------------------------
   /** Where the journal ends, after the last append (snapshots are saved at it). */
@@ -151,7 +207,7 @@ export interface Shared {
   readonly inbox: Inbox.Inbox<Command>
   /** From the decision loop to the journal stage. */
   readonly decisions: Inbox.Inbox<Decision>
-  /** From the journal stage to the sender, in seq order. */
+  /** From the journal stage to the sender, in decision order (records in seq order). */
   readonly outbox: Inbox.Inbox<Outgoing>
   /** From the decision loop to the pump: a drain tick is wanted. */
   readonly pumpSignal: Queue.Queue<void>
@@ -215,6 +271,9 @@ export const makeShared = (options: {
       lastProgress: now,
       sentAt: new Map(),
       book,
+      requests: new Map(),
+      checksumsAnswered: false,
+      compareOff: false,
       position: options.position,
       sinceSnapshot: 0,
       held: false,

@@ -25,6 +25,16 @@ export interface DrainProgress {
   readonly bytesPerSecond: number
 }
 
+/** Checksum-based resync since this start: blocks compared, proven by a match, and sent after a mismatch. */
+export interface ChecksumCounts {
+  /** Owed blocks compared with the receiver's checksum instead of sent. */
+  readonly compared: number
+  /** Of those, the ones the receiver already held: not sent. */
+  readonly matched: number
+  /** Of those, the ones sent because they differed (or the receiver could not check its copy). */
+  readonly sent: number
+}
+
 /** Something that went wrong without stopping the replicator (a refused connection, a lost link). */
 export interface ErrorNote {
   readonly message: string
@@ -60,6 +70,8 @@ export interface Status {
   readonly quiescent: boolean
   /** In resync: how far the drain is and how fast it goes. */
   readonly drain: DrainProgress | undefined
+  /** Checksum-based resync since this start (all 0 without `compareFrom`). */
+  readonly checksums: ChecksumCounts
   /** The newest recovery point the filter knows the receiver holds (since this start). */
   readonly lastRecoveryPoint: KnownRecoveryPoint | undefined
   /** The last link loss or failed connection attempt. */
@@ -104,6 +116,8 @@ export interface StatusBook {
   windowBlocks: number
   /** Blocks per second over the last full window. */
   rate: number
+  /** Checksum-based resync since the start. */
+  checksums: { compared: number; matched: number; sent: number }
   /** The mutant (internal/mutants.ts). */
   readonly everyAckAPoint: boolean
 }
@@ -121,6 +135,7 @@ export const makeBook = (state: State.State, now: number, everyAckAPoint = false
   windowStart: now,
   windowBlocks: 0,
   rate: 0,
+  checksums: { compared: 0, matched: 0, sent: 0 },
   everyAckAPoint
 })
 
@@ -147,6 +162,8 @@ export const noteBatch = (
   after: State.State,
   now: number
 ): void => {
+  // The decider sends a mismatched block at once: the send right after it is checksum resync's.
+  let mismatched = false
   for (const e of events) {
     switch (e.type) {
       case "WriteStreamed":
@@ -157,6 +174,13 @@ export const noteBatch = (
         book.lastSeq = e.seq
         book.sent++
         book.windowBlocks++
+        if (mismatched) book.checksums.sent++
+        break
+      case "BlockCompared":
+        book.checksums.compared++
+        break
+      case "BlockMatched":
+        book.checksums.matched++
         break
       case "SyncActivated":
         // The resync-end marker is the first point of the new sync period.
@@ -185,6 +209,7 @@ export const noteBatch = (
         notePoint(book, e.seq, now)
         break
     }
+    mismatched = e.type === "BlockMismatched"
   }
   if (after.mode === "resync") book.peak = Math.max(book.peak, State.obligationCount(after))
   if (now - book.windowStart >= RATE_WINDOW_MS) {
@@ -230,6 +255,7 @@ export const statusOf = (
             bytesPerSecond: Math.round(rate * blockSize)
           }
         : undefined,
+    checksums: { ...book.checksums },
     lastRecoveryPoint: book.lastPoint,
     lastError: notes.lastError,
     stopped: notes.stopped

@@ -1,0 +1,384 @@
+/**
+ * Checksum-based resync in the replicator (issue 18), in process over the in-memory
+ * receiver (which answers checksum requests as the real one does):
+ * - after an unclean start (every block owed), with `compareFrom` only the blocks that
+ *   differ are sent, whether the disk changed or the receiver's copy did; the counters say
+ *   so in `Status`;
+ * - a block the receiver cannot check (refused as damaged) is sent;
+ * - a guest write to a block whose comparison is outstanding (its read held) ends up at
+ *   the receiver, whether the read saw the write or not;
+ * - a receiver that closes the connection on a checksum request (one from before them)
+ *   turns comparisons off: every owed block is sent and the replica is whole;
+ * - the journal stage puts a request where its comparisons were decided, among the
+ *   records, and the loop turns answers into outcomes (stale ones dropped).
+ */
+import { Deferred, Effect, Either, Layer, Schedule, type Scope } from "effect"
+import { describe, expect, it } from "vitest"
+import * as EventJournal from "../../src/adapters/EventJournal.js"
+import * as LogReceiver from "../../src/adapters/LogReceiver.js"
+import * as VirtualDisk from "../../src/adapters/VirtualDisk.js"
+import * as Config from "../../src/domain/Config.js"
+import type * as Event from "../../src/domain/Event.js"
+import * as Input from "../../src/domain/Input.js"
+import * as State from "../../src/domain/State.js"
+import * as Wire from "../../src/protocol/Wire.js"
+import { decideBatch } from "../../src/replicator/internal/decisionLoop.js"
+import { act } from "../../src/replicator/internal/journalStage.js"
+import { forDisk } from "../../src/replicator/internal/metrics.js"
+import { makeShared } from "../../src/replicator/internal/shared.js"
+import * as Replicator from "../../src/replicator/Replicator.js"
+
+const BS = 4096
+const BLOCKS = 64
+const config = Either.getOrThrow(
+  Config.make({ blockSize: BS, blockCount: BLOCKS, window: 8, congestionLimit: 1 << 20 })
+)
+const header = { blockSize: BS, blockCount: BLOCKS, initial: config.initial }
+const block = (fill: number) => new Uint8Array(BS).fill(fill)
+
+/** The disk, journal and receiver of one filter, kept across its runs. */
+const makeWorld = (disk: VirtualDisk.VirtualDisk.Service = VirtualDisk.makeMemory(config)) =>
+  Effect.gen(function* () {
+    const receiver = yield* Layer.build(LogReceiver.layerMemory())
+    return {
+      disk,
+      store: EventJournal.makeMemoryStore(),
+      receiver,
+      control: yield* Effect.provide(LogReceiver.MemoryReceiver, receiver)
+    }
+  })
+type World = Effect.Effect.Success<ReturnType<typeof makeWorld>>
+
+/** A replicator on `world` in the caller's scope; `wrap` may stand between it and the receiver. */
+const start = (
+  world: World,
+  options: Partial<Replicator.Options> = {},
+  wrap?: (inner: LogReceiver.LogReceiver.Service) => LogReceiver.LogReceiver.Service
+) =>
+  Effect.gen(function* () {
+    const inner = yield* Effect.provide(LogReceiver.LogReceiver, world.receiver)
+    const context = yield* Layer.build(
+      Replicator.layer({
+        diskId: "d",
+        config,
+        ackTimeout: "2 seconds",
+        reconnect: Schedule.spaced("5 millis"),
+        ...options
+      }).pipe(
+        Layer.provide(
+          Layer.mergeAll(
+            Layer.succeed(VirtualDisk.VirtualDisk, world.disk),
+            EventJournal.layerMemory({ store: world.store }),
+            Layer.succeed(LogReceiver.LogReceiver, wrap === undefined ? inner : wrap(inner))
+          )
+        )
+      )
+    )
+    return yield* Effect.provide(Replicator.Replicator, context)
+  })
+
+/** Run 1: every block written (block b holds b + 1) and replicated; then the run is left open, as by a kill. */
+const replicatedThenKilled = (world: World) =>
+  Effect.gen(function* () {
+    yield* Effect.scoped(
+      Effect.gen(function* () {
+        const replicator = yield* start(world)
+        for (let b = 0; b < BLOCKS; b++) yield* replicator.write(b * BS, block(b + 1))
+        yield* replicator.quiesce
+      })
+    )
+    // The next start is unclean: without an activity log it owes every block.
+    yield* EventJournal.makeMemory(world.store).beginRun(header)
+    return yield* world.control.durableSeq("d")
+  })
+
+/** Blocks of the Block records the receiver logged after `seq`. */
+const blocksSentAfter = (world: World, seq: number) =>
+  Effect.map(world.control.log("d"), (log) =>
+    log.filter((e) => e.seq > seq && e._tag === "Block").map((e) => (e as Wire.Block).block)
+  )
+
+/** The replica equals the disk, block by block. */
+const expectWhole = (world: World) =>
+  Effect.gen(function* () {
+    for (let b = 0; b < BLOCKS; b++)
+      expect(
+        Buffer.from(yield* world.control.replicaBlock("d", b)).equals(
+          Buffer.from(yield* world.disk.read(b * BS, BS))
+        ),
+        `block ${b}`
+      ).toBe(true)
+  })
+
+const run = <A, E>(program: Effect.Effect<A, E, Scope.Scope>) => Effect.runPromise(Effect.scoped(program))
+
+describe("checksum-based resync in the replicator", () => {
+  it("after an unclean start sends only the blocks that differ, on the disk or at the receiver; each block read after its event is journaled", async () => {
+    await run(
+      Effect.gen(function* () {
+        const inner = VirtualDisk.makeMemory(config)
+        // Per block: events journaled that read it (compared or sent), and reads so far.
+        const journaled = new Array<number>(BLOCKS).fill(0)
+        const reads = new Array<number>(BLOCKS).fill(0)
+        const early: Array<number> = []
+        let watching = false
+        const disk: VirtualDisk.VirtualDisk.Service = {
+          ...inner,
+          read: (offset, length) =>
+            Effect.suspend(() => {
+              if (watching)
+                for (let b = offset / BS; b < (offset + length) / BS; b++)
+                  if (++reads[b]! > journaled[b]!) early.push(b)
+              return inner.read(offset, length)
+            })
+        }
+        const world = yield* makeWorld(disk)
+        const before = yield* replicatedThenKilled(world)
+        // While the filter was down: three blocks changed on the disk, two at the receiver.
+        for (const b of [3, 17, 40]) yield* world.disk.write(b * BS, block(0xd0 + b))
+        for (const b of [9, 63]) yield* world.control.overwrite("d", b, block(0xee))
+        watching = true
+        const replicator = yield* start(world, {
+          compareFrom: 1,
+          onEvents: (events) =>
+            Effect.sync(() => {
+              for (const e of events)
+                if (e.type === "BlockCompared" || e.type === "BlockSent") journaled[e.block]!++
+            })
+        })
+        yield* replicator.quiesce
+        expect(early, "blocks read before their event was journaled").toEqual([])
+        expect((yield* blocksSentAfter(world, before)).sort((a, b) => a - b)).toEqual([3, 9, 17, 40, 63])
+        expect((yield* replicator.status).checksums).toEqual({
+          compared: BLOCKS,
+          matched: BLOCKS - 5,
+          sent: 5
+        })
+        yield* expectWhole(world)
+      })
+    )
+  })
+
+  it("without compareFrom sends every owed block, and counts no comparison", async () => {
+    await run(
+      Effect.gen(function* () {
+        const world = yield* makeWorld()
+        const before = yield* replicatedThenKilled(world)
+        const replicator = yield* start(world)
+        yield* replicator.quiesce
+        expect((yield* blocksSentAfter(world, before)).length).toBe(BLOCKS)
+        expect((yield* replicator.status).checksums).toEqual({ compared: 0, matched: 0, sent: 0 })
+      })
+    )
+  })
+
+  it("sends a block the receiver cannot check (refused as damaged), with the rest of its request", async () => {
+    await run(
+      Effect.gen(function* () {
+        const world = yield* makeWorld()
+        const before = yield* replicatedThenKilled(world)
+        yield* world.control.damage("d", 21)
+        const replicator = yield* start(world, { compareFrom: 1 })
+        yield* replicator.quiesce
+        const sent = yield* blocksSentAfter(world, before)
+        expect(sent).toContain(21)
+        // A refusal covers one request, at most a window of comparisons.
+        expect(sent.length).toBeLessThanOrEqual(config.window)
+        const counts = (yield* replicator.status).checksums
+        expect(counts).toEqual({ compared: BLOCKS, matched: BLOCKS - sent.length, sent: sent.length })
+        yield* expectWhole(world)
+      })
+    )
+  })
+
+  for (const seen of ["before", "after"] as const) {
+    it(`a guest write to a block whose comparison is outstanding reaches the receiver (the read ${seen} the write)`, async () => {
+      await run(
+        Effect.gen(function* () {
+          const inner = VirtualDisk.makeMemory(config)
+          const target = 12
+          const reading = yield* Deferred.make<void>()
+          const release = yield* Deferred.make<void>()
+          let held = false
+          // Holds the first read of the target block: what it returns is read before (or after) the write.
+          const disk: VirtualDisk.VirtualDisk.Service = {
+            ...inner,
+            read: (offset, length) =>
+              Effect.gen(function* () {
+                const covers = offset <= target * BS && offset + length > target * BS
+                if (!covers || held || !armed) return yield* inner.read(offset, length)
+                held = true
+                const early = seen === "before" ? yield* inner.read(offset, length) : undefined
+                yield* Deferred.succeed(reading, undefined)
+                yield* Deferred.await(release)
+                return early ?? (yield* inner.read(offset, length))
+              })
+          }
+          let armed = false
+          const world = yield* makeWorld(disk)
+          yield* replicatedThenKilled(world)
+          armed = true
+          const replicator = yield* start(world, { compareFrom: 1 })
+          yield* Deferred.await(reading)
+          // The comparison of the target is decided and its read under way: the guest writes it.
+          yield* replicator.write(target * BS, block(0x5a))
+          yield* replicator.flush
+          yield* Deferred.succeed(release, undefined)
+          yield* replicator.quiesce
+          expect(
+            Buffer.from(yield* world.control.replicaBlock("d", target)).equals(Buffer.from(block(0x5a)))
+          ).toBe(true)
+          yield* expectWhole(world)
+        })
+      )
+    })
+  }
+
+  it("a receiver that closes the connection on a checksum request: comparisons turn off, every owed block is sent", async () => {
+    await run(
+      Effect.gen(function* () {
+        const world = yield* makeWorld()
+        const before = yield* replicatedThenKilled(world)
+        let requests = 0
+        // As a receiver from before checksum requests: `unknown-kind`, and it closes.
+        const older = (inner: LogReceiver.LogReceiver.Service): LogReceiver.LogReceiver.Service => ({
+          connect: (hello) =>
+            Effect.map(inner.connect(hello), (connection) => ({
+              ...connection,
+              requestChecksums: () =>
+                Effect.suspend(() => {
+                  requests++
+                  return world.control.dropConnection("d")
+                })
+            }))
+        })
+        const replicator = yield* start(world, { compareFrom: 1 }, older)
+        yield* replicator.quiesce.pipe(Effect.timeout("30 seconds"))
+        expect(requests).toBeGreaterThanOrEqual(1)
+        expect(new Set(yield* blocksSentAfter(world, before)).size).toBe(BLOCKS)
+        expect((yield* replicator.status).checksums.matched).toBe(0)
+        yield* expectWhole(world)
+      })
+    )
+  })
+})
+
+describe("checksum requests in the stages", () => {
+  const metrics = forDisk("d")
+  const fresh = (state = State.initial(config)) =>
+    makeShared({ state, position: 0, maxPendingWrites: 16, activity: undefined })
+
+  it("the journal stage puts each request where its comparisons were decided, blocks read after, in increasing runs", async () => {
+    const disk = VirtualDisk.makeMemory(config)
+    for (let b = 0; b < BLOCKS; b++) await Effect.runPromise(disk.write(b * BS, block(b + 1)))
+    const items = await Effect.runPromise(
+      Effect.gen(function* () {
+        const shared = yield* fresh()
+        const compare = (id: number, b: number) => ({ session: 0, compared: id, block: b })
+        yield* act(shared, disk, config, [
+          { session: 0, record: { _tag: "ResyncBegin", seq: 5, epoch: 1, base: 4 } },
+          compare(0, 3),
+          compare(1, 4),
+          compare(2, 9),
+          // Not above the last: a request's blocks strictly increase.
+          compare(3, 2),
+          { session: 0, seq: 6, block: 30, epoch: 1 },
+          compare(4, 10)
+        ])
+        const taken = yield* shared.outbox.takeAll
+        return yield* Effect.forEach(
+          taken,
+          (out): Effect.Effect<unknown, VirtualDisk.DiskError> =>
+            "comparisons" in out
+              ? Effect.map(out.comparisons, (c) => ({ request: c.request, compared: c.compared }))
+              : Effect.succeed({ seq: out.seq })
+        )
+      })
+    )
+    const digest = (b: number) => Wire.blockDigest(block(b + 1))
+    expect(items).toEqual([
+      { seq: 5 },
+      {
+        request: { _tag: "ChecksumRequest", id: 0, blocks: [3, 4, 9] },
+        compared: [3, 4, 9].map((b, id) => ({ id, block: b, digest: digest(b) }))
+      },
+      {
+        request: { _tag: "ChecksumRequest", id: 3, blocks: [2] },
+        compared: [{ id: 3, block: 2, digest: digest(2) }]
+      },
+      { seq: 6 },
+      {
+        request: { _tag: "ChecksumRequest", id: 4, blocks: [10] },
+        compared: [{ id: 4, block: 10, digest: digest(10) }]
+      }
+    ])
+  })
+
+  it("the loop turns an answer into one outcome per block: a match, a mismatch sent at once; a stale or refused one", async () => {
+    const settings = { diskId: "d", config, holdMillis: 0, metrics }
+    const digest = (fill: number) => Wire.blockDigest(block(fill))
+    const events = await Effect.runPromise(
+      Effect.gen(function* () {
+        // Every block owed from the start (full sync), the link up: comparisons decide at once.
+        const shared = yield* fresh(State.initial({ ...config, initial: "full-sync" }))
+        shared.link = 1
+        const decided: Array<ReadonlyArray<Event.Event>> = []
+        const batch = (commands: Parameters<typeof decideBatch>[2]) =>
+          Effect.gen(function* () {
+            yield* decideBatch(shared, settings, commands)
+            const taken = yield* Effect.map(
+              Effect.suspend(() =>
+                shared.decisions.size() > 0 ? shared.decisions.takeAll : Effect.succeed([])
+              ),
+              (ds) => ds.flatMap((d) => d.events)
+            )
+            decided.push(taken)
+          })
+        yield* batch([{ _tag: "Input", input: Input.pumpTick(3, 1) }])
+        // Three comparisons (ids 0, 1, 2 of blocks 0, 1, 2) after the marker, seq 1.
+        shared.requests.set(0, [
+          { id: 0, block: 0, digest: digest(1) },
+          { id: 1, block: 1, digest: digest(2) }
+        ])
+        shared.requests.set(2, [{ id: 2, block: 2, digest: digest(3) }])
+        const digests = new Uint8Array(2 * Wire.DIGEST_BYTES)
+        digests.set(digest(1), 0)
+        digests.set(digest(9), Wire.DIGEST_BYTES)
+        const reply: Wire.ChecksumReply = { _tag: "ChecksumReply", id: 0, through: 1, digests }
+        // From an older connection: dropped.
+        yield* batch([{ _tag: "Answer", link: 0, answer: reply }])
+        yield* batch([{ _tag: "Answer", link: 1, answer: reply }])
+        // Its request was answered: the same answer again is stale.
+        yield* batch([{ _tag: "Answer", link: 1, answer: reply }])
+        yield* batch([
+          {
+            _tag: "Answer",
+            link: 1,
+            answer: { _tag: "ChecksumRefused", id: 2, reason: "damaged", detail: "test" }
+          }
+        ])
+        expect(shared.requests.size).toBe(0)
+        return decided
+      })
+    )
+    expect(events[0]!.map((e) => e.type)).toEqual([
+      "ResyncBegun",
+      "PassStarted",
+      "BlockCompared",
+      "BlockCompared",
+      "BlockCompared"
+    ])
+    expect(events[1]).toEqual([])
+    expect(events[2]).toEqual([
+      { type: "Acked", seq: 1 },
+      { type: "BlockMatched", id: 0, block: 0 },
+      { type: "BlockMismatched", id: 1, block: 1 },
+      { type: "BlockSent", seq: 2, block: 1 }
+    ])
+    expect(events[3]).toEqual([])
+    expect(events[4]).toEqual([
+      { type: "BlockMismatched", id: 2, block: 2 },
+      { type: "BlockSent", seq: 3, block: 2 }
+    ])
+  })
+})
