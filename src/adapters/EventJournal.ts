@@ -61,7 +61,7 @@ export {
   type Recovery,
   type SavedSnapshot
 } from "./internal/journal.js"
-export { LOG_FILE, SNAPSHOT_FILE } from "./internal/journalFile.js"
+export { LOG_FILE, recordedHeader, SNAPSHOT_FILE } from "./internal/journalFile.js"
 export { type Header, JournalGeometryMismatch, type LastRun, RUN_FILE } from "./internal/journalRun.js"
 
 export class EventJournal extends Context.Tag("cdp-sync/EventJournal")<

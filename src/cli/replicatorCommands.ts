@@ -200,7 +200,7 @@ const diskSizeOf = (disk: string, wanted: Option.Option<number>, journal: string
         return yield* new CommandFailed({
           detail: `${disk} has ${image.size} bytes (${mib(image.size)}), but --disk-size says ${size} (${mib(size)}); leave --disk-size out to use the image as it is`
         })
-      return image.size
+      return { bytes: image.size, existed: true }
     }
     if (size === undefined)
       return yield* new CommandFailed({ detail: `${disk} does not exist; give --disk-size to create it` })
@@ -210,7 +210,22 @@ const diskSizeOf = (disk: string, wanted: Option.Option<number>, journal: string
       return yield* new CommandFailed({
         detail: `${disk} does not exist, but the journal ${journal} describes an existing disk: restore the image (cdp-sync restore), or start a new journal`
       })
-    return size
+    return { bytes: size, existed: false }
+  })
+
+/**
+ * What the journal's events fold from: what an existing journal recorded; for a new one,
+ * every block owed when the image already holds data (a full sync: the receiver has none
+ * of it), nothing when the image was just created (zeros, as the receiver's base).
+ */
+const initialOf = (journal: string, imageExisted: boolean) =>
+  Effect.gen(function* () {
+    const recorded = yield* EventJournal.recordedHeader(journal)
+    if (recorded !== undefined) return recorded.initial
+    const log = yield* exists(path.join(journal, EventJournal.LOG_FILE))
+    // A journal from before run files began in sync.
+    if (log !== undefined) return "in-sync" as const
+    return imageExisted ? ("full-sync" as const) : ("in-sync" as const)
   })
 
 /**
@@ -277,13 +292,14 @@ export interface FilterSettings {
 export const filterLayer = (o: FilterSettings) =>
   Effect.gen(function* () {
     const { host, port } = o.receiver
-    const diskBytes = yield* diskSizeOf(o.disk, o.diskSize, o.journal)
+    const image = yield* diskSizeOf(o.disk, o.diskSize, o.journal)
+    const diskBytes = image.bytes
     const config = yield* Config.make({
       blockSize: o.blockSize,
       blockCount: Math.ceil(diskBytes / o.blockSize),
       window: o.window,
       congestionLimit: o.congestionLimit,
-      initial: "in-sync"
+      initial: yield* initialOf(o.journal, image.existed)
     })
     if (config.blockCount * config.blockSize !== diskBytes)
       return yield* new CommandFailed({

@@ -49,6 +49,14 @@ import { pump } from "./internal/pump.js"
 import * as Recovery from "./internal/recovery.js"
 import { sender } from "./internal/sender.js"
 import { makeShared, statusNow, stop } from "./internal/shared.js"
+import {
+  runVerify,
+  VerifyInProgress,
+  VerifyIoError,
+  type VerifyOptions,
+  type VerifyProgress,
+  type VerifyResult
+} from "./internal/verify.js"
 import { makeWritePath } from "./internal/writePath.js"
 import {
   describeStop,
@@ -79,6 +87,11 @@ export {
   ReplicatorStopped,
   type StartError,
   WriteRejected,
+  VerifyInProgress,
+  VerifyIoError,
+  type VerifyOptions,
+  type VerifyProgress,
+  type VerifyResult,
   type ChecksumCounts,
   type DrainProgress,
   type ErrorNote,
@@ -185,6 +198,18 @@ export declare namespace Replicator {
      * can heal, `ReceiverAheadOfJournal`, …). Race it with work that should end then.
      */
     readonly stopped: Effect.Effect<never, ReplicatorStopped>
+    /**
+     * Online verify (docs/replicator.md, "Online verify"): while replication runs,
+     * compares the receiver's version of every block with the disk's where they must
+     * match (in sync, not written meanwhile; a block written during every attempt is left
+     * `unverified`), at most `bytesPerSecond` of the disk read per second. Reports the
+     * blocks that differ; with `resync` they are owed again and the next pass sends them.
+     * Waits while the filter is out of sync or the link is down. One at a time
+     * (`VerifyInProgress`); fails with `VerifyIoError` when the disk cannot be read.
+     */
+    readonly verify: (
+      options?: VerifyOptions
+    ) => Effect.Effect<VerifyResult, VerifyInProgress | VerifyIoError | ReplicatorStopped>
   }
 }
 
@@ -308,7 +333,8 @@ export const make = (
         Effect.sync(() => {
           shared.inbox.offer({ _tag: "Disconnected", reason, link: shared.link })
         }),
-      stopped: Effect.flatMap(Deferred.await(shared.stopped), () => Effect.never)
+      stopped: Effect.flatMap(Deferred.await(shared.stopped), () => Effect.never),
+      verify: (verifyOptions = {}) => runVerify(shared, disk, config, verifyOptions)
     } satisfies Replicator.Service
   })
 

@@ -112,6 +112,20 @@ const readRunFile = async (file: string): Promise<Uint8Array | undefined> => {
   }
 }
 
+/**
+ * The header a journal directory's run file records (what its events fold from), or
+ * `undefined` when it has none, or one that does not decode (opening the journal then
+ * says what is wrong with it).
+ */
+export const recordedHeader = (directory: string): Effect.Effect<Header | undefined> =>
+  Effect.promise(async () => {
+    const file = path.join(directory, RUN_FILE)
+    const bytes = await readRunFile(file).catch(() => undefined)
+    if (bytes === undefined) return undefined
+    const mark = decodeRunMark(bytes, file)
+    return Either.isRight(mark) ? mark.right.header : undefined
+  })
+
 const concat = (a: Uint8Array, b: Uint8Array): Uint8Array => {
   if (a.length === 0) return b
   const out = new Uint8Array(a.length + b.length)

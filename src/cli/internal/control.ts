@@ -6,7 +6,14 @@ import * as path from "node:path"
 import { Options } from "@effect/cli"
 import { Clock, Effect, Option } from "effect"
 import * as Control from "../../internal/control.js"
-import { ageSeconds, type FilterDisk, iso } from "../../internal/controlProtocol.js"
+import {
+  ageSeconds,
+  type BlockRange,
+  type FilterDisk,
+  iso,
+  MAX_VERIFY_RANGES,
+  type VerifyReport
+} from "../../internal/controlProtocol.js"
 import type * as Replicator from "../../replicator/Replicator.js"
 
 export const CONTROL_FILE = "control.sock"
@@ -61,7 +68,36 @@ export const filterDisk = (
       : { reason: s.stopped.reason, detail: s.stopped.detail, at: iso(s.stopped.at) }
 })
 
-/** Answers `cdp-sync status` for `replicator` on `socket` until the scope closes. */
+/** A verify's result as the control endpoint reports it: the differing blocks as ranges. */
+export const verifyReport = (
+  r: Replicator.VerifyResult,
+  where: { readonly diskId: string; readonly blockSize: number }
+): VerifyReport => {
+  const ranges: Array<BlockRange> = []
+  let runs = 0
+  for (let i = 0; i < r.differing.length; ) {
+    let j = i + 1
+    while (j < r.differing.length && r.differing[j] === r.differing[j - 1]! + 1) j++
+    if (runs++ < MAX_VERIFY_RANGES) ranges.push({ first: r.differing[i]!, count: j - i })
+    i = j
+  }
+  return {
+    disk: where.diskId,
+    blockSize: where.blockSize,
+    blocks: r.blocks,
+    verified: r.verified,
+    differing: r.differing.length,
+    ranges,
+    rangesOmitted: runs - ranges.length,
+    rechecked: r.rechecked,
+    unverified: r.unverified,
+    resync: r.resync,
+    seconds: r.seconds,
+    bytesPerSecond: r.bytesPerSecond
+  }
+}
+
+/** Answers `cdp-sync status` and `cdp-sync verify` for `replicator` on `socket` until the scope closes. */
 export const serveFilterControl = (
   socket: string,
   where: { readonly diskId: string; readonly receiver: string },
@@ -73,7 +109,17 @@ export const serveFilterControl = (
       const s = yield* replicator.status
       const now = yield* Clock.currentTimeMillis
       return { role: "filter" as const, pid: process.pid, at: iso(now), disks: [filterDisk(s, where, now)] }
-    })
+    }),
+    verify: (request, progress) =>
+      Effect.gen(function* () {
+        const { blockSize } = yield* replicator.status
+        const result = yield* replicator.verify({
+          bytesPerSecond: request.bytesPerSecond,
+          resync: request.resync,
+          onProgress: progress
+        })
+        return verifyReport(result, { diskId: where.diskId, blockSize })
+      }).pipe(Effect.mapError((e) => new Control.VerifyFailed({ detail: e.message })))
   })
 
 /** `serveFilterControl` for a command's options: `--control`, or `control.sock` in the journal. */

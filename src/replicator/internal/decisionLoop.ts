@@ -8,13 +8,14 @@ import { Clock, Deferred, Effect, Either, Exit, Metric, SubscriptionRef } from "
 import type { Lease } from "../../internal/slab.js"
 import type { Config } from "../../domain/Config.js"
 import * as Decider from "../../domain/Decider.js"
-import type * as Event from "../../domain/Event.js"
+import * as Event from "../../domain/Event.js"
+import * as Geometry from "../../domain/Geometry.js"
 import * as Input from "../../domain/Input.js"
 import * as State from "../../domain/State.js"
 import * as Wire from "../../protocol/Wire.js"
 import { ReceiverAheadOfJournal } from "./errors.js"
 import type { Metrics } from "./metrics.js"
-import { type Command, type Decided, noteError, type Shared, statusNow, stop } from "./shared.js"
+import { type Command, type Decided, noteError, type Shared, statusNow, stop, touch } from "./shared.js"
 import { noteBatch } from "./status.js"
 import { switchover } from "./switchover.js"
 
@@ -161,16 +162,14 @@ export const decideBatch = (shared: Shared, settings: LoopSettings, commands: Re
           inputs = [input]
           data = command.data
           if (input._tag === "PumpTick") shared.pumpPending = false
-          else {
+          else if (input._tag === "WriteCompleted") {
             writes++
-            if (input._tag === "WriteCompleted") {
-              writtenBytes += input.length
-              if (extents !== undefined)
-                extents.push(
-                  Math.floor(input.offset / extentBytes),
-                  Math.floor((input.offset + input.length - 1) / extentBytes)
-                )
-            }
+            writtenBytes += input.length
+            if (extents !== undefined)
+              extents.push(
+                Math.floor(input.offset / extentBytes),
+                Math.floor((input.offset + input.length - 1) / extentBytes)
+              )
           }
           break
         }
@@ -186,6 +185,12 @@ export const decideBatch = (shared: Shared, settings: LoopSettings, commands: Re
           break
         case "Answer": {
           if (command.link !== shared.link || s.link === "down") continue
+          const waiter = shared.verifying?.answers.get(command.answer.id)
+          if (waiter !== undefined) {
+            shared.verifying!.answers.delete(command.answer.id)
+            Deferred.unsafeDone(waiter, Exit.succeed(command.answer))
+            continue
+          }
           const outcomes = yield* outcomesOf(shared, command.answer, s.watermark)
           if (outcomes === undefined) continue // its comparisons were re-marked by a loss or gap
           inputs = outcomes
@@ -234,12 +239,29 @@ export const decideBatch = (shared: Shared, settings: LoopSettings, commands: Re
           const out = recordOf(shared.session, event, folded.before[i]!, data)
           if (out !== undefined) outgoing.push(out)
           if (event.type === "WriteStreamed") streamed = true
+          const seq = Event.recordSeq(event)
+          if (seq !== undefined) shared.lastDecided = seq
+          if (
+            shared.verifying !== undefined &&
+            (event.type === "WriteStreamed" || event.type === "WriteTracked")
+          )
+            touch(
+              shared.verifying,
+              Geometry.firstBlock(settings.config, event.offset),
+              Geometry.lastBlock(settings.config, event.offset, event.length)
+            )
           events.push(event)
           if (event.type === "LinkLost" || event.type === "DiscontinuityReported") {
             shared.session++
             if (event.type === "LinkLost") yield* forgetRequests(shared)
             // Their comparisons are re-marked: answers still to come are stale.
             shared.requests.clear()
+            // A verify's batch on this session cannot be judged: it asks again.
+            if (shared.verifying !== undefined) {
+              for (const waiter of shared.verifying.answers.values())
+                Deferred.unsafeDone(waiter, Exit.succeed(undefined))
+              shared.verifying.answers.clear()
+            }
           }
           if (event.type === "LinkRestored" && command._tag === "Connected") {
             shared.session++

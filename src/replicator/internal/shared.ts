@@ -175,6 +175,12 @@ export interface Shared {
    */
   readonly requests: Map<number, ReadonlyArray<Compared>>
 
+  // --- Online verify (verify.ts): the loop marks and answers, the verify fiber clears and waits --
+  /** The seq of the last record decided (written with the `touched` marks, in one step). */
+  lastDecided: number
+  /** While a verify runs: what it shares with the loop. */
+  verifying: Verifying | undefined
+
   // --- Written by the journal stage ------------------------------------------------------
   /** Where the journal ends, after the last append (snapshots are saved at it). */
   position: number
@@ -217,6 +223,19 @@ export interface Shared {
   readonly pendingWrites: ReturnType<typeof makeAdmission<ReplicatorStopped>>
   /** With an activity log: its bookkeeping (write path, journal stage and committer). */
   readonly activity: ActivityShared | undefined
+}
+
+/** What a running online verify shares with the decision loop. */
+export interface Verifying {
+  /** One bit per block: a write to it was decided since its batch opened (the loop sets, verify clears). */
+  readonly touched: Uint32Array
+  /** Answers awaited, by request id: verify adds, the loop completes (`undefined` at a loss or gap) and removes. */
+  readonly answers: Map<number, Deferred.Deferred<Wire.ChecksumReply | Wire.ChecksumRefused | undefined>>
+}
+
+/** Marks blocks `first..last` touched. */
+export const touch = (v: Verifying, first: number, last: number): void => {
+  for (let b = first; b <= last; b++) v.touched[b >>> 5]! |= 1 << (b & 31)
 }
 
 /** The status of `shared` at `now` (`oldestUnackedAt`: the send time of the oldest unacked record). */
@@ -272,6 +291,8 @@ export const makeShared = (options: {
       sentAt: new Map(),
       book,
       requests: new Map(),
+      lastDecided: state.nextSeq - 1,
+      verifying: undefined,
       checksumsAnswered: false,
       compareOff: false,
       position: options.position,

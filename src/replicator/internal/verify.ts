@@ -17,8 +17,13 @@
  * A refusal (the receiver found its copy damaged, or cannot check it) is narrowed down by
  * asking for halves, so the blocks reported are exactly the refused ones.
  */
-import { Clock, Data, Duration, Effect } from "effect"
+import { Clock, Data, Deferred, Duration, Effect, Either } from "effect"
+import type { VirtualDisk } from "../../adapters/VirtualDisk.js"
+import type { Config } from "../../domain/Config.js"
+import * as Input from "../../domain/Input.js"
 import * as Wire from "../../protocol/Wire.js"
+import type { ReplicatorStopped } from "./errors.js"
+import type { Shared, Verifying } from "./shared.js"
 
 /** An opened batch: where and when its blocks were marked clean. */
 export interface Opened {
@@ -267,4 +272,97 @@ export const verify = (
       seconds,
       bytesPerSecond: seconds > 0 ? bytesRead / seconds : 0
     }
+  })
+
+// ---------------------------------------------------------------------------
+// The running filter's side: the port over `Shared`.
+
+/** Verify's request ids, apart from the comparisons' (which count up from 0). */
+const VERIFY_IDS = 2 ** 52
+/** An answer that does not come in this long is given up (the batch is asked again). */
+const ANSWER_TIMEOUT = Duration.seconds(30)
+
+/** A verify is already running on this replicator. */
+export class VerifyInProgress extends Data.TaggedError("VerifyInProgress")<{}> {
+  override get message() {
+    return "a verify is already running on this disk"
+  }
+}
+
+const touchedAt = (v: Verifying, block: number): boolean =>
+  (v.touched[block >>> 5]! & (1 << (block & 31))) !== 0
+
+/** The port of the filter `shared` replicates with, reading `disk`. Only while `shared.verifying` is set. */
+const portOf = (shared: Shared, disk: VirtualDisk.Service, config: Config): VerifyPort => {
+  const v = shared.verifying!
+  let requests = 0
+  return {
+    blockSize: config.blockSize,
+    blockCount: config.blockCount,
+    // One synchronous step: no decision can fall between the cleared marks and `decidedBefore`.
+    open: (blocks) =>
+      Effect.sync(() => {
+        const s = shared.state
+        if (s.mode !== "sync" || s.link !== "up" || shared.connection === undefined) return undefined
+        for (const b of blocks) v.touched[b >>> 5]! &= ~(1 << (b & 31))
+        return { link: shared.link, epoch: s.epoch, decidedBefore: shared.lastDecided }
+      }),
+    read: (first, count) =>
+      Effect.mapError(
+        disk.read(first * config.blockSize, count * config.blockSize),
+        (cause) => new VerifyIoError({ cause })
+      ),
+    ask: (opened, blocks) =>
+      Effect.gen(function* () {
+        const conn = shared.connection
+        if (conn === undefined || shared.link !== opened.link) return undefined
+        const id = VERIFY_IDS + requests++
+        const answer = yield* Deferred.make<Wire.ChecksumReply | Wire.ChecksumRefused | undefined>()
+        v.answers.set(id, answer)
+        const sent = yield* Effect.either(conn.requestChecksums({ _tag: "ChecksumRequest", id, blocks }))
+        if (Either.isLeft(sent)) {
+          v.answers.delete(id)
+          return undefined
+        }
+        const got = yield* Effect.timeout(Deferred.await(answer), ANSWER_TIMEOUT).pipe(
+          Effect.catchTag("TimeoutException", () => Effect.succeed(undefined))
+        )
+        v.answers.delete(id)
+        return got
+      }),
+    still: (opened) =>
+      Effect.sync(
+        () =>
+          shared.link === opened.link &&
+          shared.state.link === "up" &&
+          shared.state.mode === "sync" &&
+          shared.state.epoch === opened.epoch
+      ),
+    touched: (block) => touchedAt(v, block),
+    differ: (block) =>
+      Effect.sync(() => {
+        shared.inbox.offer({ _tag: "Input", input: Input.differenceFound(block) })
+      }),
+    pause: backoff
+  }
+}
+
+/** Runs a verify on the replicator `shared` (one at a time), until it ends or the replicator stops. */
+export const runVerify = (
+  shared: Shared,
+  disk: VirtualDisk.Service,
+  config: Config,
+  options: VerifyOptions
+): Effect.Effect<VerifyResult, VerifyInProgress | VerifyIoError | ReplicatorStopped> =>
+  Effect.suspend((): Effect.Effect<VerifyResult, VerifyInProgress | VerifyIoError | ReplicatorStopped> => {
+    if (shared.verifying !== undefined) return Effect.fail(new VerifyInProgress())
+    shared.verifying = { touched: new Uint32Array(Math.ceil(config.blockCount / 32)), answers: new Map() }
+    const stopped = Effect.flatMap(Deferred.await(shared.stopped), () => Effect.never)
+    return Effect.raceFirst(verify(portOf(shared, disk, config), options), stopped).pipe(
+      Effect.ensuring(
+        Effect.sync(() => {
+          shared.verifying = undefined
+        })
+      )
+    )
   })
