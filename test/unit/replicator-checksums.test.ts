@@ -3,7 +3,7 @@
  * receiver (which answers checksum requests as the real one does):
  * - after an unclean start (every block owed), with `compareFrom` only the blocks that
  *   differ are sent, whether the disk changed or the receiver's copy did; the counters say
- *   so in `Status`;
+ *   so in `Status`, the control endpoint's report and `cdp-sync status`;
  * - a block the receiver cannot check (refused as damaged) is sent;
  * - a guest write to a block whose comparison is outstanding (its read held) ends up at
  *   the receiver, whether the read saw the write or not;
@@ -12,9 +12,12 @@
  * - the journal stage puts a request where its comparisons were decided, among the
  *   records, and the loop turns answers into outcomes (stale ones dropped).
  */
-import { Deferred, Effect, Either, Layer, Schedule, type Scope } from "effect"
+import { Deferred, Effect, Either, Layer, Schedule, Schema, type Scope } from "effect"
 import { describe, expect, it } from "vitest"
 import * as EventJournal from "../../src/adapters/EventJournal.js"
+import { filterDisk } from "../../src/cli/internal/control.js"
+import { render } from "../../src/cli/statusCommand.js"
+import { Report } from "../../src/internal/controlProtocol.js"
 import * as LogReceiver from "../../src/adapters/LogReceiver.js"
 import * as VirtualDisk from "../../src/adapters/VirtualDisk.js"
 import * as Config from "../../src/domain/Config.js"
@@ -149,12 +152,22 @@ describe("checksum-based resync in the replicator", () => {
         yield* replicator.quiesce
         expect(early, "blocks read before their event was journaled").toEqual([])
         expect((yield* blocksSentAfter(world, before)).sort((a, b) => a - b)).toEqual([3, 9, 17, 40, 63])
-        expect((yield* replicator.status).checksums).toEqual({
-          compared: BLOCKS,
-          matched: BLOCKS - 5,
-          sent: 5
-        })
+        const status = yield* replicator.status
+        expect(status.checksums).toEqual({ compared: BLOCKS, matched: BLOCKS - 5, sent: 5 })
         yield* expectWhole(world)
+        // `serve`'s control endpoint reports them, and `cdp-sync status` shows them.
+        const report = Schema.decodeUnknownSync(Report)({
+          role: "filter",
+          pid: 1,
+          at: new Date(0).toISOString(),
+          disks: [filterDisk(status, { diskId: "d", receiver: "backup:7070" }, 0)]
+        })
+        expect(report.disks[0]).toMatchObject({
+          checksums: { compared: BLOCKS, matched: BLOCKS - 5, sent: 5 }
+        })
+        expect(render(report)).toContain(
+          `checksum-resync:${BLOCKS} blocks compared, ${BLOCKS - 5} matched, 5 sent`
+        )
       })
     )
   })

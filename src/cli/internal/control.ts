@@ -58,7 +58,8 @@ export const filterDisk = (
   stopped:
     s.stopped === undefined
       ? null
-      : { reason: s.stopped.reason, detail: s.stopped.detail, at: iso(s.stopped.at) }
+      : { reason: s.stopped.reason, detail: s.stopped.detail, at: iso(s.stopped.at) },
+  checksums: s.checksums
 })
 
 /** Answers `cdp-sync status` for `replicator` on `socket` until the scope closes. */
