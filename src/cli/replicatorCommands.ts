@@ -25,6 +25,7 @@ import {
   json,
   name,
   optionalDuration,
+  optionalPositive,
   optionalSize,
   positive,
   seed,
@@ -251,6 +252,10 @@ export const filterOptions = {
     ["ack-timeout-ms"]
   ),
   rate: optionalSize("drain-rate", "Drain rate limit per second (e.g. 100MiB)"),
+  compareFrom: optionalPositive(
+    "compare-from",
+    "Checksum-based resync: while at least N blocks are owed, compare each with the receiver's copy (a SHA-256 of each side) and send only those that differ (default: never compare, send every owed block)"
+  ),
   trace: Options.text("trace").pipe(
     Options.optional,
     Options.withDescription("Append the filter's events as a trace")
@@ -279,6 +284,7 @@ export interface FilterSettings {
   readonly congestionLimit: number
   readonly ackTimeout: number
   readonly rate: Option.Option<number>
+  readonly compareFrom: Option.Option<number>
   readonly trace: Option.Option<string>
   readonly activityExtents: number
   readonly activityExtentSize: number
@@ -333,6 +339,7 @@ export const filterLayer = (o: FilterSettings) =>
       ackTimeout: Duration.millis(o.ackTimeout),
       activityExtents: o.activityExtents,
       drainBytesPerSecond: Option.getOrUndefined(o.rate),
+      compareFrom: Option.getOrUndefined(o.compareFrom),
       ...(traceFile === undefined
         ? {}
         : {
@@ -456,7 +463,7 @@ export const replicate = Command.make(
           yield* Console.log(
             o.json
               ? JSON.stringify({ ...s, writes: t.writes, bytes: t.bytes })
-              : `replicated disk ${JSON.stringify(o.diskId)} to ${o.receiver.host}:${o.receiver.port}: mode ${s.mode}, link ${s.link}, epoch ${s.epoch}, ${s.dirtyBlocks} dirty blocks, ${s.inFlight} records in flight, next seq ${s.nextSeq}${s.quiescent ? " (the replica is whole)" : ""}; guest writes ${t.writes} (${mib(t.bytes)})`
+              : `replicated disk ${JSON.stringify(o.diskId)} to ${o.receiver.host}:${o.receiver.port}: mode ${s.mode}, link ${s.link}, epoch ${s.epoch}, ${s.dirtyBlocks} dirty blocks, ${s.inFlight} records in flight, next seq ${s.nextSeq}${s.quiescent ? " (the replica is whole)" : ""}; guest writes ${t.writes} (${mib(t.bytes)})${s.checksums.compared > 0 ? `; checksum resync: ${s.checksums.compared} blocks compared, ${s.checksums.matched} matched, ${s.checksums.sent} sent` : ""}`
           )
         })
       )

@@ -1,8 +1,8 @@
 /**
  * `cdp-sync status`: asks a running `replicate`, `serve` or `receiver` on its control
  * socket (`internal/control.ts`) and shows, per disk, what `drbdsetup status` would:
- * role, mode, link, epoch, dirty blocks, the drain, the lag (the live RPO), the last
- * recovery point and its age, the last error or why it stopped. `--watch` redraws every
+ * role, mode, link, epoch, dirty blocks, the drain, checksum resync's counts, the lag (the
+ * live RPO), the last recovery point and its age, the last error or why it stopped. `--watch` redraws every
  * second like `drbdmon` (on a terminal; elsewhere a line per disk and update).
  */
 import * as path from "node:path"
@@ -35,6 +35,10 @@ const filterBlock = (d: FilterDisk): Array<string> => {
   if (d.drain !== null)
     lines.push(
       `  drain:${(d.drain.progress * 100).toFixed(1)}% (${d.drain.sentBlocks} blocks sent, peak ${d.drain.peakBlocks} owed) ${formatBytes(d.drain.bytesPerSecond)}/s`
+    )
+  if (d.checksums !== undefined && d.checksums.compared > 0)
+    lines.push(
+      `  checksum-resync:${d.checksums.compared} blocks compared, ${d.checksums.matched} matched, ${d.checksums.sent} sent`
     )
   lines.push(
     d.lastRecoveryPoint === null

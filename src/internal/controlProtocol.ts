@@ -70,7 +70,9 @@ export const FilterDisk = Schema.Struct({
   ),
   lastRecoveryPoint: Schema.NullOr(RecoveryPoint),
   lastError: Schema.NullOr(ErrorNote),
-  stopped: Schema.NullOr(Schema.Struct({ reason: Schema.String, detail: Schema.String, at: Schema.String }))
+  stopped: Schema.NullOr(Schema.Struct({ reason: Schema.String, detail: Schema.String, at: Schema.String })),
+  /** Checksum-based resync since the filter started: blocks compared, matched (not sent), sent after a mismatch. Absent from a filter before it. */
+  checksums: Schema.optional(Schema.Struct({ compared: Count, matched: Count, sent: Count }))
 })
 export type FilterDisk = typeof FilterDisk.Type
 

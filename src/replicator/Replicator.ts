@@ -293,7 +293,8 @@ export const make = (
         config,
         snapshotEvery: options.snapshotEvery ?? 10_000,
         onEvents: options.onEvents,
-        metrics: diskMetrics
+        metrics: diskMetrics,
+        readComparedEarly: mutants.readComparedEarly
       }),
       sender(shared, diskMetrics),
       pump(shared, {

@@ -3,7 +3,7 @@
  * receiver (which answers checksum requests as the real one does):
  * - after an unclean start (every block owed), with `compareFrom` only the blocks that
  *   differ are sent, whether the disk changed or the receiver's copy did; the counters say
- *   so in `Status`;
+ *   so in `Status`, the control endpoint's report and `cdp-sync status`;
  * - a block the receiver cannot check (refused as damaged) is sent;
  * - a guest write to a block whose comparison is outstanding (its read held) ends up at
  *   the receiver, whether the read saw the write or not;
@@ -12,9 +12,12 @@
  * - the journal stage puts a request where its comparisons were decided, among the
  *   records, and the loop turns answers into outcomes (stale ones dropped).
  */
-import { Deferred, Effect, Either, Layer, Schedule, type Scope } from "effect"
+import { Deferred, Effect, Either, Layer, Schedule, Schema, type Scope } from "effect"
 import { describe, expect, it } from "vitest"
 import * as EventJournal from "../../src/adapters/EventJournal.js"
+import { filterDisk } from "../../src/cli/internal/control.js"
+import { render } from "../../src/cli/statusCommand.js"
+import { Report } from "../../src/internal/controlProtocol.js"
 import * as LogReceiver from "../../src/adapters/LogReceiver.js"
 import * as VirtualDisk from "../../src/adapters/VirtualDisk.js"
 import * as Config from "../../src/domain/Config.js"
@@ -25,6 +28,7 @@ import * as Wire from "../../src/protocol/Wire.js"
 import { decideBatch } from "../../src/replicator/internal/decisionLoop.js"
 import { act } from "../../src/replicator/internal/journalStage.js"
 import { forDisk } from "../../src/replicator/internal/metrics.js"
+import * as Mutants from "../../src/replicator/internal/mutants.js"
 import { makeShared } from "../../src/replicator/internal/shared.js"
 import * as Replicator from "../../src/replicator/Replicator.js"
 
@@ -53,7 +57,8 @@ type World = Effect.Effect.Success<ReturnType<typeof makeWorld>>
 const start = (
   world: World,
   options: Partial<Replicator.Options> = {},
-  wrap?: (inner: LogReceiver.LogReceiver.Service) => LogReceiver.LogReceiver.Service
+  wrap?: (inner: LogReceiver.LogReceiver.Service) => LogReceiver.LogReceiver.Service,
+  mutants: Partial<Mutants.Mutants> = {}
 ) =>
   Effect.gen(function* () {
     const inner = yield* Effect.provide(LogReceiver.LogReceiver, world.receiver)
@@ -65,6 +70,7 @@ const start = (
         reconnect: Schedule.spaced("5 millis"),
         ...options
       }).pipe(
+        Layer.provide(Mutants.layer(mutants)),
         Layer.provide(
           Layer.mergeAll(
             Layer.succeed(VirtualDisk.VirtualDisk, world.disk),
@@ -113,50 +119,73 @@ const expectWhole = (world: World) =>
 const run = <A, E>(program: Effect.Effect<A, E, Scope.Scope>) => Effect.runPromise(Effect.scoped(program))
 
 describe("checksum-based resync in the replicator", () => {
+  /**
+   * After an unclean start, with three blocks changed on the disk and two at the receiver
+   * while the filter was down: what it sent, its status, and the blocks it read before
+   * their event (compared or sent) was journaled.
+   */
+  const changedWhileDown = (mutants: Partial<Mutants.Mutants> = {}) =>
+    Effect.gen(function* () {
+      const inner = VirtualDisk.makeMemory(config)
+      // Per block: events journaled that read it (compared or sent), and reads so far.
+      const journaled = new Array<number>(BLOCKS).fill(0)
+      const reads = new Array<number>(BLOCKS).fill(0)
+      const early: Array<number> = []
+      let watching = false
+      const disk: VirtualDisk.VirtualDisk.Service = {
+        ...inner,
+        read: (offset, length) =>
+          Effect.suspend(() => {
+            if (watching)
+              for (let b = offset / BS; b < (offset + length) / BS; b++)
+                if (++reads[b]! > journaled[b]!) early.push(b)
+            return inner.read(offset, length)
+          })
+      }
+      const world = yield* makeWorld(disk)
+      const before = yield* replicatedThenKilled(world)
+      for (const b of [3, 17, 40]) yield* world.disk.write(b * BS, block(0xd0 + b))
+      for (const b of [9, 63]) yield* world.control.overwrite("d", b, block(0xee))
+      watching = true
+      const onEvents = (events: ReadonlyArray<Event.Event>) =>
+        Effect.sync(() => {
+          for (const e of events)
+            if (e.type === "BlockCompared" || e.type === "BlockSent") journaled[e.block]!++
+        })
+      const replicator = yield* start(world, { compareFrom: 1, onEvents }, undefined, mutants)
+      yield* replicator.quiesce
+      const sent = (yield* blocksSentAfter(world, before)).sort((a, b) => a - b)
+      return { world, early, sent, status: yield* replicator.status }
+    })
+
   it("after an unclean start sends only the blocks that differ, on the disk or at the receiver; each block read after its event is journaled", async () => {
     await run(
       Effect.gen(function* () {
-        const inner = VirtualDisk.makeMemory(config)
-        // Per block: events journaled that read it (compared or sent), and reads so far.
-        const journaled = new Array<number>(BLOCKS).fill(0)
-        const reads = new Array<number>(BLOCKS).fill(0)
-        const early: Array<number> = []
-        let watching = false
-        const disk: VirtualDisk.VirtualDisk.Service = {
-          ...inner,
-          read: (offset, length) =>
-            Effect.suspend(() => {
-              if (watching)
-                for (let b = offset / BS; b < (offset + length) / BS; b++)
-                  if (++reads[b]! > journaled[b]!) early.push(b)
-              return inner.read(offset, length)
-            })
-        }
-        const world = yield* makeWorld(disk)
-        const before = yield* replicatedThenKilled(world)
-        // While the filter was down: three blocks changed on the disk, two at the receiver.
-        for (const b of [3, 17, 40]) yield* world.disk.write(b * BS, block(0xd0 + b))
-        for (const b of [9, 63]) yield* world.control.overwrite("d", b, block(0xee))
-        watching = true
-        const replicator = yield* start(world, {
-          compareFrom: 1,
-          onEvents: (events) =>
-            Effect.sync(() => {
-              for (const e of events)
-                if (e.type === "BlockCompared" || e.type === "BlockSent") journaled[e.block]!++
-            })
-        })
-        yield* replicator.quiesce
+        const { world, early, sent, status } = yield* changedWhileDown()
         expect(early, "blocks read before their event was journaled").toEqual([])
-        expect((yield* blocksSentAfter(world, before)).sort((a, b) => a - b)).toEqual([3, 9, 17, 40, 63])
-        expect((yield* replicator.status).checksums).toEqual({
-          compared: BLOCKS,
-          matched: BLOCKS - 5,
-          sent: 5
-        })
+        expect(sent).toEqual([3, 9, 17, 40, 63])
+        expect(status.checksums).toEqual({ compared: BLOCKS, matched: BLOCKS - 5, sent: 5 })
         yield* expectWhole(world)
+        // `serve`'s control endpoint reports them, and `cdp-sync status` shows them.
+        const report = Schema.decodeUnknownSync(Report)({
+          role: "filter",
+          pid: 1,
+          at: new Date(0).toISOString(),
+          disks: [filterDisk(status, { diskId: "d", receiver: "backup:7070" }, 0)]
+        })
+        expect(report.disks[0]).toMatchObject({
+          checksums: { compared: BLOCKS, matched: BLOCKS - 5, sent: 5 }
+        })
+        expect(render(report)).toContain(
+          `checksum-resync:${BLOCKS} blocks compared, ${BLOCKS - 5} matched, 5 sent`
+        )
       })
     )
+  })
+
+  it("MUTANT: compared blocks read before their events are journaled are caught", async () => {
+    const { early } = await run(changedWhileDown({ readComparedEarly: true }))
+    expect(early.length).toBeGreaterThan(0)
   })
 
   it("without compareFrom sends every owed block, and counts no comparison", async () => {

@@ -65,7 +65,8 @@ export const filterDisk = (
   stopped:
     s.stopped === undefined
       ? null
-      : { reason: s.stopped.reason, detail: s.stopped.detail, at: iso(s.stopped.at) }
+      : { reason: s.stopped.reason, detail: s.stopped.detail, at: iso(s.stopped.at) },
+  checksums: s.checksums
 })
 
 /** A verify's result as the control endpoint reports it: the differing blocks as ranges. */

@@ -118,6 +118,17 @@ export const integer = (name: string, fallback: number, description: string, bou
 export const positive = (name: string, fallback: number, description: string) =>
   integer(name, fallback, description, { min: 1 })
 
+/** A positive integer that may be left out. */
+export const optionalPositive = (name: string, description: string) =>
+  Options.integer(name).pipe(
+    Options.withPseudoName("N"),
+    Options.optional,
+    Options.mapEffect((n) =>
+      Option.isNone(n) ? Effect.succeed(n) : Effect.map(bounded(name, { min: 1 })(n.value), Option.some)
+    ),
+    Options.withDescription(description)
+  )
+
 /** A TCP port, 0 … 65535 (0: the system picks a free one). */
 export const port = (name: string, description: string) =>
   Options.integer(name).pipe(

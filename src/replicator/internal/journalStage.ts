@@ -32,6 +32,8 @@ export interface JournalSettings {
   readonly onEvents: ((events: ReadonlyArray<Event.Event>) => Effect.Effect<void>) | undefined
   /** This disk's series (`forDisk`). */
   readonly metrics: Metrics
+  /** The mutant (internal/mutants.ts). */
+  readonly readComparedEarly?: boolean | undefined
 }
 
 export const journalStage = (
@@ -44,6 +46,10 @@ export const journalStage = (
     for (;;) {
       const taken = yield* shared.decisions.takeAll
       const events = taken.length === 1 ? taken[0]!.events : taken.flatMap((d) => d.events)
+      const early = settings.readComparedEarly === true
+      if (early)
+        for (const d of taken)
+          yield* act(shared, disk, settings.config, d.outgoing.filter(isComparison), { inline: true })
       if (events.length > 0) {
         shared.position = yield* journal.append(events).pipe(
           timed(settings.metrics.journalCommit),
@@ -55,7 +61,12 @@ export const journalStage = (
       }
       let writes = 0
       for (const decision of taken) {
-        yield* act(shared, disk, settings.config, decision.outgoing)
+        yield* act(
+          shared,
+          disk,
+          settings.config,
+          early ? decision.outgoing.filter((o) => !isComparison(o)) : decision.outgoing
+        )
         writes += decision.writes
         for (const done of decision.barriers) yield* Deferred.succeed(done, undefined)
         // Journaled: the activity log may let these extents go.
@@ -144,7 +155,9 @@ export const act = (
   shared: Shared,
   disk: VirtualDisk.Service,
   config: Config,
-  outgoing: ReadonlyArray<Decided>
+  outgoing: ReadonlyArray<Decided>,
+  /** The mutant's: compared blocks are read and hashed before `act` returns. */
+  options: { readonly inline?: boolean } = {}
 ): Effect.Effect<void> =>
   Effect.suspend(() => {
     const items: Array<Outgoing> = []
@@ -166,7 +179,8 @@ export const act = (
         const n = requestLength(outgoing, i)
         const hashing = Deferred.unsafeMake<Comparisons, DiskError>(FiberId.none)
         const batch = outgoing.slice(i, i + n) as ReadonlyArray<Comparison>
-        reads.push(Effect.fork(Effect.intoDeferred(readAndHash(disk, config, batch), hashing)))
+        const hash = Effect.intoDeferred(readAndHash(disk, config, batch), hashing)
+        reads.push(options.inline === true ? hash : Effect.fork(hash))
         items.push({ session: out.session, comparisons: Deferred.await(hashing) })
         i += n
         continue

@@ -42,6 +42,11 @@ export interface Mutants {
    * included: it would name a seq restore refuses.
    */
   readonly everyAckAPoint: boolean
+  /**
+   * Compared blocks are read and hashed (and their requests queued) before their
+   * `BlockCompared` events are journaled, not after.
+   */
+  readonly readComparedEarly: boolean
 }
 
 /** The replicator as shipped: every variant off. */
@@ -53,7 +58,8 @@ export const none: Mutants = {
   retireBusyExtents: false,
   assumeCleanStart: false,
   shareMetricSeries: false,
-  everyAckAPoint: false
+  everyAckAPoint: false,
+  readComparedEarly: false
 }
 
 /** Which variants `make` runs with: none unless a test provides otherwise. */
