@@ -12,6 +12,7 @@ import * as journal from "./adapters-journal.js"
 import * as wire from "./adapters-wire.js"
 import * as bitmap from "./bitmap.js"
 import * as checkTrace from "./check-trace.js"
+import * as checksum from "./checksum.js"
 import * as core from "./core.js"
 import * as mount from "./mount.js"
 import * as nbd from "./nbd.js"
@@ -31,6 +32,11 @@ const groups: ReadonlyArray<readonly [string, string, () => Promise<ReadonlyArra
     "nbd",
     "NBD: fio through cdp-sync serve against qemu-nbd and QEMU's mirror (ratios of the medians)",
     nbd.run
+  ],
+  [
+    "checksum",
+    "checksum resync and online verify: a 1 GiB disk, the real receiver and filter processes (ratios of the medians)",
+    checksum.run
   ],
   [
     "mount",

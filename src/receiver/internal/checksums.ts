@@ -36,6 +36,9 @@ export interface ChecksumLog extends LogView {
 const RUN_BYTES = 4 << 20
 /** Records kept decoded within one answer (a record spanning many requested blocks is read once). */
 const CACHE_BYTES = 64 << 20
+/** A span read takes in records at most this far apart, and at most this many bytes. */
+const SPAN_GAP = 64 << 10
+const SPAN_BYTES = 8 << 20
 
 /** Runs of consecutive blocks, at most `RUN_BYTES` each: `[first block, count]`. */
 const runsOf = (blocks: ReadonlyArray<number>, blockSize: number): Array<readonly [number, number]> => {
@@ -57,6 +60,75 @@ class Records {
 
   constructor(private readonly diskDir: string) {}
 
+  private async handleOf(segment: string): Promise<fs.FileHandle> {
+    let handle = this.handles.get(segment)
+    if (handle === undefined) {
+      handle = await fs.open(path.join(this.diskDir, segment), "r")
+      this.handles.set(segment, handle)
+    }
+    return handle
+  }
+
+  /**
+   * Reads the records `extents` lie in with one read per span of a segment (records close
+   * together, as a drain or a run of writes leaves them), and keeps each whole, checked
+   * record's payload for `payload`. A record the span does not hold whole, or that does
+   * not check, is left to `payload`, which reads it alone and names the damage.
+   */
+  async prefetch(extents: ReadonlyArray<LiveExtent>): Promise<void> {
+    const bySegment = new Map<string, Array<LiveExtent>>()
+    for (const x of extents) {
+      if (this.cache.has(`${x.segment.name}:${x.record}`)) continue
+      const list = bySegment.get(x.segment.name)
+      if (list === undefined) bySegment.set(x.segment.name, [x])
+      else list.push(x)
+    }
+    for (const [name, list] of bySegment) {
+      list.sort((a, b) => a.record - b.record)
+      const limit = list[0]!.segment.bytes
+      let i = 0
+      while (i < list.length) {
+        const start = list[i]!.record
+        let end = Math.min(limit, list[i]!.fileOffset + (list[i]!.end - list[i]!.start))
+        let j = i + 1
+        while (
+          j < list.length &&
+          list[j]!.record <= end + SPAN_GAP &&
+          list[j]!.fileOffset + (list[j]!.end - list[j]!.start) - start <= SPAN_BYTES
+        ) {
+          end = Math.max(end, Math.min(limit, list[j]!.fileOffset + (list[j]!.end - list[j]!.start)))
+          j++
+        }
+        if (j - i > 1) {
+          const span = Buffer.allocUnsafe(end - start)
+          await preadFully(await this.handleOf(name), span, start)
+          for (let k = i; k < j; k++) {
+            const x = list[k]!
+            const key = `${name}:${x.record}`
+            if (this.cache.has(key)) continue
+            const at = x.record - start
+            const parsed = parseRecord(span, at)
+            if (parsed._tag !== "Record" || parsed.header.seq !== x.seq) continue
+            this.keep(key, span.subarray(at + RECORD_HEADER_BYTES, at + parsed.size))
+          }
+        }
+        i = j
+      }
+    }
+  }
+
+  private keep(key: string, payload: Buffer): void {
+    while (this.cached + payload.byteLength > CACHE_BYTES && this.cache.size > 0) {
+      const [oldest, bytes] = this.cache.entries().next().value!
+      this.cache.delete(oldest)
+      this.cached -= bytes.byteLength
+    }
+    if (payload.byteLength <= CACHE_BYTES) {
+      this.cache.set(key, payload)
+      this.cached += payload.byteLength
+    }
+  }
+
   /** The payload of the record `x` names. */
   async payload(x: LiveExtent): Promise<Buffer> {
     const key = `${x.segment.name}:${x.record}`
@@ -65,11 +137,7 @@ class Records {
     const file = path.join(this.diskDir, x.segment.name)
     const damaged = (reason: string) =>
       new LogCorrupt({ file, offset: x.record, reason: `record ${x.seq}: ${reason}` })
-    let handle = this.handles.get(x.segment.name)
-    if (handle === undefined) {
-      handle = await fs.open(file, "r")
-      this.handles.set(x.segment.name, handle)
-    }
+    const handle = await this.handleOf(x.segment.name)
     const room = x.segment.bytes - x.record
     if (room < RECORD_HEADER_BYTES) throw damaged("the segment ends inside the record")
     const head = Buffer.alloc(RECORD_HEADER_BYTES)
@@ -83,15 +151,7 @@ class Records {
     if (parsed._tag !== "Record") throw damaged(parsed._tag === "Bad" ? parsed.reason : "short")
     if (parsed.header.seq !== x.seq) throw damaged(`the record there is seq ${parsed.header.seq}`)
     const payload = whole.subarray(RECORD_HEADER_BYTES)
-    while (this.cached + payload.byteLength > CACHE_BYTES && this.cache.size > 0) {
-      const [oldest, bytes] = this.cache.entries().next().value!
-      this.cache.delete(oldest)
-      this.cached -= bytes.byteLength
-    }
-    if (payload.byteLength <= CACHE_BYTES) {
-      this.cache.set(key, payload)
-      this.cached += payload.byteLength
-    }
+    this.keep(key, payload)
     return payload
   }
 
@@ -133,6 +193,7 @@ export const digestsOf = async (
     let k = 0
     for (const run of runs) {
       const bytes = Buffer.alloc(run.end - run.start)
+      await records.prefetch(run.extents)
       let cursor = run.start
       for (const x of run.extents) {
         if (x.start > cursor) await baseBytes(cursor, x.start, bytes, cursor - run.start)

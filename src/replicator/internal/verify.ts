@@ -98,9 +98,11 @@ export interface VerifyResult {
   readonly bytesPerSecond: number
 }
 
-/** Blocks asked for at once: the wire's bound, and at most 4 MiB read per batch. */
+/** Blocks asked for at once: the wire's bound, and at most 16 MiB read per batch. */
 export const batchBlocks = (blockSize: number): number =>
-  Math.max(1, Math.min(Wire.MAX_CHECKSUM_BLOCKS, Math.floor((4 << 20) / blockSize)))
+  Math.max(1, Math.min(Wire.MAX_CHECKSUM_BLOCKS, Math.floor((16 << 20) / blockSize)))
+/** Batches asked for at once. */
+export const IN_FLIGHT = 4
 /** Attempts at a block before it is left unverified (it is written during every one). */
 export const MAX_ATTEMPTS = 32
 
@@ -252,13 +254,20 @@ export const verify = (
         return left
       })
 
+    // Batches in flight at once: one is read and hashed here while the receiver answers another.
     const step = batchBlocks(blockSize)
-    for (let first = 0; first < blockCount; first += step) {
-      const blocks = Array.from({ length: Math.min(step, blockCount - first) }, (_, k) => first + k)
-      const left = yield* settle(blocks)
-      unverified += left.length
-      judged += left.length
-    }
+    const batches = Array.from({ length: Math.ceil(blockCount / step) }, (_, i) => i * step)
+    yield* Effect.forEach(
+      batches,
+      (first) =>
+        Effect.gen(function* () {
+          const blocks = Array.from({ length: Math.min(step, blockCount - first) }, (_, k) => first + k)
+          const left = yield* settle(blocks)
+          unverified += left.length
+          judged += left.length
+        }),
+      { concurrency: IN_FLIGHT, discard: true }
+    )
     yield* progress(true)
     const seconds = ((yield* Clock.currentTimeMillis) - started) / 1000
     differing.sort((a, b) => a - b)

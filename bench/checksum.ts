@@ -1,0 +1,300 @@
+/**
+ * Checksum-based resync and online verify (issue 18), with the real programs: the log
+ * receiver and `cdp-sync replicate` as child processes on loopback, a 1 GiB disk image
+ * in 64 KiB tracking blocks.
+ *
+ * Setup (once): the image is filled with random bytes and replicated whole (a full sync:
+ * a fresh journal on an image that holds data). Each round then makes every block owed
+ * the way it happens to users: `serve` (idle) takes a guest write and is SIGKILLed — an
+ * unclean stop, so the next start resyncs what the activity log holds, here one extent
+ * the size of the disk — and 1 % of the blocks change on the disk meanwhile (writes the
+ * filter never saw). The next start (`replicate --quiesce`, which exits once the replica
+ * is whole) is timed from spawn to exit:
+ * - a full resync (no `--compare-from`): every block is read and sent;
+ * - a checksum resync (`--compare-from 1`): every block is compared, only those that
+ *   differ are sent.
+ * Bytes sent are what the receiver's log grew by. Rows: bytes and time of the checksum
+ * resync against the full resync's (targets ≤ 5 % of the bytes, ≤ 0.3× the time), the
+ * rounds interleaved (full, checksum, full, …) and the medians compared. Both run with a
+ * window of 1024 blocks (the replicator bench's), so requests of 1024 blocks hide the
+ * round trips.
+ *
+ * Online verify of the identical replica (`cdp-sync verify` against the running filter)
+ * beside hashing the image alone (SHA-256 of every block, the verify's own unavoidable
+ * work on one side): target ≥ 0.5× its rate.
+ */
+import type { ChildProcess } from "node:child_process"
+import { createHash, randomBytes } from "node:crypto"
+import * as fs from "node:fs"
+import * as net from "node:net"
+import * as os from "node:os"
+import * as path from "node:path"
+import { CLI, runChild, spawnReady } from "./internal/children.js"
+import type { BenchRow } from "./table.js"
+
+const MiB = 1024 * 1024
+const DISK_BYTES = Number(process.env.CDP_SYNC_BENCH_CHECKSUM_DISK ?? 1024 * MiB)
+const BLOCK = 64 * 1024
+const ROUNDS = Number(process.env.CDP_SYNC_BENCH_CHECKSUM_ROUNDS ?? 3)
+const DIFFER = 0.01
+
+const say = (line: string) => process.stderr.write(`  checksum: ${line}\n`)
+const median = (xs: ReadonlyArray<number>) => {
+  const s = [...xs].sort((a, b) => a - b)
+  return s.length % 2 === 1 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2
+}
+const spread = (xs: ReadonlyArray<number>, digits = 2) =>
+  `${Math.min(...xs).toFixed(digits)}–${Math.max(...xs).toFixed(digits)}`
+
+const bytesUnder = (dir: string): number =>
+  fs
+    .readdirSync(dir, { withFileTypes: true, recursive: true })
+    .filter((d) => d.isFile())
+    .reduce((n, d) => n + fs.statSync(path.join(d.parentPath, d.name)).size, 0)
+
+interface Setup {
+  readonly image: string
+  readonly journal: string
+  readonly receiverDir: string
+  readonly receiver: Awaited<ReturnType<typeof spawnReady>>
+  readonly address: string
+}
+
+/** The filter's settings, the same on every start (the journal records them). */
+const filterArgs = (s: Setup) => [
+  "--disk",
+  s.image,
+  "--block-size",
+  String(BLOCK),
+  "--receiver",
+  s.address,
+  "--journal",
+  s.journal,
+  "--window",
+  "1024",
+  "--activity-extents",
+  "1",
+  "--activity-extent-size",
+  String(DISK_BYTES)
+]
+
+const replicate = (s: Setup, extra: ReadonlyArray<string>) =>
+  runChild(process.execPath, [CLI, "replicate", ...filterArgs(s), "--quiesce", ...extra], {
+    timeoutMs: 1_200_000
+  })
+
+/** Rewrites 1 % of the image's blocks, spread over the disk, with fresh random bytes. */
+const changeBlocks = (image: string, round: number): number => {
+  const fd = fs.openSync(image, "r+")
+  const blocks = DISK_BYTES / BLOCK
+  const every = Math.round(1 / DIFFER)
+  let changed = 0
+  for (let b = round % every; b < blocks; b += every) {
+    fs.writeSync(fd, randomBytes(BLOCK), 0, BLOCK, b * BLOCK)
+    changed++
+  }
+  fs.fsyncSync(fd)
+  fs.closeSync(fd)
+  return changed
+}
+
+export const run = async (): Promise<ReadonlyArray<BenchRow>> => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cdp-sync-bench-checksum-"))
+  try {
+    return await measure(dir)
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+const measure = async (dir: string): Promise<ReadonlyArray<BenchRow>> => {
+  const image = path.join(dir, "disk.img")
+  const receiverDir = path.join(dir, "receiver")
+  fs.mkdirSync(receiverDir)
+  say(`filling a ${DISK_BYTES / MiB} MiB image with random bytes`)
+  const fd = fs.openSync(image, "w")
+  for (let at = 0; at < DISK_BYTES; at += 16 * MiB) fs.writeSync(fd, randomBytes(16 * MiB), 0, 16 * MiB, at)
+  fs.fsyncSync(fd)
+  fs.closeSync(fd)
+  const receiver = await spawnReady(
+    process.execPath,
+    [CLI, "receiver", "--dir", receiverDir, "--port", "0"],
+    /^listening (\S+):(\d+)$/m,
+    { what: "cdp-sync receiver" }
+  )
+  const s: Setup = {
+    image,
+    journal: path.join(dir, "journal"),
+    receiverDir,
+    receiver,
+    address: `${receiver.ready[1]}:${receiver.ready[2]}`
+  }
+  try {
+    say("replicating the image whole (the first full sync)")
+    await replicate(s, [])
+    const control = path.join(dir, "filter.sock")
+    const times = { full: [] as Array<number>, checksum: [] as Array<number> }
+    const sent = { full: [] as Array<number>, checksum: [] as Array<number> }
+    for (let round = 0; round < ROUNDS; round++)
+      for (const kind of ["full", "checksum"] as const) {
+        await killedInSync(s, control)
+        changeBlocks(image, round * 2 + (kind === "full" ? 0 : 1))
+        const before = bytesUnder(receiverDir)
+        say(`${kind} resync, round ${round + 1}/${ROUNDS}`)
+        const start = performance.now()
+        await replicate(s, kind === "checksum" ? ["--compare-from", "1"] : [])
+        times[kind].push((performance.now() - start) / 1000)
+        sent[kind].push(bytesUnder(receiverDir) - before)
+      }
+    say(
+      `full: ${spread(times.full)} s, ${spread(
+        sent.full.map((b) => b / MiB),
+        0
+      )} MiB; checksum: ${spread(times.checksum)} s, ${spread(
+        sent.checksum.map((b) => b / MiB),
+        1
+      )} MiB`
+    )
+    return [
+      {
+        name: `checksum resync: bytes sent (1 % of the blocks differ; ${ROUNDS} rounds, spread ${spread(
+          sent.checksum.map((b) => b / MiB),
+          1
+        )} MiB)`,
+        value: median(sent.checksum) / MiB,
+        unit: "MiB",
+        baseline: median(sent.full) / MiB,
+        baselineName: "full resync",
+        higherIsBetter: false,
+        target: { ratio: 20, text: "≤ 5 % of the full resync's bytes" }
+      },
+      {
+        name: `checksum resync: time to the replica whole (spread ${spread(times.checksum)} s)`,
+        value: median(times.checksum),
+        unit: "s",
+        baseline: median(times.full),
+        baselineName: `full resync (spread ${spread(times.full)} s)`,
+        higherIsBetter: false,
+        target: { ratio: 1 / 0.3, text: "≤ 0.3× the full resync's time" }
+      },
+      ...(await verifyRows(s, control))
+    ]
+  } finally {
+    await receiver.stop()
+  }
+}
+
+/** `serve` with its control socket takes one guest write, reports the replica whole, and is SIGKILLed. */
+const killedInSync = async (s: Setup, control: string): Promise<void> => {
+  const serve = await spawnIdle(s, control)
+  await runChild("qemu-io", ["-f", "raw", "-c", "write -P 9 0 4k", serve.nbd])
+  await whole(control, serve.child)
+  serve.child.kill("SIGKILL")
+  await new Promise((resolve) => serve.child.once("exit", resolve))
+}
+
+/** `serve` (the filter, idle, with an NBD export and its control socket) once the replica is whole. */
+const spawnIdle = async (s: Setup, control: string): Promise<{ child: ChildProcess; nbd: string }> => {
+  fs.rmSync(control, { force: true })
+  const served = await spawnReady(
+    process.execPath,
+    [
+      CLI,
+      "serve",
+      ...filterArgs(s),
+      "--control",
+      control,
+      "--listen",
+      "127.0.0.1:0",
+      "--export-name",
+      "bench"
+    ],
+    /^listening (nbd:\/\/\S+)$/m,
+    { what: "cdp-sync serve", timeoutMs: 600_000 }
+  )
+  await whole(control, served.child)
+  return { child: served.child, nbd: served.ready[1]! }
+}
+
+/** Until the filter's status says sync, link up, nothing dirty or in flight. */
+const whole = async (control: string, child: ChildProcess): Promise<void> => {
+  const deadline = performance.now() + 1_200_000
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`the filter exited ${child.exitCode}`)
+    const disk = await filterStatus(control).catch(() => undefined)
+    if (disk?.mode === "sync" && disk.link === "up" && disk.dirtyBlocks === 0 && disk.inFlight === 0) return
+    if (performance.now() > deadline) throw new Error("the filter did not reach sync")
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+}
+
+/** The filter's status over its control socket (docs/operations.md, "Status"). */
+const filterStatus = (control: string) =>
+  new Promise<{ mode: string; link: string; dirtyBlocks: number; inFlight: number }>((resolve, reject) => {
+    const socket = net.connect(control)
+    let text = ""
+    socket.setEncoding("utf8")
+    socket.on("error", reject)
+    socket.on("connect", () => socket.write(`${JSON.stringify({ op: "status" })}\n`))
+    socket.on("data", (chunk: string) => {
+      text += chunk
+      const end = text.indexOf("\n")
+      if (end < 0) return
+      socket.destroy()
+      const reply = JSON.parse(text.slice(0, end))
+      if (reply.status === undefined) reject(new Error(text))
+      else resolve(reply.status.disks[0])
+    })
+  })
+
+/** Online verify of the identical replica (the filter running, idle) beside hashing the image alone. */
+const verifyRows = async (s: Setup, control: string): Promise<ReadonlyArray<BenchRow>> => {
+  const filter = (await spawnIdle(s, control)).child
+  try {
+    const hashSeconds: Array<number> = []
+    const verifySeconds: Array<number> = []
+    for (let round = 0; round < ROUNDS; round++) {
+      say(`verify, round ${round + 1}/${ROUNDS}`)
+      hashSeconds.push(hashImage(s.image) / 1000)
+      const start = performance.now()
+      const { stdout } = await runChild(process.execPath, [CLI, "verify", "--control", control, "--json"], {
+        timeoutMs: 1_200_000
+      })
+      verifySeconds.push((performance.now() - start) / 1000)
+      const report = JSON.parse(stdout)
+      if (report.verify?.differing !== 0)
+        throw new Error(`verify of an identical replica found differences: ${stdout}`)
+    }
+    const rate = (seconds: number) => DISK_BYTES / MiB / seconds
+    return [
+      {
+        name: `online verify of an identical replica (spread ${spread(verifySeconds.map(rate), 0)} MiB/s)`,
+        value: rate(median(verifySeconds)),
+        unit: "MiB/s",
+        baseline: rate(median(hashSeconds)),
+        baselineName: `SHA-256 of every block of the image (spread ${spread(hashSeconds.map(rate), 0)} MiB/s)`,
+        higherIsBetter: true,
+        target: { ratio: 0.5, text: "≥ 0.5× hashing the image" }
+      }
+    ]
+  } finally {
+    filter.kill("SIGTERM")
+    await new Promise((resolve) => filter.once("exit", resolve))
+  }
+}
+
+/** SHA-256 of every block of the image, read in 4 MiB chunks: milliseconds. */
+const hashImage = (image: string): number => {
+  const fd = fs.openSync(image, "r")
+  const chunk = Buffer.allocUnsafe(4 * MiB)
+  const start = performance.now()
+  for (let at = 0; at < DISK_BYTES; at += chunk.length) {
+    const n = fs.readSync(fd, chunk, 0, chunk.length, at)
+    for (let o = 0; o < n; o += BLOCK)
+      createHash("sha256")
+        .update(chunk.subarray(o, o + BLOCK))
+        .digest()
+  }
+  fs.closeSync(fd)
+  return performance.now() - start
+}
