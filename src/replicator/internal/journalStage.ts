@@ -10,7 +10,7 @@
  * queue in decision order and the sender takes it in order, so the request leaves after
  * every record decided before its comparisons and before every record decided after.
  * Comparisons decided in a row (no record between them, one session, blocks strictly
- * increasing, at most `Wire.MAX_CHECKSUM_BLOCKS`) share one request.
+ * increasing, at most 16 MiB of blocks or `Wire.MAX_CHECKSUM_BLOCKS`) share one request.
  */
 import { Deferred, Effect, FiberId } from "effect"
 import type { EventJournal } from "../../adapters/EventJournal.js"
@@ -132,11 +132,19 @@ const readAndHash = (
     }
   })
 
+/**
+ * A request asks for at most this many bytes' worth of blocks: a window's comparisons are
+ * then several requests in flight, so the receiver hashes one while the next is read and
+ * hashed here (one request of a window's blocks would leave each side waiting in turn).
+ */
+const REQUEST_BYTES = 16 << 20
+
 /** How many of the comparisons from `from` on go in one request. */
-const requestLength = (outgoing: ReadonlyArray<Decided>, from: number): number => {
+const requestLength = (outgoing: ReadonlyArray<Decided>, from: number, blockSize: number): number => {
   const first = outgoing[from] as Comparison
+  const most = Math.max(1, Math.min(Wire.MAX_CHECKSUM_BLOCKS, Math.floor(REQUEST_BYTES / blockSize)))
   let n = 1
-  while (n < Wire.MAX_CHECKSUM_BLOCKS && from + n < outgoing.length) {
+  while (n < most && from + n < outgoing.length) {
     const next = outgoing[from + n]!
     if (!isComparison(next) || next.session !== first.session) break
     if (next.block <= (outgoing[from + n - 1] as Comparison).block) break
@@ -176,7 +184,7 @@ export const act = (
         continue
       }
       if (isComparison(out)) {
-        const n = requestLength(outgoing, i)
+        const n = requestLength(outgoing, i, config.blockSize)
         const hashing = Deferred.unsafeMake<Comparisons, DiskError>(FiberId.none)
         const batch = outgoing.slice(i, i + n) as ReadonlyArray<Comparison>
         const hash = Effect.intoDeferred(readAndHash(disk, config, batch), hashing)
