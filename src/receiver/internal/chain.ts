@@ -26,20 +26,15 @@ import { isEnoent, readIfExists, removeIfExists, syncDirectory, writeFileAtomic 
 import {
   continues,
   encodeIndex,
+  FLAG_RECOVERY_POINT,
   type IndexEntry,
   indexName,
   isRecoveryPoint,
   Kind,
   parseSegmentName
 } from "./format.js"
-import {
-  checkSegmentHeader,
-  describeDamage,
-  isTorn,
-  readIndex,
-  scanSegment,
-  spotCheckIndex
-} from "./segment.js"
+import { EntryTable } from "./entryTable.js"
+import { describeDamage, isTorn, judgeIndexes, readIndex, scanSegment } from "./segment.js"
 
 export { BASE_FILE, readBase }
 export const META_FILE = "disk.json"
@@ -307,33 +302,57 @@ export const summarize = (
   return segment
 }
 
-type IndexUse =
-  | { readonly _tag: "Entries"; readonly entries: ReadonlyArray<IndexEntry> }
-  /** The segment's own header is bad: the scan reports it. */
-  | { readonly _tag: "BadSegment" }
-  | { readonly _tag: "Missing" }
-  /** The index fails its own checks (`decodeIndex`): a damaged cache, rebuilt from the segment. */
-  | { readonly _tag: "Unusable"; readonly offset: number; readonly reason: string }
-  /** A well-formed index that disagrees with its segment: one of the two was tampered with. */
-  | { readonly _tag: "Disagrees"; readonly offset: number; readonly reason: string }
+/** The tables sealed segments were read as (read mode); a segment copied or given other entries has none. */
+const tables = new WeakMap<Segment, EntryTable>()
 
 /**
- * Whether a sealed segment's index may stand in for a scan: the segment's 32-byte header is
- * good, the index is well formed for the segment's name and size (`decodeIndex`), and the
- * record headers it is spot-checked against agree (`spotCheckIndex`).
+ * The records of `segment` as columns: the table its index was read as, or one made from its
+ * entries (a segment scanned, or made by hand). What a pass over every record reads.
  */
-const useIndex = async (
-  handle: fs.FileHandle,
+export const tableOf = (segment: Segment): EntryTable =>
+  tables.get(segment) ?? EntryTable.fromEntries(segment.entries ?? [])
+
+/**
+ * A sealed segment read from its index: the summary from the columns and, when `keep` (read
+ * mode), `entries` made from them only when first asked for (opening a point needs none: `tableOf`).
+ * A chain opened in read mode is not changed afterwards; giving the segment other entries
+ * drops its table.
+ */
+const summarizeTable = (
+  name: string,
+  table: EntryTable,
+  bytes: number,
   indexFile: string,
-  size: number,
-  firstSeq: number
-): Promise<IndexUse> => {
-  if ((await checkSegmentHeader(handle, firstSeq)) !== undefined) return { _tag: "BadSegment" }
-  const read = await readIndex(indexFile, size, firstSeq)
-  if (read._tag === "Missing") return read
-  if (read._tag === "Unusable") return { _tag: "Unusable", ...read.defect }
-  const defect = await spotCheckIndex(handle, indexFile, read.entries)
-  return defect === undefined ? read : { _tag: "Disagrees", ...defect }
+  keep: boolean
+): Segment => {
+  const last = table.count - 1
+  const segment = emptySegment(name, table.seq[0]!, bytes, false)
+  segment.lastSeq = table.seq[last]!
+  segment.records = table.count
+  segment.lastTime = table.time[last]!
+  for (let i = last; i >= 0 && segment.lastPoint === undefined; i--)
+    if ((table.flags[i]! & FLAG_RECOVERY_POINT) !== 0)
+      segment.lastPoint = { seq: table.seq[i]!, time: table.time[i]! }
+  for (let i = last; i >= 0 && segment.lastMarker === undefined; i--)
+    if (table.kind[i] === Kind.ResyncBegin || table.kind[i] === Kind.ResyncEnd)
+      segment.lastMarker = { seq: table.seq[i]!, begin: table.kind[i] === Kind.ResyncBegin }
+  segment.indexFile = indexFile
+  if (!keep) return segment
+  let entries: Array<IndexEntry> | undefined
+  Object.defineProperty(segment, "entries", {
+    enumerable: true,
+    configurable: true,
+    get: () => {
+      entries ??= table.toEntries()
+      return entries
+    },
+    set: (given: Array<IndexEntry> | undefined) => {
+      entries = given
+      tables.delete(segment)
+    }
+  })
+  tables.set(segment, table)
+  return segment
 }
 
 /** Whether the log after `baseSeq` ends inside a resync (the base itself is a recovery point). */
@@ -413,37 +432,63 @@ export const openChain = async (
 
   const segments: Array<Segment> = []
   let baseChecked = false
-  // Checks continuity (with the previous segment and with the base) and keeps the summary.
+  // Checks continuity (of `first` with the previous segment, of the first record after the
+  // base with the base) and keeps the segment.
   const admit = (
     name: string,
-    entries: ReadonlyArray<IndexEntry>,
-    bytes: number,
-    keep: boolean,
-    indexFile?: string
+    first: IndexEntry,
+    afterBase: () => IndexEntry | undefined,
+    segment: Segment
   ) => {
     const file = path.join(diskDir, name)
     const prevSeq = segments[segments.length - 1]?.lastSeq
-    if (prevSeq !== undefined && !continues(prevSeq, entries[0]!))
+    if (prevSeq !== undefined && !continues(prevSeq, first))
       throw new LogCorrupt({
         file,
-        offset: entries[0]!.offset,
-        reason: `seq ${entries[0]!.seq} does not follow ${prevSeq}`
+        offset: first.offset,
+        reason: `seq ${first.seq} does not follow ${prevSeq}`
       })
     if (!baseChecked) {
-      const first = entries.find((e) => e.seq > base.seq)
-      if (first !== undefined) {
+      const after = afterBase()
+      if (after !== undefined) {
         baseChecked = true
-        if (!continues(base.seq, first))
+        if (!continues(base.seq, after))
           throw new LogCorrupt({
             file,
-            offset: first.offset,
-            reason: `seq ${first.seq} does not follow the base image at seq ${base.seq}`
+            offset: after.offset,
+            reason: `seq ${after.seq} does not follow the base image at seq ${base.seq}`
           })
       }
     }
-    segments.push(summarize(name, entries, bytes, keep, indexFile))
+    segments.push(segment)
   }
+  const admitEntries = (name: string, entries: ReadonlyArray<IndexEntry>, bytes: number, keep: boolean) =>
+    admit(
+      name,
+      entries[0]!,
+      () => entries.find((e) => e.seq > base.seq),
+      summarize(name, entries, bytes, keep)
+    )
+  const admitTable = (name: string, table: EntryTable, bytes: number, indexFile: string) =>
+    admit(
+      name,
+      table.entry(0),
+      () => {
+        for (let i = 0; i < table.count; i++) if (table.seq[i]! > base.seq) return table.entry(i)
+        return undefined
+      },
+      summarizeTable(name, table, bytes, indexFile, !recover)
+    )
 
+  // Every sealed segment's header and index, checked, read ahead a few at a time; then the
+  // segments are admitted in order, each scanned where its index cannot stand in.
+  const judged = await judgeIndexes(
+    files.slice(0, -1).map(({ name, firstSeq }) => ({
+      file: path.join(diskDir, name),
+      indexFile: path.join(diskDir, indexName(name)),
+      firstSeq
+    }))
+  )
   // Read mode stops at damage instead: the points before it stay listable and restorable.
   let damaged: LogCorrupt | undefined
   // Indexes to rebuild, written once the whole chain is known good: damage found later
@@ -454,15 +499,14 @@ export const openChain = async (
     const file = path.join(diskDir, name)
     const last = i === files.length - 1
     const prevSeq = segments[segments.length - 1]?.lastSeq
-    const handle = await fs.open(file, recover && last ? "r+" : "r")
+    let handle: fs.FileHandle | undefined
     try {
-      const { size } = await handle.stat()
       if (!last) {
         // Every segment's header is checked, even when its index stands in for the scan.
         const indexFile = path.join(diskDir, indexName(name))
-        const index = await useIndex(handle, indexFile, size, firstSeq)
-        if (index._tag === "Entries") {
-          admit(name, index.entries, size, !recover, indexFile)
+        const { size, index } = judged[i]!
+        if (index._tag === "Table") {
+          admitTable(name, index.table, size, indexFile)
           continue
         }
         // Both files pass their own checks yet disagree: no media damage does that, so the
@@ -487,10 +531,12 @@ export const openChain = async (
           })
         }
       }
+      handle = await fs.open(file, recover && last ? "r+" : "r")
+      const { size } = await handle.stat()
       const scan = await scanSegment(handle, size, { firstSeq, prevSeq })
       if (scan.damage !== undefined) {
         if (!last || !isTorn(scan.damage)) {
-          if (!recover && scan.entries.length > 0) admit(name, scan.entries, scan.end, true)
+          if (!recover && scan.entries.length > 0) admitEntries(name, scan.entries, scan.end, true)
           throw new LogCorrupt({ file, offset: scan.damage.offset, reason: describeDamage(scan.damage) })
         }
         notes.push({
@@ -513,7 +559,7 @@ export const openChain = async (
       }
       if (scan.entries.length > 0) {
         // First the checks against the chain (they may refuse it), then the repair.
-        admit(name, scan.entries, scan.end, !recover || last)
+        admitEntries(name, scan.entries, scan.end, !recover || last)
         if (recover && scan.damage !== undefined) await handle.truncate(scan.end)
         // What a killed receiver wrote may not have been fsynced yet: it is about to be reported durable.
         if (recover && last) await handle.sync()
@@ -532,7 +578,7 @@ export const openChain = async (
       })
       break
     } finally {
-      await handle.close()
+      await handle?.close()
     }
   }
   // Atomically: a reader beside us (points, scrub) never sees half an index.
