@@ -47,6 +47,40 @@ export const readIfExists = async (file: string): Promise<Buffer | undefined> =>
   }
 }
 
+/** A buffer read into again and again (`readIfExistsInto`). */
+export interface Scratch {
+  buf: Buffer
+}
+export const scratch = (): Scratch => ({ buf: Buffer.alloc(0) })
+
+/**
+ * `readIfExists`, into `into` (grown when too small): the bytes are valid until the next read
+ * into it. For many small files read in turn (indexes): fresh memory for each is pages the
+ * system must map, which cost more than reading them.
+ */
+export const readIfExistsInto = async (file: string, into: Scratch): Promise<Buffer | undefined> => {
+  let handle: fs.FileHandle
+  try {
+    handle = await fs.open(file, "r")
+  } catch (e) {
+    if (isEnoent(e)) return undefined
+    throw e
+  }
+  try {
+    const { size } = await handle.stat()
+    if (into.buf.length < size) into.buf = Buffer.allocUnsafe(Math.max(size, 2 * into.buf.length))
+    let done = 0
+    while (done < size) {
+      const { bytesRead } = await handle.read(into.buf, done, size - done, done)
+      if (bytesRead === 0) break
+      done += bytesRead
+    }
+    return into.buf.subarray(0, done)
+  } finally {
+    await handle.close()
+  }
+}
+
 /** Write aside, fsync, rename over `file`, fsync the directory: a crash leaves the old or the new file. */
 export const writeFileAtomic = async (file: string, bytes: Uint8Array): Promise<void> => {
   const temp = `${file}.tmp`

@@ -36,7 +36,7 @@ import {
 
 export { mergeNewestFirst, mergeTables, type PointExtent, type PointTable } from "./pointMerge.js"
 import { LogCorrupt } from "./errors.js"
-import { isEnoent, preadFully, readIfExists } from "./files.js"
+import { isEnoent, preadFully, readIfExists, readIfExistsInto, scratch } from "./files.js"
 import {
   entryMismatch,
   type IndexEntry,
@@ -196,13 +196,17 @@ export const openPointMap = async (
     used.push({ i, whole })
     if (whole) total += segment.bytes
   }
-  // The `.bix` files, read a few ahead of the one being checked (each read caught at once: one
-  // left unawaited when a check throws must not be an unhandled rejection).
+  // The `.bix` files, read a few ahead of the one being checked, each into the buffer of its
+  // slot (each is decoded into columns; fresh memory for each is pages the system must map).
+  // Each read is caught at once: one left unawaited when a check throws must not be an
+  // unhandled rejection.
+  const slots = Array.from({ length: BIX_READ_AHEAD }, scratch)
   const reads = new Map<number, Promise<Buffer | undefined>>()
   const readAhead = (u: number) => {
     const next = used[u]
-    if (next === undefined || !next.whole || reads.has(u)) return
-    const read = readIfExists(path.join(chain.diskDir, blockIndexName(chain.segments[next.i]!.name)))
+    if (next === undefined || !next.whole) return
+    const file = path.join(chain.diskDir, blockIndexName(chain.segments[next.i]!.name))
+    const read = readIfExistsInto(file, slots[u % BIX_READ_AHEAD]!)
     read.catch(() => undefined)
     reads.set(u, read)
   }
@@ -214,11 +218,12 @@ export const openPointMap = async (
   for (let u = 0; u < used.length; u++) {
     const { i, whole } = used[u]!
     const segment = chain.segments[i]!
-    readAhead(u + BIX_READ_AHEAD)
     const map = whole
       ? await sealedTable(chain, segment, await reads.get(u), write, notes)
       : ExtentTable.fromExtents(buildMap(g, entriesThrough(segment, chain.base.seq, seq)))
     reads.delete(u)
+    // Its slot is free again.
+    readAhead(u + BIX_READ_AHEAD)
     maps.push({ map, segment: i })
     if (whole) {
       bytes += segment.bytes

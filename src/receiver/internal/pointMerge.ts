@@ -42,56 +42,80 @@ export const mergeTables = (
 ): PointTable => {
   let total = 0
   for (const { map } of maps) total += map.count
-  // The bytes the newer maps cover: intervals [covered[2i], covered[2i+1]), sorted, disjoint, none touching.
-  let covered = new Float64Array(2 * total + 2)
-  let coveredCount = 0
-  let union = new Float64Array(2 * total + 2)
+  const covered = new Covered(total)
   const out = new PieceColumns(total)
-  // Each map's surviving pieces are in order: the runs `mergeRuns` merges.
+  // Each map's surviving pieces are in order: the runs `sorted` merges.
   const runs: Array<number> = [0]
+  // The loops are functions of their own: run once per map each, they are optimized as such
+  // (loops of one long-running function were compiled again each time the other one ran).
   for (const { map, segment } of maps) {
-    let j = 0
-    for (let x = 0; x < map.count; x++) {
-      const xStart = map.start[x]!
-      const xEnd = map.end[x]!
-      while (j < coveredCount && covered[2 * j + 1]! <= xStart) j++
-      let cursor = xStart
-      for (let k = j; cursor < xEnd; k++) {
-        const from = k < coveredCount ? covered[2 * k]! : Number.POSITIVE_INFINITY
-        const to = from < xEnd ? Math.min(from, xEnd) : xEnd
-        if (to > cursor) out.push(cursor, to, map.seq[x]!, map.fileOffset[x]! + (cursor - xStart), segment)
-        if (from >= xEnd) break
-        cursor = Math.max(cursor, covered[2 * k + 1]!)
-      }
-    }
+    sweep(map, segment, covered, out)
     runs.push(out.count)
-    // union := covered ∪ this map's extents (both sorted), touching intervals joined.
+    covered.add(map)
+  }
+  return out.sorted(runs)
+}
+
+/** The pieces of `map`'s extents that no newer map covers, appended to `out`. */
+const sweep = (map: ExtentTable, segment: number, covered: Covered, out: PieceColumns): void => {
+  const c = covered.at
+  const count = covered.count
+  let j = 0
+  for (let x = 0; x < map.count; x++) {
+    const xStart = map.start[x]!
+    const xEnd = map.end[x]!
+    while (j < count && c[2 * j + 1]! <= xStart) j++
+    let cursor = xStart
+    for (let k = j; cursor < xEnd; k++) {
+      const from = k < count ? c[2 * k]! : Number.POSITIVE_INFINITY
+      const to = from < xEnd ? Math.min(from, xEnd) : xEnd
+      if (to > cursor) out.push(cursor, to, map.seq[x]!, map.fileOffset[x]! + (cursor - xStart), segment)
+      if (from >= xEnd) break
+      cursor = Math.max(cursor, c[2 * k + 1]!)
+    }
+  }
+}
+
+/** The bytes the newer maps cover: intervals `[at[2i], at[2i+1])`, `i < count`, sorted, disjoint, none touching. */
+class Covered {
+  count = 0
+  at: Float64Array
+  private spare: Float64Array
+  constructor(extents: number) {
+    this.at = new Float64Array(2 * extents + 2)
+    this.spare = new Float64Array(2 * extents + 2)
+  }
+  /** Adds `map`'s extents (sorted): both lists merged, touching intervals joined. */
+  add(map: ExtentTable): void {
+    const c = this.at
+    const u = this.spare
+    const count = this.count
     let n = 0
     let a = 0
     let b = 0
-    while (a < coveredCount || b < map.count) {
+    while (a < count || b < map.count) {
       let start: number
       let end: number
-      if (b >= map.count || (a < coveredCount && covered[2 * a]! <= map.start[b]!)) {
-        start = covered[2 * a]!
-        end = covered[2 * a + 1]!
+      if (b >= map.count || (a < count && c[2 * a]! <= map.start[b]!)) {
+        start = c[2 * a]!
+        end = c[2 * a + 1]!
         a++
       } else {
         start = map.start[b]!
         end = map.end[b]!
         b++
       }
-      if (n > 0 && start <= union[2 * n - 1]!) union[2 * n - 1] = Math.max(union[2 * n - 1]!, end)
+      if (n > 0 && start <= u[2 * n - 1]!) u[2 * n - 1] = Math.max(u[2 * n - 1]!, end)
       else {
-        union[2 * n] = start
-        union[2 * n + 1] = end
+        u[2 * n] = start
+        u[2 * n + 1] = end
         n++
       }
     }
-    ;[covered, union] = [union, covered]
-    if (!ReceiverMutants.pointMergeForgetsNewer) coveredCount = n
+    this.at = u
+    this.spare = c
+    if (!ReceiverMutants.pointMergeForgetsNewer) this.count = n
   }
-  return out.sorted(runs)
 }
 
 /** Columns for `n` extents of a point, in one allocation. */
@@ -137,38 +161,51 @@ class PieceColumns {
    */
   sorted(runs: ReadonlyArray<number>): PointTable {
     const n = this.count
-    const t = this.t
     let order = new Uint32Array(n)
     for (let i = 0; i < n; i++) order[i] = i
     let spare = new Uint32Array(n)
     let bounds = runs.filter((b, i) => i === 0 || b !== runs[i - 1])
     while (bounds.length > 2) {
-      const next: Array<number> = [0]
-      for (let r = 0; r + 1 < bounds.length; r += 2) {
-        const lo = bounds[r]!
-        const mid = bounds[r + 1]!
-        const hi = r + 2 < bounds.length ? bounds[r + 2]! : mid
-        let p = lo
-        let q = mid
-        for (let o = lo; o < hi; o++)
-          spare[o] =
-            q >= hi || (p < mid && t.start[order[p]!]! < t.start[order[q]!]!) ? order[p++]! : order[q++]!
-        next.push(hi)
-      }
+      bounds = mergeRunPairs(this.t.start, order, spare, bounds)
       ;[order, spare] = [spare, order]
-      bounds = next
     }
-    const out = pointColumns(n)
-    for (let i = 0; i < n; i++) {
-      const k = order[i]!
-      out.start[i] = t.start[k]!
-      out.end[i] = t.end[k]!
-      out.seq[i] = t.seq[k]!
-      out.fileOffset[i] = t.fileOffset[k]!
-      out.segment[i] = t.segment[k]!
-    }
-    return out
+    return gather(this.t, order, n)
   }
+}
+
+/** One pass: runs `2r` and `2r + 1` of `order` (by `start`) merged into one of `into`; the new bounds. */
+const mergeRunPairs = (
+  start: Float64Array,
+  order: Uint32Array,
+  into: Uint32Array,
+  bounds: ReadonlyArray<number>
+): Array<number> => {
+  const next: Array<number> = [0]
+  for (let r = 0; r + 1 < bounds.length; r += 2) {
+    const lo = bounds[r]!
+    const mid = bounds[r + 1]!
+    const hi = r + 2 < bounds.length ? bounds[r + 2]! : mid
+    let p = lo
+    let q = mid
+    for (let o = lo; o < hi; o++)
+      into[o] = q >= hi || (p < mid && start[order[p]!]! < start[order[q]!]!) ? order[p++]! : order[q++]!
+    next.push(hi)
+  }
+  return next
+}
+
+/** The first `n` pieces of `t` in `order`. */
+const gather = (t: PointTable, order: Uint32Array, n: number): PointTable => {
+  const out = pointColumns(n)
+  for (let i = 0; i < n; i++) {
+    const k = order[i]!
+    out.start[i] = t.start[k]!
+    out.end[i] = t.end[k]!
+    out.seq[i] = t.seq[k]!
+    out.fileOffset[i] = t.fileOffset[k]!
+    out.segment[i] = t.segment[k]!
+  }
+  return out
 }
 
 /** A point's extents as objects. */

@@ -14,7 +14,7 @@ import * as fs from "node:fs/promises"
 import * as path from "node:path"
 import type { EntryTable } from "./entryTable.js"
 import { LogCorrupt } from "./errors.js"
-import { ForwardReader, readIfExists } from "./files.js"
+import { ForwardReader, readIfExists, readIfExistsInto, type Scratch, scratch } from "./files.js"
 import {
   continues,
   decodeIndexTable,
@@ -318,13 +318,14 @@ export type IndexTableRead =
   | { readonly _tag: "Unusable"; readonly defect: IndexDefect }
   | { readonly _tag: "Table"; readonly table: EntryTable }
 
-/** `readIndex`, the entries as columns (`EntryTable`). */
+/** `readIndex`, the entries as columns (`EntryTable`); the file read into `into` when given. */
 export const readIndexTable = async (
   file: string,
   segmentBytes: number,
-  firstSeq: number
+  firstSeq: number,
+  into?: Scratch
 ): Promise<IndexTableRead> => {
-  const bytes = await readIfExists(file)
+  const bytes = into === undefined ? await readIfExists(file) : await readIfExistsInto(file, into)
   if (bytes === undefined) return { _tag: "Missing" }
   const decoded = decodeIndexTable(bytes, segmentBytes, firstSeq)
   return "reason" in decoded ? { _tag: "Unusable", defect: decoded } : { _tag: "Table", table: decoded }
@@ -407,14 +408,15 @@ export type IndexUse =
 export const judgeIndex = async (
   file: string,
   indexFile: string,
-  firstSeq: number
+  firstSeq: number,
+  into: Scratch = scratch()
 ): Promise<{ readonly size: number; readonly index: IndexUse }> => {
   const handle = await fs.open(file, "r")
   try {
     const { size } = await handle.stat()
     if ((await checkSegmentHeader(handle, firstSeq)) !== undefined)
       return { size, index: { _tag: "BadSegment" } }
-    const read = await readIndexTable(indexFile, size, firstSeq)
+    const read = await readIndexTable(indexFile, size, firstSeq, into)
     if (read._tag === "Missing") return { size, index: read }
     if (read._tag === "Unusable") return { size, index: { _tag: "Unusable", ...read.defect } }
     const defect = await spotCheckIndex(handle, indexFile, read.table)
@@ -437,10 +439,12 @@ export const judgeIndexes = async (
   const out = new Array<{ readonly size: number; readonly index: IndexUse }>(segments.length)
   let next = 0
   const worker = async () => {
+    // Each index is decoded into columns: the file's bytes are read into the same buffer again.
+    const into = scratch()
     while (next < segments.length) {
       const i = next++
       const s = segments[i]!
-      out[i] = await judgeIndex(s.file, s.indexFile, s.firstSeq)
+      out[i] = await judgeIndex(s.file, s.indexFile, s.firstSeq, into)
     }
   }
   await Promise.all(Array.from({ length: Math.min(READ_AHEAD, segments.length) }, worker))
