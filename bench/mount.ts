@@ -23,6 +23,7 @@
  * Quick pass: `CDP_SYNC_BENCH_MOUNT_DISK=256MiB CDP_SYNC_BENCH_MOUNT_LOG=1GiB
  * CDP_SYNC_BENCH_MOUNT_ROUNDS=1 CDP_SYNC_BENCH_MOUNT_SECONDS=5`.
  */
+import { execFileSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -59,6 +60,18 @@ interface Server {
   readonly port: number
   readonly exportName: string
   stop(): Promise<void>
+  /** CPU time the server's process has used so far (user + system), where the system says (Linux's /proc). */
+  cpuMs?(): number | undefined
+}
+
+/** Clock ticks a second, for /proc/PID/stat's times (`getconf CLK_TCK`; 100 almost everywhere). */
+let ticksPerSecond: number | undefined
+const cpuMsOf = (pid: number | undefined): number | undefined => {
+  if (pid === undefined || !fs.existsSync(`/proc/${pid}/stat`)) return undefined
+  ticksPerSecond ??= Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100
+  // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+  const fields = fs.readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ")
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / ticksPerSecond
 }
 
 /** `cdp-sync mount` of the dataset's disk at `at`; ready when it prints its `listening` line. */
@@ -75,7 +88,8 @@ const startMount = async (receiverDir: string, at: string): Promise<Server> => {
     exportName: decodeURIComponent(child.ready[3]!),
     stop: async () => {
       await child.stop("SIGTERM")
-    }
+    },
+    cpuMs: () => cpuMsOf(child.child.pid)
   }
 }
 
@@ -145,6 +159,12 @@ interface FirstByte {
   readonly readyMs: number
   /** Spawn → the 4 KiB read answered. */
   readonly dataMs: number
+  /**
+   * CPU the server used until then (`cdp-sync mount` only): what the wall time would be on an
+   * idle machine, less its reads and waits. The bench shares two cores with other jobs; this
+   * moves less with their load than the wall time does.
+   */
+  readonly cpuMs: number | undefined
 }
 
 /** Times spawn → ready → first 4 KiB read at a random offset; `check` sees the bytes. */
@@ -159,8 +179,9 @@ const firstByte = async (
   try {
     const bytes = await readOnce(server, offset)
     const t2 = performance.now()
+    const cpuMs = server.cpuMs?.()
     check?.(offset, bytes)
-    return { readyMs: t1 - t0, dataMs: t2 - t0 }
+    return { readyMs: t1 - t0, dataMs: t2 - t0, cpuMs }
   } finally {
     await server.stop()
   }
@@ -427,8 +448,8 @@ const firstByteSection = async (
   const ms = (name: string) => median(samples.get(name).map((s) => s.dataMs))
   console.log(
     renderDetail(
-      `spawn → listening → first 4 KiB read at a random offset, ms (median, min–max over ${ROUNDS} round(s))`,
-      ["server", "ready (listening)", "first 4 KiB read"],
+      `spawn → listening → first 4 KiB read at a random offset, ms (median, min–max over ${ROUNDS} round(s)); the mount's CPU until that read; load average ${os.loadavg()[0]!.toFixed(1)} at the end`,
+      ["server", "ready (listening)", "first 4 KiB read", "CPU until then"],
       setups.map(([name]) => [
         name === BUSY ? `${name} (${ingested.filter((s) => s !== "").join(", ") || "?"})` : name,
         cell(
@@ -437,6 +458,10 @@ const firstByteSection = async (
         ),
         cell(
           samples.get(name).map((s) => s.dataMs),
+          0
+        ),
+        cell(
+          samples.get(name).flatMap((s) => (s.cpuMs === undefined ? [] : [s.cpuMs])),
           0
         )
       ])

@@ -1,22 +1,10 @@
 /**
- * Entry point of the `cdp-sync` binary.
+ * Entry point of the `cdp-sync` binary: the command line is one bundle, `main.cjs` beside
+ * this file (scripts/bundle-cli.mjs), loaded with the code cache made when it was built
+ * (`internal/codeCache.ts`: about a fifth of a second off every start).
  */
-// Deep entries: the package root also loads its HTTP client (undici, a quarter of the bundle).
-import * as NodeContext from "@effect/platform-node/NodeContext"
-import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
-import { Effect, Logger } from "effect"
-import { cli } from "./cli.js"
-import { withIoScheduler } from "../internal/IoScheduler.js"
-import { prettyStderr } from "./internal/logging.js"
+import * as path from "node:path"
+import { fileURLToPath } from "node:url"
+import { BUNDLE, loadCached } from "./internal/codeCache.js"
 
-// Logs go to stderr: stdout is for results (`--json` prints one object there and nothing else).
-// Control characters in logged values are escaped: a value cannot forge a line.
-const stderrLogger = Logger.replace(Logger.defaultLogger, prettyStderr)
-
-// Every command is I/O-bound: let socket and file callbacks run between batches of fiber work.
-cli(process.argv).pipe(
-  withIoScheduler,
-  Effect.provide(NodeContext.layer),
-  Effect.provide(stderrLogger),
-  NodeRuntime.runMain({ disableErrorReporting: false, disablePrettyLogger: true })
-)
+loadCached(path.join(path.dirname(fileURLToPath(import.meta.url)), BUNDLE)).exports.main(process.argv)

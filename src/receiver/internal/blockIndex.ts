@@ -12,6 +12,7 @@
  * as new — which together say each byte names the newest record that wrote it.
  */
 import { crc32c } from "../../internal/crc32c.js"
+import { EntryTable } from "./entryTable.js"
 import { getU64, type IndexEntry, Kind, putU64, RECORD_HEADER_BYTES } from "./format.js"
 import { ReceiverMutants } from "./mutants.js"
 
@@ -26,6 +27,67 @@ export interface Extent {
 
 /** Sorted by `start`, disjoint, none empty. */
 export type ExtentMap = ReadonlyArray<Extent>
+
+/**
+ * An extent map as columns, one typed array per field (see `EntryTable`): opening a point
+ * decodes, checks and merges a `.bix` per sealed segment, 120 k extents on a 4 GiB log.
+ */
+export class ExtentTable {
+  readonly start: Float64Array
+  readonly end: Float64Array
+  readonly seq: Float64Array
+  readonly fileOffset: Float64Array
+
+  private constructor(readonly count: number) {
+    // One allocation for the four columns.
+    const memory = new ArrayBuffer(32 * count)
+    this.start = new Float64Array(memory, 0, count)
+    this.end = new Float64Array(memory, 8 * count, count)
+    this.seq = new Float64Array(memory, 16 * count, count)
+    this.fileOffset = new Float64Array(memory, 24 * count, count)
+  }
+
+  static allocate(count: number): ExtentTable {
+    return new ExtentTable(count)
+  }
+
+  static fromExtents(map: ExtentMap): ExtentTable {
+    const t = new ExtentTable(map.length)
+    for (let i = 0; i < map.length; i++) {
+      const x = map[i]!
+      t.start[i] = x.start
+      t.end[i] = x.end
+      t.seq[i] = x.seq
+      t.fileOffset[i] = x.fileOffset
+    }
+    return t
+  }
+
+  toExtents(): Array<Extent> {
+    const out = new Array<Extent>(this.count)
+    for (let i = 0; i < this.count; i++)
+      out[i] = {
+        start: this.start[i]!,
+        end: this.end[i]!,
+        seq: this.seq[i]!,
+        fileOffset: this.fileOffset[i]!
+      }
+    return out
+  }
+
+  /** The first extent that ends after `offset` (`count` when none does). */
+  firstEndingAfter(offset: number): number {
+    const ends = this.end
+    let lo = 0
+    let hi = this.count
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1
+      if (ends[mid]! <= offset) lo = mid + 1
+      else hi = mid
+    }
+    return lo
+  }
+}
 
 export interface DataGeometry {
   readonly blockSize: number
@@ -140,46 +202,63 @@ export const verifyMap = (
   g: DataGeometry,
   entries: ReadonlyArray<IndexEntry>,
   map: ExtentMap
+): MapDefect | undefined => verifyTable(g, EntryTable.fromEntries(entries), ExtentTable.fromExtents(map))
+
+/** `verifyMap` on columns. */
+export const verifyTable = (
+  g: DataGeometry,
+  entries: EntryTable,
+  map: ExtentTable
 ): MapDefect | undefined => {
   const diskBytes = g.blockSize * g.blockCount
+  // A record's range: [rangeStart, rangeEnd) after `rangeOf(k)`; false for the markers.
+  let rangeStart = 0
+  let rangeEnd = 0
+  const rangeOf = (k: number): boolean => {
+    const kind = entries.kind[k]
+    if (kind !== Kind.Write && kind !== Kind.Block) return false
+    rangeStart = kind === Kind.Write ? entries.position[k]! : entries.position[k]! * g.blockSize
+    rangeEnd = rangeStart + entries.length[k]!
+    return true
+  }
   let previousEnd = 0
-  for (let i = 0; i < map.length; i++) {
-    const x = map[i]!
-    if (!(x.start < x.end) || x.start < previousEnd || x.end > diskBytes)
-      return { extent: i, reason: `extent ${x.start}..${x.end} is empty, out of order or beyond the disk` }
-    previousEnd = x.end
-    const k = entryOf(entries, x.seq)
-    const range = k < 0 ? undefined : recordRange(g, entries[k]!)
-    if (range === undefined)
-      return { extent: i, reason: `extent names seq ${x.seq}, which is no write or block of the segment` }
-    if (x.start < range.start || x.end > range.end)
+  for (let i = 0; i < map.count; i++) {
+    const start = map.start[i]!
+    const end = map.end[i]!
+    const seq = map.seq[i]!
+    if (!(start < end) || start < previousEnd || end > diskBytes)
+      return { extent: i, reason: `extent ${start}..${end} is empty, out of order or beyond the disk` }
+    previousEnd = end
+    const k = entries.indexOf(seq)
+    if (k < 0 || !rangeOf(k))
+      return { extent: i, reason: `extent names seq ${seq}, which is no write or block of the segment` }
+    if (start < rangeStart || end > rangeEnd)
       return {
         extent: i,
-        reason: `extent ${x.start}..${x.end} lies outside record ${x.seq} (${range.start}..${range.end})`
+        reason: `extent ${start}..${end} lies outside record ${seq} (${rangeStart}..${rangeEnd})`
       }
-    if (x.fileOffset !== entries[k]!.offset + RECORD_HEADER_BYTES + (x.start - range.start))
+    if (map.fileOffset[i] !== entries.offset[k]! + RECORD_HEADER_BYTES + (start - rangeStart))
       return {
         extent: i,
-        reason: `extent ${x.start}..${x.end} names file byte ${x.fileOffset}, not record ${x.seq}'s payload`
+        reason: `extent ${start}..${end} names file byte ${map.fileOffset[i]}, not record ${seq}'s payload`
       }
   }
-  for (const e of entries) {
-    const range = recordRange(g, e)
-    if (range === undefined) continue
-    let cursor = range.start
-    for (let i = firstEndingAfter(map, range.start); cursor < range.end; i++) {
-      const x = map[i]
-      if (x === undefined || x.start > cursor)
+  for (let k = 0; k < entries.count; k++) {
+    if (!rangeOf(k)) continue
+    const seq = entries.seq[k]!
+    let cursor = rangeStart
+    for (let i = map.firstEndingAfter(rangeStart); cursor < rangeEnd; i++) {
+      if (i >= map.count || map.start[i]! > cursor)
         return {
-          extent: x === undefined ? undefined : i,
-          reason: `bytes from ${cursor} written by record ${e.seq} are in no extent`
+          extent: i >= map.count ? undefined : i,
+          reason: `bytes from ${cursor} written by record ${seq} are in no extent`
         }
-      if (x.seq < e.seq)
+      if (map.seq[i]! < seq)
         return {
           extent: i,
-          reason: `extent ${x.start}..${x.end} names record ${x.seq}, record ${e.seq} wrote over it`
+          reason: `extent ${map.start[i]}..${map.end[i]} names record ${map.seq[i]}, record ${seq} wrote over it`
         }
-      cursor = x.end
+      cursor = map.end[i]!
     }
   }
   return undefined
@@ -248,6 +327,12 @@ export interface BixDefect {
 
 /** Decodes a `.bix` that must cover `c`; its form only (`verifyMap` checks it against the records). */
 export const decodeBlockIndex = (b: Uint8Array, c: Covers): ExtentMap | BixDefect => {
+  const decoded = decodeBlockIndexTable(b, c)
+  return "reason" in decoded ? decoded : decoded.toExtents()
+}
+
+/** `decodeBlockIndex`, the extents as columns. */
+export const decodeBlockIndexTable = (b: Uint8Array, c: Covers): ExtentTable | BixDefect => {
   const defect = (offset: number, reason: string): BixDefect => ({ offset, reason })
   const buf = Buffer.from(b.buffer, b.byteOffset, b.byteLength)
   if (buf.length < BIX_HEADER_BYTES + 4) return defect(0, "short block index")
@@ -269,7 +354,7 @@ export const decodeBlockIndex = (b: Uint8Array, c: Covers): ExtentMap | BixDefec
     if (found !== expected)
       return defect(at, `the block index says ${name} ${found}, the segment ${expected}`)
   if (!buf.subarray(52, 64).equals(Buffer.alloc(12))) return defect(52, "reserved bytes are not zero")
-  const map: Array<Extent> = []
+  const map = ExtentTable.allocate(count)
   for (let i = 0; i < count; i++) {
     const at = bixExtentOffset(i)
     const start = getU64(buf, at)
@@ -278,7 +363,10 @@ export const decodeBlockIndex = (b: Uint8Array, c: Covers): ExtentMap | BixDefec
     const length = buf.readUInt32LE(at + 24)
     if (start < 0 || seq < 1 || fileOffset < 0 || length === 0 || buf.readUInt32LE(at + 28) !== 0)
       return defect(at, "implausible extent")
-    map.push({ start, end: start + length, seq, fileOffset })
+    map.start[i] = start
+    map.end[i] = start + length
+    map.seq[i] = seq
+    map.fileOffset[i] = fileOffset
   }
   return map
 }

@@ -8,7 +8,8 @@
  * gone (removed); an index at odds with its segment is refused. In `read` mode (points,
  * restore; possibly while the receiver runs) it changes nothing, ignores a torn tail and
  * scans past a bad index. Nothing is removed because metadata is missing or damaged:
- * `inspectDiskDir` refuses such a directory instead.
+ * `inspectDiskDir` refuses such a directory instead. What it knows of each segment is in
+ * `segmentSummary.ts`; the sealed segments' indexes are read and judged by `judgeIndexes`.
  * Over 400 lines on purpose: the read and recover modes share one walk of the directory,
  * and every repair sits beside the check that licenses it. It splits next into the
  * walk (segments, indexes) and the repairs.
@@ -23,25 +24,13 @@ import { anchorDamage, BASE_FILE, type Base, openBase, readBase } from "./base.j
 import { blockIndexName } from "./blockIndex.js"
 import { LogCorrupt } from "./errors.js"
 import { isEnoent, readIfExists, removeIfExists, syncDirectory, writeFileAtomic } from "./files.js"
-import {
-  continues,
-  encodeIndex,
-  type IndexEntry,
-  indexName,
-  isRecoveryPoint,
-  Kind,
-  parseSegmentName
-} from "./format.js"
-import {
-  checkSegmentHeader,
-  describeDamage,
-  isTorn,
-  readIndex,
-  scanSegment,
-  spotCheckIndex
-} from "./segment.js"
+import { continues, encodeIndex, type IndexEntry, indexName, parseSegmentName } from "./format.js"
+import type { EntryTable } from "./entryTable.js"
+import { describeDamage, isTorn, judgeIndexes, readIndex, scanSegment } from "./segment.js"
+import { endsInResync, type Segment, summarize, summarizeTable } from "./segmentSummary.js"
 
 export { BASE_FILE, readBase }
+export { emptySegment, endsInResync, noteRecord, type Segment, summarize, tableOf } from "./segmentSummary.js"
 export const META_FILE = "disk.json"
 export const LOCK_FILE = ".lock"
 
@@ -228,29 +217,6 @@ export const listDisks = async (
 
 // ---------------------------------------------------------------------------------------------
 
-/** What the chain knows of one segment. */
-export interface Segment {
-  readonly name: string
-  readonly firstSeq: number
-  lastSeq: number
-  /** Committed size of the file. */
-  bytes: number
-  records: number
-  lastTime: number
-  /** Last recovery point in this segment (seq and receive time). */
-  lastPoint: { readonly seq: number; readonly time: number } | undefined
-  /** Last resync marker in this segment: whether it begins a resync. */
-  lastMarker: { readonly seq: number; readonly begin: boolean } | undefined
-  /** The records (kept in `read` mode, and for the last segment in `recover` mode). */
-  entries: Array<IndexEntry> | undefined
-  /**
-   * The index `entries` were taken from (checked for form and spot-checked against the
-   * segment, not verified record by record: readers pass it on to `readRange`, which names it
-   * when a record disagrees); `undefined` when they come from a scan.
-   */
-  indexFile?: string | undefined
-}
-
 export interface Note {
   readonly message: string
   readonly annotations: Record<string, unknown>
@@ -269,80 +235,6 @@ export interface Chain {
   readonly damaged?: LogCorrupt | undefined
   /** What recovery repaired (recover mode) or ignored (read mode), to be logged. */
   readonly notes: ReadonlyArray<Note>
-}
-
-export const emptySegment = (name: string, firstSeq: number, bytes: number, keep: boolean): Segment => ({
-  name,
-  firstSeq,
-  lastSeq: firstSeq - 1,
-  bytes,
-  records: 0,
-  lastTime: 0,
-  lastPoint: undefined,
-  lastMarker: undefined,
-  entries: keep ? [] : undefined
-})
-
-/** Folds one record into a segment's summary (the caller appends to `entries`). */
-export const noteRecord = (segment: Segment, e: IndexEntry): void => {
-  segment.lastSeq = e.seq
-  segment.records++
-  segment.lastTime = e.time
-  if (isRecoveryPoint(e)) segment.lastPoint = { seq: e.seq, time: e.time }
-  if (e.kind === Kind.ResyncBegin || e.kind === Kind.ResyncEnd)
-    segment.lastMarker = { seq: e.seq, begin: e.kind === Kind.ResyncBegin }
-}
-
-export const summarize = (
-  name: string,
-  entries: ReadonlyArray<IndexEntry>,
-  bytes: number,
-  keep: boolean,
-  indexFile?: string
-): Segment => {
-  const segment = emptySegment(name, entries[0]!.seq, bytes, false)
-  for (const e of entries) noteRecord(segment, e)
-  segment.entries = keep ? [...entries] : undefined
-  segment.indexFile = indexFile
-  return segment
-}
-
-type IndexUse =
-  | { readonly _tag: "Entries"; readonly entries: ReadonlyArray<IndexEntry> }
-  /** The segment's own header is bad: the scan reports it. */
-  | { readonly _tag: "BadSegment" }
-  | { readonly _tag: "Missing" }
-  /** The index fails its own checks (`decodeIndex`): a damaged cache, rebuilt from the segment. */
-  | { readonly _tag: "Unusable"; readonly offset: number; readonly reason: string }
-  /** A well-formed index that disagrees with its segment: one of the two was tampered with. */
-  | { readonly _tag: "Disagrees"; readonly offset: number; readonly reason: string }
-
-/**
- * Whether a sealed segment's index may stand in for a scan: the segment's 32-byte header is
- * good, the index is well formed for the segment's name and size (`decodeIndex`), and the
- * record headers it is spot-checked against agree (`spotCheckIndex`).
- */
-const useIndex = async (
-  handle: fs.FileHandle,
-  indexFile: string,
-  size: number,
-  firstSeq: number
-): Promise<IndexUse> => {
-  if ((await checkSegmentHeader(handle, firstSeq)) !== undefined) return { _tag: "BadSegment" }
-  const read = await readIndex(indexFile, size, firstSeq)
-  if (read._tag === "Missing") return read
-  if (read._tag === "Unusable") return { _tag: "Unusable", ...read.defect }
-  const defect = await spotCheckIndex(handle, indexFile, read.entries)
-  return defect === undefined ? read : { _tag: "Disagrees", ...defect }
-}
-
-/** Whether the log after `baseSeq` ends inside a resync (the base itself is a recovery point). */
-export const endsInResync = (segments: ReadonlyArray<Segment>, baseSeq: number): boolean => {
-  for (let i = segments.length - 1; i >= 0; i--) {
-    const marker = segments[i]!.lastMarker
-    if (marker !== undefined) return marker.seq > baseSeq && marker.begin
-  }
-  return false
 }
 
 /**
@@ -413,37 +305,63 @@ export const openChain = async (
 
   const segments: Array<Segment> = []
   let baseChecked = false
-  // Checks continuity (with the previous segment and with the base) and keeps the summary.
+  // Checks continuity (of `first` with the previous segment, of the first record after the
+  // base with the base) and keeps the segment.
   const admit = (
     name: string,
-    entries: ReadonlyArray<IndexEntry>,
-    bytes: number,
-    keep: boolean,
-    indexFile?: string
+    first: IndexEntry,
+    afterBase: () => IndexEntry | undefined,
+    segment: Segment
   ) => {
     const file = path.join(diskDir, name)
     const prevSeq = segments[segments.length - 1]?.lastSeq
-    if (prevSeq !== undefined && !continues(prevSeq, entries[0]!))
+    if (prevSeq !== undefined && !continues(prevSeq, first))
       throw new LogCorrupt({
         file,
-        offset: entries[0]!.offset,
-        reason: `seq ${entries[0]!.seq} does not follow ${prevSeq}`
+        offset: first.offset,
+        reason: `seq ${first.seq} does not follow ${prevSeq}`
       })
     if (!baseChecked) {
-      const first = entries.find((e) => e.seq > base.seq)
-      if (first !== undefined) {
+      const after = afterBase()
+      if (after !== undefined) {
         baseChecked = true
-        if (!continues(base.seq, first))
+        if (!continues(base.seq, after))
           throw new LogCorrupt({
             file,
-            offset: first.offset,
-            reason: `seq ${first.seq} does not follow the base image at seq ${base.seq}`
+            offset: after.offset,
+            reason: `seq ${after.seq} does not follow the base image at seq ${base.seq}`
           })
       }
     }
-    segments.push(summarize(name, entries, bytes, keep, indexFile))
+    segments.push(segment)
   }
+  const admitEntries = (name: string, entries: ReadonlyArray<IndexEntry>, bytes: number, keep: boolean) =>
+    admit(
+      name,
+      entries[0]!,
+      () => entries.find((e) => e.seq > base.seq),
+      summarize(name, entries, bytes, keep)
+    )
+  const admitTable = (name: string, table: EntryTable, bytes: number, indexFile: string) =>
+    admit(
+      name,
+      table.entry(0),
+      () => {
+        for (let i = 0; i < table.count; i++) if (table.seq[i]! > base.seq) return table.entry(i)
+        return undefined
+      },
+      summarizeTable(name, table, bytes, indexFile, !recover)
+    )
 
+  // Every sealed segment's header and index, checked, read ahead a few at a time; then the
+  // segments are admitted in order, each scanned where its index cannot stand in.
+  const judged = await judgeIndexes(
+    files.slice(0, -1).map(({ name, firstSeq }) => ({
+      file: path.join(diskDir, name),
+      indexFile: path.join(diskDir, indexName(name)),
+      firstSeq
+    }))
+  )
   // Read mode stops at damage instead: the points before it stay listable and restorable.
   let damaged: LogCorrupt | undefined
   // Indexes to rebuild, written once the whole chain is known good: damage found later
@@ -454,15 +372,14 @@ export const openChain = async (
     const file = path.join(diskDir, name)
     const last = i === files.length - 1
     const prevSeq = segments[segments.length - 1]?.lastSeq
-    const handle = await fs.open(file, recover && last ? "r+" : "r")
+    let handle: fs.FileHandle | undefined
     try {
-      const { size } = await handle.stat()
       if (!last) {
         // Every segment's header is checked, even when its index stands in for the scan.
         const indexFile = path.join(diskDir, indexName(name))
-        const index = await useIndex(handle, indexFile, size, firstSeq)
-        if (index._tag === "Entries") {
-          admit(name, index.entries, size, !recover, indexFile)
+        const { size, index } = judged[i]!
+        if (index._tag === "Table") {
+          admitTable(name, index.table, size, indexFile)
           continue
         }
         // Both files pass their own checks yet disagree: no media damage does that, so the
@@ -487,10 +404,12 @@ export const openChain = async (
           })
         }
       }
+      handle = await fs.open(file, recover && last ? "r+" : "r")
+      const { size } = await handle.stat()
       const scan = await scanSegment(handle, size, { firstSeq, prevSeq })
       if (scan.damage !== undefined) {
         if (!last || !isTorn(scan.damage)) {
-          if (!recover && scan.entries.length > 0) admit(name, scan.entries, scan.end, true)
+          if (!recover && scan.entries.length > 0) admitEntries(name, scan.entries, scan.end, true)
           throw new LogCorrupt({ file, offset: scan.damage.offset, reason: describeDamage(scan.damage) })
         }
         notes.push({
@@ -513,7 +432,7 @@ export const openChain = async (
       }
       if (scan.entries.length > 0) {
         // First the checks against the chain (they may refuse it), then the repair.
-        admit(name, scan.entries, scan.end, !recover || last)
+        admitEntries(name, scan.entries, scan.end, !recover || last)
         if (recover && scan.damage !== undefined) await handle.truncate(scan.end)
         // What a killed receiver wrote may not have been fsynced yet: it is about to be reported durable.
         if (recover && last) await handle.sync()
@@ -532,7 +451,7 @@ export const openChain = async (
       })
       break
     } finally {
-      await handle.close()
+      await handle?.close()
     }
   }
   // Atomically: a reader beside us (points, scrub) never sees half an index.

@@ -8,7 +8,7 @@
 import * as path from "node:path"
 import { Effect } from "effect"
 import { type AtSpec, parseAt, resolveAt } from "./at.js"
-import { type Chain, diskDirName, openChain, surveyDisks } from "./chain.js"
+import { type Chain, diskDirName, openChain, surveyDisks, tableOf } from "./chain.js"
 import {
   DiskNotFound,
   type InvalidOption,
@@ -19,7 +19,8 @@ import {
   NotARecoveryPoint
 } from "./errors.js"
 import { isEnoent } from "./files.js"
-import { isRecoveryPoint, Kind, kindName } from "./format.js"
+import { FLAG_RECOVERY_POINT, Kind, kindName } from "./format.js"
+import { ReceiverMutants } from "./mutants.js"
 import { openPointMap, openPointReader } from "./point.js"
 
 export interface Point {
@@ -83,13 +84,15 @@ export const resolve = (dir: string, diskId: string | undefined, single: boolean
   })
 
 export const pointsOf = (chain: Chain): DiskPoints => {
-  const points: Array<Point> = [{ seq: chain.base.seq, time: chain.base.time, kind: "base" }]
+  const baseSeq = chain.base.seq
+  const points: Array<Point> = [{ seq: baseSeq, time: chain.base.time, kind: "base" }]
   let logBytes = 0
   for (const segment of chain.segments) {
     logBytes += segment.bytes
-    for (const e of segment.entries ?? [])
-      if (e.seq > chain.base.seq && isRecoveryPoint(e))
-        points.push({ seq: e.seq, time: e.time, kind: kindName(e.kind) })
+    const t = tableOf(segment)
+    for (let i = 0; i < t.count; i++)
+      if (t.seq[i]! > baseSeq && (t.flags[i]! & FLAG_RECOVERY_POINT) !== 0)
+        points.push({ seq: t.seq[i]!, time: t.time[i]!, kind: kindName(t.kind[i]! as Kind) })
   }
   return {
     diskId: chain.meta.diskId,
@@ -130,7 +133,12 @@ export const specOf = (at: At): Effect.Effect<AtSpec, InvalidOption> =>
       : Effect.succeed(at)
 
 /** The point `at` names among `all`, or why there is none (a seq that is none, a time before every point). */
-export const pointAt = (chain: Chain, all: ReadonlyArray<Point>, spec: AtSpec, now: number) => {
+export const pointAt = (
+  chain: Chain,
+  all: ReadonlyArray<Point>,
+  spec: AtSpec,
+  now: number
+): Effect.Effect<Point, NotARecoveryPoint | NoRecoveryPointAt> => {
   const found = resolveAt(all, spec, now)
   if (found._tag === "Point") return Effect.succeed(found.point)
   if (found._tag === "NoSeq") return Effect.fail(refusal(chain, all, found.seq))
@@ -142,6 +150,65 @@ export const pointAt = (chain: Chain, all: ReadonlyArray<Point>, spec: AtSpec, n
       oldest: found.oldest
     })
   )
+}
+
+/**
+ * The point `spec` names, as `pointAt(chain, pointsOf(chain).points, spec, now)` finds it,
+ * without listing every point: `latest` from the segments' last points, a seq by bisection,
+ * a time by a walk back from the end over the records' columns. A refusal lists them all to
+ * name the nearest points.
+ */
+export const pointOf = (
+  chain: Chain,
+  spec: AtSpec,
+  now: number
+): Effect.Effect<Point, NotARecoveryPoint | NoRecoveryPointAt> => {
+  const found = findPoint(chain, spec, now)
+  return found === undefined ? pointAt(chain, pointsOf(chain).points, spec, now) : Effect.succeed(found)
+}
+
+/** The point `spec` names (`pointOf`), or `undefined` when there is none. */
+export const findPoint = (chain: Chain, spec: AtSpec, now: number): Point | undefined => {
+  const baseSeq = chain.base.seq
+  const base: Point = { seq: baseSeq, time: chain.base.time, kind: "base" }
+  const segments = chain.segments
+  // A record through the base's seq is folded into it: no point (the base stands for it).
+  const folded = (seq: number) => seq <= baseSeq && !ReceiverMutants.pointOfKeepsFolded
+  const pointIn = (s: number, seq: number): Point | undefined => {
+    const t = tableOf(segments[s]!)
+    const i = t.indexOf(seq)
+    return i < 0 || folded(seq) || (t.flags[i]! & FLAG_RECOVERY_POINT) === 0
+      ? undefined
+      : { seq, time: t.time[i]!, kind: kindName(t.kind[i]! as Kind) }
+  }
+  switch (spec._tag) {
+    case "Latest": {
+      // The newest segment holding a point holds the newest point; none after the base: the base.
+      for (let s = segments.length - 1; s >= 0; s--) {
+        const last = segments[s]!.lastPoint
+        if (last !== undefined) return folded(last.seq) ? base : pointIn(s, last.seq)
+      }
+      return base
+    }
+    case "Seq": {
+      if (spec.seq === baseSeq) return base
+      for (let s = 0; s < segments.length; s++)
+        if (segments[s]!.firstSeq <= spec.seq && spec.seq <= segments[s]!.lastSeq) return pointIn(s, spec.seq)
+      return undefined
+    }
+    default: {
+      // The newest point received at or before `time` (times need not ascend: every record is looked at).
+      const time = spec._tag === "Time" ? spec.time : now - spec.ms
+      for (let s = segments.length - 1; s >= 0; s--) {
+        const t = tableOf(segments[s]!)
+        for (let i = t.count - 1; i >= 0 && !folded(t.seq[i]!); i--)
+          if ((t.flags[i]! & FLAG_RECOVERY_POINT) !== 0 && t.time[i]! > 0 && t.time[i]! <= time)
+            return { seq: t.seq[i]!, time: t.time[i]!, kind: kindName(t.kind[i]! as Kind) }
+        if (folded(segments[s]!.firstSeq)) break
+      }
+      return base.time > 0 && base.time <= time ? base : undefined
+    }
+  }
 }
 
 /** Where `seq` lies, for the refusal: before the base, inside a resync, beyond the log, … */
@@ -213,7 +280,7 @@ export const openPointAt = (options: {
       "read",
       Effect.gen(function* () {
         const chain = yield* readChain(diskDir, meta)
-        const point = yield* pointAt(chain, pointsOf(chain).points, spec, now)
+        const point = yield* pointOf(chain, spec, now)
         const reader = yield* Effect.acquireRelease(
           attempt(diskDir, "read", async () => {
             const map = await openPointMap(chain, point.seq, options.writeIndexes)

@@ -47,6 +47,40 @@ export const readIfExists = async (file: string): Promise<Buffer | undefined> =>
   }
 }
 
+/** A buffer read into again and again (`readIfExistsInto`). */
+export interface Scratch {
+  buf: Buffer
+}
+export const scratch = (): Scratch => ({ buf: Buffer.alloc(0) })
+
+/**
+ * `readIfExists`, into `into` (grown when too small): the bytes are valid until the next read
+ * into it. For many small files read in turn (indexes): fresh memory for each is pages the
+ * system must map, which cost more than reading them.
+ */
+export const readIfExistsInto = async (file: string, into: Scratch): Promise<Buffer | undefined> => {
+  let handle: fs.FileHandle
+  try {
+    handle = await fs.open(file, "r")
+  } catch (e) {
+    if (isEnoent(e)) return undefined
+    throw e
+  }
+  try {
+    const { size } = await handle.stat()
+    if (into.buf.length < size) into.buf = Buffer.allocUnsafe(Math.max(size, 2 * into.buf.length))
+    let done = 0
+    while (done < size) {
+      const { bytesRead } = await handle.read(into.buf, done, size - done, done)
+      if (bytesRead === 0) break
+      done += bytesRead
+    }
+    return into.buf.subarray(0, done)
+  } finally {
+    await handle.close()
+  }
+}
+
 /** Write aside, fsync, rename over `file`, fsync the directory: a crash leaves the old or the new file. */
 export const writeFileAtomic = async (file: string, bytes: Uint8Array): Promise<void> => {
   const temp = `${file}.tmp`
@@ -82,16 +116,21 @@ export const sparseCopy = async (from: fs.FileHandle, to: fs.FileHandle, length:
  * Reads a file forward through a window: `ensure(offset, need)` makes `[offset, offset + need)`
  * (or as much of it as the file holds below `end`) available in `buf` from `buf[offset - start]`.
  * A read fetches at least `window` bytes; `need` may be larger (a record bigger than the window).
+ * With `reuse`, reads go into the same memory again (a view is valid until the next `ensure`):
+ * a scan that keeps nothing it read saves a fresh window per read (pages the system must map).
  */
 export class ForwardReader {
   buf: Buffer = Buffer.alloc(0)
   start = 0
+  /** With `reuse`: the memory `buf` is the start of. */
+  private store: Buffer | undefined
   constructor(
     private readonly handle: fs.FileHandle,
     readonly end: number,
     private readonly window = 4 << 20,
     /** Called after each read with the bytes read (a background reader paces itself there). */
-    private readonly onRead?: (bytes: number) => Promise<void>
+    private readonly onRead?: (bytes: number) => Promise<void>,
+    private readonly reuse = false
   ) {}
 
   /** Bytes of `[offset, end)` the buffer holds now, without reading (0 when `offset` is outside it). */
@@ -108,12 +147,23 @@ export class ForwardReader {
       return this.start + this.buf.length - offset
     const readTo = Math.min(this.end, Math.max(want, offset + this.window))
     const keepFrom = offset >= this.start && offset <= this.start + this.buf.length ? offset : undefined
-    const next = Buffer.allocUnsafe(readTo - offset)
+    let next: Buffer
     let have = 0
-    if (keepFrom !== undefined) {
-      const kept = this.buf.subarray(keepFrom - this.start)
-      kept.copy(next, 0)
-      have = kept.length
+    if (this.reuse && this.store !== undefined && this.store.length >= readTo - offset) {
+      // `buf` starts `store`: the bytes kept move to its front.
+      if (keepFrom !== undefined) {
+        have = this.buf.length - (keepFrom - this.start)
+        this.store.copyWithin(0, keepFrom - this.start, this.buf.length)
+      }
+      next = this.store.subarray(0, readTo - offset)
+    } else {
+      next = Buffer.allocUnsafe(readTo - offset)
+      if (keepFrom !== undefined) {
+        const kept = this.buf.subarray(keepFrom - this.start)
+        kept.copy(next, 0)
+        have = kept.length
+      }
+      if (this.reuse) this.store = next
     }
     if (readTo - offset > have) {
       await preadFully(this.handle, next.subarray(have), offset + have)

@@ -18,6 +18,7 @@
  * | 36 | 4 | CRC32C of bytes 0..35 and the payload |
  */
 import { crc32c, crc32cContinuing } from "../../internal/crc32c.js"
+import { EntryTable } from "./entryTable.js"
 
 export const RECORD_HEADER_BYTES = 40
 export const SEGMENT_HEADER_BYTES = 32
@@ -359,29 +360,6 @@ export const encodeIndexEntry = (b: Buffer, at: number, e: IndexEntry): void => 
   b.writeUInt32LE(e.crc >>> 0, at + 44)
 }
 
-const decodeIndexEntry = (b: Uint8Array, at: number): IndexEntry | undefined => {
-  const offset = getU64(b, at)
-  const seq = getU64(b, at + 8)
-  const position = getU64(b, at + 16)
-  const time = getU64(b, at + 24)
-  const kind = b[at + 40]!
-  const flags = b[at + 41]!
-  if (offset < SEGMENT_HEADER_BYTES || seq < 1 || position < 0 || time < 0) return undefined
-  if (kind < Kind.Write || kind > Kind.ResyncEnd || (flags & ~KNOWN_FLAGS) !== 0) return undefined
-  if (b[at + 42] !== 0 || b[at + 43] !== 0) return undefined
-  return {
-    offset,
-    seq,
-    position,
-    time,
-    length: readU32(b, at + 32),
-    epoch: readU32(b, at + 36),
-    kind: kind as Kind,
-    flags,
-    crc: readU32(b, at + 44)
-  }
-}
-
 export const encodeIndex = (segmentBytes: number, entries: ReadonlyArray<IndexEntry>): Buffer => {
   const total = INDEX_HEADER_BYTES + entries.length * INDEX_ENTRY_BYTES + 4
   const b = Buffer.allocUnsafe(total)
@@ -416,6 +394,16 @@ export const decodeIndex = (
   segmentBytes: number,
   firstSeq: number
 ): ReadonlyArray<IndexEntry> | IndexDefect => {
+  const table = decodeIndexTable(b, segmentBytes, firstSeq)
+  return "reason" in table ? table : table.toEntries()
+}
+
+/** `decodeIndex`, the entries as columns (no object per record: see `EntryTable`). */
+export const decodeIndexTable = (
+  b: Uint8Array,
+  segmentBytes: number,
+  firstSeq: number
+): EntryTable | IndexDefect => {
   const defect = (offset: number, reason: string): IndexDefect => ({ offset, reason })
   if (b.length < INDEX_HEADER_BYTES + 4) return defect(0, "short index")
   const buf = asBuffer(b)
@@ -433,32 +421,53 @@ export const decodeIndex = (
     )
   if (readU32(b, 20) !== 0) return defect(20, "reserved bytes are not zero")
   if (count === 0) return defect(16, "an index without entries")
-  const entries: Array<IndexEntry> = []
+  const table = EntryTable.allocate(count)
   let next = SEGMENT_HEADER_BYTES
   for (let i = 0; i < count; i++) {
     const at = indexEntryOffset(i)
-    const e = decodeIndexEntry(b, at)
-    if (e === undefined) return defect(at, "implausible index entry")
-    if (e.offset !== next)
-      return defect(at, `entry at segment byte ${e.offset}, the previous record ends at ${next}`)
-    const carriesData = e.kind === Kind.Write || e.kind === Kind.Block
-    if (carriesData ? e.length === 0 || e.length > MAX_RECORD_PAYLOAD : e.length !== 0)
-      return defect(at, `implausible payload length ${e.length} for a ${kindName(e.kind)} record`)
-    const previous = entries[entries.length - 1]
-    if (previous === undefined) {
-      if (e.seq !== firstSeq)
-        return defect(at, `first entry has seq ${e.seq}, the segment starts at ${firstSeq}`)
-      if (!isBatchStart(e)) return defect(at, "first entry does not start a commit")
-    } else if (!continues(previous.seq, e)) return defect(at, `seq ${e.seq} does not follow ${previous.seq}`)
-    entries.push(e)
-    next = e.offset + RECORD_HEADER_BYTES + e.length
+    const offset = getU64(b, at)
+    const seq = getU64(b, at + 8)
+    const position = getU64(b, at + 16)
+    const time = getU64(b, at + 24)
+    const length = readU32(b, at + 32)
+    const kind = b[at + 40]!
+    const flags = b[at + 41]!
+    if (offset < SEGMENT_HEADER_BYTES || seq < 1 || position < 0 || time < 0)
+      return defect(at, "implausible index entry")
+    if (kind < Kind.Write || kind > Kind.ResyncEnd || (flags & ~KNOWN_FLAGS) !== 0)
+      return defect(at, "implausible index entry")
+    if (b[at + 42] !== 0 || b[at + 43] !== 0) return defect(at, "implausible index entry")
+    if (offset !== next)
+      return defect(at, `entry at segment byte ${offset}, the previous record ends at ${next}`)
+    const carriesData = kind === Kind.Write || kind === Kind.Block
+    if (carriesData ? length === 0 || length > MAX_RECORD_PAYLOAD : length !== 0)
+      return defect(at, `implausible payload length ${length} for a ${kindName(kind as Kind)} record`)
+    if (i === 0) {
+      if (seq !== firstSeq) return defect(at, `first entry has seq ${seq}, the segment starts at ${firstSeq}`)
+      if ((flags & FLAG_BATCH_START) === 0) return defect(at, "first entry does not start a commit")
+    } else {
+      const previous = table.seq[i - 1]!
+      // `continues`, on the columns.
+      if (!(seq === previous + 1 || (kind === Kind.ResyncBegin && seq > previous)))
+        return defect(at, `seq ${seq} does not follow ${previous}`)
+    }
+    table.offset[i] = offset
+    table.seq[i] = seq
+    table.position[i] = position
+    table.time[i] = time
+    table.length[i] = length
+    table.epoch[i] = readU32(b, at + 36)
+    table.kind[i] = kind
+    table.flags[i] = flags
+    table.crc[i] = readU32(b, at + 44)
+    next = offset + RECORD_HEADER_BYTES + length
   }
   if (next !== segmentBytes)
     return defect(
       indexEntryOffset(count - 1),
       `the last entry ends at byte ${next}, the segment at ${segmentBytes}`
     )
-  return entries
+  return table
 }
 
 /**

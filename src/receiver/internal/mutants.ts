@@ -10,6 +10,8 @@ export const ReceiverMutants = {
   blockIndexKeepsOldest: false,
   /** Opening a point merges its segments' maps without growing the union of the newer ones: an older segment's extent shows through a newer one. */
   pointMergeForgetsNewer: false,
+  /** `latest`, a seq or a time resolved without listing the points takes records folded into the base for points. */
+  pointOfKeepsFolded: false,
   /** A restore that writes every base byte, also those the log overrides (written twice). */
   restoreWritesOverriddenBase: false,
   /** A restore that writes the base's zero chunks into a new file (no holes kept). */

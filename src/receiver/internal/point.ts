@@ -11,23 +11,32 @@ import * as path from "node:path"
 import { crc32c } from "../../internal/crc32c.js"
 import { baseLayout, type Base, openBase } from "./base.js"
 import {
+  bixExtentOffset,
   blockIndexName,
   buildMap,
   type Covers,
   type DataGeometry,
-  decodeBlockIndex,
+  decodeBlockIndexTable,
   encodeBlockIndex,
   entryOf,
   type Extent,
   type ExtentMap,
-  firstEndingAfter,
-  verifyMap,
-  bixExtentOffset
+  ExtentTable,
+  verifyTable
 } from "./blockIndex.js"
-import type { Chain, Note, Segment } from "./chain.js"
+import { type Chain, type Note, type Segment, tableOf } from "./chain.js"
+import { EntryTable } from "./entryTable.js"
+import {
+  firstEndingAfter,
+  mergeTables,
+  type PointExtent,
+  pointExtentsOf,
+  type PointTable
+} from "./pointMerge.js"
+
+export { mergeNewestFirst, mergeTables, type PointExtent, type PointTable } from "./pointMerge.js"
 import { LogCorrupt } from "./errors.js"
-import { ReceiverMutants } from "./mutants.js"
-import { isEnoent, preadFully, readIfExists } from "./files.js"
+import { isEnoent, preadFully, readIfExists, readIfExistsInto, scratch } from "./files.js"
 import {
   entryMismatch,
   type IndexEntry,
@@ -36,16 +45,13 @@ import {
   RECORD_HEADER_BYTES
 } from "./format.js"
 
-/** An extent of a point: `segment` is the index of its segment in `chain.segments`. */
-export interface PointExtent extends Extent {
-  readonly segment: number
-}
-
 export interface PointMap {
   readonly chain: Chain
   readonly seq: number
-  /** Sorted, disjoint; the bytes between them come from the base image. */
+  /** Sorted, disjoint; the bytes between them come from the base image. Made from `table` when first asked for. */
   readonly extents: ReadonlyArray<PointExtent>
+  /** The same extents as columns (what the reader uses: no object per extent). */
+  readonly table: PointTable
   /** Block indexes rebuilt (missing, damaged or at odds with their segment). */
   readonly notes: ReadonlyArray<Note>
 }
@@ -98,10 +104,22 @@ export const checkBlockIndex = (
   covers: Covers,
   entries: ReadonlyArray<IndexEntry>
 ): BlockIndexCheck => {
+  const checked = checkBlockIndexTable(bytes, covers, EntryTable.fromEntries(entries))
+  return checked._tag === "Valid" ? { _tag: "Valid", map: checked.map.toExtents() } : checked
+}
+
+/** `checkBlockIndex` on columns. */
+export const checkBlockIndexTable = (
+  bytes: Uint8Array | undefined,
+  covers: Covers,
+  entries: EntryTable
+):
+  | { readonly _tag: "Valid"; readonly map: ExtentTable }
+  | Exclude<BlockIndexCheck, { readonly _tag: "Valid" }> => {
   if (bytes === undefined) return { _tag: "Missing" }
-  const decoded = decodeBlockIndex(bytes, covers)
+  const decoded = decodeBlockIndexTable(bytes, covers)
   if ("reason" in decoded) return { _tag: "Defect", at: decoded.offset, reason: decoded.reason }
-  const defect = verifyMap(covers, entries, decoded)
+  const defect = verifyTable(covers, entries, decoded)
   if (defect === undefined) return { _tag: "Valid", map: decoded }
   return {
     _tag: "Defect",
@@ -120,16 +138,27 @@ export const sealedMap = async (
   write: boolean,
   notes: Array<Note>
 ): Promise<ReadonlyArray<Extent>> => {
-  const entries = segment.entries ?? []
+  const bytes = await readIfExists(path.join(chain.diskDir, blockIndexName(segment.name)))
+  return (await sealedTable(chain, segment, bytes, write, notes)).toExtents()
+}
+
+/** `sealedMap` as columns, from the `.bix`'s `bytes` (`undefined`: missing). */
+const sealedTable = async (
+  chain: { readonly diskDir: string; readonly meta: DataGeometry },
+  segment: Segment,
+  bytes: Uint8Array | undefined,
+  write: boolean,
+  notes: Array<Note>
+): Promise<ExtentTable> => {
   const file = path.join(chain.diskDir, blockIndexName(segment.name))
   const covers = coversOf(chain, segment)
-  const checked = checkBlockIndex(await readIfExists(file), covers, entries)
+  const checked = checkBlockIndexTable(bytes, covers, tableOf(segment))
   if (checked._tag === "Valid") return checked.map
   const why = checked._tag === "Missing" ? { at: 0, reason: "missing" } : checked
-  const map = buildMap(covers, entries)
+  const map = buildMap(covers, segment.entries ?? [])
   notes.push({ message: "rebuilt a block index", annotations: { file, at: why.at, reason: why.reason } })
   if (write) await writeBestEffort(file, encodeBlockIndex(covers, map))
-  return map
+  return ExtentTable.fromExtents(map)
 }
 
 /** How far opening a point is: `bytes` of `total`, the bytes of the sealed segments whose `.bix` is read and checked or rebuilt. */
@@ -138,71 +167,8 @@ export interface IndexingProgress {
   readonly total: number
 }
 
-/**
- * The maps of a point's segments, given newest first, as one map: each byte from the newest
- * segment holding it. One sweep per map against the union of the newer ones (kept as typed
- * intervals, merged as it grows): only the extents that survive are allocated, each once
- * (merging maps pairwise allocated every piece at every level, and most of opening a long log
- * was spent there). O(maps × covered intervals + extents log extents).
- */
-export const mergeNewestFirst = (
-  maps: ReadonlyArray<{ readonly map: ExtentMap; readonly segment: number }>
-): Array<PointExtent> => {
-  let total = 0
-  for (const { map } of maps) total += map.length
-  // The bytes the newer maps cover: intervals [covered[2i], covered[2i+1]), sorted, disjoint, none touching.
-  let covered = new Float64Array(2 * total + 2)
-  let coveredCount = 0
-  let union = new Float64Array(2 * total + 2)
-  const out: Array<PointExtent> = []
-  for (const { map, segment } of maps) {
-    let j = 0
-    for (const x of map) {
-      while (j < coveredCount && covered[2 * j + 1]! <= x.start) j++
-      let cursor = x.start
-      for (let k = j; cursor < x.end; k++) {
-        const from = k < coveredCount ? covered[2 * k]! : Number.POSITIVE_INFINITY
-        const to = from < x.end ? Math.min(from, x.end) : x.end
-        if (to > cursor)
-          out.push({
-            start: cursor,
-            end: to,
-            seq: x.seq,
-            fileOffset: x.fileOffset + (cursor - x.start),
-            segment
-          })
-        if (from >= x.end) break
-        cursor = Math.max(cursor, covered[2 * k + 1]!)
-      }
-    }
-    // union := covered ∪ this map's extents (both sorted), touching intervals joined.
-    let n = 0
-    let a = 0
-    let b = 0
-    while (a < coveredCount || b < map.length) {
-      let start: number
-      let end: number
-      if (b >= map.length || (a < coveredCount && covered[2 * a]! <= map[b]!.start)) {
-        start = covered[2 * a]!
-        end = covered[2 * a + 1]!
-        a++
-      } else {
-        start = map[b]!.start
-        end = map[b]!.end
-        b++
-      }
-      if (n > 0 && start <= union[2 * n - 1]!) union[2 * n - 1] = Math.max(union[2 * n - 1]!, end)
-      else {
-        union[2 * n] = start
-        union[2 * n + 1] = end
-        n++
-      }
-    }
-    ;[covered, union] = [union, covered]
-    if (!ReceiverMutants.pointMergeForgetsNewer) coveredCount = n
-  }
-  return out.sort((p, q) => p.start - q.start)
-}
+/** How many `.bix` files opening a point reads ahead of the one it checks. */
+const BIX_READ_AHEAD = 8
 
 /**
  * The map of the disk at `seq` (a recovery point of `chain`): the sealed segments wholly at
@@ -230,22 +196,52 @@ export const openPointMap = async (
     used.push({ i, whole })
     if (whole) total += segment.bytes
   }
+  // The `.bix` files, read a few ahead of the one being checked, each into the buffer of its
+  // slot (each is decoded into columns; fresh memory for each is pages the system must map).
+  // Each read is caught at once: one left unawaited when a check throws must not be an
+  // unhandled rejection.
+  const slots = Array.from({ length: BIX_READ_AHEAD }, scratch)
+  const reads = new Map<number, Promise<Buffer | undefined>>()
+  const readAhead = (u: number) => {
+    const next = used[u]
+    if (next === undefined || !next.whole) return
+    const file = path.join(chain.diskDir, blockIndexName(chain.segments[next.i]!.name))
+    const read = readIfExistsInto(file, slots[u % BIX_READ_AHEAD]!)
+    read.catch(() => undefined)
+    reads.set(u, read)
+  }
+  for (let u = 0; u < BIX_READ_AHEAD; u++) readAhead(u)
   let bytes = 0
   onProgress?.({ bytes, total })
-  // Newest first, as `mergeAll` takes them.
-  const maps: Array<{ readonly map: ExtentMap; readonly segment: number }> = []
-  for (const { i, whole } of used) {
+  // Newest first, as `mergeTables` takes them.
+  const maps: Array<{ readonly map: ExtentTable; readonly segment: number }> = []
+  for (let u = 0; u < used.length; u++) {
+    const { i, whole } = used[u]!
     const segment = chain.segments[i]!
     const map = whole
-      ? await sealedMap(chain, segment, write, notes)
-      : buildMap(g, entriesThrough(segment, chain.base.seq, seq))
+      ? await sealedTable(chain, segment, await reads.get(u), write, notes)
+      : ExtentTable.fromExtents(buildMap(g, entriesThrough(segment, chain.base.seq, seq)))
+    reads.delete(u)
+    // Its slot is free again.
+    readAhead(u + BIX_READ_AHEAD)
     maps.push({ map, segment: i })
     if (whole) {
       bytes += segment.bytes
       onProgress?.({ bytes, total })
     }
   }
-  return { chain, seq, extents: mergeNewestFirst(maps), notes }
+  const table = mergeTables(maps)
+  let extents: Array<PointExtent> | undefined
+  return {
+    chain,
+    seq,
+    table,
+    get extents() {
+      extents ??= pointExtentsOf(table)
+      return extents
+    },
+    notes
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -375,13 +371,14 @@ export class BaseRanges {
 /** Opens the segments a map reads from; `undefined` when one is gone (a fold removed it). */
 export const openSegments = async (map: PointMap): Promise<Map<number, fs.FileHandle> | undefined> => {
   const handles = new Map<number, fs.FileHandle>()
+  const used = [...new Set(map.table.segment)]
   try {
-    for (const x of map.extents)
-      if (!handles.has(x.segment))
-        handles.set(
-          x.segment,
-          await fs.open(path.join(map.chain.diskDir, map.chain.segments[x.segment]!.name), "r")
-        )
+    // Side by side: a point of a long log reads from tens of segments.
+    await Promise.all(
+      used.map(async (s) => {
+        handles.set(s, await fs.open(path.join(map.chain.diskDir, map.chain.segments[s]!.name), "r"))
+      })
+    )
     return handles
   } catch (e) {
     for (const h of handles.values()) await h.close()
@@ -428,15 +425,21 @@ export const openPointReader = async (map: PointMap): Promise<PointReader | unde
   const g = geometryOf(map.chain)
   const diskBytes = g.blockSize * g.blockCount
   const cache = new Map<string, Buffer>()
-  const payload = async (x: PointExtent): Promise<Buffer> => {
-    const key = `${x.segment}:${x.seq}`
+  const t = map.table
+  /** The payload of the record extent `i` names, checked (`readRecord`), and where `start[i]` lies in it. */
+  const payload = async (i: number): Promise<{ readonly data: Buffer; readonly at: number }> => {
+    const s = t.segment[i]!
+    const seq = t.seq[i]!
+    const segment = map.chain.segments[s]!
+    const key = `${s}:${seq}`
     let data = cache.get(key)
     if (data === undefined) {
-      data = await readRecord(map.chain, map.chain.segments[x.segment]!, handles.get(x.segment)!, x.seq)
+      data = await readRecord(map.chain, segment, handles.get(s)!, seq)
       if (cache.size >= RECORD_CACHE) cache.delete(cache.keys().next().value!)
       cache.set(key, data)
     }
-    return data
+    const entries = segment.entries ?? []
+    return { data, at: t.fileOffset[i]! - (entries[entryOf(entries, seq)]!.offset + RECORD_HEADER_BYTES) }
   }
   return {
     seq: map.seq,
@@ -454,17 +457,16 @@ export const openPointReader = async (map: PointMap): Promise<PointReader | unde
       const out = Buffer.alloc(length)
       const end = offset + length
       let cursor = offset
-      for (let i = firstEndingAfter(map.extents, offset); cursor < end; i++) {
-        const x = map.extents[i]
-        const gapEnd = x === undefined ? end : Math.min(end, x.start)
+      for (let i = firstEndingAfter(t, offset); cursor < end; i++) {
+        const gapEnd = i >= t.count ? end : Math.min(end, t.start[i]!)
         if (gapEnd > cursor) {
           await base.read(cursor, gapEnd, out, cursor - offset)
           cursor = gapEnd
         }
-        if (x === undefined || cursor >= end) break
-        const pieceEnd = Math.min(end, x.end)
-        const data = await payload(x)
-        const from = payloadIndex(map.chain.segments[x.segment]!, x) + (cursor - x.start)
+        if (i >= t.count || cursor >= end) break
+        const pieceEnd = Math.min(end, t.end[i]!)
+        const { data, at } = await payload(i)
+        const from = at + (cursor - t.start[i]!)
         data.copy(out, cursor - offset, from, from + (pieceEnd - cursor))
         cursor = pieceEnd
       }

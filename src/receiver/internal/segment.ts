@@ -10,13 +10,14 @@
  * (a batch start with a higher seq) sat in a durable commit — that is corruption.
  * Damage with no later commit after it lies in the last commit: a torn tail, cut off.
  */
-import type * as fs from "node:fs/promises"
+import * as fs from "node:fs/promises"
 import * as path from "node:path"
+import type { EntryTable } from "./entryTable.js"
 import { LogCorrupt } from "./errors.js"
-import { ForwardReader, readIfExists } from "./files.js"
+import { ForwardReader, readIfExists, readIfExistsInto, type Scratch, scratch } from "./files.js"
 import {
   continues,
-  decodeIndex,
+  decodeIndexTable,
   decodeSegmentHeader,
   entryMismatch,
   FLAG_BATCH_START,
@@ -103,7 +104,8 @@ export const scanSegment = async (
   options: ScanOptions,
   tuning: ReadTuning = defaultTuning
 ): Promise<ScanResult> => {
-  const reader = new ForwardReader(handle, fileBytes, tuning.window, tuning.onRead)
+  // Nothing read is kept (the entries are numbers): one window, read into again.
+  const reader = new ForwardReader(handle, fileBytes, tuning.window, tuning.onRead, true)
   const entries: Array<IndexEntry> = []
   let header: SegmentHeader | undefined
   let last = options.prevSeq ?? 0
@@ -307,10 +309,26 @@ export type IndexRead =
 
 /** The index of the sealed segment named for `firstSeq`, `segmentBytes` long (see `decodeIndex`). */
 export const readIndex = async (file: string, segmentBytes: number, firstSeq: number): Promise<IndexRead> => {
-  const bytes = await readIfExists(file)
+  const read = await readIndexTable(file, segmentBytes, firstSeq)
+  return read._tag === "Table" ? { _tag: "Entries", entries: read.table.toEntries() } : read
+}
+
+export type IndexTableRead =
+  | { readonly _tag: "Missing" }
+  | { readonly _tag: "Unusable"; readonly defect: IndexDefect }
+  | { readonly _tag: "Table"; readonly table: EntryTable }
+
+/** `readIndex`, the entries as columns (`EntryTable`); the file read into `into` when given. */
+export const readIndexTable = async (
+  file: string,
+  segmentBytes: number,
+  firstSeq: number,
+  into?: Scratch
+): Promise<IndexTableRead> => {
+  const bytes = into === undefined ? await readIfExists(file) : await readIfExistsInto(file, into)
   if (bytes === undefined) return { _tag: "Missing" }
-  const decoded = decodeIndex(bytes, segmentBytes, firstSeq)
-  return "reason" in decoded ? { _tag: "Unusable", defect: decoded } : { _tag: "Entries", entries: decoded }
+  const decoded = decodeIndexTable(bytes, segmentBytes, firstSeq)
+  return "reason" in decoded ? { _tag: "Unusable", defect: decoded } : { _tag: "Table", table: decoded }
 }
 
 /** The 32-byte header of a segment named for `firstSeq`: the reason it is bad, or `undefined`. */
@@ -337,26 +355,98 @@ export const checkSegmentHeader = async (
 export const spotCheckIndex = async (
   handle: fs.FileHandle,
   indexFile: string,
-  entries: ReadonlyArray<IndexEntry>
+  table: EntryTable
+): Promise<IndexDefect | undefined> => {
+  const checked: Array<number> = []
+  for (let i = 0; i < table.count; i++)
+    if (i === 0 || i === table.count - 1 || table.length[i] === 0) checked.push(i)
+  // The headers read side by side; the first disagreement in index order is the one named.
+  const defects = await Promise.all(checked.map((i) => spotCheckEntry(handle, indexFile, table.entry(i), i)))
+  return defects.find((d) => d !== undefined)
+}
+
+const spotCheckEntry = async (
+  handle: fs.FileHandle,
+  indexFile: string,
+  e: IndexEntry,
+  i: number
 ): Promise<IndexDefect | undefined> => {
   const b = Buffer.alloc(RECORD_HEADER_BYTES)
-  for (let i = 0; i < entries.length; i++) {
-    const e = entries[i]!
-    if (i !== 0 && i !== entries.length - 1 && e.length !== 0) continue
-    const { bytesRead } = await handle.read(b, 0, RECORD_HEADER_BYTES, e.offset)
-    const at = `the record at byte ${e.offset} of ${path.basename(indexFile.replace(/\.idx$/, ".seg"))}`
-    const defect = (reason: string): IndexDefect => ({
-      offset: indexEntryOffset(i),
-      reason: `the index disagrees with ${at}: ${reason}`
-    })
-    if (bytesRead < RECORD_HEADER_BYTES) return defect("the segment ends inside its header")
-    const parsed = e.length === 0 ? parseRecord(b, 0) : undefined
-    if (parsed !== undefined && parsed._tag !== "Record")
-      return defect(parsed._tag === "Bad" ? parsed.reason : "short record")
-    const header = parsed?._tag === "Record" ? parsed.header : parseHeaderFields(b, 0)
-    if (typeof header === "string") return defect(header)
-    const diffs = entryMismatch(e, header, e.offset, storedCrc(b, 0))
-    if (diffs.length > 0) return defect(diffs.join(", "))
+  const { bytesRead } = await handle.read(b, 0, RECORD_HEADER_BYTES, e.offset)
+  const at = `the record at byte ${e.offset} of ${path.basename(indexFile.replace(/\.idx$/, ".seg"))}`
+  const defect = (reason: string): IndexDefect => ({
+    offset: indexEntryOffset(i),
+    reason: `the index disagrees with ${at}: ${reason}`
+  })
+  if (bytesRead < RECORD_HEADER_BYTES) return defect("the segment ends inside its header")
+  const parsed = e.length === 0 ? parseRecord(b, 0) : undefined
+  if (parsed !== undefined && parsed._tag !== "Record")
+    return defect(parsed._tag === "Bad" ? parsed.reason : "short record")
+  const header = parsed?._tag === "Record" ? parsed.header : parseHeaderFields(b, 0)
+  if (typeof header === "string") return defect(header)
+  const diffs = entryMismatch(e, header, e.offset, storedCrc(b, 0))
+  return diffs.length > 0 ? defect(diffs.join(", ")) : undefined
+}
+
+/** Whether a sealed segment's index may stand in for a scan of it (`judgeIndex`). */
+export type IndexUse =
+  | { readonly _tag: "Table"; readonly table: EntryTable }
+  /** The segment's own header is bad: the scan reports it. */
+  | { readonly _tag: "BadSegment" }
+  | { readonly _tag: "Missing" }
+  /** The index fails its own checks (`decodeIndex`): a damaged cache, rebuilt from the segment. */
+  | { readonly _tag: "Unusable"; readonly offset: number; readonly reason: string }
+  /** A well-formed index that disagrees with its segment: one of the two was tampered with. */
+  | { readonly _tag: "Disagrees"; readonly offset: number; readonly reason: string }
+
+/**
+ * Whether the index of the sealed segment `file` (named for `firstSeq`) may stand in for a
+ * scan: the segment's 32-byte header is good, the index is well formed for the segment's
+ * name and size (`decodeIndex`), and the record headers it is spot-checked against agree
+ * (`spotCheckIndex`). With the segment's size, as read then.
+ */
+export const judgeIndex = async (
+  file: string,
+  indexFile: string,
+  firstSeq: number,
+  into: Scratch = scratch()
+): Promise<{ readonly size: number; readonly index: IndexUse }> => {
+  const handle = await fs.open(file, "r")
+  try {
+    const { size } = await handle.stat()
+    if ((await checkSegmentHeader(handle, firstSeq)) !== undefined)
+      return { size, index: { _tag: "BadSegment" } }
+    const read = await readIndexTable(indexFile, size, firstSeq, into)
+    if (read._tag === "Missing") return { size, index: read }
+    if (read._tag === "Unusable") return { size, index: { _tag: "Unusable", ...read.defect } }
+    const defect = await spotCheckIndex(handle, indexFile, read.table)
+    return { size, index: defect === undefined ? read : { _tag: "Disagrees", ...defect } }
+  } finally {
+    await handle.close()
   }
-  return undefined
+}
+
+/** How many sealed segments `judgeIndexes` reads at once (each a few small reads; a file handle each). */
+const READ_AHEAD = 8
+
+/**
+ * `judgeIndex` for each of `segments`, in their order, read a few at a time: one after
+ * another, the few small reads of each were a good part of opening a long log.
+ */
+export const judgeIndexes = async (
+  segments: ReadonlyArray<{ readonly file: string; readonly indexFile: string; readonly firstSeq: number }>
+): Promise<Array<{ readonly size: number; readonly index: IndexUse }>> => {
+  const out = new Array<{ readonly size: number; readonly index: IndexUse }>(segments.length)
+  let next = 0
+  const worker = async () => {
+    // Each index is decoded into columns: the file's bytes are read into the same buffer again.
+    const into = scratch()
+    while (next < segments.length) {
+      const i = next++
+      const s = segments[i]!
+      out[i] = await judgeIndex(s.file, s.indexFile, s.firstSeq, into)
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(READ_AHEAD, segments.length) }, worker))
+  return out
 }
