@@ -87,7 +87,8 @@ const arbitraryCase: fc.Arbitrary<Case> = fc.record({
     runBytes: fc.constantFrom(1, 700, 5000, 4 << 20),
     readsAhead: fc.constantFrom(0, 1, 4),
     direct: fc.boolean(),
-    worker: fc.boolean()
+    worker: fc.boolean(),
+    flushBytes: fc.constantFrom(0, 1, 10_000)
   })
 })
 

@@ -95,6 +95,11 @@ export class ReadFile {
     private direct: fs.FileHandle | undefined
   ) {}
 
+  /** Whether reads (into aligned buffers) bypass the page cache. */
+  get isDirect(): boolean {
+    return this.direct !== undefined
+  }
+
   /**
    * Opens `file`, and (if `direct`) a second handle on it without the page cache. `undefined`
    * when the two are not the same file (replaced between the opens: a fold).

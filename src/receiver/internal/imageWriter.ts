@@ -31,10 +31,10 @@ export interface ImageWriter {
   readonly batched: number
   /**
    * Sends the batch (if it holds anything). Waits first while `inFlight` batches are out;
-   * throws the first failure of an earlier batch.
+   * throws the first failure of an earlier batch (the batch is then dropped, its callbacks run).
    */
   send(inFlight: number): Promise<void>
-  /** Sends the batch and waits for every batch; throws the first failure. */
+  /** Sends the batch and waits until every batch is over; throws the first failure. */
   drain(): Promise<void>
   /** Stops the writer (after `drain`, or to give up). */
   close(): Promise<void>
@@ -74,6 +74,11 @@ class Outstanding {
     for (const w of wake) w()
   }
 
+  /** Once no batch is out (failed or not). */
+  async settled(): Promise<void> {
+    while (this.pending.length > 0) await new Promise<void>((resolve) => this.wake.push(resolve))
+  }
+
   async until(ready: () => boolean): Promise<void> {
     while (!ready() && this.failed === undefined)
       await new Promise<void>((resolve) => this.wake.push(resolve))
@@ -103,7 +108,17 @@ abstract class Batching<W> implements ImageWriter {
   }
 
   async send(inFlight: number): Promise<void> {
-    await this.out.until(() => this.out.size < Math.max(1, inFlight))
+    try {
+      await this.out.until(() => this.out.size < Math.max(1, inFlight))
+    } catch (e) {
+      // An earlier batch failed: this one is never sent, and is over too.
+      const dones = this.dones
+      this.writes = []
+      this.dones = []
+      this.batched = 0
+      for (const done of dones) done()
+      throw e
+    }
     if (this.writes.length === 0 && this.dones.length === 0) return
     const writes = this.writes
     this.out.add(this.dones)
@@ -115,8 +130,9 @@ abstract class Batching<W> implements ImageWriter {
   }
 
   async drain(): Promise<void> {
-    await this.send(Number.POSITIVE_INFINITY)
-    await this.out.until(() => this.out.size === 0)
+    await this.send(Number.POSITIVE_INFINITY).catch(() => undefined)
+    await this.out.settled()
+    if (this.out.failed !== undefined) throw this.out.failed.cause
   }
 
   abstract close(): Promise<void>
