@@ -51,7 +51,7 @@ const PROGRESS_STEP = 1 << 20
 export const tuning = {
   batchBytes: 1 << 20,
   writesInFlight: 4,
-  runGap: 64 << 10,
+  runGap: 256 << 10,
   runBytes: 4 << 20,
   readsAhead: 2,
   direct: true,
