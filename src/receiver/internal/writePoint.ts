@@ -245,12 +245,7 @@ export const writePoint = async (
   const opened = await openBase(chain.diskDir, geometry)
   const { base, file: baseFile } = opened
   const closing: Array<{ close(): Promise<void> }> = [opened.handle]
-  const writer: ImageWriter =
-    (tuning.worker ? WorkerWriter.start(image) : undefined) ?? new HandleWriter(image)
-  closing.push(writer)
-  // A read's ends are rounded out to ALIGN; each read ahead, the run placed and the runs
-  // whose writes are out hold one.
-  const pool = new BufferPool(tuning.runBytes + 2 * ALIGN, tuning.readsAhead + 8, tuning.direct)
+  let writer: ImageWriter | undefined
   const reads: Array<Promise<{ readonly buf: Buffer; readonly bytes: Buffer }> | undefined> = []
   try {
     if (base.seq !== chain.base.seq) return false
@@ -264,13 +259,22 @@ export const writePoint = async (
     if (segments === undefined) return false
     closing.push(...segments.values())
     const runs = [...planBase(extents, diskBytes, unit), ...logRuns]
+    // A read's ends are rounded out to ALIGN; each read ahead, the run placed and the runs
+    // whose writes are out hold a buffer (no larger than the largest run needs).
+    let largest = 0
+    for (const run of runs) largest = Math.max(largest, Math.min(tuning.runBytes, run.end - run.start))
+    const pool = new BufferPool(largest + 2 * ALIGN, tuning.readsAhead + 8, tuning.direct)
+    const out: ImageWriter =
+      (tuning.worker ? WorkerWriter.start(image) : undefined) ?? new HandleWriter(image)
+    writer = out
+    closing.push(out)
     let started = 0
     const startRead = async () => {
       const run = runs[started]!
       // A record larger than the pool's buffers is read into one of its own.
       const pooled = run.end - run.start <= pool.size - 2 * ALIGN
       // Buffers come back as the batches holding their writes end: send the one being filled.
-      if (pooled && pool.empty) await writer.send(tuning.writesInFlight)
+      if (pooled && pool.empty) await out.send(tuning.writesInFlight)
       const buf = pooled ? await pool.take() : BufferPool.outside(run.end - run.start)
       const file = run._tag === "Base" ? baseRead : segments.get(run.segment)!
       const read = file.read(run.start, run.end, buf, pooled && pool.aligned).then((bytes) => ({
@@ -314,7 +318,7 @@ export const writePoint = async (
         let from = 0
         let to = 0
         const put = () => {
-          if (to > from) writer.put(bytes.subarray(from - run.start, to - run.start), from)
+          if (to > from) out.put(bytes.subarray(from - run.start, to - run.start), from)
           from = to = 0
         }
         for (const piece of run.pieces) {
@@ -346,14 +350,14 @@ export const writePoint = async (
           )
           for (const x of pieces) {
             const at = payloadIndex(segment, x)
-            writer.put(payload.subarray(at, at + (x.end - x.start)), x.start)
+            out.put(payload.subarray(at, at + (x.end - x.start)), x.start)
             done += x.end - x.start
           }
         }
       }
       // The buffer goes back to the pool once the run's writes are over.
-      if (buf.length > 0) writer.after(() => pool.give(buf))
-      if (writer.batched >= tuning.batchBytes) await writer.send(tuning.writesInFlight)
+      if (buf.length > 0) out.after(() => pool.give(buf))
+      if (out.batched >= tuning.batchBytes) await out.send(tuning.writesInFlight)
       // The page cache starts writing the image back now, not all of it at the final fsync.
       if (tuning.flushBytes > 0 && done - flushedAt >= tuning.flushBytes && flushing === undefined) {
         flushedAt = done
@@ -369,13 +373,13 @@ export const writePoint = async (
       }
       report(false)
     }
-    await writer.drain()
+    await out.drain()
     await flushing
     if (flushFailed !== undefined) throw flushFailed.cause
     report(true)
     return true
   } finally {
-    await writer.drain().catch(() => undefined)
+    await writer?.drain().catch(() => undefined)
     await flushing
     for (const read of reads) await read?.catch(() => undefined)
     for (const c of closing) await c.close()
