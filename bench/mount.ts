@@ -21,7 +21,8 @@
  * Every row starts cold: the files it reads (the receiver directory, the image) are dropped
  * from the page cache before it (`evict`: POSIX_FADV_DONTNEED per file, no root needed).
  * Quick pass: `CDP_SYNC_BENCH_MOUNT_DISK=256MiB CDP_SYNC_BENCH_MOUNT_LOG=1GiB
- * CDP_SYNC_BENCH_MOUNT_ROUNDS=1 CDP_SYNC_BENCH_MOUNT_SECONDS=5`.
+ * CDP_SYNC_BENCH_MOUNT_ROUNDS=1 CDP_SYNC_BENCH_MOUNT_SECONDS=5`; one section only:
+ * `CDP_SYNC_BENCH_MOUNT_SECTIONS=restore` (or `first-byte`, `fio`, comma-separated).
  */
 import { execFileSync } from "node:child_process"
 import * as fs from "node:fs"
@@ -48,6 +49,8 @@ const LOG = parseSize(process.env.CDP_SYNC_BENCH_MOUNT_LOG ?? "4GiB")
 const ROUNDS = Math.max(1, Number(process.env.CDP_SYNC_BENCH_MOUNT_ROUNDS ?? 3))
 const SECONDS = Number(process.env.CDP_SYNC_BENCH_MOUNT_SECONDS ?? 15)
 const INGEST_RATE = parseSize(process.env.CDP_SYNC_BENCH_MOUNT_INGEST_RATE ?? "32MiB")
+/** The sections run (`first-byte`, `restore`, `fio`, comma-separated; default all). */
+const SECTIONS = new Set((process.env.CDP_SYNC_BENCH_MOUNT_SECTIONS ?? "first-byte,restore,fio").split(","))
 const INTERNAL = path.join(import.meta.dirname, "internal")
 
 const say = (text: string) => process.stderr.write(`mount bench: ${text}\n`)
@@ -248,6 +251,23 @@ const timed = async (f: () => Promise<unknown>): Promise<number> => {
   return performance.now() - t
 }
 
+const TICKS = 100
+/**
+ * CPU seconds (user + system) of this process's children waited for so far: the fields
+ * cutime and cstime of /proc/self/stat (Linux; 0 elsewhere). The difference around a row is
+ * what its processes spent, steadier than its time on a machine other work shares.
+ */
+const childCpu = (): number => {
+  try {
+    const stat = fs.readFileSync("/proc/self/stat", "utf8")
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+    // After the name: state is field 3, so cutime (16) and cstime (17) are at 13 and 14.
+    return (Number(fields[13]) + Number(fields[14])) / TICKS
+  } catch {
+    return 0
+  }
+}
+
 const mbps = (ms: number) => DISK / MB / (ms / 1000)
 
 /** `cdp-sync restore --at latest` through the block index, as an operator runs it. */
@@ -390,9 +410,9 @@ export const run = async (): Promise<ReadonlyArray<BenchRow>> => {
       `\nmount bench dataset: ${formatSize(DISK)} disk, ${formatSize(data.logBytes)} of log in ${data.segments} segments, ${data.points} recovery points, ${data.resyncs} resyncs; ${ROUNDS} round(s), every row cold (its files dropped from the page cache first)`
     )
     const rows: Array<BenchRow> = []
-    rows.push(...(await firstByteSection(data, scratch, cold)))
-    rows.push(...(await restoreSection(data, scratch, cold)))
-    rows.push(...(await fioSection(data, scratch, cold)))
+    if (SECTIONS.has("first-byte")) rows.push(...(await firstByteSection(data, scratch, cold)))
+    if (SECTIONS.has("restore")) rows.push(...(await restoreSection(data, scratch, cold)))
+    if (SECTIONS.has("fio")) rows.push(...(await fioSection(data, scratch, cold)))
     return rows
   } finally {
     fs.rmSync(scratch, { recursive: true, force: true })
@@ -496,13 +516,18 @@ const restoreSection = async (
     [REPLAY, (out) => restoreByRecord(data, out), true]
   ]
   const samples = new Samples<number>()
+  const cpu = new Samples<number>()
+  const loads = new Samples<number>()
   for (let round = 0; round < ROUNDS; round++)
     for (const [name, write, check] of setups) {
       say(`restore: ${name}, round ${round + 1}/${ROUNDS}`)
       const out = path.join(scratch, "out.img")
       fs.rmSync(out, { force: true })
       await cold()
+      loads.add(name, os.loadavg()[0]!)
+      const before = childCpu()
       samples.add(name, await timed(() => write(out)))
+      cpu.add(name, childCpu() - before)
       // Once: the restored image is the one the other rows read.
       if (check && round === 0) await runChild("cmp", ["-s", out, data.image])
       fs.rmSync(out, { force: true })
@@ -510,15 +535,17 @@ const restoreSection = async (
   const rate = (name: string) => median(samples.get(name).map(mbps))
   console.log(
     renderDetail(
-      `writing the ${formatSize(DISK)} image at the latest point, fsynced (median, min–max over ${ROUNDS} round(s))`,
-      ["how", "seconds", "MB/s"],
+      `writing the ${formatSize(DISK)} image at the latest point, fsynced (median, min–max over ${ROUNDS} round(s); CPU: user + system of its processes; load: the 1-minute load average as it started, on ${os.cpus().length} CPUs)`,
+      ["how", "seconds", "MB/s", "CPU s", "load"],
       setups.map(([name]) => [
         name,
         cell(
           samples.get(name).map((ms) => ms / 1000),
           2
         ),
-        cell(samples.get(name).map(mbps), 0)
+        cell(samples.get(name).map(mbps), 0),
+        cell(cpu.get(name), 2),
+        cell(loads.get(name), 1)
       ])
     )
   )

@@ -81,10 +81,14 @@ const arbitraryCase: fc.Arbitrary<Case> = fc.record({
   at: fc.array(fc.double({ min: 0, max: 1, noNaN: true }), { minLength: 1, maxLength: 3 }),
   pieces: fc.array(fc.integer({ min: 1, max: 20_000 }), { minLength: 1, maxLength: 5 }),
   tuning: fc.record({
+    batchBytes: fc.constantFrom(0, 1, 5000, 1 << 20),
     writesInFlight: fc.constantFrom(1, 2, 32),
     runGap: fc.constantFrom(0, 1, 100, 64 << 10),
     runBytes: fc.constantFrom(1, 700, 5000, 4 << 20),
-    readsAhead: fc.constantFrom(0, 1, 4)
+    readsAhead: fc.constantFrom(0, 1, 4),
+    direct: fc.boolean(),
+    worker: fc.boolean(),
+    flushBytes: fc.constantFrom(0, 1, 10_000)
   })
 })
 

@@ -16,6 +16,8 @@ export const ReceiverMutants = {
   restoreWritesOverriddenBase: false,
   /** A restore that writes the base's zero chunks into a new file (no holes kept). */
   restoreFillsHoles: false,
+  /** A restore that checks only the first unit of each read of the base against its CRC. */
+  restoreChecksFirstUnitOnly: false,
   /** A live block index that is not told of the records committed after it was built. */
   liveIndexSkipsAppend: false,
   /** A retention fold that leaves the live index's extents of the records folded into the base. */

@@ -1,27 +1,33 @@
 /**
  * Writes a recovery point's image through its block index (`restore`): each byte once, from
- * where the point's newest version of it lives. First the base image in disk order (read
- * whole and checked against its checksums, as before), skipping what the log overrides and,
- * into a new file, what is zero (holes stay holes); then the log's surviving extents in file
- * order, segment by segment: the records holding them read in runs (neighbours share a read,
- * a record no later write left a byte of is not read, long stretches of them are skipped),
- * a few reads ahead of the writes, each record checked against its CRC and its index entry
- * before any of it is written. Writes go out several at a time: on a restore of a dense
- * image from a long log, waiting for each read and each write in turn cost more than the
- * I/O itself (bench/mount.ts).
+ * where the point's newest version of it lives. First the base image's bytes no extent
+ * covers (only the units holding them are read, each checked against its checksum; into a
+ * new file, zero units are skipped: holes stay holes), then the log's surviving extents in
+ * file order, segment by segment: the records holding them read in runs (neighbours share a
+ * read, a record no later write left a byte of is not read, long stretches of them are
+ * skipped), each record checked against its CRC and its index entry before any of it is
+ * written. Reads go a few ahead and bypass the page cache where they can
+ * (`directReads.ts`); writes go out in batches, made by a worker thread (`imageWriter.ts`).
+ * Where the time goes: docs/receiver.md, "Restore on the index".
  */
 import type * as fs from "node:fs/promises"
-import { openBase, walkBase } from "./base.js"
+import * as path from "node:path"
+import { crc32c } from "../../internal/crc32c.js"
+import { type Base, baseLayout, openBase, tuning as baseTuning, zeroCrc } from "./base.js"
 import { entryOf } from "./blockIndex.js"
-import { preadFully, pwriteFully } from "./files.js"
+import { ALIGN, BufferPool, ReadFile } from "./directReads.js"
+import { LogCorrupt } from "./errors.js"
+import { isEnoent, preadFully } from "./files.js"
+import { HandleWriter, type ImageWriter, WorkerWriter } from "./imageWriter.js"
 import { RECORD_HEADER_BYTES } from "./format.js"
 import { ReceiverMutants } from "./mutants.js"
-import { checkedPayload, openSegments, type PointExtent, type PointMap, payloadIndex } from "./point.js"
+import { checkedPayload, type PointExtent, type PointMap, payloadIndex } from "./point.js"
 
 /**
  * How far a restore is, `bytes` of `total` in each phase: `indexing`, the sealed segments'
  * block indexes read and checked, or rebuilt (their segments' bytes; `openPointMap`); then
- * `writing`, the image's bytes, then the log's bytes placed over them.
+ * `writing`, the image's bytes, each counted once where it is placed (from the base, then
+ * from the log).
  */
 export interface Progress {
   readonly phase: "indexing" | "writing"
@@ -32,45 +38,25 @@ export interface Progress {
 const PROGRESS_STEP = 1 << 20
 /**
  * How a restore reads and writes; the properties shrink them so reads split at every edge.
- * `writesInFlight`: writes outstanding at once (each waits a round trip through libuv's
- * thread pool). `runGap`: records closer than this in a segment are read in one go (the
- * bytes between read and dropped). `runBytes`: a read covers at most this much (unless one
- * record is larger), its buffer reused. `readsAhead`: reads started ahead of the one being
- * written out.
+ * `batchBytes`: writes are sent in batches of about this much (or when a read needs a
+ * buffer they hold). `writesInFlight`: batches outstanding at once. `runGap`: records (or
+ * base units) closer than this are read in one go (the bytes between read and dropped).
+ * `runBytes`: a read covers at most this much (unless one record is larger). `readsAhead`:
+ * reads started ahead of the one being placed (each holds a buffer of `runBytes`).
+ * `direct`: reads bypass the page cache where they can (`directReads.ts`). `worker`: a
+ * worker thread writes (`imageWriter.ts`), else the file handle. `flushBytes`: after about
+ * this much is placed, an fdatasync of the image starts (one at a time, 0: none), so the
+ * writing back overlaps the reads instead of all of it waiting for the caller's fsync.
  */
-export const tuning = { writesInFlight: 32, runGap: 64 << 10, runBytes: 4 << 20, readsAhead: 4 }
-
-/**
- * Writes into the image without waiting for each: up to `tuning.writesInFlight` at once (into the
- * page cache, each at its own place: a point's pieces never overlap, so order does not
- * matter). `done` runs once the write is over (its bytes may then be reused); the first
- * failure is thrown by the next `put` or by `drain`.
- */
-class Writes {
-  private readonly pending = new Set<Promise<void>>()
-  private failed: { readonly cause: unknown } | undefined
-  constructor(private readonly image: fs.FileHandle) {}
-
-  async put(bytes: Uint8Array, at: number, done?: () => void): Promise<void> {
-    while (this.pending.size >= tuning.writesInFlight) await Promise.race(this.pending)
-    if (this.failed !== undefined) throw this.failed.cause
-    const write: Promise<void> = pwriteFully(this.image, bytes, at).then(
-      () => {
-        this.pending.delete(write)
-        done?.()
-      },
-      (cause: unknown) => {
-        this.failed ??= { cause }
-        this.pending.delete(write)
-      }
-    )
-    this.pending.add(write)
-  }
-
-  async drain(): Promise<void> {
-    await Promise.all(this.pending)
-    if (this.failed !== undefined) throw this.failed.cause
-  }
+export const tuning = {
+  batchBytes: 1 << 20,
+  writesInFlight: 4,
+  runGap: 256 << 10,
+  runBytes: 4 << 20,
+  readsAhead: 2,
+  direct: true,
+  worker: true,
+  flushBytes: 128 << 20
 }
 
 /** A record of a segment the point keeps bytes of, and those bytes' extents (file order). */
@@ -79,12 +65,67 @@ interface Needed {
   readonly extents: Array<PointExtent>
 }
 
-/** One read: bytes `[start, end)` of segment `segment`, holding the records `records` whole. */
-interface Run {
-  readonly segment: number
+/** Bytes of the base to place: `[start, end)` of the disk, inside one unit. */
+interface Piece {
   readonly start: number
   readonly end: number
-  readonly records: ReadonlyArray<Needed>
+}
+
+/** One read: bytes `[start, end)` of a file, and what is placed from them. */
+type Run =
+  | {
+      readonly _tag: "Log"
+      readonly segment: number
+      readonly start: number
+      readonly end: number
+      /** The records the run holds whole. */
+      readonly records: ReadonlyArray<Needed>
+    }
+  | {
+      readonly _tag: "Base"
+      readonly start: number
+      end: number
+      /** The bytes no extent covers, in disk order. */
+      readonly pieces: Array<Piece>
+    }
+
+/**
+ * The reads of the base: the units holding bytes no extent covers (`pieces`, split at unit
+ * edges: each is checked against its unit's CRC), neighbours closer than `tuning.runGap` in one read of at most `tuning.runBytes`.
+ */
+const planBase = (extents: ReadonlyArray<PointExtent>, diskBytes: number, unit: number): Array<Run> => {
+  const runs: Array<Run & { _tag: "Base" }> = []
+  const add = (start: number, end: number) => {
+    for (let at = start; at < end; ) {
+      const unitStart = Math.floor(at / unit) * unit
+      const unitEnd = Math.min(diskBytes, unitStart + unit)
+      const pieceEnd = Math.min(end, unitEnd)
+      const run = runs.at(-1)
+      if (run !== undefined && unitStart < run.end) {
+        // The same unit as the last piece (two gaps in one unit).
+        run.pieces.push({ start: at, end: pieceEnd })
+      } else if (
+        run !== undefined &&
+        unitStart - run.end <= tuning.runGap &&
+        unitEnd - run.start <= tuning.runBytes
+      ) {
+        run.end = unitEnd
+        run.pieces.push({ start: at, end: pieceEnd })
+      } else
+        runs.push({ _tag: "Base", start: unitStart, end: unitEnd, pieces: [{ start: at, end: pieceEnd }] })
+      at = pieceEnd
+    }
+  }
+  if (ReceiverMutants.restoreWritesOverriddenBase) add(0, diskBytes)
+  else {
+    let covered = 0
+    for (const x of extents) {
+      if (x.start > covered) add(covered, x.start)
+      covered = x.end
+    }
+    if (covered < diskBytes) add(covered, diskBytes)
+  }
+  return runs
 }
 
 /**
@@ -92,7 +133,7 @@ interface Run {
  * order: neighbours closer than `tuning.runGap` share a read of at most `tuning.runBytes`. A record no
  * later write left a byte of is not read; long stretches of them are skipped.
  */
-const planReads = (map: PointMap): Array<Run> => {
+const planLog = (map: PointMap): Array<Run> => {
   const bySegment = new Map<number, Array<PointExtent>>()
   for (const x of map.extents) {
     const list = bySegment.get(x.segment)
@@ -118,34 +159,60 @@ const planReads = (map: PointMap): Array<Run> => {
       const entry = entries[k]!
       const recordEnd = Math.min(segment.bytes, entry.offset + RECORD_HEADER_BYTES + entry.length)
       if (records.length > 0 && (entry.offset - end > tuning.runGap || recordEnd - start > tuning.runBytes)) {
-        runs.push({ segment: s, start, end, records })
+        runs.push({ _tag: "Log", segment: s, start, end, records })
         records = []
       }
       if (records.length === 0) start = entry.offset
       records.push({ k, extents: [x] })
       end = recordEnd
     }
-    if (records.length > 0) runs.push({ segment: s, start, end, records })
+    if (records.length > 0) runs.push({ _tag: "Log", segment: s, start, end, records })
   }
   return runs
 }
 
-/**
- * Buffers for reads, handed back once nothing refers to their bytes any more (the run
- * written out and every write from it over): a restore reads gigabytes, and fresh buffers
- * for each would keep the garbage collector busy walking the point's map.
- */
-class BufferPool {
-  private readonly free: Array<Buffer> = []
-  private readonly size = tuning.runBytes
-  take(bytes: number): Buffer {
-    if (bytes > this.size) return Buffer.allocUnsafeSlow(bytes)
-    return (this.free.pop() ?? Buffer.allocUnsafeSlow(this.size)).subarray(0, bytes)
+/** The base's checksum table, checked against the trailer; `undefined` for format 1 (none). */
+const readTable = async (
+  handle: fs.FileHandle,
+  file: string,
+  base: Base,
+  diskBytes: number
+): Promise<Buffer | undefined> => {
+  if (base.format !== 2) return undefined
+  const layout = baseLayout(diskBytes, base.unitBytes)
+  const table = Buffer.allocUnsafe(layout.tableBytes)
+  await preadFully(handle, table, layout.tableOffset)
+  if (crc32c(table) !== base.tableCrc)
+    throw new LogCorrupt({
+      file,
+      offset: layout.tableOffset,
+      reason: `the checksum table (${layout.units} entries) does not match its CRC32C in the trailer`
+    })
+  return table
+}
+
+/** Opens the segments the runs read; `undefined` when one is gone or replaced (a fold). */
+const openSegments = async (
+  map: PointMap,
+  runs: ReadonlyArray<Run>
+): Promise<Map<number, ReadFile> | undefined> => {
+  const files = new Map<number, ReadFile>()
+  const fail = async () => {
+    for (const f of files.values()) await f.close()
+    return undefined
   }
-  give(buf: Buffer): void {
-    if (buf.buffer.byteLength === this.size && buf.byteOffset === 0)
-      this.free.push(Buffer.from(buf.buffer, 0, this.size))
+  for (const run of runs) {
+    if (run._tag !== "Log" || files.has(run.segment)) continue
+    const name = path.join(map.chain.diskDir, map.chain.segments[run.segment]!.name)
+    const file = await ReadFile.open(name, tuning.direct).catch(async (e: unknown) => {
+      await fail()
+      if (isEnoent(e)) return undefined
+      throw e
+    })
+    if (file === undefined) return fail()
+    files.set(run.segment, file)
   }
+  return files
 }
 
 /**
@@ -161,10 +228,11 @@ export const writePoint = async (
   const { chain, extents } = map
   const geometry = { blockSize: chain.meta.blockSize, blockCount: chain.meta.blockCount }
   const diskBytes = geometry.blockSize * geometry.blockCount
-  let logBytes = 0
-  for (const x of extents) logBytes += x.end - x.start
-  const total = diskBytes + logBytes
+  const total = diskBytes
   let done = 0
+  let flushedAt = 0
+  let flushing: Promise<void> | undefined
+  let flushFailed: { readonly cause: unknown } | undefined
   let reported = 0
   const report = (force: boolean) => {
     if (onProgress !== undefined && (force || done - reported >= PROGRESS_STEP)) {
@@ -174,90 +242,152 @@ export const writePoint = async (
   }
   report(true)
   // The open handles keep this base and these segments even if a fold replaces them now.
-  const base = await openBase(chain.diskDir, geometry)
-  const handles = await (async () => {
-    try {
-      return base.base.seq === chain.base.seq ? await openSegments(map) : undefined
-    } catch (e) {
-      await base.handle.close()
-      throw e
-    }
-  })()
-  if (handles === undefined) {
-    await base.handle.close()
-    return false
-  }
-  const writes = new Writes(image)
-  const runs = planReads(map)
-  const pool = new BufferPool()
-  const reads: Array<Promise<Buffer> | undefined> = []
-  let started = 0
-  const startRead = () => {
-    const run = runs[started]!
-    const buf = pool.take(run.end - run.start)
-    const read = preadFully(handles.get(run.segment)!, buf, run.start).then(() => buf)
-    // Failures are seen when the run's turn comes; one never waited for is no unhandled rejection.
-    read.catch(() => undefined)
-    reads[started++] = read
-  }
+  const opened = await openBase(chain.diskDir, geometry)
+  const { base, file: baseFile } = opened
+  const closing: Array<{ close(): Promise<void> }> = [opened.handle]
+  let writer: ImageWriter | undefined
+  const reads: Array<Promise<{ readonly buf: Buffer; readonly bytes: Buffer }> | undefined> = []
   try {
-    let i = 0
-    await walkBase(base.handle, base.file, base.base, geometry, {
-      onChunk: async (at, data, zero) => {
-        const end = at + data.length
-        const write = device || !zero || ReceiverMutants.restoreFillsHoles
-        let cursor = at
-        while (cursor < end) {
-          while (i < extents.length && extents[i]!.end <= cursor) i++
-          const x = extents[i]
-          if (x !== undefined && x.start <= cursor && !ReceiverMutants.restoreWritesOverriddenBase) {
-            cursor = Math.min(end, x.end)
-            continue
-          }
-          const gapEnd =
-            x === undefined ? end : ReceiverMutants.restoreWritesOverriddenBase ? end : Math.min(end, x.start)
-          if (write) await writes.put(data.subarray(cursor - at, gapEnd - at), cursor)
-          cursor = gapEnd
-        }
-        // walkBase reads the next chunk into the same buffer.
-        await writes.drain()
-        done += data.length
-        report(false)
-      }
-    })
-    for (let r = 0; r < runs.length; r++) {
-      while (started < runs.length && started <= r + tuning.readsAhead) startRead()
-      const run = runs[r]!
-      const buf = await reads[r]!
-      reads[r] = undefined
-      const segment = chain.segments[run.segment]!
-      // The buffer goes back to the pool once the run is placed and its last write is over.
-      let holds = 1
-      const release = () => {
-        if (--holds === 0) pool.give(buf)
-      }
-      for (const { k, extents: pieces } of run.records) {
-        const entry = segment.entries![k]!
-        const from = entry.offset - run.start
-        const size = Math.min(RECORD_HEADER_BYTES + entry.length, run.end - entry.offset)
-        const payload = checkedPayload(chain, segment, k, buf.subarray(from, from + size))
-        for (const x of pieces) {
-          const at = payloadIndex(segment, x)
-          holds++
-          await writes.put(payload.subarray(at, at + (x.end - x.start)), x.start, release)
-          done += x.end - x.start
-          report(false)
-        }
-      }
-      release()
+    if (base.seq !== chain.base.seq) return false
+    const baseRead = await ReadFile.beside(opened.handle, baseFile, tuning.direct)
+    if (baseRead === undefined) return false
+    closing[0] = baseRead
+    const table = await readTable(opened.handle, baseFile, base, diskBytes)
+    const unit = base.format === 2 ? base.unitBytes : baseTuning.unitBytes
+    const logRuns = planLog(map)
+    const segments = await openSegments(map, logRuns)
+    if (segments === undefined) return false
+    closing.push(...segments.values())
+    const runs = [...planBase(extents, diskBytes, unit), ...logRuns]
+    // A read's ends are rounded out to ALIGN; each read ahead, the run placed and the runs
+    // whose writes are out hold a buffer (no larger than the largest run needs).
+    let largest = 0
+    for (const run of runs) largest = Math.max(largest, Math.min(tuning.runBytes, run.end - run.start))
+    const pool = new BufferPool(largest + 2 * ALIGN, tuning.readsAhead + 8, tuning.direct)
+    const out: ImageWriter =
+      (tuning.worker ? WorkerWriter.start(image) : undefined) ?? new HandleWriter(image)
+    writer = out
+    closing.push(out)
+    let started = 0
+    const startRead = async () => {
+      const run = runs[started]!
+      // A record larger than the pool's buffers is read into one of its own.
+      const pooled = run.end - run.start <= pool.size - 2 * ALIGN
+      // Buffers come back as the batches holding their writes end: send the one being filled.
+      if (pooled && pool.empty) await out.send(tuning.writesInFlight)
+      const buf = pooled ? await pool.take() : BufferPool.outside(run.end - run.start)
+      const file = run._tag === "Base" ? baseRead : segments.get(run.segment)!
+      const read = file.read(run.start, run.end, buf, pooled && pool.aligned).then((bytes) => ({
+        buf: pooled ? buf : Buffer.alloc(0),
+        bytes
+      }))
+      // Failures are seen when the run's turn comes; one never waited for is no unhandled rejection.
+      read.catch(() => undefined)
+      reads[started++] = read
     }
-    await writes.drain()
+    // The base's units in order: which was checked last, and whether it is all zeros.
+    let checkedUnit = -1
+    let zeroUnit = false
+    /** Checks unit `u` of the base, in `bytes` (the disk's bytes from `runStart`). */
+    const checkUnit = (bytes: Buffer, runStart: number, u: number) => {
+      const from = u * unit
+      const data = bytes.subarray(from - runStart, Math.min(diskBytes, from + unit) - runStart)
+      zeroUnit = data.equals(zerosOf(data.length))
+      if (table === undefined || (ReceiverMutants.restoreChecksFirstUnitOnly && from > runStart)) return
+      const crc = zeroUnit ? zeroCrc(data.length) : crc32c(data)
+      if (crc !== table.readUInt32LE(u * 4))
+        throw new LogCorrupt({
+          file: baseFile,
+          offset: from,
+          reason: `image bytes ${from}..${from + data.length - 1} do not match their CRC32C (checksum table entry at byte ${diskBytes + u * 4})`
+        })
+    }
+    for (let r = 0; r < runs.length; r++) {
+      while (started < runs.length && started <= r + tuning.readsAhead) await startRead()
+      const run = runs[r]!
+      const { buf, bytes } = await reads[r]!
+      reads[r] = undefined
+      if (run._tag === "Base") {
+        if (bytes.length < run.end - run.start)
+          throw new LogCorrupt({
+            file: baseFile,
+            offset: run.start + bytes.length,
+            reason: "the file ends inside the image"
+          })
+        // Adjacent pieces to write go out as one: bytes [from, to) of the disk.
+        let from = 0
+        let to = 0
+        const put = () => {
+          if (to > from) out.put(bytes.subarray(from - run.start, to - run.start), from)
+          from = to = 0
+        }
+        for (const piece of run.pieces) {
+          const u = Math.floor(piece.start / unit)
+          if (u !== checkedUnit) {
+            checkUnit(bytes, run.start, u)
+            checkedUnit = u
+          }
+          if (device || !zeroUnit || ReceiverMutants.restoreFillsHoles) {
+            if (to !== piece.start) {
+              put()
+              from = piece.start
+            }
+            to = piece.end
+          } else put()
+          done += piece.end - piece.start
+        }
+        put()
+      } else {
+        const segment = chain.segments[run.segment]!
+        for (const { k, extents: pieces } of run.records) {
+          const entry = segment.entries![k]!
+          const from = entry.offset - run.start
+          const payload = checkedPayload(
+            chain,
+            segment,
+            k,
+            bytes.subarray(from, from + RECORD_HEADER_BYTES + entry.length)
+          )
+          for (const x of pieces) {
+            const at = payloadIndex(segment, x)
+            out.put(payload.subarray(at, at + (x.end - x.start)), x.start)
+            done += x.end - x.start
+          }
+        }
+      }
+      // The buffer goes back to the pool once the run's writes are over.
+      if (buf.length > 0) out.after(() => pool.give(buf))
+      if (out.batched >= tuning.batchBytes) await out.send(tuning.writesInFlight)
+      // The page cache starts writing the image back now, not all of it at the final fsync.
+      if (tuning.flushBytes > 0 && done - flushedAt >= tuning.flushBytes && flushing === undefined) {
+        flushedAt = done
+        flushing = image.datasync().then(
+          () => {
+            flushing = undefined
+          },
+          (cause: unknown) => {
+            flushFailed ??= { cause }
+            flushing = undefined
+          }
+        )
+      }
+      report(false)
+    }
+    await out.drain()
+    await flushing
+    if (flushFailed !== undefined) throw flushFailed.cause
     report(true)
     return true
   } finally {
-    await writes.drain().catch(() => undefined)
+    await writer?.drain().catch(() => undefined)
+    await flushing
     for (const read of reads) await read?.catch(() => undefined)
-    for (const h of handles.values()) await h.close()
-    await base.handle.close()
+    for (const c of closing) await c.close()
   }
+}
+
+let zeroChunk = Buffer.alloc(0)
+const zerosOf = (length: number): Buffer => {
+  if (zeroChunk.length < length) zeroChunk = Buffer.alloc(length)
+  return zeroChunk.subarray(0, length)
 }
