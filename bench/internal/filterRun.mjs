@@ -187,11 +187,21 @@ const writeUntil = (replicator, { size, writers, backlog, batch, slots, deadline
     )
   })
 
-/** Bare pwrites of `size` bytes into `file` every millisecond until `deadline`, timed as the writers time theirs. */
-const pwriteProbe = (file, size, deadline, latencies) =>
+/**
+ * A file of 64 MiB for the bare pwrites, written through once before the measured interval:
+ * the probe overwrites pages in the page cache, the cheapest pwrite there is (the
+ * replicator's image is sparse, and its writes may allocate pages).
+ */
+const probeFile = (file) => {
+  const fd = fs.openSync(file, "w+")
+  const chunk = Buffer.alloc(MiB)
+  for (let at = 0; at < 64 * MiB; at += MiB) fs.writeSync(fd, chunk, 0, MiB, at)
+  return fd
+}
+
+/** Bare pwrites of `size` bytes into `fd` every millisecond until `deadline`, timed as the writers time theirs. */
+const pwriteProbe = (fd, size, deadline, latencies) =>
   Effect.gen(function* () {
-    const fd = fs.openSync(file, "w+")
-    fs.ftruncateSync(fd, 64 * MiB)
     const data = Buffer.alloc(size, 0x5a)
     const slots = (64 * MiB) / size
     let i = 0
@@ -238,10 +248,11 @@ const live = Effect.scoped(
     const counter = { writes: 0 }
     const writeLatencies = latency ? [] : undefined
     const pwriteLatencies = []
+    const probeFd = latency ? probeFile(path.join(dir, "bare.img")) : undefined
     const stop = meter()
     const deadline = performance.now() + seconds * 1000
     const probe = latency
-      ? yield* Effect.fork(pwriteProbe(path.join(dir, "bare.img"), size, deadline, pwriteLatencies))
+      ? yield* Effect.fork(pwriteProbe(probeFd, size, deadline, pwriteLatencies))
       : undefined
     yield* writeUntil(replicator, {
       size,
