@@ -27,7 +27,7 @@ import * as fs from "node:fs"
 import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
-import { Duration, Effect, Either, Fiber, Layer, Metric, Stream } from "effect"
+import { Deferred, Duration, Effect, Either, Exit, Fiber, FiberId, Layer, Metric, Stream } from "effect"
 import * as ActivityLog from "../../dist/adapters/ActivityLog.js"
 import * as EventJournal from "../../dist/adapters/EventJournal.js"
 import * as LogReceiver from "../../dist/adapters/LogReceiver.js"
@@ -145,26 +145,54 @@ const scratch = Effect.acquireRelease(
 
 /**
  * `writers` fibers writing `size` bytes into `replicator` until `deadline`, each waiting
- * while more than `backlog` bytes are unacked (checked every 8 writes: a status per
- * write would be the bench's cost, not the filter's). `counter.writes` counts them;
- * with `latencies`, each write's time in µs is pushed there.
+ * while more than `backlog` bytes are unacked. A waiting writer costs nothing: it waits
+ * on a gate that a fiber following `replicator.changes` (a status per decided batch, so
+ * per ack) opens once the unacked writes are back under the limit, or the deadline
+ * passed. (The writers used to poll the status every millisecond: 16 000 wake-ups a
+ * second while the receiver lagged, which tripled the CPU per write of a slow run.)
+ * `counter.writes` counts the writes; with `latencies`, each write's time in µs is pushed there.
  */
 const writeUntil = (replicator, { size, writers, backlog, batch, slots, deadline, counter, latencies }) =>
   Effect.gen(function* () {
     const { watermark: base } = yield* replicator.status
     const data = new Uint8Array(size).fill(0x5a)
     const limit = Math.max(1, Math.floor(backlog / size))
+    // In sync mode each write is one record, acked in seq order.
+    let acked = 0
+    let gate
+    const open = () => {
+      if (gate === undefined) return
+      const g = gate
+      gate = undefined
+      Deferred.unsafeDone(g, Exit.void)
+    }
+    const follower = yield* Effect.fork(
+      Stream.runForEach(replicator.changes, (s) =>
+        Effect.sync(() => {
+          acked = s.watermark - base
+          if (counter.writes - acked <= limit) open()
+        })
+      )
+    )
+    // At the deadline every writer stops, waiting or not (after a pull-ahead the records
+    // are fewer than the writes, and the unacked count never comes back under the limit).
+    let expired = false
+    const timer = setTimeout(
+      () => {
+        expired = true
+        open()
+      },
+      Math.max(0, deadline - performance.now())
+    )
     yield* Effect.forEach(
       Array.from({ length: writers }, (_, w) => w),
       (w) =>
         Effect.gen(function* () {
           let i = w
-          let n = 0
-          while (performance.now() < deadline) {
-            // In sync mode each write is one record, acked in seq order.
-            // Checked again after each pause until under the limit.
-            if (n % 8 === 0 && counter.writes - ((yield* replicator.status).watermark - base) > limit) {
-              yield* Effect.sleep("1 millis")
+          while (!expired && performance.now() < deadline) {
+            if (counter.writes - acked > limit) {
+              gate ??= Deferred.unsafeMake(FiberId.none)
+              yield* Deferred.await(gate)
               continue
             }
             if (batch === 1) {
@@ -180,11 +208,12 @@ const writeUntil = (replicator, { size, writers, backlog, batch, slots, deadline
               yield* replicator.writeAll(requests).pipe(Effect.orDie)
             }
             counter.writes += batch
-            n++
           }
         }),
       { concurrency: "unbounded", discard: true }
     )
+    clearTimeout(timer)
+    yield* Fiber.interrupt(follower)
   })
 
 /**
