@@ -109,7 +109,12 @@ const busy = total - idle
  * running (on a loaded machine) and leaves out the other threads' CPU.
  */
 const cpuUs =
-  run === undefined ? undefined : path.basename(file).startsWith("receiver") ? run.receiverCpuUs : run.cpuUs
+  run === undefined
+    ? undefined
+    : path.basename(file).startsWith("receiver")
+      ? run.receiverCpuUs
+      : // The probe's pwrites are in the profile (the bench's area), not in the run's cpuUs.
+        run.cpuUs + (run.probeCpuUs ?? 0)
 const scale = cpuUs === undefined ? 1 : cpuUs / busy
 const fmt = (raw) => {
   const us = raw * scale
