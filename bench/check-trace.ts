@@ -16,7 +16,7 @@ import * as Simulation from "../dist/conformance/Simulation.js"
 import type * as State from "../dist/domain/State.js"
 import * as Trace from "../dist/domain/Trace.js"
 import * as CheckTrace from "../dist/conformance/CheckTrace.js"
-import { type BenchRow, renderTable } from "./table.js"
+import { type BenchRow, QUICK, renderTable } from "./table.js"
 
 /** 256 MiB disk of 64 KiB blocks, a drain window of 64, pull-ahead past 128 KiB unacked. */
 export const benchConfig = Either.getOrThrow(
@@ -173,7 +173,8 @@ const rate = async (events: number, rounds: number, work: () => Promise<unknown>
   return (events / best) * 1000
 }
 
-const EVENTS = 3_000_000
+/** Fewer in the quick pass (`--quick`). */
+const EVENTS = QUICK ? 500_000 : 3_000_000
 
 export const run = async (): Promise<ReadonlyArray<BenchRow>> => {
   const dir = mkdtempSync(join(tmpdir(), "cdp-sync-bench-"))

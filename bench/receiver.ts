@@ -15,10 +15,11 @@ import { Deferred, Effect, Exit, Fiber, Stream } from "effect"
 import * as LogReceiver from "../dist/adapters/LogReceiver.js"
 import { type DiskMeta, listDisks, META_FILE, openChain } from "../dist/receiver/internal/chain.js"
 import * as Proc from "../test/support/receiverProcess.js"
-import { type BenchRow, renderTable } from "./table.js"
+import { type BenchRow, QUICK, renderTable } from "./table.js"
 
 const RECORD = 64 * 1024
-const INGEST_MS = 9000
+/** Shorter in the quick pass (`--quick`). */
+const INGEST_MS = QUICK ? 3000 : 9000
 const ROUNDS = 3
 const MB = 1e6
 

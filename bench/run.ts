@@ -8,50 +8,78 @@
  * closure as it is made, which cost the replicator about a quarter of its 4 KiB
  * rate. `npm run bench` builds first.
  */
-import * as journal from "./adapters-journal.js"
-import * as wire from "./adapters-wire.js"
-import * as bitmap from "./bitmap.js"
-import * as checkTrace from "./check-trace.js"
-import * as checksum from "./checksum.js"
-import * as core from "./core.js"
-import * as mount from "./mount.js"
-import * as nbd from "./nbd.js"
-import * as receiver from "./receiver.js"
-import * as replicator from "./replicator.js"
-import { type BenchRow, renderTable, targetMet } from "./table.js"
+import { type BenchRow, QUICK, renderTable, targetMet } from "./table.js"
 
-const groups: ReadonlyArray<readonly [string, string, () => Promise<ReadonlyArray<BenchRow>>]> = [
-  ["bitmap", "persistent bitmap (2^30 blocks)", bitmap.run],
-  ["core", "core: decide / evolve (2^30 blocks of 64 KiB)", core.run],
-  ["journal", "event journal: append with fsync per batch", journal.run],
-  ["wire", "wire codec: encode / decode", wire.run],
-  ["check-trace", "check-trace: streaming legality check of a trace", checkTrace.run],
-  ["receiver", "log receiver: ingest with fsync before ack", receiver.run],
-  ["replicator", "replicator: end to end on loopback (the real receiver process)", replicator.run],
+// The quick pass's settings for the groups that read theirs from the environment (set
+// before the groups are imported; a setting already given wins).
+if (QUICK) {
+  const quick: Record<string, string> = {
+    CDP_SYNC_BENCH_NBD_SECONDS: "3",
+    CDP_SYNC_BENCH_NBD_ROUNDS: "1",
+    CDP_SYNC_BENCH_MOUNT_DISK: "256MiB",
+    CDP_SYNC_BENCH_MOUNT_LOG: "1GiB",
+    CDP_SYNC_BENCH_MOUNT_ROUNDS: "1",
+    CDP_SYNC_BENCH_MOUNT_SECONDS: "3",
+    CDP_SYNC_BENCH_CHECKSUM_DISK: String(256 * 1024 * 1024),
+    CDP_SYNC_BENCH_CHECKSUM_ROUNDS: "1"
+  }
+  for (const [name, value] of Object.entries(quick)) process.env[name] ??= value
+}
+
+type Group = readonly [string, string, () => Promise<{ run: () => Promise<ReadonlyArray<BenchRow>> }>]
+const groups: ReadonlyArray<Group> = [
+  ["bitmap", "persistent bitmap (2^30 blocks)", () => import("./bitmap.js")],
+  ["core", "core: decide / evolve (2^30 blocks of 64 KiB)", () => import("./core.js")],
+  ["journal", "event journal: append with fsync per batch", () => import("./adapters-journal.js")],
+  ["wire", "wire codec: encode / decode", () => import("./adapters-wire.js")],
+  ["check-trace", "check-trace: streaming legality check of a trace", () => import("./check-trace.js")],
+  ["receiver", "log receiver: ingest with fsync before ack", () => import("./receiver.js")],
+  [
+    "replicator",
+    "replicator: end to end on loopback (the real receiver process), rounds interleaved",
+    () => import("./replicator.js")
+  ],
   [
     "nbd",
     "NBD: fio through cdp-sync serve against qemu-nbd and QEMU's mirror (ratios of the medians)",
-    nbd.run
+    () => import("./nbd.js")
   ],
   [
     "checksum",
     "checksum resync and online verify: a 1 GiB disk, the real receiver and filter processes (ratios of the medians)",
-    checksum.run
+    () => import("./checksum.js")
   ],
   [
     "mount",
     "mount and restore: a recovery point over NBD and through the block index (ratios of the medians)",
-    mount.run
+    () => import("./mount.js")
   ]
 ]
 
-const wanted = process.argv.slice(2)
+const wanted = process.argv.slice(2).filter((a) => a !== "--quick")
+const unknown = wanted.filter((w) => !groups.some(([name]) => name === w))
+if (unknown.length > 0) {
+  process.stderr.write(
+    `unknown group(s): ${unknown.join(", ")}; groups: ${groups.map(([n]) => n).join(", ")}\n`
+  )
+  process.exit(2)
+}
+if (QUICK)
+  console.log("QUICK PASS (--quick): fewer and shorter rounds; to check the bench runs, not to steer by")
 const missed: Array<string> = []
-for (const [name, title, run] of groups) {
+const began = performance.now()
+const took: Array<string> = []
+for (const [name, title, load] of groups) {
   if (wanted.length > 0 && !wanted.includes(name)) continue
   process.stderr.write(`running ${name} …\n`)
-  const rows = await run()
-  console.log(renderTable(title, rows))
+  const t = performance.now()
+  const rows = await (await load()).run()
+  const seconds = Math.round((performance.now() - t) / 1000)
+  took.push(`${name} ${seconds} s`)
+  console.log(renderTable(`${title}${QUICK ? " [quick]" : ""} (${seconds} s)`, rows))
   for (const row of rows) if (!targetMet(row)) missed.push(`${name}: ${row.name} (${row.target?.text})`)
 }
 console.log(missed.length === 0 ? "\nall targets met" : `\ntargets missed:\n  ${missed.join("\n  ")}`)
+console.log(
+  `\n${QUICK ? "quick pass" : "bench"} took ${Math.round((performance.now() - began) / 1000)} s (${took.join(", ")})`
+)
