@@ -205,22 +205,28 @@ export const verifyMap = (
 ): MapDefect | undefined => verifyTable(g, EntryTable.fromEntries(entries), ExtentTable.fromExtents(map))
 
 /** `verifyMap` on columns. */
-export const verifyTable = (
+export const verifyTable = (g: DataGeometry, entries: EntryTable, map: ExtentTable): MapDefect | undefined =>
+  // Two passes, each a function of its own (each optimized as such; see `mergeTables`).
+  verifyExtents(g, entries, map) ?? verifyCoverage(g, entries, map)
+
+/** The range record `k` wrote, in `range` (false for a marker, which writes none). */
+const rangeOf = (
   g: DataGeometry,
   entries: EntryTable,
-  map: ExtentTable
-): MapDefect | undefined => {
+  k: number,
+  range: { start: number; end: number }
+): boolean => {
+  const kind = entries.kind[k]
+  if (kind !== Kind.Write && kind !== Kind.Block) return false
+  range.start = kind === Kind.Write ? entries.position[k]! : entries.position[k]! * g.blockSize
+  range.end = range.start + entries.length[k]!
+  return true
+}
+
+/** Sorted and disjoint inside the disk, each extent inside the data record it names at that record's payload byte. */
+const verifyExtents = (g: DataGeometry, entries: EntryTable, map: ExtentTable): MapDefect | undefined => {
   const diskBytes = g.blockSize * g.blockCount
-  // A record's range: [rangeStart, rangeEnd) after `rangeOf(k)`; false for the markers.
-  let rangeStart = 0
-  let rangeEnd = 0
-  const rangeOf = (k: number): boolean => {
-    const kind = entries.kind[k]
-    if (kind !== Kind.Write && kind !== Kind.Block) return false
-    rangeStart = kind === Kind.Write ? entries.position[k]! : entries.position[k]! * g.blockSize
-    rangeEnd = rangeStart + entries.length[k]!
-    return true
-  }
+  const range = { start: 0, end: 0 }
   let previousEnd = 0
   for (let i = 0; i < map.count; i++) {
     const start = map.start[i]!
@@ -230,24 +236,30 @@ export const verifyTable = (
       return { extent: i, reason: `extent ${start}..${end} is empty, out of order or beyond the disk` }
     previousEnd = end
     const k = entries.indexOf(seq)
-    if (k < 0 || !rangeOf(k))
+    if (k < 0 || !rangeOf(g, entries, k, range))
       return { extent: i, reason: `extent names seq ${seq}, which is no write or block of the segment` }
-    if (start < rangeStart || end > rangeEnd)
+    if (start < range.start || end > range.end)
       return {
         extent: i,
-        reason: `extent ${start}..${end} lies outside record ${seq} (${rangeStart}..${rangeEnd})`
+        reason: `extent ${start}..${end} lies outside record ${seq} (${range.start}..${range.end})`
       }
-    if (map.fileOffset[i] !== entries.offset[k]! + RECORD_HEADER_BYTES + (start - rangeStart))
+    if (map.fileOffset[i] !== entries.offset[k]! + RECORD_HEADER_BYTES + (start - range.start))
       return {
         extent: i,
         reason: `extent ${start}..${end} names file byte ${map.fileOffset[i]}, not record ${seq}'s payload`
       }
   }
+  return undefined
+}
+
+/** Every record's range covered by extents no older than it. */
+const verifyCoverage = (g: DataGeometry, entries: EntryTable, map: ExtentTable): MapDefect | undefined => {
+  const range = { start: 0, end: 0 }
   for (let k = 0; k < entries.count; k++) {
-    if (!rangeOf(k)) continue
+    if (!rangeOf(g, entries, k, range)) continue
     const seq = entries.seq[k]!
-    let cursor = rangeStart
-    for (let i = map.firstEndingAfter(rangeStart); cursor < rangeEnd; i++) {
+    let cursor = range.start
+    for (let i = map.firstEndingAfter(range.start); cursor < range.end; i++) {
       if (i >= map.count || map.start[i]! > cursor)
         return {
           extent: i >= map.count ? undefined : i,
