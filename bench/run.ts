@@ -6,7 +6,9 @@
  * measures the built package (dist/, what `npm ci` builds and what users import),
  * not the sources through tsx: its transform keeps function names by wrapping every
  * closure as it is made, which cost the replicator about a quarter of its 4 KiB
- * rate. `npm run bench` builds first.
+ * rate. `npm run bench` builds first. `--quick`: a short pass of every group (see
+ * `QUICK` in table.ts and docs/performance.md); each table says how long its group
+ * took, and the last line the whole run.
  */
 import { type BenchRow, QUICK, renderTable, targetMet } from "./table.js"
 
@@ -14,12 +16,12 @@ import { type BenchRow, QUICK, renderTable, targetMet } from "./table.js"
 // before the groups are imported; a setting already given wins).
 if (QUICK) {
   const quick: Record<string, string> = {
-    CDP_SYNC_BENCH_NBD_SECONDS: "3",
+    CDP_SYNC_BENCH_NBD_SECONDS: "2",
     CDP_SYNC_BENCH_NBD_ROUNDS: "1",
     CDP_SYNC_BENCH_MOUNT_DISK: "256MiB",
     CDP_SYNC_BENCH_MOUNT_LOG: "1GiB",
     CDP_SYNC_BENCH_MOUNT_ROUNDS: "1",
-    CDP_SYNC_BENCH_MOUNT_SECONDS: "3",
+    CDP_SYNC_BENCH_MOUNT_SECONDS: "2",
     CDP_SYNC_BENCH_CHECKSUM_DISK: String(256 * 1024 * 1024),
     CDP_SYNC_BENCH_CHECKSUM_ROUNDS: "1"
   }
@@ -38,6 +40,11 @@ const groups: ReadonlyArray<Group> = [
     "replicator",
     "replicator: end to end on loopback (the real receiver process), rounds interleaved",
     () => import("./replicator.js")
+  ],
+  [
+    "many-disks",
+    "many disks: one receiver process, 1, 8 and 64 replicators at once (each its own image, journal and connection)",
+    () => import("./replicator.js").then((m) => ({ run: m.runManyDisks }))
   ],
   [
     "nbd",

@@ -18,6 +18,7 @@
  *   a file (`source: "file"`, the drain's work) or written to the image (`"guest"`, the
  *   live stream's), then a 32-byte header and the payload over loopback TCP; at most
  *   16 MiB unacked; until `bytes` are acked.
+ * `replicatorOptions` are passed on to `Replicator.layer` (for experiments by hand).
  * Every mode reports its own CPU time (`process.cpuUsage`) and, given `receiverPid`, the
  * receiver's (utime + stime from /proc/PID/stat) over the measured interval only.
  * Plain JavaScript over the built package, so it starts as a bare child process (tsx
@@ -118,7 +119,9 @@ const replicatorIn = (dir, diskId, diskBytes, initial, setup) =>
         diskId,
         config,
         switchoverHold: "50 millis",
-        ...(setup.activityExtents === undefined ? {} : { activityExtents: setup.activityExtents })
+        ...(setup.activityExtents === undefined ? {} : { activityExtents: setup.activityExtents }),
+        // For experiments by hand (e.g. `maxPendingWrites`); the bench passes none.
+        ...setup.replicatorOptions
       }).pipe(
         Layer.provideMerge(
           Layer.mergeAll(
