@@ -141,8 +141,8 @@ export const restore = Effect.fn("Receiver.restore")(function* (options: {
   readonly force?: boolean | undefined
   /**
    * Called as the point's block indexes are read or rebuilt (`indexing`: after each sealed
-   * segment) and as the image is written (`writing`: about every MiB); each phase at its
-   * start and end.
+   * segment) and as the image is written (`writing`: as each read is placed, at most once a
+   * MiB; the total is the image's bytes); each phase at its start and end.
    */
   readonly onProgress?: ((progress: Progress) => void) | undefined
   /** The clock relative times (`-15m`) count back from (default `Date.now`). */

@@ -2,9 +2,11 @@
  * `cdp-sync restore --out`: never the receiver's own files (anything inside `--dir`,
  * symbolic links resolved), only a regular file or a new path — a block device only with
  * `--force`, written in place, never renamed over. Each refusal exits 1 with one line on
- * stderr, and nothing of the receiver, nor the target, is touched.
+ * stderr, and nothing of the receiver, nor the target, is touched. And a restore where
+ * WebAssembly is absent (`node --jitless`: no aligned buffers, so no direct reads) writes the
+ * same image.
  */
-import { execFileSync } from "node:child_process"
+import { execFileSync, spawnSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
@@ -147,4 +149,17 @@ describe("restore --out", () => {
       expect(written.subarray(diskBytes).equals(Buffer.alloc(diskBytes, 0xab))).toBe(true)
     }
   )
+})
+
+describe("restore without WebAssembly", () => {
+  it("node --jitless (no aligned buffers: every read through the page cache) writes the same image", async () => {
+    const out = path.join(outside, "jitless.img")
+    const r = spawnSync(
+      process.execPath,
+      ["--jitless", ...(await Proc.entry()), "restore", "--dir", dir, "--at", "latest", "--out", out],
+      { encoding: "utf8", timeout: 120_000 }
+    )
+    expect(r.status, r.stderr).toBe(0)
+    expect(fs.readFileSync(out).equals(latest)).toBe(true)
+  }, 150_000)
 })

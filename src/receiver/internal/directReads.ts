@@ -15,10 +15,13 @@ import * as fs from "node:fs/promises"
 /** Offsets and lengths of direct reads are multiples of this (a page: more than any sector). */
 export const ALIGN = 4096
 const WASM_PAGE = 64 * 1024
-/** WebAssembly's memory (its global is not in this project's type libraries). */
+/**
+ * WebAssembly's memory (its global is not in this project's type libraries; it is absent
+ * under `--jitless`, and then no read is direct).
+ */
 const WasmMemory = (
   globalThis as unknown as {
-    readonly WebAssembly: {
+    readonly WebAssembly?: {
       readonly Memory: new (d: {
         initial: number
         maximum: number
@@ -26,7 +29,7 @@ const WasmMemory = (
       }) => { readonly buffer: SharedArrayBuffer }
     }
   }
-).WebAssembly.Memory
+).WebAssembly?.Memory
 const O_DIRECT: number | undefined = (fsSync.constants as { O_DIRECT?: number }).O_DIRECT
 
 const isEinval = (e: unknown): boolean =>
@@ -44,22 +47,22 @@ export class BufferPool {
   private readonly waiting: Array<(buf: Buffer) => void> = []
   /** Bytes of each buffer (a multiple of `ALIGN`). */
   readonly size: number
-  constructor(
-    size: number,
-    count: number,
-    readonly aligned: boolean
-  ) {
+  /** Whether the buffers start on a page boundary (direct reads may go into them). */
+  readonly aligned: boolean
+  constructor(size: number, count: number, aligned: boolean) {
     this.size = Math.ceil(size / ALIGN) * ALIGN
     const bytes = this.size * count
     const pages = Math.ceil(bytes / WASM_PAGE)
-    const memory = Buffer.from(
-      aligned
-        ? new WasmMemory({ initial: pages, maximum: pages, shared: true }).buffer
-        : new SharedArrayBuffer(bytes),
-      0,
-      bytes
-    )
-    for (let i = count - 1; i >= 0; i--) this.free.push(memory.subarray(i * this.size, (i + 1) * this.size))
+    let memory: SharedArrayBuffer | undefined
+    if (aligned && WasmMemory !== undefined)
+      try {
+        memory = new WasmMemory({ initial: pages, maximum: pages, shared: true }).buffer
+      } catch {
+        // No address space for it (a WebAssembly memory reserves more than it holds).
+      }
+    this.aligned = memory !== undefined
+    const buf = Buffer.from(memory ?? new SharedArrayBuffer(bytes), 0, bytes)
+    for (let i = count - 1; i >= 0; i--) this.free.push(buf.subarray(i * this.size, (i + 1) * this.size))
   }
 
   /** Whether a `take` now would wait. */
@@ -136,9 +139,10 @@ export class ReadFile {
     if (!direct || O_DIRECT === undefined) return undefined
     try {
       return await fs.open(file, fsSync.constants.O_RDONLY | O_DIRECT)
-    } catch (e) {
-      if (isEinval(e)) return undefined
-      throw e
+    } catch {
+      // Refused (EINVAL where the file system has no O_DIRECT), or gone since the first open
+      // (which holds it): read through the page cache.
+      return undefined
     }
   }
 
