@@ -26,11 +26,13 @@
 import type { ChildProcess } from "node:child_process"
 import { createHash, randomBytes } from "node:crypto"
 import * as fs from "node:fs"
-import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
 import { CLI, runChild, spawnReady } from "./internal/children.js"
-import type { BenchRow } from "./table.js"
+import { Effect } from "effect"
+import * as Control from "../dist/internal/control.js"
+import type { FilterDisk } from "../dist/internal/controlProtocol.js"
+import { type BenchRow, overRounds } from "./table.js"
 
 const MiB = 1024 * 1024
 const DISK_BYTES = Number(process.env.CDP_SYNC_BENCH_CHECKSUM_DISK ?? 1024 * MiB)
@@ -39,10 +41,6 @@ const ROUNDS = Number(process.env.CDP_SYNC_BENCH_CHECKSUM_ROUNDS ?? 3)
 const DIFFER = 0.01
 
 const say = (line: string) => process.stderr.write(`  checksum: ${line}\n`)
-const median = (xs: ReadonlyArray<number>) => {
-  const s = [...xs].sort((a, b) => a - b)
-  return s.length % 2 === 1 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2
-}
 const spread = (xs: ReadonlyArray<number>, digits = 2) =>
   `${Math.min(...xs).toFixed(digits)}–${Math.max(...xs).toFixed(digits)}`
 
@@ -155,28 +153,30 @@ const measure = async (dir: string): Promise<ReadonlyArray<BenchRow>> => {
         1
       )} MiB`
     )
+    const mib = (bytes: ReadonlyArray<number>) => bytes.map((b) => b / MiB)
     return [
-      {
-        name: `checksum resync: bytes sent (1 % of the blocks differ; ${ROUNDS} rounds, spread ${spread(
-          sent.checksum.map((b) => b / MiB),
-          1
-        )} MiB)`,
-        value: median(sent.checksum) / MiB,
-        unit: "MiB",
-        baseline: median(sent.full) / MiB,
-        baselineName: "full resync",
-        higherIsBetter: false,
-        target: { ratio: 20, text: "≤ 5 % of the full resync's bytes" }
-      },
-      {
-        name: `checksum resync: time to the replica whole (spread ${spread(times.checksum)} s)`,
-        value: median(times.checksum),
-        unit: "s",
-        baseline: median(times.full),
-        baselineName: `full resync (spread ${spread(times.full)} s)`,
-        higherIsBetter: false,
-        target: { ratio: 1 / 0.3, text: "≤ 0.3× the full resync's time" }
-      },
+      overRounds(
+        {
+          name: `checksum resync: bytes sent (1 % of the blocks differ; ${ROUNDS} rounds)`,
+          unit: "MiB",
+          baselineName: "full resync",
+          higherIsBetter: false,
+          target: { ratio: 20, text: "≤ 5 % of the full resync's bytes" }
+        },
+        mib(sent.checksum),
+        mib(sent.full)
+      ),
+      overRounds(
+        {
+          name: "checksum resync: time to the replica whole",
+          unit: "s",
+          baselineName: "full resync",
+          higherIsBetter: false,
+          target: { ratio: 1 / 0.3, text: "≤ 0.3× the full resync's time" }
+        },
+        times.checksum,
+        times.full
+      ),
       ...(await verifyRows(s, control))
     ]
   } finally {
@@ -229,23 +229,11 @@ const whole = async (control: string, child: ChildProcess): Promise<void> => {
 }
 
 /** The filter's status over its control socket (docs/operations.md, "Status"). */
-const filterStatus = (control: string) =>
-  new Promise<{ mode: string; link: string; dirtyBlocks: number; inFlight: number }>((resolve, reject) => {
-    const socket = net.connect(control)
-    let text = ""
-    socket.setEncoding("utf8")
-    socket.on("error", reject)
-    socket.on("connect", () => socket.write(`${JSON.stringify({ op: "status" })}\n`))
-    socket.on("data", (chunk: string) => {
-      text += chunk
-      const end = text.indexOf("\n")
-      if (end < 0) return
-      socket.destroy()
-      const reply = JSON.parse(text.slice(0, end))
-      if (reply.status === undefined) reject(new Error(text))
-      else resolve(reply.status.disks[0])
-    })
-  })
+const filterStatus = async (control: string) => {
+  const reply = await Effect.runPromise(Control.request(control))
+  if (!("status" in reply)) throw new Error(reply.error.message)
+  return reply.status.disks[0] as FilterDisk | undefined
+}
 
 /** Online verify of the identical replica (the filter running, idle) beside hashing the image alone. */
 const verifyRows = async (s: Setup, control: string): Promise<ReadonlyArray<BenchRow>> => {
@@ -267,15 +255,17 @@ const verifyRows = async (s: Setup, control: string): Promise<ReadonlyArray<Benc
     }
     const rate = (seconds: number) => DISK_BYTES / MiB / seconds
     return [
-      {
-        name: `online verify of an identical replica (spread ${spread(verifySeconds.map(rate), 0)} MiB/s)`,
-        value: rate(median(verifySeconds)),
-        unit: "MiB/s",
-        baseline: rate(median(hashSeconds)),
-        baselineName: `SHA-256 of every block of the image (spread ${spread(hashSeconds.map(rate), 0)} MiB/s)`,
-        higherIsBetter: true,
-        target: { ratio: 0.5, text: "≥ 0.5× hashing the image" }
-      }
+      overRounds(
+        {
+          name: "online verify of an identical replica",
+          unit: "MiB/s",
+          baselineName: "SHA-256 of every block of the image",
+          higherIsBetter: true,
+          target: { ratio: 0.5, text: "≥ 0.5× hashing the image" }
+        },
+        verifySeconds.map(rate),
+        hashSeconds.map(rate)
+      )
     ]
   } finally {
     filter.kill("SIGTERM")
