@@ -11,6 +11,7 @@ import { Console, Effect, Either, Option } from "effect"
 import * as Control from "../internal/control.js"
 import type { FilterDisk, ReceiverDisk, Report, StatusReply } from "../internal/controlProtocol.js"
 import { CONTROL_FILE } from "./internal/control.js"
+import { optionalText } from "./internal/options.js"
 
 const units = ["B", "KiB", "MiB", "GiB", "TiB"]
 
@@ -92,9 +93,6 @@ const ask = (socket: string): Effect.Effect<Answer> =>
     Effect.catchAll((e) => Effect.succeed<Answer>(Either.left({ _tag: e._tag, message: e.message })))
   )
 
-const optional = (name: string, description: string) =>
-  Options.text(name).pipe(Options.optional, Options.withDescription(description))
-
 export const status = Command.make(
   "status",
   {
@@ -104,9 +102,9 @@ export const status = Command.make(
     watch: Options.boolean("watch").pipe(
       Options.withDescription("Ask every second and redraw (a line per disk and update when not a terminal)")
     ),
-    control: optional("control", "The control socket to ask"),
-    journal: optional("journal", `A filter's journal directory (asks its ${CONTROL_FILE})`),
-    dir: optional("dir", `A receiver directory (asks its ${CONTROL_FILE})`)
+    control: optionalText("control", "The control socket to ask"),
+    journal: optionalText("journal", `A filter's journal directory (asks its ${CONTROL_FILE})`),
+    dir: optionalText("dir", `A receiver directory (asks its ${CONTROL_FILE})`)
   },
   (o) =>
     Effect.gen(function* () {

@@ -6,18 +6,14 @@
  * Progress on stderr; the report on stdout. Exit 0 when the replica equals the disk,
  * 1 when blocks differ or the verify cannot run, 2 on a usage error.
  */
-import * as path from "node:path"
 import { Command, Options } from "@effect/cli"
 import { Console, Effect, Option } from "effect"
 import * as Control from "../internal/control.js"
 import type { VerifyReport } from "../internal/controlProtocol.js"
-import { CONTROL_FILE } from "./internal/control.js"
+import { CONTROL_FILE, controlPath } from "./internal/control.js"
 import { formatBytes } from "./statusCommand.js"
-import { json, optionalSize } from "./internal/options.js"
+import { json, optionalSize, optionalText } from "./internal/options.js"
 import { progress } from "./internal/progress.js"
-
-const optional = (name: string, description: string) =>
-  Options.text(name).pipe(Options.optional, Options.withDescription(description))
 
 const plural = (n: number, one: string) => `${n} ${one}${n === 1 ? "" : "s"}`
 
@@ -40,8 +36,8 @@ export const render = (r: VerifyReport): string => {
 export const verify = Command.make(
   "verify",
   {
-    control: optional("control", "The filter's control socket"),
-    journal: optional("journal", `The filter's journal directory (asks its ${CONTROL_FILE})`),
+    control: optionalText("control", "The filter's control socket"),
+    journal: optionalText("journal", `The filter's journal directory (asks its ${CONTROL_FILE})`),
     rate: optionalSize(
       "rate",
       "Read and hash at most this much of the disk per second (e.g. 50MiB; default: no limit)"
@@ -60,9 +56,10 @@ export const verify = Command.make(
         process.exitCode = 2
         return
       }
-      const socket = Option.isSome(o.control)
-        ? o.control.value
-        : path.join(Option.getOrThrow(o.journal), CONTROL_FILE)
+      const socket = controlPath(
+        o.control,
+        Option.getOrElse(o.journal, () => ".")
+      )
       const bar = progress({
         label: "verifying",
         rate: (perSecond) => `${perSecond.toFixed(0)} blocks/s`,

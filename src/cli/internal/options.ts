@@ -33,6 +33,10 @@ export const size = (name: string, fallback: number, description: string) =>
     Options.withDescription(described(description, formatSize(fallback)))
   )
 
+/** A text option that may be left out. */
+export const optionalText = (name: string, description: string) =>
+  Options.text(name).pipe(Options.optional, Options.withDescription(description))
+
 /** A size that may be left out. */
 export const optionalSize = (name: string, description: string) =>
   Options.text(name).pipe(
