@@ -6,7 +6,7 @@
  * prints a line per update; with nothing answering it exits 1 with one stderr line and
  * `{"error": …}` under `--json`; usage errors exit 2.
  */
-import { type ChildProcess, spawn } from "node:child_process"
+import { spawn } from "node:child_process"
 import * as fs from "node:fs/promises"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -17,6 +17,7 @@ import type { FilterDisk, ReceiverDisk, Report } from "../../src/internal/contro
 import * as Nbd from "../../src/nbd/Nbd.js"
 import { pattern } from "../support/nbdHarness.js"
 import * as ReceiverProcess from "../support/receiverProcess.js"
+import { startServe } from "../support/serveProcess.js"
 
 const CLI = path.resolve(import.meta.dirname, "../../dist/cli/main.js")
 const DISK_BYTES = 4 * 1024 * 1024
@@ -58,30 +59,6 @@ const until = async <D>(args: ReadonlyArray<string> | undefined, socket: string,
   return disk
 }
 
-const startServe = async (args: ReadonlyArray<string>) => {
-  const child: ChildProcess = spawn(process.execPath, [CLI, "serve", ...args], {
-    stdio: ["ignore", "pipe", "pipe"]
-  })
-  const out = { stdout: "", stderr: "" }
-  child.stdout!.setEncoding("utf8").on("data", (s: string) => (out.stdout += s))
-  child.stderr!.setEncoding("utf8").on("data", (s: string) => (out.stderr += s))
-  const exited = new Promise<{ code: number | null }>((resolve) =>
-    child.once("exit", (code) => resolve({ code }))
-  )
-  cleanup.push(async () => {
-    if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL")
-    await exited
-  })
-  const port = await new Promise<number>((resolve, reject) => {
-    child.stdout!.on("data", () => {
-      const m = /^listening nbd:\/\/[^:]+:(\d+)\//m.exec(out.stdout)
-      if (m !== null) resolve(Number(m[1]))
-    })
-    void exited.then((e) => reject(new Error(`serve exited (${e.code}) before ready:\n${out.stderr}`)))
-  })
-  return { child, port, exited, out }
-}
-
 const writeSome = (port: number, seed: number) =>
   Effect.runPromise(
     Nbd.withClient({ connect: { host: "127.0.0.1", port }, exportName: "vm" }, (client) =>
@@ -100,22 +77,25 @@ describe("cdp-sync status", () => {
     const journal = path.join(dir, "journal")
     const receiver = await ReceiverProcess.start(receiverDir)
     cleanup.push(() => receiver.kill())
-    const serve = await startServe([
-      "--disk",
-      path.join(dir, "disk.img"),
-      "--disk-size",
-      String(DISK_BYTES),
-      "--receiver",
-      `127.0.0.1:${receiver.port}`,
-      "--journal",
-      journal,
-      "--disk-id",
-      "vm",
-      "--export-name",
-      "vm",
-      "--listen",
-      "127.0.0.1:0"
-    ])
+    const serve = await startServe(
+      [
+        "--disk",
+        path.join(dir, "disk.img"),
+        "--disk-size",
+        String(DISK_BYTES),
+        "--receiver",
+        `127.0.0.1:${receiver.port}`,
+        "--journal",
+        journal,
+        "--disk-id",
+        "vm",
+        "--export-name",
+        "vm",
+        "--listen",
+        "127.0.0.1:0"
+      ],
+      cleanup
+    )
     await writeSome(serve.port, 1)
 
     // The filter: caught up, in sync, link up, the newest record a recovery point.

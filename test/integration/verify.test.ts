@@ -8,7 +8,6 @@
  * latest point equals the disk. A block whose checksum fails instead (the receiver
  * refuses to vouch for it) is found exactly too, and repaired the same way.
  */
-import { type ChildProcess, spawn } from "node:child_process"
 import { randomBytes } from "node:crypto"
 import * as fs from "node:fs"
 import * as os from "node:os"
@@ -20,8 +19,8 @@ import type { FilterDisk } from "../../src/internal/controlProtocol.js"
 import * as Nbd from "../../src/nbd/Nbd.js"
 import { encodeRecordHeader, Kind, RECORD_HEADER_BYTES } from "../../src/receiver/internal/format.js"
 import * as ReceiverProcess from "../support/receiverProcess.js"
+import { startServe } from "../support/serveProcess.js"
 
-const CLI = path.resolve(import.meta.dirname, "../../dist/cli/main.js")
 const BLOCK = 16 * 1024
 const DISK_BYTES = 4 * 1024 * 1024
 const BLOCKS = DISK_BYTES / BLOCK
@@ -30,28 +29,6 @@ const cleanup: Array<() => Promise<unknown>> = []
 afterEach(async () => {
   for (const f of cleanup.splice(0).reverse()) await f()
 })
-
-const startServe = async (args: ReadonlyArray<string>) => {
-  const child: ChildProcess = spawn(process.execPath, [CLI, "serve", ...args], {
-    stdio: ["ignore", "pipe", "pipe"]
-  })
-  const out = { stdout: "", stderr: "" }
-  child.stdout!.setEncoding("utf8").on("data", (s: string) => (out.stdout += s))
-  child.stderr!.setEncoding("utf8").on("data", (s: string) => (out.stderr += s))
-  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()))
-  cleanup.push(async () => {
-    if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL")
-    await exited
-  })
-  const port = await new Promise<number>((resolve, reject) => {
-    child.stdout!.on("data", () => {
-      const m = /^listening nbd:\/\/[^:]+:(\d+)\//m.exec(out.stdout)
-      if (m !== null) resolve(Number(m[1]))
-    })
-    void exited.then(() => reject(new Error(`serve exited before ready:\n${out.stderr}`)))
-  })
-  return { child, port, exited, out }
-}
 
 /** Until the filter says it is in sync, link up, nothing dirty or in flight. */
 const whole = async (socket: string) => {
@@ -111,11 +88,14 @@ const setUp = async () => {
   cleanup.push(() => receiver.kill())
   const journal = path.join(dir, "journal")
   const socket = path.join(journal, "control.sock")
-  const serve = await startServe([
-    ...["--disk", image, "--disk-size", String(DISK_BYTES), "--block-size", String(BLOCK)],
-    ...["--receiver", `127.0.0.1:${receiver.port}`, "--journal", journal, "--disk-id", "vm"],
-    ...["--export-name", "vm", "--listen", "127.0.0.1:0"]
-  ])
+  const serve = await startServe(
+    [
+      ...["--disk", image, "--disk-size", String(DISK_BYTES), "--block-size", String(BLOCK)],
+      ...["--receiver", `127.0.0.1:${receiver.port}`, "--journal", journal, "--disk-id", "vm"],
+      ...["--export-name", "vm", "--listen", "127.0.0.1:0"]
+    ],
+    cleanup
+  )
   // The image held data before the filter started: a full sync sends it all.
   await whole(socket)
   const diskDir = path.join(receiverDir, "vm")
