@@ -78,12 +78,6 @@ export const needsPump = (s: State.State, window: number): boolean =>
     (State.hasObligations(s) && s.flight.blockRecords + s.comparing.length < window) ||
     Decider.canResumeSync(s))
 
-const sameDigest = (a: Uint8Array, b: Uint8Array): boolean => {
-  if (a.byteLength !== b.byteLength) return false
-  for (let i = 0; i < a.byteLength; i++) if (a[i] !== b[i]) return false
-  return true
-}
-
 /**
  * The outcomes of a checksum answer, one per block of its request, in request order:
  * matched when the receiver's digest equals the disk's as read, with the reply's `through`.
@@ -117,7 +111,7 @@ const outcomesOf = (
       Input.comparisonCompleted(
         c.id,
         c.block,
-        whole && sameDigest(c.digest, Wire.digestAt(answer, k)),
+        whole && Buffer.compare(c.digest, Wire.digestAt(answer, k)) === 0,
         answer.through
       )
     )

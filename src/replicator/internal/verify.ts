@@ -114,12 +114,6 @@ const digestsOf = (bytes: Uint8Array, blockSize: number, count: number): Uint8Ar
   return out
 }
 
-const equalAt = (a: Uint8Array, b: Uint8Array, i: number): boolean => {
-  const at = i * Wire.DIGEST_BYTES
-  for (let k = 0; k < Wire.DIGEST_BYTES; k++) if (a[at + k] !== b[at + k]) return false
-  return true
-}
-
 /** Runs of consecutive blocks in ascending `blocks`: `[first, count]`. */
 const runsOf = (blocks: ReadonlyArray<number>): Array<readonly [number, number]> => {
   const runs: Array<[number, number]> = []
@@ -229,7 +223,8 @@ export const verify = (
           }
           judged++
           verified++
-          if (!equalAt(disk, answer.digests, k)) yield* found(block)
+          const read = disk.subarray(k * Wire.DIGEST_BYTES, (k + 1) * Wire.DIGEST_BYTES)
+          if (Buffer.compare(read, Wire.digestAt(answer, k)) !== 0) yield* found(block)
         }
         return again
       })
