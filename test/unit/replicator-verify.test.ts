@@ -173,6 +173,25 @@ describe("online verify's judgement (simulated filter and receiver)", () => {
     expect(refusedAndRepaired).toBeGreaterThan(5)
   })
 
+  it("a reply with the wrong number of digests judges nothing: its blocks are asked again, not reported", () => {
+    const s: Scenario = { blocks: 8, silent: [5], refused: [], moves: [] }
+    const w = world(s, undefined)
+    let truncated = 0
+    const ask = w.port.ask
+    const port: VerifyPort = {
+      ...w.port,
+      ask: (opened, blocks) =>
+        Effect.map(ask(opened, blocks), (answer) => {
+          if (answer?._tag !== "ChecksumReply" || truncated++ > 0) return answer
+          return { ...answer, digests: answer.digests.subarray(0, 32) }
+        })
+    }
+    const result = Effect.runSync(verify(port, { resync: true }))
+    expect(truncated).toBeGreaterThan(1)
+    expect(result).toMatchObject({ differing: [5], verified: 8, rechecked: 8 })
+    expect(w.marked).toEqual([5])
+  })
+
   for (const broken of ["no-touched", "believes-short-answers"] as const)
     it(`a filter that ${broken === "no-touched" ? "does not mark written blocks" : "believes answers that miss earlier writes"} reports blocks that do not differ`, () => {
       const outcome = fc.check(

@@ -193,7 +193,12 @@ export const verify = (
         }
         const answer = yield* port.ask(opened, blocks)
         const held = answer !== undefined && (yield* port.still(opened))
-        if (!held || (answer._tag === "ChecksumReply" && answer.through < opened.decidedBefore)) {
+        // A reply of another size answers another question: it judges nothing.
+        const short =
+          answer?._tag === "ChecksumReply" &&
+          (answer.through < opened.decidedBefore ||
+            answer.digests.byteLength !== blocks.length * Wire.DIGEST_BYTES)
+        if (!held || short) {
           rechecked += blocks.length
           return blocks
         }
