@@ -4,20 +4,24 @@
  * present (decoded and checked against the records). The chain is made in memory — the
  * segments' entries as the chain holds them after reading their `.idx` — so only the
  * `.bix` files are on disk: random 4–64 KiB writes (4 KiB aligned) on a 1 GiB disk, in
- * segments of 64 MiB. Run alone: `npm run build && npx tsx bench/open-point.ts [segments]`.
+ * segments of 64 MiB. Each segment holds its records as columns, as a chain opened read-only
+ * does (`summarizeTable`). Run alone: `npm run build && npx tsx bench/open-point.ts [segments]`.
  */
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import type { Chain, Segment } from "../dist/receiver/internal/chain.js"
+import { EntryTable } from "../dist/receiver/internal/entryTable.js"
 import {
   type IndexEntry,
+  indexName,
   Kind,
   RECORD_HEADER_BYTES,
   SEGMENT_HEADER_BYTES,
   segmentName
 } from "../dist/receiver/internal/format.js"
 import { openPointMap } from "../dist/receiver/internal/point.js"
+import { summarizeTable } from "../dist/receiver/internal/segmentSummary.js"
 
 const DISK = 1 << 30
 const SEGMENT = 64 << 20
@@ -48,17 +52,10 @@ const makeChain = (diskDir: string): Chain => {
       seq++
     }
     records += entries.length
-    list.push({
-      name: segmentName(firstSeq),
-      firstSeq,
-      lastSeq: seq - 1,
-      bytes: offset,
-      records: entries.length,
-      lastTime: seq - 1,
-      lastPoint: undefined,
-      lastMarker: undefined,
-      entries
-    })
+    const name = segmentName(firstSeq)
+    list.push(
+      summarizeTable(name, EntryTable.fromEntries(entries), offset, path.join(diskDir, indexName(name)), true)
+    )
   }
   process.stderr.write(
     `${segments} segments, ${records} records (${((segments * SEGMENT) / 2 ** 30).toFixed(0)} GiB of log)\n`
@@ -96,7 +93,7 @@ try {
   const map = (await time("all .bix present, decoded and checked", () =>
     openPointMap(chain, at, false)
   )) as Awaited<ReturnType<typeof openPointMap>>
-  process.stdout.write(`${map.extents.length} extents in the point's map, ${map.notes.length} notes\n`)
+  process.stdout.write(`${map.table.count} extents in the point's map, ${map.notes.length} notes\n`)
 } finally {
   fs.rmSync(dir, { recursive: true, force: true })
 }

@@ -209,44 +209,35 @@ export const verifyTable = (g: DataGeometry, entries: EntryTable, map: ExtentTab
   // Two passes, each a function of its own (each optimized as such; see `mergeTables`).
   verifyExtents(g, entries, map) ?? verifyCoverage(g, entries, map)
 
-/** The range record `k` wrote, in `range` (false for a marker, which writes none). */
-const rangeOf = (
-  g: DataGeometry,
-  entries: EntryTable,
-  k: number,
-  range: { start: number; end: number }
-): boolean => {
-  const kind = entries.kind[k]
-  if (kind !== Kind.Write && kind !== Kind.Block) return false
-  range.start = kind === Kind.Write ? entries.position[k]! : entries.position[k]! * g.blockSize
-  range.end = range.start + entries.length[k]!
-  return true
-}
-
 /** Sorted and disjoint inside the disk, each extent inside the data record it names at that record's payload byte. */
 const verifyExtents = (g: DataGeometry, entries: EntryTable, map: ExtentTable): MapDefect | undefined => {
   const diskBytes = g.blockSize * g.blockCount
-  const range = { start: 0, end: 0 }
+  // The columns in locals: this runs once per segment, mostly before it is optimized.
+  const { kind, position, length, offset } = entries
+  const { start: starts, end: ends, seq: seqs, fileOffset } = map
   let previousEnd = 0
   for (let i = 0; i < map.count; i++) {
-    const start = map.start[i]!
-    const end = map.end[i]!
-    const seq = map.seq[i]!
+    const start = starts[i]!
+    const end = ends[i]!
+    const seq = seqs[i]!
     if (!(start < end) || start < previousEnd || end > diskBytes)
       return { extent: i, reason: `extent ${start}..${end} is empty, out of order or beyond the disk` }
     previousEnd = end
     const k = entries.indexOf(seq)
-    if (k < 0 || !rangeOf(g, entries, k, range))
+    const data = k >= 0 && (kind[k] === Kind.Write || kind[k] === Kind.Block)
+    if (!data)
       return { extent: i, reason: `extent names seq ${seq}, which is no write or block of the segment` }
-    if (start < range.start || end > range.end)
+    const rangeStart = kind[k] === Kind.Write ? position[k]! : position[k]! * g.blockSize
+    const rangeEnd = rangeStart + length[k]!
+    if (start < rangeStart || end > rangeEnd)
       return {
         extent: i,
-        reason: `extent ${start}..${end} lies outside record ${seq} (${range.start}..${range.end})`
+        reason: `extent ${start}..${end} lies outside record ${seq} (${rangeStart}..${rangeEnd})`
       }
-    if (map.fileOffset[i] !== entries.offset[k]! + RECORD_HEADER_BYTES + (start - range.start))
+    if (fileOffset[i] !== offset[k]! + RECORD_HEADER_BYTES + (start - rangeStart))
       return {
         extent: i,
-        reason: `extent ${start}..${end} names file byte ${map.fileOffset[i]}, not record ${seq}'s payload`
+        reason: `extent ${start}..${end} names file byte ${fileOffset[i]}, not record ${seq}'s payload`
       }
   }
   return undefined
@@ -254,23 +245,35 @@ const verifyExtents = (g: DataGeometry, entries: EntryTable, map: ExtentTable): 
 
 /** Every record's range covered by extents no older than it. */
 const verifyCoverage = (g: DataGeometry, entries: EntryTable, map: ExtentTable): MapDefect | undefined => {
-  const range = { start: 0, end: 0 }
+  const { kind, position, length, seq: recordSeqs } = entries
+  const { start: starts, end: ends, seq: seqs } = map
+  const count = map.count
   for (let k = 0; k < entries.count; k++) {
-    if (!rangeOf(g, entries, k, range)) continue
-    const seq = entries.seq[k]!
-    let cursor = range.start
-    for (let i = map.firstEndingAfter(range.start); cursor < range.end; i++) {
-      if (i >= map.count || map.start[i]! > cursor)
+    if (kind[k] !== Kind.Write && kind[k] !== Kind.Block) continue
+    const rangeStart = kind[k] === Kind.Write ? position[k]! : position[k]! * g.blockSize
+    const rangeEnd = rangeStart + length[k]!
+    const seq = recordSeqs[k]!
+    // The first extent that ends after the range's start.
+    let lo = 0
+    let hi = count
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1
+      if (ends[mid]! <= rangeStart) lo = mid + 1
+      else hi = mid
+    }
+    let cursor = rangeStart
+    for (let i = lo; cursor < rangeEnd; i++) {
+      if (i >= count || starts[i]! > cursor)
         return {
-          extent: i >= map.count ? undefined : i,
+          extent: i >= count ? undefined : i,
           reason: `bytes from ${cursor} written by record ${seq} are in no extent`
         }
-      if (map.seq[i]! < seq)
+      if (seqs[i]! < seq)
         return {
           extent: i,
-          reason: `extent ${map.start[i]}..${map.end[i]} names record ${map.seq[i]}, record ${seq} wrote over it`
+          reason: `extent ${starts[i]}..${ends[i]} names record ${seqs[i]}, record ${seq} wrote over it`
         }
-      cursor = map.end[i]!
+      cursor = ends[i]!
     }
   }
   return undefined

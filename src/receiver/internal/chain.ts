@@ -353,9 +353,9 @@ export const openChain = async (
       summarizeTable(name, table, bytes, indexFile, !recover)
     )
 
-  // Every sealed segment's header and index, checked, read ahead a few at a time; then the
-  // segments are admitted in order, each scanned where its index cannot stand in.
-  const judged = await judgeIndexes(
+  // Every sealed segment's header and index, checked, read a few ahead of the segment being
+  // admitted (in order, each scanned where its index cannot stand in).
+  const judged = judgeIndexes(
     files.slice(0, -1).map(({ name, firstSeq }) => ({
       file: path.join(diskDir, name),
       indexFile: path.join(diskDir, indexName(name)),
@@ -377,7 +377,7 @@ export const openChain = async (
       if (!last) {
         // Every segment's header is checked, even when its index stands in for the scan.
         const indexFile = path.join(diskDir, indexName(name))
-        const { size, index } = judged[i]!
+        const { size, index } = await judged.next(i)
         if (index._tag === "Table") {
           admitTable(name, index.table, size, indexFile)
           continue

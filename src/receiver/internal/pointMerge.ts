@@ -60,16 +60,18 @@ export const mergeTables = (
 const sweep = (map: ExtentTable, segment: number, covered: Covered, out: PieceColumns): void => {
   const c = covered.at
   const count = covered.count
+  // The columns in locals: this runs once per map, mostly before it is optimized.
+  const { start: starts, end: ends, seq: seqs, fileOffset } = map
   let j = 0
   for (let x = 0; x < map.count; x++) {
-    const xStart = map.start[x]!
-    const xEnd = map.end[x]!
+    const xStart = starts[x]!
+    const xEnd = ends[x]!
     while (j < count && c[2 * j + 1]! <= xStart) j++
     let cursor = xStart
     for (let k = j; cursor < xEnd; k++) {
       const from = k < count ? c[2 * k]! : Number.POSITIVE_INFINITY
       const to = from < xEnd ? Math.min(from, xEnd) : xEnd
-      if (to > cursor) out.push(cursor, to, map.seq[x]!, map.fileOffset[x]! + (cursor - xStart), segment)
+      if (to > cursor) out.push(cursor, to, seqs[x]!, fileOffset[x]! + (cursor - xStart), segment)
       if (from >= xEnd) break
       cursor = Math.max(cursor, c[2 * k + 1]!)
     }
@@ -90,19 +92,20 @@ class Covered {
     const c = this.at
     const u = this.spare
     const count = this.count
+    const { start: starts, end: ends } = map
     let n = 0
     let a = 0
     let b = 0
     while (a < count || b < map.count) {
       let start: number
       let end: number
-      if (b >= map.count || (a < count && c[2 * a]! <= map.start[b]!)) {
+      if (b >= map.count || (a < count && c[2 * a]! <= starts[b]!)) {
         start = c[2 * a]!
         end = c[2 * a + 1]!
         a++
       } else {
-        start = map.start[b]!
-        end = map.end[b]!
+        start = starts[b]!
+        end = ends[b]!
         b++
       }
       if (n > 0 && start <= u[2 * n - 1]!) u[2 * n - 1] = Math.max(u[2 * n - 1]!, end)
@@ -149,11 +152,12 @@ class PieceColumns {
       this.t = grown
     }
     const i = this.count++
-    this.t.start[i] = start
-    this.t.end[i] = end
-    this.t.seq[i] = seq
-    this.t.fileOffset[i] = fileOffset
-    this.t.segment[i] = segment
+    const t = this.t
+    t.start[i] = start
+    t.end[i] = end
+    t.seq[i] = seq
+    t.fileOffset[i] = fileOffset
+    t.segment[i] = segment
   }
   /**
    * The pieces sorted by start, given `runs` (the bounds of runs each sorted already: one per

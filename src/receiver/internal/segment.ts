@@ -426,27 +426,43 @@ export const judgeIndex = async (
   }
 }
 
-/** How many sealed segments `judgeIndexes` reads at once (each a few small reads; a file handle each). */
+/** How many sealed segments `judgeIndexes` reads ahead of the one asked for (each a few small reads; a file handle each). */
 const READ_AHEAD = 8
 
+/** Judged indexes, asked for in order (`judgeIndexes`). */
+export interface JudgedIndexes {
+  /** The judgement of segment `i` (asked for in order, each once). */
+  next(i: number): Promise<{ readonly size: number; readonly index: IndexUse }>
+}
+
 /**
- * `judgeIndex` for each of `segments`, in their order, read a few at a time: one after
- * another, the few small reads of each were a good part of opening a long log.
+ * `judgeIndex` for each of `segments`, read a few ahead of the one asked for: one after
+ * another, the few small reads of each were a good part of opening a long log. At most
+ * `READ_AHEAD` are read and held at once (each index into a buffer of its own, used again);
+ * a judgement nobody asks for any more (the caller stopped) still closes its file.
  */
-export const judgeIndexes = async (
+export const judgeIndexes = (
   segments: ReadonlyArray<{ readonly file: string; readonly indexFile: string; readonly firstSeq: number }>
-): Promise<Array<{ readonly size: number; readonly index: IndexUse }>> => {
-  const out = new Array<{ readonly size: number; readonly index: IndexUse }>(segments.length)
-  let next = 0
-  const worker = async () => {
-    // Each index is decoded into columns: the file's bytes are read into the same buffer again.
-    const into = scratch()
-    while (next < segments.length) {
-      const i = next++
-      const s = segments[i]!
-      out[i] = await judgeIndex(s.file, s.indexFile, s.firstSeq, into)
+): JudgedIndexes => {
+  const buffers = Array.from({ length: READ_AHEAD }, scratch)
+  const pending = new Map<number, Promise<{ readonly size: number; readonly index: IndexUse }>>()
+  const start = (i: number) => {
+    const s = segments[i]
+    if (s === undefined || pending.has(i)) return
+    const judged = judgeIndex(s.file, s.indexFile, s.firstSeq, buffers[i % READ_AHEAD])
+    // Caught at once: one left unasked when the caller stops must not be an unhandled rejection.
+    judged.catch(() => undefined)
+    pending.set(i, judged)
+  }
+  for (let i = 0; i < READ_AHEAD; i++) start(i)
+  return {
+    next: async (i) => {
+      start(i)
+      const judged = await pending.get(i)!
+      pending.delete(i)
+      // Its buffer is free again.
+      start(i + READ_AHEAD)
+      return judged
     }
   }
-  await Promise.all(Array.from({ length: Math.min(READ_AHEAD, segments.length) }, worker))
-  return out
 }
