@@ -96,6 +96,10 @@ describe("an application outside the repository, from the packed tarball", () =>
     expect(fs.existsSync(path.join(installed, "LICENSE"))).toBe(true)
     expect(fs.existsSync(path.join(installed, "docs/receiver.md"))).toBe(true)
     expect(fs.existsSync(path.join(installed, "test"))).toBe(false)
+    // The command line's bundle and its code cache, but not the bundle's 12 MB source map.
+    expect(fs.existsSync(path.join(installed, "dist/cli/main.cjs"))).toBe(true)
+    expect(fs.existsSync(path.join(installed, "dist/cli/main.cjs.cache"))).toBe(true)
+    expect(fs.existsSync(path.join(installed, "dist/cli/main.cjs.map"))).toBe(false)
     // What \`npm install\` would put beside it: its dependencies and peers, from this checkout.
     const manifest = JSON.parse(fs.readFileSync(path.join(installed, "package.json"), "utf8")) as {
       dependencies?: Record<string, string>
