@@ -30,6 +30,7 @@ import {
   LogIoError,
   NoRecoveryPointAt,
   NotARecoveryPoint,
+  PointBeyondDamage,
   RestoreTargetRefused
 } from "./internal/errors.js"
 import { isEnoent, realPathOutside } from "./internal/files.js"
@@ -37,7 +38,14 @@ import { openPointMap } from "./internal/point.js"
 import { type Target, writeTarget } from "./internal/replay.js"
 import { type Progress, writePoint } from "./internal/writePoint.js"
 
-export { DiskNotFound, InvalidOption, NoRecoveryPointAt, NotARecoveryPoint, RestoreTargetRefused }
+export {
+  DiskNotFound,
+  InvalidOption,
+  NoRecoveryPointAt,
+  NotARecoveryPoint,
+  PointBeyondDamage,
+  RestoreTargetRefused
+}
 export { type At, type AtSpec, type DiskPoints, parseAt, type Point, type Progress }
 
 /**

@@ -18,6 +18,7 @@ export {
   LogCorrupt,
   LogIoError,
   NotARecoveryPoint,
+  PointBeyondDamage,
   ReceiverLocked
 } from "./internal/errors.js"
 export { blockDigests } from "./Checksums.js"

@@ -103,7 +103,7 @@ interface Expected {
   readonly receiver: ReceiverOutcome
   readonly repair: Repair
   readonly points: { readonly lastSeq: number; readonly stopsAt?: At }
-  readonly restore: ReadonlyArray<readonly [at: number | "latest", outcome: RestoreOutcome]>
+  readonly restore: ReadonlyArray<readonly [at: number | string, outcome: RestoreOutcome]>
   /** Every damage scrub must report (and no other); `[]`: clean. */
   readonly scrub: ReadonlyArray<At>
   readonly scrubNotes?: RegExp
@@ -178,7 +178,9 @@ const rows: ReadonlyArray<Row> = [
         repair: { _tag: "none" },
         points: { lastSeq: 12, stopsAt: damage },
         restore: [
-          ["latest", { image: 8 }],
+          [8, { image: 8 }],
+          // Damage before the end: "latest" cannot be told, and is refused naming the damage.
+          ["latest", { refused: damage }],
           [21, { refused: damage }]
         ],
         scrub: [damage]
@@ -196,7 +198,9 @@ const rows: ReadonlyArray<Row> = [
         repair: { _tag: "none" },
         points: { lastSeq: 20, stopsAt: damage },
         restore: [
-          ["latest", { image: 20 }],
+          [20, { image: 20 }],
+          // Damage before the end: "latest" cannot be told, and is refused naming the damage.
+          ["latest", { refused: damage }],
           [21, { refused: damage }]
         ],
         scrub: [damage, at(indexName(r.file), 8, /describes a segment of \d+ bytes/)]
@@ -214,7 +218,9 @@ const rows: ReadonlyArray<Row> = [
         repair: { _tag: "none" },
         points: { lastSeq: 20, stopsAt: damage },
         restore: [
-          ["latest", { image: 20 }],
+          [20, { image: 20 }],
+          // Damage before the end: "latest" cannot be told, and is refused naming the damage.
+          ["latest", { refused: damage }],
           [22, { refused: damage }]
         ],
         scrub: [at(indexName(r.file), 8, /describes a segment of \d+ bytes/), damage]
@@ -232,7 +238,11 @@ const rows: ReadonlyArray<Row> = [
         repair: { _tag: "none" },
         points: { lastSeq: 12, stopsAt: damage },
         restore: [
-          ["latest", { image: 8 }],
+          [8, { image: 8 }],
+          // Damage before the end: "latest" cannot be told, and is refused naming the damage.
+          ["latest", { refused: damage }],
+          // Nor can a time (a point beyond the damage may be older than it).
+          ["-1s", { refused: damage }],
           [14, { refused: damage }]
         ],
         scrub: [at(indexName(file), 0, /its segment is missing/), damage]
@@ -400,7 +410,9 @@ const rows: ReadonlyArray<Row> = [
         repair: { _tag: "none" },
         points: { lastSeq: 22, stopsAt: damage },
         restore: [
-          ["latest", { image: 22 }],
+          [22, { image: 22 }],
+          // Damage before the end: "latest" cannot be told, and is refused naming the damage.
+          ["latest", { refused: damage }],
           [24, { refused: damage }]
         ],
         scrub: [damage]
@@ -433,7 +445,9 @@ const rows: ReadonlyArray<Row> = [
         repair: { _tag: "none" },
         points: { lastSeq: 21, stopsAt: damage },
         restore: [
-          ["latest", { image: 21 }],
+          [21, { image: 21 }],
+          // Damage before the end: "latest" cannot be told, and is refused naming the damage.
+          ["latest", { refused: damage }],
           [24, { refused: damage }]
         ],
         scrub: [damage]

@@ -16,7 +16,8 @@ import {
   LogCorrupt,
   LogIoError,
   NoRecoveryPointAt,
-  NotARecoveryPoint
+  NotARecoveryPoint,
+  PointBeyondDamage
 } from "./errors.js"
 import { isEnoent } from "./files.js"
 import { FLAG_RECOVERY_POINT, Kind, kindName } from "./format.js"
@@ -138,7 +139,9 @@ export const pointAt = (
   all: ReadonlyArray<Point>,
   spec: AtSpec,
   now: number
-): Effect.Effect<Point, NotARecoveryPoint | NoRecoveryPointAt> => {
+): Effect.Effect<Point, NotARecoveryPoint | NoRecoveryPointAt | PointBeyondDamage> => {
+  const beyond = beyondDamage(chain, spec, () => all.at(-1))
+  if (beyond !== undefined) return Effect.fail(beyond)
   const found = resolveAt(all, spec, now)
   if (found._tag === "Point") return Effect.succeed(found.point)
   if (found._tag === "NoSeq") return Effect.fail(refusal(chain, all, found.seq))
@@ -162,9 +165,32 @@ export const pointOf = (
   chain: Chain,
   spec: AtSpec,
   now: number
-): Effect.Effect<Point, NotARecoveryPoint | NoRecoveryPointAt> => {
+): Effect.Effect<Point, NotARecoveryPoint | NoRecoveryPointAt | PointBeyondDamage> => {
+  const beyond = beyondDamage(chain, spec, () => findPoint(chain, { _tag: "Latest" }, now))
+  if (beyond !== undefined) return Effect.fail(beyond)
   const found = findPoint(chain, spec, now)
   return found === undefined ? pointAt(chain, pointsOf(chain).points, spec, now) : Effect.succeed(found)
+}
+
+/**
+ * On a log read only up to damage, `latest` and a time may name a point beyond it (times
+ * need not ascend across the damage): refused rather than answered with an older point. A
+ * seq is judged as usual (`refusal` says when it lies beyond the readable log).
+ */
+const beyondDamage = (
+  chain: Chain,
+  spec: AtSpec,
+  newestReadable: () => Point | undefined
+): PointBeyondDamage | undefined => {
+  if (chain.damaged === undefined || spec._tag === "Seq") return undefined
+  const newest = newestReadable()
+  return new PointBeyondDamage({
+    diskId: chain.meta.diskId,
+    at: spec._tag === "Latest" ? "latest" : spec.text,
+    damage: chain.damaged,
+    readableThrough: chain.lastSeq,
+    newestReadable: newest === undefined ? undefined : { seq: newest.seq, time: newest.time }
+  })
 }
 
 /** The point `spec` names (`pointOf`), or `undefined` when there is none. */

@@ -105,6 +105,29 @@ export class NoRecoveryPointAt extends Data.TaggedError("NoRecoveryPointAt")<{
   }
 }
 
+/**
+ * `--at latest` or a time, on a log that is damaged before its end: the point it names may
+ * lie beyond the damage, so none is guessed. Points before the damage are named by seq.
+ */
+export class PointBeyondDamage extends Data.TaggedError("PointBeyondDamage")<{
+  readonly diskId: string
+  /** What was asked, as given (`latest`, `-15m`, an ISO 8601 time). */
+  readonly at: string
+  readonly damage: LogCorrupt
+  /** The last seq the log can be read through. */
+  readonly readableThrough: number
+  /** The newest recovery point before the damage, if any. */
+  readonly newestReadable: { readonly seq: number; readonly time: number } | undefined
+}> {
+  override get message() {
+    const readable =
+      this.newestReadable === undefined
+        ? "no recovery point lies before it"
+        : `the newest recovery point before it is seq ${this.newestReadable.seq}${this.newestReadable.time > 0 ? `, received ${new Date(this.newestReadable.time).toISOString()}` : ""}: name it with --at ${this.newestReadable.seq} to use it`
+    return `cannot tell which recovery point --at ${this.at} names on disk ${this.diskId}: the log is readable only through seq ${this.readableThrough}, ${this.damage.message}; ${readable} (cdp-sync scrub lists every damage)`
+  }
+}
+
 /** `restore --out` names something it must not write: the receiver's own files, a device, … */
 export class RestoreTargetRefused extends Data.TaggedError("RestoreTargetRefused")<{
   readonly out: string
