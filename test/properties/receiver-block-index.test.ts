@@ -15,7 +15,8 @@ import fc from "fast-check"
 import { afterEach, describe, expect, it } from "vitest"
 import { openChain } from "../../src/receiver/internal/chain.js"
 import { ReceiverMutants } from "../../src/receiver/internal/mutants.js"
-import { mergeUnder } from "../../src/receiver/internal/blockIndex.js"
+import { buildMap, mergeUnder, recordRange } from "../../src/receiver/internal/blockIndex.js"
+import { type IndexEntry, Kind, RECORD_HEADER_BYTES } from "../../src/receiver/internal/format.js"
 import {
   mergeNewestFirst,
   openPointMap,
@@ -237,6 +238,70 @@ describe("merging a point's segment maps (issue 17)", () => {
         expect(mergeNewestFirst(maps)).toEqual(foldedUnder(maps))
       }),
       { numRuns: 2000, seed: 17 }
+    )
+    expect(result.failed).toBe(true)
+  })
+})
+
+/** Records of one segment over a small disk: writes and blocks, overlapping, touching, nested; markers. */
+const arbitraryEntries = fc
+  .array(
+    fc.record({
+      kind: fc.constantFrom(Kind.Write, Kind.Write, Kind.Write, Kind.Block, Kind.ResyncBegin),
+      position: fc.integer({ min: 0, max: 63 }),
+      length: fc.integer({ min: 0, max: 24 })
+    }),
+    { maxLength: 60 }
+  )
+  .map((records) => {
+    let offset = 32
+    return records.map(({ kind, position, length }, i): IndexEntry => {
+      const data = kind === Kind.Write || kind === Kind.Block
+      const entry: IndexEntry = {
+        seq: 10 + i,
+        kind,
+        flags: 0,
+        epoch: 0,
+        position: kind === Kind.Block ? position % 8 : position,
+        length: data ? (kind === Kind.Block ? 8 : length) : 0,
+        time: 0,
+        offset,
+        crc: 0
+      }
+      offset += RECORD_HEADER_BYTES + entry.length
+      return entry
+    })
+  })
+
+describe("a segment's map (buildMap)", () => {
+  const g = { blockSize: 8, blockCount: 8 }
+  /** The model: each record's range folded under the newer ones, oldest first. */
+  const folded = (entries: ReadonlyArray<IndexEntry>) => {
+    let acc: Array<{ start: number; end: number; seq: number; fileOffset: number }> = []
+    for (const e of entries) {
+      const range = recordRange(g, e)
+      if (range === undefined || range.end === range.start) continue
+      acc = mergeUnder([{ ...range, seq: e.seq, fileOffset: e.offset + RECORD_HEADER_BYTES }], acc)
+    }
+    return acc
+  }
+
+  it("the merge of halves equals folding each record under the newer ones, one by one", () => {
+    fc.assert(
+      fc.property(arbitraryEntries, (entries) => {
+        expect(buildMap(g, entries)).toEqual(folded(entries))
+      }),
+      { numRuns: 3000 }
+    )
+  })
+
+  it("catches a map that keeps the oldest version (mutant)", () => {
+    ReceiverMutants.blockIndexKeepsOldest = true
+    const result = fc.check(
+      fc.property(arbitraryEntries, (entries) => {
+        expect(buildMap(g, entries)).toEqual(folded(entries))
+      }),
+      { numRuns: 3000, seed: 17 }
     )
     expect(result.failed).toBe(true)
   })
