@@ -34,7 +34,7 @@ const metrics = forDisk("d")
 const settings = { diskId: "d", config, holdMillis: 0, metrics }
 
 const fresh = (state = State.initial(config)) =>
-  makeShared({ state, position: 0, maxPendingWrites: 16, activity: undefined })
+  makeShared({ state, position: 0, pending: { bytes: 1 << 20, writes: 16 }, activity: undefined })
 
 /** Lets the forked stage run until `done` holds (bounded: no timing involved). */
 const until = (done: () => boolean) =>
@@ -134,12 +134,13 @@ describe("the journal stage, alone", () => {
             metrics
           })
         )
-        shared.pendingWrites.take(1)
+        shared.pendingWrites.take(1, BS)
         shared.decisions.offer({
           events,
           outgoing,
           barriers: [done],
           writes: 1,
+          writtenBytes: BS,
           extents: undefined,
           after: shared.state
         })
@@ -156,7 +157,7 @@ describe("the journal stage, alone", () => {
     expect(result.queued).toBe(run)
     // Two reads: a run of READ_RUN blocks, then the rest.
     expect(reads).toEqual([READ_RUN * BS, 2 * BS])
-    expect(result.shared.pendingWrites.free()).toBe(16)
+    expect(result.shared.pendingWrites.pending()).toEqual({ writes: 0, bytes: 0 })
   })
 })
 
@@ -210,6 +211,7 @@ describe("Replicator.Options", () => {
       onEvents: undefined,
       switchoverHold: undefined,
       activityExtents: undefined,
+      maxPendingBytes: undefined,
       maxPendingWrites: undefined,
       scheduler: undefined
     }

@@ -279,7 +279,7 @@ export const decideBatch = (shared: Shared, settings: LoopSettings, commands: Re
     // Not adopted (a stale handshake, or one the model refused): the supervisor retries.
     for (const adopted of adoptions) Deferred.unsafeDone(adopted, Exit.succeed(undefined))
     if (events.length > 0 || barriers.length > 0 || writes > 0)
-      shared.decisions.offer({ events, outgoing, barriers, writes, extents, after: s })
+      shared.decisions.offer({ events, outgoing, barriers, writes, writtenBytes, extents, after: s })
     if (writtenBytes > 0) yield* Metric.incrementBy(settings.metrics.bytesWritten, writtenBytes)
     yield* afterBatch(shared, settings, before, s, events)
   })

@@ -30,7 +30,7 @@ import type * as State from "../../domain/State.js"
 import { describeStop, ReplicatorStopped } from "./errors.js"
 import { type ErrorNote, makeBook, type Status, type StatusBook, type StopNote, statusOf } from "./status.js"
 import type * as Activity from "./activity.js"
-import { makeAdmission, makeChanges } from "./admission.js"
+import { type AdmissionBounds, makeAdmission, makeChanges } from "./admission.js"
 
 /** What the decision loop takes from its inbox. */
 export type Command =
@@ -81,8 +81,9 @@ export interface Decision {
   readonly events: ReadonlyArray<Event.Event>
   readonly outgoing: ReadonlyArray<Decided>
   readonly barriers: ReadonlyArray<Deferred.Deferred<void>>
-  /** Guest writes folded in this batch (their pending slots are freed once journaled). */
+  /** Guest writes folded in this batch, and their bytes (freed from the pending bound once journaled). */
   readonly writes: number
+  readonly writtenBytes: number
   /** With an activity log: the extents of those writes, as `[first, last]` pairs. */
   readonly extents: ReadonlyArray<number> | undefined
   /** The state after the batch, for snapshots. */
@@ -219,7 +220,7 @@ export interface Shared {
   readonly pumpSignal: Queue.Queue<void>
 
   // --- Shared by the write path (takes) and the journal stage (releases) -----------------
-  /** Guest writes on the disk whose events are not journaled yet (`maxPendingWrites`). */
+  /** Guest writes on the disk whose events are not journaled yet (`maxPendingBytes`). */
   readonly pendingWrites: ReturnType<typeof makeAdmission<ReplicatorStopped>>
   /** With an activity log: its bookkeeping (write path, journal stage and committer). */
   readonly activity: ActivityShared | undefined
@@ -264,7 +265,7 @@ export const noteError = (shared: Shared, message: string): Effect.Effect<void> 
 export const makeShared = (options: {
   readonly state: State.State
   readonly position: number
-  readonly maxPendingWrites: number
+  readonly pending: AdmissionBounds
   readonly activity: Omit<ActivityShared, "signal" | "commits"> | undefined
   /** The mutant (internal/mutants.ts). */
   readonly everyAckAPoint?: boolean | undefined
@@ -311,7 +312,7 @@ export const makeShared = (options: {
       decisions: Inbox.make(),
       outbox: Inbox.make(),
       pumpSignal: yield* Queue.sliding<void>(1),
-      pendingWrites: makeAdmission(options.maxPendingWrites, stopped),
+      pendingWrites: makeAdmission(options.pending, stopped),
       activity:
         options.activity === undefined
           ? undefined
