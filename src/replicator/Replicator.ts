@@ -27,8 +27,7 @@ import {
   Schedule,
   type Scheduler,
   type Scope,
-  type Stream,
-  SubscriptionRef
+  type Stream
 } from "effect"
 import { ActivityLog } from "../adapters/ActivityLog.js"
 import { EventJournal } from "../adapters/EventJournal.js"
@@ -348,7 +347,7 @@ export const make = (
       write,
       writeAll,
       flush: flush(shared),
-      state: SubscriptionRef.get(shared.stateRef),
+      state: Effect.sync(() => shared.state),
       status: Effect.map(Clock.currentTimeMillis, (now) => statusNow(shared, now)),
       changes: shared.statusRef.changes,
       quiesce: quiesce(shared),

@@ -129,8 +129,15 @@ export interface Shared {
   // --- Written by the decision loop (and by the start-up, before the fibers run) -------
   /** The folded state after the last decided batch; the link supervisor reads it. */
   state: State.State
-  /** `state`, published after every batch: `state`, `quiesce` and the supervisor wait on it. */
-  readonly stateRef: SubscriptionRef.SubscriptionRef<State.State>
+  /**
+   * Fired after every decided batch, once `state` and `statusRef` are published:
+   * `quiesce` and the supervisor wait on it (`untilState`). A plain signal, not a
+   * `SubscriptionRef`: publishing one per batch, and the supervisor's stream over it,
+   * were a share of the filter's Effect runtime per 4 KiB write (docs/performance.md).
+   */
+  readonly decided: ReturnType<typeof makeChanges>
+  /** The last value set on each gauge (`gauges` in decisionLoop.ts): an unchanged one is not set again. */
+  readonly gaugesSet: Float64Array
   /** The `Status` of `state`, published with it (`status`, `changes`). */
   readonly statusRef: SubscriptionRef.SubscriptionRef<Status>
   /**
@@ -277,7 +284,8 @@ export const makeShared = (options: {
     const book = makeBook(state, now, options.everyAckAPoint)
     return {
       state,
-      stateRef: yield* SubscriptionRef.make(state),
+      decided: makeChanges(),
+      gaugesSet: new Float64Array(6).fill(Number.NaN),
       statusRef: yield* SubscriptionRef.make(
         statusOf(state, book, { lastError: undefined, stopped: undefined }, undefined, now)
       ),
@@ -346,6 +354,12 @@ export const stop = (shared: Shared, reason: string, cause: unknown): Effect.Eff
 /** Publishes `state` (and its status) outside a decided batch: at start-up. */
 export const publish = (shared: Shared): Effect.Effect<void> =>
   Effect.gen(function* () {
-    yield* SubscriptionRef.set(shared.stateRef, shared.state)
     yield* SubscriptionRef.set(shared.statusRef, statusNow(shared, yield* Clock.currentTimeMillis))
+    shared.decided.fire()
   })
+
+/** Waits until the published state satisfies `holds` (checked now, then after every decided batch). */
+export const untilState = (shared: Shared, holds: (s: State.State) => boolean): Effect.Effect<void> =>
+  Effect.suspend(() =>
+    holds(shared.state) ? Effect.void : Effect.zipRight(shared.decided.next(), untilState(shared, holds))
+  )

@@ -180,12 +180,30 @@ export const makeWritePath = (
   }
 
   return {
+    // Uninterruptible from the check on: the fast path admits synchronously, and an
+    // interruption between its admission and the disk write would leak the admission.
+    // The waits of the slow path (admitFrom) are interruptible, as before.
     write: (offset, bytes) =>
-      Effect.suspend(() => {
-        const checked = check(offset, bytes)
-        if (checked instanceof WriteRejected) return Effect.fail(checked)
-        return admit([checked])
-      }),
+      Effect.uninterruptible(
+        Effect.suspend(() => {
+          const checked = check(offset, bytes)
+          if (checked instanceof WriteRejected) return Effect.fail(checked)
+          // The common case in one step, without the admission loop: nothing to wait for.
+          const length = checked.data.bytes.length
+          if (
+            activity === undefined &&
+            !shared.hasStopped &&
+            !shared.held &&
+            !pendingWrites.isClosing() &&
+            pendingWrites.fits(1, length) &&
+            (mutants.skipOverlapGate || gate.blockerOf(checked.first, checked.last) === undefined)
+          ) {
+            pendingWrites.take(1, length)
+            return writeRun([checked], [gate.enter(checked.first, checked.last)], 0, 0, 1)
+          }
+          return admit([checked])
+        })
+      ),
     writeAll: (writes) =>
       Effect.suspend(() => {
         const checked: Array<Admissible> = []
