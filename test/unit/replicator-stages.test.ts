@@ -8,7 +8,7 @@
  * The stage modules are imported before Replicator.ts on purpose: they import the
  * errors and metrics from it, and it imports them back.
  */
-import { Chunk, Deferred, Effect, Either, Fiber, Layer, Stream, SubscriptionRef } from "effect"
+import { Chunk, Deferred, Effect, Either, Fiber, Layer, Stream } from "effect"
 import { describe, expect, it } from "vitest"
 import { decideBatch } from "../../src/replicator/internal/decisionLoop.js"
 import { journalStage, READ_RUN } from "../../src/replicator/internal/journalStage.js"
@@ -58,7 +58,7 @@ describe("the decision loop, alone", () => {
     )
     expect(shared.state.nextSeq).toBe(2)
     expect(shared.state.flight.size).toBe(1)
-    expect((await Effect.runPromise(SubscriptionRef.get(shared.statusRef))).lagRecords).toBe(1)
+    expect(shared.statusRef.get().lagRecords).toBe(1)
     expect(shared.decisions.size()).toBe(1)
     const [decision] = await Effect.runPromise(shared.decisions.takeAll)
     expect(decision!.events).toEqual([{ type: "WriteStreamed", seq: 1, offset: BS, length: BS }])

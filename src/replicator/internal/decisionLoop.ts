@@ -335,7 +335,7 @@ const afterBatch = (
       yield* Metric.incrementBy(settings.metrics.blocksMatched, matched - counted.matched)
     if (sent > counted.sent) yield* Metric.incrementBy(settings.metrics.checksumSent, sent - counted.sent)
     const status = statusNow(shared, now)
-    yield* SubscriptionRef.set(shared.statusRef, status)
+    yield* shared.statusRef.set(status)
     shared.decided.fire()
     const order = gaugeOrder(settings.metrics)
     const gauges = [

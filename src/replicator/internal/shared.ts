@@ -31,6 +31,7 @@ import { describeStop, ReplicatorStopped } from "./errors.js"
 import { type ErrorNote, makeBook, type Status, type StatusBook, type StopNote, statusOf } from "./status.js"
 import type * as Activity from "./activity.js"
 import { type AdmissionBounds, makeAdmission, makeChanges } from "./admission.js"
+import * as Published from "./published.js"
 
 /** What the decision loop takes from its inbox. */
 export type Command =
@@ -138,8 +139,8 @@ export interface Shared {
   readonly decided: ReturnType<typeof makeChanges>
   /** The last value set on each gauge (`gauges` in decisionLoop.ts): an unchanged one is not set again. */
   readonly gaugesSet: Float64Array
-  /** The `Status` of `state`, published with it (`status`, `changes`). */
-  readonly statusRef: SubscriptionRef.SubscriptionRef<Status>
+  /** The `Status` of `state`, published with it (`changes`). */
+  readonly statusRef: Published.Published<Status>
   /**
    * Changes whenever the link is lost, shows a gap, or is restored: records decided in
    * an older session are not sent (the sender compares).
@@ -286,7 +287,7 @@ export const makeShared = (options: {
       state,
       decided: makeChanges(),
       gaugesSet: new Float64Array(6).fill(Number.NaN),
-      statusRef: yield* SubscriptionRef.make(
+      statusRef: yield* Published.make(
         statusOf(state, book, { lastError: undefined, stopped: undefined }, undefined, now)
       ),
       session: 0,
@@ -343,7 +344,7 @@ export const stop = (shared: Shared, reason: string, cause: unknown): Effect.Eff
             detail: described.startsWith(`${reason}: `) ? described.slice(reason.length + 2) : "",
             at
           }
-          return SubscriptionRef.set(shared.statusRef, statusNow(shared, at))
+          return shared.statusRef.set(statusNow(shared, at))
         })
       ),
       Effect.zipRight(Effect.logDebug("replicator stop cause", cause)),
@@ -354,7 +355,7 @@ export const stop = (shared: Shared, reason: string, cause: unknown): Effect.Eff
 /** Publishes `state` (and its status) outside a decided batch: at start-up. */
 export const publish = (shared: Shared): Effect.Effect<void> =>
   Effect.gen(function* () {
-    yield* SubscriptionRef.set(shared.statusRef, statusNow(shared, yield* Clock.currentTimeMillis))
+    yield* shared.statusRef.set(statusNow(shared, yield* Clock.currentTimeMillis))
     shared.decided.fire()
   })
 
