@@ -11,7 +11,7 @@
  * in order — records go to the sender in seq order, block reads start only after
  * their `BlockSent` is durable. The loop decides the next batch while the journal
  * syncs. A guest write returns once the disk has it; it waits for the journal only
- * when too many writes are not yet journaled (`maxPendingWrites`), and never for the
+ * when too many bytes of writes are not yet journaled (`maxPendingBytes`), and never for the
  * network. Closing the replicator journals every write the disk took before it. The
  * link supervisor connects with capped exponential backoff and jitter, turns acks and
  * gaps into inputs, and watches for ack timeouts.
@@ -27,8 +27,7 @@ import {
   Schedule,
   type Scheduler,
   type Scope,
-  type Stream,
-  SubscriptionRef
+  type Stream
 } from "effect"
 import { ActivityLog } from "../adapters/ActivityLog.js"
 import { EventJournal } from "../adapters/EventJournal.js"
@@ -144,8 +143,17 @@ export interface Options {
    */
   readonly activityExtents?: number | undefined
   /**
-   * Guest writes on the disk whose events are not yet journaled; a write beyond this
-   * waits for the journal (not for the network). Default 1024.
+   * Bytes of guest writes on the disk whose events are not yet journaled; a write beyond
+   * this waits for the journal (not for the network). Each holds a copy of its data until
+   * it is sent, so this bounds that memory whatever the write size. A write larger than
+   * the bound goes alone. Default 32 MiB (8192 writes of 4 KiB, 512 of 64 KiB).
+   */
+  readonly maxPendingBytes?: number | undefined
+  /**
+   * @deprecated Bound the pending writes by bytes (`maxPendingBytes`): a count let 1024
+   * small writes wait for a slow journal commit while holding little memory. Still
+   * honoured when given: a write then also waits while this many writes are pending.
+   * Default: no bound on the count.
    */
   readonly maxPendingWrites?: number | undefined
   /**
@@ -223,6 +231,19 @@ export const extentRanges: (
   diskBytes: number
 ) => Array<{ readonly offset: number; readonly length: number }> = Recovery.extentRanges
 
+/** The pending-write bounds of `options`; dies on a bound that is not a positive integer. */
+const pendingBounds = (options: Options): Effect.Effect<{ bytes: number; writes: number }> => {
+  const bytes = options.maxPendingBytes ?? 32 * 1024 * 1024
+  const writes = options.maxPendingWrites ?? Number.POSITIVE_INFINITY
+  for (const [name, value] of [
+    ["maxPendingBytes", bytes],
+    ["maxPendingWrites", writes]
+  ] as const)
+    if (!(value === Number.POSITIVE_INFINITY || (Number.isSafeInteger(value) && value > 0)))
+      return Effect.dieMessage(`${name} must be a positive integer, not ${value}`)
+  return Effect.succeed({ bytes, writes })
+}
+
 export const make = (
   options: Options
 ): Effect.Effect<Replicator.Service, StartError, VirtualDisk | EventJournal | LogReceiver | Scope.Scope> =>
@@ -257,7 +278,7 @@ export const make = (
     const shared = yield* makeShared({
       state: yield* Recovery.recover(journal, config),
       position: yield* journal.position,
-      maxPendingWrites: options.maxPendingWrites ?? 1024,
+      pending: yield* pendingBounds(options),
       everyAckAPoint: mutants.everyAckAPoint,
       activity:
         activityLog === undefined
@@ -326,7 +347,7 @@ export const make = (
       write,
       writeAll,
       flush: flush(shared),
-      state: SubscriptionRef.get(shared.stateRef),
+      state: Effect.sync(() => shared.state),
       status: Effect.map(Clock.currentTimeMillis, (now) => statusNow(shared, now)),
       changes: shared.statusRef.changes,
       quiesce: quiesce(shared),

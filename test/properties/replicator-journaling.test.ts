@@ -5,8 +5,9 @@
  *   loses nothing), on the real file journal; the mutant that closes without
  *   draining fails the same property;
  * - `flush` makes every earlier write durable in the journal;
- * - a write waits for the journal only beyond `maxPendingWrites`, and never for
- *   the network (a receiver that never acks does not hold it);
+ * - a write waits for the journal only beyond `maxPendingBytes` of writes not yet
+ *   journaled (or the deprecated `maxPendingWrites`), never for a count of small
+ *   writes, and never for the network (a receiver that never acks does not hold it);
  * - after closing, or once the journal failed, a write is refused before it touches
  *   the disk;
  * - `writeAll` (a guest queue's batch): the same, and a batch with one bad write is
@@ -179,6 +180,75 @@ describe("guest writes and the filter's journal", () => {
     })
     await Effect.runPromise(Effect.scoped(program))
   })
+
+  /** A replicator whose journal appends wait while the returned latch is closed (after start-up). */
+  const withGatedJournal = (options: Partial<Replicator.Options>) =>
+    Effect.gen(function* () {
+      const memory = EventJournal.makeMemory(EventJournal.makeMemoryStore())
+      const open = yield* Effect.makeLatch(true)
+      const gated = Layer.succeed(EventJournal.EventJournal, {
+        ...memory,
+        append: (events) => open.await.pipe(Effect.zipRight(memory.append(events)))
+      })
+      const context = yield* Layer.build(
+        Replicator.layer({ diskId: "d", config, ...options }).pipe(
+          Layer.provideMerge(
+            Layer.mergeAll(
+              VirtualDisk.layerMemory(config),
+              gated,
+              LogReceiver.layerMemory({ ack: "on-flush" })
+            )
+          )
+        )
+      )
+      const replicator = yield* Effect.provide(Replicator.Replicator, context)
+      // Start-up journals the link loss of a fresh start; from here on nothing becomes durable.
+      yield* open.close
+      // Opened before the replicator closes (which journals every pending write), so a failed test ends.
+      yield* Effect.addFinalizer(() => open.open)
+      return { replicator, open, journal: memory }
+    })
+
+  it("the writes not yet journaled are bounded by their bytes (maxPendingBytes), not their number", async () => {
+    const program = Effect.gen(function* () {
+      const { replicator, open, journal } = yield* withGatedJournal({ maxPendingBytes: 4 * BS })
+      // 4 KiB and 8 KiB pending: 12 KiB of 16, two writes.
+      yield* replicator.write(0, new Uint8Array(BS).fill(1))
+      yield* replicator.write(2 * BS, new Uint8Array(2 * BS).fill(2))
+      // Another 8 KiB would make 20 KiB: it waits for the journal, and so does a 4 KiB write after it.
+      const third = yield* Effect.fork(replicator.write(8 * BS, new Uint8Array(2 * BS).fill(3)))
+      yield* Effect.sleep("50 millis")
+      expect(third.unsafePoll()).toBeNull()
+      yield* open.open
+      yield* Fiber.join(third)
+      yield* replicator.flush
+      const events = [...(yield* Stream.runCollect(journal.read(0)))].map((e) => e.event)
+      expect(writeEvents(events)).toEqual(["0+4096", "8192+8192", "32768+8192"])
+    })
+    await Effect.runPromise(Effect.scoped(program))
+  })
+
+  it("small writes are not held by a count: 2048 writes of 4 KiB return with nothing journaled", async () => {
+    const program = Effect.gen(function* () {
+      // The default bound (32 MiB) is 8192 such writes; the old count bound was 1024.
+      const { replicator, open } = yield* withGatedJournal({})
+      const data = new Uint8Array(BS).fill(5)
+      yield* Effect.forEach(
+        Array.from({ length: 2048 }, (_, i) => i),
+        (i) => replicator.write((i % BLOCKS) * BS, data),
+        { discard: true }
+      ).pipe(
+        // Generous: without the count bound they take milliseconds; with it the 1025th never returns.
+        Effect.timeoutFail({
+          duration: "20 seconds",
+          onTimeout: () => new Error("a write waited for the journal")
+        })
+      )
+      yield* open.open
+      yield* replicator.flush
+    })
+    await Effect.runPromise(Effect.scoped(program))
+  }, 60_000)
 
   it("after closing, a write is refused before it touches the disk", async () => {
     const program = Effect.gen(function* () {

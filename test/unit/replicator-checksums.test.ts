@@ -295,7 +295,7 @@ describe("checksum-based resync in the replicator", () => {
 describe("checksum requests in the stages", () => {
   const metrics = forDisk("d")
   const fresh = (state = State.initial(config)) =>
-    makeShared({ state, position: 0, maxPendingWrites: 16, activity: undefined })
+    makeShared({ state, position: 0, pending: { bytes: 1 << 20, writes: 16 }, activity: undefined })
 
   it("the journal stage puts each request where its comparisons were decided, blocks read after, in increasing runs", async () => {
     const disk = VirtualDisk.makeMemory(config)

@@ -8,7 +8,7 @@
  * The stage modules are imported before Replicator.ts on purpose: they import the
  * errors and metrics from it, and it imports them back.
  */
-import { Chunk, Deferred, Effect, Either, Fiber, Layer, Stream, SubscriptionRef } from "effect"
+import { Chunk, Deferred, Effect, Either, Fiber, Layer, Stream } from "effect"
 import { describe, expect, it } from "vitest"
 import { decideBatch } from "../../src/replicator/internal/decisionLoop.js"
 import { journalStage, READ_RUN } from "../../src/replicator/internal/journalStage.js"
@@ -34,7 +34,7 @@ const metrics = forDisk("d")
 const settings = { diskId: "d", config, holdMillis: 0, metrics }
 
 const fresh = (state = State.initial(config)) =>
-  makeShared({ state, position: 0, maxPendingWrites: 16, activity: undefined })
+  makeShared({ state, position: 0, pending: { bytes: 1 << 20, writes: 16 }, activity: undefined })
 
 /** Lets the forked stage run until `done` holds (bounded: no timing involved). */
 const until = (done: () => boolean) =>
@@ -58,7 +58,7 @@ describe("the decision loop, alone", () => {
     )
     expect(shared.state.nextSeq).toBe(2)
     expect(shared.state.flight.size).toBe(1)
-    expect(await Effect.runPromise(SubscriptionRef.get(shared.stateRef))).toBe(shared.state)
+    expect(shared.statusRef.get().lagRecords).toBe(1)
     expect(shared.decisions.size()).toBe(1)
     const [decision] = await Effect.runPromise(shared.decisions.takeAll)
     expect(decision!.events).toEqual([{ type: "WriteStreamed", seq: 1, offset: BS, length: BS }])
@@ -134,12 +134,13 @@ describe("the journal stage, alone", () => {
             metrics
           })
         )
-        shared.pendingWrites.take(1)
+        shared.pendingWrites.take(1, BS)
         shared.decisions.offer({
           events,
           outgoing,
           barriers: [done],
           writes: 1,
+          writtenBytes: BS,
           extents: undefined,
           after: shared.state
         })
@@ -156,7 +157,7 @@ describe("the journal stage, alone", () => {
     expect(result.queued).toBe(run)
     // Two reads: a run of READ_RUN blocks, then the rest.
     expect(reads).toEqual([READ_RUN * BS, 2 * BS])
-    expect(result.shared.pendingWrites.free()).toBe(16)
+    expect(result.shared.pendingWrites.pending()).toEqual({ writes: 0, bytes: 0 })
   })
 })
 
@@ -210,6 +211,7 @@ describe("Replicator.Options", () => {
       onEvents: undefined,
       switchoverHold: undefined,
       activityExtents: undefined,
+      maxPendingBytes: undefined,
       maxPendingWrites: undefined,
       scheduler: undefined
     }

@@ -1,6 +1,6 @@
 /**
- * The replicator's admission of guest writes (at most so many on the disk and not yet
- * journaled), and the waiting helpers it shares with the activity log's commits.
+ * The replicator's admission of guest writes (at most so many bytes on the disk and not
+ * yet journaled), and the waiting helpers it shares with the activity log's commits.
  */
 import { Deferred, Effect, Exit, FiberId } from "effect"
 
@@ -32,20 +32,34 @@ export const makeChanges = () => {
   }
 }
 
+/** The bounds on guest writes on the disk and not yet journaled. */
+export interface AdmissionBounds {
+  /** Their bytes, at most (each holds a copy of its data until it is sent). */
+  readonly bytes: number
+  /** Their number, at most (`Infinity`: bounded by bytes alone). */
+  readonly writes: number
+}
+
 /**
- * Admission of guest writes: at most `max` on the disk and not yet journaled. Closing
- * refuses new writes and waits until those admitted are journaled. Admitting and
- * releasing are synchronous (they run per write); only waiting is an effect.
+ * Admission of guest writes: at most `bounds.bytes` (and `bounds.writes` writes) on the
+ * disk and not yet journaled. A write larger than the byte bound is admitted alone, once
+ * nothing else is pending, so it waits rather than never going. Closing refuses new writes
+ * and waits until those admitted are journaled. Admitting and releasing are synchronous
+ * (they run per write); only waiting is an effect.
  */
-export const makeAdmission = <S>(max: number, stopped: Deferred.Deferred<void, S>) => {
+export const makeAdmission = <S>(bounds: AdmissionBounds, stopped: Deferred.Deferred<void, S>) => {
+  const maxBytes = bounds.bytes
+  const maxWrites = bounds.writes
   let pending = 0
+  let pendingBytes = 0
   let closing = false
   const changes = makeChanges()
   /** Until the next release after this call (see `makeChanges`). */
   const waitForChange = (): Effect.Effect<void, S> => orStopped(changes.next(), stopped)
-  const release = (n: number): void => {
+  const release = (n: number, bytes: number): void => {
     if (n === 0) return
     pending -= n
+    pendingBytes -= bytes
     changes.fire()
   }
   const drained: Effect.Effect<void, S> = Effect.suspend(() =>
@@ -53,12 +67,16 @@ export const makeAdmission = <S>(max: number, stopped: Deferred.Deferred<void, S
   )
   return {
     isClosing: () => closing,
-    /** Slots free now. */
-    free: (): number => Math.max(0, max - pending),
-    /** Takes `n` free slots. */
-    take: (n: number): void => {
+    /** Whether `n` more writes of `bytes` in all may be admitted now. */
+    fits: (n: number, bytes: number): boolean =>
+      (pending + n <= maxWrites && pendingBytes + bytes <= maxBytes) || (pending === 0 && n === 1),
+    /** Admits `n` writes of `bytes` in all (checked with `fits`). */
+    take: (n: number, bytes: number): void => {
       pending += n
+      pendingBytes += bytes
     },
+    /** Writes and bytes pending now. */
+    pending: () => ({ writes: pending, bytes: pendingBytes }),
     waitForChange,
     release,
     close: Effect.suspend(() => {

@@ -279,10 +279,13 @@ export const decideBatch = (shared: Shared, settings: LoopSettings, commands: Re
     // Not adopted (a stale handshake, or one the model refused): the supervisor retries.
     for (const adopted of adoptions) Deferred.unsafeDone(adopted, Exit.succeed(undefined))
     if (events.length > 0 || barriers.length > 0 || writes > 0)
-      shared.decisions.offer({ events, outgoing, barriers, writes, extents, after: s })
+      shared.decisions.offer({ events, outgoing, barriers, writes, writtenBytes, extents, after: s })
     if (writtenBytes > 0) yield* Metric.incrementBy(settings.metrics.bytesWritten, writtenBytes)
     yield* afterBatch(shared, settings, before, s, events)
   })
+
+/** The gauges published per batch, in the order of `Shared.gaugesSet`. */
+const gaugeOrder = (m: Metrics) => [m.mode, m.epoch, m.dirtyBlocks, m.dirtyBytes, m.lagRecords, m.lagSeconds]
 
 /** Records in flight and comparisons waiting: what the watchdog waits on. */
 const outstanding = (s: State.State): number => s.flight.size + s.comparing.length
@@ -332,15 +335,24 @@ const afterBatch = (
       yield* Metric.incrementBy(settings.metrics.blocksMatched, matched - counted.matched)
     if (sent > counted.sent) yield* Metric.incrementBy(settings.metrics.checksumSent, sent - counted.sent)
     const status = statusNow(shared, now)
-    yield* SubscriptionRef.set(shared.stateRef, after)
-    yield* SubscriptionRef.set(shared.statusRef, status)
-    const metrics = settings.metrics
-    yield* Metric.set(metrics.mode, after.mode === "sync" ? 0 : 1)
-    yield* Metric.set(metrics.epoch, after.epoch)
-    yield* Metric.set(metrics.dirtyBlocks, status.dirtyBlocks)
-    yield* Metric.set(metrics.dirtyBytes, status.dirtyBlocks * settings.config.blockSize)
-    yield* Metric.set(metrics.lagRecords, status.lagRecords)
-    yield* Metric.set(metrics.lagSeconds, status.lagMillis / 1000)
+    yield* shared.statusRef.set(status)
+    shared.decided.fire()
+    const order = gaugeOrder(settings.metrics)
+    const gauges = [
+      after.mode === "sync" ? 0 : 1,
+      after.epoch,
+      status.dirtyBlocks,
+      status.dirtyBlocks * settings.config.blockSize,
+      status.lagRecords,
+      status.lagMillis / 1000
+    ]
+    // Only the gauges that changed: in a live stream most stay as they were, batch after batch.
+    for (let i = 0; i < gauges.length; i++) {
+      const value = gauges[i]!
+      if (value === shared.gaugesSet[i]) continue
+      shared.gaugesSet[i] = value
+      yield* Metric.set(order[i]!, value)
+    }
     yield* switchover(shared, { holdMillis: settings.holdMillis, window: settings.config.window }, after, now)
     if (!shared.pumpPending && needsPump(after, settings.config.window)) {
       shared.pumpPending = true

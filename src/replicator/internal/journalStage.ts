@@ -60,6 +60,7 @@ export const journalStage = (
         if (settings.onEvents !== undefined) yield* settings.onEvents(events)
       }
       let writes = 0
+      let writtenBytes = 0
       for (const decision of taken) {
         yield* act(
           shared,
@@ -68,6 +69,7 @@ export const journalStage = (
           early ? decision.outgoing.filter((o) => !isComparison(o)) : decision.outgoing
         )
         writes += decision.writes
+        writtenBytes += decision.writtenBytes
         for (const done of decision.barriers) yield* Deferred.succeed(done, undefined)
         // Journaled: the activity log may let these extents go.
         const extents = decision.extents
@@ -78,7 +80,7 @@ export const journalStage = (
       // An overfull log (every extent was busy) lets idle extents go without waiting for
       // a write to ask for a new one.
       if (shared.activity?.tracker.hasWork() === true) shared.activity.signal.offer(undefined)
-      shared.pendingWrites.release(writes)
+      shared.pendingWrites.release(writes, writtenBytes)
       if (shared.sinceSnapshot >= settings.snapshotEvery) {
         yield* journal
           .saveSnapshot(State.toSnapshot(taken[taken.length - 1]!.after), shared.position)

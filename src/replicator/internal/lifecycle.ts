@@ -2,12 +2,12 @@
  * Flush, quiesce and close: the waits a caller runs on its own fiber, and the finalizer
  * that closes the replicator with its scope.
  */
-import { Deferred, Effect, Fiber, Stream } from "effect"
+import { Deferred, Effect, Fiber } from "effect"
 import type { EventJournal } from "../../adapters/EventJournal.js"
 import * as State from "../../domain/State.js"
 import type { ReplicatorStopped } from "./errors.js"
 import { orStopped } from "./admission.js"
-import type { Shared } from "./shared.js"
+import { type Shared, untilState } from "./shared.js"
 
 /** Waits until every write that returned before it is folded and its event durable in the journal. */
 export const flush = (shared: Shared): Effect.Effect<void, ReplicatorStopped> =>
@@ -26,11 +26,7 @@ export const quiesce = (shared: Shared): Effect.Effect<void, ReplicatorStopped> 
   flush(shared).pipe(
     Effect.zipRight(
       orStopped(
-        shared.stateRef.changes.pipe(
-          Stream.filter((s) => State.isQuiescent(s)),
-          Stream.take(1),
-          Stream.runDrain
-        ),
+        untilState(shared, (s) => State.isQuiescent(s)),
         shared.stopped
       )
     ),

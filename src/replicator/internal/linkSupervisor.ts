@@ -10,7 +10,7 @@ import type { ConnectError, LogReceiver } from "../../adapters/LogReceiver.js"
 import type { Config } from "../../domain/Config.js"
 import * as Input from "../../domain/Input.js"
 import { orStopped } from "./admission.js"
-import { type Command, noteError, type Shared, stop } from "./shared.js"
+import { type Command, noteError, type Shared, stop, untilState } from "./shared.js"
 
 export interface LinkSettings {
   readonly diskId: string
@@ -21,12 +21,7 @@ export interface LinkSettings {
 }
 
 /** Until the model says the link is down. */
-const linkDown = (shared: Shared): Effect.Effect<void> =>
-  shared.stateRef.changes.pipe(
-    Stream.filter((s) => s.link === "down"),
-    Stream.take(1),
-    Stream.runDrain
-  )
+const linkDown = (shared: Shared): Effect.Effect<void> => untilState(shared, (s) => s.link === "down")
 
 /** One connection, from the handshake until it is lost, times out, or the loop lets it go; says why it ended. */
 export const runConnection = (shared: Shared, receiver: LogReceiver.Service, settings: LinkSettings) =>
@@ -138,7 +133,10 @@ export const linkSupervisor = (
 ): Effect.Effect<void> =>
   Effect.gen(function* () {
     const connectError = connectErrors()
-    for (;;) {
+    // A stopped replicator connects no more (a refusal would only be met again). Checked
+    // here too, not only by the race below: `linkDown` returns at once when the link is
+    // already down, so the loop may go round without yielding to that race.
+    while (!shared.hasStopped) {
       // Connect only while the model says the link is down.
       yield* linkDown(shared)
       yield* runConnection(shared, receiver, settings).pipe(

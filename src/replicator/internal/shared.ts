@@ -30,7 +30,8 @@ import type * as State from "../../domain/State.js"
 import { describeStop, ReplicatorStopped } from "./errors.js"
 import { type ErrorNote, makeBook, type Status, type StatusBook, type StopNote, statusOf } from "./status.js"
 import type * as Activity from "./activity.js"
-import { makeAdmission, makeChanges } from "./admission.js"
+import { type AdmissionBounds, makeAdmission, makeChanges } from "./admission.js"
+import * as Published from "./published.js"
 
 /** What the decision loop takes from its inbox. */
 export type Command =
@@ -81,8 +82,9 @@ export interface Decision {
   readonly events: ReadonlyArray<Event.Event>
   readonly outgoing: ReadonlyArray<Decided>
   readonly barriers: ReadonlyArray<Deferred.Deferred<void>>
-  /** Guest writes folded in this batch (their pending slots are freed once journaled). */
+  /** Guest writes folded in this batch, and their bytes (freed from the pending bound once journaled). */
   readonly writes: number
+  readonly writtenBytes: number
   /** With an activity log: the extents of those writes, as `[first, last]` pairs. */
   readonly extents: ReadonlyArray<number> | undefined
   /** The state after the batch, for snapshots. */
@@ -128,10 +130,17 @@ export interface Shared {
   // --- Written by the decision loop (and by the start-up, before the fibers run) -------
   /** The folded state after the last decided batch; the link supervisor reads it. */
   state: State.State
-  /** `state`, published after every batch: `state`, `quiesce` and the supervisor wait on it. */
-  readonly stateRef: SubscriptionRef.SubscriptionRef<State.State>
-  /** The `Status` of `state`, published with it (`status`, `changes`). */
-  readonly statusRef: SubscriptionRef.SubscriptionRef<Status>
+  /**
+   * Fired after every decided batch, once `state` and `statusRef` are published:
+   * `quiesce` and the supervisor wait on it (`untilState`). A plain signal, not a
+   * `SubscriptionRef`: publishing one per batch, and the supervisor's stream over it,
+   * were a share of the filter's Effect runtime per 4 KiB write (docs/performance.md).
+   */
+  readonly decided: ReturnType<typeof makeChanges>
+  /** The last value set on each gauge (`gauges` in decisionLoop.ts): an unchanged one is not set again. */
+  readonly gaugesSet: Float64Array
+  /** The `Status` of `state`, published with it (`changes`). */
+  readonly statusRef: Published.Published<Status>
   /**
    * Changes whenever the link is lost, shows a gap, or is restored: records decided in
    * an older session are not sent (the sender compares).
@@ -219,7 +228,7 @@ export interface Shared {
   readonly pumpSignal: Queue.Queue<void>
 
   // --- Shared by the write path (takes) and the journal stage (releases) -----------------
-  /** Guest writes on the disk whose events are not journaled yet (`maxPendingWrites`). */
+  /** Guest writes on the disk whose events are not journaled yet (`maxPendingBytes`). */
   readonly pendingWrites: ReturnType<typeof makeAdmission<ReplicatorStopped>>
   /** With an activity log: its bookkeeping (write path, journal stage and committer). */
   readonly activity: ActivityShared | undefined
@@ -264,7 +273,7 @@ export const noteError = (shared: Shared, message: string): Effect.Effect<void> 
 export const makeShared = (options: {
   readonly state: State.State
   readonly position: number
-  readonly maxPendingWrites: number
+  readonly pending: AdmissionBounds
   readonly activity: Omit<ActivityShared, "signal" | "commits"> | undefined
   /** The mutant (internal/mutants.ts). */
   readonly everyAckAPoint?: boolean | undefined
@@ -276,8 +285,9 @@ export const makeShared = (options: {
     const book = makeBook(state, now, options.everyAckAPoint)
     return {
       state,
-      stateRef: yield* SubscriptionRef.make(state),
-      statusRef: yield* SubscriptionRef.make(
+      decided: makeChanges(),
+      gaugesSet: new Float64Array(6).fill(Number.NaN),
+      statusRef: yield* Published.make(
         statusOf(state, book, { lastError: undefined, stopped: undefined }, undefined, now)
       ),
       session: 0,
@@ -311,7 +321,7 @@ export const makeShared = (options: {
       decisions: Inbox.make(),
       outbox: Inbox.make(),
       pumpSignal: yield* Queue.sliding<void>(1),
-      pendingWrites: makeAdmission(options.maxPendingWrites, stopped),
+      pendingWrites: makeAdmission(options.pending, stopped),
       activity:
         options.activity === undefined
           ? undefined
@@ -334,7 +344,7 @@ export const stop = (shared: Shared, reason: string, cause: unknown): Effect.Eff
             detail: described.startsWith(`${reason}: `) ? described.slice(reason.length + 2) : "",
             at
           }
-          return SubscriptionRef.set(shared.statusRef, statusNow(shared, at))
+          return shared.statusRef.set(statusNow(shared, at))
         })
       ),
       Effect.zipRight(Effect.logDebug("replicator stop cause", cause)),
@@ -345,6 +355,12 @@ export const stop = (shared: Shared, reason: string, cause: unknown): Effect.Eff
 /** Publishes `state` (and its status) outside a decided batch: at start-up. */
 export const publish = (shared: Shared): Effect.Effect<void> =>
   Effect.gen(function* () {
-    yield* SubscriptionRef.set(shared.stateRef, shared.state)
-    yield* SubscriptionRef.set(shared.statusRef, statusNow(shared, yield* Clock.currentTimeMillis))
+    yield* shared.statusRef.set(statusNow(shared, yield* Clock.currentTimeMillis))
+    shared.decided.fire()
   })
+
+/** Waits until the published state satisfies `holds` (checked now, then after every decided batch). */
+export const untilState = (shared: Shared, holds: (s: State.State) => boolean): Effect.Effect<void> =>
+  Effect.suspend(() =>
+    holds(shared.state) ? Effect.void : Effect.zipRight(shared.decided.next(), untilState(shared, holds))
+  )

@@ -1,6 +1,6 @@
 /**
  * The write path, run on the caller's fiber: a guest write is checked, copied, admitted
- * (a pending-write slot, no overlap with a write in progress, its extents in the
+ * (room among the writes not yet journaled, no overlap with a write in progress, its extents in the
  * activity log, no switchover hold), written to the disk, and queued for the loop as a
  * completed write. It returns once the disk has it, and never waits for the network.
  */
@@ -75,7 +75,7 @@ export const makeWritePath = (
   /**
    * Runs uninterruptibly, waits excepted: once a disk write starts it must be folded,
    * and an interruption in between would leave data on the disk that no event accounts
-   * for. Admits the longest run from `from` that has pending slots and overlaps no write
+   * for. Admits the longest run from `from` that fits the pending bound and overlaps no write
    * in progress (its own included), writes it, and goes on with the rest. Checks are
    * synchronous: the filter's own cost per guest write must stay small beside a 4 KiB
    * disk write.
@@ -91,12 +91,16 @@ export const makeWritePath = (
       if (shared.held)
         return Effect.zipRight(Effect.interruptible(waitWhileHeld(shared)), admitFrom(writes, from, hold))
       if (pendingWrites.isClosing()) return Effect.fail(closed)
-      const slots = pendingWrites.free()
-      if (slots === 0) return Effect.zipRight(pendingWrites.waitForChange(), admitFrom(writes, from, hold))
       const entries: Array<GateEntry> = []
       let to = from
-      for (; to < writes.length && to - from < slots; to++) {
+      let bytes = 0
+      for (; to < writes.length; to++) {
         const w = writes[to]!
+        const length = w.data.bytes.length
+        if (!pendingWrites.fits(to - from + 1, bytes + length)) {
+          if (to > from) break
+          return Effect.zipRight(pendingWrites.waitForChange(), admitFrom(writes, from, hold))
+        }
         const blocker = mutants.skipOverlapGate ? undefined : gate.blockerOf(w.first, w.last)
         if (blocker !== undefined) {
           if (to > from) break
@@ -124,8 +128,9 @@ export const makeWritePath = (
           }
         }
         entries.push(gate.enter(w.first, w.last))
+        bytes += length
       }
-      pendingWrites.take(to - from)
+      pendingWrites.take(to - from, bytes)
       const written = writeRun(writes, entries, from, from, to)
       return to === writes.length ? written : Effect.zipRight(written, admitFrom(writes, to, hold))
     })
@@ -158,7 +163,9 @@ export const makeWritePath = (
           const w = writes[from + k]!
           if (activity !== undefined && k > i - from) activity.tracker.leave(w.firstExtent, w.lastExtent)
         }
-        pendingWrites.release(to - i)
+        let unwritten = 0
+        for (let k = i; k < to; k++) unwritten += writes[k]!.data.bytes.length
+        pendingWrites.release(to - i, unwritten)
         return Effect.failCause(cause)
       },
       onSuccess: () => {
@@ -173,12 +180,30 @@ export const makeWritePath = (
   }
 
   return {
+    // Uninterruptible from the check on: the fast path admits synchronously, and an
+    // interruption between its admission and the disk write would leak the admission.
+    // The waits of the slow path (admitFrom) are interruptible, as before.
     write: (offset, bytes) =>
-      Effect.suspend(() => {
-        const checked = check(offset, bytes)
-        if (checked instanceof WriteRejected) return Effect.fail(checked)
-        return admit([checked])
-      }),
+      Effect.uninterruptible(
+        Effect.suspend(() => {
+          const checked = check(offset, bytes)
+          if (checked instanceof WriteRejected) return Effect.fail(checked)
+          // The common case in one step, without the admission loop: nothing to wait for.
+          const length = checked.data.bytes.length
+          if (
+            activity === undefined &&
+            !shared.hasStopped &&
+            !shared.held &&
+            !pendingWrites.isClosing() &&
+            pendingWrites.fits(1, length) &&
+            (mutants.skipOverlapGate || gate.blockerOf(checked.first, checked.last) === undefined)
+          ) {
+            pendingWrites.take(1, length)
+            return writeRun([checked], [gate.enter(checked.first, checked.last)], 0, 0, 1)
+          }
+          return admit([checked])
+        })
+      ),
     writeAll: (writes) =>
       Effect.suspend(() => {
         const checked: Array<Admissible> = []
