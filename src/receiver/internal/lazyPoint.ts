@@ -90,6 +90,8 @@ export const openLazyPointReader = async (
   const g = geometryOf(chain)
   const diskBytes = g.blockSize * g.blockCount
   const maps: Array<Promise<ExtentTable> | undefined> = used.map(() => undefined)
+  /** The maps checked so far, by `used` index: a read takes these without waiting a turn. */
+  const ready: Array<ExtentTable | undefined> = used.map(() => undefined)
 
   /** The map of `used[u]`: the records after the base through the point, or the `.bix` checked (rebuilt when it fails). */
   const build = async (u: number): Promise<ExtentTable> => {
@@ -115,7 +117,12 @@ export const openLazyPointReader = async (
     if (map === undefined) {
       map = build(u)
       // A failure is the read's that awaits it; checkAll's is its own.
-      map.catch(() => undefined)
+      map.then(
+        (t) => {
+          ready[u] = t
+        },
+        () => undefined
+      )
       maps[u] = map
     }
     return map
@@ -129,8 +136,9 @@ export const openLazyPointReader = async (
     const pieces: Array<Piece> = []
     let rest: Array<readonly [number, number]> = [[offset, end]]
     for (let u = 0; u < used.length && rest.length > 0; u++) {
-      const t = await mapOf(ReceiverMutants.lazyPointOldestFirst ? used.length - 1 - u : u)
-      const segment = used[ReceiverMutants.lazyPointOldestFirst ? used.length - 1 - u : u]!.i
+      const v = ReceiverMutants.lazyPointOldestFirst ? used.length - 1 - u : u
+      const t = ready[v] ?? (await mapOf(v))
+      const segment = used[v]!.i
       const uncovered: Array<readonly [number, number]> = []
       for (const [a, b] of rest) {
         let cursor = a
@@ -155,6 +163,7 @@ export const openLazyPointReader = async (
   }
 
   const payload = recordPayloads(chain, handles)
+  let closed = false
   return {
     seq,
     diskBytes,
@@ -177,13 +186,15 @@ export const openLazyPointReader = async (
       return out
     },
     checkAll: async () => {
-      for (let u = 0; u < used.length; u++) {
+      // Stops once the reader is closed (its files are).
+      for (let u = 0; u < used.length && !closed; u++) {
         await mapOf(u)
         // Reads waiting meanwhile go first.
         await new Promise((resolve) => setImmediate(resolve))
       }
     },
     close: async () => {
+      closed = true
       payload.clear()
       await closeAll()
     }
