@@ -24,6 +24,9 @@ import {
   segmentsOf
 } from "./point.js"
 
+/** How many `.bix` files are read ahead of the maps being checked. */
+const BIX_READ_AHEAD = 8
+
 /** A point read through its segments' maps, each checked when a read first needs it. */
 export interface LazyPointReader {
   readonly seq: number
@@ -93,13 +96,32 @@ export const openLazyPointReader = async (
   /** The maps checked so far, by `used` index: a read takes these without waiting a turn. */
   const ready: Array<ExtentTable | undefined> = used.map(() => undefined)
 
+  // The `.bix` files of the newest sealed segments, read ahead of the reads that check them
+  // (a read needs the newest maps first), a few at a time; each caught at once (one nobody
+  // asks for must not be an unhandled rejection).
+  const bixReads = new Map<number, Promise<Buffer | undefined>>()
+  const readBix = (u: number) => {
+    const next = used[u]
+    if (next === undefined || !next.whole || bixReads.has(u)) return
+    const read = readIfExists(path.join(chain.diskDir, blockIndexName(chain.segments[next.i]!.name)))
+    read.catch(() => undefined)
+    bixReads.set(u, read)
+  }
+  for (let u = 0; u < BIX_READ_AHEAD; u++) readBix(u)
+  const bixOf = (u: number): Promise<Buffer | undefined> => {
+    readBix(u)
+    const read = bixReads.get(u)!
+    bixReads.delete(u)
+    readBix(u + BIX_READ_AHEAD)
+    return read
+  }
+
   /** The map of `used[u]`: the records after the base through the point, or the `.bix` checked (rebuilt when it fails). */
   const build = async (u: number): Promise<ExtentTable> => {
     const { i, whole } = used[u]!
     const segment = chain.segments[i]!
     if (!whole) return ExtentTable.fromExtents(buildMap(g, entriesThrough(segment, chain.base.seq, seq)))
-    const file = path.join(chain.diskDir, blockIndexName(segment.name))
-    const bytes = await readIfExists(file)
+    const bytes = await bixOf(u)
     // A fold may have removed the segment (and its `.bix`) since: rebuilt from the records
     // read when the chain was opened, and not written beside a segment that is no longer there.
     const writeBack = write && (await sameFile(handles.get(i)!, path.join(chain.diskDir, segment.name)))
