@@ -23,6 +23,7 @@ import {
   sealedTable,
   segmentsOf
 } from "./point.js"
+import { firstEndingAfter as firstPieceEndingAfter, mergeTables, type PointTable } from "./pointMerge.js"
 
 /** How many `.bix` files are read ahead of the maps being checked. */
 const BIX_READ_AHEAD = 8
@@ -157,6 +158,27 @@ export const openLazyPointReader = async (
   ): Promise<{ pieces: Array<Piece>; rest: Array<readonly [number, number]> }> => {
     const pieces: Array<Piece> = []
     let rest: Array<readonly [number, number]> = [[offset, end]]
+    if (merged !== undefined) {
+      // Every map checked: one lookup in the merged map, as `openPointReader` reads.
+      const t = merged
+      rest = []
+      let cursor = offset
+      for (let j = firstPieceEndingAfter(t, offset); j < t.count && t.start[j]! < end; j++) {
+        const start = Math.max(cursor, t.start[j]!)
+        const stop = Math.min(end, t.end[j]!)
+        if (start > cursor) rest.push([cursor, start])
+        pieces.push({
+          start,
+          end: stop,
+          segment: t.segment[j]!,
+          seq: t.seq[j]!,
+          fileOffset: t.fileOffset[j]! + (start - t.start[j]!)
+        })
+        cursor = stop
+      }
+      if (cursor < end) rest.push([cursor, end])
+      return { pieces, rest }
+    }
     for (let u = 0; u < used.length && rest.length > 0; u++) {
       const v = ReceiverMutants.lazyPointOldestFirst ? used.length - 1 - u : u
       const t = ready[v] ?? (await mapOf(v))
@@ -186,6 +208,8 @@ export const openLazyPointReader = async (
 
   const payload = recordPayloads(chain, handles)
   let closed = false
+  /** Every map, merged, once `checkAll` has checked them all. */
+  let merged: PointTable | undefined
   return {
     seq,
     diskBytes,
@@ -214,6 +238,9 @@ export const openLazyPointReader = async (
         // Reads waiting meanwhile go first.
         await new Promise((resolve) => setImmediate(resolve))
       }
+      // Then merged (newest first): later reads look once, not through every map.
+      if (!closed && !ReceiverMutants.lazyPointOldestFirst)
+        merged ??= mergeTables(used.map(({ i }, u) => ({ map: ready[u]!, segment: i })))
     },
     close: async () => {
       closed = true
