@@ -69,7 +69,7 @@ export interface Mounted {
   /**
    * Block indexes rebuilt so far (missing, damaged or at odds with their segment), each also
    * logged at `INFO` as it is: a segment's `.bix` is checked when a read first needs it, and
-   * the rest behind the reads (`CHECK_BEHIND_DELAY` after the point is opened).
+   * the rest behind the reads (from a second after the point is opened).
    */
   readonly rebuilt: ReadonlyArray<Note>
   /** The overlay file when there is one (the device is then writable). */
@@ -178,7 +178,7 @@ const acquireOverlay = (dir: string, file: string, identity: OverlayIdentity) =>
   )
 
 /** How long after the point is opened the maps no read has needed yet are checked (the first reads go first). */
-export const CHECK_BEHIND_DELAY = "1 second"
+const CHECK_BEHIND_DELAY = "1 second"
 
 /**
  * The point `at` names, opened for reading until the scope closes (`openLazyPointReader`:
