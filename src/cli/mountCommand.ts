@@ -52,8 +52,6 @@ export const mount = Command.make(
             overlay: Option.getOrUndefined(o.overlay),
             maxConnections: o.maxConnections
           })
-          for (const note of mounted.rebuilt)
-            yield* Effect.logInfo(note.message).pipe(Effect.annotateLogs(note.annotations))
           const { seq, time, kind } = mounted.point
           yield* Effect.logInfo(
             `mounted disk ${mounted.diskId} at seq ${seq} (received ${formatTime(time)}, ${kind}), ${

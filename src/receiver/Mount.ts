@@ -1,7 +1,8 @@
 /**
  * A recovery point as a block device (`cdp-sync mount`, docs/receiver.md "Mounting a
  * recovery point"): the disk at one point of a receiver directory, read through the block
- * index (`openPointMap`, `openPointReader`) without materialising the image, and served
+ * index without materialising the image (`openLazyPointReader`: each segment's `.bix` checked
+ * when a read first needs it, not all of them merged before the first byte), and served
  * read-only over NBD by the same server as `cdp-sync serve` (`Nbd.serveMount`, in the NBD
  * front end: this module knows nothing of NBD).
  *
@@ -18,13 +19,22 @@
  * see them over the point, and the receiver's files are never written.
  */
 import * as path from "node:path"
-import { Effect } from "effect"
+import { Effect, Runtime } from "effect"
 import type { Note } from "./internal/chain.js"
-import { type At, attempt, openPointAt, type Point } from "./internal/chainPoints.js"
+import {
+  type At,
+  attempt,
+  type Point,
+  pointOf,
+  readChain,
+  resolve,
+  retryingFolds,
+  specOf
+} from "./internal/chainPoints.js"
 import { LogCorrupt, LogIoError } from "./internal/errors.js"
 import { realPathOutside } from "./internal/files.js"
+import { type LazyPointReader, openLazyPointReader } from "./internal/lazyPoint.js"
 import { type Overlay, type OverlayIdentity, openOverlay, OverlayRefused } from "./internal/overlay.js"
-import type { PointReader } from "./internal/point.js"
 
 export type { At, Point }
 export { OverlayRefused }
@@ -56,7 +66,11 @@ export interface Mounted {
   readonly point: Point
   /** The disk's size in bytes. */
   readonly bytes: number
-  /** Block indexes rebuilt when the point was opened (missing, damaged or at odds with their segment). */
+  /**
+   * Block indexes rebuilt so far (missing, damaged or at odds with their segment), each also
+   * logged at `INFO` as it is: a segment's `.bix` is checked when a read first needs it, and
+   * the rest behind the reads (from a second after the point is opened).
+   */
   readonly rebuilt: ReadonlyArray<Note>
   /** The overlay file when there is one (the device is then writable). */
   readonly overlay: string | undefined
@@ -94,7 +108,7 @@ const warnOfFailure =
     )
 
 const readOf =
-  (reader: PointReader, file: string): Under =>
+  (reader: LazyPointReader, file: string): Under =>
   (offset, length) =>
     attempt(file, "read", () => reader.read(offset, length)).pipe(
       Effect.tapError(warnOfFailure(offset, length))
@@ -114,7 +128,7 @@ const readOnlyDevice = (bytes: number, under: Under): PointDevice => ({
  * The point with `overlay` over it: reads fall through to the point where the overlay holds
  * nothing, writes and flushes go to the overlay file only.
  */
-const overlayDevice = (bytes: number, overlay: Overlay, reader: PointReader): PointDevice => {
+const overlayDevice = (bytes: number, overlay: Overlay, reader: LazyPointReader): PointDevice => {
   const below = (offset: number, length: number) => reader.read(offset, length)
   return {
     size: bytes,
@@ -163,15 +177,61 @@ const acquireOverlay = (dir: string, file: string, identity: OverlayIdentity) =>
       )
   )
 
+/** How long after the point is opened the maps no read has needed yet are checked (the first reads go first). */
+const CHECK_BEHIND_DELAY = "1 second"
+
+/**
+ * The point `at` names, opened for reading until the scope closes (`openLazyPointReader`:
+ * nothing of the block index is read before the first read needs it); a fold that raced the
+ * opening is retried. Each `.bix` rebuilt is added to `rebuilt` and logged.
+ */
+const openLazyPointAt = (options: MountOptions, rebuilt: Array<Note>) =>
+  Effect.gen(function* () {
+    const spec = yield* specOf(options.at)
+    const now = (options.now ?? Date.now)()
+    const [disk] = yield* resolve(options.dir, options.diskId, true)
+    const { diskDir, meta } = disk!
+    const runtime = yield* Effect.runtime<never>()
+    const onNote = (note: Note) => {
+      rebuilt.push(note)
+      Runtime.runFork(runtime)(Effect.logInfo(note.message).pipe(Effect.annotateLogs(note.annotations)))
+    }
+    const opened = yield* retryingFolds(
+      diskDir,
+      "read",
+      Effect.gen(function* () {
+        const chain = yield* readChain(diskDir, meta)
+        const point = yield* pointOf(chain, spec, now)
+        const reader = yield* Effect.acquireRelease(
+          attempt(diskDir, "read", () => openLazyPointReader(chain, point.seq, true, onNote)),
+          (r) => (r === undefined ? Effect.void : Effect.promise(() => r.close()))
+        )
+        return reader === undefined ? undefined : { reader, point }
+      })
+    )
+    return { diskDir, meta, ...opened }
+  })
+
 /**
  * Opens the point `at` names as a block device until the scope closes (which closes its
  * files): read-only, or writable through `overlay`. A seq that is no recovery point, or a
  * time before every point, is refused as `restore` refuses it (the nearest points named).
  */
 export const open = Effect.fn("Receiver.mount")(function* (options: MountOptions) {
-  const opened = yield* openPointAt({ ...options, writeIndexes: true })
-  const { diskDir, meta } = opened
-  const bytes = opened.reader.diskBytes
+  const rebuilt: Array<Note> = []
+  const opened = yield* openLazyPointAt(options, rebuilt)
+  const { diskDir, meta, reader } = opened
+  const bytes = reader.diskBytes
+  // Behind the first reads: every map checked (damage in a `.bix` noted and rebuilt), so a
+  // mount left serving has read its whole index once.
+  yield* Effect.forkScoped(
+    Effect.sleep(CHECK_BEHIND_DELAY).pipe(
+      Effect.zipRight(attempt(diskDir, "read", () => reader.checkAll())),
+      Effect.catchAll((e) =>
+        Effect.logWarning(`mount: checking the block index behind the reads failed: ${e.message}`)
+      )
+    )
+  )
   const overlay =
     options.overlay === undefined
       ? undefined
@@ -185,12 +245,12 @@ export const open = Effect.fn("Receiver.mount")(function* (options: MountOptions
     diskId: meta.diskId,
     point: opened.point,
     bytes,
-    rebuilt: opened.notes,
+    rebuilt,
     overlay: overlay?.file,
     device:
       overlay === undefined
-        ? readOnlyDevice(bytes, readOf(opened.reader, diskDir))
-        : overlayDevice(bytes, overlay, opened.reader)
+        ? readOnlyDevice(bytes, readOf(reader, diskDir))
+        : overlayDevice(bytes, overlay, reader)
   }
   return mounted
 })

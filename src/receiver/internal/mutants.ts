@@ -10,6 +10,10 @@ export const ReceiverMutants = {
   blockIndexKeepsOldest: false,
   /** Opening a point merges its segments' maps without growing the union of the newer ones: an older segment's extent shows through a newer one. */
   pointMergeForgetsNewer: false,
+  /** A mount's lazy reader looks in its segments' maps oldest first: an older version shows through a newer one. */
+  lazyPointOldestFirst: false,
+  /** A mount's lazy reader takes a `.bix` that decodes (CRC and form) without checking it against its segment's records. */
+  lazyPointTrustsBix: false,
   /** `latest`, a seq or a time resolved without listing the points takes records folded into the base for points. */
   pointOfKeepsFolded: false,
   /** A restore that writes every base byte, also those the log overrides (written twice). */

@@ -56,17 +56,17 @@ export interface PointMap {
   readonly notes: ReadonlyArray<Note>
 }
 
-const geometryOf = (chain: { readonly meta: DataGeometry }) => ({
+export const geometryOf = (chain: { readonly meta: DataGeometry }) => ({
   blockSize: chain.meta.blockSize,
   blockCount: chain.meta.blockCount
 })
 
 /** The records of `segment` after the base through `seq`. */
-const entriesThrough = (segment: Segment, baseSeq: number, seq: number): ReadonlyArray<IndexEntry> =>
+export const entriesThrough = (segment: Segment, baseSeq: number, seq: number): ReadonlyArray<IndexEntry> =>
   (segment.entries ?? []).filter((e) => e.seq > baseSeq && e.seq <= seq)
 
 /** Writes a rebuilt `.bix` aside and renames it; a reader that cannot write (a read-only copy) goes on without. */
-const writeBestEffort = async (file: string, bytes: Buffer): Promise<void> => {
+export const writeBestEffort = async (file: string, bytes: Buffer): Promise<void> => {
   const temp = `${file}.${process.pid}.tmp`
   try {
     await fs.writeFile(temp, bytes)
@@ -143,7 +143,7 @@ export const sealedMap = async (
 }
 
 /** `sealedMap` as columns, from the `.bix`'s `bytes` (`undefined`: missing). */
-const sealedTable = async (
+export const sealedTable = async (
   chain: { readonly diskDir: string; readonly meta: DataGeometry },
   segment: Segment,
   bytes: Uint8Array | undefined,
@@ -167,6 +167,27 @@ export interface IndexingProgress {
   readonly total: number
 }
 
+/**
+ * The segments the point `seq` reads from, newest first (as `mergeTables` takes their maps):
+ * `whole` ones (sealed, wholly after the base and at or before the point) through their
+ * `.bix`, the others (the one holding the point, one the base cuts into, the active one)
+ * from their records after the base through the point (`entriesThrough`).
+ */
+export const segmentsOf = (
+  chain: Chain,
+  seq: number
+): ReadonlyArray<{ readonly i: number; readonly whole: boolean }> => {
+  const last = chain.segments.length - 1
+  const used: Array<{ readonly i: number; readonly whole: boolean }> = []
+  for (let i = last; i >= 0; i--) {
+    const segment = chain.segments[i]!
+    if (segment.lastSeq <= chain.base.seq) break
+    if (segment.firstSeq > seq) continue
+    used.push({ i, whole: i < last && segment.lastSeq <= seq && segment.firstSeq > chain.base.seq })
+  }
+  return used
+}
+
 /** How many `.bix` files opening a point reads ahead of the one it checks. */
 const BIX_READ_AHEAD = 8
 
@@ -185,17 +206,9 @@ export const openPointMap = async (
 ): Promise<PointMap> => {
   const g = geometryOf(chain)
   const notes: Array<Note> = []
-  const last = chain.segments.length - 1
-  const used: Array<{ readonly i: number; readonly whole: boolean }> = []
+  const used = segmentsOf(chain, seq)
   let total = 0
-  for (let i = last; i >= 0; i--) {
-    const segment = chain.segments[i]!
-    if (segment.lastSeq <= chain.base.seq) break
-    if (segment.firstSeq > seq) continue
-    const whole = i < last && segment.lastSeq <= seq && segment.firstSeq > chain.base.seq
-    used.push({ i, whole })
-    if (whole) total += segment.bytes
-  }
+  for (const u of used) if (u.whole) total += chain.segments[u.i]!.bytes
   // The `.bix` files, read a few ahead of the one being checked, each into the buffer of its
   // slot (each is decoded into columns; fresh memory for each is pages the system must map).
   // Each read is caught at once: one left unawaited when a check throws must not be an
@@ -406,6 +419,33 @@ export const payloadIndex = (segment: Segment, x: Extent): number => {
 /** How many records a reader keeps decoded (a record split by later writes is read once). */
 const RECORD_CACHE = 64
 
+/** Where a piece of a point lies: its record's payload, checked (`readRecord`), and the byte of it the piece starts at. */
+export interface RecordPayloads {
+  (segment: number, seq: number, fileOffset: number): Promise<{ readonly data: Buffer; readonly at: number }>
+  clear(): void
+}
+
+/**
+ * The payloads a reader serves, read from the segments `handles` holds open (by the chain's
+ * segment number) and checked, the last `RECORD_CACHE` kept.
+ */
+export const recordPayloads = (chain: Chain, handles: ReadonlyMap<number, fs.FileHandle>): RecordPayloads => {
+  const cache = new Map<string, Buffer>()
+  const payload = async (s: number, seq: number, fileOffset: number) => {
+    const segment = chain.segments[s]!
+    const key = `${s}:${seq}`
+    let data = cache.get(key)
+    if (data === undefined) {
+      data = await readRecord(chain, segment, handles.get(s)!, seq)
+      if (cache.size >= RECORD_CACHE) cache.delete(cache.keys().next().value!)
+      cache.set(key, data)
+    }
+    const entries = segment.entries ?? []
+    return { data, at: fileOffset - (entries[entryOf(entries, seq)]!.offset + RECORD_HEADER_BYTES) }
+  }
+  return Object.assign(payload, { clear: () => cache.clear() })
+}
+
 /**
  * A reader of the point `map` describes. It holds the base and the segments open from the
  * start, so a retention fold that replaces or removes them later does not change what it
@@ -424,23 +464,8 @@ export const openPointReader = async (map: PointMap): Promise<PointReader | unde
   }
   const g = geometryOf(map.chain)
   const diskBytes = g.blockSize * g.blockCount
-  const cache = new Map<string, Buffer>()
   const t = map.table
-  /** The payload of the record extent `i` names, checked (`readRecord`), and where `start[i]` lies in it. */
-  const payload = async (i: number): Promise<{ readonly data: Buffer; readonly at: number }> => {
-    const s = t.segment[i]!
-    const seq = t.seq[i]!
-    const segment = map.chain.segments[s]!
-    const key = `${s}:${seq}`
-    let data = cache.get(key)
-    if (data === undefined) {
-      data = await readRecord(map.chain, segment, handles.get(s)!, seq)
-      if (cache.size >= RECORD_CACHE) cache.delete(cache.keys().next().value!)
-      cache.set(key, data)
-    }
-    const entries = segment.entries ?? []
-    return { data, at: t.fileOffset[i]! - (entries[entryOf(entries, seq)]!.offset + RECORD_HEADER_BYTES) }
-  }
+  const payload = recordPayloads(map.chain, handles)
   return {
     seq: map.seq,
     diskBytes,
@@ -465,7 +490,7 @@ export const openPointReader = async (map: PointMap): Promise<PointReader | unde
         }
         if (i >= t.count || cursor >= end) break
         const pieceEnd = Math.min(end, t.end[i]!)
-        const { data, at } = await payload(i)
+        const { data, at } = await payload(t.segment[i]!, t.seq[i]!, t.fileOffset[i]!)
         const from = at + (cursor - t.start[i]!)
         data.copy(out, cursor - offset, from, from + (pieceEnd - cursor))
         cursor = pieceEnd
@@ -473,7 +498,7 @@ export const openPointReader = async (map: PointMap): Promise<PointReader | unde
       return out
     },
     close: async () => {
-      cache.clear()
+      payload.clear()
       for (const h of handles.values()) await h.close()
       await base.close()
     }
