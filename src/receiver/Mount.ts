@@ -21,16 +21,7 @@
 import * as path from "node:path"
 import { Effect, Runtime } from "effect"
 import type { Note } from "./internal/chain.js"
-import {
-  type At,
-  attempt,
-  type Point,
-  pointOf,
-  readChain,
-  resolve,
-  retryingFolds,
-  specOf
-} from "./internal/chainPoints.js"
+import { type At, attempt, openPointWith, type Point } from "./internal/chainPoints.js"
 import { LogCorrupt, LogIoError } from "./internal/errors.js"
 import { realPathOutside } from "./internal/files.js"
 import { type LazyPointReader, openLazyPointReader } from "./internal/lazyPoint.js"
@@ -187,29 +178,17 @@ const CHECK_BEHIND_DELAY = "1 second"
  */
 const openLazyPointAt = (options: MountOptions, rebuilt: Array<Note>) =>
   Effect.gen(function* () {
-    const spec = yield* specOf(options.at)
-    const now = (options.now ?? Date.now)()
-    const [disk] = yield* resolve(options.dir, options.diskId, true)
-    const { diskDir, meta } = disk!
     const runtime = yield* Effect.runtime<never>()
     const onNote = (note: Note) => {
       rebuilt.push(note)
       Runtime.runFork(runtime)(Effect.logInfo(note.message).pipe(Effect.annotateLogs(note.annotations)))
     }
-    const opened = yield* retryingFolds(
-      diskDir,
-      "read",
-      Effect.gen(function* () {
-        const chain = yield* readChain(diskDir, meta)
-        const point = yield* pointOf(chain, spec, now)
-        const reader = yield* Effect.acquireRelease(
-          attempt(diskDir, "read", () => openLazyPointReader(chain, point.seq, true, onNote)),
-          (r) => (r === undefined ? Effect.void : Effect.promise(() => r.close()))
-        )
-        return reader === undefined ? undefined : { reader, point }
-      })
+    const { opened, ...rest } = yield* openPointWith(
+      options,
+      (chain, seq) => openLazyPointReader(chain, seq, true, onNote),
+      (reader) => reader.close()
     )
-    return { diskDir, meta, ...opened }
+    return { ...rest, reader: opened }
   })
 
 /**

@@ -289,34 +289,52 @@ export const retryingFolds = <A, E, R>(
  * nothing it reads; one that raced the opening is retried). `writeIndexes`: a `.bix` rebuilt
  * on the way is written back (aside, renamed), as `restore` does.
  */
-export const openPointAt = (options: {
+export const openPointAt = (options: PointOptions & { readonly writeIndexes: boolean }) =>
+  openPointWith(
+    options,
+    async (chain, seq) => {
+      const map = await openPointMap(chain, seq, options.writeIndexes)
+      const reader = await openPointReader(map)
+      return reader === undefined ? undefined : { reader, notes: map.notes }
+    },
+    (opened) => opened.reader.close()
+  ).pipe(Effect.map(({ opened, ...rest }) => ({ ...rest, ...opened })))
+
+export interface PointOptions {
   readonly dir: string
   readonly diskId?: string | undefined
   readonly at: At
+  /** The clock relative times (`-15m`) count back from (default `Date.now`). */
   readonly now?: (() => number) | undefined
-  readonly writeIndexes: boolean
-}) =>
+}
+
+/**
+ * The point `at` names of a disk in `dir`, with what `open` makes of it kept until the scope
+ * closes (`close`); `open` answers `undefined` when a fold replaced a file it was about to
+ * read, and the chain is read again.
+ */
+export const openPointWith = <R>(
+  options: PointOptions,
+  open: (chain: Chain, seq: number) => Promise<R | undefined>,
+  close: (opened: R) => Promise<void>
+) =>
   Effect.gen(function* () {
     const spec = yield* specOf(options.at)
     const now = (options.now ?? Date.now)()
     const [disk] = yield* resolve(options.dir, options.diskId, true)
     const { diskDir, meta } = disk!
-    const opened = yield* retryingFolds(
+    const found = yield* retryingFolds(
       diskDir,
       "read",
       Effect.gen(function* () {
         const chain = yield* readChain(diskDir, meta)
         const point = yield* pointOf(chain, spec, now)
-        const reader = yield* Effect.acquireRelease(
-          attempt(diskDir, "read", async () => {
-            const map = await openPointMap(chain, point.seq, options.writeIndexes)
-            const reader = await openPointReader(map)
-            return reader === undefined ? undefined : { reader, notes: map.notes }
-          }),
-          (r) => (r === undefined ? Effect.void : Effect.promise(() => r.reader.close()))
+        const opened = yield* Effect.acquireRelease(
+          attempt(diskDir, "read", () => open(chain, point.seq)),
+          (r) => (r === undefined ? Effect.void : Effect.promise(() => close(r)))
         )
-        return reader === undefined ? undefined : { ...reader, point }
+        return opened === undefined ? undefined : { opened, point }
       })
     )
-    return { diskDir, meta, ...opened }
+    return { diskDir, meta, ...found }
   })
