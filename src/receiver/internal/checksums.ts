@@ -54,16 +54,17 @@ const runsOf = (blocks: ReadonlyArray<number>, blockSize: number): Array<readonl
 
 /** Reads records whole, each checked (CRC32C, the seq the index names, its bounds in the file). */
 class Records {
-  private readonly handles = new Map<string, fs.FileHandle>()
+  /** Opened once per segment, even when a read ahead and a payload read ask at once. */
+  private readonly handles = new Map<string, Promise<fs.FileHandle>>()
   private readonly cache = new Map<string, Buffer>()
   private cached = 0
 
   constructor(private readonly diskDir: string) {}
 
-  private async handleOf(segment: string): Promise<fs.FileHandle> {
+  private handleOf(segment: string): Promise<fs.FileHandle> {
     let handle = this.handles.get(segment)
     if (handle === undefined) {
-      handle = await fs.open(path.join(this.diskDir, segment), "r")
+      handle = fs.open(path.join(this.diskDir, segment), "r")
       this.handles.set(segment, handle)
     }
     return handle
@@ -118,6 +119,8 @@ class Records {
   }
 
   private keep(key: string, payload: Buffer): void {
+    // Read twice (a record in two runs, read ahead and read alone): counted once.
+    if (this.cache.has(key)) return
     while (this.cached + payload.byteLength > CACHE_BYTES && this.cache.size > 0) {
       const [oldest, bytes] = this.cache.entries().next().value!
       this.cache.delete(oldest)
@@ -157,7 +160,7 @@ class Records {
 
   async close(): Promise<void> {
     this.cache.clear()
-    for (const h of this.handles.values()) await h.close()
+    for (const h of this.handles.values()) await h.then((handle) => handle.close()).catch(() => undefined)
   }
 }
 
@@ -188,12 +191,27 @@ export const digestsOf = async (
     if (base.base.format !== 2) throw new Unverifiable({ file: base.file })
     await base.read(start, end, out, at)
   }
+  // The next run's records are read (and checked) while this run is hashed in the pool. A
+  // read ahead that fails is told when its run comes (handled at once, so never unhandled).
+  let ahead: Promise<void> | undefined
+  const readAhead = (r: number) => {
+    if (r >= runs.length) return undefined
+    const reading = records.prefetch(runs[r]!.extents)
+    reading.catch(() => undefined)
+    return reading
+  }
   try {
     const digests = new Uint8Array(blocks.length * Wire.DIGEST_BYTES)
+    // One run's bytes (`RUN_BYTES` at most), used again by each run once the last is hashed.
+    const buffer = Buffer.allocUnsafe(runs.reduce((most, r) => Math.max(most, r.end - r.start), 0))
     let k = 0
-    for (const run of runs) {
-      const bytes = Buffer.alloc(run.end - run.start)
-      await records.prefetch(run.extents)
+    ahead = readAhead(0)
+    for (let r = 0; r < runs.length; r++) {
+      const run = runs[r]!
+      await ahead
+      ahead = readAhead(r + 1)
+      // Every byte of the run is written below (a record's or the base's), so not zero-filled.
+      const bytes = buffer.subarray(0, run.end - run.start)
       let cursor = run.start
       for (const x of run.extents) {
         if (x.start > cursor) await baseBytes(cursor, x.start, bytes, cursor - run.start)
@@ -209,11 +227,14 @@ export const digestsOf = async (
         cursor = x.end
       }
       if (cursor < run.end) await baseBytes(cursor, run.end, bytes, cursor - run.start)
-      for (let at = 0; at < bytes.byteLength; at += blockSize)
-        digests.set(Wire.blockDigest(bytes.subarray(at, at + blockSize)), Wire.DIGEST_BYTES * k++)
+      const count = bytes.byteLength / blockSize
+      await Wire.blockDigestsInto(bytes, blockSize, count, digests, k)
+      k += count
     }
     return { digests, notes }
   } finally {
+    // A read ahead still running when a run failed: done before the files close.
+    await ahead?.catch(() => undefined)
     await records.close()
     await (base as BaseRanges | undefined)?.close()
   }
