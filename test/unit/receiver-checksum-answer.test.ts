@@ -71,7 +71,7 @@ describe("a checksum answer on a real store (issue 18)", () => {
 })
 
 describe("an answer over several runs (read ahead, hashed in the pool)", () => {
-  // 64 KiB blocks: a run is 4 MiB (64 blocks), so 200 blocks are four runs, across segments.
+  // 64 KiB blocks: a run is 1 MiB (16 blocks), so 200 blocks are 13 runs, across segments.
   const big = { blockSize: 65536, blockCount: 200 }
   it("gives every block its own digest, and names the segment of a damaged record read ahead", async () => {
     const dir = tempDir()
@@ -107,7 +107,7 @@ describe("an answer over several runs (read ahead, hashed in the pool)", () => {
               true
             )
           })
-          // Damage in the payload of block 150's record: the fourth run's, read ahead.
+          // Damage in the payload of block 150's record: the tenth run's, read ahead.
           yield* Effect.promise(() => disk.live.ensure(disk))
           const [x] = disk.live.extentsIn(150 * big.blockSize, 150 * big.blockSize + 1)
           const segment = path.join(disk.diskDir, x!.segment.name)
