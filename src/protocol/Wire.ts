@@ -15,8 +15,7 @@ export {
   blockDigest,
   blockDigests,
   blockDigestsInto,
-  DIGEST_ALGORITHM,
-  DIGEST_LANES
+  DIGEST_ALGORITHM
 } from "./internal/blockDigest.js"
 export {
   checkChecksumRequest,

@@ -197,7 +197,7 @@ export const digestsOf = async (
     if (base.base.format !== 2) throw new Unverifiable({ file: base.file })
     await base.read(start, end, out, at)
   }
-  // The next run's records are read (and checked) while this run is hashed in the pool. A
+  // The next run's records are read (in the pool) while this run is hashed. A
   // read ahead that fails is told when its run comes (handled at once, so never unhandled).
   let ahead: Promise<void> | undefined
   const readAhead = (r: number) => {
@@ -234,7 +234,7 @@ export const digestsOf = async (
       }
       if (cursor < run.end) await baseBytes(cursor, run.end, bytes, cursor - run.start)
       const count = bytes.byteLength / blockSize
-      await Wire.blockDigestsInto(bytes, blockSize, count, digests, k)
+      Wire.blockDigestsInto(bytes, blockSize, count, digests, k)
       k += count
     }
     return { digests, notes }

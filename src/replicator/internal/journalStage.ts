@@ -110,8 +110,8 @@ export const COMPARE_READ_BYTES = 1 << 20
  * up to `COMPARE_READ_BYTES`) and hashes each: their checksum request, with what each block
  * is compared with. Runs only once their events are journaled, so every read follows its
  * decision: a write that completes after a read marked the block again after the decision.
- * The next run is read while this one is hashed (in libuv's pool, `Wire.blockDigestsInto`):
- * at most two runs' bytes are held per request.
+ * The next run is read (in libuv's pool) while this one is hashed: at most two runs' bytes
+ * are held per request.
  */
 const readAndHash = (
   disk: VirtualDisk.Service,
@@ -137,7 +137,7 @@ const readAndHash = (
       const bytes = yield* Fiber.join(ahead)
       if (r + 1 < runs.length) ahead = yield* Effect.fork(readRun(runs[r + 1]!))
       const [k, run] = runs[r]!
-      yield* Effect.promise(() => Wire.blockDigestsInto(bytes, blockSize, run, digests, k))
+      Wire.blockDigestsInto(bytes, blockSize, run, digests, k)
     }
     const compared: Array<Compared> = batch.map(({ compared: id, block }, k) => ({
       id,

@@ -39,11 +39,6 @@ export interface VerifyPort {
   readonly blockCount: number
   /** In sync with the link up: clears `touched` for `blocks` and says where; otherwise `undefined`. */
   readonly open: (blocks: ReadonlyArray<number>) => Effect.Effect<Opened | undefined>
-  /**
-   * Writes the digests of the `count` blocks of `bytes` into `into` from block `at`; without it
-   * they are hashed here, one by one (the simulated ports of the tests, which run synchronously).
-   */
-  readonly digests?: (bytes: Uint8Array, count: number, into: Uint8Array, at: number) => Effect.Effect<void>
   /** `count` blocks from `first`, as the disk holds them now. */
   readonly read: (first: number, count: number) => Effect.Effect<Uint8Array, VerifyIoError>
   /** Asks the receiver for `blocks` on `opened`'s connection; `undefined` when that connection is gone first. */
@@ -193,13 +188,7 @@ export const verify = (
           yield* pace(count * blockSize)
           const bytes = yield* port.read(first, count)
           bytesRead += bytes.length
-          if (port.digests !== undefined) yield* port.digests(bytes, count, disk, i)
-          else
-            for (let k = 0; k < count; k++)
-              disk.set(
-                Wire.blockDigest(bytes.subarray(k * blockSize, (k + 1) * blockSize)),
-                (i + k) * Wire.DIGEST_BYTES
-              )
+          Wire.blockDigestsInto(bytes, blockSize, count, disk, i)
           i += count
         }
         const answer = yield* port.ask(opened, blocks)
@@ -327,9 +316,6 @@ const portOf = (shared: Shared, disk: VirtualDisk.Service, config: Config): Veri
         for (const b of blocks) v.touched[b >>> 5]! &= ~(1 << (b & 31))
         return { link: shared.link, epoch: s.epoch, decidedBefore: shared.lastDecided }
       }),
-    // In libuv's pool (`Wire.blockDigestsInto`): the other batches in flight read and wait meanwhile.
-    digests: (bytes, count, into, at) =>
-      Effect.promise(() => Wire.blockDigestsInto(bytes, config.blockSize, count, into, at)),
     read: (first, count) =>
       Effect.mapError(
         disk.read(first * config.blockSize, count * config.blockSize),
