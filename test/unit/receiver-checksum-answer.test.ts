@@ -3,8 +3,8 @@
  * store): digests equal SHA-256 of the model image's blocks (base bytes after a fold, record
  * payloads, zeros); a flipped byte of `base.img` under a requested block is a `LogCorrupt`
  * naming `base.img` and the unit's byte, never a digest, while blocks outside that unit are
- * still answered. An answer over several runs (each read ahead while the last is hashed in
- * the pool) gives every block its own digest, and damage in a record read ahead is a
+ * still answered. An answer over several runs (each run's records read ahead while the last
+ * run is hashed) gives every block its own digest, and damage in a record read ahead is a
  * `LogCorrupt` naming its segment.
  */
 import { createHash, randomBytes } from "node:crypto"
@@ -70,7 +70,7 @@ describe("a checksum answer on a real store (issue 18)", () => {
   })
 })
 
-describe("an answer over several runs (read ahead, hashed in the pool)", () => {
+describe("an answer over several runs (each read ahead while the last is hashed)", () => {
   // 64 KiB blocks: a run is 1 MiB (16 blocks), so 200 blocks are 13 runs, across segments.
   const big = { blockSize: 65536, blockCount: 200 }
   it("gives every block its own digest, and names the segment of a damaged record read ahead", async () => {
