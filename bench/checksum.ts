@@ -22,6 +22,14 @@
  * Online verify of the identical replica (`cdp-sync verify` against the running filter)
  * beside hashing the image alone (SHA-256 of every block, the verify's own unavoidable
  * work on one side): target ≥ 0.5× its rate.
+ *
+ * `CDP_SYNC_BENCH_PROFILE=DIR` runs the receiver, each timed `replicate` and the verifying
+ * `serve` with `--cpu-prof` into DIR (receiver.cpuprofile, full-N / checksum-N, verify),
+ * for bench/internal/profile.mjs. Each run also says on stderr the CPU seconds (user +
+ * system, every thread) of the filter (`/usr/bin/time`) and of the receiver (/proc/PID/stat),
+ * and verify the filter's own seconds beside the command's; a checksum resync that sends more
+ * than 5 % of the disk has its `replicate`'s stderr printed (docs/performance.md, "The
+ * checksum group").
  */
 import type { ChildProcess } from "node:child_process"
 import { createHash, randomBytes } from "node:crypto"
@@ -39,6 +47,12 @@ const DISK_BYTES = Number(process.env.CDP_SYNC_BENCH_CHECKSUM_DISK ?? 1024 * MiB
 const BLOCK = 64 * 1024
 const ROUNDS = Number(process.env.CDP_SYNC_BENCH_CHECKSUM_ROUNDS ?? 3)
 const DIFFER = 0.01
+const PROFILE = process.env.CDP_SYNC_BENCH_PROFILE
+/** Node's options for a child: `--cpu-prof` into PROFILE as `name` when profiling. */
+const profiled = (name: string): Array<string> =>
+  PROFILE === undefined
+    ? []
+    : ["--cpu-prof", "--cpu-prof-dir", PROFILE, "--cpu-prof-name", `${name}.cpuprofile`]
 
 const say = (line: string) => process.stderr.write(`  checksum: ${line}\n`)
 const spread = (xs: ReadonlyArray<number>, digits = 2) =>
@@ -76,10 +90,38 @@ const filterArgs = (s: Setup) => [
   String(DISK_BYTES)
 ]
 
-const replicate = (s: Setup, extra: ReadonlyArray<string>) =>
-  runChild(process.execPath, [CLI, "replicate", ...filterArgs(s), "--quiesce", ...extra], {
-    timeoutMs: 1_200_000
-  })
+/** CPU seconds (user + system, every thread) a live process has used so far: /proc/PID/stat. */
+const cpuOf = (pid: number | undefined): number => {
+  if (pid === undefined || !fs.existsSync(`/proc/${pid}/stat`)) return Number.NaN
+  const fields = fs.readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ")
+  return (Number(fields[11]) + Number(fields[12])) / 100 // utime, stime in clock ticks (USER_HZ 100)
+}
+const TIME = fs.existsSync("/usr/bin/time") ? "/usr/bin/time" : undefined
+
+/** `replicate … --quiesce` to its exit: the CPU seconds it used (user + system; NaN without /usr/bin/time). */
+/** The end of the last `replicate`'s stderr (said when a checksum resync sends more than it should). */
+let lastStderr = ""
+
+const replicate = async (s: Setup, extra: ReadonlyArray<string>, profile?: string): Promise<number> => {
+  const args = [
+    ...(profile === undefined ? [] : profiled(profile)),
+    CLI,
+    "replicate",
+    ...filterArgs(s),
+    "--quiesce",
+    ...extra
+  ]
+  if (TIME === undefined) {
+    lastStderr = (await runChild(process.execPath, args, { timeoutMs: 1_200_000 })).stderr
+    return Number.NaN
+  }
+  const out = `${s.journal}.cpu`
+  lastStderr = (
+    await runChild(TIME, ["-f", "%U %S", "-o", out, process.execPath, ...args], { timeoutMs: 1_200_000 })
+  ).stderr
+  const [user, system] = fs.readFileSync(out, "utf8").trim().split(/\s+/).slice(-2).map(Number)
+  return user! + system!
+}
 
 /** Rewrites 1 % of the image's blocks, spread over the disk, with fresh random bytes. */
 const changeBlocks = (image: string, round: number): number => {
@@ -116,7 +158,7 @@ const measure = async (dir: string): Promise<ReadonlyArray<BenchRow>> => {
   fs.closeSync(fd)
   const receiver = await spawnReady(
     process.execPath,
-    [CLI, "receiver", "--dir", receiverDir, "--port", "0"],
+    [...profiled("receiver"), CLI, "receiver", "--dir", receiverDir, "--port", "0"],
     /^listening (\S+):(\d+)$/m,
     { what: "cdp-sync receiver" }
   )
@@ -132,6 +174,8 @@ const measure = async (dir: string): Promise<ReadonlyArray<BenchRow>> => {
     await replicate(s, [])
     const control = path.join(dir, "filter.sock")
     const times = { full: [] as Array<number>, checksum: [] as Array<number> }
+    // CPU seconds of the filter (`replicate`) and of the receiver during each timed run.
+    const cpu = { full: [] as Array<string>, checksum: [] as Array<string> }
     const sent = { full: [] as Array<number>, checksum: [] as Array<number> }
     for (let round = 0; round < ROUNDS; round++)
       for (const kind of ["full", "checksum"] as const) {
@@ -139,10 +183,22 @@ const measure = async (dir: string): Promise<ReadonlyArray<BenchRow>> => {
         changeBlocks(image, round * 2 + (kind === "full" ? 0 : 1))
         const before = bytesUnder(receiverDir)
         say(`${kind} resync, round ${round + 1}/${ROUNDS}`)
+        const receiverBefore = cpuOf(receiver.child.pid)
         const start = performance.now()
-        await replicate(s, kind === "checksum" ? ["--compare-from", "1"] : [])
+        const filterCpu = await replicate(
+          s,
+          kind === "checksum" ? ["--compare-from", "1"] : [],
+          `${kind}-${round + 1}`
+        )
         times[kind].push((performance.now() - start) / 1000)
+        cpu[kind].push(
+          `filter ${filterCpu.toFixed(2)} s + receiver ${(cpuOf(receiver.child.pid) - receiverBefore).toFixed(2)} s CPU in ${times[kind].at(-1)!.toFixed(2)} s`
+        )
         sent[kind].push(bytesUnder(receiverDir) - before)
+        if (kind === "checksum" && sent.checksum.at(-1)! > DISK_BYTES / 20)
+          say(
+            `the checksum resync sent ${(sent.checksum.at(-1)! / MiB).toFixed(0)} MiB; its stderr ends:\n${lastStderr}`
+          )
       }
     say(
       `full: ${spread(times.full)} s, ${spread(
@@ -153,6 +209,7 @@ const measure = async (dir: string): Promise<ReadonlyArray<BenchRow>> => {
         1
       )} MiB`
     )
+    for (const kind of ["full", "checksum"] as const) for (const line of cpu[kind]) say(`${kind}: ${line}`)
     const mib = (bytes: ReadonlyArray<number>) => bytes.map((b) => b / MiB)
     return [
       overRounds(
@@ -194,11 +251,16 @@ const killedInSync = async (s: Setup, control: string): Promise<void> => {
 }
 
 /** `serve` (the filter, idle, with an NBD export and its control socket) once the replica is whole. */
-const spawnIdle = async (s: Setup, control: string): Promise<{ child: ChildProcess; nbd: string }> => {
+const spawnIdle = async (
+  s: Setup,
+  control: string,
+  profile?: string
+): Promise<{ child: ChildProcess; nbd: string }> => {
   fs.rmSync(control, { force: true })
   const served = await spawnReady(
     process.execPath,
     [
+      ...(profile === undefined ? [] : profiled(profile)),
       CLI,
       "serve",
       ...filterArgs(s),
@@ -237,19 +299,24 @@ const filterStatus = async (control: string) => {
 
 /** Online verify of the identical replica (the filter running, idle) beside hashing the image alone. */
 const verifyRows = async (s: Setup, control: string): Promise<ReadonlyArray<BenchRow>> => {
-  const filter = (await spawnIdle(s, control)).child
+  const receiverPid = s.receiver.child.pid
+  const filter = (await spawnIdle(s, control, "verify")).child
   try {
     const hashSeconds: Array<number> = []
     const verifySeconds: Array<number> = []
     for (let round = 0; round < ROUNDS; round++) {
       say(`verify, round ${round + 1}/${ROUNDS}`)
       hashSeconds.push(hashImage(s.image) / 1000)
+      const before = { filter: cpuOf(filter.pid), receiver: cpuOf(receiverPid) }
       const start = performance.now()
       const { stdout } = await runChild(process.execPath, [CLI, "verify", "--control", control, "--json"], {
         timeoutMs: 1_200_000
       })
       verifySeconds.push((performance.now() - start) / 1000)
       const report = JSON.parse(stdout)
+      say(
+        `verify: ${verifySeconds.at(-1)!.toFixed(2)} s (the filter's own ${Number(report.verify?.seconds).toFixed(2)} s), CPU filter ${(cpuOf(filter.pid) - before.filter).toFixed(2)} s + receiver ${(cpuOf(receiverPid) - before.receiver).toFixed(2)} s; hashing the image ${hashSeconds.at(-1)!.toFixed(2)} s`
+      )
       if (report.verify?.differing !== 0)
         throw new Error(`verify of an identical replica found differences: ${stdout}`)
     }

@@ -11,7 +11,12 @@ import { Decoder, type DecoderOptions, makeDecoder } from "./internal/wireDecode
 import { encode, encodePartsWith, encodeWith } from "./internal/wireEncode.js"
 import { type Frame, WireError } from "./internal/wireFrame.js"
 
-export { blockDigest, DIGEST_ALGORITHM } from "./internal/blockDigest.js"
+export {
+  blockDigest,
+  blockDigests,
+  blockDigestsInto,
+  DIGEST_ALGORITHM
+} from "./internal/blockDigest.js"
 export {
   checkChecksumRequest,
   checkRecord,

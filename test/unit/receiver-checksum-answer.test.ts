@@ -3,16 +3,19 @@
  * store): digests equal SHA-256 of the model image's blocks (base bytes after a fold, record
  * payloads, zeros); a flipped byte of `base.img` under a requested block is a `LogCorrupt`
  * naming `base.img` and the unit's byte, never a digest, while blocks outside that unit are
- * still answered.
+ * still answered. An answer over several runs (each run's records read ahead while the last
+ * run is hashed) gives every block its own digest, and damage in a record read ahead is a
+ * `LogCorrupt` naming its segment.
  */
-import { createHash } from "node:crypto"
+import { createHash, randomBytes } from "node:crypto"
 import * as path from "node:path"
 import { Effect } from "effect"
 import { describe, expect, it } from "vitest"
 import * as Wire from "../../src/protocol/Wire.js"
 import { answer, digestsOf } from "../../src/receiver/internal/checksums.js"
 import { LogCorrupt } from "../../src/receiver/internal/errors.js"
-import { failureOf, flipByte, imageAt, makeChanges, withStore } from "../support/receiverDisk.js"
+import { RECORD_HEADER_BYTES } from "../../src/receiver/internal/format.js"
+import { type Change, failureOf, flipByte, imageAt, makeChanges, withStore } from "../support/receiverDisk.js"
 import { tempDirs } from "../support/tempDirs.js"
 
 const tempDir = tempDirs("cdp-checksum-answer-")
@@ -62,6 +65,60 @@ describe("a checksum answer on a real store (issue 18)", () => {
           expect(last.byteLength).toBe(Wire.DIGEST_BYTES)
         }),
       { segmentBytes: 16 * 1024, verifyRate: 0 }
+    )
+    expect(failureOf(exit)).toBeUndefined()
+  })
+})
+
+describe("an answer over several runs (each read ahead while the last is hashed)", () => {
+  // 64 KiB blocks: a run is 1 MiB (16 blocks), so 200 blocks are 13 runs, across segments.
+  const big = { blockSize: 65536, blockCount: 200 }
+  it("gives every block its own digest, and names the segment of a damaged record read ahead", async () => {
+    const dir = tempDir()
+    // Every block written once with bytes of its own, then a few writes across block edges.
+    const changes: Array<Change> = []
+    for (let block = 0; block < big.blockCount; block++) {
+      const data = randomBytes(big.blockSize)
+      changes.push({
+        record: { _tag: "Block", seq: block + 1, epoch: 0, block, data },
+        offset: block * big.blockSize,
+        data
+      })
+    }
+    for (let i = 0; i < 20; i++) {
+      const offset = (i * 10 + 1) * big.blockSize - 100
+      const data = randomBytes(300)
+      const seq = big.blockCount + 1 + i
+      changes.push({ record: { _tag: "Write", seq, epoch: 0, offset, data }, offset, data })
+    }
+    const exit = await withStore(
+      dir,
+      (store) =>
+        Effect.gen(function* () {
+          const disk = yield* store.disk({ diskId: "vm", ...big, watermark: 0 })
+          for (const c of changes) disk.append(c.record, true)
+          yield* disk.flushed
+          const all = Array.from({ length: big.blockCount }, (_, b) => b)
+          const { digests } = yield* Effect.promise(() => digestsOf(disk, all))
+          const image = imageAt(big, changes, disk.durable)
+          all.forEach((b) => {
+            const expected = sha256(image.subarray(b * big.blockSize, (b + 1) * big.blockSize))
+            expect(Buffer.from(digests.subarray(b * 32, (b + 1) * 32)).equals(expected), `block ${b}`).toBe(
+              true
+            )
+          })
+          // Damage in the payload of block 150's record: the tenth run's, read ahead.
+          yield* Effect.promise(() => disk.live.ensure(disk))
+          const [x] = disk.live.extentsIn(150 * big.blockSize, 150 * big.blockSize + 1)
+          const segment = path.join(disk.diskDir, x!.segment.name)
+          flipByte(segment, x!.record + RECORD_HEADER_BYTES + 7)
+          const damaged = yield* Effect.either(Effect.tryPromise(() => digestsOf(disk, all)))
+          const cause = damaged._tag === "Left" ? (damaged.left.error as LogCorrupt) : undefined
+          expect(cause).toBeInstanceOf(LogCorrupt)
+          expect(cause?.file).toBe(segment)
+          expect(cause?.offset).toBe(x!.record)
+        }),
+      { segmentBytes: 3 << 20, verifyRate: 0 }
     )
     expect(failureOf(exit)).toBeUndefined()
   })
