@@ -263,6 +263,36 @@ describe("checksum-based resync in the replicator", () => {
     })
   }
 
+  it("a receiver slow to answer its first request (the filter's ack timeout drops the link): comparisons stay on", async () => {
+    await run(
+      Effect.gen(function* () {
+        const world = yield* makeWorld()
+        const before = yield* replicatedThenKilled(world)
+        let requests = 0
+        // The first request reaches the receiver only after the ack timeout (as one opening its index).
+        const slow = (inner: LogReceiver.LogReceiver.Service): LogReceiver.LogReceiver.Service => ({
+          connect: (hello) =>
+            Effect.map(inner.connect(hello), (connection) => ({
+              ...connection,
+              requestChecksums: (request) =>
+                Effect.suspend(() =>
+                  requests++ === 0
+                    ? Effect.zipRight(Effect.sleep("1200 millis"), connection.requestChecksums(request))
+                    : connection.requestChecksums(request)
+                )
+            }))
+        })
+        const replicator = yield* start(world, { compareFrom: 1, ackTimeout: "300 millis" }, slow)
+        yield* replicator.quiesce.pipe(Effect.timeout("30 seconds"))
+        expect(requests).toBeGreaterThanOrEqual(2)
+        // Nothing changed while it was down: every block matches once asked again.
+        expect(yield* blocksSentAfter(world, before)).toEqual([])
+        expect((yield* replicator.status).checksums.matched).toBe(BLOCKS)
+        yield* expectWhole(world)
+      })
+    )
+  })
+
   it("a receiver that closes the connection on a checksum request: comparisons turn off, every owed block is sent", async () => {
     await run(
       Effect.gen(function* () {

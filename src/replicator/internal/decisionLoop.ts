@@ -117,14 +117,21 @@ const outcomesOf = (
     )
   })
 
+/** After this many connections closed by the receiver on an unanswered request (none answered), comparisons stop. */
+const CLOSES_BEFORE_COMPARE_OFF = 2
+
 /**
- * At a link loss: a receiver from before checksum requests closes the connection on the
- * first one (docs/wire.md, "An older peer"). A connection closed with a request
- * unanswered, when none was ever answered, turns comparisons off for this run.
+ * At a link loss: a receiver from before checksum requests closes the connection on
+ * every one (docs/wire.md, "An older peer"). Two connections it closed with a request
+ * unanswered, when none was ever answered, turn comparisons off for this run. A loss by
+ * the filter's own ack timeout is no such sign (a receiver slow to open its index for
+ * the first request times out so): it turned a checksum resync of 1 GiB into a full one.
  */
-const forgetRequests = (shared: Shared): Effect.Effect<void> =>
+const forgetRequests = (shared: Shared, reason: string): Effect.Effect<void> =>
   Effect.suspend(() => {
     if (shared.requests.size === 0 || shared.checksumsAnswered || shared.compareOff) return Effect.void
+    if (reason !== "connection-lost" || ++shared.closedOnRequest < CLOSES_BEFORE_COMPARE_OFF)
+      return Effect.void
     shared.compareOff = true
     return Effect.logWarning(
       "the connection closed with a checksum request unanswered, and the receiver never answered one (a receiver from before checksums?): owed blocks are sent, not compared, from now on"
@@ -247,7 +254,7 @@ export const decideBatch = (shared: Shared, settings: LoopSettings, commands: Re
           events.push(event)
           if (event.type === "LinkLost" || event.type === "DiscontinuityReported") {
             shared.session++
-            if (event.type === "LinkLost") yield* forgetRequests(shared)
+            if (event.type === "LinkLost") yield* forgetRequests(shared, event.reason)
             // Their comparisons are re-marked: answers still to come are stale.
             shared.requests.clear()
             // A verify's batch on this session cannot be judged: it asks again.

@@ -168,9 +168,14 @@ export interface Shared {
   /** The receiver has answered a checksum request since the start: it knows them. */
   checksumsAnswered: boolean
   /**
-   * Comparisons are off for this run: a connection closed with a request unanswered,
-   * and no request was ever answered (a receiver from before checksums closes the
-   * connection on one). The pump reads it: it then sends every owed block.
+   * Connections the receiver closed with a checksum request unanswered, none ever
+   * answered (an ack timeout or a stop of the filter's own does not count).
+   */
+  closedOnRequest: number
+  /**
+   * Comparisons are off for this run: the receiver closed the connection twice with a
+   * request unanswered, and never answered one (a receiver from before checksums closes
+   * it on every one; once may be a restart). The pump reads it: it then sends every owed block.
    */
   compareOff: boolean
 
@@ -304,6 +309,7 @@ export const makeShared = (options: {
       lastDecided: state.nextSeq - 1,
       verifying: undefined,
       checksumsAnswered: false,
+      closedOnRequest: 0,
       compareOff: false,
       position: options.position,
       sinceSnapshot: 0,
