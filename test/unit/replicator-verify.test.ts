@@ -96,12 +96,10 @@ const world = (s: Scenario, broken: Broken) => {
         for (const b of blocks) touched.delete(b)
         return { link: 1, epoch: 0, decidedBefore: decided }
       }),
-    read: (first, count) =>
+    read: (first, into) =>
       Effect.sync(() => {
         step()
-        const out = new Uint8Array(count * BLOCK)
-        for (let i = 0; i < count; i++) out.set(disk[first + i]!, i * BLOCK)
-        return out
+        for (let i = 0; i < into.length / BLOCK; i++) into.set(disk[first + i]!, i * BLOCK)
       }),
     ask: (_opened: Opened, blocks) =>
       Effect.sync((): Wire.ChecksumReply | Wire.ChecksumRefused => {
