@@ -38,6 +38,13 @@ export declare namespace VirtualDisk {
     /** Reads `length` bytes at `offset` (both sector aligned); a fresh buffer. */
     readonly read: (offset: number, length: number) => Effect.Effect<Uint8Array, DiskError>
     /**
+     * Reads `into.length` bytes at `offset` (both sector aligned) into `into`, for a reader
+     * that reuses its buffer: a fresh buffer per read costs the kernel's page faults and the
+     * collector's passes over external memory (docs/performance.md, "The checksum group").
+     * `into` must stay untouched until the effect completes.
+     */
+    readonly readInto: (offset: number, into: Uint8Array) => Effect.Effect<void, DiskError>
+    /**
      * Writes `bytes` at `offset` (sector aligned). Not durable until `flush`.
      * The buffer must stay unchanged until the effect completes.
      */

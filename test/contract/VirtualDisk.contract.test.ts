@@ -81,12 +81,14 @@ const sectorRange = (maxSectors: number) =>
 type Op =
   | { readonly _tag: "write"; readonly offset: number; readonly length: number; readonly seed: number }
   | { readonly _tag: "read"; readonly offset: number; readonly length: number }
+  | { readonly _tag: "readInto"; readonly offset: number; readonly length: number; readonly at: number }
   | { readonly _tag: "readBlock"; readonly block: number }
   | { readonly _tag: "flush" }
 
 const opArb: fc.Arbitrary<Op> = fc.oneof(
   fc.tuple(sectorRange(24), fc.nat()).map(([r, seed]): Op => ({ _tag: "write", ...r, seed })),
   sectorRange(24).map((r): Op => ({ _tag: "read", ...r })),
+  fc.tuple(sectorRange(24), fc.nat({ max: 700 })).map(([r, at]): Op => ({ _tag: "readInto", ...r, at })),
   fc.nat({ max: geometry.blockCount - 1 }).map((block): Op => ({ _tag: "readBlock", block })),
   fc.constant<Op>({ _tag: "flush" })
 )
@@ -106,6 +108,9 @@ const contract = (name: string, open: Open) =>
       Effect.gen(function* () {
         const disk = yield* open(geometry)
         const model = new Uint8Array(diskBytes)
+        // One buffer for every readInto, as a reader that reuses its buffer has it: what the
+        // last read left there (or garbage) must not show through, nor bytes beyond `into` change.
+        const reused = new Uint8Array(24 * 512 + 701).fill(0xa5)
         yield* Effect.promise(() =>
           fc.assert(
             fc.asyncProperty(fc.array(opArb, { minLength: 1, maxLength: 20 }), (ops) =>
@@ -125,6 +130,18 @@ const contract = (name: string, open: Open) =>
                           model.slice(op.offset, op.offset + op.length)
                         )
                         break
+                      case "readInto": {
+                        const after = reused.slice(op.at + op.length)
+                        const before = reused.slice(0, op.at)
+                        yield* disk.readInto(op.offset, reused.subarray(op.at, op.at + op.length))
+                        expectBytes(
+                          reused.subarray(op.at, op.at + op.length),
+                          model.slice(op.offset, op.offset + op.length)
+                        )
+                        expectBytes(reused.subarray(0, op.at), before)
+                        expectBytes(reused.subarray(op.at + op.length), after)
+                        break
+                      }
                       case "readBlock": {
                         const at = op.block * geometry.blockSize
                         expectBytes(yield* disk.readBlock(op.block), model.slice(at, at + geometry.blockSize))
@@ -173,6 +190,13 @@ const contract = (name: string, open: Open) =>
         expect(yield* reason(disk.read(Number.NaN, 512))).toBe("not-an-integer")
         expect(yield* reason(disk.read(diskBytes, 512))).toBe("beyond-disk")
         expect(yield* reason(disk.read(diskBytes - 512, 1024))).toBe("beyond-disk")
+        const into = new Uint8Array(1024).fill(0x5a)
+        expect(yield* reason(disk.readInto(1, into.subarray(0, 512)))).toBe("misaligned")
+        expect(yield* reason(disk.readInto(512, into.subarray(0, 100)))).toBe("misaligned")
+        expect(yield* reason(disk.readInto(0, into.subarray(0, 0)))).toBe("empty")
+        expect(yield* reason(disk.readInto(-512, into.subarray(0, 512)))).toBe("negative")
+        expect(yield* reason(disk.readInto(diskBytes - 512, into))).toBe("beyond-disk")
+        expectBytes(into, new Uint8Array(1024).fill(0x5a))
         expect(yield* reason(disk.write(256, new Uint8Array(512)))).toBe("misaligned")
         expect(yield* reason(disk.write(0, new Uint8Array(0)))).toBe("empty")
         expect(yield* reason(disk.readBlock(-1))).toBe("not-a-block")

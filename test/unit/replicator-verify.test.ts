@@ -96,12 +96,10 @@ const world = (s: Scenario, broken: Broken) => {
         for (const b of blocks) touched.delete(b)
         return { link: 1, epoch: 0, decidedBefore: decided }
       }),
-    read: (first, count) =>
+    read: (first, into) =>
       Effect.sync(() => {
         step()
-        const out = new Uint8Array(count * BLOCK)
-        for (let i = 0; i < count; i++) out.set(disk[first + i]!, i * BLOCK)
-        return out
+        for (let i = 0; i < into.length / BLOCK; i++) into.set(disk[first + i]!, i * BLOCK)
       }),
     ask: (_opened: Opened, blocks) =>
       Effect.sync((): Wire.ChecksumReply | Wire.ChecksumRefused => {
@@ -190,6 +188,67 @@ describe("online verify's judgement (simulated filter and receiver)", () => {
     expect(truncated).toBeGreaterThan(1)
     expect(result).toMatchObject({ differing: [5], verified: 8, rechecked: 8 })
     expect(w.marked).toEqual([5])
+  })
+
+  it("blocks read in several runs through one reused buffer are each judged against their own digest", () => {
+    // 256 KiB blocks: a read holds 4 of them, so a batch is several reads into one buffer,
+    // and the recheck of scattered written blocks reads shorter runs over what a longer one left.
+    const big = 256 * 1024
+    const blocks = 23
+    const content = (b: number, version: number) => {
+      const out = new Uint8Array(big).fill(b)
+      out[big - 1] = version
+      return out
+    }
+    const disk = Array.from({ length: blocks }, (_, b) => content(b, 0))
+    const replica = disk.map((d) => d.slice())
+    replica[13] = content(13, 9) // damaged: differs only in its last byte
+    replica[21] = content(21, 9)
+    const touched = new Set<number>()
+    const written = [2, 5, 6, 11, 17, 22]
+    const reads: Array<number> = []
+    let asked = 0
+    const port: VerifyPort = {
+      blockSize: big,
+      blockCount: blocks,
+      open: (bs) =>
+        Effect.sync(() => {
+          for (const b of bs) touched.delete(b)
+          return { link: 1, epoch: 0, decidedBefore: 0 }
+        }),
+      read: (first, into) =>
+        Effect.sync(() => {
+          reads.push(into.length / big)
+          for (let i = 0; i < into.length / big; i++) into.set(disk[first + i]!, i * big)
+        }),
+      ask: (_opened, bs) =>
+        Effect.sync((): Wire.ChecksumReply => {
+          // While the first batch was read, guest writes reached these blocks (and the receiver).
+          if (asked++ === 0)
+            for (const b of written) {
+              disk[b] = content(b, 1)
+              replica[b] = disk[b]!.slice()
+              touched.add(b)
+            }
+          const digests = new Uint8Array(bs.length * 32)
+          for (const [i, b] of bs.entries())
+            digests.set(createHash("sha256").update(replica[b]!).digest(), i * 32)
+          return { _tag: "ChecksumReply", id: 1, through: 0, digests }
+        }),
+      still: () => Effect.succeed(true),
+      touched: (b) => touched.has(b),
+      differ: () => Effect.void,
+      pause: () => Effect.void
+    }
+    const result = Effect.runSync(verify(port))
+    expect(result).toMatchObject({
+      differing: [13, 21],
+      verified: blocks,
+      rechecked: written.length,
+      unverified: 0
+    })
+    // Runs of 4, the last one short, then the rechecked blocks in their own shorter runs.
+    expect(reads).toEqual([4, 4, 4, 4, 4, 3, 1, 2, 1, 1, 1])
   })
 
   for (const broken of ["no-touched", "believes-short-answers"] as const)

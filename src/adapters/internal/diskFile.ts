@@ -99,6 +99,12 @@ export const make = (
         yield* io("read", () => preadFully(handle, out, offset))
         return out
       }),
+      readInto: (offset: number, into: Uint8Array) =>
+        Effect.suspend((): Effect.Effect<void, DiskRangeError | DiskIoError> => {
+          const invalid = checkRange(geometry, offset, into.length)
+          if (invalid !== undefined) return Effect.fail(invalid)
+          return io("read", () => preadFully(handle, into, offset))
+        }),
       // Plain combinators: a generator per write cost as much as the rest of the call.
       write: (offset: number, bytes: Uint8Array) =>
         Effect.suspend((): Effect.Effect<void, DiskRangeError | DiskIoError> => {

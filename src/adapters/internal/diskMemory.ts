@@ -56,6 +56,12 @@ export const make = (geometry: Geometry.Geometry): MemoryDisk => {
       if (invalid !== undefined) return yield* invalid
       return copyOut(offset, new Uint8Array(length))
     }),
+    readInto: Effect.fnUntraced(function* (offset: number, into: Uint8Array) {
+      const invalid = checkRange(geometry, offset, into.length)
+      if (invalid !== undefined) return yield* invalid
+      into.fill(0)
+      copyOut(offset, into)
+    }),
     write: Effect.fnUntraced(function* (offset: number, bytes: Uint8Array) {
       const invalid = checkRange(geometry, offset, bytes.length)
       if (invalid !== undefined) return yield* invalid

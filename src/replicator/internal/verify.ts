@@ -39,8 +39,8 @@ export interface VerifyPort {
   readonly blockCount: number
   /** In sync with the link up: clears `touched` for `blocks` and says where; otherwise `undefined`. */
   readonly open: (blocks: ReadonlyArray<number>) => Effect.Effect<Opened | undefined>
-  /** `count` blocks from `first`, as the disk holds them now. */
-  readonly read: (first: number, count: number) => Effect.Effect<Uint8Array, VerifyIoError>
+  /** The blocks from `first` that fill `into`, as the disk holds them now (`into` is reused from read to read). */
+  readonly read: (first: number, into: Uint8Array) => Effect.Effect<void, VerifyIoError>
   /** Asks the receiver for `blocks` on `opened`'s connection; `undefined` when that connection is gone first. */
   readonly ask: (
     opened: Opened,
@@ -107,10 +107,11 @@ export const IN_FLIGHT = 4
 export const MAX_ATTEMPTS = 32
 
 /**
- * Bytes read at once, at most: a batch is several reads. Every read is a fresh buffer, and
- * larger ones come from mmap, each page faulted and zeroed by the kernel on first touch (on
- * the 2-core VM, reading 256 MiB into fresh 16 MiB buffers took 0.7–0.9 s of CPU, into 1 MiB
- * ones 0.04 s).
+ * Bytes read at once, at most: a batch is several reads, each into a buffer reused from
+ * read to read (one per batch being read). Fresh buffers cost more than the hashing: the
+ * kernel faults and zeroes their pages, and each one counts as external memory, which had
+ * the collector run a full mark-compact every ~16 MiB read (docs/performance.md, "The
+ * checksum group").
  */
 const READ_BYTES = 1 << 20
 
@@ -143,6 +144,9 @@ export const verify = (
     let tokens = 0
     let refilledAt = started
     let reportedAt = started
+    // Read buffers not in use: at most one per batch being read (`IN_FLIGHT`).
+    const runBlocks = Math.max(1, Math.floor(READ_BYTES / blockSize))
+    const spare: Array<Uint8Array> = []
 
     const pace = (bytes: number) =>
       Effect.gen(function* () {
@@ -183,14 +187,17 @@ export const verify = (
         const opened = yield* port.open(blocks)
         if (opened === undefined) return undefined
         const disk = new Uint8Array(blocks.length * Wire.DIGEST_BYTES)
+        const buffer = spare.pop() ?? new Uint8Array(runBlocks * blockSize)
         let i = 0
-        for (const [first, count] of runsOf(blocks, Math.max(1, Math.floor(READ_BYTES / blockSize)))) {
+        for (const [first, count] of runsOf(blocks, runBlocks)) {
           yield* pace(count * blockSize)
-          const bytes = yield* port.read(first, count)
-          bytesRead += bytes.length
-          Wire.blockDigestsInto(bytes, blockSize, count, disk, i)
+          yield* port.read(first, buffer.subarray(0, count * blockSize))
+          bytesRead += count * blockSize
+          Wire.blockDigestsInto(buffer, blockSize, count, disk, i)
           i += count
         }
+        // Given back once its runs are hashed (a refusal's halves, below, read with their own).
+        spare.push(buffer)
         const answer = yield* port.ask(opened, blocks)
         const held = answer !== undefined && (yield* port.still(opened))
         // A reply of another size answers another question: it judges nothing.
@@ -316,11 +323,8 @@ const portOf = (shared: Shared, disk: VirtualDisk.Service, config: Config): Veri
         for (const b of blocks) v.touched[b >>> 5]! &= ~(1 << (b & 31))
         return { link: shared.link, epoch: s.epoch, decidedBefore: shared.lastDecided }
       }),
-    read: (first, count) =>
-      Effect.mapError(
-        disk.read(first * config.blockSize, count * config.blockSize),
-        (cause) => new VerifyIoError({ cause })
-      ),
+    read: (first, into) =>
+      Effect.mapError(disk.readInto(first * config.blockSize, into), (cause) => new VerifyIoError({ cause })),
     ask: (opened, blocks) =>
       Effect.gen(function* () {
         const conn = shared.connection
