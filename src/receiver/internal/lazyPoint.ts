@@ -16,6 +16,7 @@ import { isEnoent, readIfExists } from "./files.js"
 import { ReceiverMutants } from "./mutants.js"
 import {
   BaseRanges,
+  checkRange,
   coversOf,
   entriesThrough,
   geometryOf,
@@ -46,18 +47,6 @@ interface Piece {
   readonly segment: number
   readonly seq: number
   readonly fileOffset: number
-}
-
-/** The first extent of `t` that ends after `offset` (`t.count` when none does). */
-const firstEndingAfter = (t: ExtentTable, offset: number): number => {
-  let lo = 0
-  let hi = t.count
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1
-    if (t.end[mid]! <= offset) lo = mid + 1
-    else hi = mid
-  }
-  return lo
 }
 
 /**
@@ -186,7 +175,7 @@ export const openLazyPointReader = async (
       const uncovered: Array<readonly [number, number]> = []
       for (const [a, b] of rest) {
         let cursor = a
-        for (let j = firstEndingAfter(t, a); j < t.count && t.start[j]! < b; j++) {
+        for (let j = t.firstEndingAfter(a); j < t.count && t.start[j]! < b; j++) {
           const start = Math.max(cursor, t.start[j]!)
           const stop = Math.min(b, t.end[j]!)
           if (start > cursor) uncovered.push([cursor, start])
@@ -214,14 +203,7 @@ export const openLazyPointReader = async (
     seq,
     diskBytes,
     read: async (offset, length) => {
-      if (
-        !Number.isSafeInteger(offset) ||
-        !Number.isSafeInteger(length) ||
-        offset < 0 ||
-        length < 0 ||
-        offset + length > diskBytes
-      )
-        throw new RangeError(`bytes ${offset}..${offset + length} lie outside the disk (${diskBytes} bytes)`)
+      checkRange(offset, length, diskBytes)
       const out = Buffer.alloc(length)
       const { pieces, rest } = await locate(offset, offset + length)
       for (const [a, b] of rest) await base.read(a, b, out, a - offset)

@@ -401,6 +401,18 @@ export const openSegments = async (map: PointMap): Promise<Map<number, fs.FileHa
 }
 
 /** Any byte range of a recovery point, read through its map (for `restore`, `verify` and an NBD export). */
+/** A read of a point must lie inside the disk: a `RangeError` otherwise. */
+export const checkRange = (offset: number, length: number, diskBytes: number): void => {
+  if (
+    !Number.isSafeInteger(offset) ||
+    !Number.isSafeInteger(length) ||
+    offset < 0 ||
+    length < 0 ||
+    offset + length > diskBytes
+  )
+    throw new RangeError(`bytes ${offset}..${offset + length} lie outside the disk (${diskBytes} bytes)`)
+}
+
 export interface PointReader {
   readonly seq: number
   readonly diskBytes: number
@@ -471,14 +483,7 @@ export const openPointReader = async (map: PointMap): Promise<PointReader | unde
     diskBytes,
     map,
     read: async (offset, length) => {
-      if (
-        !Number.isSafeInteger(offset) ||
-        !Number.isSafeInteger(length) ||
-        offset < 0 ||
-        length < 0 ||
-        offset + length > diskBytes
-      )
-        throw new RangeError(`bytes ${offset}..${offset + length} lie outside the disk (${diskBytes} bytes)`)
+      checkRange(offset, length, diskBytes)
       const out = Buffer.alloc(length)
       const end = offset + length
       let cursor = offset
