@@ -133,18 +133,17 @@ describe("guest writes and the filter's journal", () => {
     await expect(fc.assert(property(true), { numRuns: numRuns(25), endOnFailure: true })).rejects.toThrow()
   }, 120_000)
 
-  it("flush makes the earlier writes durable; writes wait only for a full journal stage, never the network", async () => {
-    const program = Effect.gen(function* () {
-      const store = EventJournal.makeMemoryStore()
-      const memory = EventJournal.makeMemory(store)
-      // A journal whose appends wait while the latch is closed.
+  /** A replicator whose journal appends wait while the returned latch is closed (after start-up). */
+  const withGatedJournal = (options: Partial<Replicator.Options>) =>
+    Effect.gen(function* () {
+      const memory = EventJournal.makeMemory(EventJournal.makeMemoryStore())
       const open = yield* Effect.makeLatch(true)
       const gated = Layer.succeed(EventJournal.EventJournal, {
         ...memory,
         append: (events) => open.await.pipe(Effect.zipRight(memory.append(events)))
       })
       const context = yield* Layer.build(
-        Replicator.layer({ diskId: "d", config, maxPendingWrites: 3 }).pipe(
+        Replicator.layer({ diskId: "d", config, ...options }).pipe(
           Layer.provideMerge(
             Layer.mergeAll(
               VirtualDisk.layerMemory(config),
@@ -159,6 +158,14 @@ describe("guest writes and the filter's journal", () => {
       const disk = yield* Effect.provide(VirtualDisk.VirtualDisk, context)
       // Start-up journals the link loss of a fresh start; from here on nothing becomes durable.
       yield* open.close
+      // Opened before the replicator closes (which journals every pending write), so a failed test ends.
+      yield* Effect.addFinalizer(() => open.open)
+      return { replicator, disk, open, journal: memory }
+    })
+
+  it("flush makes the earlier writes durable; writes wait only for a full journal stage, never the network", async () => {
+    const program = Effect.gen(function* () {
+      const { replicator, disk, open, journal: memory } = yield* withGatedJournal({ maxPendingWrites: 3 })
       // Three writes return with nothing journaled: they are on the disk.
       for (let i = 0; i < 3; i++) yield* replicator.write(i * BS, new Uint8Array(BS).fill(i + 1))
       expect((yield* disk.read(2 * BS, 512))[0]).toBe(3)
@@ -180,34 +187,6 @@ describe("guest writes and the filter's journal", () => {
     })
     await Effect.runPromise(Effect.scoped(program))
   })
-
-  /** A replicator whose journal appends wait while the returned latch is closed (after start-up). */
-  const withGatedJournal = (options: Partial<Replicator.Options>) =>
-    Effect.gen(function* () {
-      const memory = EventJournal.makeMemory(EventJournal.makeMemoryStore())
-      const open = yield* Effect.makeLatch(true)
-      const gated = Layer.succeed(EventJournal.EventJournal, {
-        ...memory,
-        append: (events) => open.await.pipe(Effect.zipRight(memory.append(events)))
-      })
-      const context = yield* Layer.build(
-        Replicator.layer({ diskId: "d", config, ...options }).pipe(
-          Layer.provideMerge(
-            Layer.mergeAll(
-              VirtualDisk.layerMemory(config),
-              gated,
-              LogReceiver.layerMemory({ ack: "on-flush" })
-            )
-          )
-        )
-      )
-      const replicator = yield* Effect.provide(Replicator.Replicator, context)
-      // Start-up journals the link loss of a fresh start; from here on nothing becomes durable.
-      yield* open.close
-      // Opened before the replicator closes (which journals every pending write), so a failed test ends.
-      yield* Effect.addFinalizer(() => open.open)
-      return { replicator, open, journal: memory }
-    })
 
   it("the writes not yet journaled are bounded by their bytes (maxPendingBytes), not their number", async () => {
     const program = Effect.gen(function* () {
