@@ -145,6 +145,61 @@ export const makeWritePath = (
     )
   }
 
+  /** Queues a written guest write for the loop, then opens its gate entry. */
+  const written = (w: Admissible, entry: GateEntry): void => {
+    if (mutants.releaseCopiesEarly) w.data.release()
+    const input = Input.writeCompleted(w.offset, w.data.bytes.length)
+    shared.inbox.offer({ _tag: "Input", input, data: w.data })
+    // Queued before the gate opens, so an overlapping write completes after it.
+    gate.leave(entry)
+  }
+
+  /** A disk write of `writes[i]` failed: undoes the admission of `writes[i, to)`. */
+  const failed = (
+    writes: ReadonlyArray<Admissible>,
+    entries: ReadonlyArray<GateEntry>,
+    from: number,
+    i: number,
+    to: number
+  ): void => {
+    for (let k = i - from; k < entries.length; k++) {
+      gate.leave(entries[k]!)
+      writes[from + k]!.data.release()
+      // The failed write keeps its extents in the activity log: what reached the disk is unknown.
+      const w = writes[from + k]!
+      if (activity !== undefined && k > i - from) activity.tracker.leave(w.firstExtent, w.lastExtent)
+    }
+    let unwritten = 0
+    for (let k = i; k < to; k++) unwritten += writes[k]!.data.bytes.length
+    pendingWrites.release(to - i, unwritten)
+  }
+
+  const writeSync = disk.writeSync
+  /**
+   * Writes `writes[start, to)` (of a run admitted from `from`) in order on this thread (the disk's `writeSync`), each queued
+   * for the loop once the disk has it: no step of the runtime between the admission and
+   * the inbox. The error of the first that failed, if one did.
+   */
+  const writeRunSync = (
+    write: (offset: number, bytes: Uint8Array) => DiskError | undefined,
+    writes: ReadonlyArray<Admissible>,
+    entries: ReadonlyArray<GateEntry>,
+    from: number,
+    start: number,
+    to: number
+  ): DiskError | undefined => {
+    for (let i = start; i < to; i++) {
+      const w = writes[i]!
+      const error = write(w.offset, w.data.bytes)
+      if (error !== undefined) {
+        failed(writes, entries, from, i, to)
+        return error
+      }
+      written(w, entries[i - from]!)
+    }
+    return undefined
+  }
+
   /** Writes `writes[i, to)` in order, each queued for the loop once the disk has it. */
   const writeRun = (
     writes: ReadonlyArray<Admissible>,
@@ -153,27 +208,19 @@ export const makeWritePath = (
     i: number,
     to: number
   ): Effect.Effect<void, DiskError> => {
+    if (writeSync !== undefined)
+      return Effect.suspend(() => {
+        const error = writeRunSync(writeSync, writes, entries, from, i, to)
+        return error === undefined ? Effect.void : Effect.fail(error)
+      })
     const w = writes[i]!
     return Effect.matchCauseEffect(disk.write(w.offset, w.data.bytes), {
       onFailure: (cause) => {
-        for (let k = i - from; k < entries.length; k++) {
-          gate.leave(entries[k]!)
-          writes[from + k]!.data.release()
-          // The failed write keeps its extents in the activity log: what reached the disk is unknown.
-          const w = writes[from + k]!
-          if (activity !== undefined && k > i - from) activity.tracker.leave(w.firstExtent, w.lastExtent)
-        }
-        let unwritten = 0
-        for (let k = i; k < to; k++) unwritten += writes[k]!.data.bytes.length
-        pendingWrites.release(to - i, unwritten)
+        failed(writes, entries, from, i, to)
         return Effect.failCause(cause)
       },
       onSuccess: () => {
-        if (mutants.releaseCopiesEarly) w.data.release()
-        const input = Input.writeCompleted(w.offset, w.data.bytes.length)
-        shared.inbox.offer({ _tag: "Input", input, data: w.data })
-        // Queued before the gate opens, so an overlapping write completes after it.
-        gate.leave(entries[i - from]!)
+        written(w, entries[i - from]!)
         return i + 1 === to ? Effect.void : writeRun(writes, entries, from, i + 1, to)
       }
     })
@@ -199,7 +246,16 @@ export const makeWritePath = (
             (mutants.skipOverlapGate || gate.blockerOf(checked.first, checked.last) === undefined)
           ) {
             pendingWrites.take(1, length)
-            return writeRun([checked], [gate.enter(checked.first, checked.last)], 0, 0, 1)
+            const entry = gate.enter(checked.first, checked.last)
+            if (writeSync === undefined) return writeRun([checked], [entry], 0, 0, 1)
+            // Written, queued and the gate left before this returns: no effect in between.
+            const error = writeSync(checked.offset, checked.data.bytes)
+            if (error === undefined) {
+              written(checked, entry)
+              return Effect.void
+            }
+            failed([checked], [entry], 0, 0, 1)
+            return Effect.fail(error)
           }
           return admit([checked])
         })
