@@ -55,12 +55,19 @@ export const makeWritePath = (
   const copies = makeSlabPool({ slabBytes: 1 << 20, largest: 1 << 17, keep: 32 })
   const closed = new ReplicatorStopped({ reason: "the replicator is closing", cause: undefined })
 
-  const check = (offset: number, bytes: Uint8Array): Admissible | WriteRejected => {
-    const length = bytes.length
+  /** Why the guest's write is refused, if it is. */
+  const rejection = (offset: number, length: number): WriteRejected | undefined => {
     const invalid = Geometry.validateRange(config, offset, length)
     if (invalid !== undefined) return new WriteRejected({ offset, length, reason: invalid.reason })
     if (offset % SECTOR_SIZE !== 0 || length % SECTOR_SIZE !== 0)
       return new WriteRejected({ offset, length, reason: `not aligned to ${SECTOR_SIZE}-byte sectors` })
+    return undefined
+  }
+
+  const check = (offset: number, bytes: Uint8Array): Admissible | WriteRejected => {
+    const length = bytes.length
+    const rejected = rejection(offset, length)
+    if (rejected !== undefined) return rejected
     return {
       offset,
       // The data streamed live must be what was written, even if the caller reuses its buffer.
@@ -233,31 +240,40 @@ export const makeWritePath = (
     write: (offset, bytes) =>
       Effect.uninterruptible(
         Effect.suspend(() => {
-          const checked = check(offset, bytes)
-          if (checked instanceof WriteRejected) return Effect.fail(checked)
+          const length = bytes.length
+          const rejected = rejection(offset, length)
+          if (rejected !== undefined) return Effect.fail(rejected)
           // The common case in one step, without the admission loop: nothing to wait for.
-          const length = checked.data.bytes.length
-          if (
+          const free =
             activity === undefined &&
             !shared.hasStopped &&
             !shared.held &&
             !pendingWrites.isClosing() &&
-            pendingWrites.fits(1, length) &&
-            (mutants.skipOverlapGate || gate.blockerOf(checked.first, checked.last) === undefined)
-          ) {
+            pendingWrites.fits(1, length)
+          const first = Geometry.firstBlock(config, offset)
+          const last = Geometry.lastBlock(config, offset, length)
+          if (free && (mutants.skipOverlapGate || gate.blockerOf(first, last) === undefined)) {
+            // The data streamed live must be what was written, even if the caller reuses its buffer.
+            const data = copies.copy(bytes)
             pendingWrites.take(1, length)
-            const entry = gate.enter(checked.first, checked.last)
-            if (writeSync === undefined) return writeRun([checked], [entry], 0, 0, 1)
-            // Written, queued and the gate left before this returns: no effect in between.
-            const error = writeSync(checked.offset, checked.data.bytes)
-            if (error === undefined) {
-              written(checked, entry)
+            if (writeSync !== undefined) {
+              // Written and queued before this returns: no other fiber runs in between, so
+              // the write needs no gate entry (none can see it) and no step of the runtime.
+              const error = writeSync(offset, data.bytes)
+              if (error !== undefined) {
+                data.release()
+                pendingWrites.release(1, length)
+                return Effect.fail(error)
+              }
+              if (mutants.releaseCopiesEarly) data.release()
+              shared.inbox.offer({ _tag: "Input", input: Input.writeCompleted(offset, length), data })
               return Effect.void
             }
-            failed([checked], [entry], 0, 0, 1)
-            return Effect.fail(error)
+            const w: Admissible = { offset, data, first, last, firstExtent: 0, lastExtent: 0 }
+            return writeRun([w], [gate.enter(first, last)], 0, 0, 1)
           }
-          return admit([checked])
+          const checked = check(offset, bytes)
+          return checked instanceof WriteRejected ? Effect.fail(checked) : admit([checked])
         })
       ),
     writeAll: (writes) =>
