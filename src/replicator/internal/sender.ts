@@ -4,7 +4,8 @@
  * (before a link loss or a gap) is dropped. A request goes into `requests` as it is sent,
  * so the loop can match its answer. The records of a batch go out as runs, one
  * `sendAll` per run (an effect per record was a share of the filter's CPU per 4 KiB
- * write), a run ending at a checksum request or a change of connection.
+ * write), a run ending at a checksum request, a change of connection, or a block read
+ * to wait for.
  */
 import { Clock, Effect, Either, Metric } from "effect"
 import type { Connection, OutRecord } from "../../adapters/LogReceiver.js"
@@ -75,6 +76,9 @@ export const sender = (shared: Shared, metrics: Metrics): Effect.Effect<never> =
           out.release?.()
           continue
         }
+        // A block still being read: what is ready goes first, so the socket is not idle
+        // while the disk reads (the drain's pipelining, as with a send per record).
+        if (out.record === undefined && run.records.length > 0) yield* flush
         const record =
           out.record ??
           (yield* out.read!.pipe(
