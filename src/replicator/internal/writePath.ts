@@ -183,9 +183,10 @@ export const makeWritePath = (
 
   const writeSync = disk.writeSync
   /**
-   * Writes `writes[start, to)` (of a run admitted from `from`) in order on this thread (the disk's `writeSync`), each queued
-   * for the loop once the disk has it: no step of the runtime between the admission and
-   * the inbox. The error of the first that failed, if one did.
+   * Writes `writes[start, to)` (of a run admitted from `from`) in order on this thread
+   * (the disk's `writeSync`), each queued for the loop once the disk has it: no step of
+   * the runtime between the admission and the inbox. The error of the first that
+   * failed, if one did.
    */
   const writeRunSync = (
     write: (offset: number, bytes: Uint8Array) => DiskError | undefined,
