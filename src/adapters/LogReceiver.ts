@@ -70,6 +70,19 @@ export declare namespace LogReceiver {
      */
     readonly sendOwned: (record: OutRecord, onWritten?: () => void) => Effect.Effect<void, ConnectionLost>
     /**
+     * `sendOwned` for a run of records in one effect: they are queued in the array's order,
+     * as if each were `sendOwned` in turn (same backpressure: the effect suspends while the
+     * buffer is full and goes on as it empties). The data of every record is lent, as with
+     * `sendOwned`: `onWritten`, once for the whole run, says the layer no longer reads any
+     * of it. Fails with `ConnectionLost` once the connection is gone (some of the run may
+     * have been queued). For a sender of many small records a step of the runtime per
+     * record was a share of its CPU (docs/performance.md, "Session 11").
+     */
+    readonly sendAll: (
+      records: ReadonlyArray<OutRecord>,
+      onWritten?: () => void
+    ) => Effect.Effect<void, ConnectionLost>
+    /**
      * Queues a checksum request (docs/wire.md, "Checksums") in the same buffer as the
      * records, so it reaches the receiver after every record whose `send` returned before
      * it. Same backpressure and failures as `send`; the request is copied or encoded before

@@ -10,8 +10,9 @@
  * - `layerMemory(geometry)`: sparse in-memory disk; untouched blocks read as zeros.
  * - `layerFile({ path, geometry, create, blockingWrites? })`: a raw image file,
  *   positional I/O, `flush` is fsync; the file handle closes with the layer's scope.
- *   Writes block the calling thread by default (cheap into the page cache);
- *   `blockingWrites: false` sends them through the thread pool (see `FileOptions`).
+ *   Writes block the calling thread by default (cheap into the page cache), and
+ *   `writeSync` is there; `blockingWrites: false` sends them through the thread pool
+ *   and leaves `writeSync` undefined (see `FileOptions`).
  *
  * @since 0.1.0
  */
@@ -49,6 +50,15 @@ export declare namespace VirtualDisk {
      * The buffer must stay unchanged until the effect completes.
      */
     readonly write: (offset: number, bytes: Uint8Array) => Effect.Effect<void, DiskError>
+    /**
+     * `write` on the calling thread, done when it returns: `undefined` once the disk has
+     * the bytes, or the error `write` would fail with. For a caller that must not take a
+     * step of the runtime per write (the filter's 4 KiB guest writes, docs/performance.md,
+     * "Session 11"). `undefined` in a layer that can only write asynchronously (then
+     * callers use `write`). A wrapper that changes what `write` does must change this too,
+     * or set it to `undefined`: callers prefer it to `write`.
+     */
+    readonly writeSync: ((offset: number, bytes: Uint8Array) => DiskError | undefined) | undefined
     /** Reads one whole tracking block; a fresh buffer. */
     readonly readBlock: (block: number) => Effect.Effect<Uint8Array, DiskError>
     /** Makes every completed write durable. */

@@ -259,6 +259,79 @@ const contract = (harness: Harness) =>
         )
     )
 
+    it.scopedLive(
+      "sendAll: a run in one effect, in order among send and sendOwned; onWritten once for the run, after which scribbling changes nothing",
+      () =>
+        run(
+          Effect.gen(function* () {
+            const { control, connection, inbox } = yield* connected("d")
+            // Longer than the send buffer (64): the run waits for room part of the way.
+            const n = 150
+            const size = 4096
+            const lent = Array.from({ length: n }, (_, i) => bytes(size, (i + 2) % 251))
+            let calls = 0
+            yield* connection.send(write(1, 0, 1))
+            yield* connection.sendAll(
+              lent.map((data, i) => ({ _tag: "Write", seq: i + 2, epoch: 0, offset: (i % 32) * size, data })),
+              () => {
+                calls++
+                for (const data of lent) data.fill(0xee)
+              }
+            )
+            yield* connection.sendOwned(write(n + 2, 32 * size, 7, size))
+            // An empty run queues nothing; its data (none) is done with at once.
+            let emptyCalls = 0
+            yield* connection.sendAll([], () => emptyCalls++)
+            yield* connection.sendAll([{ _tag: "ResyncBegin", seq: n + 3, epoch: 1, base: n + 2 }])
+            yield* connection.send({ _tag: "ResyncEnd", seq: n + 4, epoch: 1 })
+            yield* inbox.ackedThrough(n + 4)
+            assert.strictEqual(calls, 1)
+            assert.strictEqual(emptyCalls, 1)
+            assert.deepStrictEqual(
+              (yield* control.log("d")).map((e) => e.seq),
+              Array.from({ length: n + 4 }, (_, i) => i + 1)
+            )
+            // Each of the 32 places holds the last write of the run to it, not the scribble.
+            const image = yield* control.image("d")
+            const lastTo = new Array<number>(32)
+            for (let i = 0; i < n; i++) lastTo[i % 32] = i
+            for (let k = 0; k < 32; k++)
+              assert.isTrue(
+                image.subarray(k * size, (k + 1) * size).every((b) => b === (lastTo[k]! + 2) % 251),
+                `place ${k} holds write ${lastTo[k]! + 2}`
+              )
+            assert.isTrue(image.subarray(32 * size, 33 * size).every((b) => b === 7))
+          })
+        )
+    )
+
+    it.scopedLive("sendAll suspends while the buffer is full and goes on when drained", () =>
+      run(
+        Effect.gen(function* () {
+          const { control, connection, inbox } = yield* connected("d")
+          const { records, bytes: size } = harness.overflow
+          yield* control.stallIntake(true)
+          const sender = yield* Effect.forkScoped(
+            connection.sendAll(
+              Array.from({ length: records }, (_, i) =>
+                write(i + 1, (i * size) % (BLOCK * 1024), (i + 1) % 251, size)
+              )
+            )
+          )
+          yield* Effect.sleep("500 millis")
+          assert.isTrue(
+            (yield* Fiber.poll(sender))._tag === "None",
+            "sendAll must suspend while the receiver does not read"
+          )
+          yield* control.stallIntake(false)
+          yield* Fiber.join(sender)
+          yield* inbox.ackedThrough(records)
+          assert.strictEqual(yield* control.durableSeq("d"), records)
+        }),
+        { sendBuffer: 4 }
+      )
+    )
+
     it.scopedLive("a gap is reported; later records are rejected until a resync-begin", () =>
       run(
         Effect.gen(function* () {

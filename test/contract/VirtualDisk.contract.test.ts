@@ -80,6 +80,8 @@ const sectorRange = (maxSectors: number) =>
 
 type Op =
   | { readonly _tag: "write"; readonly offset: number; readonly length: number; readonly seed: number }
+  /** `writeSync` where the layer has one (`write` where it has none). */
+  | { readonly _tag: "writeSync"; readonly offset: number; readonly length: number; readonly seed: number }
   | { readonly _tag: "read"; readonly offset: number; readonly length: number }
   | { readonly _tag: "readInto"; readonly offset: number; readonly length: number; readonly at: number }
   | { readonly _tag: "readBlock"; readonly block: number }
@@ -87,6 +89,7 @@ type Op =
 
 const opArb: fc.Arbitrary<Op> = fc.oneof(
   fc.tuple(sectorRange(24), fc.nat()).map(([r, seed]): Op => ({ _tag: "write", ...r, seed })),
+  fc.tuple(sectorRange(24), fc.nat()).map(([r, seed]): Op => ({ _tag: "writeSync", ...r, seed })),
   sectorRange(24).map((r): Op => ({ _tag: "read", ...r })),
   fc.tuple(sectorRange(24), fc.nat({ max: 700 })).map(([r, at]): Op => ({ _tag: "readInto", ...r, at })),
   fc.nat({ max: geometry.blockCount - 1 }).map((block): Op => ({ _tag: "readBlock", block })),
@@ -122,6 +125,15 @@ const contract = (name: string, open: Open) =>
                         const bytes = pattern(op.seed, op.length)
                         yield* disk.write(op.offset, bytes)
                         model.set(bytes, op.offset)
+                        break
+                      }
+                      case "writeSync": {
+                        const bytes = pattern(op.seed, op.length)
+                        if (disk.writeSync === undefined) yield* disk.write(op.offset, bytes)
+                        // Done when it returns: the caller may change its buffer at once.
+                        else expect(disk.writeSync(op.offset, bytes)).toBeUndefined()
+                        bytes.fill(0xdd)
+                        model.set(pattern(op.seed, op.length), op.offset)
                         break
                       }
                       case "read":
@@ -206,6 +218,17 @@ const contract = (name: string, open: Open) =>
         const tail = pattern(3, 1024)
         expect(yield* reason(disk.write(diskBytes - 512, tail))).toBe("beyond-disk")
         expect(yield* reason(disk.write(diskBytes - 1024, pattern(3, 1000)))).toBe("misaligned")
+        if (disk.writeSync !== undefined) {
+          const reasonSync = (offset: number, bytes: Uint8Array) => {
+            const error = disk.writeSync!(offset, bytes)
+            return error?._tag === "DiskRangeError" ? error.reason : "accepted"
+          }
+          expect(reasonSync(256, new Uint8Array(512))).toBe("misaligned")
+          expect(reasonSync(0, new Uint8Array(0))).toBe("empty")
+          expect(reasonSync(-512, new Uint8Array(512))).toBe("negative")
+          expect(reasonSync(0.5, new Uint8Array(512))).toBe("not-an-integer")
+          expect(reasonSync(diskBytes - 512, tail)).toBe("beyond-disk")
+        }
         expectBytes(yield* disk.read(diskBytes - 1024, 1024), new Uint8Array(1024))
         const error = yield* Effect.flip(disk.read(512, 100))
         expect(error).toMatchObject({ _tag: "DiskRangeError", offset: 512, length: 100, diskBytes })
@@ -281,6 +304,22 @@ describe("VirtualDisk layerFile", () => {
   const fileLayer = (file: string, g: Geometry.Geometry, create: boolean) =>
     fromLayer(VirtualDisk.layerFile({ path: file, geometry: g, create }))
 
+  it.scoped("writes synchronously when its writes block (the default), and only then", () =>
+    Effect.gen(function* () {
+      const dir = yield* tempDir
+      const file = path.join(dir, "disk.img")
+      const blocking = yield* fileLayer(file, geometry, true)
+      expect(blocking.writeSync).toBeTypeOf("function")
+      const pooled = yield* fromLayer(
+        VirtualDisk.layerFile({ path: file, geometry, create: false, blockingWrites: false })
+      )
+      expect(pooled.writeSync).toBeUndefined()
+      // The bytes are in the file when writeSync returns: another handle reads them.
+      expect(blocking.writeSync!(4096, pattern(9, 1024))).toBeUndefined()
+      expectBytes(yield* pooled.read(4096, 1024), pattern(9, 1024))
+    })
+  )
+
   it.scoped("creates a sparse image of exactly the geometry's size", () =>
     Effect.gen(function* () {
       const dir = yield* tempDir
@@ -345,6 +384,12 @@ describe("VirtualDisk layerFile", () => {
       const disk = yield* Effect.scoped(fileLayer(file, geometry, true))
       const error = yield* Effect.flip(disk.read(0, 512))
       expect(error).toMatchObject({ _tag: "DiskIoError", op: "read", path: file })
+      // The synchronous write returns its failure, it never throws.
+      expect(disk.writeSync?.(0, new Uint8Array(512))).toMatchObject({
+        _tag: "DiskIoError",
+        op: "write",
+        path: file
+      })
     })
   )
 })

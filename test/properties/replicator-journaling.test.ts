@@ -321,30 +321,36 @@ describe("guest writes and the filter's journal", () => {
     await Effect.runPromise(Effect.scoped(program))
   })
 
-  it("writeAll: when the disk fails a write, the ones before it are on the disk and journaled, none after it is tried", async () => {
+  it("write and writeAll: when the disk fails a write (written synchronously or not), the ones before it are on the disk and journaled, none after it is tried", async () => {
     await fc.assert(
       fc.asyncProperty(
-        fc
-          .array(fc.integer({ min: 0, max: BLOCKS - 1 }), { minLength: 1, maxLength: 24 })
-          .chain((blocks) =>
-            fc.record({ blocks: fc.constant(blocks), failAt: fc.nat({ max: blocks.length - 1 }) })
-          ),
-        async ({ blocks, failAt }) => {
+        fc.array(fc.integer({ min: 0, max: BLOCKS - 1 }), { minLength: 1, maxLength: 24 }).chain((blocks) =>
+          fc.record({
+            blocks: fc.constant(blocks),
+            failAt: fc.nat({ max: blocks.length - 1 }),
+            // The disk's writeSync (the write path's way when there is one), or only its write.
+            sync: fc.boolean(),
+            // One writeAll, or a write at a time.
+            single: fc.boolean()
+          })
+        ),
+        async ({ blocks, failAt, sync, single }) => {
           const program = Effect.gen(function* () {
             const memoryDisk = VirtualDisk.makeMemory(config)
             const store = EventJournal.makeMemoryStore()
             const journal = EventJournal.makeMemory(store)
             let attempts = 0
+            const eio = () =>
+              new VirtualDisk.DiskIoError({ op: "write", path: "memory", cause: new Error("EIO") })
             const failing = Layer.succeed(VirtualDisk.VirtualDisk, {
               ...memoryDisk,
               write: (offset, bytes) =>
                 Effect.suspend(() =>
-                  attempts++ === failAt
-                    ? Effect.fail(
-                        new VirtualDisk.DiskIoError({ op: "write", path: "memory", cause: new Error("EIO") })
-                      )
-                    : memoryDisk.write(offset, bytes)
-                )
+                  attempts++ === failAt ? Effect.fail(eio()) : memoryDisk.write(offset, bytes)
+                ),
+              writeSync: sync
+                ? (offset, bytes) => (attempts++ === failAt ? eio() : memoryDisk.writeSync!(offset, bytes))
+                : undefined
             })
             const context = yield* Layer.build(
               Replicator.layer({ diskId: "d", config }).pipe(
@@ -362,7 +368,11 @@ describe("guest writes and the filter's journal", () => {
               offset: block * BS,
               bytes: new Uint8Array(BS).fill(i + 1)
             }))
-            const result = yield* Effect.either(replicator.writeAll(batch))
+            const result = yield* Effect.either(
+              single
+                ? Effect.forEach(batch, (w) => replicator.write(w.offset, w.bytes), { discard: true })
+                : replicator.writeAll(batch)
+            )
             expect(Either.isLeft(result) && result.left._tag).toBe("DiskIoError")
             expect(attempts).toBe(failAt + 1)
             yield* replicator.flush

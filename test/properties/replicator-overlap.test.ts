@@ -86,6 +86,8 @@ const slowDisk = (
   const pause = (ms: number) => (ms === 0 ? Effect.yieldNow() : Effect.sleep(Duration.millis(ms)))
   return {
     ...memory,
+    // Only the asynchronous write can land late: the write path must use it.
+    writeSync: undefined,
     write: (offset, bytes) => {
       const w = timingOf(bytes)
       return pause(w?.applyAfter ?? 0).pipe(

@@ -86,6 +86,8 @@ export const make = (options: HarnessOptions = {}): Effect.Effect<Harness, unkno
     const memoryDisk = VirtualDisk.makeMemory(config)
     const disk: VirtualDisk.VirtualDisk.Service = {
       ...memoryDisk,
+      // Writes wait at the latch: the synchronous write would pass it.
+      writeSync: undefined,
       write: (offset, bytes) =>
         Effect.suspend(() => {
           diskWriteEntered.push(offset)

@@ -335,7 +335,13 @@ describe("checksum requests in the stages", () => {
         const shared = yield* fresh()
         const compare = (id: number, b: number) => ({ session: 0, compared: id, block: b })
         yield* act(shared, disk, config, [
-          { session: 0, record: { _tag: "ResyncBegin", seq: 5, epoch: 1, base: 4 } },
+          {
+            session: 0,
+            seq: 5,
+            record: { _tag: "ResyncBegin", seq: 5, epoch: 1, base: 4 },
+            read: undefined,
+            release: undefined
+          },
           compare(0, 3),
           compare(1, 4),
           compare(2, 9),

@@ -168,6 +168,8 @@ describe("the sender, alone", () => {
       durableSeq: 0,
       send: () => Effect.void,
       sendOwned: (record: Wire.Record) => Effect.sync(() => sent.push(record.seq)),
+      sendAll: (records: ReadonlyArray<Wire.Record>) =>
+        Effect.sync(() => sent.push(...records.map((r) => r.seq))),
       requestChecksums: () => Effect.void,
       messages: undefined as never
     } satisfies Connection

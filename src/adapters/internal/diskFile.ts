@@ -87,6 +87,19 @@ export const make = (
     if (stat.size !== diskBytes)
       return yield* new DiskGeometryMismatch({ path, expectedBytes: diskBytes, actualBytes: stat.size })
 
+    const blocking = options.blockingWrites !== false
+    /** The blocking write: a `pwrite` on this thread, no step of the runtime. */
+    const writeSync = (offset: number, bytes: Uint8Array): DiskRangeError | DiskIoError | undefined => {
+      const invalid = checkRange(geometry, offset, bytes.length)
+      if (invalid !== undefined) return invalid
+      try {
+        pwriteFullySync(handle.fd, bytes, offset)
+        return undefined
+      } catch (cause) {
+        return new DiskIoError({ op: "write", path, cause })
+      }
+    }
+
     // Untraced: these run per guest write and per drained block, and a span each
     // (`Effect.fn`) costs several times an in-memory write.
     const service: VirtualDisk.Service = {
@@ -108,15 +121,15 @@ export const make = (
       // Plain combinators: a generator per write cost as much as the rest of the call.
       write: (offset: number, bytes: Uint8Array) =>
         Effect.suspend((): Effect.Effect<void, DiskRangeError | DiskIoError> => {
+          if (blocking) {
+            const error = writeSync(offset, bytes)
+            return error === undefined ? Effect.void : Effect.fail(error)
+          }
           const invalid = checkRange(geometry, offset, bytes.length)
           if (invalid !== undefined) return Effect.fail(invalid)
-          if (options.blockingWrites !== false)
-            return Effect.try({
-              try: () => pwriteFullySync(handle.fd, bytes, offset),
-              catch: (cause) => new DiskIoError({ op: "write", path, cause })
-            })
           return io("write", () => pwriteFully(handle, bytes, offset))
         }),
+      writeSync: blocking ? writeSync : undefined,
       readBlock: Effect.fnUntraced(function* (block: number) {
         const invalid = checkBlock(geometry, block)
         if (invalid !== undefined) return yield* invalid

@@ -67,6 +67,12 @@ export const make = (geometry: Geometry.Geometry): MemoryDisk => {
       if (invalid !== undefined) return yield* invalid
       copyIn(offset, bytes)
     }),
+    writeSync: (offset: number, bytes: Uint8Array) => {
+      const invalid = checkRange(geometry, offset, bytes.length)
+      if (invalid !== undefined) return invalid
+      copyIn(offset, bytes)
+      return undefined
+    },
     readBlock: Effect.fnUntraced(function* (block: number) {
       const invalid = checkBlock(geometry, block)
       if (invalid !== undefined) return yield* invalid

@@ -3,7 +3,7 @@
  * outbox (backpressure), the receiver's messages, and the one-way "lost" state that
  * fails `send` and `messages` with `ConnectionLost`.
  */
-import { Deferred, Effect, Exit, Mailbox } from "effect"
+import { Chunk, Deferred, Effect, Exit, Mailbox } from "effect"
 import type { Message } from "./receiverStore.js"
 import { ConnectionLost } from "./receiverErrors.js"
 
@@ -13,6 +13,8 @@ export interface Link<A> {
   readonly lost: Deferred.Deferred<never, ConnectionLost>
   /** Enqueues for the writer; suspends while the outbox is full; fails once the connection is lost. */
   readonly send: (item: A) => Effect.Effect<void, ConnectionLost>
+  /** `send` for each item in order, in one effect: suspends while the outbox is full. */
+  readonly sendAll: (items: ReadonlyArray<A>) => Effect.Effect<void, ConnectionLost>
   readonly deliver: (message: Message) => void
   /** Idempotent: the first cause wins. */
   readonly markLost: (cause: unknown) => void
@@ -40,11 +42,20 @@ export const makeLink = <A>(capacity: number): Effect.Effect<Link<A>> =>
         if (outbox.unsafeOffer(item)) return Effect.void
         return Effect.asVoid(Effect.raceFirst(outbox.offer(item), Deferred.await(lost)))
       })
+    const sendAll = (items: ReadonlyArray<A>): Effect.Effect<void, ConnectionLost> =>
+      Effect.suspend(() => {
+        if (error !== undefined) return Effect.fail(error)
+        // What fits goes at once; the rest waits for room, in order, unless the loss comes first.
+        const rest = outbox.unsafeOfferAll(items)
+        if (Chunk.isEmpty(rest)) return Effect.void
+        return Effect.asVoid(Effect.raceFirst(outbox.offerAll(rest), Deferred.await(lost)))
+      })
     return {
       outbox,
       messages,
       lost,
       send,
+      sendAll,
       deliver: (message) => {
         messages.unsafeOffer(message)
       },

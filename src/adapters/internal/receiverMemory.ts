@@ -88,6 +88,15 @@ export const makeClient = (store: ReceiverStore, options: MemoryOptions = {}): L
               onWritten()
               return link.send(own)
             }),
+      // As `sendOwned`: kept by reference, or copied at once when lent with `onWritten`.
+      sendAll: (records, onWritten) =>
+        onWritten === undefined
+          ? link.sendAll(records)
+          : Effect.suspend(() => {
+              const own = records.map(copy)
+              onWritten()
+              return link.sendAll(own)
+            }),
       // The blocks are copied: the caller may reuse its array.
       requestChecksums: (request) =>
         Effect.suspend(() => link.send({ ...request, blocks: [...request.blocks] })),

@@ -12,7 +12,18 @@
  * dropped here (they only prove the link carries traffic both ways).
  */
 import * as Net from "node:net"
-import { Cause, Clock, Deferred, Duration, Effect, ExecutionStrategy, Exit, Mailbox, Scope } from "effect"
+import {
+  Cause,
+  Chunk,
+  Clock,
+  Deferred,
+  Duration,
+  Effect,
+  ExecutionStrategy,
+  Exit,
+  Mailbox,
+  Scope
+} from "effect"
 import type { LogReceiver } from "../LogReceiver.js"
 import {
   type ConnectError,
@@ -61,12 +72,16 @@ const encodeOwned = encodePartsWith(allocateFrame)
 const KEEP_ALIVE = encode({ _tag: "KeepAlive" })
 
 /**
- * What the writer puts on the socket for one record: a frame, or its parts in order and
- * the lender's `onWritten`, called once the socket has taken the last part.
+ * What the writer puts on the socket for one record: a frame, its parts in order, or its
+ * parts and the lender's `onWritten`, called once the socket has taken the last part
+ * (`sendAll` lends a run's data with one `onWritten`, carried by the run's last record).
  */
-type Outgoing =
-  | Uint8Array
-  | { readonly parts: ReadonlyArray<Uint8Array>; readonly onWritten: (() => void) | undefined }
+type Outgoing = Uint8Array | ReadonlyArray<Uint8Array> | Lent
+
+interface Lent {
+  readonly parts: ReadonlyArray<Uint8Array>
+  readonly onWritten: () => void
+}
 
 const unexpected = (frame: Frame, when: string) =>
   new WireError({ reason: "unexpected-frame", detail: `${frame._tag} ${when}` })
@@ -111,25 +126,48 @@ const connectSocket = (host: string, port: number) =>
     return Effect.sync(() => socket.destroy())
   })
 
-/** Writes a batch of frames in one corked write; waits only while the socket is above its high-water mark. */
-const writeFrames = (socket: Net.Socket, frames: Iterable<Outgoing>) =>
+/** Calls each `onWritten` of a batch: once the socket took its last byte, it took them all. */
+const callAll = (callbacks: ReadonlyArray<() => void>) => (error: Error | null | undefined) => {
+  // Only a clean write hands the bytes back; after an error they are left to the collector.
+  if (error == null) for (let i = 0; i < callbacks.length; i++) callbacks[i]!()
+}
+
+/**
+ * Writes a batch of frames in one corked write, with one callback for the batch (a
+ * callback per payload was a share of the filter's socket time); waits only while the
+ * socket is above its high-water mark.
+ */
+const writeFrames = (socket: Net.Socket, frames: ReadonlyArray<Outgoing>) =>
   Effect.async<void>((resume) => {
     if (socket.destroyed) return resume(Effect.void)
+    let callbacks: Array<() => void> | undefined
+    // The last part goes out apart, with the batch's callback if it has one.
+    let last: Uint8Array | undefined
     socket.cork()
-    let below = true
-    for (const frame of frames)
-      if (frame instanceof Uint8Array) below = socket.write(frame)
-      else {
-        const { parts, onWritten } = frame
-        for (let i = 0; i < parts.length; i++)
-          below =
-            i < parts.length - 1 || onWritten === undefined
-              ? socket.write(parts[i]!)
-              : // Only a clean write hands the bytes back; after an error they are left to the collector.
-                socket.write(parts[i]!, (error) => {
-                  if (error == null) onWritten()
-                })
+    for (let f = 0; f < frames.length; f++) {
+      const frame = frames[f]!
+      if (frame instanceof Uint8Array) {
+        if (last !== undefined) socket.write(last)
+        last = frame
+        continue
       }
+      let parts: ReadonlyArray<Uint8Array>
+      if ("parts" in frame) {
+        parts = frame.parts
+        if (callbacks === undefined) callbacks = [frame.onWritten]
+        else callbacks.push(frame.onWritten)
+      } else parts = frame
+      for (let i = 0; i < parts.length; i++) {
+        if (last !== undefined) socket.write(last)
+        last = parts[i]!
+      }
+    }
+    const below =
+      last === undefined
+        ? true
+        : callbacks === undefined
+          ? socket.write(last)
+          : socket.write(last, callAll(callbacks))
     socket.uncork()
     if (below) return resume(Effect.void)
     const unlisten = () => {
@@ -225,7 +263,7 @@ const open = (
       for (;;) {
         const [frames] = yield* link.outbox.takeAll
         lastSent = clock.unsafeCurrentTimeMillis()
-        yield* writeFrames(socket, frames)
+        yield* writeFrames(socket, Chunk.toReadonlyArray(frames))
       }
     }).pipe(Effect.forkIn(scope))
 
@@ -252,7 +290,21 @@ const open = (
       durableSeq,
       send: (record) => Effect.suspend(() => link.send(encodeRecord(record))),
       sendOwned: (record, onWritten) =>
-        Effect.suspend(() => link.send({ parts: encodeOwned(record), onWritten })),
+        Effect.suspend(() => {
+          const parts = encodeOwned(record)
+          return link.send(onWritten === undefined ? parts : { parts, onWritten })
+        }),
+      sendAll: (records, onWritten) =>
+        Effect.suspend(() => {
+          const items = new Array<Outgoing>(records.length)
+          for (let i = 0; i < records.length; i++) items[i] = encodeOwned(records[i]!)
+          // The run's last record carries its `onWritten`: the socket writes in order.
+          const n = records.length
+          if (onWritten !== undefined && n > 0)
+            items[n - 1] = { parts: items[n - 1] as ReadonlyArray<Uint8Array>, onWritten }
+          else if (onWritten !== undefined) onWritten()
+          return link.sendAll(items)
+        }),
       requestChecksums: (request) => Effect.suspend(() => link.send(encodeRecord(request))),
       messages: Mailbox.toStream(link.messages)
     }

@@ -36,9 +36,12 @@ export const recordOf = (
   data: Lease | undefined
 ): Decided | undefined => {
   switch (event.type) {
+    // Records in one shape (the sender's), with every field set: the loop, the journal
+    // stage and the sender pass the same object along.
     case "WriteStreamed":
       return {
         session,
+        seq: event.seq,
         record: {
           _tag: "Write",
           seq: event.seq,
@@ -46,6 +49,7 @@ export const recordOf = (
           offset: event.offset,
           data: data!.bytes
         },
+        read: undefined,
         release: data!.release
       }
     case "BlockSent":
@@ -54,10 +58,19 @@ export const recordOf = (
     case "ResyncBegun":
       return {
         session,
-        record: { _tag: "ResyncBegin", seq: event.seq, epoch: event.epoch, base: Decider.markerBase(before) }
+        seq: event.seq,
+        record: { _tag: "ResyncBegin", seq: event.seq, epoch: event.epoch, base: Decider.markerBase(before) },
+        read: undefined,
+        release: undefined
       }
     case "SyncActivated":
-      return { session, record: { _tag: "ResyncEnd", seq: event.seq, epoch: event.epoch } }
+      return {
+        session,
+        seq: event.seq,
+        record: { _tag: "ResyncEnd", seq: event.seq, epoch: event.epoch },
+        read: undefined,
+        release: undefined
+      }
     case "BlockCompared":
       // Read and hashed once the event is durable (the journal stage); its request goes in this place.
       return { session, compared: event.id, block: event.block }
@@ -151,6 +164,9 @@ export const decideBatch = (shared: Shared, settings: LoopSettings, commands: Re
     const adoptions: Array<Deferred.Deferred<number | undefined>> = []
     const before = shared.state
     let s = shared.state
+    // A command's one input, in an array used again for each (it is read before the next):
+    // a fresh array per guest write was garbage for nothing.
+    const one: Array<Input.Input> = []
     for (const command of commands) {
       let inputs: ReadonlyArray<Input.Input>
       let data: Lease | undefined
@@ -160,7 +176,8 @@ export const decideBatch = (shared: Shared, settings: LoopSettings, commands: Re
           continue
         case "Input": {
           const input = command.input
-          inputs = [input]
+          one[0] = input
+          inputs = one
           data = command.data
           if (input._tag === "PumpTick") shared.pumpPending = false
           else if (input._tag === "WriteCompleted") {

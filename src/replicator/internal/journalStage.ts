@@ -95,7 +95,7 @@ export const journalStage = (
 type BlockRead = Extract<Decided, { readonly seq: number; readonly block: number }>
 type Comparison = Extract<Decided, { readonly compared: number }>
 
-const isBlockRead = (out: Decided): out is BlockRead => "seq" in out
+const isBlockRead = (out: Decided): out is BlockRead => "epoch" in out
 const isComparison = (out: Decided): out is Comparison => "compared" in out
 
 /**
@@ -194,13 +194,8 @@ export const act = (
     for (let i = 0; i < outgoing.length; ) {
       const out = outgoing[i]!
       if ("record" in out) {
-        items.push({
-          session: out.session,
-          seq: out.record.seq,
-          record: out.record,
-          read: undefined,
-          release: out.release
-        })
+        // Decided in the sender's shape: passed on as it is.
+        items.push(out)
         i++
         continue
       }

@@ -60,7 +60,8 @@ export type Command =
  * or a comparison (`compared`: its id) whose block is read and hashed once it is journaled.
  */
 export type Decided =
-  | { readonly session: number; readonly record: Wire.Record; readonly release?: (() => void) | undefined }
+  /** A ready record: already in the sender's shape (`OutgoingRecord`), so it goes as it is. */
+  | (OutgoingRecord & { readonly record: Wire.Record; readonly read: undefined })
   | { readonly session: number; readonly seq: number; readonly block: number; readonly epoch: number }
   | { readonly session: number; readonly compared: number; readonly block: number }
 

@@ -55,12 +55,19 @@ export const makeWritePath = (
   const copies = makeSlabPool({ slabBytes: 1 << 20, largest: 1 << 17, keep: 32 })
   const closed = new ReplicatorStopped({ reason: "the replicator is closing", cause: undefined })
 
-  const check = (offset: number, bytes: Uint8Array): Admissible | WriteRejected => {
-    const length = bytes.length
+  /** Why the guest's write is refused, if it is. */
+  const rejection = (offset: number, length: number): WriteRejected | undefined => {
     const invalid = Geometry.validateRange(config, offset, length)
     if (invalid !== undefined) return new WriteRejected({ offset, length, reason: invalid.reason })
     if (offset % SECTOR_SIZE !== 0 || length % SECTOR_SIZE !== 0)
       return new WriteRejected({ offset, length, reason: `not aligned to ${SECTOR_SIZE}-byte sectors` })
+    return undefined
+  }
+
+  const check = (offset: number, bytes: Uint8Array): Admissible | WriteRejected => {
+    const length = bytes.length
+    const rejected = rejection(offset, length)
+    if (rejected !== undefined) return rejected
     return {
       offset,
       // The data streamed live must be what was written, even if the caller reuses its buffer.
@@ -145,6 +152,62 @@ export const makeWritePath = (
     )
   }
 
+  /** Queues a written guest write for the loop, then opens its gate entry. */
+  const written = (w: Admissible, entry: GateEntry): void => {
+    if (mutants.releaseCopiesEarly) w.data.release()
+    const input = Input.writeCompleted(w.offset, w.data.bytes.length)
+    shared.inbox.offer({ _tag: "Input", input, data: w.data })
+    // Queued before the gate opens, so an overlapping write completes after it.
+    gate.leave(entry)
+  }
+
+  /** A disk write of `writes[i]` failed: undoes the admission of `writes[i, to)`. */
+  const failed = (
+    writes: ReadonlyArray<Admissible>,
+    entries: ReadonlyArray<GateEntry>,
+    from: number,
+    i: number,
+    to: number
+  ): void => {
+    for (let k = i - from; k < entries.length; k++) {
+      gate.leave(entries[k]!)
+      writes[from + k]!.data.release()
+      // The failed write keeps its extents in the activity log: what reached the disk is unknown.
+      const w = writes[from + k]!
+      if (activity !== undefined && k > i - from) activity.tracker.leave(w.firstExtent, w.lastExtent)
+    }
+    let unwritten = 0
+    for (let k = i; k < to; k++) unwritten += writes[k]!.data.bytes.length
+    pendingWrites.release(to - i, unwritten)
+  }
+
+  const writeSync = disk.writeSync
+  /**
+   * Writes `writes[start, to)` (of a run admitted from `from`) in order on this thread
+   * (the disk's `writeSync`), each queued for the loop once the disk has it: no step of
+   * the runtime between the admission and the inbox. The error of the first that
+   * failed, if one did.
+   */
+  const writeRunSync = (
+    write: (offset: number, bytes: Uint8Array) => DiskError | undefined,
+    writes: ReadonlyArray<Admissible>,
+    entries: ReadonlyArray<GateEntry>,
+    from: number,
+    start: number,
+    to: number
+  ): DiskError | undefined => {
+    for (let i = start; i < to; i++) {
+      const w = writes[i]!
+      const error = write(w.offset, w.data.bytes)
+      if (error !== undefined) {
+        failed(writes, entries, from, i, to)
+        return error
+      }
+      written(w, entries[i - from]!)
+    }
+    return undefined
+  }
+
   /** Writes `writes[i, to)` in order, each queued for the loop once the disk has it. */
   const writeRun = (
     writes: ReadonlyArray<Admissible>,
@@ -153,27 +216,19 @@ export const makeWritePath = (
     i: number,
     to: number
   ): Effect.Effect<void, DiskError> => {
+    if (writeSync !== undefined)
+      return Effect.suspend(() => {
+        const error = writeRunSync(writeSync, writes, entries, from, i, to)
+        return error === undefined ? Effect.void : Effect.fail(error)
+      })
     const w = writes[i]!
     return Effect.matchCauseEffect(disk.write(w.offset, w.data.bytes), {
       onFailure: (cause) => {
-        for (let k = i - from; k < entries.length; k++) {
-          gate.leave(entries[k]!)
-          writes[from + k]!.data.release()
-          // The failed write keeps its extents in the activity log: what reached the disk is unknown.
-          const w = writes[from + k]!
-          if (activity !== undefined && k > i - from) activity.tracker.leave(w.firstExtent, w.lastExtent)
-        }
-        let unwritten = 0
-        for (let k = i; k < to; k++) unwritten += writes[k]!.data.bytes.length
-        pendingWrites.release(to - i, unwritten)
+        failed(writes, entries, from, i, to)
         return Effect.failCause(cause)
       },
       onSuccess: () => {
-        if (mutants.releaseCopiesEarly) w.data.release()
-        const input = Input.writeCompleted(w.offset, w.data.bytes.length)
-        shared.inbox.offer({ _tag: "Input", input, data: w.data })
-        // Queued before the gate opens, so an overlapping write completes after it.
-        gate.leave(entries[i - from]!)
+        written(w, entries[i - from]!)
         return i + 1 === to ? Effect.void : writeRun(writes, entries, from, i + 1, to)
       }
     })
@@ -186,22 +241,40 @@ export const makeWritePath = (
     write: (offset, bytes) =>
       Effect.uninterruptible(
         Effect.suspend(() => {
-          const checked = check(offset, bytes)
-          if (checked instanceof WriteRejected) return Effect.fail(checked)
+          const length = bytes.length
+          const rejected = rejection(offset, length)
+          if (rejected !== undefined) return Effect.fail(rejected)
           // The common case in one step, without the admission loop: nothing to wait for.
-          const length = checked.data.bytes.length
-          if (
+          const free =
             activity === undefined &&
             !shared.hasStopped &&
             !shared.held &&
             !pendingWrites.isClosing() &&
-            pendingWrites.fits(1, length) &&
-            (mutants.skipOverlapGate || gate.blockerOf(checked.first, checked.last) === undefined)
-          ) {
+            pendingWrites.fits(1, length)
+          const first = Geometry.firstBlock(config, offset)
+          const last = Geometry.lastBlock(config, offset, length)
+          if (free && (mutants.skipOverlapGate || gate.blockerOf(first, last) === undefined)) {
+            // The data streamed live must be what was written, even if the caller reuses its buffer.
+            const data = copies.copy(bytes)
             pendingWrites.take(1, length)
-            return writeRun([checked], [gate.enter(checked.first, checked.last)], 0, 0, 1)
+            if (writeSync !== undefined) {
+              // Written and queued before this returns: no other fiber runs in between, so
+              // the write needs no gate entry (none can see it) and no step of the runtime.
+              const error = writeSync(offset, data.bytes)
+              if (error !== undefined) {
+                data.release()
+                pendingWrites.release(1, length)
+                return Effect.fail(error)
+              }
+              if (mutants.releaseCopiesEarly) data.release()
+              shared.inbox.offer({ _tag: "Input", input: Input.writeCompleted(offset, length), data })
+              return Effect.void
+            }
+            const w: Admissible = { offset, data, first, last, firstExtent: 0, lastExtent: 0 }
+            return writeRun([w], [gate.enter(first, last)], 0, 0, 1)
           }
-          return admit([checked])
+          const checked = check(offset, bytes)
+          return checked instanceof WriteRejected ? Effect.fail(checked) : admit([checked])
         })
       ),
     writeAll: (writes) =>
