@@ -58,7 +58,7 @@ export declare namespace VirtualDisk {
      * callers use `write`). A wrapper that changes what `write` does must change this too,
      * or set it to `undefined`: callers prefer it to `write`.
      */
-    readonly writeSync: ((offset: number, bytes: Uint8Array) => DiskError | undefined) | undefined
+    readonly writeSync?: ((offset: number, bytes: Uint8Array) => DiskError | undefined) | undefined
     /** Reads one whole tracking block; a fresh buffer. */
     readonly readBlock: (block: number) => Effect.Effect<Uint8Array, DiskError>
     /** Makes every completed write durable. */
