@@ -231,4 +231,35 @@ describe("answers from pooled buffers, hashed as views (session 11)", () => {
     )
     expect(failureOf(exit)).toBeUndefined()
   })
+
+  it("reads scattered small records into buffers of their own size, not a pooled 1 MiB each", async () => {
+    // 4 KiB blocks: one run of 256 blocks, each its own record, none next to another in the log.
+    const small = { blockSize: 4096, blockCount: 256 }
+    const exit = await withStore(
+      tempDir(),
+      (store) =>
+        Effect.gen(function* () {
+          const disk = yield* store.disk({ diskId: "vm", ...small, watermark: 0 })
+          const filler = randomBytes(100 << 10)
+          let seq = 0
+          for (let block = 0; block < small.blockCount; block++) {
+            disk.append(
+              { _tag: "Block", seq: ++seq, epoch: 0, block, data: randomBytes(small.blockSize) },
+              true
+            )
+            // 100 KiB written elsewhere after each: no two records of the run share a span read.
+            disk.append({ _tag: "Write", seq: ++seq, epoch: 0, offset: 0, data: filler.subarray(0, 1) }, true)
+            disk.append({ _tag: "Write", seq: ++seq, epoch: 0, offset: 4096, data: filler }, true)
+          }
+          yield* disk.flushed
+          const made = spanPool.made
+          const blocks = Array.from({ length: small.blockCount - 26 }, (_, k) => k + 26)
+          const { digests } = yield* Effect.promise(() => digestsOf(disk, blocks))
+          expect(digests.byteLength).toBe(blocks.length * 32)
+          expect(spanPool.made - made).toBeLessThanOrEqual(1)
+        }),
+      { segmentBytes: 8 << 20, verifyRate: 0 }
+    )
+    expect(failureOf(exit)).toBeUndefined()
+  })
 })

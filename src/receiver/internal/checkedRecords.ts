@@ -23,6 +23,8 @@ const SPAN_GAP = 64 << 10
  * 1 MiB of 64 KiB block records with their headers is one read into one pooled buffer.
  */
 export const SPAN_BYTES = (1 << 20) + SPAN_GAP
+/** Spans from this size on are read into pooled buffers (each then at least a quarter used). */
+export const POOLED_FROM = SPAN_BYTES >> 2
 /** Pooled buffers kept while none is in use, at most (the process's, across answers). */
 const POOL_KEPT = 8
 
@@ -45,8 +47,13 @@ export class Span {
     private readonly pooled: boolean
   ) {}
 
-  /** A span of `bytes` (a pooled buffer unless larger than `SPAN_BYTES`). */
+  /**
+   * A span of `bytes`: a pooled buffer from `POOLED_FROM` to `SPAN_BYTES`, else one of its
+   * own size (a run of scattered small records holds as many spans as records: a pooled
+   * buffer each would hold up to 1 MiB per record).
+   */
   static take(bytes: number): Span {
+    if (bytes < POOLED_FROM) return new Span(Buffer.allocUnsafe(bytes), false)
     if (bytes > SPAN_BYTES) return new Span(Buffer.allocUnsafeSlow(bytes), false)
     let buffer = free.pop()
     if (buffer === undefined) {
