@@ -117,7 +117,10 @@ const remarkFlight = (state: State.State): Bitmap.Bitmap => {
 }
 
 const withoutComparison = (state: State.State, id: number): ReadonlyArray<State.Comparison> => {
-  const left = state.comparing.filter((c) => c.id !== id)
+  const c = state.comparing
+  // Answers come in request order: the comparison done is nearly always the oldest (a copy
+  // without it costs a tenth of a filter's call per element; ids are unique either way).
+  const left = c.length > 0 && c[0]!.id === id ? c.slice(1) : c.filter((x) => x.id !== id)
   return left.length === 0 ? State.noComparisons : left
 }
 

@@ -5,13 +5,19 @@
  * naming `base.img` and the unit's byte, never a digest, while blocks outside that unit are
  * still answered. An answer over several runs (each run's records read ahead while the last
  * run is hashed) gives every block its own digest, and damage in a record read ahead is a
- * `LogCorrupt` naming its segment.
+ * `LogCorrupt` naming its segment. Session 11: the records are read into pooled buffers given
+ * back run by run and hashed as views (no copy): a property over record layouts (writes
+ * across runs, segments and the pool's buffer size, block records, a fold, sparse requests)
+ * checks every digest against the model, answer after answer on the same reused buffers,
+ * and an answer of many runs makes a few pooled buffers, the next one none.
  */
 import { createHash, randomBytes } from "node:crypto"
 import * as path from "node:path"
 import { Effect } from "effect"
+import fc from "fast-check"
 import { describe, expect, it } from "vitest"
 import * as Wire from "../../src/protocol/Wire.js"
+import { SPAN_BYTES, spanPool } from "../../src/receiver/internal/checkedRecords.js"
 import { answer, digestsOf } from "../../src/receiver/internal/checksums.js"
 import { LogCorrupt } from "../../src/receiver/internal/errors.js"
 import { RECORD_HEADER_BYTES } from "../../src/receiver/internal/format.js"
@@ -119,6 +125,140 @@ describe("an answer over several runs (each read ahead while the last is hashed)
           expect(cause?.offset).toBe(x!.record)
         }),
       { segmentBytes: 3 << 20, verifyRate: 0 }
+    )
+    expect(failureOf(exit)).toBeUndefined()
+  })
+})
+
+describe("answers from pooled buffers, hashed as views (session 11)", () => {
+  // 64 KiB blocks: 1 MiB runs of 16 blocks; 48 blocks are three runs.
+  const g = { blockSize: 65536, blockCount: 48 }
+  const diskBytes = g.blockSize * g.blockCount
+  // A write: anywhere, from a byte to past a run and past a pooled buffer (`SPAN_BYTES`).
+  const write = fc.record({
+    offset: fc.nat({ max: diskBytes - 1 }),
+    length: fc.oneof(
+      fc.integer({ min: 1, max: 4096 }),
+      fc.integer({ min: 60_000, max: 140_000 }),
+      fc.constantFrom(SPAN_BYTES - 40, SPAN_BYTES, SPAN_BYTES + 1)
+    ),
+    block: fc.option(fc.nat({ max: g.blockCount - 1 }), { freq: 2 }),
+    fill: fc.integer({ min: 1, max: 255 })
+  })
+
+  it("gives every block the model's digest, answer after answer, over any record layout", async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(write, { minLength: 1, maxLength: 40 }),
+        fc.boolean(),
+        fc.array(fc.uniqueArray(fc.nat({ max: g.blockCount - 1 }), { minLength: 1 }), {
+          minLength: 1,
+          maxLength: 3
+        }),
+        async (writes, fold, requests) => {
+          const changes: Array<Change> = writes.map((w, i) => {
+            const seq = i + 1
+            if (w.block !== null) {
+              const data = new Uint8Array(g.blockSize).fill(w.fill)
+              return {
+                record: { _tag: "Block", seq, epoch: 0, block: w.block, data },
+                offset: w.block * g.blockSize,
+                data
+              }
+            }
+            const length = Math.min(w.length, diskBytes - w.offset)
+            const data = randomBytes(length)
+            return {
+              record: { _tag: "Write", seq, epoch: 0, offset: w.offset, data },
+              offset: w.offset,
+              data
+            }
+          })
+          const exit = await withStore(
+            tempDir(),
+            (store) =>
+              Effect.gen(function* () {
+                const disk = yield* store.disk({ diskId: "vm", ...g, watermark: 0 })
+                for (const c of changes) disk.append(c.record, true)
+                yield* disk.flushed
+                const sealed = disk.segments.slice(0, -1).at(-1)
+                if (fold && sealed !== undefined) yield* Effect.promise(() => disk.foldTo(sealed.lastSeq))
+                const image = imageAt(g, changes, disk.durable)
+                for (const request of [...requests, Array.from({ length: g.blockCount }, (_, b) => b)]) {
+                  const blocks = [...request].sort((a, b) => a - b)
+                  const { digests } = yield* Effect.promise(() => digestsOf(disk, blocks))
+                  blocks.forEach((b, k) => {
+                    const expected = sha256(image.subarray(b * g.blockSize, (b + 1) * g.blockSize))
+                    expect(
+                      Buffer.from(digests.subarray(k * 32, (k + 1) * 32)).equals(expected),
+                      `block ${b}`
+                    ).toBe(true)
+                  })
+                }
+              }),
+            { segmentBytes: 512 << 10, verifyRate: 0 }
+          )
+          expect(failureOf(exit)).toBeUndefined()
+        }
+      ),
+      { numRuns: 12 }
+    )
+  }, 120_000)
+
+  it("makes a few pooled buffers for an answer of many runs, and none for the next answer", async () => {
+    const big = { blockSize: 65536, blockCount: 200 }
+    const exit = await withStore(
+      tempDir(),
+      (store) =>
+        Effect.gen(function* () {
+          const disk = yield* store.disk({ diskId: "vm", ...big, watermark: 0 })
+          for (let block = 0; block < big.blockCount; block++)
+            disk.append(
+              { _tag: "Block", seq: block + 1, epoch: 0, block, data: randomBytes(big.blockSize) },
+              true
+            )
+          yield* disk.flushed
+          const all = Array.from({ length: big.blockCount }, (_, b) => b)
+          yield* Effect.promise(() => digestsOf(disk, all))
+          const made = spanPool.made
+          // 13 runs, one span read each: a fresh buffer per read would be 13 more.
+          yield* Effect.promise(() => digestsOf(disk, all))
+          expect(spanPool.made - made).toBe(0)
+          expect(spanPool.kept).toBeGreaterThan(0)
+          expect(spanPool.kept).toBeLessThanOrEqual(8)
+        }),
+      { segmentBytes: 3 << 20, verifyRate: 0 }
+    )
+    expect(failureOf(exit)).toBeUndefined()
+  })
+
+  it("reads scattered small records into buffers of their own size, not a pooled 1 MiB each", async () => {
+    // 4 KiB blocks: one run of 256 blocks, each its own record, none next to another in the log.
+    const small = { blockSize: 4096, blockCount: 256 }
+    const exit = await withStore(
+      tempDir(),
+      (store) =>
+        Effect.gen(function* () {
+          const disk = yield* store.disk({ diskId: "vm", ...small, watermark: 0 })
+          const filler = randomBytes(100 << 10)
+          let seq = 0
+          for (let block = 0; block < small.blockCount; block++) {
+            disk.append(
+              { _tag: "Block", seq: ++seq, epoch: 0, block, data: randomBytes(small.blockSize) },
+              true
+            )
+            // 100 KiB written elsewhere after each: no two records of the run share a span read.
+            disk.append({ _tag: "Write", seq: ++seq, epoch: 0, offset: 0, data: filler.subarray(0, 1) }, true)
+            disk.append({ _tag: "Write", seq: ++seq, epoch: 0, offset: 4096, data: filler }, true)
+          }
+          yield* disk.flushed
+          const made = spanPool.made
+          const blocks = Array.from({ length: small.blockCount - 26 }, (_, k) => k + 26)
+          const { digests } = yield* Effect.promise(() => digestsOf(disk, blocks))
+          expect(digests.byteLength).toBe(blocks.length * 32)
+          expect(spanPool.made - made).toBeLessThanOrEqual(1)
+        }),
+      { segmentBytes: 8 << 20, verifyRate: 0 }
     )
     expect(failureOf(exit)).toBeUndefined()
   })

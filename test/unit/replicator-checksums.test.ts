@@ -25,8 +25,8 @@ import type * as Event from "../../src/domain/Event.js"
 import * as Input from "../../src/domain/Input.js"
 import * as State from "../../src/domain/State.js"
 import * as Wire from "../../src/protocol/Wire.js"
-import { decideBatch } from "../../src/replicator/internal/decisionLoop.js"
-import { act } from "../../src/replicator/internal/journalStage.js"
+import { decideBatch, needsPump } from "../../src/replicator/internal/decisionLoop.js"
+import { act, compareReadBuffers } from "../../src/replicator/internal/journalStage.js"
 import { forDisk } from "../../src/replicator/internal/metrics.js"
 import * as Mutants from "../../src/replicator/internal/mutants.js"
 import { makeShared } from "../../src/replicator/internal/shared.js"
@@ -140,6 +140,14 @@ describe("checksum-based resync in the replicator", () => {
               for (let b = offset / BS; b < (offset + length) / BS; b++)
                 if (++reads[b]! > journaled[b]!) early.push(b)
             return inner.read(offset, length)
+          }),
+        // The comparisons' reads (into reused buffers), counted the same way.
+        readInto: (offset, into) =>
+          Effect.suspend(() => {
+            if (watching)
+              for (let b = offset / BS; b < (offset + into.byteLength) / BS; b++)
+                if (++reads[b]! > journaled[b]!) early.push(b)
+            return inner.readInto(offset, into)
           })
       }
       const world = yield* makeWorld(disk)
@@ -241,6 +249,17 @@ describe("checksum-based resync in the replicator", () => {
                 yield* Deferred.succeed(reading, undefined)
                 yield* Deferred.await(release)
                 return early ?? (yield* inner.read(offset, length))
+              }),
+            // The comparisons' reads (into reused buffers), held the same way.
+            readInto: (offset, into) =>
+              Effect.gen(function* () {
+                const covers = offset <= target * BS && offset + into.byteLength > target * BS
+                if (!covers || held || !armed) return yield* inner.readInto(offset, into)
+                held = true
+                if (seen === "before") yield* inner.readInto(offset, into)
+                yield* Deferred.succeed(reading, undefined)
+                yield* Deferred.await(release)
+                if (seen === "after") yield* inner.readInto(offset, into)
               })
           }
           let armed = false
@@ -445,5 +464,80 @@ describe("checksum requests in the stages", () => {
       { type: "BlockMismatched", id: 2, block: 2 },
       { type: "BlockSent", seq: 3, block: 2 }
     ])
+  })
+
+  it("the window refills by an eighth at least while comparisons wait: no tick (and request) for a few acked blocks", async () => {
+    const wide = Either.getOrThrow(
+      Config.make({
+        blockSize: BS,
+        blockCount: BLOCKS,
+        window: 32,
+        congestionLimit: 1 << 20,
+        initial: "full-sync"
+      })
+    )
+    const settings = { diskId: "d", config: wide, holdMillis: 0, metrics }
+    const same = Wire.blockDigest(block(1))
+    const states = await Effect.runPromise(
+      Effect.gen(function* () {
+        const shared = yield* fresh(State.initial(wide))
+        shared.link = 1
+        // A window of comparisons (ids and blocks 0..31), asked in two requests of 16.
+        yield* decideBatch(shared, settings, [{ _tag: "Input", input: Input.pumpTick(32, 1) }])
+        const asked = (from: number) =>
+          Array.from({ length: 16 }, (_, k) => ({ id: from + k, block: from + k, digest: same }))
+        shared.requests.set(0, asked(0))
+        shared.requests.set(16, asked(16))
+        const reply = (id: number, matched: number): Wire.ChecksumReply => {
+          const digests = new Uint8Array(16 * Wire.DIGEST_BYTES)
+          for (let k = 0; k < matched; k++) digests.set(same, k * Wire.DIGEST_BYTES)
+          return { _tag: "ChecksumReply", id, through: 1, digests }
+        }
+        const full = needsPump(shared.state, 32)
+        // The first answer: 2 blocks match, 14 differ and are sent: 2 slots free (under 32 / 8), 16 comparisons wait.
+        yield* decideBatch(shared, settings, [{ _tag: "Answer", link: 1, answer: reply(0, 2) }])
+        const few = { comparing: shared.state.comparing.length, pump: needsPump(shared.state, 32) }
+        // The second: all 16 match, 18 slots free.
+        yield* decideBatch(shared, settings, [{ _tag: "Answer", link: 1, answer: reply(16, 16) }])
+        const more = { comparing: shared.state.comparing.length, pump: needsPump(shared.state, 32) }
+        return { full, few, more }
+      })
+    )
+    expect(states.full).toBe(false)
+    expect(states.few).toEqual({ comparing: 16, pump: false })
+    expect(states.more).toEqual({ comparing: 0, pump: true })
+  })
+
+  it("compared blocks are read into buffers reused from request to request", async () => {
+    const disk = VirtualDisk.makeMemory(config)
+    for (let b = 0; b < BLOCKS; b++) await Effect.runPromise(disk.write(b * BS, block(b + 1)))
+    const { requests, again } = await Effect.runPromise(
+      Effect.gen(function* () {
+        const shared = yield* fresh()
+        const requests: Array<Wire.ChecksumRequest> = []
+        let made = 0
+        for (let round = 0; round < 4; round++) {
+          // Blocks 0..63 in one request: one run (64 × 4 KiB), compared with what the disk holds.
+          yield* act(
+            shared,
+            disk,
+            config,
+            Array.from({ length: BLOCKS }, (_, b) => ({ session: 0, compared: round * BLOCKS + b, block: b }))
+          )
+          for (const out of yield* shared.outbox.takeAll)
+            if ("comparisons" in out) {
+              const c = yield* out.comparisons
+              for (const x of c.compared)
+                expect(Buffer.from(x.digest).equals(Wire.blockDigest(block(x.block + 1)))).toBe(true)
+              requests.push(c.request)
+            }
+          if (round === 0) made = compareReadBuffers.made
+        }
+        return { requests, again: compareReadBuffers.made - made }
+      })
+    )
+    expect(requests).toHaveLength(4)
+    // The first request made its buffer; the next three took it again.
+    expect(again).toBe(0)
   })
 })

@@ -8,15 +8,15 @@
  * The caller holds the disk's maintenance permit (no fold replaces the base or removes a
  * segment meanwhile) and has let the writer make every record before the request durable.
  */
-import * as fs from "node:fs/promises"
+import { createHash } from "node:crypto"
 import * as path from "node:path"
 import { Data, Effect } from "effect"
 import * as Wire from "../../protocol/Wire.js"
 import type { Note } from "./chain.js"
+import { type Hold, Records, type Span } from "./checkedRecords.js"
 import { LogCorrupt, LogIoError } from "./errors.js"
-import { preadFully } from "./files.js"
-import { parseHeaderFields, parseRecord, RECORD_HEADER_BYTES } from "./format.js"
-import type { LiveExtent, LiveIndex, LogView } from "./liveIndex.js"
+import { RECORD_HEADER_BYTES } from "./format.js"
+import type { LiveIndex, LogView } from "./liveIndex.js"
 import { BaseRanges } from "./point.js"
 
 /** The bytes have no checksum to check them by (a format-1 base image): no digest is given. */
@@ -32,18 +32,8 @@ export interface ChecksumLog extends LogView {
   readonly maintenance: Effect.Semaphore
 }
 
-/**
- * Consecutive blocks are read together, up to this many bytes at a time. Reads and runs stay
- * at 1 MiB: a fresh buffer larger than that comes from mmap, each page faulted and zeroed by
- * the kernel on first touch (on the 2-core VM, reading 256 MiB into fresh 16 MiB buffers took
- * 0.7–0.9 s of CPU, into 1 MiB ones 0.04 s).
- */
+/** Consecutive blocks are hashed together, up to this many bytes at a time (a run). */
 const RUN_BYTES = 1 << 20
-/** Records kept decoded within one answer (a record spanning many requested blocks is read once). */
-const CACHE_BYTES = 64 << 20
-/** A span read takes in records at most this far apart, and at most this many bytes. */
-const SPAN_GAP = 64 << 10
-const SPAN_BYTES = 1 << 20
 
 /** Runs of consecutive blocks, at most `RUN_BYTES` each: `[first block, count]`. */
 const runsOf = (blocks: ReadonlyArray<number>, blockSize: number): Array<readonly [number, number]> => {
@@ -57,117 +47,11 @@ const runsOf = (blocks: ReadonlyArray<number>, blockSize: number): Array<readonl
   return runs
 }
 
-/** Reads records whole, each checked (CRC32C, the seq the index names, its bounds in the file). */
-class Records {
-  /** Opened once per segment, even when a read ahead and a payload read ask at once. */
-  private readonly handles = new Map<string, Promise<fs.FileHandle>>()
-  private readonly cache = new Map<string, Buffer>()
-  private cached = 0
-
-  constructor(private readonly diskDir: string) {}
-
-  private handleOf(segment: string): Promise<fs.FileHandle> {
-    let handle = this.handles.get(segment)
-    if (handle === undefined) {
-      handle = fs.open(path.join(this.diskDir, segment), "r")
-      this.handles.set(segment, handle)
-    }
-    return handle
-  }
-
-  /**
-   * Reads the records `extents` lie in with one read per span of a segment (records close
-   * together, as a drain or a run of writes leaves them), and keeps each whole, checked
-   * record's payload for `payload`. A record the span does not hold whole, or that does
-   * not check, is left to `payload`, which reads it alone and names the damage.
-   */
-  async prefetch(extents: ReadonlyArray<LiveExtent>): Promise<void> {
-    const bySegment = new Map<string, Array<LiveExtent>>()
-    for (const x of extents) {
-      if (this.cache.has(`${x.segment.name}:${x.record}`)) continue
-      const list = bySegment.get(x.segment.name)
-      if (list === undefined) bySegment.set(x.segment.name, [x])
-      else list.push(x)
-    }
-    for (const [name, list] of bySegment) {
-      list.sort((a, b) => a.record - b.record)
-      const limit = list[0]!.segment.bytes
-      let i = 0
-      while (i < list.length) {
-        const start = list[i]!.record
-        let end = Math.min(limit, list[i]!.fileOffset + (list[i]!.end - list[i]!.start))
-        let j = i + 1
-        while (
-          j < list.length &&
-          list[j]!.record <= end + SPAN_GAP &&
-          list[j]!.fileOffset + (list[j]!.end - list[j]!.start) - start <= SPAN_BYTES
-        ) {
-          end = Math.max(end, Math.min(limit, list[j]!.fileOffset + (list[j]!.end - list[j]!.start)))
-          j++
-        }
-        if (j - i > 1) {
-          const span = Buffer.allocUnsafe(end - start)
-          await preadFully(await this.handleOf(name), span, start)
-          for (let k = i; k < j; k++) {
-            const x = list[k]!
-            const key = `${name}:${x.record}`
-            if (this.cache.has(key)) continue
-            const at = x.record - start
-            const parsed = parseRecord(span, at)
-            if (parsed._tag !== "Record" || parsed.header.seq !== x.seq) continue
-            this.keep(key, span.subarray(at + RECORD_HEADER_BYTES, at + parsed.size))
-          }
-        }
-        i = j
-      }
-    }
-  }
-
-  private keep(key: string, payload: Buffer): void {
-    // Read twice (a record in two runs, read ahead and read alone): counted once.
-    if (this.cache.has(key)) return
-    while (this.cached + payload.byteLength > CACHE_BYTES && this.cache.size > 0) {
-      const [oldest, bytes] = this.cache.entries().next().value!
-      this.cache.delete(oldest)
-      this.cached -= bytes.byteLength
-    }
-    if (payload.byteLength <= CACHE_BYTES) {
-      this.cache.set(key, payload)
-      this.cached += payload.byteLength
-    }
-  }
-
-  /** The payload of the record `x` names. */
-  async payload(x: LiveExtent): Promise<Buffer> {
-    const key = `${x.segment.name}:${x.record}`
-    const hit = this.cache.get(key)
-    if (hit !== undefined) return hit
-    const file = path.join(this.diskDir, x.segment.name)
-    const damaged = (reason: string) =>
-      new LogCorrupt({ file, offset: x.record, reason: `record ${x.seq}: ${reason}` })
-    const handle = await this.handleOf(x.segment.name)
-    const room = x.segment.bytes - x.record
-    if (room < RECORD_HEADER_BYTES) throw damaged("the segment ends inside the record")
-    const head = Buffer.alloc(RECORD_HEADER_BYTES)
-    await preadFully(handle, head, x.record)
-    const fields = parseHeaderFields(head, 0)
-    if (typeof fields === "string") throw damaged(fields)
-    if (RECORD_HEADER_BYTES + fields.length > room) throw damaged("the segment ends inside the record")
-    const whole = Buffer.allocUnsafe(RECORD_HEADER_BYTES + fields.length)
-    await preadFully(handle, whole, x.record)
-    const parsed = parseRecord(whole, 0)
-    if (parsed._tag !== "Record") throw damaged(parsed._tag === "Bad" ? parsed.reason : "short")
-    if (parsed.header.seq !== x.seq) throw damaged(`the record there is seq ${parsed.header.seq}`)
-    const payload = whole.subarray(RECORD_HEADER_BYTES)
-    this.keep(key, payload)
-    return payload
-  }
-
-  /** Closes every segment opened; never fails (a file that cannot be closed was only read). */
-  async close(): Promise<void> {
-    this.cache.clear()
-    for (const h of this.handles.values()) await h.then((handle) => handle.close()).catch(() => undefined)
-  }
+/** Bytes `[start, end)` of the disk as one view: a record's payload, or base bytes read for the run. */
+interface Piece {
+  readonly start: number
+  readonly end: number
+  readonly bytes: Uint8Array
 }
 
 /**
@@ -184,7 +68,7 @@ export const digestsOf = async (
   const runs = runsOf(blocks, blockSize).map(([first, count]) => {
     const start = first * blockSize
     const end = start + count * blockSize
-    return { start, end, extents: log.live.extentsIn(start, end) }
+    return { start, end, extents: log.live.extentsIn(start, end), hold: new Set<Span>() as Hold }
   })
   const baseSeq = log.base.seq
   const records = new Records(log.diskDir)
@@ -202,26 +86,31 @@ export const digestsOf = async (
   let ahead: Promise<void> | undefined
   const readAhead = (r: number) => {
     if (r >= runs.length) return undefined
-    const reading = records.prefetch(runs[r]!.extents)
+    const reading = records.prefetch(runs[r]!.extents, runs[r]!.hold)
     reading.catch(() => undefined)
     return reading
   }
   try {
     const digests = new Uint8Array(blocks.length * Wire.DIGEST_BYTES)
-    // One run's bytes (`RUN_BYTES` at most), used again by each run once the last is hashed.
-    const buffer = Buffer.allocUnsafe(runs.reduce((most, r) => Math.max(most, r.end - r.start), 0))
     let k = 0
     ahead = readAhead(0)
     for (let r = 0; r < runs.length; r++) {
       const run = runs[r]!
       await ahead
       ahead = readAhead(r + 1)
-      // Every byte of the run is written below (a record's or the base's), so not zero-filled.
-      const bytes = buffer.subarray(0, run.end - run.start)
+      // The run as views, no byte copied: records' payloads, and base bytes between them read
+      // into one pooled buffer at their place in the run.
+      const pieces: Array<Piece> = []
+      let scratch: Buffer | undefined
+      const fromBase = async (start: number, end: number) => {
+        scratch ??= records.scratch(run.end - run.start, run.hold)
+        await baseBytes(start, end, scratch, start - run.start)
+        pieces.push({ start, end, bytes: scratch.subarray(start - run.start, end - run.start) })
+      }
       let cursor = run.start
       for (const x of run.extents) {
-        if (x.start > cursor) await baseBytes(cursor, x.start, bytes, cursor - run.start)
-        const payload = await records.payload(x)
+        if (x.start > cursor) await fromBase(cursor, x.start)
+        const payload = await records.payload(x, run.hold)
         const from = x.fileOffset - x.record - RECORD_HEADER_BYTES
         if (from < 0 || from + (x.end - x.start) > payload.byteLength)
           throw new LogCorrupt({
@@ -229,22 +118,56 @@ export const digestsOf = async (
             offset: x.record,
             reason: `record ${x.seq}: ${payload.byteLength} bytes hold no bytes ${from}..${from + x.end - x.start}`
           })
-        payload.copy(bytes, x.start - run.start, from, from + (x.end - x.start))
+        pieces.push({ start: x.start, end: x.end, bytes: payload.subarray(from, from + (x.end - x.start)) })
         cursor = x.end
       }
-      if (cursor < run.end) await baseBytes(cursor, run.end, bytes, cursor - run.start)
-      const count = bytes.byteLength / blockSize
-      Wire.blockDigestsInto(bytes, blockSize, count, digests, k)
-      k += count
+      if (cursor < run.end) await fromBase(cursor, run.end)
+      hashInto(pieces, run.start, run.end, blockSize, digests, k)
+      k += (run.end - run.start) / blockSize
+      records.release(run.hold)
     }
     return { digests, notes }
   } finally {
-    // A read ahead still running when a run failed: done before the files close.
+    // A read ahead still running when a run failed: done before its buffers go back and the files close.
     await ahead?.catch(() => undefined)
     // Closed behind the answer: a close is a trip through the pool the reply need not wait for
     // (under load, one such trip took 15–60 ms). Its failure changes nothing already read.
     void records.close()
     await (base as BaseRanges | undefined)?.close()
+  }
+}
+
+/**
+ * The digest of each block of `[start, end)` into `digests` from block `k` on: SHA-256 (the
+ * hash of `Wire.blockDigest`) fed the pieces that cover the block, in order. `pieces` cover
+ * the range without gap or overlap (the live index's extents and the base between them).
+ */
+const hashInto = (
+  pieces: ReadonlyArray<Piece>,
+  start: number,
+  end: number,
+  blockSize: number,
+  digests: Uint8Array,
+  k: number
+): void => {
+  let p = 0
+  for (let b = start; b < end; b += blockSize, k++) {
+    const hash = createHash(Wire.DIGEST_ALGORITHM)
+    const blockEnd = b + blockSize
+    // Hashed up to `at`: each piece must go on from there.
+    for (let at = b; at < blockEnd; ) {
+      const piece = pieces[p]
+      if (piece === undefined || piece.start > at || piece.end <= at)
+        throw new Error(`the pieces of a checksum answer do not cover byte ${at}`)
+      const to = Math.min(blockEnd, piece.end)
+      hash.update(piece.bytes.subarray(at - piece.start, to - piece.start))
+      if (piece.end <= blockEnd) p++
+      at = to
+    }
+    const digest = hash.digest()
+    if (digest.byteLength !== Wire.DIGEST_BYTES)
+      throw new Error(`${Wire.DIGEST_ALGORITHM} gave ${digest.byteLength} bytes`)
+    digests.set(digest, k * Wire.DIGEST_BYTES)
   }
 }
 

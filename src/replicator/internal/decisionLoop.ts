@@ -82,14 +82,20 @@ export const recordOf = (
 /**
  * Whether a pump tick could drain now: the marker, blocks within the window (block
  * records in flight and comparisons waiting share it), or the switch back to sync.
+ * While comparisons wait for their answers (each frees many slots), the window refills
+ * once an eighth of it is free: the few mismatched blocks acked between two answers would
+ * otherwise each be a tick and a checksum request of 2–3 blocks (docs/performance.md, "Session 11").
  */
 export const needsPump = (s: State.State, window: number): boolean =>
   s.mode === "resync" &&
   s.link === "up" &&
   s.owed === null &&
-  (!s.markerSent ||
-    (State.hasObligations(s) && s.flight.blockRecords + s.comparing.length < window) ||
-    Decider.canResumeSync(s))
+  (!s.markerSent || (State.hasObligations(s) && hasRoom(s, window)) || Decider.canResumeSync(s))
+
+const hasRoom = (s: State.State, window: number): boolean => {
+  const free = window - s.flight.blockRecords - s.comparing.length
+  return free > 0 && (s.comparing.length === 0 || free >= Math.ceil(window / 8))
+}
 
 /**
  * The outcomes of a checksum answer, one per block of its request, in request order:

@@ -100,20 +100,36 @@ const isComparison = (out: Decided): out is Comparison => "compared" in out
 
 /**
  * Compared blocks read with one disk request, at most this many bytes: a request's blocks
- * (up to `REQUEST_BYTES`) are several reads, the next read while the pool hashes the last.
- * Not more: every read is a fresh buffer, and larger ones come from mmap, each page faulted
- * and zeroed by the kernel on first touch (on the 2-core VM, reading 256 MiB into fresh
- * 16 MiB buffers took 0.7–0.9 s of CPU, into 1 MiB ones 0.04 s).
+ * (up to `REQUEST_BYTES`) are several reads, the next read while the last is hashed. Each
+ * read goes into one of two buffers the request takes from `readBuffers` and gives back:
+ * a fresh buffer per read is faulted in and zeroed by the kernel, and counts as external
+ * memory, which has V8 run a full mark-compact every few MiB read (docs/performance.md,
+ * "The checksum group" and "Session 11").
  */
 export const COMPARE_READ_BYTES = 1 << 20
+
+/** Read buffers no request uses, kept for the next (the process's, at most `READ_BUFFERS_KEPT`). */
+const readBuffers: Array<Uint8Array> = []
+const READ_BUFFERS_KEPT = 8
+/** Read buffers made so far (tests: requests reuse them rather than making one per read). */
+export const compareReadBuffers = {
+  made: 0
+}
+const takeReadBuffer = (bytes: number): Uint8Array => {
+  const spare = readBuffers.pop()
+  if (spare !== undefined && spare.byteLength === bytes) return spare
+  compareReadBuffers.made++
+  return new Uint8Array(bytes)
+}
 
 /**
  * Reads the blocks of comparisons decided in a row (consecutive blocks with one request,
  * up to `COMPARE_READ_BYTES`) and hashes each: their checksum request, with what each block
  * is compared with. Runs only once their events are journaled, so every read follows its
  * decision: a write that completes after a read marked the block again after the decision.
- * The next run is read (in libuv's pool) while this one is hashed: at most two runs' bytes
- * are held per request.
+ * The next run is read (in libuv's pool) while this one is hashed, into the other of the
+ * request's two buffers. They go back for reuse only when every read is done: a read
+ * interrupted or failed may still be writing into its buffer, which is then left alone.
  */
 const readAndHash = (
   disk: VirtualDisk.Service,
@@ -131,16 +147,24 @@ const readAndHash = (
       runs.push([k, run])
       k += run
     }
-    const readRun = ([k, run]: readonly [number, number]) =>
-      disk.read(Geometry.blockOffset(config, batch[k]!.block), run * blockSize)
+    const buffers =
+      runs.length > 1
+        ? [takeReadBuffer(most * blockSize), takeReadBuffer(most * blockSize)]
+        : [takeReadBuffer(most * blockSize)]
+    const readRun = (r: number) => {
+      const [k, run] = runs[r]!
+      const into = buffers[r % buffers.length]!.subarray(0, run * blockSize)
+      return Effect.as(disk.readInto(Geometry.blockOffset(config, batch[k]!.block), into), into)
+    }
     const digests = Buffer.alloc(batch.length * Wire.DIGEST_BYTES)
-    let ahead = yield* Effect.fork(readRun(runs[0]!))
+    let ahead = yield* Effect.fork(readRun(0))
     for (let r = 0; r < runs.length; r++) {
       const bytes = yield* Fiber.join(ahead)
-      if (r + 1 < runs.length) ahead = yield* Effect.fork(readRun(runs[r + 1]!))
+      if (r + 1 < runs.length) ahead = yield* Effect.fork(readRun(r + 1))
       const [k, run] = runs[r]!
       Wire.blockDigestsInto(bytes, blockSize, run, digests, k)
     }
+    for (const b of buffers) if (readBuffers.length < READ_BUFFERS_KEPT) readBuffers.push(b)
     const compared: Array<Compared> = batch.map(({ compared: id, block }, k) => ({
       id,
       block,
