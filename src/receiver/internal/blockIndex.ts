@@ -13,7 +13,7 @@
  */
 import { crc32c } from "../../internal/crc32c.js"
 import { EntryTable } from "./entryTable.js"
-import { getU64, type IndexEntry, Kind, putU64, RECORD_HEADER_BYTES } from "./format.js"
+import { getU64, type IndexEntry, Kind, putU64, RECORD_HEADER_BYTES, setU64 } from "./format.js"
 import { ReceiverMutants } from "./mutants.js"
 
 /** Bytes `[start, end)` of the disk hold the payload of record `seq` from `fileOffset` of its segment. */
@@ -382,13 +382,15 @@ export const encodeBlockIndex = (c: Covers, map: ExtentMap): Buffer => {
   putU64(b, 32, c.lastSeq)
   putU64(b, 40, c.segmentBytes)
   b.writeUInt32LE(c.records, 48)
-  map.forEach((x, i) => {
+  const v = new DataView(b.buffer, b.byteOffset, b.byteLength)
+  for (let i = 0; i < map.length; i++) {
+    const x = map[i]!
     const at = bixExtentOffset(i)
-    putU64(b, at, x.start)
-    putU64(b, at + 8, x.seq)
-    putU64(b, at + 16, x.fileOffset)
-    b.writeUInt32LE(x.end - x.start, at + 24)
-  })
+    setU64(v, at, x.start)
+    setU64(v, at + 8, x.seq)
+    setU64(v, at + 16, x.fileOffset)
+    v.setUint32(at + 24, x.end - x.start, true)
+  }
   b.writeUInt32LE(crc32c(b.subarray(0, end)), end)
   return b
 }
