@@ -74,3 +74,24 @@ export const crc32cContinuing = (bytes: Uint8Array, initial: number): number => 
   const crc = known.get(bytes)
   return crc === undefined ? crc32c(bytes, initial) : crc32cCombine(initial, crc, bytes.byteLength)
 }
+
+// ---------------------------------------------------------------------------
+// Small spans (frame and record headers: 36 bytes) in JS, from a table: cheaper than a
+// native call and the `Buffer` view it needs, and read in place from the caller's bytes.
+
+const TABLE = (() => {
+  const t = new Int32Array(256)
+  for (let n = 0; n < 256; n++) {
+    let c = n
+    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ POLY : c >>> 1
+    t[n] = c
+  }
+  return t
+})()
+
+/** `crc32c(bytes.subarray(start, end), initial)` without the view: for spans of tens of bytes. */
+export const crc32cSpan = (bytes: Uint8Array, start: number, end: number, initial = 0): number => {
+  let c = ~initial
+  for (let i = start; i < end; i++) c = TABLE[(c ^ bytes[i]!) & 0xff]! ^ (c >>> 8)
+  return ~c >>> 0
+}

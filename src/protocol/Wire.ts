@@ -7,7 +7,7 @@
  * chunks back into frames, or into a typed `WireError` (never a throw, never a hang).
  */
 import { Channel, Chunk, Stream } from "effect"
-import { Decoder, type DecoderOptions, makeDecoder } from "./internal/wireDecoder.js"
+import { Decoder, type DecoderOptions, makeDecoder, verifiedPayloadCrc } from "./internal/wireDecoder.js"
 import { encode, encodePartsWith, encodeWith } from "./internal/wireEncode.js"
 import { type Frame, WireError } from "./internal/wireFrame.js"
 
@@ -54,6 +54,8 @@ export type {
 } from "./internal/wireFrame.js"
 /** Encoders that carve frames from a caller's allocator (the TCP client's slabs). */
 export { Decoder, type DecoderOptions, encode, encodePartsWith, encodeWith, makeDecoder }
+/** The payload CRC a decoder checked for a write or block frame it made (the receiver's log reuses it). */
+export { verifiedPayloadCrc }
 
 /**
  * Decodes a byte stream into frames. Frames that precede a corruption are emitted, then

@@ -18,6 +18,7 @@
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
 import { Duration, Effect, Either, Fiber, Metric, Queue, Scope } from "effect"
+import { crc32c } from "../internal/crc32c.js"
 import * as Inbox from "../internal/inbox.js"
 import * as Wire from "../protocol/Wire.js"
 import * as Geometry from "../domain/Geometry.js"
@@ -138,7 +139,10 @@ const EMPTY = new Uint8Array(0)
 interface Pending {
   readonly header: Buffer
   readonly payload: Uint8Array
-  readonly fields: RecordHeader
+  /** The payload's CRC32C (0 for none): the header's CRC is redone from it if its flags change. */
+  readonly payloadCrc: number
+  /** The record's index entry, made once: its offset, flags and CRC are set when it is written. */
+  readonly entry: { -readonly [K in keyof IndexEntry]: IndexEntry[K] }
   /** The monotonic clock when it was received. */
   readonly monotonic: number
 }
@@ -207,7 +211,7 @@ export class DiskLog {
     const payload = record._tag === "Write" || record._tag === "Block" ? record.data : EMPTY
     // Receive times never go backwards in the log, and keep advancing while the wall clock is behind.
     const stamp = this.clock.stamp()
-    const fields: RecordHeader = {
+    const entry = {
       length: payload.byteLength,
       kind: Wire.recordKindCode(record),
       flags: recoveryPoint ? FLAG_RECOVERY_POINT : 0,
@@ -221,12 +225,22 @@ export class DiskLog {
             : record._tag === "ResyncBegin"
               ? record.base
               : 0,
-      time: stamp.time
+      time: stamp.time,
+      offset: 0,
+      crc: 0
     }
+    // The wire checked the payload's CRC on arrival: the record's CRC continues from it.
+    const payloadCrc =
+      payload.byteLength === 0
+        ? 0
+        : ((record._tag === "Write" || record._tag === "Block"
+            ? Wire.verifiedPayloadCrc(record)
+            : undefined) ?? crc32c(payload))
     this.queue.offer({
-      header: encodeRecordHeader(fields, payload),
+      header: encodeRecordHeader(entry, payload, payloadCrc),
       payload,
-      fields,
+      payloadCrc,
+      entry,
       monotonic: stamp.monotonic
     })
     this.pendingBytes += RECORD_HEADER_BYTES + payload.byteLength
@@ -305,7 +319,7 @@ export class DiskLog {
           await this.seal(segment)
           rolled = true
         }
-        segment = emptySegment(segmentName(first.fields.seq), first.fields.seq, 0, true)
+        segment = emptySegment(segmentName(first.entry.seq), first.entry.seq, 0, true)
         fresh = true
       }
       // The records that still fit (at least one: a record larger than a segment gets its own).
@@ -322,15 +336,14 @@ export class DiskLog {
       const buffers: Array<Uint8Array> = []
       let at = segment.bytes
       if (fresh) {
-        buffers.push(encodeSegmentHeader({ firstSeq: first.fields.seq, created: first.fields.time }))
+        buffers.push(encodeSegmentHeader({ firstSeq: first.entry.seq, created: first.entry.time }))
         at += SEGMENT_HEADER_BYTES
       }
-      const offsets: Array<number> = []
       for (let k = i; k < end; k++) {
         const p = batch[k]!
         // The first record of each commit's write says so: it tells a torn tail from damage.
-        withBatchStart(p.header, p.payload, k === i)
-        offsets.push(at)
+        withBatchStart(p.header, p.payload, k === i, p.payloadCrc)
+        p.entry.offset = at
         buffers.push(p.header)
         if (p.payload.byteLength > 0) buffers.push(p.payload)
         at += RECORD_HEADER_BYTES + p.payload.byteLength
@@ -349,12 +362,9 @@ export class DiskLog {
       }
       for (let k = i; k < end; k++) {
         const p = batch[k]!
-        const entry: IndexEntry = {
-          ...p.fields,
-          flags: p.header[5]!,
-          offset: offsets[k - i]!,
-          crc: p.header.readUInt32LE(36)
-        }
+        const entry = p.entry
+        entry.flags = p.header[5]!
+        entry.crc = p.header.readUInt32LE(36)
         segment.entries?.push(entry)
         noteRecord(segment, entry)
         this.live.add(segment, entry)
@@ -396,7 +406,7 @@ export class DiskLog {
     let bytes = 0
     for (const p of batch) bytes += RECORD_HEADER_BYTES + p.payload.byteLength
     this.pendingBytes -= bytes
-    this.durable = batch[batch.length - 1]!.fields.seq
+    this.durable = batch[batch.length - 1]!.entry.seq
     this.options.stats.records += batch.length
     this.options.stats.bytes += bytes
     this.notify()

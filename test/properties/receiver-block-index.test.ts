@@ -286,7 +286,7 @@ describe("a segment's map (buildMap)", () => {
     return acc
   }
 
-  it("the merge of halves equals folding each record under the newer ones, one by one", () => {
+  it("the sweep equals folding each record under the newer ones, one by one", () => {
     fc.assert(
       fc.property(arbitraryEntries, (entries) => {
         expect(buildMap(g, entries)).toEqual(folded(entries))

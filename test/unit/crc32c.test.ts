@@ -1,6 +1,12 @@
 import * as fc from "fast-check"
 import { describe, expect, it } from "vitest"
-import { crc32c, crc32cCombine, crc32cContinuing, rememberCrc32c } from "../../src/internal/crc32c.js"
+import {
+  crc32c,
+  crc32cCombine,
+  crc32cContinuing,
+  crc32cSpan,
+  rememberCrc32c
+} from "../../src/internal/crc32c.js"
 
 const bytes = (max: number) => fc.uint8Array({ maxLength: max })
 
@@ -29,6 +35,17 @@ describe("CRC32C combining", () => {
         expect(crc32cContinuing(payload.slice(), initial >>> 0)).toBe(direct)
       }),
       { numRuns: 300 }
+    )
+  })
+
+  it("a span's CRC in JS equals the native one over the same bytes, from any initial CRC", () => {
+    fc.assert(
+      fc.property(bytes(300), fc.nat(), fc.nat(), fc.nat(), (b, x, y, initial) => {
+        const start = b.length === 0 ? 0 : x % (b.length + 1)
+        const end = start + (b.length === 0 ? 0 : y % (b.length - start + 1))
+        expect(crc32cSpan(b, start, end, initial >>> 0)).toBe(crc32c(b.subarray(start, end), initial >>> 0))
+      }),
+      { numRuns: 500 }
     )
   })
 })

@@ -369,3 +369,40 @@ describe("Wire.decodeStream", () => {
     expect(Either.isLeft(result) && result.left.reason).toBe("truncated")
   })
 })
+
+describe("the payload CRC a decoded frame carries (the receiver's record CRC continues from it)", () => {
+  const frames: ReadonlyArray<Wire.Write | Wire.Block> = [
+    {
+      _tag: "Write",
+      seq: 7,
+      epoch: 2,
+      offset: 8192,
+      data: Uint8Array.from({ length: 4096 }, (_, i) => i * 31)
+    },
+    { _tag: "Block", seq: 8, epoch: 2, block: 3, data: Uint8Array.from({ length: 512 }, (_, i) => i ^ 0x5a) }
+  ]
+
+  it("is the CRC32C of its payload, whole or split across chunks, and the frame equals the one sent", () => {
+    for (const sent of frames) {
+      const bytes = Wire.encode(sent)
+      for (const cut of [0, 1, 20, 39, 40, 41, bytes.length - 1]) {
+        const decoder = Wire.makeDecoder()
+        const out: Array<Wire.Frame> = []
+        expect(decoder.pushInto(bytes.subarray(0, cut), out)).toBeUndefined()
+        expect(decoder.pushInto(bytes.subarray(cut), out)).toBeUndefined()
+        const got = out[0] as Wire.Write | Wire.Block
+        expect({ ...got, data: [...got.data] }).toEqual({ ...sent, data: [...sent.data] })
+        expect(Wire.verifiedPayloadCrc(got)).toBe(crc32c(sent.data))
+        // A copy (or any frame the decoder did not check) vouches for nothing.
+        expect(Wire.verifiedPayloadCrc({ ...got })).toBeUndefined()
+      }
+    }
+  })
+
+  it("is not vouched for by a decoder that skips the payload check (mutant)", async () => {
+    const { DecoderSkippingPayloadCrc } = await import("../../src/protocol/internal/mutants.js")
+    const out: Array<Wire.Frame> = []
+    expect(new DecoderSkippingPayloadCrc().pushInto(Wire.encode(frames[0]!), out)).toBeUndefined()
+    expect(Wire.verifiedPayloadCrc(out[0] as Wire.Write)).toBeUndefined()
+  })
+})

@@ -13,7 +13,7 @@
  */
 import { crc32c } from "../../internal/crc32c.js"
 import { EntryTable } from "./entryTable.js"
-import { getU64, type IndexEntry, Kind, putU64, RECORD_HEADER_BYTES } from "./format.js"
+import { getU64, type IndexEntry, Kind, putU64, RECORD_HEADER_BYTES, setU64 } from "./format.js"
 import { ReceiverMutants } from "./mutants.js"
 
 /** Bytes `[start, end)` of the disk hold the payload of record `seq` from `fileOffset` of its segment. */
@@ -143,24 +143,80 @@ export const mergeUnder = <E extends Extent>(newer: ReadonlyArray<E>, older: Rea
   return out
 }
 
-/** The map of `entries` (in seq order): each written byte to the newest record that wrote it. */
+/**
+ * The map of `entries` (in seq order): each written byte to the newest record that wrote it.
+ * One sweep over the records sorted by start, the newest record open at each byte on a heap:
+ * O(n log n) in typed arrays. (It was a merge of halves, which copied every extent at every
+ * level: 200–300 ms for a segment of 16 k records of 4 KiB, on the writer's fiber.)
+ */
 export const buildMap = (g: DataGeometry, entries: ReadonlyArray<IndexEntry>): Array<Extent> => {
-  const build = (from: number, to: number): Array<Extent> => {
-    if (to - from === 1) {
-      const e = entries[from]!
-      const range = recordRange(g, e)
-      // A write of no bytes (the wire refuses one; a log read back is not trusted for it) names no byte.
-      return range === undefined || range.end === range.start
-        ? []
-        : [{ ...range, seq: e.seq, fileOffset: e.offset + RECORD_HEADER_BYTES }]
-    }
-    const mid = (from + to) >>> 1
-    const older = build(from, mid)
-    const newer = build(mid, to)
-    // The mutant keeps the oldest version of each range instead of the newest.
-    return ReceiverMutants.blockIndexKeepsOldest ? mergeUnder(older, newer) : mergeUnder(newer, older)
+  const n = entries.length
+  const starts = new Float64Array(n)
+  const ends = new Float64Array(n)
+  const data = new Uint32Array(n)
+  let m = 0
+  for (let i = 0; i < n; i++) {
+    const e = entries[i]!
+    // A write of no bytes (the wire refuses one; a log read back is not trusted for it) names no byte.
+    if (e.length === 0 || (e.kind !== Kind.Write && e.kind !== Kind.Block)) continue
+    const start = e.kind === Kind.Write ? e.position : e.position * g.blockSize
+    starts[i] = start
+    ends[i] = start + e.length
+    data[m++] = i
   }
-  return entries.length === 0 ? [] : build(0, entries.length)
+  const byStart = data.subarray(0, m).sort((a, b) => starts[a]! - starts[b]! || a - b)
+  // The heap's order: the newest record first (the mutant: the oldest).
+  const sign = ReceiverMutants.blockIndexKeepsOldest ? -1 : 1
+  const heap = new Int32Array(m)
+  let size = 0
+  const push = (i: number): void => {
+    let at = size++
+    while (at > 0) {
+      const parent = (at - 1) >> 1
+      if (sign * heap[parent]! >= sign * i) break
+      heap[at] = heap[parent]!
+      at = parent
+    }
+    heap[at] = i
+  }
+  const pop = (): void => {
+    const last = heap[--size]!
+    let at = 0
+    for (;;) {
+      let child = 2 * at + 1
+      if (child >= size) break
+      if (child + 1 < size && sign * heap[child + 1]! > sign * heap[child]!) child++
+      if (sign * heap[child]! <= sign * last) break
+      heap[at] = heap[child]!
+      at = child
+    }
+    heap[at] = last
+  }
+  const out: Array<{ start: number; end: number; seq: number; fileOffset: number }> = []
+  let k = 0
+  let at = 0
+  while (k < m || size > 0) {
+    if (size === 0) at = starts[byStart[k]!]!
+    while (k < m && starts[byStart[k]!]! <= at) push(byStart[k++]!)
+    while (size > 0 && ends[heap[0]!]! <= at) pop()
+    if (size === 0) continue
+    const top = heap[0]!
+    let next = ends[top]!
+    if (k < m && starts[byStart[k]!]! < next) next = starts[byStart[k]!]!
+    const e = entries[top]!
+    const last = out[out.length - 1]
+    // Split where an older record starts: joined again, so each extent is a maximal run.
+    if (last !== undefined && last.seq === e.seq && last.end === at) last.end = next
+    else
+      out.push({
+        start: at,
+        end: next,
+        seq: e.seq,
+        fileOffset: e.offset + RECORD_HEADER_BYTES + (at - starts[top]!)
+      })
+    at = next
+  }
+  return out
 }
 
 /** The entry of record `seq` among `entries` (seq order), by bisection. */
@@ -326,13 +382,15 @@ export const encodeBlockIndex = (c: Covers, map: ExtentMap): Buffer => {
   putU64(b, 32, c.lastSeq)
   putU64(b, 40, c.segmentBytes)
   b.writeUInt32LE(c.records, 48)
-  map.forEach((x, i) => {
+  const v = new DataView(b.buffer, b.byteOffset, b.byteLength)
+  for (let i = 0; i < map.length; i++) {
+    const x = map[i]!
     const at = bixExtentOffset(i)
-    putU64(b, at, x.start)
-    putU64(b, at + 8, x.seq)
-    putU64(b, at + 16, x.fileOffset)
-    b.writeUInt32LE(x.end - x.start, at + 24)
-  })
+    setU64(v, at, x.start)
+    setU64(v, at + 8, x.seq)
+    setU64(v, at + 16, x.fileOffset)
+    v.setUint32(at + 24, x.end - x.start, true)
+  }
   b.writeUInt32LE(crc32c(b.subarray(0, end)), end)
   return b
 }
