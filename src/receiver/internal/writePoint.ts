@@ -14,14 +14,16 @@ import type * as fs from "node:fs/promises"
 import * as path from "node:path"
 import { crc32c } from "../../internal/crc32c.js"
 import { type Base, baseLayout, openBase, tuning as baseTuning, zeroCrc } from "./base.js"
-import { entryOf } from "./blockIndex.js"
 import { ALIGN, BufferPool, ReadFile } from "./directReads.js"
 import { LogCorrupt } from "./errors.js"
 import { isEnoent, preadFully } from "./files.js"
 import { HandleWriter, type ImageWriter, WorkerWriter } from "./imageWriter.js"
 import { RECORD_HEADER_BYTES } from "./format.js"
 import { ReceiverMutants } from "./mutants.js"
-import { checkedPayload, type PointExtent, type PointMap, payloadIndex } from "./point.js"
+import { tableOf } from "./chain.js"
+import type { EntryTable } from "./entryTable.js"
+import type { PointExtent, PointMap } from "./point.js"
+import { checkedRecord } from "./recordCache.js"
 
 /**
  * How far a restore is, `bytes` of `total` in each phase: `indexing`, the sealed segments'
@@ -76,6 +78,8 @@ type Run =
   | {
       readonly _tag: "Log"
       readonly segment: number
+      /** The segment's index entries (columns: no object per record). */
+      readonly table: EntryTable
       readonly start: number
       readonly end: number
       /** The records the run holds whole. */
@@ -143,7 +147,7 @@ const planLog = (map: PointMap): Array<Run> => {
   const runs: Array<Run> = []
   for (const [s, list] of [...bySegment].sort((a, b) => a[0] - b[0])) {
     const segment = map.chain.segments[s]!
-    const entries = segment.entries ?? []
+    const table = tableOf(segment)
     // File order is record order: a record's extents come together.
     list.sort((a, b) => a.fileOffset - b.fileOffset)
     let records: Array<Needed> = []
@@ -151,22 +155,22 @@ const planLog = (map: PointMap): Array<Run> => {
     let end = 0
     for (const x of list) {
       const last = records.at(-1)
-      if (last !== undefined && entries[last.k]!.seq === x.seq) {
+      if (last !== undefined && table.seq[last.k] === x.seq) {
         last.extents.push(x)
         continue
       }
-      const k = entryOf(entries, x.seq)
-      const entry = entries[k]!
-      const recordEnd = Math.min(segment.bytes, entry.offset + RECORD_HEADER_BYTES + entry.length)
-      if (records.length > 0 && (entry.offset - end > tuning.runGap || recordEnd - start > tuning.runBytes)) {
-        runs.push({ _tag: "Log", segment: s, start, end, records })
+      const k = table.indexOf(x.seq)
+      const offset = table.offset[k]!
+      const recordEnd = Math.min(segment.bytes, offset + RECORD_HEADER_BYTES + table.length[k]!)
+      if (records.length > 0 && (offset - end > tuning.runGap || recordEnd - start > tuning.runBytes)) {
+        runs.push({ _tag: "Log", segment: s, table, start, end, records })
         records = []
       }
-      if (records.length === 0) start = entry.offset
+      if (records.length === 0) start = offset
       records.push({ k, extents: [x] })
       end = recordEnd
     }
-    if (records.length > 0) runs.push({ _tag: "Log", segment: s, start, end, records })
+    if (records.length > 0) runs.push({ _tag: "Log", segment: s, table, start, end, records })
   }
   return runs
 }
@@ -339,17 +343,19 @@ export const writePoint = async (
         put()
       } else {
         const segment = chain.segments[run.segment]!
+        const t = run.table
         for (const { k, extents: pieces } of run.records) {
-          const entry = segment.entries![k]!
-          const from = entry.offset - run.start
-          const payload = checkedPayload(
+          const from = t.offset[k]! - run.start
+          const payload = checkedRecord(
             chain,
             segment,
+            t,
             k,
-            bytes.subarray(from, from + RECORD_HEADER_BYTES + entry.length)
+            bytes.subarray(from, from + RECORD_HEADER_BYTES + t.length[k]!)
           )
+          const payloadStart = t.offset[k]! + RECORD_HEADER_BYTES
           for (const x of pieces) {
-            const at = payloadIndex(segment, x)
+            const at = x.fileOffset - payloadStart
             out.put(payload.subarray(at, at + (x.end - x.start)), x.start)
             done += x.end - x.start
           }
