@@ -6,6 +6,7 @@
  * into for another record. Mutant caught: a cache that reuses a slot in use
  * (`recordCacheReusesPinned`). A damaged record fails every read waiting for it and is not kept.
  */
+import * as fsp from "node:fs/promises"
 import * as path from "node:path"
 import fc from "fast-check"
 import { afterEach, describe, expect, it } from "vitest"
@@ -15,7 +16,7 @@ import { RECORD_HEADER_BYTES } from "../../src/receiver/internal/format.js"
 import { openLazyPointReader } from "../../src/receiver/internal/lazyPoint.js"
 import { ReceiverMutants } from "../../src/receiver/internal/mutants.js"
 import { openPointMap, openPointReader } from "../../src/receiver/internal/point.js"
-import { recordCacheTuning } from "../../src/receiver/internal/recordCache.js"
+import { recordCacheTuning, recordPayloads } from "../../src/receiver/internal/recordCache.js"
 import { flipByte, imageAt, makeChanges, readMetaFile, writeDisk } from "../support/receiverDisk.js"
 import { tempDirs } from "../support/tempDirs.js"
 
@@ -134,6 +135,35 @@ describe("the point readers' record cache: buffers used again, never while in us
       expect(Buffer.from(await reader.read(0, diskBytes)).equals(expected)).toBe(true)
     } finally {
       await reader.close()
+    }
+  })
+
+  it("holds more records than its size only while they are in use at once, and shrinks back after", async () => {
+    recordCacheTuning.records = 2
+    const changes = makeChanges(geometry, 40, { seed: 9, limit: 8000 })
+    const { diskDir } = await writeDisk(tempDir(), "vm", geometry, changes, { segmentBytes: 1 << 20 })
+    const chain = await openChain(diskDir, readMetaFile(diskDir), "read")
+    const segment = chain.segments[0]!
+    const handle = await fsp.open(path.join(diskDir, segment.name), "r")
+    try {
+      const payload = recordPayloads(chain, new Map([[0, handle]]))
+      const entries = segment.entries!.filter((e) => e.length > 0).slice(0, 13)
+      const at = (e: (typeof entries)[number]) => e.offset + RECORD_HEADER_BYTES
+      // Twelve records in use at once: each is kept while its read uses it.
+      let peak = 0
+      await Promise.all(
+        entries.slice(0, 12).map((e) =>
+          payload(0, e.seq, at(e), () => {
+            peak = Math.max(peak, payload.kept())
+          })
+        )
+      )
+      expect(peak).toBeGreaterThan(2)
+      // The next record read frees what is no longer in use.
+      await payload(0, entries[12]!.seq, at(entries[12]!), () => undefined)
+      expect(payload.kept()).toBeLessThanOrEqual(2)
+    } finally {
+      await handle.close()
     }
   })
 })

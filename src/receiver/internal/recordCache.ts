@@ -73,6 +73,8 @@ interface Slot {
 /** Where a piece of a point lies: `use` is given its record's checked payload and the byte of it the piece starts at. */
 export interface RecordPayloads {
   (segment: number, seq: number, fileOffset: number, use: (data: Buffer, at: number) => void): Promise<void>
+  /** How many records are kept now. */
+  kept(): number
   clear(): void
 }
 
@@ -109,13 +111,16 @@ export const recordPayloads = (chain: Chain, handles: ReadonlyMap<number, FileHa
   }
   /** A buffer of at least `size` bytes: the least recently used free slot's when the cache is full. */
   const bufferFor = (size: number): Buffer => {
-    if (order.size >= recordCacheTuning.records)
-      for (const old of order) {
-        if (old.pins > 0 && !ReceiverMutants.recordCacheReusesPinned) continue
-        drop(old)
-        return old.buf.length >= size ? old.buf : Buffer.allocUnsafe(size)
-      }
-    return Buffer.allocUnsafe(size)
+    let reused: Buffer | undefined
+    // Free slots go, oldest first, until there is room: the cache grows past its size only
+    // while more records than that are in use at once, and shrinks back after.
+    for (const old of order) {
+      if (order.size < recordCacheTuning.records) break
+      if (old.pins > 0 && !ReceiverMutants.recordCacheReusesPinned) continue
+      drop(old)
+      if (reused === undefined && old.buf.length >= size) reused = old.buf
+    }
+    return reused ?? Buffer.allocUnsafe(size)
   }
   const load = (s: number, seq: number): Slot => {
     const segment = chain.segments[s]!
@@ -170,6 +175,7 @@ export const recordPayloads = (chain: Chain, handles: ReadonlyMap<number, FileHa
     }
   }
   return Object.assign(payload, {
+    kept: () => order.size,
     clear: () => {
       slots.clear()
       order.clear()
