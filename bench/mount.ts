@@ -24,7 +24,7 @@
  * CDP_SYNC_BENCH_MOUNT_ROUNDS=1 CDP_SYNC_BENCH_MOUNT_SECONDS=5`; one section only:
  * `CDP_SYNC_BENCH_MOUNT_SECTIONS=restore` (or `first-byte`, `fio`, comma-separated); some rows
  * only: `CDP_SYNC_BENCH_MOUNT_ROWS=latest,busy` (first byte: `qemu`, `latest`, `time`, `busy`).
- * `CDP_SYNC_BENCH_MOUNT_PROFILE=DIR`: every `cdp-sync mount` runs under `node --cpu-prof`,
+ * `CDP_SYNC_BENCH_MOUNT_PROFILE=DIR`: every `cdp-sync mount` (first byte and fio) runs under `node --cpu-prof`,
  * its profile written into DIR (named by row and round) for bench/internal/profile.mjs.
  */
 import { execFileSync } from "node:child_process"
@@ -624,12 +624,13 @@ const fioSection = async (
   cold: () => Promise<void>
 ): Promise<ReadonlyArray<BenchRow>> => {
   const MOUNT = "cdp-sync mount --at latest"
+  let round = 0
   const setups: ReadonlyArray<readonly [string, () => Promise<Server>]> = [
     [QEMU, () => startQemuNbd(data.image, scratch)],
-    [MOUNT, () => startMount(data.receiverDir, "latest")]
+    [MOUNT, () => startMount(data.receiverDir, "latest", `fio-${round}`)]
   ]
   const samples = new Samples<FioFigures>()
-  for (let round = 0; round < ROUNDS; round++)
+  for (round = 0; round < ROUNDS; round++)
     for (const [name, start] of setups) {
       say(`fio random 4 KiB reads: ${name}, round ${round + 1}/${ROUNDS}`)
       await cold()

@@ -11,13 +11,14 @@ import * as fs from "node:fs/promises"
 import * as path from "node:path"
 import { Effect } from "effect"
 import { type AtSpec, parseAt } from "./internal/at.js"
-import { type Chain, diskBytesOf } from "./internal/chain.js"
+import { type Chain, diskBytesOf, tableOf } from "./internal/chain.js"
 import {
   type At,
   attempt,
   type DiskPoints,
   type Point,
   pointAt,
+  pointOf,
   pointsOf,
   readChain,
   resolve,
@@ -162,8 +163,8 @@ export const restore = Effect.fn("Receiver.restore")(function* (options: {
   const { diskDir, meta } = disk!
   const run = Effect.gen(function* () {
     const chain = yield* readChain(diskDir, meta)
-    const all = pointsOf(chain).points
-    const target = yield* pointAt(chain, all, spec, now)
+    // Found without listing every point (a refusal lists them to name the nearest).
+    const target = yield* pointOf(chain, spec, now)
     const out = yield* Effect.tryPromise({
       try: () => prepareTarget(options.dir, options.out, options.force === true, diskBytesOf(meta)),
       catch: (cause) =>
@@ -209,9 +210,13 @@ const materialise = async (
     (await writePoint(map, image, device, onProgress)) ? true : undefined
   )
   if (written === undefined) return undefined
+  // Counted on the columns (the entries as objects cost more than the count).
   let records = 0
-  for (const segment of chain.segments)
-    for (const e of segment.entries ?? []) if (e.seq > chain.base.seq && e.seq <= seq) records++
+  for (const segment of chain.segments) {
+    if (segment.lastSeq <= chain.base.seq || segment.firstSeq > seq) continue
+    const seqs = tableOf(segment).seq
+    for (let i = 0; i < seqs.length; i++) if (seqs[i]! > chain.base.seq && seqs[i]! <= seq) records++
+  }
   return records
 }
 

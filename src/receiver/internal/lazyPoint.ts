@@ -20,10 +20,10 @@ import {
   coversOf,
   entriesThrough,
   geometryOf,
-  recordPayloads,
   sealedTable,
   segmentsOf
 } from "./point.js"
+import { recordPayloads } from "./recordCache.js"
 import { firstEndingAfter as firstPieceEndingAfter, mergeTables, type PointTable } from "./pointMerge.js"
 
 /** How many `.bix` files are read ahead of the maps being checked. */
@@ -204,13 +204,14 @@ export const openLazyPointReader = async (
     diskBytes,
     read: async (offset, length) => {
       checkRange(offset, length, diskBytes)
-      const out = Buffer.alloc(length)
+      // The pieces and the rest cover every byte.
+      const out = Buffer.allocUnsafe(length)
       const { pieces, rest } = await locate(offset, offset + length)
       for (const [a, b] of rest) await base.read(a, b, out, a - offset)
-      for (const x of pieces) {
-        const { data, at } = await payload(x.segment, x.seq, x.fileOffset)
-        data.copy(out, x.start - offset, at, at + (x.end - x.start))
-      }
+      for (const x of pieces)
+        await payload(x.segment, x.seq, x.fileOffset, (data, at) => {
+          data.copy(out, x.start - offset, at, at + (x.end - x.start))
+        })
       return out
     },
     checkAll: async () => {

@@ -18,7 +18,6 @@ import {
   type DataGeometry,
   decodeBlockIndexTable,
   encodeBlockIndex,
-  entryOf,
   type Extent,
   type ExtentMap,
   ExtentTable,
@@ -37,13 +36,8 @@ import {
 export { mergeNewestFirst, mergeTables, type PointExtent, type PointTable } from "./pointMerge.js"
 import { LogCorrupt } from "./errors.js"
 import { isEnoent, preadFully, readIfExists, readIfExistsInto, scratch } from "./files.js"
-import {
-  entryMismatch,
-  type IndexEntry,
-  indexEntryOffset,
-  parseRecord,
-  RECORD_HEADER_BYTES
-} from "./format.js"
+import { recordPayloads } from "./recordCache.js"
+import type { IndexEntry } from "./format.js"
 
 export interface PointMap {
   readonly chain: Chain
@@ -260,50 +254,6 @@ export const openPointMap = async (
 // ---------------------------------------------------------------------------------------------
 // Reading records and base bytes, checked
 
-/**
- * The payload of entry `k` of `segment` from `bytes` (its header and payload as read), once
- * checked: the record's CRC, and every field against the entry (a disagreement names the
- * index file and entry, as `readRange` does).
- */
-export const checkedPayload = (chain: Chain, segment: Segment, k: number, bytes: Buffer): Buffer => {
-  const entry = (segment.entries ?? [])[k]!
-  const file = path.join(chain.diskDir, segment.name)
-  const parsed = parseRecord(bytes, 0)
-  const diffs =
-    parsed._tag === "Record"
-      ? entryMismatch(entry, parsed.header, entry.offset, parsed.crc)
-      : [parsed._tag === "Short" ? "the segment ends inside the record" : parsed.reason]
-  if (diffs.length === 0) return bytes.subarray(RECORD_HEADER_BYTES, RECORD_HEADER_BYTES + entry.length)
-  throw segment.indexFile === undefined || parsed._tag !== "Record"
-    ? new LogCorrupt({ file, offset: entry.offset, reason: `record ${entry.seq}: ${diffs.join(", ")}` })
-    : new LogCorrupt({
-        file: segment.indexFile,
-        offset: indexEntryOffset(k),
-        reason: `the index disagrees with the record at byte ${entry.offset} of ${segment.name} (seq ${entry.seq}): ${diffs.join(", ")}`
-      })
-}
-
-/** Reads record `seq` of `segment` whole and checks it (`checkedPayload`); its payload. */
-export const readRecord = async (
-  chain: Chain,
-  segment: Segment,
-  handle: fs.FileHandle,
-  seq: number
-): Promise<Buffer> => {
-  const entries = segment.entries ?? []
-  const k = entryOf(entries, seq)
-  const entry = entries[k]
-  if (entry === undefined)
-    throw new LogCorrupt({
-      file: path.join(chain.diskDir, segment.name),
-      offset: 0,
-      reason: `no record ${seq} listed`
-    })
-  const buf = Buffer.allocUnsafe(RECORD_HEADER_BYTES + entry.length)
-  const read = await handle.read(buf, 0, buf.length, entry.offset)
-  return checkedPayload(chain, segment, k, buf.subarray(0, read.bytesRead))
-}
-
 /** The base image held open, read by range with every unit checked against its CRC (format 2). */
 export class BaseRanges {
   private constructor(
@@ -422,42 +372,6 @@ export interface PointReader {
   close(): Promise<void>
 }
 
-/** Where `x.start` lies in its record's payload. */
-export const payloadIndex = (segment: Segment, x: Extent): number => {
-  const entries = segment.entries ?? []
-  return x.fileOffset - (entries[entryOf(entries, x.seq)]!.offset + RECORD_HEADER_BYTES)
-}
-
-/** How many records a reader keeps decoded (a record split by later writes is read once). */
-const RECORD_CACHE = 64
-
-/** Where a piece of a point lies: its record's payload, checked (`readRecord`), and the byte of it the piece starts at. */
-export interface RecordPayloads {
-  (segment: number, seq: number, fileOffset: number): Promise<{ readonly data: Buffer; readonly at: number }>
-  clear(): void
-}
-
-/**
- * The payloads a reader serves, read from the segments `handles` holds open (by the chain's
- * segment number) and checked, the last `RECORD_CACHE` kept.
- */
-export const recordPayloads = (chain: Chain, handles: ReadonlyMap<number, fs.FileHandle>): RecordPayloads => {
-  const cache = new Map<string, Buffer>()
-  const payload = async (s: number, seq: number, fileOffset: number) => {
-    const segment = chain.segments[s]!
-    const key = `${s}:${seq}`
-    let data = cache.get(key)
-    if (data === undefined) {
-      data = await readRecord(chain, segment, handles.get(s)!, seq)
-      if (cache.size >= RECORD_CACHE) cache.delete(cache.keys().next().value!)
-      cache.set(key, data)
-    }
-    const entries = segment.entries ?? []
-    return { data, at: fileOffset - (entries[entryOf(entries, seq)]!.offset + RECORD_HEADER_BYTES) }
-  }
-  return Object.assign(payload, { clear: () => cache.clear() })
-}
-
 /**
  * A reader of the point `map` describes. It holds the base and the segments open from the
  * start, so a retention fold that replaces or removes them later does not change what it
@@ -484,7 +398,8 @@ export const openPointReader = async (map: PointMap): Promise<PointReader | unde
     map,
     read: async (offset, length) => {
       checkRange(offset, length, diskBytes)
-      const out = Buffer.alloc(length)
+      // Every byte is written below (from the base or a record).
+      const out = Buffer.allocUnsafe(length)
       const end = offset + length
       let cursor = offset
       for (let i = firstEndingAfter(t, offset); cursor < end; i++) {
@@ -495,9 +410,11 @@ export const openPointReader = async (map: PointMap): Promise<PointReader | unde
         }
         if (i >= t.count || cursor >= end) break
         const pieceEnd = Math.min(end, t.end[i]!)
-        const { data, at } = await payload(t.segment[i]!, t.seq[i]!, t.fileOffset[i]!)
-        const from = at + (cursor - t.start[i]!)
-        data.copy(out, cursor - offset, from, from + (pieceEnd - cursor))
+        const pieceStart = t.start[i]!
+        await payload(t.segment[i]!, t.seq[i]!, t.fileOffset[i]!, (data, at) => {
+          const from = at + (cursor - pieceStart)
+          data.copy(out, cursor - offset, from, from + (pieceEnd - cursor))
+        })
         cursor = pieceEnd
       }
       return out

@@ -14,14 +14,16 @@ import type * as fs from "node:fs/promises"
 import * as path from "node:path"
 import { crc32c } from "../../internal/crc32c.js"
 import { type Base, baseLayout, openBase, tuning as baseTuning, zeroCrc } from "./base.js"
-import { entryOf } from "./blockIndex.js"
 import { ALIGN, BufferPool, ReadFile } from "./directReads.js"
 import { LogCorrupt } from "./errors.js"
 import { isEnoent, preadFully } from "./files.js"
 import { HandleWriter, type ImageWriter, WorkerWriter } from "./imageWriter.js"
 import { RECORD_HEADER_BYTES } from "./format.js"
 import { ReceiverMutants } from "./mutants.js"
-import { checkedPayload, type PointExtent, type PointMap, payloadIndex } from "./point.js"
+import { tableOf } from "./chain.js"
+import type { EntryTable } from "./entryTable.js"
+import type { PointMap, PointTable } from "./point.js"
+import { checkedRecord } from "./recordCache.js"
 
 /**
  * How far a restore is, `bytes` of `total` in each phase: `indexing`, the sealed segments'
@@ -59,10 +61,14 @@ export const tuning = {
   flushBytes: 128 << 20
 }
 
-/** A record of a segment the point keeps bytes of, and those bytes' extents (file order). */
+/**
+ * A record of a segment the point keeps bytes of (entry `k`), and those bytes' extents:
+ * `order[from]` … `order[to - 1]`, indexes into the point's table (file order).
+ */
 interface Needed {
   readonly k: number
-  readonly extents: Array<PointExtent>
+  readonly from: number
+  to: number
 }
 
 /** Bytes of the base to place: `[start, end)` of the disk, inside one unit. */
@@ -76,10 +82,14 @@ type Run =
   | {
       readonly _tag: "Log"
       readonly segment: number
+      /** The segment's index entries (columns: no object per record). */
+      readonly table: EntryTable
       readonly start: number
       readonly end: number
       /** The records the run holds whole. */
       readonly records: ReadonlyArray<Needed>
+      /** The point's extents (by index into its table) in file order, segment by segment. */
+      readonly order: Uint32Array
     }
   | {
       readonly _tag: "Base"
@@ -93,7 +103,7 @@ type Run =
  * The reads of the base: the units holding bytes no extent covers (`pieces`, split at unit
  * edges: each is checked against its unit's CRC), neighbours closer than `tuning.runGap` in one read of at most `tuning.runBytes`.
  */
-const planBase = (extents: ReadonlyArray<PointExtent>, diskBytes: number, unit: number): Array<Run> => {
+const planBase = (t: PointTable, diskBytes: number, unit: number): Array<Run> => {
   const runs: Array<Run & { _tag: "Base" }> = []
   const add = (start: number, end: number) => {
     for (let at = start; at < end; ) {
@@ -119,9 +129,9 @@ const planBase = (extents: ReadonlyArray<PointExtent>, diskBytes: number, unit: 
   if (ReceiverMutants.restoreWritesOverriddenBase) add(0, diskBytes)
   else {
     let covered = 0
-    for (const x of extents) {
-      if (x.start > covered) add(covered, x.start)
-      covered = x.end
+    for (let i = 0; i < t.count; i++) {
+      if (t.start[i]! > covered) add(covered, t.start[i]!)
+      covered = t.end[i]!
     }
     if (covered < diskBytes) add(covered, diskBytes)
   }
@@ -134,39 +144,42 @@ const planBase = (extents: ReadonlyArray<PointExtent>, diskBytes: number, unit: 
  * later write left a byte of is not read; long stretches of them are skipped.
  */
 const planLog = (map: PointMap): Array<Run> => {
-  const bySegment = new Map<number, Array<PointExtent>>()
-  for (const x of map.extents) {
-    const list = bySegment.get(x.segment)
-    if (list === undefined) bySegment.set(x.segment, [x])
-    else list.push(x)
-  }
+  const t = map.table
+  // The extents by segment, then in file order (on the table's columns: no object per extent).
+  const order = new Uint32Array(t.count)
+  for (let i = 0; i < t.count; i++) order[i] = i
+  order.sort((a, b) => t.segment[a]! - t.segment[b]! || t.fileOffset[a]! - t.fileOffset[b]!)
   const runs: Array<Run> = []
-  for (const [s, list] of [...bySegment].sort((a, b) => a[0] - b[0])) {
+  for (let first = 0; first < order.length; ) {
+    const s = t.segment[order[first]!]!
+    let stop = first
+    while (stop < order.length && t.segment[order[stop]!] === s) stop++
     const segment = map.chain.segments[s]!
-    const entries = segment.entries ?? []
+    const table = tableOf(segment)
     // File order is record order: a record's extents come together.
-    list.sort((a, b) => a.fileOffset - b.fileOffset)
     let records: Array<Needed> = []
     let start = 0
     let end = 0
-    for (const x of list) {
+    for (let o = first; o < stop; o++) {
+      const seq = t.seq[order[o]!]!
       const last = records.at(-1)
-      if (last !== undefined && entries[last.k]!.seq === x.seq) {
-        last.extents.push(x)
+      if (last !== undefined && table.seq[last.k] === seq) {
+        last.to = o + 1
         continue
       }
-      const k = entryOf(entries, x.seq)
-      const entry = entries[k]!
-      const recordEnd = Math.min(segment.bytes, entry.offset + RECORD_HEADER_BYTES + entry.length)
-      if (records.length > 0 && (entry.offset - end > tuning.runGap || recordEnd - start > tuning.runBytes)) {
-        runs.push({ _tag: "Log", segment: s, start, end, records })
+      const k = table.indexOf(seq)
+      const offset = table.offset[k]!
+      const recordEnd = Math.min(segment.bytes, offset + RECORD_HEADER_BYTES + table.length[k]!)
+      if (records.length > 0 && (offset - end > tuning.runGap || recordEnd - start > tuning.runBytes)) {
+        runs.push({ _tag: "Log", segment: s, table, start, end, records, order })
         records = []
       }
-      if (records.length === 0) start = entry.offset
-      records.push({ k, extents: [x] })
+      if (records.length === 0) start = offset
+      records.push({ k, from: o, to: o + 1 })
       end = recordEnd
     }
-    if (records.length > 0) runs.push({ _tag: "Log", segment: s, start, end, records })
+    if (records.length > 0) runs.push({ _tag: "Log", segment: s, table, start, end, records, order })
+    first = stop
   }
   return runs
 }
@@ -225,7 +238,8 @@ export const writePoint = async (
   device: boolean,
   onProgress?: (progress: Progress) => void
 ): Promise<boolean> => {
-  const { chain, extents } = map
+  const { chain } = map
+  const pt = map.table
   const geometry = { blockSize: chain.meta.blockSize, blockCount: chain.meta.blockCount }
   const diskBytes = geometry.blockSize * geometry.blockCount
   const total = diskBytes
@@ -258,7 +272,7 @@ export const writePoint = async (
     const segments = await openSegments(map, logRuns)
     if (segments === undefined) return false
     closing.push(...segments.values())
-    const runs = [...planBase(extents, diskBytes, unit), ...logRuns]
+    const runs = [...planBase(pt, diskBytes, unit), ...logRuns]
     // A read's ends are rounded out to ALIGN; each read ahead, the run placed and the runs
     // whose writes are out hold a buffer (no larger than the largest run needs).
     let largest = 0
@@ -339,19 +353,23 @@ export const writePoint = async (
         put()
       } else {
         const segment = chain.segments[run.segment]!
-        for (const { k, extents: pieces } of run.records) {
-          const entry = segment.entries![k]!
-          const from = entry.offset - run.start
-          const payload = checkedPayload(
+        const t = run.table
+        for (const { k, from: first, to } of run.records) {
+          const from = t.offset[k]! - run.start
+          const payload = checkedRecord(
             chain,
             segment,
+            t,
             k,
-            bytes.subarray(from, from + RECORD_HEADER_BYTES + entry.length)
+            bytes.subarray(from, from + RECORD_HEADER_BYTES + t.length[k]!)
           )
-          for (const x of pieces) {
-            const at = payloadIndex(segment, x)
-            out.put(payload.subarray(at, at + (x.end - x.start)), x.start)
-            done += x.end - x.start
+          const payloadStart = t.offset[k]! + RECORD_HEADER_BYTES
+          for (let o = first; o < to; o++) {
+            const x = run.order[o]!
+            const at = pt.fileOffset[x]! - payloadStart
+            const length = pt.end[x]! - pt.start[x]!
+            out.put(payload.subarray(at, at + length), pt.start[x]!)
+            done += length
           }
         }
       }
