@@ -210,7 +210,9 @@ describe("segment reading over the window's edges", () => {
   it("the reader of finding 1 (header across the window edge read as short) is caught", async () => {
     const details = await fc.check(segmentProperty(headerOnlyRetry), { numRuns: RUNS })
     expect(details.failed, `the mutant survived ${details.numRuns} runs`).toBe(true)
-    expect(String(details.errorInstance)).toMatch(/short record/)
+    // The scan says "short record …"; readRange, when the scan's window missed the edge,
+    // "the segment ends inside a record": the same whole record taken for a torn one.
+    expect(String(details.errorInstance)).toMatch(/short record|the segment ends inside a record/)
   })
 
   it("a file cut anywhere reads back exactly the whole records before the cut, the rest a torn tail", async () => {
