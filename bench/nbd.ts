@@ -8,6 +8,8 @@
  * (c) `qemu-storage-daemon` with a `blockdev-mirror` job in `copy-mode: write-blocking` to
  *     a `qemu-nbd` target (QEMU's synchronous "active mirror");
  * (d) the same mirror job in background copy mode.
+ * Every server listens on a unix socket (`CDP_SYNC_BENCH_NBD_TRANSPORT=tcp` puts (b) on
+ * loopback TCP, as it was before session 11).
  * Workloads: 4 KiB random writes at iodepth 16 and 64 KiB sequential writes at iodepth 4,
  * `CDP_SYNC_BENCH_NBD_SECONDS` (default 15) each, `CDP_SYNC_BENCH_NBD_ROUNDS` (default 3)
  * rounds interleaved a, b, c, d, a, b, …; figures are medians over the rounds, with the
