@@ -53,9 +53,8 @@ const SETUPS = ALL_SETUPS.filter(([s]) => ONLY === undefined || ONLY.includes(s)
 const PROFILE = process.env.CDP_SYNC_BENCH_NBD_PROFILE
 /**
  * `CDP_SYNC_BENCH_NBD_TRANSPORT=tcp`: (b) on TCP at 127.0.0.1 instead of a unix socket. By
- * default every server is on a unix socket: on loopback TCP each 16-byte reply's write
- * costs the sender the kernel's TCP work for both ends (before session 11, (b) alone ran
- * on TCP: a tenth of serve's CPU went to those writes).
+ * default every server is on a unix socket, so the four share a transport (before
+ * session 11, (b) alone ran on loopback TCP).
  */
 const TRANSPORT = process.env.CDP_SYNC_BENCH_NBD_TRANSPORT === "tcp" ? "tcp" : "unix"
 /** The kernel's clock ticks per second (/proc/PID/stat counts CPU time in them). */
