@@ -8,6 +8,8 @@
  * (c) `qemu-storage-daemon` with a `blockdev-mirror` job in `copy-mode: write-blocking` to
  *     a `qemu-nbd` target (QEMU's synchronous "active mirror");
  * (d) the same mirror job in background copy mode.
+ * Every server listens on a unix socket (`CDP_SYNC_BENCH_NBD_TRANSPORT=tcp` puts (b) on
+ * loopback TCP, as it was before session 11).
  * Workloads: 4 KiB random writes at iodepth 16 and 64 KiB sequential writes at iodepth 4,
  * `CDP_SYNC_BENCH_NBD_SECONDS` (default 15) each, `CDP_SYNC_BENCH_NBD_ROUNDS` (default 3)
  * rounds interleaved a, b, c, d, a, b, …; figures are medians over the rounds, with the
@@ -18,6 +20,10 @@
  * waits for the target's write, not for an fsync (the receiver fsyncs before it acks).
  * About 8 minutes by default; `CDP_SYNC_BENCH_NBD_SECONDS=3 CDP_SYNC_BENCH_NBD_ROUNDS=1`
  * checks that it runs. `CDP_SYNC_BENCH_NBD_ONLY=a,b` runs only those setups.
+ * For (b) it also prints the CPU time `serve` and the receiver spent per write (process CPU
+ * time over fio's writes, ramp included: from /proc, so Linux only), and with
+ * `CDP_SYNC_BENCH_NBD_PROFILE=DIR` runs `serve` under `node --cpu-prof` into DIR
+ * (serve-4k-N.cpuprofile, the Nth profiled run's: see bench/internal/profile.mjs).
  */
 import * as fs from "node:fs"
 import * as os from "node:os"
@@ -43,6 +49,42 @@ const ALL_SETUPS: ReadonlyArray<readonly [Setup, string]> = [
 /** `CDP_SYNC_BENCH_NBD_ONLY=a,c` runs only those setups (the ratios need all four). */
 const ONLY = process.env.CDP_SYNC_BENCH_NBD_ONLY?.split(",")
 const SETUPS = ALL_SETUPS.filter(([s]) => ONLY === undefined || ONLY.includes(s))
+/** `CDP_SYNC_BENCH_NBD_PROFILE=DIR`: serve under `node --cpu-prof` into DIR. */
+const PROFILE = process.env.CDP_SYNC_BENCH_NBD_PROFILE
+/**
+ * `CDP_SYNC_BENCH_NBD_TRANSPORT=tcp`: (b) on TCP at 127.0.0.1 instead of a unix socket. By
+ * default every server is on a unix socket, so the four share a transport (before
+ * session 11, (b) alone ran on loopback TCP).
+ */
+const TRANSPORT = process.env.CDP_SYNC_BENCH_NBD_TRANSPORT === "tcp" ? "tcp" : "unix"
+/** The kernel's clock ticks per second (/proc/PID/stat counts CPU time in them). */
+const CLK_TCK = 100
+
+/** The pid of the node process whose command line holds every one of `words`. */
+const pidOf = (words: ReadonlyArray<string>): number | undefined => {
+  for (const entry of fs.readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue
+    try {
+      const argv = fs.readFileSync(`/proc/${entry}/cmdline`, "utf8").split("\0")
+      if (words.every((w) => argv.includes(w))) return Number(entry)
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return undefined
+}
+
+/** User and system CPU seconds of `pid` so far (fields 14 and 15 of /proc/PID/stat). */
+const cpuSeconds = (pid: number | undefined): number => {
+  if (pid === undefined) return Number.NaN
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8")
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+    return (Number(fields[11]) + Number(fields[12])) / CLK_TCK
+  } catch {
+    return Number.NaN
+  }
+}
 
 interface Workload {
   readonly name: string
@@ -60,6 +102,9 @@ interface Figures {
   readonly p99Us: number
   /** Replication lag: (b) records unacked at the receiver; (d) bytes the mirror has yet to copy. */
   readonly lag?: string
+  /** (b): CPU µs per write of `serve` and of the receiver. */
+  readonly serveCpuUs?: number
+  readonly receiverCpuUs?: number
 }
 
 interface FioLatency {
@@ -146,9 +191,32 @@ const runSetup = async (setup: Setup, workload: Workload): Promise<Figures> => {
       }
     }
     if (setup === "b") {
-      const exp = await Nbd.serve({ size: IMAGE_BYTES, dir }, "cdp-sync")
+      const exp = await Nbd.serve(
+        {
+          size: IMAGE_BYTES,
+          dir,
+          unixSocket: TRANSPORT === "unix",
+          ...(PROFILE === undefined
+            ? {}
+            : {
+                nodeArgs: [
+                  "--cpu-prof",
+                  `--cpu-prof-dir=${path.resolve(PROFILE)}`,
+                  `--cpu-prof-name=${profileName(workload)}`
+                ]
+              })
+        },
+        "cdp-sync"
+      )
+      const servePid = pidOf(["serve", exp.image])
+      const receiverPid = pidOf([exp.receiverDir])
       try {
+        const cpu0 = [cpuSeconds(servePid), cpuSeconds(receiverPid)]
         const result = await fio(exp.uri, workload)
+        const cpu1 = [cpuSeconds(servePid), cpuSeconds(receiverPid)]
+        // fio's IOPS leave out the ramp second; the CPU time has it.
+        const writes = result.iops * (SECONDS + 1)
+        const perWrite = (i: number) => ((cpu1[i]! - cpu0[i]!) / writes) * 1e6
         // The lag at the end of the run: what the receiver took after fio's last write,
         // and how long it took (its last seq stops moving). Not sampled during the run:
         // reading the log's active segment would take CPU from the servers.
@@ -166,9 +234,13 @@ const runSetup = async (setup: Setup, workload: Workload): Promise<Figures> => {
         }
         return {
           ...result,
-          lag: `${last - atEnd} records behind at the end, caught up ${((lastChange - t) / 1000).toFixed(1)} s after`
+          lag: `${last - atEnd} records behind at the end, caught up ${((lastChange - t) / 1000).toFixed(1)} s after`,
+          serveCpuUs: perWrite(0),
+          receiverCpuUs: perWrite(1)
         }
       } finally {
+        // A profile is written at a clean exit only (dispose SIGKILLs).
+        if (PROFILE !== undefined) await exp.stop()
         await exp.dispose()
       }
     }
@@ -201,6 +273,11 @@ const runSetup = async (setup: Setup, workload: Workload): Promise<Figures> => {
   }
 }
 
+let profiled = 0
+/** serve-4k-N.cpuprofile: the Nth profiled run's. */
+const profileName = (workload: Workload) =>
+  `serve-${workload.fio.includes("--bs=4k") ? "4k" : "64k"}-${++profiled}.cpuprofile`
+
 const median = (xs: ReadonlyArray<number>) => {
   const s = [...xs].sort((x, y) => x - y)
   return s.length % 2 === 1 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2
@@ -210,6 +287,15 @@ const cell = (xs: ReadonlyArray<number>, digits: number) =>
   xs.length === 1
     ? median(xs).toFixed(digits)
     : `${median(xs).toFixed(digits)} (${Math.min(...xs).toFixed(digits)}–${Math.max(...xs).toFixed(digits)})`
+
+const cpuLine = (rs: ReadonlyArray<Figures>) => {
+  const serve = rs.map((r) => r.serveCpuUs ?? Number.NaN).filter((x) => !Number.isNaN(x))
+  const receiver = rs.map((r) => r.receiverCpuUs ?? Number.NaN).filter((x) => !Number.isNaN(x))
+  if (serve.length === 0) return []
+  return [
+    `(b) CPU per write: serve ${cell(serve, 0)} µs, receiver ${receiver.length === 0 ? "n/a" : cell(receiver, 0)} µs`
+  ]
+}
 
 const renderFourWay = (workload: string, results: Map<Setup, Array<Figures>>) => {
   const header = ["server", "IOPS", "MB/s", "mean µs", "p99 µs", "replication lag"]
@@ -239,10 +325,11 @@ const renderFourWay = (workload: string, results: Map<Setup, Array<Figures>>) =>
   const widths = header.map((h, i) => Math.max(h.length, ...body.map((r) => r[i]!.length)))
   const line = (cells: ReadonlyArray<string>) => cells.map((c, i) => c.padEnd(widths[i]!)).join(" | ")
   return [
-    `\nNBD, fio ${workload}, ${SECONDS} s, ${IMAGE_BYTES / MiB} MiB image, ${ROUNDS} round(s) (median, min–max)`,
+    `\nNBD, fio ${workload}, ${SECONDS} s, ${IMAGE_BYTES / MiB} MiB image, ${ROUNDS} round(s) (median, min–max), (b) on ${TRANSPORT === "unix" ? "a unix socket" : "TCP"}`,
     line(header),
     widths.map((w) => "-".repeat(w)).join("-|-"),
-    ...body.map(line)
+    ...body.map(line),
+    ...cpuLine(results.get("b") ?? [])
   ].join("\n")
 }
 

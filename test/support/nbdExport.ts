@@ -92,6 +92,10 @@ export interface ServeOptions {
   readonly receiver?: { readonly host: string; readonly port: number }
   /** More arguments for `cdp-sync serve` (the replicator's tuning). */
   readonly serveArgs?: ReadonlyArray<string>
+  /** Node's own options for `cdp-sync serve` (the NBD bench's `--cpu-prof`). */
+  readonly nodeArgs?: ReadonlyArray<string>
+  /** `cdp-sync serve` on a unix socket in `dir` (as qemu-nbd is) instead of TCP on 127.0.0.1. */
+  readonly unixSocket?: boolean
 }
 
 export interface NbdExport {
@@ -193,6 +197,7 @@ export const serve = async (
       child = spawn(
         process.execPath,
         [
+          ...(options.nodeArgs ?? []),
           CLI,
           "serve",
           "--disk",
@@ -203,8 +208,9 @@ export const serve = async (
           `${target.host}:${target.port}`,
           "--journal",
           path.join(dir, "journal"),
-          "--listen",
-          "127.0.0.1:0",
+          ...(options.unixSocket === true
+            ? ["--socket", path.join(dir, "nbd.sock")]
+            : ["--listen", "127.0.0.1:0"]),
           "--export-name",
           name,
           "--disk-id",

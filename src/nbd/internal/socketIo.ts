@@ -68,6 +68,13 @@ export class SocketReader {
     return Effect.suspend(() => this.poll(n, what) ?? this.waitThen(() => this.take(n, what)))
   }
 
+  /** Exactly `n` bytes if they are already here (n > 0), without a step of the runtime; else `undefined`. */
+  takeBuffered(n: number): Buffer | undefined {
+    if (this.failure !== undefined || this.socket.readableLength < n) return undefined
+    const chunk = this.socket.read(n) as Buffer | null
+    return chunk !== null && chunk.byteLength === n ? chunk : undefined
+  }
+
   /** Reads and drops `n` bytes (a payload the server refuses), never holding more than a piece. */
   skip(n: number, what: string): Effect.Effect<void, EndedMidMessage | SocketFailed> {
     const go = (left: number): Effect.Effect<void, EndedMidMessage | SocketFailed> =>
