@@ -6,18 +6,12 @@ import * as Bitmap from "./Bitmap.js"
 import { Config } from "./Config.js"
 import { Count, isCount, ResyncReason } from "./Event.js"
 import { Flight, type FlightRecord } from "./Flight.js"
+import { type Comparison, Comparisons } from "./Comparisons.js"
+
+export { type Comparison, Comparisons } from "./Comparisons.js"
 
 export type Mode = "sync" | "resync"
 
-/**
- * A comparison decided and not yet answered (trace version 2): its `id`, its block, and
- * `after`, the last record sent before it (a match is believed only once that is acked).
- */
-export interface Comparison {
-  readonly id: number
-  readonly block: number
-  readonly after: number
-}
 export type Link = "up" | "down"
 
 export interface State {
@@ -51,7 +45,7 @@ export interface State {
    * Comparisons decided whose outcome has not arrived, in id order. Their blocks count
    * as covered (like blocks of unacked records) until the outcome settles them.
    */
-  readonly comparing: ReadonlyArray<Comparison>
+  readonly comparing: Comparisons
   /** Comparisons decided so far: the next one's id. */
   readonly compared: number
 }
@@ -74,7 +68,7 @@ export const make = (fields: State): State => ({
   compared: fields.compared
 })
 
-export const noComparisons: ReadonlyArray<Comparison> = []
+export const noComparisons: Comparisons = Comparisons.none
 
 /** Design §5 "Legality rules": the initial state for a configuration. */
 export const initial = (config: Config): State =>
@@ -118,10 +112,7 @@ export const isQuiescent = (state: State): boolean =>
   state.comparing.length === 0
 
 /** The pending comparison `id`, if any. */
-export const comparisonAt = (state: State, id: number): Comparison | undefined => {
-  for (const c of state.comparing) if (c.id === id) return c
-  return undefined
-}
+export const comparisonAt = (state: State, id: number): Comparison | undefined => state.comparing.find(id)
 
 // ---------------------------------------------------------------------------
 // Snapshots: a JSON-able encoding, so a journal can start from one.
@@ -223,7 +214,7 @@ export const fromSnapshot = (snapshot: Snapshot): State =>
     comparing:
       snapshot.version === 1 || snapshot.comparing.length === 0
         ? noComparisons
-        : snapshot.comparing.map(([id, block, after]) => ({ id, block, after })),
+        : Comparisons.fromArray(snapshot.comparing.map(([id, block, after]) => ({ id, block, after }))),
     compared: snapshot.version === 1 ? 0 : snapshot.compared
   })
 
