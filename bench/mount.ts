@@ -23,7 +23,8 @@
  * Quick pass: `CDP_SYNC_BENCH_MOUNT_DISK=256MiB CDP_SYNC_BENCH_MOUNT_LOG=1GiB
  * CDP_SYNC_BENCH_MOUNT_ROUNDS=1 CDP_SYNC_BENCH_MOUNT_SECONDS=5`; one section only:
  * `CDP_SYNC_BENCH_MOUNT_SECTIONS=restore` (or `first-byte`, `fio`, comma-separated); some rows
- * only: `CDP_SYNC_BENCH_MOUNT_ROWS=latest,busy` (first byte: `qemu`, `latest`, `time`, `busy`).
+ * only: `CDP_SYNC_BENCH_MOUNT_ROWS=latest,busy` (first byte: `qemu`, `latest`, `time`, `busy`);
+ * `CDP_SYNC_BENCH_MOUNT_RESTORE_ROWS=index,cp` (restore: `index`, `cp`, `replay`).
  * `CDP_SYNC_BENCH_MOUNT_PROFILE=DIR`: every `cdp-sync mount` (first byte and fio) runs under `node --cpu-prof`,
  * its profile written into DIR (named by row and round) for bench/internal/profile.mjs.
  */
@@ -58,6 +59,8 @@ const INTERNAL = path.join(import.meta.dirname, "internal")
 /** The first-byte rows run (`qemu`, `latest`, `time`, `busy`; default all). */
 const ROWS = new Set((process.env.CDP_SYNC_BENCH_MOUNT_ROWS ?? "qemu,latest,time,busy").split(","))
 /** Where `cdp-sync mount`'s CPU profiles go, when set. */
+/** The restore section's rows (`index`, `cp`, `replay`, comma-separated; default all). */
+const RESTORE_ROWS = new Set((process.env.CDP_SYNC_BENCH_MOUNT_RESTORE_ROWS ?? "index,cp,replay").split(","))
 const PROFILE = process.env.CDP_SYNC_BENCH_MOUNT_PROFILE
 
 const say = (text: string) => process.stderr.write(`mount bench: ${text}\n`)
@@ -550,11 +553,15 @@ const restoreSection = async (
   const INDEX = "cdp-sync restore --at latest (block index)"
   const CP = "cp --sparse=always + fsync of the copy"
   const REPLAY = "record-by-record restore (replay)"
-  const setups: ReadonlyArray<readonly [string, (out: string) => Promise<unknown>, boolean]> = [
-    [INDEX, (out) => restoreIndexed(data, out), true],
-    [CP, (out) => copyImage(data, out), false],
-    [REPLAY, (out) => restoreByRecord(data, out), true]
-  ]
+  const setups: ReadonlyArray<readonly [string, (out: string) => Promise<unknown>, boolean]> = (
+    [
+      ["index", INDEX, (out: string) => restoreIndexed(data, out), true],
+      ["cp", CP, (out: string) => copyImage(data, out), false],
+      ["replay", REPLAY, (out: string) => restoreByRecord(data, out), true]
+    ] as const
+  )
+    .filter(([key]) => RESTORE_ROWS.has(key))
+    .map(([, name, write, check]) => [name, write, check] as const)
   const samples = new Samples<number>()
   const cpu = new Samples<number>()
   const loads = new Samples<number>()
@@ -589,8 +596,10 @@ const restoreSection = async (
       ])
     )
   )
-  return [
+  const ran = (...names: ReadonlyArray<string>) => names.every((n) => samples.get(n).length > 0)
+  const rows: Array<BenchRow & { readonly needs: ReadonlyArray<string> }> = [
     {
+      needs: [INDEX, CP],
       name: "restore --at latest through the block index",
       value: rate(INDEX),
       unit: "MB/s",
@@ -600,6 +609,7 @@ const restoreSection = async (
       target: { ratio: 0.5, text: "≥ 0.5 × cp" }
     },
     {
+      needs: [REPLAY, CP],
       name: "record-by-record restore",
       value: rate(REPLAY),
       unit: "MB/s",
@@ -608,6 +618,7 @@ const restoreSection = async (
       higherIsBetter: true
     },
     {
+      needs: [INDEX, REPLAY],
       name: "restore through the block index over record-by-record",
       value: rate(INDEX),
       unit: "MB/s",
@@ -616,6 +627,8 @@ const restoreSection = async (
       higherIsBetter: true
     }
   ]
+  // Rows whose two sides ran (CDP_SYNC_BENCH_MOUNT_RESTORE_ROWS may leave some out).
+  return rows.filter((row) => ran(...row.needs)).map(({ needs: _, ...row }) => row)
 }
 
 const fioSection = async (
