@@ -32,7 +32,10 @@ export const initial = (durableSeq: number, inResync = false): ReceiverState => 
   inResync
 })
 
-const accept = (recoveryPoint: boolean): Verdict => ({ _tag: "Accept", recoveryPoint })
+// Verdicts are values: made once, not per record (the receiver's hot path).
+const acceptPoint: Verdict = { _tag: "Accept", recoveryPoint: true }
+const acceptNoPoint: Verdict = { _tag: "Accept", recoveryPoint: false }
+const accept = (recoveryPoint: boolean): Verdict => (recoveryPoint ? acceptPoint : acceptNoPoint)
 const duplicate: Verdict = { _tag: "Duplicate" }
 const rejected: Verdict = { _tag: "Rejected" }
 

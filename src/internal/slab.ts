@@ -43,7 +43,7 @@ export const makeSlabPool = (options: {
   readonly keep: number
 }) => {
   interface Slab {
-    readonly memory: Uint8Array
+    readonly memory: Buffer
     used: number
     live: number
     full: boolean
@@ -56,41 +56,43 @@ export const makeSlabPool = (options: {
     slab.full = false
     free.push(slab)
   }
+  /** Room for `n` bytes, not filled: the caller overwrites every byte before reading any. */
+  const room = (n: number): Lease => {
+    if (n > options.largest) return { bytes: Buffer.allocUnsafeSlow(n), release: noRelease }
+    if (current === undefined || current.memory.byteLength - current.used < n) {
+      if (current !== undefined) {
+        current.full = true
+        if (current.live === 0) recycle(current)
+      }
+      current = free.pop() ?? {
+        memory: Buffer.allocUnsafeSlow(options.slabBytes),
+        used: 0,
+        live: 0,
+        full: false
+      }
+    }
+    const slab = current
+    // A `Buffer` view (as the slab is): native calls over it (CRC32C) need no other view.
+    const view = slab.memory.subarray(slab.used, slab.used + n)
+    slab.used = (slab.used + n + 7) & ~7
+    slab.live++
+    let released = false
+    return {
+      bytes: view,
+      release: () => {
+        if (released) return
+        released = true
+        slab.live--
+        if (slab.live === 0 && slab.full) recycle(slab)
+      }
+    }
+  }
   return {
+    room,
     copy: (bytes: Uint8Array): Lease => {
-      const n = bytes.byteLength
-      if (n > options.largest) {
-        const own = Buffer.allocUnsafeSlow(n)
-        own.set(bytes)
-        return { bytes: own, release: noRelease }
-      }
-      if (current === undefined || current.memory.byteLength - current.used < n) {
-        if (current !== undefined) {
-          current.full = true
-          if (current.live === 0) recycle(current)
-        }
-        current = free.pop() ?? {
-          memory: Buffer.allocUnsafeSlow(options.slabBytes),
-          used: 0,
-          live: 0,
-          full: false
-        }
-      }
-      const slab = current
-      const view = new Uint8Array(slab.memory.buffer, slab.memory.byteOffset + slab.used, n)
-      view.set(bytes)
-      slab.used = (slab.used + n + 7) & ~7
-      slab.live++
-      let released = false
-      return {
-        bytes: view,
-        release: () => {
-          if (released) return
-          released = true
-          slab.live--
-          if (slab.live === 0 && slab.full) recycle(slab)
-        }
-      }
+      const lease = room(bytes.byteLength)
+      lease.bytes.set(bytes)
+      return lease
     },
     /** Free slabs held (for tests). */
     freeSlabs: () => free.length

@@ -7,7 +7,13 @@
  * chunks back into frames, or into a typed `WireError` (never a throw, never a hang).
  */
 import { Channel, Chunk, Stream } from "effect"
-import { Decoder, type DecoderOptions, makeDecoder, verifiedPayloadCrc } from "./internal/wireDecoder.js"
+import {
+  Decoder,
+  type DecoderOptions,
+  makeDecoder,
+  payloadRelease,
+  verifiedPayloadCrc
+} from "./internal/wireDecoder.js"
 import { encode, encodePartsWith, encodeWith } from "./internal/wireEncode.js"
 import { type Frame, WireError } from "./internal/wireFrame.js"
 
@@ -56,6 +62,8 @@ export type {
 export { Decoder, type DecoderOptions, encode, encodePartsWith, encodeWith, makeDecoder }
 /** The payload CRC a decoder checked for a write or block frame it made (the receiver's log reuses it). */
 export { verifiedPayloadCrc }
+/** The release of a decoded payload's pooled copy, for its consumer to call once it is written. */
+export { payloadRelease }
 
 /**
  * Decodes a byte stream into frames. Frames that precede a corruption are emitted, then

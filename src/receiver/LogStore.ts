@@ -37,6 +37,7 @@ import {
 } from "./internal/chain.js"
 import { clearUnfinished, createDisk } from "./internal/create.js"
 import { LiveIndex } from "./internal/liveIndex.js"
+import { ReceiverMutants } from "./internal/mutants.js"
 import * as Metrics from "./internal/metrics.js"
 import {
   HelloRefused,
@@ -145,6 +146,8 @@ interface Pending {
   readonly entry: { -readonly [K in keyof IndexEntry]: IndexEntry[K] }
   /** The monotonic clock when it was received. */
   readonly monotonic: number
+  /** Hands back the decoder's pooled copy of the payload: called once its bytes are written. */
+  readonly release: (() => void) | undefined
 }
 
 /** One disk's log: the chain on disk, the writer's queue and the durable seq. */
@@ -236,12 +239,18 @@ export class DiskLog {
         : ((record._tag === "Write" || record._tag === "Block"
             ? Wire.verifiedPayloadCrc(record)
             : undefined) ?? crc32c(payload))
+    let release = record._tag === "Write" || record._tag === "Block" ? Wire.payloadRelease(record) : undefined
+    if (release !== undefined && ReceiverMutants.releasesCopyBeforeWrite) {
+      release()
+      release = undefined
+    }
     this.queue.offer({
       header: encodeRecordHeader(entry, payload, payloadCrc),
       payload,
       payloadCrc,
       entry,
-      monotonic: stamp.monotonic
+      monotonic: stamp.monotonic,
+      release
     })
     this.pendingBytes += RECORD_HEADER_BYTES + payload.byteLength
     this.accepted = record.seq
@@ -354,6 +363,8 @@ export class DiskLog {
         this.active = await fs.open(file, "r+")
       }
       await pwritevFully(this.active, buffers, segment.bytes)
+      // The kernel holds the bytes now: the decoder may copy other payloads over the copies.
+      for (let k = i; k < end; k++) batch[k]!.release?.()
       await this.active.datasync()
       // A new file's directory entry must be durable before its records are acked.
       if (fresh) {

@@ -4,12 +4,18 @@
  * that lies inside one chunk is a zero-copy view). Every failure is a typed `WireError`,
  * returned, never thrown; once failed, the decoder stays failed.
  *
+ * A payload that spans chunks is copied into room leased from slabs every decoder of the
+ * process shares and recycles (`makeSlabPool`): a write or block frame carries the lease's
+ * release (`payloadRelease`), which its consumer calls once nothing reads the payload any
+ * more — the receiver's log after the record's bytes are written. Never called (any other
+ * consumer), the slab is left to the collector: an allocation lost, never a wrong byte.
+ *
  * Pushed chunks are kept by reference, not copied: do not mutate a chunk after pushing
  * it (socket chunks are never reused, so this holds for `data` events).
  */
 import { Either, Schema } from "effect"
 import { crc32c, crc32cSpan } from "../../internal/crc32c.js"
-import { makeSlabAllocator } from "../../internal/slab.js"
+import { makeSlabPool } from "../../internal/slab.js"
 import {
   DEFAULT_MAX_FRAME_BYTES,
   DIGEST_BYTES,
@@ -42,6 +48,12 @@ export interface DecoderOptions {
 }
 
 const SLAB_BYTES = 1 << 20
+/**
+ * Copies of payloads that span socket reads, shared by the process's decoders: recycled
+ * slabs, not fresh memory per megabyte (page faults, the collector's external-memory
+ * accounting). At most `keep` free slabs stay: 8 MiB, whatever the number of connections.
+ */
+const copies = makeSlabPool({ slabBytes: SLAB_BYTES, largest: SLAB_BYTES / 4, keep: 8 })
 
 const readU32 = (b: Uint8Array, at: number): number =>
   ((b[at]! << 24) | (b[at + 1]! << 16) | (b[at + 2]! << 8) | b[at + 3]!) >>> 0
@@ -58,34 +70,46 @@ const decodeRefuse = Schema.decodeUnknownEither(Schema.parseJson(RefusePayload))
 class DecodedWrite implements Write {
   readonly _tag = "Write" as const
   readonly #payloadCrc: number
+  readonly #release: (() => void) | undefined
   constructor(
     readonly seq: number,
     readonly epoch: number,
     readonly offset: number,
     readonly data: Uint8Array,
-    payloadCrc: number
+    payloadCrc: number,
+    release: (() => void) | undefined
   ) {
     this.#payloadCrc = payloadCrc
+    this.#release = release
   }
   static crcOf(frame: object): number | undefined {
     return #payloadCrc in frame ? frame.#payloadCrc : undefined
+  }
+  static releaseOf(frame: object): (() => void) | undefined {
+    return #release in frame ? frame.#release : undefined
   }
 }
 
 class DecodedBlock implements Block {
   readonly _tag = "Block" as const
   readonly #payloadCrc: number
+  readonly #release: (() => void) | undefined
   constructor(
     readonly seq: number,
     readonly epoch: number,
     readonly block: number,
     readonly data: Uint8Array,
-    payloadCrc: number
+    payloadCrc: number,
+    release: (() => void) | undefined
   ) {
     this.#payloadCrc = payloadCrc
+    this.#release = release
   }
   static crcOf(frame: object): number | undefined {
     return #payloadCrc in frame ? frame.#payloadCrc : undefined
+  }
+  static releaseOf(frame: object): (() => void) | undefined {
+    return #release in frame ? frame.#release : undefined
   }
 }
 
@@ -95,6 +119,15 @@ class DecodedBlock implements Block {
  */
 export const verifiedPayloadCrc = (frame: Write | Block): number | undefined =>
   frame._tag === "Write" ? DecodedWrite.crcOf(frame) : DecodedBlock.crcOf(frame)
+
+/**
+ * For a write or block frame this decoder made whose payload is a pooled copy (it spanned
+ * socket reads), the call that hands the copy's room back: idempotent, and only once
+ * nothing will read `data` again (after it, other payloads may be copied over it).
+ * `undefined` for a payload that is a view of a socket chunk, or a frame made elsewhere.
+ */
+export const payloadRelease = (frame: Write | Block): (() => void) | undefined =>
+  frame._tag === "Write" ? DecodedWrite.releaseOf(frame) : DecodedBlock.releaseOf(frame)
 
 const fail = (reason: WireErrorReason, detail: string) => new WireError({ reason, detail })
 
@@ -109,6 +142,10 @@ const emptyPayload = (kind: number) =>
   kind === Kind.Ack ||
   kind === Kind.Gap ||
   kind === Kind.KeepAlive
+
+/** Frames whose value holds their payload's bytes (the rest parse it into other values). */
+const keepsPayload = (frame: Frame) =>
+  frame._tag === "Write" || frame._tag === "Block" || frame._tag === "ChecksumReply"
 
 export class Decoder {
   private readonly maxFrameBytes: number
@@ -133,8 +170,8 @@ export class Decoder {
   private failure: WireError | undefined = undefined
   private released = false
   private readonly scratch = new Uint8Array(HEADER_BYTES)
-  /** Payload copies: small and medium ones share 1 MiB slabs. */
-  private readonly allocate = makeSlabAllocator({ slabBytes: SLAB_BYTES, largest: SLAB_BYTES / 4 })
+  /** The release of the pooled copy `take` just made (the payload being decoded), if it made one. */
+  private copied: (() => void) | undefined = undefined
 
   constructor(options: DecoderOptions = {}) {
     this.maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES
@@ -204,6 +241,10 @@ export class Decoder {
       if (this.available < this.length) return undefined
       this.pending = false
       const frame = this.frame(this.take(this.length, undefined))
+      const release = this.copied
+      this.copied = undefined
+      // A copy the frame does not keep (its payload parsed into other values, or bad) goes back now.
+      if (release !== undefined && (frame instanceof WireError || !keepsPayload(frame))) release()
       if (frame instanceof WireError) return (this.failure = frame)
       this.started = true
       out.push(frame)
@@ -236,7 +277,12 @@ export class Decoder {
       if (this.headOffset === first.byteLength) this.advance()
       return view
     }
-    const target = into ?? this.allocate(n)
+    let target = into
+    if (target === undefined) {
+      const lease = copies.room(n)
+      this.copied = lease.release
+      target = lease.bytes
+    }
     let filled = 0
     while (filled < n) {
       const chunk = this.chunks[this.head]!
@@ -319,11 +365,11 @@ export class Decoder {
       // Checked above unless a mutant turned the check off: then no CRC is vouched for.
       case Kind.Write:
         return this.checkPayloadCrc
-          ? new DecodedWrite(seq, epoch, offsetOrBlock, payload, payloadCrc)
+          ? new DecodedWrite(seq, epoch, offsetOrBlock, payload, payloadCrc, this.copied)
           : { _tag: "Write", seq, epoch, offset: offsetOrBlock, data: payload }
       case Kind.Block:
         return this.checkPayloadCrc
-          ? new DecodedBlock(seq, epoch, offsetOrBlock, payload, payloadCrc)
+          ? new DecodedBlock(seq, epoch, offsetOrBlock, payload, payloadCrc, this.copied)
           : { _tag: "Block", seq, epoch, block: offsetOrBlock, data: payload }
       case Kind.ResyncBegin:
         return { _tag: "ResyncBegin", seq, epoch, base: offsetOrBlock }

@@ -27,7 +27,9 @@ export const ReceiverMutants = {
   /** A live block index that is not told of the records committed after it was built. */
   liveIndexSkipsAppend: false,
   /** A retention fold that leaves the live index's extents of the records folded into the base. */
-  liveIndexFoldKeepsExtents: false
+  liveIndexFoldKeepsExtents: false,
+  /** The log hands the decoder's pooled copy of a payload back when it queues the record, before its write. */
+  releasesCopyBeforeWrite: false
 }
 
 /** Broken overlays (`overlay.ts`), for test/properties/overlay.test.ts and test/unit/overlay-*.test.ts. */
