@@ -65,12 +65,26 @@ const decodeRefuse = Schema.decodeUnknownEither(Schema.parseJson(RefusePayload))
 /**
  * Decoded write and block frames carry their payload's CRC, checked on arrival, in a private
  * field (no property a reader or a comparison sees): a receiver's log record CRC continues
- * from it (`verifiedPayloadCrc`) instead of passing over the payload a second time.
+ * from it (`verifiedPayloadCrc`) instead of passing over the payload a second time. A payload
+ * copied because it spanned socket reads carries the release of its pooled room the same way.
  */
-class DecodedWrite implements Write {
-  readonly _tag = "Write" as const
+class Checked {
   readonly #payloadCrc: number
   readonly #release: (() => void) | undefined
+  constructor(payloadCrc: number, release: (() => void) | undefined) {
+    this.#payloadCrc = payloadCrc
+    this.#release = release
+  }
+  static crcOf(frame: object): number | undefined {
+    return #payloadCrc in frame ? frame.#payloadCrc : undefined
+  }
+  static releaseOf(frame: object): (() => void) | undefined {
+    return #release in frame ? frame.#release : undefined
+  }
+}
+
+class DecodedWrite extends Checked implements Write {
+  readonly _tag = "Write" as const
   constructor(
     readonly seq: number,
     readonly epoch: number,
@@ -79,21 +93,12 @@ class DecodedWrite implements Write {
     payloadCrc: number,
     release: (() => void) | undefined
   ) {
-    this.#payloadCrc = payloadCrc
-    this.#release = release
-  }
-  static crcOf(frame: object): number | undefined {
-    return #payloadCrc in frame ? frame.#payloadCrc : undefined
-  }
-  static releaseOf(frame: object): (() => void) | undefined {
-    return #release in frame ? frame.#release : undefined
+    super(payloadCrc, release)
   }
 }
 
-class DecodedBlock implements Block {
+class DecodedBlock extends Checked implements Block {
   readonly _tag = "Block" as const
-  readonly #payloadCrc: number
-  readonly #release: (() => void) | undefined
   constructor(
     readonly seq: number,
     readonly epoch: number,
@@ -102,14 +107,7 @@ class DecodedBlock implements Block {
     payloadCrc: number,
     release: (() => void) | undefined
   ) {
-    this.#payloadCrc = payloadCrc
-    this.#release = release
-  }
-  static crcOf(frame: object): number | undefined {
-    return #payloadCrc in frame ? frame.#payloadCrc : undefined
-  }
-  static releaseOf(frame: object): (() => void) | undefined {
-    return #release in frame ? frame.#release : undefined
+    super(payloadCrc, release)
   }
 }
 
@@ -117,8 +115,7 @@ class DecodedBlock implements Block {
  * The CRC32C of a frame's payload as the decoder checked it, for a write or block frame this
  * decoder made (`undefined` for any other: its bytes were not checked here).
  */
-export const verifiedPayloadCrc = (frame: Write | Block): number | undefined =>
-  frame._tag === "Write" ? DecodedWrite.crcOf(frame) : DecodedBlock.crcOf(frame)
+export const verifiedPayloadCrc = (frame: Write | Block): number | undefined => Checked.crcOf(frame)
 
 /**
  * For a write or block frame this decoder made whose payload is a pooled copy (it spanned
@@ -126,8 +123,7 @@ export const verifiedPayloadCrc = (frame: Write | Block): number | undefined =>
  * nothing will read `data` again (after it, other payloads may be copied over it).
  * `undefined` for a payload that is a view of a socket chunk, or a frame made elsewhere.
  */
-export const payloadRelease = (frame: Write | Block): (() => void) | undefined =>
-  frame._tag === "Write" ? DecodedWrite.releaseOf(frame) : DecodedBlock.releaseOf(frame)
+export const payloadRelease = (frame: Write | Block): (() => void) | undefined => Checked.releaseOf(frame)
 
 const fail = (reason: WireErrorReason, detail: string) => new WireError({ reason, detail })
 
