@@ -60,21 +60,6 @@ const operatorFor = (length: number): Uint32Array => {
 export const crc32cCombine = (crcA: number, crcB: number, lengthB: number): number =>
   lengthB === 0 ? crcA >>> 0 : (times(operatorFor(lengthB), crcA >>> 0) ^ crcB) >>> 0
 
-/**
- * CRCs already checked for byte views that will not change (a decoded wire payload):
- * `crc32cContinuing` uses one instead of passing over the bytes again.
- */
-const known = new WeakMap<Uint8Array, number>()
-export const rememberCrc32c = (bytes: Uint8Array, crc: number): void => {
-  known.set(bytes, crc >>> 0)
-}
-
-/** `crc32c(bytes, initial)`, from a remembered CRC of `bytes` when there is one. */
-export const crc32cContinuing = (bytes: Uint8Array, initial: number): number => {
-  const crc = known.get(bytes)
-  return crc === undefined ? crc32c(bytes, initial) : crc32cCombine(initial, crc, bytes.byteLength)
-}
-
 // ---------------------------------------------------------------------------
 // Small spans (frame and record headers: 36 bytes) in JS, from a table: cheaper than a
 // native call and the `Buffer` view it needs, and read in place from the caller's bytes.
