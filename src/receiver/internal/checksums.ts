@@ -12,6 +12,7 @@ import { createHash } from "node:crypto"
 import * as path from "node:path"
 import { Data, Effect } from "effect"
 import * as Wire from "../../protocol/Wire.js"
+import { blockRuns } from "../../internal/blockRuns.js"
 import type { Note } from "./chain.js"
 import { type Hold, Records, type Span } from "./checkedRecords.js"
 import { LogCorrupt, LogIoError } from "./errors.js"
@@ -35,18 +36,6 @@ export interface ChecksumLog extends LogView {
 /** Consecutive blocks are hashed together, up to this many bytes at a time (a run). */
 const RUN_BYTES = 1 << 20
 
-/** Runs of consecutive blocks, at most `RUN_BYTES` each: `[first block, count]`. */
-const runsOf = (blocks: ReadonlyArray<number>, blockSize: number): Array<readonly [number, number]> => {
-  const most = Math.max(1, Math.floor(RUN_BYTES / blockSize))
-  const runs: Array<[number, number]> = []
-  for (const b of blocks) {
-    const last = runs[runs.length - 1]
-    if (last !== undefined && last[0] + last[1] === b && last[1] < most) last[1]++
-    else runs.push([b, 1])
-  }
-  return runs
-}
-
 /** Bytes `[start, end)` of the disk as one view: a record's payload, or base bytes read for the run. */
 interface Piece {
   readonly start: number
@@ -65,7 +54,7 @@ export const digestsOf = async (
   const notes = await log.live.ensure(log)
   const { blockSize } = log.geometry
   // Every extent taken at once, before any read: what the answer reflects is fixed here.
-  const runs = runsOf(blocks, blockSize).map(([first, count]) => {
+  const runs = blockRuns(blocks, Math.max(1, Math.floor(RUN_BYTES / blockSize))).map(([first, count]) => {
     const start = first * blockSize
     const end = start + count * blockSize
     return { start, end, extents: log.live.extentsIn(start, end), hold: new Set<Span>() as Hold }

@@ -22,6 +22,7 @@ import type { VirtualDisk } from "../../adapters/VirtualDisk.js"
 import type { Config } from "../../domain/Config.js"
 import * as Input from "../../domain/Input.js"
 import * as Wire from "../../protocol/Wire.js"
+import { blockRuns } from "../../internal/blockRuns.js"
 import type { ReplicatorStopped } from "./errors.js"
 import type { Shared, Verifying } from "./shared.js"
 
@@ -115,17 +116,6 @@ export const MAX_ATTEMPTS = 32
  */
 const READ_BYTES = 1 << 20
 
-/** Runs of consecutive blocks in ascending `blocks`, at most `most` each: `[first, count]`. */
-const runsOf = (blocks: ReadonlyArray<number>, most: number): Array<readonly [number, number]> => {
-  const runs: Array<[number, number]> = []
-  for (const b of blocks) {
-    const last = runs[runs.length - 1]
-    if (last !== undefined && last[0] + last[1] === b && last[1] < most) last[1]++
-    else runs.push([b, 1])
-  }
-  return runs
-}
-
 export const verify = (
   port: VerifyPort,
   options: VerifyOptions = {}
@@ -189,7 +179,7 @@ export const verify = (
         const disk = new Uint8Array(blocks.length * Wire.DIGEST_BYTES)
         const buffer = spare.pop() ?? new Uint8Array(runBlocks * blockSize)
         let i = 0
-        for (const [first, count] of runsOf(blocks, runBlocks)) {
+        for (const [first, count] of blockRuns(blocks, runBlocks)) {
           yield* pace(count * blockSize)
           yield* port.read(first, buffer.subarray(0, count * blockSize))
           bytesRead += count * blockSize
