@@ -7,7 +7,7 @@
  * makes writes wait and the stream stays in sync; a receiver that stops acking still
  * fills the limit and pulls ahead, as the design's rule for leaving sync says.
  */
-import { Deferred, Effect, Either, Fiber, Layer, Ref } from "effect"
+import { Deferred, Effect, Either, Fiber, Layer, Logger, Ref } from "effect"
 import { describe, expect, it } from "vitest"
 import { admissionBounds } from "../../src/replicator/internal/shared.js"
 import * as EventJournal from "../../src/adapters/EventJournal.js"
@@ -44,7 +44,9 @@ const withReplicator = <A>(
     receiver: LogReceiver.MemoryReceiver.Service,
     stalled: Ref.Ref<Deferred.Deferred<void> | undefined>,
     events: Array<Event.Event>
-  ) => Effect.Effect<A, unknown>
+  ) => Effect.Effect<A, unknown>,
+  /** Every line the replicator logs. */
+  logs: Array<string> = []
 ) =>
   Effect.runPromise(
     Effect.scoped(
@@ -72,6 +74,15 @@ const withReplicator = <A>(
         yield* replicator.quiesce
         return yield* body(replicator, receiver, stalled, events)
       })
+    ).pipe(
+      Effect.provide(
+        Logger.replace(
+          Logger.defaultLogger,
+          Logger.make(({ message }) => {
+            logs.push(Array.isArray(message) ? message.join(" ") : String(message))
+          })
+        )
+      )
     )
   )
 
@@ -129,24 +140,30 @@ describe("congestion pull-ahead is the link's, not the journal's", () => {
     expect(result.replica).toEqual(new Uint8Array(BS).fill(WRITES))
   })
 
-  it("a receiver that stops acking still pulls the stream ahead into resync", async () => {
-    const result = await withReplicator((replicator, receiver, _stalled, events) =>
-      Effect.gen(function* () {
-        const before = events.length
-        yield* receiver.stallAcks(true)
-        for (let k = 0; k < WRITES; k++) yield* write(replicator, k)
-        yield* replicator.flush
-        const mode = (yield* replicator.status).mode
-        yield* receiver.stallAcks(false)
-        yield* receiver.flush
-        yield* replicator.quiesce
-        return {
-          mode,
-          pullAheads: pullAheads(events.slice(before)),
-          replica: yield* receiver.replicaBlock("d", 0)
-        }
-      })
+  it("a receiver that stops acking still pulls the stream ahead into resync, and the log says where the bytes were", async () => {
+    const logs: Array<string> = []
+    const result = await withReplicator(
+      (replicator, receiver, _stalled, events) =>
+        Effect.gen(function* () {
+          const before = events.length
+          yield* receiver.stallAcks(true)
+          for (let k = 0; k < WRITES; k++) yield* write(replicator, k)
+          yield* replicator.flush
+          const mode = (yield* replicator.status).mode
+          yield* receiver.stallAcks(false)
+          yield* receiver.flush
+          yield* replicator.quiesce
+          return {
+            mode,
+            pullAheads: pullAheads(events.slice(before)),
+            replica: yield* receiver.replicaBlock("d", 0)
+          }
+        }),
+      logs
     )
+    // Where the unacked bytes were: on the wire (the link's side), or waiting for the journal.
+    const line = logs.find((l) => l.includes("reason congestion"))
+    expect(line).toMatch(/reason congestion \(16 KiB unacked in 4 records: \d+ sent, .*\d+ not sent yet\)/)
     expect(result.mode).toBe("resync")
     expect(result.pullAheads).toBe(1)
     expect(result.replica).toEqual(new Uint8Array(BS).fill(1))
