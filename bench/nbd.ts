@@ -90,10 +90,36 @@ interface Workload {
   readonly name: string
   readonly fio: ReadonlyArray<string>
 }
-const WORKLOADS: ReadonlyArray<Workload> = [
+const ALL_WORKLOADS: ReadonlyArray<Workload> = [
   { name: "4 KiB random writes, iodepth 16", fio: ["--rw=randwrite", "--bs=4k", "--iodepth=16"] },
   { name: "64 KiB sequential writes, iodepth 4", fio: ["--rw=write", "--bs=64k", "--iodepth=4"] }
 ]
+/** `CDP_SYNC_BENCH_NBD_WORKLOAD=4k` (or `64k`) runs only that workload. */
+const WORKLOAD = process.env.CDP_SYNC_BENCH_NBD_WORKLOAD
+const WORKLOADS = ALL_WORKLOADS.filter((w) => WORKLOAD === undefined || w.fio.includes(`--bs=${WORKLOAD}`))
+/** `CDP_SYNC_BENCH_NBD_SERVE_ARGS="--congestion-limit 64MiB"`: more options for (b)'s `serve`. */
+const SERVE_ARGS = process.env.CDP_SYNC_BENCH_NBD_SERVE_ARGS?.split(" ").filter((a) => a !== "") ?? []
+
+/**
+ * What serve's log says the stream did during a run: its resync activations (by reason),
+ * link losses and returns to sync, counted from its stderr (the decision loop logs each).
+ */
+export const streamEvents = (stderr: string): string => {
+  const counts = new Map<string, number>()
+  for (const m of stderr.matchAll(
+    /resync activated: epoch \d+, reason ([\w-]+)|link lost: ([\w-]+)|(sync resumed)/g
+  )) {
+    const key =
+      m[1] !== undefined ? `resync(${m[1]})` : m[2] !== undefined ? `link-lost(${m[2]})` : "sync-resumed"
+    counts.set(key, (counts.get(key) ?? 0) + 1)
+  }
+  // A pull-ahead's line says where the unacked bytes were (the first one is enough).
+  const why = /reason congestion \(([^)]*)\)/.exec(stderr)?.[1]
+  return counts.size === 0
+    ? "stayed in sync"
+    : [...counts].map(([k, n]) => `${k} ×${n}`).join(", ") +
+        (why === undefined ? "" : `; first pull-ahead: ${why}`)
+}
 
 interface Figures {
   readonly iops: number
@@ -102,6 +128,8 @@ interface Figures {
   readonly p99Us: number
   /** Replication lag: (b) records unacked at the receiver; (d) bytes the mirror has yet to copy. */
   readonly lag?: string
+  /** (b): what the stream did (`streamEvents`). */
+  readonly stream?: string
   /** (b): CPU µs per write of `serve` and of the receiver. */
   readonly serveCpuUs?: number
   readonly receiverCpuUs?: number
@@ -196,6 +224,7 @@ const runSetup = async (setup: Setup, workload: Workload): Promise<Figures> => {
           size: IMAGE_BYTES,
           dir,
           unixSocket: TRANSPORT === "unix",
+          serveArgs: SERVE_ARGS,
           ...(PROFILE === undefined
             ? {}
             : {
@@ -235,6 +264,7 @@ const runSetup = async (setup: Setup, workload: Workload): Promise<Figures> => {
         return {
           ...result,
           lag: `${last - atEnd} records behind at the end, caught up ${((lastChange - t) / 1000).toFixed(1)} s after`,
+          stream: streamEvents(exp.stderr()),
           serveCpuUs: perWrite(0),
           receiverCpuUs: perWrite(1)
         }
@@ -349,6 +379,10 @@ export const run = async (): Promise<ReadonlyArray<BenchRow>> => {
         process.stderr.write(`nbd: ${workload.name}, ${name}, round ${round + 1}/${ROUNDS}\n`)
         const figures = await runSetup(setup, workload)
         results.set(setup, [...(results.get(setup) ?? []), figures])
+        if (figures.stream !== undefined)
+          process.stderr.write(
+            `nbd: (b) ${figures.iops.toFixed(0)} IOPS, p99 ${(figures.p99Us / 1000).toFixed(1)} ms, serve ${figures.serveCpuUs?.toFixed(0)} µs/write, receiver ${figures.receiverCpuUs?.toFixed(0)} µs/write; ${figures.lag}; stream: ${figures.stream}\n`
+          )
       }
     console.log(renderFourWay(workload.name, results))
     if (SETUPS.length < ALL_SETUPS.length) continue

@@ -146,7 +146,9 @@ export interface Options {
    * Bytes of guest writes on the disk whose events are not yet journaled; a write beyond
    * this waits for the journal (not for the network). Each holds a copy of its data until
    * it is sent, so this bounds that memory whatever the write size. A write larger than
-   * the bound goes alone. Default 32 MiB (8192 writes of 4 KiB, 512 of 64 KiB).
+   * the bound goes alone. Default 32 MiB (8192 writes of 4 KiB, 512 of 64 KiB); never more
+   * than half the config's `congestionLimit`, so the journal's backlog is not read as a
+   * congested link.
    */
   readonly maxPendingBytes?: number | undefined
   /**

@@ -317,6 +317,19 @@ export const decideBatch = (shared: Shared, settings: LoopSettings, commands: Re
 /** The gauges published per batch, in the order of `Shared.gaugesSet`. */
 const gaugeOrder = (m: Metrics) => [m.mode, m.epoch, m.dirtyBlocks, m.dirtyBytes, m.lagRecords, m.lagSeconds]
 
+/**
+ * Where a congestion pull-ahead found the unacked live bytes (records in flight stay in
+ * flight at a pull-ahead): sent and waiting for acks, or still waiting for the filter's
+ * journal. Says whether the receiver's round trip or the filter's own commit fell behind.
+ */
+const congestionDetail = (shared: Shared, after: State.State, now: number): string => {
+  const oldest: number | undefined = shared.sentAt.values().next().value
+  const sent = shared.sentAt.size
+  const bytes = after.flight.liveBytes
+  const amount = bytes < 2 ** 20 ? `${(bytes / 1024).toFixed(0)} KiB` : `${(bytes / 2 ** 20).toFixed(1)} MiB`
+  return ` (${amount} unacked in ${after.flight.size} records: ${sent} sent${oldest === undefined ? "" : `, the oldest ${now - oldest} ms ago`}, ${after.flight.size - sent} not sent yet)`
+}
+
 /** Records in flight and comparisons waiting: what the watchdog waits on. */
 const outstanding = (s: State.State): number => s.flight.size + s.comparing.length
 
@@ -342,7 +355,9 @@ const afterBatch = (
       }
       if (e.type === "LinkLost" || e.type === "DiscontinuityReported") sentAt.clear()
       if (e.type === "ResyncActivated")
-        yield* Effect.logWarning(`resync activated: epoch ${e.epoch}, reason ${e.reason}`)
+        yield* Effect.logWarning(
+          `resync activated: epoch ${e.epoch}, reason ${e.reason}${e.reason === "congestion" ? congestionDetail(shared, after, now) : ""}`
+        )
       if (e.type === "SyncActivated")
         yield* Effect.logInfo(`sync resumed: epoch ${e.epoch}, marker seq ${e.seq}`)
       if (e.type === "LinkLost") {

@@ -275,6 +275,21 @@ export const noteError = (shared: Shared, message: string): Effect.Effect<void> 
     shared.lastError = { message, at }
   })
 
+/**
+ * The pending-write bound the write path enforces: the caller's, but never above half the
+ * congestion limit. A write not yet journaled is, to the model, a live record in flight,
+ * though nothing of it is on the wire yet; with a bound above the limit, one slow commit
+ * of the filter's own journal (an fsync stalled 200 ms on a shared disk, with the guest
+ * writing on) was read as a congested link, and pulled the stream ahead into resync with
+ * most of the unacked bytes not even sent (docs/performance.md, "Session 12"). Held at
+ * half, the journal's backlog makes guest writes wait, as `maxPendingBytes` always meant,
+ * and the other half of the limit is the link's: a link that cannot keep up still fills it.
+ */
+export const admissionBounds = (pending: AdmissionBounds, congestionLimit: number): AdmissionBounds => ({
+  bytes: Math.max(1, Math.min(pending.bytes, Math.floor(congestionLimit / 2))),
+  writes: pending.writes
+})
+
 /** The record for a replicator starting from `state` with its journal ending at `position`. */
 export const makeShared = (options: {
   readonly state: State.State
@@ -328,7 +343,7 @@ export const makeShared = (options: {
       decisions: Inbox.make(),
       outbox: Inbox.make(),
       pumpSignal: yield* Queue.sliding<void>(1),
-      pendingWrites: makeAdmission(options.pending, stopped),
+      pendingWrites: makeAdmission(admissionBounds(options.pending, state.config.congestionLimit), stopped),
       activity:
         options.activity === undefined
           ? undefined
