@@ -9,6 +9,8 @@
  *   the receiver, whether the read saw the write or not;
  * - a receiver that closes the connection on a checksum request (one from before them)
  *   turns comparisons off: every owed block is sent and the replica is whole;
+ * - a request goes out while its blocks are still read and hashed (the receiver hashes
+ *   its versions meanwhile), and requests are hashed one after another, in their order;
  * - the journal stage puts a request where its comparisons were decided, among the
  *   records, and the loop turns answers into outcomes (stale ones dropped).
  */
@@ -29,7 +31,7 @@ import { decideBatch, needsPump } from "../../src/replicator/internal/decisionLo
 import { act, compareReadBuffers } from "../../src/replicator/internal/journalStage.js"
 import { forDisk } from "../../src/replicator/internal/metrics.js"
 import * as Mutants from "../../src/replicator/internal/mutants.js"
-import { makeShared } from "../../src/replicator/internal/shared.js"
+import { type Comparisons, makeShared } from "../../src/replicator/internal/shared.js"
 import * as Replicator from "../../src/replicator/Replicator.js"
 
 const BS = 4096
@@ -39,6 +41,23 @@ const config = Either.getOrThrow(
 )
 const header = { blockSize: BS, blockCount: BLOCKS, initial: config.initial }
 const block = (fill: number) => new Uint8Array(BS).fill(fill)
+
+/** A request on the wire as the sender keeps it: its comparisons (id, block) and the disk's digests. */
+const asked = (compared: ReadonlyArray<{ id: number; block: number; digest: Uint8Array }>): Comparisons => ({
+  request: { _tag: "ChecksumRequest", id: compared[0]!.id, blocks: compared.map((c) => c.block) },
+  ids: compared.map((c) => c.id),
+  digests: Effect.succeed(Buffer.concat(compared.map((c) => c.digest)))
+})
+/** The comparisons of a request as `act` made it, once its digests are ready. */
+const comparedOf = (c: Comparisons) =>
+  Effect.map(c.digests, (digests) => ({
+    request: c.request,
+    compared: c.ids.map((id, k) => ({
+      id,
+      block: c.request.blocks[k]!,
+      digest: digests.subarray(k * Wire.DIGEST_BYTES, (k + 1) * Wire.DIGEST_BYTES)
+    }))
+  }))
 
 /** The disk, journal and receiver of one filter, kept across its runs. */
 const makeWorld = (disk: VirtualDisk.VirtualDisk.Service = VirtualDisk.makeMemory(config)) =>
@@ -282,6 +301,51 @@ describe("checksum-based resync in the replicator", () => {
     })
   }
 
+  it("a checksum request reaches the receiver while its blocks are still being read: both sides hash at once", async () => {
+    await run(
+      Effect.gen(function* () {
+        const inner = VirtualDisk.makeMemory(config)
+        const reading = yield* Deferred.make<void>()
+        const release = yield* Deferred.make<void>()
+        let armed = false
+        // Holds every compared block's read until released.
+        const disk: VirtualDisk.VirtualDisk.Service = {
+          ...inner,
+          readInto: (offset, into) =>
+            Effect.gen(function* () {
+              if (armed) {
+                yield* Deferred.succeed(reading, undefined)
+                yield* Deferred.await(release)
+              }
+              yield* inner.readInto(offset, into)
+            })
+        }
+        const world = yield* makeWorld(disk)
+        const before = yield* replicatedThenKilled(world)
+        const asked = yield* Deferred.make<Wire.ChecksumRequest>()
+        const watched = (inner: LogReceiver.LogReceiver.Service): LogReceiver.LogReceiver.Service => ({
+          connect: (hello) =>
+            Effect.map(inner.connect(hello), (connection) => ({
+              ...connection,
+              requestChecksums: (request) =>
+                Effect.zipRight(Deferred.succeed(asked, request), connection.requestChecksums(request))
+            }))
+        })
+        armed = true
+        const replicator = yield* start(world, { compareFrom: 1 }, watched)
+        yield* Deferred.await(reading)
+        // The read is held: the request is on the wire all the same (before, it waited for the hashing).
+        const request = yield* Deferred.await(asked).pipe(Effect.timeout("20 seconds"), Effect.option)
+        expect(request._tag).toBe("Some")
+        yield* Deferred.succeed(release, undefined)
+        yield* replicator.quiesce
+        expect(yield* blocksSentAfter(world, before)).toEqual([])
+        expect((yield* replicator.status).checksums.matched).toBe(BLOCKS)
+        yield* expectWhole(world)
+      })
+    )
+  })
+
   it("a receiver slow to answer its first request (the filter's ack timeout drops the link): comparisons stay on", async () => {
     await run(
       Effect.gen(function* () {
@@ -373,9 +437,7 @@ describe("checksum requests in the stages", () => {
         return yield* Effect.forEach(
           taken,
           (out): Effect.Effect<unknown, VirtualDisk.DiskError> =>
-            "comparisons" in out
-              ? Effect.map(out.comparisons, (c) => ({ request: c.request, compared: c.compared }))
-              : Effect.succeed({ seq: out.seq })
+            "comparisons" in out ? comparedOf(out.comparisons) : Effect.succeed({ seq: out.seq })
         )
       })
     )
@@ -396,6 +458,46 @@ describe("checksum requests in the stages", () => {
         compared: [{ id: 4, block: 10, digest: digest(10) }]
       }
     ])
+  })
+
+  it("requests are hashed one after another, in request order: the next one's reads wait for the last one's", async () => {
+    const inner = VirtualDisk.makeMemory(config)
+    for (let b = 0; b < BLOCKS; b++) await Effect.runPromise(inner.write(b * BS, block(b + 1)))
+    const { started, whileHeld, requests } = await Effect.runPromise(
+      Effect.gen(function* () {
+        const shared = yield* fresh()
+        const release = yield* Deferred.make<void>()
+        const started: Array<number> = []
+        // The first read (request 0's) is held until released.
+        const disk: VirtualDisk.VirtualDisk.Service = {
+          ...inner,
+          readInto: (offset, into) =>
+            Effect.gen(function* () {
+              started.push(offset / BS)
+              if (started.length === 1) yield* Deferred.await(release)
+              yield* inner.readInto(offset, into)
+            })
+        }
+        const compare = (id: number, b: number) => ({ session: 0, compared: id, block: b })
+        // Two requests (blocks must increase within one): [5, 6] and [2].
+        yield* act(shared, disk, config, [compare(0, 5), compare(1, 6), compare(2, 2)])
+        // Both requests are out at once, their digests not needed yet.
+        const taken = yield* shared.outbox.takeAll
+        yield* Effect.sleep("50 millis")
+        const whileHeld = [...started]
+        yield* Deferred.succeed(release, undefined)
+        const requests = yield* Effect.forEach(taken, (out) =>
+          "comparisons" in out ? comparedOf(out.comparisons) : Effect.die("a record")
+        )
+        return { started, whileHeld, requests }
+      })
+    )
+    expect(whileHeld).toEqual([5])
+    expect(started).toEqual([5, 2])
+    expect(requests.map((r) => r.request.blocks)).toEqual([[5, 6], [2]])
+    for (const r of requests)
+      for (const c of r.compared)
+        expect(Buffer.from(c.digest).equals(Wire.blockDigest(block(c.block + 1)))).toBe(true)
   })
 
   it("the loop turns an answer into one outcome per block: a match, a mismatch sent at once; a stale or refused one", async () => {
@@ -420,11 +522,14 @@ describe("checksum requests in the stages", () => {
           })
         yield* batch([{ _tag: "Input", input: Input.pumpTick(3, 1) }])
         // Three comparisons (ids 0, 1, 2 of blocks 0, 1, 2) after the marker, seq 1.
-        shared.requests.set(0, [
-          { id: 0, block: 0, digest: digest(1) },
-          { id: 1, block: 1, digest: digest(2) }
-        ])
-        shared.requests.set(2, [{ id: 2, block: 2, digest: digest(3) }])
+        shared.requests.set(
+          0,
+          asked([
+            { id: 0, block: 0, digest: digest(1) },
+            { id: 1, block: 1, digest: digest(2) }
+          ])
+        )
+        shared.requests.set(2, asked([{ id: 2, block: 2, digest: digest(3) }]))
         const digests = new Uint8Array(2 * Wire.DIGEST_BYTES)
         digests.set(digest(1), 0)
         digests.set(digest(9), Wire.DIGEST_BYTES)
@@ -484,10 +589,10 @@ describe("checksum requests in the stages", () => {
         shared.link = 1
         // A window of comparisons (ids and blocks 0..31), asked in two requests of 16.
         yield* decideBatch(shared, settings, [{ _tag: "Input", input: Input.pumpTick(32, 1) }])
-        const asked = (from: number) =>
-          Array.from({ length: 16 }, (_, k) => ({ id: from + k, block: from + k, digest: same }))
-        shared.requests.set(0, asked(0))
-        shared.requests.set(16, asked(16))
+        const sixteen = (from: number) =>
+          asked(Array.from({ length: 16 }, (_, k) => ({ id: from + k, block: from + k, digest: same })))
+        shared.requests.set(0, sixteen(0))
+        shared.requests.set(16, sixteen(16))
         const reply = (id: number, matched: number): Wire.ChecksumReply => {
           const digests = new Uint8Array(16 * Wire.DIGEST_BYTES)
           for (let k = 0; k < matched; k++) digests.set(same, k * Wire.DIGEST_BYTES)
@@ -526,7 +631,7 @@ describe("checksum requests in the stages", () => {
           )
           for (const out of yield* shared.outbox.takeAll)
             if ("comparisons" in out) {
-              const c = yield* out.comparisons
+              const c = yield* comparedOf(out.comparisons)
               for (const x of c.compared)
                 expect(Buffer.from(x.digest).equals(Wire.blockDigest(block(x.block + 1)))).toBe(true)
               requests.push(c.request)
