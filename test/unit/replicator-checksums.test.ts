@@ -9,12 +9,13 @@
  *   the receiver, whether the read saw the write or not;
  * - a receiver that closes the connection on a checksum request (one from before them)
  *   turns comparisons off: every owed block is sent and the replica is whole;
+ * - a clean close leaves a snapshot at the journal's end (the next start replays nothing);
  * - a request goes out while its blocks are still read and hashed (the receiver hashes
  *   its versions meanwhile), and requests are hashed one after another, in their order;
  * - the journal stage puts a request where its comparisons were decided, among the
  *   records, and the loop turns answers into outcomes (stale ones dropped).
  */
-import { Deferred, Effect, Either, Layer, Schedule, Schema, type Scope } from "effect"
+import { Deferred, Effect, Either, Layer, Option, Schedule, Schema, type Scope, Stream } from "effect"
 import { describe, expect, it } from "vitest"
 import * as EventJournal from "../../src/adapters/EventJournal.js"
 import { filterDisk } from "../../src/cli/internal/control.js"
@@ -23,6 +24,7 @@ import { Report } from "../../src/internal/controlProtocol.js"
 import * as LogReceiver from "../../src/adapters/LogReceiver.js"
 import * as VirtualDisk from "../../src/adapters/VirtualDisk.js"
 import * as Config from "../../src/domain/Config.js"
+import * as Decider from "../../src/domain/Decider.js"
 import type * as Event from "../../src/domain/Event.js"
 import * as Input from "../../src/domain/Input.js"
 import * as State from "../../src/domain/State.js"
@@ -342,6 +344,31 @@ describe("checksum-based resync in the replicator", () => {
         expect(yield* blocksSentAfter(world, before)).toEqual([])
         expect((yield* replicator.status).checksums.matched).toBe(BLOCKS)
         yield* expectWhole(world)
+      })
+    )
+  })
+
+  it("a clean close saves a snapshot at the journal's end, equal to the journal folded from the start", async () => {
+    await run(
+      Effect.gen(function* () {
+        const world = yield* makeWorld()
+        yield* replicatedThenKilled(world)
+        yield* world.disk.write(7 * BS, block(0x77))
+        // A checksum resync, no periodic snapshot: closed cleanly at the end of the scope.
+        yield* Effect.scoped(
+          Effect.flatMap(start(world, { compareFrom: 1, snapshotEvery: 1_000_000 }), (r) => r.quiesce)
+        )
+        const journal = EventJournal.makeMemory(world.store)
+        const end = yield* journal.position
+        const saved = yield* journal.loadSnapshot
+        expect(Option.map(saved, (s) => s.position)).toEqual(Option.some(end))
+        let folded = State.initial(config)
+        yield* journal
+          .read(0)
+          .pipe(
+            Stream.runForEach((entry) => Effect.sync(() => (folded = Decider.evolve(folded, entry.event))))
+          )
+        expect(Option.getOrThrow(saved).snapshot).toEqual(State.toSnapshot(folded))
       })
     )
   })

@@ -57,6 +57,7 @@ export const journalStage = (
           Effect.orDie
         )
         shared.sinceSnapshot += events.length
+        shared.journaled = taken[taken.length - 1]!.after
         if (settings.onEvents !== undefined) yield* settings.onEvents(events)
       }
       let writes = 0

@@ -205,6 +205,8 @@ export interface Shared {
   position: number
   /** Events journaled since the last snapshot. */
   sinceSnapshot: number
+  /** The state after the last batch journaled, at `position` (a clean close saves its snapshot). */
+  journaled: State.State
   /**
    * Done when the last checksum request handed on is hashed: the next request's blocks
    * are read and hashed after it, so requests are hashed one at a time, in the order they
@@ -324,6 +326,7 @@ export const makeShared = (options: {
       compareOff: false,
       position: options.position,
       sinceSnapshot: 0,
+      journaled: state,
       hashed: Effect.void,
       held: false,
       writesHeld: yield* SubscriptionRef.make(false),
