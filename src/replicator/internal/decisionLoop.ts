@@ -132,16 +132,14 @@ const outcomesOf = (
     // stopped the replicator: the answer is dropped.
     const digests = yield* Effect.either(asked.digests)
     if (Either.isLeft(digests)) return undefined
-    const disk = digests.right
+    // Compared in place: no view per block of either side's digests.
+    const disk = Buffer.from(digests.right.buffer, digests.right.byteOffset, digests.right.byteLength)
+    const D = Wire.DIGEST_BYTES
     return ids.map((id, k) =>
       Input.comparisonCompleted(
         id,
         request.blocks[k]!,
-        whole &&
-          Buffer.compare(
-            disk.subarray(k * Wire.DIGEST_BYTES, (k + 1) * Wire.DIGEST_BYTES),
-            Wire.digestAt(answer, k)
-          ) === 0,
+        whole && disk.compare(answer.digests, k * D, (k + 1) * D, k * D, (k + 1) * D) === 0,
         answer.through
       )
     )
