@@ -325,6 +325,31 @@ describe("checksum-based resync in the replicator", () => {
     )
   })
 
+  it("a compared block's read that fails stops the replicator (the request already left)", async () => {
+    await run(
+      Effect.gen(function* () {
+        const inner = VirtualDisk.makeMemory(config)
+        let armed = false
+        const disk: VirtualDisk.VirtualDisk.Service = {
+          ...inner,
+          readInto: (offset, into) =>
+            armed
+              ? Effect.fail(
+                  new VirtualDisk.DiskIoError({ op: "read", path: "test", cause: new Error("EIO") })
+                )
+              : inner.readInto(offset, into)
+        }
+        const world = yield* makeWorld(disk)
+        yield* replicatedThenKilled(world)
+        armed = true
+        const replicator = yield* start(world, { compareFrom: 1 })
+        const stopped = yield* replicator.quiesce.pipe(Effect.timeout("20 seconds"), Effect.flip)
+        expect(stopped._tag).toBe("ReplicatorStopped")
+        expect((yield* replicator.status).stopped?.reason).toBe("a block read failed")
+      })
+    )
+  })
+
   it("a clean close saves a snapshot at the journal's end, equal to the journal folded from the start", async () => {
     await run(
       Effect.gen(function* () {
