@@ -9,10 +9,12 @@
  *   the receiver, whether the read saw the write or not;
  * - a receiver that closes the connection on a checksum request (one from before them)
  *   turns comparisons off: every owed block is sent and the replica is whole;
- * - the journal stage puts a request where its comparisons were decided, among the
- *   records, and the loop turns answers into outcomes (stale ones dropped).
+ * - a clean close leaves a snapshot at the journal's end (the next start replays nothing);
+ * - a request reaches the receiver while its blocks are still read and hashed (the
+ *   receiver hashes its versions meanwhile).
+ * The stages alone (journal stage, loop): replicator-checksum-stages.test.ts.
  */
-import { Deferred, Effect, Either, Layer, Schedule, Schema, type Scope } from "effect"
+import { Deferred, Effect, Either, Layer, Option, Schedule, Schema, type Scope, Stream } from "effect"
 import { describe, expect, it } from "vitest"
 import * as EventJournal from "../../src/adapters/EventJournal.js"
 import { filterDisk } from "../../src/cli/internal/control.js"
@@ -21,15 +23,11 @@ import { Report } from "../../src/internal/controlProtocol.js"
 import * as LogReceiver from "../../src/adapters/LogReceiver.js"
 import * as VirtualDisk from "../../src/adapters/VirtualDisk.js"
 import * as Config from "../../src/domain/Config.js"
+import * as Decider from "../../src/domain/Decider.js"
 import type * as Event from "../../src/domain/Event.js"
-import * as Input from "../../src/domain/Input.js"
 import * as State from "../../src/domain/State.js"
-import * as Wire from "../../src/protocol/Wire.js"
-import { decideBatch, needsPump } from "../../src/replicator/internal/decisionLoop.js"
-import { act, compareReadBuffers } from "../../src/replicator/internal/journalStage.js"
-import { forDisk } from "../../src/replicator/internal/metrics.js"
+import type * as Wire from "../../src/protocol/Wire.js"
 import * as Mutants from "../../src/replicator/internal/mutants.js"
-import { makeShared } from "../../src/replicator/internal/shared.js"
 import * as Replicator from "../../src/replicator/Replicator.js"
 
 const BS = 4096
@@ -282,6 +280,101 @@ describe("checksum-based resync in the replicator", () => {
     })
   }
 
+  it("a checksum request reaches the receiver while its blocks are still being read: both sides hash at once", async () => {
+    await run(
+      Effect.gen(function* () {
+        const inner = VirtualDisk.makeMemory(config)
+        const reading = yield* Deferred.make<void>()
+        const release = yield* Deferred.make<void>()
+        let armed = false
+        // Holds every compared block's read until released.
+        const disk: VirtualDisk.VirtualDisk.Service = {
+          ...inner,
+          readInto: (offset, into) =>
+            Effect.gen(function* () {
+              if (armed) {
+                yield* Deferred.succeed(reading, undefined)
+                yield* Deferred.await(release)
+              }
+              yield* inner.readInto(offset, into)
+            })
+        }
+        const world = yield* makeWorld(disk)
+        const before = yield* replicatedThenKilled(world)
+        const asked = yield* Deferred.make<Wire.ChecksumRequest>()
+        const watched = (inner: LogReceiver.LogReceiver.Service): LogReceiver.LogReceiver.Service => ({
+          connect: (hello) =>
+            Effect.map(inner.connect(hello), (connection) => ({
+              ...connection,
+              requestChecksums: (request) =>
+                Effect.zipRight(Deferred.succeed(asked, request), connection.requestChecksums(request))
+            }))
+        })
+        armed = true
+        const replicator = yield* start(world, { compareFrom: 1 }, watched)
+        yield* Deferred.await(reading)
+        // The read is held: the request is on the wire all the same (before, it waited for the hashing).
+        const request = yield* Deferred.await(asked).pipe(Effect.timeout("20 seconds"), Effect.option)
+        expect(request._tag).toBe("Some")
+        yield* Deferred.succeed(release, undefined)
+        yield* replicator.quiesce
+        expect(yield* blocksSentAfter(world, before)).toEqual([])
+        expect((yield* replicator.status).checksums.matched).toBe(BLOCKS)
+        yield* expectWhole(world)
+      })
+    )
+  })
+
+  it("a compared block's read that fails stops the replicator (the request already left)", async () => {
+    await run(
+      Effect.gen(function* () {
+        const inner = VirtualDisk.makeMemory(config)
+        let armed = false
+        const disk: VirtualDisk.VirtualDisk.Service = {
+          ...inner,
+          readInto: (offset, into) =>
+            armed
+              ? Effect.fail(
+                  new VirtualDisk.DiskIoError({ op: "read", path: "test", cause: new Error("EIO") })
+                )
+              : inner.readInto(offset, into)
+        }
+        const world = yield* makeWorld(disk)
+        yield* replicatedThenKilled(world)
+        armed = true
+        const replicator = yield* start(world, { compareFrom: 1 })
+        const stopped = yield* replicator.quiesce.pipe(Effect.timeout("20 seconds"), Effect.flip)
+        expect(stopped._tag).toBe("ReplicatorStopped")
+        expect((yield* replicator.status).stopped?.reason).toBe("a block read failed")
+      })
+    )
+  })
+
+  it("a clean close saves a snapshot at the journal's end, equal to the journal folded from the start", async () => {
+    await run(
+      Effect.gen(function* () {
+        const world = yield* makeWorld()
+        yield* replicatedThenKilled(world)
+        yield* world.disk.write(7 * BS, block(0x77))
+        // A checksum resync, no periodic snapshot: closed cleanly at the end of the scope.
+        yield* Effect.scoped(
+          Effect.flatMap(start(world, { compareFrom: 1, snapshotEvery: 1_000_000 }), (r) => r.quiesce)
+        )
+        const journal = EventJournal.makeMemory(world.store)
+        const end = yield* journal.position
+        const saved = yield* journal.loadSnapshot
+        expect(Option.map(saved, (s) => s.position)).toEqual(Option.some(end))
+        let folded = State.initial(config)
+        yield* journal
+          .read(0)
+          .pipe(
+            Stream.runForEach((entry) => Effect.sync(() => (folded = Decider.evolve(folded, entry.event))))
+          )
+        expect(Option.getOrThrow(saved).snapshot).toEqual(State.toSnapshot(folded))
+      })
+    )
+  })
+
   it("a receiver slow to answer its first request (the filter's ack timeout drops the link): comparisons stay on", async () => {
     await run(
       Effect.gen(function* () {
@@ -338,206 +431,5 @@ describe("checksum-based resync in the replicator", () => {
         yield* expectWhole(world)
       })
     )
-  })
-})
-
-describe("checksum requests in the stages", () => {
-  const metrics = forDisk("d")
-  const fresh = (state = State.initial(config)) =>
-    makeShared({ state, position: 0, pending: { bytes: 1 << 20, writes: 16 }, activity: undefined })
-
-  it("the journal stage puts each request where its comparisons were decided, blocks read after, in increasing runs", async () => {
-    const disk = VirtualDisk.makeMemory(config)
-    for (let b = 0; b < BLOCKS; b++) await Effect.runPromise(disk.write(b * BS, block(b + 1)))
-    const items = await Effect.runPromise(
-      Effect.gen(function* () {
-        const shared = yield* fresh()
-        const compare = (id: number, b: number) => ({ session: 0, compared: id, block: b })
-        yield* act(shared, disk, config, [
-          {
-            session: 0,
-            seq: 5,
-            record: { _tag: "ResyncBegin", seq: 5, epoch: 1, base: 4 },
-            read: undefined,
-            release: undefined
-          },
-          compare(0, 3),
-          compare(1, 4),
-          compare(2, 9),
-          // Not above the last: a request's blocks strictly increase.
-          compare(3, 2),
-          { session: 0, seq: 6, block: 30, epoch: 1 },
-          compare(4, 10)
-        ])
-        const taken = yield* shared.outbox.takeAll
-        return yield* Effect.forEach(
-          taken,
-          (out): Effect.Effect<unknown, VirtualDisk.DiskError> =>
-            "comparisons" in out
-              ? Effect.map(out.comparisons, (c) => ({ request: c.request, compared: c.compared }))
-              : Effect.succeed({ seq: out.seq })
-        )
-      })
-    )
-    const digest = (b: number) => Wire.blockDigest(block(b + 1))
-    expect(items).toEqual([
-      { seq: 5 },
-      {
-        request: { _tag: "ChecksumRequest", id: 0, blocks: [3, 4, 9] },
-        compared: [3, 4, 9].map((b, id) => ({ id, block: b, digest: digest(b) }))
-      },
-      {
-        request: { _tag: "ChecksumRequest", id: 3, blocks: [2] },
-        compared: [{ id: 3, block: 2, digest: digest(2) }]
-      },
-      { seq: 6 },
-      {
-        request: { _tag: "ChecksumRequest", id: 4, blocks: [10] },
-        compared: [{ id: 4, block: 10, digest: digest(10) }]
-      }
-    ])
-  })
-
-  it("the loop turns an answer into one outcome per block: a match, a mismatch sent at once; a stale or refused one", async () => {
-    const settings = { diskId: "d", config, holdMillis: 0, metrics }
-    const digest = (fill: number) => Wire.blockDigest(block(fill))
-    const events = await Effect.runPromise(
-      Effect.gen(function* () {
-        // Every block owed from the start (full sync), the link up: comparisons decide at once.
-        const shared = yield* fresh(State.initial({ ...config, initial: "full-sync" }))
-        shared.link = 1
-        const decided: Array<ReadonlyArray<Event.Event>> = []
-        const batch = (commands: Parameters<typeof decideBatch>[2]) =>
-          Effect.gen(function* () {
-            yield* decideBatch(shared, settings, commands)
-            const taken = yield* Effect.map(
-              Effect.suspend(() =>
-                shared.decisions.size() > 0 ? shared.decisions.takeAll : Effect.succeed([])
-              ),
-              (ds) => ds.flatMap((d) => d.events)
-            )
-            decided.push(taken)
-          })
-        yield* batch([{ _tag: "Input", input: Input.pumpTick(3, 1) }])
-        // Three comparisons (ids 0, 1, 2 of blocks 0, 1, 2) after the marker, seq 1.
-        shared.requests.set(0, [
-          { id: 0, block: 0, digest: digest(1) },
-          { id: 1, block: 1, digest: digest(2) }
-        ])
-        shared.requests.set(2, [{ id: 2, block: 2, digest: digest(3) }])
-        const digests = new Uint8Array(2 * Wire.DIGEST_BYTES)
-        digests.set(digest(1), 0)
-        digests.set(digest(9), Wire.DIGEST_BYTES)
-        const reply: Wire.ChecksumReply = { _tag: "ChecksumReply", id: 0, through: 1, digests }
-        // From an older connection: dropped.
-        yield* batch([{ _tag: "Answer", link: 0, answer: reply }])
-        yield* batch([{ _tag: "Answer", link: 1, answer: reply }])
-        // Its request was answered: the same answer again is stale.
-        yield* batch([{ _tag: "Answer", link: 1, answer: reply }])
-        yield* batch([
-          {
-            _tag: "Answer",
-            link: 1,
-            answer: { _tag: "ChecksumRefused", id: 2, reason: "damaged", detail: "test" }
-          }
-        ])
-        expect(shared.requests.size).toBe(0)
-        return decided
-      })
-    )
-    expect(events[0]!.map((e) => e.type)).toEqual([
-      "ResyncBegun",
-      "PassStarted",
-      "BlockCompared",
-      "BlockCompared",
-      "BlockCompared"
-    ])
-    expect(events[1]).toEqual([])
-    expect(events[2]).toEqual([
-      { type: "Acked", seq: 1 },
-      { type: "BlockMatched", id: 0, block: 0 },
-      { type: "BlockMismatched", id: 1, block: 1 },
-      { type: "BlockSent", seq: 2, block: 1 }
-    ])
-    expect(events[3]).toEqual([])
-    expect(events[4]).toEqual([
-      { type: "BlockMismatched", id: 2, block: 2 },
-      { type: "BlockSent", seq: 3, block: 2 }
-    ])
-  })
-
-  it("the window refills by an eighth at least while comparisons wait: no tick (and request) for a few acked blocks", async () => {
-    const wide = Either.getOrThrow(
-      Config.make({
-        blockSize: BS,
-        blockCount: BLOCKS,
-        window: 32,
-        congestionLimit: 1 << 20,
-        initial: "full-sync"
-      })
-    )
-    const settings = { diskId: "d", config: wide, holdMillis: 0, metrics }
-    const same = Wire.blockDigest(block(1))
-    const states = await Effect.runPromise(
-      Effect.gen(function* () {
-        const shared = yield* fresh(State.initial(wide))
-        shared.link = 1
-        // A window of comparisons (ids and blocks 0..31), asked in two requests of 16.
-        yield* decideBatch(shared, settings, [{ _tag: "Input", input: Input.pumpTick(32, 1) }])
-        const asked = (from: number) =>
-          Array.from({ length: 16 }, (_, k) => ({ id: from + k, block: from + k, digest: same }))
-        shared.requests.set(0, asked(0))
-        shared.requests.set(16, asked(16))
-        const reply = (id: number, matched: number): Wire.ChecksumReply => {
-          const digests = new Uint8Array(16 * Wire.DIGEST_BYTES)
-          for (let k = 0; k < matched; k++) digests.set(same, k * Wire.DIGEST_BYTES)
-          return { _tag: "ChecksumReply", id, through: 1, digests }
-        }
-        const full = needsPump(shared.state, 32)
-        // The first answer: 2 blocks match, 14 differ and are sent: 2 slots free (under 32 / 8), 16 comparisons wait.
-        yield* decideBatch(shared, settings, [{ _tag: "Answer", link: 1, answer: reply(0, 2) }])
-        const few = { comparing: shared.state.comparing.length, pump: needsPump(shared.state, 32) }
-        // The second: all 16 match, 18 slots free.
-        yield* decideBatch(shared, settings, [{ _tag: "Answer", link: 1, answer: reply(16, 16) }])
-        const more = { comparing: shared.state.comparing.length, pump: needsPump(shared.state, 32) }
-        return { full, few, more }
-      })
-    )
-    expect(states.full).toBe(false)
-    expect(states.few).toEqual({ comparing: 16, pump: false })
-    expect(states.more).toEqual({ comparing: 0, pump: true })
-  })
-
-  it("compared blocks are read into buffers reused from request to request", async () => {
-    const disk = VirtualDisk.makeMemory(config)
-    for (let b = 0; b < BLOCKS; b++) await Effect.runPromise(disk.write(b * BS, block(b + 1)))
-    const { requests, again } = await Effect.runPromise(
-      Effect.gen(function* () {
-        const shared = yield* fresh()
-        const requests: Array<Wire.ChecksumRequest> = []
-        let made = 0
-        for (let round = 0; round < 4; round++) {
-          // Blocks 0..63 in one request: one run (64 × 4 KiB), compared with what the disk holds.
-          yield* act(
-            shared,
-            disk,
-            config,
-            Array.from({ length: BLOCKS }, (_, b) => ({ session: 0, compared: round * BLOCKS + b, block: b }))
-          )
-          for (const out of yield* shared.outbox.takeAll)
-            if ("comparisons" in out) {
-              const c = yield* out.comparisons
-              for (const x of c.compared)
-                expect(Buffer.from(x.digest).equals(Wire.blockDigest(block(x.block + 1)))).toBe(true)
-              requests.push(c.request)
-            }
-          if (round === 0) made = compareReadBuffers.made
-        }
-        return { requests, again: compareReadBuffers.made - made }
-      })
-    )
-    expect(requests).toHaveLength(4)
-    // The first request made its buffer; the next three took it again.
-    expect(again).toBe(0)
   })
 })

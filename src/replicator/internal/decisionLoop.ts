@@ -110,27 +110,36 @@ const outcomesOf = (
   watermark: number
 ): Effect.Effect<ReadonlyArray<Input.Input> | undefined> =>
   Effect.gen(function* () {
-    const compared = shared.requests.get(answer.id)
-    if (compared === undefined) return undefined
+    const asked = shared.requests.get(answer.id)
+    if (asked === undefined) return undefined
     shared.requests.delete(answer.id)
     shared.checksumsAnswered = true
+    const { ids, request } = asked
     if (answer._tag === "ChecksumRefused") {
       yield* Effect.logWarning(
-        `the receiver refused checksum request ${answer.id} (${answer.reason}): ${answer.detail}; its ${compared.length} block(s) are sent`
+        `the receiver refused checksum request ${answer.id} (${answer.reason}): ${answer.detail}; its ${ids.length} block(s) are sent`
       )
-      return compared.map((c) => Input.comparisonCompleted(c.id, c.block, false, watermark))
+      return ids.map((id, k) => Input.comparisonCompleted(id, request.blocks[k]!, false, watermark))
     }
     // A reply of another size answers another question: believe none of it, send the blocks.
-    const whole = answer.digests.byteLength === compared.length * Wire.DIGEST_BYTES
+    const whole = answer.digests.byteLength === ids.length * Wire.DIGEST_BYTES
     if (!whole)
       yield* Effect.logWarning(
-        `checksum reply ${answer.id} holds ${answer.digests.byteLength / Wire.DIGEST_BYTES} digest(s) for ${compared.length} block(s); its blocks are sent`
+        `checksum reply ${answer.id} holds ${answer.digests.byteLength / Wire.DIGEST_BYTES} digest(s) for ${ids.length} block(s); its blocks are sent`
       )
-    return compared.map((c, k) =>
+    // The disk's digests: usually ready (hashed while the receiver hashed), else soon (the
+    // journal stage hashes requests in the order they are answered). A failed read has
+    // stopped the replicator: the answer is dropped.
+    const digests = yield* Effect.either(asked.digests)
+    if (Either.isLeft(digests)) return undefined
+    // Compared in place: no view per block of either side's digests.
+    const disk = Buffer.from(digests.right.buffer, digests.right.byteOffset, digests.right.byteLength)
+    const D = Wire.DIGEST_BYTES
+    return ids.map((id, k) =>
       Input.comparisonCompleted(
-        c.id,
-        c.block,
-        whole && Buffer.compare(c.digest, Wire.digestAt(answer, k)) === 0,
+        id,
+        request.blocks[k]!,
+        whole && disk.compare(answer.digests, k * D, (k + 1) * D, k * D, (k + 1) * D) === 0,
         answer.through
       )
     )

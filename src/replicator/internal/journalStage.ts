@@ -21,7 +21,7 @@ import type * as Event from "../../domain/Event.js"
 import * as Geometry from "../../domain/Geometry.js"
 import * as State from "../../domain/State.js"
 import { type Metrics, timed } from "./metrics.js"
-import { type Compared, type Comparisons, type Decided, type Outgoing, type Shared, stop } from "./shared.js"
+import { type Decided, type Outgoing, type Shared, stop } from "./shared.js"
 
 /** Consecutive drained blocks read with one disk request, at most. */
 export const READ_RUN = 16
@@ -57,6 +57,7 @@ export const journalStage = (
           Effect.orDie
         )
         shared.sinceSnapshot += events.length
+        shared.journaled = taken[taken.length - 1]!.after
         if (settings.onEvents !== undefined) yield* settings.onEvents(events)
       }
       let writes = 0
@@ -124,9 +125,10 @@ const takeReadBuffer = (bytes: number): Uint8Array => {
 
 /**
  * Reads the blocks of comparisons decided in a row (consecutive blocks with one request,
- * up to `COMPARE_READ_BYTES`) and hashes each: their checksum request, with what each block
- * is compared with. Runs only once their events are journaled, so every read follows its
- * decision: a write that completes after a read marked the block again after the decision.
+ * up to `COMPARE_READ_BYTES`) and hashes each: the disk's digests, in request order. Runs
+ * only once their events are journaled, so every read follows its decision: a write that
+ * completes after a read marked the block again after the decision. The request itself
+ * is already on its way: the receiver hashes its versions while this hashes the disk's.
  * The next run is read (in libuv's pool) while this one is hashed, into the other of the
  * request's two buffers. They go back for reuse only when every read is done: a read
  * interrupted or failed may still be writing into its buffer, which is then left alone.
@@ -135,7 +137,7 @@ const readAndHash = (
   disk: VirtualDisk.Service,
   config: Config,
   batch: ReadonlyArray<Comparison>
-): Effect.Effect<Comparisons, DiskError> =>
+): Effect.Effect<Uint8Array, DiskError> =>
   Effect.gen(function* () {
     const { blockSize } = config
     const most = Math.max(1, Math.floor(COMPARE_READ_BYTES / blockSize))
@@ -165,16 +167,7 @@ const readAndHash = (
       Wire.blockDigestsInto(bytes, blockSize, run, digests, k)
     }
     for (const b of buffers) if (readBuffers.length < READ_BUFFERS_KEPT) readBuffers.push(b)
-    const compared: Array<Compared> = batch.map(({ compared: id, block }, k) => ({
-      id,
-      block,
-      digest: digests.subarray(k * Wire.DIGEST_BYTES, (k + 1) * Wire.DIGEST_BYTES)
-    }))
-    return {
-      // The first comparison's id names the request: ids are unique, and each is in one request.
-      request: { _tag: "ChecksumRequest", id: batch[0]!.compared, blocks: batch.map((c) => c.block) },
-      compared
-    }
+    return digests
   })
 
 /**
@@ -225,11 +218,28 @@ export const act = (
       }
       if (isComparison(out)) {
         const n = requestLength(outgoing, i, config.blockSize)
-        const hashing = Deferred.unsafeMake<Comparisons, DiskError>(FiberId.none)
         const batch = outgoing.slice(i, i + n) as ReadonlyArray<Comparison>
-        const hash = Effect.intoDeferred(readAndHash(disk, config, batch), hashing)
+        // Hashed after the request before it (`hashed`), so digests are ready in the order
+        // answers come; a failed read stops the replicator (the loop drops the answer).
+        const hashing = Deferred.unsafeMake<Uint8Array, DiskError>(FiberId.none)
+        const hash = Effect.intoDeferred(
+          Effect.zipRight(
+            shared.hashed,
+            Effect.tapError(readAndHash(disk, config, batch), (e) => stop(shared, "a block read failed", e))
+          ),
+          hashing
+        )
+        shared.hashed = Effect.ignore(Deferred.await(hashing))
         reads.push(options.inline === true ? hash : Effect.fork(hash))
-        items.push({ session: out.session, comparisons: Deferred.await(hashing) })
+        items.push({
+          session: out.session,
+          comparisons: {
+            // The first comparison's id names the request: ids are unique, and each is in one request.
+            request: { _tag: "ChecksumRequest", id: batch[0]!.compared, blocks: batch.map((c) => c.block) },
+            ids: batch.map((c) => c.compared),
+            digests: Deferred.await(hashing)
+          }
+        })
         i += n
         continue
       }

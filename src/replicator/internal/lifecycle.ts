@@ -37,7 +37,8 @@ export const quiesce = (shared: Shared): Effect.Effect<void, ReplicatorStopped> 
  * Closes the replicator (its scope's finalizer). Runs before the fibers are interrupted:
  * every write the disk took, and every event decided, gets journaled. Then the fibers
  * stop, so nothing is decided after, and the journal records the clean close; a stopped
- * replicator (or a killed one) leaves the run open, and the next start unclean.
+ * replicator (or a killed one) leaves the run open, and the next start unclean. A clean
+ * close saves a snapshot at the journal's end, so the next start replays nothing.
  */
 export const close = (
   shared: Shared,
@@ -57,6 +58,15 @@ export const close = (
       )
     yield* Fiber.interrupt(running)
     if (shared.hasStopped) return
+    // The next start replays only what follows the last snapshot: save one at the end.
+    if (shared.sinceSnapshot > 0)
+      yield* journal
+        .saveSnapshot(State.toSnapshot(shared.journaled), shared.position)
+        .pipe(
+          Effect.catchAll((e) =>
+            Effect.logWarning("snapshot at close failed; the journal still has everything", e)
+          )
+        )
     yield* journal.endRun.pipe(
       Effect.catchAll((e) =>
         Effect.logWarning(

@@ -2,10 +2,10 @@
  * The sender: records in seq order, and checksum requests in their place among them, on
  * the connection of the session they were decided in. What an older session decided
  * (before a link loss or a gap) is dropped. A request goes into `requests` as it is sent,
- * so the loop can match its answer. The records of a batch go out as runs, one
- * `sendAll` per run (an effect per record was a share of the filter's CPU per 4 KiB
- * write), a run ending at a checksum request, a change of connection, or a block read
- * to wait for.
+ * so the loop can match its answer; it does not wait for the disk's digests of its
+ * blocks. The records of a batch go out as runs, one `sendAll` per run (an effect per
+ * record was a share of the filter's CPU per 4 KiB write), a run ending at a checksum
+ * request, a change of connection, or a block read to wait for.
  */
 import { Clock, Effect, Either, Metric } from "effect"
 import type { Connection, OutRecord } from "../../adapters/LogReceiver.js"
@@ -57,15 +57,14 @@ export const sender = (shared: Shared, metrics: Metrics): Effect.Effect<never> =
           if (out.session !== shared.session) continue
           // Every record decided before the request goes out before it.
           yield* flush
-          const { request, compared } = yield* out.comparisons.pipe(
-            Effect.tapError((e) => stop(shared, "a block read failed", e)),
-            Effect.orDie
-          )
           const conn = shared.connection
           if (conn === undefined || out.session !== shared.session) continue
-          // Before it can be answered; in the same step as the session check, so a loss or
-          // gap the loop decides meanwhile clears it.
-          shared.requests.set(request.id, compared)
+          // Not waiting for the disk's digests (the loop waits for them with the answer):
+          // the receiver hashes its versions while the journal stage hashes the disk's.
+          // Set before it can be answered; in the same step as the session check, so a
+          // loss or gap the loop decides meanwhile clears it.
+          const { request } = out.comparisons
+          shared.requests.set(request.id, out.comparisons)
           const sent = yield* Effect.either(conn.requestChecksums(request))
           if (Either.isLeft(sent))
             shared.inbox.offer({ _tag: "Disconnected", reason: "connection-lost", link: shared.link })

@@ -65,17 +65,21 @@ export type Decided =
   | { readonly session: number; readonly seq: number; readonly block: number; readonly epoch: number }
   | { readonly session: number; readonly compared: number; readonly block: number }
 
-/** A comparison on the wire: its id (the model's), its block, and the digest of the disk's block as read after it was decided. */
-export interface Compared {
-  readonly id: number
-  readonly block: number
-  readonly digest: Uint8Array
-}
-
-/** A checksum request ready to go, and what each of its blocks is compared with (in request order). */
+/**
+ * A checksum request and what its blocks are compared with. The request goes out as soon
+ * as its comparisons are journaled; the disk's digests come later (the blocks are read and
+ * hashed meanwhile), so the receiver hashes its versions while the filter hashes the disk's.
+ */
 export interface Comparisons {
   readonly request: Wire.ChecksumRequest
-  readonly compared: ReadonlyArray<Compared>
+  /** Each block's comparison id (the model's), in request order. */
+  readonly ids: ReadonlyArray<number>
+  /**
+   * The disk's digest of each block (`Wire.DIGEST_BYTES` each, in request order), of the
+   * block as read after its `BlockCompared` was journaled. Fails when a read failed (the
+   * replicator is then stopping).
+   */
+  readonly digests: Effect.Effect<Uint8Array, DiskError>
 }
 
 /** A decided batch on its way to the journal: acted on only once its events are durable. */
@@ -104,12 +108,12 @@ export interface OutgoingRecord {
 
 /**
  * A checksum request bound for the wire, in its place among the records: after every
- * record decided before its comparisons. Its blocks are read and hashed once their
- * `BlockCompared` events are journaled, never before.
+ * record decided before its comparisons. It is made once their `BlockCompared` events
+ * are journaled; their blocks are read and hashed from then on, never before.
  */
 export interface OutgoingComparisons {
   readonly session: number
-  readonly comparisons: Effect.Effect<Comparisons, DiskError>
+  readonly comparisons: Comparisons
 }
 
 /** What the journal stage hands the sender, in decision order. */
@@ -183,12 +187,12 @@ export interface Shared {
   // --- Written by the sender (adds) and the decision loop (takes out, clears) ----------
   /**
    * Checksum requests on the wire whose answers have not arrived, by request id: what
-   * each block was compared with. The sender adds one as it sends it; the loop takes it
+   * each block is compared with (its digests may still be on their way). The sender adds one as it sends it; the loop takes it
    * out when its answer arrives, and clears them all on a link loss or a gap (their
    * comparisons are re-marked; a late answer finds nothing and is dropped). They are
    * the current session's comparisons waiting, at most `window` (the decider bounds them).
    */
-  readonly requests: Map<number, ReadonlyArray<Compared>>
+  readonly requests: Map<number, Comparisons>
 
   // --- Online verify (verify.ts): the loop marks and answers, the verify fiber clears and waits --
   /** The seq of the last record decided (written with the `touched` marks, in one step). */
@@ -201,6 +205,14 @@ export interface Shared {
   position: number
   /** Events journaled since the last snapshot. */
   sinceSnapshot: number
+  /** The state after the last batch journaled, at `position` (a clean close saves its snapshot). */
+  journaled: State.State
+  /**
+   * Done when the last checksum request handed on is hashed: the next request's blocks
+   * are read and hashed after it, so requests are hashed one at a time, in the order they
+   * go out and are answered (all at once, each would be ready only near the end of all).
+   */
+  hashed: Effect.Effect<void>
 
   // --- Written by the switchover hold (from the loop, and its timer) --------------------
   /** New guest writes wait while true; mirrors `writesHeld` for the write path's synchronous check. */
@@ -329,6 +341,8 @@ export const makeShared = (options: {
       compareOff: false,
       position: options.position,
       sinceSnapshot: 0,
+      journaled: state,
+      hashed: Effect.void,
       held: false,
       writesHeld: yield* SubscriptionRef.make(false),
       holdId: 0,
