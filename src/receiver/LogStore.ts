@@ -36,6 +36,7 @@ import {
   type Segment
 } from "./internal/chain.js"
 import { clearUnfinished, createDisk } from "./internal/create.js"
+import { appendEntry, keepEntriesAsColumns } from "./internal/segmentSummary.js"
 import { LiveIndex } from "./internal/liveIndex.js"
 import { ReceiverMutants } from "./internal/mutants.js"
 import * as Metrics from "./internal/metrics.js"
@@ -217,6 +218,9 @@ export class DiskLog {
     )
     // Received before this process: only wall times exist; placed once, as old as they look now.
     for (const s of chain.segments) this.newest.set(s, this.clock.monotonicOf(s.lastTime))
+    // The active segment's records, as the writer adds them, in columns until its seal.
+    const tail = chain.segments[chain.segments.length - 1]
+    if (tail?.entries !== undefined) keepEntriesAsColumns(tail)
   }
 
   /** Queues an accepted record for the writer; its receive time is taken now. Synchronous. */
@@ -348,6 +352,7 @@ export class DiskLog {
           rolled = true
         }
         segment = emptySegment(segmentName(first.entry.seq), first.entry.seq, 0, true)
+        keepEntriesAsColumns(segment)
         fresh = true
       }
       // The records that still fit (at least one: a record larger than a segment gets its own).
@@ -411,7 +416,7 @@ export class DiskLog {
         const entry = p.entry
         entry.flags = p.header[p.at + 5]!
         entry.crc = readU32LE(p.header, p.at + 36)
-        segment.entries?.push(entry)
+        appendEntry(segment, entry)
         noteRecord(segment, entry)
         this.live.add(segment, entry)
       }
