@@ -36,7 +36,7 @@ import {
   type Segment
 } from "./internal/chain.js"
 import { clearUnfinished, createDisk } from "./internal/create.js"
-import { appendEntry, keepEntriesAsColumns } from "./internal/segmentSummary.js"
+import { appendEntry, entryColumns, keepEntriesAsColumns } from "./internal/segmentSummary.js"
 import { LiveIndex } from "./internal/liveIndex.js"
 import { ReceiverMutants } from "./internal/mutants.js"
 import * as Metrics from "./internal/metrics.js"
@@ -433,7 +433,8 @@ export class DiskLog {
    * are checked against the segment when read, and rebuilt if torn).
    */
   private async seal(segment: Segment): Promise<void> {
-    const entries = segment.entries ?? []
+    // Columns, no object per record (`keepEntriesAsColumns`).
+    const entries = entryColumns(segment)
     await fs.writeFile(path.join(this.diskDir, indexName(segment.name)), encodeIndex(segment.bytes, entries))
     const covers = {
       ...this.geometry,

@@ -11,6 +11,7 @@ import { encodeIndex, type IndexEntry, Kind } from "../../src/receiver/internal/
 import {
   appendEntry,
   emptySegment,
+  entryColumns,
   keepEntriesAsColumns
 } from "../../src/receiver/internal/segmentSummary.js"
 
@@ -49,6 +50,8 @@ describe("the active segment's entries as columns", () => {
         for (const e of all.slice(kept)) appendEntry(segment, e)
         expect(segment.entries).toEqual(all)
         expect(Buffer.compare(encodeIndex(1 << 20, segment.entries!), encodeIndex(1 << 20, all))).toBe(0)
+        // What the seal encodes: the columns themselves.
+        expect(Buffer.compare(encodeIndex(1 << 20, entryColumns(segment)), encodeIndex(1 << 20, all))).toBe(0)
         // The seal clears them; the columns are dropped.
         segment.entries = undefined
         expect(segment.entries).toBeUndefined()

@@ -131,6 +131,11 @@ export class GrowingEntryTable {
     this.table.set(this.n++, e)
   }
 
+  /** The entries as a table of their own (a copy: later pushes are not in it). */
+  toTable(): EntryTable {
+    return EntryTable.grownFrom(this.table, this.n, this.n)
+  }
+
   /** The entries as objects, made now (a snapshot: later pushes are not in it). */
   toEntries(): Array<IndexEntry> {
     const out = new Array<IndexEntry>(this.n)

@@ -152,6 +152,10 @@ export const keepEntriesAsColumns = (segment: Segment): void => {
   })
 }
 
+/** A segment's entries as columns: its growing ones (a copy), else a table made from its objects. */
+export const entryColumns = (segment: Segment): EntryTable =>
+  growing.get(segment)?.toTable() ?? EntryTable.fromEntries(segment.entries ?? [])
+
 /** Adds a committed record to a segment's entries (its columns, when it keeps them so). */
 export const appendEntry = (segment: Segment, e: IndexEntry): void => {
   const columns = growing.get(segment)
