@@ -11,7 +11,6 @@ import {
   Decoder,
   type DecoderOptions,
   makeDecoder,
-  headerRoom,
   payloadRelease,
   verifiedPayloadCrc
 } from "./internal/wireDecoder.js"
@@ -65,8 +64,6 @@ export { Decoder, type DecoderOptions, encode, encodePartsWith, encodeWith, make
 export { verifiedPayloadCrc }
 /** The release of a decoded payload's pooled copy, for its consumer to call once it is written. */
 export { payloadRelease }
-/** The 40 bytes before a decoded payload, lent to its consumer by a decoder with `lendHeaderBytes`. */
-export { headerRoom }
 
 /**
  * Decodes a byte stream into frames. Frames that precede a corruption are emitted, then

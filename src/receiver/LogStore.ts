@@ -51,19 +51,19 @@ import {
 import { pwriteFully, pwritevFully, removeIfExists, syncDirectory } from "./internal/files.js"
 import {
   encodeIndex,
+  encodeRecordHeader,
   encodeSegmentHeader,
   FLAG_RECOVERY_POINT,
   type IndexEntry,
   indexName,
   isRecoveryPoint,
   Kind,
-  putRecordHeader,
   RECORD_HEADER_BYTES,
   type RecordHeader,
   recordAnchor,
   SEGMENT_HEADER_BYTES,
   segmentName,
-  setBatchStart
+  withBatchStart
 } from "./internal/format.js"
 import { type Clocks, ReceiveClock, systemClocks } from "./internal/clock.js"
 import { defaultTuning, type Expected, readIndex, readRange } from "./internal/segment.js"
@@ -138,18 +138,8 @@ const attempt = <A>(op: LogOp, file: string, f: () => Promise<A>): Effect.Effect
 
 const EMPTY = new Uint8Array(0)
 
-const readU32LE = (b: Uint8Array, at: number): number =>
-  (b[at]! | (b[at + 1]! << 8) | (b[at + 2]! << 16) | (b[at + 3]! << 24)) >>> 0
-
 interface Pending {
-  /**
-   * Holds the record's 40-byte header at `at`: the bytes the frame's header held before its
-   * payload (lent by the decoder, `Wire.headerRoom`), or a buffer of its own.
-   */
-  readonly header: Uint8Array
-  readonly at: number
-  /** The payload follows the header in `header`: the record lies whole in memory, as on disk. */
-  readonly joined: boolean
+  readonly header: Buffer
   readonly payload: Uint8Array
   /** The payload's CRC32C (0 for none): the header's CRC is redone from it if its flags change. */
   readonly payloadCrc: number
@@ -258,17 +248,8 @@ export class DiskLog {
       release()
       release = undefined
     }
-    // The header goes where the frame's was, right before the payload, when the decoder lends it.
-    const room = record._tag === "Write" || record._tag === "Block" ? Wire.headerRoom(record) : undefined
-    const at = room === undefined ? -1 : payload.byteOffset - room.byteOffset - RECORD_HEADER_BYTES
-    const joined =
-      room !== undefined && at >= 0 && at + RECORD_HEADER_BYTES + payload.byteLength <= room.byteLength
-    const header = joined ? room : Buffer.allocUnsafe(RECORD_HEADER_BYTES)
-    putRecordHeader(header, joined ? at : 0, entry, payload, payloadCrc)
     this.queue.offer({
-      header,
-      at: joined ? at : 0,
-      joined: joined || payload.byteLength === 0,
+      header: encodeRecordHeader(entry, payload, payloadCrc),
       payload,
       payloadCrc,
       entry,
@@ -372,31 +353,15 @@ export class DiskLog {
         buffers.push(encodeSegmentHeader({ firstSeq: first.entry.seq, created: first.entry.time }))
         at += SEGMENT_HEADER_BYTES
       }
-      // Records whole in memory and side by side (read together from one socket chunk) are one span.
-      let span: Uint8Array | undefined
-      let from = 0
-      let to = 0
       for (let k = i; k < end; k++) {
         const p = batch[k]!
         // The first record of each commit's write says so: it tells a torn tail from damage.
-        setBatchStart(p.header, p.at, p.payload, k === i, p.payloadCrc)
+        withBatchStart(p.header, p.payload, k === i, p.payloadCrc)
         p.entry.offset = at
-        const size = RECORD_HEADER_BYTES + p.payload.byteLength
-        if (p.joined && p.header === span && p.at === to) to += size
-        else {
-          if (span !== undefined) buffers.push(span.subarray(from, to))
-          if (p.joined) {
-            span = p.header
-            from = p.at
-            to = p.at + size
-          } else {
-            span = undefined
-            buffers.push(p.header, p.payload)
-          }
-        }
-        at += size
+        buffers.push(p.header)
+        if (p.payload.byteLength > 0) buffers.push(p.payload)
+        at += RECORD_HEADER_BYTES + p.payload.byteLength
       }
-      if (span !== undefined) buffers.push(span.subarray(from, to))
       if (fresh) {
         this.active = await fs.open(file, "wx+", 0o644)
       } else if (this.active === undefined) {
@@ -414,8 +379,8 @@ export class DiskLog {
       for (let k = i; k < end; k++) {
         const p = batch[k]!
         const entry = p.entry
-        entry.flags = p.header[p.at + 5]!
-        entry.crc = readU32LE(p.header, p.at + 36)
+        entry.flags = p.header[5]!
+        entry.crc = p.header.readUInt32LE(36)
         appendEntry(segment, entry)
         noteRecord(segment, entry)
         this.live.add(segment, entry)

@@ -226,12 +226,7 @@ const serveOn = (options: ServeOptions) =>
       Effect.gen(function* () {
         const peer = `${socket.remoteAddress}:${socket.remotePort}`
         // Until the hello, a frame may be no larger than a hello.
-        // The socket's chunks are the decoder's alone: the log writes each record's header over its frame's.
-        const decoder = Wire.makeDecoder({
-          maxFrameBytes,
-          maxFirstFrameBytes: Wire.MAX_HELLO_FRAME_BYTES,
-          lendHeaderBytes: true
-        })
+        const decoder = Wire.makeDecoder({ maxFrameBytes, maxFirstFrameBytes: Wire.MAX_HELLO_FRAME_BYTES })
         const source = new FrameSource(socket, decoder, now)
         const replies = new Replies(socket, now)
         const me: Holder = { socket, peer, source }

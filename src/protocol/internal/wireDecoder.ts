@@ -11,10 +11,7 @@
  * consumer), the slab is left to the collector: an allocation lost, never a wrong byte.
  *
  * Pushed chunks are kept by reference, not copied: do not mutate a chunk after pushing
- * it (socket chunks are never reused, so this holds for `data` events). A decoder made with
- * `lendHeaderBytes` lends each write or block frame's consumer the 40 bytes right before its
- * payload, which held the frame's header (`headerRoom`): the receiver writes its log record's
- * header there, so a run of records read together is one span of memory for one write.
+ * it (socket chunks are never reused, so this holds for `data` events).
  */
 import { Either, Schema } from "effect"
 import { crc32c, crc32cSpan } from "../../internal/crc32c.js"
@@ -48,14 +45,6 @@ export interface DecoderOptions {
    * not said who it is cannot make it buffer up to `maxFrameBytes`.
    */
   readonly maxFirstFrameBytes?: number | undefined
-  /**
-   * The pushed chunks are the decoder's and its frames' consumer's alone (a socket's `data`
-   * chunks): each write or block frame lends its consumer the 40 bytes before its payload
-   * (`headerRoom`), consumed, which it may write over. A payload copied because it spanned
-   * chunks gets 40 bytes of its own before it in its copy. Off by default: a caller that
-   * pushes bytes it reads again (or pushes twice) must not have them written over.
-   */
-  readonly lendHeaderBytes?: boolean | undefined
 }
 
 const SLAB_BYTES = 1 << 20
@@ -82,14 +71,9 @@ const decodeRefuse = Schema.decodeUnknownEither(Schema.parseJson(RefusePayload))
 class Checked {
   readonly #payloadCrc: number
   readonly #release: (() => void) | undefined
-  readonly #room: Uint8Array | undefined
-  constructor(payloadCrc: number, release: (() => void) | undefined, room: Uint8Array | undefined) {
+  constructor(payloadCrc: number, release: (() => void) | undefined) {
     this.#payloadCrc = payloadCrc
     this.#release = release
-    this.#room = room
-  }
-  static roomOf(frame: object): Uint8Array | undefined {
-    return #room in frame ? frame.#room : undefined
   }
   static crcOf(frame: object): number | undefined {
     return #payloadCrc in frame ? frame.#payloadCrc : undefined
@@ -107,10 +91,9 @@ class DecodedWrite extends Checked implements Write {
     readonly offset: number,
     readonly data: Uint8Array,
     payloadCrc: number,
-    release: (() => void) | undefined,
-    room: Uint8Array | undefined
+    release: (() => void) | undefined
   ) {
-    super(payloadCrc, release, room)
+    super(payloadCrc, release)
   }
 }
 
@@ -122,10 +105,9 @@ class DecodedBlock extends Checked implements Block {
     readonly block: number,
     readonly data: Uint8Array,
     payloadCrc: number,
-    release: (() => void) | undefined,
-    room: Uint8Array | undefined
+    release: (() => void) | undefined
   ) {
-    super(payloadCrc, release, room)
+    super(payloadCrc, release)
   }
 }
 
@@ -142,15 +124,6 @@ export const verifiedPayloadCrc = (frame: Write | Block): number | undefined => 
  * `undefined` for a payload that is a view of a socket chunk, or a frame made elsewhere.
  */
 export const payloadRelease = (frame: Write | Block): (() => void) | undefined => Checked.releaseOf(frame)
-
-/**
- * For a write or block frame made by a decoder with `lendHeaderBytes`, the bytes that hold the
- * 40 bytes right before `data` (a view of the same memory: they start at `data.byteOffset -
- * room.byteOffset - HEADER_BYTES`), which nothing reads any more and the caller may write
- * over: the frame's header in its socket chunk, or room left before a copied payload.
- * `undefined` for any other frame.
- */
-export const headerRoom = (frame: Write | Block): Uint8Array | undefined => Checked.roomOf(frame)
 
 const fail = (reason: WireErrorReason, detail: string) => new WireError({ reason, detail })
 
@@ -177,11 +150,6 @@ export class Decoder {
   private started = false
   /** Always true here; a subclass in ./mutants.ts (for the tests only) turns it off. */
   protected readonly checkPayloadCrc: boolean = true
-  protected readonly lendHeaderBytes: boolean
-  /** The chunk the pending frame's header was read in place from (lent only with `lendHeaderBytes`). */
-  private headerChunk: Uint8Array | undefined = undefined
-  /** What `take` lends the payload it just took: the memory holding the 40 bytes before it. */
-  protected lent: Uint8Array | undefined = undefined
   private chunks: Array<Uint8Array> = []
   /** Index of the first unconsumed chunk and bytes already consumed from it. */
   private head = 0
@@ -199,12 +167,11 @@ export class Decoder {
   private released = false
   private readonly scratch = new Uint8Array(HEADER_BYTES)
   /** The release of the pooled copy `take` just made (the payload being decoded), if it made one. */
-  protected copied: (() => void) | undefined = undefined
+  private copied: (() => void) | undefined = undefined
 
   constructor(options: DecoderOptions = {}) {
     this.maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES
     this.maxFirstFrameBytes = Math.min(this.maxFrameBytes, options.maxFirstFrameBytes ?? this.maxFrameBytes)
-    this.lendHeaderBytes = options.lendHeaderBytes === true
   }
 
   /** Bytes received but not yet part of a decoded frame. */
@@ -259,15 +226,11 @@ export class Decoder {
         const first = this.chunks[this.head]!
         let error: WireError | undefined
         if (first.byteLength - this.headOffset >= HEADER_BYTES) {
-          this.headerChunk = this.lendHeaderBytes ? first : undefined
           error = this.parseHeader(first, this.headOffset)
           this.available -= HEADER_BYTES
           this.headOffset += HEADER_BYTES
           if (this.headOffset === first.byteLength) this.advance()
-        } else {
-          this.headerChunk = undefined
-          error = this.parseHeader(this.take(HEADER_BYTES, this.scratch), 0)
-        }
+        } else error = this.parseHeader(this.take(HEADER_BYTES, this.scratch), 0)
         if (error !== undefined) return (this.failure = error)
         this.pending = true
       }
@@ -276,8 +239,6 @@ export class Decoder {
       const frame = this.frame(this.take(this.length, undefined))
       const release = this.copied
       this.copied = undefined
-      this.lent = undefined
-      this.headerChunk = undefined
       // A copy the frame does not keep (its payload parsed into other values, or bad) goes back now.
       if (release !== undefined && (frame instanceof WireError || !keepsPayload(frame))) release()
       if (frame instanceof WireError) return (this.failure = frame)
@@ -307,14 +268,17 @@ export class Decoder {
     if (n === 0) return into === undefined ? new Uint8Array(0) : into.subarray(0, 0)
     const first = this.chunks[this.head]!
     if (first.byteLength - this.headOffset >= n) {
-      // The payload right after a header read in place from the same chunk: those 40 bytes may be lent.
-      if (into === undefined && first === this.headerChunk) this.lent = first
       const view = first.subarray(this.headOffset, this.headOffset + n)
       this.headOffset += n
       if (this.headOffset === first.byteLength) this.advance()
       return view
     }
-    const target = into ?? this.copyRoom(n)
+    let target = into
+    if (target === undefined) {
+      const lease = copies.room(n)
+      this.copied = lease.release
+      target = lease.bytes
+    }
     let filled = 0
     while (filled < n) {
       const chunk = this.chunks[this.head]!
@@ -325,18 +289,6 @@ export class Decoder {
       if (this.headOffset === chunk.byteLength) this.advance()
     }
     return target
-  }
-
-  /**
-   * Room for a payload of `n` bytes that spans chunks, from the shared pool (its release kept
-   * in `copied`); when lending, with 40 bytes of its own before it, for its consumer's header.
-   */
-  protected copyRoom(n: number): Uint8Array {
-    const extra = this.lendHeaderBytes ? HEADER_BYTES : 0
-    const lease = copies.room(n + extra)
-    this.copied = lease.release
-    if (this.lendHeaderBytes) this.lent = lease.bytes
-    return lease.bytes.subarray(extra)
   }
 
   private advance(): void {
@@ -409,11 +361,11 @@ export class Decoder {
       // Checked above unless a mutant turned the check off: then no CRC is vouched for.
       case Kind.Write:
         return this.checkPayloadCrc
-          ? new DecodedWrite(seq, epoch, offsetOrBlock, payload, payloadCrc, this.copied, this.lent)
+          ? new DecodedWrite(seq, epoch, offsetOrBlock, payload, payloadCrc, this.copied)
           : { _tag: "Write", seq, epoch, offset: offsetOrBlock, data: payload }
       case Kind.Block:
         return this.checkPayloadCrc
-          ? new DecodedBlock(seq, epoch, offsetOrBlock, payload, payloadCrc, this.copied, this.lent)
+          ? new DecodedBlock(seq, epoch, offsetOrBlock, payload, payloadCrc, this.copied)
           : { _tag: "Block", seq, epoch, block: offsetOrBlock, data: payload }
       case Kind.ResyncBegin:
         return { _tag: "ResyncBegin", seq, epoch, base: offsetOrBlock }

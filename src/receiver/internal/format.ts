@@ -92,63 +92,33 @@ export const kindName = (kind: Kind): "write" | "block" | "resync-begin" | "resy
         ? "resync-begin"
         : "resync-end"
 
-/** A record header's first 36 bytes (all but its CRC) at `b[at..]`, with `length` as its payload length. */
-const putHeaderFields = (b: Uint8Array, at: number, h: RecordHeader, length: number): void => {
-  putU32At(b, at, length)
-  b[at + 4] = h.kind
-  b[at + 5] = h.flags
-  b[at + 6] = 0
-  b[at + 7] = 0
-  putU32At(b, at + 8, h.epoch >>> 0)
-  putU64At(b, at + 12, h.seq)
-  putU64At(b, at + 20, h.position)
-  putU64At(b, at + 28, h.time)
-}
-const putU32At = (b: Uint8Array, at: number, n: number): void => {
-  b[at] = n
-  b[at + 1] = n >>> 8
-  b[at + 2] = n >>> 16
-  b[at + 3] = n >>> 24
-}
-const putU64At = (b: Uint8Array, at: number, n: number): void => {
-  putU32At(b, at, n >>> 0)
-  putU32At(b, at + 4, Math.floor(n / TWO_32))
+/** The 40-byte header of a record; the CRC covers the header and `payload`. */
+/** A record header's first 36 bytes (all but its CRC), with `length` as its payload length. */
+const putHeaderFields = (b: Buffer, h: RecordHeader, length: number): void => {
+  b.writeUInt32LE(length, 0)
+  b[4] = h.kind
+  b[5] = h.flags
+  b.writeUInt16LE(0, 6)
+  b.writeUInt32LE(h.epoch >>> 0, 8)
+  putU64(b, 12, h.seq)
+  putU64(b, 20, h.position)
+  putU64(b, 28, h.time)
 }
 
 /**
- * The 40-byte header of a record; the CRC covers the header and `payload`. `payloadCrc`:
- * the payload's CRC32C when the caller has it (the wire checked it on arrival): the
- * record's CRC continues from it instead of passing over the payload again.
+ * `payloadCrc`: the payload's CRC32C when the caller has it (the wire checked it on
+ * arrival): the record's CRC continues from it instead of passing over the payload again.
  */
 export const encodeRecordHeader = (h: RecordHeader, payload: Uint8Array, payloadCrc?: number): Buffer => {
   const b = Buffer.allocUnsafe(RECORD_HEADER_BYTES)
-  putRecordHeader(b, 0, h, payload, payloadCrc)
+  putHeaderFields(b, h, payload.byteLength)
+  b.writeUInt32LE(recordCrc(b, payload, payloadCrc), 36)
   return b
 }
 
-/**
- * `encodeRecordHeader` into `b[at..at + 40]`: the receiver writes it where the frame's
- * header was (`Wire.headerRoom`), so the record lies whole in memory as it will on disk.
- */
-export const putRecordHeader = (
-  b: Uint8Array,
-  at: number,
-  h: RecordHeader,
-  payload: Uint8Array,
-  payloadCrc?: number
-): void => {
-  putHeaderFields(b, at, h, payload.byteLength)
-  putU32At(b, at + 36, recordCrc(b, at, payload, payloadCrc))
-}
-
-/** CRC32C of the header's first 36 bytes (at `b[at..]`) and the payload. */
-const recordCrc = (
-  b: Uint8Array,
-  at: number,
-  payload: Uint8Array,
-  payloadCrc: number | undefined
-): number => {
-  const crc = crc32cSpan(b, at, at + 36)
+/** CRC32C of the header's first 36 bytes and the payload. */
+const recordCrc = (header: Uint8Array, payload: Uint8Array, payloadCrc: number | undefined): number => {
+  const crc = crc32cSpan(header, 0, 36)
   return payload.byteLength === 0
     ? crc
     : crc32cCombine(crc, payloadCrc ?? crc32c(payload), payload.byteLength)
@@ -156,24 +126,15 @@ const recordCrc = (
 
 /** Sets or clears the batch-start flag of an encoded header (and fixes its CRC). */
 export const withBatchStart = (
-  header: Uint8Array,
-  payload: Uint8Array,
-  on: boolean,
-  payloadCrc?: number
-): void => setBatchStart(header, 0, payload, on, payloadCrc)
-
-/** `withBatchStart` for the header at `b[at..]`. */
-export const setBatchStart = (
-  b: Uint8Array,
-  at: number,
+  header: Buffer,
   payload: Uint8Array,
   on: boolean,
   payloadCrc?: number
 ): void => {
-  const flags = on ? b[at + 5]! | FLAG_BATCH_START : b[at + 5]! & ~FLAG_BATCH_START
-  if (flags === b[at + 5]) return
-  b[at + 5] = flags
-  putU32At(b, at + 36, recordCrc(b, at, payload, payloadCrc))
+  const flags = on ? header[5]! | FLAG_BATCH_START : header[5]! & ~FLAG_BATCH_START
+  if (flags === header[5]) return
+  header[5] = flags
+  header.writeUInt32LE(recordCrc(header, payload, payloadCrc), 36)
 }
 
 export type Parsed =
@@ -381,7 +342,7 @@ export const decodeBaseTrailerV2 = (b: Uint8Array): BaseTrailerV2 | string => {
  */
 export const recordAnchor = (h: RecordHeader): number => {
   const b = Buffer.allocUnsafe(36)
-  putHeaderFields(b, 0, h, h.length)
+  putHeaderFields(b, h, h.length)
   return crc32c(b)
 }
 
