@@ -52,25 +52,44 @@ export const receive = (
   kind: RecordKind,
   base: number = seq - 1
 ): { readonly state: ReceiverState; readonly verdict: Verdict } => {
-  if (seq < state.expected) return { state, verdict: duplicate }
-  if (kind === "resync-begin" && base <= state.expected - 1)
-    return { state: { expected: seq + 1, rejecting: false, inResync: true }, verdict: accept(false) }
-  if (state.rejecting) return { state, verdict: rejected }
-  if (seq > state.expected)
-    return {
-      state: { ...state, rejecting: true },
-      verdict: { _tag: "Gap", expected: state.expected }
-    }
-  switch (kind) {
-    case "write":
-      return { state: { ...state, expected: seq + 1 }, verdict: accept(!state.inResync) }
-    case "block":
-      return { state: { ...state, expected: seq + 1 }, verdict: accept(false) }
-    case "resync-begin":
-    case "resync-end":
-      return {
-        state: { expected: seq + 1, rejecting: false, inResync: kind === "resync-begin" },
-        verdict: accept(kind === "resync-end")
-      }
+  const verdict = verdictOn(state, seq, kind, base)
+  return { state: after(state, seq, kind, verdict), verdict }
+}
+
+/** `receive`'s verdict alone (made once per kind of verdict: only a gap's is a new value). */
+export const verdictOn = (
+  state: ReceiverState,
+  seq: number,
+  kind: RecordKind,
+  base: number = seq - 1
+): Verdict => {
+  if (seq < state.expected) return duplicate
+  if (kind === "resync-begin" && base <= state.expected - 1) return acceptNoPoint
+  if (state.rejecting) return rejected
+  if (seq > state.expected) return { _tag: "Gap", expected: state.expected }
+  return kind === "write" ? accept(!state.inResync) : accept(kind === "resync-end")
+}
+
+/**
+ * `receive`'s next state, after `verdictOn(state, seq, kind, …)` gave `verdict`: the receiver's
+ * hot path takes the two apart, so a record costs one new state, not a state and a pair.
+ */
+export const after = (
+  state: ReceiverState,
+  seq: number,
+  kind: RecordKind,
+  verdict: Verdict
+): ReceiverState => {
+  switch (verdict._tag) {
+    case "Duplicate":
+    case "Rejected":
+      return state
+    case "Gap":
+      return { expected: state.expected, rejecting: true, inResync: state.inResync }
+    case "Accept":
+      // Written out (no spread): one object shape for every state.
+      return kind === "write" || kind === "block"
+        ? { expected: seq + 1, rejecting: false, inResync: state.inResync }
+        : { expected: seq + 1, rejecting: false, inResync: kind === "resync-begin" }
   }
 }

@@ -39,13 +39,14 @@ export const receive = <Stop>(
 ): WireError | Stop | undefined => {
   const invalid = checkRecord(log.geometry, record)
   if (invalid !== undefined) return invalid
-  const { state, verdict } = Receiver.receive(
+  const kind = recordKind(record)
+  const verdict = Receiver.verdictOn(
     disk.receiver,
     record.seq,
-    recordKind(record),
+    kind,
     record._tag === "ResyncBegin" ? record.base : record.seq - 1
   )
-  disk.receiver = state
+  disk.receiver = Receiver.after(disk.receiver, record.seq, kind, verdict)
   switch (verdict._tag) {
     case "Accept":
       log.append(record, verdict.recoveryPoint)

@@ -36,6 +36,7 @@ import {
   type Segment
 } from "./internal/chain.js"
 import { clearUnfinished, createDisk } from "./internal/create.js"
+import { appendEntry, entryColumns, keepEntriesAsColumns } from "./internal/segmentSummary.js"
 import { LiveIndex } from "./internal/liveIndex.js"
 import { ReceiverMutants } from "./internal/mutants.js"
 import * as Metrics from "./internal/metrics.js"
@@ -207,6 +208,9 @@ export class DiskLog {
     )
     // Received before this process: only wall times exist; placed once, as old as they look now.
     for (const s of chain.segments) this.newest.set(s, this.clock.monotonicOf(s.lastTime))
+    // The active segment's records, as the writer adds them, in columns until its seal.
+    const tail = chain.segments[chain.segments.length - 1]
+    if (tail?.entries !== undefined) keepEntriesAsColumns(tail)
   }
 
   /** Queues an accepted record for the writer; its receive time is taken now. Synchronous. */
@@ -329,6 +333,7 @@ export class DiskLog {
           rolled = true
         }
         segment = emptySegment(segmentName(first.entry.seq), first.entry.seq, 0, true)
+        keepEntriesAsColumns(segment)
         fresh = true
       }
       // The records that still fit (at least one: a record larger than a segment gets its own).
@@ -376,7 +381,7 @@ export class DiskLog {
         const entry = p.entry
         entry.flags = p.header[5]!
         entry.crc = p.header.readUInt32LE(36)
-        segment.entries?.push(entry)
+        appendEntry(segment, entry)
         noteRecord(segment, entry)
         this.live.add(segment, entry)
       }
@@ -393,7 +398,8 @@ export class DiskLog {
    * are checked against the segment when read, and rebuilt if torn).
    */
   private async seal(segment: Segment): Promise<void> {
-    const entries = segment.entries ?? []
+    // Columns, no object per record (`keepEntriesAsColumns`).
+    const entries = entryColumns(segment)
     await fs.writeFile(path.join(this.diskDir, indexName(segment.name)), encodeIndex(segment.bytes, entries))
     const covers = {
       ...this.geometry,

@@ -149,19 +149,22 @@ export const mergeUnder = <E extends Extent>(newer: ReadonlyArray<E>, older: Rea
  * O(n log n) in typed arrays. (It was a merge of halves, which copied every extent at every
  * level: 200–300 ms for a segment of 16 k records of 4 KiB, on the writer's fiber.)
  */
-export const buildMap = (g: DataGeometry, entries: ReadonlyArray<IndexEntry>): Array<Extent> => {
-  const n = entries.length
+export const buildMap = (g: DataGeometry, records: ReadonlyArray<IndexEntry> | EntryTable): Array<Extent> => {
+  // Columns either way (the writer's seal hands its own: no object per record).
+  const entries = records instanceof EntryTable ? records : EntryTable.fromEntries(records)
+  const n = entries.count
   const starts = new Float64Array(n)
   const ends = new Float64Array(n)
   const data = new Uint32Array(n)
   let m = 0
   for (let i = 0; i < n; i++) {
-    const e = entries[i]!
+    const length = entries.length[i]!
+    const kind = entries.kind[i]!
     // A write of no bytes (the wire refuses one; a log read back is not trusted for it) names no byte.
-    if (e.length === 0 || (e.kind !== Kind.Write && e.kind !== Kind.Block)) continue
-    const start = e.kind === Kind.Write ? e.position : e.position * g.blockSize
+    if (length === 0 || (kind !== Kind.Write && kind !== Kind.Block)) continue
+    const start = kind === Kind.Write ? entries.position[i]! : entries.position[i]! * g.blockSize
     starts[i] = start
-    ends[i] = start + e.length
+    ends[i] = start + length
     data[m++] = i
   }
   const byStart = data.subarray(0, m).sort((a, b) => starts[a]! - starts[b]! || a - b)
@@ -203,16 +206,16 @@ export const buildMap = (g: DataGeometry, entries: ReadonlyArray<IndexEntry>): A
     const top = heap[0]!
     let next = ends[top]!
     if (k < m && starts[byStart[k]!]! < next) next = starts[byStart[k]!]!
-    const e = entries[top]!
+    const seq = entries.seq[top]!
     const last = out[out.length - 1]
     // Split where an older record starts: joined again, so each extent is a maximal run.
-    if (last !== undefined && last.seq === e.seq && last.end === at) last.end = next
+    if (last !== undefined && last.seq === seq && last.end === at) last.end = next
     else
       out.push({
         start: at,
         end: next,
-        seq: e.seq,
-        fileOffset: e.offset + RECORD_HEADER_BYTES + (at - starts[top]!)
+        seq,
+        fileOffset: entries.offset[top]! + RECORD_HEADER_BYTES + (at - starts[top]!)
       })
     at = next
   }

@@ -373,27 +373,32 @@ export const encodeIndexEntry = (b: Buffer, at: number, e: IndexEntry): void => 
   b.writeUInt32LE(e.crc >>> 0, at + 44)
 }
 
-export const encodeIndex = (segmentBytes: number, entries: ReadonlyArray<IndexEntry>): Buffer => {
-  const total = INDEX_HEADER_BYTES + entries.length * INDEX_ENTRY_BYTES + 4
+export const encodeIndex = (
+  segmentBytes: number,
+  records: ReadonlyArray<IndexEntry> | EntryTable
+): Buffer => {
+  // Columns either way (the writer's seal hands its own: no object per record).
+  const t = records instanceof EntryTable ? records : EntryTable.fromEntries(records)
+  const total = INDEX_HEADER_BYTES + t.count * INDEX_ENTRY_BYTES + 4
   const b = Buffer.allocUnsafe(total)
   INDEX_MAGIC.copy(b, 0)
   putU64(b, 8, segmentBytes)
-  b.writeUInt32LE(entries.length, 16)
+  b.writeUInt32LE(t.count, 16)
   b.writeUInt32LE(0, 20)
   let at = INDEX_HEADER_BYTES
   // The same bytes as `encodeIndexEntry`, through a DataView: a seal writes 16 k of them at once.
   const v = new DataView(b.buffer, b.byteOffset, b.byteLength)
-  for (const e of entries) {
-    setU64(v, at, e.offset)
-    setU64(v, at + 8, e.seq)
-    setU64(v, at + 16, e.position)
-    setU64(v, at + 24, e.time)
-    v.setUint32(at + 32, e.length, true)
-    v.setUint32(at + 36, e.epoch >>> 0, true)
-    v.setUint8(at + 40, e.kind)
-    v.setUint8(at + 41, e.flags)
+  for (let i = 0; i < t.count; i++) {
+    setU64(v, at, t.offset[i]!)
+    setU64(v, at + 8, t.seq[i]!)
+    setU64(v, at + 16, t.position[i]!)
+    setU64(v, at + 24, t.time[i]!)
+    v.setUint32(at + 32, t.length[i]!, true)
+    v.setUint32(at + 36, t.epoch[i]! >>> 0, true)
+    v.setUint8(at + 40, t.kind[i]!)
+    v.setUint8(at + 41, t.flags[i]!)
     v.setUint16(at + 42, 0, true)
-    v.setUint32(at + 44, e.crc >>> 0, true)
+    v.setUint32(at + 44, t.crc[i]! >>> 0, true)
     at += INDEX_ENTRY_BYTES
   }
   b.writeUInt32LE(crc32c(b.subarray(0, at)), at)

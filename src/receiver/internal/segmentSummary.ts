@@ -3,7 +3,7 @@
  * marker) and its records — as objects (`entries`) and, for a sealed segment read from its
  * index in read mode, as columns (`tableOf`), the objects then made only when asked for.
  */
-import { EntryTable } from "./entryTable.js"
+import { EntryTable, GrowingEntryTable } from "./entryTable.js"
 import { FLAG_RECOVERY_POINT, type IndexEntry, isRecoveryPoint, Kind } from "./format.js"
 
 /** What the chain knows of one segment. */
@@ -125,4 +125,40 @@ export const endsInResync = (segments: ReadonlyArray<Segment>, baseSeq: number):
     if (marker !== undefined) return marker.seq > baseSeq && marker.begin
   }
   return false
+}
+
+/** The segments whose entries are growing columns (`keepEntriesAsColumns`). */
+const growing = new WeakMap<Segment, GrowingEntryTable>()
+
+/**
+ * The writer's active segment keeps its records as growing columns, not objects that live
+ * until its seal: `entries` makes the objects when asked for (a snapshot: the live index's
+ * build, the seal), `appendEntry` adds one. Setting `entries` (the seal clears it) drops
+ * the columns.
+ */
+export const keepEntriesAsColumns = (segment: Segment): void => {
+  const columns = new GrowingEntryTable()
+  for (const e of segment.entries ?? []) columns.push(e)
+  let given: Array<IndexEntry> | undefined
+  growing.set(segment, columns)
+  Object.defineProperty(segment, "entries", {
+    enumerable: true,
+    configurable: true,
+    get: () => (growing.has(segment) ? columns.toEntries() : given),
+    set: (entries: Array<IndexEntry> | undefined) => {
+      given = entries
+      growing.delete(segment)
+    }
+  })
+}
+
+/** A segment's entries as columns: its growing ones (a copy), else a table made from its objects. */
+export const entryColumns = (segment: Segment): EntryTable =>
+  growing.get(segment)?.toTable() ?? EntryTable.fromEntries(segment.entries ?? [])
+
+/** Adds a committed record to a segment's entries (its columns, when it keeps them so). */
+export const appendEntry = (segment: Segment, e: IndexEntry): void => {
+  const columns = growing.get(segment)
+  if (columns !== undefined) columns.push(e)
+  else segment.entries?.push(e)
 }
