@@ -4,7 +4,7 @@
  * module (a source module of dist/, effect's runtime, node's own code, native calls such
  * as the write syscalls, the garbage collector) and by function (self time), and the
  * inclusive time of the functions named with `--incl`. The receiver runs the bundled CLI
- * (dist/cli/main.cjs): its functions are mapped back to their modules by esbuild's
+ * (dist/cli/receiver.cjs; every bundle of dist/cli): its functions are mapped back to their modules by esbuild's
  * `// dist/…` markers in the bundle.
  * Usage: `node bench/internal/profile.mjs FILE [--window RUN.json] [--skip-ms N] [--per N]
  * [--top N] [--incl a,b] [--callers NAME] [--areas filter|receiver]`: `--window` keeps the samples of the run's
@@ -66,7 +66,7 @@ const moduleOf = (frame) => {
   if (url === "") return functionName.startsWith("(") ? functionName : `(native) ${functionName}`
   if (url.startsWith("node:")) return url
   let p = url
-  if (/\/cli\/main\.c?js$/.test(url)) {
+  if (/\/cli\/[a-z]+\.c?js$/.test(url)) {
     const markers = markersOf(url)
     let found
     for (const [line, name] of markers) {

@@ -1,20 +1,22 @@
 /**
- * The `cdp-sync` command line.
+ * The `cdp-sync` command line with every command (the main bundle's), and the two commands
+ * of the pure model, `model` and `check-trace`.
  */
-import { Args, Command, HelpDoc, Options, ValidationError } from "@effect/cli"
-import { Cause, Console, Effect } from "effect"
+import { Args, Command, Options } from "@effect/cli"
+import { Console, Effect } from "effect"
 import * as Trace from "../domain/Trace.js"
 import * as CheckTrace from "../conformance/CheckTrace.js"
 import { mount } from "./mountCommand.js"
 import { points, receiver, restore, scrub } from "./receiverCommands.js"
-import { replicate, simulate } from "./replicatorCommands.js"
+import { replicate } from "./replicatorCommands.js"
+import { simulate } from "./simulateCommand.js"
+import { commandLine } from "./commandLine.js"
 import { serve } from "./serveCommand.js"
 import { status } from "./statusCommand.js"
 import { verify } from "./verifyCommand.js"
 import * as ModelSimulation from "../simulator/ModelSimulation.js"
 import { modeTimeline, progressBar, sparkline } from "./internal/charts.js"
 import { mib } from "../internal/units.js"
-import * as Logging from "./internal/logging.js"
 import * as Outcome from "./internal/outcome.js"
 import { described, json, positive, seed as seedOption, size } from "./internal/options.js"
 
@@ -163,102 +165,21 @@ export const checkTrace = Command.make(
   )
 )
 
-export const root = Command.make("cdp-sync").pipe(
-  Command.withDescription(
-    "Continuous data protection for a virtual machine's disk: the reference model and its tools."
-  ),
-  Command.withSubcommands([
-    simulate,
-    replicate,
-    serve,
-    receiver,
-    status,
-    verify,
-    restore,
-    mount,
-    points,
-    scrub,
-    checkTrace,
-    model
-  ])
-)
+/** Every command, in the order `--help` lists them (the main bundle's: `run.ts`). */
+export const commands = [
+  simulate,
+  replicate,
+  serve,
+  receiver,
+  status,
+  verify,
+  restore,
+  mount,
+  points,
+  scrub,
+  checkTrace,
+  model
+] as const
 
-/**
- * `check-trace - --json`: @effect/cli stops matching options at a bare "-" (it
- * looks like a flag), so the options after it were rejected; the "-" (standard
- * input) is moved after them.
- */
-const stdinLast = (argv: ReadonlyArray<string>): ReadonlyArray<string> => {
-  const rest = argv.slice(3)
-  if (argv[2] !== "check-trace" || !rest.includes("-") || rest.includes("--")) return argv
-  return [...argv.slice(0, 3), ...rest.filter((a) => a !== "-"), "-"]
-}
-
-/**
- * Global options (`--log-level`) are accepted before or after the subcommand: @effect/cli
- * takes them only before it, so they are moved there.
- */
-export const globalsFirst = (argv: ReadonlyArray<string>): ReadonlyArray<string> => {
-  const globals: Array<string> = []
-  const rest: Array<string> = []
-  for (let i = 2; i < argv.length; i++) {
-    const a = argv[i]!
-    if (a === "--") {
-      rest.push(...argv.slice(i))
-      break
-    }
-    if (a.startsWith("--log-level=")) globals.push(a)
-    else if (a === "--log-level" && i + 1 < argv.length) globals.push(`--log-level=${argv[++i]}`)
-    else rest.push(a)
-  }
-  return [...argv.slice(0, 2), ...globals, ...rest]
-}
-
-const run = Command.run(root, { name: "cdp-sync", version: "0.1.0" })
-
-/** What @effect/cli prints: no colour unless on a terminal (and no NO_COLOR); usage lines name the program. */
-const plainConsole = Effect.map(Effect.console, (console): Console.Console => {
-  const fix = (stream: NodeJS.WriteStream) => (value: unknown) => {
-    if (typeof value !== "string") return value
-    const text = Logging.colours(stream) ? value : Logging.stripAnsi(value)
-    return text.includes("USAGE") ? text.replace(/^\$ (?!cdp-sync\b)/gm, "$ cdp-sync ") : text
-  }
-  return {
-    ...console,
-    log: (...args) => console.log(...args.map(fix(process.stdout))),
-    error: (...args) => console.error(...args.map(fix(process.stderr)))
-  }
-})
-
-/**
- * The command line: each command reports its own failures (`internal/outcome.ts`); a usage
- * error (an unknown or missing option, a bad value), printed by @effect/cli on stderr, exits
- * 2 (with `--json` also `{"error": …}` on stdout); anything else left exits 1 on one line.
- */
-export const cli = (argv: ReadonlyArray<string>) => {
-  const args = stdinLast(globalsFirst(argv))
-  const json = args.includes("--json")
-  return Effect.flatMap(plainConsole, (console) =>
-    run(args).pipe(
-      Effect.catchAllCause((cause) => {
-        if (Cause.isInterruptedOnly(cause)) return Effect.interrupt
-        const error = Cause.squash(cause)
-        if (ValidationError.isValidationError(error)) {
-          const doc = (error as { readonly error?: HelpDoc.HelpDoc }).error
-          const message = doc === undefined ? error._tag : Logging.stripAnsi(HelpDoc.toAnsiText(doc)).trim()
-          return Effect.zipRight(
-            json ? Console.log(Outcome.errorJson({ _tag: error._tag, message })) : Effect.void,
-            Effect.sync(() => {
-              process.exitCode = Outcome.EXIT_USAGE
-            })
-          )
-        }
-        return Effect.zipRight(
-          Effect.logDebug("cdp-sync failed", cause),
-          Outcome.fail(args.slice(2).find((a) => !a.startsWith("-")) ?? "", error, json)
-        )
-      }),
-      Effect.withConsole(console)
-    )
-  )
-}
+/** The command line with every command (what `cdp-sync --help` lists; tests run it in-process). */
+export const cli = commandLine(commands)

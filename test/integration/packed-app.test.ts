@@ -7,7 +7,7 @@
  * must be accepted), compile it and run it: a receiver in-process, a replicator
  * writing through the file layers and TCP, then `points`, `restore` and `verify`.
  */
-import { execFileSync } from "node:child_process"
+import { execFileSync, spawnSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -96,10 +96,12 @@ describe("an application outside the repository, from the packed tarball", () =>
     expect(fs.existsSync(path.join(installed, "LICENSE"))).toBe(true)
     expect(fs.existsSync(path.join(installed, "docs/receiver.md"))).toBe(true)
     expect(fs.existsSync(path.join(installed, "test"))).toBe(false)
-    // The command line's bundle and its code cache, but not the bundle's 12 MB source map.
-    expect(fs.existsSync(path.join(installed, "dist/cli/main.cjs"))).toBe(true)
-    expect(fs.existsSync(path.join(installed, "dist/cli/main.cjs.cache"))).toBe(true)
-    expect(fs.existsSync(path.join(installed, "dist/cli/main.cjs.map"))).toBe(false)
+    // The command line's bundles and their code caches, but not their source maps (12 MB each).
+    for (const bundle of ["main.cjs", "control.cjs", "filter.cjs", "nbd.cjs", "receiver.cjs"]) {
+      expect(fs.existsSync(path.join(installed, "dist/cli", bundle)), bundle).toBe(true)
+      expect(fs.existsSync(path.join(installed, "dist/cli", `${bundle}.cache`)), bundle).toBe(true)
+      expect(fs.existsSync(path.join(installed, "dist/cli", `${bundle}.map`)), bundle).toBe(false)
+    }
     // What \`npm install\` would put beside it: its dependencies and peers, from this checkout.
     const manifest = JSON.parse(fs.readFileSync(path.join(installed, "package.json"), "utf8")) as {
       dependencies?: Record<string, string>
@@ -110,6 +112,16 @@ describe("an application outside the repository, from the packed tarball", () =>
       fs.mkdirSync(path.dirname(link), { recursive: true })
       fs.symlinkSync(path.join(root, "node_modules", name), link)
     }
+    // The package's bin from the install (its dependencies beside it): a command of a small
+    // bundle, and the main one's help.
+    const bin = (...args: Array<string>) =>
+      spawnSync(process.execPath, [path.join(installed, "bin/cdp-sync.js"), ...args], { encoding: "utf8" })
+    const status = bin("status", "--control", path.join(work, "none.sock"))
+    expect([status.status, status.stderr.trim()]).toEqual([
+      1,
+      `cdp-sync status: nothing answers on ${path.join(work, "none.sock")}: ENOENT`
+    ])
+    expect(bin("--help").stdout).toContain("$ cdp-sync")
     fs.writeFileSync(
       path.join(appDir, "package.json"),
       JSON.stringify({ name: "app", private: true, type: "module" })

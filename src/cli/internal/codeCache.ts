@@ -20,7 +20,6 @@ import { createRequire } from "node:module"
 import * as path from "node:path"
 import * as vm from "node:vm"
 
-export const BUNDLE = "main.cjs"
 export const cacheFileOf = (bundle: string): string => `${bundle}.cache`
 
 /** What the bundle's code is written between (esbuild's banner and footer). */

@@ -5,7 +5,8 @@
  * cause (a stack trace) is logged at debug level only (`--log-level debug`).
  */
 import { Cause, Console, Data, Effect } from "effect"
-import * as Replicator from "../../replicator/Replicator.js"
+// The error module alone: the replicator's own would bring all of it into every bundle.
+import { describeStop, ReplicatorStopped } from "../../replicator/internal/errors.js"
 
 /** A usage error found after parsing (two options that exclude each other, …): exit 2. */
 export class UsageError extends Data.TaggedError("UsageError")<{ readonly detail: string }> {
@@ -27,8 +28,8 @@ export const describe = (error: unknown): { readonly _tag: string; readonly mess
         ? error.name
         : "Error"
   const text =
-    error instanceof Replicator.ReplicatorStopped
-      ? Replicator.describeStop(error)
+    error instanceof ReplicatorStopped
+      ? describeStop(error)
       : typeof error === "object" && error !== null && "message" in error
         ? String(error.message)
         : String(error)
