@@ -97,7 +97,7 @@ const ALL_WORKLOADS: ReadonlyArray<Workload> = [
 /** `CDP_SYNC_BENCH_NBD_WORKLOAD=4k` (or `64k`) runs only that workload. */
 const WORKLOAD = process.env.CDP_SYNC_BENCH_NBD_WORKLOAD
 const WORKLOADS = ALL_WORKLOADS.filter((w) => WORKLOAD === undefined || w.fio.includes(`--bs=${WORKLOAD}`))
-/** `CDP_SYNC_BENCH_NBD_SERVE_ARGS="--congestion-limit 64MiB"`: more options for (b)'s `serve`. */
+/** `CDP_SYNC_BENCH_NBD_SERVE_ARGS="--congestion-limit 8MiB"`: more options for (b)'s `serve`. */
 const SERVE_ARGS = process.env.CDP_SYNC_BENCH_NBD_SERVE_ARGS?.split(" ").filter((a) => a !== "") ?? []
 
 /**

@@ -105,7 +105,11 @@ export const filterOptions = {
     "Create the image at this size if it does not exist (e.g. 256MiB); an existing image must have this size"
   ),
   window: positive("window", 32, "Block records in flight during a drain"),
-  congestionLimit: size("congestion-limit", 8 * 2 ** 20, "Unacked live bytes before pull-ahead into resync"),
+  congestionLimit: size(
+    "congestion-limit",
+    64 * 2 ** 20,
+    "Unacked live bytes before pull-ahead into resync (a time in disguise: the longest ack stall the stream rides out at the write rate)"
+  ),
   ackTimeout: duration(
     "ack-timeout",
     2000,
