@@ -251,6 +251,43 @@ describe("online verify's judgement (simulated filter and receiver)", () => {
     expect(reads).toEqual([4, 4, 4, 4, 4, 3, 1, 2, 1, 1, 1])
   })
 
+  it("asks the receiver before it reads the disk, so both sides hash the same batch at once", async () => {
+    // Each batch's disk read waits until its question is on the wire: a verify that reads
+    // first (as before session 12) never asks, and the timeout below fails it.
+    const blocks = 8
+    const disk = Array.from({ length: blocks }, (_, b) => new Uint8Array(BLOCK).fill(b))
+    let asked = 0
+    const order: Array<string> = []
+    const port: VerifyPort = {
+      blockSize: BLOCK,
+      blockCount: blocks,
+      open: () => Effect.succeed({ link: 1, epoch: 0, decidedBefore: 0 }),
+      read: (first, into) =>
+        Effect.gen(function* () {
+          while (asked === 0) yield* Effect.sleep("1 millis")
+          order.push("read")
+          for (let i = 0; i < into.length / BLOCK; i++) into.set(disk[first + i]!, i * BLOCK)
+        }),
+      ask: (_opened, bs) =>
+        Effect.gen(function* () {
+          asked++
+          order.push("ask")
+          yield* Effect.sleep("5 millis") // the receiver hashing
+          const digests = new Uint8Array(bs.length * 32)
+          for (const [i, b] of bs.entries())
+            digests.set(createHash("sha256").update(disk[b]!).digest(), i * 32)
+          return { _tag: "ChecksumReply", id: 1, through: 0, digests } satisfies Wire.ChecksumReply
+        }),
+      still: () => Effect.succeed(true),
+      touched: () => false,
+      differ: () => Effect.void,
+      pause: () => Effect.void
+    }
+    const result = await Effect.runPromise(verify(port).pipe(Effect.timeout("5 seconds")))
+    expect(result).toMatchObject({ differing: [], verified: blocks, unverified: 0 })
+    expect(order[0]).toBe("ask")
+  })
+
   for (const broken of ["no-touched", "believes-short-answers"] as const)
     it(`a filter that ${broken === "no-touched" ? "does not mark written blocks" : "believes answers that miss earlier writes"} reports blocks that do not differ`, () => {
       const outcome = fc.check(

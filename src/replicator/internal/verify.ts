@@ -17,7 +17,7 @@
  * A refusal (the receiver found its copy damaged, or cannot check it) is narrowed down by
  * asking for halves, so the blocks reported are exactly the refused ones.
  */
-import { Clock, Data, Deferred, Duration, Effect, Either } from "effect"
+import { Clock, Data, Deferred, Duration, Effect, Either, Fiber } from "effect"
 import type { VirtualDisk } from "../../adapters/VirtualDisk.js"
 import type { Config } from "../../domain/Config.js"
 import * as Input from "../../domain/Input.js"
@@ -176,6 +176,10 @@ export const verify = (
       Effect.gen(function* () {
         const opened = yield* port.open(blocks)
         if (opened === undefined) return undefined
+        // Asked before the disk is read, so the receiver hashes its copy while this side hashes
+        // the disk's. Sound in either order: a write decided after `open` is `touched`, and
+        // every one decided before it is in the answer (`through`) and on the disk read below.
+        const asking = yield* Effect.fork(port.ask(opened, blocks))
         const disk = new Uint8Array(blocks.length * Wire.DIGEST_BYTES)
         const buffer = spare.pop() ?? new Uint8Array(runBlocks * blockSize)
         let i = 0
@@ -188,7 +192,7 @@ export const verify = (
         }
         // Given back once its runs are hashed (a refusal's halves, below, read with their own).
         spare.push(buffer)
-        const answer = yield* port.ask(opened, blocks)
+        const answer = yield* Fiber.join(asking)
         const held = answer !== undefined && (yield* port.still(opened))
         // A reply of another size answers another question: it judges nothing.
         const short =
@@ -327,11 +331,11 @@ const portOf = (shared: Shared, disk: VirtualDisk.Service, config: Config): Veri
           v.answers.delete(id)
           return undefined
         }
-        const got = yield* Effect.timeout(Deferred.await(answer), ANSWER_TIMEOUT).pipe(
-          Effect.catchTag("TimeoutException", () => Effect.succeed(undefined))
+        // Forgotten however the wait ends: answered, timed out, or interrupted (a failed disk read).
+        return yield* Effect.timeout(Deferred.await(answer), ANSWER_TIMEOUT).pipe(
+          Effect.catchTag("TimeoutException", () => Effect.succeed(undefined)),
+          Effect.ensuring(Effect.sync(() => v.answers.delete(id)))
         )
-        v.answers.delete(id)
-        return got
       }),
     still: (opened) =>
       Effect.sync(
