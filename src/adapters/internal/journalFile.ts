@@ -22,7 +22,9 @@ import {
   checkFrom,
   checkSnapshotPosition,
   decodePayload,
+  decodeLogAnchor,
   decodeSnapshotFile,
+  decodeSnapshotJson,
   encodeSnapshotFile,
   type Entry,
   frame,
@@ -33,6 +35,8 @@ import {
   type JournalError,
   JournalIoError,
   type JournalOp,
+  type LogAnchor,
+  MAX_PAYLOAD,
   parseAt,
   type Recovery,
   type SavedSnapshot
@@ -126,6 +130,9 @@ export const recordedHeader = (directory: string): Effect.Effect<Header | undefi
     return Either.isRight(mark) ? mark.right.header : undefined
   })
 
+const readU32 = (bytes: Uint8Array, at: number): number =>
+  new DataView(bytes.buffer, bytes.byteOffset + at, 4).getUint32(0, true)
+
 const concat = (a: Uint8Array, b: Uint8Array): Uint8Array => {
   if (a.length === 0) return b
   const out = new Uint8Array(a.length + b.length)
@@ -137,12 +144,34 @@ const concat = (a: Uint8Array, b: Uint8Array): Uint8Array => {
 // ---------------------------------------------------------------------------
 // Opening: scan the log, find its end, tell a torn tail from damage.
 
+/** The last record before a point of the log: where it starts and the CRC its header holds. */
+interface Last {
+  readonly start: number
+  readonly crc: number
+}
+
+/** Where a scan starts: the log's start, or a snapshot's checked anchor. */
+interface Start {
+  readonly offset: number
+  readonly count: number
+  readonly last: Last | undefined
+}
+
+const LOG_START: Start = { offset: 0, count: 0, last: undefined }
+
 interface Scanned {
   /** Byte offset of the end of the last good record. */
   readonly end: number
   readonly count: number
-  /** `index[i]` is the byte offset of event `i * INDEX_EVERY`. */
-  readonly index: Array<number>
+  /** The record that ends at `end` (`undefined` when the log is empty). */
+  readonly last: Last | undefined
+  /**
+   * `index[i]` is the byte offset of event `i * INDEX_EVERY`; sparse below a scan's
+   * start (slot 0 is always there), so readers fall back to the nearest slot below.
+   */
+  readonly index: Array<number | undefined>
+  /** Where the scan started: a record start (or the end) the readers may seek to. */
+  readonly origin: { readonly position: number; readonly offset: number }
 }
 
 type ScanOutcome =
@@ -161,12 +190,54 @@ const zeroFrom = async (handle: fs.FileHandle, from: number, size: number): Prom
   return true
 }
 
-const scan = async (handle: fs.FileHandle, size: number): Promise<ScanOutcome> => {
+/** The whole checked record at `at`, if one starts there and lies within `size`. */
+const recordAt = async (
+  handle: fs.FileHandle,
+  at: number,
+  size: number
+): Promise<{ readonly size: number; readonly crc: number } | undefined> => {
+  if (at + HEADER_BYTES > size) return undefined
+  const header = new Uint8Array(HEADER_BYTES)
+  await preadFully(handle, header, at)
+  const length = new DataView(header.buffer).getUint32(0, true)
+  if (length > MAX_PAYLOAD || at + HEADER_BYTES + length > size) return undefined
+  const buf = new Uint8Array(HEADER_BYTES + length)
+  await preadFully(handle, buf, at)
+  const parsed = parseAt(buf, 0)
+  if (parsed._tag !== "Record" || Either.isLeft(decodePayload(parsed.payload, 0))) return undefined
+  return parsed
+}
+
+/**
+ * Why a snapshot's anchor cannot be where the scan starts, or `undefined` when it can:
+ * the record it names as the one before must start at `previous`, end exactly at
+ * `offset` and hold the same CRC, and a checked record must start at `offset` (or the
+ * log end there). Anything else falls back to the full scan.
+ */
+const anchorFault = async (
+  handle: fs.FileHandle,
+  size: number,
+  anchor: LogAnchor
+): Promise<string | undefined> => {
+  if (anchor.offset > size) return `its offset ${anchor.offset} is past the log's end (${size})`
+  const previous = await recordAt(handle, anchor.previous, anchor.offset)
+  if (previous === undefined || anchor.previous + previous.size !== anchor.offset)
+    return `no checked record runs from byte ${anchor.previous} to its offset ${anchor.offset}`
+  if (previous.crc !== anchor.crc32c) return `the record before its offset ${anchor.offset} holds another CRC`
+  if (anchor.offset < size && (await recordAt(handle, anchor.offset, size)) === undefined)
+    return `no checked record starts at its offset ${anchor.offset}`
+  return undefined
+}
+
+const scan = async (handle: fs.FileHandle, size: number, start: Start): Promise<ScanOutcome> => {
   let buf: Uint8Array = new Uint8Array(0)
-  let bufStart = 0
-  let offset = 0
-  let count = 0
-  const index = [0]
+  let bufStart = start.offset
+  let offset = start.offset
+  let count = start.count
+  let last = start.last
+  const index: Array<number | undefined> = [0]
+  if (count % INDEX_EVERY === 0) index[count / INDEX_EVERY] = offset
+  const origin = { position: count, offset }
   // Makes `buf` cover [offset, offset + need) or up to the end of the file.
   const fill = async (need: number) => {
     const want = Math.min(size, offset + Math.max(need, CHUNK))
@@ -188,12 +259,13 @@ const scan = async (handle: fs.FileHandle, size: number): Promise<ScanOutcome> =
       const event = decodePayload(parsed.payload, count)
       // The CRC matched, so these are the bytes that were written: no crash makes them.
       if (Either.isLeft(event)) return { _tag: "Corrupt", offset, reason: event.left }
+      last = { start: offset, crc: parsed.crc }
       count++
       offset += parsed.size
-      if (count % INDEX_EVERY === 0) index.push(offset)
+      if (count % INDEX_EVERY === 0) index[count / INDEX_EVERY] = offset
       continue
     }
-    const scanned: Scanned = { end: offset, count, index }
+    const scanned: Scanned = { end: offset, count, last, index, origin }
     let reason: string
     if (parsed._tag === "Short") {
       reason = size - offset < HEADER_BYTES ? "short header" : "short payload"
@@ -216,8 +288,93 @@ const scan = async (handle: fs.FileHandle, size: number): Promise<ScanOutcome> =
         }
     return { _tag: "Torn", scanned, reason, size }
   }
-  return { _tag: "Clean", scanned: { end: offset, count, index } }
+  return { _tag: "Clean", scanned: { end: offset, count, last, index, origin } }
 }
+
+/** How opening scanned the log (told to tests through `FileTestOptions.onOpen`). */
+export interface OpenReport {
+  /** From the snapshot's anchor, or the whole log. */
+  readonly scan: "anchored" | "full"
+  /** The byte offset the scan started at. */
+  readonly from: number
+  /** Why a snapshot's anchor was not used, when it has one. */
+  readonly fallback?: string
+}
+
+/** Internal knobs for tests: fault injection, what opening did, and a mutant. */
+export interface FileTestOptions extends FileOptions {
+  readonly io?: LogIo
+  readonly onOpen?: (report: OpenReport) => void
+  /** Scans the whole log whatever the snapshot says: the reference an anchored open must equal. */
+  readonly ignoreAnchor?: boolean
+  /** A deliberately broken open for the tests' mutant: scans from the anchor without checking the log there. */
+  readonly trustAnchor?: boolean
+}
+
+/**
+ * Scans the log from the snapshot's anchor when it checks, else from the start (and
+ * says why at warning level, or debug for a snapshot that has none). A scan from the
+ * anchor that meets damage, or ends short of a clean close the run file records, is
+ * redone from the start: the full scan is the authority, the anchor only a shortcut.
+ */
+const openScan = (args: {
+  readonly handle: fs.FileHandle
+  readonly size: number
+  readonly snapshot: { readonly saved: SavedSnapshot; readonly log: unknown } | undefined
+  readonly run: RunMark | undefined
+  readonly files: { readonly log: string; readonly snapshot: string; readonly run: string }
+  readonly test: FileTestOptions
+}): Effect.Effect<ScanOutcome, unknown> =>
+  Effect.gen(function* () {
+    const { handle, size, snapshot, test } = args
+    const scanFrom = (start: Start) =>
+      Effect.tryPromise({ try: () => scan(handle, size, start), catch: (e) => e })
+    const full = (fallback: string | undefined, level: "debug" | "warning") =>
+      Effect.gen(function* () {
+        if (fallback !== undefined)
+          yield* (level === "debug" ? Effect.logDebug : Effect.logWarning)(
+            `EventJournal: scanning the whole log: the snapshot's anchor is not used: ${fallback}`
+          ).pipe(Effect.annotateLogs({ file: args.files.snapshot }))
+        test.onOpen?.(
+          fallback === undefined ? { scan: "full", from: 0 } : { scan: "full", from: 0, fallback }
+        )
+        return yield* scanFrom(LOG_START)
+      })
+    if (snapshot === undefined || test.ignoreAnchor === true) return yield* full(undefined, "debug")
+    const position = snapshot.saved.position
+    const decoded = decodeLogAnchor(position, snapshot.log)
+    if (decoded === undefined)
+      return yield* full(
+        position === 0 ? "it is at position 0" : "it has none (written before anchors were kept)",
+        "debug"
+      )
+    if (decoded._tag === "Unusable") return yield* full(decoded.reason, "warning")
+    const { anchor } = decoded
+    if (test.trustAnchor !== true) {
+      const fault = yield* Effect.tryPromise({
+        try: () => anchorFault(handle, size, anchor),
+        catch: (e) => e
+      })
+      if (fault !== undefined) return yield* full(fault, "warning")
+    }
+    const outcome = yield* scanFrom({
+      offset: anchor.offset,
+      count: position,
+      last: { start: anchor.previous, crc: anchor.crc32c }
+    })
+    if (outcome._tag === "Corrupt")
+      return yield* full(`the log is damaged after it, at byte ${outcome.offset}`, "warning")
+    if (
+      test.trustAnchor !== true &&
+      checkClosedAt(args.run, outcome.scanned.count, args.files, outcome.scanned.end) !== undefined
+    )
+      return yield* full(
+        `the log from it holds fewer events than the run file's clean close (${args.run?.closedAt})`,
+        "warning"
+      )
+    test.onOpen?.({ scan: "anchored", from: anchor.offset })
+    return outcome
+  })
 
 // ---------------------------------------------------------------------------
 
@@ -237,7 +394,7 @@ interface MarkRun {
 }
 
 export const make = (
-  options: FileOptions & { readonly io?: LogIo }
+  options: FileTestOptions
 ): Effect.Effect<EventJournal.Service, JournalError, Scope.Scope> =>
   Effect.gen(function* () {
     const io = options.io ?? nodeIo
@@ -264,22 +421,40 @@ export const make = (
     // The log's directory entry must be durable too (it may have just been created).
     yield* attempt("open", () => syncDirectory(directory))
     const size = (yield* attempt("open", () => handle.stat())).size
-    const outcome = yield* attempt("scan", () => scan(handle, size))
-    if (outcome._tag === "Corrupt")
-      return yield* new JournalCorrupt({ file: logPath, offset: outcome.offset, reason: outcome.reason })
-    const scanned = outcome.scanned
 
+    // The snapshot and the run file first: a snapshot's anchor lets the scan start at its position.
     yield* attempt("open", () =>
       fs.unlink(tempPath).catch((e) => (isEnoent(e) ? undefined : Promise.reject(e)))
     )
     const snapshotText = yield* attempt("open", () =>
       fs.readFile(snapshotPath, "utf8").catch((e) => (isEnoent(e) ? undefined : Promise.reject(e)))
     )
+    const snapshotFile =
+      snapshotText === undefined ? undefined : decodeSnapshotJson(snapshotText, snapshotPath)
+    yield* attempt("open", () =>
+      fs.unlink(runTemp).catch((e) => (isEnoent(e) ? undefined : Promise.reject(e)))
+    )
+    const runBytes = yield* attempt("open", () => readRunFile(runPath))
+    const runFile = runBytes === undefined ? undefined : decodeRunMark(runBytes, runPath)
+    let run: RunMark | undefined =
+      runFile !== undefined && Either.isRight(runFile) ? runFile.right : undefined
+
+    const outcome = yield* openScan({
+      handle,
+      size,
+      snapshot: snapshotFile !== undefined && Either.isRight(snapshotFile) ? snapshotFile.right : undefined,
+      run,
+      files: { log: logPath, snapshot: snapshotPath, run: runPath },
+      test: options
+    }).pipe(Effect.mapError((cause) => new JournalIoError({ op: "scan", cause })))
+    if (outcome._tag === "Corrupt")
+      return yield* new JournalCorrupt({ file: logPath, offset: outcome.offset, reason: outcome.reason })
+    const scanned = outcome.scanned
+
     let saved: SavedSnapshot | undefined
-    if (snapshotText !== undefined) {
-      const decoded = decodeSnapshotFile(snapshotText, snapshotPath)
-      if (Either.isLeft(decoded)) return yield* decoded.left
-      saved = decoded.right
+    if (snapshotFile !== undefined) {
+      if (Either.isLeft(snapshotFile)) return yield* snapshotFile.left
+      saved = snapshotFile.right.saved
       // Snapshots are only taken of durable events, so this means the log lost durable data.
       if (saved.position > scanned.count)
         return yield* new JournalCorrupt({
@@ -288,17 +463,7 @@ export const make = (
           reason: `the snapshot is at position ${saved.position} but the log holds only ${scanned.count} events`
         })
     }
-
-    yield* attempt("open", () =>
-      fs.unlink(runTemp).catch((e) => (isEnoent(e) ? undefined : Promise.reject(e)))
-    )
-    const runBytes = yield* attempt("open", () => readRunFile(runPath))
-    let run: RunMark | undefined
-    if (runBytes !== undefined) {
-      const decoded = decodeRunMark(runBytes, runPath)
-      if (Either.isLeft(decoded)) return yield* decoded.left
-      run = decoded.right
-    }
+    if (runFile !== undefined && Either.isLeft(runFile)) return yield* runFile.left
     // Before a torn tail is cut: a clean close beyond the log's end is lost data, not a tear.
     const lost = checkClosedAt(run, scanned.count, { run: runPath, log: logPath }, scanned.end)
     if (lost !== undefined) return yield* lost
@@ -323,7 +488,18 @@ export const make = (
     // The committed state: only the writer changes it, after each durable batch.
     let end = scanned.end
     let count = scanned.count
+    // The record that ends at `end`, for the anchor of a snapshot at `count`.
+    let last = scanned.last
     const index = scanned.index
+    const { origin } = scanned
+    /** The nearest known record start at or below `position` (`position` ≤ `count`). */
+    const seek = (position: number): { readonly position: number; readonly offset: number } => {
+      let slot = Math.floor(position / INDEX_EVERY)
+      while (index[slot] === undefined) slot--
+      return origin.position <= position && origin.position > slot * INDEX_EVERY
+        ? origin
+        : { position: slot * INDEX_EVERY, offset: index[slot]! }
+    }
     let unusable: JournalIoError | undefined
     let closed = false
 
@@ -355,10 +531,13 @@ export const make = (
           return
         }
         for (const p of batch) {
+          let at = 0
           for (const recordSize of p.sizes) {
+            last = { start: end, crc: readU32(p.bytes, at + 4) }
+            at += recordSize
             end += recordSize
             count++
-            if (count % INDEX_EVERY === 0) index.push(end)
+            if (count % INDEX_EVERY === 0) index[count / INDEX_EVERY] = end
           }
           yield* Deferred.succeed(p.deferred, count)
         }
@@ -479,7 +658,7 @@ export const make = (
         const stopCount = count
         const stopEnd = end
         if (from === stopCount) return Stream.empty
-        const slot = Math.floor(from / INDEX_EVERY)
+        const start = seek(from)
         interface Cursor {
           readonly offset: number
           readonly position: number
@@ -521,8 +700,59 @@ export const make = (
           return [Chunk.unsafeFromArray(entries), position < stopCount ? Option.some(next) : Option.none()]
         }
         return Stream.paginateChunkEffect(
-          { offset: index[slot]!, position: slot * INDEX_EVERY, carry: new Uint8Array(0) } as Cursor,
+          { offset: start.offset, position: start.position, carry: new Uint8Array(0) } as Cursor,
           (cursor) => attempt("read", () => pull(cursor))
+        )
+      })
+
+    /** Walks the committed records from `from` to event `to` (> `from.position`): the anchor there. */
+    const walk = async (
+      from: { readonly position: number; readonly offset: number },
+      to: number,
+      stopEnd: number
+    ): Promise<LogAnchor | undefined> => {
+      let buf: Uint8Array = new Uint8Array(0)
+      let bufStart = from.offset
+      let at = from.offset
+      let position = from.position
+      let previous: Last | undefined
+      while (position < to) {
+        const parsed = parseAt(buf, at - bufStart)
+        if (parsed._tag === "Short") {
+          if (bufStart + buf.length >= stopEnd) return undefined
+          buf = new Uint8Array(Math.min(stopEnd - at, Math.max(parsed.need, CHUNK)))
+          await preadFully(handle, buf, at)
+          bufStart = at
+          continue
+        }
+        if (parsed._tag === "Bad") return undefined
+        previous = { start: at, crc: parsed.crc }
+        at += parsed.size
+        position++
+      }
+      return previous === undefined
+        ? undefined
+        : { offset: at, previous: previous.start, crc32c: previous.crc }
+    }
+
+    /**
+     * The anchor of a snapshot at `position` (`undefined` at 0): at the current position
+     * it is what the writer last committed; below, a walk from the nearest index entry.
+     * A walk that fails leaves the snapshot without one (the next open scans it all).
+     */
+    const anchorAt = (position: number): Effect.Effect<LogAnchor | undefined> =>
+      Effect.suspend(() => {
+        if (position === 0) return Effect.succeed(undefined)
+        if (position === count && last !== undefined)
+          return Effect.succeed<LogAnchor>({ offset: end, previous: last.start, crc32c: last.crc })
+        const stopEnd = end
+        return Effect.tryPromise(() => walk(seek(position - 1), position, stopEnd)).pipe(
+          Effect.catchAll((e) =>
+            Effect.as(
+              Effect.logWarning("EventJournal: a snapshot is saved without its log anchor", e),
+              undefined
+            )
+          )
         )
       })
 
@@ -533,7 +763,7 @@ export const make = (
     ) {
       const invalid = checkSnapshotPosition(position, count)
       if (invalid !== undefined) return yield* invalid
-      const text = encodeSnapshotFile({ position, snapshot })
+      const text = encodeSnapshotFile({ position, snapshot }, yield* anchorAt(position))
       if (Either.isLeft(text)) return yield* text.left
       // Never write what would not load; the fast check spares the Schema pass.
       const decoded = State.isWellFormedSnapshot(snapshot)
