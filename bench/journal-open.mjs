@@ -5,6 +5,8 @@
  *
  *   flock -o /tmp/cdp-bench.lock node bench/journal-open.mjs <old-dist> <new-dist> [events] [rounds]
  *
+ * ONLY=old|new opens one build only (for `--cpu-prof` runs).
+ *
  * The journal is written once by the new build (an old build ignores the anchor).
  */
 import * as fs from "node:fs"
@@ -71,14 +73,21 @@ const openOnce = async (Journal) => {
   return ms
 }
 
+const only = process.env.ONLY
 const times = { old: [], new: [] }
-await openOnce(oldJournal)
-await openOnce(newJournal)
-for (let r = 0; r < rounds; r++) {
-  times.old.push(await openOnce(oldJournal))
-  times.new.push(await openOnce(newJournal))
+const t0 = performance.now()
+for (let r = -1; r < rounds; r++) {
+  // Round -1 warms both builds up; it is not counted.
+  const old = only === "new" ? 0 : await openOnce(oldJournal)
+  const fresh = only === "old" ? 0 : await openOnce(newJournal)
+  if (r >= 0) {
+    times.old.push(old)
+    times.new.push(fresh)
+  }
 }
-fs.rmSync(dir, { recursive: true, force: true })
+process.stderr.write(`opens from ${t0.toFixed(0)} ms after start\n`)
+if (process.env.KEEP === undefined) fs.rmSync(dir, { recursive: true, force: true })
+else process.stderr.write(`kept ${dir}\n`)
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
 const show = (xs) =>
