@@ -116,14 +116,30 @@ const observe = async (
             fromProbe: yield* read(probe(position)),
             snapshot
           }
-          const after = yield* journal.append([{ type: "Acked", seq: 7 }])
-          yield* journal.saveSnapshot(snapshotOf(after), after)
+          yield* journal.append([{ type: "Acked", seq: 7 }])
+          // Below the end: the anchor is walked to from the (possibly sparse) index.
+          yield* journal.saveSnapshot(snapshotOf(probe(position)), probe(position))
           return seen
         })
       )
     )
   )
   if (outcome._tag === "Left") return { failed: outcome.left._tag, report }
+  // Reopened from that snapshot's anchor, then a snapshot at the end (the writer's own anchor).
+  let reopenReport: journalFile.OpenReport | undefined
+  const reopened = await run(
+    Effect.scoped(
+      Effect.gen(function* () {
+        const journal = yield* journalFile.make({ directory: dir, onOpen: (r) => (reopenReport = r) })
+        const position = yield* journal.position
+        const events = (yield* Stream.runCollect(journal.read(0))).length
+        yield* journal.saveSnapshot(snapshotOf(position), position)
+        return { position, events }
+      })
+    )
+  )
+  expect(reopened).toEqual({ position: outcome.right.position + 1, events: outcome.right.position + 1 })
+  expect(reopenReport?.scan).toBe(probe(outcome.right.position) === 0 ? "full" : "anchored")
   return {
     ...outcome.right,
     report,
@@ -275,6 +291,35 @@ describe("EventJournal layerFile: the snapshot's log anchor", () => {
       await fs.rm(dir, { recursive: true, force: true })
     }
   }, 60_000)
+
+  it("fuzz: any log field (JSON values, anchors near record edges with their check) opens as the full scan", async () => {
+    const dir = await tempDir()
+    try {
+      await writeJournal(dir, events.slice(0, 1200), 900, events.slice(1200))
+      const near = fc
+        .tuple(fc.constantFrom(0, 1, 599, 600, 899, 900, 901, 1219, 1220), fc.integer({ min: -9, max: 9 }))
+        .map(([i, d]) => Math.max(0, offsets[i]! + d))
+      const forged = fc
+        .tuple(
+          near,
+          near,
+          fc.oneof(fc.constant(crcOf(899)), fc.nat({ max: 1219 }).map(crcOf), fc.nat({ max: 0xffffffff }))
+        )
+        .map(([offset, previous, crc]) => anchor(offset, previous, crc))
+      await fc.assert(
+        fc.asyncProperty(fc.oneof(fc.jsonValue(), forged), async (log) => {
+          await withAnchor(dir, log)
+          const { tested, same, expected } = await compare(dir, {})
+          expect(same).toEqual(expected)
+          // Only the true anchor is scanned from (these events are all distinct).
+          if (reportOf(tested)?.scan === "anchored") expect(log).toEqual(valid)
+        }),
+        { numRuns: Math.max(1, Math.round(numRuns / 2)) }
+      )
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true })
+    }
+  }, 120_000)
 
   it("an anchor of another journal's log (same length, other events) falls back", async () => {
     const dir = await tempDir()
