@@ -36,7 +36,9 @@ const config = Either.getOrThrow(Config.make({ blockCount: 4096 }))
 // Real events from the reference filter, repeated to the size wanted (the journal does not fold).
 const pattern = []
 for (let seed = 1; pattern.length < 20000; seed++)
-  pattern.push(...Simulation.run(config, Simulation.reference, Simulation.workload(config, seed, 5000, "some")).events)
+  pattern.push(
+    ...Simulation.run(config, Simulation.reference, Simulation.workload(config, seed, 5000, "some")).events
+  )
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cdp-sync-bench-journal-open-"))
 const snapshotAt = total - 1000
