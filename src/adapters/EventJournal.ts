@@ -19,8 +19,10 @@
  *   the payload being the event's trace line (`Trace.encodeEvent`, UTF-8, no newline).
  *   Appends only ever write at the end; a failed write or fsync is cut off again
  *   (ftruncate to the last durable end) and fails the append with `JournalIoError`.
- * - `snapshot.json`: `{"position":p,"snapshot":State.Snapshot}`, replaced atomically
- *   (write `snapshot.json.tmp`, fsync, rename, fsync the directory).
+ * - `snapshot.json`: `{"position":p,"log":anchor,"snapshot":State.Snapshot}`, replaced
+ *   atomically (write `snapshot.json.tmp`, fsync, rename, fsync the directory). `log`
+ *   (for p > 0) is where record `p` starts in the log, with the record before it and a
+ *   check: opening scans from there once it checks against the log, else from byte 0.
  * - `journal.json` (the run file): the geometry and initial state the events fold from,
  *   and whether the last run closed cleanly (`run: "open"`, or `"closed"` with the
  *   position it closed at), one line of JSON with its CRC32C, replaced atomically.
@@ -31,7 +33,8 @@
  * crash or a power loss finds the run still open (`LastRun.Unclean`), whoever embeds
  * the writer. A journal written before run files were kept reads as unclean once.
  *
- * Recovery on open: a torn last record — a short header, a short payload, a CRC
+ * Recovery on open (of what the scan covers: all of the log, or what follows the
+ * snapshot's checked anchor; docs/adapters.md): a torn last record — a short header, a short payload, a CRC
  * mismatch on the record that ends exactly at the end of the file, or a zero-filled
  * tail — is cut off and reported in `recovery` (and logged as a warning), but only
  * when no whole valid record follows it. Anything else — a bad CRC, an implausible

@@ -415,7 +415,7 @@ describe("EventJournal layerFile: format", () => {
     })
   )
 
-  it.scoped("writes the snapshot as {position, snapshot} JSON, leaving no temp file", () =>
+  it.scoped("writes the snapshot as {position, log, snapshot} JSON, leaving no temp file", () =>
     Effect.gen(function* () {
       const dir = yield* tempDir
       const all = sampleEvents(30)
@@ -430,7 +430,23 @@ describe("EventJournal layerFile: format", () => {
       const text = yield* Effect.promise(() =>
         fs.readFile(path.join(dir, EventJournal.SNAPSHOT_FILE), "utf8")
       )
-      expect(JSON.parse(text)).toEqual({ position: 30, snapshot: JSON.parse(JSON.stringify(snapshot)) })
+      // `log`: where event 30 starts, and the record before it (its start and its header's CRC).
+      const offset = all.reduce((n, e) => n + recordOf(e).length, 0)
+      const previous = offset - recordOf(all[29]!).length
+      expect(JSON.parse(text)).toEqual({
+        position: 30,
+        log: {
+          offset,
+          previous,
+          crc32c: Buffer.from(recordOf(all[29]!)).readUInt32LE(4),
+          check: crc32c(
+            Buffer.from(
+              JSON.stringify([30, offset, previous, Buffer.from(recordOf(all[29]!)).readUInt32LE(4)])
+            )
+          )
+        },
+        snapshot: JSON.parse(JSON.stringify(snapshot))
+      })
       expect((yield* Effect.promise(() => fs.readdir(dir))).sort()).toEqual(["events.log", "snapshot.json"])
     })
   )

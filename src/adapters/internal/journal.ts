@@ -172,7 +172,7 @@ export const checkSnapshotPosition = (at: number, position: number): JournalInva
 // Parsing one record out of a buffer.
 
 export type Parsed =
-  | { readonly _tag: "Record"; readonly payload: Uint8Array; readonly size: number }
+  | { readonly _tag: "Record"; readonly payload: Uint8Array; readonly size: number; readonly crc: number }
   /** More bytes are needed: `need` from the record's start. */
   | { readonly _tag: "Short"; readonly need: number }
   | { readonly _tag: "Bad"; readonly reason: string; readonly size: number }
@@ -194,7 +194,7 @@ export const parseAt = (buf: Uint8Array, at: number): Parsed => {
   if (available < size) return { _tag: "Short", need: size }
   const payload = buf.subarray(at + HEADER_BYTES, at + size)
   if (crc32c(payload) !== crc) return { _tag: "Bad", reason: "CRC32C mismatch", size }
-  return { _tag: "Record", payload, size }
+  return { _tag: "Record", payload, size, crc }
 }
 
 /** Whether a whole, checked, decodable record starts at `at` (used to tell a torn tail from damage). */
@@ -209,19 +209,89 @@ export const isValidRecordAt = (buf: Uint8Array, at: number): boolean => {
 export const SnapshotFile = Schema.Struct({ position: Event.Count, snapshot: State.Snapshot })
 
 /**
+ * Where in the log the entry after a snapshot's position starts (`offset`), with the
+ * record before it (`previous`, its start, and `crc32c`, the CRC its header holds), so
+ * opening can scan from there instead of from the log's start. `check` is the CRC32C of
+ * `[position, offset, previous, crc32c]` as JSON: it ties the anchor to the snapshot's
+ * position, so an anchor damaged or moved to another record reads as unusable.
+ * Only the file layer writes it, only for positions above 0; it is a hint, checked
+ * against the log on open (docs/adapters.md).
+ */
+export interface LogAnchor {
+  readonly offset: number
+  readonly previous: number
+  readonly crc32c: number
+}
+
+const anchorCheck = (position: number, anchor: LogAnchor): number =>
+  crc32c(Buffer.from(JSON.stringify([position, anchor.offset, anchor.previous, anchor.crc32c]), "utf8"))
+
+const isU32 = (v: unknown): v is number => Event.isCount(v) && v <= 0xffffffff
+
+/**
+ * The snapshot file's `log` field: the anchor, or why it cannot be used (`undefined`
+ * when there is none: a snapshot at position 0, or one written before anchors).
+ */
+export const decodeLogAnchor = (
+  position: number,
+  field: unknown
+):
+  | { readonly _tag: "Anchor"; readonly anchor: LogAnchor }
+  | { readonly _tag: "Unusable"; readonly reason: string }
+  | undefined => {
+  if (field === undefined) return undefined
+  if (typeof field !== "object" || field === null || Array.isArray(field))
+    return { _tag: "Unusable", reason: "its log field is not an object" }
+  const { offset, previous, crc32c: crc, check } = field as Record<string, unknown>
+  if (!Event.isCount(offset) || !Event.isCount(previous) || !isU32(crc) || !isU32(check))
+    return {
+      _tag: "Unusable",
+      reason: "its log field does not hold offset, previous, crc32c and check as counts"
+    }
+  if (position === 0 || previous + HEADER_BYTES + MIN_PAYLOAD > offset)
+    return {
+      _tag: "Unusable",
+      reason: `its log field (previous ${previous}, offset ${offset}) cannot be at position ${position}`
+    }
+  const anchor: LogAnchor = { offset, previous, crc32c: crc }
+  if (anchorCheck(position, anchor) !== check)
+    return { _tag: "Unusable", reason: "its log field's check does not match" }
+  return { _tag: "Anchor", anchor }
+}
+
+/**
  * A snapshot's encoded form is its own shape (numbers, literals, arrays), so it is
  * written as JSON without a Schema pass: with thousands of records in flight that pass
  * took tens of milliseconds on the journal stage. Loading decodes with the Schema.
  */
-export const encodeSnapshotFile = (saved: SavedSnapshot): Either.Either<string, JournalInvalidRequest> =>
+export const encodeSnapshotFile = (
+  saved: SavedSnapshot,
+  anchor?: LogAnchor
+): Either.Either<string, JournalInvalidRequest> =>
   Number.isSafeInteger(saved.position) && saved.position >= 0
-    ? Either.right(JSON.stringify({ position: saved.position, snapshot: saved.snapshot }))
+    ? Either.right(
+        JSON.stringify(
+          anchor === undefined || saved.position === 0
+            ? { position: saved.position, snapshot: saved.snapshot }
+            : {
+                position: saved.position,
+                log: { ...anchor, check: anchorCheck(saved.position, anchor) },
+                snapshot: saved.snapshot
+              }
+        )
+      )
     : Either.left(new JournalInvalidRequest({ reason: `snapshot position ${saved.position} is not a count` }))
 
 export const decodeSnapshotFile = (
   text: string,
   file: string
-): Either.Either<SavedSnapshot, JournalCorrupt> => {
+): Either.Either<SavedSnapshot, JournalCorrupt> => Either.map(decodeSnapshotJson(text, file), (d) => d.saved)
+
+/** The snapshot file, and its `log` field as it stands (read by `decodeLogAnchor`). */
+export const decodeSnapshotJson = (
+  text: string,
+  file: string
+): Either.Either<{ readonly saved: SavedSnapshot; readonly log: unknown }, JournalCorrupt> => {
   let json: unknown
   try {
     json = JSON.parse(text)
@@ -230,8 +300,12 @@ export const decodeSnapshotFile = (
       new JournalCorrupt({ file, offset: 0, reason: `snapshot is not JSON: ${(e as Error).message}` })
     )
   }
-  return Either.mapLeft(
-    Schema.decodeUnknownEither(SnapshotFile)(json),
-    (e) => new JournalCorrupt({ file, offset: 0, reason: `snapshot does not decode: ${e.message}` })
+  return Either.map(
+    Either.mapLeft(
+      Schema.decodeUnknownEither(SnapshotFile)(json),
+      (e) => new JournalCorrupt({ file, offset: 0, reason: `snapshot does not decode: ${e.message}` })
+    ),
+    // The anchor is a hint beside the snapshot: its damage never makes the snapshot unreadable.
+    (saved) => ({ saved, log: (json as { readonly log?: unknown }).log })
   )
 }

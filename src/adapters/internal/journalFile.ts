@@ -7,9 +7,10 @@
  * previous fsync ran, writes them with one positional write, fsyncs once, then
  * completes them all (group commit). Readers use positional reads below the
  * committed end, so they never see a batch before it is durable.
- * Over 400 lines on purpose: the writer, the readers and the recovery rules of one file
- * format share its framing and its committed-end bookkeeping. It splits next into the
- * writer fiber and recovery.
+ * Opening's scan (from the start, or from a snapshot's log anchor) is in `journalScan.ts`.
+ * Over 400 lines on purpose: the writer, the readers and the snapshot's anchor share the
+ * committed-end bookkeeping (end, count, the last record, the index). It splits next
+ * into the writer fiber and the readers.
  */
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
@@ -23,22 +24,23 @@ import {
   checkSnapshotPosition,
   decodePayload,
   decodeSnapshotFile,
+  decodeSnapshotJson,
   encodeSnapshotFile,
   type Entry,
   frame,
-  HEADER_BYTES,
-  isValidRecordAt,
   JournalCorrupt,
   JournalInvalidRequest,
   type JournalError,
   JournalIoError,
   type JournalOp,
+  type LogAnchor,
   parseAt,
   type Recovery,
   type SavedSnapshot
 } from "./journal.js"
 import { isEnoent, preadFully, pwriteFully, syncDirectory } from "../../internal/fileIo.js"
 import * as Inbox from "../../internal/inbox.js"
+import { CHUNK, INDEX_EVERY, type Last, openScan, type ScanKnobs } from "./journalScan.js"
 import {
   checkClosedAt,
   checkHeader,
@@ -53,12 +55,11 @@ import {
   type RunMark
 } from "./journalRun.js"
 
+export type { OpenReport } from "./journalScan.js"
+
 export const LOG_FILE = "events.log"
 export const SNAPSHOT_FILE = "snapshot.json"
 const SNAPSHOT_TEMP = "snapshot.json.tmp"
-/** One index entry (byte offset) every this many events, so `read(from)` seeks close to `from`. */
-const INDEX_EVERY = 1024
-const CHUNK = 256 * 1024
 
 export interface FileOptions {
   readonly directory: string
@@ -126,97 +127,15 @@ export const recordedHeader = (directory: string): Effect.Effect<Header | undefi
     return Either.isRight(mark) ? mark.right.header : undefined
   })
 
+const readU32 = (bytes: Uint8Array, at: number): number =>
+  new DataView(bytes.buffer, bytes.byteOffset + at, 4).getUint32(0, true)
+
 const concat = (a: Uint8Array, b: Uint8Array): Uint8Array => {
   if (a.length === 0) return b
   const out = new Uint8Array(a.length + b.length)
   out.set(a)
   out.set(b, a.length)
   return out
-}
-
-// ---------------------------------------------------------------------------
-// Opening: scan the log, find its end, tell a torn tail from damage.
-
-interface Scanned {
-  /** Byte offset of the end of the last good record. */
-  readonly end: number
-  readonly count: number
-  /** `index[i]` is the byte offset of event `i * INDEX_EVERY`. */
-  readonly index: Array<number>
-}
-
-type ScanOutcome =
-  | { readonly _tag: "Clean"; readonly scanned: Scanned }
-  | { readonly _tag: "Torn"; readonly scanned: Scanned; readonly reason: string; readonly size: number }
-  | { readonly _tag: "Corrupt"; readonly offset: number; readonly reason: string }
-
-/** Whether the file holds only zero bytes from `from` to `size` (a zero-filled tail after a crash). */
-const zeroFrom = async (handle: fs.FileHandle, from: number, size: number): Promise<boolean> => {
-  const buf = new Uint8Array(Math.min(CHUNK, size - from))
-  for (let at = from; at < size; at += buf.length) {
-    const part = buf.subarray(0, Math.min(buf.length, size - at))
-    await preadFully(handle, part, at)
-    if (part.some((b) => b !== 0)) return false
-  }
-  return true
-}
-
-const scan = async (handle: fs.FileHandle, size: number): Promise<ScanOutcome> => {
-  let buf: Uint8Array = new Uint8Array(0)
-  let bufStart = 0
-  let offset = 0
-  let count = 0
-  const index = [0]
-  // Makes `buf` cover [offset, offset + need) or up to the end of the file.
-  const fill = async (need: number) => {
-    const want = Math.min(size, offset + Math.max(need, CHUNK))
-    if (bufStart + buf.length >= want) return
-    const keep = buf.subarray(offset - bufStart)
-    const next = new Uint8Array(want - offset)
-    next.set(keep)
-    await preadFully(handle, next.subarray(keep.length), offset + keep.length)
-    buf = next
-    bufStart = offset
-  }
-  while (offset < size) {
-    let parsed = parseAt(buf, offset - bufStart)
-    while (parsed._tag === "Short" && bufStart + buf.length < size) {
-      await fill(parsed.need)
-      parsed = parseAt(buf, offset - bufStart)
-    }
-    if (parsed._tag === "Record") {
-      const event = decodePayload(parsed.payload, count)
-      // The CRC matched, so these are the bytes that were written: no crash makes them.
-      if (Either.isLeft(event)) return { _tag: "Corrupt", offset, reason: event.left }
-      count++
-      offset += parsed.size
-      if (count % INDEX_EVERY === 0) index.push(offset)
-      continue
-    }
-    const scanned: Scanned = { end: offset, count, index }
-    let reason: string
-    if (parsed._tag === "Short") {
-      reason = size - offset < HEADER_BYTES ? "short header" : "short payload"
-    } else if (offset + parsed.size === size) {
-      reason = `${parsed.reason} on the last record`
-    } else if (await zeroFrom(handle, offset, size)) {
-      return { _tag: "Torn", scanned, reason: "zero-filled tail", size }
-    } else {
-      return { _tag: "Corrupt", offset, reason: `${parsed.reason}, followed by more data` }
-    }
-    // A torn tail runs to the end of the file (at most one record) and hides no whole record.
-    const rest = new Uint8Array(size - offset)
-    await preadFully(handle, rest, offset)
-    for (let at = 1; at < rest.length; at++)
-      if (isValidRecordAt(rest, at))
-        return {
-          _tag: "Corrupt",
-          offset,
-          reason: `${reason}, yet a valid record follows at byte ${offset + at}`
-        }
-    return { _tag: "Torn", scanned, reason, size }
-  }
-  return { _tag: "Clean", scanned: { end: offset, count, index } }
 }
 
 // ---------------------------------------------------------------------------
@@ -236,8 +155,13 @@ interface MarkRun {
   readonly deferred: Deferred.Deferred<void, JournalError>
 }
 
+/** Internal knobs for tests: fault injection, what opening did, and a mutant. */
+export interface FileTestOptions extends FileOptions, ScanKnobs {
+  readonly io?: LogIo
+}
+
 export const make = (
-  options: FileOptions & { readonly io?: LogIo }
+  options: FileTestOptions
 ): Effect.Effect<EventJournal.Service, JournalError, Scope.Scope> =>
   Effect.gen(function* () {
     const io = options.io ?? nodeIo
@@ -264,22 +188,40 @@ export const make = (
     // The log's directory entry must be durable too (it may have just been created).
     yield* attempt("open", () => syncDirectory(directory))
     const size = (yield* attempt("open", () => handle.stat())).size
-    const outcome = yield* attempt("scan", () => scan(handle, size))
-    if (outcome._tag === "Corrupt")
-      return yield* new JournalCorrupt({ file: logPath, offset: outcome.offset, reason: outcome.reason })
-    const scanned = outcome.scanned
 
+    // The snapshot and the run file first: a snapshot's anchor lets the scan start at its position.
     yield* attempt("open", () =>
       fs.unlink(tempPath).catch((e) => (isEnoent(e) ? undefined : Promise.reject(e)))
     )
     const snapshotText = yield* attempt("open", () =>
       fs.readFile(snapshotPath, "utf8").catch((e) => (isEnoent(e) ? undefined : Promise.reject(e)))
     )
+    const snapshotFile =
+      snapshotText === undefined ? undefined : decodeSnapshotJson(snapshotText, snapshotPath)
+    yield* attempt("open", () =>
+      fs.unlink(runTemp).catch((e) => (isEnoent(e) ? undefined : Promise.reject(e)))
+    )
+    const runBytes = yield* attempt("open", () => readRunFile(runPath))
+    const runFile = runBytes === undefined ? undefined : decodeRunMark(runBytes, runPath)
+    let run: RunMark | undefined =
+      runFile !== undefined && Either.isRight(runFile) ? runFile.right : undefined
+
+    const outcome = yield* openScan({
+      handle,
+      size,
+      snapshot: snapshotFile !== undefined && Either.isRight(snapshotFile) ? snapshotFile.right : undefined,
+      run,
+      files: { log: logPath, snapshot: snapshotPath, run: runPath },
+      test: options
+    }).pipe(Effect.mapError((cause) => new JournalIoError({ op: "scan", cause })))
+    if (outcome._tag === "Corrupt")
+      return yield* new JournalCorrupt({ file: logPath, offset: outcome.offset, reason: outcome.reason })
+    const scanned = outcome.scanned
+
     let saved: SavedSnapshot | undefined
-    if (snapshotText !== undefined) {
-      const decoded = decodeSnapshotFile(snapshotText, snapshotPath)
-      if (Either.isLeft(decoded)) return yield* decoded.left
-      saved = decoded.right
+    if (snapshotFile !== undefined) {
+      if (Either.isLeft(snapshotFile)) return yield* snapshotFile.left
+      saved = snapshotFile.right.saved
       // Snapshots are only taken of durable events, so this means the log lost durable data.
       if (saved.position > scanned.count)
         return yield* new JournalCorrupt({
@@ -288,17 +230,7 @@ export const make = (
           reason: `the snapshot is at position ${saved.position} but the log holds only ${scanned.count} events`
         })
     }
-
-    yield* attempt("open", () =>
-      fs.unlink(runTemp).catch((e) => (isEnoent(e) ? undefined : Promise.reject(e)))
-    )
-    const runBytes = yield* attempt("open", () => readRunFile(runPath))
-    let run: RunMark | undefined
-    if (runBytes !== undefined) {
-      const decoded = decodeRunMark(runBytes, runPath)
-      if (Either.isLeft(decoded)) return yield* decoded.left
-      run = decoded.right
-    }
+    if (runFile !== undefined && Either.isLeft(runFile)) return yield* runFile.left
     // Before a torn tail is cut: a clean close beyond the log's end is lost data, not a tear.
     const lost = checkClosedAt(run, scanned.count, { run: runPath, log: logPath }, scanned.end)
     if (lost !== undefined) return yield* lost
@@ -323,7 +255,18 @@ export const make = (
     // The committed state: only the writer changes it, after each durable batch.
     let end = scanned.end
     let count = scanned.count
+    // The record that ends at `end`, for the anchor of a snapshot at `count`.
+    let last = scanned.last
     const index = scanned.index
+    const { origin } = scanned
+    /** The nearest known record start at or below `position` (`position` ≤ `count`). */
+    const seek = (position: number): { readonly position: number; readonly offset: number } => {
+      let slot = Math.floor(position / INDEX_EVERY)
+      while (index[slot] === undefined) slot--
+      return origin.position <= position && origin.position > slot * INDEX_EVERY
+        ? origin
+        : { position: slot * INDEX_EVERY, offset: index[slot]! }
+    }
     let unusable: JournalIoError | undefined
     let closed = false
 
@@ -355,10 +298,13 @@ export const make = (
           return
         }
         for (const p of batch) {
+          let at = 0
           for (const recordSize of p.sizes) {
+            last = { start: end, crc: readU32(p.bytes, at + 4) }
+            at += recordSize
             end += recordSize
             count++
-            if (count % INDEX_EVERY === 0) index.push(end)
+            if (count % INDEX_EVERY === 0) index[count / INDEX_EVERY] = end
           }
           yield* Deferred.succeed(p.deferred, count)
         }
@@ -479,7 +425,7 @@ export const make = (
         const stopCount = count
         const stopEnd = end
         if (from === stopCount) return Stream.empty
-        const slot = Math.floor(from / INDEX_EVERY)
+        const start = seek(from)
         interface Cursor {
           readonly offset: number
           readonly position: number
@@ -521,8 +467,59 @@ export const make = (
           return [Chunk.unsafeFromArray(entries), position < stopCount ? Option.some(next) : Option.none()]
         }
         return Stream.paginateChunkEffect(
-          { offset: index[slot]!, position: slot * INDEX_EVERY, carry: new Uint8Array(0) } as Cursor,
+          { offset: start.offset, position: start.position, carry: new Uint8Array(0) } as Cursor,
           (cursor) => attempt("read", () => pull(cursor))
+        )
+      })
+
+    /** Walks the committed records from `from` to event `to` (> `from.position`): the anchor there. */
+    const walk = async (
+      from: { readonly position: number; readonly offset: number },
+      to: number,
+      stopEnd: number
+    ): Promise<LogAnchor | undefined> => {
+      let buf: Uint8Array = new Uint8Array(0)
+      let bufStart = from.offset
+      let at = from.offset
+      let position = from.position
+      let previous: Last | undefined
+      while (position < to) {
+        const parsed = parseAt(buf, at - bufStart)
+        if (parsed._tag === "Short") {
+          if (bufStart + buf.length >= stopEnd) return undefined
+          buf = new Uint8Array(Math.min(stopEnd - at, Math.max(parsed.need, CHUNK)))
+          await preadFully(handle, buf, at)
+          bufStart = at
+          continue
+        }
+        if (parsed._tag === "Bad") return undefined
+        previous = { start: at, crc: parsed.crc }
+        at += parsed.size
+        position++
+      }
+      return previous === undefined
+        ? undefined
+        : { offset: at, previous: previous.start, crc32c: previous.crc }
+    }
+
+    /**
+     * The anchor of a snapshot at `position` (`undefined` at 0): at the current position
+     * it is what the writer last committed; below, a walk from the nearest index entry.
+     * A walk that fails leaves the snapshot without one (the next open scans it all).
+     */
+    const anchorAt = (position: number): Effect.Effect<LogAnchor | undefined> =>
+      Effect.suspend(() => {
+        if (position === 0) return Effect.succeed(undefined)
+        if (position === count && last !== undefined)
+          return Effect.succeed<LogAnchor>({ offset: end, previous: last.start, crc32c: last.crc })
+        const stopEnd = end
+        return Effect.tryPromise(() => walk(seek(position - 1), position, stopEnd)).pipe(
+          Effect.catchAll((e) =>
+            Effect.as(
+              Effect.logWarning("EventJournal: a snapshot is saved without its log anchor", e),
+              undefined
+            )
+          )
         )
       })
 
@@ -533,7 +530,7 @@ export const make = (
     ) {
       const invalid = checkSnapshotPosition(position, count)
       if (invalid !== undefined) return yield* invalid
-      const text = encodeSnapshotFile({ position, snapshot })
+      const text = encodeSnapshotFile({ position, snapshot }, yield* anchorAt(position))
       if (Either.isLeft(text)) return yield* text.left
       // Never write what would not load; the fast check spares the Schema pass.
       const decoded = State.isWellFormedSnapshot(snapshot)
