@@ -1,7 +1,8 @@
 /**
  * Runs of consecutive blocks in ascending `blocks`, each at most `most` long: `[first, count]`.
  * The filter's verify reads the disk by these runs and the receiver hashes its answers by them,
- * so a request of scattered blocks costs a read each and a contiguous one a read per run.
+ * so a request of scattered blocks costs a read each and a contiguous one a read per run; with
+ * no bound (`Infinity`) they are a verify report's ranges of differing blocks.
  */
 export const blockRuns = (blocks: ReadonlyArray<number>, most: number): Array<readonly [number, number]> => {
   const runs: Array<[number, number]> = []

@@ -1,6 +1,8 @@
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
+import { verifyReport } from "../../src/cli/internal/control.js"
 import { blockRuns } from "../../src/internal/blockRuns.js"
+import { MAX_VERIFY_RANGES } from "../../src/internal/controlProtocol.js"
 
 const ascending = fc
   .uniqueArray(fc.integer({ min: 0, max: 200 }), { maxLength: 120 })
@@ -38,5 +40,37 @@ describe("blockRuns", () => {
       [9, 1]
     ])
     expect(blockRuns([], 4)).toEqual([])
+  })
+})
+
+describe("a verify report's ranges", () => {
+  const result = (differing: ReadonlyArray<number>) => ({
+    blocks: 10_000,
+    verified: 10_000,
+    differing,
+    rechecked: 0,
+    unverified: 0,
+    resync: false,
+    seconds: 1,
+    bytesPerSecond: 1
+  })
+  const where = { diskId: "vm1", blockSize: 4096 }
+
+  it("are the runs of differing blocks, however long", () => {
+    const report = verifyReport(result([3, 4, 5, 9, 100, 101]), where)
+    expect(report.ranges).toEqual([
+      { first: 3, count: 3 },
+      { first: 9, count: 1 },
+      { first: 100, count: 2 }
+    ])
+    expect(report).toMatchObject({ differing: 6, rangesOmitted: 0 })
+  })
+
+  it(`list at most ${MAX_VERIFY_RANGES} and count the rest`, () => {
+    const scattered = Array.from({ length: MAX_VERIFY_RANGES + 7 }, (_, i) => i * 2)
+    const report = verifyReport(result(scattered), where)
+    expect(report.ranges).toHaveLength(MAX_VERIFY_RANGES)
+    expect(report.ranges.at(-1)).toEqual({ first: (MAX_VERIFY_RANGES - 1) * 2, count: 1 })
+    expect(report).toMatchObject({ differing: MAX_VERIFY_RANGES + 7, rangesOmitted: 7 })
   })
 })

@@ -5,6 +5,7 @@
 import * as path from "node:path"
 import { Options } from "@effect/cli"
 import { Clock, Effect, Option } from "effect"
+import { blockRuns } from "../../internal/blockRuns.js"
 import * as Control from "../../internal/control.js"
 import {
   ageSeconds,
@@ -74,14 +75,10 @@ export const verifyReport = (
   r: Replicator.VerifyResult,
   where: { readonly diskId: string; readonly blockSize: number }
 ): VerifyReport => {
-  const ranges: Array<BlockRange> = []
-  let runs = 0
-  for (let i = 0; i < r.differing.length; ) {
-    let j = i + 1
-    while (j < r.differing.length && r.differing[j] === r.differing[j - 1]! + 1) j++
-    if (runs++ < MAX_VERIFY_RANGES) ranges.push({ first: r.differing[i]!, count: j - i })
-    i = j
-  }
+  const runs = blockRuns(r.differing, Number.POSITIVE_INFINITY)
+  const ranges: Array<BlockRange> = runs
+    .slice(0, MAX_VERIFY_RANGES)
+    .map(([first, count]) => ({ first, count }))
   return {
     disk: where.diskId,
     blockSize: where.blockSize,
@@ -89,7 +86,7 @@ export const verifyReport = (
     verified: r.verified,
     differing: r.differing.length,
     ranges,
-    rangesOmitted: runs - ranges.length,
+    rangesOmitted: runs.length - ranges.length,
     rechecked: r.rechecked,
     unverified: r.unverified,
     resync: r.resync,
