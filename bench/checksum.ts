@@ -32,7 +32,7 @@
  * checksum group").
  */
 import type { ChildProcess } from "node:child_process"
-import { createHash, randomBytes } from "node:crypto"
+import { hash, randomBytes } from "node:crypto"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -348,9 +348,7 @@ const hashImage = (image: string): number => {
   for (let at = 0; at < DISK_BYTES; at += chunk.length) {
     const n = fs.readSync(fd, chunk, 0, chunk.length, at)
     for (let o = 0; o < n; o += BLOCK)
-      createHash("sha256")
-        .update(chunk.subarray(o, o + BLOCK))
-        .digest()
+      hash("sha256", chunk.subarray(o, o + BLOCK), "buffer")
   }
   fs.closeSync(fd)
   return performance.now() - start

@@ -141,8 +141,15 @@ const hashInto = (
 ): void => {
   let p = 0
   for (let b = start; b < end; b += blockSize, k++) {
-    const hash = createHash(Wire.DIGEST_ALGORITHM)
     const blockEnd = b + blockSize
+    const whole = pieces[p]
+    if (whole !== undefined && whole.start <= b && whole.end >= blockEnd) {
+      // The common case: one piece holds the whole block (one-shot, no Hash object).
+      digests.set(Wire.blockDigest(whole.bytes.subarray(b - whole.start, blockEnd - whole.start)), k * Wire.DIGEST_BYTES)
+      if (whole.end === blockEnd) p++
+      continue
+    }
+    const hash = createHash(Wire.DIGEST_ALGORITHM)
     // Hashed up to `at`: each piece must go on from there.
     for (let at = b; at < blockEnd; ) {
       const piece = pieces[p]
