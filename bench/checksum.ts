@@ -347,8 +347,7 @@ const hashImage = (image: string): number => {
   const start = performance.now()
   for (let at = 0; at < DISK_BYTES; at += chunk.length) {
     const n = fs.readSync(fd, chunk, 0, chunk.length, at)
-    for (let o = 0; o < n; o += BLOCK)
-      hash("sha256", chunk.subarray(o, o + BLOCK), "buffer")
+    for (let o = 0; o < n; o += BLOCK) hash("sha256", chunk.subarray(o, o + BLOCK), "buffer")
   }
   fs.closeSync(fd)
   return performance.now() - start

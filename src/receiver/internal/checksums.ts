@@ -145,7 +145,10 @@ const hashInto = (
     const whole = pieces[p]
     if (whole !== undefined && whole.start <= b && whole.end >= blockEnd) {
       // The common case: one piece holds the whole block (one-shot, no Hash object).
-      digests.set(Wire.blockDigest(whole.bytes.subarray(b - whole.start, blockEnd - whole.start)), k * Wire.DIGEST_BYTES)
+      digests.set(
+        Wire.blockDigest(whole.bytes.subarray(b - whole.start, blockEnd - whole.start)),
+        k * Wire.DIGEST_BYTES
+      )
       if (whole.end === blockEnd) p++
       continue
     }
