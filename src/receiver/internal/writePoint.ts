@@ -6,9 +6,12 @@
  * file order, segment by segment: the records holding them read in runs (neighbours share a
  * read, a record no later write left a byte of is not read, long stretches of them are
  * skipped), each record checked against its CRC and its index entry before any of it is
- * written. Reads go a few ahead and bypass the page cache where they can
- * (`directReads.ts`); writes go out in batches, made by a worker thread (`imageWriter.ts`).
- * Where the time goes: docs/receiver.md, "Restore on the index".
+ * written. The log's reads are made by a few worker threads, each reading, checking and
+ * writing whole reads of the plan with synchronous calls (`restoreThreads.ts`); the base's
+ * (and, where no thread can be started, the log's) on the main thread: reads a few ahead,
+ * bypassing the page cache where they can (`directReads.ts`), writes in batches made by a
+ * worker thread (`imageWriter.ts`). Where the time goes: docs/receiver.md, "Restore on the
+ * index".
  */
 import type * as fs from "node:fs/promises"
 import * as path from "node:path"
@@ -17,13 +20,14 @@ import { type Base, baseLayout, openBase, tuning as baseTuning, zeroCrc } from "
 import { ALIGN, BufferPool, ReadFile } from "./directReads.js"
 import { LogCorrupt } from "./errors.js"
 import { isEnoent, preadFully } from "./files.js"
-import { HandleWriter, type ImageWriter, WorkerWriter } from "./imageWriter.js"
+import { HandleWriter, type ImageWriter, imageWrites, WorkerWriter } from "./imageWriter.js"
 import { RECORD_HEADER_BYTES } from "./format.js"
 import { ReceiverMutants } from "./mutants.js"
 import { tableOf } from "./chain.js"
 import type { EntryTable } from "./entryTable.js"
 import type { PointMap, PointTable } from "./point.js"
 import { checkedRecord } from "./recordCache.js"
+import { type Refused, RestoreThreads, type ThreadFile, type ThreadRun } from "./restoreThreads.js"
 
 /**
  * How far a restore is, `bytes` of `total` in each phase: `indexing`, the sealed segments'
@@ -38,6 +42,14 @@ export interface Progress {
 }
 
 const PROGRESS_STEP = 1 << 20
+/** How often the threads' progress is looked at (ms). */
+const SAMPLE_MS = 20
+
+/** `CDP_SYNC_RESTORE_THREADS` (0–16), else 3. */
+function threadsOf(text: string | undefined): number {
+  const n = Number(text)
+  return text !== undefined && text !== "" && Number.isInteger(n) && n >= 0 && n <= 16 ? n : 3
+}
 /**
  * How a restore reads and writes; the properties shrink them so reads split at every edge.
  * `batchBytes`: writes are sent in batches of about this much (or when a read needs a
@@ -60,6 +72,13 @@ export const tuning = {
   worker: true,
   flushBytes: 128 << 20
 }
+
+/**
+ * Worker threads reading, checking and writing the log's part (`restoreThreads.ts`; 0: the
+ * main thread does, as the base's). `CDP_SYNC_RESTORE_THREADS` sets it (the bench compares
+ * counts).
+ */
+export const threadTuning = { threads: threadsOf(process.env.CDP_SYNC_RESTORE_THREADS) }
 
 /**
  * A record of a segment the point keeps bytes of (entry `k`), and those bytes' extents:
@@ -228,6 +247,75 @@ const openSegments = async (
   return files
 }
 
+/** The threads writing the log's part (`logRuns`), started; `undefined` when none can be. */
+const startThreads = (
+  map: PointMap,
+  logRuns: ReadonlyArray<Run>,
+  segments: ReadonlyMap<number, ReadFile>,
+  image: fs.FileHandle
+): RestoreThreads | undefined => {
+  if (logRuns.length === 0) return undefined
+  const files: Array<ThreadFile> = []
+  const fileOf = new Map<number, number>()
+  const runs: Array<ThreadRun> = []
+  let largest = 0
+  for (const run of logRuns) {
+    if (run._tag !== "Log") continue
+    let file = fileOf.get(run.segment)
+    if (file === undefined) {
+      const f = segments.get(run.segment)!
+      file = files.push({ fd: f.handle.fd, direct: f.directFd }) - 1
+      fileOf.set(run.segment, file)
+    }
+    runs.push({ ...run, file })
+    largest = Math.max(largest, Math.min(tuning.runBytes, run.end - run.start))
+  }
+  return RestoreThreads.start({
+    count: threadTuning.threads,
+    runs,
+    extents: map.table,
+    files,
+    image: image.fd,
+    bufferBytes: largest + 2 * ALIGN,
+    logWrites: imageWrites.observe !== undefined
+  })
+}
+
+/**
+ * The error for a record a thread refused: `checkedRecord`'s on the record read again (the
+ * error a restore without threads throws), or the thread's reason at the record.
+ */
+const refusal = async (
+  map: PointMap,
+  logRuns: ReadonlyArray<Run>,
+  segments: ReadonlyMap<number, ReadFile>,
+  refused: Refused
+): Promise<unknown> => {
+  const run = logRuns[refused.run]!
+  if (run._tag !== "Log") return new Error("a restore thread refused a read of the base")
+  const { k } = run.records[refused.record]!
+  const segment = map.chain.segments[run.segment]!
+  const t = run.table
+  const offset = t.offset[k]!
+  const bytes = Buffer.alloc(
+    Math.max(0, Math.min(RECORD_HEADER_BYTES + t.length[k]!, segment.bytes - offset))
+  )
+  const handle = segments.get(run.segment)!.handle
+  let got = 0
+  for (let n = 1; got < bytes.length && n > 0; got += n)
+    n = (await handle.read(bytes, got, bytes.length - got, offset + got)).bytesRead
+  try {
+    checkedRecord(map.chain, segment, t, k, bytes.subarray(0, got))
+  } catch (e) {
+    return e
+  }
+  return new LogCorrupt({
+    file: path.join(map.chain.diskDir, segment.name),
+    offset,
+    reason: `record ${t.seq[k]}: ${refused.reason}`
+  })
+}
+
 /**
  * Writes the point `map` describes into `image` (a new file of the disk's size, all holes, or
  * a device written in full). `false` when a fold removed a file first (read the chain again).
@@ -248,10 +336,31 @@ export const writePoint = async (
   let flushing: Promise<void> | undefined
   let flushFailed: { readonly cause: unknown } | undefined
   let reported = 0
+  let threads: RestoreThreads | undefined
+  let sampler: ReturnType<typeof setInterval> | undefined
+  /** Bytes placed: by the main thread (`done`) and by the threads. */
+  const placed = () => done + (threads?.placed ?? 0)
   const report = (force: boolean) => {
-    if (onProgress !== undefined && (force || done - reported >= PROGRESS_STEP)) {
-      reported = done
-      onProgress({ phase: "writing", bytes: done, total })
+    const now = placed()
+    if (onProgress !== undefined && (force || now - reported >= PROGRESS_STEP)) {
+      reported = now
+      onProgress({ phase: "writing", bytes: now, total })
+    }
+  }
+  // The page cache starts writing the image back now, not all of it at the final fsync.
+  const flushSome = () => {
+    const now = placed()
+    if (tuning.flushBytes > 0 && now - flushedAt >= tuning.flushBytes && flushing === undefined) {
+      flushedAt = now
+      flushing = image.datasync().then(
+        () => {
+          flushing = undefined
+        },
+        (cause: unknown) => {
+          flushFailed ??= { cause }
+          flushing = undefined
+        }
+      )
     }
   }
   report(true)
@@ -272,7 +381,14 @@ export const writePoint = async (
     const segments = await openSegments(map, logRuns)
     if (segments === undefined) return false
     closing.push(...segments.values())
-    const runs = [...planBase(pt, diskBytes, unit), ...logRuns]
+    const baseRuns = planBase(pt, diskBytes, unit)
+    threads = threadTuning.threads > 0 ? startThreads(map, logRuns, segments, image) : undefined
+    const runs = threads === undefined ? [...baseRuns, ...logRuns] : baseRuns
+    if (threads !== undefined)
+      sampler = setInterval(() => {
+        report(false)
+        flushSome()
+      }, SAMPLE_MS)
     // A read's ends are rounded out to ALIGN; each read ahead, the run placed and the runs
     // whose writes are out hold a buffer (no larger than the largest run needs).
     let largest = 0
@@ -376,27 +492,23 @@ export const writePoint = async (
       // The buffer goes back to the pool once the run's writes are over.
       if (buf.length > 0) out.after(() => pool.give(buf))
       if (out.batched >= tuning.batchBytes) await out.send(tuning.writesInFlight)
-      // The page cache starts writing the image back now, not all of it at the final fsync.
-      if (tuning.flushBytes > 0 && done - flushedAt >= tuning.flushBytes && flushing === undefined) {
-        flushedAt = done
-        flushing = image.datasync().then(
-          () => {
-            flushing = undefined
-          },
-          (cause: unknown) => {
-            flushFailed ??= { cause }
-            flushing = undefined
-          }
-        )
-      }
+      flushSome()
       report(false)
     }
     await out.drain()
+    if (threads !== undefined) {
+      const { refused, writes } = await threads.done
+      if (refused !== undefined) throw await refusal(map, logRuns, segments, refused)
+      for (let i = 0; i < writes.length; i += 2) imageWrites.observe?.(writes[i]!, writes[i + 1]!)
+    }
     await flushing
     if (flushFailed !== undefined) throw flushFailed.cause
     report(true)
     return true
   } finally {
+    if (sampler !== undefined) clearInterval(sampler)
+    threads?.stop()
+    await threads?.close()
     await writer?.drain().catch(() => undefined)
     await flushing
     for (const read of reads) await read?.catch(() => undefined)
