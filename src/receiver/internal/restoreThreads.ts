@@ -57,6 +57,9 @@ export interface ThreadFile {
   readonly direct: number
 }
 
+/** How many restores the threads made (tests see that the log went through them). */
+export const threadRestores = { started: 0 }
+
 /** A record a thread refused: which read of the plan, which of its records, and why. */
 export interface Refused {
   readonly run: number
@@ -350,6 +353,7 @@ export class RestoreThreads {
     })
     // Seen by the caller's `await`; a failure never waited for is no unhandled rejection.
     done.catch(() => undefined)
+    threadRestores.started++
     return new RestoreThreads(workers, control, placed, done)
   }
 
