@@ -124,27 +124,33 @@ export const encodePlan = (
  * `undefined` for a record whose bytes may be written.
  */
 const WORKER = `
-const { parentPort, workerData: w } = require("node:worker_threads")
-// Kept alive until the main thread ends it (its one message is never lost to an exit).
-parentPort.on("message", () => undefined)
+const { parentPort, workerData: k } = require("node:worker_threads")
 const { readSync, writeSync } = require("node:fs")
-const { crc32c } = require(w.crc)
-const ALIGN = w.align, HEADER = w.header
-const plan = w.plan, at = w.at, ctl = new Int32Array(w.control), placed = new BigInt64Array(w.placed)
-const files = w.files.map((f) => ({ fd: f.fd, direct: f.direct }))
+const { crc32c } = require(k.crc)
+const ALIGN = k.align, HEADER = k.header
+let w, plan, at, ctl, placed, files
+// Started before the plan is made (a thread's start costs 0.1-0.2 s of CPU here); the plan
+// is its one message. Kept alive until the main thread ends it (its reply is never lost to an exit).
+parentPort.on("message", (m) => {
+  if (w !== undefined) return
+  w = m
+  plan = w.plan; at = w.at; ctl = new Int32Array(w.control); placed = new BigInt64Array(w.placed)
+  files = w.files.map((f) => ({ fd: f.fd, direct: f.direct }))
+  run()
+})
 const u32 = (b, i) => b.readUInt32LE(i)
 const u64 = (b, i) => { const high = u32(b, i + 4); return high > 0x1fffff ? -1 : high * 0x100000000 + u32(b, i) }
 const check = (bytes, o, p) => {
   const length = plan[p + 1]
   if (bytes.length - o < HEADER) return "the segment ends inside the record"
   const kind = bytes[o + 4], flags = bytes[o + 5]
-  if (kind < w.kinds[0] || kind > w.kinds[1]) return "unknown record kind " + kind
-  if ((flags & ~w.flags) !== 0) return "unknown record flags " + flags
+  if (kind < k.kinds[0] || kind > k.kinds[1]) return "unknown record kind " + kind
+  if ((flags & ~k.flags) !== 0) return "unknown record flags " + flags
   if (bytes[o + 6] !== 0 || bytes[o + 7] !== 0) return "reserved bytes are not zero"
   const stored = u32(bytes, o), seq = u64(bytes, o + 12), position = u64(bytes, o + 20), time = u64(bytes, o + 28)
   if (seq < 1 || position < 0 || time < 0) return "a seq, position or time out of range"
-  const data = kind === w.kinds[0] || kind === w.kinds[2]
-  if (data ? stored === 0 || stored > w.maxPayload : stored !== 0) return "implausible payload length " + stored
+  const data = kind === k.kinds[0] || kind === k.kinds[2]
+  if (data ? stored === 0 || stored > k.maxPayload : stored !== 0) return "implausible payload length " + stored
   if (bytes.length - o < HEADER + stored) return "the segment ends inside the record"
   let crc = crc32c(bytes.subarray(o, o + 36), 0) >>> 0
   if (stored > 0) crc = crc32c(bytes.subarray(o + HEADER, o + HEADER + stored), crc) >>> 0
@@ -170,14 +176,7 @@ const writeAll = (bytes, from, length, pos) => {
     from += n; length -= n; pos += n
   }
 }
-let own
-try {
-  own = Buffer.from(new WebAssembly.Memory({ initial: Math.ceil(w.bufferBytes / 65536), maximum: Math.ceil(w.bufferBytes / 65536) }).buffer, 0, w.bufferBytes)
-} catch {
-  own = undefined
-}
-const aligned = own !== undefined
-if (own === undefined) own = Buffer.allocUnsafe(w.bufferBytes)
+let own, aligned
 const writes = []
 const write = (bytes, from, length, pos) => {
   writeAll(bytes, from, length, pos)
@@ -204,7 +203,16 @@ const refuse = (r) => {
     if (stop <= r || Atomics.compareExchange(ctl, 1, stop, r) === stop) return
   }
 }
+const run = () => {
 try {
+  try {
+    const pages = Math.ceil(w.bufferBytes / 65536)
+    own = Buffer.from(new WebAssembly.Memory({ initial: pages, maximum: pages }).buffer, 0, w.bufferBytes)
+  } catch {
+    own = undefined
+  }
+  aligned = own !== undefined
+  if (own === undefined) own = Buffer.allocUnsafe(w.bufferBytes)
   let refused
   for (;;) {
     const r = Atomics.add(ctl, 0, 1)
@@ -240,6 +248,7 @@ try {
   Atomics.store(ctl, 1, 0)
   parentPort.postMessage({ error: { message: String(e && e.message), code: e && e.code, errno: e && e.errno, syscall: e && e.syscall } })
 }
+}
 `
 
 /** Where the CRC32C addon is, for the threads (their `require` resolves from the working directory). */
@@ -261,64 +270,42 @@ export interface ThreadsDone {
   readonly writes: ReadonlyArray<number>
 }
 
+/** A thread started, waiting for its plan: how it ended, once it has. */
+type Ended = ThreadsDone | { readonly error: Error }
+
 /**
- * The threads writing the plan's reads into `image` (a file descriptor), started; `undefined`
- * when none can be started here (no CRC32C addon to give them, no worker threads).
+ * Restore threads started ahead of their plan (`boot`: a thread's start costs 0.1–0.2 s of
+ * CPU on this VM, overlapped with opening the point), then given it (`start`), once.
  */
-export class RestoreThreads {
+export class BootedThreads {
+  private used = false
   private constructor(
     private readonly workers: ReadonlyArray<Worker>,
-    /** [0] the next read to take; [1] reads from this one on are not started (a refusal, or a stop). */
-    private readonly control: Int32Array,
-    /** Bytes placed by the threads (records checked and their extents written). */
-    private readonly placedBytes: BigInt64Array,
-    readonly done: Promise<ThreadsDone>
+    private readonly ends: ReadonlyArray<Promise<Ended>>
   ) {}
 
-  static start(options: {
-    readonly count: number
-    readonly runs: ReadonlyArray<ThreadRun>
-    readonly extents: ExtentColumns
-    readonly files: ReadonlyArray<ThreadFile>
-    readonly image: number
-    /** Bytes of each thread's buffer (a larger read gets one of its own). */
-    readonly bufferBytes: number
-    /** Every write reported back (`imageWrites.observe`: tests). */
-    readonly logWrites: boolean
-  }): RestoreThreads | undefined {
+  /** `count` threads started; `undefined` when none can be here (no CRC32C addon to give them, no worker threads). */
+  static boot(count: number): BootedThreads | undefined {
     const crc = crcModule()
-    if (crc === undefined || options.count < 1) return undefined
-    const { plan, at } = encodePlan(options.runs, options.extents)
-    const control = new Int32Array(new SharedArrayBuffer(8))
-    control[1] = options.runs.length
-    const placed = new BigInt64Array(new SharedArrayBuffer(8))
+    if (crc === undefined || count < 1) return undefined
     const workerData = {
       crc,
       align: ALIGN,
       header: RECORD_HEADER_BYTES,
       kinds: [Kind.Write, Kind.ResyncEnd, Kind.Block],
       flags: FLAG_RECOVERY_POINT | FLAG_BATCH_START,
-      maxPayload: MAX_RECORD_PAYLOAD,
-      plan,
-      at,
-      control: control.buffer,
-      placed: placed.buffer,
-      files: options.files,
-      image: options.image,
-      bufferBytes: Math.ceil(options.bufferBytes / ALIGN) * ALIGN,
-      logWrites: options.logWrites,
-      writesBeforeCheck: ReceiverMutants.restoreThreadWritesBeforeCheck
+      maxPayload: MAX_RECORD_PAYLOAD
     }
     const workers: Array<Worker> = []
-    const ends: Array<Promise<ThreadsDone | { readonly error: Error }>> = []
+    const ends: Array<Promise<Ended>> = []
     try {
-      for (let i = 0; i < options.count; i++) {
+      for (let i = 0; i < count; i++) {
         const worker = new Worker(WORKER, { eval: true, workerData })
         workers.push(worker)
         ends.push(
           new Promise((resolve) => {
             let settled = false
-            const end = (v: ThreadsDone | { readonly error: Error }) => {
+            const end = (v: Ended) => {
               if (!settled) resolve(v)
               settled = true
             }
@@ -340,7 +327,39 @@ export class RestoreThreads {
       for (const worker of workers) void worker.terminate()
       return undefined
     }
-    const done = Promise.all(ends).then((results) => {
+    return new BootedThreads(workers, ends)
+  }
+
+  /** Gives the threads their plan: they write the plan's reads into `image` (a file descriptor). */
+  start(options: {
+    readonly runs: ReadonlyArray<ThreadRun>
+    readonly extents: ExtentColumns
+    readonly files: ReadonlyArray<ThreadFile>
+    readonly image: number
+    /** Bytes of each thread's buffer (a larger read gets one of its own). */
+    readonly bufferBytes: number
+    /** Every write reported back (`imageWrites.observe`: tests). */
+    readonly logWrites: boolean
+  }): RestoreThreads {
+    if (this.used) throw new Error("restore threads are given one plan")
+    this.used = true
+    const { plan, at } = encodePlan(options.runs, options.extents)
+    const control = new Int32Array(new SharedArrayBuffer(8))
+    control[1] = options.runs.length
+    const placed = new BigInt64Array(new SharedArrayBuffer(8))
+    const message = {
+      plan,
+      at,
+      control: control.buffer,
+      placed: placed.buffer,
+      files: options.files,
+      image: options.image,
+      bufferBytes: Math.ceil(options.bufferBytes / ALIGN) * ALIGN,
+      logWrites: options.logWrites,
+      writesBeforeCheck: ReceiverMutants.restoreThreadWritesBeforeCheck
+    }
+    for (const worker of this.workers) worker.postMessage(message)
+    const done = Promise.all(this.ends).then((results) => {
       let refused: Refused | undefined
       const writes: Array<number> = []
       for (const r of results) {
@@ -354,8 +373,25 @@ export class RestoreThreads {
     // Seen by the caller's `await`; a failure never waited for is no unhandled rejection.
     done.catch(() => undefined)
     threadRestores.started++
-    return new RestoreThreads(workers, control, placed, done)
+    return new RestoreThreads(this, control, placed, done)
   }
+
+  /** Ends the threads (after their plan is done, or given none). */
+  async close(): Promise<void> {
+    for (const worker of this.workers) await worker.terminate()
+  }
+}
+
+/** The threads at work on their plan. */
+export class RestoreThreads {
+  constructor(
+    private readonly booted: BootedThreads,
+    /** [0] the next read to take; [1] reads from this one on are not started (a refusal, or a stop). */
+    private readonly control: Int32Array,
+    /** Bytes placed by the threads (records checked and their extents written). */
+    private readonly placedBytes: BigInt64Array,
+    readonly done: Promise<ThreadsDone>
+  ) {}
 
   /** Bytes the threads have placed so far (records checked and their extents written). */
   get placed(): number {
@@ -367,9 +403,9 @@ export class RestoreThreads {
     Atomics.store(this.control, 1, 0)
   }
 
-  /** Waits for the threads' end (after `stop`, or to give up), whatever it was. */
+  /** Waits for the threads' end (after `stop`, or to give up), whatever it was, and ends them. */
   async close(): Promise<void> {
     await this.done.catch(() => undefined)
-    for (const worker of this.workers) await worker.terminate()
+    await this.booted.close()
   }
 }

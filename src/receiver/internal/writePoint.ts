@@ -27,7 +27,13 @@ import { tableOf } from "./chain.js"
 import type { EntryTable } from "./entryTable.js"
 import type { PointMap, PointTable } from "./point.js"
 import { checkedRecord } from "./recordCache.js"
-import { type Refused, RestoreThreads, type ThreadFile, type ThreadRun } from "./restoreThreads.js"
+import {
+  BootedThreads,
+  type Refused,
+  type RestoreThreads,
+  type ThreadFile,
+  type ThreadRun
+} from "./restoreThreads.js"
 
 /**
  * How far a restore is, `bytes` of `total` in each phase: `indexing`, the sealed segments'
@@ -42,6 +48,8 @@ export interface Progress {
 }
 
 const PROGRESS_STEP = 1 << 20
+/** Base bytes to read beside the threads above which the base's writes get a thread of their own. */
+const SMALL_BASE = 64 << 20
 /** How often the threads' progress is looked at (ms). */
 const SAMPLE_MS = 20
 
@@ -79,6 +87,10 @@ export const tuning = {
  * counts).
  */
 export const threadTuning = { threads: threadsOf(process.env.CDP_SYNC_RESTORE_THREADS) }
+
+/** The threads for a restore's log (`threadTuning.threads`), started ahead of its plan; `undefined`: none. */
+export const bootThreads = (): BootedThreads | undefined =>
+  threadTuning.threads > 0 ? BootedThreads.boot(threadTuning.threads) : undefined
 
 /**
  * A record of a segment the point keeps bytes of (entry `k`), and those bytes' extents:
@@ -247,14 +259,14 @@ const openSegments = async (
   return files
 }
 
-/** The threads writing the log's part (`logRuns`), started; `undefined` when none can be. */
+/** The threads writing the log's part (`logRuns`), given their plan. */
 const startThreads = (
+  booted: BootedThreads,
   map: PointMap,
   logRuns: ReadonlyArray<Run>,
   segments: ReadonlyMap<number, ReadFile>,
   image: fs.FileHandle
 ): RestoreThreads | undefined => {
-  if (logRuns.length === 0) return undefined
   const files: Array<ThreadFile> = []
   const fileOf = new Map<number, number>()
   const runs: Array<ThreadRun> = []
@@ -270,8 +282,7 @@ const startThreads = (
     runs.push({ ...run, file })
     largest = Math.max(largest, Math.min(tuning.runBytes, run.end - run.start))
   }
-  return RestoreThreads.start({
-    count: threadTuning.threads,
+  return booted.start({
     runs,
     extents: map.table,
     files,
@@ -319,12 +330,14 @@ const refusal = async (
 /**
  * Writes the point `map` describes into `image` (a new file of the disk's size, all holes, or
  * a device written in full). `false` when a fold removed a file first (read the chain again).
+ * `booted`: the threads for the log's part, started ahead (`bootThreads`); ended here.
  */
 export const writePoint = async (
   map: PointMap,
   image: fs.FileHandle,
   device: boolean,
-  onProgress?: (progress: Progress) => void
+  onProgress?: (progress: Progress) => void,
+  booted: BootedThreads | undefined = bootThreads()
 ): Promise<boolean> => {
   const { chain } = map
   const pt = map.table
@@ -382,7 +395,8 @@ export const writePoint = async (
     if (segments === undefined) return false
     closing.push(...segments.values())
     const baseRuns = planBase(pt, diskBytes, unit)
-    threads = threadTuning.threads > 0 ? startThreads(map, logRuns, segments, image) : undefined
+    if (booted !== undefined && logRuns.length > 0)
+      threads = startThreads(booted, map, logRuns, segments, image)
     const runs = threads === undefined ? [...baseRuns, ...logRuns] : baseRuns
     if (threads !== undefined)
       sampler = setInterval(() => {
@@ -394,8 +408,12 @@ export const writePoint = async (
     let largest = 0
     for (const run of runs) largest = Math.max(largest, Math.min(tuning.runBytes, run.end - run.start))
     const pool = new BufferPool(largest + 2 * ALIGN, tuning.readsAhead + 8, tuning.direct)
-    const out: ImageWriter =
-      (tuning.worker ? WorkerWriter.start(image) : undefined) ?? new HandleWriter(image)
+    // A thread of its own for the writes when they are many: starting one costs 0.1–0.2 s of CPU
+    // here, more than the handle's round trips for the base's few writes beside the threads.
+    let baseBytes = 0
+    if (threads !== undefined) for (const run of baseRuns) baseBytes += run.end - run.start
+    const own = tuning.worker && (threads === undefined || baseBytes > SMALL_BASE)
+    const out: ImageWriter = (own ? WorkerWriter.start(image) : undefined) ?? new HandleWriter(image)
     writer = out
     closing.push(out)
     let started = 0
@@ -509,6 +527,7 @@ export const writePoint = async (
     if (sampler !== undefined) clearInterval(sampler)
     threads?.stop()
     await threads?.close()
+    if (threads === undefined) await booted?.close()
     await writer?.drain().catch(() => undefined)
     await flushing
     for (const read of reads) await read?.catch(() => undefined)
