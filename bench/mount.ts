@@ -25,6 +25,8 @@
  * `CDP_SYNC_BENCH_MOUNT_SECTIONS=restore` (or `first-byte`, `fio`, comma-separated); some rows
  * only: `CDP_SYNC_BENCH_MOUNT_ROWS=latest,busy` (first byte: `qemu`, `latest`, `time`, `busy`);
  * `CDP_SYNC_BENCH_MOUNT_RESTORE_ROWS=index,cp` (restore: `index`, `cp`, `replay`).
+ * `CDP_SYNC_RESTORE_THREADS=N` (passed on to `cdp-sync restore`): the threads making the log's
+ * part of the restore (default 3, 0: the main thread; docs/performance.md, "Session 13: restore").
  * `CDP_SYNC_BENCH_MOUNT_PROFILE=DIR`: every `cdp-sync mount` (first byte and fio) runs under `node --cpu-prof`,
  * its profile written into DIR (named by row and round) for bench/internal/profile.mjs.
  */

@@ -35,9 +35,9 @@ import {
   RestoreTargetRefused
 } from "./internal/errors.js"
 import { isEnoent, realPathOutside } from "./internal/files.js"
-import { openPointMap } from "./internal/point.js"
+import { openPointMap, type PointMap } from "./internal/point.js"
 import { type Target, writeTarget } from "./internal/replay.js"
-import { type Progress, writePoint } from "./internal/writePoint.js"
+import { bootThreads, type Progress, writePoint } from "./internal/writePoint.js"
 
 export {
   DiskNotFound,
@@ -200,15 +200,30 @@ const materialise = async (
   out: Target,
   onProgress: ((progress: Progress) => void) | undefined
 ): Promise<number | undefined> => {
-  const map = await openPointMap(
-    chain,
-    seq,
-    true,
-    onProgress === undefined ? undefined : (p) => onProgress({ phase: "indexing", ...p })
-  )
-  const written = await writeTarget(out, diskBytesOf(chain.meta), async (image, device) =>
-    (await writePoint(map, image, device, onProgress)) ? true : undefined
-  )
+  // The threads start while the point is opened (writePoint ends them).
+  let booted = bootThreads()
+  let map: PointMap
+  try {
+    map = await openPointMap(
+      chain,
+      seq,
+      true,
+      onProgress === undefined ? undefined : (p) => onProgress({ phase: "indexing", ...p })
+    )
+  } catch (e) {
+    await booted?.close()
+    throw e
+  }
+  let written: true | undefined
+  try {
+    written = await writeTarget(out, diskBytesOf(chain.meta), async (image, device) => {
+      const threads = booted ?? bootThreads()
+      booted = undefined
+      return (await writePoint(map, image, device, onProgress, threads)) ? true : undefined
+    })
+  } finally {
+    await booted?.close()
+  }
   if (written === undefined) return undefined
   // Counted on the columns (the entries as objects cost more than the count).
   let records = 0

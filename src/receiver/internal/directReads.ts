@@ -98,6 +98,11 @@ export class ReadFile {
     private direct: fs.FileHandle | undefined
   ) {}
 
+  /** The descriptor of the handle without the page cache, -1 when there is none (threads read it). */
+  get directFd(): number {
+    return this.direct?.fd ?? -1
+  }
+
   /** Whether reads (into aligned buffers) bypass the page cache. */
   get isDirect(): boolean {
     return this.direct !== undefined

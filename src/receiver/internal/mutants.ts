@@ -22,6 +22,8 @@ export const ReceiverMutants = {
   restoreFillsHoles: false,
   /** A restore that checks only the first unit of each read of the base against its CRC. */
   restoreChecksFirstUnitOnly: false,
+  /** A restore thread that writes a record's extents before checking the record (then refuses it). */
+  restoreThreadWritesBeforeCheck: false,
   /** A point reader's record cache that reads a record into the buffer of one a read is still using. */
   recordCacheReusesPinned: false,
   /** A live block index that is not told of the records committed after it was built. */

@@ -6,9 +6,12 @@
  * file order, segment by segment: the records holding them read in runs (neighbours share a
  * read, a record no later write left a byte of is not read, long stretches of them are
  * skipped), each record checked against its CRC and its index entry before any of it is
- * written. Reads go a few ahead and bypass the page cache where they can
- * (`directReads.ts`); writes go out in batches, made by a worker thread (`imageWriter.ts`).
- * Where the time goes: docs/receiver.md, "Restore on the index".
+ * written. The log's reads are made by a few worker threads, each reading, checking and
+ * writing whole reads of the plan with synchronous calls (`restoreThreads.ts`); the base's
+ * (and, where no thread can be started, the log's) on the main thread: reads a few ahead,
+ * bypassing the page cache where they can (`directReads.ts`), writes in batches made by a
+ * worker thread (`imageWriter.ts`). Where the time goes: docs/receiver.md, "Restore on the
+ * index".
  */
 import type * as fs from "node:fs/promises"
 import * as path from "node:path"
@@ -17,13 +20,19 @@ import { type Base, baseLayout, openBase, tuning as baseTuning, zeroCrc } from "
 import { ALIGN, BufferPool, ReadFile } from "./directReads.js"
 import { LogCorrupt } from "./errors.js"
 import { isEnoent, preadFully } from "./files.js"
-import { HandleWriter, type ImageWriter, WorkerWriter } from "./imageWriter.js"
+import { HandleWriter, type ImageWriter, imageWrites, WorkerWriter } from "./imageWriter.js"
 import { RECORD_HEADER_BYTES } from "./format.js"
 import { ReceiverMutants } from "./mutants.js"
-import { tableOf } from "./chain.js"
-import type { EntryTable } from "./entryTable.js"
-import type { PointMap, PointTable } from "./point.js"
+import type { PointMap } from "./point.js"
 import { checkedRecord } from "./recordCache.js"
+import { planBase, planLog, type Run, tuning } from "./restorePlan.js"
+import {
+  BootedThreads,
+  type Refused,
+  type RestoreThreads,
+  type ThreadFile,
+  type ThreadRun
+} from "./restoreThreads.js"
 
 /**
  * How far a restore is, `bytes` of `total` in each phase: `indexing`, the sealed segments'
@@ -38,151 +47,30 @@ export interface Progress {
 }
 
 const PROGRESS_STEP = 1 << 20
-/**
- * How a restore reads and writes; the properties shrink them so reads split at every edge.
- * `batchBytes`: writes are sent in batches of about this much (or when a read needs a
- * buffer they hold). `writesInFlight`: batches outstanding at once. `runGap`: records (or
- * base units) closer than this are read in one go (the bytes between read and dropped).
- * `runBytes`: a read covers at most this much (unless one record is larger). `readsAhead`:
- * reads started ahead of the one being placed (each holds a buffer of `runBytes`).
- * `direct`: reads bypass the page cache where they can (`directReads.ts`). `worker`: a
- * worker thread writes (`imageWriter.ts`), else the file handle. `flushBytes`: after about
- * this much is placed, an fdatasync of the image starts (one at a time, 0: none), so the
- * writing back overlaps the reads instead of all of it waiting for the caller's fsync.
- */
-export const tuning = {
-  batchBytes: 1 << 20,
-  writesInFlight: 4,
-  runGap: 256 << 10,
-  runBytes: 4 << 20,
-  readsAhead: 2,
-  direct: true,
-  worker: true,
-  flushBytes: 128 << 20
+/** Base bytes to read beside the threads above which the base's writes get a thread of their own. */
+const SMALL_BASE = 64 << 20
+/** How often the threads' progress is looked at (ms). */
+const SAMPLE_MS = 20
+
+/** `CDP_SYNC_RESTORE_THREADS` (0–16), else 3. */
+function threadsOf(text: string | undefined): number {
+  const n = Number(text)
+  return text !== undefined && text !== "" && Number.isInteger(n) && n >= 0 && n <= 16 ? n : 3
 }
+
+/** How a restore reads and writes (`restorePlan.ts`; the properties shrink it). */
+export { tuning }
 
 /**
- * A record of a segment the point keeps bytes of (entry `k`), and those bytes' extents:
- * `order[from]` … `order[to - 1]`, indexes into the point's table (file order).
+ * Worker threads reading, checking and writing the log's part (`restoreThreads.ts`; 0: the
+ * main thread does, as the base's). `CDP_SYNC_RESTORE_THREADS` sets it (the bench compares
+ * counts).
  */
-interface Needed {
-  readonly k: number
-  readonly from: number
-  to: number
-}
+export const threadTuning = { threads: threadsOf(process.env.CDP_SYNC_RESTORE_THREADS) }
 
-/** Bytes of the base to place: `[start, end)` of the disk, inside one unit. */
-interface Piece {
-  readonly start: number
-  readonly end: number
-}
-
-/** One read: bytes `[start, end)` of a file, and what is placed from them. */
-type Run =
-  | {
-      readonly _tag: "Log"
-      readonly segment: number
-      /** The segment's index entries (columns: no object per record). */
-      readonly table: EntryTable
-      readonly start: number
-      readonly end: number
-      /** The records the run holds whole. */
-      readonly records: ReadonlyArray<Needed>
-      /** The point's extents (by index into its table) in file order, segment by segment. */
-      readonly order: Uint32Array
-    }
-  | {
-      readonly _tag: "Base"
-      readonly start: number
-      end: number
-      /** The bytes no extent covers, in disk order. */
-      readonly pieces: Array<Piece>
-    }
-
-/**
- * The reads of the base: the units holding bytes no extent covers (`pieces`, split at unit
- * edges: each is checked against its unit's CRC), neighbours closer than `tuning.runGap` in one read of at most `tuning.runBytes`.
- */
-const planBase = (t: PointTable, diskBytes: number, unit: number): Array<Run> => {
-  const runs: Array<Run & { _tag: "Base" }> = []
-  const add = (start: number, end: number) => {
-    for (let at = start; at < end; ) {
-      const unitStart = Math.floor(at / unit) * unit
-      const unitEnd = Math.min(diskBytes, unitStart + unit)
-      const pieceEnd = Math.min(end, unitEnd)
-      const run = runs.at(-1)
-      if (run !== undefined && unitStart < run.end) {
-        // The same unit as the last piece (two gaps in one unit).
-        run.pieces.push({ start: at, end: pieceEnd })
-      } else if (
-        run !== undefined &&
-        unitStart - run.end <= tuning.runGap &&
-        unitEnd - run.start <= tuning.runBytes
-      ) {
-        run.end = unitEnd
-        run.pieces.push({ start: at, end: pieceEnd })
-      } else
-        runs.push({ _tag: "Base", start: unitStart, end: unitEnd, pieces: [{ start: at, end: pieceEnd }] })
-      at = pieceEnd
-    }
-  }
-  if (ReceiverMutants.restoreWritesOverriddenBase) add(0, diskBytes)
-  else {
-    let covered = 0
-    for (let i = 0; i < t.count; i++) {
-      if (t.start[i]! > covered) add(covered, t.start[i]!)
-      covered = t.end[i]!
-    }
-    if (covered < diskBytes) add(covered, diskBytes)
-  }
-  return runs
-}
-
-/**
- * The reads that fetch every record the point keeps bytes of, segment by segment in file
- * order: neighbours closer than `tuning.runGap` share a read of at most `tuning.runBytes`. A record no
- * later write left a byte of is not read; long stretches of them are skipped.
- */
-const planLog = (map: PointMap): Array<Run> => {
-  const t = map.table
-  // The extents by segment, then in file order (on the table's columns: no object per extent).
-  const order = new Uint32Array(t.count)
-  for (let i = 0; i < t.count; i++) order[i] = i
-  order.sort((a, b) => t.segment[a]! - t.segment[b]! || t.fileOffset[a]! - t.fileOffset[b]!)
-  const runs: Array<Run> = []
-  for (let first = 0; first < order.length; ) {
-    const s = t.segment[order[first]!]!
-    let stop = first
-    while (stop < order.length && t.segment[order[stop]!] === s) stop++
-    const segment = map.chain.segments[s]!
-    const table = tableOf(segment)
-    // File order is record order: a record's extents come together.
-    let records: Array<Needed> = []
-    let start = 0
-    let end = 0
-    for (let o = first; o < stop; o++) {
-      const seq = t.seq[order[o]!]!
-      const last = records.at(-1)
-      if (last !== undefined && table.seq[last.k] === seq) {
-        last.to = o + 1
-        continue
-      }
-      const k = table.indexOf(seq)
-      const offset = table.offset[k]!
-      const recordEnd = Math.min(segment.bytes, offset + RECORD_HEADER_BYTES + table.length[k]!)
-      if (records.length > 0 && (offset - end > tuning.runGap || recordEnd - start > tuning.runBytes)) {
-        runs.push({ _tag: "Log", segment: s, table, start, end, records, order })
-        records = []
-      }
-      if (records.length === 0) start = offset
-      records.push({ k, from: o, to: o + 1 })
-      end = recordEnd
-    }
-    if (records.length > 0) runs.push({ _tag: "Log", segment: s, table, start, end, records, order })
-    first = stop
-  }
-  return runs
-}
+/** The threads for a restore's log (`threadTuning.threads`), started ahead of its plan; `undefined`: none. */
+export const bootThreads = (): BootedThreads | undefined =>
+  threadTuning.threads > 0 ? BootedThreads.boot(threadTuning.threads) : undefined
 
 /** The base's checksum table, checked against the trailer; `undefined` for format 1 (none). */
 const readTable = async (
@@ -228,15 +116,85 @@ const openSegments = async (
   return files
 }
 
+/** The threads writing the log's part (`logRuns`), given their plan. */
+const startThreads = (
+  booted: BootedThreads,
+  map: PointMap,
+  logRuns: ReadonlyArray<Run>,
+  segments: ReadonlyMap<number, ReadFile>,
+  image: fs.FileHandle
+): RestoreThreads | undefined => {
+  const files: Array<ThreadFile> = []
+  const fileOf = new Map<number, number>()
+  const runs: Array<ThreadRun> = []
+  let largest = 0
+  for (const run of logRuns) {
+    if (run._tag !== "Log") continue
+    let file = fileOf.get(run.segment)
+    if (file === undefined) {
+      const f = segments.get(run.segment)!
+      file = files.push({ fd: f.handle.fd, direct: f.directFd }) - 1
+      fileOf.set(run.segment, file)
+    }
+    runs.push({ ...run, file })
+    largest = Math.max(largest, Math.min(tuning.runBytes, run.end - run.start))
+  }
+  return booted.start({
+    runs,
+    extents: map.table,
+    files,
+    image: image.fd,
+    bufferBytes: largest + 2 * ALIGN,
+    logWrites: imageWrites.observe !== undefined
+  })
+}
+
+/**
+ * The error for a record a thread refused: `checkedRecord`'s on the record read again (the
+ * error a restore without threads throws), or the thread's reason at the record.
+ */
+const refusal = async (
+  map: PointMap,
+  logRuns: ReadonlyArray<Run>,
+  segments: ReadonlyMap<number, ReadFile>,
+  refused: Refused
+): Promise<unknown> => {
+  const run = logRuns[refused.run]!
+  if (run._tag !== "Log") return new Error("a restore thread refused a read of the base")
+  const { k } = run.records[refused.record]!
+  const segment = map.chain.segments[run.segment]!
+  const t = run.table
+  const offset = t.offset[k]!
+  const bytes = Buffer.alloc(
+    Math.max(0, Math.min(RECORD_HEADER_BYTES + t.length[k]!, segment.bytes - offset))
+  )
+  const handle = segments.get(run.segment)!.handle
+  let got = 0
+  for (let n = 1; got < bytes.length && n > 0; got += n)
+    n = (await handle.read(bytes, got, bytes.length - got, offset + got)).bytesRead
+  try {
+    checkedRecord(map.chain, segment, t, k, bytes.subarray(0, got))
+  } catch (e) {
+    return e
+  }
+  return new LogCorrupt({
+    file: path.join(map.chain.diskDir, segment.name),
+    offset,
+    reason: `record ${t.seq[k]}: ${refused.reason}`
+  })
+}
+
 /**
  * Writes the point `map` describes into `image` (a new file of the disk's size, all holes, or
  * a device written in full). `false` when a fold removed a file first (read the chain again).
+ * `booted`: the threads for the log's part, started ahead (`bootThreads`); ended here.
  */
 export const writePoint = async (
   map: PointMap,
   image: fs.FileHandle,
   device: boolean,
-  onProgress?: (progress: Progress) => void
+  onProgress?: (progress: Progress) => void,
+  booted: BootedThreads | undefined = bootThreads()
 ): Promise<boolean> => {
   const { chain } = map
   const pt = map.table
@@ -248,10 +206,31 @@ export const writePoint = async (
   let flushing: Promise<void> | undefined
   let flushFailed: { readonly cause: unknown } | undefined
   let reported = 0
+  let threads: RestoreThreads | undefined
+  let sampler: ReturnType<typeof setInterval> | undefined
+  /** Bytes placed: by the main thread (`done`) and by the threads. */
+  const placed = () => done + (threads?.placed ?? 0)
   const report = (force: boolean) => {
-    if (onProgress !== undefined && (force || done - reported >= PROGRESS_STEP)) {
-      reported = done
-      onProgress({ phase: "writing", bytes: done, total })
+    const now = placed()
+    if (onProgress !== undefined && (force || now - reported >= PROGRESS_STEP)) {
+      reported = now
+      onProgress({ phase: "writing", bytes: now, total })
+    }
+  }
+  // The page cache starts writing the image back now, not all of it at the final fsync.
+  const flushSome = () => {
+    const now = placed()
+    if (tuning.flushBytes > 0 && now - flushedAt >= tuning.flushBytes && flushing === undefined) {
+      flushedAt = now
+      flushing = image.datasync().then(
+        () => {
+          flushing = undefined
+        },
+        (cause: unknown) => {
+          flushFailed ??= { cause }
+          flushing = undefined
+        }
+      )
     }
   }
   report(true)
@@ -272,14 +251,26 @@ export const writePoint = async (
     const segments = await openSegments(map, logRuns)
     if (segments === undefined) return false
     closing.push(...segments.values())
-    const runs = [...planBase(pt, diskBytes, unit), ...logRuns]
+    const baseRuns = planBase(pt, diskBytes, unit)
+    if (booted !== undefined && logRuns.length > 0)
+      threads = startThreads(booted, map, logRuns, segments, image)
+    const runs = threads === undefined ? [...baseRuns, ...logRuns] : baseRuns
+    if (threads !== undefined)
+      sampler = setInterval(() => {
+        report(false)
+        flushSome()
+      }, SAMPLE_MS)
     // A read's ends are rounded out to ALIGN; each read ahead, the run placed and the runs
     // whose writes are out hold a buffer (no larger than the largest run needs).
     let largest = 0
     for (const run of runs) largest = Math.max(largest, Math.min(tuning.runBytes, run.end - run.start))
     const pool = new BufferPool(largest + 2 * ALIGN, tuning.readsAhead + 8, tuning.direct)
-    const out: ImageWriter =
-      (tuning.worker ? WorkerWriter.start(image) : undefined) ?? new HandleWriter(image)
+    // A thread of its own for the writes when they are many: starting one costs 0.1–0.2 s of CPU
+    // here, more than the handle's round trips for the base's few writes beside the threads.
+    let baseBytes = 0
+    if (threads !== undefined) for (const run of baseRuns) baseBytes += run.end - run.start
+    const own = tuning.worker && (threads === undefined || baseBytes > SMALL_BASE)
+    const out: ImageWriter = (own ? WorkerWriter.start(image) : undefined) ?? new HandleWriter(image)
     writer = out
     closing.push(out)
     let started = 0
@@ -376,27 +367,24 @@ export const writePoint = async (
       // The buffer goes back to the pool once the run's writes are over.
       if (buf.length > 0) out.after(() => pool.give(buf))
       if (out.batched >= tuning.batchBytes) await out.send(tuning.writesInFlight)
-      // The page cache starts writing the image back now, not all of it at the final fsync.
-      if (tuning.flushBytes > 0 && done - flushedAt >= tuning.flushBytes && flushing === undefined) {
-        flushedAt = done
-        flushing = image.datasync().then(
-          () => {
-            flushing = undefined
-          },
-          (cause: unknown) => {
-            flushFailed ??= { cause }
-            flushing = undefined
-          }
-        )
-      }
+      flushSome()
       report(false)
     }
     await out.drain()
+    if (threads !== undefined) {
+      const { refused, writes } = await threads.done
+      if (refused !== undefined) throw await refusal(map, logRuns, segments, refused)
+      for (let i = 0; i < writes.length; i += 2) imageWrites.observe?.(writes[i]!, writes[i + 1]!)
+    }
     await flushing
     if (flushFailed !== undefined) throw flushFailed.cause
     report(true)
     return true
   } finally {
+    if (sampler !== undefined) clearInterval(sampler)
+    threads?.stop()
+    await threads?.close()
+    if (threads === undefined) await booted?.close()
     await writer?.drain().catch(() => undefined)
     await flushing
     for (const read of reads) await read?.catch(() => undefined)
