@@ -140,7 +140,7 @@ const receiverDigests = (port: number, watermark: number) =>
           watermark
         })
         const blocks = Array.from({ length: BLOCKS }, (_, b) => b)
-        yield* connection.requestChecksums({ _tag: "ChecksumRequest", id: 1, blocks })
+        yield* connection.requestChecksums({ _tag: "ChecksumRequest", algorithm: 0, id: 1, blocks })
         const answer = yield* connection.messages.pipe(
           Stream.filter((m) => m._tag === "ChecksumReply" || m._tag === "ChecksumRefused"),
           Stream.runHead,
