@@ -20,6 +20,7 @@ import {
   duration,
   hostPort,
   integer,
+  invalid,
   json,
   name,
   optionalDuration,
@@ -121,8 +122,14 @@ export const filterOptions = {
     "compare-from",
     "Checksum-based resync: while at least N blocks are owed, compare each with the receiver's copy (a digest of each side, see --digest) and send only those that differ (default: never compare, send every owed block)"
   ),
-  digest: Options.choice("digest", ["blake3", "sha256"]).pipe(
+  digest: Options.text("digest").pipe(
+    Options.withPseudoName("blake3 | sha256"),
     Options.optional,
+    Options.mapEffect((text) =>
+      Option.isNone(text) || text.value === "blake3" || text.value === "sha256"
+        ? Effect.succeed(text as Option.Option<"blake3" | "sha256">)
+        : Effect.fail(invalid(`--digest ${text.value}: expected blake3 or sha256`))
+    ),
     Options.withDescription(
       "The block digest of checksum resync and verify: blake3 (the default where its native module loads; about 3x less CPU at 64 KiB blocks) or sha256 (FIPS; what a receiver from before blake3 answers, which the filter falls back to by itself)"
     )
