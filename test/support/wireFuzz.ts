@@ -7,7 +7,8 @@
  * test/properties/wire.test.ts) and applies the service's rules: the first frame must
  * be a hello with a valid geometry that matches the disk's; then records go through
  * `domain/Receiver` and `Wire.checkRecord`; keep-alives are fine, and checksum requests
- * inside the disk (answered, the log unchanged; one beyond it is `bad-request`); anything else, a
+ * inside the disk, by any digest code (answered, or refused as `unsupported`, the log unchanged;
+ * one beyond it is `bad-request`); anything else, a
  * decoding error or the end inside a frame closes the connection. It tells the verdict
  * the service must log and the records it must append: no more, no fewer.
  */
@@ -445,7 +446,7 @@ type Step =
   | { readonly _tag: "resync-begin"; readonly back: number; readonly seq: SeqChoice }
   | { readonly _tag: "resync-end"; readonly seq: SeqChoice }
   | { readonly _tag: "keep-alive" }
-  | { readonly _tag: "checksums"; readonly blocks: ReadonlyArray<number> }
+  | { readonly _tag: "checksums"; readonly blocks: ReadonlyArray<number>; readonly algorithm: number }
   | { readonly _tag: "stray"; readonly frame: Wire.Frame }
 
 type SeqChoice =
@@ -502,7 +503,9 @@ const step = (blockCount: number): fc.Arbitrary<Step> =>
         // Now and then the block just beyond the disk (bad-request).
         blocks: fc
           .uniqueArray(fc.integer({ min: 0, max: blockCount }), { minLength: 1, maxLength: 5 })
-          .map((blocks) => blocks.sort((a, b) => a - b))
+          .map((blocks) => blocks.sort((a, b) => a - b)),
+        // The digest's code: SHA-256, BLAKE3, or one no algorithm has (refused, the connection up).
+        algorithm: fc.constantFrom(0, 1, 2, 0xffff_ffff)
       })
     },
     {
@@ -604,7 +607,12 @@ export const generated = (diskId: string): fc.Arbitrary<Generated> =>
         for (const s of steps) {
           if (s._tag === "keep-alive") frames.push({ _tag: "KeepAlive" })
           else if (s._tag === "checksums")
-            frames.push({ _tag: "ChecksumRequest", algorithm: 0, id: frames.length, blocks: s.blocks })
+            frames.push({
+              _tag: "ChecksumRequest",
+              algorithm: s.algorithm,
+              id: frames.length,
+              blocks: s.blocks
+            })
           else if (s._tag === "stray") frames.push(s.frame)
           else if (s._tag === "write") {
             const seq = seqOf(s.seq)
