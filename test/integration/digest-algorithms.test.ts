@@ -11,9 +11,13 @@
  * - A receiver without BLAKE3's binary (a preload makes its load fail, as on such a
  *   platform) refuses BLAKE3 as `unsupported`; the filter falls back to SHA-256, says so,
  *   and the replica ends equal to the disk.
+ * - A receiver from before the code (a proxy hands it every request with code 0, as such a
+ *   receiver reads it: it answers SHA-256, echoing 0): the filter believes no reply whose
+ *   echo is not what it asked, falls back to SHA-256, and the replica ends equal to the disk.
  */
 import { type ChildProcess, spawn } from "node:child_process"
 import * as fs from "node:fs"
+import * as net from "node:net"
 import * as path from "node:path"
 import { Effect, Stream } from "effect"
 import { afterEach, describe, expect, it } from "vitest"
@@ -148,6 +152,44 @@ const restoredEqualsDisk = async (dir: string, receiverDir: string) => {
   return fs.readFileSync(out).equals(fs.readFileSync(path.join(dir, "disk.img")))
 }
 
+/**
+ * Between the filter and the receiver at `port`: every checksum request goes on with code 0,
+ * every other frame as it came; the receiver's side passes untouched. Closed by the test.
+ */
+const codeZeroProxy = async (port: number) => {
+  const sockets = new Set<net.Socket>()
+  const server = net.createServer((client) => {
+    const upstream = net.connect(port, "127.0.0.1")
+    for (const s of [client, upstream]) {
+      sockets.add(s)
+      s.on("error", () => undefined)
+      s.on("close", () => {
+        sockets.delete(s)
+        client.destroy()
+        upstream.destroy()
+      })
+    }
+    const decoder = Wire.makeDecoder()
+    client.on("data", (bytes: Buffer) => {
+      const frames: Array<Wire.Frame> = []
+      const error = decoder.pushInto(bytes, frames)
+      for (const f of frames)
+        upstream.write(Wire.encode(f._tag === "ChecksumRequest" ? { ...f, algorithm: 0 } : f))
+      if (error !== undefined) client.destroy()
+    })
+    upstream.pipe(client)
+  })
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy()
+        server.close(() => resolve())
+      })
+  }
+}
+
 describe("the block digest's algorithm against the real receiver (session 13)", () => {
   it("both ends agree on SHA-256 and BLAKE3: exactly the changed blocks sent; the receiver's digests are the disk's", async () => {
     const dir = tempDir()
@@ -217,5 +259,30 @@ describe("the block digest's algorithm against the real receiver (session 13)", 
     expect(stderr).toContain("checksum requests ask sha256, not blake3")
     expect(receiver.stderr()).toMatch(/refused: blake3 is not available here/)
     expect(await restoredEqualsDisk(dir, receiverDir)).toBe(true)
+  }, 240_000)
+
+  it("a receiver from before the code (SHA-256 answered, echo 0): the filter falls back to SHA-256 and the replica ends whole", async () => {
+    const dir = tempDir()
+    const receiverDir = path.join(dir, "receiver")
+    fs.mkdirSync(receiverDir)
+    const receiver = await Proc.start(receiverDir, ["--verify-rate", "0"])
+    running.push(receiver)
+    const proxy = await codeZeroProxy(receiver.port)
+    try {
+      await replicate(dir, proxy.port, ["--seconds", "1", "--seed", "7"])
+      await killedFilter(dir, proxy.port)
+      const changed = [11, 44]
+      changeBlocks(dir, changed, 0x60)
+      const { status, stderr } = await replicate(dir, proxy.port, ["--compare-from", "1"])
+      expect(status).toMatchObject({ mode: "sync", quiescent: true })
+      expect(status.checksums).toMatchObject({ compared: BLOCKS, algorithm: "sha256" })
+      // The requests that asked BLAKE3 before the first reply are sent whole: a window at most.
+      expect(status.checksums.sent).toBeGreaterThanOrEqual(changed.length)
+      expect(status.checksums.sent).toBeLessThanOrEqual(changed.length + WINDOW)
+      expect(stderr).toMatch(/answered checksum request \d+ with digest code 0, asked 1/)
+      expect(await restoredEqualsDisk(dir, receiverDir)).toBe(true)
+    } finally {
+      await proxy.close()
+    }
   }, 240_000)
 })
