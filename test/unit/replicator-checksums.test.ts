@@ -170,7 +170,12 @@ describe("checksum-based resync in the replicator", () => {
         const { world, early, sent, status } = yield* changedWhileDown()
         expect(early, "blocks read before their event was journaled").toEqual([])
         expect(sent).toEqual([3, 9, 17, 40, 63])
-        expect(status.checksums).toEqual({ compared: BLOCKS, matched: BLOCKS - 5, sent: 5, algorithm: "blake3" })
+        expect(status.checksums).toEqual({
+          compared: BLOCKS,
+          matched: BLOCKS - 5,
+          sent: 5,
+          algorithm: "blake3"
+        })
         yield* expectWhole(world)
         // `serve`'s control endpoint reports them, and `cdp-sync status` shows them.
         const report = Schema.decodeUnknownSync(Report)({

@@ -376,7 +376,6 @@ export const makeShared = (options: {
     }
   })
 
-/** Stops once, with the first reason; the log line says why, the full cause is at debug level. */
 /**
  * The receiver cannot answer the digest algorithm asked (it refused it as `unsupported`, or
  * answered with another code: a receiver from before the code answers SHA-256): SHA-256
@@ -391,6 +390,7 @@ export const useSha256 = (shared: Shared, why: string): Effect.Effect<void> =>
     return Effect.logWarning(`the receiver ${why}: checksum requests ask sha256, not ${was}, from now on`)
   })
 
+/** Stops once, with the first reason; the log line says why, the full cause is at debug level. */
 export const stop = (shared: Shared, reason: string, cause: unknown): Effect.Effect<void> =>
   Effect.suspend(() => {
     if (shared.hasStopped) return Effect.logDebug(`replicator already stopped; also: ${reason}`, cause)
