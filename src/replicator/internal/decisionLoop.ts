@@ -133,7 +133,7 @@ const outcomesOf = (
     const sendAll = () =>
       ids.map((id, k) => Input.comparisonCompleted(id, request.blocks[k]!, false, watermark))
     if (answer._tag === "ChecksumRefused") {
-      if (answer.reason === "unsupported")
+      if (answer.reason === "unsupported" && request.algorithm !== Wire.DigestCode.sha256)
         yield* useSha256(shared, `refused digest code ${request.algorithm} (${answer.detail})`)
       else
         yield* Effect.logWarning(
