@@ -12,16 +12,18 @@
  * is whole) is timed from spawn to exit:
  * - a full resync (no `--compare-from`): every block is read and sent;
  * - a checksum resync (`--compare-from 1`): every block is compared, only those that
- *   differ are sent.
+ *   differ are sent, with the default digest (BLAKE3);
+ * - the same with `--digest sha256`, for the record (session 13: the digest's algorithm).
  * Bytes sent are what the receiver's log grew by. Rows: bytes and time of the checksum
  * resync against the full resync's (targets ≤ 5 % of the bytes, ≤ 0.3× the time), the
- * rounds interleaved (full, checksum, full, …) and the medians compared. Both run with a
+ * rounds interleaved (full, checksum, checksum-sha256, full, …) and the medians compared. Both run with a
  * window of 1024 blocks (the replicator bench's), so requests of 1024 blocks hide the
  * round trips.
  *
- * Online verify of the identical replica (`cdp-sync verify` against the running filter)
- * beside hashing the image alone (SHA-256 of every block, the verify's own unavoidable
- * work on one side): target ≥ 0.5× its rate.
+ * Online verify of the identical replica (`cdp-sync verify` against the running filter),
+ * once with each digest (`serve --digest`), beside hashing the image alone with THE SAME
+ * algorithm (`crypto.hash` SHA-256 or `blake3` of every block, the verify's own unavoidable
+ * work on one side), alternated round by round: target ≥ 0.5× its rate.
  *
  * `CDP_SYNC_BENCH_PROFILE=DIR` runs the receiver, each timed `replicate` and the verifying
  * `serve` with `--cpu-prof` into DIR (receiver.cpuprofile, full-N / checksum-N, verify),
@@ -33,6 +35,7 @@
  */
 import type { ChildProcess } from "node:child_process"
 import { hash, randomBytes } from "node:crypto"
+import { blake3 } from "@napi-rs/blake-hash"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -173,21 +176,38 @@ const measure = async (dir: string): Promise<ReadonlyArray<BenchRow>> => {
     say("replicating the image whole (the first full sync)")
     await replicate(s, [])
     const control = path.join(dir, "filter.sock")
-    const times = { full: [] as Array<number>, checksum: [] as Array<number> }
+    const KINDS = ["full", "checksum", "checksum-sha256"] as const
+    const times = {
+      full: [] as Array<number>,
+      checksum: [] as Array<number>,
+      "checksum-sha256": [] as Array<number>
+    }
     // CPU seconds of the filter (`replicate`) and of the receiver during each timed run.
-    const cpu = { full: [] as Array<string>, checksum: [] as Array<string> }
-    const sent = { full: [] as Array<number>, checksum: [] as Array<number> }
+    const cpu = {
+      full: [] as Array<string>,
+      checksum: [] as Array<string>,
+      "checksum-sha256": [] as Array<string>
+    }
+    const sent = {
+      full: [] as Array<number>,
+      checksum: [] as Array<number>,
+      "checksum-sha256": [] as Array<number>
+    }
     for (let round = 0; round < ROUNDS; round++)
-      for (const kind of ["full", "checksum"] as const) {
+      for (const [k, kind] of KINDS.entries()) {
         await killedInSync(s, control)
-        changeBlocks(image, round * 2 + (kind === "full" ? 0 : 1))
+        changeBlocks(image, round * KINDS.length + k)
         const before = bytesUnder(receiverDir)
         say(`${kind} resync, round ${round + 1}/${ROUNDS}`)
         const receiverBefore = cpuOf(receiver.child.pid)
         const start = performance.now()
         const filterCpu = await replicate(
           s,
-          kind === "checksum" ? ["--compare-from", "1"] : [],
+          kind === "checksum"
+            ? ["--compare-from", "1"]
+            : kind === "checksum-sha256"
+              ? ["--compare-from", "1", "--digest", "sha256"]
+              : [],
           `${kind}-${round + 1}`
         )
         times[kind].push((performance.now() - start) / 1000)
@@ -195,9 +215,9 @@ const measure = async (dir: string): Promise<ReadonlyArray<BenchRow>> => {
           `filter ${filterCpu.toFixed(2)} s + receiver ${(cpuOf(receiver.child.pid) - receiverBefore).toFixed(2)} s CPU in ${times[kind].at(-1)!.toFixed(2)} s`
         )
         sent[kind].push(bytesUnder(receiverDir) - before)
-        if (kind === "checksum" && sent.checksum.at(-1)! > DISK_BYTES / 20)
+        if (kind !== "full" && sent[kind].at(-1)! > DISK_BYTES / 20)
           say(
-            `the checksum resync sent ${(sent.checksum.at(-1)! / MiB).toFixed(0)} MiB; its stderr ends:\n${lastStderr}`
+            `the ${kind} resync sent ${(sent[kind].at(-1)! / MiB).toFixed(0)} MiB; its stderr ends:\n${lastStderr}`
           )
       }
     say(
@@ -207,14 +227,14 @@ const measure = async (dir: string): Promise<ReadonlyArray<BenchRow>> => {
       )} MiB; checksum: ${spread(times.checksum)} s, ${spread(
         sent.checksum.map((b) => b / MiB),
         1
-      )} MiB`
+      )} MiB; checksum-sha256: ${spread(times["checksum-sha256"])} s`
     )
-    for (const kind of ["full", "checksum"] as const) for (const line of cpu[kind]) say(`${kind}: ${line}`)
+    for (const kind of KINDS) for (const line of cpu[kind]) say(`${kind}: ${line}`)
     const mib = (bytes: ReadonlyArray<number>) => bytes.map((b) => b / MiB)
     return [
       overRounds(
         {
-          name: `checksum resync: bytes sent (1 % of the blocks differ; ${ROUNDS} rounds)`,
+          name: `checksum resync (BLAKE3): bytes sent (1 % of the blocks differ; ${ROUNDS} rounds)`,
           unit: "MiB",
           baselineName: "full resync",
           higherIsBetter: false,
@@ -225,13 +245,24 @@ const measure = async (dir: string): Promise<ReadonlyArray<BenchRow>> => {
       ),
       overRounds(
         {
-          name: "checksum resync: time to the replica whole",
+          name: "checksum resync (BLAKE3): time to the replica whole",
           unit: "s",
           baselineName: "full resync",
           higherIsBetter: false,
           target: { ratio: 1 / 0.3, text: "≤ 0.3× the full resync's time" }
         },
         times.checksum,
+        times.full
+      ),
+      overRounds(
+        {
+          name: "checksum resync (--digest sha256, for the record): time to the replica whole",
+          unit: "s",
+          baselineName: "full resync",
+          higherIsBetter: false,
+          target: { ratio: 1 / 0.3, text: "≤ 0.3× the full resync's time" }
+        },
+        times["checksum-sha256"],
         times.full
       ),
       ...(await verifyRows(s, control))
@@ -254,7 +285,8 @@ const killedInSync = async (s: Setup, control: string): Promise<void> => {
 const spawnIdle = async (
   s: Setup,
   control: string,
-  profile?: string
+  profile?: string,
+  extra: ReadonlyArray<string> = []
 ): Promise<{ child: ChildProcess; nbd: string }> => {
   fs.rmSync(control, { force: true })
   const served = await spawnReady(
@@ -269,7 +301,8 @@ const spawnIdle = async (
       "--listen",
       "127.0.0.1:0",
       "--export-name",
-      "bench"
+      "bench",
+      ...extra
     ],
     /^listening (nbd:\/\/\S+)$/m,
     { what: "cdp-sync serve", timeoutMs: 600_000 }
@@ -297,16 +330,25 @@ const filterStatus = async (control: string) => {
   return reply.status.disks[0] as FilterDisk | undefined
 }
 
-/** Online verify of the identical replica (the filter running, idle) beside hashing the image alone. */
+type Digest = "blake3" | "sha256"
+
+/** Online verify of the identical replica (the filter running, idle) beside hashing the image alone, per digest. */
 const verifyRows = async (s: Setup, control: string): Promise<ReadonlyArray<BenchRow>> => {
+  const rows: Array<BenchRow> = []
+  for (const digest of ["blake3", "sha256"] as const) rows.push(await verifyRow(s, control, digest))
+  return rows
+}
+
+/** Verify with `serve --digest digest`, round by round beside hashing the image with the same algorithm. */
+const verifyRow = async (s: Setup, control: string, digest: Digest): Promise<BenchRow> => {
   const receiverPid = s.receiver.child.pid
-  const filter = (await spawnIdle(s, control, "verify")).child
+  const filter = (await spawnIdle(s, control, `verify-${digest}`, ["--digest", digest])).child
   try {
     const hashSeconds: Array<number> = []
     const verifySeconds: Array<number> = []
     for (let round = 0; round < ROUNDS; round++) {
-      say(`verify, round ${round + 1}/${ROUNDS}`)
-      hashSeconds.push(hashImage(s.image) / 1000)
+      say(`verify (${digest}), round ${round + 1}/${ROUNDS}`)
+      hashSeconds.push(hashImage(s.image, digest) / 1000)
       const before = { filter: cpuOf(filter.pid), receiver: cpuOf(receiverPid) }
       const start = performance.now()
       const { stdout } = await runChild(process.execPath, [CLI, "verify", "--control", control, "--json"], {
@@ -315,39 +357,41 @@ const verifyRows = async (s: Setup, control: string): Promise<ReadonlyArray<Benc
       verifySeconds.push((performance.now() - start) / 1000)
       const report = JSON.parse(stdout)
       say(
-        `verify: ${verifySeconds.at(-1)!.toFixed(2)} s (the filter's own ${Number(report.verify?.seconds).toFixed(2)} s), CPU filter ${(cpuOf(filter.pid) - before.filter).toFixed(2)} s + receiver ${(cpuOf(receiverPid) - before.receiver).toFixed(2)} s; hashing the image ${hashSeconds.at(-1)!.toFixed(2)} s`
+        `verify (${report.verify?.algorithm}): ${verifySeconds.at(-1)!.toFixed(2)} s (the filter's own ${Number(report.verify?.seconds).toFixed(2)} s), CPU filter ${(cpuOf(filter.pid) - before.filter).toFixed(2)} s + receiver ${(cpuOf(receiverPid) - before.receiver).toFixed(2)} s; hashing the image (${digest}) ${hashSeconds.at(-1)!.toFixed(2)} s`
       )
       if (report.verify?.differing !== 0)
         throw new Error(`verify of an identical replica found differences: ${stdout}`)
+      if (report.verify?.algorithm !== digest)
+        throw new Error(`verify asked ${report.verify?.algorithm}, not ${digest}: ${stdout}`)
     }
     const rate = (seconds: number) => DISK_BYTES / MiB / seconds
-    return [
-      overRounds(
-        {
-          name: "online verify of an identical replica",
-          unit: "MiB/s",
-          baselineName: "SHA-256 of every block of the image",
-          higherIsBetter: true,
-          target: { ratio: 0.5, text: "≥ 0.5× hashing the image" }
-        },
-        verifySeconds.map(rate),
-        hashSeconds.map(rate)
-      )
-    ]
+    return overRounds(
+      {
+        name: `online verify of an identical replica (${digest === "blake3" ? "BLAKE3, the default" : "--digest sha256"})`,
+        unit: "MiB/s",
+        baselineName: `${digest === "blake3" ? "BLAKE3" : "SHA-256"} of every block of the image`,
+        higherIsBetter: true,
+        target: { ratio: 0.5, text: "≥ 0.5× hashing the image with the same algorithm" }
+      },
+      verifySeconds.map(rate),
+      hashSeconds.map(rate)
+    )
   } finally {
     filter.kill("SIGTERM")
     await new Promise((resolve) => filter.once("exit", resolve))
   }
 }
 
-/** SHA-256 of every block of the image, read in 4 MiB chunks: milliseconds. */
-const hashImage = (image: string): number => {
+/** `digest` (one-shot `crypto.hash` SHA-256, or `blake3`) of every block of the image, read in 4 MiB chunks: milliseconds. */
+const hashImage = (image: string, digest: Digest): number => {
   const fd = fs.openSync(image, "r")
   const chunk = Buffer.allocUnsafe(4 * MiB)
   const start = performance.now()
   for (let at = 0; at < DISK_BYTES; at += chunk.length) {
     const n = fs.readSync(fd, chunk, 0, chunk.length, at)
-    for (let o = 0; o < n; o += BLOCK) hash("sha256", chunk.subarray(o, o + BLOCK), "buffer")
+    for (let o = 0; o < n; o += BLOCK)
+      if (digest === "blake3") blake3(chunk.subarray(o, o + BLOCK))
+      else hash("sha256", chunk.subarray(o, o + BLOCK), "buffer")
   }
   fs.closeSync(fd)
   return performance.now() - start

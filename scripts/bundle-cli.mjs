@@ -32,8 +32,8 @@ const bundleOne = async ({ bundle: name, entry }) => {
     // The loader reads it as one byte a character.
     charset: "ascii",
     sourcemap: "linked",
-    // A native addon: loaded from node_modules at run time.
-    external: ["@node-rs/crc32"],
+    // Native addons: loaded from node_modules at run time (BLAKE3 lazily, guarded: src/protocol/internal/blake3.ts).
+    external: ["@node-rs/crc32", "@napi-rs/blake-hash"],
     // `import.meta.url` (the CLI finding itself to start a receiver process) is the entry's, main.js.
     define: { "import.meta.url": "__cdpSyncMainUrl" },
     // Written wrapped, as Node's loader wraps a module: the loader compiles the file as it is

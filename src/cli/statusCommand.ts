@@ -39,7 +39,7 @@ const filterBlock = (d: FilterDisk): Array<string> => {
     )
   if (d.checksums !== undefined && d.checksums.compared > 0)
     lines.push(
-      `  checksum-resync:${d.checksums.compared} blocks compared, ${d.checksums.matched} matched, ${d.checksums.sent} sent`
+      `  checksum-resync:${d.checksums.compared} blocks compared, ${d.checksums.matched} matched, ${d.checksums.sent} sent${d.checksums.algorithm === undefined ? "" : ` (${d.checksums.algorithm})`}`
     )
   lines.push(
     d.lastRecoveryPoint === null

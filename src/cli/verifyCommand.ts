@@ -29,7 +29,7 @@ export const render = (r: VerifyReport): string => {
       : `  blocks ${x.first}…${x.first + x.count - 1} (bytes ${x.first * r.blockSize}…${(x.first + x.count) * r.blockSize - 1})`
   )
   if (r.rangesOmitted > 0) ranges.push(`  … and ${plural(r.rangesOmitted, "more range")}`)
-  const tail = `${formatBytes(Math.round(r.bytesPerSecond))}/s over ${r.seconds.toFixed(1)} s${r.rechecked > 0 ? `, ${plural(r.rechecked, "block")} rechecked after a write raced the comparison` : ""}${r.unverified > 0 ? `; ${plural(r.unverified, "block")} not judged: written during every attempt` : ""}`
+  const tail = `${r.algorithm === undefined ? "" : `${r.algorithm}, `}${formatBytes(Math.round(r.bytesPerSecond))}/s over ${r.seconds.toFixed(1)} s${r.rechecked > 0 ? `, ${plural(r.rechecked, "block")} rechecked after a write raced the comparison` : ""}${r.unverified > 0 ? `; ${plural(r.unverified, "block")} not judged: written during every attempt` : ""}`
   return [verdict, ...ranges, tail].join("\n")
 }
 

@@ -35,6 +35,8 @@ export type Request = typeof Request.Type
 
 const Count = Schema.NonNegativeInt
 const Seconds = Schema.NonNegative
+/** A block digest's algorithm (`Wire.DigestAlgorithm`). */
+const DigestAlgorithm = Schema.Literal("sha256", "blake3")
 
 /** A recovery point: its seq, when (the filter: its ack arrived; the receiver: it was received) and how old. */
 export const RecoveryPoint = Schema.Struct({ seq: Count, at: Schema.String, ageSeconds: Seconds })
@@ -71,8 +73,19 @@ export const FilterDisk = Schema.Struct({
   lastRecoveryPoint: Schema.NullOr(RecoveryPoint),
   lastError: Schema.NullOr(ErrorNote),
   stopped: Schema.NullOr(Schema.Struct({ reason: Schema.String, detail: Schema.String, at: Schema.String })),
-  /** Checksum-based resync since the filter started: blocks compared, matched (not sent), sent after a mismatch. Absent from a filter before it. */
-  checksums: Schema.optional(Schema.Struct({ compared: Count, matched: Count, sent: Count }))
+  /**
+   * Checksum-based resync since the filter started: blocks compared, matched (not sent), sent
+   * after a mismatch, and the digest algorithm asked (absent from a filter before session 13).
+   * Absent from a filter before checksum resync.
+   */
+  checksums: Schema.optional(
+    Schema.Struct({
+      compared: Count,
+      matched: Count,
+      sent: Count,
+      algorithm: Schema.optional(DigestAlgorithm)
+    })
+  )
 })
 export type FilterDisk = typeof FilterDisk.Type
 
@@ -141,7 +154,9 @@ export const VerifyReport = Schema.Struct({
   resync: Schema.Boolean,
   seconds: Seconds,
   /** Disk bytes read and hashed per second. */
-  bytesPerSecond: Seconds
+  bytesPerSecond: Seconds,
+  /** The block digest's algorithm (absent from a filter before session 13). */
+  algorithm: Schema.optional(DigestAlgorithm)
 })
 export type VerifyReport = typeof VerifyReport.Type
 

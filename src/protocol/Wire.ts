@@ -21,7 +21,15 @@ export {
   blockDigest,
   blockDigests,
   blockDigestsInto,
-  DIGEST_ALGORITHM
+  DIGEST_ALGORITHM,
+  DIGEST_ALGORITHMS,
+  type DigestAlgorithm,
+  DigestCode,
+  type DigestHasher,
+  defaultDigestAlgorithm,
+  digestAlgorithmOf,
+  digestAvailable,
+  digestHasher
 } from "./internal/blockDigest.js"
 export {
   checkChecksumRequest,

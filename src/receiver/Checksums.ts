@@ -1,6 +1,6 @@
 /**
  * The receiver's side of online verify (issue 18, docs/receiver.md "Checksums"): the block
- * digests (`Wire.blockDigest`, SHA-256) of a range of a disk's blocks at a recovery point,
+ * digests (`Wire.blockDigest`, SHA-256 or BLAKE3) of a range of a disk's blocks at a recovery point,
  * read from a receiver directory — read-only, so beside a running receiver, and at a rate
  * limit. `cdp-sync verify` compares them with the disk's at a point where both must match.
  *
@@ -22,6 +22,8 @@ export interface BlockDigests {
   readonly time: number
   readonly blockSize: number
   readonly blockCount: number
+  /** The digests' algorithm. */
+  readonly algorithm: Wire.DigestAlgorithm
   /** The first block hashed; `digests` holds one `Wire.DIGEST_BYTES` digest per block from it. */
   readonly first: number
   readonly count: number
@@ -38,7 +40,8 @@ const invalid = (option: string, value: number, reason: string) =>
  * The digests of blocks `[first, first + count)` (default: every block) of disk `diskId`
  * (default: the only one) in receiver directory `dir`, at the recovery point `at` (a seq,
  * `"latest"`, a time: as `restore` takes it). With `rate` (bytes per second), reads are paced
- * so that the whole takes at least bytes / rate.
+ * so that the whole takes at least bytes / rate. `algorithm` BLAKE3 where its native module
+ * does not load is an `InvalidOption`.
  */
 export const blockDigests = Effect.fn("Receiver.blockDigests")(function* (options: {
   readonly dir: string
@@ -47,9 +50,20 @@ export const blockDigests = Effect.fn("Receiver.blockDigests")(function* (option
   readonly first?: number | undefined
   readonly count?: number | undefined
   readonly rate?: number | undefined
+  /** The digest's algorithm (default `"sha256"`, `Wire.blockDigest`'s); `"blake3"` where it is available. */
+  readonly algorithm?: Wire.DigestAlgorithm | undefined
   /** The clock relative times (`-15m`) count back from (default `Date.now`). */
   readonly now?: (() => number) | undefined
 }) {
+  const algorithm = options.algorithm ?? Wire.DIGEST_ALGORITHM
+  if (!Wire.DIGEST_ALGORITHMS.includes(algorithm) || !Wire.digestAvailable(algorithm))
+    return yield* new InvalidOption({
+      option: "algorithm",
+      value: String(algorithm),
+      reason: Wire.DIGEST_ALGORITHMS.includes(algorithm)
+        ? "not available here (its native module did not load)"
+        : "sha256 or blake3"
+    })
   const { diskDir, meta, point, reader } = yield* openPointAt({
     dir: options.dir,
     diskId: options.diskId,
@@ -77,7 +91,7 @@ export const blockDigests = Effect.fn("Receiver.blockDigests")(function* (option
     )
     for (let i = 0; i < n; i++)
       digests.set(
-        Wire.blockDigest(bytes.subarray(i * blockSize, (i + 1) * blockSize)),
+        Wire.blockDigest(bytes.subarray(i * blockSize, (i + 1) * blockSize), algorithm),
         (done + i) * Wire.DIGEST_BYTES
       )
     done += n
@@ -94,6 +108,7 @@ export const blockDigests = Effect.fn("Receiver.blockDigests")(function* (option
     time: point.time,
     blockSize,
     blockCount,
+    algorithm,
     first,
     count,
     digests

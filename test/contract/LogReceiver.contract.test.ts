@@ -586,6 +586,7 @@ const contract = (harness: Harness) =>
             ])
             yield* connection.requestChecksums({
               _tag: "ChecksumRequest",
+              algorithm: 0,
               id: 41,
               blocks: [0, 1, 2, 7, 1023]
             })
@@ -604,7 +605,7 @@ const contract = (harness: Harness) =>
             )
             // Records after it are not in it; the next request sees them, and only those before it.
             yield* sendAll([{ _tag: "Block", seq: 6, epoch: 1, block: 2, data: bytes(BLOCK, 6) }])
-            yield* connection.requestChecksums({ _tag: "ChecksumRequest", id: 42, blocks: [2] })
+            yield* connection.requestChecksums({ _tag: "ChecksumRequest", algorithm: 0, id: 42, blocks: [2] })
             const second = (yield* answered(inbox, 42)).at(-1)!
             yield* sendAll([{ _tag: "Block", seq: 7, epoch: 1, block: 2, data: bytes(BLOCK, 7) }])
             assert.strictEqual(second._tag, "ChecksumReply")
@@ -623,7 +624,7 @@ const contract = (harness: Harness) =>
             const { control, connection, inbox } = yield* connected("d")
             yield* connection.send({ _tag: "ResyncBegin", seq: 1, epoch: 1, base: 0 })
             yield* connection.send({ _tag: "Block", seq: 2, epoch: 1, block: 3, data: bytes(BLOCK, 2) })
-            yield* connection.requestChecksums({ _tag: "ChecksumRequest", id: 1, blocks: [3] })
+            yield* connection.requestChecksums({ _tag: "ChecksumRequest", algorithm: 0, id: 1, blocks: [3] })
             // Sent after the request: it must not be in the answer, durable or not.
             yield* connection.send({ _tag: "Block", seq: 3, epoch: 1, block: 3, data: bytes(BLOCK, 3) })
             yield* Effect.sleep("150 millis")
@@ -646,7 +647,7 @@ const contract = (harness: Harness) =>
             // A stuck fsync holds the answer too; it comes once the fsync does.
             yield* control.stallAcks(true)
             yield* connection.send({ _tag: "Block", seq: 4, epoch: 1, block: 3, data: bytes(BLOCK, 4) })
-            yield* connection.requestChecksums({ _tag: "ChecksumRequest", id: 2, blocks: [3] })
+            yield* connection.requestChecksums({ _tag: "ChecksumRequest", algorithm: 0, id: 2, blocks: [3] })
             yield* Effect.sleep("150 millis")
             yield* control.flush
             assert.deepStrictEqual([...(yield* inbox.pending)], [], "acks stalled: no ack, no answer")
@@ -669,7 +670,7 @@ const contract = (harness: Harness) =>
           yield* control.dropNextRecord
           yield* connection.send(write(2, 0, 2, BLOCK))
           yield* connection.send(write(3, 0, 3, BLOCK))
-          yield* connection.requestChecksums({ _tag: "ChecksumRequest", id: 9, blocks: [0] })
+          yield* connection.requestChecksums({ _tag: "ChecksumRequest", algorithm: 0, id: 9, blocks: [0] })
           const seen = yield* answered(inbox, 9)
           assert.isTrue(seen.some((m) => m._tag === "Gap" && m.expected === 2))
           const reply = seen.at(-1)!
@@ -689,18 +690,28 @@ const contract = (harness: Harness) =>
             yield* inbox.ackedThrough(1)
             yield* control.damage("d", 2)
             yield* control.overwrite("d", 3, bytes(BLOCK, 0x33))
-            yield* connection.requestChecksums({ _tag: "ChecksumRequest", id: 1, blocks: [1, 2] })
+            yield* connection.requestChecksums({
+              _tag: "ChecksumRequest",
+              algorithm: 0,
+              id: 1,
+              blocks: [1, 2]
+            })
             const refused = (yield* answered(inbox, 1)).at(-1)!
             assert.strictEqual(refused._tag, "ChecksumRefused")
             if (refused._tag === "ChecksumRefused") assert.strictEqual(refused.reason, "damaged")
-            yield* connection.requestChecksums({ _tag: "ChecksumRequest", id: 2, blocks: [1, 3] })
+            yield* connection.requestChecksums({
+              _tag: "ChecksumRequest",
+              algorithm: 0,
+              id: 2,
+              blocks: [1, 3]
+            })
             const reply = (yield* answered(inbox, 2)).at(-1)!
             assert.strictEqual(reply._tag, "ChecksumReply")
             if (reply._tag === "ChecksumReply")
               assert.deepStrictEqual(digestsOf(reply), [sha(bytes(BLOCK, 1)), sha(bytes(BLOCK, 0x33))])
             yield* connection.send({ _tag: "ResyncBegin", seq: 2, epoch: 1, base: 1 })
             yield* connection.send({ _tag: "Block", seq: 3, epoch: 1, block: 2, data: bytes(BLOCK, 9) })
-            yield* connection.requestChecksums({ _tag: "ChecksumRequest", id: 3, blocks: [2] })
+            yield* connection.requestChecksums({ _tag: "ChecksumRequest", algorithm: 0, id: 3, blocks: [2] })
             const healed = (yield* answered(inbox, 3)).at(-1)!
             assert.isTrue(healed._tag === "ChecksumReply" && healed.through === 3)
             if (healed._tag === "ChecksumReply")
@@ -713,7 +724,12 @@ const contract = (harness: Harness) =>
       run(
         Effect.gen(function* () {
           const { connection, inbox } = yield* connected("d")
-          yield* connection.requestChecksums({ _tag: "ChecksumRequest", id: 1, blocks: [0, 1024] })
+          yield* connection.requestChecksums({
+            _tag: "ChecksumRequest",
+            algorithm: 0,
+            id: 1,
+            blocks: [0, 1024]
+          })
           const exit = yield* inbox.lost
           assert.isTrue(Exit.isFailure(exit))
           assert.deepStrictEqual(
@@ -729,14 +745,16 @@ const contract = (harness: Harness) =>
         Effect.gen(function* () {
           const { control, connection, inbox } = yield* connected("d")
           yield* connection.send(write(1, 0, 1))
-          yield* connection.requestChecksums({ _tag: "ChecksumRequest", id: 1, blocks: [0] })
+          yield* connection.requestChecksums({ _tag: "ChecksumRequest", algorithm: 0, id: 1, blocks: [0] })
           yield* Effect.sleep("100 millis")
           yield* control.dropConnection("d")
           const exit = yield* inbox.lost
           assert.isTrue(Exit.isFailure(exit))
           assert.deepStrictEqual([...(yield* inbox.pending)], [])
           assert.instanceOf(
-            yield* Effect.flip(connection.requestChecksums({ _tag: "ChecksumRequest", id: 2, blocks: [0] })),
+            yield* Effect.flip(
+              connection.requestChecksums({ _tag: "ChecksumRequest", algorithm: 0, id: 2, blocks: [0] })
+            ),
             ConnectionLost
           )
         }),

@@ -121,7 +121,7 @@ describe("checksum requests against a real receiver (issue 18)", () => {
         .filter((_b, k) => k > 1 || random() < 0.5)
         .sort((a, b) => a - b)
       if (blocks.length === 0) continue
-      peer.send({ _tag: "ChecksumRequest", id: ++id, blocks })
+      peer.send({ _tag: "ChecksumRequest", algorithm: 0, id: ++id, blocks })
       asked.push({ id, through: i, blocks, image: Buffer.from(image) })
     }
     for (const request of asked) {
@@ -142,7 +142,7 @@ describe("checksum requests against a real receiver (issue 18)", () => {
     }
     // Every block at the end, against the replay oracle.
     const all = Array.from({ length: blockCount }, (_, b) => b)
-    peer.send({ _tag: "ChecksumRequest", id: ++id, blocks: all })
+    peer.send({ _tag: "ChecksumRequest", algorithm: 0, id: ++id, blocks: all })
     const last = await answerTo(peer, id)
     if (last._tag !== "ChecksumReply") throw new Error(last.detail)
     expect(last.through).toBe(plan.length)
@@ -188,7 +188,7 @@ describe("checksum requests against a real receiver (issue 18)", () => {
 
   it("refuses a request for a block beyond the disk: the connection closes with bad-request", async () => {
     const { receiver, peer } = await start(tempDir())
-    peer.send({ _tag: "ChecksumRequest", id: 1, blocks: [0, blockCount] })
+    peer.send({ _tag: "ChecksumRequest", algorithm: 0, id: 1, blocks: [0, blockCount] })
     await peer.waitFor("the close", () => (peer.state.closed ? true : undefined)).catch(() => undefined)
     expect(peer.state.closed).toBe(true)
     expect(peer.frames.some((f) => f._tag === "ChecksumReply" || f._tag === "ChecksumRefused")).toBe(false)
@@ -205,7 +205,7 @@ describe("checksum requests against a real receiver (issue 18)", () => {
     const plan = Proc.makePlan({ seed: 7, records: 60, blockSize, blockCount, resyncChance: 0 })
     for (const { record } of plan) peer.send(record)
     // Once everything is durable, find where block 5's newest bytes live, and flip one.
-    peer.send({ _tag: "ChecksumRequest", id: 1, blocks: [5] })
+    peer.send({ _tag: "ChecksumRequest", algorithm: 0, id: 1, blocks: [5] })
     expect((await answerTo(peer, 1))._tag).toBe("ChecksumReply")
     const diskDir = path.join(dir, diskDirName("vm"))
     const chain = await openChain(diskDir, readMetaFile(diskDir), "read")
@@ -221,7 +221,7 @@ describe("checksum requests against a real receiver (issue 18)", () => {
       (b) =>
         !map.extents.some((e) => e.seq === x.seq && e.start < (b + 1) * blockSize && e.end > b * blockSize)
     )!
-    peer.send({ _tag: "ChecksumRequest", id: 2, blocks: [block] })
+    peer.send({ _tag: "ChecksumRequest", algorithm: 0, id: 2, blocks: [block] })
     const refused = await answerTo(peer, 2)
     expect(refused._tag).toBe("ChecksumRefused")
     if (refused._tag !== "ChecksumRefused") return
@@ -229,7 +229,7 @@ describe("checksum requests against a real receiver (issue 18)", () => {
     expect(refused.detail).toContain(`${segment.name} at byte ${entry.offset}`)
     expect(refused.detail).toContain(`record ${x.seq}`)
     // The connection stays up: a block the damage does not reach is answered.
-    peer.send({ _tag: "ChecksumRequest", id: 3, blocks: [clean] })
+    peer.send({ _tag: "ChecksumRequest", algorithm: 0, id: 3, blocks: [clean] })
     expect((await answerTo(peer, 3))._tag).toBe("ChecksumReply")
     expect(receiver.stderr()).toMatch(/checksum request 2 refused: log corrupt/)
     peer.close()

@@ -38,7 +38,12 @@ interface Status {
   readonly mode: string
   readonly quiescent: boolean
   readonly watermark: number
-  readonly checksums: { readonly compared: number; readonly matched: number; readonly sent: number }
+  readonly checksums: {
+    readonly compared: number
+    readonly matched: number
+    readonly sent: number
+    readonly algorithm: string
+  }
 }
 
 const filterArgs = (dir: string, port: number) => [
@@ -140,7 +145,7 @@ const receiverDigests = (port: number, watermark: number) =>
           watermark
         })
         const blocks = Array.from({ length: BLOCKS }, (_, b) => b)
-        yield* connection.requestChecksums({ _tag: "ChecksumRequest", id: 1, blocks })
+        yield* connection.requestChecksums({ _tag: "ChecksumRequest", algorithm: 0, id: 1, blocks })
         const answer = yield* connection.messages.pipe(
           Stream.filter((m) => m._tag === "ChecksumReply" || m._tag === "ChecksumRefused"),
           Stream.runHead,
@@ -178,7 +183,7 @@ describe("checksum-based resync against the real receiver (issue 18)", () => {
     // The disk replicated: a second of the built-in workload.
     const first = await replicate(dir, receiver.port, ["--seconds", "1", "--seed", "18"])
     expect(first).toMatchObject({ mode: "sync", quiescent: true })
-    expect(first.checksums).toEqual({ compared: 0, matched: 0, sent: 0 })
+    expect(first.checksums).toEqual({ compared: 0, matched: 0, sent: 0, algorithm: "blake3" })
 
     // A crash, and writes it never journaled.
     await killedFilter(dir, receiver.port)
@@ -190,7 +195,8 @@ describe("checksum-based resync against the real receiver (issue 18)", () => {
     expect(second.checksums).toEqual({
       compared: BLOCKS,
       matched: BLOCKS - changed.length,
-      sent: changed.length
+      sent: changed.length,
+      algorithm: "blake3"
     })
     // The receiver's log after the first run: data records for exactly the changed blocks.
     const log = await Proc.readLog(receiverDir, "vm")
@@ -222,7 +228,12 @@ describe("checksum-based resync against the real receiver (issue 18)", () => {
     expect(sent).toContain(damaged)
     // Refused requests only: each at most a window of blocks, around the damaged record.
     expect(sent.length).toBeLessThanOrEqual(3 * WINDOW)
-    expect(third.checksums).toEqual({ compared: BLOCKS, matched: BLOCKS - sent.length, sent: sent.length })
+    expect(third.checksums).toEqual({
+      compared: BLOCKS,
+      matched: BLOCKS - sent.length,
+      sent: sent.length,
+      algorithm: "blake3"
+    })
     expect(receiver.stderr()).toMatch(/checksum request \d+ refused/)
     // Its newest version of every block is the disk's now (a restore stops at the damaged
     // record, which is the receiver's to repair): asked as the filter asks.

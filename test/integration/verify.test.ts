@@ -58,6 +58,7 @@ const verify = async (socket: string, extra: ReadonlyArray<string> = []) => {
       ranges: Array<{ first: number; count: number }>
       resync: boolean
       unverified: number
+      algorithm: string
     }
   }
   return { ...r, report: json.verify }
@@ -77,8 +78,8 @@ const blockRecords = async (receiverDir: string) => {
   return newest
 }
 
-/** A receiver, and `serve` replicating a 4 MiB image of random bytes to it, in sync. */
-const setUp = async () => {
+/** A receiver, and `serve` (with `extra` options) replicating a 4 MiB image of random bytes to it, in sync. */
+const setUp = async (extra: ReadonlyArray<string> = []) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cdp-verify-"))
   cleanup.push(async () => fs.rmSync(dir, { recursive: true, force: true }))
   const image = path.join(dir, "disk.img")
@@ -92,7 +93,8 @@ const setUp = async () => {
     [
       ...["--disk", image, "--disk-size", String(DISK_BYTES), "--block-size", String(BLOCK)],
       ...["--receiver", `127.0.0.1:${receiver.port}`, "--journal", journal, "--disk-id", "vm"],
-      ...["--export-name", "vm", "--listen", "127.0.0.1:0"]
+      ...["--export-name", "vm", "--listen", "127.0.0.1:0"],
+      ...extra
     ],
     cleanup
   )
@@ -137,10 +139,16 @@ describe("cdp-sync verify", () => {
   it("finds exactly a block forged at the receiver while writes race it; --resync repairs it; restore equals the disk", async () => {
     const { dir, image, receiverDir, socket, serve, damage, writeWhile } = await setUp()
 
-    // An identical replica: nothing differs.
+    // An identical replica: nothing differs. The bundled CLI's digest: BLAKE3, by default.
     const clean = await verify(socket)
     expect(clean.code, clean.stdout).toBe(0)
-    expect(clean.report).toMatchObject({ blocks: BLOCKS, verified: BLOCKS, differing: 0, ranges: [] })
+    expect(clean.report).toMatchObject({
+      blocks: BLOCKS,
+      verified: BLOCKS,
+      differing: 0,
+      ranges: [],
+      algorithm: "blake3"
+    })
 
     await damage(BLOCKS - 3, true)
     const stop = writeWhile()
@@ -188,7 +196,8 @@ describe("cdp-sync verify", () => {
   }, 240_000)
 
   it("finds exactly a block whose checksum fails at the receiver (refused, narrowed down), and --resync repairs it", async () => {
-    const { socket, damage, writeWhile } = await setUp()
+    // With SHA-256 asked (--digest sha256), as a FIPS shop runs it.
+    const { socket, damage, writeWhile } = await setUp(["--digest", "sha256"])
     await damage(BLOCKS - 7, false)
     const stop = writeWhile()
     const found = await verify(socket, ["--resync"])
@@ -196,7 +205,8 @@ describe("cdp-sync verify", () => {
     expect(found.report).toMatchObject({
       differing: 1,
       ranges: [{ first: BLOCKS - 7, count: 1 }],
-      resync: true
+      resync: true,
+      algorithm: "sha256"
     })
     await stop()
     const after = await verify(socket)

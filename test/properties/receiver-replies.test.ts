@@ -135,6 +135,7 @@ describe("the receiver's replies to a peer that reads when it pleases", () => {
 describe("checksum answers (issue 18)", () => {
   const answer = (id: number): Wire.ChecksumReply => ({
     _tag: "ChecksumReply",
+    algorithm: 0,
     id,
     through: id,
     digests: new Uint8Array(Wire.DIGEST_BYTES * 8)

@@ -20,6 +20,8 @@ const seq = fc.maxSafeNat()
 const epoch = fc.integer({ min: 0, max: 0xffff_ffff })
 const data = fc.uint8Array({ maxLength: 300, size: "medium" })
 const text = fc.string({ unit: "binary", maxLength: 40 })
+/** A digest's algorithm code (the epoch field of checksum frames): the two known, the next, the largest, any u32. */
+const algorithm = fc.oneof(fc.constantFrom(0, 1, 2, 0xffff_ffff), epoch)
 
 const frame: fc.Arbitrary<Wire.Frame> = fc.oneof(
   fc.record({
@@ -42,6 +44,7 @@ const frame: fc.Arbitrary<Wire.Frame> = fc.oneof(
   fc.record({
     _tag: fc.constant("ChecksumRequest" as const),
     id: seq,
+    algorithm,
     blocks: fc.oneof(
       {
         weight: 9,
@@ -65,6 +68,7 @@ const frame: fc.Arbitrary<Wire.Frame> = fc.oneof(
     _tag: fc.constant("ChecksumReply" as const),
     id: seq,
     through: seq,
+    algorithm,
     digests: fc
       .oneof(
         { weight: 9, arbitrary: fc.integer({ min: 1, max: 4 }) },

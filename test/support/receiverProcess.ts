@@ -68,14 +68,19 @@ const collect = (child: ChildProcess) => {
 export const start = async (
   dir: string,
   extra: ReadonlyArray<string> = [],
-  options: { readonly timeoutMs?: number } = {}
+  /** `node`: node's own arguments before the entry (e.g. `--require` a preload). */
+  options: { readonly timeoutMs?: number; readonly node?: ReadonlyArray<string> } = {}
 ): Promise<ReceiverProcess> => {
   const launched = await Effect.runPromise(
-    Launcher.launch(await entry(), ["receiver", "--dir", dir, "--port", "0", ...extra], {
-      timeoutMs: options.timeoutMs ?? 30_000,
-      keepOutput: true,
-      cwd: root
-    })
+    Launcher.launch(
+      [...(options.node ?? []), ...(await entry())],
+      ["receiver", "--dir", dir, "--port", "0", ...extra],
+      {
+        timeoutMs: options.timeoutMs ?? 30_000,
+        keepOutput: true,
+        cwd: root
+      }
+    )
   )
   const { child, exited } = launched
   return {

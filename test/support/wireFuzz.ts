@@ -7,7 +7,8 @@
  * test/properties/wire.test.ts) and applies the service's rules: the first frame must
  * be a hello with a valid geometry that matches the disk's; then records go through
  * `domain/Receiver` and `Wire.checkRecord`; keep-alives are fine, and checksum requests
- * inside the disk (answered, the log unchanged; one beyond it is `bad-request`); anything else, a
+ * inside the disk, by any digest code (answered, or refused as `unsupported`, the log unchanged;
+ * one beyond it is `bad-request`); anything else, a
  * decoding error or the end inside a frame closes the connection. It tells the verdict
  * the service must log and the records it must append: no more, no fewer.
  */
@@ -160,8 +161,9 @@ const block = (seq: number, index: number, fill: number, size = geometry.blockSi
   block: index,
   data: new Uint8Array(size).fill(fill)
 })
-const checksums = (id: number, blocks: ReadonlyArray<number>): Wire.ChecksumRequest => ({
+const checksums = (id: number, blocks: ReadonlyArray<number>, algorithm = 0): Wire.ChecksumRequest => ({
   _tag: "ChecksumRequest",
+  algorithm,
   id,
   blocks
 })
@@ -386,11 +388,36 @@ export const corpusCases = (): ReadonlyArray<{ readonly name: string; readonly b
       bytes: encodeAll([
         hello("c35"),
         ...writes(1, 1),
-        { _tag: "ChecksumReply", id: 1, through: 1, digests: new Uint8Array(32) },
+        { _tag: "ChecksumReply", algorithm: 0, id: 1, through: 1, digests: new Uint8Array(32) },
         ...writes(2, 1)
       ])
     },
-    { name: "36-checksum-request-before-hello", bytes: encodeAll([checksums(1, [0]), hello("c36")]) }
+    { name: "36-checksum-request-before-hello", bytes: encodeAll([checksums(1, [0]), hello("c36")]) },
+    {
+      // The digest's algorithm codes (the epoch field): SHA-256, BLAKE3, and two no algorithm
+      // has, each refused as unsupported with the connection up; the log holds the records only.
+      name: "37-checksum-request-algorithms",
+      bytes: encodeAll([
+        hello("c37"),
+        ...writes(1, 2),
+        checksums(1, [0, 1], 0),
+        checksums(2, [0, 1], 1),
+        checksums(3, [1], 2),
+        checksums(4, [0], 0xffff_ffff),
+        ...writes(3, 1),
+        checksums(5, [2], 1)
+      ])
+    },
+    {
+      // A reply echoing BLAKE3 from the filter's side is no more expected than any reply.
+      name: "38-checksum-reply-blake3-from-the-filter",
+      bytes: encodeAll([
+        hello("c38"),
+        ...writes(1, 1),
+        { _tag: "ChecksumReply", algorithm: 1, id: 1, through: 1, digests: new Uint8Array(32) },
+        ...writes(2, 1)
+      ])
+    }
   ]
 }
 
@@ -419,7 +446,7 @@ type Step =
   | { readonly _tag: "resync-begin"; readonly back: number; readonly seq: SeqChoice }
   | { readonly _tag: "resync-end"; readonly seq: SeqChoice }
   | { readonly _tag: "keep-alive" }
-  | { readonly _tag: "checksums"; readonly blocks: ReadonlyArray<number> }
+  | { readonly _tag: "checksums"; readonly blocks: ReadonlyArray<number>; readonly algorithm: number }
   | { readonly _tag: "stray"; readonly frame: Wire.Frame }
 
 type SeqChoice =
@@ -476,7 +503,9 @@ const step = (blockCount: number): fc.Arbitrary<Step> =>
         // Now and then the block just beyond the disk (bad-request).
         blocks: fc
           .uniqueArray(fc.integer({ min: 0, max: blockCount }), { minLength: 1, maxLength: 5 })
-          .map((blocks) => blocks.sort((a, b) => a - b))
+          .map((blocks) => blocks.sort((a, b) => a - b)),
+        // The digest's code: SHA-256, BLAKE3, or one no algorithm has (refused, the connection up).
+        algorithm: fc.constantFrom(0, 1, 2, 0xffff_ffff)
       })
     },
     {
@@ -488,7 +517,7 @@ const step = (blockCount: number): fc.Arbitrary<Step> =>
           { _tag: "Welcome", durableSeq: 0 },
           { _tag: "Refuse", reason: "x", detail: "y" },
           { _tag: "Hello", diskId: "stray", blockSize: 4096, blockCount: 16, watermark: 0 },
-          { _tag: "ChecksumReply", id: 1, through: 0, digests: new Uint8Array(32) },
+          { _tag: "ChecksumReply", algorithm: 0, id: 1, through: 0, digests: new Uint8Array(32) },
           { _tag: "ChecksumRefused", id: 1, reason: "damaged", detail: "x" }
         )
         .map((frame) => ({ _tag: "stray" as const, frame }))
@@ -578,7 +607,12 @@ export const generated = (diskId: string): fc.Arbitrary<Generated> =>
         for (const s of steps) {
           if (s._tag === "keep-alive") frames.push({ _tag: "KeepAlive" })
           else if (s._tag === "checksums")
-            frames.push({ _tag: "ChecksumRequest", id: frames.length, blocks: s.blocks })
+            frames.push({
+              _tag: "ChecksumRequest",
+              algorithm: s.algorithm,
+              id: frames.length,
+              blocks: s.blocks
+            })
           else if (s._tag === "stray") frames.push(s.frame)
           else if (s._tag === "write") {
             const seq = seqOf(s.seq)

@@ -52,7 +52,8 @@ describe("a verify report's ranges", () => {
     unverified: 0,
     resync: false,
     seconds: 1,
-    bytesPerSecond: 1
+    bytesPerSecond: 1,
+    algorithm: "sha256" as const
   })
   const where = { diskId: "vm1", blockSize: 4096 }
 

@@ -65,7 +65,8 @@ describe("the published status", () => {
           state,
           position: 0,
           pending: { bytes: 1 << 20, writes: Number.POSITIVE_INFINITY },
-          activity: undefined
+          activity: undefined,
+          digest: "sha256"
         })
         yield* untilState(shared, () => true)
         let holds = false

@@ -1,6 +1,6 @@
 /**
  * Issue 18, `Checksums.blockDigests` (the receiver's side of online verify): the digests of
- * a range of blocks at a recovery point equal SHA-256 of the model image's blocks there —
+ * a range of blocks at a recovery point equal SHA-256 (or BLAKE3, asked) of the model image's blocks there —
  * every point of a log with sealed segments and a fold; ranges at their edges (empty, the
  * first and the last block, the whole disk) and beyond them refused; a flipped payload byte
  * is `LogCorrupt`, never a digest; `rate` paces the reads (a TestClock: not done before
@@ -67,9 +67,28 @@ describe("blockDigests (issue 18)", () => {
         ).toBe(true)
       }
     }
-    // Defaults: the whole disk, the only disk.
+    // Defaults: the whole disk, the only disk, SHA-256.
     const latest = await Effect.runPromise(Checksums.blockDigests({ dir, at: "latest" }))
     expect(latest.digests.byteLength).toBe(geometry.blockCount * Wire.DIGEST_BYTES)
+    expect(latest.algorithm).toBe("sha256")
+    // BLAKE3 when asked: each block's own BLAKE3 digest at the point.
+    const image = imageAt(geometry, changes, latest.seq)
+    const blake3 = await Effect.runPromise(Checksums.blockDigests({ dir, at: "latest", algorithm: "blake3" }))
+    expect(blake3.algorithm).toBe("blake3")
+    for (let b = 0; b < geometry.blockCount; b++)
+      expect(
+        Buffer.from(blake3.digests.subarray(b * 32, (b + 1) * 32)).equals(
+          Buffer.from(
+            Wire.blockDigest(image.subarray(b * geometry.blockSize, (b + 1) * geometry.blockSize), "blake3")
+          )
+        ),
+        `blake3 block ${b}`
+      ).toBe(true)
+    // Another name is an InvalidOption.
+    const md5 = await Effect.runPromiseExit(
+      Checksums.blockDigests({ dir, at: "latest", algorithm: "md5" as Wire.DigestAlgorithm })
+    )
+    expect((failureOf(md5) as { _tag?: string })._tag).toBe("InvalidOption")
   }, 60_000)
 
   it("refuses a range beyond the disk, and a point the log does not have", async () => {

@@ -16,6 +16,7 @@ import * as path from "node:path"
 import { Effect } from "effect"
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
+import { blake3Loading } from "../../src/protocol/internal/blake3.js"
 import * as Wire from "../../src/protocol/Wire.js"
 import { SPAN_BYTES, spanPool } from "../../src/receiver/internal/checkedRecords.js"
 import { answer, digestsOf } from "../../src/receiver/internal/checksums.js"
@@ -62,7 +63,11 @@ describe("a checksum answer on a real store (issue 18)", () => {
           expect(cause?.file).toBe(path.join(disk.diskDir, "base.img"))
           expect(cause?.offset).toBe(32 * geometry.blockSize)
           // The answer the service sends for it: a refusal, not a digest.
-          const refused = yield* answer(disk, { _tag: "ChecksumRequest", id: 3, blocks: [40] }, disk.durable)
+          const refused = yield* answer(
+            disk,
+            { _tag: "ChecksumRequest", algorithm: 0, id: 3, blocks: [40] },
+            disk.durable
+          )
           expect(refused._tag).toBe("ChecksumRefused")
           expect(refused._tag === "ChecksumRefused" && refused.reason).toBe("damaged")
           // Outside that unit, still answered.
@@ -259,6 +264,80 @@ describe("answers from pooled buffers, hashed as views (session 11)", () => {
           expect(spanPool.made - made).toBeLessThanOrEqual(1)
         }),
       { segmentBytes: 8 << 20, verifyRate: 0 }
+    )
+    expect(failureOf(exit)).toBeUndefined()
+  })
+})
+
+describe("the digest's algorithm (session 13)", () => {
+  it("answers BLAKE3 when asked (code 1, echoed), block by block as the model image; refuses a code it cannot compute", async () => {
+    const dir = tempDir()
+    // Writes of any size anywhere: most blocks are pieces of several records and the base,
+    // hashed incrementally (Blake3Hasher), the rest whole in one piece (one-shot).
+    const changes = makeChanges(geometry, 80, { seed: 13 })
+    const all = Array.from({ length: geometry.blockCount }, (_, b) => b)
+    const exit = await withStore(
+      dir,
+      (store) =>
+        Effect.gen(function* () {
+          const disk = yield* store.disk({ diskId: "vm", ...geometry, watermark: 0 })
+          for (const c of changes) disk.append(c.record, true)
+          yield* disk.flushed
+          const sealed = disk.segments.slice(0, -1).at(-1)!
+          yield* Effect.promise(() => disk.foldTo(sealed.lastSeq))
+          const image = imageAt(geometry, changes, disk.durable)
+          const block = (b: number) => image.subarray(b * geometry.blockSize, (b + 1) * geometry.blockSize)
+          for (const algorithm of Wire.DIGEST_ALGORITHMS) {
+            const reply = yield* answer(
+              disk,
+              { _tag: "ChecksumRequest", algorithm: Wire.DigestCode[algorithm], id: 1, blocks: all },
+              disk.durable
+            )
+            expect(reply._tag).toBe("ChecksumReply")
+            if (reply._tag !== "ChecksumReply") return
+            expect(reply.algorithm).toBe(Wire.DigestCode[algorithm])
+            all.forEach((b) => {
+              expect(
+                Buffer.from(Wire.digestAt(reply, b)).equals(
+                  Buffer.from(Wire.blockDigest(block(b), algorithm))
+                ),
+                `${algorithm} block ${b}`
+              ).toBe(true)
+            })
+          }
+          // Codes no algorithm has: refused as unsupported (the connection stays up), no digest.
+          for (const code of [2, 0xffff_ffff]) {
+            const refused = yield* answer(
+              disk,
+              { _tag: "ChecksumRequest", algorithm: code, id: 2, blocks: [0] },
+              disk.durable
+            )
+            expect(refused).toMatchObject({ _tag: "ChecksumRefused", id: 2, reason: "unsupported" })
+          }
+          // A receiver where BLAKE3's module does not load: refused too; SHA-256 still answered.
+          blake3Loading.refuse = true
+          blake3Loading.reset()
+          try {
+            const without = yield* answer(
+              disk,
+              { _tag: "ChecksumRequest", algorithm: 1, id: 3, blocks: [0] },
+              disk.durable
+            )
+            expect(without).toMatchObject({ _tag: "ChecksumRefused", id: 3, reason: "unsupported" })
+            const sha = yield* answer(
+              disk,
+              { _tag: "ChecksumRequest", algorithm: 0, id: 4, blocks: [0] },
+              disk.durable
+            )
+            expect(sha._tag === "ChecksumReply" && Buffer.from(sha.digests).equals(sha256(block(0)))).toBe(
+              true
+            )
+          } finally {
+            blake3Loading.refuse = false
+            blake3Loading.reset()
+          }
+        }),
+      { segmentBytes: 16 * 1024, verifyRate: 0 }
     )
     expect(failureOf(exit)).toBeUndefined()
   })

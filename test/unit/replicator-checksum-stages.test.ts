@@ -29,7 +29,12 @@ const block = (fill: number) => new Uint8Array(BS).fill(fill)
 
 /** A request on the wire as the sender keeps it: its comparisons (id, block) and the disk's digests. */
 const asked = (compared: ReadonlyArray<{ id: number; block: number; digest: Uint8Array }>): Comparisons => ({
-  request: { _tag: "ChecksumRequest", id: compared[0]!.id, blocks: compared.map((c) => c.block) },
+  request: {
+    _tag: "ChecksumRequest",
+    algorithm: 0,
+    id: compared[0]!.id,
+    blocks: compared.map((c) => c.block)
+  },
   ids: compared.map((c) => c.id),
   digests: Effect.succeed(Buffer.concat(compared.map((c) => c.digest)))
 })
@@ -47,7 +52,13 @@ const comparedOf = (c: Comparisons) =>
 describe("checksum requests in the stages", () => {
   const metrics = forDisk("d")
   const fresh = (state = State.initial(config)) =>
-    makeShared({ state, position: 0, pending: { bytes: 1 << 20, writes: 16 }, activity: undefined })
+    makeShared({
+      state,
+      position: 0,
+      pending: { bytes: 1 << 20, writes: 16 },
+      activity: undefined,
+      digest: "sha256"
+    })
 
   it("the journal stage puts each request where its comparisons were decided, blocks read after, in increasing runs", async () => {
     const disk = VirtualDisk.makeMemory(config)
@@ -84,16 +95,16 @@ describe("checksum requests in the stages", () => {
     expect(items).toEqual([
       { seq: 5 },
       {
-        request: { _tag: "ChecksumRequest", id: 0, blocks: [3, 4, 9] },
+        request: { _tag: "ChecksumRequest", algorithm: 0, id: 0, blocks: [3, 4, 9] },
         compared: [3, 4, 9].map((b, id) => ({ id, block: b, digest: digest(b) }))
       },
       {
-        request: { _tag: "ChecksumRequest", id: 3, blocks: [2] },
+        request: { _tag: "ChecksumRequest", algorithm: 0, id: 3, blocks: [2] },
         compared: [{ id: 3, block: 2, digest: digest(2) }]
       },
       { seq: 6 },
       {
-        request: { _tag: "ChecksumRequest", id: 4, blocks: [10] },
+        request: { _tag: "ChecksumRequest", algorithm: 0, id: 4, blocks: [10] },
         compared: [{ id: 4, block: 10, digest: digest(10) }]
       }
     ])
@@ -172,7 +183,7 @@ describe("checksum requests in the stages", () => {
         const digests = new Uint8Array(2 * Wire.DIGEST_BYTES)
         digests.set(digest(1), 0)
         digests.set(digest(9), Wire.DIGEST_BYTES)
-        const reply: Wire.ChecksumReply = { _tag: "ChecksumReply", id: 0, through: 1, digests }
+        const reply: Wire.ChecksumReply = { _tag: "ChecksumReply", algorithm: 0, id: 0, through: 1, digests }
         // From an older connection: dropped.
         yield* batch([{ _tag: "Answer", link: 0, answer: reply }])
         yield* batch([{ _tag: "Answer", link: 1, answer: reply }])
@@ -235,7 +246,7 @@ describe("checksum requests in the stages", () => {
         const reply = (id: number, matched: number): Wire.ChecksumReply => {
           const digests = new Uint8Array(16 * Wire.DIGEST_BYTES)
           for (let k = 0; k < matched; k++) digests.set(same, k * Wire.DIGEST_BYTES)
-          return { _tag: "ChecksumReply", id, through: 1, digests }
+          return { _tag: "ChecksumReply", algorithm: 0, id, through: 1, digests }
         }
         const full = needsPump(shared.state, 32)
         // The first answer: 2 blocks match, 14 differ and are sent: 2 slots free (under 32 / 8), 16 comparisons wait.

@@ -170,7 +170,12 @@ describe("checksum-based resync in the replicator", () => {
         const { world, early, sent, status } = yield* changedWhileDown()
         expect(early, "blocks read before their event was journaled").toEqual([])
         expect(sent).toEqual([3, 9, 17, 40, 63])
-        expect(status.checksums).toEqual({ compared: BLOCKS, matched: BLOCKS - 5, sent: 5 })
+        expect(status.checksums).toEqual({
+          compared: BLOCKS,
+          matched: BLOCKS - 5,
+          sent: 5,
+          algorithm: "blake3"
+        })
         yield* expectWhole(world)
         // `serve`'s control endpoint reports them, and `cdp-sync status` shows them.
         const report = Schema.decodeUnknownSync(Report)({
@@ -180,7 +185,7 @@ describe("checksum-based resync in the replicator", () => {
           disks: [filterDisk(status, { diskId: "d", receiver: "backup:7070" }, 0)]
         })
         expect(report.disks[0]).toMatchObject({
-          checksums: { compared: BLOCKS, matched: BLOCKS - 5, sent: 5 }
+          checksums: { compared: BLOCKS, matched: BLOCKS - 5, sent: 5, algorithm: "blake3" }
         })
         expect(render(report)).toContain(
           `checksum-resync:${BLOCKS} blocks compared, ${BLOCKS - 5} matched, 5 sent`
@@ -202,7 +207,12 @@ describe("checksum-based resync in the replicator", () => {
         const replicator = yield* start(world)
         yield* replicator.quiesce
         expect((yield* blocksSentAfter(world, before)).length).toBe(BLOCKS)
-        expect((yield* replicator.status).checksums).toEqual({ compared: 0, matched: 0, sent: 0 })
+        expect((yield* replicator.status).checksums).toEqual({
+          compared: 0,
+          matched: 0,
+          sent: 0,
+          algorithm: "blake3"
+        })
       })
     )
   })
@@ -220,7 +230,12 @@ describe("checksum-based resync in the replicator", () => {
         // A refusal covers one request, at most a window of comparisons.
         expect(sent.length).toBeLessThanOrEqual(config.window)
         const counts = (yield* replicator.status).checksums
-        expect(counts).toEqual({ compared: BLOCKS, matched: BLOCKS - sent.length, sent: sent.length })
+        expect(counts).toEqual({
+          compared: BLOCKS,
+          matched: BLOCKS - sent.length,
+          sent: sent.length,
+          algorithm: "blake3"
+        })
         yield* expectWhole(world)
       })
     )

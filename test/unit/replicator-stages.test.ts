@@ -34,7 +34,13 @@ const metrics = forDisk("d")
 const settings = { diskId: "d", config, holdMillis: 0, metrics }
 
 const fresh = (state = State.initial(config)) =>
-  makeShared({ state, position: 0, pending: { bytes: 1 << 20, writes: 16 }, activity: undefined })
+  makeShared({
+    state,
+    position: 0,
+    pending: { bytes: 1 << 20, writes: 16 },
+    activity: undefined,
+    digest: "sha256"
+  })
 
 /** Lets the forked stage run until `done` holds (bounded: no timing involved). */
 const until = (done: () => boolean) =>

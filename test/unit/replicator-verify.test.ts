@@ -90,6 +90,8 @@ const world = (s: Scenario, broken: Broken) => {
   const port: VerifyPort = {
     blockSize: BLOCK,
     blockCount: s.blocks,
+    digest: () => "sha256",
+    unsupported: () => Effect.void,
     open: (blocks) =>
       Effect.sync(() => {
         step()
@@ -114,6 +116,7 @@ const world = (s: Scenario, broken: Broken) => {
           digests.set(createHash("sha256").update(replica[b]!).digest(), i * 32)
         return {
           _tag: "ChecksumReply",
+          algorithm: 0,
           id: 1,
           through: broken === "believes-short-answers" ? Math.max(durable, decided) : durable,
           digests
@@ -178,8 +181,8 @@ describe("online verify's judgement (simulated filter and receiver)", () => {
     const ask = w.port.ask
     const port: VerifyPort = {
       ...w.port,
-      ask: (opened, blocks) =>
-        Effect.map(ask(opened, blocks), (answer) => {
+      ask: (opened, blocks, algorithm) =>
+        Effect.map(ask(opened, blocks, algorithm), (answer) => {
           if (answer?._tag !== "ChecksumReply" || truncated++ > 0) return answer
           return { ...answer, digests: answer.digests.subarray(0, 32) }
         })
@@ -211,6 +214,8 @@ describe("online verify's judgement (simulated filter and receiver)", () => {
     const port: VerifyPort = {
       blockSize: big,
       blockCount: blocks,
+      digest: () => "sha256",
+      unsupported: () => Effect.void,
       open: (bs) =>
         Effect.sync(() => {
           for (const b of bs) touched.delete(b)
@@ -233,7 +238,7 @@ describe("online verify's judgement (simulated filter and receiver)", () => {
           const digests = new Uint8Array(bs.length * 32)
           for (const [i, b] of bs.entries())
             digests.set(createHash("sha256").update(replica[b]!).digest(), i * 32)
-          return { _tag: "ChecksumReply", id: 1, through: 0, digests }
+          return { _tag: "ChecksumReply", algorithm: 0, id: 1, through: 0, digests }
         }),
       still: () => Effect.succeed(true),
       touched: (b) => touched.has(b),
@@ -261,6 +266,8 @@ describe("online verify's judgement (simulated filter and receiver)", () => {
     const port: VerifyPort = {
       blockSize: BLOCK,
       blockCount: blocks,
+      digest: () => "sha256",
+      unsupported: () => Effect.void,
       open: () => Effect.succeed({ link: 1, epoch: 0, decidedBefore: 0 }),
       read: (first, into) =>
         Effect.gen(function* () {
@@ -276,7 +283,13 @@ describe("online verify's judgement (simulated filter and receiver)", () => {
           const digests = new Uint8Array(bs.length * 32)
           for (const [i, b] of bs.entries())
             digests.set(createHash("sha256").update(disk[b]!).digest(), i * 32)
-          return { _tag: "ChecksumReply", id: 1, through: 0, digests } satisfies Wire.ChecksumReply
+          return {
+            _tag: "ChecksumReply",
+            algorithm: 0,
+            id: 1,
+            through: 0,
+            digests
+          } satisfies Wire.ChecksumReply
         }),
       still: () => Effect.succeed(true),
       touched: () => false,

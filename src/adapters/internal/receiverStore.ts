@@ -22,6 +22,8 @@ import {
   type ChecksumReply,
   type ChecksumRequest,
   DIGEST_BYTES,
+  digestAlgorithmOf,
+  digestAvailable,
   type Gap,
   type Hello,
   type Record
@@ -109,12 +111,26 @@ class Disk {
         reason: "damaged",
         detail: `disk ${diskId}: block ${hurt} fails its check in the replica`
       }
+    const algorithm = digestAlgorithmOf(request.algorithm)
+    if (algorithm === undefined || !digestAvailable(algorithm))
+      return {
+        _tag: "ChecksumRefused",
+        id: request.id,
+        reason: "unsupported",
+        detail: `digest algorithm code ${request.algorithm} is not available here`
+      }
     const zeros = new Uint8Array(this.geometry.blockSize)
     const digests = new Uint8Array(request.blocks.length * DIGEST_BYTES)
     request.blocks.forEach((b, k) => {
-      digests.set(blockDigest(this.blocks.get(b) ?? zeros), k * DIGEST_BYTES)
+      digests.set(blockDigest(this.blocks.get(b) ?? zeros, algorithm), k * DIGEST_BYTES)
     })
-    return { _tag: "ChecksumReply", id: request.id, through: this.durableSeq, digests }
+    return {
+      _tag: "ChecksumReply",
+      id: request.id,
+      through: this.durableSeq,
+      algorithm: request.algorithm,
+      digests
+    }
   }
 }
 

@@ -91,7 +91,8 @@ export const verifyReport = (
     unverified: r.unverified,
     resync: r.resync,
     seconds: r.seconds,
-    bytesPerSecond: r.bytesPerSecond
+    bytesPerSecond: r.bytesPerSecond,
+    algorithm: r.algorithm
   }
 }
 

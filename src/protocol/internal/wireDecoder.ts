@@ -378,7 +378,7 @@ export class Decoder {
       case Kind.KeepAlive:
         return { _tag: "KeepAlive" }
       case Kind.ChecksumRequest:
-        return this.checksumRequest(offsetOrBlock, payload)
+        return this.checksumRequest(offsetOrBlock, epoch, payload)
       case Kind.ChecksumReply: {
         const n = payload.byteLength / DIGEST_BYTES
         if (!Number.isInteger(n) || n < 1 || n > MAX_CHECKSUM_BLOCKS)
@@ -386,7 +386,7 @@ export class Decoder {
             "bad-payload",
             `checksum reply: ${payload.byteLength} bytes are not 1 to ${MAX_CHECKSUM_BLOCKS} digests of ${DIGEST_BYTES} bytes`
           )
-        return { _tag: "ChecksumReply", id: offsetOrBlock, through: seq, digests: payload }
+        return { _tag: "ChecksumReply", id: offsetOrBlock, through: seq, algorithm: epoch, digests: payload }
       }
       case Kind.ChecksumRefused: {
         const text = this.text(payload)
@@ -407,7 +407,7 @@ export class Decoder {
   }
 
   /** 1 to `MAX_CHECKSUM_BLOCKS` u64 block indexes, strictly increasing, each a safe integer. */
-  private checksumRequest(id: number, payload: Uint8Array): Frame | WireError {
+  private checksumRequest(id: number, algorithm: number, payload: Uint8Array): Frame | WireError {
     const n = payload.byteLength / 8
     if (!Number.isInteger(n) || n < 1 || n > MAX_CHECKSUM_BLOCKS)
       return fail(
@@ -426,7 +426,7 @@ export class Decoder {
       blocks.push(block)
       previous = block
     }
-    return { _tag: "ChecksumRequest", id, blocks }
+    return { _tag: "ChecksumRequest", id, algorithm, blocks }
   }
 
   private text(payload: Uint8Array): string | WireError {

@@ -115,11 +115,13 @@ const encodeHeader = (frame: Frame, allocate: (bytes: number) => Uint8Array, roo
     case "KeepAlive":
       break
     case "ChecksumRequest":
+      epoch = u32("algorithm", frame.algorithm)
       position = count("id", frame.id)
       payload = blockList(frame)
       break
     case "ChecksumReply": {
       seq = count("through", frame.through)
+      epoch = u32("algorithm", frame.algorithm)
       position = count("id", frame.id)
       const n = frame.digests.byteLength / DIGEST_BYTES
       if (!Number.isInteger(n) || n < 1 || n > MAX_CHECKSUM_BLOCKS)

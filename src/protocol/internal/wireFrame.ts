@@ -27,7 +27,7 @@ export const MAX_U32 = 0xffff_ffff
  * and hash (at most this many blocks) and the reply (32 bytes a block).
  */
 export const MAX_CHECKSUM_BLOCKS = 1024
-/** Bytes of a block digest (SHA-256, `blockDigest`). */
+/** Bytes of a block digest (SHA-256 or BLAKE3, `blockDigest`). */
 export const DIGEST_BYTES = 32
 
 export const Kind = {
@@ -139,12 +139,16 @@ export interface KeepAlive {
 /**
  * Filter → receiver, after the welcome: "the digest of each of these tracking blocks, as your
  * log holds it". `blocks`: 1 to `MAX_CHECKSUM_BLOCKS` block indexes, strictly increasing.
- * `id` (the header's offset/block field) names the request in its answer. The receiver
- * answers requests in order, after every record before the request on the stream.
+ * `id` (the header's offset/block field) names the request in its answer. `algorithm` (the
+ * header's epoch field, a u32): the digest's wire code (`DigestCode`: 0 SHA-256, 1 BLAKE3);
+ * a filter from before the field sends 0. The receiver answers requests in order, after
+ * every record before the request on the stream; a code it cannot compute is refused
+ * (`unsupported`).
  */
 export interface ChecksumRequest {
   readonly _tag: "ChecksumRequest"
   readonly id: number
+  readonly algorithm: number
   readonly blocks: ReadonlyArray<number>
 }
 /**
@@ -152,18 +156,23 @@ export interface ChecksumRequest {
  * reflects every record through this seq and none after it, all durable (fsynced) before the
  * digests were computed. `digests`: one `DIGEST_BYTES` digest per requested block, in the
  * request's order (`digestAt`), each the `blockDigest` of the block's newest version in the log.
+ * `algorithm` (the header's epoch field): the code the digests were computed with, the
+ * request's echoed. A receiver from before the field ignores the request's and answers
+ * SHA-256 with 0: the filter believes no digest whose code is not the one it asked.
  */
 export interface ChecksumReply {
   readonly _tag: "ChecksumReply"
   readonly id: number
   readonly through: number
+  readonly algorithm: number
   readonly digests: Uint8Array
 }
 /**
  * Receiver → filter: request `id` gets no digests (the connection stays up): `damaged` (a
  * byte the answer needs fails its checksum in the log; `detail` names the file and offset),
  * `unverifiable` (the bytes have no checksum to check them by: a format-1 base image),
- * `failed` (an I/O error). The filter treats every block of the request as differing.
+ * `unsupported` (the request's algorithm code is unknown here, or BLAKE3 without its native
+ * module), `failed` (an I/O error). The filter treats every block of the request as differing.
  */
 export interface ChecksumRefused {
   readonly _tag: "ChecksumRefused"

@@ -1,6 +1,7 @@
 /**
  * The receiver's answer to a checksum request (docs/receiver.md, "Checksums"): for each
- * block asked for, the `Wire.blockDigest` of its newest version in the log — read through
+ * block asked for, the `Wire.blockDigest` (by the algorithm the request names, echoed in the
+ * reply) of its newest version in the log — read through
  * the live block index (`liveIndex.ts`), every byte checked before it is hashed: a record's
  * payload against the record's CRC32C and the seq the index names, base bytes against their
  * unit's CRC32C. Damage is a `LogCorrupt` naming the file and byte, never a digest.
@@ -8,7 +9,6 @@
  * The caller holds the disk's maintenance permit (no fold replaces the base or removes a
  * segment meanwhile) and has let the writer make every record before the request durable.
  */
-import { createHash } from "node:crypto"
 import * as path from "node:path"
 import { Data, Effect } from "effect"
 import * as Wire from "../../protocol/Wire.js"
@@ -37,7 +37,7 @@ export interface ChecksumLog extends LogView {
 const RUN_BYTES = 1 << 20
 
 /** Bytes `[start, end)` of the disk as one view: a record's payload, or base bytes read for the run. */
-interface Piece {
+export interface Piece {
   readonly start: number
   readonly end: number
   readonly bytes: Uint8Array
@@ -49,7 +49,8 @@ interface Piece {
  */
 export const digestsOf = async (
   log: ChecksumLog,
-  blocks: ReadonlyArray<number>
+  blocks: ReadonlyArray<number>,
+  algorithm: Wire.DigestAlgorithm = Wire.DIGEST_ALGORITHM
 ): Promise<{ readonly digests: Uint8Array; readonly notes: ReadonlyArray<Note> }> => {
   const notes = await log.live.ensure(log)
   const { blockSize } = log.geometry
@@ -111,7 +112,7 @@ export const digestsOf = async (
         cursor = x.end
       }
       if (cursor < run.end) await fromBase(cursor, run.end)
-      hashInto(pieces, run.start, run.end, blockSize, digests, k)
+      hashInto(pieces, run.start, run.end, blockSize, digests, k, algorithm)
       k += (run.end - run.start) / blockSize
       records.release(run.hold)
     }
@@ -127,17 +128,19 @@ export const digestsOf = async (
 }
 
 /**
- * The digest of each block of `[start, end)` into `digests` from block `k` on: SHA-256 (the
- * hash of `Wire.blockDigest`) fed the pieces that cover the block, in order. `pieces` cover
- * the range without gap or overlap (the live index's extents and the base between them).
+ * The digest of each block of `[start, end)` into `digests` from block `k` on: `algorithm`
+ * (`Wire.blockDigest`'s) fed the pieces that cover the block, in order — one-shot where one
+ * piece holds the block, an incremental hasher (`Wire.digestHasher`) otherwise. `pieces`
+ * cover the range without gap or overlap (the live index's extents and the base between them).
  */
-const hashInto = (
+export const hashInto = (
   pieces: ReadonlyArray<Piece>,
   start: number,
   end: number,
   blockSize: number,
   digests: Uint8Array,
-  k: number
+  k: number,
+  algorithm: Wire.DigestAlgorithm
 ): void => {
   let p = 0
   for (let b = start; b < end; b += blockSize, k++) {
@@ -146,13 +149,13 @@ const hashInto = (
     if (whole !== undefined && whole.start <= b && whole.end >= blockEnd) {
       // The common case: one piece holds the whole block (one-shot, no Hash object).
       digests.set(
-        Wire.blockDigest(whole.bytes.subarray(b - whole.start, blockEnd - whole.start)),
+        Wire.blockDigest(whole.bytes.subarray(b - whole.start, blockEnd - whole.start), algorithm),
         k * Wire.DIGEST_BYTES
       )
       if (whole.end === blockEnd) p++
       continue
     }
-    const hash = createHash(Wire.DIGEST_ALGORITHM)
+    const hash = Wire.digestHasher(algorithm)
     // Hashed up to `at`: each piece must go on from there.
     for (let at = b; at < blockEnd; ) {
       const piece = pieces[p]
@@ -163,23 +166,45 @@ const hashInto = (
       if (piece.end <= blockEnd) p++
       at = to
     }
-    const digest = hash.digest()
-    if (digest.byteLength !== Wire.DIGEST_BYTES)
-      throw new Error(`${Wire.DIGEST_ALGORITHM} gave ${digest.byteLength} bytes`)
-    digests.set(digest, k * Wire.DIGEST_BYTES)
+    digests.set(hash.digest(), k * Wire.DIGEST_BYTES)
   }
 }
 
 /**
  * The answer to `request` on `log`, whose records through `through` are all durable: a
- * `ChecksumReply`, or a `ChecksumRefused` (damage, a format-1 base, an I/O error) — logged,
- * with the file and byte when damage. The connection stays up either way.
+ * `ChecksumReply` by the algorithm the request names (its code echoed), or a
+ * `ChecksumRefused` (damage, a format-1 base, an I/O error; `unsupported`: a code this
+ * receiver cannot compute) — logged, with the file and byte when damage. The connection
+ * stays up either way.
  */
-export const answer = (log: ChecksumLog, request: Wire.ChecksumRequest, through: number) =>
-  log.maintenance
+export const answer = (
+  log: ChecksumLog,
+  request: Wire.ChecksumRequest,
+  through: number
+): Effect.Effect<Wire.ChecksumReply | Wire.ChecksumRefused> => {
+  const algorithm = Wire.digestAlgorithmOf(request.algorithm)
+  if (algorithm === undefined || !Wire.digestAvailable(algorithm)) {
+    const detail =
+      algorithm === undefined
+        ? `digest algorithm code ${request.algorithm} is unknown here (0: sha256, 1: blake3)`
+        : `${algorithm} is not available here (its native module did not load)`
+    const refused: Wire.ChecksumRefused = {
+      _tag: "ChecksumRefused",
+      id: request.id,
+      reason: "unsupported",
+      detail
+    }
+    return Effect.as(
+      Effect.logWarning(`${log.diskId}: checksum request ${request.id} refused: ${detail}`).pipe(
+        Effect.annotateLogs({ reason: "unsupported", blocks: request.blocks.length })
+      ),
+      refused
+    )
+  }
+  return log.maintenance
     .withPermits(1)(
       Effect.tryPromise({
-        try: () => digestsOf(log, request.blocks),
+        try: () => digestsOf(log, request.blocks, algorithm),
         catch: (cause) =>
           cause instanceof LogCorrupt || cause instanceof Unverifiable
             ? cause
@@ -196,6 +221,7 @@ export const answer = (log: ChecksumLog, request: Wire.ChecksumRequest, through:
         _tag: "ChecksumReply",
         id: request.id,
         through,
+        algorithm: request.algorithm,
         digests
       })),
       Effect.catchAll((error) => {
@@ -217,3 +243,4 @@ export const answer = (log: ChecksumLog, request: Wire.ChecksumRequest, through:
         )
       })
     )
+}

@@ -15,7 +15,16 @@ import * as State from "../../domain/State.js"
 import * as Wire from "../../protocol/Wire.js"
 import { ReceiverAheadOfJournal } from "./errors.js"
 import type { Metrics } from "./metrics.js"
-import { type Command, type Decided, noteError, type Shared, statusNow, stop, touch } from "./shared.js"
+import {
+  type Command,
+  type Decided,
+  noteError,
+  type Shared,
+  statusNow,
+  stop,
+  touch,
+  useSha256
+} from "./shared.js"
 import { noteBatch } from "./status.js"
 import { switchover } from "./switchover.js"
 
@@ -26,6 +35,8 @@ export interface LoopSettings {
   readonly holdMillis: number
   /** This disk's series (`forDisk`). */
   readonly metrics: Metrics
+  /** The mutant (internal/mutants.ts): a reply's digests are compared whatever algorithm it echoes. */
+  readonly ignoreDigestEcho?: boolean | undefined
 }
 
 /** What an event puts on the wire, decided in `session` against `before`, the state it met. */
@@ -100,14 +111,18 @@ const hasRoom = (s: State.State, window: number): boolean => {
 /**
  * The outcomes of a checksum answer, one per block of its request, in request order:
  * matched when the receiver's digest equals the disk's as read, with the reply's `through`.
- * A refusal (the receiver could not check its bytes) is a mismatch of every block; its
- * `through` is the watermark, so it acks nothing. `undefined` for an answer whose request
- * was forgotten at a link loss or gap (its comparisons were re-marked): it is stale.
+ * A refusal (the receiver could not check its bytes, or cannot compute the algorithm asked:
+ * `unsupported`) is a mismatch of every block; its `through` is the watermark, so it acks
+ * nothing. So is a reply whose algorithm is not the one asked (a receiver from before the
+ * code answers SHA-256 with 0 whatever was asked): its digests prove nothing. Either of the
+ * last two has the filter ask SHA-256 from then on (`useSha256`). `undefined` for an answer
+ * whose request was forgotten at a link loss or gap (its comparisons were re-marked): stale.
  */
 const outcomesOf = (
   shared: Shared,
   answer: Wire.ChecksumReply | Wire.ChecksumRefused,
-  watermark: number
+  watermark: number,
+  ignoreDigestEcho: boolean
 ): Effect.Effect<ReadonlyArray<Input.Input> | undefined> =>
   Effect.gen(function* () {
     const asked = shared.requests.get(answer.id)
@@ -115,11 +130,23 @@ const outcomesOf = (
     shared.requests.delete(answer.id)
     shared.checksumsAnswered = true
     const { ids, request } = asked
+    const sendAll = () =>
+      ids.map((id, k) => Input.comparisonCompleted(id, request.blocks[k]!, false, watermark))
     if (answer._tag === "ChecksumRefused") {
-      yield* Effect.logWarning(
-        `the receiver refused checksum request ${answer.id} (${answer.reason}): ${answer.detail}; its ${ids.length} block(s) are sent`
+      if (answer.reason === "unsupported" && request.algorithm !== Wire.DigestCode.sha256)
+        yield* useSha256(shared, `refused digest code ${request.algorithm} (${answer.detail})`)
+      else
+        yield* Effect.logWarning(
+          `the receiver refused checksum request ${answer.id} (${answer.reason}): ${answer.detail}; its ${ids.length} block(s) are sent`
+        )
+      return sendAll()
+    }
+    if (answer.algorithm !== request.algorithm && !ignoreDigestEcho) {
+      yield* useSha256(
+        shared,
+        `answered checksum request ${answer.id} with digest code ${answer.algorithm}, asked ${request.algorithm} (a receiver from before the code?)`
       )
-      return ids.map((id, k) => Input.comparisonCompleted(id, request.blocks[k]!, false, watermark))
+      return sendAll()
     }
     // A reply of another size answers another question: believe none of it, send the blocks.
     const whole = answer.digests.byteLength === ids.length * Wire.DIGEST_BYTES
@@ -224,7 +251,12 @@ export const decideBatch = (shared: Shared, settings: LoopSettings, commands: Re
             Deferred.unsafeDone(waiter, Exit.succeed(command.answer))
             continue
           }
-          const outcomes = yield* outcomesOf(shared, command.answer, s.watermark)
+          const outcomes = yield* outcomesOf(
+            shared,
+            command.answer,
+            s.watermark,
+            settings.ignoreDigestEcho === true
+          )
           if (outcomes === undefined) continue // its comparisons were re-marked by a loss or gap
           inputs = outcomes
           break

@@ -136,7 +136,8 @@ const takeReadBuffer = (bytes: number): Uint8Array => {
 const readAndHash = (
   disk: VirtualDisk.Service,
   config: Config,
-  batch: ReadonlyArray<Comparison>
+  batch: ReadonlyArray<Comparison>,
+  algorithm: Wire.DigestAlgorithm
 ): Effect.Effect<Uint8Array, DiskError> =>
   Effect.gen(function* () {
     const { blockSize } = config
@@ -164,7 +165,7 @@ const readAndHash = (
       const bytes = yield* Fiber.join(ahead)
       if (r + 1 < runs.length) ahead = yield* Effect.fork(readRun(r + 1))
       const [k, run] = runs[r]!
-      Wire.blockDigestsInto(bytes, blockSize, run, digests, k)
+      Wire.blockDigestsInto(bytes, blockSize, run, digests, k, algorithm)
     }
     for (const b of buffers) if (readBuffers.length < READ_BUFFERS_KEPT) readBuffers.push(b)
     return digests
@@ -219,13 +220,17 @@ export const act = (
       if (isComparison(out)) {
         const n = requestLength(outgoing, i, config.blockSize)
         const batch = outgoing.slice(i, i + n) as ReadonlyArray<Comparison>
+        // The algorithm asked now: the disk's digests are made by the one the request names.
+        const algorithm = shared.digest
         // Hashed after the request before it (`hashed`), so digests are ready in the order
         // answers come; a failed read stops the replicator (the loop drops the answer).
         const hashing = Deferred.unsafeMake<Uint8Array, DiskError>(FiberId.none)
         const hash = Effect.intoDeferred(
           Effect.zipRight(
             shared.hashed,
-            Effect.tapError(readAndHash(disk, config, batch), (e) => stop(shared, "a block read failed", e))
+            Effect.tapError(readAndHash(disk, config, batch, algorithm), (e) =>
+              stop(shared, "a block read failed", e)
+            )
           ),
           hashing
         )
@@ -235,7 +240,12 @@ export const act = (
           session: out.session,
           comparisons: {
             // The first comparison's id names the request: ids are unique, and each is in one request.
-            request: { _tag: "ChecksumRequest", id: batch[0]!.compared, blocks: batch.map((c) => c.block) },
+            request: {
+              _tag: "ChecksumRequest",
+              id: batch[0]!.compared,
+              algorithm: Wire.DigestCode[algorithm],
+              blocks: batch.map((c) => c.block)
+            },
             ids: batch.map((c) => c.compared),
             digests: Deferred.await(hashing)
           }

@@ -47,6 +47,12 @@ export interface Mutants {
    * `BlockCompared` events are journaled, not after.
    */
   readonly readComparedEarly: boolean
+  /**
+   * A checksum reply's digests are compared with the disk's whatever algorithm code it
+   * echoes: a receiver from before the code answers SHA-256 to a BLAKE3 request, and every
+   * block then mismatches (and is sent), run after run, with no fall back to SHA-256.
+   */
+  readonly ignoreDigestEcho: boolean
 }
 
 /** The replicator as shipped: every variant off. */
@@ -59,7 +65,8 @@ export const none: Mutants = {
   assumeCleanStart: false,
   shareMetricSeries: false,
   everyAckAPoint: false,
-  readComparedEarly: false
+  readComparedEarly: false,
+  ignoreDigestEcho: false
 }
 
 /** Which variants `make` runs with: none unless a test provides otherwise. */

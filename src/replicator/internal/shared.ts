@@ -183,6 +183,14 @@ export interface Shared {
    * it on every one; once may be a restart). The pump reads it: it then sends every owed block.
    */
   compareOff: boolean
+  /**
+   * Written by the loop (an answer) and verify, both through `useSha256`, in one synchronous step.
+   * The digest algorithm checksum requests ask for now (the journal stage reads it as it
+   * makes a request, verify as it asks): the `digest` option's until the receiver refuses
+   * it (`unsupported`) or answers with another code (a receiver from before the code), then
+   * SHA-256 for the rest of the run (`useSha256`).
+   */
+  digest: Wire.DigestAlgorithm
 
   // --- Written by the sender (adds) and the decision loop (takes out, clears) ----------
   /**
@@ -308,6 +316,8 @@ export const makeShared = (options: {
   readonly position: number
   readonly pending: AdmissionBounds
   readonly activity: Omit<ActivityShared, "signal" | "commits"> | undefined
+  /** The digest algorithm of checksum requests (the `digest` option's, available here). */
+  readonly digest: Wire.DigestAlgorithm
   /** The mutant (internal/mutants.ts). */
   readonly everyAckAPoint?: boolean | undefined
 }): Effect.Effect<Shared> =>
@@ -315,7 +325,7 @@ export const makeShared = (options: {
     const { state } = options
     const now = yield* Clock.currentTimeMillis
     const stopped = yield* Deferred.make<void, ReplicatorStopped>()
-    const book = makeBook(state, now, options.everyAckAPoint)
+    const book = makeBook(state, now, options.digest, options.everyAckAPoint)
     return {
       state,
       decided: makeChanges(),
@@ -339,6 +349,7 @@ export const makeShared = (options: {
       checksumsAnswered: false,
       closedOnRequest: 0,
       compareOff: false,
+      digest: options.digest,
       position: options.position,
       sinceSnapshot: 0,
       journaled: state,
@@ -363,6 +374,20 @@ export const makeShared = (options: {
           ? undefined
           : { ...options.activity, signal: Inbox.make(), commits: makeChanges() }
     }
+  })
+
+/**
+ * The receiver cannot answer the digest algorithm asked (it refused it as `unsupported`, or
+ * answered with another code: a receiver from before the code answers SHA-256): SHA-256
+ * from now on, for the rest of the run, logged once. Only ever from the option's to SHA-256.
+ */
+export const useSha256 = (shared: Shared, why: string): Effect.Effect<void> =>
+  Effect.suspend(() => {
+    if (shared.digest === "sha256") return Effect.void
+    const was = shared.digest
+    shared.digest = "sha256"
+    shared.book.checksums.algorithm = "sha256"
+    return Effect.logWarning(`the receiver ${why}: checksum requests ask sha256, not ${was}, from now on`)
   })
 
 /** Stops once, with the first reason; the log line says why, the full cause is at debug level. */

@@ -6,6 +6,7 @@
  */
 import type * as Event from "../../domain/Event.js"
 import * as State from "../../domain/State.js"
+import type * as Wire from "../../protocol/Wire.js"
 
 /** A recovery point the receiver holds, as the filter learnt it: `at` is when its ack arrived (ms since the epoch). */
 export interface KnownRecoveryPoint {
@@ -33,6 +34,11 @@ export interface ChecksumCounts {
   readonly matched: number
   /** Of those, the ones sent because they differed (or the receiver could not check its copy). */
   readonly sent: number
+  /**
+   * The digest algorithm the requests ask for now: the `digest` option's, or `"sha256"` once
+   * the receiver refused it or answered with another (docs/wire.md, "Checksums").
+   */
+  readonly algorithm: Wire.DigestAlgorithm
 }
 
 /** Something that went wrong without stopping the replicator (a refused connection, a lost link). */
@@ -117,14 +123,19 @@ export interface StatusBook {
   /** Blocks per second over the last full window. */
   rate: number
   /** Checksum-based resync since the start. */
-  checksums: { compared: number; matched: number; sent: number }
+  checksums: { compared: number; matched: number; sent: number; algorithm: Wire.DigestAlgorithm }
   /** The mutant (internal/mutants.ts). */
   readonly everyAckAPoint: boolean
 }
 
 const OPEN = Number.POSITIVE_INFINITY
 
-export const makeBook = (state: State.State, now: number, everyAckAPoint = false): StatusBook => ({
+export const makeBook = (
+  state: State.State,
+  now: number,
+  digest: Wire.DigestAlgorithm = "sha256",
+  everyAckAPoint = false
+): StatusBook => ({
   // Started in sync: what this journal sent before is not known to be points; what it sends now is.
   ranges: state.mode === "sync" ? [{ from: state.nextSeq, to: OPEN }] : [],
   lastPoint: undefined,
@@ -135,7 +146,7 @@ export const makeBook = (state: State.State, now: number, everyAckAPoint = false
   windowStart: now,
   windowBlocks: 0,
   rate: 0,
-  checksums: { compared: 0, matched: 0, sent: 0 },
+  checksums: { compared: 0, matched: 0, sent: 0, algorithm: digest },
   everyAckAPoint
 })
 

@@ -15,7 +15,9 @@
  * then differs for real: the disk's content is not what the receiver durably holds for it.
  *
  * A refusal (the receiver found its copy damaged, or cannot check it) is narrowed down by
- * asking for halves, so the blocks reported are exactly the refused ones.
+ * asking for halves, so the blocks reported are exactly the refused ones. A receiver that
+ * cannot answer the digest algorithm asked (`unsupported`, or a reply by another: one from
+ * before the code) judges nothing: the filter asks SHA-256 from then on, the batch again.
  */
 import { Clock, Data, Deferred, Duration, Effect, Either, Fiber } from "effect"
 import type { VirtualDisk } from "../../adapters/VirtualDisk.js"
@@ -24,7 +26,7 @@ import * as Input from "../../domain/Input.js"
 import * as Wire from "../../protocol/Wire.js"
 import { blockRuns } from "../../internal/blockRuns.js"
 import type { ReplicatorStopped } from "./errors.js"
-import type { Shared, Verifying } from "./shared.js"
+import { type Shared, useSha256, type Verifying } from "./shared.js"
 
 /** An opened batch: where and when its blocks were marked clean. */
 export interface Opened {
@@ -42,10 +44,15 @@ export interface VerifyPort {
   readonly open: (blocks: ReadonlyArray<number>) => Effect.Effect<Opened | undefined>
   /** The blocks from `first` that fill `into`, as the disk holds them now (`into` is reused from read to read). */
   readonly read: (first: number, into: Uint8Array) => Effect.Effect<void, VerifyIoError>
-  /** Asks the receiver for `blocks` on `opened`'s connection; `undefined` when that connection is gone first. */
+  /** The digest algorithm to ask for now. */
+  readonly digest: () => Wire.DigestAlgorithm
+  /** The receiver cannot answer the algorithm asked (`why`): SHA-256 from now on. */
+  readonly unsupported: (why: string) => Effect.Effect<void>
+  /** Asks the receiver for `blocks` by `algorithm` on `opened`'s connection; `undefined` when that connection is gone first. */
   readonly ask: (
     opened: Opened,
-    blocks: ReadonlyArray<number>
+    blocks: ReadonlyArray<number>,
+    algorithm: Wire.DigestAlgorithm
   ) => Effect.Effect<Wire.ChecksumReply | Wire.ChecksumRefused | undefined>
   /** Whether the link, the epoch and sync mode are still those of `opened`. */
   readonly still: (opened: Opened) => Effect.Effect<boolean>
@@ -97,6 +104,8 @@ export interface VerifyResult {
   readonly resync: boolean
   readonly seconds: number
   readonly bytesPerSecond: number
+  /** The digest algorithm asked at the end (SHA-256 if the receiver could not answer the option's). */
+  readonly algorithm: Wire.DigestAlgorithm
 }
 
 /** Blocks asked for at once: the wire's bound, and at most 16 MiB read per batch. */
@@ -179,7 +188,8 @@ export const verify = (
         // Asked before the disk is read, so the receiver hashes its copy while this side hashes
         // the disk's. Sound in either order: a write decided after `open` is `touched`, and
         // every one decided before it is in the answer (`through`) and on the disk read below.
-        const asking = yield* Effect.fork(port.ask(opened, blocks))
+        const algorithm = port.digest()
+        const asking = yield* Effect.fork(port.ask(opened, blocks, algorithm))
         const disk = new Uint8Array(blocks.length * Wire.DIGEST_BYTES)
         const buffer = spare.pop() ?? new Uint8Array(runBlocks * blockSize)
         let i = 0
@@ -187,12 +197,27 @@ export const verify = (
           yield* pace(count * blockSize)
           yield* port.read(first, buffer.subarray(0, count * blockSize))
           bytesRead += count * blockSize
-          Wire.blockDigestsInto(buffer, blockSize, count, disk, i)
+          Wire.blockDigestsInto(buffer, blockSize, count, disk, i, algorithm)
           i += count
         }
         // Given back once its runs are hashed (a refusal's halves, below, read with their own).
         spare.push(buffer)
         const answer = yield* Fiber.join(asking)
+        const unanswerable =
+          answer === undefined
+            ? undefined
+            : answer._tag === "ChecksumRefused"
+              ? answer.reason === "unsupported"
+                ? `refused ${algorithm} (${answer.detail})`
+                : undefined
+              : answer.algorithm !== Wire.DigestCode[algorithm]
+                ? `answered ${algorithm} with digest code ${answer.algorithm} (a receiver from before the code?)`
+                : undefined
+        if (unanswerable !== undefined) {
+          yield* port.unsupported(unanswerable)
+          rechecked += blocks.length
+          return blocks
+        }
         const held = answer !== undefined && (yield* port.still(opened))
         // A reply of another size answers another question: it judges nothing.
         const short =
@@ -280,7 +305,8 @@ export const verify = (
       unverified,
       resync,
       seconds,
-      bytesPerSecond: seconds > 0 ? bytesRead / seconds : 0
+      bytesPerSecond: seconds > 0 ? bytesRead / seconds : 0,
+      algorithm: port.digest()
     }
   })
 
@@ -319,14 +345,23 @@ const portOf = (shared: Shared, disk: VirtualDisk.Service, config: Config): Veri
       }),
     read: (first, into) =>
       Effect.mapError(disk.readInto(first * config.blockSize, into), (cause) => new VerifyIoError({ cause })),
-    ask: (opened, blocks) =>
+    digest: () => shared.digest,
+    unsupported: (why) => useSha256(shared, why),
+    ask: (opened, blocks, algorithm) =>
       Effect.gen(function* () {
         const conn = shared.connection
         if (conn === undefined || shared.link !== opened.link) return undefined
         const id = VERIFY_IDS + requests++
         const answer = yield* Deferred.make<Wire.ChecksumReply | Wire.ChecksumRefused | undefined>()
         v.answers.set(id, answer)
-        const sent = yield* Effect.either(conn.requestChecksums({ _tag: "ChecksumRequest", id, blocks }))
+        const sent = yield* Effect.either(
+          conn.requestChecksums({
+            _tag: "ChecksumRequest",
+            id,
+            algorithm: Wire.DigestCode[algorithm],
+            blocks
+          })
+        )
         if (Either.isLeft(sent)) {
           v.answers.delete(id)
           return undefined
