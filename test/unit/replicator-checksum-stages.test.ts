@@ -31,6 +31,7 @@ const block = (fill: number) => new Uint8Array(BS).fill(fill)
 const asked = (compared: ReadonlyArray<{ id: number; block: number; digest: Uint8Array }>): Comparisons => ({
   request: { _tag: "ChecksumRequest", id: compared[0]!.id, blocks: compared.map((c) => c.block) },
   ids: compared.map((c) => c.id),
+  run: false,
   digests: Effect.succeed(Buffer.concat(compared.map((c) => c.digest)))
 })
 /** The comparisons of a request as `act` made it, once its digests are ready. */

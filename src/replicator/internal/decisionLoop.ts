@@ -74,6 +74,9 @@ export const recordOf = (
     case "BlockCompared":
       // Read and hashed once the event is durable (the journal stage); its request goes in this place.
       return { session, compared: event.id, block: event.block }
+    case "RunCompared":
+      // The same, one request for the run.
+      return { session, run: event.id, blocks: event.blocks }
     default:
       return undefined
   }
@@ -98,8 +101,9 @@ const hasRoom = (s: State.State, window: number): boolean => {
 }
 
 /**
- * The outcomes of a checksum answer, one per block of its request, in request order:
- * matched when the receiver's digest equals the disk's as read, with the reply's `through`.
+ * The outcomes of a checksum answer: one per block of its request, in request order, or,
+ * for a run's request (`run`), one for the whole run; matched when the receiver's digest
+ * equals the disk's as read, with the reply's `through`.
  * A refusal (the receiver could not check its bytes) is a mismatch of every block; its
  * `through` is the watermark, so it acks nothing. `undefined` for an answer whose request
  * was forgotten at a link loss or gap (its comparisons were re-marked): it is stale.
@@ -119,7 +123,16 @@ const outcomesOf = (
       yield* Effect.logWarning(
         `the receiver refused checksum request ${answer.id} (${answer.reason}): ${answer.detail}; its ${ids.length} block(s) are sent`
       )
-      return ids.map((id, k) => Input.comparisonCompleted(id, request.blocks[k]!, false, watermark))
+      return asked.run
+        ? [
+            Input.runCompleted(
+              ids[0]!,
+              request.blocks,
+              request.blocks.map(() => false),
+              watermark
+            )
+          ]
+        : ids.map((id, k) => Input.comparisonCompleted(id, request.blocks[k]!, false, watermark))
     }
     // A reply of another size answers another question: believe none of it, send the blocks.
     const whole = answer.digests.byteLength === ids.length * Wire.DIGEST_BYTES
@@ -135,6 +148,17 @@ const outcomesOf = (
     // Compared in place: no view per block of either side's digests.
     const disk = Buffer.from(digests.right.buffer, digests.right.byteOffset, digests.right.byteLength)
     const D = Wire.DIGEST_BYTES
+    if (asked.run)
+      return [
+        Input.runCompleted(
+          ids[0]!,
+          request.blocks,
+          request.blocks.map(
+            (_, k) => whole && disk.compare(answer.digests, k * D, (k + 1) * D, k * D, (k + 1) * D) === 0
+          ),
+          answer.through
+        )
+      ]
     return ids.map((id, k) =>
       Input.comparisonCompleted(
         id,
@@ -377,7 +401,8 @@ const afterBatch = (
         yield* Effect.logInfo(`link restored: receiver durable seq ${e.receiverSeq}`)
       if (e.type === "BlockSent") yield* Metric.increment(settings.metrics.drainSent)
       // An answer is progress, like an ack: the watchdog waits for both.
-      if (e.type === "BlockMatched" || e.type === "BlockMismatched") shared.lastProgress = now
+      if (e.type === "BlockMatched" || e.type === "BlockMismatched" || e.type === "RunMatched")
+        shared.lastProgress = now
     }
     if (outstanding(before) === 0 && outstanding(after) > 0) shared.lastProgress = now
     const counted = { ...shared.book.checksums }

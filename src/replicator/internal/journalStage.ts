@@ -95,9 +95,15 @@ export const journalStage = (
 
 type BlockRead = Extract<Decided, { readonly seq: number; readonly block: number }>
 type Comparison = Extract<Decided, { readonly compared: number }>
+type Run = Extract<Decided, { readonly run: number }>
 
 const isBlockRead = (out: Decided): out is BlockRead => "epoch" in out
-const isComparison = (out: Decided): out is Comparison => "compared" in out
+const isRun = (out: Decided): out is Run => "run" in out
+const isComparison = (out: Decided): out is Comparison | Run => "compared" in out || isRun(out)
+
+/** A run's comparisons one by one, as those decided per block (the reads take them so). */
+const comparisonsOf = (run: Run): ReadonlyArray<Comparison> =>
+  run.blocks.map((block, k) => ({ session: run.session, compared: run.run + k, block }))
 
 /**
  * Compared blocks read with one disk request, at most this many bytes: a request's blocks
@@ -177,14 +183,18 @@ const readAndHash = (
  */
 const REQUEST_BYTES = 16 << 20
 
+/** The most blocks one request asks for: the decider's run length (`PumpTick.compareRun`). */
+export const requestBlocks = (blockSize: number): number =>
+  Math.max(1, Math.min(Wire.MAX_CHECKSUM_BLOCKS, Math.floor(REQUEST_BYTES / blockSize)))
+
 /** How many of the comparisons from `from` on go in one request. */
 const requestLength = (outgoing: ReadonlyArray<Decided>, from: number, blockSize: number): number => {
   const first = outgoing[from] as Comparison
-  const most = Math.max(1, Math.min(Wire.MAX_CHECKSUM_BLOCKS, Math.floor(REQUEST_BYTES / blockSize)))
+  const most = requestBlocks(blockSize)
   let n = 1
   while (n < most && from + n < outgoing.length) {
     const next = outgoing[from + n]!
-    if (!isComparison(next) || next.session !== first.session) break
+    if (!isComparison(next) || isRun(next) || next.session !== first.session) break
     if (next.block <= (outgoing[from + n - 1] as Comparison).block) break
     n++
   }
@@ -217,8 +227,11 @@ export const act = (
         continue
       }
       if (isComparison(out)) {
-        const n = requestLength(outgoing, i, config.blockSize)
-        const batch = outgoing.slice(i, i + n) as ReadonlyArray<Comparison>
+        // A run is one request as decided; comparisons decided per block are grouped here.
+        const n = isRun(out) ? 1 : requestLength(outgoing, i, config.blockSize)
+        const batch = isRun(out)
+          ? comparisonsOf(out)
+          : (outgoing.slice(i, i + n) as ReadonlyArray<Comparison>)
         // Hashed after the request before it (`hashed`), so digests are ready in the order
         // answers come; a failed read stops the replicator (the loop drops the answer).
         const hashing = Deferred.unsafeMake<Uint8Array, DiskError>(FiberId.none)
@@ -237,6 +250,7 @@ export const act = (
             // The first comparison's id names the request: ids are unique, and each is in one request.
             request: { _tag: "ChecksumRequest", id: batch[0]!.compared, blocks: batch.map((c) => c.block) },
             ids: batch.map((c) => c.compared),
+            run: isRun(out),
             digests: Deferred.await(hashing)
           }
         })
