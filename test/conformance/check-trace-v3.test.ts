@@ -7,6 +7,9 @@
  */
 import { describe, expect, it } from "vitest"
 import * as CheckTrace from "../../src/conformance/CheckTrace.js"
+import * as Conformance from "../../src/conformance/index.js"
+import * as Decider from "../../src/domain/Decider.js"
+import type * as State from "../../src/domain/State.js"
 import * as Event from "../../src/domain/Event.js"
 import * as Trace from "../../src/domain/Trace.js"
 
@@ -194,5 +197,33 @@ describe("trace version 3", () => {
     expect(Trace.versionFor([v2])).toBe(2)
     expect(Trace.versionFor([v2, v3])).toBe(3)
     expect(Trace.versionFor([v3, v2])).toBe(3)
+  })
+})
+
+describe("the kit with runs", () => {
+  it("the reference conforms with runs", () => {
+    expect(Conformance.check(Conformance.reference, { runs: true, numRuns: 150 })).toMatchObject({ ok: true })
+  })
+
+  it("a filter that matches a run over a mismatched block is caught, with its compareRun", () => {
+    interface Box {
+      state: State.State
+    }
+    // Believes every block of a run matched (the run form of clearing a block on a mismatch).
+    const matchAll: Conformance.Implementation<Box> = {
+      name: "run-clear-on-mismatch",
+      start: (config) => ({ state: Decider.initialState(config) }),
+      feed: (box, input) =>
+        Conformance.reference.feed(
+          box,
+          input._tag === "RunCompleted" ? { ...input, matched: input.matched.map(() => true) } : input
+        )
+    }
+    const report = Conformance.check(matchAll, { runs: true, numRuns: 500, seed: 13 })
+    expect(report.ok).toBe(false)
+    if (report.ok) return
+    expect(report.invariant).toMatch(/coverage|no-write-lost/)
+    expect(report.counterexample.compareRun).toBeGreaterThan(0)
+    expect(Conformance.render(report)).toMatch(/compareRun \d/)
   })
 })

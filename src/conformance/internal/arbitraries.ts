@@ -204,10 +204,15 @@ export const comparingScenarioOf = (
 
 export const comparingScenario: fc.Arbitrary<ComparingScenario> = comparingScenarioOf()
 
-/** A version 3 scenario: as `comparingScenario`, comparing in runs of 1 to 4 blocks. */
-export const runScenario: fc.Arbitrary<ComparingScenario> = fc
-  .tuple(comparingScenario, fc.integer({ min: 1, max: 4 }))
-  .map(([s, compareRun]) => ({ ...s, compareRun }))
+/** A version 3 scenario: as `comparingScenarioOf`, comparing in runs of 1 to 4 blocks. */
+export const runScenarioOf = (
+  options: { readonly config?: fc.Arbitrary<Config>; readonly maxSteps?: number } = {}
+): fc.Arbitrary<ComparingScenario> =>
+  fc
+    .tuple(comparingScenarioOf(options), fc.integer({ min: 1, max: 4 }))
+    .map(([s, compareRun]) => ({ ...s, compareRun }))
+
+export const runScenario: fc.Arbitrary<ComparingScenario> = runScenarioOf()
 
 export const stepsOf = (s: Scenario | ComparingScenario): Array<Step> =>
   s.steps.flatMap((step: RawComparingStep) =>
