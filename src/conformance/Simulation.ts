@@ -12,6 +12,8 @@
  * (checksum-based resync, trace version 2): the receiver answers a comparison from the
  * newest version it holds of the block, records received but not yet durable included,
  * and the program compares that with the disk's block as read after the decision.
+ * With `compareRun` too, the filter compares in runs (trace version 3): one request of
+ * up to that many blocks, read one block per read step, answered as one.
  *
  * Over 600 lines: the world's steps and its invariant checks read one state; the
  * seeded workloads at the end are the seam to split next (issue 14).
@@ -119,12 +121,17 @@ type WireRecord =
       data: number
     }
   | {
-      /** A comparison request: not a record (no seq); its `data` is the disk's block as read, kept by the program. */
+      /**
+       * A comparison request: not a record (no seq); `data` holds the disk's blocks as
+       * read, kept by the program. `run`: one request of a `RunCompared` (comparisons
+       * `id + k` of `blocks[k]`), else of one `BlockCompared`.
+       */
       readonly kind: "compare"
       readonly id: number
-      readonly block: number
+      readonly blocks: ReadonlyArray<number>
+      readonly run: boolean
       phase: 0 | 1 | 2
-      data: number
+      readonly data: Array<number>
     }
   | { readonly seq: number; readonly kind: "begin"; readonly base: number }
   | { readonly seq: number; readonly kind: "end" }
@@ -135,12 +142,13 @@ type SequencedRecord = Exclude<WireRecord, { readonly kind: "compare" }>
 type Message =
   | { readonly _tag: "ack"; readonly seq: number }
   | { readonly _tag: "gap"; readonly expected: number }
-  /** The receiver's checksum of `block` for comparison `id` (a version stands for its bytes). */
+  /** The receiver's checksums of `blocks` for the request `id` (a version stands for its bytes). */
   | {
       readonly _tag: "checksum"
       readonly id: number
-      readonly block: number
-      readonly value: number
+      readonly blocks: ReadonlyArray<number>
+      readonly run: boolean
+      readonly values: ReadonlyArray<number>
       /** The receiver's durable seq when it answered. */
       readonly through: number
     }
@@ -170,6 +178,8 @@ export interface WorldOptions {
    * owed the filter compares instead of sending. Default: never compare.
    */
   readonly compareFrom?: number
+  /** With `compareFrom`: compare in runs of at most this many blocks (trace version 3). Default: block by block. */
+  readonly compareRun?: number
 }
 
 export interface Stats {
@@ -220,8 +230,8 @@ export class World<S> {
   private durableSeq = 0
   private pending: Array<SequencedRecord> = []
   private receiver = Receiver.initial(0)
-  /** The program's side of the comparisons it sent: comparison id → the disk's block as read. */
-  private readonly reads = new Map<number, number>()
+  /** The program's side of the requests it sent: request id → the disk's blocks as read. */
+  private readonly reads = new Map<number, ReadonlyArray<number>>()
   private readonly history: Array<{ readonly seq: number; readonly replica: Int32Array }> = []
   /** The receiver lost acked data and the filter has not yet heard of it (coverage cannot hold then). */
   private rollbackUnknown = false
@@ -376,11 +386,25 @@ export class World<S> {
         this.stats.records++
         break
       case "BlockCompared":
-        this.wire.push({ kind: "compare", id: event.id, block: event.block, phase: 0, data: 0 })
+        this.wire.push({
+          kind: "compare",
+          id: event.id,
+          blocks: [event.block],
+          run: false,
+          phase: 0,
+          data: []
+        })
         this.stats.compared++
+        break
+      case "RunCompared":
+        this.wire.push({ kind: "compare", id: event.id, blocks: event.blocks, run: true, phase: 0, data: [] })
+        this.stats.compared += event.blocks.length
         break
       case "BlockMatched":
         this.stats.matched++
+        break
+      case "RunMatched":
+        this.stats.matched += event.count - event.except.length
         break
       default:
         break
@@ -463,14 +487,15 @@ export class World<S> {
     if (record.kind === "compare") {
       // Answered in stream order, after every record accepted before it is durable and acked
       // (during a gap: the records accepted before it; the gap report is already in the inbox).
-      const beforeFlush = this.durable[record.block]!
+      const beforeFlush = record.blocks.map((b) => this.durable[b]!)
       this.flush()
       if (this.connected)
         this.inbox.push({
           _tag: "checksum",
           id: record.id,
-          block: record.block,
-          value: this.receiverChecksum(record.block, beforeFlush),
+          blocks: record.blocks,
+          run: record.run,
+          values: record.blocks.map((b, k) => this.receiverChecksum(b, beforeFlush[k]!)),
           through: this.durableSeq
         })
       return
@@ -541,7 +566,7 @@ export class World<S> {
         this.write(step.offset, step.length, true)
         break
       case "Pump":
-        this.input(Input.pumpTick(step.budget, this.options.compareFrom))
+        this.input(Input.pumpTick(step.budget, this.options.compareFrom, this.options.compareRun))
         break
       case "Send": {
         const head = this.wire[0]
@@ -555,13 +580,22 @@ export class World<S> {
         const next = this.wire.find(unread)
         if (next !== undefined && (next.kind === "block" || next.kind === "compare")) {
           if (next.phase === 0) {
-            next.data = next.kind === "block" ? this.disk[next.block]! : this.comparisonRead(next.block)
-            if (next.kind === "compare") this.reads.set(next.id, next.data)
-            next.phase = 1
+            if (next.kind === "block") {
+              next.data = this.disk[next.block]!
+              next.phase = 1
+            } else {
+              // A run's blocks are read one per step: writes may complete between them.
+              next.data.push(this.comparisonRead(next.blocks[next.data.length]!))
+              if (next.data.length === next.blocks.length) {
+                this.reads.set(next.id, next.data)
+                next.phase = 1
+              }
+            }
           } else {
             next.phase = 2
             if (this.filter.readCompleted !== undefined)
-              this.fs = this.filter.readCompleted(this.fs, next.block)
+              for (const b of next.kind === "block" ? [next.block] : next.blocks)
+                this.fs = this.filter.readCompleted(this.fs, b)
           }
         }
         break
@@ -577,7 +611,19 @@ export class World<S> {
           this.reads.delete(message.id)
           if (read !== undefined)
             this.input(
-              Input.comparisonCompleted(message.id, message.block, read === message.value, message.through)
+              message.run
+                ? Input.runCompleted(
+                    message.id,
+                    message.blocks,
+                    message.blocks.map((_, k) => read[k] === message.values[k]),
+                    message.through
+                  )
+                : Input.comparisonCompleted(
+                    message.id,
+                    message.blocks[0]!,
+                    read[0] === message.values[0],
+                    message.through
+                  )
             )
         } else
           this.input(

@@ -71,6 +71,11 @@ export interface Options {
    * scenarios, exactly as before.
    */
   readonly comparisons?: boolean
+  /**
+   * Runs (trace version 3): as `comparisons`, and pumps carry `compareRun` (1 to 4), so the
+   * implementation compares in runs and is answered with `RunCompleted`. Default false.
+   */
+  readonly runs?: boolean
 }
 
 export const defaultNumRuns = 300
@@ -97,12 +102,14 @@ export interface Failed {
   /** The invariant broken, or `exception` / `malformed-event`. */
   readonly invariant: FailureKind
   readonly detail: string
-  /** The shrunk scenario: replay it with `runSteps(impl, config, steps, allInvariants, compareFrom)`. */
+  /** The shrunk scenario: replay it with `runSteps(impl, config, steps, allInvariants, compareFrom, compareRun)`. */
   readonly counterexample: {
     readonly config: Config
     readonly steps: ReadonlyArray<Step>
     /** With `comparisons`: when the pumps asked for comparisons. */
     readonly compareFrom?: number
+    /** With `runs`: the most blocks a pump asked to compare in one run. */
+    readonly compareRun?: number
   }
   /** 1-based step at which it broke (beyond `steps.length`: while the world healed afterwards). */
   readonly step: number
@@ -131,22 +138,35 @@ export const check = <H>(impl: Implementation<H>, options: Options = {}): Report
   }
   // Both kinds as one shape: a version 1 scenario never compares.
   const scenarios: fc.Arbitrary<Arbitraries.Scenario | Arbitraries.ComparingScenario> =
-    options.comparisons === true ? Arbitraries.comparingScenarioOf(shape) : Arbitraries.scenarioOf(shape)
+    options.runs === true
+      ? Arbitraries.runScenarioOf(shape)
+      : options.comparisons === true
+        ? Arbitraries.comparingScenarioOf(shape)
+        : Arbitraries.scenarioOf(shape)
   const compareFromOf = (s: Arbitraries.Scenario | Arbitraries.ComparingScenario) =>
     "compareFrom" in s ? s.compareFrom : undefined
+  const compareRunOf = (s: Arbitraries.Scenario | Arbitraries.ComparingScenario) =>
+    "compareRun" in s ? s.compareRun : undefined
   let lastFailure:
     | {
         readonly config: Config
         readonly steps: ReadonlyArray<Step>
         readonly compareFrom: number | undefined
+        readonly compareRun: number | undefined
         readonly result: RunResult
       }
     | undefined
   const property = fc.property(scenarios, (s) => {
     const steps = Arbitraries.stepsOf(s)
-    const result = runSteps(impl, s.config, steps, invariants, compareFromOf(s))
+    const result = runSteps(impl, s.config, steps, invariants, compareFromOf(s), compareRunOf(s))
     if (result.failure === undefined) return true
-    lastFailure = { config: s.config, steps, compareFrom: compareFromOf(s), result }
+    lastFailure = {
+      config: s.config,
+      steps,
+      compareFrom: compareFromOf(s),
+      compareRun: compareRunOf(s),
+      result
+    }
     return false
   })
   const details = fc.check(property, {
@@ -160,9 +180,12 @@ export const check = <H>(impl: Implementation<H>, options: Options = {}): Report
   let config = scenario?.config ?? lastFailure?.config ?? fallbackConfig
   let steps: ReadonlyArray<Step> = scenario === undefined ? [] : Arbitraries.stepsOf(scenario)
   let compareFrom = scenario === undefined ? undefined : compareFromOf(scenario)
-  let result = scenario === undefined ? undefined : runSteps(impl, config, steps, invariants, compareFrom)
+  let compareRun = scenario === undefined ? undefined : compareRunOf(scenario)
+  let result =
+    scenario === undefined ? undefined : runSteps(impl, config, steps, invariants, compareFrom, compareRun)
   const reproducible = result?.failure !== undefined
-  if (!reproducible && lastFailure !== undefined) ({ config, steps, compareFrom, result } = lastFailure)
+  if (!reproducible && lastFailure !== undefined)
+    ({ config, steps, compareFrom, compareRun, result } = lastFailure)
   const failure = result?.failure ?? {
     invariant: "exception" as const,
     detail: `the property failed without a recorded run: ${String(details.errorInstance)}`,
@@ -178,7 +201,8 @@ export const check = <H>(impl: Implementation<H>, options: Options = {}): Report
     counterexample: {
       config,
       steps: failure.healing ? steps : steps.slice(0, failure.step),
-      ...(compareFrom === undefined ? {} : { compareFrom })
+      ...(compareFrom === undefined ? {} : { compareFrom }),
+      ...(compareRun === undefined ? {} : { compareRun })
     },
     step: failure.step,
     trace: result?.trace ?? "",
@@ -240,7 +264,7 @@ export const render = (report: Failed): string => {
   else if (report.trace !== "")
     lines.push("  check-trace: the trace itself is legal (the failure is in the data)")
   lines.push(
-    `  config: ${JSON.stringify(c.config)}${c.compareFrom === undefined ? "" : `, compareFrom ${c.compareFrom}`}`,
+    `  config: ${JSON.stringify(c.config)}${c.compareFrom === undefined ? "" : `, compareFrom ${c.compareFrom}`}${c.compareRun === undefined ? "" : `, compareRun ${c.compareRun}`}`,
     `  steps (${c.steps.length}, shrunk ${report.shrinks}× after ${report.runs} run(s)): ${c.steps.map(showStep).join(", ")}`
   )
   const trace = report.trace.trimEnd().split("\n")

@@ -61,6 +61,61 @@ export class Comparisons implements Iterable<Comparison> {
     return new Comparisons(log, start, start + this.length + 1)
   }
 
+  /** `cs` after the others, in their order (a run's comparisons: one copy at most, as `push`). */
+  pushAll(cs: ReadonlyArray<Comparison>): Comparisons {
+    if (cs.length === 0) return this
+    let log = this.#log
+    let start = this.#start
+    if (log === Comparisons.none.#log || (log.length !== this.#end && !ComparisonsMutants.pushInPlace)) {
+      log = log.slice(start, this.#end)
+      start = 0
+    }
+    for (const c of cs) log.push(c)
+    return new Comparisons(log, start, start + this.length + cs.length)
+  }
+
+  /**
+   * Without comparisons `id … id + count − 1` but those in `keep` (a run's matched ones).
+   * The run answered is nearly always the oldest, in one piece: then only `start` moves.
+   */
+  withoutRun(id: number, count: number, keep: ReadonlyArray<number>): Comparisons {
+    const n = this.length
+    if (n === 0) return this
+    const last = this.#start + count - 1
+    if (
+      keep.length === 0 &&
+      this.#log[this.#start]!.id === id &&
+      last < this.#end &&
+      this.#log[last]!.id === id + count - 1
+    ) {
+      if (count === n) return Comparisons.none
+      let log = this.#log
+      let start = this.#start + count
+      let end = this.#end
+      if (start >= 1024 && start * 2 >= log.length) {
+        log = log.slice(start, end)
+        end -= start
+        start = 0
+      }
+      return new Comparisons(log, start, end)
+    }
+    const kept = new Set(keep)
+    return this.filter((c) => c.id < id || c.id >= id + count || kept.has(c.id))
+  }
+
+  /** The comparisons `id … id + count − 1` that wait, in id order (`undefined` for one that does not). */
+  run(id: number, count: number): Array<Comparison | undefined> {
+    const out: Array<Comparison | undefined> = new Array(count).fill(undefined)
+    let i = this.#start
+    while (i < this.#end && this.#log[i]!.id < id) i++
+    for (; i < this.#end; i++) {
+      const c = this.#log[i]!
+      if (c.id >= id + count) break
+      out[c.id - id] = c
+    }
+    return out
+  }
+
   /** Without comparison `id` (the same object when there is none). */
   without(id: number): Comparisons {
     const n = this.length

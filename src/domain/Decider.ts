@@ -3,6 +3,10 @@
  *
  * `evolve` keeps the *least* obligation set a correct filter must honour, so the
  * same fold serves the legality checker for other implementations (Legality.ts).
+ *
+ * Over 600 lines on purpose: `evolve` of every event and `decide` of every input read
+ * one state and its rules side by side (a rule split across files is one read wrong);
+ * the rejections (the first 90 lines) are the seam to split next.
  */
 import { Data, Either } from "effect"
 import * as Bitmap from "./Bitmap.js"
@@ -244,6 +248,28 @@ export const evolve = (state: State.State, event: Event.Event): State.State => {
       })
     case "BlockDiffered":
       return State.make({ ...state, dirty: Bitmap.set(state.dirty, event.block) })
+    case "RunCompared": {
+      // As BlockCompared for each block, folded at once: one edit of each bitmap.
+      const { blocks, id } = event
+      const after = state.nextSeq - 1
+      const clear = (m: Bitmap.MutableBitmap) => {
+        for (const b of blocks) m.clear(b)
+      }
+      return State.make({
+        ...state,
+        dirty: state.dirty.count === 0 ? state.dirty : Bitmap.mutate(state.dirty, clear),
+        draining: state.draining.count === 0 ? state.draining : Bitmap.mutate(state.draining, clear),
+        cursor: blocks[blocks.length - 1]! + 1,
+        comparing: state.comparing.pushAll(blocks.map((block, k) => ({ id: id + k, block, after }))),
+        compared: id + blocks.length
+      })
+    }
+    case "RunMatched":
+      // As BlockMatched for each one not excepted: the marks of later writes stay.
+      return State.make({
+        ...state,
+        comparing: state.comparing.withoutRun(event.id, event.count, event.except)
+      })
   }
 }
 
@@ -357,7 +383,12 @@ const decideWrite = (
  * instead of sent. The window bounds block records in flight plus comparisons
  * waiting for their outcome (a mismatch turns one into the other).
  */
-const pump = (batch: Batch, budget: number, compareFrom: number | undefined): void => {
+const pump = (
+  batch: Batch,
+  budget: number,
+  compareFrom: number | undefined,
+  compareRun: number | undefined
+): void => {
   let state = batch.state
   if (state.mode !== "resync" || state.link === "down" || state.owed !== null) return
   if (!state.markerSent) {
@@ -367,21 +398,41 @@ const pump = (batch: Batch, budget: number, compareFrom: number | undefined): vo
   let room = Math.min(budget, state.config.window - state.flight.blockRecords - state.comparing.length)
   // Counted once (a union is not free), then down by one per block decided.
   let owed = compareFrom === undefined || room <= 0 ? 0 : State.obligationCount(state)
+  // With `compareRun`: the blocks of the run being gathered (not folded yet), strictly increasing.
+  const run: Array<number> = []
+  const flush = () => {
+    if (run.length === 0) return
+    batch.emit({ type: "RunCompared", id: state.compared, blocks: run.splice(0) })
+    state = batch.state
+  }
   while (room > 0) {
-    if (state.draining.count === 0) {
+    if (state.draining.count - run.length === 0) {
+      flush()
       if (state.dirty.count === 0) break
       batch.emit({ type: "PassStarted", epoch: state.epoch, blocks: state.dirty.count })
       state = batch.state
     }
-    let block = Bitmap.findNext(state.draining, state.cursor)
-    if (block < 0) block = Bitmap.findNext(state.draining, 0)
-    if (compareFrom !== undefined && owed >= compareFrom)
-      batch.emit({ type: "BlockCompared", id: state.compared, block })
-    else batch.emit({ type: "BlockSent", seq: state.nextSeq, block })
+    let block = Bitmap.findNext(state.draining, run.length > 0 ? run[run.length - 1]! + 1 : state.cursor)
+    if (block < 0) {
+      // Wrapped: a run's blocks count up, so it ends here.
+      flush()
+      block = Bitmap.findNext(state.draining, 0)
+    }
+    if (compareFrom !== undefined && owed >= compareFrom) {
+      if (compareRun === undefined) batch.emit({ type: "BlockCompared", id: state.compared, block })
+      else {
+        run.push(block)
+        if (run.length >= compareRun) flush()
+      }
+    } else {
+      flush()
+      batch.emit({ type: "BlockSent", seq: state.nextSeq, block })
+    }
     owed--
     state = batch.state
     room--
   }
+  flush()
   if (canResumeSync(state)) batch.emit(syncActivated(state))
 }
 
@@ -417,12 +468,54 @@ const compared = (
   return undefined
 }
 
+/**
+ * A run's outcomes, as `compared` for each of its comparisons: one `RunMatched` for those
+ * matched and believed (`through` reaches their `after`), then, for each other one still
+ * waiting, `BlockMismatched` and its `BlockSent`. A run none of whose comparisons waits is
+ * stale (its comparisons were re-marked by a loss or gap).
+ */
+const runCompared = (
+  batch: Batch,
+  input: Extract<Input, { readonly _tag: "RunCompleted" }>
+): Rejection | undefined => {
+  const state = batch.state
+  if (state.link === "down") return undefined
+  const { id, blocks, matched, through } = input
+  const n = blocks.length
+  if (id + n > state.compared)
+    return new ComparisonBeyondDecided({ id: id + n - 1, compared: state.compared })
+  const pending = state.comparing.run(id, n)
+  if (pending.every((c) => c === undefined)) return undefined
+  for (let k = 0; k < n; k++) {
+    const c = pending[k]
+    if (c !== undefined && c.block !== blocks[k])
+      return new ComparisonWrongBlock({ id: id + k, block: blocks[k]!, compared: c.block })
+  }
+  if (through >= state.nextSeq) return new AckBeyondSent({ seq: through, nextSeq: state.nextSeq })
+  if (through > state.watermark) batch.emit({ type: "Acked", seq: through })
+  const except: Array<number> = []
+  for (let k = 0; k < n; k++) {
+    const c = pending[k]
+    if (c === undefined || matched[k] !== true || through < c.after) except.push(id + k)
+  }
+  if (except.length < n) batch.emit({ type: "RunMatched", id, count: n, except })
+  for (const x of except) {
+    if (pending[x - id] === undefined) continue
+    batch.emit({ type: "BlockMismatched", id: x, block: blocks[x - id]! })
+    batch.emit({ type: "BlockSent", seq: batch.state.nextSeq, block: blocks[x - id]! })
+  }
+  if (canResumeSync(batch.state)) batch.emit(syncActivated(batch.state))
+  return undefined
+}
+
 /** The inputs whose events are decided against the states they fold through, into `batch`. */
 const decideFolding = (
   batch: Batch,
   input: Extract<
     Input,
-    { readonly _tag: "AckReceived" | "LinkReestablished" | "PumpTick" | "ComparisonCompleted" }
+    {
+      readonly _tag: "AckReceived" | "LinkReestablished" | "PumpTick" | "ComparisonCompleted" | "RunCompleted"
+    }
   >
 ): Rejection | undefined => {
   const state = batch.state
@@ -445,10 +538,12 @@ const decideFolding = (
       return undefined
     }
     case "PumpTick":
-      pump(batch, input.budget, input.compareFrom)
+      pump(batch, input.budget, input.compareFrom, input.compareRun)
       return undefined
     case "ComparisonCompleted":
       return compared(batch, input)
+    case "RunCompleted":
+      return runCompared(batch, input)
   }
 }
 
@@ -505,7 +600,8 @@ export const decideFolded = (state: State.State, input: Input): Either.Either<Fo
     case "AckReceived":
     case "LinkReestablished":
     case "PumpTick":
-    case "ComparisonCompleted": {
+    case "ComparisonCompleted":
+    case "RunCompleted": {
       const rejected = decideFolding(batch, input)
       return rejected === undefined ? Either.right(batch) : Either.left(rejected)
     }

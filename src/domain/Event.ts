@@ -112,6 +112,56 @@ export type BlockMismatched = typeof BlockMismatched.Type
 export const BlockDiffered = Schema.Struct({ type: Schema.Literal("BlockDiffered"), block: Count })
 export type BlockDiffered = typeof BlockDiffered.Type
 
+// Trace version 3: a checksum request's comparisons as one event each way (docs/model.md, "Runs").
+
+/** The most blocks one run compares: one checksum request's most (the wire's `MAX_CHECKSUM_BLOCKS`). */
+export const MAX_RUN_BLOCKS = 1024
+
+/** Whether `xs` counts strictly up (so no block or id is named twice). */
+const strictlyIncreasing = (xs: ReadonlyArray<number>): boolean => {
+  for (let k = 1; k < xs.length; k++) if (xs[k]! <= xs[k - 1]!) return false
+  return true
+}
+
+/**
+ * `BlockCompared` for each of `blocks` at once, one checksum request: comparison
+ * `id + k` is of `blocks[k]`. The blocks count strictly up (at most `MAX_RUN_BLOCKS`);
+ * each leaves the obligations here and is read after this is journaled, as one
+ * `BlockCompared` would.
+ */
+export const RunCompared = Schema.Struct({
+  type: Schema.Literal("RunCompared"),
+  id: Count,
+  blocks: Schema.Array(Count).pipe(
+    Schema.minItems(1),
+    Schema.maxItems(MAX_RUN_BLOCKS),
+    Schema.filter((bs) => strictlyIncreasing(bs) || "must count strictly up")
+  )
+})
+export type RunCompared = typeof RunCompared.Type
+
+/**
+ * Comparisons `id … id + count − 1` matched, but those in `except` (strictly increasing,
+ * inside that range): `BlockMatched` for each at once. Those excepted did not match (or
+ * were answered before): each mismatched one has its own `BlockMismatched` next.
+ */
+export const RunMatched = Schema.Struct({
+  type: Schema.Literal("RunMatched"),
+  id: Count,
+  count: Count.pipe(Schema.positive(), Schema.lessThanOrEqualTo(MAX_RUN_BLOCKS)),
+  except: Schema.Array(Count).pipe(
+    Schema.maxItems(MAX_RUN_BLOCKS),
+    Schema.filter((xs) => strictlyIncreasing(xs) || "must count strictly up")
+  )
+}).pipe(
+  Schema.filter(
+    (e) =>
+      e.except.every((x) => x >= e.id && x < e.id + e.count) ||
+      "except: every id must be one of the run's (id … id + count − 1)"
+  )
+)
+export type RunMatched = typeof RunMatched.Type
+
 export const Event = Schema.Union(
   WriteStreamed,
   WriteTracked,
@@ -127,7 +177,9 @@ export const Event = Schema.Union(
   BlockCompared,
   BlockMatched,
   BlockMismatched,
-  BlockDiffered
+  BlockDiffered,
+  RunCompared,
+  RunMatched
 )
 export type Event = typeof Event.Type
 export type EventType = Event["type"]
@@ -155,21 +207,30 @@ export const comparisonEventTypes: ReadonlyArray<EventType> = [
   "BlockDiffered"
 ]
 
+/** The event types version 3 adds: a checksum request's comparisons as one event each way. */
+export const runEventTypes: ReadonlyArray<EventType> = ["RunCompared", "RunMatched"]
+
 /** Every event type (the newest trace version). */
-export const eventTypes: ReadonlyArray<EventType> = [...eventTypesV1, ...comparisonEventTypes]
+export const eventTypes: ReadonlyArray<EventType> = [
+  ...eventTypesV1,
+  ...comparisonEventTypes,
+  ...runEventTypes
+]
 
 /** The trace versions this model reads. */
-export type TraceVersion = 1 | 2
-export const latestTraceVersion: TraceVersion = 2
+export type TraceVersion = 1 | 2 | 3
+export const latestTraceVersion: TraceVersion = 3
 
 /** The first trace version that has events of this type. */
 export const versionOf = (type: EventType): TraceVersion =>
-  type === "BlockCompared" ||
-  type === "BlockMatched" ||
-  type === "BlockMismatched" ||
-  type === "BlockDiffered"
-    ? 2
-    : 1
+  type === "RunCompared" || type === "RunMatched"
+    ? 3
+    : type === "BlockCompared" ||
+        type === "BlockMatched" ||
+        type === "BlockMismatched" ||
+        type === "BlockDiffered"
+      ? 2
+      : 1
 
 /** The first trace version that has this event (a type, or a `ResyncActivated` reason, it introduced). */
 export const versionOfEvent = (event: Event): TraceVersion =>
@@ -191,7 +252,9 @@ export const schemaOf: { readonly [K in EventType]: Schema.Schema<Extract<Event,
   BlockCompared,
   BlockMatched,
   BlockMismatched,
-  BlockDiffered
+  BlockDiffered,
+  RunCompared,
+  RunMatched
 }
 
 /** Whether the event is a record on the wire (it consumes a sequence number). */

@@ -2,7 +2,7 @@
  * Inputs: what the filter observes. `decide` turns each into events.
  */
 import { Schema } from "effect"
-import { Count, LinkLossReason } from "./Event.js"
+import { Count, LinkLossReason, MAX_RUN_BLOCKS } from "./Event.js"
 
 /** A guest write completed on the disk (folded post-op, design §3). */
 export const WriteCompleted = Schema.TaggedStruct("WriteCompleted", { offset: Count, length: Count })
@@ -31,7 +31,12 @@ export type LinkReestablished = typeof LinkReestablished.Type
  */
 export const PumpTick = Schema.TaggedStruct("PumpTick", {
   budget: Count,
-  compareFrom: Schema.optional(Count.pipe(Schema.positive()))
+  compareFrom: Schema.optional(Count.pipe(Schema.positive())),
+  /**
+   * With it, the blocks compared go in runs of at most this many, one `RunCompared` each
+   * (trace version 3; one checksum request each); without it, one `BlockCompared` per block.
+   */
+  compareRun: Schema.optional(Count.pipe(Schema.positive(), Schema.lessThanOrEqualTo(MAX_RUN_BLOCKS)))
 })
 export type PumpTick = typeof PumpTick.Type
 
@@ -50,6 +55,19 @@ export const ComparisonCompleted = Schema.TaggedStruct("ComparisonCompleted", {
 export type ComparisonCompleted = typeof ComparisonCompleted.Type
 
 /**
+ * The receiver's checksums for the run of comparisons from `id` (of `blocks`, one
+ * request) arrived: `matched[k]` says whether comparison `id + k`'s equals the disk's
+ * block as read after the run was decided. `through` as for `ComparisonCompleted`.
+ */
+export const RunCompleted = Schema.TaggedStruct("RunCompleted", {
+  id: Count,
+  blocks: Schema.Array(Count).pipe(Schema.minItems(1), Schema.maxItems(MAX_RUN_BLOCKS)),
+  matched: Schema.Array(Schema.Boolean),
+  through: Count
+})
+export type RunCompleted = typeof RunCompleted.Type
+
+/**
  * An online verify found that the receiver's version of `block` differs from the disk's
  * at a point where they must match: the block is to be sent again.
  */
@@ -64,6 +82,7 @@ export const Input = Schema.Union(
   LinkReestablished,
   PumpTick,
   ComparisonCompleted,
+  RunCompleted,
   DifferenceFound
 )
 export type Input = typeof Input.Type
@@ -77,8 +96,12 @@ export const ackReceived = (seq: number): Input => ({ _tag: "AckReceived", seq }
 export const linkFailed = (reason: string): Input => ({ _tag: "LinkFailed", reason })
 export const gapReceived = (expected: number): Input => ({ _tag: "GapReceived", expected })
 export const linkReestablished = (receiverSeq: number): Input => ({ _tag: "LinkReestablished", receiverSeq })
-export const pumpTick = (budget: number, compareFrom?: number): Input =>
-  compareFrom === undefined ? { _tag: "PumpTick", budget } : { _tag: "PumpTick", budget, compareFrom }
+export const pumpTick = (budget: number, compareFrom?: number, compareRun?: number): Input =>
+  compareFrom === undefined
+    ? { _tag: "PumpTick", budget }
+    : compareRun === undefined
+      ? { _tag: "PumpTick", budget, compareFrom }
+      : { _tag: "PumpTick", budget, compareFrom, compareRun }
 export const comparisonCompleted = (id: number, block: number, matched: boolean, through: number): Input => ({
   _tag: "ComparisonCompleted",
   id,
@@ -86,4 +109,10 @@ export const comparisonCompleted = (id: number, block: number, matched: boolean,
   matched,
   through
 })
+export const runCompleted = (
+  id: number,
+  blocks: ReadonlyArray<number>,
+  matched: ReadonlyArray<boolean>,
+  through: number
+): Input => ({ _tag: "RunCompleted", id, blocks, matched, through })
 export const differenceFound = (block: number): Input => ({ _tag: "DifferenceFound", block })

@@ -32,7 +32,7 @@ export type Rule =
   | "block-record-unacked"
   | "owed-at-end"
   | "not-quiescent"
-  // trace version 2: checksum-based resync
+  // trace version 2: checksum-based resync (version 3's runs break the same rules)
   | "comparison-id-not-next"
   | "comparison-unknown"
   | "comparison-outstanding"
@@ -176,6 +176,35 @@ const comparisonUnknown = (
     : undefined
 }
 
+/** Each comparison a run's match covers (not excepted) must wait, and be acked as `BlockMatched`'s. */
+const runUnknown = (state: State.State, event: Event.RunMatched): Violation | undefined => {
+  const pending = state.comparing.run(event.id, event.count)
+  let x = 0
+  for (let k = 0; k < event.count; k++) {
+    const id = event.id + k
+    if (x < event.except.length && event.except[x] === id) {
+      x++
+      continue
+    }
+    const c = pending[k]
+    if (c === undefined)
+      return violation(
+        "comparison-unknown",
+        `no comparison ${id} is waiting for its outcome (never decided, already answered, or re-marked by a loss or gap)`,
+        event,
+        state
+      )
+    if (state.watermark < c.after)
+      return violation(
+        "comparison-unacked",
+        `comparison ${id} matched while record ${c.after}, sent before it, is unacked (watermark ${state.watermark})`,
+        event,
+        state
+      )
+  }
+  return undefined
+}
+
 /** `undefined` when `event` may follow `state`; otherwise the first rule it breaks. */
 export const check = (state: State.State, event: Event.Event): Violation | undefined => {
   if (state.owed !== null && !(event.type === "ResyncActivated" && event.reason === state.owed))
@@ -301,6 +330,31 @@ export const check = (state: State.State, event: Event.Event): Violation | undef
       return linkDown(state, event) ?? comparisonUnknown(state, event)
     case "BlockDiffered":
       return notResync(state, event) ?? blockInvalid(state, event, event.block)
+    case "RunCompared":
+      return (
+        notResync(state, event) ??
+        linkDown(state, event) ??
+        (state.markerSent
+          ? undefined
+          : violation(
+              "marker-not-sent",
+              "blocks were compared before the resync-begin marker",
+              event,
+              state
+            )) ??
+        (event.id === state.compared
+          ? undefined
+          : violation(
+              "comparison-id-not-next",
+              `comparison id ${event.id}, but ${state.compared} comparison(s) were decided (ids count up from 0)`,
+              event,
+              state
+            )) ??
+        // Strictly increasing (the format says so): the last is the largest.
+        blockInvalid(state, event, event.blocks[event.blocks.length - 1]!)
+      )
+    case "RunMatched":
+      return linkDown(state, event) ?? runUnknown(state, event)
     case "SyncActivated":
       return (
         notResync(state, event) ??

@@ -14,8 +14,11 @@ import { decodeFlat } from "./internal/traceFlat.js"
 
 export const Header = Schema.Struct({
   type: Schema.Literal("header"),
-  /** 1: the events of design §5; 2: also checksum-based resync (`BlockCompared`, `BlockMatched`, `BlockMismatched`). */
-  version: Schema.Literal(1, 2),
+  /**
+   * 1: the events of design §5; 2: also checksum-based resync (`BlockCompared`,
+   * `BlockMatched`, `BlockMismatched`, `BlockDiffered`); 3: also runs (`RunCompared`, `RunMatched`).
+   */
+  version: Schema.Literal(1, 2, 3),
   blockSize: Event.Count,
   blockCount: Event.Count,
   initial: Initial
@@ -111,8 +114,13 @@ export const encodeHeader = (
 
 /** The oldest trace version that has every one of these events. */
 export const versionFor = (events: Iterable<Event.Event>): Event.TraceVersion => {
-  for (const e of events) if (Event.versionOfEvent(e) === 2) return 2
-  return 1
+  let version: Event.TraceVersion = 1
+  for (const e of events) {
+    const v = Event.versionOfEvent(e)
+    if (v > version) version = v
+    if (version === Event.latestTraceVersion) break
+  }
+  return version
 }
 
 /** One event as its trace line (field order as in design §5). */
@@ -181,7 +189,7 @@ export const decodeHeader = (text: string, line = 1): Either.Either<Header, Trac
   })
 
 // Fast path: the fields of each type and their kind, checked by hand; the schema explains failures.
-type FieldKind = "count" | "string" | "reason"
+type FieldKind = "count" | "string" | "reason" | "blocks" | "ids" | "runCount"
 const fields: { readonly [K in Event.EventType]: ReadonlyArray<readonly [string, FieldKind]> } = {
   WriteStreamed: [
     ["seq", "count"],
@@ -228,7 +236,16 @@ const fields: { readonly [K in Event.EventType]: ReadonlyArray<readonly [string,
     ["id", "count"],
     ["block", "count"]
   ],
-  BlockDiffered: [["block", "count"]]
+  BlockDiffered: [["block", "count"]],
+  RunCompared: [
+    ["id", "count"],
+    ["blocks", "blocks"]
+  ],
+  RunMatched: [
+    ["id", "count"],
+    ["count", "runCount"],
+    ["except", "ids"]
+  ]
 }
 const resyncReasons: ReadonlySet<unknown> = new Set(Event.ResyncReason.literals)
 
@@ -240,7 +257,27 @@ const fieldOk = (value: unknown, kind: FieldKind): boolean => {
       return typeof value === "string" && value.length > 0
     case "reason":
       return resyncReasons.has(value)
+    case "runCount":
+      return fieldOk(value, "count") && (value as number) > 0 && (value as number) <= Event.MAX_RUN_BLOCKS
+    case "blocks":
+    case "ids": {
+      if (!Array.isArray(value) || value.length > Event.MAX_RUN_BLOCKS) return false
+      if (kind === "blocks" && value.length === 0) return false
+      for (let k = 0; k < value.length; k++)
+        if (!fieldOk(value[k], "count") || (k > 0 && value[k] <= value[k - 1])) return false
+      return true
+    }
   }
+}
+
+/** The rule across fields the per-field checks cannot see: a run's `except` lies in the run. */
+const fieldsAgree = (event: Record<string, unknown>): boolean => {
+  if (event.type !== "RunMatched") return true
+  const id = event.id as number
+  const except = event.except as ReadonlyArray<number>
+  return (
+    except.length === 0 || (except[0]! >= id && except[except.length - 1]! < id + (event.count as number))
+  )
 }
 
 /**
@@ -258,11 +295,16 @@ export const isWellFormedEvent = (event: Event.Event): boolean => {
   const record = event as unknown as Record<string, unknown>
   for (const [name, kind] of spec)
     if (!Object.hasOwn(record, name) || !fieldOk(record[name], kind)) return false
-  return true
+  return fieldsAgree(record)
 }
 
 const knownIn = (version: Event.TraceVersion): string =>
-  (version === 1 ? Event.eventTypesV1 : Event.eventTypes).join(", ")
+  (version === 1
+    ? Event.eventTypesV1
+    : version === 2
+      ? [...Event.eventTypesV1, ...Event.comparisonEventTypes]
+      : Event.eventTypes
+  ).join(", ")
 
 /**
  * Decodes one event line (`line` is its 1-based number in the trace) of a trace of
@@ -309,6 +351,13 @@ export const decodeEvent = (
         )
       event[name] = value
     }
+    if (!fieldsAgree(event))
+      return Either.mapLeft(
+        Schema.decodeUnknownEither(Event.schemaOf[type as Event.EventType] as Schema.Schema<Event.Event>)(
+          obj
+        ),
+        (e) => explain(e, line, text, type)
+      )
     if (Event.versionOfEvent(event as Event.Event) > version)
       return Either.left(
         new TraceError({

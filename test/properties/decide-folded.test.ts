@@ -14,7 +14,7 @@ import type * as Event from "../../src/domain/Event.js"
 import * as Input from "../../src/domain/Input.js"
 import { type Filter, reference, run } from "../../src/conformance/Simulation.js"
 import * as State from "../../src/domain/State.js"
-import { comparingScenario, numRuns, scenario, stepsOf } from "../support/arbitraries.js"
+import { comparingScenario, numRuns, runScenario, scenario, stepsOf } from "../support/arbitraries.js"
 
 /** Inputs the world would not send here: acks, gaps and handshakes anywhere around the seqs in use. */
 const extraInput: fc.Arbitrary<Input.Input> = fc.oneof(
@@ -106,6 +106,76 @@ describe("Decider.decideFolded", () => {
           }
         }
         run(s.config, checking, stepsOf(s), { checks: [], recordEvents: false, compareFrom: s.compareFrom })
+        expect(found).toEqual([])
+      }),
+      { numRuns: numRuns(200) }
+    )
+  })
+
+  it("does so with runs too (trace version 3: runs answered whole, in part, stale or beyond)", () => {
+    const runInput: fc.Arbitrary<Input.Input> = fc.oneof(
+      fc
+        .record({
+          budget: fc.integer({ min: 1, max: 8 }),
+          from: fc.integer({ min: 1, max: 6 }),
+          run: fc.integer({ min: 1, max: 4 })
+        })
+        .map((p) => Input.pumpTick(p.budget, p.from, p.run)),
+      fc
+        .record({
+          id: fc.nat({ max: 60 }),
+          blocks: fc.uniqueArray(fc.nat({ max: 12 }), { minLength: 1, maxLength: 4 }),
+          matched: fc.array(fc.boolean(), { minLength: 4, maxLength: 4 }),
+          through: fc.nat({ max: 60 })
+        })
+        .map((c) =>
+          Input.runCompleted(
+            c.id,
+            c.blocks.sort((a, b) => a - b),
+            c.matched.slice(0, c.blocks.length),
+            c.through
+          )
+        )
+    )
+    fc.assert(
+      fc.property(runScenario, fc.array(fc.oneof(extraInput, runInput), { maxLength: 4 }), (s, extras) => {
+        const found: Array<string> = []
+        const checking: Filter<State.State> = {
+          ...reference,
+          name: "checking",
+          decide: (state, input) => {
+            // The oldest waiting comparisons as one run, answered all matched and half matched.
+            const waiting = state.comparing.toArray().slice(0, 4)
+            const outcomes =
+              waiting.length === 0
+                ? []
+                : [
+                    Input.runCompleted(
+                      waiting[0]!.id,
+                      waiting.map((c) => c.block),
+                      waiting.map(() => true),
+                      Math.max(state.watermark, ...waiting.map((c) => c.after))
+                    ),
+                    Input.runCompleted(
+                      waiting[0]!.id,
+                      waiting.map((c) => c.block),
+                      waiting.map((_, k) => k % 2 === 0),
+                      state.watermark
+                    )
+                  ]
+            for (const i of [input, ...extras, ...outcomes]) {
+              const why = mismatch(state, i)
+              if (why !== undefined) found.push(`${why} (${JSON.stringify(i)})`)
+            }
+            return Decider.decide(state, input)
+          }
+        }
+        run(s.config, checking, stepsOf(s), {
+          checks: [],
+          recordEvents: false,
+          compareFrom: s.compareFrom,
+          ...(s.compareRun === undefined ? {} : { compareRun: s.compareRun })
+        })
         expect(found).toEqual([])
       }),
       { numRuns: numRuns(200) }

@@ -13,7 +13,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Chunk, Effect, Either, Logger, LogLevel, Option, Stream } from "effect"
 import fc from "fast-check"
 import * as Config from "../../src/domain/Config.js"
-import type * as Event from "../../src/domain/Event.js"
+import * as Event from "../../src/domain/Event.js"
 import * as State from "../../src/domain/State.js"
 import * as Trace from "../../src/domain/Trace.js"
 import * as EventJournal from "../../src/adapters/EventJournal.js"
@@ -34,7 +34,22 @@ const eventArb: fc.Arbitrary<Event.Event> = fc.oneof(
   fc
     .tuple(fc.nat({ max: 1 << 20 }), fc.integer({ min: 1, max: 64 }))
     .map(([s, n]): Event.Event => ({ type: "WriteTracked", offset: s * 512, length: n * 512 })),
-  fc.string({ minLength: 1, maxLength: 300 }).map((reason): Event.Event => ({ type: "LinkLost", reason }))
+  fc.string({ minLength: 1, maxLength: 300 }).map((reason): Event.Event => ({ type: "LinkLost", reason })),
+  // Trace version 3's runs: records from a few dozen bytes to a few KiB.
+  fc
+    .tuple(
+      fc.nat({ max: 1 << 16 }),
+      fc.uniqueArray(fc.nat({ max: 1 << 20 }), { minLength: 1, maxLength: 200 })
+    )
+    .map(([id, blocks]): Event.Event => ({ type: "RunCompared", id, blocks: blocks.sort((a, b) => a - b) })),
+  fc.tuple(fc.nat({ max: 1 << 16 }), fc.integer({ min: 1, max: Event.MAX_RUN_BLOCKS }), fc.nat()).map(
+    ([id, count, pick]): Event.Event => ({
+      type: "RunMatched",
+      id,
+      count,
+      except: count > 1 && pick % 2 === 0 ? [id + (pick % count)] : []
+    })
+  )
 )
 
 const recordOf = (event: Event.Event): Buffer => {

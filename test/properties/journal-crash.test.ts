@@ -63,10 +63,22 @@ const stepArb: fc.Arbitrary<Simulation.Step> = fc.oneof(
   }
 )
 
-/** The events the reference filter records for some steps (at least a few). */
+/**
+ * The events the reference filter records for some steps (at least a few): a third of
+ * the journals compare in runs (trace version 3's `RunCompared` / `RunMatched`, records
+ * of every length up to a few hundred bytes), a third block by block (version 2).
+ */
 const eventsArb: fc.Arbitrary<ReadonlyArray<Event.Event>> = fc
-  .array(stepArb, { minLength: 10, maxLength: 150 })
-  .map((steps) => Simulation.run(config, Simulation.reference, steps).events as ReadonlyArray<Event.Event>)
+  .tuple(fc.array(stepArb, { minLength: 10, maxLength: 150 }), fc.constantFrom(0, 1, 4))
+  .map(
+    ([steps, compare]) =>
+      Simulation.run(
+        config,
+        Simulation.reference,
+        steps,
+        compare === 0 ? {} : { compareFrom: 1, ...(compare > 1 ? { compareRun: compare } : {}) }
+      ).events as ReadonlyArray<Event.Event>
+  )
   .filter((events) => events.length >= 4)
 
 /** Runs an effect without the recovery warnings (expected here by the hundred). */

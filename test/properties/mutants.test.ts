@@ -59,9 +59,10 @@ describe("mutants are caught", () => {
 const caughtComparing = <S>(
   filter: Filter<S>,
   invariants: ReadonlyArray<InvariantName>,
-  variant?: Variant
+  variant?: Variant,
+  runs = false
 ) => {
-  const details = fc.check(comparingInvariantHolds(filter, invariants, variant), budget)
+  const details = fc.check(comparingInvariantHolds(filter, invariants, variant, runs), budget)
   expect(
     details.failed,
     `${filter.name}${variant === undefined ? "" : ` in a ${variant} world`} survived ${details.numRuns} runs of ${invariants.join(", ")}`
@@ -94,5 +95,35 @@ describe("comparison mutants are caught (checksum-based resync)", () => {
     expect(caughtComparing(Mutants.clearOnMismatch, ["no-write-lost"])).toMatch(/no-write-lost/)
     expect(caughtComparing(Mutants.clearOnMismatch, ["coverage"])).toMatch(/coverage/)
     expect(caughtComparing(Mutants.clearOnMismatch, ["legality"])).toMatch(/obligations-left/)
+  })
+})
+
+describe("comparison mutants are caught in the run form (trace version 3)", () => {
+  const caughtRuns = <S>(filter: Filter<S>, invariants: ReadonlyArray<InvariantName>, variant?: Variant) =>
+    caughtComparing(filter, invariants, variant, true)
+
+  it("(1) a run's match against checksums read before a later write completed loses that write", () => {
+    expect(caughtRuns(reference, ["no-write-lost"], "hash-ahead")).toMatch(/no-write-lost/)
+    expect(caughtRuns(reference, ["coverage"], "hash-ahead")).toMatch(/coverage/)
+    expect(caughtRuns(Mutants.runMatchClearsLaterWrites, ["no-write-lost"])).toMatch(/no-write-lost/)
+    expect(caughtRuns(Mutants.runMatchClearsLaterWrites, ["coverage"])).toMatch(/coverage/)
+    expect(caughtRuns(Mutants.runMatchClearsLaterWrites, ["legality"])).toMatch(/obligations-left/)
+  })
+
+  it("(2) a run's checksums of the wrong blocks (a shifted bitmap, or the receiver one block off) are believed", () => {
+    expect(caughtRuns(Mutants.runMatchShifted, ["no-write-lost"])).toMatch(/no-write-lost/)
+    expect(caughtRuns(Mutants.runMatchShifted, ["coverage"])).toMatch(/coverage/)
+    expect(caughtRuns(reference, ["no-write-lost"], "wrong-block")).toMatch(/no-write-lost/)
+    expect(caughtRuns(reference, ["coverage"], "wrong-block")).toMatch(/coverage/)
+  })
+
+  it("(2) a run's checksums of a stale receiver version are believed", () => {
+    expect(caughtRuns(reference, ["no-write-lost"], "stale-version")).toMatch(/no-write-lost/)
+    expect(caughtRuns(reference, ["coverage"], "stale-version")).toMatch(/coverage/)
+  })
+
+  it("(3) a run matched over a block whose checksums differ leaves the difference on the replica", () => {
+    expect(caughtRuns(Mutants.runClearOnMismatch, ["no-write-lost"])).toMatch(/no-write-lost/)
+    expect(caughtRuns(Mutants.runClearOnMismatch, ["coverage"])).toMatch(/coverage/)
   })
 })

@@ -127,6 +127,49 @@ export const matchClearsLaterWrites = stateFilter("match-clears-later-writes", {
   }
 })
 
+// Trace version 3: the same breaks in the run form (one event per checksum request).
+
+/**
+ * `matchClearsLaterWrites` for runs: a `RunMatched` clears the marks of the run's matched
+ * blocks, also those a write re-marked after the `RunCompared` (read later than the match proves).
+ */
+export const runMatchClearsLaterWrites = stateFilter("run-match-clears-later-writes", {
+  evolve: (state, event) => {
+    const next = Decider.evolve(state, event)
+    if (event.type !== "RunMatched") return next
+    const blocks = state.comparing
+      .run(event.id, event.count)
+      .flatMap((c) => (c === undefined || event.except.includes(c.id) ? [] : [c.block]))
+    const clear = (m: Bitmap.MutableBitmap) => {
+      for (const b of blocks) m.clear(b)
+    }
+    return State.make({
+      ...next,
+      dirty: Bitmap.mutate(next.dirty, clear),
+      draining: Bitmap.mutate(next.draining, clear)
+    })
+  }
+})
+
+/** Reads a run's answer one block off: comparison `k`'s outcome is the next block's (a shifted bitmap). */
+export const runMatchShifted = stateFilter("run-match-shifted", {
+  decide: (state, input) =>
+    input._tag === "RunCompleted"
+      ? Decider.decide(state, {
+          ...input,
+          matched: input.matched.map((_, k) => input.matched[(k + 1) % input.matched.length]!)
+        })
+      : Decider.decide(state, input)
+})
+
+/** Says matched for every block of a run, those whose checksums differ too: their differences stay. */
+export const runClearOnMismatch = stateFilter("run-clear-on-mismatch", {
+  decide: (state, input) =>
+    input._tag === "RunCompleted"
+      ? Decider.decide(state, { ...input, matched: input.matched.map(() => true) })
+      : Decider.decide(state, input)
+})
+
 export const all = [
   clearOnReadCompletion,
   noRemarkOnLinkLoss,

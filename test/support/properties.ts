@@ -6,7 +6,14 @@
 import fc from "fast-check"
 import { runIn, type Variant } from "../../src/conformance/internal/mutants.js"
 import { type Filter, type InvariantName, run, type World } from "../../src/conformance/Simulation.js"
-import { type ComparingScenario, comparingScenario, type Scenario, scenario, stepsOf } from "./arbitraries.js"
+import {
+  type ComparingScenario,
+  comparingScenario,
+  runScenario,
+  type Scenario,
+  scenario,
+  stepsOf
+} from "./arbitraries.js"
 
 const describeFailure = <S>(world: World<S>): string => {
   const f = world.failure!
@@ -27,10 +34,17 @@ export const invariantHolds = <S>(filter: Filter<S>, invariants: ReadonlyArray<I
 export const comparingInvariantHolds = <S>(
   filter: Filter<S>,
   invariants: ReadonlyArray<InvariantName>,
-  variant?: Variant
+  variant?: Variant,
+  /** Compare in runs (trace version 3) instead of block by block. */
+  runs = false
 ) =>
-  fc.property(comparingScenario, (s: ComparingScenario) => {
-    const options = { checks: invariants, recordEvents: false, compareFrom: s.compareFrom }
+  fc.property(runs ? runScenario : comparingScenario, (s: ComparingScenario) => {
+    const options = {
+      checks: invariants,
+      recordEvents: false,
+      compareFrom: s.compareFrom,
+      ...(s.compareRun === undefined ? {} : { compareRun: s.compareRun })
+    }
     const steps = stepsOf(s)
     const world =
       variant === undefined

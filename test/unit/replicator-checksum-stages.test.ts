@@ -36,6 +36,7 @@ const asked = (compared: ReadonlyArray<{ id: number; block: number; digest: Uint
     blocks: compared.map((c) => c.block)
   },
   ids: compared.map((c) => c.id),
+  run: false,
   digests: Effect.succeed(Buffer.concat(compared.map((c) => c.digest)))
 })
 /** The comparisons of a request as `act` made it, once its digests are ready. */

@@ -129,6 +129,8 @@ describe("checksum-based resync in the replicator", () => {
       const journaled = new Array<number>(BLOCKS).fill(0)
       const reads = new Array<number>(BLOCKS).fill(0)
       const early: Array<number> = []
+      // The comparison events journaled: runs (one per request) and per-block ones.
+      const runs = { compared: 0, runBlocks: 0, matched: 0, runMatched: 0, perBlock: 0 }
       let watching = false
       const disk: VirtualDisk.VirtualDisk.Service = {
         ...inner,
@@ -157,18 +159,36 @@ describe("checksum-based resync in the replicator", () => {
         Effect.sync(() => {
           for (const e of events)
             if (e.type === "BlockCompared" || e.type === "BlockSent") journaled[e.block]!++
+            else if (e.type === "RunCompared") for (const b of e.blocks) journaled[b]!++
+          for (const e of events) {
+            if (e.type === "RunCompared") {
+              runs.compared++
+              runs.runBlocks += e.blocks.length
+            }
+            if (e.type === "RunMatched") {
+              runs.matched++
+              runs.runMatched += e.count - e.except.length
+            }
+            if (e.type === "BlockCompared" || e.type === "BlockMatched") runs.perBlock++
+          }
         })
       const replicator = yield* start(world, { compareFrom: 1, onEvents }, undefined, mutants)
       yield* replicator.quiesce
       const sent = (yield* blocksSentAfter(world, before)).sort((a, b) => a - b)
-      return { world, early, sent, status: yield* replicator.status }
+      return { world, early, sent, runs, status: yield* replicator.status }
     })
 
   it("after an unclean start sends only the blocks that differ, on the disk or at the receiver; each block read after its event is journaled", async () => {
     await run(
       Effect.gen(function* () {
-        const { world, early, sent, status } = yield* changedWhileDown()
+        const { world, early, sent, runs, status } = yield* changedWhileDown()
         expect(early, "blocks read before their event was journaled").toEqual([])
+        // One event per request each way (trace version 3), none per block.
+        expect(runs.perBlock).toBe(0)
+        expect(runs.runBlocks).toBe(BLOCKS)
+        expect(runs.runMatched).toBe(BLOCKS - 5)
+        expect(runs.compared).toBeLessThanOrEqual(BLOCKS / 2)
+        expect(runs.matched).toBeLessThanOrEqual(runs.compared)
         expect(sent).toEqual([3, 9, 17, 40, 63])
         expect(status.checksums).toEqual({
           compared: BLOCKS,

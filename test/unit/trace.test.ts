@@ -54,7 +54,7 @@ describe("trace codec", () => {
   it("requires a valid header first", () => {
     expect(errorOf('{"type":"Acked","seq":1}\n')).toMatchObject({ line: 1, kind: "missing-header" })
     expect(
-      errorOf('{"type":"header","version":3,"blockSize":65536,"blockCount":1,"initial":"in-sync"}')
+      errorOf('{"type":"header","version":4,"blockSize":65536,"blockCount":1,"initial":"in-sync"}')
     ).toMatchObject({
       kind: "bad-header"
     })

@@ -180,6 +180,8 @@ export interface ComparingScenario {
   readonly config: Config
   /** Pumps compare while at least this many blocks are owed (1: every block is compared). */
   readonly compareFrom: number
+  /** Compare in runs of at most this many blocks (trace version 3); absent: block by block. */
+  readonly compareRun?: number
   readonly steps: ReadonlyArray<RawComparingStep>
 }
 
@@ -201,6 +203,16 @@ export const comparingScenarioOf = (
   })
 
 export const comparingScenario: fc.Arbitrary<ComparingScenario> = comparingScenarioOf()
+
+/** A version 3 scenario: as `comparingScenarioOf`, comparing in runs of 1 to 4 blocks. */
+export const runScenarioOf = (
+  options: { readonly config?: fc.Arbitrary<Config>; readonly maxSteps?: number } = {}
+): fc.Arbitrary<ComparingScenario> =>
+  fc
+    .tuple(comparingScenarioOf(options), fc.integer({ min: 1, max: 4 }))
+    .map(([s, compareRun]) => ({ ...s, compareRun }))
+
+export const runScenario: fc.Arbitrary<ComparingScenario> = runScenarioOf()
 
 export const stepsOf = (s: Scenario | ComparingScenario): Array<Step> =>
   s.steps.flatMap((step: RawComparingStep) =>

@@ -192,7 +192,9 @@ export const runSteps = <H>(
   steps: ReadonlyArray<Simulation.Step>,
   invariants: ReadonlyArray<Invariant> = allInvariants,
   /** Pumps ask for comparisons while at least this many blocks are owed (trace version 2); default never. */
-  compareFrom?: number
+  compareFrom?: number,
+  /** With `compareFrom`: in runs of at most this many blocks (trace version 3); default block by block. */
+  compareRun?: number
 ): RunResult => {
   const filter = Simulation.foreign(
     impl.name,
@@ -208,7 +210,8 @@ export const runSteps = <H>(
     try {
       world = new Simulation.World(config, filter, {
         checks,
-        ...(compareFrom === undefined ? {} : { compareFrom })
+        ...(compareFrom === undefined ? {} : { compareFrom }),
+        ...(compareRun === undefined ? {} : { compareRun })
       })
     } catch (cause) {
       throw new Abort("exception", `start threw for ${JSON.stringify(config)}: ${messageOf(cause)}`)

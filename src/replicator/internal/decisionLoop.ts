@@ -85,6 +85,9 @@ export const recordOf = (
     case "BlockCompared":
       // Read and hashed once the event is durable (the journal stage); its request goes in this place.
       return { session, compared: event.id, block: event.block }
+    case "RunCompared":
+      // The same, one request for the run.
+      return { session, run: event.id, blocks: event.blocks }
     default:
       return undefined
   }
@@ -109,8 +112,9 @@ const hasRoom = (s: State.State, window: number): boolean => {
 }
 
 /**
- * The outcomes of a checksum answer, one per block of its request, in request order:
- * matched when the receiver's digest equals the disk's as read, with the reply's `through`.
+ * The outcomes of a checksum answer: one per block of its request, in request order, or,
+ * for a run's request (`run`), one for the whole run; matched when the receiver's digest
+ * equals the disk's as read, with the reply's `through`.
  * A refusal (the receiver could not check its bytes, or cannot compute the algorithm asked:
  * `unsupported`) is a mismatch of every block; its `through` is the watermark, so it acks
  * nothing. So is a reply whose algorithm is not the one asked (a receiver from before the
@@ -131,7 +135,16 @@ const outcomesOf = (
     shared.checksumsAnswered = true
     const { ids, request } = asked
     const sendAll = () =>
-      ids.map((id, k) => Input.comparisonCompleted(id, request.blocks[k]!, false, watermark))
+      asked.run
+        ? [
+            Input.runCompleted(
+              ids[0]!,
+              request.blocks,
+              request.blocks.map(() => false),
+              watermark
+            )
+          ]
+        : ids.map((id, k) => Input.comparisonCompleted(id, request.blocks[k]!, false, watermark))
     if (answer._tag === "ChecksumRefused") {
       if (answer.reason === "unsupported" && request.algorithm !== Wire.DigestCode.sha256)
         yield* useSha256(shared, `refused digest code ${request.algorithm} (${answer.detail})`)
@@ -162,6 +175,17 @@ const outcomesOf = (
     // Compared in place: no view per block of either side's digests.
     const disk = Buffer.from(digests.right.buffer, digests.right.byteOffset, digests.right.byteLength)
     const D = Wire.DIGEST_BYTES
+    if (asked.run)
+      return [
+        Input.runCompleted(
+          ids[0]!,
+          request.blocks,
+          request.blocks.map(
+            (_, k) => whole && disk.compare(answer.digests, k * D, (k + 1) * D, k * D, (k + 1) * D) === 0
+          ),
+          answer.through
+        )
+      ]
     return ids.map((id, k) =>
       Input.comparisonCompleted(
         id,
@@ -409,7 +433,8 @@ const afterBatch = (
         yield* Effect.logInfo(`link restored: receiver durable seq ${e.receiverSeq}`)
       if (e.type === "BlockSent") yield* Metric.increment(settings.metrics.drainSent)
       // An answer is progress, like an ack: the watchdog waits for both.
-      if (e.type === "BlockMatched" || e.type === "BlockMismatched") shared.lastProgress = now
+      if (e.type === "BlockMatched" || e.type === "BlockMismatched" || e.type === "RunMatched")
+        shared.lastProgress = now
     }
     if (outstanding(before) === 0 && outstanding(after) > 0) shared.lastProgress = now
     const counted = { ...shared.book.checksums }

@@ -95,9 +95,15 @@ export const journalStage = (
 
 type BlockRead = Extract<Decided, { readonly seq: number; readonly block: number }>
 type Comparison = Extract<Decided, { readonly compared: number }>
+type Run = Extract<Decided, { readonly run: number }>
 
 const isBlockRead = (out: Decided): out is BlockRead => "epoch" in out
-const isComparison = (out: Decided): out is Comparison => "compared" in out
+const isRun = (out: Decided): out is Run => "run" in out
+const isComparison = (out: Decided): out is Comparison | Run => "compared" in out || isRun(out)
+
+/** A run's comparisons one by one, as those decided per block (the reads take them so). */
+const comparisonsOf = (run: Run): ReadonlyArray<Comparison> =>
+  run.blocks.map((block, k) => ({ session: run.session, compared: run.run + k, block }))
 
 /**
  * Compared blocks read with one disk request, at most this many bytes: a request's blocks
@@ -178,14 +184,18 @@ const readAndHash = (
  */
 const REQUEST_BYTES = 16 << 20
 
+/** The most blocks one request asks for: the decider's run length (`PumpTick.compareRun`). */
+export const requestBlocks = (blockSize: number): number =>
+  Math.max(1, Math.min(Wire.MAX_CHECKSUM_BLOCKS, Math.floor(REQUEST_BYTES / blockSize)))
+
 /** How many of the comparisons from `from` on go in one request. */
 const requestLength = (outgoing: ReadonlyArray<Decided>, from: number, blockSize: number): number => {
   const first = outgoing[from] as Comparison
-  const most = Math.max(1, Math.min(Wire.MAX_CHECKSUM_BLOCKS, Math.floor(REQUEST_BYTES / blockSize)))
+  const most = requestBlocks(blockSize)
   let n = 1
   while (n < most && from + n < outgoing.length) {
     const next = outgoing[from + n]!
-    if (!isComparison(next) || next.session !== first.session) break
+    if (!isComparison(next) || isRun(next) || next.session !== first.session) break
     if (next.block <= (outgoing[from + n - 1] as Comparison).block) break
     n++
   }
@@ -218,8 +228,11 @@ export const act = (
         continue
       }
       if (isComparison(out)) {
-        const n = requestLength(outgoing, i, config.blockSize)
-        const batch = outgoing.slice(i, i + n) as ReadonlyArray<Comparison>
+        // A run is one request as decided; comparisons decided per block are grouped here.
+        const n = isRun(out) ? 1 : requestLength(outgoing, i, config.blockSize)
+        const batch = isRun(out)
+          ? comparisonsOf(out)
+          : (outgoing.slice(i, i + n) as ReadonlyArray<Comparison>)
         // The algorithm asked now: the disk's digests are made by the one the request names.
         const algorithm = shared.digest
         // Hashed after the request before it (`hashed`), so digests are ready in the order
@@ -247,6 +260,7 @@ export const act = (
               blocks: batch.map((c) => c.block)
             },
             ids: batch.map((c) => c.compared),
+            run: isRun(out),
             digests: Deferred.await(hashing)
           }
         })

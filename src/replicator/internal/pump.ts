@@ -14,6 +14,7 @@
 import { Clock, Duration, Effect, Queue } from "effect"
 import type { Config } from "../../domain/Config.js"
 import * as Input from "../../domain/Input.js"
+import { requestBlocks } from "./journalStage.js"
 import type { Shared } from "./shared.js"
 
 export const pump = (
@@ -29,6 +30,8 @@ export const pump = (
     const { config, drainBytesPerSecond: rate } = settings
     let tokens = 0
     let refilledAt = yield* Clock.currentTimeMillis
+    // Blocks are compared in runs of one checksum request each (one event each way, trace version 3).
+    const compareRun = requestBlocks(config.blockSize)
     for (;;) {
       yield* Queue.take(shared.pumpSignal)
       let budget = config.window
@@ -45,6 +48,6 @@ export const pump = (
       }
       // Off for the run once the receiver showed it does not answer checksum requests.
       const compareFrom = shared.compareOff ? undefined : settings.compareFrom
-      shared.inbox.offer({ _tag: "Input", input: Input.pumpTick(budget, compareFrom) })
+      shared.inbox.offer({ _tag: "Input", input: Input.pumpTick(budget, compareFrom, compareRun) })
     }
   })

@@ -64,6 +64,8 @@ export type Decided =
   | (OutgoingRecord & { readonly record: Wire.Record; readonly read: undefined })
   | { readonly session: number; readonly seq: number; readonly block: number; readonly epoch: number }
   | { readonly session: number; readonly compared: number; readonly block: number }
+  /** A run of comparisons (`RunCompared`): ids `run + k` of `blocks[k]`, one checksum request. */
+  | { readonly session: number; readonly run: number; readonly blocks: ReadonlyArray<number> }
 
 /**
  * A checksum request and what its blocks are compared with. The request goes out as soon
@@ -74,6 +76,8 @@ export interface Comparisons {
   readonly request: Wire.ChecksumRequest
   /** Each block's comparison id (the model's), in request order. */
   readonly ids: ReadonlyArray<number>
+  /** Decided as one `RunCompared` (answered as one `RunCompleted`), not per block. */
+  readonly run: boolean
   /**
    * The disk's digest of each block (`Wire.DIGEST_BYTES` each, in request order), of the
    * block as read after its `BlockCompared` was journaled. Fails when a read failed (the

@@ -193,6 +193,12 @@ export const noteBatch = (
       case "BlockMatched":
         book.checksums.matched++
         break
+      case "RunCompared":
+        book.checksums.compared += e.blocks.length
+        break
+      case "RunMatched":
+        book.checksums.matched += e.count - e.except.length
+        break
       case "SyncActivated":
         // The resync-end marker is the first point of the new sync period.
         book.lastSeq = e.seq
