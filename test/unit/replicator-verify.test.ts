@@ -15,7 +15,7 @@ import { Effect } from "effect"
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
 import type * as Wire from "../../src/protocol/Wire.js"
-import { type Opened, READ_BYTES, type VerifyPort, verify } from "../../src/replicator/internal/verify.js"
+import { type Opened, type VerifyPort, verify } from "../../src/replicator/internal/verify.js"
 
 const BLOCK = 16
 
@@ -194,11 +194,10 @@ describe("online verify's judgement (simulated filter and receiver)", () => {
   })
 
   it("blocks read in several runs through one reused buffer are each judged against their own digest", () => {
-    // Blocks of a quarter read (1 MiB): a read holds 4 of them, so a batch (one: 15 blocks) is
-    // several reads into one buffer, and the recheck of scattered written blocks reads shorter
-    // runs over what a longer one left.
-    const big = READ_BYTES / 4
-    const blocks = 15
+    // 256 KiB blocks: a read holds 4 of them, so a batch is several reads into one buffer,
+    // and the recheck of scattered written blocks reads shorter runs over what a longer one left.
+    const big = 256 * 1024
+    const blocks = 23
     const content = (b: number, version: number) => {
       const out = new Uint8Array(big).fill(b)
       out[big - 1] = version
@@ -206,10 +205,10 @@ describe("online verify's judgement (simulated filter and receiver)", () => {
     }
     const disk = Array.from({ length: blocks }, (_, b) => content(b, 0))
     const replica = disk.map((d) => d.slice())
-    replica[9] = content(9, 9) // damaged: differs only in its last byte
-    replica[13] = content(13, 9)
+    replica[13] = content(13, 9) // damaged: differs only in its last byte
+    replica[21] = content(21, 9)
     const touched = new Set<number>()
-    const written = [2, 5, 6, 11]
+    const written = [2, 5, 6, 11, 17, 22]
     const reads: Array<number> = []
     let asked = 0
     const port: VerifyPort = {
@@ -248,13 +247,13 @@ describe("online verify's judgement (simulated filter and receiver)", () => {
     }
     const result = Effect.runSync(verify(port))
     expect(result).toMatchObject({
-      differing: [9, 13],
+      differing: [13, 21],
       verified: blocks,
       rechecked: written.length,
       unverified: 0
     })
     // Runs of 4, the last one short, then the rechecked blocks in their own shorter runs.
-    expect(reads).toEqual([4, 4, 4, 3, 1, 2, 1])
+    expect(reads).toEqual([4, 4, 4, 4, 4, 3, 1, 2, 1, 1, 1])
   })
 
   it("asks the receiver before it reads the disk, so both sides hash the same batch at once", async () => {

@@ -121,12 +121,9 @@ export const MAX_ATTEMPTS = 32
  * read to read (one per batch being read). Fresh buffers cost more than the hashing: the
  * kernel faults and zeroes their pages, and each one counts as external memory, which had
  * the collector run a full mark-compact every ~16 MiB read (docs/performance.md, "The
- * checksum group"). 4 MiB, not 1: each read is a trip through the pool (a promise, a
- * hand-off to a pool thread and back), and at 1 MiB those trips cost about twice the copy
- * itself — 4 MiB reads took 0.06–0.1 s less CPU per GiB read and hashed (docs/performance.md,
- * "Session 13, later: verify"); 16 MiB no longer fits the cache the hash reads it from.
+ * checksum group").
  */
-export const READ_BYTES = 4 << 20
+const READ_BYTES = 1 << 20
 
 export const verify = (
   port: VerifyPort,
