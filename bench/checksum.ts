@@ -51,6 +51,20 @@ const BLOCK = 64 * 1024
 const ROUNDS = Number(process.env.CDP_SYNC_BENCH_CHECKSUM_ROUNDS ?? 3)
 const DIFFER = 0.01
 const PROFILE = process.env.CDP_SYNC_BENCH_PROFILE
+/**
+ * `CDP_SYNC_BENCH_CHECKSUM_SECTIONS`: `resync`, `verify` or both (comma-separated; default
+ * both): `verify` alone skips the timed resyncs (the setup's first full sync still runs).
+ */
+const SECTIONS = (process.env.CDP_SYNC_BENCH_CHECKSUM_SECTIONS ?? "resync,verify").split(",")
+/**
+ * `CDP_SYNC_BENCH_CHECKSUM_DIGESTS`: the digests measured, `blake3`, `sha256` or both
+ * (comma-separated; default both): the checksum resyncs' (`--digest`) and verify's rows.
+ */
+const DIGESTS = (process.env.CDP_SYNC_BENCH_CHECKSUM_DIGESTS ?? "blake3,sha256").split(",")
+for (const name of SECTIONS)
+  if (name !== "resync" && name !== "verify") throw new Error(`CDP_SYNC_BENCH_CHECKSUM_SECTIONS: ${name}?`)
+for (const name of DIGESTS)
+  if (name !== "blake3" && name !== "sha256") throw new Error(`CDP_SYNC_BENCH_CHECKSUM_DIGESTS: ${name}?`)
 /** Node's options for a child: `--cpu-prof` into PROFILE as `name` when profiling. */
 const profiled = (name: string): Array<string> =>
   PROFILE === undefined
@@ -176,7 +190,11 @@ const measure = async (dir: string): Promise<ReadonlyArray<BenchRow>> => {
     say("replicating the image whole (the first full sync)")
     await replicate(s, [])
     const control = path.join(dir, "filter.sock")
-    const KINDS = ["full", "checksum", "checksum-sha256"] as const
+    const KINDS = SECTIONS.includes("resync")
+      ? (["full", "checksum", "checksum-sha256"] as const).filter(
+          (kind) => kind === "full" || DIGESTS.includes(kind === "checksum" ? "blake3" : "sha256")
+        )
+      : []
     const times = {
       full: [] as Array<number>,
       checksum: [] as Array<number>,
@@ -220,52 +238,68 @@ const measure = async (dir: string): Promise<ReadonlyArray<BenchRow>> => {
             `the ${kind} resync sent ${(sent[kind].at(-1)! / MiB).toFixed(0)} MiB; its stderr ends:\n${lastStderr}`
           )
       }
-    say(
-      `full: ${spread(times.full)} s, ${spread(
-        sent.full.map((b) => b / MiB),
-        0
-      )} MiB; checksum: ${spread(times.checksum)} s, ${spread(
-        sent.checksum.map((b) => b / MiB),
-        1
-      )} MiB; checksum-sha256: ${spread(times["checksum-sha256"])} s`
-    )
+    if (KINDS.length > 0)
+      say(
+        `full: ${spread(times.full)} s, ${spread(
+          sent.full.map((b) => b / MiB),
+          0
+        )} MiB; checksum: ${spread(times.checksum)} s, ${spread(
+          sent.checksum.map((b) => b / MiB),
+          1
+        )} MiB; checksum-sha256: ${spread(times["checksum-sha256"])} s`
+      )
     for (const kind of KINDS) for (const line of cpu[kind]) say(`${kind}: ${line}`)
     const mib = (bytes: ReadonlyArray<number>) => bytes.map((b) => b / MiB)
+    const resyncRows = (): Array<BenchRow> => [
+      ...(sent.checksum.length === 0
+        ? []
+        : [
+            overRounds(
+              {
+                name: `checksum resync (BLAKE3): bytes sent (1 % of the blocks differ; ${ROUNDS} rounds)`,
+                unit: "MiB",
+                baselineName: "full resync",
+                higherIsBetter: false,
+                target: { ratio: 20, text: "≤ 5 % of the full resync's bytes" }
+              },
+              mib(sent.checksum),
+              mib(sent.full)
+            )
+          ]),
+      ...(times.checksum.length === 0
+        ? []
+        : [
+            overRounds(
+              {
+                name: "checksum resync (BLAKE3): time to the replica whole",
+                unit: "s",
+                baselineName: "full resync",
+                higherIsBetter: false,
+                target: { ratio: 1 / 0.3, text: "≤ 0.3× the full resync's time" }
+              },
+              times.checksum,
+              times.full
+            )
+          ]),
+      ...(times["checksum-sha256"].length === 0
+        ? []
+        : [
+            overRounds(
+              {
+                name: "checksum resync (--digest sha256, for the record): time to the replica whole",
+                unit: "s",
+                baselineName: "full resync",
+                higherIsBetter: false,
+                target: { ratio: 1 / 0.3, text: "≤ 0.3× the full resync's time" }
+              },
+              times["checksum-sha256"],
+              times.full
+            )
+          ])
+    ]
     return [
-      overRounds(
-        {
-          name: `checksum resync (BLAKE3): bytes sent (1 % of the blocks differ; ${ROUNDS} rounds)`,
-          unit: "MiB",
-          baselineName: "full resync",
-          higherIsBetter: false,
-          target: { ratio: 20, text: "≤ 5 % of the full resync's bytes" }
-        },
-        mib(sent.checksum),
-        mib(sent.full)
-      ),
-      overRounds(
-        {
-          name: "checksum resync (BLAKE3): time to the replica whole",
-          unit: "s",
-          baselineName: "full resync",
-          higherIsBetter: false,
-          target: { ratio: 1 / 0.3, text: "≤ 0.3× the full resync's time" }
-        },
-        times.checksum,
-        times.full
-      ),
-      overRounds(
-        {
-          name: "checksum resync (--digest sha256, for the record): time to the replica whole",
-          unit: "s",
-          baselineName: "full resync",
-          higherIsBetter: false,
-          target: { ratio: 1 / 0.3, text: "≤ 0.3× the full resync's time" }
-        },
-        times["checksum-sha256"],
-        times.full
-      ),
-      ...(await verifyRows(s, control))
+      ...(KINDS.length === 0 ? [] : resyncRows()),
+      ...(SECTIONS.includes("verify") ? await verifyRows(s, control) : [])
     ]
   } finally {
     await receiver.stop()
@@ -335,7 +369,8 @@ type Digest = "blake3" | "sha256"
 /** Online verify of the identical replica (the filter running, idle) beside hashing the image alone, per digest. */
 const verifyRows = async (s: Setup, control: string): Promise<ReadonlyArray<BenchRow>> => {
   const rows: Array<BenchRow> = []
-  for (const digest of ["blake3", "sha256"] as const) rows.push(await verifyRow(s, control, digest))
+  for (const digest of ["blake3", "sha256"] as const)
+    if (DIGESTS.includes(digest)) rows.push(await verifyRow(s, control, digest))
   return rows
 }
 
