@@ -6,7 +6,8 @@
  * cut short), wherever it falls in the threads' slices, is refused with the same typed error,
  * naming the same file and offset, as without the threads; and no byte of a refused record
  * reaches the image. A kept mutant (a thread writing a record's extents before checking it)
- * is caught.
+ * is caught, and so is one whose record check skips the entry's epoch (the threads run the
+ * check of `checkSource`, test/properties/receiver-record-check.test.ts's).
  */
 import * as fs from "node:fs"
 import * as fsp from "node:fs/promises"
@@ -15,7 +16,7 @@ import { afterEach, describe, expect, it } from "vitest"
 import { crc32c } from "../../src/internal/crc32c.js"
 import { type Chain, openChain, tableOf } from "../../src/receiver/internal/chain.js"
 import { LogCorrupt } from "../../src/receiver/internal/errors.js"
-import { RECORD_HEADER_BYTES } from "../../src/receiver/internal/format.js"
+import { indexEntryOffset, RECORD_HEADER_BYTES } from "../../src/receiver/internal/format.js"
 import { ReceiverMutants } from "../../src/receiver/internal/mutants.js"
 import { openPointMap } from "../../src/receiver/internal/point.js"
 import { replayPoint } from "../../src/receiver/internal/replay.js"
@@ -35,6 +36,7 @@ afterEach(() => {
   Object.assign(tuning, defaults)
   threadTuning.threads = defaultThreads
   ReceiverMutants.restoreThreadWritesBeforeCheck = false
+  ReceiverMutants.restoreThreadCheckSkipsEpoch = false
 })
 
 const makeLog = async (dir: string) => {
@@ -98,6 +100,29 @@ const sameRefusal = async (chain: Chain, seq: number, dir: string) => {
 
 const zeros = (bytes: Buffer) => bytes.every((b) => b === 0)
 
+/** Flips a bit of header byte `at` of record `r` and makes its CRC right again; gives a function putting the record back. */
+const forgeHeader = (
+  r: { readonly file: string; readonly offset: number; readonly length: number },
+  at: number
+) => {
+  const record = Buffer.alloc(RECORD_HEADER_BYTES + r.length)
+  const fd = fs.openSync(r.file, "r+")
+  try {
+    fs.readSync(fd, record, 0, record.length, r.offset)
+    const forged = Buffer.from(record)
+    forged[at]! ^= 1
+    forged.writeUInt32LE(crc32c(forged.subarray(RECORD_HEADER_BYTES), crc32c(forged.subarray(0, 36))), 36)
+    fs.writeSync(fd, forged, 0, forged.length, r.offset)
+  } finally {
+    fs.closeSync(fd)
+  }
+  return () => {
+    const back = fs.openSync(r.file, "r+")
+    fs.writeSync(back, record, 0, record.length, r.offset)
+    fs.closeSync(back)
+  }
+}
+
 describe("restore's threads", () => {
   it("equal the replay with one to four threads, whatever the reads' sizes", async () => {
     const dir = tempDir()
@@ -141,24 +166,12 @@ describe("restore's threads", () => {
     }
     const r = await keptRecord(chain, lastSeq, 0.5)
     // The record's time (header bytes 28..35) changed and its CRC made again: the index disagrees.
-    const record = Buffer.alloc(RECORD_HEADER_BYTES + r.length)
-    const fd = fs.openSync(r.file, "r+")
-    try {
-      fs.readSync(fd, record, 0, record.length, r.offset)
-      const forged = Buffer.from(record)
-      forged[28]! ^= 1
-      forged.writeUInt32LE(crc32c(forged.subarray(RECORD_HEADER_BYTES), crc32c(forged.subarray(0, 36))), 36)
-      fs.writeSync(fd, forged, 0, forged.length, r.offset)
-    } finally {
-      fs.closeSync(fd)
-    }
+    const restore = forgeHeader(r, 28)
     const forged = await sameRefusal(chain, lastSeq, dir)
     expect(forged.file).toBe(r.indexFile ?? r.file)
     expect(forged.reason).toMatch(/time/)
     expect(zeros(forged.image.subarray(r.extent[0], r.extent[1]))).toBe(true)
-    const back = fs.openSync(r.file, "r+")
-    fs.writeSync(back, record, 0, record.length, r.offset)
-    fs.closeSync(back)
+    restore()
     // The newest segment cut inside its last record the point keeps.
     const last = chain.segments.at(-1)!
     const lastFile = path.join(chain.diskDir, last.name)
@@ -178,5 +191,26 @@ describe("restore's threads", () => {
     // Still refused, but the refused record's bytes are in the image.
     expect(got.error).toBeInstanceOf(LogCorrupt)
     expect(zeros(got.image.subarray(r.extent[0], r.extent[1]))).toBe(false)
+  })
+
+  it("run the check of checkSource: a thread whose check skips the entry's epoch (mutant) takes a record its index entry disagrees with", async () => {
+    const dir = tempDir()
+    const { chain, lastSeq, diskDir } = await makeLog(dir)
+    const r = await keptRecord(chain, lastSeq, 0.5)
+    // The record's index entry says another epoch (its CRC made right): only the check against the entry tells.
+    expect(r.indexFile).toBeDefined()
+    const index = fs.readFileSync(r.indexFile!)
+    const k = tableOf(chain.segments.find((s) => s.indexFile === r.indexFile)!).indexOf(r.seq)
+    index.writeUInt32LE(index.readUInt32LE(indexEntryOffset(k) + 36) ^ 1, indexEntryOffset(k) + 36)
+    index.writeUInt32LE(crc32c(index.subarray(0, index.length - 4)), index.length - 4)
+    fs.writeFileSync(r.indexFile!, index)
+    const forged = await openChain(diskDir, readMetaFile(diskDir), "read")
+    const refused = await sameRefusal(forged, lastSeq, dir)
+    expect(refused).toMatchObject({ file: r.indexFile, offset: indexEntryOffset(k) })
+    expect(refused.reason).toMatch(/epoch/)
+    ReceiverMutants.restoreThreadCheckSkipsEpoch = true
+    const got = await restoreWith(forged, lastSeq, restoredBeside(dir, "mutant"), 3)
+    expect(got.byThreads).toBe(1)
+    expect(got.error).toBeUndefined()
   })
 })

@@ -24,6 +24,8 @@ export const ReceiverMutants = {
   restoreChecksFirstUnitOnly: false,
   /** A restore thread that writes a record's extents before checking the record (then refuses it). */
   restoreThreadWritesBeforeCheck: false,
+  /** A restore thread's record check that takes the record's epoch for its index entry's (skips that field). */
+  restoreThreadCheckSkipsEpoch: false,
   /** A point reader's record cache that reads a record into the buffer of one a read is still using. */
   recordCacheReusesPinned: false,
   /** A live block index that is not told of the records committed after it was built. */

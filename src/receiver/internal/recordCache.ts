@@ -15,10 +15,12 @@ import type { FileHandle } from "node:fs/promises"
 import * as path from "node:path"
 import type { Chain, Segment } from "./chain.js"
 import { tableOf } from "./chain.js"
+import { crc32c } from "../../internal/crc32c.js"
 import type { EntryTable } from "./entryTable.js"
 import { LogCorrupt } from "./errors.js"
 import { entryMismatch, indexEntryOffset, parseRecord, RECORD_HEADER_BYTES } from "./format.js"
 import { ReceiverMutants } from "./mutants.js"
+import { recordRefusal } from "./recordCheck.js"
 
 /** How many records a reader keeps (a record split by later writes, or read again, is read once); tests shrink it. */
 export const recordCacheTuning = { records: 64 }
@@ -26,7 +28,9 @@ export const recordCacheTuning = { records: 64 }
 /**
  * The payload of record `k` of `table` (of `segment`) in `bytes` (its header and payload as
  * read), once checked: the record's CRC, and every field against the entry (a disagreement
- * names the index file and entry when the segment has one).
+ * names the index file and entry when the segment has one). Whether it passes is
+ * `recordRefusal`'s to say, the check restore's threads make too (recordCheck.ts); a refusal
+ * is then told field by field.
  */
 export const checkedRecord = (
   chain: Chain,
@@ -35,13 +39,29 @@ export const checkedRecord = (
   k: number,
   bytes: Buffer
 ): Buffer => {
+  const refusal = recordRefusal(
+    crc32c,
+    bytes,
+    0,
+    table.length[k]!,
+    table.seq[k]!,
+    table.kind[k]!,
+    table.flags[k]!,
+    table.epoch[k]!,
+    table.position[k]!,
+    table.time[k]!,
+    table.crc[k]!
+  )
+  if (refusal === undefined)
+    return bytes.subarray(RECORD_HEADER_BYTES, RECORD_HEADER_BYTES + table.length[k]!)
   const entry = table.entry(k)
   const parsed = parseRecord(bytes, 0)
-  const diffs =
+  const told =
     parsed._tag === "Record"
       ? entryMismatch(entry, parsed.header, entry.offset, parsed.crc)
       : [parsed._tag === "Short" ? "the segment ends inside the record" : parsed.reason]
-  if (diffs.length === 0) return bytes.subarray(RECORD_HEADER_BYTES, RECORD_HEADER_BYTES + entry.length)
+  // `parseRecord` and `entryMismatch` see what `recordRefusal` sees (the property proves it); else its reason.
+  const diffs = told.length > 0 ? told : [refusal]
   throw segment.indexFile === undefined || parsed._tag !== "Record"
     ? new LogCorrupt({
         file: path.join(chain.diskDir, segment.name),

@@ -11,10 +11,11 @@
  *
  * A record a thread refuses is checked again on the main thread by `checkedRecord`, which
  * throws the typed error a restore without threads throws (the same file, offset and reason);
- * the thread's checks are the same as `checkedRecord`'s, so it refuses nothing that one takes
- * (and should it, its reason is raised as a `LogCorrupt` at the record). When a thread refuses
- * the record of read `r`, reads after `r` are not started; those before it are finished, so
- * the damage reported is the first in the plan's order, as without threads.
+ * the thread's check is `checkedRecord`'s, the one function `recordRefusal` (recordCheck.ts)
+ * whose source the thread's code holds, so it refuses nothing that one takes (and should it,
+ * its reason is raised as a `LogCorrupt` at the record). When a thread refuses the record of
+ * read `r`, reads after `r` are not started; those before it are finished, so the damage
+ * reported is the first in the plan's order, as without threads.
  *
  * The worker's code is evaluated from a string (as `imageWriter.ts`'s is), so it is found from
  * the library's modules and from the command line's bundle alike; it loads the CRC32C addon
@@ -24,14 +25,9 @@ import { createRequire } from "node:module"
 import { Worker } from "node:worker_threads"
 import { ALIGN } from "./directReads.js"
 import type { EntryTable } from "./entryTable.js"
-import {
-  FLAG_BATCH_START,
-  FLAG_RECOVERY_POINT,
-  Kind,
-  MAX_RECORD_PAYLOAD,
-  RECORD_HEADER_BYTES
-} from "./format.js"
+import { RECORD_HEADER_BYTES } from "./format.js"
 import { ReceiverMutants } from "./mutants.js"
+import { recordRefusal } from "./recordCheck.js"
 
 /** What the threads' plan holds of a read: the file (index into `files`), its bytes, its records. */
 export interface ThreadRun {
@@ -119,10 +115,27 @@ export const encodePlan = (
 }
 
 /**
- * The threads' code. `check` is `parseRecord` and `entryMismatch` on the plan's entry (the
- * record's offset is the entry's by construction: the read is placed there): a reason, or
- * `undefined` for a record whose bytes may be written.
+ * The threads' record check, as their code holds it: `recordRefusal`'s own source, and
+ * `check`, which gives it the plan's entry at `p` (the record's offset is the entry's by
+ * construction: the read is placed there): a reason, or `undefined` for a record whose bytes
+ * may be written. Evaluated with `crc32c` (the addon's), `k` (the threads' `workerData`,
+ * `threadData`) and `plan` in scope, in the threads and in the tests alike.
  */
+export const checkSource = `
+const recordRefusal = ${recordRefusal.toString()}
+const check = (bytes, o, p) => recordRefusal(crc32c, bytes, o, plan[p + 1], plan[p + 2], plan[p + 3], plan[p + 4],
+  k.checkSkipsEpoch && bytes.length - o >= 12 ? bytes.readUInt32LE(o + 8) : plan[p + 5], plan[p + 6], plan[p + 7], plan[p + 8])
+`
+
+/** The threads' `workerData` (`crc`: where the CRC32C addon is). */
+export const threadData = (crc: string) => ({
+  crc,
+  align: ALIGN,
+  header: RECORD_HEADER_BYTES,
+  checkSkipsEpoch: ReceiverMutants.restoreThreadCheckSkipsEpoch
+})
+
+/** The threads' code. */
 const WORKER = `
 const { parentPort, workerData: k } = require("node:worker_threads")
 const { readSync, writeSync } = require("node:fs")
@@ -138,28 +151,7 @@ parentPort.on("message", (m) => {
   files = w.files.map((f) => ({ fd: f.fd, direct: f.direct }))
   run()
 })
-const u32 = (b, i) => b.readUInt32LE(i)
-const u64 = (b, i) => { const high = u32(b, i + 4); return high > 0x1fffff ? -1 : high * 0x100000000 + u32(b, i) }
-const check = (bytes, o, p) => {
-  const length = plan[p + 1]
-  if (bytes.length - o < HEADER) return "the segment ends inside the record"
-  const kind = bytes[o + 4], flags = bytes[o + 5]
-  if (kind < k.kinds[0] || kind > k.kinds[1]) return "unknown record kind " + kind
-  if ((flags & ~k.flags) !== 0) return "unknown record flags " + flags
-  if (bytes[o + 6] !== 0 || bytes[o + 7] !== 0) return "reserved bytes are not zero"
-  const stored = u32(bytes, o), seq = u64(bytes, o + 12), position = u64(bytes, o + 20), time = u64(bytes, o + 28)
-  if (seq < 1 || position < 0 || time < 0) return "a seq, position or time out of range"
-  const data = kind === k.kinds[0] || kind === k.kinds[2]
-  if (data ? stored === 0 || stored > k.maxPayload : stored !== 0) return "implausible payload length " + stored
-  if (bytes.length - o < HEADER + stored) return "the segment ends inside the record"
-  let crc = crc32c(bytes.subarray(o, o + 36), 0) >>> 0
-  if (stored > 0) crc = crc32c(bytes.subarray(o + HEADER, o + HEADER + stored), crc) >>> 0
-  if (crc !== u32(bytes, o + 36)) return "CRC32C mismatch"
-  if (seq !== plan[p + 2] || kind !== plan[p + 3] || flags !== plan[p + 4] || stored !== length ||
-      u32(bytes, o + 8) !== plan[p + 5] || position !== plan[p + 6] || time !== plan[p + 7] || crc !== plan[p + 8])
-    return "the record's header differs from its index entry"
-  return undefined
-}
+${checkSource}
 const readUntil = (fd, buf, length, position, direct) => {
   let done = 0
   while (done < length) {
@@ -288,14 +280,7 @@ export class BootedThreads {
   static boot(count: number): BootedThreads | undefined {
     const crc = crcModule()
     if (crc === undefined || count < 1) return undefined
-    const workerData = {
-      crc,
-      align: ALIGN,
-      header: RECORD_HEADER_BYTES,
-      kinds: [Kind.Write, Kind.ResyncEnd, Kind.Block],
-      flags: FLAG_RECOVERY_POINT | FLAG_BATCH_START,
-      maxPayload: MAX_RECORD_PAYLOAD
-    }
+    const workerData = threadData(crc)
     const workers: Array<Worker> = []
     const ends: Array<Promise<Ended>> = []
     try {
