@@ -15,14 +15,19 @@
  *   receiver reads it: it answers SHA-256, echoing 0): the filter believes no reply whose
  *   echo is not what it asked, falls back to SHA-256, and the replica ends equal to the disk.
  */
-import { type ChildProcess, spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as net from "node:net"
 import * as path from "node:path"
-import { Effect, Stream } from "effect"
 import { afterEach, describe, expect, it } from "vitest"
-import * as LogReceiver from "../../src/adapters/LogReceiver.js"
 import * as Wire from "../../src/protocol/Wire.js"
+import {
+  type FilterSetup,
+  filterArgs,
+  killedFilter,
+  receiverDigests,
+  replicate,
+  restoredEqualsDisk
+} from "../support/checksumFilter.js"
 import * as Proc from "../support/receiverProcess.js"
 import { tempDirs } from "../support/tempDirs.js"
 
@@ -34,65 +39,9 @@ afterEach(async () => {
 
 const BLOCK = 65536
 const BLOCKS = 64
-const DISK = BLOCK * BLOCKS
 const WINDOW = 4
+const SETUP: FilterSetup = { blockSize: BLOCK, blockCount: BLOCKS, window: WINDOW }
 const WITHOUT_BLAKE3 = path.resolve(import.meta.dirname, "../support/withoutBlake3.cjs")
-
-interface Status {
-  readonly mode: string
-  readonly quiescent: boolean
-  readonly watermark: number
-  readonly checksums: { compared: number; matched: number; sent: number; algorithm: string }
-}
-
-const filterArgs = (dir: string, port: number) => [
-  "--disk",
-  path.join(dir, "disk.img"),
-  "--disk-size",
-  String(DISK),
-  "--receiver",
-  `127.0.0.1:${port}`,
-  "--journal",
-  path.join(dir, "journal"),
-  "--disk-id",
-  "vm",
-  "--window",
-  String(WINDOW),
-  // One extent: an unclean start owes the whole disk.
-  "--activity-extent-size",
-  String(DISK)
-]
-
-const replicate = async (dir: string, port: number, extra: ReadonlyArray<string>) => {
-  const result = await Proc.run(["replicate", ...filterArgs(dir, port), "--quiesce", "--json", ...extra], {
-    timeoutMs: 120_000
-  })
-  expect(result.code, result.stderr).toBe(0)
-  return { status: JSON.parse(result.stdout.trim().split("\n").at(-1)!) as Status, stderr: result.stderr }
-}
-
-/** `serve` until it is listening, then SIGKILL: the next start is unclean. */
-const killedFilter = async (dir: string, port: number) => {
-  const entry = await Proc.entry()
-  const child: ChildProcess = spawn(
-    process.execPath,
-    [...entry, "serve", ...filterArgs(dir, port), "--listen", "127.0.0.1:0"],
-    { stdio: ["ignore", "pipe", "pipe"] }
-  )
-  const exited = new Promise<string | null>((resolve) =>
-    child.once("exit", (_code, signal) => resolve(signal))
-  )
-  await new Promise<void>((resolve, reject) => {
-    let out = ""
-    child.stdout!.on("data", (c: Buffer) => {
-      out += c.toString()
-      if (out.includes("listening ")) resolve()
-    })
-    child.once("exit", () => reject(new Error("serve exited before listening")))
-  })
-  child.kill("SIGKILL")
-  expect(await exited).toBe("SIGKILL")
-}
 
 const changeBlocks = (dir: string, blocks: ReadonlyArray<number>, fill: number) => {
   const fd = fs.openSync(path.join(dir, "disk.img"), "r+")
@@ -101,55 +50,6 @@ const changeBlocks = (dir: string, blocks: ReadonlyArray<number>, fill: number) 
   } finally {
     fs.closeSync(fd)
   }
-}
-
-/** The receiver's digest of every block by `algorithm`, asked through the LogReceiver port as the filter asks. */
-const receiverDigests = (port: number, watermark: number, algorithm: Wire.DigestAlgorithm) =>
-  Effect.runPromise(
-    Effect.scoped(
-      Effect.gen(function* () {
-        const receiver = yield* LogReceiver.LogReceiver
-        const connection = yield* receiver.connect({
-          diskId: "vm",
-          blockSize: BLOCK,
-          blockCount: BLOCKS,
-          watermark
-        })
-        const blocks = Array.from({ length: BLOCKS }, (_, b) => b)
-        yield* connection.requestChecksums({
-          _tag: "ChecksumRequest",
-          id: 1,
-          algorithm: Wire.DigestCode[algorithm],
-          blocks
-        })
-        const answer = yield* connection.messages.pipe(
-          Stream.filter((m) => m._tag === "ChecksumReply" || m._tag === "ChecksumRefused"),
-          Stream.runHead,
-          Effect.timeout("30 seconds")
-        )
-        if (answer._tag !== "Some" || answer.value._tag !== "ChecksumReply")
-          throw new Error(`no digests: ${JSON.stringify(answer)}`)
-        expect(answer.value.algorithm).toBe(Wire.DigestCode[algorithm])
-        return answer.value
-      })
-    ).pipe(Effect.provide(LogReceiver.layerTcp({ host: "127.0.0.1", port })))
-  )
-
-const restoredEqualsDisk = async (dir: string, receiverDir: string) => {
-  const out = path.join(dir, "restored.img")
-  const result = await Proc.run([
-    "restore",
-    "--dir",
-    receiverDir,
-    "--disk",
-    "vm",
-    "--at",
-    "latest",
-    "--out",
-    out
-  ])
-  expect(result.code, result.stderr).toBe(0)
-  return fs.readFileSync(out).equals(fs.readFileSync(path.join(dir, "disk.img")))
 }
 
 /**
@@ -197,19 +97,19 @@ describe("the block digest's algorithm against the real receiver (session 13)", 
     fs.mkdirSync(receiverDir)
     const receiver = await Proc.start(receiverDir, ["--verify-rate", "0"])
     running.push(receiver)
-    const usage = await Proc.run(["replicate", ...filterArgs(dir, receiver.port), "--digest", "md5"])
+    const usage = await Proc.run(["replicate", ...filterArgs(SETUP, dir, receiver.port), "--digest", "md5"])
     expect(usage.code).toBe(2)
     expect(usage.stderr).toContain("--digest md5: expected blake3 or sha256")
 
-    await replicate(dir, receiver.port, ["--seconds", "1", "--seed", "13"])
+    await replicate(SETUP, dir, receiver.port, ["--seconds", "1", "--seed", "13"])
     let watermark = 0
     for (const [digest, changed] of [
       ["sha256", [5, 40]],
       ["blake3", [9, 33, 63]]
     ] as const) {
-      await killedFilter(dir, receiver.port)
+      await killedFilter(SETUP, dir, receiver.port)
       changeBlocks(dir, changed, digest === "sha256" ? 0x10 : 0x80)
-      const { status } = await replicate(dir, receiver.port, [
+      const { status } = await replicate(SETUP, dir, receiver.port, [
         "--compare-from",
         "1",
         ...(digest === "blake3" ? [] : ["--digest", digest])
@@ -227,7 +127,7 @@ describe("the block digest's algorithm against the real receiver (session 13)", 
     // The receiver's digests of the image its log replays, by either code, are the disk's.
     const image = fs.readFileSync(path.join(dir, "disk.img"))
     for (const algorithm of Wire.DIGEST_ALGORITHMS) {
-      const reply = await receiverDigests(receiver.port, watermark, algorithm)
+      const reply = await receiverDigests(SETUP, receiver.port, watermark, algorithm)
       for (let b = 0; b < BLOCKS; b++)
         expect(
           Buffer.from(Wire.digestAt(reply, b)).equals(
@@ -246,11 +146,11 @@ describe("the block digest's algorithm against the real receiver (session 13)", 
       node: ["--require", WITHOUT_BLAKE3]
     })
     running.push(receiver)
-    await replicate(dir, receiver.port, ["--seconds", "1", "--seed", "31"])
-    await killedFilter(dir, receiver.port)
+    await replicate(SETUP, dir, receiver.port, ["--seconds", "1", "--seed", "31"])
+    await killedFilter(SETUP, dir, receiver.port)
     const changed = [2, 50]
     changeBlocks(dir, changed, 0x40)
-    const { status, stderr } = await replicate(dir, receiver.port, ["--compare-from", "1"])
+    const { status, stderr } = await replicate(SETUP, dir, receiver.port, ["--compare-from", "1"])
     expect(status).toMatchObject({ mode: "sync", quiescent: true })
     expect(status.checksums).toMatchObject({ compared: BLOCKS, algorithm: "sha256" })
     // The requests that asked BLAKE3 before the first refusal are sent whole: a window at most.
@@ -269,11 +169,11 @@ describe("the block digest's algorithm against the real receiver (session 13)", 
     running.push(receiver)
     const proxy = await codeZeroProxy(receiver.port)
     try {
-      await replicate(dir, proxy.port, ["--seconds", "1", "--seed", "7"])
-      await killedFilter(dir, proxy.port)
+      await replicate(SETUP, dir, proxy.port, ["--seconds", "1", "--seed", "7"])
+      await killedFilter(SETUP, dir, proxy.port)
       const changed = [11, 44]
       changeBlocks(dir, changed, 0x60)
-      const { status, stderr } = await replicate(dir, proxy.port, ["--compare-from", "1"])
+      const { status, stderr } = await replicate(SETUP, dir, proxy.port, ["--compare-from", "1"])
       expect(status).toMatchObject({ mode: "sync", quiescent: true })
       expect(status.checksums).toMatchObject({ compared: BLOCKS, algorithm: "sha256" })
       // The requests that asked BLAKE3 before the first reply are sent whole: a window at most.

@@ -10,16 +10,21 @@
  * it, the filter sends it (with the rest of its request), and the receiver's newest version
  * of every block hashes as the disk's.
  */
-import { type ChildProcess, spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { afterEach, describe, expect, it } from "vitest"
-import { Effect, Stream } from "effect"
-import * as LogReceiver from "../../src/adapters/LogReceiver.js"
 import * as Wire from "../../src/protocol/Wire.js"
 import { diskDirName, openChain } from "../../src/receiver/internal/chain.js"
 import { openPointMap } from "../../src/receiver/internal/point.js"
 import { flipByte, readMetaFile } from "../support/receiverDisk.js"
+import {
+  type FilterSetup,
+  filterArgs,
+  killedFilter,
+  receiverDigests,
+  replicate,
+  restoredEqualsDisk
+} from "../support/checksumFilter.js"
 import * as Proc from "../support/receiverProcess.js"
 import { tempDirs } from "../support/tempDirs.js"
 
@@ -31,75 +36,8 @@ afterEach(async () => {
 
 const BLOCK = 65536
 const BLOCKS = 128
-const DISK = BLOCK * BLOCKS
 const WINDOW = 4
-
-interface Status {
-  readonly mode: string
-  readonly quiescent: boolean
-  readonly watermark: number
-  readonly checksums: {
-    readonly compared: number
-    readonly matched: number
-    readonly sent: number
-    readonly algorithm: string
-  }
-}
-
-const filterArgs = (dir: string, port: number) => [
-  "--disk",
-  path.join(dir, "disk.img"),
-  "--disk-size",
-  String(DISK),
-  "--receiver",
-  `127.0.0.1:${port}`,
-  "--journal",
-  path.join(dir, "journal"),
-  "--disk-id",
-  "vm",
-  "--window",
-  String(WINDOW),
-  // One extent: an unclean start owes the whole disk.
-  "--activity-extent-size",
-  String(DISK),
-  "--trace",
-  path.join(dir, "trace.jsonl")
-]
-
-const replicate = async (dir: string, port: number, extra: ReadonlyArray<string>): Promise<Status> => {
-  const result = await Proc.run(["replicate", ...filterArgs(dir, port), "--quiesce", "--json", ...extra], {
-    timeoutMs: 120_000
-  })
-  expect(result.code, result.stderr).toBe(0)
-  return JSON.parse(result.stdout.trim().split("\n").at(-1)!) as Status
-}
-
-/** `serve` until it is listening, then SIGKILL: the journal's run stays open (the next start is unclean). */
-const killedFilter = async (dir: string, port: number) => {
-  const entry = await Proc.entry()
-  const child: ChildProcess = spawn(
-    process.execPath,
-    [...entry, "serve", ...filterArgs(dir, port), "--listen", "127.0.0.1:0"],
-    { stdio: ["ignore", "pipe", "pipe"] }
-  )
-  let stderr = ""
-  child.stderr!.on("data", (c: Buffer) => {
-    stderr += c.toString()
-  })
-  const exited = new Promise<string | null>((resolve) =>
-    child.once("exit", (_code, signal) => resolve(signal))
-  )
-  await new Promise<void>((resolve, reject) => {
-    let out = ""
-    child.stdout!.on("data", (c: Buffer) => {
-      out += c.toString()
-      if (out.includes("listening ")) resolve()
-    })
-    child.once("exit", () => reject(new Error(`serve exited before listening: ${stderr}`)))
-  })
-  child.kill("SIGKILL")
-  expect(await exited).toBe("SIGKILL")
-}
+const SETUP: FilterSetup = { blockSize: BLOCK, blockCount: BLOCKS, window: WINDOW, trace: true }
 
 /** Blocks the filter sent (BlockSent) in the trace lines from `from` on. */
 const sentInTrace = (dir: string, from: number) =>
@@ -114,49 +52,6 @@ const sentInTrace = (dir: string, from: number) =>
 
 const traceLength = (dir: string) =>
   fs.readFileSync(path.join(dir, "trace.jsonl"), "utf8").trim().split("\n").length
-
-const restoredEqualsDisk = async (dir: string, receiverDir: string, name: string) => {
-  const out = path.join(dir, `${name}.img`)
-  const result = await Proc.run([
-    "restore",
-    "--dir",
-    receiverDir,
-    "--disk",
-    "vm",
-    "--at",
-    "latest",
-    "--out",
-    out
-  ])
-  expect(result.code, result.stderr).toBe(0)
-  return fs.readFileSync(out).equals(fs.readFileSync(path.join(dir, "disk.img")))
-}
-
-/** The receiver's digest of every block, asked through the LogReceiver port as the filter asks. */
-const receiverDigests = (port: number, watermark: number) =>
-  Effect.runPromise(
-    Effect.scoped(
-      Effect.gen(function* () {
-        const receiver = yield* LogReceiver.LogReceiver
-        const connection = yield* receiver.connect({
-          diskId: "vm",
-          blockSize: BLOCK,
-          blockCount: BLOCKS,
-          watermark
-        })
-        const blocks = Array.from({ length: BLOCKS }, (_, b) => b)
-        yield* connection.requestChecksums({ _tag: "ChecksumRequest", algorithm: 0, id: 1, blocks })
-        const answer = yield* connection.messages.pipe(
-          Stream.filter((m) => m._tag === "ChecksumReply" || m._tag === "ChecksumRefused"),
-          Stream.runHead,
-          Effect.timeout("30 seconds")
-        )
-        if (answer._tag !== "Some" || answer.value._tag !== "ChecksumReply")
-          throw new Error(`no digests: ${JSON.stringify(answer)}`)
-        return answer.value.digests
-      })
-    ).pipe(Effect.provide(LogReceiver.layerTcp({ host: "127.0.0.1", port })))
-  )
 
 /** Writes `fill` over `block` of the image, as a write the crashed filter never journaled. */
 const changeBlock = (dir: string, block: number, fill: number) => {
@@ -176,21 +71,26 @@ describe("checksum-based resync against the real receiver (issue 18)", () => {
     const receiver = await Proc.start(receiverDir, ["--verify-rate", "0"])
     running.push(receiver)
     // A threshold that is not a positive integer is a usage error.
-    const usage = await Proc.run(["replicate", ...filterArgs(dir, receiver.port), "--compare-from", "0"])
+    const usage = await Proc.run([
+      "replicate",
+      ...filterArgs(SETUP, dir, receiver.port),
+      "--compare-from",
+      "0"
+    ])
     expect(usage.code).toBe(2)
     expect(usage.stderr).toContain("--compare-from 0: expected a positive integer")
 
     // The disk replicated: a second of the built-in workload.
-    const first = await replicate(dir, receiver.port, ["--seconds", "1", "--seed", "18"])
+    const { status: first } = await replicate(SETUP, dir, receiver.port, ["--seconds", "1", "--seed", "18"])
     expect(first).toMatchObject({ mode: "sync", quiescent: true })
     expect(first.checksums).toEqual({ compared: 0, matched: 0, sent: 0, algorithm: "blake3" })
 
     // A crash, and writes it never journaled.
-    await killedFilter(dir, receiver.port)
+    await killedFilter(SETUP, dir, receiver.port)
     const changed = [5, 77, 120]
     for (const b of changed) changeBlock(dir, b, 0xa0 + b)
     let from = traceLength(dir)
-    const second = await replicate(dir, receiver.port, ["--compare-from", "1"])
+    const { status: second } = await replicate(SETUP, dir, receiver.port, ["--compare-from", "1"])
     expect(second).toMatchObject({ mode: "sync", quiescent: true })
     expect(second.checksums).toEqual({
       compared: BLOCKS,
@@ -220,9 +120,9 @@ describe("checksum-based resync against the real receiver (issue 18)", () => {
       path.join(diskDir, chain.segments[x.segment]!.name),
       x.fileOffset + (damaged * BLOCK + 100 - x.start)
     )
-    await killedFilter(dir, receiver.port)
+    await killedFilter(SETUP, dir, receiver.port)
     from = traceLength(dir)
-    const third = await replicate(dir, receiver.port, ["--compare-from", "1"])
+    const { status: third } = await replicate(SETUP, dir, receiver.port, ["--compare-from", "1"])
     expect(third).toMatchObject({ mode: "sync", quiescent: true })
     const sent = sentInTrace(dir, from)
     expect(sent).toContain(damaged)
@@ -238,7 +138,7 @@ describe("checksum-based resync against the real receiver (issue 18)", () => {
     // Its newest version of every block is the disk's now (a restore stops at the damaged
     // record, which is the receiver's to repair): asked as the filter asks.
     const image = fs.readFileSync(path.join(dir, "disk.img"))
-    const digests = await receiverDigests(receiver.port, third.watermark)
+    const digests = (await receiverDigests(SETUP, receiver.port, third.watermark, "sha256")).digests
     for (let b = 0; b < BLOCKS; b++)
       expect(
         Buffer.from(digests.subarray(b * Wire.DIGEST_BYTES, (b + 1) * Wire.DIGEST_BYTES)).equals(
