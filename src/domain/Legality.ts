@@ -145,6 +145,32 @@ const blockInvalid = (state: State.State, event: Event.Event, block: number): Vi
         state
       )
 
+/**
+ * Deciding comparisons (a `BlockCompared` or a `RunCompared`): in a resync, the link up, after
+ * the resync-begin marker, the first id the next to decide, the blocks on the disk (`last`:
+ * the largest of them). `what` names them in the marker's message.
+ */
+const comparedIllegal = (
+  state: State.State,
+  event: Event.BlockCompared | Event.RunCompared,
+  what: string,
+  last: number
+): Violation | undefined =>
+  notResync(state, event) ??
+  linkDown(state, event) ??
+  (state.markerSent
+    ? undefined
+    : violation("marker-not-sent", `${what} before the resync-begin marker`, event, state)) ??
+  (event.id === state.compared
+    ? undefined
+    : violation(
+        "comparison-id-not-next",
+        `comparison id ${event.id}, but ${state.compared} comparison(s) were decided (ids count up from 0)`,
+        event,
+        state
+      )) ??
+  blockInvalid(state, event, last)
+
 /** An outcome must answer a comparison decided and not yet answered, of the same block. */
 const comparisonUnknown = (
   state: State.State,
@@ -304,55 +330,15 @@ export const check = (state: State.State, event: Event.Event): Violation | undef
         blockInvalid(state, event, event.block)
       )
     case "BlockCompared":
-      return (
-        notResync(state, event) ??
-        linkDown(state, event) ??
-        (state.markerSent
-          ? undefined
-          : violation(
-              "marker-not-sent",
-              "a block was compared before the resync-begin marker",
-              event,
-              state
-            )) ??
-        (event.id === state.compared
-          ? undefined
-          : violation(
-              "comparison-id-not-next",
-              `comparison id ${event.id}, but ${state.compared} comparison(s) were decided (ids count up from 0)`,
-              event,
-              state
-            )) ??
-        blockInvalid(state, event, event.block)
-      )
+      return comparedIllegal(state, event, "a block was compared", event.block)
     case "BlockMatched":
     case "BlockMismatched":
       return linkDown(state, event) ?? comparisonUnknown(state, event)
     case "BlockDiffered":
       return notResync(state, event) ?? blockInvalid(state, event, event.block)
     case "RunCompared":
-      return (
-        notResync(state, event) ??
-        linkDown(state, event) ??
-        (state.markerSent
-          ? undefined
-          : violation(
-              "marker-not-sent",
-              "blocks were compared before the resync-begin marker",
-              event,
-              state
-            )) ??
-        (event.id === state.compared
-          ? undefined
-          : violation(
-              "comparison-id-not-next",
-              `comparison id ${event.id}, but ${state.compared} comparison(s) were decided (ids count up from 0)`,
-              event,
-              state
-            )) ??
-        // Strictly increasing (the format says so): the last is the largest.
-        blockInvalid(state, event, event.blocks[event.blocks.length - 1]!)
-      )
+      // Strictly increasing (the format says so): the last is the largest.
+      return comparedIllegal(state, event, "blocks were compared", event.blocks[event.blocks.length - 1]!)
     case "RunMatched":
       return linkDown(state, event) ?? runUnknown(state, event)
     case "SyncActivated":

@@ -3,7 +3,7 @@
  * Decoding is streaming and line-numbered; every failure is a `TraceError` value.
  * Unknown fields are ignored; unknown `type`s are an error.
  *
- * Over 400 lines on purpose: it is the schema of every event kind of the trace contract
+ * Over 600 lines on purpose: it is the schema of every event kind of the trace contract
  * (design §5) in one place, so the contract reads as one document.
  */
 import { Data, Either, ParseResult, Schema } from "effect"
