@@ -14,21 +14,22 @@
  *   receiver hashes its versions meanwhile).
  * The stages alone (journal stage, loop): replicator-checksum-stages.test.ts.
  */
-import { Deferred, Effect, Either, Layer, Option, Schedule, Schema, type Scope, Stream } from "effect"
+import { Deferred, Effect, Either, Option, Schema, type Scope, Stream } from "effect"
 import { describe, expect, it } from "vitest"
 import * as EventJournal from "../../src/adapters/EventJournal.js"
 import { filterDisk } from "../../src/cli/internal/control.js"
 import { render } from "../../src/cli/statusCommand.js"
 import { Report } from "../../src/internal/controlProtocol.js"
-import * as LogReceiver from "../../src/adapters/LogReceiver.js"
+import type * as LogReceiver from "../../src/adapters/LogReceiver.js"
 import * as VirtualDisk from "../../src/adapters/VirtualDisk.js"
 import * as Config from "../../src/domain/Config.js"
 import * as Decider from "../../src/domain/Decider.js"
 import type * as Event from "../../src/domain/Event.js"
 import * as State from "../../src/domain/State.js"
 import type * as Wire from "../../src/protocol/Wire.js"
-import * as Mutants from "../../src/replicator/internal/mutants.js"
-import * as Replicator from "../../src/replicator/Replicator.js"
+import type * as Mutants from "../../src/replicator/internal/mutants.js"
+import type * as Replicator from "../../src/replicator/Replicator.js"
+import { makeWorld as makeWorldOf, startReplicator, type World } from "../support/replicatorWorld.js"
 
 const BS = 4096
 const BLOCKS = 64
@@ -38,48 +39,13 @@ const config = Either.getOrThrow(
 const header = { blockSize: BS, blockCount: BLOCKS, initial: config.initial }
 const block = (fill: number) => new Uint8Array(BS).fill(fill)
 
-/** The disk, journal and receiver of one filter, kept across its runs. */
-const makeWorld = (disk: VirtualDisk.VirtualDisk.Service = VirtualDisk.makeMemory(config)) =>
-  Effect.gen(function* () {
-    const receiver = yield* Layer.build(LogReceiver.layerMemory())
-    return {
-      disk,
-      store: EventJournal.makeMemoryStore(),
-      receiver,
-      control: yield* Effect.provide(LogReceiver.MemoryReceiver, receiver)
-    }
-  })
-type World = Effect.Effect.Success<ReturnType<typeof makeWorld>>
-
-/** A replicator on `world` in the caller's scope; `wrap` may stand between it and the receiver. */
+const makeWorld = (disk?: VirtualDisk.VirtualDisk.Service) => makeWorldOf(config, disk)
 const start = (
   world: World,
   options: Partial<Replicator.Options> = {},
   wrap?: (inner: LogReceiver.LogReceiver.Service) => LogReceiver.LogReceiver.Service,
   mutants: Partial<Mutants.Mutants> = {}
-) =>
-  Effect.gen(function* () {
-    const inner = yield* Effect.provide(LogReceiver.LogReceiver, world.receiver)
-    const context = yield* Layer.build(
-      Replicator.layer({
-        diskId: "d",
-        config,
-        ackTimeout: "2 seconds",
-        reconnect: Schedule.spaced("5 millis"),
-        ...options
-      }).pipe(
-        Layer.provide(Mutants.layer(mutants)),
-        Layer.provide(
-          Layer.mergeAll(
-            Layer.succeed(VirtualDisk.VirtualDisk, world.disk),
-            EventJournal.layerMemory({ store: world.store }),
-            Layer.succeed(LogReceiver.LogReceiver, wrap === undefined ? inner : wrap(inner))
-          )
-        )
-      )
-    )
-    return yield* Effect.provide(Replicator.Replicator, context)
-  })
+) => startReplicator(world, config, options, wrap, mutants)
 
 /** Run 1: every block written (block b holds b + 1) and replicated; then the run is left open, as by a kill. */
 const replicatedThenKilled = (world: World) =>

@@ -9,15 +9,15 @@
  * - online verify against either: SHA-256 from the first answer on, exactly the damaged block found;
  * - the filter asks the option's algorithm, and the receiver's answer is by it.
  */
-import { Effect, Either, Layer, Schedule, type Scope } from "effect"
+import { Effect, Either, type Scope } from "effect"
 import { describe, expect, it } from "vitest"
 import * as EventJournal from "../../src/adapters/EventJournal.js"
-import * as LogReceiver from "../../src/adapters/LogReceiver.js"
-import * as VirtualDisk from "../../src/adapters/VirtualDisk.js"
+import type * as LogReceiver from "../../src/adapters/LogReceiver.js"
 import * as Config from "../../src/domain/Config.js"
 import * as Wire from "../../src/protocol/Wire.js"
-import * as Mutants from "../../src/replicator/internal/mutants.js"
-import * as Replicator from "../../src/replicator/Replicator.js"
+import type * as Mutants from "../../src/replicator/internal/mutants.js"
+import type * as Replicator from "../../src/replicator/Replicator.js"
+import { makeWorld as makeWorldOf, startReplicator, type World } from "../support/replicatorWorld.js"
 
 const BS = 4096
 const BLOCKS = 64
@@ -29,16 +29,7 @@ const header = { blockSize: BS, blockCount: BLOCKS, initial: config.initial }
 const block = (fill: number) => new Uint8Array(BS).fill(fill)
 const CHANGED = [3, 17, 40]
 
-const makeWorld = Effect.gen(function* () {
-  const receiver = yield* Layer.build(LogReceiver.layerMemory())
-  return {
-    disk: VirtualDisk.makeMemory(config),
-    store: EventJournal.makeMemoryStore(),
-    receiver,
-    control: yield* Effect.provide(LogReceiver.MemoryReceiver, receiver)
-  }
-})
-type World = Effect.Effect.Success<typeof makeWorld>
+const makeWorld = makeWorldOf(config)
 
 /** Requests as `rewrite` turns them, and the codes the filter asked (before the rewrite). */
 const between =
@@ -66,29 +57,7 @@ const start = (
   options: Partial<Replicator.Options>,
   wrap?: (inner: LogReceiver.LogReceiver.Service) => LogReceiver.LogReceiver.Service,
   mutants: Partial<Mutants.Mutants> = {}
-) =>
-  Effect.gen(function* () {
-    const inner = yield* Effect.provide(LogReceiver.LogReceiver, world.receiver)
-    const context = yield* Layer.build(
-      Replicator.layer({
-        diskId: "d",
-        config,
-        ackTimeout: "2 seconds",
-        reconnect: Schedule.spaced("5 millis"),
-        ...options
-      }).pipe(
-        Layer.provide(Mutants.layer(mutants)),
-        Layer.provide(
-          Layer.mergeAll(
-            Layer.succeed(VirtualDisk.VirtualDisk, world.disk),
-            EventJournal.layerMemory({ store: world.store }),
-            Layer.succeed(LogReceiver.LogReceiver, wrap === undefined ? inner : wrap(inner))
-          )
-        )
-      )
-    )
-    return yield* Effect.provide(Replicator.Replicator, context)
-  })
+) => startReplicator(world, config, options, wrap, mutants)
 
 /** Every block written and replicated, then the run left open (the next start owes every block); `CHANGED` then differ on the disk. */
 const replicatedThenChanged = (world: World) =>
