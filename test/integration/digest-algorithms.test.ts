@@ -25,8 +25,7 @@ import {
   filterArgs,
   killedFilter,
   receiverDigests,
-  replicate,
-  restoredEqualsDisk
+  replicate
 } from "../support/checksumFilter.js"
 import * as Proc from "../support/receiverProcess.js"
 import { tempDirs } from "../support/tempDirs.js"
@@ -123,7 +122,7 @@ describe("the block digest's algorithm against the real receiver (session 13)", 
       })
       watermark = status.watermark
     }
-    expect(await restoredEqualsDisk(dir, receiverDir)).toBe(true)
+    expect(await Proc.restoredEqualsDisk(dir, receiverDir)).toBe(true)
     // The receiver's digests of the image its log replays, by either code, are the disk's.
     const image = fs.readFileSync(path.join(dir, "disk.img"))
     for (const algorithm of Wire.DIGEST_ALGORITHMS) {
@@ -158,7 +157,7 @@ describe("the block digest's algorithm against the real receiver (session 13)", 
     expect(status.checksums.sent).toBeLessThanOrEqual(changed.length + WINDOW)
     expect(stderr).toContain("checksum requests ask sha256, not blake3")
     expect(receiver.stderr()).toMatch(/refused: blake3 is not available here/)
-    expect(await restoredEqualsDisk(dir, receiverDir)).toBe(true)
+    expect(await Proc.restoredEqualsDisk(dir, receiverDir)).toBe(true)
   }, 240_000)
 
   it("a receiver from before the code (SHA-256 answered, echo 0): the filter falls back to SHA-256 and the replica ends whole", async () => {
@@ -180,7 +179,7 @@ describe("the block digest's algorithm against the real receiver (session 13)", 
       expect(status.checksums.sent).toBeGreaterThanOrEqual(changed.length)
       expect(status.checksums.sent).toBeLessThanOrEqual(changed.length + WINDOW)
       expect(stderr).toMatch(/answered checksum request \d+ with digest code 0, asked 1/)
-      expect(await restoredEqualsDisk(dir, receiverDir)).toBe(true)
+      expect(await Proc.restoredEqualsDisk(dir, receiverDir)).toBe(true)
     } finally {
       await proxy.close()
     }

@@ -94,23 +94,6 @@ const catchUp = async (dir: string, port: number) => {
   return result.stderr
 }
 
-const restoredEqualsImage = async (dir: string) => {
-  const out = path.join(dir, "restored.img")
-  const result = await ReceiverProcess.run([
-    "restore",
-    "--dir",
-    path.join(dir, "receiver"),
-    "--disk",
-    "vm",
-    "--at",
-    "latest",
-    "--out",
-    out
-  ])
-  expect(result.code, result.stderr).toBe(0)
-  return Buffer.compare(await fs.readFile(out), await fs.readFile(path.join(dir, "disk.img"))) === 0
-}
-
 describe("cdp-sync serve", () => {
   it("serves, answers, stops cleanly on SIGTERM, and leaves an unclean start after SIGKILL; the replica restores equal to the image", async () => {
     const dir = await fs.mkdtemp(path.join(os.tmpdir(), "cdp-sync-serve-"))
@@ -153,7 +136,7 @@ describe("cdp-sync serve", () => {
     await second.exited
     const afterKill = await catchUp(dir, receiver.port)
     expect(afterKill).toMatch(/unclean start/)
-    expect(await restoredEqualsImage(dir)).toBe(true)
+    expect(await ReceiverProcess.restoredEqualsDisk(dir, path.join(dir, "receiver"))).toBe(true)
     // The data the client wrote (and flushed) is in the image.
     const image = await fs.readFile(path.join(dir, "disk.img"))
     expect(Buffer.from(image.subarray(5 * 65536 + 512, 5 * 65536 + 1536))).toEqual(

@@ -22,8 +22,7 @@ import {
   filterArgs,
   killedFilter,
   receiverDigests,
-  replicate,
-  restoredEqualsDisk
+  replicate
 } from "../support/checksumFilter.js"
 import * as Proc from "../support/receiverProcess.js"
 import { tempDirs } from "../support/tempDirs.js"
@@ -107,7 +106,7 @@ describe("checksum-based resync against the real receiver (issue 18)", () => {
       changed.map((b) => [Wire.Kind.Block, b])
     )
     expect(sentInTrace(dir, from).sort((a, b) => a - b)).toEqual(changed)
-    expect(await restoredEqualsDisk(dir, receiverDir, "after-changes")).toBe(true)
+    expect(await Proc.restoredEqualsDisk(dir, receiverDir, "after-changes")).toBe(true)
 
     // A byte of block 33's newest version flipped in the receiver's log; another crash.
     const damaged = 33

@@ -6,7 +6,6 @@
  * compared with the disk.
  */
 import { type ChildProcess, spawn } from "node:child_process"
-import * as fs from "node:fs"
 import * as path from "node:path"
 import { Effect, Stream } from "effect"
 import { expect } from "vitest"
@@ -135,25 +134,3 @@ export const receiverDigests = (
       })
     ).pipe(Effect.provide(LogReceiver.layerTcp({ host: "127.0.0.1", port })))
   )
-
-/** `restore --at latest` of disk `vm` into `dir/name.img`: whether it equals `dir/disk.img`. */
-export const restoredEqualsDisk = async (
-  dir: string,
-  receiverDir: string,
-  name = "restored"
-): Promise<boolean> => {
-  const out = path.join(dir, `${name}.img`)
-  const result = await Proc.run([
-    "restore",
-    "--dir",
-    receiverDir,
-    "--disk",
-    "vm",
-    "--at",
-    "latest",
-    "--out",
-    out
-  ])
-  expect(result.code, result.stderr).toBe(0)
-  return fs.readFileSync(out).equals(fs.readFileSync(path.join(dir, "disk.img")))
-}

@@ -11,6 +11,7 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import { Deferred, Effect, Exit, Fiber, Stream } from "effect"
+import { expect } from "vitest"
 import * as LogReceiver from "../../src/adapters/LogReceiver.js"
 import * as Wire from "../../src/protocol/Wire.js"
 import { listDisks, openChain } from "../../src/receiver/internal/chain.js"
@@ -360,4 +361,16 @@ export const compare = (logged: LoggedRecord, planned: Planned): string | undefi
   if (isRecoveryPoint(logged) !== planned.recoveryPoint)
     return `seq ${r.seq}: recovery point ${isRecoveryPoint(logged)}, expected ${planned.recoveryPoint}`
   return undefined
+}
+
+/** `restore --at latest` of disk `vm` into `dir/name.img`: whether it equals `dir/disk.img`. */
+export const restoredEqualsDisk = async (
+  dir: string,
+  receiverDir: string,
+  name = "restored"
+): Promise<boolean> => {
+  const out = path.join(dir, `${name}.img`)
+  const result = await run(["restore", "--dir", receiverDir, "--disk", "vm", "--at", "latest", "--out", out])
+  expect(result.code, result.stderr).toBe(0)
+  return fs.readFileSync(out).equals(fs.readFileSync(path.join(dir, "disk.img")))
 }
