@@ -18,18 +18,23 @@ import type { PointMap, PointTable } from "./point.js"
  * reads started ahead of the one being placed (each holds a buffer of `runBytes`).
  * `direct`: reads bypass the page cache where they can (`directReads.ts`). `worker`: a
  * worker thread writes (`imageWriter.ts`), else the file handle. `flushBytes`: after about
- * this much is placed, an fdatasync of the image starts (one at a time, 0: none), so the
- * writing back overlaps the reads instead of all of it waiting for the caller's fsync.
+ * this much is placed, an fdatasync of the image starts (one at a time, 0: none). None by
+ * default: an early one writes back extents scattered over the image, and the holes between
+ * them, filled later, leave the final one small scattered writes (420–460 MB/s on this VM
+ * against 930 MB/s for the whole image in one sweep; docs/performance.md, "Session 14").
+ * `runGap` and `runBytes`: on this VM's disk, 512 KiB–1 MiB direct reads made 2.1–2.4 GB/s
+ * and 4 MiB ones 1.6 GB/s (fio, 3 threads); a 64 KiB gap reads 2.08 GiB for the bench's
+ * point where 256 KiB read 2.92.
  */
 export const tuning = {
   batchBytes: 1 << 20,
   writesInFlight: 4,
-  runGap: 256 << 10,
-  runBytes: 4 << 20,
+  runGap: 64 << 10,
+  runBytes: 1 << 20,
   readsAhead: 2,
   direct: true,
   worker: true,
-  flushBytes: 128 << 20
+  flushBytes: 0
 }
 
 /**
