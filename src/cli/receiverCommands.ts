@@ -139,7 +139,7 @@ export const restore = Command.make(
     json: json()
   },
   (o) => {
-    // One bar per phase: opening the point (its block indexes), then writing the image.
+    // One bar per phase: opening the point (its block indexes), writing the image, its fsync.
     let bar: { readonly phase: Restore.Progress["phase"]; readonly progress: Progress } | undefined
     const update = (p: Restore.Progress) => {
       if (bar?.phase !== p.phase) {
@@ -147,7 +147,12 @@ export const restore = Command.make(
         bar = {
           phase: p.phase,
           progress: progress({
-            label: p.phase === "indexing" ? "opening the point (block indexes)" : `restoring ${o.out}`,
+            label:
+              p.phase === "indexing"
+                ? "opening the point (block indexes)"
+                : p.phase === "writing"
+                  ? `restoring ${o.out}`
+                  : `writing ${o.out} back to the disk (fsync)`,
             rate: formatRate,
             json: o.json ? { phase: p.phase, unit: "bytes" } : undefined
           })

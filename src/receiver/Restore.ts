@@ -150,8 +150,9 @@ export const restore = Effect.fn("Receiver.restore")(function* (options: {
   readonly force?: boolean | undefined
   /**
    * Called as the point's block indexes are read or rebuilt (`indexing`: after each sealed
-   * segment) and as the image is written (`writing`: as each read is placed, at most once a
-   * MiB; the total is the image's bytes); each phase at its start and end.
+   * segment), as the image is written (`writing`: as each read is placed, at most once a
+   * MiB; the total is the image's bytes) and as it is written back (`syncing`: at its start
+   * and end); each phase at its start and end.
    */
   readonly onProgress?: ((progress: Progress) => void) | undefined
   /** The clock relative times (`-15m`) count back from (default `Date.now`). */

@@ -106,7 +106,7 @@ describe("cdp-sync restore --json: progress as JSON lines on stderr", () => {
     const progress = lines.map((l) => JSON.parse(l).progress)
     for (const p of progress)
       expect(p).toEqual({
-        phase: expect.stringMatching(/^(indexing|writing)$/),
+        phase: expect.stringMatching(/^(indexing|writing|syncing)$/),
         bytes: expect.any(Number),
         total: expect.any(Number),
         bytesPerSecond: expect.any(Number),
@@ -115,7 +115,7 @@ describe("cdp-sync restore --json: progress as JSON lines on stderr", () => {
         final: expect.any(Boolean)
       })
     const finals = progress.filter((p) => p.final)
-    expect(finals.map((p) => p.phase)).toEqual(["indexing", "writing"])
+    expect(finals.map((p) => p.phase)).toEqual(["indexing", "writing", "syncing"])
     for (const p of finals) expect(p.bytes).toBe(p.total)
     // Indexing: the three sealed segments; writing: the image, each byte counted once.
     const sealed = segmentFiles(diskDir)
@@ -123,6 +123,7 @@ describe("cdp-sync restore --json: progress as JSON lines on stderr", () => {
       .reduce((n, f) => n + fs.statSync(f).size, 0)
     expect(finals[0]!.total).toBe(sealed)
     expect(finals[1]!.total).toBe(result.bytes)
+    expect(finals[2]!.total).toBe(result.bytes)
     expect(fs.existsSync(blockIndexName(segmentFiles(diskDir)[1]!))).toBe(true)
   })
 

@@ -38,10 +38,11 @@ import {
  * How far a restore is, `bytes` of `total` in each phase: `indexing`, the sealed segments'
  * block indexes read and checked, or rebuilt (their segments' bytes; `openPointMap`); then
  * `writing`, the image's bytes, each counted once where it is placed (from the base, then
- * from the log).
+ * from the log); then `syncing`, the image written back to the disk (0 of the image's bytes
+ * at its start, all at its end: the page cache does not say how far it is).
  */
 export interface Progress {
-  readonly phase: "indexing" | "writing"
+  readonly phase: "indexing" | "writing" | "syncing"
   readonly bytes: number
   readonly total: number
 }
@@ -379,6 +380,11 @@ export const writePoint = async (
     await flushing
     if (flushFailed !== undefined) throw flushFailed.cause
     report(true)
+    // With no early flush most of the image is still in the page cache: writing it back is
+    // a phase of its own, not a bar standing at 100 % (the caller's fsync then has little left).
+    onProgress?.({ phase: "syncing", bytes: 0, total })
+    await image.datasync()
+    onProgress?.({ phase: "syncing", bytes: total, total })
     return true
   } finally {
     if (sampler !== undefined) clearInterval(sampler)
