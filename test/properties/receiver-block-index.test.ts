@@ -86,6 +86,7 @@ const arbitraryCase: fc.Arbitrary<Case> = fc.record({
     writesInFlight: fc.constantFrom(1, 2, 32),
     runGap: fc.constantFrom(0, 1, 100, 64 << 10),
     runBytes: fc.constantFrom(1, 700, 5000, 4 << 20),
+    recordBytes: fc.constantFrom(1, 5000, 4 << 20),
     readsAhead: fc.constantFrom(0, 1, 4),
     direct: fc.boolean(),
     worker: fc.boolean(),

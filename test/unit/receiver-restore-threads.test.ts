@@ -134,7 +134,7 @@ describe("restore's threads", () => {
     expect(expected.equals(imageAt(geometry, changes, lastSeq))).toBe(true)
     const shapes: ReadonlyArray<readonly [number, Partial<typeof tuning>]> = [
       [1, {}],
-      [2, { runBytes: 4096, runGap: 0 }],
+      [2, { runBytes: 4096, recordBytes: 4096, runGap: 0 }],
       [3, { runBytes: 20_000, runGap: 4096, direct: false }],
       [4, { runBytes: 1 << 20, runGap: 1 << 20 }]
     ]

@@ -14,7 +14,8 @@ import type { PointMap, PointTable } from "./point.js"
  * `batchBytes`: writes are sent in batches of about this much (or when a read needs a
  * buffer they hold). `writesInFlight`: batches outstanding at once. `runGap`: records (or
  * base units) closer than this are read in one go (the bytes between read and dropped).
- * `runBytes`: a read covers at most this much (unless one record is larger). `readsAhead`:
+ * `runBytes`: a read covers at most this much (unless one record is larger). `recordBytes`:
+ * a record up to this large still goes into the reused buffers (`bufferFor`). `readsAhead`:
  * reads started ahead of the one being placed (each holds a buffer of `runBytes`).
  * `direct`: reads bypass the page cache where they can (`directReads.ts`). `worker`: a
  * worker thread writes (`imageWriter.ts`), else the file handle. `flushBytes`: after about
@@ -31,11 +32,20 @@ export const tuning = {
   writesInFlight: 4,
   runGap: 64 << 10,
   runBytes: 1 << 20,
+  recordBytes: 4 << 20,
   readsAhead: 2,
   direct: true,
   worker: true,
   flushBytes: 0
 }
+
+/**
+ * The buffer a read of `length` bytes needs: reads merge up to `tuning.runBytes`, but a single
+ * record of up to `tuning.recordBytes` (a large guest write) still goes into a reused,
+ * page-aligned buffer and bypasses the page cache; only larger ones get one of their own.
+ */
+export const bufferFor = (length: number): number =>
+  Math.min(Math.max(tuning.runBytes, tuning.recordBytes), length)
 
 /**
  * A record of a segment the point keeps bytes of (entry `k`), and those bytes' extents:

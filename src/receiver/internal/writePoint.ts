@@ -25,7 +25,7 @@ import { RECORD_HEADER_BYTES } from "./format.js"
 import { ReceiverMutants } from "./mutants.js"
 import type { PointMap } from "./point.js"
 import { checkedRecord } from "./recordCache.js"
-import { planBase, planLog, type Run, tuning } from "./restorePlan.js"
+import { bufferFor, planBase, planLog, type Run, tuning } from "./restorePlan.js"
 import {
   BootedThreads,
   type Refused,
@@ -138,7 +138,7 @@ const startThreads = (
       fileOf.set(run.segment, file)
     }
     runs.push({ ...run, file })
-    largest = Math.max(largest, Math.min(tuning.runBytes, run.end - run.start))
+    largest = Math.max(largest, bufferFor(run.end - run.start))
   }
   return booted.start({
     runs,
@@ -264,7 +264,7 @@ export const writePoint = async (
     // A read's ends are rounded out to ALIGN; each read ahead, the run placed and the runs
     // whose writes are out hold a buffer (no larger than the largest run needs).
     let largest = 0
-    for (const run of runs) largest = Math.max(largest, Math.min(tuning.runBytes, run.end - run.start))
+    for (const run of runs) largest = Math.max(largest, bufferFor(run.end - run.start))
     const pool = new BufferPool(largest + 2 * ALIGN, tuning.readsAhead + 8, tuning.direct)
     // A thread of its own for the writes when they are many: starting one costs 0.1–0.2 s of CPU
     // here, more than the handle's round trips for the base's few writes beside the threads.
