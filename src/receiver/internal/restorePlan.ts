@@ -16,7 +16,7 @@ import type { PointMap, PointTable } from "./point.js"
  * base units) closer than this are read in one go (the bytes between read and dropped).
  * `runBytes`: a read covers at most this much (unless one record is larger). `recordBytes`:
  * a record up to this large still goes into the reused buffers (`bufferFor`). `readsAhead`:
- * reads started ahead of the one being placed (each holds a buffer of `runBytes`).
+ * reads started ahead of the one being placed (each holds a buffer of `bufferFor`'s size).
  * `direct`: reads bypass the page cache where they can (`directReads.ts`). `worker`: a
  * worker thread writes (`imageWriter.ts`), else the file handle. `flushBytes`: after about
  * this much is placed, an fdatasync of the image starts (one at a time, 0: none). None by
